@@ -1,0 +1,229 @@
+//! The one error type of every dlock crate.
+
+/// A boxed error from a driver or a pool, kept as the [`source`](std::error::Error::source) of
+/// an [`Error`] so that dlock-core needs to know no driver.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The result type of every fallible dlock operation.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong with a lock.
+///
+/// A lock wait that ends because its timeout ran out is not an error: `try_acquire` and
+/// `acquire_timeout` return `Ok(false)` then.
+///
+/// The message of each variant says what happened and, where there is something to do, what
+/// to do. It never repeats the driver's error: that is reachable through
+/// [`source`](std::error::Error::source).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// `release` was called on a lock object that does not hold its lock.
+    #[error("this lock object does not hold the lock, so there is nothing to release")]
+    NotAcquired,
+
+    /// An acquire was called on a lock object that already holds its lock.
+    ///
+    /// To take the same key twice on one session (the server counts such holds), use a
+    /// second lock object.
+    #[error(
+        "this lock object already holds the lock; release it first, or use a second lock object \
+         to hold the same key twice on one session"
+    )]
+    AlreadyAcquired,
+
+    /// The server says this session did not hold the lock when it was released: the lock
+    /// was lost while this object thought it held it (for example the session was reset, or
+    /// the lock was released by SQL outside dlock).
+    #[error(
+        "the server says this session did not hold the lock, so it was lost before release \
+         and the critical section may not have been exclusive"
+    )]
+    NotHeld,
+
+    /// The server broke a deadlock by ending this lock wait (PostgreSQL 40P01, MariaDB 1213,
+    /// MySQL 3058).
+    #[error(
+        "the server ended the lock wait to break a deadlock; release the other locks this \
+         session holds and try again, or take locks in one order everywhere"
+    )]
+    Deadlock {
+        /// The driver's error, when the server sent one.
+        #[source]
+        source: Option<BoxError>,
+    },
+
+    /// The server canceled the lock wait on request (PostgreSQL 57014, MySQL `KILL QUERY`).
+    /// This is not a timeout: somebody asked the server to stop the statement.
+    #[error("the server canceled the lock wait on request (a query cancel or KILL QUERY)")]
+    Canceled {
+        /// The driver's error, when the server sent one.
+        #[source]
+        source: Option<BoxError>,
+    },
+
+    /// The server's lock table is full (PostgreSQL 53200, "out of shared memory").
+    #[error("the server's lock table is full; raise {setting} on the server or hold fewer locks")]
+    LockTableFull {
+        /// The server setting that sizes the lock table.
+        setting: &'static str,
+        /// The driver's error.
+        #[source]
+        source: Option<BoxError>,
+    },
+
+    /// The connection to the server is gone. The server frees a session's locks when the
+    /// session ends, so no lock taken through this connection is held any longer.
+    #[error("the connection to the database was lost, and with it every lock its session held")]
+    ConnectionLost {
+        /// The driver's error, when there was one.
+        #[source]
+        source: Option<BoxError>,
+    },
+
+    /// The connection can no longer be used safely: an earlier operation on it was cut short
+    /// (for example a canceled acquire whose reply never arrived), so its replies can no
+    /// longer be trusted. Open a new connection.
+    #[error("this connection can no longer be used for locks: {reason}; open a new connection")]
+    ConnectionUnusable {
+        /// Why the connection was given up.
+        reason: String,
+    },
+
+    /// The key cannot name a lock on this backend under this policy.
+    #[error("invalid lock key: {reason}")]
+    InvalidKey {
+        /// What is wrong with the key and what to do about it.
+        reason: String,
+    },
+
+    /// The backend does not support what was asked (for example a shared lock on MySQL).
+    #[error("{operation} is not supported by {backend}: {hint}")]
+    Unsupported {
+        /// What was asked.
+        operation: &'static str,
+        /// The backend that cannot do it.
+        backend: &'static str,
+        /// What to do instead.
+        hint: &'static str,
+    },
+
+    /// Any other error the database driver reported.
+    #[error("database error")]
+    Backend(#[source] BoxError),
+
+    /// The connection pool could not provide a connection (checkout timeout, connect failure).
+    #[error("connection pool error")]
+    Pool(#[source] BoxError),
+}
+
+impl Error {
+    /// Wraps a driver error that has no more specific variant.
+    pub fn backend(source: impl Into<BoxError>) -> Self {
+        Error::Backend(source.into())
+    }
+
+    /// Wraps a pool error.
+    pub fn pool(source: impl Into<BoxError>) -> Self {
+        Error::Pool(source.into())
+    }
+
+    /// Builds an [`Error::InvalidKey`] with the given reason.
+    pub fn invalid_key(reason: impl Into<String>) -> Self {
+        Error::InvalidKey {
+            reason: reason.into(),
+        }
+    }
+
+    /// Whether the error means the connection is gone or must not be used again, so the
+    /// caller should drop it (a pool should close it).
+    pub fn is_connection_error(&self) -> bool {
+        matches!(
+            self,
+            Error::ConnectionLost { .. } | Error::ConnectionUnusable { .. }
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    fn io_error() -> BoxError {
+        Box::new(std::io::Error::other("socket closed by peer"))
+    }
+
+    #[test]
+    fn messages_are_lowercase_without_trailing_period_and_never_repeat_the_source() {
+        let errors = [
+            Error::NotAcquired,
+            Error::AlreadyAcquired,
+            Error::NotHeld,
+            Error::Deadlock {
+                source: Some(io_error()),
+            },
+            Error::Canceled { source: None },
+            Error::LockTableFull {
+                setting: "max_locks_per_transaction",
+                source: Some(io_error()),
+            },
+            Error::ConnectionLost {
+                source: Some(io_error()),
+            },
+            Error::ConnectionUnusable {
+                reason: "an acquire was canceled mid-wait".into(),
+            },
+            Error::invalid_key("the name is empty"),
+            Error::Unsupported {
+                operation: "a shared lock",
+                backend: "MySQL",
+                hint: "use PostgreSQL",
+            },
+            Error::backend(io_error()),
+            Error::pool(io_error()),
+        ];
+        for error in errors {
+            let message = error.to_string();
+            let first = message.chars().next().unwrap();
+            assert!(first.is_lowercase(), "{message:?} starts in lowercase");
+            assert!(
+                !message.ends_with('.'),
+                "{message:?} has no trailing period"
+            );
+            assert!(
+                !message.contains("socket closed"),
+                "{message:?} repeats its source"
+            );
+        }
+    }
+
+    #[test]
+    fn the_driver_error_is_reachable_through_source() {
+        let error = Error::Deadlock {
+            source: Some(io_error()),
+        };
+        assert_eq!(error.source().unwrap().to_string(), "socket closed by peer");
+        assert!(Error::NotHeld.source().is_none());
+    }
+
+    #[test]
+    fn lock_table_full_names_the_setting_to_raise() {
+        let error = Error::LockTableFull {
+            setting: "max_locks_per_transaction",
+            source: None,
+        };
+        assert!(
+            error
+                .to_string()
+                .contains("raise max_locks_per_transaction")
+        );
+    }
+
+    #[test]
+    fn connection_errors_are_told_apart() {
+        assert!(Error::ConnectionLost { source: None }.is_connection_error());
+        assert!(Error::ConnectionUnusable { reason: "x".into() }.is_connection_error());
+        assert!(!Error::NotHeld.is_connection_error());
+    }
+}

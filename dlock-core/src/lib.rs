@@ -1,0 +1,11 @@
+#![doc = include_str!("../README.md")]
+
+mod error;
+mod key;
+mod lock;
+mod policy;
+
+pub use error::{BoxError, Error, Result};
+pub use key::{Key, PgKey};
+pub use lock::{AsyncLock, Lock};
+pub use policy::{CustomPolicy, KeyPolicy, MYSQL_NAME_MAX_CHARS};

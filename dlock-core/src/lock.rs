@@ -1,0 +1,157 @@
+//! The lock traits every backend implements, so code can be generic over backends.
+
+use std::future::Future;
+use std::time::Duration;
+
+use crate::{Key, Result};
+
+/// A distributed lock held by one database session, used from blocking code.
+///
+/// A lock object is one key on one session (connection). It is created unlocked, and it
+/// knows whether it holds its lock; the server is the judge of whether the session does.
+///
+/// | operation | result |
+/// |---|---|
+/// | [`acquire`](Lock::acquire) | waits in the server until held; no client-side limit |
+/// | [`try_acquire`](Lock::try_acquire) | `Ok(true)` held, `Ok(false)` busy; never waits |
+/// | [`acquire_timeout`](Lock::acquire_timeout) | `Ok(true)` held, `Ok(false)` not within the timeout |
+/// | [`release`](Lock::release) | `Ok(())`; [`NotAcquired`](crate::Error::NotAcquired) if this object does not hold it; [`NotHeld`](crate::Error::NotHeld) if the server says the session did not (the lock was lost); unlocked either way |
+/// | [`is_acquired`](Lock::is_acquired) | this object's own view, no I/O |
+/// | [`verify`](Lock::verify) | asks the server whether this session still holds it |
+/// | drop while held | releases |
+///
+/// Acquiring an object that already holds its lock is
+/// [`AlreadyAcquired`](crate::Error::AlreadyAcquired). Two lock objects with the same key on
+/// the same session both succeed: the server counts the holds (PostgreSQL always, MySQL 5.7
+/// and later, MariaDB), and each object must release its own.
+///
+/// Waiting happens in the server, never by client polling: waiters queue there, and a
+/// release hands the lock over in about one round trip.
+///
+/// A server-side deadlock break is [`Deadlock`](crate::Error::Deadlock), a server-side cancel
+/// is [`Canceled`](crate::Error::Canceled), and a lost connection is
+/// [`ConnectionLost`](crate::Error::ConnectionLost), after which `verify` is `false` (or
+/// the connection error again).
+pub trait Lock {
+    /// The key this lock was created with.
+    fn key(&self) -> &Key;
+
+    /// Waits, in the server, until this session holds the lock. There is no client-side
+    /// limit: use [`acquire_timeout`](Lock::acquire_timeout) to bound the wait.
+    ///
+    /// # Errors
+    ///
+    /// [`AlreadyAcquired`](crate::Error::AlreadyAcquired) when this object holds the lock;
+    /// otherwise what the server or the connection reports.
+    fn acquire(&mut self) -> Result<()>;
+
+    /// Takes the lock if it is free, without waiting: `Ok(true)` held, `Ok(false)` busy.
+    ///
+    /// # Errors
+    ///
+    /// As [`acquire`](Lock::acquire).
+    fn try_acquire(&mut self) -> Result<bool>;
+
+    /// Waits, in the server, at most `timeout` for the lock: `Ok(true)` held, `Ok(false)`
+    /// not within the timeout. `Ok(false)` comes no earlier than `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// As [`acquire`](Lock::acquire).
+    fn acquire_timeout(&mut self, timeout: Duration) -> Result<bool>;
+
+    /// Releases the lock. The object is unlocked afterwards, whatever the result.
+    ///
+    /// # Errors
+    ///
+    /// [`NotAcquired`](crate::Error::NotAcquired) when this object does not hold the lock;
+    /// [`NotHeld`](crate::Error::NotHeld) when the server says the session did not hold it.
+    fn release(&mut self) -> Result<()>;
+
+    /// Whether this object holds its lock, as far as it knows. Does no I/O; use
+    /// [`verify`](Lock::verify) to ask the server.
+    fn is_acquired(&self) -> bool;
+
+    /// Asks the server whether this session holds the lock now.
+    ///
+    /// # Errors
+    ///
+    /// What the server or the connection reports.
+    fn verify(&mut self) -> Result<bool>;
+}
+
+/// A distributed lock held by one database session, used from async (tokio) code.
+///
+/// The same contract as [`Lock`], operation for operation; see its table. Two differences
+/// come from async Rust:
+///
+/// - A future dropped before it completes (under `tokio::time::timeout` or `select!`) must
+///   not leave a lock held by a session nobody tracks. Each implementation documents the
+///   cancel safety of each method.
+/// - Drop cannot wait for I/O, so release on drop is not immediate: a held lock dropped
+///   without [`release`](AsyncLock::release) is released by a spawned task when the lock
+///   owns its connection, and otherwise the release is owed and done before the next
+///   operation through the lock's connection. Call `release().await` to know the outcome.
+pub trait AsyncLock: Send {
+    /// The key this lock was created with.
+    fn key(&self) -> &Key;
+
+    /// Waits, in the server, until this session holds the lock.
+    ///
+    /// # Errors
+    ///
+    /// As [`Lock::acquire`].
+    ///
+    /// # Cancel Safety
+    ///
+    /// Each implementation says what a drop of this future leaves behind.
+    fn acquire(&mut self) -> impl Future<Output = Result<()>> + Send;
+
+    /// Takes the lock if it is free, without waiting: `Ok(true)` held, `Ok(false)` busy.
+    ///
+    /// # Errors
+    ///
+    /// As [`Lock::acquire`].
+    ///
+    /// # Cancel Safety
+    ///
+    /// Each implementation says what a drop of this future leaves behind.
+    fn try_acquire(&mut self) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Waits, in the server, at most `timeout` for the lock: `Ok(true)` held, `Ok(false)`
+    /// not within the timeout.
+    ///
+    /// # Errors
+    ///
+    /// As [`Lock::acquire`].
+    ///
+    /// # Cancel Safety
+    ///
+    /// Each implementation says what a drop of this future leaves behind.
+    fn acquire_timeout(&mut self, timeout: Duration) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Releases the lock. The object is unlocked afterwards, whatever the result.
+    ///
+    /// # Errors
+    ///
+    /// As [`Lock::release`].
+    ///
+    /// # Cancel Safety
+    ///
+    /// Each implementation says what a drop of this future leaves behind.
+    fn release(&mut self) -> impl Future<Output = Result<()>> + Send;
+
+    /// Whether this object holds its lock, as far as it knows. Does no I/O.
+    fn is_acquired(&self) -> bool;
+
+    /// Asks the server whether this session holds the lock now.
+    ///
+    /// # Errors
+    ///
+    /// What the server or the connection reports.
+    ///
+    /// # Cancel Safety
+    ///
+    /// Each implementation says what a drop of this future leaves behind.
+    fn verify(&mut self) -> impl Future<Output = Result<bool>> + Send;
+}
