@@ -30,18 +30,6 @@ pub enum Key {
     Pair(i32, i32),
 }
 
-impl Key {
-    /// The bytes a hashing policy digests: UTF-8 for text, the bytes themselves for bytes,
-    /// and `None` for integer keys, which are not hashed.
-    pub(crate) fn hash_input(&self) -> Option<&[u8]> {
-        match self {
-            Key::Text(text) => Some(text.as_bytes()),
-            Key::Bytes(bytes) => Some(bytes),
-            Key::Int(_) | Key::Pair(..) => None,
-        }
-    }
-}
-
 impl From<&str> for Key {
     fn from(text: &str) -> Self {
         Key::Text(text.to_owned())

@@ -185,9 +185,12 @@ impl fmt::Debug for KeyPolicy {
 /// The conversions of a [`KeyPolicy::Custom`], made by [`KeyPolicy::custom`].
 #[derive(Clone)]
 pub struct CustomPolicy {
-    pg: Arc<dyn Fn(&Key) -> Result<PgKey> + Send + Sync>,
-    mysql: Arc<dyn Fn(&Key) -> Result<String> + Send + Sync>,
+    pg: Arc<Conversion<PgKey>>,
+    mysql: Arc<Conversion<String>>,
 }
+
+/// A user's conversion of a key into what one backend locks.
+type Conversion<T> = dyn Fn(&Key) -> Result<T> + Send + Sync;
 
 impl fmt::Debug for CustomPolicy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
