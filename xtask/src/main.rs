@@ -1,1 +1,57 @@
-fn main() {}
+//! dlock's development tasks, run as `cargo xtask <command>`.
+//!
+//! - `db up | down | env`: start, stop, or print the URLs of throwaway PostgreSQL and MariaDB
+//!   servers on loopback.
+//! - `test-matrix [--list] [--only PREFIX]`: every check the project passes, with servers.
+
+mod db;
+mod matrix;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// xtask's own errors are messages for a developer; a boxed error carries them.
+type Result<T, E = Box<dyn std::error::Error + Send + Sync>> = std::result::Result<T, E>;
+
+const USAGE: &str = "\
+usage: cargo xtask <command>
+
+commands:
+  db up          start PostgreSQL and MariaDB on free loopback ports, print their URLs
+  db env         print the URLs of the servers `db up` started, as shell exports
+  db down        stop the servers `db up` started and delete their files
+  test-matrix    run every check (fmt, clippy, docs, tests with servers); --list, --only PREFIX
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("db") => db::command(&args[1..]),
+        Some("test-matrix") => matrix::command(&args[1..]),
+        Some("help" | "--help" | "-h") => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        _ => Err(USAGE.into()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("xtask: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root: xtask lives one level below it.
+fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives inside the workspace")
+        .to_path_buf()
+}
+
+/// The cargo that runs us, so the matrix uses the same toolchain.
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned())
+}

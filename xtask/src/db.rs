@@ -1,0 +1,533 @@
+//! Throwaway PostgreSQL and MariaDB servers on loopback, for tests, the demo and benchmarks.
+//!
+//! Each server lives in its own temporary directory, listens on a free loopback port, and is
+//! stopped and deleted by [`Servers::stop`]. `cargo xtask db up` records what it started in a
+//! state file under `target/`, so `cargo xtask db down` can find it from another process.
+
+use std::fs;
+use std::io::{self, Write};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::{Result, project_root};
+
+/// The environment variable that names a PostgreSQL server to use instead of starting one.
+pub(crate) const PG_URL_VAR: &str = "DLOCK_PG_URL";
+/// The environment variable that names a MySQL or MariaDB server to use instead of starting one.
+pub(crate) const MYSQL_URL_VAR: &str = "DLOCK_MYSQL_URL";
+
+/// How long a server may take to accept connections before we give up on it.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a server may take to exit after it was asked to stop before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The servers the tests talk to: each either started here (and stopped by us) or given by
+/// the user through its URL variable (and left alone).
+#[derive(Debug, Default)]
+pub(crate) struct Servers {
+    pub(crate) pg_url: String,
+    pub(crate) mysql_url: String,
+    started: Vec<Started>,
+}
+
+/// A server this process started, with what it takes to stop it and clean up after it.
+#[derive(Debug)]
+struct Started {
+    name: &'static str,
+    /// The temporary directory holding its data, socket and log; deleted on stop.
+    dir: PathBuf,
+    pid: u32,
+    /// The child handle, when this process spawned the server itself, so it can be reaped.
+    child: Option<Child>,
+}
+
+impl Servers {
+    /// Uses the servers named in the environment, and starts the ones that are not.
+    pub(crate) fn from_env_or_start() -> Result<Servers> {
+        let mut servers = Servers::default();
+        let result = servers.fill_from_env_or_start();
+        match result {
+            Ok(()) => Ok(servers),
+            Err(error) => {
+                servers.stop();
+                Err(error)
+            }
+        }
+    }
+
+    fn fill_from_env_or_start(&mut self) -> Result<()> {
+        let base = unique_temp_dir()?;
+        self.pg_url = match std::env::var(PG_URL_VAR) {
+            Ok(url) if !url.is_empty() => {
+                eprintln!("xtask: using the PostgreSQL server of {PG_URL_VAR}");
+                url
+            }
+            _ => {
+                let (url, started) = start_postgres(&base.join("postgres"))?;
+                self.started.push(started);
+                url
+            }
+        };
+        self.mysql_url = match std::env::var(MYSQL_URL_VAR) {
+            Ok(url) if !url.is_empty() => {
+                eprintln!("xtask: using the MySQL server of {MYSQL_URL_VAR}");
+                url
+            }
+            _ => {
+                let (url, started) = start_mariadb(&base.join("mariadb"))?;
+                self.started.push(started);
+                url
+            }
+        };
+        // The base directory only holds the servers' own directories; remove it when empty.
+        let _ = fs::remove_dir(&base);
+        Ok(())
+    }
+
+    /// The environment variables that point tests at these servers.
+    pub(crate) fn env(&self) -> [(&'static str, &str); 2] {
+        [(PG_URL_VAR, &self.pg_url), (MYSQL_URL_VAR, &self.mysql_url)]
+    }
+
+    /// Stops every server started here and deletes its directory. Safe to call twice.
+    pub(crate) fn stop(&mut self) {
+        for mut server in self.started.drain(..).rev() {
+            eprintln!("xtask: stopping {} (pid {})", server.name, server.pid);
+            stop_process(server.pid, stop_signal(server.name), server.child.as_mut());
+            if let Err(error) = fs::remove_dir_all(&server.dir) {
+                eprintln!("xtask: could not remove {}: {error}", server.dir.display());
+            }
+            if let Some(parent) = server.dir.parent() {
+                // Removes the shared base directory once its last server is gone.
+                let _ = fs::remove_dir(parent);
+            }
+        }
+    }
+
+    /// Writes what `db down` needs to find these servers from another process.
+    fn save(&self, path: &Path) -> Result<()> {
+        let mut text = String::new();
+        for (name, value) in self.env() {
+            text.push_str(&format!("url {name}={value}\n"));
+        }
+        for server in &self.started {
+            let dir = server.dir.display();
+            text.push_str(&format!("server {} {} {dir}\n", server.name, server.pid));
+        }
+        fs::create_dir_all(path.parent().expect("the state file lives in target/"))?;
+        fs::write(path, text)?;
+        Ok(())
+    }
+
+    /// Reads what `db up` saved.
+    fn load(path: &Path) -> Result<Servers> {
+        let text = fs::read_to_string(path)?;
+        let mut servers = Servers::default();
+        for line in text.lines() {
+            let mut words = line.splitn(4, ' ');
+            match (words.next(), words.next(), words.next(), words.next()) {
+                (Some("url"), Some(assignment), None, None) => match assignment.split_once('=') {
+                    Some((PG_URL_VAR, url)) => servers.pg_url = url.to_owned(),
+                    Some((MYSQL_URL_VAR, url)) => servers.mysql_url = url.to_owned(),
+                    _ => return Err(format!("unknown line in {}: {line}", path.display()).into()),
+                },
+                (Some("server"), Some(name), Some(pid), Some(dir)) => {
+                    servers.started.push(Started {
+                        name: if name == "postgres" {
+                            "postgres"
+                        } else {
+                            "mariadb"
+                        },
+                        dir: PathBuf::from(dir),
+                        pid: pid.parse()?,
+                        child: None,
+                    });
+                }
+                _ => return Err(format!("unknown line in {}: {line}", path.display()).into()),
+            }
+        }
+        Ok(servers)
+    }
+}
+
+/// Where `db up` records the servers it started.
+fn state_file() -> PathBuf {
+    project_root().join("target").join("xtask-db.state")
+}
+
+/// `cargo xtask db up | down | env`.
+pub(crate) fn command(args: &[String]) -> Result<()> {
+    let state = state_file();
+    match args.first().map(String::as_str) {
+        Some("up") => {
+            if state.exists() {
+                let servers = Servers::load(&state)?;
+                eprintln!("xtask: servers are already up (`cargo xtask db down` stops them)");
+                print_env(&servers);
+                return Ok(());
+            }
+            let servers = Servers::from_env_or_start()?;
+            servers.save(&state)?;
+            print_env(&servers);
+            eprintln!("xtask: servers are up; `eval \"$(cargo xtask db env)\"` exports their URLs");
+            Ok(())
+        }
+        Some("down") => {
+            if !state.exists() {
+                eprintln!(
+                    "xtask: no servers recorded in {}; nothing to stop",
+                    state.display()
+                );
+                return Ok(());
+            }
+            let mut servers = Servers::load(&state)?;
+            servers.stop();
+            fs::remove_file(&state)?;
+            Ok(())
+        }
+        Some("env") => {
+            if !state.exists() {
+                return Err("no servers are up: run `cargo xtask db up` first".into());
+            }
+            print_env(&Servers::load(&state)?);
+            Ok(())
+        }
+        _ => Err("usage: cargo xtask db up | down | env".into()),
+    }
+}
+
+fn print_env(servers: &Servers) {
+    for (name, value) in servers.env() {
+        println!("export {name}={value}");
+    }
+}
+
+/// A directory of our own under the system's temporary directory.
+fn unique_temp_dir() -> Result<PathBuf> {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH)?.subsec_nanos();
+    let dir = std::env::temp_dir().join(format!("dlock-db-{}-{nanos}", std::process::id()));
+    fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// A loopback port nobody listens on now. Another process could take it before the server
+/// binds it; the server then fails to start and says so in its log.
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+        .local_addr()?
+        .port())
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|output| output.stdout.trim_ascii() == b"0")
+}
+
+/// Runs a command, failing with its output when it fails.
+fn run(command: &mut Command) -> Result<()> {
+    let output = command
+        .output()
+        .map_err(|error| format!("{command:?}: {error}"))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    Err(format!(
+        "{command:?} failed with {}:\n{}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+    .into())
+}
+
+/// A command run as `user` when we are root (database servers refuse to run as root), and as
+/// ourselves otherwise.
+fn command_as(user: &str, program: &Path) -> Command {
+    if is_root() {
+        let mut command = Command::new("runuser");
+        command.args(["-u", user, "--"]).arg(program);
+        command
+    } else {
+        Command::new(program)
+    }
+}
+
+fn chown(user: &str, dir: &Path) -> Result<()> {
+    if is_root() {
+        run(Command::new("chown")
+            .args(["-R", &format!("{user}:")])
+            .arg(dir))?;
+    }
+    Ok(())
+}
+
+/// Installs Debian packages when we are root on Debian or Ubuntu, and otherwise says exactly
+/// what to install.
+fn install_packages(what: &str, packages: &[&str], url_var: &str) -> Result<()> {
+    let apt = Path::new("/usr/bin/apt-get");
+    if !(is_root() && apt.exists()) {
+        return Err(format!(
+            "{what} is not installed. Install it (on Debian or Ubuntu: `sudo apt-get install \
+             {}`), or point the tests at a running server with {url_var}",
+            packages.join(" ")
+        )
+        .into());
+    }
+    eprintln!(
+        "xtask: {what} is not installed; installing {} with apt-get",
+        packages.join(" ")
+    );
+    // A package's maintainer scripts would start the system's own server; we run our own.
+    let policy = Path::new("/usr/sbin/policy-rc.d");
+    let block_services = !policy.exists();
+    if block_services {
+        fs::write(policy, "#!/bin/sh\nexit 101\n")?;
+        run(Command::new("chmod").arg("755").arg(policy))?;
+    }
+    let result = run(Command::new(apt).args(["update", "-q"])).and_then(|()| {
+        run(Command::new(apt)
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(packages)
+            .env("DEBIAN_FRONTEND", "noninteractive"))
+    });
+    if block_services {
+        fs::remove_file(policy)?;
+    }
+    result
+}
+
+/// The directory of PostgreSQL's server binaries: `DLOCK_PG_BIN`, or the newest
+/// `/usr/lib/postgresql/*/bin`, or wherever `initdb` is on the `PATH`.
+fn find_postgres_bin() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("DLOCK_PG_BIN") {
+        return Some(PathBuf::from(dir));
+    }
+    let mut versions: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let major = entry.file_name().to_str()?.parse().ok()?;
+            let bin = entry.path().join("bin");
+            bin.join("initdb").exists().then_some((major, bin))
+        })
+        .collect();
+    versions.sort();
+    if let Some((_, bin)) = versions.pop() {
+        return Some(bin);
+    }
+    find_on_path("initdb").and_then(|initdb| initdb.parent().map(Path::to_path_buf))
+}
+
+fn find_on_path(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.exists())
+}
+
+fn start_postgres(dir: &Path) -> Result<(String, Started)> {
+    let bin = match find_postgres_bin() {
+        Some(bin) => bin,
+        None => {
+            install_packages("the PostgreSQL server", &["postgresql"], PG_URL_VAR)?;
+            find_postgres_bin().ok_or("PostgreSQL was installed but initdb is still missing")?
+        }
+    };
+    let data = dir.join("data");
+    let log = dir.join("server.log");
+    fs::create_dir_all(dir)?;
+    chown("postgres", dir)?;
+    let port = free_port()?;
+    eprintln!(
+        "xtask: starting PostgreSQL from {} on port {port}",
+        bin.display()
+    );
+    run(command_as("postgres", &bin.join("initdb"))
+        .arg("-D")
+        .arg(&data)
+        .args([
+            "-A",
+            "trust",
+            "--no-sync",
+            "-U",
+            "postgres",
+            "-E",
+            "UTF8",
+            "--locale=C",
+        ]))?;
+    let options = format!(
+        "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300",
+        dir.display()
+    );
+    let started = run(command_as("postgres", &bin.join("pg_ctl"))
+        .arg("-D")
+        .arg(&data)
+        .arg("-l")
+        .arg(&log)
+        .args(["-o", &options, "-w", "-t", "60", "start"]));
+    let pid = fs::read_to_string(data.join("postmaster.pid"))
+        .ok()
+        .and_then(|text| text.lines().next()?.trim().parse().ok());
+    let (Ok(()), Some(pid)) = (started, pid) else {
+        let log = fs::read_to_string(&log).unwrap_or_default();
+        let _ = fs::remove_dir_all(dir);
+        return Err(format!("PostgreSQL did not start; its log says:\n{log}").into());
+    };
+    let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+    let server = Started {
+        name: "postgres",
+        dir: dir.to_path_buf(),
+        pid,
+        child: None,
+    };
+    Ok((url, server))
+}
+
+/// MariaDB's programs: the server and the data-directory initializer.
+fn find_mariadb() -> Option<(PathBuf, PathBuf)> {
+    let server = find_on_path("mariadbd").or_else(|| find_on_path("mysqld"))?;
+    let install_db =
+        find_on_path("mariadb-install-db").or_else(|| find_on_path("mysql_install_db"))?;
+    Some((server, install_db))
+}
+
+/// The account the tests use: a password account reachable over TCP, with every privilege
+/// (tests `KILL` other sessions). It is (re)created at each start by `--init-file`.
+const MARIADB_INIT_SQL: &str = "\
+CREATE DATABASE IF NOT EXISTS dlock;
+CREATE USER IF NOT EXISTS 'dlock'@'127.0.0.1' IDENTIFIED BY 'dlock';
+GRANT ALL PRIVILEGES ON *.* TO 'dlock'@'127.0.0.1' WITH GRANT OPTION;
+CREATE USER IF NOT EXISTS 'dlock'@'%' IDENTIFIED BY 'dlock';
+GRANT ALL PRIVILEGES ON *.* TO 'dlock'@'%' WITH GRANT OPTION;
+";
+
+fn start_mariadb(dir: &Path) -> Result<(String, Started)> {
+    let (server, install_db) = match find_mariadb() {
+        Some(found) => found,
+        None => {
+            install_packages("the MariaDB server", &["mariadb-server"], MYSQL_URL_VAR)?;
+            find_mariadb().ok_or("mariadb-server was installed but mariadbd is still missing")?
+        }
+    };
+    let data = dir.join("data");
+    let log = dir.join("server.log");
+    let init = dir.join("init.sql");
+    fs::create_dir_all(dir)?;
+    fs::write(&init, MARIADB_INIT_SQL)?;
+    chown("mysql", dir)?;
+    let port = free_port()?;
+    eprintln!(
+        "xtask: starting MariaDB from {} on port {port}",
+        server.display()
+    );
+    let mut install = Command::new(&install_db);
+    install
+        .arg("--no-defaults")
+        .arg(format!("--datadir={}", data.display()))
+        .args(["--auth-root-authentication-method=socket", "--skip-test-db"]);
+    if is_root() {
+        install.arg("--user=mysql");
+    }
+    run(&mut install)?;
+
+    let mut command = Command::new(&server);
+    command
+        .arg("--no-defaults")
+        .arg(format!("--datadir={}", data.display()))
+        .arg(format!("--socket={}", dir.join("mysqld.sock").display()))
+        .arg(format!("--pid-file={}", dir.join("mysqld.pid").display()))
+        .arg(format!("--log-error={}", log.display()))
+        .arg(format!("--init-file={}", init.display()))
+        .arg(format!("--port={port}"))
+        .args([
+            "--bind-address=127.0.0.1",
+            "--skip-name-resolve",
+            "--skip-log-bin",
+            "--max-connections=500",
+            "--innodb-flush-log-at-trx-commit=0",
+            "--innodb-buffer-pool-size=64M",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        // Its own process group, so a Ctrl-C meant for cargo reaches it only through us, and
+        // we stop it in order.
+        .process_group(0);
+    if is_root() {
+        command.arg("--user=mysql");
+    }
+    let mut child = command
+        .spawn()
+        .map_err(|error| format!("{server:?}: {error}"))?;
+    let pid = child.id();
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            break;
+        }
+        let exited = child.try_wait()?.is_some();
+        if exited || Instant::now() > deadline {
+            stop_process(pid, stop_signal("mariadb"), Some(&mut child));
+            let log = fs::read_to_string(&log).unwrap_or_default();
+            let _ = fs::remove_dir_all(dir);
+            return Err(format!("MariaDB did not start; its log says:\n{log}").into());
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    let url = format!("mysql://dlock:dlock@127.0.0.1:{port}/dlock");
+    let started = Started {
+        name: "mariadb",
+        dir: dir.to_path_buf(),
+        pid,
+        child: Some(child),
+    };
+    Ok((url, started))
+}
+
+fn is_running(pid: u32) -> bool {
+    // A zombie still has a /proc entry, but it no longer holds ports, files or locks.
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| !stat.rsplit(") ").next().unwrap_or("").starts_with('Z'))
+}
+
+/// The signal that shuts a server down at once: PostgreSQL's "fast" shutdown is SIGINT (its
+/// SIGTERM waits for every client to leave), MariaDB's is SIGTERM.
+fn stop_signal(name: &str) -> &'static str {
+    if name == "postgres" { "-INT" } else { "-TERM" }
+}
+
+/// Asks a server to shut down with `signal`, waits for it, and kills it if it does not exit
+/// in time.
+fn stop_process(pid: u32, signal: &str, mut child: Option<&mut Child>) {
+    let _ = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .stderr(Stdio::null())
+        .status();
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    while is_running(pid) && Instant::now() < deadline {
+        if let Some(child) = child.as_mut() {
+            if child.try_wait().is_ok_and(|status| status.is_some()) {
+                break;
+            }
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    if is_running(pid) {
+        eprintln!("xtask: pid {pid} did not stop in {STOP_TIMEOUT:?}; killing it");
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+    }
+    if let Some(child) = child {
+        let _ = child.wait();
+    }
+    let _ = io::stderr().flush();
+}

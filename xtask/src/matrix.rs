@@ -1,0 +1,281 @@
+//! `cargo xtask test-matrix`: every check the project passes, as a table of rows.
+//!
+//! Rows run in order and all run, even after a failure, so the summary shows everything that
+//! is broken. Servers start before the first row that needs them and stop at the end, on
+//! failure, and on Ctrl-C.
+
+use std::fs;
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use crate::db::Servers;
+use crate::{Result, cargo, project_root};
+
+/// The servers the matrix started, where the Ctrl-C handler can find and stop them.
+static SERVERS: Mutex<Option<Servers>> = Mutex::new(None);
+
+/// The workspace members whose feature combinations are checked one by one. Members without
+/// features (dlock-core, xtask) are covered by the whole-workspace rows.
+const FEATURED_CRATES: &[&str] = &["dlock-postgres", "dlock-mysql", "dlock-pool"];
+
+/// Crates whose `tests/` targets talk to the database servers, when they have any.
+const DATABASE_CRATES: &[&str] = &["dlock-postgres", "dlock-mysql", "dlock-pool"];
+
+/// One check: a cargo command, its extra environment, and whether it needs the servers.
+#[derive(Debug)]
+struct Row {
+    name: String,
+    args: Vec<String>,
+    env: Vec<(&'static str, &'static str)>,
+    needs_servers: bool,
+}
+
+impl Row {
+    fn new(name: impl Into<String>, args: &[&str]) -> Row {
+        Row {
+            name: name.into(),
+            args: args.iter().map(|arg| (*arg).to_owned()).collect(),
+            env: Vec::new(),
+            needs_servers: false,
+        }
+    }
+
+    fn env(mut self, name: &'static str, value: &'static str) -> Row {
+        self.env.push((name, value));
+        self
+    }
+
+    fn needs_servers(mut self) -> Row {
+        self.needs_servers = true;
+        self
+    }
+
+    fn command_line(&self) -> String {
+        let env: String = self.env.iter().map(|(k, v)| format!("{k}={v} ")).collect();
+        format!("{env}cargo {}", self.args.join(" "))
+    }
+}
+
+/// The features a crate declares in its Cargo.toml, other than `default`.
+fn declared_features(krate: &str) -> Result<Vec<String>> {
+    let manifest = fs::read_to_string(project_root().join(krate).join("Cargo.toml"))?;
+    let mut in_features = false;
+    let mut features = Vec::new();
+    for line in manifest.lines() {
+        let line = line.trim_end();
+        if line.starts_with('[') {
+            in_features = line == "[features]";
+            continue;
+        }
+        let Some((name, _)) = line.split_once('=') else {
+            continue;
+        };
+        let name = name.trim();
+        let is_name = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if in_features && is_name && !line.starts_with([' ', '\t']) && name != "default" {
+            features.push(name.to_owned());
+        }
+    }
+    Ok(features)
+}
+
+/// Every row, in the order they run.
+fn rows() -> Result<Vec<Row>> {
+    let deny = ["--", "-D", "warnings"];
+    let mut rows = vec![
+        Row::new("fmt", &["fmt", "--all", "--", "--check"]),
+        Row::new(
+            "clippy:workspace:all-features",
+            &[
+                &["clippy", "--workspace", "--all-targets", "--all-features"][..],
+                &deny,
+            ]
+            .concat(),
+        ),
+    ];
+    for krate in FEATURED_CRATES {
+        let features = declared_features(krate)?;
+        let mut sets: Vec<(String, Vec<&str>)> = vec![("none".to_owned(), vec![])];
+        sets.extend(
+            features
+                .iter()
+                .map(|feature| (feature.clone(), vec![feature.as_str()])),
+        );
+        for (label, set) in sets {
+            let joined = set.join(",");
+            let mut args = vec![
+                "clippy",
+                "-p",
+                krate,
+                "--all-targets",
+                "--no-default-features",
+            ];
+            if !set.is_empty() {
+                args.extend(["--features", &joined]);
+            }
+            args.extend(deny);
+            rows.push(Row::new(format!("clippy:{krate}:{label}"), &args));
+        }
+    }
+    rows.extend([
+        Row::new(
+            "doc",
+            &["doc", "--workspace", "--no-deps", "--all-features"],
+        )
+        .env("RUSTDOCFLAGS", "-D warnings"),
+        Row::new(
+            "test:unit",
+            &["test", "--workspace", "--all-features", "--lib", "--bins"],
+        ),
+        Row::new(
+            "test:doc",
+            &["test", "--workspace", "--all-features", "--doc"],
+        ),
+    ]);
+    for krate in DATABASE_CRATES {
+        if !project_root().join(krate).join("tests").is_dir() {
+            continue;
+        }
+        let args = ["test", "-p", krate, "--all-features", "--test", "*"];
+        rows.push(Row::new(format!("db:{krate}"), &args).needs_servers());
+    }
+    Ok(rows)
+}
+
+/// `cargo xtask test-matrix [--list] [--only PREFIX]`.
+pub(crate) fn command(args: &[String]) -> Result<()> {
+    let mut list = false;
+    let mut only: Option<String> = None;
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--list" => list = true,
+            "--only" => only = Some(args.next().ok_or("--only needs a row name prefix")?.clone()),
+            other => return Err(format!("unknown argument {other:?}; usage: cargo xtask test-matrix [--list] [--only PREFIX]").into()),
+        }
+    }
+    let rows: Vec<Row> = rows()?
+        .into_iter()
+        .filter(|row| {
+            only.as_deref()
+                .is_none_or(|prefix| row.name.starts_with(prefix))
+        })
+        .collect();
+    if rows.is_empty() {
+        return Err(format!(
+            "no row starts with {:?}; see --list",
+            only.unwrap_or_default()
+        )
+        .into());
+    }
+    if list {
+        for row in &rows {
+            let servers = if row.needs_servers { "  [servers]" } else { "" };
+            println!("{:<36} {}{servers}", row.name, row.command_line());
+        }
+        return Ok(());
+    }
+
+    ctrlc::set_handler(|| {
+        eprintln!("\nxtask: interrupted; stopping the servers");
+        stop_servers();
+        std::process::exit(130);
+    })?;
+
+    let started = Instant::now();
+    let mut results = Vec::new();
+    for (index, row) in rows.iter().enumerate() {
+        eprintln!(
+            "\n==> [{}/{}] {}: {}",
+            index + 1,
+            rows.len(),
+            row.name,
+            row.command_line()
+        );
+        let row_started = Instant::now();
+        let passed = match run_row(row) {
+            Ok(passed) => passed,
+            Err(error) => {
+                eprintln!("xtask: {}: {error}", row.name);
+                false
+            }
+        };
+        results.push((
+            row.name.as_str(),
+            passed,
+            row_started.elapsed().as_secs_f64(),
+        ));
+    }
+    stop_servers();
+
+    println!("\n{:<36} {:<6} {:>8}", "row", "result", "seconds");
+    for (name, passed, seconds) in &results {
+        let result = if *passed { "ok" } else { "FAILED" };
+        println!("{name:<36} {result:<6} {seconds:>8.1}");
+    }
+    let failed = results.iter().filter(|(_, passed, _)| !passed).count();
+    println!("total time: {:.1} s", started.elapsed().as_secs_f64());
+    println!("matrix: {} passed, {failed} failed", results.len() - failed);
+    if failed > 0 {
+        return Err(format!("{failed} matrix row(s) failed").into());
+    }
+    Ok(())
+}
+
+/// Runs one row: `Ok(true)` when its command succeeded.
+fn run_row(row: &Row) -> Result<bool> {
+    let mut command = Command::new(cargo());
+    command
+        .current_dir(project_root())
+        .args(&row.args)
+        .envs(row.env.iter().copied());
+    if row.needs_servers {
+        let mut servers = SERVERS.lock().unwrap_or_else(|poison| poison.into_inner());
+        if servers.is_none() {
+            *servers = Some(Servers::from_env_or_start()?);
+        }
+        let servers = servers.as_ref().expect("the servers were just started");
+        command.envs(servers.env());
+    }
+    Ok(command.status()?.success())
+}
+
+fn stop_servers() {
+    let taken = SERVERS
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner())
+        .take();
+    if let Some(mut servers) = taken {
+        servers.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_featured_crate_has_a_no_default_features_row() {
+        let rows = rows().unwrap();
+        for krate in FEATURED_CRATES {
+            let name = format!("clippy:{krate}:none");
+            assert!(rows.iter().any(|row| row.name == name), "{name} is missing");
+        }
+    }
+
+    #[test]
+    fn only_database_rows_need_servers() {
+        for row in rows().unwrap() {
+            assert_eq!(
+                row.needs_servers,
+                row.name.starts_with("db:"),
+                "{}",
+                row.name
+            );
+        }
+    }
+}
