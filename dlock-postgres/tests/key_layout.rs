@@ -62,7 +62,8 @@ fn every_policy_key_is_the_server_lock_other_sessions_see() {
         .query_one("SELECT pg_backend_pid()", &[])
         .unwrap()
         .get(0);
-    let key = Key::from("user/001");
+    // Tests run in parallel on one server, so each test locks keys of its own.
+    let key = Key::from("key_layout/every_policy");
     for policy in [
         KeyPolicy::Blake2b,
         KeyPolicy::Sqlx,

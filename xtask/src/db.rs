@@ -10,6 +10,8 @@ use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -25,14 +27,17 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a server may take to exit after it was asked to stop before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The servers the tests talk to: each either started here (and stopped by us) or given by
-/// the user through its URL variable (and left alone).
+/// The servers the tests talk to: each either started here (and recorded in [`STARTED`]) or
+/// given by the user through its URL variable (and left alone).
 #[derive(Debug, Default)]
 pub(crate) struct Servers {
     pub(crate) pg_url: String,
     pub(crate) mysql_url: String,
-    started: Vec<Started>,
 }
+
+/// Every server this process is starting or has started. A server is entered here before its
+/// directory is made, so an interrupt at any point finds everything there is to clean up.
+static STARTED: Mutex<Vec<Started>> = Mutex::new(Vec::new());
 
 /// A server this process started, with what it takes to stop it and clean up after it.
 #[derive(Debug)]
@@ -40,20 +45,91 @@ struct Started {
     name: &'static str,
     /// The temporary directory holding its data, socket and log; deleted on stop.
     dir: PathBuf,
-    pid: u32,
+    /// The server's pid, once known from a previous process's state file.
+    pid: Option<u32>,
     /// The child handle, when this process spawned the server itself, so it can be reaped.
     child: Option<Child>,
+}
+
+impl Started {
+    /// The server's process: known, spawned by us, or read from the pid file the server
+    /// writes as it starts (PostgreSQL's postmaster is started by pg_ctl, not by us).
+    fn pid(&self) -> Option<u32> {
+        let pid_file = match self.name {
+            "postgres" => self.dir.join("data").join("postmaster.pid"),
+            _ => self.dir.join("mysqld.pid"),
+        };
+        self.pid.or(self.child.as_ref().map(Child::id)).or_else(|| {
+            fs::read_to_string(pid_file)
+                .ok()?
+                .lines()
+                .next()?
+                .trim()
+                .parse()
+                .ok()
+        })
+    }
+
+    fn stop(mut self) {
+        if let Some(pid) = self.pid() {
+            eprintln!("xtask: stopping {} (pid {pid})", self.name);
+            stop_process(pid, stop_signal(self.name), self.child.as_mut());
+        }
+        if self.dir.exists() {
+            if let Err(error) = fs::remove_dir_all(&self.dir) {
+                eprintln!("xtask: could not remove {}: {error}", self.dir.display());
+            }
+        }
+        if let Some(parent) = self.dir.parent() {
+            // Removes the shared base directory once its last server is gone.
+            let _ = fs::remove_dir(parent);
+        }
+    }
+}
+
+fn started() -> MutexGuard<'static, Vec<Started>> {
+    STARTED.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
+/// Enters a server into [`STARTED`] before anything of it exists on disk.
+fn register(name: &'static str, dir: &Path) {
+    started().push(Started {
+        name,
+        dir: dir.to_path_buf(),
+        pid: None,
+        child: None,
+    });
+}
+
+/// Stops every server this process started, then exits with `code` without letting go of
+/// the registry, so the main thread cannot start another server meanwhile. For signal
+/// handlers.
+pub(crate) fn stop_all_and_exit(code: i32) -> ! {
+    let mut started = started();
+    let helper = RUNNING_HELPER.load(Ordering::SeqCst);
+    if helper != 0 {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{helper}")])
+            .status();
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while is_running(helper) && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+    for server in started.drain(..).rev() {
+        server.stop();
+    }
+    std::process::exit(code)
 }
 
 impl Servers {
     /// Uses the servers named in the environment, and starts the ones that are not.
     pub(crate) fn from_env_or_start() -> Result<Servers> {
         let mut servers = Servers::default();
-        let result = servers.fill_from_env_or_start();
-        match result {
+        match servers.fill_from_env_or_start() {
             Ok(()) => Ok(servers),
             Err(error) => {
-                servers.stop();
+                Servers::stop();
                 Err(error)
             }
         }
@@ -66,22 +142,14 @@ impl Servers {
                 eprintln!("xtask: using the PostgreSQL server of {PG_URL_VAR}");
                 url
             }
-            _ => {
-                let (url, started) = start_postgres(&base.join("postgres"))?;
-                self.started.push(started);
-                url
-            }
+            _ => start_postgres(&base.join("postgres"))?,
         };
         self.mysql_url = match std::env::var(MYSQL_URL_VAR) {
             Ok(url) if !url.is_empty() => {
                 eprintln!("xtask: using the MySQL server of {MYSQL_URL_VAR}");
                 url
             }
-            _ => {
-                let (url, started) = start_mariadb(&base.join("mariadb"))?;
-                self.started.push(started);
-                url
-            }
+            _ => start_mariadb(&base.join("mariadb"))?,
         };
         // The base directory only holds the servers' own directories; remove it when empty.
         let _ = fs::remove_dir(&base);
@@ -93,18 +161,12 @@ impl Servers {
         [(PG_URL_VAR, &self.pg_url), (MYSQL_URL_VAR, &self.mysql_url)]
     }
 
-    /// Stops every server started here and deletes its directory. Safe to call twice.
-    pub(crate) fn stop(&mut self) {
-        for mut server in self.started.drain(..).rev() {
-            eprintln!("xtask: stopping {} (pid {})", server.name, server.pid);
-            stop_process(server.pid, stop_signal(server.name), server.child.as_mut());
-            if let Err(error) = fs::remove_dir_all(&server.dir) {
-                eprintln!("xtask: could not remove {}: {error}", server.dir.display());
-            }
-            if let Some(parent) = server.dir.parent() {
-                // Removes the shared base directory once its last server is gone.
-                let _ = fs::remove_dir(parent);
-            }
+    /// Stops every server this process started (or loaded from the state file) and deletes
+    /// its directory. Safe to call twice.
+    pub(crate) fn stop() {
+        let taken: Vec<Started> = started().drain(..).rev().collect();
+        for server in taken {
+            server.stop();
         }
     }
 
@@ -114,16 +176,17 @@ impl Servers {
         for (name, value) in self.env() {
             text.push_str(&format!("url {name}={value}\n"));
         }
-        for server in &self.started {
+        for server in started().iter() {
+            let pid = server.pid().ok_or("a started server has no pid")?;
             let dir = server.dir.display();
-            text.push_str(&format!("server {} {} {dir}\n", server.name, server.pid));
+            text.push_str(&format!("server {} {pid} {dir}\n", server.name));
         }
         fs::create_dir_all(path.parent().expect("the state file lives in target/"))?;
         fs::write(path, text)?;
         Ok(())
     }
 
-    /// Reads what `db up` saved.
+    /// Reads what `db up` saved, entering its servers into [`STARTED`].
     fn load(path: &Path) -> Result<Servers> {
         let text = fs::read_to_string(path)?;
         let mut servers = Servers::default();
@@ -136,14 +199,14 @@ impl Servers {
                     _ => return Err(format!("unknown line in {}: {line}", path.display()).into()),
                 },
                 (Some("server"), Some(name), Some(pid), Some(dir)) => {
-                    servers.started.push(Started {
+                    started().push(Started {
                         name: if name == "postgres" {
                             "postgres"
                         } else {
                             "mariadb"
                         },
                         dir: PathBuf::from(dir),
-                        pid: pid.parse()?,
+                        pid: Some(pid.parse()?),
                         child: None,
                     });
                 }
@@ -184,8 +247,8 @@ pub(crate) fn command(args: &[String]) -> Result<()> {
                 );
                 return Ok(());
             }
-            let mut servers = Servers::load(&state)?;
-            servers.stop();
+            Servers::load(&state)?;
+            Servers::stop();
             fs::remove_file(&state)?;
             Ok(())
         }
@@ -229,11 +292,24 @@ fn is_root() -> bool {
         .is_ok_and(|output| output.stdout.trim_ascii() == b"0")
 }
 
-/// Runs a command, failing with its output when it fails.
+/// The process group of the helper command running now (initdb, pg_ctl, apt-get, ...), or 0,
+/// so an interrupt can stop it before it deletes the directory the helper writes into.
+static RUNNING_HELPER: AtomicU32 = AtomicU32::new(0);
+
+/// Runs a helper command in a process group of its own, failing with its output when it
+/// fails.
 fn run(command: &mut Command) -> Result<()> {
-    let output = command
-        .output()
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
         .map_err(|error| format!("{command:?}: {error}"))?;
+    RUNNING_HELPER.store(child.id(), Ordering::SeqCst);
+    let output = child.wait_with_output();
+    RUNNING_HELPER.store(0, Ordering::SeqCst);
+    let output = output?;
     if output.status.success() {
         return Ok(());
     }
@@ -333,7 +409,7 @@ fn find_on_path(program: &str) -> Option<PathBuf> {
         .find(|candidate| candidate.exists())
 }
 
-fn start_postgres(dir: &Path) -> Result<(String, Started)> {
+fn start_postgres(dir: &Path) -> Result<String> {
     let bin = match find_postgres_bin() {
         Some(bin) => bin,
         None => {
@@ -343,6 +419,7 @@ fn start_postgres(dir: &Path) -> Result<(String, Started)> {
     };
     let data = dir.join("data");
     let log = dir.join("server.log");
+    register("postgres", dir);
     fs::create_dir_all(dir)?;
     chown("postgres", dir)?;
     let port = free_port()?;
@@ -373,22 +450,11 @@ fn start_postgres(dir: &Path) -> Result<(String, Started)> {
         .arg("-l")
         .arg(&log)
         .args(["-o", &options, "-w", "-t", "60", "start"]));
-    let pid = fs::read_to_string(data.join("postmaster.pid"))
-        .ok()
-        .and_then(|text| text.lines().next()?.trim().parse().ok());
-    let (Ok(()), Some(pid)) = (started, pid) else {
+    if let Err(error) = started {
         let log = fs::read_to_string(&log).unwrap_or_default();
-        let _ = fs::remove_dir_all(dir);
-        return Err(format!("PostgreSQL did not start; its log says:\n{log}").into());
-    };
-    let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
-    let server = Started {
-        name: "postgres",
-        dir: dir.to_path_buf(),
-        pid,
-        child: None,
-    };
-    Ok((url, server))
+        return Err(format!("PostgreSQL did not start: {error}\nits log says:\n{log}").into());
+    }
+    Ok(format!("postgres://postgres@127.0.0.1:{port}/postgres"))
 }
 
 /// MariaDB's programs: the server and the data-directory initializer.
@@ -409,7 +475,7 @@ CREATE USER IF NOT EXISTS 'dlock'@'%' IDENTIFIED BY 'dlock';
 GRANT ALL PRIVILEGES ON *.* TO 'dlock'@'%' WITH GRANT OPTION;
 ";
 
-fn start_mariadb(dir: &Path) -> Result<(String, Started)> {
+fn start_mariadb(dir: &Path) -> Result<String> {
     let (server, install_db) = match find_mariadb() {
         Some(found) => found,
         None => {
@@ -420,6 +486,7 @@ fn start_mariadb(dir: &Path) -> Result<(String, Started)> {
     let data = dir.join("data");
     let log = dir.join("server.log");
     let init = dir.join("init.sql");
+    register("mariadb", dir);
     fs::create_dir_all(dir)?;
     fs::write(&init, MARIADB_INIT_SQL)?;
     chown("mysql", dir)?;
@@ -464,32 +531,22 @@ fn start_mariadb(dir: &Path) -> Result<(String, Started)> {
     if is_root() {
         command.arg("--user=mysql");
     }
-    let mut child = command
+    let child = command
         .spawn()
         .map_err(|error| format!("{server:?}: {error}"))?;
     let pid = child.id();
+    if let Some(entry) = started().iter_mut().find(|entry| entry.dir == dir) {
+        entry.child = Some(child);
+    }
     let deadline = Instant::now() + START_TIMEOUT;
-    loop {
-        if TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok() {
-            break;
-        }
-        let exited = child.try_wait()?.is_some();
-        if exited || Instant::now() > deadline {
-            stop_process(pid, stop_signal("mariadb"), Some(&mut child));
+    while TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err() {
+        if !is_running(pid) || Instant::now() > deadline {
             let log = fs::read_to_string(&log).unwrap_or_default();
-            let _ = fs::remove_dir_all(dir);
             return Err(format!("MariaDB did not start; its log says:\n{log}").into());
         }
         thread::sleep(Duration::from_millis(50));
     }
-    let url = format!("mysql://dlock:dlock@127.0.0.1:{port}/dlock");
-    let started = Started {
-        name: "mariadb",
-        dir: dir.to_path_buf(),
-        pid,
-        child: Some(child),
-    };
-    Ok((url, started))
+    Ok(format!("mysql://dlock:dlock@127.0.0.1:{port}/dlock"))
 }
 
 fn is_running(pid: u32) -> bool {

@@ -6,14 +6,14 @@
 
 use std::fs;
 use std::process::Command;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use crate::db::Servers;
-use crate::{Result, cargo, project_root};
+use crate::db::{self, Servers};
 
-/// The servers the matrix started, where the Ctrl-C handler can find and stop them.
-static SERVERS: Mutex<Option<Servers>> = Mutex::new(None);
+/// Set by the signal handler, so the main thread starts no new row while it cleans up.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+use crate::{Result, cargo, project_root};
 
 /// The workspace members whose feature combinations are checked one by one. Members without
 /// features (dlock-core, xtask) are covered by the whole-workspace rows.
@@ -181,14 +181,19 @@ pub(crate) fn command(args: &[String]) -> Result<()> {
     }
 
     ctrlc::set_handler(|| {
+        INTERRUPTED.store(true, Ordering::SeqCst);
         eprintln!("\nxtask: interrupted; stopping the servers");
-        stop_servers();
-        std::process::exit(130);
+        db::stop_all_and_exit(130);
     })?;
 
     let started = Instant::now();
     let mut results = Vec::new();
+    let mut servers: Option<Servers> = None;
     for (index, row) in rows.iter().enumerate() {
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            // The signal handler is stopping the servers and will exit; start nothing new.
+            break;
+        }
         eprintln!(
             "\n==> [{}/{}] {}: {}",
             index + 1,
@@ -197,7 +202,7 @@ pub(crate) fn command(args: &[String]) -> Result<()> {
             row.command_line()
         );
         let row_started = Instant::now();
-        let passed = match run_row(row) {
+        let passed = match run_row(row, &mut servers) {
             Ok(passed) => passed,
             Err(error) => {
                 eprintln!("xtask: {}: {error}", row.name);
@@ -210,7 +215,7 @@ pub(crate) fn command(args: &[String]) -> Result<()> {
             row_started.elapsed().as_secs_f64(),
         ));
     }
-    stop_servers();
+    Servers::stop();
 
     println!("\n{:<36} {:<6} {:>8}", "row", "result", "seconds");
     for (name, passed, seconds) in &results {
@@ -226,32 +231,26 @@ pub(crate) fn command(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Runs one row: `Ok(true)` when its command succeeded.
-fn run_row(row: &Row) -> Result<bool> {
+/// Runs one row, starting the servers first if it is the first row to need them: `Ok(true)`
+/// when its command succeeded.
+fn run_row(row: &Row, servers: &mut Option<Servers>) -> Result<bool> {
     let mut command = Command::new(cargo());
     command
         .current_dir(project_root())
         .args(&row.args)
         .envs(row.env.iter().copied());
     if row.needs_servers {
-        let mut servers = SERVERS.lock().unwrap_or_else(|poison| poison.into_inner());
         if servers.is_none() {
             *servers = Some(Servers::from_env_or_start()?);
         }
-        let servers = servers.as_ref().expect("the servers were just started");
-        command.envs(servers.env());
+        command.envs(
+            servers
+                .as_ref()
+                .expect("the servers were just started")
+                .env(),
+        );
     }
     Ok(command.status()?.success())
-}
-
-fn stop_servers() {
-    let taken = SERVERS
-        .lock()
-        .unwrap_or_else(|poison| poison.into_inner())
-        .take();
-    if let Some(mut servers) = taken {
-        servers.stop();
-    }
 }
 
 #[cfg(test)]
