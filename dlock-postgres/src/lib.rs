@@ -1,3 +1,18 @@
 #![doc = include_str!("../README.md")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+#[cfg(any(feature = "blocking", feature = "tokio"))]
+mod sql;
+
+#[cfg(feature = "blocking")]
+mod blocking;
 
 pub use dlock_core::*;
+
+#[cfg(any(feature = "blocking", feature = "tokio"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "blocking", feature = "tokio"))))]
+pub use sql::{Holder, Mode};
+
+#[cfg(feature = "blocking")]
+#[cfg_attr(docsrs, doc(cfg(feature = "blocking")))]
+pub use blocking::{PgLock, PgXactLock, holders};

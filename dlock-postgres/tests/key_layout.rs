@@ -9,40 +9,6 @@ fn connect() -> Client {
     Client::connect(&common::pg_url(), NoTls).expect("connect to DLOCK_PG_URL")
 }
 
-/// `pg_locks` shows a bigint key as (classid = high 32 bits, objid = low 32 bits,
-/// objsubid = 1), and a pair as (classid, objid, objsubid = 2).
-fn held_by(client: &mut Client, key: PgKey) -> Vec<i32> {
-    let rows = client
-        .query(
-            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted \
-             AND classid::text::bigint = $1 AND objid::text::bigint = $2 AND objsubid = $3",
-            &[&classid(key), &objid(key), &objsubid(key)],
-        )
-        .unwrap();
-    rows.iter().map(|row| row.get(0)).collect()
-}
-
-fn classid(key: PgKey) -> i64 {
-    match key {
-        PgKey::BigInt(value) => (value >> 32) & 0xffff_ffff,
-        PgKey::Pair(high, _) => i64::from(high) & 0xffff_ffff,
-    }
-}
-
-fn objid(key: PgKey) -> i64 {
-    match key {
-        PgKey::BigInt(value) => value & 0xffff_ffff,
-        PgKey::Pair(_, low) => i64::from(low) & 0xffff_ffff,
-    }
-}
-
-fn objsubid(key: PgKey) -> i16 {
-    match key {
-        PgKey::BigInt(_) => 1,
-        PgKey::Pair(..) => 2,
-    }
-}
-
 fn try_lock(client: &mut Client, key: PgKey) -> bool {
     match key {
         PgKey::BigInt(value) => client.query_one("SELECT pg_try_advisory_lock($1)", &[&value]),
@@ -76,7 +42,7 @@ fn every_policy_key_is_the_server_lock_other_sessions_see() {
             "{policy:?}: the key is free at first"
         );
         assert_eq!(
-            held_by(&mut other, pg_key),
+            common::holder_pids(&mut other, pg_key),
             [holder_pid],
             "{policy:?}: pg_locks shows it"
         );

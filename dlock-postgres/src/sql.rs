@@ -1,0 +1,433 @@
+//! Every statement dlock sends to PostgreSQL and the reading of every reply, as plain
+//! functions. The blocking and tokio flavours only send these and hand back what came.
+//!
+//! Statements go over the simple query protocol with the key as an integer literal: one round
+//! trip, no statement to prepare per connection, and nothing the user wrote is ever spliced
+//! into SQL (keys are integers we format ourselves).
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use dlock_core::{Error, PgKey};
+
+#[cfg(all(feature = "blocking", not(feature = "tokio")))]
+use postgres as driver;
+#[cfg(feature = "tokio")]
+use tokio_postgres as driver;
+
+use driver::SimpleQueryMessage;
+use driver::error::SqlState;
+
+/// Whether a lock excludes everyone else or only exclusive holders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// One holder at a time (`pg_advisory_lock`). The default.
+    Exclusive,
+    /// Any number of shared holders, but no exclusive one (`pg_advisory_lock_shared`).
+    Shared,
+}
+
+impl Mode {
+    /// The mode's name in `pg_locks.mode`.
+    pub fn pg_locks_name(self) -> &'static str {
+        match self {
+            Mode::Exclusive => "ExclusiveLock",
+            Mode::Shared => "ShareLock",
+        }
+    }
+
+    fn suffix(self) -> &'static str {
+        match self {
+            Mode::Exclusive => "",
+            Mode::Shared => "_shared",
+        }
+    }
+}
+
+/// How long long a lock statement may wait in the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wait {
+    /// `pg_try_advisory_lock`: never waits.
+    Never,
+    /// `pg_advisory_lock` under `lock_timeout` of this many milliseconds; 0 means no limit.
+    Millis(u32),
+}
+
+impl Wait {
+    /// The wait for `acquire_timeout(timeout)`. `lock_timeout` counts whole milliseconds and
+    /// takes 0 as "no limit", so the timeout is rounded up (never firing early) and a zero
+    /// timeout becomes a try. A timeout beyond `lock_timeout`'s range (about 24.8 days) waits
+    /// without limit.
+    pub(crate) fn for_timeout(timeout: Duration) -> Wait {
+        if timeout.is_zero() {
+            return Wait::Never;
+        }
+        let millis = timeout.as_nanos().div_ceil(1_000_000);
+        match i32::try_from(millis) {
+            Ok(millis) => Wait::Millis(millis.unsigned_abs()),
+            Err(_) => Wait::Millis(0),
+        }
+    }
+}
+
+/// Whether a lock lasts for the session or for the current transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scope {
+    Session,
+    Transaction,
+}
+
+/// The session setting where a cancellable acquire records that it got its lock, so that
+/// the cleanup of a dropped acquire future can tell, in the server, whether it must unlock.
+const ACQUIRED_MARK: &str = "dlock.acquired";
+
+/// Where a waiting acquire keeps the caller's `lock_timeout` while it sets its own.
+const SAVED_LOCK_TIMEOUT: &str = "dlock.saved_lock_timeout";
+
+fn key_args(key: PgKey) -> String {
+    match key {
+        PgKey::BigInt(value) => value.to_string(),
+        PgKey::Pair(high, low) => format!("{high}, {low}"),
+    }
+}
+
+/// The statement that takes a lock. Its reply is read by [`read_acquired`].
+///
+/// A waiting statement sets `lock_timeout` for itself only: it saves the caller's value,
+/// sets its own (`0`, no limit, for a plain acquire, so a session default cannot cut the
+/// wait short), waits, and restores the caller's value. Outside a transaction the settings
+/// are local to the statement anyway; inside one, the restore keeps the transaction's
+/// setting as it was. The target list is evaluated left to right.
+///
+/// With `mark`, a granted lock also writes `mark` to a session setting, in the same
+/// statement, so a cleanup sent later can tell whether this statement got its lock
+/// ([`unlock_if_marked`]).
+pub(crate) fn lock(key: PgKey, mode: Mode, scope: Scope, wait: Wait, mark: Option<u64>) -> String {
+    let xact = match scope {
+        Scope::Session => "",
+        Scope::Transaction => "_xact",
+    };
+    let (args, suffix) = (key_args(key), mode.suffix());
+    let mut sql = String::from("SELECT ");
+    match wait {
+        Wait::Never => {
+            let _ = write!(sql, "pg_try_advisory{xact}_lock{suffix}({args})");
+        }
+        Wait::Millis(millis) => {
+            let _ = write!(
+                sql,
+                "set_config('{SAVED_LOCK_TIMEOUT}', current_setting('lock_timeout'), true), \
+                 set_config('lock_timeout', '{millis}', true), \
+                 pg_advisory{xact}_lock{suffix}({args}), \
+                 set_config('lock_timeout', current_setting('{SAVED_LOCK_TIMEOUT}'), true)"
+            );
+        }
+    }
+    if let Some(mark) = mark {
+        let _ = write!(sql, ", set_config('{ACQUIRED_MARK}', '{mark}', false)");
+    }
+    sql
+}
+
+/// Reads the reply to [`lock`]: `true` when the lock was granted.
+///
+/// A try answers in its first column; a waiting lock that returns at all was granted (its
+/// timeout is an error, read by [`classify`]).
+pub(crate) fn read_acquired(wait: Wait, reply: &[SimpleQueryMessage]) -> Result<bool, Error> {
+    match wait {
+        Wait::Never => read_bool(reply),
+        Wait::Millis(_) => first_row(reply).map(|_| true),
+    }
+}
+
+/// The statement that releases a session lock: `true` if the session held it.
+pub(crate) fn unlock(key: PgKey, mode: Mode) -> String {
+    format!(
+        "SELECT pg_advisory_unlock{}({})",
+        mode.suffix(),
+        key_args(key)
+    )
+}
+
+/// Reads the reply to [`unlock`]: `Err(NotHeld)` when the server says the session did not
+/// hold the lock.
+pub(crate) fn read_unlocked(reply: &[SimpleQueryMessage]) -> Result<(), Error> {
+    if read_bool(reply)? {
+        Ok(())
+    } else {
+        Err(Error::NotHeld)
+    }
+}
+
+/// The cleanup of an acquire whose outcome the client never read: unlocks only if that
+/// acquire's statement recorded `mark` (it got the lock), and clears the record either way.
+/// It is harmless to run twice.
+pub(crate) fn unlock_if_marked(key: PgKey, mode: Mode, mark: u64) -> String {
+    format!(
+        "SELECT CASE WHEN current_setting('{ACQUIRED_MARK}', true) = '{mark}' \
+         THEN pg_advisory_unlock{}({}) END, set_config('{ACQUIRED_MARK}', '', false)",
+        mode.suffix(),
+        key_args(key)
+    )
+}
+
+/// The `pg_locks` columns that identify an advisory lock: a bigint key is split into its
+/// high and low 32 bits with `objsubid` 1, a pair is its two halves with `objsubid` 2.
+pub(crate) fn pg_locks_ids(key: PgKey) -> (u32, u32, i16) {
+    match key {
+        PgKey::BigInt(value) => {
+            let bytes = value.to_be_bytes();
+            let high = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+            let low = u32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+            (high, low, 1)
+        }
+        PgKey::Pair(high, low) => (high.cast_unsigned(), low.cast_unsigned(), 2),
+    }
+}
+
+fn pg_locks_filter(key: PgKey) -> String {
+    let (classid, objid, objsubid) = pg_locks_ids(key);
+    format!(
+        "locktype = 'advisory' AND granted AND classid = '{classid}'::oid \
+         AND objid = '{objid}'::oid AND objsubid = {objsubid}"
+    )
+}
+
+/// Whether this session holds the lock in this mode, per `pg_locks`.
+pub(crate) fn held_by_session(key: PgKey, mode: Mode) -> String {
+    format!(
+        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE {} AND pid = pg_backend_pid() \
+         AND mode = '{}')",
+        pg_locks_filter(key),
+        mode.pg_locks_name()
+    )
+}
+
+/// Reads the reply to [`held_by_session`].
+pub(crate) fn read_held(reply: &[SimpleQueryMessage]) -> Result<bool, Error> {
+    read_bool(reply)
+}
+
+/// Every session of this database holding the lock, with its mode.
+pub(crate) fn holders(key: PgKey) -> String {
+    format!(
+        "SELECT pid, mode FROM pg_locks WHERE {} AND database = \
+         (SELECT oid FROM pg_database WHERE datname = current_database()) ORDER BY pid",
+        pg_locks_filter(key)
+    )
+}
+
+/// A session holding an advisory lock, as `pg_locks` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Holder {
+    /// The server process id of the holding session (`pg_backend_pid()`; pass it to
+    /// `pg_terminate_backend` to end that session and free its locks).
+    pub pid: i32,
+    /// The mode the session holds the lock in.
+    pub mode: Mode,
+}
+
+/// Reads the reply to [`holders`].
+pub(crate) fn read_holders(reply: &[SimpleQueryMessage]) -> Result<Vec<Holder>, Error> {
+    let mut holders = Vec::new();
+    for message in reply {
+        let SimpleQueryMessage::Row(row) = message else {
+            continue;
+        };
+        let pid = row.get(0).and_then(|pid| pid.parse().ok());
+        let mode = match row.get(1) {
+            Some("ExclusiveLock") => Some(Mode::Exclusive),
+            Some("ShareLock") => Some(Mode::Shared),
+            _ => None,
+        };
+        match (pid, mode) {
+            (Some(pid), Some(mode)) => holders.push(Holder { pid, mode }),
+            _ => {
+                return Err(unexpected_reply(
+                    "a pg_locks row with a pid and a lock mode",
+                ));
+            }
+        }
+    }
+    Ok(holders)
+}
+
+fn first_row(reply: &[SimpleQueryMessage]) -> Result<&driver::SimpleQueryRow, Error> {
+    reply
+        .iter()
+        .find_map(|message| match message {
+            SimpleQueryMessage::Row(row) => Some(row),
+            _ => None,
+        })
+        .ok_or_else(|| unexpected_reply("a row"))
+}
+
+fn read_bool(reply: &[SimpleQueryMessage]) -> Result<bool, Error> {
+    match first_row(reply)?.get(0) {
+        Some("t") => Ok(true),
+        Some("f") => Ok(false),
+        _ => Err(unexpected_reply("a boolean")),
+    }
+}
+
+fn unexpected_reply(expected: &str) -> Error {
+    Error::backend(format!("the server's reply did not hold {expected}"))
+}
+
+/// What a failed lock statement means.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// `lock_timeout` fired (55P03): the lock was not granted within the wait, as far as the
+    /// statement knows (a grant can race the timer: check `pg_locks`).
+    LockTimeout,
+    /// Anything else, as dlock's error.
+    Error(Error),
+}
+
+/// Sorts a driver error into what dlock reports.
+pub(crate) fn classify(error: driver::Error) -> Failure {
+    let code = error.code().cloned();
+    let Some(code) = code else {
+        // No SQLSTATE: the driver lost the connection or could not use it.
+        let io =
+            std::error::Error::source(&error).is_some_and(|source| source.is::<std::io::Error>());
+        if error.is_closed() || io {
+            return Failure::Error(Error::ConnectionLost {
+                source: Some(Box::new(error)),
+            });
+        }
+        return Failure::Error(Error::backend(error));
+    };
+    let source = Some(Box::new(error) as dlock_core::BoxError);
+    Failure::Error(if code == SqlState::LOCK_NOT_AVAILABLE {
+        return Failure::LockTimeout;
+    } else if code == SqlState::T_R_DEADLOCK_DETECTED {
+        Error::Deadlock { source }
+    } else if code == SqlState::QUERY_CANCELED {
+        Error::Canceled { source }
+    } else if code == SqlState::OUT_OF_MEMORY {
+        // PostgreSQL reports a full lock table as 53200, "out of shared memory".
+        Error::LockTableFull {
+            setting: "max_locks_per_transaction",
+            source,
+        }
+    } else if code == SqlState::ADMIN_SHUTDOWN
+        || code == SqlState::CRASH_SHUTDOWN
+        || code == SqlState::CANNOT_CONNECT_NOW
+        || code.code().starts_with("08")
+    {
+        // The server ended the session (pg_terminate_backend, shutdown): its locks are gone.
+        Error::ConnectionLost { source }
+    } else {
+        Error::Backend(source.expect("the source was just set"))
+    })
+}
+
+/// Turns a driver error from a statement that cannot time out into dlock's error.
+pub(crate) fn error(error: driver::Error) -> Error {
+    match classify(error) {
+        Failure::Error(error) => error,
+        Failure::LockTimeout => Error::backend(
+            "the server reported a lock timeout (55P03) for a statement that does not wait",
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_statements_name_the_right_function_for_each_mode_scope_and_wait() {
+        let key = PgKey::BigInt(-5);
+        let pair = PgKey::Pair(1, -2);
+        let session = Scope::Session;
+        assert_eq!(
+            lock(key, Mode::Exclusive, session, Wait::Never, None),
+            "SELECT pg_try_advisory_lock(-5)"
+        );
+        assert_eq!(
+            lock(pair, Mode::Shared, session, Wait::Never, None),
+            "SELECT pg_try_advisory_lock_shared(1, -2)"
+        );
+        assert_eq!(
+            lock(key, Mode::Shared, Scope::Transaction, Wait::Never, None),
+            "SELECT pg_try_advisory_xact_lock_shared(-5)"
+        );
+        let waiting = lock(
+            key,
+            Mode::Exclusive,
+            Scope::Transaction,
+            Wait::Millis(150),
+            Some(7),
+        );
+        assert!(
+            waiting.contains("set_config('lock_timeout', '150', true)"),
+            "{waiting}"
+        );
+        assert!(waiting.contains("pg_advisory_xact_lock(-5)"), "{waiting}");
+        assert!(
+            waiting.ends_with("set_config('dlock.acquired', '7', false)"),
+            "{waiting}"
+        );
+        // The setting is saved before it is changed, and restored after the wait.
+        let save = waiting.find("current_setting('lock_timeout')").unwrap();
+        let set = waiting.find("'150'").unwrap();
+        let wait = waiting.find("pg_advisory").unwrap();
+        let restore = waiting
+            .find("current_setting('dlock.saved_lock_timeout')")
+            .unwrap();
+        assert!(save < set && set < wait && wait < restore, "{waiting}");
+    }
+
+    #[test]
+    fn unlock_statements_match_the_mode() {
+        assert_eq!(
+            unlock(PgKey::BigInt(3), Mode::Exclusive),
+            "SELECT pg_advisory_unlock(3)"
+        );
+        assert_eq!(
+            unlock(PgKey::Pair(3, 4), Mode::Shared),
+            "SELECT pg_advisory_unlock_shared(3, 4)"
+        );
+        let cleanup = unlock_if_marked(PgKey::BigInt(3), Mode::Exclusive, 99);
+        assert!(
+            cleanup.contains("= '99' THEN pg_advisory_unlock(3)"),
+            "{cleanup}"
+        );
+    }
+
+    #[test]
+    fn timeouts_round_up_to_whole_milliseconds_and_zero_never_waits() {
+        assert_eq!(Wait::for_timeout(Duration::ZERO), Wait::Never);
+        assert_eq!(Wait::for_timeout(Duration::from_nanos(1)), Wait::Millis(1));
+        assert_eq!(
+            Wait::for_timeout(Duration::from_micros(1500)),
+            Wait::Millis(2)
+        );
+        assert_eq!(
+            Wait::for_timeout(Duration::from_millis(100)),
+            Wait::Millis(100)
+        );
+        // Beyond lock_timeout's range the wait has no limit rather than a wrong one.
+        assert_eq!(
+            Wait::for_timeout(Duration::from_secs(30 * 86_400)),
+            Wait::Millis(0)
+        );
+        assert_eq!(Wait::for_timeout(Duration::MAX), Wait::Millis(0));
+    }
+
+    #[test]
+    fn pg_locks_ids_split_keys_as_postgres_does() {
+        assert_eq!(pg_locks_ids(PgKey::BigInt(1)), (0, 1, 1));
+        assert_eq!(pg_locks_ids(PgKey::BigInt(-1)), (u32::MAX, u32::MAX, 1));
+        assert_eq!(
+            pg_locks_ids(PgKey::BigInt(0x1234_5678_9abc_def0)),
+            (0x1234_5678, 0x9abc_def0, 1)
+        );
+        assert_eq!(pg_locks_ids(PgKey::Pair(-2, 3)), (u32::MAX - 1, 3, 2));
+        let query = held_by_session(PgKey::Pair(5, 6), Mode::Shared);
+        assert!(query.contains("classid = '5'::oid AND objid = '6'::oid AND objsubid = 2"));
+        assert!(query.contains("mode = 'ShareLock'"));
+    }
+}

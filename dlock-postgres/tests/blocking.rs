@@ -1,0 +1,367 @@
+//! The semantics table of `dlock_core::Lock`, row by row, for `PgLock` and `PgXactLock`
+//! against a real PostgreSQL server. Every test locks keys of its own: tests run in parallel
+//! on one server.
+
+mod common;
+
+use std::panic::{self, AssertUnwindSafe};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{backend_pid, connect, holder_pids};
+use dlock_postgres::{Error, Key, KeyPolicy, Lock, Mode, PgKey, PgLock, PgXactLock};
+
+#[test]
+fn exclusive_locks_exclude_other_sessions_until_released() {
+    let mut holder = PgLock::new(connect(), "blocking/exclusive");
+    let mut other = PgLock::new(connect(), "blocking/exclusive");
+    assert!(!holder.is_acquired(), "a lock is created unlocked");
+    holder.acquire().unwrap();
+    assert!(holder.is_acquired());
+    assert!(holder.verify().unwrap());
+    assert!(
+        !other.try_acquire().unwrap(),
+        "a second session is excluded"
+    );
+    assert!(!other.is_acquired());
+    assert!(!other.verify().unwrap());
+    holder.release().unwrap();
+    assert!(!holder.is_acquired());
+    assert!(!holder.verify().unwrap());
+    assert!(other.try_acquire().unwrap(), "released, the lock is free");
+}
+
+#[test]
+fn a_waiting_acquire_is_handed_the_lock_when_the_holder_releases() {
+    let mut holder = PgLock::new(connect(), "blocking/handover");
+    holder.acquire().unwrap();
+    let waiter = thread::spawn(|| {
+        let mut waiter = PgLock::new(connect(), "blocking/handover");
+        let started = Instant::now();
+        waiter.acquire().unwrap();
+        (started.elapsed(), waiter.verify().unwrap())
+    });
+    thread::sleep(Duration::from_millis(300));
+    holder.release().unwrap();
+    let (waited, verified) = waiter.join().unwrap();
+    assert!(
+        waited >= Duration::from_millis(250),
+        "the waiter waited: {waited:?}"
+    );
+    assert!(verified);
+}
+
+#[test]
+fn a_session_lock_timeout_does_not_cut_a_plain_acquire_short() {
+    let mut holder = PgLock::new(connect(), "blocking/forever");
+    holder.acquire().unwrap();
+    let waiter = thread::spawn(|| {
+        let mut client = connect();
+        client.batch_execute("SET lock_timeout = '20ms'").unwrap();
+        let mut waiter = PgLock::new(client, "blocking/forever");
+        waiter.acquire().map(|()| waiter)
+    });
+    thread::sleep(Duration::from_millis(200));
+    holder.release().unwrap();
+    let mut waiter = waiter
+        .join()
+        .unwrap()
+        .expect("acquire waits past the session's lock_timeout");
+    let setting = waiter.client().query_one("SHOW lock_timeout", &[]).unwrap();
+    assert_eq!(
+        setting.get::<_, String>(0),
+        "20ms",
+        "the session's setting is unchanged"
+    );
+}
+
+#[test]
+fn acquire_timeout_gives_up_no_earlier_than_asked_and_leaves_settings_alone() {
+    let mut holder = PgLock::new(connect(), "blocking/timeout");
+    holder.acquire().unwrap();
+    let mut client = connect();
+    client.batch_execute("SET lock_timeout = '7s'").unwrap();
+    let mut waiter = PgLock::new(client, "blocking/timeout");
+    for asked in [Duration::from_millis(100), Duration::from_micros(30_500)] {
+        let started = Instant::now();
+        assert!(
+            !waiter.acquire_timeout(asked).unwrap(),
+            "the lock is held elsewhere"
+        );
+        let waited = started.elapsed();
+        assert!(
+            waited >= asked,
+            "gave up after {waited:?}, before {asked:?}"
+        );
+        assert!(!waiter.is_acquired());
+    }
+    let setting = waiter.client().query_one("SHOW lock_timeout", &[]).unwrap();
+    assert_eq!(setting.get::<_, String>(0), "7s");
+    holder.release().unwrap();
+    assert!(waiter.acquire_timeout(Duration::from_millis(100)).unwrap());
+    assert!(waiter.verify().unwrap());
+}
+
+#[test]
+fn a_zero_timeout_is_a_try() {
+    let mut holder = PgLock::new(connect(), "blocking/zero-timeout");
+    assert!(holder.acquire_timeout(Duration::ZERO).unwrap());
+    let mut other = PgLock::new(connect(), "blocking/zero-timeout");
+    assert!(!other.acquire_timeout(Duration::ZERO).unwrap());
+}
+
+#[test]
+fn acquiring_a_held_lock_object_again_is_already_acquired() {
+    let mut lock = PgLock::new(connect(), "blocking/already");
+    lock.acquire().unwrap();
+    assert!(matches!(lock.acquire(), Err(Error::AlreadyAcquired)));
+    assert!(matches!(lock.try_acquire(), Err(Error::AlreadyAcquired)));
+    assert!(matches!(
+        lock.acquire_timeout(Duration::from_millis(5)),
+        Err(Error::AlreadyAcquired)
+    ));
+    assert!(lock.is_acquired(), "the lock is still held");
+    lock.release().unwrap();
+}
+
+#[test]
+fn releasing_a_lock_object_that_does_not_hold_is_not_acquired() {
+    let mut lock = PgLock::new(connect(), "blocking/not-acquired");
+    assert!(matches!(lock.release(), Err(Error::NotAcquired)));
+    lock.acquire().unwrap();
+    lock.release().unwrap();
+    assert!(matches!(lock.release(), Err(Error::NotAcquired)));
+}
+
+#[test]
+fn a_lock_lost_behind_dlocks_back_is_not_held_on_release() {
+    let mut lock = PgLock::new(connect(), "blocking/lost");
+    lock.acquire().unwrap();
+    lock.client()
+        .batch_execute("SELECT pg_advisory_unlock_all()")
+        .unwrap();
+    assert!(!lock.verify().unwrap());
+    assert!(lock.is_acquired(), "the object's own view does no I/O");
+    assert!(matches!(lock.release(), Err(Error::NotHeld)));
+    assert!(!lock.is_acquired(), "unlocked either way");
+}
+
+#[test]
+fn two_lock_objects_on_one_session_both_hold_and_each_releases_its_own() {
+    let key = KeyPolicy::default()
+        .pg_key(&Key::from("blocking/reentrant"))
+        .unwrap();
+    let mut observer = connect();
+    let mut outer = PgLock::new(connect(), "blocking/reentrant");
+    outer.acquire().unwrap();
+    let pid = backend_pid(outer.client());
+    {
+        let mut inner = PgLock::new(outer.client(), "blocking/reentrant");
+        assert!(
+            inner.try_acquire().unwrap(),
+            "the server counts holds of one session"
+        );
+        inner.release().unwrap();
+    }
+    assert_eq!(
+        holder_pids(&mut observer, key),
+        [pid],
+        "the outer hold remains"
+    );
+    outer.release().unwrap();
+    assert!(holder_pids(&mut observer, key).is_empty());
+}
+
+#[test]
+fn shared_locks_admit_readers_together_and_exclude_writers() {
+    let mut reader = PgLock::new(connect(), "blocking/shared").shared();
+    let mut second_reader = PgLock::new(connect(), "blocking/shared").shared();
+    let mut writer = PgLock::new(connect(), "blocking/shared");
+    assert_eq!(reader.mode(), Mode::Shared);
+    assert!(reader.try_acquire().unwrap());
+    assert!(
+        second_reader
+            .acquire_timeout(Duration::from_millis(100))
+            .unwrap()
+    );
+    assert!(reader.verify().unwrap() && second_reader.verify().unwrap());
+    assert!(!writer.try_acquire().unwrap(), "readers exclude a writer");
+    let holders = reader.holders().unwrap();
+    assert_eq!(holders.len(), 2);
+    assert!(holders.iter().all(|holder| holder.mode == Mode::Shared));
+    reader.release().unwrap();
+    second_reader.release().unwrap();
+    assert!(writer.try_acquire().unwrap());
+    assert!(!reader.try_acquire().unwrap(), "a writer excludes readers");
+}
+
+#[test]
+fn every_key_kind_and_policy_locks_where_pg_locks_expects_it() {
+    let mut observer = connect();
+    let keys = [
+        Key::from("blocking/policy"),
+        Key::from(&b"blocking/\xffbytes"[..]),
+        Key::from(7_700_000_001_i64),
+        Key::from((77, -78)),
+    ];
+    let policies = [
+        KeyPolicy::Blake2b,
+        KeyPolicy::Sqlx,
+        KeyPolicy::Sha1,
+        KeyPolicy::Crc32Pair,
+    ];
+    for policy in policies {
+        for key in &keys {
+            let mut lock = PgLock::new(connect(), key.clone()).policy(policy.clone());
+            let pg_key = lock.pg_key().unwrap();
+            assert_eq!(pg_key, policy.pg_key(key).unwrap());
+            lock.acquire().unwrap();
+            let pid = backend_pid(lock.client());
+            assert_eq!(
+                holder_pids(&mut observer, pg_key),
+                [pid],
+                "{policy:?} {key}"
+            );
+            lock.release().unwrap();
+            assert!(
+                holder_pids(&mut observer, pg_key).is_empty(),
+                "{policy:?} {key}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_default_key_of_user_001_is_the_documented_number() {
+    let lock = PgLock::new(connect(), "user/001");
+    assert_eq!(lock.pg_key().unwrap(), PgKey::BigInt(-8875347467275493450));
+}
+
+#[test]
+fn dropping_a_held_lock_releases_it() {
+    let mut observer = connect();
+    let key = KeyPolicy::default()
+        .pg_key(&Key::from("blocking/drop"))
+        .unwrap();
+    let mut client = connect();
+    {
+        let mut lock = PgLock::new(&mut client, "blocking/drop");
+        lock.acquire().unwrap();
+        assert_eq!(holder_pids(&mut observer, key).len(), 1);
+    }
+    assert!(
+        holder_pids(&mut observer, key).is_empty(),
+        "drop released it"
+    );
+    assert!(!client.is_closed(), "the borrowed client lives on");
+}
+
+#[test]
+fn a_panic_in_the_critical_section_releases_the_lock() {
+    let mut observer = connect();
+    let key = KeyPolicy::default()
+        .pg_key(&Key::from("blocking/panic"))
+        .unwrap();
+    let mut client = connect();
+    let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
+        let mut lock = PgLock::new(&mut client, "blocking/panic");
+        lock.acquire().unwrap();
+        panic!("the critical section failed");
+    }));
+    assert!(outcome.is_err());
+    assert!(holder_pids(&mut observer, key).is_empty());
+}
+
+#[test]
+fn into_inner_releases_and_gives_the_connection_back() {
+    let mut observer = connect();
+    let key = KeyPolicy::default()
+        .pg_key(&Key::from("blocking/into-inner"))
+        .unwrap();
+    let mut lock = PgLock::new(connect(), "blocking/into-inner");
+    lock.acquire().unwrap();
+    let (mut client, released) = lock.into_inner();
+    released.unwrap();
+    assert!(holder_pids(&mut observer, key).is_empty());
+    client.batch_execute("SELECT 1").unwrap();
+}
+
+#[test]
+fn transaction_locks_last_until_the_transaction_ends() {
+    let mut observer = connect();
+    let key = KeyPolicy::default()
+        .pg_key(&Key::from("blocking/xact"))
+        .unwrap();
+    let mut client = connect();
+    let mut tx = client.transaction().unwrap();
+    let lock = PgXactLock::new("blocking/xact");
+    lock.acquire(&mut tx).unwrap();
+    assert!(lock.verify(&mut tx).unwrap());
+    let mut other = PgLock::new(connect(), "blocking/xact");
+    assert!(!other.try_acquire().unwrap());
+    tx.commit().unwrap();
+    assert!(
+        holder_pids(&mut observer, key).is_empty(),
+        "commit released it"
+    );
+
+    let mut tx = client.transaction().unwrap();
+    assert!(
+        PgXactLock::new("blocking/xact")
+            .shared()
+            .try_acquire(&mut tx)
+            .unwrap()
+    );
+    tx.rollback().unwrap();
+    assert!(
+        holder_pids(&mut observer, key).is_empty(),
+        "rollback released it"
+    );
+}
+
+#[test]
+fn a_transaction_lock_timeout_leaves_the_transaction_usable() {
+    let mut holder = PgLock::new(connect(), "blocking/xact-timeout");
+    holder.acquire().unwrap();
+    let mut client = connect();
+    let mut tx = client.transaction().unwrap();
+    tx.batch_execute("SET LOCAL lock_timeout = '9s'").unwrap();
+    let lock = PgXactLock::new("blocking/xact-timeout");
+    let started = Instant::now();
+    assert!(
+        !lock
+            .acquire_timeout(&mut tx, Duration::from_millis(80))
+            .unwrap()
+    );
+    assert!(started.elapsed() >= Duration::from_millis(80));
+    assert!(
+        !lock.try_acquire(&mut tx).unwrap(),
+        "the transaction is still usable"
+    );
+    let setting: String = tx.query_one("SHOW lock_timeout", &[]).unwrap().get(0);
+    assert_eq!(setting, "9s", "the transaction's setting is unchanged");
+    holder.release().unwrap();
+    assert!(
+        lock.acquire_timeout(&mut tx, Duration::from_millis(500))
+            .unwrap()
+    );
+    let setting: String = tx.query_one("SHOW lock_timeout", &[]).unwrap().get(0);
+    assert_eq!(setting, "9s", "unchanged after a granted wait too");
+    tx.commit().unwrap();
+}
+
+#[test]
+fn holders_names_every_session_and_mode() {
+    let mut holder = PgLock::new(connect(), "blocking/holders");
+    holder.acquire().unwrap();
+    let pid = backend_pid(holder.client());
+    let mut asker = PgLock::new(connect(), "blocking/holders");
+    let holders = asker.holders().unwrap();
+    assert_eq!(
+        holders,
+        [dlock_postgres::Holder {
+            pid,
+            mode: Mode::Exclusive
+        }]
+    );
+}
