@@ -145,7 +145,9 @@ impl<C: BorrowMut<Client>> PgLock<C> {
             // The server can grant the lock at the instant the timer fires and still report
             // the timeout: ask pg_locks so a granted lock is never left untracked.
             Err(Failure::LockTimeout) => {
-                let reply = self.query(&sql::held_by_session(key, mode)).map_err(fail)?;
+                let reply = self
+                    .query(&sql::held_by_session(key, mode, None))
+                    .map_err(Failure::into_error)?;
                 sql::read_held(&reply)?
             }
             Err(Failure::Error(error)) => return Err(error),
@@ -154,13 +156,6 @@ impl<C: BorrowMut<Client>> PgLock<C> {
             self.held = Some((key, mode));
         }
         Ok(granted)
-    }
-}
-
-fn fail(failure: Failure) -> Error {
-    match failure {
-        Failure::Error(error) => error,
-        Failure::LockTimeout => Error::backend("unexpected lock timeout (55P03)"),
     }
 }
 
@@ -186,7 +181,9 @@ impl<C: BorrowMut<Client>> Lock for PgLock<C> {
 
     fn release(&mut self) -> Result<()> {
         let (key, mode) = self.held.take().ok_or(Error::NotAcquired)?;
-        let reply = self.query(&sql::unlock(key, mode)).map_err(fail)?;
+        let reply = self
+            .query(&sql::unlock(key, mode))
+            .map_err(Failure::into_error)?;
         sql::read_unlocked(&reply)
     }
 
@@ -204,10 +201,10 @@ impl<C: BorrowMut<Client>> Lock for PgLock<C> {
         if self.client().is_closed() {
             return Ok(false);
         }
-        match self.query(&sql::held_by_session(key, mode)) {
+        match self.query(&sql::held_by_session(key, mode, None)) {
             Ok(reply) => sql::read_held(&reply),
             Err(Failure::Error(error)) if error.is_connection_error() => Ok(false),
-            Err(failure) => Err(fail(failure)),
+            Err(failure) => Err(failure.into_error()),
         }
     }
 }
@@ -382,7 +379,7 @@ impl PgXactLock {
     ///
     /// What the server reports.
     pub fn verify(&self, tx: &mut Transaction<'_>) -> Result<bool> {
-        let statement = sql::held_by_session(self.policy.pg_key(&self.key)?, self.mode);
+        let statement = sql::held_by_session(self.policy.pg_key(&self.key)?, self.mode, None);
         let reply = tx.simple_query(&statement).map_err(sql::error)?;
         sql::read_held(&reply)
     }

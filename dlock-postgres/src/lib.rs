@@ -7,6 +7,9 @@ mod sql;
 #[cfg(feature = "blocking")]
 mod blocking;
 
+#[cfg(feature = "tokio")]
+mod asynchronous;
+
 pub use dlock_core::*;
 
 #[cfg(any(feature = "blocking", feature = "tokio"))]
@@ -16,3 +19,7 @@ pub use sql::{Holder, Mode};
 #[cfg(feature = "blocking")]
 #[cfg_attr(docsrs, doc(cfg(feature = "blocking")))]
 pub use blocking::{PgLock, PgXactLock, holders};
+
+#[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+pub use asynchronous::{AsyncPgLock, AsyncPgXactLock, holders_async};

@@ -194,13 +194,24 @@ fn pg_locks_filter(key: PgKey) -> String {
 }
 
 /// Whether this session holds the lock in this mode, per `pg_locks`.
-pub(crate) fn held_by_session(key: PgKey, mode: Mode) -> String {
-    format!(
-        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE {} AND pid = pg_backend_pid() \
-         AND mode = '{}')",
+///
+/// With `mark`, a held lock also records `mark` as [`lock`] does on a grant: after a lock
+/// timeout this check is how a grant that raced the timer is found, and a cleanup sent later
+/// must find it too. (A timeout in a mode means no other hold of this session in that mode:
+/// such a hold would have been granted at once, so what is found is this attempt's.)
+pub(crate) fn held_by_session(key: PgKey, mode: Mode, mark: Option<u64>) -> String {
+    let exists = format!(
+        "EXISTS (SELECT 1 FROM pg_locks WHERE {} AND pid = pg_backend_pid() AND mode = '{}')",
         pg_locks_filter(key),
         mode.pg_locks_name()
-    )
+    );
+    match mark {
+        None => format!("SELECT {exists}"),
+        Some(mark) => format!(
+            "SELECT held, CASE WHEN held THEN set_config('{ACQUIRED_MARK}', '{mark}', false) END \
+             FROM (SELECT {exists} AS held) AS this_session"
+        ),
+    }
 }
 
 /// Reads the reply to [`held_by_session`].
@@ -325,11 +336,18 @@ pub(crate) fn classify(error: driver::Error) -> Failure {
 
 /// Turns a driver error from a statement that cannot time out into dlock's error.
 pub(crate) fn error(error: driver::Error) -> Error {
-    match classify(error) {
-        Failure::Error(error) => error,
-        Failure::LockTimeout => Error::backend(
-            "the server reported a lock timeout (55P03) for a statement that does not wait",
-        ),
+    classify(error).into_error()
+}
+
+impl Failure {
+    /// The failure of a statement that does not wait for a lock, as dlock's error.
+    pub(crate) fn into_error(self) -> Error {
+        match self {
+            Failure::Error(error) => error,
+            Failure::LockTimeout => Error::backend(
+                "the server reported a lock timeout (55P03) for a statement that does not wait",
+            ),
+        }
     }
 }
 
@@ -426,7 +444,7 @@ mod tests {
             (0x1234_5678, 0x9abc_def0, 1)
         );
         assert_eq!(pg_locks_ids(PgKey::Pair(-2, 3)), (u32::MAX - 1, 3, 2));
-        let query = held_by_session(PgKey::Pair(5, 6), Mode::Shared);
+        let query = held_by_session(PgKey::Pair(5, 6), Mode::Shared, None);
         assert!(query.contains("classid = '5'::oid AND objid = '6'::oid AND objsubid = 2"));
         assert!(query.contains("mode = 'ShareLock'"));
     }

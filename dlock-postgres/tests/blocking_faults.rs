@@ -34,10 +34,19 @@ fn a_deadlock_between_two_sessions_is_reported_as_deadlock() {
     let one = contender("faults/deadlock-a", "faults/deadlock-b");
     let two = contender("faults/deadlock-b", "faults/deadlock-a");
     let outcomes = [one.join().unwrap(), two.join().unwrap()];
-    let deadlocks = outcomes.iter().filter(|outcome| matches!(outcome, Err(Error::Deadlock { .. })));
+    let deadlocks = outcomes
+        .iter()
+        .filter(|outcome| matches!(outcome, Err(Error::Deadlock { .. })));
     assert_eq!(deadlocks.count(), 1, "{outcomes:?}");
-    assert!(outcomes.iter().any(|outcome| matches!(outcome, Ok(true))), "{outcomes:?}");
-    let message = outcomes.iter().find_map(|outcome| outcome.as_ref().err()).unwrap().to_string();
+    assert!(
+        outcomes.iter().any(|outcome| matches!(outcome, Ok(true))),
+        "{outcomes:?}"
+    );
+    let message = outcomes
+        .iter()
+        .find_map(|outcome| outcome.as_ref().err())
+        .unwrap()
+        .to_string();
     assert!(message.contains("deadlock"), "{message}");
 }
 
@@ -53,12 +62,20 @@ fn a_terminated_holder_loses_its_lock_and_a_waiter_gets_it() {
     });
     thread::sleep(Duration::from_millis(200));
     let mut admin = connect();
-    admin.execute("SELECT pg_terminate_backend($1)", &[&pid]).unwrap();
+    admin
+        .execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .unwrap();
 
     let (outcome, verified) = waiter.join().unwrap();
-    assert!(outcome.unwrap(), "the waiter acquires once the holder's session is gone");
+    assert!(
+        outcome.unwrap(),
+        "the waiter acquires once the holder's session is gone"
+    );
     assert!(verified.unwrap());
-    assert!(!holder.verify().unwrap(), "the old holder's session holds nothing");
+    assert!(
+        !holder.verify().unwrap(),
+        "the old holder's session holds nothing"
+    );
     let released = holder.release();
     assert!(
         matches!(released, Err(Error::ConnectionLost { .. } | Error::NotHeld)),
@@ -78,9 +95,14 @@ fn a_server_side_cancel_is_canceled_not_a_timeout() {
         waiter.acquire_timeout(Duration::from_secs(20))
     });
     thread::sleep(Duration::from_millis(200));
-    connect().execute("SELECT pg_cancel_backend($1)", &[&pid]).unwrap();
+    connect()
+        .execute("SELECT pg_cancel_backend($1)", &[&pid])
+        .unwrap();
     let outcome = waiter.join().unwrap();
-    assert!(matches!(outcome, Err(Error::Canceled { .. })), "{outcome:?}");
+    assert!(
+        matches!(outcome, Err(Error::Canceled { .. })),
+        "{outcome:?}"
+    );
 }
 
 #[test]
@@ -88,11 +110,16 @@ fn a_lost_connection_is_connection_lost_and_verify_is_false() {
     let mut lock = PgLock::new(connect(), "faults/connection-lost");
     lock.acquire().unwrap();
     let pid = backend_pid(lock.client());
-    connect().execute("SELECT pg_terminate_backend($1)", &[&pid]).unwrap();
+    connect()
+        .execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .unwrap();
     thread::sleep(Duration::from_millis(100));
     let mut again = PgLock::new(lock.client(), "faults/connection-lost-2");
     let outcome = again.try_acquire();
-    assert!(matches!(outcome, Err(Error::ConnectionLost { .. })), "{outcome:?}");
+    assert!(
+        matches!(outcome, Err(Error::ConnectionLost { .. })),
+        "{outcome:?}"
+    );
     drop(again);
     assert!(!lock.verify().unwrap());
 }
@@ -113,14 +140,20 @@ fn a_lock_held_by_another_process_is_freed_when_that_process_dies() {
     }
     let key = "faults/other-process";
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "a_lock_held_by_another_process_is_freed_when_that_process_dies"])
+        .args([
+            "--exact",
+            "a_lock_held_by_another_process_is_freed_when_that_process_dies",
+        ])
         .args(["--nocapture", "--test-threads=1"])
         .env(CHILD_KEY, key)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
     let stdout = BufReader::new(child.stdout.take().unwrap());
-    let held = stdout.lines().map_while(Result::ok).any(|line| line.contains("held"));
+    let held = stdout
+        .lines()
+        .map_while(Result::ok)
+        .any(|line| line.contains("held"));
     assert!(held, "the child took the lock");
 
     let mut lock = PgLock::new(connect(), key);
@@ -128,6 +161,9 @@ fn a_lock_held_by_another_process_is_freed_when_that_process_dies() {
     child.kill().unwrap();
     child.wait().unwrap();
     let started = Instant::now();
-    assert!(lock.acquire_timeout(Duration::from_secs(10)).unwrap(), "freed when the child died");
+    assert!(
+        lock.acquire_timeout(Duration::from_secs(10)).unwrap(),
+        "freed when the child died"
+    );
     assert!(started.elapsed() < Duration::from_secs(10));
 }

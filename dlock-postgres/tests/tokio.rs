@@ -1,0 +1,403 @@
+//! The semantics table of `dlock_core::AsyncLock` for `AsyncPgLock` and `AsyncPgXactLock`,
+//! and their cancel safety, against a real PostgreSQL server. Every test locks keys of its
+//! own: tests run in parallel on one server.
+
+mod common;
+
+use std::future::{Future, poll_fn};
+use std::pin::pin;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use dlock_postgres::{
+    AsyncLock, AsyncPgLock, AsyncPgXactLock, Error, Key, KeyPolicy, Mode, PgKey, holders_async,
+};
+use tokio_postgres::{Client, NoTls};
+
+async fn connect() -> Client {
+    let (client, connection) = tokio_postgres::connect(&common::pg_url(), NoTls)
+        .await
+        .expect("connect to DLOCK_PG_URL");
+    tokio::spawn(connection);
+    client
+}
+
+async fn pid(client: &Client) -> i32 {
+    client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+fn pg_key(name: &str) -> PgKey {
+    KeyPolicy::default().pg_key(&Key::from(name)).unwrap()
+}
+
+/// The sessions holding `key`, once the server has settled: a cleanup queued by a drop
+/// runs shortly after, so this waits until the holders stop changing or a second passes.
+async fn settled_holders(observer: &Client, key: PgKey) -> Vec<i32> {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let mut last = None;
+    loop {
+        let now: Vec<i32> = holders_async(observer, key)
+            .await
+            .unwrap()
+            .iter()
+            .map(|holder| holder.pid)
+            .collect();
+        if last.as_ref() == Some(&now) && (now.is_empty() || Instant::now() > deadline) {
+            return now;
+        }
+        if Instant::now() > deadline {
+            return now;
+        }
+        last = Some(now);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Polls a future exactly once and drops it, as `select!` or a timeout can.
+async fn poll_once_and_drop<F: Future>(future: F) {
+    let mut future = pin!(future);
+    poll_fn(|cx| {
+        let _ = future.as_mut().poll(cx);
+        Poll::Ready(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn exclusive_locks_exclude_and_hand_over_on_release() {
+    let mut holder = AsyncPgLock::new(connect().await, "tokio/exclusive");
+    let mut other = AsyncPgLock::new(connect().await, "tokio/exclusive");
+    assert!(!holder.is_acquired());
+    holder.acquire().await.unwrap();
+    assert!(holder.verify().await.unwrap());
+    assert!(!other.try_acquire().await.unwrap());
+    let waiter = tokio::spawn(async move {
+        let started = Instant::now();
+        other.acquire().await.unwrap();
+        (started.elapsed(), other.verify().await.unwrap())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    holder.release().await.unwrap();
+    assert!(!holder.is_acquired());
+    let (waited, verified) = waiter.await.unwrap();
+    assert!(waited >= Duration::from_millis(250), "{waited:?}");
+    assert!(verified);
+}
+
+#[tokio::test]
+async fn acquire_timeout_gives_up_no_earlier_than_asked_and_leaves_settings_alone() {
+    let mut holder = AsyncPgLock::new(connect().await, "tokio/timeout");
+    holder.acquire().await.unwrap();
+    let client = connect().await;
+    client
+        .batch_execute("SET lock_timeout = '6s'")
+        .await
+        .unwrap();
+    let mut waiter = AsyncPgLock::new(client, "tokio/timeout");
+    let started = Instant::now();
+    assert!(
+        !waiter
+            .acquire_timeout(Duration::from_millis(100))
+            .await
+            .unwrap()
+    );
+    assert!(started.elapsed() >= Duration::from_millis(100));
+    let setting: String = waiter
+        .client()
+        .query_one("SHOW lock_timeout", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(setting, "6s");
+    holder.release().await.unwrap();
+    assert!(
+        waiter
+            .acquire_timeout(Duration::from_millis(100))
+            .await
+            .unwrap()
+    );
+}
+
+#[tokio::test]
+async fn misuse_is_reported_and_lost_locks_are_not_held() {
+    let mut lock = AsyncPgLock::new(connect().await, "tokio/misuse");
+    assert!(matches!(lock.release().await, Err(Error::NotAcquired)));
+    lock.acquire().await.unwrap();
+    assert!(matches!(lock.acquire().await, Err(Error::AlreadyAcquired)));
+    assert!(matches!(
+        lock.try_acquire().await,
+        Err(Error::AlreadyAcquired)
+    ));
+    lock.client()
+        .batch_execute("SELECT pg_advisory_unlock_all()")
+        .await
+        .unwrap();
+    assert!(!lock.verify().await.unwrap());
+    assert!(matches!(lock.release().await, Err(Error::NotHeld)));
+    assert!(!lock.is_acquired());
+}
+
+#[tokio::test]
+async fn shared_locks_admit_readers_and_exclude_writers() {
+    let mut reader = AsyncPgLock::new(connect().await, (5150, 1)).shared();
+    let mut second = AsyncPgLock::new(connect().await, (5150, 1)).shared();
+    let mut writer = AsyncPgLock::new(connect().await, (5150, 1));
+    assert!(reader.try_acquire().await.unwrap());
+    assert!(
+        second
+            .acquire_timeout(Duration::from_millis(100))
+            .await
+            .unwrap()
+    );
+    assert!(!writer.try_acquire().await.unwrap());
+    let holders = reader.holders().await.unwrap();
+    assert_eq!(holders.len(), 2);
+    assert!(holders.iter().all(|holder| holder.mode == Mode::Shared));
+    reader.release().await.unwrap();
+    second.release().await.unwrap();
+    assert!(writer.try_acquire().await.unwrap());
+}
+
+#[tokio::test]
+async fn every_policy_locks_the_key_it_computes() {
+    let observer = connect().await;
+    for policy in [
+        KeyPolicy::Blake2b,
+        KeyPolicy::Sqlx,
+        KeyPolicy::Sha1,
+        KeyPolicy::Crc32Pair,
+    ] {
+        let mut lock = AsyncPgLock::new(connect().await, "tokio/policy").policy(policy.clone());
+        let key = lock.pg_key().unwrap();
+        assert_eq!(key, policy.pg_key(&Key::from("tokio/policy")).unwrap());
+        lock.acquire().await.unwrap();
+        let pid = pid(lock.client()).await;
+        let holders = holders_async(&observer, key).await.unwrap();
+        assert_eq!(
+            holders.iter().map(|h| h.pid).collect::<Vec<_>>(),
+            [pid],
+            "{policy:?}"
+        );
+        lock.release().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn dropping_a_held_lock_queues_its_release() {
+    let observer = connect().await;
+    let key = pg_key("tokio/drop");
+    let mut client = connect().await;
+    {
+        let mut lock = AsyncPgLock::new(&mut client, "tokio/drop");
+        lock.acquire().await.unwrap();
+    }
+    assert!(
+        settled_holders(&observer, key).await.is_empty(),
+        "the drop released it"
+    );
+    client
+        .batch_execute("SELECT 1")
+        .await
+        .expect("the borrowed client lives on");
+
+    let mut owned = AsyncPgLock::new(connect().await, "tokio/drop");
+    owned.acquire().await.unwrap();
+    drop(owned);
+    assert!(
+        settled_holders(&observer, key).await.is_empty(),
+        "an owned client too"
+    );
+}
+
+#[tokio::test]
+async fn an_owned_lock_moves_into_a_spawned_task() {
+    let mut lock = AsyncPgLock::new(connect().await, "tokio/spawned");
+    let task = tokio::spawn(async move {
+        lock.acquire().await?;
+        lock.release().await
+    });
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn an_acquire_dropped_mid_wait_leaves_no_lock_behind() {
+    let observer = connect().await;
+    let key = pg_key("tokio/cancel-wait");
+    let mut holder = AsyncPgLock::new(connect().await, "tokio/cancel-wait");
+    holder.acquire().await.unwrap();
+    let mut waiter = AsyncPgLock::new(connect().await, "tokio/cancel-wait");
+    let waited = tokio::time::timeout(Duration::from_millis(200), waiter.acquire()).await;
+    assert!(
+        waited.is_err(),
+        "the acquire was still waiting when dropped"
+    );
+    assert!(!waiter.is_acquired());
+    holder.release().await.unwrap();
+    assert!(
+        settled_holders(&observer, key).await.is_empty(),
+        "nobody holds it after release"
+    );
+    // The lock object and its client stay usable, and the owed cleanup does no harm.
+    assert!(
+        waiter
+            .acquire_timeout(Duration::from_secs(5))
+            .await
+            .unwrap()
+    );
+    assert!(waiter.verify().await.unwrap());
+    waiter.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_acquire_granted_after_its_future_was_dropped_is_released() {
+    // The statement is sent on the first poll and the key is free, so the server grants it
+    // although nobody reads the reply: the queued cleanup must release it.
+    let observer = connect().await;
+    for (name, waits) in [
+        ("tokio/late-grant-wait", true),
+        ("tokio/late-grant-try", false),
+    ] {
+        let key = pg_key(name);
+        let mut lock = AsyncPgLock::new(connect().await, name);
+        if waits {
+            poll_once_and_drop(lock.acquire()).await;
+        } else {
+            poll_once_and_drop(lock.try_acquire()).await;
+        }
+        assert!(!lock.is_acquired());
+        assert!(
+            settled_holders(&observer, key).await.is_empty(),
+            "{name}: released"
+        );
+        assert!(
+            lock.try_acquire().await.unwrap(),
+            "{name}: the lock object still works"
+        );
+        lock.release().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn the_cleanup_of_a_dropped_acquire_never_releases_another_hold_of_the_session() {
+    let observer = connect().await;
+    let key = pg_key("tokio/reentrant-cancel");
+    let mut outer = AsyncPgLock::new(connect().await, "tokio/reentrant-cancel");
+    outer.acquire().await.unwrap();
+    let pid = pid(outer.client()).await;
+    {
+        let mut inner = AsyncPgLock::new(outer.client(), "tokio/reentrant-cancel");
+        poll_once_and_drop(inner.acquire()).await;
+    }
+    assert_eq!(
+        settled_holders(&observer, key).await,
+        [pid],
+        "the outer hold remains"
+    );
+    assert!(outer.verify().await.unwrap());
+    outer
+        .release()
+        .await
+        .expect("the server still counted the outer hold");
+    assert!(settled_holders(&observer, key).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_release_dropped_after_its_first_poll_still_releases() {
+    let observer = connect().await;
+    let key = pg_key("tokio/cancel-release");
+    let mut lock = AsyncPgLock::new(connect().await, "tokio/cancel-release");
+    lock.acquire().await.unwrap();
+    poll_once_and_drop(lock.release()).await;
+    assert!(!lock.is_acquired());
+    assert!(settled_holders(&observer, key).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_terminated_holder_loses_its_lock_and_a_waiter_gets_it() {
+    let mut holder = AsyncPgLock::new(connect().await, "tokio/terminated");
+    holder.acquire().await.unwrap();
+    let holder_pid = pid(holder.client()).await;
+    let mut waiter = AsyncPgLock::new(connect().await, "tokio/terminated");
+    let waiting = tokio::spawn(async move {
+        let outcome = waiter.acquire_timeout(Duration::from_secs(20)).await;
+        (outcome, waiter)
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let admin = connect().await;
+    admin
+        .execute("SELECT pg_terminate_backend($1)", &[&holder_pid])
+        .await
+        .unwrap();
+    let (outcome, mut waiter) = waiting.await.unwrap();
+    assert!(outcome.unwrap());
+    assert!(waiter.verify().await.unwrap());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!holder.verify().await.unwrap());
+    let released = holder.release().await;
+    assert!(
+        matches!(released, Err(Error::ConnectionLost { .. } | Error::NotHeld)),
+        "{released:?}"
+    );
+}
+
+#[tokio::test]
+async fn transaction_locks_last_until_the_transaction_ends() {
+    let observer = connect().await;
+    let key = pg_key("tokio/xact");
+    let mut holder = AsyncPgLock::new(connect().await, "tokio/xact");
+    let mut client = connect().await;
+    let mut tx = client.transaction().await.unwrap();
+    let lock = AsyncPgXactLock::new("tokio/xact");
+    lock.acquire(&tx).await.unwrap();
+    assert!(lock.verify(&tx).await.unwrap());
+    assert!(!holder.try_acquire().await.unwrap());
+    tx.commit().await.unwrap();
+    assert!(
+        holder_pids_empty(&observer, key).await,
+        "commit released it"
+    );
+
+    holder.acquire().await.unwrap();
+    tx = client.transaction().await.unwrap();
+    tx.batch_execute("SET LOCAL lock_timeout = '8s'")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    assert!(
+        !lock
+            .acquire_timeout(&mut tx, Duration::from_millis(80))
+            .await
+            .unwrap()
+    );
+    assert!(started.elapsed() >= Duration::from_millis(80));
+    assert!(
+        !lock.try_acquire(&tx).await.unwrap(),
+        "the transaction is still usable"
+    );
+    let setting: String = tx.query_one("SHOW lock_timeout", &[]).await.unwrap().get(0);
+    assert_eq!(setting, "8s");
+    tx.rollback().await.unwrap();
+}
+
+async fn holder_pids_empty(observer: &Client, key: PgKey) -> bool {
+    holders_async(observer, key).await.unwrap().is_empty()
+}
+
+/// Code generic over `AsyncLock` works with the PostgreSQL lock.
+async fn run_exclusively(lock: &mut impl AsyncLock) -> dlock_postgres::Result<bool> {
+    if !lock.try_acquire().await? {
+        return Ok(false);
+    }
+    lock.release().await?;
+    Ok(true)
+}
+
+#[tokio::test]
+async fn generic_code_runs_over_the_trait() {
+    let mut lock = AsyncPgLock::new(connect().await, "tokio/generic");
+    assert!(run_exclusively(&mut lock).await.unwrap());
+}
