@@ -30,10 +30,12 @@ use crate::sql::{self, Failure, Holder, Mode, Scope, Wait};
 ///
 /// - A dropped acquire that was waiting in the server is ended with a cancel request (sent
 ///   from a task spawned on the current tokio runtime, over a new connection without TLS),
-///   and a cleanup statement queued behind it unlocks the key if the server granted it
-///   anyway. The statement knows, in the server, whether this very attempt got the lock, so
-///   it never releases another hold of the same session. The lock also records the cleanup
-///   as owed and repeats it before its next operation, or on drop.
+///   and a cleanup statement queued behind it unlocks the key once if the server granted it
+///   anyway (`pg_locks` tells; a grant can land together with the cancel). Another hold of
+///   the same key on the same session is never released by it: such a hold makes an
+///   attempt succeed at once, so a lock found held after a dropped attempt is that
+///   attempt's. The lock also records the cleanup as owed and repeats it (it runs at most
+///   once per attempt) before its next operation, or on drop.
 /// - A cancel request ends whatever statement the session runs when it arrives. The cleanup
 ///   is queued twice so it survives that; a statement you send on the same client at once
 ///   after dropping an acquire future can be canceled too (57014). For a bounded wait, use
@@ -82,23 +84,23 @@ pub struct AsyncPgLock<C: BorrowMut<Client> + Send> {
     owed: Option<Owed>,
 }
 
-/// A cleanup owed by a dropped acquire: unlock `key` in `mode` if the attempt marked `mark`
-/// recorded a grant.
+/// The cleanup owed by a dropped acquire attempt: unlock `key` in `mode` once if the session
+/// holds it.
 #[derive(Debug, Clone, Copy)]
 struct Owed {
     key: PgKey,
     mode: Mode,
-    mark: u64,
+    attempt: u64,
 }
 
 impl Owed {
     fn statement(self) -> String {
-        sql::unlock_if_marked(self.key, self.mode, self.mark)
+        sql::cleanup_dropped_acquire(self.key, self.mode, self.attempt)
     }
 }
 
-/// A mark unique to each acquire attempt of this process (a session serves one process).
-fn next_mark() -> u64 {
+/// A number unique to each acquire attempt of this process (a session serves one process).
+fn next_attempt() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(1);
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
@@ -252,14 +254,13 @@ impl<C: BorrowMut<Client> + Send> AsyncPgLock<C> {
         Ok(())
     }
 
-    async fn take(&mut self, wait: Wait) -> Result<bool> {
+    async fn take(&mut self, mut wait: Wait) -> Result<bool> {
         self.pay_owed().await?;
         if self.held.is_some() {
             return Err(Error::AlreadyAcquired);
         }
         let (key, mode) = (self.pg_key()?, self.mode);
-        let mark = next_mark();
-        let statement = sql::lock(key, mode, Scope::Session, wait, Some(mark));
+        let attempt = next_attempt();
         let client: &Client = self
             .conn
             .as_mut()
@@ -268,21 +269,30 @@ impl<C: BorrowMut<Client> + Send> AsyncPgLock<C> {
         let mut pending = PendingAcquire {
             client,
             owed: &mut self.owed,
-            cleanup: Owed { key, mode, mark },
+            cleanup: Owed { key, mode, attempt },
             waits: wait != Wait::Never,
             armed: true,
         };
-        let outcome = match client.simple_query(&statement).await.map_err(sql::classify) {
-            Ok(reply) => sql::read_acquired(wait, &reply),
-            // A grant can race the timer: pg_locks tells, and marks it for the cleanup.
-            Err(Failure::LockTimeout) => {
-                let check = sql::held_by_session(key, mode, Some(mark));
-                match client.simple_query(&check).await {
-                    Ok(reply) => sql::read_held(&reply),
-                    Err(error) => Err(sql::error(error)),
+        let outcome = loop {
+            let statement = sql::lock(key, mode, Scope::Session, wait);
+            match client.simple_query(&statement).await.map_err(sql::classify) {
+                Ok(reply) => break sql::read_acquired(wait, &reply),
+                // A grant can race the timer: pg_locks tells.
+                Err(Failure::LockTimeout) => {
+                    let check = sql::held_by_session(key, mode);
+                    let held = match client.simple_query(&check).await {
+                        Ok(reply) => sql::read_held(&reply),
+                        Err(error) => Err(sql::error(error)),
+                    };
+                    if !matches!(held, Ok(false)) || wait != Wait::Unbounded {
+                        break held;
+                    }
+                    // The session's own lock_timeout cut an unbounded wait short: wait
+                    // again, in the server, overriding it for the one statement.
+                    wait = Wait::Millis(0);
                 }
+                Err(Failure::Error(error)) => break Err(error),
             }
-            Err(Failure::Error(error)) => Err(error),
         };
         pending.armed = false;
         drop(pending);
@@ -306,7 +316,7 @@ impl<C: BorrowMut<Client> + Send> AsyncLock for AsyncPgLock<C> {
     /// Cancel safe: a dropped acquire cancels the server's wait and unlocks the key if it
     /// was granted anyway (see the type's docs).
     async fn acquire(&mut self) -> Result<()> {
-        self.take(Wait::Millis(0)).await.map(drop)
+        self.take(Wait::Unbounded).await.map(drop)
     }
 
     /// Takes the lock if it is free, without waiting.
@@ -365,7 +375,7 @@ impl<C: BorrowMut<Client> + Send> AsyncLock for AsyncPgLock<C> {
             Some(held) => held,
             None => (self.pg_key()?, self.mode),
         };
-        match self.query(&sql::held_by_session(key, mode, None)).await {
+        match self.query(&sql::held_by_session(key, mode)).await {
             Ok(reply) => sql::read_held(&reply),
             Err(Failure::Error(error)) if error.is_connection_error() => Ok(false),
             Err(failure) => Err(failure.into_error()),
@@ -495,7 +505,6 @@ impl AsyncPgXactLock {
             self.mode,
             Scope::Transaction,
             wait,
-            None,
         ))
     }
 
@@ -583,7 +592,7 @@ impl AsyncPgXactLock {
     ///
     /// Cancel safe: it only reads.
     pub async fn verify(&self, tx: &Transaction<'_>) -> Result<bool> {
-        let statement = sql::held_by_session(self.policy.pg_key(&self.key)?, self.mode, None);
+        let statement = sql::held_by_session(self.policy.pg_key(&self.key)?, self.mode);
         let reply = tx.simple_query(&statement).await.map_err(sql::error)?;
         sql::read_held(&reply)
     }

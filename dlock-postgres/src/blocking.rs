@@ -134,23 +134,32 @@ impl<C: BorrowMut<Client>> PgLock<C> {
         self.client().simple_query(statement).map_err(sql::classify)
     }
 
-    fn take(&mut self, wait: Wait) -> Result<bool> {
+    fn take(&mut self, mut wait: Wait) -> Result<bool> {
         if self.held.is_some() {
             return Err(Error::AlreadyAcquired);
         }
         let (key, mode) = (self.pg_key()?, self.mode);
-        let statement = sql::lock(key, mode, Scope::Session, wait, None);
-        let granted = match self.query(&statement) {
-            Ok(reply) => sql::read_acquired(wait, &reply)?,
-            // The server can grant the lock at the instant the timer fires and still report
-            // the timeout: ask pg_locks so a granted lock is never left untracked.
-            Err(Failure::LockTimeout) => {
-                let reply = self
-                    .query(&sql::held_by_session(key, mode, None))
-                    .map_err(Failure::into_error)?;
-                sql::read_held(&reply)?
+        let granted = loop {
+            let statement = sql::lock(key, mode, Scope::Session, wait);
+            match self.query(&statement) {
+                Ok(reply) => break sql::read_acquired(wait, &reply)?,
+                // The server can grant the lock at the instant the timer fires and still
+                // report the timeout: ask pg_locks so a granted lock is never left untracked.
+                Err(Failure::LockTimeout) => {
+                    let check = sql::held_by_session(key, mode);
+                    let reply = self.query(&check).map_err(Failure::into_error)?;
+                    if sql::read_held(&reply)? {
+                        break true;
+                    }
+                    if wait != Wait::Unbounded {
+                        break false;
+                    }
+                    // The session's own lock_timeout cut an unbounded wait short: wait again,
+                    // in the server, overriding it for the one statement.
+                    wait = Wait::Millis(0);
+                }
+                Err(Failure::Error(error)) => return Err(error),
             }
-            Err(Failure::Error(error)) => return Err(error),
         };
         if granted {
             self.held = Some((key, mode));
@@ -165,7 +174,7 @@ impl<C: BorrowMut<Client>> Lock for PgLock<C> {
     }
 
     fn acquire(&mut self) -> Result<()> {
-        self.take(Wait::Millis(0)).map(drop)
+        self.take(Wait::Unbounded).map(drop)
     }
 
     fn try_acquire(&mut self) -> Result<bool> {
@@ -201,7 +210,7 @@ impl<C: BorrowMut<Client>> Lock for PgLock<C> {
         if self.client().is_closed() {
             return Ok(false);
         }
-        match self.query(&sql::held_by_session(key, mode, None)) {
+        match self.query(&sql::held_by_session(key, mode)) {
             Ok(reply) => sql::read_held(&reply),
             Err(Failure::Error(error)) if error.is_connection_error() => Ok(false),
             Err(failure) => Err(failure.into_error()),
@@ -307,19 +316,22 @@ impl PgXactLock {
         &self.key
     }
 
+    fn statement(&self, wait: Wait) -> Result<String> {
+        Ok(sql::lock(
+            self.policy.pg_key(&self.key)?,
+            self.mode,
+            Scope::Transaction,
+            wait,
+        ))
+    }
+
     /// Waits, in the server, until the transaction holds the lock.
     ///
     /// # Errors
     ///
     /// What the server reports, as dlock's [`Error`] (a deadlock aborts the transaction).
     pub fn acquire(&self, tx: &mut Transaction<'_>) -> Result<()> {
-        let statement = sql::lock(
-            self.policy.pg_key(&self.key)?,
-            self.mode,
-            Scope::Transaction,
-            Wait::Millis(0),
-            None,
-        );
+        let statement = self.statement(Wait::Millis(0))?;
         tx.simple_query(&statement).map_err(sql::error).map(drop)
     }
 
@@ -330,13 +342,7 @@ impl PgXactLock {
     ///
     /// What the server reports.
     pub fn try_acquire(&self, tx: &mut Transaction<'_>) -> Result<bool> {
-        let statement = sql::lock(
-            self.policy.pg_key(&self.key)?,
-            self.mode,
-            Scope::Transaction,
-            Wait::Never,
-            None,
-        );
+        let statement = self.statement(Wait::Never)?;
         let reply = tx.simple_query(&statement).map_err(sql::error)?;
         sql::read_acquired(Wait::Never, &reply)
     }
@@ -349,13 +355,7 @@ impl PgXactLock {
     /// What the server reports.
     pub fn acquire_timeout(&self, tx: &mut Transaction<'_>, timeout: Duration) -> Result<bool> {
         let wait = Wait::for_timeout(timeout);
-        let statement = sql::lock(
-            self.policy.pg_key(&self.key)?,
-            self.mode,
-            Scope::Transaction,
-            wait,
-            None,
-        );
+        let statement = self.statement(wait)?;
         let mut savepoint = tx.savepoint("dlock_acquire").map_err(sql::error)?;
         match savepoint.simple_query(&statement).map_err(sql::classify) {
             Ok(reply) => {
@@ -379,7 +379,7 @@ impl PgXactLock {
     ///
     /// What the server reports.
     pub fn verify(&self, tx: &mut Transaction<'_>) -> Result<bool> {
-        let statement = sql::held_by_session(self.policy.pg_key(&self.key)?, self.mode, None);
+        let statement = sql::held_by_session(self.policy.pg_key(&self.key)?, self.mode);
         let reply = tx.simple_query(&statement).map_err(sql::error)?;
         sql::read_held(&reply)
     }

@@ -49,7 +49,11 @@ impl Mode {
 pub(crate) enum Wait {
     /// `pg_try_advisory_lock`: never waits.
     Never,
-    /// `pg_advisory_lock` under `lock_timeout` of this many milliseconds; 0 means no limit.
+    /// A plain `pg_advisory_lock`, under the session's `lock_timeout` (normally none). If a
+    /// session setting cuts the wait short, the caller waits again with `Millis(0)`.
+    Unbounded,
+    /// `pg_advisory_lock` under `lock_timeout` of this many milliseconds, set for the one
+    /// statement; 0 means no limit whatever the session's setting.
     Millis(u32),
 }
 
@@ -77,9 +81,10 @@ pub(crate) enum Scope {
     Transaction,
 }
 
-/// The session setting where a cancellable acquire records that it got its lock, so that
-/// the cleanup of a dropped acquire future can tell, in the server, whether it must unlock.
-const ACQUIRED_MARK: &str = "dlock.acquired";
+/// The session setting where the cleanup of a dropped acquire records the attempt it
+/// cleaned up, so that running it again does nothing.
+#[cfg(feature = "tokio")]
+const CLEANED_ATTEMPT: &str = "dlock.cleaned_attempt";
 
 /// Where a waiting acquire keeps the caller's `lock_timeout` while it sets its own.
 const SAVED_LOCK_TIMEOUT: &str = "dlock.saved_lock_timeout";
@@ -93,16 +98,12 @@ fn key_args(key: PgKey) -> String {
 
 /// The statement that takes a lock. Its reply is read by [`read_acquired`].
 ///
-/// A waiting statement sets `lock_timeout` for itself only: it saves the caller's value,
-/// sets its own (`0`, no limit, for a plain acquire, so a session default cannot cut the
-/// wait short), waits, and restores the caller's value. Outside a transaction the settings
+/// A [`Wait::Millis`] statement sets `lock_timeout` for itself only: it saves the caller's
+/// value, sets its own, waits, and restores the caller's value. (Measured, the setting
+/// costs about a tenth of a lock/unlock cycle, so a plain acquire goes without it.) Outside a transaction the settings
 /// are local to the statement anyway; inside one, the restore keeps the transaction's
 /// setting as it was. The target list is evaluated left to right.
-///
-/// With `mark`, a granted lock also writes `mark` to a session setting, in the same
-/// statement, so a cleanup sent later can tell whether this statement got its lock
-/// ([`unlock_if_marked`]).
-pub(crate) fn lock(key: PgKey, mode: Mode, scope: Scope, wait: Wait, mark: Option<u64>) -> String {
+pub(crate) fn lock(key: PgKey, mode: Mode, scope: Scope, wait: Wait) -> String {
     let xact = match scope {
         Scope::Session => "",
         Scope::Transaction => "_xact",
@@ -112,6 +113,9 @@ pub(crate) fn lock(key: PgKey, mode: Mode, scope: Scope, wait: Wait, mark: Optio
     match wait {
         Wait::Never => {
             let _ = write!(sql, "pg_try_advisory{xact}_lock{suffix}({args})");
+        }
+        Wait::Unbounded => {
+            let _ = write!(sql, "pg_advisory{xact}_lock{suffix}({args})");
         }
         Wait::Millis(millis) => {
             let _ = write!(
@@ -123,9 +127,6 @@ pub(crate) fn lock(key: PgKey, mode: Mode, scope: Scope, wait: Wait, mark: Optio
             );
         }
     }
-    if let Some(mark) = mark {
-        let _ = write!(sql, ", set_config('{ACQUIRED_MARK}', '{mark}', false)");
-    }
     sql
 }
 
@@ -136,7 +137,7 @@ pub(crate) fn lock(key: PgKey, mode: Mode, scope: Scope, wait: Wait, mark: Optio
 pub(crate) fn read_acquired(wait: Wait, reply: &[SimpleQueryMessage]) -> Result<bool, Error> {
     match wait {
         Wait::Never => read_bool(reply),
-        Wait::Millis(_) => first_row(reply).map(|_| true),
+        Wait::Unbounded | Wait::Millis(_) => first_row(reply).map(|_| true),
     }
 }
 
@@ -159,13 +160,23 @@ pub(crate) fn read_unlocked(reply: &[SimpleQueryMessage]) -> Result<(), Error> {
     }
 }
 
-/// The cleanup of an acquire whose outcome the client never read: unlocks only if that
-/// acquire's statement recorded `mark` (it got the lock), and clears the record either way.
-/// It is harmless to run twice.
-pub(crate) fn unlock_if_marked(key: PgKey, mode: Mode, mark: u64) -> String {
+/// The cleanup of an acquire attempt whose outcome the client never read: unlocks once if
+/// this session holds the lock in this mode, and records `attempt` so that running it again
+/// does nothing.
+///
+/// The server is the only judge of the outcome. A record written by the acquire statement
+/// itself would not do: a cancel that lands as the lock is handed over makes the server
+/// grant the lock and then fail the statement (57014), which rolls such a record back
+/// while the session lock stays. Holding the lock is the right test because an attempt can
+/// only have waited, or failed, if the session did not hold the lock in that mode before
+/// (a session's own holds never conflict), so a hold found now is the attempt's.
+#[cfg(feature = "tokio")]
+pub(crate) fn cleanup_dropped_acquire(key: PgKey, mode: Mode, attempt: u64) -> String {
     format!(
-        "SELECT CASE WHEN current_setting('{ACQUIRED_MARK}', true) = '{mark}' \
-         THEN pg_advisory_unlock{}({}) END, set_config('{ACQUIRED_MARK}', '', false)",
+        "SELECT CASE WHEN current_setting('{CLEANED_ATTEMPT}', true) IS DISTINCT FROM '{attempt}' \
+         AND {} THEN pg_advisory_unlock{}({}) END, \
+         set_config('{CLEANED_ATTEMPT}', '{attempt}', false)",
+        session_holds(key, mode),
         mode.suffix(),
         key_args(key)
     )
@@ -181,7 +192,11 @@ pub(crate) fn pg_locks_ids(key: PgKey) -> (u32, u32, i16) {
             let low = u32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
             (high, low, 1)
         }
-        PgKey::Pair(high, low) => (high.cast_unsigned(), low.cast_unsigned(), 2),
+        PgKey::Pair(high, low) => (
+            u32::from_ne_bytes(high.to_ne_bytes()),
+            u32::from_ne_bytes(low.to_ne_bytes()),
+            2,
+        ),
     }
 }
 
@@ -193,25 +208,18 @@ fn pg_locks_filter(key: PgKey) -> String {
     )
 }
 
-/// Whether this session holds the lock in this mode, per `pg_locks`.
-///
-/// With `mark`, a held lock also records `mark` as [`lock`] does on a grant: after a lock
-/// timeout this check is how a grant that raced the timer is found, and a cleanup sent later
-/// must find it too. (A timeout in a mode means no other hold of this session in that mode:
-/// such a hold would have been granted at once, so what is found is this attempt's.)
-pub(crate) fn held_by_session(key: PgKey, mode: Mode, mark: Option<u64>) -> String {
-    let exists = format!(
+/// The SQL condition "this session holds the lock in this mode", per `pg_locks`.
+fn session_holds(key: PgKey, mode: Mode) -> String {
+    format!(
         "EXISTS (SELECT 1 FROM pg_locks WHERE {} AND pid = pg_backend_pid() AND mode = '{}')",
         pg_locks_filter(key),
         mode.pg_locks_name()
-    );
-    match mark {
-        None => format!("SELECT {exists}"),
-        Some(mark) => format!(
-            "SELECT held, CASE WHEN held THEN set_config('{ACQUIRED_MARK}', '{mark}', false) END \
-             FROM (SELECT {exists} AS held) AS this_session"
-        ),
-    }
+    )
+}
+
+/// Whether this session holds the lock in this mode, per `pg_locks`.
+pub(crate) fn held_by_session(key: PgKey, mode: Mode) -> String {
+    format!("SELECT {}", session_holds(key, mode))
 }
 
 /// Reads the reply to [`held_by_session`].
@@ -309,18 +317,23 @@ pub(crate) fn classify(error: driver::Error) -> Failure {
         }
         return Failure::Error(Error::backend(error));
     };
-    let source = Some(Box::new(error) as dlock_core::BoxError);
-    Failure::Error(if code == SqlState::LOCK_NOT_AVAILABLE {
+    if code == SqlState::LOCK_NOT_AVAILABLE {
         return Failure::LockTimeout;
-    } else if code == SqlState::T_R_DEADLOCK_DETECTED {
-        Error::Deadlock { source }
+    }
+    let source: dlock_core::BoxError = Box::new(error);
+    Failure::Error(if code == SqlState::T_R_DEADLOCK_DETECTED {
+        Error::Deadlock {
+            source: Some(source),
+        }
     } else if code == SqlState::QUERY_CANCELED {
-        Error::Canceled { source }
+        Error::Canceled {
+            source: Some(source),
+        }
     } else if code == SqlState::OUT_OF_MEMORY {
         // PostgreSQL reports a full lock table as 53200, "out of shared memory".
         Error::LockTableFull {
             setting: "max_locks_per_transaction",
-            source,
+            source: Some(source),
         }
     } else if code == SqlState::ADMIN_SHUTDOWN
         || code == SqlState::CRASH_SHUTDOWN
@@ -328,9 +341,11 @@ pub(crate) fn classify(error: driver::Error) -> Failure {
         || code.code().starts_with("08")
     {
         // The server ended the session (pg_terminate_backend, shutdown): its locks are gone.
-        Error::ConnectionLost { source }
+        Error::ConnectionLost {
+            source: Some(source),
+        }
     } else {
-        Error::Backend(source.expect("the source was just set"))
+        Error::Backend(source)
     })
 }
 
@@ -361,33 +376,23 @@ mod tests {
         let pair = PgKey::Pair(1, -2);
         let session = Scope::Session;
         assert_eq!(
-            lock(key, Mode::Exclusive, session, Wait::Never, None),
+            lock(key, Mode::Exclusive, session, Wait::Never),
             "SELECT pg_try_advisory_lock(-5)"
         );
         assert_eq!(
-            lock(pair, Mode::Shared, session, Wait::Never, None),
+            lock(pair, Mode::Shared, session, Wait::Never),
             "SELECT pg_try_advisory_lock_shared(1, -2)"
         );
         assert_eq!(
-            lock(key, Mode::Shared, Scope::Transaction, Wait::Never, None),
+            lock(key, Mode::Shared, Scope::Transaction, Wait::Never),
             "SELECT pg_try_advisory_xact_lock_shared(-5)"
         );
-        let waiting = lock(
-            key,
-            Mode::Exclusive,
-            Scope::Transaction,
-            Wait::Millis(150),
-            Some(7),
-        );
+        let waiting = lock(key, Mode::Exclusive, Scope::Transaction, Wait::Millis(150));
         assert!(
             waiting.contains("set_config('lock_timeout', '150', true)"),
             "{waiting}"
         );
         assert!(waiting.contains("pg_advisory_xact_lock(-5)"), "{waiting}");
-        assert!(
-            waiting.ends_with("set_config('dlock.acquired', '7', false)"),
-            "{waiting}"
-        );
         // The setting is saved before it is changed, and restored after the wait.
         let save = waiting.find("current_setting('lock_timeout')").unwrap();
         let set = waiting.find("'150'").unwrap();
@@ -408,11 +413,21 @@ mod tests {
             unlock(PgKey::Pair(3, 4), Mode::Shared),
             "SELECT pg_advisory_unlock_shared(3, 4)"
         );
-        let cleanup = unlock_if_marked(PgKey::BigInt(3), Mode::Exclusive, 99);
-        assert!(
-            cleanup.contains("= '99' THEN pg_advisory_unlock(3)"),
-            "{cleanup}"
-        );
+    }
+
+    #[cfg(feature = "tokio")]
+    #[test]
+    fn the_cleanup_of_a_dropped_acquire_unlocks_once_what_the_session_holds() {
+        let cleanup = cleanup_dropped_acquire(PgKey::BigInt(3), Mode::Shared, 99);
+        let skip = cleanup.find("IS DISTINCT FROM '99'").unwrap();
+        let held = cleanup
+            .find("pid = pg_backend_pid() AND mode = 'ShareLock'")
+            .unwrap();
+        let unlock = cleanup.find("THEN pg_advisory_unlock_shared(3)").unwrap();
+        let record = cleanup
+            .find("set_config('dlock.cleaned_attempt', '99', false)")
+            .unwrap();
+        assert!(skip < held && held < unlock && unlock < record, "{cleanup}");
     }
 
     #[test]
@@ -444,7 +459,7 @@ mod tests {
             (0x1234_5678, 0x9abc_def0, 1)
         );
         assert_eq!(pg_locks_ids(PgKey::Pair(-2, 3)), (u32::MAX - 1, 3, 2));
-        let query = held_by_session(PgKey::Pair(5, 6), Mode::Shared, None);
+        let query = held_by_session(PgKey::Pair(5, 6), Mode::Shared);
         assert!(query.contains("classid = '5'::oid AND objid = '6'::oid AND objsubid = 2"));
         assert!(query.contains("mode = 'ShareLock'"));
     }

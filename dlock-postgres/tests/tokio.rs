@@ -252,6 +252,40 @@ async fn an_acquire_dropped_mid_wait_leaves_no_lock_behind() {
     waiter.release().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_racing_the_drop_of_a_waiting_acquire_is_released() {
+    // The holder releases at the instant the waiter's future is dropped, so the grant, the
+    // cancel request and the cleanup land in every order across the rounds. (A grant that
+    // lands with the cancel fails the statement with 57014 while the lock stays held.)
+    let observer = connect().await;
+    let key = pg_key("tokio/race");
+    let mut holder = AsyncPgLock::new(connect().await, "tokio/race");
+    let mut waiter = AsyncPgLock::new(connect().await, "tokio/race");
+    for round in 0..20_u64 {
+        holder.acquire().await.unwrap();
+        let patience = Duration::from_millis(30 + round % 5);
+        let (released, waited) = tokio::join!(
+            async {
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                holder.release().await
+            },
+            tokio::time::timeout(patience, waiter.acquire()),
+        );
+        released.unwrap();
+        if let Ok(acquired) = waited {
+            acquired.unwrap();
+            waiter.release().await.unwrap();
+        }
+        assert!(
+            settled_holders(&observer, key).await.is_empty(),
+            "round {round}"
+        );
+        // The waiter is usable again, whatever happened to its last attempt.
+        assert!(waiter.try_acquire().await.unwrap(), "round {round}");
+        waiter.release().await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn an_acquire_granted_after_its_future_was_dropped_is_released() {
     // The statement is sent on the first poll and the key is free, so the server grants it
