@@ -19,8 +19,14 @@ use crate::{Result, cargo, project_root};
 /// features (dlock-core, xtask) are covered by the whole-workspace rows.
 const FEATURED_CRATES: &[&str] = &["dlock-postgres", "dlock-mysql", "dlock-pool"];
 
-/// Crates whose `tests/` targets talk to the database servers, when they have any.
-const DATABASE_CRATES: &[&str] = &["dlock-postgres", "dlock-mysql", "dlock-pool"];
+/// The database test rows: a crate and the features its `tests/` targets run under (empty
+/// for all features). Each backend flavour gets a row of its own, so a failure names it.
+const DATABASE_ROWS: &[(&str, &str)] = &[
+    ("dlock-postgres", "blocking"),
+    ("dlock-postgres", "tokio"),
+    ("dlock-mysql", ""),
+    ("dlock-pool", ""),
+];
 
 /// One check: a cargo command, its extra environment, and whether it needs the servers.
 #[derive(Debug)]
@@ -136,12 +142,19 @@ fn rows() -> Result<Vec<Row>> {
             &["test", "--workspace", "--all-features", "--doc"],
         ),
     ]);
-    for krate in DATABASE_CRATES {
+    for (krate, features) in DATABASE_ROWS {
         if !project_root().join(krate).join("tests").is_dir() {
             continue;
         }
-        let args = ["test", "-p", krate, "--all-features", "--test", "*"];
-        rows.push(Row::new(format!("db:{krate}"), &args).needs_servers());
+        let mut args = vec!["test", "-p", krate, "--tests"];
+        let name = if features.is_empty() {
+            args.push("--all-features");
+            format!("db:{krate}")
+        } else {
+            args.extend(["--no-default-features", "--features", features]);
+            format!("db:{krate}:{features}")
+        };
+        rows.push(Row::new(name, &args).needs_servers());
     }
     Ok(rows)
 }
