@@ -1,3 +1,21 @@
 #![doc = include_str!("../README.md")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+#[cfg(any(feature = "blocking", feature = "tokio"))]
+mod sql;
+
+#[cfg(feature = "blocking")]
+mod blocking;
+
+#[cfg(feature = "tokio")]
+mod asynchronous;
 
 pub use dlock_core::*;
+
+#[cfg(feature = "blocking")]
+#[cfg_attr(docsrs, doc(cfg(feature = "blocking")))]
+pub use blocking::{MySqlConnection, MySqlLock, holder};
+
+#[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+pub use asynchronous::{AsyncMySqlConnection, AsyncMySqlLock, holder_async};

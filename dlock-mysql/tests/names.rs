@@ -2,14 +2,9 @@
 
 mod common;
 
+use common::connect;
 use dlock_mysql::{Key, KeyPolicy};
 use mysql::prelude::Queryable;
-use mysql::{Conn, Opts};
-
-fn connect() -> Conn {
-    let opts = Opts::from_url(&common::mysql_url()).expect("DLOCK_MYSQL_URL is a MySQL URL");
-    Conn::new(opts).expect("connect to DLOCK_MYSQL_URL")
-}
 
 #[test]
 fn names_under_each_policy_lock_and_exclude_other_sessions() {

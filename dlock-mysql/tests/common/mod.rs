@@ -1,4 +1,8 @@
-//! What every MySQL test target shares: where the server is.
+//! What every MySQL test target shares: where the server is, and how to look at it.
+
+#![allow(dead_code)]
+
+use mysql::prelude::Queryable;
 
 /// The URL of the MySQL or MariaDB server under test.
 ///
@@ -16,4 +20,47 @@ pub(crate) fn mysql_url() -> String {
              server of yours (mysql://user:password@host:port/db)"
         ),
     }
+}
+
+/// A blocking connection to the server under test.
+pub(crate) fn connect() -> mysql::Conn {
+    let opts = mysql::Opts::from_url(&mysql_url()).expect("DLOCK_MYSQL_URL is a MySQL URL");
+    mysql::Conn::new(opts).expect("connect to DLOCK_MYSQL_URL")
+}
+
+/// The connection id holding `name`, asked with the name bound as a parameter (the way other
+/// libraries send names), from a fresh session.
+pub(crate) fn holder_of(name: &str) -> Option<u32> {
+    connect()
+        .exec_first::<Option<u32>, _, _>("SELECT IS_USED_LOCK(?)", (name,))
+        .unwrap()
+        .flatten()
+}
+
+/// Ends the session `id` from a fresh session, as an operator would.
+pub(crate) fn kill(id: u32) {
+    connect().query_drop(format!("KILL {id}")).unwrap();
+}
+
+/// Ends the statement running in session `id`, leaving the session.
+pub(crate) fn kill_query(id: u32) {
+    connect().query_drop(format!("KILL QUERY {id}")).unwrap();
+}
+
+/// Waits until session `id` waits for a user lock, so a test can act on the waiter.
+pub(crate) fn wait_until_waiting(id: u32) {
+    let mut conn = connect();
+    for _ in 0..500 {
+        let state: Option<Option<String>> = conn
+            .exec_first(
+                "SELECT STATE FROM information_schema.PROCESSLIST WHERE ID = ?",
+                (id,),
+            )
+            .unwrap();
+        if state.flatten().is_some_and(|state| state.contains("lock")) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("session {id} never started waiting for a lock");
 }

@@ -1,0 +1,308 @@
+//! Locks over the blocking `mysql` client.
+
+use std::fmt;
+use std::time::Duration;
+
+use dlock_core::{Error, Key, KeyPolicy, Lock, Result};
+use mysql::prelude::Queryable;
+use mysql::{Conn, PooledConn};
+
+use crate::sql::{self, Acquired, Server, Wait};
+
+/// A connection a [`MySqlLock`] can run on: the driver's [`Conn`], a [`PooledConn`] of a
+/// `mysql::Pool`, a box of either, or a `&mut` to any of them. For an r2d2 pooled
+/// connection pass `&mut *conn`, or use dlock-pool, which manages the connection for you.
+///
+/// Implement it for your own wrapper to lend its connection to a lock.
+pub trait MySqlConnection {
+    /// The connection the lock sends its statements through.
+    fn connection(&mut self) -> &mut Conn;
+}
+
+impl MySqlConnection for Conn {
+    fn connection(&mut self) -> &mut Conn {
+        self
+    }
+}
+
+impl MySqlConnection for PooledConn {
+    fn connection(&mut self) -> &mut Conn {
+        self.as_mut()
+    }
+}
+
+impl<T: MySqlConnection + ?Sized> MySqlConnection for &mut T {
+    fn connection(&mut self) -> &mut Conn {
+        (**self).connection()
+    }
+}
+
+impl<T: MySqlConnection + ?Sized> MySqlConnection for Box<T> {
+    fn connection(&mut self) -> &mut Conn {
+        (**self).connection()
+    }
+}
+
+/// A MySQL or MariaDB named lock (`GET_LOCK`) over the blocking [`mysql::Conn`].
+///
+/// `C` is the connection, a `&mut` to it, a pooled connection of a `mysql::Pool`, or
+/// anything else that implements [`MySqlConnection`]. The lock holds on to its connection
+/// from creation to drop: a named lock lives in exactly one session.
+///
+/// Every operation is one round trip; waiting happens in the server. The contract is the
+/// [`Lock`] trait's; in short: created unlocked, `acquire` waits, `try_acquire` never waits,
+/// `acquire_timeout` waits at most its timeout, `release` says whether the server agreed, and
+/// dropping a held lock releases it (a failure to do so is logged with `tracing`). A panic
+/// inside the critical section drops the lock and so releases it.
+///
+/// Two lock objects with the same name on the same session both acquire (MySQL 5.7 and later
+/// and MariaDB 10.0.2 and later count the holds), and each must release its own. Older
+/// servers release a session's lock when it takes another: dlock does not support them.
+///
+/// The server family is read from the connection's handshake, without a query: MariaDB gets
+/// timeouts in microseconds and "forever" as a one-year wait, repeated if it ever runs out
+/// (MariaDB answers a negative timeout with NULL); MySQL gets whole seconds rounded up and a
+/// negative timeout for "forever".
+///
+/// # Examples
+///
+/// ```no_run
+/// use dlock_mysql::{Lock, MySqlLock};
+/// use mysql::prelude::Queryable;
+/// use mysql::{Conn, Opts};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let conn = Conn::new(Opts::from_url("mysql://app:secret@localhost/app")?)?;
+/// let mut lock = MySqlLock::new(conn, "nightly-report");
+/// if lock.try_acquire()? {
+///     // Only one process anywhere gets here at a time.
+///     lock.conn().query_drop("UPDATE reports SET running = 1")?;
+///     lock.release()?;
+/// }
+/// # Ok(())
+/// # }
+/// ```
+#[must_use = "a lock does nothing until it is acquired"]
+pub struct MySqlLock<C: MySqlConnection> {
+    /// Always `Some` until `into_inner` takes it.
+    conn: Option<C>,
+    key: Key,
+    policy: KeyPolicy,
+    unsupported: Option<fn() -> Error>,
+    /// The name this object holds, as taken: the policy may be changed afterwards, but
+    /// release must undo exactly what acquire did.
+    held: Option<String>,
+}
+
+impl<C: MySqlConnection> MySqlLock<C> {
+    /// A lock on `key` over `conn`, unlocked, under the default key policy (the key's text
+    /// is the lock name, as in sqlalchemy-dlock).
+    pub fn new(conn: C, key: impl Into<Key>) -> Self {
+        MySqlLock {
+            conn: Some(conn),
+            key: key.into(),
+            policy: KeyPolicy::default(),
+            unsupported: None,
+            held: None,
+        }
+    }
+
+    /// Uses `policy` to turn the key into a lock name (for example
+    /// [`KeyPolicy::HashedMySqlName`] for keys longer than MySQL's 64 characters). Affects the
+    /// next acquire.
+    pub fn policy(mut self, policy: KeyPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Asks for a shared lock, which MySQL and MariaDB do not have: every acquire then fails
+    /// with [`Error::Unsupported`]. It exists so that code written for PostgreSQL fails
+    /// clearly instead of silently taking an exclusive lock.
+    pub fn shared(mut self) -> Self {
+        self.unsupported = Some(sql::shared_unsupported);
+        self
+    }
+
+    /// Asks for a transaction-scoped lock, which MySQL and MariaDB do not have (`GET_LOCK`
+    /// ignores transactions): every acquire then fails with [`Error::Unsupported`].
+    pub fn transaction_scoped(mut self) -> Self {
+        self.unsupported = Some(sql::transaction_unsupported);
+        self
+    }
+
+    /// The lock name this lock takes, under its policy.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidKey`] when the key cannot be a MySQL lock name under the policy
+    /// (empty, longer than 64 characters, not UTF-8, containing NUL).
+    pub fn name(&self) -> Result<String> {
+        self.policy.mysql_name(&self.key)
+    }
+
+    /// The connection, for work inside the critical section.
+    pub fn conn(&mut self) -> &mut Conn {
+        self.conn
+            .as_mut()
+            .expect("the connection is only taken by into_inner")
+            .connection()
+    }
+
+    /// The id of the connection that holds this lock's name, from any session: `None` when
+    /// nobody holds it. Compare with `conn().connection_id()`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidKey`] for a key that cannot be a name; what the server or the
+    /// connection reports.
+    pub fn holder(&mut self) -> Result<Option<u64>> {
+        let name = self.name()?;
+        holder(self.conn(), &name)
+    }
+
+    /// Releases the lock if held, and gives the connection back with the outcome of the
+    /// release (`Ok(())` when nothing was held).
+    pub fn into_inner(mut self) -> (C, Result<()>) {
+        let released = if self.held.is_some() {
+            self.release()
+        } else {
+            Ok(())
+        };
+        let conn = self
+            .conn
+            .take()
+            .expect("the connection is only taken by into_inner");
+        (conn, released)
+    }
+
+    fn query(&mut self, statement: &str) -> Result<Option<i64>> {
+        query(self.conn(), statement)
+    }
+
+    fn take(&mut self, wait: Wait) -> Result<bool> {
+        if self.held.is_some() {
+            return Err(Error::AlreadyAcquired);
+        }
+        if let Some(unsupported) = self.unsupported {
+            return Err(unsupported());
+        }
+        let name = self.name()?;
+        let server = Server::from_version(self.conn().server_version());
+        let statement = sql::get_lock(server, &name, wait);
+        loop {
+            let reply = self.query(&statement)?;
+            match sql::read_acquired(wait, reply)? {
+                Acquired::Granted => {
+                    self.held = Some(name);
+                    return Ok(true);
+                }
+                Acquired::TimedOut => return Ok(false),
+                Acquired::WaitAgain => continue,
+            }
+        }
+    }
+}
+
+impl<C: MySqlConnection> Lock for MySqlLock<C> {
+    fn key(&self) -> &Key {
+        &self.key
+    }
+
+    fn acquire(&mut self) -> Result<()> {
+        self.take(Wait::Forever).map(drop)
+    }
+
+    fn try_acquire(&mut self) -> Result<bool> {
+        self.take(Wait::Never)
+    }
+
+    /// Waits at most `timeout` in the server. MariaDB counts microseconds and MySQL whole
+    /// seconds; either way the timeout is rounded up, never down, and a zero timeout is a
+    /// try.
+    fn acquire_timeout(&mut self, timeout: Duration) -> Result<bool> {
+        self.take(Wait::for_timeout(timeout))
+    }
+
+    fn release(&mut self) -> Result<()> {
+        let name = self.held.take().ok_or(Error::NotAcquired)?;
+        let reply = self.query(&sql::release_lock(&name))?;
+        sql::read_released(reply)
+    }
+
+    fn is_acquired(&self) -> bool {
+        self.held.is_some()
+    }
+
+    /// Asks the server whether this session holds the name (`IS_USED_LOCK(name) =
+    /// CONNECTION_ID()`). After the connection was lost this is `Ok(false)`: the server freed
+    /// the session's locks.
+    fn verify(&mut self) -> Result<bool> {
+        let name = match &self.held {
+            Some(name) => name.clone(),
+            None => self.name()?,
+        };
+        match self.query(&sql::held_by_session(&name)) {
+            Ok(reply) => sql::read_held(reply),
+            Err(error) if error.is_connection_error() => Ok(false),
+            Err(error) => Err(error),
+        }
+    }
+}
+
+impl<C: MySqlConnection> Drop for MySqlLock<C> {
+    fn drop(&mut self) {
+        if self.held.is_none() || self.conn.is_none() {
+            return;
+        }
+        if let Err(error) = self.release() {
+            // Drop cannot return the error. A lock that could not be released is still held
+            // by the session until it ends; the pool wrapper closes such sessions.
+            tracing::warn!(key = %self.key, %error, "dropping a MySQL lock: release failed");
+        }
+    }
+}
+
+impl<C: MySqlConnection> fmt::Debug for MySqlLock<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MySqlLock")
+            .field("key", &self.key)
+            .field("policy", &self.policy)
+            .field("held", &self.held)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The id of the connection that holds the lock named `name` (`IS_USED_LOCK`), asked
+/// through `conn`: `None` when nobody holds it.
+///
+/// # Errors
+///
+/// What the server or the connection reports.
+pub fn holder(conn: &mut Conn, name: &str) -> Result<Option<u64>> {
+    sql::read_holder(query(conn, &sql::holder(name))?)
+}
+
+/// Sends `statement` and reads its single value.
+fn query(conn: &mut Conn, statement: &str) -> Result<Option<i64>> {
+    match conn.query_first::<Option<i64>, _>(statement) {
+        Ok(Some(value)) => Ok(value),
+        Ok(None) => Err(Error::backend(format!(
+            "the server sent no row for `{statement}`"
+        ))),
+        Err(error) => Err(classify(error)),
+    }
+}
+
+/// dlock's error for an error of the blocking driver.
+fn classify(error: mysql::Error) -> Error {
+    match error {
+        mysql::Error::MySqlError(ref server) => {
+            let code = server.code;
+            sql::server_error(code, Box::new(error))
+        }
+        mysql::Error::IoError(_) | mysql::Error::CodecError(_) => Error::ConnectionLost {
+            source: Some(Box::new(error)),
+        },
+        other => Error::backend(other),
+    }
+}

@@ -1,0 +1,290 @@
+//! The semantics table of `dlock_core::Lock`, row by row, for `MySqlLock` against a real
+//! MariaDB (or MySQL) server. Every test locks names of its own: tests run in parallel on
+//! one server.
+
+mod common;
+
+use std::panic::{self, AssertUnwindSafe};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{connect, holder_of};
+use dlock_mysql::{Error, Key, KeyPolicy, Lock, MySqlLock};
+use mysql::prelude::Queryable;
+
+#[test]
+fn locks_exclude_other_sessions_until_released() {
+    let mut holder = MySqlLock::new(connect(), "blocking/exclusive");
+    let mut other = MySqlLock::new(connect(), "blocking/exclusive");
+    assert!(!holder.is_acquired(), "a lock is created unlocked");
+    holder.acquire().unwrap();
+    assert!(holder.is_acquired());
+    assert!(holder.verify().unwrap());
+    let id = holder.conn().connection_id();
+    assert_eq!(holder.holder().unwrap(), Some(u64::from(id)));
+    assert_eq!(
+        other.holder().unwrap(),
+        Some(u64::from(id)),
+        "seen from any session"
+    );
+    assert!(
+        !other.try_acquire().unwrap(),
+        "a second session is excluded"
+    );
+    assert!(!other.is_acquired());
+    assert!(!other.verify().unwrap());
+    holder.release().unwrap();
+    assert!(!holder.is_acquired());
+    assert!(!holder.verify().unwrap());
+    assert_eq!(holder.holder().unwrap(), None);
+    assert!(other.try_acquire().unwrap(), "released, the lock is free");
+}
+
+#[test]
+fn names_are_the_same_locks_other_libraries_take_with_bound_parameters() {
+    for name in [
+        "blocking/interop",
+        "blocking/日本語 'quoted' \\ back",
+        "blocking/ümlaut",
+    ] {
+        let mut lock = MySqlLock::new(connect(), name);
+        lock.acquire().unwrap();
+        let id = lock.conn().connection_id();
+        assert_eq!(holder_of(name), Some(id), "{name}");
+        let mut other = connect();
+        let busy: Option<i64> = other
+            .exec_first("SELECT GET_LOCK(?, 0)", (name,))
+            .unwrap()
+            .flatten();
+        assert_eq!(busy, Some(0), "{name}: excluded through a bound parameter");
+        lock.release().unwrap();
+        assert_eq!(holder_of(name), None, "{name}");
+    }
+}
+
+#[test]
+fn a_waiting_acquire_without_timeout_is_handed_the_lock_when_the_holder_releases() {
+    // MariaDB answers GET_LOCK(name, -1) with NULL: "forever" must still wait and win.
+    let mut holder = MySqlLock::new(connect(), "blocking/forever");
+    holder.acquire().unwrap();
+    let waiter = thread::spawn(|| {
+        let mut waiter = MySqlLock::new(connect(), "blocking/forever");
+        let started = Instant::now();
+        waiter.acquire().unwrap();
+        (started.elapsed(), waiter.verify().unwrap())
+    });
+    thread::sleep(Duration::from_millis(1_200));
+    holder.release().unwrap();
+    let (waited, verified) = waiter.join().unwrap();
+    assert!(
+        waited >= Duration::from_millis(1_100),
+        "the waiter waited past a second: {waited:?}"
+    );
+    assert!(verified);
+}
+
+#[test]
+fn acquire_timeout_gives_up_no_earlier_than_asked() {
+    let mut holder = MySqlLock::new(connect(), "blocking/timeout");
+    holder.acquire().unwrap();
+    let mut waiter = MySqlLock::new(connect(), "blocking/timeout");
+    for asked in [Duration::from_millis(250), Duration::from_micros(30_500)] {
+        let started = Instant::now();
+        assert!(
+            !waiter.acquire_timeout(asked).unwrap(),
+            "the lock is held elsewhere"
+        );
+        let waited = started.elapsed();
+        assert!(
+            waited >= asked,
+            "gave up after {waited:?}, before {asked:?}"
+        );
+        assert!(!waiter.is_acquired());
+    }
+    holder.release().unwrap();
+    assert!(waiter.acquire_timeout(Duration::from_millis(100)).unwrap());
+    assert!(waiter.verify().unwrap());
+}
+
+#[test]
+fn a_zero_timeout_is_a_try() {
+    let mut holder = MySqlLock::new(connect(), "blocking/zero-timeout");
+    assert!(holder.acquire_timeout(Duration::ZERO).unwrap());
+    let mut other = MySqlLock::new(connect(), "blocking/zero-timeout");
+    let started = Instant::now();
+    assert!(!other.acquire_timeout(Duration::ZERO).unwrap());
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "a try does not wait"
+    );
+}
+
+#[test]
+fn acquiring_a_held_lock_object_again_is_already_acquired() {
+    let mut lock = MySqlLock::new(connect(), "blocking/already");
+    lock.acquire().unwrap();
+    assert!(matches!(lock.acquire(), Err(Error::AlreadyAcquired)));
+    assert!(matches!(lock.try_acquire(), Err(Error::AlreadyAcquired)));
+    assert!(matches!(
+        lock.acquire_timeout(Duration::from_millis(5)),
+        Err(Error::AlreadyAcquired)
+    ));
+    assert!(lock.is_acquired(), "still held");
+    lock.release().unwrap();
+    assert!(matches!(lock.release(), Err(Error::NotAcquired)));
+}
+
+#[test]
+fn a_lock_lost_behind_the_objects_back_is_not_held_at_release() {
+    let mut lock = MySqlLock::new(connect(), "blocking/lost");
+    lock.acquire().unwrap();
+    lock.conn()
+        .query_drop("SELECT RELEASE_ALL_LOCKS()")
+        .unwrap();
+    assert!(!lock.verify().unwrap());
+    assert!(matches!(lock.release(), Err(Error::NotHeld)));
+    assert!(!lock.is_acquired(), "unlocked whatever the result");
+    // Held by another session: RELEASE_LOCK answers 0, which is NotHeld too.
+    lock.acquire().unwrap();
+    lock.conn()
+        .query_drop("SELECT RELEASE_ALL_LOCKS()")
+        .unwrap();
+    let mut other = MySqlLock::new(connect(), "blocking/lost");
+    assert!(other.try_acquire().unwrap());
+    assert!(matches!(lock.release(), Err(Error::NotHeld)));
+    assert!(
+        other.verify().unwrap(),
+        "the other session's lock is untouched"
+    );
+}
+
+#[test]
+fn two_lock_objects_on_one_session_each_hold_and_each_release() {
+    let mut conn = connect();
+    let mut first = MySqlLock::new(&mut conn, "blocking/twice");
+    first.acquire().unwrap();
+    let (conn, released) = first.into_inner();
+    released.unwrap();
+    let mut first = MySqlLock::new(&mut *conn, "blocking/twice");
+    first.acquire().unwrap();
+    {
+        let mut second = MySqlLock::new(first.conn(), "blocking/twice");
+        assert!(second.try_acquire().unwrap(), "the server counts the holds");
+        second.release().unwrap();
+    }
+    assert!(first.verify().unwrap(), "one hold is left");
+    assert!(holder_of("blocking/twice").is_some());
+    first.release().unwrap();
+    assert_eq!(holder_of("blocking/twice"), None);
+}
+
+#[test]
+fn drop_releases_a_held_lock() {
+    let mut lock = MySqlLock::new(connect(), "blocking/drop");
+    lock.acquire().unwrap();
+    let mut conn = connect();
+    {
+        let mut borrowed = MySqlLock::new(&mut conn, "blocking/drop-borrowed");
+        borrowed.acquire().unwrap();
+    }
+    assert_eq!(holder_of("blocking/drop-borrowed"), None);
+    assert!(holder_of("blocking/drop").is_some());
+    drop(lock);
+    assert_eq!(holder_of("blocking/drop"), None);
+}
+
+#[test]
+fn a_panic_inside_the_critical_section_releases_the_lock() {
+    let mut conn = connect();
+    let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
+        let mut lock = MySqlLock::new(&mut conn, "blocking/panic");
+        lock.acquire().unwrap();
+        panic!("the critical section failed");
+    }));
+    assert!(outcome.is_err());
+    assert_eq!(holder_of("blocking/panic"), None);
+    // The connection is still good for the next lock.
+    let mut again = MySqlLock::new(&mut conn, "blocking/panic");
+    assert!(again.try_acquire().unwrap());
+}
+
+#[test]
+fn into_inner_releases_and_gives_the_connection_back() {
+    let mut lock = MySqlLock::new(connect(), "blocking/into-inner");
+    lock.acquire().unwrap();
+    let id = lock.conn().connection_id();
+    let (mut conn, released) = lock.into_inner();
+    released.unwrap();
+    assert_eq!(conn.connection_id(), id);
+    assert_eq!(holder_of("blocking/into-inner"), None);
+    let (_, nothing) = MySqlLock::new(&mut conn, "blocking/into-inner").into_inner();
+    nothing.unwrap();
+}
+
+#[test]
+fn pooled_connections_of_mysql_pools_hold_locks() {
+    let pool = mysql::Pool::new(mysql::Opts::from_url(&common::mysql_url()).unwrap()).unwrap();
+    let mut lock = MySqlLock::new(pool.get_conn().unwrap(), "blocking/pooled");
+    lock.acquire().unwrap();
+    let mut boxed = MySqlLock::new(Box::new(connect()), "blocking/pooled");
+    assert!(!boxed.try_acquire().unwrap());
+    lock.release().unwrap();
+    assert!(boxed.try_acquire().unwrap());
+}
+
+#[test]
+fn long_keys_lock_under_the_hashed_name_policy() {
+    let key = "blocking/long-".repeat(20);
+    let mut plain = MySqlLock::new(connect(), key.as_str());
+    assert!(matches!(plain.acquire(), Err(Error::InvalidKey { .. })));
+    let mut hashed = MySqlLock::new(connect(), key.as_str()).policy(KeyPolicy::HashedMySqlName);
+    hashed.acquire().unwrap();
+    let name = hashed.name().unwrap();
+    assert!(name.chars().count() <= 64, "{name}");
+    assert!(holder_of(&name).is_some());
+}
+
+#[test]
+fn invalid_names_are_refused_before_any_io() {
+    // A connection whose session is gone: any statement through it would fail with a
+    // connection error, so InvalidKey proves the name was refused first.
+    let mut conn = connect();
+    common::kill(conn.connection_id());
+    let keys = [
+        Key::from(""),
+        Key::from("x".repeat(65)),
+        Key::from(&[0xff_u8, 0xfe][..]),
+        Key::from("nul\0inside"),
+        Key::from((1, 2)),
+    ];
+    for key in keys {
+        let mut lock = MySqlLock::new(&mut conn, key.clone());
+        for outcome in [
+            lock.acquire().map(|()| true),
+            lock.try_acquire(),
+            lock.acquire_timeout(Duration::from_secs(1)),
+            lock.verify(),
+        ] {
+            let Err(Error::InvalidKey { reason }) = outcome else {
+                panic!("{key}: {outcome:?} is not InvalidKey");
+            };
+            assert!(!reason.is_empty());
+        }
+        assert!(matches!(lock.holder(), Err(Error::InvalidKey { .. })));
+    }
+}
+
+#[test]
+fn shared_and_transaction_scoped_locks_are_unsupported_and_say_where_to_go() {
+    for lock in [
+        MySqlLock::new(connect(), "blocking/shared").shared(),
+        MySqlLock::new(connect(), "blocking/shared").transaction_scoped(),
+    ] {
+        let mut lock = lock;
+        let error = lock.try_acquire().unwrap_err();
+        assert!(matches!(error, Error::Unsupported { .. }), "{error:?}");
+        assert!(error.to_string().contains("PostgreSQL"), "{error}");
+        assert!(matches!(lock.acquire(), Err(Error::Unsupported { .. })));
+        assert_eq!(holder_of("blocking/shared"), None, "nothing was locked");
+    }
+}
