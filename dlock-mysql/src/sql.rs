@@ -86,9 +86,12 @@ fn timeout_argument(server: Server, wait: Wait) -> String {
         (Server::MariaDb, Wait::Forever) => MARIADB_FOREVER_SECONDS.to_string(),
         // MariaDB counts microseconds. Rounding up keeps `Ok(false)` from coming early.
         (Server::MariaDb, Wait::For(timeout)) => {
-            let micros = timeout.as_nanos().div_ceil(1_000);
-            let seconds = (micros / 1_000_000).min(u128::from(MARIADB_FOREVER_SECONDS));
-            format!("{seconds}.{:06}", micros % 1_000_000)
+            // A timeout beyond a year is a year, the longest wait dlock asks for.
+            let micros = timeout
+                .as_nanos()
+                .div_ceil(1_000)
+                .min(u128::from(MARIADB_FOREVER_SECONDS) * 1_000_000);
+            format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000)
         }
         // MySQL rounds a fractional timeout to whole seconds, which could end a wait early:
         // send whole seconds, rounded up. A timeout beyond a year is a year, MySQL's own cap.
@@ -300,10 +303,7 @@ mod tests {
             get_lock(Server::MariaDb, "a'b", Wait::Never),
             "SELECT GET_LOCK(_utf8mb4 X'612762', 0)"
         );
-        assert_eq!(
-            release_lock("é"),
-            "SELECT RELEASE_LOCK(_utf8mb4 X'c3a9')"
-        );
+        assert_eq!(release_lock("é"), "SELECT RELEASE_LOCK(_utf8mb4 X'c3a9')");
         assert_eq!(
             held_by_session("\\"),
             "SELECT IS_USED_LOCK(_utf8mb4 X'5c') = CONNECTION_ID()"
@@ -321,7 +321,7 @@ mod tests {
         let tiny = get_lock(Server::MariaDb, "x", Wait::For(Duration::from_nanos(1)));
         assert_eq!(tiny, "SELECT GET_LOCK(_utf8mb4 X'78', 0.000001)");
         let huge = get_lock(Server::MariaDb, "x", Wait::For(Duration::MAX));
-        assert_eq!(huge, "SELECT GET_LOCK(_utf8mb4 X'78', 31536000.999999)");
+        assert_eq!(huge, "SELECT GET_LOCK(_utf8mb4 X'78', 31536000.000000)");
     }
 
     #[test]
@@ -353,7 +353,10 @@ mod tests {
             read_acquired(wait, None),
             Err(Error::Canceled { .. })
         ));
-        assert!(matches!(read_acquired(wait, Some(7)), Err(Error::Backend(_))));
+        assert!(matches!(
+            read_acquired(wait, Some(7)),
+            Err(Error::Backend(_))
+        ));
     }
 
     #[test]

@@ -1,1 +1,348 @@
+//! The semantics table of `dlock_core::AsyncLock`, row by row, for `AsyncMySqlLock`, and
+//! what drops and cancelled futures leave behind, against a real MariaDB (or MySQL) server.
+//! The blocking helpers of `common` look at the server from the side; tests run on a
+//! multi-threaded runtime so that those blocking looks never starve the lock's tasks.
 
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{
+    connect_async, eventually, holder_of, kill, kill_query, session_exists, wait_until_waiting,
+};
+use dlock_mysql::{AsyncLock, AsyncMySqlLock, Error, Key, KeyPolicy};
+use mysql_async::prelude::Queryable;
+use tokio::sync::Barrier;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn locks_exclude_other_sessions_until_released() {
+    let mut holder = AsyncMySqlLock::new(connect_async().await, "tokio/exclusive");
+    let mut other = AsyncMySqlLock::new(connect_async().await, "tokio/exclusive");
+    assert!(!holder.is_acquired(), "a lock is created unlocked");
+    holder.acquire().await.unwrap();
+    assert!(holder.is_acquired());
+    assert!(holder.verify().await.unwrap());
+    let id = holder.conn().id();
+    assert_eq!(other.holder().await.unwrap(), Some(u64::from(id)));
+    assert!(!other.try_acquire().await.unwrap(), "excluded");
+    assert!(!other.verify().await.unwrap());
+    holder.release().await.unwrap();
+    assert!(!holder.is_acquired());
+    assert!(!holder.verify().await.unwrap());
+    assert_eq!(holder.holder().await.unwrap(), None);
+    assert!(
+        other.try_acquire().await.unwrap(),
+        "released, the lock is free"
+    );
+    assert!(matches!(other.acquire().await, Err(Error::AlreadyAcquired)));
+    other.release().await.unwrap();
+    assert!(matches!(other.release().await, Err(Error::NotAcquired)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_waiting_acquire_without_timeout_is_handed_the_lock_when_the_holder_releases() {
+    let mut holder = AsyncMySqlLock::new(connect_async().await, "tokio/forever");
+    holder.acquire().await.unwrap();
+    let waiter = tokio::spawn(async {
+        let mut waiter = AsyncMySqlLock::new(connect_async().await, "tokio/forever");
+        let started = Instant::now();
+        waiter.acquire().await.unwrap();
+        (started.elapsed(), waiter.verify().await.unwrap())
+    });
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    holder.release().await.unwrap();
+    let (waited, verified) = waiter.await.unwrap();
+    assert!(waited >= Duration::from_millis(1_100), "{waited:?}");
+    assert!(verified);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acquire_timeout_gives_up_no_earlier_than_asked() {
+    let mut holder = AsyncMySqlLock::new(connect_async().await, "tokio/timeout");
+    holder.acquire().await.unwrap();
+    let mut waiter = AsyncMySqlLock::new(connect_async().await, "tokio/timeout");
+    for asked in [Duration::from_millis(250), Duration::from_micros(30_500)] {
+        let started = Instant::now();
+        assert!(!waiter.acquire_timeout(asked).await.unwrap());
+        let waited = started.elapsed();
+        assert!(
+            waited >= asked,
+            "gave up after {waited:?}, before {asked:?}"
+        );
+    }
+    assert!(!waiter.acquire_timeout(Duration::ZERO).await.unwrap());
+    holder.release().await.unwrap();
+    assert!(
+        waiter
+            .acquire_timeout(Duration::from_millis(100))
+            .await
+            .unwrap()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lock_lost_behind_the_objects_back_is_not_held_at_release() {
+    let mut lock = AsyncMySqlLock::new(connect_async().await, "tokio/lost");
+    lock.acquire().await.unwrap();
+    lock.conn()
+        .query_drop("SELECT RELEASE_ALL_LOCKS()")
+        .await
+        .unwrap();
+    assert!(!lock.verify().await.unwrap());
+    assert!(matches!(lock.release().await, Err(Error::NotHeld)));
+    assert!(!lock.is_acquired());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_lock_objects_on_one_session_each_hold_and_each_release() {
+    let mut conn = connect_async().await;
+    let mut first = AsyncMySqlLock::new(&mut conn, "tokio/twice");
+    first.acquire().await.unwrap();
+    {
+        let mut second = AsyncMySqlLock::new(first.conn(), "tokio/twice");
+        assert!(
+            second.try_acquire().await.unwrap(),
+            "the server counts holds"
+        );
+        second.release().await.unwrap();
+    }
+    assert!(first.verify().await.unwrap(), "one hold is left");
+    let (_, released) = first.into_inner().await;
+    released.unwrap();
+    assert_eq!(holder_of("tokio/twice"), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_owned_lock_dropped_while_held_is_released_by_a_spawned_task() {
+    let mut lock = AsyncMySqlLock::new(connect_async().await, "tokio/drop-owned");
+    lock.acquire().await.unwrap();
+    // An owned lock is Send + 'static: it can move into a task.
+    let lock = tokio::spawn(async move { lock }).await.unwrap();
+    drop(lock);
+    assert!(eventually(|| holder_of("tokio/drop-owned").is_none()));
+    // A connection of a mysql_async pool is owned too.
+    let pool = mysql_async::Pool::new(mysql_async::Opts::from_url(&common::mysql_url()).unwrap());
+    let mut pooled = AsyncMySqlLock::new(pool.get_conn().await.unwrap(), "tokio/drop-pooled");
+    pooled.acquire().await.unwrap();
+    drop(pooled);
+    assert!(eventually(|| holder_of("tokio/drop-pooled").is_none()));
+    pool.disconnect().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_borrowed_lock_dropped_while_held_is_released_by_the_next_lock_operation() {
+    let mut conn = connect_async().await;
+    {
+        let mut lock = AsyncMySqlLock::new(&mut conn, "tokio/drop-borrowed");
+        lock.acquire().await.unwrap();
+    }
+    // Plain queries do not pay the owed release: the session still holds the name.
+    conn.query_drop("SELECT 1").await.unwrap();
+    assert_eq!(holder_of("tokio/drop-borrowed"), Some(conn.id()));
+    // The next lock operation on this session pays it first.
+    let mut next = AsyncMySqlLock::new(&mut conn, "tokio/drop-borrowed-next");
+    assert!(next.try_acquire().await.unwrap());
+    assert_eq!(holder_of("tokio/drop-borrowed"), None);
+    next.release().await.unwrap();
+}
+
+/// Takes `name` in a fresh session and returns the lock with its session id.
+async fn held(name: &'static str) -> (AsyncMySqlLock<mysql_async::Conn>, u32) {
+    let mut lock = AsyncMySqlLock::new(connect_async().await, name);
+    lock.acquire().await.unwrap();
+    let id = lock.conn().id();
+    (lock, id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cancelled_acquire_ends_its_session_and_the_lock_is_unusable_after() {
+    for owned in [true, false] {
+        let name = if owned {
+            "tokio/cancel-owned"
+        } else {
+            "tokio/cancel-borrowed"
+        };
+        let (mut holder, _) = held(name).await;
+        let mut conn = connect_async().await;
+        let waiter_id = conn.id();
+        let outcome = if owned {
+            let mut waiter = AsyncMySqlLock::new(conn, name);
+            let outcome = tokio::time::timeout(Duration::from_millis(300), waiter.acquire()).await;
+            assert!(matches!(
+                waiter.try_acquire().await,
+                Err(Error::ConnectionUnusable { .. })
+            ));
+            assert!(!waiter.verify().await.unwrap());
+            outcome
+        } else {
+            let mut waiter = AsyncMySqlLock::new(&mut conn, name);
+            let outcome = tokio::time::timeout(Duration::from_millis(300), waiter.acquire()).await;
+            let error = waiter.release().await.unwrap_err();
+            assert!(matches!(error, Error::NotAcquired), "{error:?}");
+            let error = waiter.try_acquire().await.unwrap_err();
+            assert!(
+                error.to_string().contains("open a new connection"),
+                "{error}"
+            );
+            outcome
+        };
+        assert!(outcome.is_err(), "the acquire was cancelled by the timeout");
+        holder.release().await.unwrap();
+        assert!(
+            eventually(|| !session_exists(waiter_id)),
+            "the waiting session was ended"
+        );
+        assert_eq!(holder_of(name), None, "nobody holds the name");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cancel_racing_the_handover_never_leaves_the_lock_held() {
+    for round in 0..10_u64 {
+        let (mut holder, _) = held("tokio/cancel-race").await;
+        let mut waiter = AsyncMySqlLock::new(connect_async().await, "tokio/cancel-race");
+        let waiter_id = waiter.conn().id();
+        // Release at about the moment the waiter gives up, at a shifting offset.
+        let release = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(95 + round)).await;
+            holder.release().await.unwrap();
+        });
+        let _ = tokio::time::timeout(Duration::from_millis(100), waiter.acquire()).await;
+        release.await.unwrap();
+        drop(waiter);
+        assert!(eventually(|| !session_exists(waiter_id)), "round {round}");
+        assert_eq!(holder_of("tokio/cancel-race"), None, "round {round}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_holder_loses_its_lock_and_a_waiter_gets_it() {
+    let (mut holder, holder_id) = held("tokio/killed").await;
+    let mut waiter = AsyncMySqlLock::new(connect_async().await, "tokio/killed");
+    let waiter_id = waiter.conn().id();
+    let waiting = tokio::spawn(async move {
+        (
+            waiter.acquire_timeout(Duration::from_secs(20)).await,
+            waiter,
+        )
+    });
+    tokio::task::spawn_blocking(move || {
+        wait_until_waiting(waiter_id);
+        kill(holder_id);
+    })
+    .await
+    .unwrap();
+    let (outcome, mut waiter) = waiting.await.unwrap();
+    assert!(outcome.unwrap());
+    assert!(waiter.verify().await.unwrap());
+    assert!(!holder.verify().await.unwrap());
+    let released = holder.release().await;
+    assert!(
+        matches!(released, Err(Error::NotHeld | Error::ConnectionLost { .. })),
+        "{released:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_statement_is_canceled_and_a_deadlock_is_deadlock() {
+    let (_holder, _) = held("tokio/kill-query").await;
+    let mut waiter = AsyncMySqlLock::new(connect_async().await, "tokio/kill-query");
+    let waiter_id = waiter.conn().id();
+    let waiting = tokio::spawn(async move { waiter.acquire().await });
+    tokio::task::spawn_blocking(move || {
+        wait_until_waiting(waiter_id);
+        kill_query(waiter_id);
+    })
+    .await
+    .unwrap();
+    let outcome = waiting.await.unwrap();
+    assert!(
+        matches!(outcome, Err(Error::Canceled { .. })),
+        "{outcome:?}"
+    );
+
+    let barrier = Arc::new(Barrier::new(2));
+    let contender = |first: &'static str, second: &'static str| {
+        let barrier = Arc::clone(&barrier);
+        tokio::spawn(async move {
+            let mut conn = connect_async().await;
+            let mut first = AsyncMySqlLock::new(&mut conn, first);
+            first.acquire().await.unwrap();
+            barrier.wait().await;
+            let mut second = AsyncMySqlLock::new(first.conn(), second);
+            let outcome = second.acquire_timeout(Duration::from_secs(20)).await;
+            if second.is_acquired() {
+                second.release().await.unwrap();
+            }
+            drop(second);
+            // The winner waits for the victim's first lock: release it now.
+            first.release().await.unwrap();
+            outcome
+        })
+    };
+    let one = contender("tokio/deadlock-a", "tokio/deadlock-b");
+    let two = contender("tokio/deadlock-b", "tokio/deadlock-a");
+    let outcomes = [one.await.unwrap(), two.await.unwrap()];
+    // MariaDB can pick both waits as victims when they start at the same instant; what
+    // matters is that a deadlock is reported as one and nothing else goes wrong.
+    assert!(
+        outcomes
+            .iter()
+            .any(|outcome| matches!(outcome, Err(Error::Deadlock { .. }))),
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes
+            .iter()
+            .all(|outcome| matches!(outcome, Ok(true) | Err(Error::Deadlock { .. }))),
+        "{outcomes:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn invalid_names_and_unsupported_modes_are_refused_before_any_io() {
+    let mut conn = connect_async().await;
+    kill(conn.id());
+    let keys = [
+        Key::from(""),
+        Key::from("x".repeat(65)),
+        Key::from(&[0xff_u8][..]),
+        Key::from("nul\0inside"),
+    ];
+    for key in keys {
+        let mut lock = AsyncMySqlLock::new(&mut conn, key.clone());
+        assert!(
+            matches!(lock.acquire().await, Err(Error::InvalidKey { .. })),
+            "{key}"
+        );
+        assert!(matches!(
+            lock.acquire_timeout(Duration::from_secs(1)).await,
+            Err(Error::InvalidKey { .. })
+        ));
+        assert!(matches!(lock.verify().await, Err(Error::InvalidKey { .. })));
+    }
+    let mut shared = AsyncMySqlLock::new(&mut conn, "tokio/shared").shared();
+    let error = shared.try_acquire().await.unwrap_err();
+    assert!(error.to_string().contains("PostgreSQL"), "{error}");
+    drop(shared);
+    let mut xact = AsyncMySqlLock::new(&mut conn, "tokio/shared").transaction_scoped();
+    assert!(matches!(
+        xact.acquire().await,
+        Err(Error::Unsupported { .. })
+    ));
+    drop(xact);
+    // A long key works under the hashed policy.
+    let mut hashed = AsyncMySqlLock::new(connect_async().await, "tokio/long-".repeat(20))
+        .policy(KeyPolicy::HashedMySqlName);
+    hashed.acquire().await.unwrap();
+    assert!(holder_of(&hashed.name().unwrap()).is_some());
+    // A lost connection is ConnectionLost, and verify is false.
+    let mut lost = AsyncMySqlLock::new(conn, "tokio/lost-connection");
+    assert!(!lost.verify().await.unwrap());
+    let outcome = lost.try_acquire().await;
+    assert!(
+        matches!(outcome, Err(Error::ConnectionLost { .. })),
+        "{outcome:?}"
+    );
+}

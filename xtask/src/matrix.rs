@@ -24,7 +24,8 @@ const FEATURED_CRATES: &[&str] = &["dlock-postgres", "dlock-mysql", "dlock-pool"
 const DATABASE_ROWS: &[(&str, &str)] = &[
     ("dlock-postgres", "blocking"),
     ("dlock-postgres", "tokio"),
-    ("dlock-mysql", ""),
+    ("dlock-mysql", "blocking"),
+    ("dlock-mysql", "tokio"),
     ("dlock-pool", ""),
 ];
 

@@ -64,3 +64,34 @@ pub(crate) fn wait_until_waiting(id: u32) {
     }
     panic!("session {id} never started waiting for a lock");
 }
+
+/// An async connection to the server under test.
+pub(crate) async fn connect_async() -> mysql_async::Conn {
+    let opts = mysql_async::Opts::from_url(&mysql_url()).expect("DLOCK_MYSQL_URL is a MySQL URL");
+    mysql_async::Conn::new(opts)
+        .await
+        .expect("connect to DLOCK_MYSQL_URL")
+}
+
+/// Whether session `id` still exists on the server.
+pub(crate) fn session_exists(id: u32) -> bool {
+    let count: Option<u64> = connect()
+        .exec_first(
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = ?",
+            (id,),
+        )
+        .unwrap();
+    count == Some(1)
+}
+
+/// Waits up to ten seconds for `condition`, checking every 10 ms; whether it came true.
+pub(crate) fn eventually(mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    condition()
+}
