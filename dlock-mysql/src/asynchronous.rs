@@ -30,6 +30,15 @@ pub trait AsyncMySqlConnection: Send {
     {
         None
     }
+
+    /// Asks for the connection to be closed instead of reused, which frees every lock of its
+    /// session; `true` when it will be. A lock that cannot release (dropped while it holds its
+    /// name, on a borrowed connection) calls this before it records an owed release. Pooled
+    /// connections answer `true` by marking themselves broken (dlock-pool does); the default
+    /// is `false`.
+    fn discard(&mut self) -> bool {
+        false
+    }
 }
 
 impl AsyncMySqlConnection for Conn {
@@ -55,6 +64,10 @@ impl AsyncMySqlConnection for Box<Conn> {
 impl<T: AsyncMySqlConnection + ?Sized> AsyncMySqlConnection for &mut T {
     fn connection(&mut self) -> &mut Conn {
         (**self).connection()
+    }
+
+    fn discard(&mut self) -> bool {
+        (**self).discard()
     }
 }
 
@@ -165,6 +178,22 @@ impl<C: AsyncMySqlConnection> AsyncMySqlLock<C> {
             .as_mut()
             .expect("the connection is only taken by into_inner and drop")
             .connection()
+    }
+
+    /// The connection as it was given (a pooled connection, a box, a borrow), for what its
+    /// own type offers.
+    pub fn get_ref(&self) -> &C {
+        self.conn
+            .as_ref()
+            .expect("the connection is only taken by into_inner and drop")
+    }
+
+    /// The connection as it was given, mutably. Do not release the lock's name through it
+    /// with raw SQL: the lock would no longer know what it holds.
+    pub fn get_mut(&mut self) -> &mut C {
+        self.conn
+            .as_mut()
+            .expect("the connection is only taken by into_inner and drop")
     }
 
     /// The id of the connection that holds this lock's name, from any session: `None` when
@@ -328,6 +357,10 @@ impl<C: AsyncMySqlConnection> Drop for AsyncMySqlLock<C> {
             return;
         }
         let (endpoint, id) = session(conn.connection());
+        if conn.discard() {
+            // Closing the connection ends the session, and with it the lock.
+            return;
+        }
         let runtime = tokio::runtime::Handle::try_current();
         match (conn.into_owned(), runtime) {
             (Some(conn), Ok(runtime)) => {

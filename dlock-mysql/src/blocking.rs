@@ -148,6 +148,22 @@ impl<C: MySqlConnection> MySqlLock<C> {
             .connection()
     }
 
+    /// The connection as it was given (a pooled connection, a box, a borrow), for what its
+    /// own type offers.
+    pub fn get_ref(&self) -> &C {
+        self.conn
+            .as_ref()
+            .expect("the connection is only taken by into_inner")
+    }
+
+    /// The connection as it was given, mutably. Do not release the lock's name through it
+    /// with raw SQL: the lock would no longer know what it holds.
+    pub fn get_mut(&mut self) -> &mut C {
+        self.conn
+            .as_mut()
+            .expect("the connection is only taken by into_inner")
+    }
+
     /// The id of the connection that holds this lock's name, from any session: `None` when
     /// nobody holds it. Compare with `conn().connection_id()`.
     ///

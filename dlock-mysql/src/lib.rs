@@ -19,3 +19,13 @@ pub use blocking::{MySqlConnection, MySqlLock, holder};
 #[cfg(feature = "tokio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub use asynchronous::{AsyncMySqlConnection, AsyncMySqlLock, holder_async};
+
+/// The blocking driver this crate's `blocking` feature uses, for matching versions.
+#[cfg(feature = "blocking")]
+#[cfg_attr(docsrs, doc(cfg(feature = "blocking")))]
+pub use mysql;
+
+/// The async driver this crate's `tokio` feature uses, for matching versions.
+#[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+pub use mysql_async;

@@ -1,3 +1,52 @@
 #![doc = include_str!("../README.md")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+cfg_if::cfg_if! {
+    if #[cfg(any(feature = "r2d2", feature = "bb8"))] {
+        mod deadline;
+        mod manager;
+        pub use manager::{LockManager, Tracked};
+    }
+}
+
+cfg_if::cfg_if! {
+    if #[cfg(feature = "r2d2")] {
+        mod blocking;
+        #[cfg_attr(docsrs, doc(cfg(feature = "r2d2")))]
+        pub use blocking::{BlockingConnection, LockGuard, LockPool, Pooled};
+        /// The r2d2 crate this crate's pools are built on, for matching versions.
+        #[cfg_attr(docsrs, doc(cfg(feature = "r2d2")))]
+        pub use r2d2;
+    }
+}
+
+cfg_if::cfg_if! {
+    if #[cfg(feature = "bb8")] {
+        mod asynchronous;
+        #[cfg_attr(docsrs, doc(cfg(feature = "bb8")))]
+        pub use asynchronous::{AsyncConnection, AsyncLockGuard, AsyncLockPool, AsyncPooled};
+        /// The bb8 crate this crate's async pools are built on, for matching versions.
+        #[cfg_attr(docsrs, doc(cfg(feature = "bb8")))]
+        pub use bb8;
+    }
+}
+
+cfg_if::cfg_if! {
+    if #[cfg(all(feature = "bb8", feature = "mysql"))] {
+        mod bb8_mysql;
+        #[cfg_attr(docsrs, doc(cfg(all(feature = "bb8", feature = "mysql"))))]
+        pub use bb8_mysql::AsyncMySqlManager;
+    }
+}
 
 pub use dlock_core::*;
+
+/// The PostgreSQL backend, with its drivers (feature `postgres`).
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use dlock_postgres as postgres;
+
+/// The MySQL and MariaDB backend, with its drivers (feature `mysql`).
+#[cfg(feature = "mysql")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mysql")))]
+pub use dlock_mysql as mysql;

@@ -104,6 +104,22 @@ impl<C: BorrowMut<Client>> PgLock<C> {
             .borrow_mut()
     }
 
+    /// The connection as it was given (a pooled connection, a box, a borrow), for what its
+    /// own type offers.
+    pub fn get_ref(&self) -> &C {
+        self.conn
+            .as_ref()
+            .expect("the connection is only taken by into_inner")
+    }
+
+    /// The connection as it was given, mutably. Do not release the lock's name through it
+    /// with raw SQL: the lock would no longer know what it holds.
+    pub fn get_mut(&mut self) -> &mut C {
+        self.conn
+            .as_mut()
+            .expect("the connection is only taken by into_inner")
+    }
+
     /// Every session of this database that holds this lock's key, with its mode, from
     /// `pg_locks`: for operators asking who holds a lock.
     ///

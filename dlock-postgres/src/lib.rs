@@ -23,3 +23,13 @@ pub use blocking::{PgLock, PgXactLock, holders};
 #[cfg(feature = "tokio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub use asynchronous::{AsyncPgLock, AsyncPgXactLock, holders_async};
+
+/// The blocking driver this crate's `blocking` feature uses, for matching versions.
+#[cfg(feature = "blocking")]
+#[cfg_attr(docsrs, doc(cfg(feature = "blocking")))]
+pub use postgres;
+
+/// The async driver this crate's `tokio` feature uses, for matching versions.
+#[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+pub use tokio_postgres;

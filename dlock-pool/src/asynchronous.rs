@@ -1,0 +1,549 @@
+//! `AsyncLockPool`: tokio locks that check out a dedicated bb8 connection.
+
+use std::fmt;
+use std::future::Future;
+use std::ops::{Deref, DerefMut};
+use std::time::{Duration, Instant};
+
+use dlock_core::{AsyncLock, Error, Key, KeyPolicy, Result};
+
+use crate::deadline::{self, LockWait};
+use crate::manager::{Breaker, LockManager};
+
+/// A bb8 connection checked out for one lock, lent to the backend's lock type.
+///
+/// It derefs to the driver's connection. Its broken mark sends it to be closed instead of
+/// reused when it comes back to the pool.
+pub struct AsyncPooled<M: bb8::ManageConnection>(bb8::PooledConnection<'static, LockManager<M>>);
+
+impl<M: bb8::ManageConnection> AsyncPooled<M> {
+    /// Marks the connection so that the pool closes it when it comes back, which ends its
+    /// session and frees its locks.
+    pub fn mark_broken(&self) {
+        self.0.mark_broken();
+    }
+
+    fn breaker(&self) -> Breaker {
+        self.0.breaker()
+    }
+}
+
+impl<M: bb8::ManageConnection> Deref for AsyncPooled<M> {
+    type Target = M::Connection;
+
+    fn deref(&self) -> &M::Connection {
+        &self.0
+    }
+}
+
+impl<M: bb8::ManageConnection> DerefMut for AsyncPooled<M> {
+    fn deref_mut(&mut self) -> &mut M::Connection {
+        &mut self.0
+    }
+}
+
+impl<M: bb8::ManageConnection> fmt::Debug for AsyncPooled<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("AsyncPooled").field(&*self.0).finish()
+    }
+}
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// An async driver connection that [`AsyncLockPool`] can lock through:
+/// `tokio_postgres::Client` (feature `postgres`) and `mysql_async::Conn` (feature `mysql`).
+/// Sealed: the backend crates decide how a lock is taken.
+pub trait AsyncConnection: Sized + Send + 'static + sealed::Sealed {
+    /// The backend's lock over a connection of a pool of manager `M`.
+    type Lock<M: bb8::ManageConnection<Connection = Self>>: AsyncLock + Send + 'static;
+
+    /// Checks that `key` is a valid key under `policy`, before any checkout.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidKey`] when it is not.
+    fn check_key(policy: &KeyPolicy, key: &Key) -> Result<()>;
+
+    /// A lock on `key` over `conn`.
+    fn lock<M: bb8::ManageConnection<Connection = Self>>(
+        conn: AsyncPooled<M>,
+        key: Key,
+        policy: KeyPolicy,
+    ) -> Self::Lock<M>;
+
+    /// The lock's connection.
+    fn pooled<M: bb8::ManageConnection<Connection = Self>>(lock: &Self::Lock<M>)
+    -> &AsyncPooled<M>;
+
+    /// The lock's connection, mutably.
+    fn pooled_mut<M: bb8::ManageConnection<Connection = Self>>(
+        lock: &mut Self::Lock<M>,
+    ) -> &mut AsyncPooled<M>;
+
+    /// Releases the lock if held and gives its connection back, with the release's outcome.
+    fn into_pooled<M: bb8::ManageConnection<Connection = Self>>(
+        lock: Self::Lock<M>,
+    ) -> impl Future<Output = (AsyncPooled<M>, Result<()>)> + Send;
+}
+
+#[cfg(feature = "postgres")]
+mod postgres_backend {
+    use std::borrow::{Borrow, BorrowMut};
+
+    use dlock_postgres::AsyncPgLock;
+    use dlock_postgres::tokio_postgres::Client;
+
+    use super::*;
+
+    impl<M: bb8::ManageConnection<Connection = Client>> Borrow<Client> for AsyncPooled<M> {
+        fn borrow(&self) -> &Client {
+            self
+        }
+    }
+
+    impl<M: bb8::ManageConnection<Connection = Client>> BorrowMut<Client> for AsyncPooled<M> {
+        fn borrow_mut(&mut self) -> &mut Client {
+            self
+        }
+    }
+
+    impl sealed::Sealed for Client {}
+
+    impl AsyncConnection for Client {
+        type Lock<M: bb8::ManageConnection<Connection = Self>> = AsyncPgLock<AsyncPooled<M>>;
+
+        fn check_key(policy: &KeyPolicy, key: &Key) -> Result<()> {
+            policy.pg_key(key).map(drop)
+        }
+
+        fn lock<M: bb8::ManageConnection<Connection = Self>>(
+            conn: AsyncPooled<M>,
+            key: Key,
+            policy: KeyPolicy,
+        ) -> Self::Lock<M> {
+            AsyncPgLock::new(conn, key).policy(policy)
+        }
+
+        fn pooled<M: bb8::ManageConnection<Connection = Self>>(
+            lock: &Self::Lock<M>,
+        ) -> &AsyncPooled<M> {
+            lock.get_ref()
+        }
+
+        fn pooled_mut<M: bb8::ManageConnection<Connection = Self>>(
+            lock: &mut Self::Lock<M>,
+        ) -> &mut AsyncPooled<M> {
+            lock.get_mut()
+        }
+
+        fn into_pooled<M: bb8::ManageConnection<Connection = Self>>(
+            lock: Self::Lock<M>,
+        ) -> impl Future<Output = (AsyncPooled<M>, Result<()>)> + Send {
+            lock.into_inner()
+        }
+    }
+}
+
+#[cfg(feature = "mysql")]
+mod mysql_backend {
+    use dlock_mysql::mysql_async::Conn;
+    use dlock_mysql::{AsyncMySqlConnection, AsyncMySqlLock};
+
+    use super::*;
+
+    impl<M: bb8::ManageConnection<Connection = Conn>> AsyncMySqlConnection for AsyncPooled<M> {
+        fn connection(&mut self) -> &mut Conn {
+            self
+        }
+
+        /// A pooled connection is closed instead of reused: the pool gets it back at once.
+        fn discard(&mut self) -> bool {
+            self.mark_broken();
+            true
+        }
+    }
+
+    impl sealed::Sealed for Conn {}
+
+    impl AsyncConnection for Conn {
+        type Lock<M: bb8::ManageConnection<Connection = Self>> = AsyncMySqlLock<AsyncPooled<M>>;
+
+        fn check_key(policy: &KeyPolicy, key: &Key) -> Result<()> {
+            policy.mysql_name(key).map(drop)
+        }
+
+        fn lock<M: bb8::ManageConnection<Connection = Self>>(
+            conn: AsyncPooled<M>,
+            key: Key,
+            policy: KeyPolicy,
+        ) -> Self::Lock<M> {
+            AsyncMySqlLock::new(conn, key).policy(policy)
+        }
+
+        fn pooled<M: bb8::ManageConnection<Connection = Self>>(
+            lock: &Self::Lock<M>,
+        ) -> &AsyncPooled<M> {
+            lock.get_ref()
+        }
+
+        fn pooled_mut<M: bb8::ManageConnection<Connection = Self>>(
+            lock: &mut Self::Lock<M>,
+        ) -> &mut AsyncPooled<M> {
+            lock.get_mut()
+        }
+
+        fn into_pooled<M: bb8::ManageConnection<Connection = Self>>(
+            lock: Self::Lock<M>,
+        ) -> impl Future<Output = (AsyncPooled<M>, Result<()>)> + Send {
+            lock.into_inner()
+        }
+    }
+}
+
+/// Marks a connection broken when dropped armed: held across an await whose drop (a
+/// cancelled future) would leave the connection's lock state unknown.
+struct Armed(Option<Breaker>);
+
+impl Armed {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Armed {
+    fn drop(&mut self) {
+        if let Some(breaker) = self.0.take() {
+            breaker.mark_broken();
+        }
+    }
+}
+
+/// Async distributed locks over a bb8 pool: each lock checks out a dedicated connection and
+/// keeps it until release, so a session lock never shares its session.
+///
+/// `M` is the user's bb8 manager (`bb8_postgres::PostgresConnectionManager`, or this
+/// crate's [`AsyncMySqlManager`](crate::AsyncMySqlManager) for mysql_async); the pool wraps it
+/// in a [`LockManager`] that can close a connection instead of reusing it. The pool never gets
+/// back a connection that holds a lock: when a release fails, a future is cancelled mid-way,
+/// or a guard is dropped without `release().await`, the connection is closed, which ends the
+/// session and frees its locks in the server.
+///
+/// # Examples
+///
+/// ```no_run
+/// # #[cfg(all(feature = "bb8", feature = "postgres"))]
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use bb8_postgres::{PostgresConnectionManager, tokio_postgres::NoTls};
+/// use dlock_pool::{AsyncLockGuard, AsyncLockPool};
+/// use std::time::Duration;
+///
+/// let manager = PostgresConnectionManager::new_from_stringlike(
+///     "host=localhost user=postgres",
+///     NoTls,
+/// )?;
+/// let pool = AsyncLockPool::new(manager).await?;
+/// if let Some(mut guard) = pool.acquire_timeout("nightly-report", Duration::from_secs(5)).await? {
+///     guard.execute("UPDATE reports SET running = true", &[]).await?;
+///     AsyncLockGuard::release(guard).await?;
+/// }
+/// # Ok(())
+/// # }
+/// ```
+pub struct AsyncLockPool<M: bb8::ManageConnection> {
+    pool: bb8::Pool<LockManager<M>>,
+    policy: KeyPolicy,
+}
+
+impl<M> AsyncLockPool<M>
+where
+    M: bb8::ManageConnection,
+    M::Connection: AsyncConnection,
+    M::Error: std::error::Error + Send + Sync + 'static,
+{
+    /// A pool with bb8's default settings (10 connections, 30 s checkout timeout) over
+    /// `manager`, under the default key policy.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Pool`] when the pool cannot open its first connections.
+    pub async fn new(manager: M) -> Result<Self> {
+        Self::with_builder(bb8::Pool::builder(), manager).await
+    }
+
+    /// A pool built by `builder` (size, timeouts) over `manager`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Pool`] when the pool cannot open its first connections.
+    pub async fn with_builder(builder: bb8::Builder<LockManager<M>>, manager: M) -> Result<Self> {
+        let pool = builder
+            .build(LockManager::new(manager))
+            .await
+            .map_err(Error::pool)?;
+        Ok(AsyncLockPool {
+            pool,
+            policy: KeyPolicy::default(),
+        })
+    }
+
+    /// Uses `policy` to turn keys into the backend's keys.
+    pub fn policy(mut self, policy: KeyPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// The bb8 pool, for its state or for plain work on its connections.
+    pub fn pool(&self) -> &bb8::Pool<LockManager<M>> {
+        &self.pool
+    }
+
+    async fn checkout(&self, deadline: Option<Instant>) -> Result<AsyncPooled<M>> {
+        let checkout = self.pool.get_owned();
+        let conn = match deadline {
+            None => checkout.await,
+            Some(deadline) => {
+                let left = deadline::remaining(deadline, Instant::now());
+                tokio::time::timeout(left, checkout)
+                    .await
+                    .map_err(|_| Error::pool("no pooled connection came within the timeout"))?
+            }
+        };
+        conn.map(AsyncPooled).map_err(Error::pool)
+    }
+
+    /// Checks out a connection (waiting up to the pool's connection timeout) and waits, in
+    /// the server, until it holds `key`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidKey`] before any checkout; [`Error::Pool`] when no connection came in
+    /// time; otherwise what the lock reports.
+    ///
+    /// # Cancel Safety
+    ///
+    /// Dropping the future while it waits for the lock closes the connection instead of
+    /// returning it to the pool, which ends the session's wait and frees anything granted.
+    pub async fn acquire(&self, key: impl Into<Key>) -> Result<AsyncLockGuard<M>> {
+        let key = key.into();
+        M::Connection::check_key(&self.policy, &key)?;
+        let conn = self.checkout(None).await?;
+        let guard = self.lock_on(conn, key, LockWait::Forever).await?;
+        guard.ok_or_else(|| Error::backend("an unbounded lock wait returned without the lock"))
+    }
+
+    /// Checks out a connection and takes `key` if it is free: `Ok(None)` when it is busy, and
+    /// the connection goes back to the pool at once.
+    ///
+    /// # Errors
+    ///
+    /// As [`acquire`](AsyncLockPool::acquire).
+    ///
+    /// # Cancel Safety
+    ///
+    /// As [`acquire`](AsyncLockPool::acquire).
+    pub async fn try_acquire(&self, key: impl Into<Key>) -> Result<Option<AsyncLockGuard<M>>> {
+        let key = key.into();
+        M::Connection::check_key(&self.policy, &key)?;
+        let conn = self.checkout(None).await?;
+        self.lock_on(conn, key, LockWait::Try).await
+    }
+
+    /// Checks out a connection and waits for `key`, both within `timeout`: `Ok(None)` when
+    /// the lock was busy until then. The lock gets what the checkout left of the timeout, and
+    /// at least a try.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Pool`] when no connection came within `timeout`; otherwise as
+    /// [`acquire`](AsyncLockPool::acquire).
+    ///
+    /// # Cancel Safety
+    ///
+    /// As [`acquire`](AsyncLockPool::acquire).
+    pub async fn acquire_timeout(
+        &self,
+        key: impl Into<Key>,
+        timeout: Duration,
+    ) -> Result<Option<AsyncLockGuard<M>>> {
+        let key = key.into();
+        M::Connection::check_key(&self.policy, &key)?;
+        let deadline = deadline::deadline(Instant::now(), timeout);
+        let conn = self.checkout(deadline).await?;
+        let wait = deadline::lock_wait(deadline, Instant::now());
+        self.lock_on(conn, key, wait).await
+    }
+
+    async fn lock_on(
+        &self,
+        conn: AsyncPooled<M>,
+        key: Key,
+        wait: LockWait,
+    ) -> Result<Option<AsyncLockGuard<M>>> {
+        let breaker = conn.breaker();
+        let mut lock = M::Connection::lock(conn, key, self.policy.clone());
+        let armed = Armed(Some(breaker.clone()));
+        let outcome = match wait {
+            LockWait::Forever => lock.acquire().await.map(|()| true),
+            LockWait::Try => lock.try_acquire().await,
+            LockWait::For(timeout) => lock.acquire_timeout(timeout).await,
+        };
+        match outcome {
+            Ok(true) => {
+                armed.disarm();
+                Ok(Some(AsyncLockGuard {
+                    lock: Some(lock),
+                    breaker,
+                }))
+            }
+            // Not held: dropping the lock sends the connection straight back.
+            Ok(false) => {
+                armed.disarm();
+                Ok(None)
+            }
+            // A failed acquire can leave the session holding the lock (a cancel that lands as
+            // the lock is granted): the armed guard closes the connection.
+            Err(error) => Err(error),
+        }
+    }
+}
+
+impl<M: bb8::ManageConnection> fmt::Debug for AsyncLockPool<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AsyncLockPool")
+            .field("state", &self.pool.state())
+            .field("policy", &self.policy)
+            .finish()
+    }
+}
+
+/// A held lock and the pooled connection it holds it on, from [`AsyncLockPool`].
+///
+/// It derefs to the connection, for work inside the critical section. Its own functions are
+/// associated functions (`AsyncLockGuard::release(guard).await`), so they never shadow the
+/// connection's methods.
+///
+/// Release on drop is not immediate: drop cannot wait, so a guard dropped without
+/// [`release`](AsyncLockGuard::release) marks its connection broken, and the pool closes it,
+/// which ends the session and frees the lock in the server. `release().await` unlocks and
+/// returns the connection for reuse.
+#[must_use = "the lock is released when the guard is dropped"]
+pub struct AsyncLockGuard<M>
+where
+    M: bb8::ManageConnection,
+    M::Connection: AsyncConnection,
+{
+    /// Always `Some` until `release` or drop takes it.
+    lock: Option<<M::Connection as AsyncConnection>::Lock<M>>,
+    breaker: Breaker,
+}
+
+impl<M> AsyncLockGuard<M>
+where
+    M: bb8::ManageConnection,
+    M::Connection: AsyncConnection,
+{
+    fn lock(&self) -> &<M::Connection as AsyncConnection>::Lock<M> {
+        self.lock
+            .as_ref()
+            .expect("the lock is only taken on release")
+    }
+
+    fn lock_mut(&mut self) -> &mut <M::Connection as AsyncConnection>::Lock<M> {
+        self.lock
+            .as_mut()
+            .expect("the lock is only taken on release")
+    }
+
+    /// Releases the lock, then returns the connection to the pool (or closes it when the
+    /// release failed, which frees the lock in the server).
+    ///
+    /// # Errors
+    ///
+    /// What the release reports: [`Error::NotHeld`] when the lock was lost while held, a
+    /// connection error when the session is gone.
+    ///
+    /// # Cancel Safety
+    ///
+    /// Dropping the future before it completes closes the connection, which frees the lock.
+    pub async fn release(mut this: Self) -> Result<()> {
+        let lock = this.lock.take().expect("the lock is only taken on release");
+        let armed = Armed(Some(this.breaker.clone()));
+        let (conn, released) = M::Connection::into_pooled(lock).await;
+        armed.disarm();
+        if released.is_err() {
+            conn.mark_broken();
+        }
+        released
+    }
+
+    /// Asks the server whether this guard's session still holds the lock.
+    ///
+    /// # Errors
+    ///
+    /// What the server or the connection reports.
+    ///
+    /// # Cancel Safety
+    ///
+    /// Dropping the future before it completes closes the connection when the guard drops.
+    pub async fn verify(this: &mut Self) -> Result<bool> {
+        let armed = Armed(Some(this.breaker.clone()));
+        let verified = this.lock_mut().verify().await;
+        armed.disarm();
+        verified
+    }
+
+    /// The key of the held lock.
+    pub fn key(this: &Self) -> &Key {
+        this.lock().key()
+    }
+}
+
+impl<M> Deref for AsyncLockGuard<M>
+where
+    M: bb8::ManageConnection,
+    M::Connection: AsyncConnection,
+{
+    type Target = M::Connection;
+
+    fn deref(&self) -> &M::Connection {
+        M::Connection::pooled(self.lock())
+    }
+}
+
+impl<M> DerefMut for AsyncLockGuard<M>
+where
+    M: bb8::ManageConnection,
+    M::Connection: AsyncConnection,
+{
+    fn deref_mut(&mut self) -> &mut M::Connection {
+        M::Connection::pooled_mut(self.lock_mut())
+    }
+}
+
+impl<M> Drop for AsyncLockGuard<M>
+where
+    M: bb8::ManageConnection,
+    M::Connection: AsyncConnection,
+{
+    fn drop(&mut self) {
+        if self.lock.is_some() {
+            // Drop cannot wait for an unlock: close the connection, which frees the lock.
+            tracing::debug!("dropping a pooled async lock without release: connection closed");
+            self.breaker.mark_broken();
+        }
+    }
+}
+
+impl<M> fmt::Debug for AsyncLockGuard<M>
+where
+    M: bb8::ManageConnection,
+    M::Connection: AsyncConnection,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AsyncLockGuard")
+            .field("key", &self.lock.as_ref().map(|lock| lock.key()))
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,480 @@
+//! `LockPool`: blocking locks that check out a dedicated r2d2 connection.
+
+use std::fmt;
+use std::ops::{Deref, DerefMut};
+use std::time::{Duration, Instant};
+
+use dlock_core::{Error, Key, KeyPolicy, Lock, Result};
+
+use crate::deadline::{self, LockWait};
+use crate::manager::LockManager;
+
+/// An r2d2 connection checked out for one lock, lent to the backend's lock type.
+///
+/// It derefs to the driver's connection. Its broken mark sends it to be closed instead of
+/// reused when it comes back to the pool.
+pub struct Pooled<M: r2d2::ManageConnection>(r2d2::PooledConnection<LockManager<M>>);
+
+impl<M: r2d2::ManageConnection> Pooled<M> {
+    /// Marks the connection so that the pool closes it when it comes back, which ends its
+    /// session and frees its locks.
+    pub fn mark_broken(&self) {
+        self.0.mark_broken();
+    }
+}
+
+impl<M: r2d2::ManageConnection> Deref for Pooled<M> {
+    type Target = M::Connection;
+
+    fn deref(&self) -> &M::Connection {
+        &self.0
+    }
+}
+
+impl<M: r2d2::ManageConnection> DerefMut for Pooled<M> {
+    fn deref_mut(&mut self) -> &mut M::Connection {
+        &mut self.0
+    }
+}
+
+impl<M: r2d2::ManageConnection> fmt::Debug for Pooled<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Pooled").field(&*self.0).finish()
+    }
+}
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// A blocking driver connection that [`LockPool`] can lock through: `postgres::Client`
+/// (feature `postgres`) and `mysql::Conn` (feature `mysql`). Sealed: the backend crates
+/// decide how a lock is taken.
+pub trait BlockingConnection: Sized + Send + 'static + sealed::Sealed {
+    /// The backend's lock over a connection of a pool of manager `M`.
+    type Lock<M: r2d2::ManageConnection<Connection = Self>>: Lock;
+
+    /// Checks that `key` is a valid key under `policy`, before any checkout.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidKey`] when it is not.
+    fn check_key(policy: &KeyPolicy, key: &Key) -> Result<()>;
+
+    /// A lock on `key` over `conn`.
+    fn lock<M: r2d2::ManageConnection<Connection = Self>>(
+        conn: Pooled<M>,
+        key: Key,
+        policy: KeyPolicy,
+    ) -> Self::Lock<M>;
+
+    /// The lock's connection.
+    fn pooled<M: r2d2::ManageConnection<Connection = Self>>(lock: &Self::Lock<M>) -> &Pooled<M>;
+
+    /// The lock's connection, mutably.
+    fn pooled_mut<M: r2d2::ManageConnection<Connection = Self>>(
+        lock: &mut Self::Lock<M>,
+    ) -> &mut Pooled<M>;
+
+    /// Releases the lock if held and gives its connection back, with the release's outcome.
+    fn into_pooled<M: r2d2::ManageConnection<Connection = Self>>(
+        lock: Self::Lock<M>,
+    ) -> (Pooled<M>, Result<()>);
+}
+
+#[cfg(feature = "postgres")]
+mod postgres_backend {
+    use std::borrow::{Borrow, BorrowMut};
+
+    use dlock_postgres::PgLock;
+    use dlock_postgres::postgres::Client;
+
+    use super::*;
+
+    impl<M: r2d2::ManageConnection<Connection = Client>> Borrow<Client> for Pooled<M> {
+        fn borrow(&self) -> &Client {
+            self
+        }
+    }
+
+    impl<M: r2d2::ManageConnection<Connection = Client>> BorrowMut<Client> for Pooled<M> {
+        fn borrow_mut(&mut self) -> &mut Client {
+            self
+        }
+    }
+
+    impl sealed::Sealed for Client {}
+
+    impl BlockingConnection for Client {
+        type Lock<M: r2d2::ManageConnection<Connection = Self>> = PgLock<Pooled<M>>;
+
+        fn check_key(policy: &KeyPolicy, key: &Key) -> Result<()> {
+            policy.pg_key(key).map(drop)
+        }
+
+        fn lock<M: r2d2::ManageConnection<Connection = Self>>(
+            conn: Pooled<M>,
+            key: Key,
+            policy: KeyPolicy,
+        ) -> Self::Lock<M> {
+            PgLock::new(conn, key).policy(policy)
+        }
+
+        fn pooled<M: r2d2::ManageConnection<Connection = Self>>(
+            lock: &Self::Lock<M>,
+        ) -> &Pooled<M> {
+            lock.get_ref()
+        }
+
+        fn pooled_mut<M: r2d2::ManageConnection<Connection = Self>>(
+            lock: &mut Self::Lock<M>,
+        ) -> &mut Pooled<M> {
+            lock.get_mut()
+        }
+
+        fn into_pooled<M: r2d2::ManageConnection<Connection = Self>>(
+            lock: Self::Lock<M>,
+        ) -> (Pooled<M>, Result<()>) {
+            lock.into_inner()
+        }
+    }
+}
+
+#[cfg(feature = "mysql")]
+mod mysql_backend {
+    use dlock_mysql::mysql::Conn;
+    use dlock_mysql::{MySqlConnection, MySqlLock};
+
+    use super::*;
+
+    impl<M: r2d2::ManageConnection<Connection = Conn>> MySqlConnection for Pooled<M> {
+        fn connection(&mut self) -> &mut Conn {
+            self
+        }
+    }
+
+    impl sealed::Sealed for Conn {}
+
+    impl BlockingConnection for Conn {
+        type Lock<M: r2d2::ManageConnection<Connection = Self>> = MySqlLock<Pooled<M>>;
+
+        fn check_key(policy: &KeyPolicy, key: &Key) -> Result<()> {
+            policy.mysql_name(key).map(drop)
+        }
+
+        fn lock<M: r2d2::ManageConnection<Connection = Self>>(
+            conn: Pooled<M>,
+            key: Key,
+            policy: KeyPolicy,
+        ) -> Self::Lock<M> {
+            MySqlLock::new(conn, key).policy(policy)
+        }
+
+        fn pooled<M: r2d2::ManageConnection<Connection = Self>>(
+            lock: &Self::Lock<M>,
+        ) -> &Pooled<M> {
+            lock.get_ref()
+        }
+
+        fn pooled_mut<M: r2d2::ManageConnection<Connection = Self>>(
+            lock: &mut Self::Lock<M>,
+        ) -> &mut Pooled<M> {
+            lock.get_mut()
+        }
+
+        fn into_pooled<M: r2d2::ManageConnection<Connection = Self>>(
+            lock: Self::Lock<M>,
+        ) -> (Pooled<M>, Result<()>) {
+            lock.into_inner()
+        }
+    }
+}
+
+/// Blocking distributed locks over an r2d2 pool: each lock checks out a dedicated connection
+/// and keeps it until release, so a session lock never shares its session.
+///
+/// `M` is the user's r2d2 manager (`r2d2_postgres::PostgresConnectionManager`,
+/// `r2d2_mysql::MySqlConnectionManager`); the pool wraps it in a [`LockManager`] that can
+/// close a connection instead of reusing it. The pool never gets back a connection that
+/// holds a lock: when a release fails or its outcome is unknown, the connection is closed,
+/// which ends the session and frees its locks in the server.
+///
+/// # Examples
+///
+/// ```no_run
+/// # #[cfg(all(feature = "r2d2", feature = "postgres"))]
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use dlock_pool::LockPool;
+/// use r2d2_postgres::{PostgresConnectionManager, postgres::NoTls};
+/// use std::time::Duration;
+///
+/// let manager = PostgresConnectionManager::new(
+///     "host=localhost user=postgres".parse()?,
+///     NoTls,
+/// );
+/// let pool = LockPool::new(manager)?;
+/// if let Some(mut guard) = pool.acquire_timeout("nightly-report", Duration::from_secs(5))? {
+///     // The guard derefs to the connection that holds the lock.
+///     guard.execute("UPDATE reports SET running = true", &[])?;
+///     guard.release()?;
+/// }
+/// # Ok(())
+/// # }
+/// # #[cfg(not(all(feature = "r2d2", feature = "postgres")))]
+/// # fn main() {}
+/// ```
+pub struct LockPool<M: r2d2::ManageConnection> {
+    pool: r2d2::Pool<LockManager<M>>,
+    policy: KeyPolicy,
+}
+
+impl<M> LockPool<M>
+where
+    M: r2d2::ManageConnection,
+    M::Connection: BlockingConnection,
+{
+    /// A pool with r2d2's default settings (10 connections, 30 s checkout timeout) over
+    /// `manager`, under the default key policy.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Pool`] when the pool cannot open its first connections in time.
+    pub fn new(manager: M) -> Result<Self> {
+        Self::with_builder(r2d2::Pool::builder(), manager)
+    }
+
+    /// A pool built by `builder` (size, timeouts) over `manager`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Pool`] when the pool cannot open its first connections in time.
+    pub fn with_builder(builder: r2d2::Builder<LockManager<M>>, manager: M) -> Result<Self> {
+        let pool = builder
+            .build(LockManager::new(manager))
+            .map_err(Error::pool)?;
+        Ok(LockPool {
+            pool,
+            policy: KeyPolicy::default(),
+        })
+    }
+
+    /// Uses `policy` to turn keys into the backend's keys.
+    pub fn policy(mut self, policy: KeyPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// The r2d2 pool, for its state or for plain work on its connections.
+    pub fn pool(&self) -> &r2d2::Pool<LockManager<M>> {
+        &self.pool
+    }
+
+    /// Checks out a connection (waiting up to the pool's connection timeout) and waits, in
+    /// the server, until it holds `key`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidKey`] before any checkout; [`Error::Pool`] when no connection came in
+    /// time; otherwise what the lock reports.
+    pub fn acquire(&self, key: impl Into<Key>) -> Result<LockGuard<M>> {
+        let key = key.into();
+        M::Connection::check_key(&self.policy, &key)?;
+        let conn = self.pool.get().map_err(Error::pool)?;
+        let guard = self.lock_on(Pooled(conn), key, LockWait::Forever)?;
+        guard.ok_or_else(|| Error::backend("an unbounded lock wait returned without the lock"))
+    }
+
+    /// Checks out a connection and takes `key` if it is free: `Ok(None)` when it is busy, and
+    /// the connection goes back to the pool at once.
+    ///
+    /// # Errors
+    ///
+    /// As [`acquire`](LockPool::acquire).
+    pub fn try_acquire(&self, key: impl Into<Key>) -> Result<Option<LockGuard<M>>> {
+        let key = key.into();
+        M::Connection::check_key(&self.policy, &key)?;
+        let conn = self.pool.get().map_err(Error::pool)?;
+        self.lock_on(Pooled(conn), key, LockWait::Try)
+    }
+
+    /// Checks out a connection and waits for `key`, both within `timeout`: `Ok(None)` when
+    /// the lock was busy until then. The lock gets what the checkout left of the timeout,
+    /// and at least a try.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Pool`] when no connection came within `timeout`; otherwise as
+    /// [`acquire`](LockPool::acquire).
+    pub fn acquire_timeout(
+        &self,
+        key: impl Into<Key>,
+        timeout: Duration,
+    ) -> Result<Option<LockGuard<M>>> {
+        let key = key.into();
+        M::Connection::check_key(&self.policy, &key)?;
+        let start = Instant::now();
+        let deadline = deadline::deadline(start, timeout);
+        let conn = match deadline {
+            Some(deadline) => {
+                let left = deadline::remaining(deadline, start);
+                self.pool.get_timeout(left).map_err(Error::pool)?
+            }
+            None => self.pool.get().map_err(Error::pool)?,
+        };
+        let wait = deadline::lock_wait(deadline, Instant::now());
+        self.lock_on(Pooled(conn), key, wait)
+    }
+
+    fn lock_on(&self, conn: Pooled<M>, key: Key, wait: LockWait) -> Result<Option<LockGuard<M>>> {
+        let mut lock = M::Connection::lock(conn, key, self.policy.clone());
+        let outcome = match wait {
+            LockWait::Forever => lock.acquire().map(|()| true),
+            LockWait::Try => lock.try_acquire(),
+            LockWait::For(timeout) => lock.acquire_timeout(timeout),
+        };
+        match outcome {
+            Ok(true) => Ok(Some(LockGuard { lock: Some(lock) })),
+            // Not held: dropping the lock sends the connection straight back.
+            Ok(false) => Ok(None),
+            Err(error) => {
+                // A failed acquire can leave the session holding the lock (a cancel that
+                // lands as the lock is granted): never give such a connection back.
+                M::Connection::pooled(&lock).mark_broken();
+                Err(error)
+            }
+        }
+    }
+}
+
+impl<M: r2d2::ManageConnection> fmt::Debug for LockPool<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LockPool")
+            .field("state", &self.pool.state())
+            .field("policy", &self.policy)
+            .finish()
+    }
+}
+
+/// A held lock and the pooled connection it holds it on, from [`LockPool`].
+///
+/// It derefs to the connection, for work inside the critical section. Its own functions are
+/// associated functions (`LockGuard::verify(&mut guard)`), so they never shadow the
+/// connection's methods. Dropping it releases the lock and returns the connection; if the
+/// release fails the connection is closed instead, which frees the lock in the server. A
+/// panic inside the critical section drops the guard, and so releases.
+#[must_use = "the lock is released when the guard is dropped"]
+pub struct LockGuard<M>
+where
+    M: r2d2::ManageConnection,
+    M::Connection: BlockingConnection,
+{
+    /// Always `Some` until `release` or drop takes it.
+    lock: Option<<M::Connection as BlockingConnection>::Lock<M>>,
+}
+
+impl<M> LockGuard<M>
+where
+    M: r2d2::ManageConnection,
+    M::Connection: BlockingConnection,
+{
+    fn lock(&self) -> &<M::Connection as BlockingConnection>::Lock<M> {
+        self.lock
+            .as_ref()
+            .expect("the lock is only taken on release")
+    }
+
+    fn lock_mut(&mut self) -> &mut <M::Connection as BlockingConnection>::Lock<M> {
+        self.lock
+            .as_mut()
+            .expect("the lock is only taken on release")
+    }
+
+    /// Releases the lock, then returns the connection to the pool (or closes it when the
+    /// release failed, which frees the lock in the server).
+    ///
+    /// # Errors
+    ///
+    /// What the release reports: [`Error::NotHeld`] when the lock was lost while held, a
+    /// connection error when the session is gone.
+    pub fn release(mut this: Self) -> Result<()> {
+        let lock = this.lock.take().expect("the lock is only taken on release");
+        finish::<M>(lock)
+    }
+
+    /// Asks the server whether this guard's session still holds the lock.
+    ///
+    /// # Errors
+    ///
+    /// What the server or the connection reports.
+    pub fn verify(this: &mut Self) -> Result<bool> {
+        this.lock_mut().verify()
+    }
+
+    /// The key of the held lock.
+    pub fn key(this: &Self) -> &Key {
+        this.lock().key()
+    }
+}
+
+/// Releases `lock` and sends its connection back, closing it when the release failed.
+fn finish<M>(lock: <M::Connection as BlockingConnection>::Lock<M>) -> Result<()>
+where
+    M: r2d2::ManageConnection,
+    M::Connection: BlockingConnection,
+{
+    let (conn, released) = M::Connection::into_pooled(lock);
+    if released.is_err() {
+        conn.mark_broken();
+    }
+    released
+}
+
+impl<M> Deref for LockGuard<M>
+where
+    M: r2d2::ManageConnection,
+    M::Connection: BlockingConnection,
+{
+    type Target = M::Connection;
+
+    fn deref(&self) -> &M::Connection {
+        M::Connection::pooled(self.lock())
+    }
+}
+
+impl<M> DerefMut for LockGuard<M>
+where
+    M: r2d2::ManageConnection,
+    M::Connection: BlockingConnection,
+{
+    fn deref_mut(&mut self) -> &mut M::Connection {
+        M::Connection::pooled_mut(self.lock_mut())
+    }
+}
+
+impl<M> Drop for LockGuard<M>
+where
+    M: r2d2::ManageConnection,
+    M::Connection: BlockingConnection,
+{
+    fn drop(&mut self) {
+        let Some(lock) = self.lock.take() else {
+            return;
+        };
+        let key = lock.key().to_string();
+        if let Err(error) = finish::<M>(lock) {
+            tracing::warn!(%key, %error, "dropping a pooled lock: release failed, connection closed");
+        }
+    }
+}
+
+impl<M> fmt::Debug for LockGuard<M>
+where
+    M: r2d2::ManageConnection,
+    M::Connection: BlockingConnection,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LockGuard")
+            .field("key", &self.lock.as_ref().map(|lock| lock.key()))
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,208 @@
+//! The wrapper of the user's connection manager that lets a lock send a connection to be
+//! closed instead of reused: r2d2 and bb8 discard a connection only when the manager's
+//! `has_broken` says so.
+
+use std::fmt;
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// A connection manager of a dlock pool: the user's manager `M`, with a broken mark added to
+/// each connection. The pool closes a connection whose mark is set, or that `M` finds broken.
+///
+/// Build pools of it through [`LockPool`](crate::LockPool) or
+/// [`AsyncLockPool`](crate::AsyncLockPool); its connections deref to `M`'s.
+#[derive(Debug, Clone)]
+pub struct LockManager<M> {
+    inner: M,
+}
+
+impl<M> LockManager<M> {
+    /// Wraps `manager`.
+    pub fn new(manager: M) -> Self {
+        LockManager { inner: manager }
+    }
+
+    /// The user's manager.
+    pub fn inner(&self) -> &M {
+        &self.inner
+    }
+}
+
+/// A connection of a dlock pool: the driver's connection and its broken mark. Derefs to the
+/// connection.
+pub struct Tracked<C> {
+    conn: C,
+    broken: Arc<AtomicBool>,
+}
+
+impl<C> Tracked<C> {
+    fn new(conn: C) -> Self {
+        Tracked {
+            conn,
+            broken: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Marks the connection so that the pool closes it when it comes back. Closing a
+    /// connection ends its session, which frees every lock the session held.
+    pub fn mark_broken(&self) {
+        self.broken.store(true, Ordering::Release);
+    }
+
+    /// Whether the connection is marked to be closed.
+    pub fn is_marked_broken(&self) -> bool {
+        self.broken.load(Ordering::Acquire)
+    }
+
+    /// A handle that can mark this connection broken later, from a drop guard that does not
+    /// hold the connection.
+    #[cfg_attr(not(feature = "bb8"), allow(dead_code))]
+    pub(crate) fn breaker(&self) -> Breaker {
+        Breaker(Arc::clone(&self.broken))
+    }
+}
+
+impl<C> Deref for Tracked<C> {
+    type Target = C;
+
+    fn deref(&self) -> &C {
+        &self.conn
+    }
+}
+
+impl<C> DerefMut for Tracked<C> {
+    fn deref_mut(&mut self) -> &mut C {
+        &mut self.conn
+    }
+}
+
+impl<C> fmt::Debug for Tracked<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tracked")
+            .field("marked_broken", &self.is_marked_broken())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Marks one connection broken, without holding it.
+#[derive(Debug, Clone)]
+#[cfg_attr(not(feature = "bb8"), allow(dead_code))]
+pub(crate) struct Breaker(Arc<AtomicBool>);
+
+#[cfg_attr(not(feature = "bb8"), allow(dead_code))]
+impl Breaker {
+    pub(crate) fn mark_broken(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+#[cfg(feature = "r2d2")]
+impl<M: r2d2::ManageConnection> r2d2::ManageConnection for LockManager<M> {
+    type Connection = Tracked<M::Connection>;
+    type Error = M::Error;
+
+    fn connect(&self) -> Result<Self::Connection, Self::Error> {
+        self.inner.connect().map(Tracked::new)
+    }
+
+    fn is_valid(&self, conn: &mut Self::Connection) -> Result<(), Self::Error> {
+        self.inner.is_valid(&mut conn.conn)
+    }
+
+    fn has_broken(&self, conn: &mut Self::Connection) -> bool {
+        conn.is_marked_broken() || self.inner.has_broken(&mut conn.conn)
+    }
+}
+
+#[cfg(feature = "bb8")]
+impl<M: bb8::ManageConnection> bb8::ManageConnection for LockManager<M> {
+    type Connection = Tracked<M::Connection>;
+    type Error = M::Error;
+
+    async fn connect(&self) -> Result<Self::Connection, Self::Error> {
+        self.inner.connect().await.map(Tracked::new)
+    }
+
+    async fn is_valid(&self, conn: &mut Self::Connection) -> Result<(), Self::Error> {
+        self.inner.is_valid(&mut conn.conn).await
+    }
+
+    fn has_broken(&self, conn: &mut Self::Connection) -> bool {
+        conn.is_marked_broken() || self.inner.has_broken(&mut conn.conn)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mark_set_through_a_breaker_is_seen_by_the_connection() {
+        let conn = Tracked::new(7_u8);
+        assert!(!conn.is_marked_broken());
+        let breaker = conn.breaker();
+        breaker.mark_broken();
+        assert!(conn.is_marked_broken());
+        assert_eq!(*conn, 7);
+    }
+
+    #[cfg(feature = "r2d2")]
+    mod r2d2_pool {
+        use super::super::*;
+        use std::sync::atomic::AtomicUsize;
+
+        /// A manager of numbered fake connections, counting how many it made.
+        #[derive(Debug, Default)]
+        struct Fake {
+            made: AtomicUsize,
+        }
+
+        #[derive(Debug)]
+        struct FakeError;
+
+        impl fmt::Display for FakeError {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("fake")
+            }
+        }
+
+        impl std::error::Error for FakeError {}
+
+        impl r2d2::ManageConnection for Fake {
+            type Connection = usize;
+            type Error = FakeError;
+
+            fn connect(&self) -> Result<usize, FakeError> {
+                Ok(self.made.fetch_add(1, Ordering::SeqCst))
+            }
+
+            fn is_valid(&self, _: &mut usize) -> Result<(), FakeError> {
+                Ok(())
+            }
+
+            fn has_broken(&self, _: &mut usize) -> bool {
+                false
+            }
+        }
+
+        #[test]
+        fn the_pool_closes_a_connection_marked_broken_and_keeps_the_others() {
+            let pool = r2d2::Pool::builder()
+                .max_size(1)
+                .min_idle(Some(0))
+                .build(LockManager::new(Fake::default()))
+                .unwrap();
+            let first = pool.get().unwrap();
+            assert_eq!(**first, 0);
+            drop(first);
+            let again = pool.get().unwrap();
+            assert_eq!(**again, 0, "an unmarked connection is reused");
+            again.mark_broken();
+            drop(again);
+            let fresh = pool.get().unwrap();
+            assert_eq!(**fresh, 1, "the marked connection was closed");
+            assert!(!fresh.is_marked_broken());
+        }
+    }
+}
