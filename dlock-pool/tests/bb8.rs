@@ -1,0 +1,307 @@
+//! `AsyncLockPool` over bb8, for PostgreSQL and MariaDB: however a guard ends (released,
+//! dropped, panicked, its unlock failed, its acquire cancelled), the pool never hands out a
+//! connection that still holds a lock. Against real servers.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bb8_postgres::PostgresConnectionManager;
+use dlock_pool::{AsyncConnection, AsyncLockGuard, AsyncLockPool, AsyncMySqlManager, Error};
+use mysql_async::prelude::Queryable;
+use tokio_postgres::NoTls;
+
+/// What a test needs to know about a backend to look at its sessions.
+trait Backend: 'static {
+    type Conn: AsyncConnection;
+    type Manager: bb8::ManageConnection<Connection = Self::Conn, Error: std::error::Error + Send + Sync>;
+    fn manager() -> Self::Manager;
+    /// The server's id of the connection's session.
+    async fn session(conn: &mut Self::Conn) -> u64;
+    /// Whether the connection's session holds `key`.
+    async fn holds(conn: &mut Self::Conn, key: &str) -> bool;
+    /// Whether any session holds `key`, asked from the side.
+    fn held_anywhere(key: &str) -> bool;
+    /// Ends session `id` from the side.
+    fn kill(id: u64);
+}
+
+struct Pg;
+
+impl Backend for Pg {
+    type Conn = tokio_postgres::Client;
+    type Manager = PostgresConnectionManager<NoTls>;
+
+    fn manager() -> Self::Manager {
+        PostgresConnectionManager::new(common::pg_url().parse().unwrap(), NoTls)
+    }
+
+    async fn session(conn: &mut tokio_postgres::Client) -> u64 {
+        let row = conn
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .unwrap();
+        u64::from(row.get::<_, i32>(0).unsigned_abs())
+    }
+
+    async fn holds(conn: &mut tokio_postgres::Client, _key: &str) -> bool {
+        let row = conn
+            .query_one(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' \
+                 AND pid = pg_backend_pid() AND granted",
+                &[],
+            )
+            .await
+            .unwrap();
+        row.get::<_, i64>(0) > 0
+    }
+
+    fn held_anywhere(key: &str) -> bool {
+        let key = dlock_pool::KeyPolicy::default()
+            .pg_key(&key.into())
+            .unwrap();
+        let dlock_pool::PgKey::BigInt(key) = key else {
+            panic!("text keys are bigints");
+        };
+        let count: i64 = common::pg()
+            .query_one(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted \
+                 AND objsubid = 1 AND ((classid::bigint << 32) | objid::bigint) = $1",
+                &[&key],
+            )
+            .unwrap()
+            .get(0);
+        count > 0
+    }
+
+    fn kill(id: u64) {
+        common::pg_terminate(i32::try_from(id).unwrap());
+    }
+}
+
+struct My;
+
+impl Backend for My {
+    type Conn = mysql_async::Conn;
+    type Manager = AsyncMySqlManager;
+
+    fn manager() -> Self::Manager {
+        AsyncMySqlManager::from_url(&common::mysql_url()).unwrap()
+    }
+
+    async fn session(conn: &mut mysql_async::Conn) -> u64 {
+        u64::from(conn.id())
+    }
+
+    async fn holds(conn: &mut mysql_async::Conn, key: &str) -> bool {
+        let mine: Option<Option<i64>> = conn
+            .exec_first("SELECT IS_USED_LOCK(?) = CONNECTION_ID()", (key,))
+            .await
+            .unwrap();
+        mine.flatten() == Some(1)
+    }
+
+    fn held_anywhere(key: &str) -> bool {
+        common::my_holder_of(key).is_some()
+    }
+
+    fn kill(id: u64) {
+        common::my_kill(u32::try_from(id).unwrap());
+    }
+}
+
+async fn pool_of<B: Backend>(size: u32) -> AsyncLockPool<B::Manager> {
+    let builder = bb8::Pool::builder()
+        .max_size(size)
+        .connection_timeout(Duration::from_secs(5));
+    AsyncLockPool::with_builder(builder, B::manager())
+        .await
+        .unwrap()
+}
+
+/// Runs blocking looks at the server off the runtime's threads.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(work).await.unwrap()
+}
+
+/// The pool's next checkout holds no lock on `key`, nobody does, and another pool can take it.
+async fn assert_clean<B: Backend>(pool: &AsyncLockPool<B::Manager>, key: &str, how: &str) {
+    {
+        let mut next = pool.pool().get().await.unwrap();
+        assert!(
+            !B::holds(&mut next, key).await,
+            "{how}: the next checkout holds a lock"
+        );
+    }
+    let owned = key.to_owned();
+    assert!(
+        blocking(move || common::eventually(|| !B::held_anywhere(&owned))).await,
+        "{how}: some session still holds the key"
+    );
+    let other = pool_of::<B>(1).await;
+    let guard = other.try_acquire(key).await.unwrap();
+    assert!(guard.is_some(), "{how}: another pool cannot take the key");
+    AsyncLockGuard::release(guard.unwrap()).await.unwrap();
+}
+
+async fn every_way_a_guard_ends_leaves_the_pool_clean<B: Backend>(prefix: &str) {
+    let pool = Arc::new(pool_of::<B>(1).await);
+
+    let key = format!("{prefix}/release");
+    let guard = pool.acquire(key.as_str()).await.unwrap();
+    AsyncLockGuard::release(guard).await.unwrap();
+    assert_clean::<B>(&pool, &key, "release").await;
+
+    let key = format!("{prefix}/drop");
+    let mut guard = pool.acquire(key.as_str()).await.unwrap();
+    let id = B::session(&mut guard).await;
+    drop(guard);
+    assert_clean::<B>(&pool, &key, "drop without release").await;
+    {
+        let mut next = pool.pool().get().await.unwrap();
+        assert_ne!(
+            B::session(&mut next).await,
+            id,
+            "the dropped guard's connection was closed"
+        );
+    }
+
+    let key = format!("{prefix}/panic");
+    let panicking = Arc::clone(&pool);
+    let task_key = key.clone();
+    let outcome = tokio::spawn(async move {
+        let _guard = panicking.acquire(task_key.as_str()).await.unwrap();
+        panic!("the critical section failed");
+    })
+    .await;
+    assert!(outcome.unwrap_err().is_panic());
+    assert_clean::<B>(&pool, &key, "panic").await;
+
+    let key = format!("{prefix}/killed");
+    let mut guard = pool.acquire(key.as_str()).await.unwrap();
+    let id = B::session(&mut guard).await;
+    blocking(move || B::kill(id)).await;
+    assert!(!AsyncLockGuard::verify(&mut guard).await.unwrap_or(false));
+    let released = AsyncLockGuard::release(guard).await;
+    assert!(released.is_err(), "the unlock fails: {released:?}");
+    assert_clean::<B>(&pool, &key, "failed unlock").await;
+
+    let key = format!("{prefix}/cancelled");
+    let holder = pool_of::<B>(1).await;
+    let held = holder.acquire(key.as_str()).await.unwrap();
+    let cancelled =
+        tokio::time::timeout(Duration::from_millis(300), pool.acquire(key.as_str())).await;
+    assert!(cancelled.is_err(), "the acquire was still waiting");
+    AsyncLockGuard::release(held).await.unwrap();
+    assert_clean::<B>(&pool, &key, "cancelled acquire").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_every_way_a_guard_ends_leaves_the_pool_clean() {
+    every_way_a_guard_ends_leaves_the_pool_clean::<Pg>("bb8/pg").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mysql_every_way_a_guard_ends_leaves_the_pool_clean() {
+    every_way_a_guard_ends_leaves_the_pool_clean::<My>("bb8/my").await;
+}
+
+async fn busy_tries_and_timeouts_give_the_connection_back<B: Backend>(prefix: &str) {
+    let key = format!("{prefix}/busy");
+    let holder = pool_of::<B>(1).await;
+    let guard = holder.acquire(key.as_str()).await.unwrap();
+    assert_eq!(AsyncLockGuard::key(&guard).to_string(), key);
+
+    let pool = pool_of::<B>(1).await;
+    assert!(pool.try_acquire(key.as_str()).await.unwrap().is_none());
+    assert_eq!(pool.pool().state().idle_connections, 1, "back at once");
+    let started = Instant::now();
+    let asked = Duration::from_millis(300);
+    assert!(
+        pool.acquire_timeout(key.as_str(), asked)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(started.elapsed() >= asked, "{:?}", started.elapsed());
+    assert_eq!(pool.pool().state().idle_connections, 1, "back at once");
+
+    // With the only connection checked out, the deadline covers the checkout: a pool error.
+    let busy = pool.acquire(format!("{prefix}/other")).await.unwrap();
+    let started = Instant::now();
+    let outcome = pool
+        .acquire_timeout(format!("{prefix}/third"), Duration::from_millis(200))
+        .await;
+    assert!(matches!(outcome, Err(Error::Pool(_))), "{outcome:?}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    AsyncLockGuard::release(busy).await.unwrap();
+
+    AsyncLockGuard::release(guard).await.unwrap();
+    assert!(
+        pool.acquire_timeout(key.as_str(), asked)
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_busy_tries_and_timeouts_give_the_connection_back() {
+    busy_tries_and_timeouts_give_the_connection_back::<Pg>("bb8/pg").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mysql_busy_tries_and_timeouts_give_the_connection_back() {
+    busy_tries_and_timeouts_give_the_connection_back::<My>("bb8/my").await;
+}
+
+async fn two_pools_exclude_each_other<B: Backend>(key: &'static str) {
+    let pools = [
+        Arc::new(pool_of::<B>(3).await),
+        Arc::new(pool_of::<B>(3).await),
+    ];
+    let inside = Arc::new(AtomicUsize::new(0));
+    let most_inside = Arc::new(AtomicUsize::new(0));
+    let entries = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for task in 0..6 {
+        let pool = Arc::clone(&pools[task % 2]);
+        let (inside, most_inside, entries) = (
+            Arc::clone(&inside),
+            Arc::clone(&most_inside),
+            Arc::clone(&entries),
+        );
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..10 {
+                let guard = pool.acquire(key).await.unwrap();
+                let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                most_inside.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                entries.fetch_add(1, Ordering::SeqCst);
+                inside.fetch_sub(1, Ordering::SeqCst);
+                AsyncLockGuard::release(guard).await.unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(entries.load(Ordering::SeqCst), 60);
+    assert_eq!(
+        most_inside.load(Ordering::SeqCst),
+        1,
+        "one holder at a time"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_two_pools_exclude_each_other() {
+    two_pools_exclude_each_other::<Pg>("bb8/pg/contend").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mysql_two_pools_exclude_each_other() {
+    two_pools_exclude_each_other::<My>("bb8/my/contend").await;
+}
