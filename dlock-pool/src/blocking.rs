@@ -204,7 +204,7 @@ mod mysql_backend {
 /// ```no_run
 /// # #[cfg(all(feature = "r2d2", feature = "postgres"))]
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// use dlock_pool::LockPool;
+/// use dlock_pool::{LockGuard, LockPool};
 /// use r2d2_postgres::{PostgresConnectionManager, postgres::NoTls};
 /// use std::time::Duration;
 ///
@@ -216,7 +216,7 @@ mod mysql_backend {
 /// if let Some(mut guard) = pool.acquire_timeout("nightly-report", Duration::from_secs(5))? {
 ///     // The guard derefs to the connection that holds the lock.
 ///     guard.execute("UPDATE reports SET running = true", &[])?;
-///     guard.release()?;
+///     LockGuard::release(guard)?;
 /// }
 /// # Ok(())
 /// # }

@@ -3,8 +3,11 @@
 //! - `db up | down | env`: start, stop, or print the URLs of throwaway PostgreSQL and MariaDB
 //!   servers on loopback.
 //! - `test-matrix [--list] [--only PREFIX]`: every check the project passes, with servers.
+//! - `demo`: processes incrementing one counter under a lock through each API path, and
+//!   without one.
 
 mod db;
+mod demo;
 mod matrix;
 
 use std::path::{Path, PathBuf};
@@ -17,6 +20,8 @@ const USAGE: &str = "\
 usage: cargo xtask <command>
 
 commands:
+  demo           show the lock at work: processes racing on one counter, through each API
+                 path of each backend, and once without a lock
   db up          start PostgreSQL and MariaDB on free loopback ports, print their URLs
   db env         print the URLs of the servers `db up` started, as shell exports
   db down        stop the servers `db up` started and delete their files
@@ -28,6 +33,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("db") => db::command(&args[1..]),
         Some("test-matrix") => matrix::command(&args[1..]),
+        Some("demo") => demo::command(&args[1..]),
         Some("help" | "--help" | "-h") => {
             print!("{USAGE}");
             Ok(())
