@@ -19,6 +19,15 @@ use crate::{Result, cargo, project_root};
 /// features (dlock-core, xtask) are covered by the whole-workspace rows.
 const FEATURED_CRATES: &[&str] = &["dlock-postgres", "dlock-mysql", "dlock-pool"];
 
+/// Feature sets checked beyond each feature alone: dlock-pool's code for a pool and a backend
+/// exists only when both are on, so each pair gets a row.
+const FEATURE_COMBINATIONS: &[(&str, &str)] = &[
+    ("dlock-pool", "r2d2,postgres"),
+    ("dlock-pool", "r2d2,mysql"),
+    ("dlock-pool", "bb8,postgres"),
+    ("dlock-pool", "bb8,mysql"),
+];
+
 /// The database test rows: a crate and the features its `tests/` targets run under (empty
 /// for all features). Each backend flavour gets a row of its own, so a failure names it.
 const DATABASE_ROWS: &[(&str, &str)] = &[
@@ -111,6 +120,12 @@ fn rows() -> Result<Vec<Row>> {
             features
                 .iter()
                 .map(|feature| (feature.clone(), vec![feature.as_str()])),
+        );
+        sets.extend(
+            FEATURE_COMBINATIONS
+                .iter()
+                .filter(|(name, _)| name == krate)
+                .map(|(_, set)| ((*set).to_owned(), set.split(',').collect())),
         );
         for (label, set) in sets {
             let joined = set.join(",");
