@@ -1,10 +1,11 @@
 //! Every statement dlock sends to MySQL or MariaDB and the reading of every reply, as plain
 //! functions. The blocking and tokio flavours only send these and hand back what came.
 //!
-//! Statements go over the text protocol. A name travels as a hex literal with a character set
-//! introducer (`_utf8mb4 X'6a6f62'`): the server sees exactly the name's UTF-8 bytes, whatever
-//! the session's `sql_mode` (backslash escapes on or off), and nothing the user wrote is ever
-//! spliced into SQL as text. Measured on loopback MariaDB 10.11, text statements ran about 10%
+//! Statements go over the text protocol. A name travels as a literal the server reads back as
+//! exactly the name's UTF-8 bytes whatever the session's `sql_mode` (backslash escapes on or
+//! off) and character set: quoted when it is printable ASCII without quote or backslash, and
+//! otherwise as a hex literal with a character set introducer (`_utf8mb4 X'c3a9'`). Nothing
+//! that could change the statement's meaning is ever spliced into SQL. Measured on loopback MariaDB 10.11, text statements ran about 10%
 //! more lock/unlock cycles per second than cached prepared statements (12,300 against 11,000),
 //! and they need no statement preparation on a new connection.
 
@@ -66,10 +67,24 @@ impl Wait {
 /// unlikely case that it runs out.
 pub(crate) const MARIADB_FOREVER_SECONDS: u64 = 365 * 24 * 60 * 60;
 
-/// Writes `name` as a hex literal of its UTF-8 bytes with the `utf8mb4` introducer, which
-/// keeps MySQL's case-insensitive comparison of names working (a bare `X''` literal would be
-/// binary).
+/// Writes `name` as a string literal the server reads back as exactly the name's UTF-8
+/// bytes, whatever the session's `sql_mode` and character set.
+///
+/// A name of printable ASCII without quote or backslash goes as a plain quoted literal:
+/// every mode and every ASCII-compatible character set reads those bytes as written, and
+/// `SHOW PROCESSLIST` shows the name readably. Any other name goes as a hex literal of its
+/// UTF-8 bytes with the `utf8mb4` introducer, which keeps MySQL's case-insensitive comparison
+/// of names working (a bare `X''` literal would be binary).
 fn push_name(sql: &mut String, name: &str) {
+    let plain = name
+        .bytes()
+        .all(|byte| (b' '..=b'~').contains(&byte) && byte != b'\'' && byte != b'\\');
+    if plain {
+        sql.push('\'');
+        sql.push_str(name);
+        sql.push('\'');
+        return;
+    }
     sql.push_str("_utf8mb4 X'");
     for byte in name.bytes() {
         // Writing to a String cannot fail.
@@ -298,45 +313,53 @@ mod tests {
     }
 
     #[test]
-    fn names_travel_as_utf8_hex_literals() {
+    fn plain_ascii_names_travel_quoted_and_all_others_as_utf8_hex_literals() {
+        assert_eq!(
+            get_lock(Server::MariaDb, "jobs/nightly 7~", Wait::Never),
+            "SELECT GET_LOCK('jobs/nightly 7~', 0)"
+        );
         assert_eq!(
             get_lock(Server::MariaDb, "a'b", Wait::Never),
             "SELECT GET_LOCK(_utf8mb4 X'612762', 0)"
+        );
+        assert_eq!(
+            release_lock("tab\there"),
+            "SELECT RELEASE_LOCK(_utf8mb4 X'7461620968657265')"
         );
         assert_eq!(release_lock("é"), "SELECT RELEASE_LOCK(_utf8mb4 X'c3a9')");
         assert_eq!(
             held_by_session("\\"),
             "SELECT IS_USED_LOCK(_utf8mb4 X'5c') = CONNECTION_ID()"
         );
-        assert_eq!(holder("x"), "SELECT IS_USED_LOCK(_utf8mb4 X'78')");
+        assert_eq!(holder("x"), "SELECT IS_USED_LOCK('x')");
     }
 
     #[test]
     fn mariadb_waits_forever_with_a_year_and_fractions_in_microseconds() {
         let forever = get_lock(Server::MariaDb, "x", Wait::Forever);
-        assert_eq!(forever, "SELECT GET_LOCK(_utf8mb4 X'78', 31536000)");
+        assert_eq!(forever, "SELECT GET_LOCK('x', 31536000)");
         let fraction = get_lock(Server::MariaDb, "x", Wait::For(Duration::from_millis(1500)));
-        assert_eq!(fraction, "SELECT GET_LOCK(_utf8mb4 X'78', 1.500000)");
+        assert_eq!(fraction, "SELECT GET_LOCK('x', 1.500000)");
         // Nanoseconds round up to the next microsecond, so the wait is never shorter.
         let tiny = get_lock(Server::MariaDb, "x", Wait::For(Duration::from_nanos(1)));
-        assert_eq!(tiny, "SELECT GET_LOCK(_utf8mb4 X'78', 0.000001)");
+        assert_eq!(tiny, "SELECT GET_LOCK('x', 0.000001)");
         let huge = get_lock(Server::MariaDb, "x", Wait::For(Duration::MAX));
-        assert_eq!(huge, "SELECT GET_LOCK(_utf8mb4 X'78', 31536000.000000)");
+        assert_eq!(huge, "SELECT GET_LOCK('x', 31536000.000000)");
     }
 
     #[test]
     fn mysql_waits_forever_with_a_negative_timeout_and_whole_seconds_rounded_up() {
         let forever = get_lock(Server::MySql, "x", Wait::Forever);
-        assert_eq!(forever, "SELECT GET_LOCK(_utf8mb4 X'78', -1)");
+        assert_eq!(forever, "SELECT GET_LOCK('x', -1)");
         let fraction = get_lock(Server::MySql, "x", Wait::For(Duration::from_millis(1500)));
-        assert_eq!(fraction, "SELECT GET_LOCK(_utf8mb4 X'78', 2)");
+        assert_eq!(fraction, "SELECT GET_LOCK('x', 2)");
         let whole = get_lock(Server::MySql, "x", Wait::For(Duration::from_secs(3)));
-        assert_eq!(whole, "SELECT GET_LOCK(_utf8mb4 X'78', 3)");
+        assert_eq!(whole, "SELECT GET_LOCK('x', 3)");
         let huge = get_lock(Server::MySql, "x", Wait::For(Duration::MAX));
-        assert_eq!(huge, "SELECT GET_LOCK(_utf8mb4 X'78', 31536000)");
+        assert_eq!(huge, "SELECT GET_LOCK('x', 31536000)");
         assert_eq!(
             get_lock(Server::MySql, "x", Wait::for_timeout(Duration::ZERO)),
-            "SELECT GET_LOCK(_utf8mb4 X'78', 0)"
+            "SELECT GET_LOCK('x', 0)"
         );
     }
 

@@ -63,6 +63,25 @@ fn names_are_the_same_locks_other_libraries_take_with_bound_parameters() {
 }
 
 #[test]
+fn names_mean_the_same_whatever_the_sessions_sql_mode_and_character_set() {
+    let mut conn = connect();
+    conn.query_drop("SET sql_mode = 'NO_BACKSLASH_ESCAPES,ANSI_QUOTES', NAMES latin1")
+        .unwrap();
+    for name in [
+        "blocking/modes",
+        "blocking/modes\\x",
+        "blocking/modes-é",
+        "blocking/\"q\"",
+    ] {
+        let mut lock = MySqlLock::new(&mut conn, name);
+        lock.acquire().unwrap();
+        let id = lock.conn().connection_id();
+        assert_eq!(holder_of(name), Some(id), "{name}");
+        lock.release().unwrap();
+    }
+}
+
+#[test]
 fn a_waiting_acquire_without_timeout_is_handed_the_lock_when_the_holder_releases() {
     // MariaDB answers GET_LOCK(name, -1) with NULL: "forever" must still wait and win.
     let mut holder = MySqlLock::new(connect(), "blocking/forever");
