@@ -11,7 +11,7 @@ use std::time::Duration;
 use dlock_core::{AsyncLock, Error, Key, KeyPolicy, PgKey, Result};
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage, Transaction};
 
-use crate::sql::{self, Failure, Holder, Mode, Scope, Wait};
+use crate::sql::{self, Failure, Holder, Kind, Mode, Params, Scope, Shape, Statements, Wait};
 
 /// A PostgreSQL session-level advisory lock over a [`tokio_postgres::Client`].
 ///
@@ -82,6 +82,8 @@ pub struct AsyncPgLock<C: BorrowMut<Client> + Send> {
     held: Option<(PgKey, Mode)>,
     /// The cleanup of an acquire whose future was dropped before its outcome was read.
     owed: Option<Owed>,
+    /// Statements prepared once this object is reused.
+    statements: Statements,
 }
 
 /// The cleanup owed by a dropped acquire attempt: unlock `key` in `mode` once if the session
@@ -113,13 +115,27 @@ fn send_without_waiting(client: &Client, statement: &str) {
     let _ = future.poll(&mut Context::from_waker(Waker::noop()));
 }
 
-/// Ends the server-side wait of the client's session, from a task on the current tokio
-/// runtime. Without a runtime the wait goes on until the lock is granted, and the queued
-/// cleanup releases it then.
+/// How long a dropped acquire's statement runs before dlock cancels it.
+///
+/// The queued cleanup unlocks the key once if the session holds it, which is right for an
+/// attempt that waited: a session's own holds never conflict, so a wait means the session
+/// did not hold the key before. An attempt on a key the session already holds never waits,
+/// but a cancel that reached it before its grant would fail it, and the cleanup would then
+/// release the earlier hold (measured: one run in eight of the reentrant test failed with an
+/// immediate cancel). Such an attempt completes in well under a millisecond, so by the time
+/// this delay ends only a real wait is still running; a wait simply goes on this much longer.
+const CANCEL_DELAY: Duration = Duration::from_millis(50);
+
+/// Ends the server-side wait of the client's session after [`CANCEL_DELAY`], from a task on
+/// the current tokio runtime. Without a runtime the wait goes on until the lock is granted,
+/// and the queued cleanup releases it then.
 fn cancel_in_background(client: &Client) {
     if let Ok(runtime) = tokio::runtime::Handle::try_current() {
         let token = client.cancel_token();
         runtime.spawn(async move {
+            // A sleep on the blocking pool, not tokio's timer: the user's runtime may run
+            // without timers.
+            let _ = tokio::task::spawn_blocking(|| std::thread::sleep(CANCEL_DELAY)).await;
             if let Err(error) = token.cancel_query(NoTls).await {
                 tracing::debug!(%error, "could not cancel the wait of a dropped acquire");
             }
@@ -164,6 +180,7 @@ impl<C: BorrowMut<Client> + Send> AsyncPgLock<C> {
             mode: Mode::Exclusive,
             held: None,
             owed: None,
+            statements: Statements::default(),
         }
     }
 
@@ -276,12 +293,26 @@ impl<C: BorrowMut<Client> + Send> AsyncPgLock<C> {
             return Err(Error::AlreadyAcquired);
         }
         let (key, mode) = (self.pg_key()?, self.mode);
-        let attempt = next_attempt();
+        let shape = Shape::of(key, mode);
+        let kind = Kind::for_wait(wait);
         let client: &Client = self
             .conn
             .as_mut()
             .expect("taken only by into_inner")
             .borrow_mut();
+        // Prepare before the lock statement is sent: a future dropped here has locked
+        // nothing, and the statements are only kept once prepared.
+        if let Some(kind) = kind {
+            for (kind, text, types) in self.statements.statements_to_prepare(kind, shape) {
+                let statement = client
+                    .prepare_typed(&text, types)
+                    .await
+                    .map_err(sql::error)?;
+                self.statements.keep(kind, shape, statement);
+            }
+        }
+        let statements = &self.statements;
+        let attempt = next_attempt();
         let mut pending = PendingAcquire {
             client,
             owed: &mut self.owed,
@@ -290,9 +321,27 @@ impl<C: BorrowMut<Client> + Send> AsyncPgLock<C> {
             armed: true,
         };
         let outcome = loop {
-            let statement = sql::lock(key, mode, Scope::Session, wait);
-            match client.simple_query(&statement).await.map_err(sql::classify) {
-                Ok(reply) => break sql::read_acquired(wait, &reply),
+            let prepared = Kind::for_wait(wait).and_then(|kind| {
+                statements
+                    .prepared(kind, shape)
+                    .map(|statement| (kind, statement))
+            });
+            let sent = match prepared {
+                Some((kind, statement)) => client
+                    .query(statement, &Params::of(key).values())
+                    .await
+                    .map_err(sql::classify)
+                    .and_then(|rows| sql::read_prepared(kind, &rows).map_err(Failure::Error)),
+                None => {
+                    let statement = sql::lock(key, mode, Scope::Session, wait);
+                    match client.simple_query(&statement).await {
+                        Ok(reply) => sql::read_acquired(wait, &reply).map_err(Failure::Error),
+                        Err(error) => Err(sql::classify(error)),
+                    }
+                }
+            };
+            match sent {
+                Ok(granted) => break Ok(granted),
                 // A grant can race the timer: pg_locks tells.
                 Err(Failure::LockTimeout) => {
                     let check = sql::held_by_session(key, mode);
@@ -365,11 +414,34 @@ impl<C: BorrowMut<Client> + Send> AsyncLock for AsyncPgLock<C> {
     async fn release(&mut self) -> Result<()> {
         self.pay_owed().await?;
         let (key, mode) = self.held.take().ok_or(Error::NotAcquired)?;
-        let reply = self
-            .query(&sql::unlock(key, mode))
-            .await
-            .map_err(Failure::into_error)?;
-        sql::read_unlocked(&reply)
+        // Never prepares: the unlock must be on its way at the first poll.
+        let statement = self.statements.prepared(Kind::Unlock, Shape::of(key, mode));
+        let client: &Client = self
+            .conn
+            .as_mut()
+            .expect("taken only by into_inner")
+            .borrow_mut();
+        let released = match statement {
+            Some(statement) => {
+                let rows = client
+                    .query(statement, &Params::of(key).values())
+                    .await
+                    .map_err(sql::error)?;
+                sql::read_prepared(Kind::Unlock, &rows)?
+            }
+            None => {
+                let reply = client
+                    .simple_query(&sql::unlock(key, mode))
+                    .await
+                    .map_err(sql::error)?;
+                sql::read_simple(Kind::Unlock, &reply)?
+            }
+        };
+        if released {
+            Ok(())
+        } else {
+            Err(Error::NotHeld)
+        }
     }
 
     fn is_acquired(&self) -> bool {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use dlock_core::{Error, Key, KeyPolicy, Lock, PgKey, Result};
 use postgres::{Client, SimpleQueryMessage, Transaction};
 
-use crate::sql::{self, Failure, Holder, Mode, Scope, Wait};
+use crate::sql::{self, Failure, Holder, Kind, Mode, Params, Scope, Shape, Statements, Wait};
 
 /// A PostgreSQL session-level advisory lock over the blocking [`postgres::Client`].
 ///
@@ -55,6 +55,8 @@ pub struct PgLock<C: BorrowMut<Client>> {
     /// What this object holds, as taken: the key and mode may be changed by the builder
     /// methods afterwards, but release must undo exactly what acquire did.
     held: Option<(PgKey, Mode)>,
+    /// Statements prepared once this object is reused.
+    statements: Statements,
 }
 
 impl<C: BorrowMut<Client>> PgLock<C> {
@@ -66,6 +68,7 @@ impl<C: BorrowMut<Client>> PgLock<C> {
             policy: KeyPolicy::default(),
             mode: Mode::Exclusive,
             held: None,
+            statements: Statements::default(),
         }
     }
 
@@ -150,15 +153,53 @@ impl<C: BorrowMut<Client>> PgLock<C> {
         self.client().simple_query(statement).map_err(sql::classify)
     }
 
+    /// Sends a lock or unlock statement of `kind` and reads its answer: prepared when this
+    /// object keeps it prepared, a simple query otherwise.
+    fn send(&mut self, kind: Kind, key: PgKey, mode: Mode) -> Result<bool, Failure> {
+        let shape = Shape::of(key, mode);
+        let client = self
+            .conn
+            .as_mut()
+            .expect("the connection is only taken by into_inner")
+            .borrow_mut();
+        if kind != Kind::Unlock {
+            for (kind, text, types) in self.statements.statements_to_prepare(kind, shape) {
+                let statement = client.prepare_typed(&text, types).map_err(sql::classify)?;
+                self.statements.keep(kind, shape, statement);
+            }
+        }
+        match self.statements.prepared(kind, shape) {
+            Some(statement) => {
+                let rows = client
+                    .query(statement, &Params::of(key).values())
+                    .map_err(sql::classify)?;
+                sql::read_prepared(kind, &rows).map_err(Failure::Error)
+            }
+            None => {
+                let reply = client
+                    .simple_query(&sql::simple(kind, key, mode))
+                    .map_err(sql::classify)?;
+                sql::read_simple(kind, &reply).map_err(Failure::Error)
+            }
+        }
+    }
+
     fn take(&mut self, mut wait: Wait) -> Result<bool> {
         if self.held.is_some() {
             return Err(Error::AlreadyAcquired);
         }
         let (key, mode) = (self.pg_key()?, self.mode);
         let granted = loop {
-            let statement = sql::lock(key, mode, Scope::Session, wait);
-            match self.query(&statement) {
-                Ok(reply) => break sql::read_acquired(wait, &reply)?,
+            let sent = match Kind::for_wait(wait) {
+                Some(kind) => self.send(kind, key, mode),
+                None => {
+                    let statement = sql::lock(key, mode, Scope::Session, wait);
+                    self.query(&statement)
+                        .and_then(|reply| sql::read_acquired(wait, &reply).map_err(Failure::Error))
+                }
+            };
+            match sent {
+                Ok(granted) => break granted,
                 // The server can grant the lock at the instant the timer fires and still
                 // report the timeout: ask pg_locks so a granted lock is never left untracked.
                 Err(Failure::LockTimeout) => {
@@ -206,10 +247,13 @@ impl<C: BorrowMut<Client>> Lock for PgLock<C> {
 
     fn release(&mut self) -> Result<()> {
         let (key, mode) = self.held.take().ok_or(Error::NotAcquired)?;
-        let reply = self
-            .query(&sql::unlock(key, mode))
-            .map_err(Failure::into_error)?;
-        sql::read_unlocked(&reply)
+        match self
+            .send(Kind::Unlock, key, mode)
+            .map_err(Failure::into_error)?
+        {
+            true => Ok(()),
+            false => Err(Error::NotHeld),
+        }
     }
 
     fn is_acquired(&self) -> bool {

@@ -17,6 +17,7 @@ use tokio_postgres as driver;
 
 use driver::SimpleQueryMessage;
 use driver::error::SqlState;
+use driver::types::{ToSql, Type};
 
 /// Whether a lock excludes everyone else or only exclusive holders.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -150,13 +151,158 @@ pub(crate) fn unlock(key: PgKey, mode: Mode) -> String {
     )
 }
 
-/// Reads the reply to [`unlock`]: `Err(NotHeld)` when the server says the session did not
-/// hold the lock.
-pub(crate) fn read_unlocked(reply: &[SimpleQueryMessage]) -> Result<(), Error> {
-    if read_bool(reply)? {
-        Ok(())
-    } else {
-        Err(Error::NotHeld)
+/// The statements a lock object prepares once it is reused: plain lock, try, and unlock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Lock,
+    TryLock,
+    Unlock,
+}
+
+/// What a prepared statement depends on: the key's shape (one bigint or two ints) and the
+/// mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Shape {
+    pair: bool,
+    mode: Mode,
+}
+
+impl Shape {
+    pub(crate) fn of(key: PgKey, mode: Mode) -> Shape {
+        Shape {
+            pair: matches!(key, PgKey::Pair(..)),
+            mode,
+        }
+    }
+}
+
+impl Kind {
+    /// The kind of statement a wait uses, if it has a prepared form (a timed wait sets
+    /// `lock_timeout` around the lock and always goes as a simple query).
+    pub(crate) fn for_wait(wait: Wait) -> Option<Kind> {
+        match wait {
+            Wait::Never => Some(Kind::TryLock),
+            Wait::Unbounded => Some(Kind::Lock),
+            Wait::Millis(_) => None,
+        }
+    }
+
+    /// The statement's SQL, with typed parameters, and the parameters' types.
+    pub(crate) fn sql(self, shape: Shape) -> (String, &'static [Type]) {
+        let function = match self {
+            Kind::Lock => "pg_advisory_lock",
+            Kind::TryLock => "pg_try_advisory_lock",
+            Kind::Unlock => "pg_advisory_unlock",
+        };
+        let suffix = shape.mode.suffix();
+        if shape.pair {
+            (
+                format!("SELECT {function}{suffix}($1, $2)"),
+                &[Type::INT4, Type::INT4],
+            )
+        } else {
+            (format!("SELECT {function}{suffix}($1)"), &[Type::INT8])
+        }
+    }
+}
+
+/// The parameters of a prepared statement for a key, matching [`Kind::sql`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Params(PgKey);
+
+impl Params {
+    pub(crate) fn of(key: PgKey) -> Params {
+        Params(key)
+    }
+
+    /// The values to bind, borrowed from `self`.
+    pub(crate) fn values(&self) -> Vec<&(dyn ToSql + Sync)> {
+        match &self.0 {
+            PgKey::BigInt(value) => vec![value],
+            PgKey::Pair(high, low) => vec![high, low],
+        }
+    }
+}
+
+/// Prepared statements of one lock object, kept once the object is reused.
+///
+/// Measured on loopback, a prepared lock/unlock cycle runs about a tenth faster than the
+/// same statements as simple queries: the server skips parsing and planning. Preparing
+/// costs a round trip per statement, so an object prepares its acquire's statement and its
+/// unlock on its second acquire, and a lock used once (as each pooled lock is) pays nothing
+/// for it. Preparing happens before the lock statement is sent, never inside a release, so
+/// an async future dropped while it prepares has locked and unlocked nothing.
+#[derive(Debug, Default)]
+pub(crate) struct Statements {
+    acquires: u32,
+    slots: [Option<(Shape, driver::Statement)>; 3],
+}
+
+impl Statements {
+    /// Counts an acquire sending `kind` for `shape`, and lists the statements to prepare
+    /// before it: from the object's second acquire on, `kind` and the unlock, where they are
+    /// not kept for this shape yet.
+    pub(crate) fn statements_to_prepare(
+        &mut self,
+        kind: Kind,
+        shape: Shape,
+    ) -> Vec<(Kind, String, &'static [Type])> {
+        self.acquires = self.acquires.saturating_add(1);
+        if self.acquires < 2 {
+            return Vec::new();
+        }
+        [kind, Kind::Unlock]
+            .into_iter()
+            .filter(|kind| self.prepared(*kind, shape).is_none())
+            .map(|kind| {
+                let (sql, types) = kind.sql(shape);
+                (kind, sql, types)
+            })
+            .collect()
+    }
+
+    /// Keeps a statement prepared for `kind` and `shape`.
+    pub(crate) fn keep(&mut self, kind: Kind, shape: Shape, statement: driver::Statement) {
+        self.slots[kind as usize] = Some((shape, statement));
+    }
+
+    /// The statement kept for `kind` and `shape`, if any.
+    pub(crate) fn prepared(&self, kind: Kind, shape: Shape) -> Option<&driver::Statement> {
+        match &self.slots[kind as usize] {
+            Some((kept, statement)) if *kept == shape => Some(statement),
+            _ => None,
+        }
+    }
+}
+
+/// The simple-query form of a statement of `kind`, and the reading of its reply.
+#[cfg_attr(not(feature = "blocking"), allow(dead_code))]
+pub(crate) fn simple(kind: Kind, key: PgKey, mode: Mode) -> String {
+    match kind {
+        Kind::Lock => lock(key, mode, Scope::Session, Wait::Unbounded),
+        Kind::TryLock => lock(key, mode, Scope::Session, Wait::Never),
+        Kind::Unlock => unlock(key, mode),
+    }
+}
+
+/// Reads the reply to [`simple`]: a plain lock that returns at all was granted; a try and
+/// an unlock answer in their first column.
+pub(crate) fn read_simple(kind: Kind, reply: &[SimpleQueryMessage]) -> Result<bool, Error> {
+    match kind {
+        Kind::Lock => first_row(reply).map(|_| true),
+        Kind::TryLock | Kind::Unlock => read_bool(reply),
+    }
+}
+
+/// Reads the rows of a prepared lock statement of `kind`: a plain lock that returns at all
+/// was granted; a try and an unlock answer in their first column.
+pub(crate) fn read_prepared(kind: Kind, rows: &[driver::Row]) -> Result<bool, Error> {
+    let row = rows.first().ok_or_else(|| unexpected_reply("a row"))?;
+    match kind {
+        Kind::Lock => Ok(true),
+        Kind::TryLock | Kind::Unlock => row
+            .try_get::<_, bool>(0)
+            .map_err(|_| unexpected_reply("a boolean")),
     }
 }
 
@@ -169,7 +315,10 @@ pub(crate) fn read_unlocked(reply: &[SimpleQueryMessage]) -> Result<(), Error> {
 /// grant the lock and then fail the statement (57014), which rolls such a record back
 /// while the session lock stays. Holding the lock is the right test because an attempt can
 /// only have waited, or failed, if the session did not hold the lock in that mode before
-/// (a session's own holds never conflict), so a hold found now is the attempt's.
+/// (a session's own holds never conflict), so a hold found now is the attempt's. The one
+/// other way to fail, a cancel that reaches an attempt which needed no wait before its grant,
+/// is kept out by sending the cancel only after such an attempt has long completed (see
+/// `CANCEL_DELAY`).
 #[cfg(feature = "tokio")]
 pub(crate) fn cleanup_dropped_acquire(key: PgKey, mode: Mode, attempt: u64) -> String {
     format!(

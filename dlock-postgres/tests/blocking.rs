@@ -365,3 +365,61 @@ fn holders_names_every_session_and_mode() {
         }]
     );
 }
+
+/// How many statements the session of `client` keeps prepared, asked by a simple query
+/// (which prepares nothing itself).
+fn prepared_statements(client: &mut postgres::Client) -> i64 {
+    let reply = client
+        .simple_query("SELECT count(*) FROM pg_prepared_statements")
+        .unwrap();
+    reply
+        .iter()
+        .find_map(|message| match message {
+            postgres::SimpleQueryMessage::Row(row) => row.get(0).map(|n| n.parse().unwrap()),
+            _ => None,
+        })
+        .unwrap()
+}
+
+#[test]
+fn a_reused_lock_object_prepares_its_statements_and_keeps_its_semantics() {
+    let mut lock = PgLock::new(connect(), "blocking/reused");
+    let mut other = PgLock::new(connect(), "blocking/reused");
+    for round in 0..4 {
+        lock.acquire().unwrap();
+        assert!(lock.verify().unwrap(), "round {round}");
+        assert!(!other.try_acquire().unwrap(), "round {round}: excluded");
+        lock.release().unwrap();
+        assert!(other.try_acquire().unwrap(), "round {round}: free again");
+        other.release().unwrap();
+    }
+    // The plain lock and the unlock, prepared from the second acquire on; the try and the
+    // unlock on the other session.
+    assert_eq!(prepared_statements(lock.client()), 2);
+    assert_eq!(prepared_statements(other.client()), 2);
+    // A lost lock is still NotHeld through the prepared unlock.
+    lock.acquire().unwrap();
+    lock.client()
+        .batch_execute("SELECT pg_advisory_unlock_all()")
+        .unwrap();
+    assert!(matches!(lock.release(), Err(Error::NotHeld)));
+
+    // Changing the mode or the key's shape prepares statements for the new shape.
+    let mut lock = lock.shared();
+    let mut reader = PgLock::new(connect(), "blocking/reused").shared();
+    for _ in 0..2 {
+        lock.acquire().unwrap();
+        assert!(reader.try_acquire().unwrap(), "shared locks share");
+        assert!(!other.try_acquire().unwrap(), "and exclude writers");
+        reader.release().unwrap();
+        lock.release().unwrap();
+    }
+    let mut pair = PgLock::new(connect(), (7, 8));
+    let mut pair_other = PgLock::new(connect(), (7, 8));
+    for _ in 0..3 {
+        pair.acquire().unwrap();
+        assert!(!pair_other.try_acquire().unwrap());
+        pair.release().unwrap();
+    }
+    assert_eq!(prepared_statements(pair.client()), 2);
+}

@@ -435,3 +435,46 @@ async fn generic_code_runs_over_the_trait() {
     let mut lock = AsyncPgLock::new(connect().await, "tokio/generic");
     assert!(run_exclusively(&mut lock).await.unwrap());
 }
+
+#[tokio::test]
+async fn a_reused_lock_object_prepares_its_statements_and_keeps_its_semantics() {
+    let mut lock = AsyncPgLock::new(connect().await, "tokio/reused");
+    let mut other = AsyncPgLock::new(connect().await, "tokio/reused");
+    for round in 0..4 {
+        lock.acquire().await.unwrap();
+        assert!(lock.verify().await.unwrap(), "round {round}");
+        assert!(
+            !other.try_acquire().await.unwrap(),
+            "round {round}: excluded"
+        );
+        lock.release().await.unwrap();
+        assert!(
+            other.try_acquire().await.unwrap(),
+            "round {round}: free again"
+        );
+        other.release().await.unwrap();
+    }
+    for client in [lock.client(), other.client()] {
+        // A simple query, which prepares nothing itself.
+        let reply = client
+            .simple_query("SELECT count(*) FROM pg_prepared_statements")
+            .await
+            .unwrap();
+        let prepared: i64 = reply
+            .iter()
+            .find_map(|message| match message {
+                tokio_postgres::SimpleQueryMessage::Row(row) => {
+                    row.get(0).map(|n| n.parse().unwrap())
+                }
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(prepared, 2, "the acquire's statement and the unlock");
+    }
+    lock.acquire().await.unwrap();
+    lock.client()
+        .batch_execute("SELECT pg_advisory_unlock_all()")
+        .await
+        .unwrap();
+    assert!(matches!(lock.release().await, Err(Error::NotHeld)));
+}
