@@ -475,6 +475,12 @@ where
         if released.is_err() {
             conn.mark_broken();
         }
+        drop(conn);
+        // bb8 wakes a task waiting for a connection but leaves the connection idle, so a
+        // caller that loops straight back into `acquire` would take it first, every time:
+        // measured, a few of 256 contending tasks then made nearly every acquisition. One
+        // yield lets the woken task run first.
+        tokio::task::yield_now().await;
         released
     }
 

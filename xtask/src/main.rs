@@ -5,7 +5,9 @@
 //! - `test-matrix [--list] [--only PREFIX]`: every check the project passes, with servers.
 //! - `demo`: processes incrementing one counter under a lock through each API path, and
 //!   without one.
+//! - `bench [--quick] [--json PATH]`: dlock's speed beside the raw driver floor.
 
+mod bench;
 mod db;
 mod demo;
 mod matrix;
@@ -25,6 +27,8 @@ commands:
   db up          start PostgreSQL and MariaDB on free loopback ports, print their URLs
   db env         print the URLs of the servers `db up` started, as shell exports
   db down        stop the servers `db up` started and delete their files
+  bench          measure dlock beside the raw driver (release build); --quick proves it
+                 runs, --json PATH (default target/dlock-bench.json)
   test-matrix    run every check (fmt, clippy, docs, tests with servers); --list, --only PREFIX
 ";
 
@@ -34,6 +38,7 @@ fn main() -> ExitCode {
         Some("db") => db::command(&args[1..]),
         Some("test-matrix") => matrix::command(&args[1..]),
         Some("demo") => demo::command(&args[1..]),
+        Some("bench") => bench::command(&args[1..]),
         Some("help" | "--help" | "-h") => {
             print!("{USAGE}");
             Ok(())

@@ -1,0 +1,1302 @@
+//! The worker of `cargo xtask bench`: dlock's cost measured against the raw driver floor, on
+//! the servers of `DLOCK_PG_URL` and `DLOCK_MYSQL_URL`.
+//!
+//! ```text
+//! bench [--quick] [--json PATH]
+//! ```
+//!
+//! Prints Markdown tables on stdout and writes the same figures as JSON to `PATH`.
+//! `--quick` runs every measurement a few times only, to prove the benchmark still works.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier, Mutex};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use dlock_pool::mysql::{AsyncMySqlLock, MySqlLock};
+use dlock_pool::postgres::{AsyncPgLock, PgLock};
+use dlock_pool::{
+    AsyncLock, AsyncLockGuard, AsyncLockPool, AsyncMySqlManager, Lock, LockGuard, LockPool,
+};
+use mysql::prelude::Queryable;
+use mysql_async::prelude::Queryable as _;
+
+type Result<T, E = Box<dyn std::error::Error + Send + Sync>> = std::result::Result<T, E>;
+
+/// How much of everything to do.
+#[derive(Debug, Clone, Copy)]
+struct Scale {
+    quick: bool,
+    /// Cycles per throughput sample, and samples per path.
+    cycles: usize,
+    repeats: usize,
+    /// Handoff rounds for K = 1, 8, 64.
+    handoff_rounds: [usize; 3],
+    timeout_samples: usize,
+    many_keys: usize,
+    contention: Duration,
+}
+
+impl Scale {
+    fn new(quick: bool) -> Scale {
+        if quick {
+            Scale {
+                quick,
+                cycles: 50,
+                repeats: 1,
+                handoff_rounds: [3, 1, 1],
+                timeout_samples: 3,
+                many_keys: 200,
+                contention: Duration::from_millis(300),
+            }
+        } else {
+            Scale {
+                quick,
+                cycles: 200,
+                repeats: 25,
+                handoff_rounds: [60, 12, 3],
+                timeout_samples: 30,
+                many_keys: 10_000,
+                contention: Duration::from_secs(3),
+            }
+        }
+    }
+}
+
+fn pg_url() -> Result<String> {
+    Ok(std::env::var("DLOCK_PG_URL").map_err(|_| "DLOCK_PG_URL is not set")?)
+}
+
+fn mysql_url() -> Result<String> {
+    Ok(std::env::var("DLOCK_MYSQL_URL").map_err(|_| "DLOCK_MYSQL_URL is not set")?)
+}
+
+fn pg() -> Result<postgres::Client> {
+    Ok(postgres::Client::connect(&pg_url()?, postgres::NoTls)?)
+}
+
+fn my() -> Result<mysql::Conn> {
+    Ok(mysql::Conn::new(mysql::Opts::from_url(&mysql_url()?)?)?)
+}
+
+async fn pg_async() -> Result<tokio_postgres::Client> {
+    let (client, connection) = tokio_postgres::connect(&pg_url()?, tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+async fn my_async() -> Result<mysql_async::Conn> {
+    Ok(mysql_async::Conn::new(mysql_async::Opts::from_url(&mysql_url()?)?).await?)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn multi_thread_runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+/// Sorted samples and their order statistics.
+#[derive(Debug, Clone)]
+struct Stats(Vec<f64>);
+
+impl Stats {
+    fn new(mut samples: Vec<f64>) -> Stats {
+        samples.sort_by(f64::total_cmp);
+        Stats(samples)
+    }
+
+    fn quantile(&self, q: f64) -> f64 {
+        if self.0.is_empty() {
+            return f64::NAN;
+        }
+        let last = self.0.len() - 1;
+        // The nearest-rank quantile; the index is in range, so the casts are exact.
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss
+        )]
+        let index = ((last as f64) * q).round() as usize;
+        self.0[index.min(last)]
+    }
+
+    fn median(&self) -> f64 {
+        self.quantile(0.5)
+    }
+
+    /// (max - min) / median: how far apart the samples are.
+    fn spread(&self) -> f64 {
+        match (self.0.first(), self.0.last()) {
+            (Some(min), Some(max)) if self.median() > 0.0 => (max - min) / self.median(),
+            _ => 0.0,
+        }
+    }
+}
+
+fn micros(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1e6
+}
+
+/// Runs `cycle` `cycles` times and returns cycles per second.
+fn rate(cycles: usize, mut cycle: impl FnMut() -> Result<()>) -> Result<f64> {
+    let started = Instant::now();
+    for _ in 0..cycles {
+        cycle()?;
+    }
+    #[allow(clippy::cast_precision_loss)]
+    Ok(cycles as f64 / started.elapsed().as_secs_f64())
+}
+
+/// A throughput comparison: a dlock path and its raw-driver floor, sampled alternately so
+/// drift in the machine hits both alike.
+#[derive(Debug)]
+struct Throughput {
+    path: &'static str,
+    floor: &'static str,
+    dlock: Stats,
+    raw: Stats,
+    /// dlock's rate over the floor's, sample by sample: the pairs ran back to back, so the
+    /// machine's drift (which is large on a shared VM) cancels out of each ratio.
+    ratios: Stats,
+}
+
+impl Throughput {
+    fn ratio(&self) -> f64 {
+        self.ratios.median()
+    }
+}
+
+fn paired(path: &'static str, floor: &'static str, dlock: Vec<f64>, raw: Vec<f64>) -> Throughput {
+    let ratios = dlock.iter().zip(&raw).map(|(d, r)| d / r).collect();
+    eprintln!("bench: throughput {path} done");
+    Throughput {
+        path,
+        floor,
+        dlock: Stats::new(dlock),
+        raw: Stats::new(raw),
+        ratios: Stats::new(ratios),
+    }
+}
+
+/// Which side of a comparison a sample is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Dlock,
+    Floor,
+}
+
+/// Samples a dlock path and its floor alternately: `sample(side, cycles)` returns cycles per
+/// second. Both sides run over the same connections, so where the server's processes happen
+/// to be scheduled (which moves rates by a factor of several on this shared VM) hits both
+/// alike.
+fn compare(
+    scale: Scale,
+    path: &'static str,
+    floor: &'static str,
+    mut sample: impl FnMut(Side, usize) -> Result<f64>,
+) -> Result<Throughput> {
+    // One warm-up of each: statement caches and the server's plans.
+    sample(Side::Dlock, scale.cycles / 5 + 1)?;
+    sample(Side::Floor, scale.cycles / 5 + 1)?;
+    let (mut dlock, mut raw) = (Vec::new(), Vec::new());
+    for repeat in 0..scale.repeats {
+        // Alternate which runs first, so neither always meets the other's leftovers.
+        let order = if repeat % 2 == 0 {
+            [Side::Dlock, Side::Floor]
+        } else {
+            [Side::Floor, Side::Dlock]
+        };
+        for side in order {
+            let rate = sample(side, scale.cycles)?;
+            match side {
+                Side::Dlock => dlock.push(rate),
+                Side::Floor => raw.push(rate),
+            }
+        }
+    }
+    Ok(paired(path, floor, dlock, raw))
+}
+
+/// [`compare`] for async paths.
+async fn compare_async(
+    scale: Scale,
+    path: &'static str,
+    floor: &'static str,
+    mut sample: impl AsyncFnMut(Side, usize) -> Result<f64>,
+) -> Result<Throughput> {
+    sample(Side::Dlock, scale.cycles / 5 + 1).await?;
+    sample(Side::Floor, scale.cycles / 5 + 1).await?;
+    let (mut dlock, mut raw) = (Vec::new(), Vec::new());
+    for repeat in 0..scale.repeats {
+        let order = if repeat % 2 == 0 {
+            [Side::Dlock, Side::Floor]
+        } else {
+            [Side::Floor, Side::Dlock]
+        };
+        for side in order {
+            let rate = sample(side, scale.cycles).await?;
+            match side {
+                Side::Dlock => dlock.push(rate),
+                Side::Floor => raw.push(rate),
+            }
+        }
+    }
+    Ok(paired(path, floor, dlock, raw))
+}
+
+const PG_KEY: i64 = 0x0064_6c6f_636b; // "dlock"
+const MY_NAME: &str = "dlock-bench/cycle";
+
+/// The floor's statements for MySQL: the text protocol with the name as a literal, and the
+/// one-year wait dlock sends MariaDB for "forever" (-1 would be NULL there). The text
+/// protocol measured faster than cached prepared statements on this server.
+fn mysql_floor_sql() -> (String, String) {
+    (
+        format!("SELECT GET_LOCK('{MY_NAME}', 31536000)"),
+        format!("SELECT RELEASE_LOCK('{MY_NAME}')"),
+    )
+}
+
+fn throughput(scale: Scale) -> Result<Vec<Throughput>> {
+    let mut results = Vec::new();
+    let (get, release) = mysql_floor_sql();
+    let (pg_lock_sql, pg_unlock_sql) = (
+        format!("SELECT pg_advisory_lock({PG_KEY})"),
+        format!("SELECT pg_advisory_unlock({PG_KEY})"),
+    );
+
+    // PostgreSQL, blocking: the floor is the two statements prepared once, on the client.
+    let mut lock = PgLock::new(pg()?, PG_KEY);
+    let (lock_stmt, unlock_stmt) = (
+        lock.client().prepare("SELECT pg_advisory_lock($1)")?,
+        lock.client().prepare("SELECT pg_advisory_unlock($1)")?,
+    );
+    results.push(compare(
+        scale,
+        "PgLock",
+        "postgres, prepared",
+        |side, n| {
+            rate(n, || {
+                if side == Side::Dlock {
+                    lock.acquire()?;
+                    lock.release()?;
+                } else {
+                    lock.client().execute(&lock_stmt, &[&PG_KEY])?;
+                    lock.client().execute(&unlock_stmt, &[&PG_KEY])?;
+                }
+                Ok(())
+            })
+        },
+    )?);
+    drop(lock);
+
+    let mut lock = MySqlLock::new(my()?, MY_NAME);
+    results.push(compare(scale, "MySqlLock", "mysql, text", |side, n| {
+        rate(n, || {
+            if side == Side::Dlock {
+                lock.acquire()?;
+                lock.release()?;
+            } else {
+                let _: Option<Option<i64>> = lock.conn().query_first(&get)?;
+                let _: Option<Option<i64>> = lock.conn().query_first(&release)?;
+            }
+            Ok(())
+        })
+    })?);
+    drop(lock);
+
+    // The pools: the floor checks a connection out of the same pool and sends the same
+    // statements, which a pooled connection cannot keep prepared without a cache of its own.
+    let manager =
+        r2d2_postgres::PostgresConnectionManager::new(pg_url()?.parse()?, postgres::NoTls);
+    let pool = LockPool::with_builder(r2d2::Pool::builder().max_size(1), manager)?;
+    results.push(compare(
+        scale,
+        "LockPool, PostgreSQL",
+        "r2d2 checkout, postgres simple query",
+        |side, n| {
+            rate(n, || {
+                if side == Side::Dlock {
+                    LockGuard::release(pool.acquire(PG_KEY)?)?;
+                } else {
+                    let mut conn = pool.pool().get()?;
+                    conn.simple_query(&pg_lock_sql)?;
+                    conn.simple_query(&pg_unlock_sql)?;
+                }
+                Ok(())
+            })
+        },
+    )?);
+    drop(pool);
+
+    let opts = mysql::OptsBuilder::from_opts(mysql::Opts::from_url(&mysql_url()?)?);
+    let manager = r2d2_mysql::MySqlConnectionManager::new(opts);
+    let pool = LockPool::with_builder(r2d2::Pool::builder().max_size(1), manager)?;
+    results.push(compare(
+        scale,
+        "LockPool, MySQL",
+        "r2d2 checkout, mysql text",
+        |side, n| {
+            rate(n, || {
+                if side == Side::Dlock {
+                    LockGuard::release(pool.acquire(MY_NAME)?)?;
+                } else {
+                    let mut conn = pool.pool().get()?;
+                    let _: Option<Option<i64>> = conn.query_first(&get)?;
+                    let _: Option<Option<i64>> = conn.query_first(&release)?;
+                }
+                Ok(())
+            })
+        },
+    )?);
+    drop(pool);
+
+    // The async paths run on a current-thread runtime, as a latency-bound service would.
+    runtime()?.block_on(async {
+        let mut lock = AsyncPgLock::new(pg_async().await?, PG_KEY);
+        let (lock_stmt, unlock_stmt) = (
+            lock.client().prepare("SELECT pg_advisory_lock($1)").await?,
+            lock.client()
+                .prepare("SELECT pg_advisory_unlock($1)")
+                .await?,
+        );
+        results.push(
+            compare_async(
+                scale,
+                "AsyncPgLock",
+                "tokio-postgres, prepared",
+                async |side, n| {
+                    let started = Instant::now();
+                    for _ in 0..n {
+                        if side == Side::Dlock {
+                            lock.acquire().await?;
+                            lock.release().await?;
+                        } else {
+                            lock.client().execute(&lock_stmt, &[&PG_KEY]).await?;
+                            lock.client().execute(&unlock_stmt, &[&PG_KEY]).await?;
+                        }
+                    }
+                    Ok(per_second(n, started))
+                },
+            )
+            .await?,
+        );
+        drop(lock);
+
+        let mut lock = AsyncMySqlLock::new(my_async().await?, MY_NAME);
+        results.push(
+            compare_async(
+                scale,
+                "AsyncMySqlLock",
+                "mysql_async, text",
+                async |side, n| {
+                    let started = Instant::now();
+                    for _ in 0..n {
+                        if side == Side::Dlock {
+                            lock.acquire().await?;
+                            lock.release().await?;
+                        } else {
+                            let _: Option<Option<i64>> = lock.conn().query_first(&get).await?;
+                            let _: Option<Option<i64>> = lock.conn().query_first(&release).await?;
+                        }
+                    }
+                    Ok(per_second(n, started))
+                },
+            )
+            .await?,
+        );
+        drop(lock);
+
+        let manager =
+            bb8_postgres::PostgresConnectionManager::new(pg_url()?.parse()?, tokio_postgres::NoTls);
+        let pool = AsyncLockPool::with_builder(bb8::Pool::builder().max_size(1), manager).await?;
+        results.push(
+            compare_async(
+                scale,
+                "AsyncLockPool, PostgreSQL",
+                "bb8 checkout, tokio-postgres simple query",
+                async |side, n| {
+                    let started = Instant::now();
+                    for _ in 0..n {
+                        if side == Side::Dlock {
+                            AsyncLockGuard::release(pool.acquire(PG_KEY).await?).await?;
+                        } else {
+                            let conn = pool.pool().get().await?;
+                            conn.simple_query(&pg_lock_sql).await?;
+                            conn.simple_query(&pg_unlock_sql).await?;
+                        }
+                    }
+                    Ok(per_second(n, started))
+                },
+            )
+            .await?,
+        );
+        drop(pool);
+
+        let manager = AsyncMySqlManager::from_url(&mysql_url()?)?;
+        let pool = AsyncLockPool::with_builder(bb8::Pool::builder().max_size(1), manager).await?;
+        results.push(
+            compare_async(
+                scale,
+                "AsyncLockPool, MySQL",
+                "bb8 checkout, mysql_async text",
+                async |side, n| {
+                    let started = Instant::now();
+                    for _ in 0..n {
+                        if side == Side::Dlock {
+                            AsyncLockGuard::release(pool.acquire(MY_NAME).await?).await?;
+                        } else {
+                            let mut conn = pool.pool().get().await?;
+                            let _: Option<Option<i64>> = conn.query_first(&get).await?;
+                            let _: Option<Option<i64>> = conn.query_first(&release).await?;
+                        }
+                    }
+                    Ok(per_second(n, started))
+                },
+            )
+            .await?,
+        );
+        Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+    })?;
+    Ok(results)
+}
+
+fn per_second(cycles: usize, started: Instant) -> f64 {
+    #[allow(clippy::cast_precision_loss)]
+    let cycles = cycles as f64;
+    cycles / started.elapsed().as_secs_f64()
+}
+
+/// Handoff latency for one backend and K waiters.
+#[derive(Debug)]
+struct Handoff {
+    backend: &'static str,
+    /// `dlock`, or `raw driver` for the baseline.
+    path: &'static str,
+    waiters: usize,
+    latency_us: Stats,
+}
+
+/// The loopback round trip of each backend: `SELECT 1`, in microseconds.
+fn round_trips(scale: Scale) -> Result<[(&'static str, Stats); 2]> {
+    let samples = if scale.quick { 50 } else { 2_000 };
+    let mut client = pg()?;
+    let mut pg_rtt = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let started = Instant::now();
+        client.simple_query("SELECT 1")?;
+        pg_rtt.push(micros(started.elapsed()));
+    }
+    let mut conn = my()?;
+    let mut my_rtt = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let started = Instant::now();
+        let _: Option<Option<i64>> = conn.query_first("SELECT 1")?;
+        my_rtt.push(micros(started.elapsed()));
+    }
+    Ok([
+        ("postgres", Stats::new(pg_rtt)),
+        ("mysql", Stats::new(my_rtt)),
+    ])
+}
+
+/// The time of the last release, as nanoseconds since `origin`, so the next holder can tell
+/// how long the handover took.
+struct Clock {
+    origin: Instant,
+    last_release: AtomicU64,
+}
+
+impl Clock {
+    fn mark_release(&self) {
+        let now = u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.last_release.store(now, Ordering::SeqCst);
+    }
+
+    fn since_release(&self) -> f64 {
+        let now = u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let released = self.last_release.load(Ordering::SeqCst);
+        #[allow(clippy::cast_precision_loss)]
+        let nanos = now.saturating_sub(released) as f64;
+        nanos / 1_000.0
+    }
+}
+
+/// How many sessions wait for the benchmark's lock, seen from the side.
+fn waiting(
+    backend: &str,
+    side_pg: &mut postgres::Client,
+    side_my: &mut mysql::Conn,
+) -> Result<usize> {
+    let count: i64 = if backend == "postgres" {
+        side_pg
+            .query_one(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+                &[],
+            )?
+            .get(0)
+    } else {
+        side_my
+            .query_first(
+                "SELECT count(*) FROM information_schema.PROCESSLIST WHERE STATE LIKE '%lock%' \
+                 AND INFO LIKE 'SELECT GET_LOCK%'",
+            )?
+            .unwrap_or(0)
+    };
+    Ok(usize::try_from(count).unwrap_or(0))
+}
+
+/// A session that takes and releases the handoff key: through dlock, or through the raw
+/// driver for the baseline.
+enum Taker {
+    Pg(PgLock<postgres::Client>),
+    My(MySqlLock<mysql::Conn>),
+    RawPg(postgres::Client),
+    RawMy(mysql::Conn),
+}
+
+const HANDOFF_NAME: &str = "dlock-bench/handoff";
+
+impl Taker {
+    fn open(backend: &str, raw: bool) -> Result<Taker> {
+        Ok(match (backend, raw) {
+            ("postgres", false) => Taker::Pg(PgLock::new(pg()?, PG_KEY + 1)),
+            ("postgres", true) => Taker::RawPg(pg()?),
+            (_, false) => Taker::My(MySqlLock::new(my()?, HANDOFF_NAME)),
+            (_, true) => Taker::RawMy(my()?),
+        })
+    }
+
+    fn acquire(&mut self) -> Result<()> {
+        match self {
+            Taker::Pg(lock) => lock.acquire()?,
+            Taker::My(lock) => lock.acquire()?,
+            Taker::RawPg(client) => {
+                client.simple_query(&format!("SELECT pg_advisory_lock({})", PG_KEY + 1))?;
+            }
+            Taker::RawMy(conn) => {
+                let got: Option<Option<i64>> =
+                    conn.query_first(format!("SELECT GET_LOCK('{HANDOFF_NAME}', 31536000)"))?;
+                if got.flatten() != Some(1) {
+                    return Err("GET_LOCK did not grant the lock".into());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn release(&mut self) -> Result<()> {
+        match self {
+            Taker::Pg(lock) => lock.release()?,
+            Taker::My(lock) => lock.release()?,
+            Taker::RawPg(client) => {
+                client.simple_query(&format!("SELECT pg_advisory_unlock({})", PG_KEY + 1))?;
+            }
+            Taker::RawMy(conn) => {
+                let _: Option<Option<i64>> =
+                    conn.query_first(format!("SELECT RELEASE_LOCK('{HANDOFF_NAME}')"))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// K blocking waiters queue on one key; the holder releases; each waiter, once it holds the
+/// lock, measures the time since the previous release and releases in turn. The same runs
+/// through the raw driver give the baseline: what the server and the machine cost.
+fn handoff(scale: Scale) -> Result<Vec<Handoff>> {
+    let mut results = Vec::new();
+    let mut side_pg = pg()?;
+    let mut side_my = my()?;
+    for backend in ["postgres", "mysql"] {
+        for (waiters, rounds) in [1, 8, 64].into_iter().zip(scale.handoff_rounds) {
+            for raw in [false, true] {
+                let mut samples = Vec::new();
+                for _ in 0..rounds {
+                    samples.extend(handoff_round(
+                        backend,
+                        raw,
+                        waiters,
+                        &mut side_pg,
+                        &mut side_my,
+                    )?);
+                }
+                eprintln!("bench: handoff {backend} K={waiters} raw={raw} done");
+                results.push(Handoff {
+                    backend,
+                    path: if raw { "raw driver" } else { "dlock" },
+                    waiters,
+                    latency_us: Stats::new(samples),
+                });
+            }
+        }
+    }
+    Ok(results)
+}
+
+fn handoff_round(
+    backend: &'static str,
+    raw: bool,
+    waiters: usize,
+    side_pg: &mut postgres::Client,
+    side_my: &mut mysql::Conn,
+) -> Result<Vec<f64>> {
+    let clock = Arc::new(Clock {
+        origin: Instant::now(),
+        last_release: AtomicU64::new(0),
+    });
+    let latencies = Arc::new(Mutex::new(Vec::new()));
+    let ready = Arc::new(Barrier::new(waiters + 1));
+    let mut holder = Taker::open(backend, raw)?;
+    holder.acquire()?;
+    let threads: Vec<_> = (0..waiters)
+        .map(|_| {
+            let (clock, latencies, ready) = (
+                Arc::clone(&clock),
+                Arc::clone(&latencies),
+                Arc::clone(&ready),
+            );
+            thread::spawn(move || -> Result<()> {
+                let mut taker = Taker::open(backend, raw)?;
+                ready.wait();
+                taker.acquire()?;
+                let latency = clock.since_release();
+                latencies.lock().expect("no panics").push(latency);
+                clock.mark_release();
+                taker.release()
+            })
+        })
+        .collect();
+    ready.wait();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while waiting(backend, side_pg, side_my)? < waiters {
+        if Instant::now() > deadline {
+            return Err("the waiters never all queued".into());
+        }
+        thread::sleep(Duration::from_millis(2));
+    }
+    clock.mark_release();
+    holder.release()?;
+    for thread in threads {
+        thread.join().map_err(|_| "a waiter panicked")??;
+    }
+    let samples = latencies.lock().expect("no panics").clone();
+    Ok(samples)
+}
+
+/// `acquire_timeout(100 ms)` on a held key: how late `Ok(false)` comes.
+#[derive(Debug)]
+struct Precision {
+    path: &'static str,
+    overshoot_ms: Stats,
+}
+
+const ASKED: Duration = Duration::from_millis(100);
+
+fn overshoot(started: Instant, got: bool) -> Result<f64> {
+    if got {
+        return Err("acquire_timeout got a lock that is held elsewhere".into());
+    }
+    Ok((started.elapsed().as_secs_f64() - ASKED.as_secs_f64()) * 1_000.0)
+}
+
+fn precision(scale: Scale) -> Result<Vec<Precision>> {
+    let mut results = Vec::new();
+    let n = scale.timeout_samples;
+
+    let mut pg_holder = PgLock::new(pg()?, PG_KEY + 2);
+    pg_holder.acquire()?;
+    let mut my_holder = MySqlLock::new(my()?, "dlock-bench/timeout");
+    my_holder.acquire()?;
+
+    let mut lock = PgLock::new(pg()?, PG_KEY + 2);
+    let mut samples = Vec::new();
+    for _ in 0..n {
+        let started = Instant::now();
+        samples.push(overshoot(started, lock.acquire_timeout(ASKED)?)?);
+    }
+    results.push(Precision {
+        path: "PgLock",
+        overshoot_ms: Stats::new(samples),
+    });
+
+    let mut lock = MySqlLock::new(my()?, "dlock-bench/timeout");
+    let mut samples = Vec::new();
+    for _ in 0..n {
+        let started = Instant::now();
+        samples.push(overshoot(started, lock.acquire_timeout(ASKED)?)?);
+    }
+    results.push(Precision {
+        path: "MySqlLock",
+        overshoot_ms: Stats::new(samples),
+    });
+
+    runtime()?.block_on(async {
+        let mut lock = AsyncPgLock::new(pg_async().await?, PG_KEY + 2);
+        let mut samples = Vec::new();
+        for _ in 0..n {
+            let started = Instant::now();
+            samples.push(overshoot(started, lock.acquire_timeout(ASKED).await?)?);
+        }
+        results.push(Precision {
+            path: "AsyncPgLock",
+            overshoot_ms: Stats::new(samples),
+        });
+        let mut lock = AsyncMySqlLock::new(my_async().await?, "dlock-bench/timeout");
+        let mut samples = Vec::new();
+        for _ in 0..n {
+            let started = Instant::now();
+            samples.push(overshoot(started, lock.acquire_timeout(ASKED).await?)?);
+        }
+        results.push(Precision {
+            path: "AsyncMySqlLock",
+            overshoot_ms: Stats::new(samples),
+        });
+        Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+    })?;
+    eprintln!("bench: timeout precision done");
+    Ok(results)
+}
+
+/// One session holding many distinct keys.
+#[derive(Debug)]
+struct ManyKeys {
+    backend: &'static str,
+    keys: usize,
+    per_lock_us: f64,
+    limit: String,
+}
+
+fn many_keys(scale: Scale) -> Result<Vec<ManyKeys>> {
+    let mut results = Vec::new();
+
+    let mut client = pg()?;
+    let started = Instant::now();
+    for key in 0..scale.many_keys {
+        let mut lock = PgLock::new(&mut client, 1_000_000 + i64::try_from(key)?);
+        lock.acquire()?;
+        // Keep the lock held without an object for it: the session holds every key at once,
+        // and `pg_advisory_unlock_all` below releases them.
+        std::mem::forget(lock);
+    }
+    let elapsed = started.elapsed();
+    let setting = |client: &mut postgres::Client, name: &str| -> Result<i64> {
+        let row = client.query_one(&format!("SELECT current_setting('{name}')::bigint"), &[])?;
+        Ok(row.get(0))
+    };
+    let per_transaction = setting(&mut client, "max_locks_per_transaction")?;
+    let connections = setting(&mut client, "max_connections")?;
+    let prepared = setting(&mut client, "max_prepared_transactions")?;
+    client.batch_execute("SELECT pg_advisory_unlock_all()")?;
+    results.push(ManyKeys {
+        backend: "postgres",
+        keys: scale.many_keys,
+        per_lock_us: micros(elapsed) / f64::from(u32::try_from(scale.many_keys)?),
+        limit: format!(
+            "shared lock table: max_locks_per_transaction x (max_connections + \
+             max_prepared_transactions) = {per_transaction} x ({connections} + {prepared}) = {} \
+             slots for all sessions together",
+            per_transaction * (connections + prepared)
+        ),
+    });
+
+    let mut conn = my()?;
+    let started = Instant::now();
+    for key in 0..scale.many_keys {
+        let mut lock = MySqlLock::new(&mut conn, format!("dlock-bench/many/{key}"));
+        lock.acquire()?;
+        // As above: `RELEASE_ALL_LOCKS` releases them.
+        std::mem::forget(lock);
+    }
+    let elapsed = started.elapsed();
+    conn.query_drop("SELECT RELEASE_ALL_LOCKS()")?;
+    results.push(ManyKeys {
+        backend: "mysql",
+        keys: scale.many_keys,
+        per_lock_us: micros(elapsed) / f64::from(u32::try_from(scale.many_keys)?),
+        limit: "no fixed table: named locks live in the server's metadata-lock memory".to_owned(),
+    });
+    eprintln!("bench: many keys done");
+    Ok(results)
+}
+
+/// 256 tasks contending through one bb8 pool of 32 connections for 16 keys.
+#[derive(Debug)]
+struct Contention {
+    backend: &'static str,
+    per_second: f64,
+    per_task: Stats,
+}
+
+const TASKS: usize = 256;
+const POOL_SIZE: u32 = 32;
+const KEYS: usize = 16;
+
+async fn contend<M>(
+    pool: AsyncLockPool<M>,
+    duration: Duration,
+    prefix: &str,
+) -> Result<(f64, Stats)>
+where
+    M: bb8::ManageConnection,
+    M::Connection: dlock_pool::AsyncConnection,
+    M::Error: std::error::Error + Send + Sync + 'static,
+{
+    let pool = Arc::new(pool);
+    let stop = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|task| {
+            let (pool, stop) = (Arc::clone(&pool), Arc::clone(&stop));
+            let key = format!("{prefix}/{}", task % KEYS);
+            tokio::spawn(async move {
+                let mut count = 0_usize;
+                while stop.load(Ordering::Relaxed) == 0 {
+                    let guard = pool.acquire(key.as_str()).await?;
+                    AsyncLockGuard::release(guard).await?;
+                    count += 1;
+                }
+                Ok::<usize, dlock_pool::Error>(count)
+            })
+        })
+        .collect();
+    tokio::time::sleep(duration).await;
+    stop.store(1, Ordering::Relaxed);
+    let mut counts = Vec::new();
+    for task in tasks {
+        counts.push(task.await??);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    #[allow(clippy::cast_precision_loss)]
+    let counts: Vec<f64> = counts.into_iter().map(|count| count as f64).collect();
+    let total: f64 = counts.iter().sum();
+    Ok((total / elapsed, Stats::new(counts)))
+}
+
+fn contention(scale: Scale) -> Result<Vec<Contention>> {
+    let runtime = multi_thread_runtime()?;
+    let results = runtime.block_on(async {
+        let manager =
+            bb8_postgres::PostgresConnectionManager::new(pg_url()?.parse()?, tokio_postgres::NoTls);
+        let pool =
+            AsyncLockPool::with_builder(bb8::Pool::builder().max_size(POOL_SIZE), manager).await?;
+        let (pg_rate, pg_tasks) = contend(pool, scale.contention, "dlock-bench/contend").await?;
+        let manager = AsyncMySqlManager::from_url(&mysql_url()?)?;
+        let pool =
+            AsyncLockPool::with_builder(bb8::Pool::builder().max_size(POOL_SIZE), manager).await?;
+        let (my_rate, my_tasks) = contend(pool, scale.contention, "dlock-bench/contend").await?;
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(vec![
+            Contention {
+                backend: "postgres",
+                per_second: pg_rate,
+                per_task: pg_tasks,
+            },
+            Contention {
+                backend: "mysql",
+                per_second: my_rate,
+                per_task: my_tasks,
+            },
+        ])
+    })?;
+    eprintln!("bench: contention done");
+    Ok(results)
+}
+
+fn server_versions() -> Result<(String, String)> {
+    let pg_version: String = pg()?.query_one("SHOW server_version", &[])?.get(0);
+    let my_version: String = my()?.query_first("SELECT VERSION()")?.unwrap_or_default();
+    Ok((pg_version, my_version))
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|line| line.strip_prefix("model name"))
+                .map(|name| name.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let cores = thread::available_parallelism().map_or(0, usize::from);
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|line| line.strip_prefix("MemTotal:"))
+                .and_then(|kb| kb.trim().trim_end_matches(" kB").parse::<u64>().ok())
+        })
+        .map_or_else(String::new, |kb| format!(", {} GiB", kb / 1024 / 1024));
+    format!("{cpu}, {cores} cores{memory}")
+}
+
+/// The UTC date and time, from the system clock (days-from-civil, inverted).
+fn now_utc() -> String {
+    let seconds = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    let days = i64::try_from(seconds / 86_400).unwrap_or(0);
+    let rest = seconds % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rest / 3_600,
+        rest % 3_600 / 60,
+        rest % 60
+    )
+}
+
+fn json_string(text: &str) -> String {
+    let mut out = String::from("\"");
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if u32::from(c) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn json_number(value: f64) -> String {
+    if value.is_finite() {
+        format!("{value:.3}")
+    } else {
+        "null".to_owned()
+    }
+}
+
+/// Everything measured, for the tables and the JSON file.
+struct Report {
+    scale: Scale,
+    machine: String,
+    date: String,
+    profile: &'static str,
+    postgres_version: String,
+    mysql_version: String,
+    throughput: Vec<Throughput>,
+    round_trips: [(&'static str, Stats); 2],
+    handoff: Vec<Handoff>,
+    precision: Vec<Precision>,
+    many_keys: Vec<ManyKeys>,
+    contention: Vec<Contention>,
+}
+
+fn wide(stats: &Stats) -> &'static str {
+    if stats.spread() > 0.25 {
+        " (wide spread)"
+    } else {
+        ""
+    }
+}
+
+impl Report {
+    fn rtt(&self, backend: &str) -> f64 {
+        self.round_trips
+            .iter()
+            .find(|(name, _)| *name == backend)
+            .map_or(f64::NAN, |(_, stats)| stats.median())
+    }
+
+    fn markdown(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# dlock bench\n\n{} | {} build | PostgreSQL {} | MariaDB/MySQL {} | {}{}\n",
+            self.machine,
+            self.profile,
+            self.postgres_version,
+            self.mysql_version,
+            self.date,
+            if self.scale.quick {
+                " | --quick: too few samples to quote"
+            } else {
+                ""
+            }
+        );
+        let _ = writeln!(
+            out,
+            "## Uncontended lock + release cycles per second (medians of {} back-to-back pairs of {} cycles; ratio: median of the pairs' ratios)\n",
+            self.scale.repeats, self.scale.cycles
+        );
+        let _ = writeln!(
+            out,
+            "| path | dlock | floor | floor is | ratio | ratio p10-p90 | target 0.90 |"
+        );
+        let _ = writeln!(out, "|---|---:|---:|---|---:|---|---|");
+        for t in &self.throughput {
+            let _ = writeln!(
+                out,
+                "| {} | {:.0}{} | {:.0}{} | {} | {:.2} | {:.2}-{:.2} | {} |",
+                t.path,
+                t.dlock.median(),
+                wide(&t.dlock),
+                t.raw.median(),
+                wide(&t.raw),
+                t.floor,
+                t.ratio(),
+                t.ratios.quantile(0.1),
+                t.ratios.quantile(0.9),
+                if t.ratio() >= 0.90 { "met" } else { "missed" }
+            );
+        }
+        let _ = writeln!(
+            out,
+            "\n## Handoff latency: K waiters on one key, release to next holder (µs)\n"
+        );
+        let _ = writeln!(
+            out,
+            "| backend | K | through | samples | p50 | p99 | loopback RTT (SELECT 1, p50) | p50 in RTTs | target p50 <= 2 RTT |"
+        );
+        let _ = writeln!(out, "|---|---:|---|---:|---:|---:|---:|---:|---|");
+        for h in &self.handoff {
+            let rtt = self.rtt(h.backend);
+            let in_rtts = h.latency_us.median() / rtt;
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.1} | {} |",
+                h.backend,
+                h.waiters,
+                h.path,
+                h.latency_us.0.len(),
+                h.latency_us.median(),
+                h.latency_us.quantile(0.99),
+                rtt,
+                in_rtts,
+                if in_rtts <= 2.0 { "met" } else { "missed" }
+            );
+        }
+        let _ = writeln!(
+            out,
+            "\n## Timeout precision: acquire_timeout(100 ms) on a held key, overshoot (ms)\n"
+        );
+        let _ = writeln!(out, "| path | samples | p50 | p99 | target p99 <= 50 ms |");
+        let _ = writeln!(out, "|---|---:|---:|---:|---|");
+        for p in &self.precision {
+            let p99 = p.overshoot_ms.quantile(0.99);
+            let _ = writeln!(
+                out,
+                "| {} | {} | {:.1} | {:.1} | {} |",
+                p.path,
+                p.overshoot_ms.0.len(),
+                p.overshoot_ms.median(),
+                p99,
+                if p99 <= 50.0 { "met" } else { "missed" }
+            );
+        }
+        let _ = writeln!(out, "\n## Scale: one session holding many keys\n");
+        let _ = writeln!(
+            out,
+            "| backend | keys held | µs per lock | lock table limit |"
+        );
+        let _ = writeln!(out, "|---|---:|---:|---|");
+        for m in &self.many_keys {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {:.0} | {} |",
+                m.backend, m.keys, m.per_lock_us, m.limit
+            );
+        }
+        let _ = writeln!(
+            out,
+            "\n## Scale: {TASKS} tasks, one bb8 pool of {POOL_SIZE} connections, {KEYS} keys, {:.1} s\n",
+            self.scale.contention.as_secs_f64()
+        );
+        let _ = writeln!(
+            out,
+            "| backend | acquisitions/s | per task min | median | max | spread (max-min)/median |"
+        );
+        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|");
+        for c in &self.contention {
+            let _ = writeln!(
+                out,
+                "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} |",
+                c.backend,
+                c.per_second,
+                c.per_task.quantile(0.0),
+                c.per_task.median(),
+                c.per_task.quantile(1.0),
+                c.per_task.spread()
+            );
+        }
+        out
+    }
+
+    fn json(&self) -> String {
+        let stats = |s: &Stats| {
+            format!(
+                "{{\"samples\": {}, \"p50\": {}, \"p99\": {}, \"min\": {}, \"max\": {}, \"spread\": {}}}",
+                s.0.len(),
+                json_number(s.median()),
+                json_number(s.quantile(0.99)),
+                json_number(s.quantile(0.0)),
+                json_number(s.quantile(1.0)),
+                json_number(s.spread())
+            )
+        };
+        let mut out = String::from("{\n");
+        let _ = writeln!(out, "  \"machine\": {},", json_string(&self.machine));
+        let _ = writeln!(out, "  \"date\": {},", json_string(&self.date));
+        let _ = writeln!(out, "  \"profile\": {},", json_string(self.profile));
+        let _ = writeln!(out, "  \"quick\": {},", self.scale.quick);
+        let _ = writeln!(
+            out,
+            "  \"servers\": {{\"postgres\": {}, \"mysql\": {}}},",
+            json_string(&self.postgres_version),
+            json_string(&self.mysql_version)
+        );
+        let rows: Vec<String> = self
+            .throughput
+            .iter()
+            .map(|t| {
+                format!(
+                    "    {{\"path\": {}, \"floor\": {}, \"dlock_per_second\": {}, \"floor_per_second\": {}, \"ratio\": {}, \"ratios\": {}}}",
+                    json_string(t.path),
+                    json_string(t.floor),
+                    stats(&t.dlock),
+                    stats(&t.raw),
+                    json_number(t.ratio()),
+                    stats(&t.ratios)
+                )
+            })
+            .collect();
+        let _ = writeln!(out, "  \"throughput\": [\n{}\n  ],", rows.join(",\n"));
+        let rows: Vec<String> = self
+            .round_trips
+            .iter()
+            .map(|(backend, s)| {
+                format!(
+                    "    {{\"backend\": {}, \"rtt_us\": {}}}",
+                    json_string(backend),
+                    stats(s)
+                )
+            })
+            .collect();
+        let _ = writeln!(out, "  \"round_trips\": [\n{}\n  ],", rows.join(",\n"));
+        let rows: Vec<String> = self
+            .handoff
+            .iter()
+            .map(|h| {
+                format!(
+                    "    {{\"backend\": {}, \"path\": {}, \"waiters\": {}, \"latency_us\": {}, \"p50_in_round_trips\": {}}}",
+                    json_string(h.backend),
+                    json_string(h.path),
+                    h.waiters,
+                    stats(&h.latency_us),
+                    json_number(h.latency_us.median() / self.rtt(h.backend))
+                )
+            })
+            .collect();
+        let _ = writeln!(out, "  \"handoff\": [\n{}\n  ],", rows.join(",\n"));
+        let rows: Vec<String> = self
+            .precision
+            .iter()
+            .map(|p| {
+                format!(
+                    "    {{\"path\": {}, \"asked_ms\": 100, \"overshoot_ms\": {}}}",
+                    json_string(p.path),
+                    stats(&p.overshoot_ms)
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "  \"timeout_precision\": [\n{}\n  ],",
+            rows.join(",\n")
+        );
+        let rows: Vec<String> = self
+            .many_keys
+            .iter()
+            .map(|m| {
+                format!(
+                    "    {{\"backend\": {}, \"keys\": {}, \"per_lock_us\": {}, \"limit\": {}}}",
+                    json_string(m.backend),
+                    m.keys,
+                    json_number(m.per_lock_us),
+                    json_string(&m.limit)
+                )
+            })
+            .collect();
+        let _ = writeln!(out, "  \"many_keys\": [\n{}\n  ],", rows.join(",\n"));
+        let rows: Vec<String> = self
+            .contention
+            .iter()
+            .map(|c| {
+                format!(
+                    "    {{\"backend\": {}, \"tasks\": {TASKS}, \"pool_size\": {POOL_SIZE}, \"keys\": {KEYS}, \"per_second\": {}, \"acquisitions_per_task\": {}}}",
+                    json_string(c.backend),
+                    json_number(c.per_second),
+                    stats(&c.per_task)
+                )
+            })
+            .collect();
+        let _ = writeln!(out, "  \"contention\": [\n{}\n  ]", rows.join(",\n"));
+        out.push_str("}\n");
+        out
+    }
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut quick = false;
+    let mut json_path = None;
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--quick" => quick = true,
+            "--json" => json_path = Some(args.next().ok_or("--json needs a path")?.clone()),
+            other => {
+                return Err(format!(
+                    "unknown argument {other:?}; usage: bench [--quick] [--json PATH]"
+                )
+                .into());
+            }
+        }
+    }
+    let scale = Scale::new(quick);
+    let (postgres_version, mysql_version) = server_versions()?;
+    let throughput = throughput(scale)?;
+    let report = Report {
+        scale,
+        machine: machine(),
+        date: now_utc(),
+        profile: if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
+        postgres_version,
+        mysql_version,
+        throughput,
+        round_trips: round_trips(scale)?,
+        handoff: handoff(scale)?,
+        precision: precision(scale)?,
+        many_keys: many_keys(scale)?,
+        contention: contention(scale)?,
+    };
+    print!("{}", report.markdown());
+    if let Some(path) = json_path {
+        std::fs::write(&path, report.json())?;
+        eprintln!("bench: wrote {path}");
+    }
+    Ok(())
+}

@@ -1,0 +1,74 @@
+//! `cargo xtask bench`: dlock's speed side by side with the raw driver floor, on servers
+//! started as the matrix starts them (or those of `DLOCK_PG_URL` / `DLOCK_MYSQL_URL`).
+//!
+//! The measuring is done by the `bench` example of dlock-pool, which has every driver; this
+//! command builds it, runs it against the servers, and cleans up.
+
+use std::process::Command;
+
+use crate::db::{self, Servers};
+use crate::{Result, cargo, project_root};
+
+/// `cargo xtask bench [--quick] [--json PATH]`.
+pub(crate) fn command(args: &[String]) -> Result<()> {
+    let mut quick = false;
+    let mut json = project_root().join("target").join("dlock-bench.json");
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--quick" => quick = true,
+            "--json" => json = args.next().ok_or("--json needs a path")?.into(),
+            other => {
+                return Err(format!(
+                    "unknown argument {other:?}; usage: cargo xtask bench [--quick] [--json PATH]"
+                )
+                .into());
+            }
+        }
+    }
+    ctrlc::set_handler(|| {
+        eprintln!("\nxtask: interrupted; stopping the servers");
+        db::stop_all_and_exit(130);
+    })?;
+    let servers = Servers::from_env_or_start()?;
+    let outcome = bench(&servers, quick, &json);
+    Servers::stop();
+    outcome
+}
+
+fn bench(servers: &Servers, quick: bool, json: &std::path::Path) -> Result<()> {
+    // A quick run only proves the benchmark works, so it reuses the debug build the tests
+    // made; real figures need the release build.
+    let profile = if quick { "debug" } else { "release" };
+    eprintln!("xtask: building the benchmark ({profile})");
+    let mut build = Command::new(cargo());
+    build.current_dir(project_root()).args([
+        "build",
+        "--quiet",
+        "-p",
+        "dlock-pool",
+        "--example",
+        "bench",
+        "--all-features",
+    ]);
+    if !quick {
+        build.arg("--release");
+    }
+    if !build.status()?.success() {
+        return Err("building the benchmark failed".into());
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| project_root().join("target"), Into::into);
+    if let Some(parent) = json.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let mut run = Command::new(target.join(profile).join("examples").join("bench"));
+    run.arg("--json").arg(json).envs(servers.env());
+    if quick {
+        run.arg("--quick");
+    }
+    if !run.status()?.success() {
+        return Err("the benchmark failed".into());
+    }
+    Ok(())
+}
