@@ -417,6 +417,49 @@ fn start_postgres(dir: &Path) -> Result<String> {
             find_postgres_bin().ok_or("PostgreSQL was installed but initdb is still missing")?
         }
     };
+    start_postgres_with(&bin, dir)
+}
+
+/// A server started for one matrix row, stopped when the row is done.
+#[derive(Debug)]
+pub(crate) struct OwnServer {
+    pub(crate) url: String,
+    dir: PathBuf,
+}
+
+impl OwnServer {
+    /// Stops the server and deletes its files.
+    pub(crate) fn stop(self) {
+        let taken: Vec<Started> = {
+            let mut started = started();
+            let (this, rest): (Vec<Started>, Vec<Started>) =
+                started.drain(..).partition(|server| server.dir == self.dir);
+            *started = rest;
+            this
+        };
+        for server in taken {
+            server.stop();
+        }
+    }
+}
+
+/// Starts PostgreSQL from the programs in `bin`, in a temporary directory of its own.
+pub(crate) fn start_postgres_from(bin: &Path) -> Result<OwnServer> {
+    let dir = unique_temp_dir()?.join("postgres");
+    match start_postgres_with(bin, &dir) {
+        Ok(url) => Ok(OwnServer { url, dir }),
+        Err(error) => {
+            OwnServer {
+                url: String::new(),
+                dir,
+            }
+            .stop();
+            Err(error)
+        }
+    }
+}
+
+fn start_postgres_with(bin: &Path, dir: &Path) -> Result<String> {
     let data = dir.join("data");
     let log = dir.join("server.log");
     register("postgres", dir);

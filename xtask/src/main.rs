@@ -11,6 +11,7 @@ mod bench;
 mod db;
 mod demo;
 mod matrix;
+mod pg_versions;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

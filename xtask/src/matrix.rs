@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use crate::db::{self, Servers};
+use crate::pg_versions;
 
 /// Set by the signal handler, so the main thread starts no new row while it cleans up.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -38,13 +39,15 @@ const DATABASE_ROWS: &[(&str, &str)] = &[
     ("dlock-pool", ""),
 ];
 
-/// One check: a cargo command, its extra environment, and whether it needs the servers.
+/// One check: a cargo command, its extra environment, and the servers it needs.
 #[derive(Debug)]
 struct Row {
     name: String,
     args: Vec<String>,
     env: Vec<(&'static str, &'static str)>,
     needs_servers: bool,
+    /// A PostgreSQL major the row gets a server of its own for, from the cached npm binaries.
+    postgres_major: Option<&'static str>,
 }
 
 impl Row {
@@ -54,7 +57,13 @@ impl Row {
             args: args.iter().map(|arg| (*arg).to_owned()).collect(),
             env: Vec::new(),
             needs_servers: false,
+            postgres_major: None,
         }
+    }
+
+    fn on_postgres(mut self, major: &'static str) -> Row {
+        self.postgres_major = Some(major);
+        self
     }
 
     fn env(mut self, name: &'static str, value: &'static str) -> Row {
@@ -177,6 +186,27 @@ fn rows() -> Result<Vec<Row>> {
     rows.push(
         Row::new("db:demo", &["run", "--quiet", "-p", "xtask", "--", "demo"]).needs_servers(),
     );
+    // The benchmark's quick mode proves it still runs; its figures mean nothing there.
+    rows.push(
+        Row::new(
+            "db:bench-quick",
+            &["run", "--quiet", "-p", "xtask", "--", "bench", "--quick"],
+        )
+        .needs_servers(),
+    );
+    // The PostgreSQL suites on every supported major; the system's 15 ran above, per flavour.
+    for (major, _, _) in pg_versions::MAJORS {
+        if *major == "15" {
+            continue;
+        }
+        rows.push(
+            Row::new(
+                format!("db:dlock-postgres:pg{major}"),
+                &["test", "-p", "dlock-postgres", "--tests", "--all-features"],
+            )
+            .on_postgres(major),
+        );
+    }
     Ok(rows)
 }
 
@@ -208,7 +238,11 @@ pub(crate) fn command(args: &[String]) -> Result<()> {
     }
     if list {
         for row in &rows {
-            let servers = if row.needs_servers { "  [servers]" } else { "" };
+            let servers = match (row.needs_servers, row.postgres_major) {
+                (true, _) => "  [servers]".to_owned(),
+                (false, Some(major)) => format!("  [PostgreSQL {major}]"),
+                (false, None) => String::new(),
+            };
             println!("{:<36} {}{servers}", row.name, row.command_line());
         }
         return Ok(());
@@ -273,6 +307,14 @@ fn run_row(row: &Row, servers: &mut Option<Servers>) -> Result<bool> {
         .current_dir(project_root())
         .args(&row.args)
         .envs(row.env.iter().copied());
+    if let Some(major) = row.postgres_major {
+        let bin = pg_versions::bin_dir(major)?;
+        let server = db::start_postgres_from(&bin)?;
+        command.env(db::PG_URL_VAR, &server.url);
+        let passed = command.status().map(|status| status.success());
+        server.stop();
+        return Ok(passed?);
+    }
     if row.needs_servers {
         if servers.is_none() {
             *servers = Some(Servers::from_env_or_start()?);
@@ -304,7 +346,7 @@ mod tests {
     fn only_database_rows_need_servers() {
         for row in rows().unwrap() {
             assert_eq!(
-                row.needs_servers,
+                row.needs_servers || row.postgres_major.is_some(),
                 row.name.starts_with("db:"),
                 "{}",
                 row.name
