@@ -166,6 +166,11 @@ fn rows() -> Result<Vec<Row>> {
             "test:doc",
             &["test", "--workspace", "--all-features", "--doc"],
         ),
+        // Property tests of the key policies: no input panics, hashed names stay short.
+        Row::new(
+            "test:key-properties",
+            &["test", "-p", "dlock-core", "--test", "policy_properties"],
+        ),
     ]);
     for (krate, features) in DATABASE_ROWS {
         if !project_root().join(krate).join("tests").is_dir() {
