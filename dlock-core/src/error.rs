@@ -113,7 +113,11 @@ pub enum Error {
     Backend(#[source] BoxError),
 
     /// The connection pool could not provide a connection (checkout timeout, connect failure).
-    #[error("connection pool error")]
+    /// The pool's error, the source, names the cause.
+    #[error(
+        "the connection pool gave no connection: the database was unreachable or refused the \
+         login, or every connection stayed busy past the checkout timeout"
+    )]
     Pool(#[source] BoxError),
 }
 

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::future::Future;
 use std::ops::{Deref, DerefMut};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dlock_core::{AsyncLock, Error, Key, KeyPolicy, Result};
@@ -254,6 +255,8 @@ impl Drop for Armed {
 pub struct AsyncLockPool<M: bb8::ManageConnection> {
     pool: bb8::Pool<LockManager<M>>,
     policy: KeyPolicy,
+    /// The manager's last connect error, which bb8 itself only reports as a timeout.
+    connect_errors: Arc<Mutex<Option<String>>>,
 }
 
 impl<M> AsyncLockPool<M>
@@ -278,13 +281,13 @@ where
     ///
     /// [`Error::Pool`] when the pool cannot open its first connections.
     pub async fn with_builder(builder: bb8::Builder<LockManager<M>>, manager: M) -> Result<Self> {
-        let pool = builder
-            .build(LockManager::new(manager))
-            .await
-            .map_err(Error::pool)?;
+        let manager = LockManager::new(manager);
+        let connect_errors = manager.connect_errors();
+        let pool = builder.build(manager).await.map_err(Error::pool)?;
         Ok(AsyncLockPool {
             pool,
             policy: KeyPolicy::default(),
+            connect_errors,
         })
     }
 
@@ -305,12 +308,29 @@ where
             None => checkout.await,
             Some(deadline) => {
                 let left = deadline::remaining(deadline, Instant::now());
-                tokio::time::timeout(left, checkout)
-                    .await
-                    .map_err(|_| Error::pool("no pooled connection came within the timeout"))?
+                match tokio::time::timeout(left, checkout).await {
+                    Ok(conn) => conn,
+                    Err(_) => return Err(self.pool_error(bb8::RunError::TimedOut)),
+                }
             }
         };
-        conn.map(AsyncPooled).map_err(Error::pool)
+        conn.map(AsyncPooled).map_err(|error| self.pool_error(error))
+    }
+
+    /// The error of a failed checkout. bb8 turns a failed connect into a plain timeout, so
+    /// the last connect error is named as the cause when there is one.
+    fn pool_error(&self, error: bb8::RunError<M::Error>) -> Error {
+        let last = self
+            .connect_errors
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        match (error, last) {
+            (bb8::RunError::TimedOut, Some(cause)) => Error::pool(format!(
+                "timed out waiting for a connection; the last attempt to connect failed: {cause}"
+            )),
+            (error, _) => Error::pool(error),
+        }
     }
 
     /// Checks out a connection (waiting up to the pool's connection timeout) and waits, in

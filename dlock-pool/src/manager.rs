@@ -4,7 +4,7 @@
 
 use std::fmt;
 use std::ops::{Deref, DerefMut};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// A connection manager of a dlock pool: the user's manager `M`, with a broken mark added to
@@ -15,17 +15,29 @@ use std::sync::atomic::{AtomicBool, Ordering};
 #[derive(Debug, Clone)]
 pub struct LockManager<M> {
     inner: M,
+    /// The last connect error, kept because bb8 reports a failed connect only as a checkout
+    /// timeout; the lock pool names it as the cause.
+    last_connect_error: Arc<Mutex<Option<String>>>,
 }
 
 impl<M> LockManager<M> {
     /// Wraps `manager`.
     pub fn new(manager: M) -> Self {
-        LockManager { inner: manager }
+        LockManager {
+            inner: manager,
+            last_connect_error: Arc::default(),
+        }
     }
 
     /// The user's manager.
     pub fn inner(&self) -> &M {
         &self.inner
+    }
+
+    /// A handle on the last connect error, for the pool built over this manager.
+    #[cfg_attr(not(feature = "bb8"), allow(dead_code))]
+    pub(crate) fn connect_errors(&self) -> Arc<Mutex<Option<String>>> {
+        Arc::clone(&self.last_connect_error)
     }
 }
 
@@ -121,7 +133,13 @@ impl<M: bb8::ManageConnection> bb8::ManageConnection for LockManager<M> {
     type Error = M::Error;
 
     async fn connect(&self) -> Result<Self::Connection, Self::Error> {
-        self.inner.connect().await.map(Tracked::new)
+        let connected = self.inner.connect().await;
+        let mut last = self
+            .last_connect_error
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *last = connected.as_ref().err().map(|error| format!("{error:?}"));
+        connected.map(Tracked::new)
     }
 
     async fn is_valid(&self, conn: &mut Self::Connection) -> Result<(), Self::Error> {

@@ -322,7 +322,14 @@ pub fn holders(client: &mut Client, key: PgKey) -> Result<Vec<Holder>> {
 /// [`acquire_timeout`](PgXactLock::acquire_timeout) waits inside a savepoint, so a timeout
 /// leaves the transaction usable, and its `lock_timeout` as it was. A transaction opened
 /// with raw `BEGIN` on a bare client is invisible to dlock: take transaction locks through
-/// the driver's transaction type.
+/// the driver's transaction type. A transaction lock without a transaction does not compile:
+///
+/// ```compile_fail,E0308
+/// # use dlock_postgres::PgXactLock;
+/// # fn take(client: &mut postgres::Client) -> dlock_postgres::Result<()> {
+/// PgXactLock::new("invoice/42").acquire(client) // a Client is not a Transaction
+/// # }
+/// ```
 ///
 /// # Examples
 ///

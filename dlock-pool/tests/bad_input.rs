@@ -1,0 +1,264 @@
+//! Every input a user can get wrong, one table row each: each gives a clear `Error` (the
+//! right variant, a message that says what to do) and nothing panics. Against real servers,
+//! so that connection mistakes meet a real listener or a real refusal.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use dlock_pool::mysql::{AsyncMySqlLock, MySqlLock};
+use dlock_pool::postgres::PgLock;
+use dlock_pool::{AsyncLock, AsyncLockPool, AsyncMySqlManager, Error, Key, Lock, LockPool};
+
+/// What a row expects.
+#[derive(Debug, Clone, Copy)]
+enum Expect {
+    InvalidKey,
+    Unsupported,
+    Pool,
+    /// Not an error: the input is fine for this backend (said why in the row).
+    Accepted,
+}
+
+fn check(what: &str, outcome: Result<(), Error>, expect: Expect) {
+    match (expect, &outcome) {
+        (Expect::Accepted, Ok(())) => return,
+        (Expect::InvalidKey, Err(Error::InvalidKey { .. }))
+        | (Expect::Unsupported, Err(Error::Unsupported { .. }))
+        | (Expect::Pool, Err(Error::Pool(_))) => {}
+        _ => panic!("{what}: expected {expect:?}, got {outcome:?}"),
+    }
+    let error = outcome.unwrap_err();
+    let message = error.to_string();
+    assert!(!message.is_empty() && message.len() > 20, "{what}: {message:?}");
+    // Pool errors carry the pool's error as their source, which names the cause.
+    let mut cause = String::new();
+    if let Error::Pool(source) = &error {
+        cause = source.to_string();
+        assert!(!cause.is_empty(), "{what}: the source says nothing");
+    }
+    eprintln!("{what}: {message} [{cause}]");
+}
+
+fn mysql_lock(key: impl Into<Key>) -> MySqlLock<mysql::Conn> {
+    MySqlLock::new(common::my(), key)
+}
+
+#[test]
+fn keys_and_modes_a_backend_cannot_take() {
+    let long = "x".repeat(65);
+    let rows: Vec<(&str, Result<(), Error>, Expect)> = vec![
+        (
+            "empty name on MySQL",
+            mysql_lock("").try_acquire().map(drop),
+            Expect::InvalidKey,
+        ),
+        (
+            "name over 64 characters on MySQL",
+            mysql_lock(long.as_str()).acquire(),
+            Expect::InvalidKey,
+        ),
+        (
+            "bytes that are not UTF-8 on MySQL",
+            mysql_lock(&[0xc3_u8, 0x28][..]).acquire(),
+            Expect::InvalidKey,
+        ),
+        (
+            "NUL inside a MySQL name",
+            mysql_lock("a\0b").acquire(),
+            Expect::InvalidKey,
+        ),
+        (
+            "a pair key on MySQL",
+            mysql_lock((1, 2)).acquire(),
+            Expect::InvalidKey,
+        ),
+        (
+            "a shared lock on MySQL",
+            mysql_lock("bad-input/shared").shared().acquire(),
+            Expect::Unsupported,
+        ),
+        (
+            "a transaction-scoped lock on MySQL",
+            mysql_lock("bad-input/xact").transaction_scoped().acquire(),
+            Expect::Unsupported,
+        ),
+        // sqlalchemy-dlock hashes the empty string too (a golden vector pins its key), so an
+        // empty key is a valid PostgreSQL key, and dlock takes the same lock.
+        (
+            "empty key on PostgreSQL",
+            PgLock::new(common::pg(), "").try_acquire().map(drop),
+            Expect::Accepted,
+        ),
+    ];
+    for (what, outcome, expect) in rows {
+        check(what, outcome, expect);
+    }
+    // The messages point to the fix.
+    let Err(error) = mysql_lock(long.as_str()).acquire() else {
+        panic!("a long name was accepted");
+    };
+    assert!(error.to_string().contains("HashedMySqlName"), "{error}");
+    let Err(error) = mysql_lock("bad-input/shared").shared().acquire() else {
+        panic!("a shared MySQL lock was accepted");
+    };
+    assert!(error.to_string().contains("PostgreSQL"), "{error}");
+}
+
+/// The host and port of a URL like `scheme://user@host:port/db`.
+fn port_of(url: &str) -> u16 {
+    let after_at = url.rsplit_once('@').map_or(url, |(_, rest)| rest);
+    let host_port = after_at.split('/').next().unwrap();
+    host_port.rsplit_once(':').unwrap().1.parse().unwrap()
+}
+
+/// A pool builder that gives up on a connection within two seconds.
+fn r2d2_builder<M: r2d2::ManageConnection>() -> r2d2::Builder<dlock_pool::LockManager<M>> {
+    r2d2::Pool::builder()
+        .max_size(1)
+        .connection_timeout(Duration::from_secs(2))
+}
+
+fn pg_manager(config: &str) -> r2d2_postgres::PostgresConnectionManager<postgres::NoTls> {
+    r2d2_postgres::PostgresConnectionManager::new(config.parse().unwrap(), postgres::NoTls)
+}
+
+fn my_manager(url: &str) -> r2d2_mysql::MySqlConnectionManager {
+    let opts = mysql::Opts::from_url(url).unwrap();
+    r2d2_mysql::MySqlConnectionManager::new(mysql::OptsBuilder::from_opts(opts))
+}
+
+#[test]
+fn connections_that_cannot_be_made_are_pool_errors_within_the_timeout() {
+    let pg_port = port_of(&common::pg_url());
+    let my_port = port_of(&common::mysql_url());
+    // A port nothing listens on: bind one, note it, and let it go.
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let started = Instant::now();
+    let rows: Vec<(&str, Result<(), Error>)> = vec![
+        (
+            "PostgreSQL: nothing listens on the port",
+            LockPool::with_builder(
+                r2d2_builder(),
+                pg_manager(&format!("host=127.0.0.1 port={closed_port} user=postgres")),
+            )
+            .map(drop),
+        ),
+        (
+            "PostgreSQL pool pointed at the MySQL port",
+            LockPool::with_builder(
+                r2d2_builder(),
+                pg_manager(&format!("host=127.0.0.1 port={my_port} user=postgres")),
+            )
+            .map(drop),
+        ),
+        (
+            "PostgreSQL: a role that does not exist",
+            LockPool::with_builder(
+                r2d2_builder(),
+                pg_manager(&format!("host=127.0.0.1 port={pg_port} user=nobody_here")),
+            )
+            .map(drop),
+        ),
+        (
+            "MySQL pool pointed at the PostgreSQL port",
+            LockPool::with_builder(
+                r2d2_builder(),
+                my_manager(&format!("mysql://dlock:dlock@127.0.0.1:{pg_port}/dlock")),
+            )
+            .map(drop),
+        ),
+        (
+            "MySQL: a wrong password",
+            LockPool::with_builder(
+                r2d2_builder(),
+                my_manager(&format!("mysql://dlock:wrong@127.0.0.1:{my_port}/dlock")),
+            )
+            .map(drop),
+        ),
+        (
+            "MySQL: nothing listens on the port",
+            LockPool::with_builder(
+                r2d2_builder(),
+                my_manager(&format!("mysql://dlock:dlock@127.0.0.1:{closed_port}/dlock")),
+            )
+            .map(drop),
+        ),
+    ];
+    for (what, outcome) in rows {
+        check(what, outcome, Expect::Pool);
+    }
+    // Each row gives up within its two-second connection timeout.
+    assert!(started.elapsed() < Duration::from_secs(6 * 3), "{:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_pools_and_locks_report_bad_input_the_same_way() {
+    let pg_port = port_of(&common::pg_url());
+    let my_port = port_of(&common::mysql_url());
+    // bb8 connects lazily: the error comes with the first acquire.
+    fn builder<M: bb8::ManageConnection>() -> bb8::Builder<dlock_pool::LockManager<M>> {
+        bb8::Pool::builder()
+            .max_size(1)
+            .connection_timeout(Duration::from_secs(2))
+    }
+    let pool = AsyncLockPool::with_builder(
+        builder(),
+        AsyncMySqlManager::from_url(&format!("mysql://dlock:wrong@127.0.0.1:{my_port}/dlock"))
+            .unwrap(),
+    )
+    .await;
+    let outcome = match pool {
+        Ok(pool) => pool.acquire("bad-input/async").await.map(drop),
+        Err(error) => Err(error),
+    };
+    check("bb8 MySQL: a wrong password", outcome, Expect::Pool);
+
+    let manager = bb8_postgres::PostgresConnectionManager::new(
+        format!("host=127.0.0.1 port={my_port} user=postgres")
+            .parse()
+            .unwrap(),
+        tokio_postgres::NoTls,
+    );
+    let outcome = match AsyncLockPool::with_builder(builder(), manager).await {
+        Ok(pool) => pool.try_acquire("bad-input/async").await.map(drop),
+        Err(error) => Err(error),
+    };
+    check(
+        "bb8 PostgreSQL pointed at the MySQL port",
+        outcome,
+        Expect::Pool,
+    );
+
+    let url = format!("mysql://dlock:dlock@127.0.0.1:{pg_port}/dlock");
+    let manager = AsyncMySqlManager::from_url(&url).unwrap();
+    let outcome = match AsyncLockPool::with_builder(builder(), manager).await {
+        Ok(pool) => pool.acquire("bad-input/async").await.map(drop),
+        Err(error) => Err(error),
+    };
+    check("bb8 MySQL pointed at the PostgreSQL port", outcome, Expect::Pool);
+
+    // A URL that is not one is refused with the parser's reason.
+    let error = AsyncMySqlManager::from_url("postgres://not-mysql").unwrap_err();
+    assert!(!error.to_string().is_empty());
+
+    let conn = mysql_async::Conn::new(mysql_async::Opts::from_url(&common::mysql_url()).unwrap())
+        .await
+        .unwrap();
+    let mut lock = AsyncMySqlLock::new(conn, "");
+    check(
+        "async: empty name on MySQL",
+        lock.acquire().await,
+        Expect::InvalidKey,
+    );
+    let mut lock = AsyncMySqlLock::new(lock.into_inner().await.0, "x").shared();
+    check(
+        "async: a shared lock on MySQL",
+        lock.acquire().await,
+        Expect::Unsupported,
+    );
+}
