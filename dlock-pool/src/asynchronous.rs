@@ -314,7 +314,8 @@ where
                 }
             }
         };
-        conn.map(AsyncPooled).map_err(|error| self.pool_error(error))
+        conn.map(AsyncPooled)
+            .map_err(|error| self.pool_error(error))
     }
 
     /// The error of a failed checkout. bb8 turns a failed connect into a plain timeout, so

@@ -4,8 +4,8 @@
 
 use std::fmt;
 use std::ops::{Deref, DerefMut};
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// A connection manager of a dlock pool: the user's manager `M`, with a broken mark added to
 /// each connection. The pool closes a connection whose mark is set, or that `M` finds broken.

@@ -30,7 +30,10 @@ fn check(what: &str, outcome: Result<(), Error>, expect: Expect) {
     }
     let error = outcome.unwrap_err();
     let message = error.to_string();
-    assert!(!message.is_empty() && message.len() > 20, "{what}: {message:?}");
+    assert!(
+        !message.is_empty() && message.len() > 20,
+        "{what}: {message:?}"
+    );
     // Pool errors carry the pool's error as their source, which names the cause.
     let mut cause = String::new();
     if let Error::Pool(source) = &error {
@@ -184,7 +187,9 @@ fn connections_that_cannot_be_made_are_pool_errors_within_the_timeout() {
             "MySQL: nothing listens on the port",
             LockPool::with_builder(
                 r2d2_builder(),
-                my_manager(&format!("mysql://dlock:dlock@127.0.0.1:{closed_port}/dlock")),
+                my_manager(&format!(
+                    "mysql://dlock:dlock@127.0.0.1:{closed_port}/dlock"
+                )),
             )
             .map(drop),
         ),
@@ -193,7 +198,11 @@ fn connections_that_cannot_be_made_are_pool_errors_within_the_timeout() {
         check(what, outcome, Expect::Pool);
     }
     // Each row gives up within its two-second connection timeout.
-    assert!(started.elapsed() < Duration::from_secs(6 * 3), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(6 * 3),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -240,7 +249,11 @@ async fn async_pools_and_locks_report_bad_input_the_same_way() {
         Ok(pool) => pool.acquire("bad-input/async").await.map(drop),
         Err(error) => Err(error),
     };
-    check("bb8 MySQL pointed at the PostgreSQL port", outcome, Expect::Pool);
+    check(
+        "bb8 MySQL pointed at the PostgreSQL port",
+        outcome,
+        Expect::Pool,
+    );
 
     // A URL that is not one is refused with the parser's reason.
     let error = AsyncMySqlManager::from_url("postgres://not-mysql").unwrap_err();

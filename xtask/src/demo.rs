@@ -1,6 +1,13 @@
-//! `cargo xtask demo`: several OS processes increment one counter in the database through a
-//! race window, under a dlock lock taken through each API path, and once under none, to show
-//! the lost updates the lock prevents.
+//! `cargo xtask demo` and `cargo xtask load`: OS processes increment one counter in the
+//! database through a race window, under a dlock lock taken through each API path, and once
+//! under none, to show the lost updates the lock prevents. The worker counts the holders in
+//! the database around each critical section, so overlapping holders show even when no
+//! update happens to be lost.
+//!
+//! `demo` runs one task per process, as the README shows. `load` runs several threads or
+//! tasks per process and a shared-lock run (PostgreSQL: writers alone, readers together), and
+//! is a matrix row: any lost update, any second holder, or any reader beside a writer fails
+//! it.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -8,13 +15,34 @@ use std::time::{Duration, Instant};
 use crate::db::{self, Servers};
 use crate::{Result, cargo, project_root};
 
-/// How many worker processes contend in each run.
-const PROCESSES: usize = 4;
-/// How many increments each worker makes.
-const INCREMENTS: usize = 40;
-/// The API paths, in the order the table shows them; `unlocked` takes no lock at all.
-const PATHS: [&str; 5] = ["blocking", "async", "r2d2", "bb8", "unlocked"];
 const BACKENDS: [&str; 2] = ["postgres", "mysql"];
+
+/// How much one command runs.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    /// Worker processes per run.
+    processes: usize,
+    /// Threads or tasks per process.
+    tasks: usize,
+    /// Increments per task.
+    increments: usize,
+    /// The API paths, in the order the table shows them; `unlocked` takes no lock.
+    paths: &'static [&'static str],
+}
+
+const DEMO: Plan = Plan {
+    processes: 4,
+    tasks: 1,
+    increments: 40,
+    paths: &["blocking", "async", "r2d2", "bb8", "unlocked"],
+};
+
+const LOAD: Plan = Plan {
+    processes: 3,
+    tasks: 4,
+    increments: 12,
+    paths: &["blocking", "async", "r2d2", "bb8", "shared", "unlocked"],
+};
 
 /// One run's figures.
 #[derive(Debug)]
@@ -22,6 +50,13 @@ struct Run {
     path: &'static str,
     expected: usize,
     counter: i64,
+    /// The most holders of the exclusive lock seen at once.
+    most: i64,
+    /// The most shared holders seen at once (shared runs).
+    most_readers: i64,
+    /// Holders that met a holder they exclude: a writer beside anyone, a reader beside a
+    /// writer.
+    violations: i64,
     wall: Duration,
     median_wait: Duration,
 }
@@ -30,6 +65,24 @@ impl Run {
     fn lost(&self) -> i64 {
         i64::try_from(self.expected).unwrap_or(i64::MAX) - self.counter
     }
+
+    /// What is wrong with a locked run, if anything.
+    fn failure(&self) -> Option<String> {
+        if self.path == "unlocked" {
+            return None;
+        }
+        let mut wrong = Vec::new();
+        if self.lost() != 0 {
+            wrong.push(format!("{} updates lost", self.lost()));
+        }
+        if self.most > 1 {
+            wrong.push(format!("{} holders at once", self.most));
+        }
+        if self.violations > 0 {
+            wrong.push(format!("{} exclusion violations", self.violations));
+        }
+        (!wrong.is_empty()).then(|| wrong.join(", "))
+    }
 }
 
 /// `cargo xtask demo`.
@@ -37,17 +90,29 @@ pub(crate) fn command(args: &[String]) -> Result<()> {
     if let Some(arg) = args.first() {
         return Err(format!("unknown argument {arg:?}; usage: cargo xtask demo").into());
     }
+    with_servers(DEMO)
+}
+
+/// `cargo xtask load`.
+pub(crate) fn load_command(args: &[String]) -> Result<()> {
+    if let Some(arg) = args.first() {
+        return Err(format!("unknown argument {arg:?}; usage: cargo xtask load").into());
+    }
+    with_servers(LOAD)
+}
+
+fn with_servers(plan: Plan) -> Result<()> {
     ctrlc::set_handler(|| {
         eprintln!("\nxtask: interrupted; stopping the servers");
         db::stop_all_and_exit(130);
     })?;
     let servers = Servers::from_env_or_start()?;
-    let outcome = demo(&servers);
+    let outcome = demo(&servers, plan);
     Servers::stop();
     outcome
 }
 
-fn demo(servers: &Servers) -> Result<()> {
+fn demo(servers: &Servers, plan: Plan) -> Result<()> {
     eprintln!("xtask: building the demo worker");
     let built = Command::new(cargo())
         .current_dir(project_root())
@@ -64,26 +129,30 @@ fn demo(servers: &Servers) -> Result<()> {
     if !built.success() {
         return Err("building the demo worker failed".into());
     }
-    let mut locked_losses = Vec::new();
+    let mut failures = Vec::new();
     for backend in BACKENDS {
         let mut runs = Vec::new();
-        for path in PATHS {
-            let run = run(servers, backend, path)?;
-            if path != "unlocked" && run.lost() != 0 {
-                locked_losses.push(format!("{backend} {path}: {} lost", run.lost()));
+        for path in plan.paths {
+            // Shared locks are PostgreSQL's.
+            if *path == "shared" && backend != "postgres" {
+                continue;
+            }
+            let run = run(servers, plan, backend, path)?;
+            if let Some(failure) = run.failure() {
+                failures.push(format!("{backend} {path}: {failure}"));
             }
             runs.push(run);
         }
-        print_table(backend, &runs);
+        print_table(backend, plan, &runs);
     }
-    if locked_losses.is_empty() {
+    if failures.is_empty() {
         println!(
-            "Every locked run counted every increment; the unlocked runs show what the lock \
-             prevents."
+            "\nEvery locked run counted every increment with one holder at a time; the \
+             unlocked runs show what the lock prevents."
         );
         Ok(())
     } else {
-        Err(format!("a locked run lost updates: {}", locked_losses.join("; ")).into())
+        Err(format!("a locked run failed: {}", failures.join("; ")).into())
     }
 }
 
@@ -105,13 +174,13 @@ fn output(mut command: Command) -> Result<String> {
     Ok(String::from_utf8(output.stdout)?)
 }
 
-fn run(servers: &Servers, backend: &str, path: &'static str) -> Result<Run> {
+fn run(servers: &Servers, plan: Plan, backend: &str, path: &'static str) -> Result<Run> {
     output(worker(servers, &["reset", backend]))?;
-    let count = INCREMENTS.to_string();
+    let (count, tasks) = (plan.increments.to_string(), plan.tasks.to_string());
     let started = Instant::now();
-    let children: Vec<Child> = (0..PROCESSES)
+    let children: Vec<Child> = (0..plan.processes)
         .map(|_| {
-            worker(servers, &["run", backend, path, &count])
+            worker(servers, &["run", backend, path, &count, &tasks])
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())
                 .spawn()
@@ -126,13 +195,26 @@ fn run(servers: &Servers, backend: &str, path: &'static str) -> Result<Run> {
         waits.extend(parse_waits(&String::from_utf8(output.stdout)?)?);
     }
     let wall = started.elapsed();
-    let counter = output(worker(servers, &["read", backend]))?
-        .trim()
-        .parse()?;
+    let figures: Vec<i64> = output(worker(servers, &["read", backend]))?
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    let [counter, most, most_readers, violations] = figures[..] else {
+        return Err("the demo worker's read printed no four figures".into());
+    };
+    // In a shared run only the even tasks write.
+    let writers = if path == "shared" {
+        plan.tasks.div_ceil(2)
+    } else {
+        plan.tasks
+    };
     Ok(Run {
         path,
-        expected: PROCESSES * INCREMENTS,
+        expected: plan.processes * writers * plan.increments,
         counter,
+        most,
+        most_readers,
+        violations,
         wall,
         median_wait: median(&mut waits),
     })
@@ -155,21 +237,36 @@ fn median(values: &mut [Duration]) -> Duration {
     values.get(values.len() / 2).copied().unwrap_or_default()
 }
 
-fn print_table(backend: &str, runs: &[Run]) {
-    println!("\n{backend}: {PROCESSES} processes x {INCREMENTS} increments, 2 ms race window\n");
+fn print_table(backend: &str, plan: Plan, runs: &[Run]) {
     println!(
-        "| path | processes | increments expected | final counter | lost updates | wall time | median wait |"
+        "\n{backend}: {} processes x {} {} x {} increments, 2 ms race window\n",
+        plan.processes,
+        plan.tasks,
+        if plan.tasks == 1 { "task" } else { "tasks" },
+        plan.increments
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| path | processes | increments expected | final counter | lost updates | most holders at once | wall time | median wait |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     for run in runs {
         let wait = if run.path == "unlocked" {
             "no lock".to_owned()
         } else {
             format!("{:.2} ms", run.median_wait.as_secs_f64() * 1000.0)
         };
+        let holders = if run.path == "shared" {
+            format!(
+                "{} writer, {} readers; {} violations",
+                run.most, run.most_readers, run.violations
+            )
+        } else {
+            run.most.to_string()
+        };
         println!(
-            "| {} | {PROCESSES} | {} | {} | {} | {:.2} s | {wait} |",
+            "| {} | {} | {} | {} | {} | {holders} | {:.2} s | {wait} |",
             run.path,
+            plan.processes,
             run.expected,
             run.counter,
             run.lost(),

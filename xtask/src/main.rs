@@ -5,6 +5,8 @@
 //! - `test-matrix [--list] [--only PREFIX]`: every check the project passes, with servers.
 //! - `demo`: processes incrementing one counter under a lock through each API path, and
 //!   without one.
+//! - `load`: the demo with several tasks per process and a shared-lock run; fails on any
+//!   lost update or overlapping holders.
 //! - `bench [--quick] [--json PATH]`: dlock's speed beside the raw driver floor.
 
 mod bench;
@@ -28,6 +30,8 @@ commands:
   db up          start PostgreSQL and MariaDB on free loopback ports, print their URLs
   db env         print the URLs of the servers `db up` started, as shell exports
   db down        stop the servers `db up` started and delete their files
+  load           the demo under load: several tasks per process, a shared-lock run, and a
+                 check that no two holders ever overlap (a matrix row)
   bench          measure dlock beside the raw driver (release build); --quick proves it
                  runs, --json PATH (default target/dlock-bench.json)
   test-matrix    run every check (fmt, clippy, docs, tests with servers); --list, --only PREFIX
@@ -39,6 +43,7 @@ fn main() -> ExitCode {
         Some("db") => db::command(&args[1..]),
         Some("test-matrix") => matrix::command(&args[1..]),
         Some("demo") => demo::command(&args[1..]),
+        Some("load") => demo::load_command(&args[1..]),
         Some("bench") => bench::command(&args[1..]),
         Some("help" | "--help" | "-h") => {
             print!("{USAGE}");

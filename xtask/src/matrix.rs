@@ -191,6 +191,10 @@ fn rows() -> Result<Vec<Row>> {
     rows.push(
         Row::new("db:demo", &["run", "--quiet", "-p", "xtask", "--", "demo"]).needs_servers(),
     );
+    // Mutual exclusion under load: processes x tasks through every path, both backends.
+    rows.push(
+        Row::new("db:load", &["run", "--quiet", "-p", "xtask", "--", "load"]).needs_servers(),
+    );
     // The benchmark's quick mode proves it still runs; its figures mean nothing there.
     rows.push(
         Row::new(
