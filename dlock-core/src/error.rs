@@ -139,6 +139,21 @@ impl Error {
         }
     }
 
+    /// The error of a wait whose server did not answer within `waited` (its timeout plus
+    /// [`REPLY_GRACE`](crate::REPLY_GRACE)): the server or the network is stalled, and the
+    /// connection is given up as lost.
+    pub fn no_reply(waited: std::time::Duration) -> Self {
+        Error::ConnectionLost {
+            source: Some(
+                format!(
+                    "the server did not answer within {waited:?}, the timeout plus the grace \
+                     for its reply; the server or the network is stalled"
+                )
+                .into(),
+            ),
+        }
+    }
+
     /// Whether the error means the connection is gone or must not be used again, so the
     /// caller should drop it (a pool should close it).
     pub fn is_connection_error(&self) -> bool {

@@ -7,5 +7,5 @@ mod policy;
 
 pub use error::{BoxError, Error, Result};
 pub use key::{Key, PgKey};
-pub use lock::{AsyncLock, Lock};
+pub use lock::{AsyncLock, Lock, REPLY_GRACE};
 pub use policy::{CustomPolicy, KeyPolicy, MYSQL_NAME_MAX_CHARS};

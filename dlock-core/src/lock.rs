@@ -5,6 +5,15 @@ use std::time::Duration;
 
 use crate::{Key, Result};
 
+/// How long past its timeout an async `acquire_timeout` waits for the server's answer before
+/// it gives up on the connection with [`Error::no_reply`](crate::Error::no_reply).
+///
+/// The server times the wait and answers at the timeout, so this grace is only ever used up
+/// when the server or the network is stalled (a frozen process, a partition), where the
+/// server-side timeout cannot fire. Blocking locks cannot bound a read on the connection they
+/// borrow; see the backend crates for the connection settings that do.
+pub const REPLY_GRACE: Duration = Duration::from_millis(500);
+
 /// A distributed lock held by one database session, used from blocking code.
 ///
 /// A lock object is one key on one session (connection). It is created unlocked, and it

@@ -308,8 +308,18 @@ impl<C: AsyncMySqlConnection> AsyncLock for AsyncMySqlLock<C> {
     ///
     /// As [`acquire`](Self::acquire): a drop before the reply ends the session. Prefer this
     /// method's own timeout to an outer `tokio::time::timeout`.
+    ///
+    /// If the server has not answered [`REPLY_GRACE`](dlock_core::REPLY_GRACE) after the
+    /// timeout (a frozen server or a partition, where its timer cannot fire), this returns
+    /// [`Error::no_reply`] and gives the connection up as a dropped future does: the session
+    /// is killed once the server answers, and the lock is unusable. Needs a runtime with
+    /// timers enabled.
     async fn acquire_timeout(&mut self, timeout: Duration) -> Result<bool> {
-        self.take(Wait::for_timeout(timeout)).await
+        let limit = timeout.saturating_add(dlock_core::REPLY_GRACE);
+        match tokio::time::timeout(limit, self.take(Wait::for_timeout(timeout))).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(Error::no_reply(limit)),
+        }
     }
 
     /// # Cancel Safety

@@ -373,7 +373,9 @@ where
 
     /// Checks out a connection and waits for `key`, both within `timeout`: `Ok(None)` when
     /// the lock was busy until then. The lock gets what the checkout left of the timeout, and
-    /// at least a try.
+    /// at least a try. A server that has not answered [`REPLY_GRACE`](dlock_core::REPLY_GRACE)
+    /// after the timeout (frozen, or cut off by a partition) gets its connection closed, and
+    /// this returns [`Error::no_reply`].
     ///
     /// # Errors
     ///
@@ -393,7 +395,16 @@ where
         let deadline = deadline::deadline(Instant::now(), timeout);
         let conn = self.checkout(deadline).await?;
         let wait = deadline::lock_wait(deadline, Instant::now());
-        self.lock_on(conn, key, wait).await
+        let LockWait::For(left) = wait else {
+            return self.lock_on(conn, key, wait).await;
+        };
+        // The server times the wait; a server that does not answer by then plus the grace is
+        // stalled, and the armed guard closes the connection as the attempt is dropped.
+        let limit = left.saturating_add(dlock_core::REPLY_GRACE);
+        match tokio::time::timeout(limit, self.lock_on(conn, key, wait)).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(Error::no_reply(limit)),
+        }
     }
 
     async fn lock_on(

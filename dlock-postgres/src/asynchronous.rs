@@ -398,11 +398,20 @@ impl<C: BorrowMut<Client> + Send> AsyncLock for AsyncPgLock<C> {
     /// statement (the session's own setting is unchanged afterwards). Whole milliseconds,
     /// rounded up; a zero timeout is a try.
     ///
+    /// If the server has not answered [`REPLY_GRACE`](dlock_core::REPLY_GRACE) after the
+    /// timeout (a frozen server or a partition, where its timer cannot fire), this returns
+    /// [`Error::no_reply`] and leaves the attempt as a dropped acquire does: its cleanup is
+    /// queued, and runs when the server answers again. Needs a runtime with timers enabled.
+    ///
     /// # Cancel Safety
     ///
     /// Cancel safe, as [`acquire`](AsyncLock::acquire).
     async fn acquire_timeout(&mut self, timeout: Duration) -> Result<bool> {
-        self.take(Wait::for_timeout(timeout)).await
+        let limit = timeout.saturating_add(dlock_core::REPLY_GRACE);
+        match tokio::time::timeout(limit, self.take(Wait::for_timeout(timeout))).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(Error::no_reply(limit)),
+        }
     }
 
     /// Releases the lock.
