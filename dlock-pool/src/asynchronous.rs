@@ -204,16 +204,21 @@ mod mysql_backend {
 }
 
 /// Marks a connection broken when dropped armed: held across an await whose drop (a
-/// cancelled future) would leave the connection's lock state unknown.
-struct Armed(Option<Breaker>);
+/// cancelled future) would leave the connection's lock state, or its protocol state,
+/// unknown.
+pub(crate) struct BreakOnDrop(Option<Breaker>);
 
-impl Armed {
-    fn disarm(mut self) {
+impl BreakOnDrop {
+    pub(crate) fn new(breaker: Breaker) -> BreakOnDrop {
+        BreakOnDrop(Some(breaker))
+    }
+
+    pub(crate) fn disarm(mut self) {
         self.0 = None;
     }
 }
 
-impl Drop for Armed {
+impl Drop for BreakOnDrop {
     fn drop(&mut self) {
         if let Some(breaker) = self.0.take() {
             breaker.mark_broken();
@@ -415,7 +420,7 @@ where
     ) -> Result<Option<AsyncLockGuard<M>>> {
         let breaker = conn.breaker();
         let mut lock = M::Connection::lock(conn, key, self.policy.clone());
-        let armed = Armed(Some(breaker.clone()));
+        let armed = BreakOnDrop::new(breaker.clone());
         let outcome = match wait {
             LockWait::Forever => lock.acquire().await.map(|()| true),
             LockWait::Try => lock.try_acquire().await,
@@ -501,7 +506,7 @@ where
     /// Dropping the future before it completes closes the connection, which frees the lock.
     pub async fn release(mut this: Self) -> Result<()> {
         let lock = this.lock.take().expect("the lock is only taken on release");
-        let armed = Armed(Some(this.breaker.clone()));
+        let armed = BreakOnDrop::new(this.breaker.clone());
         let (conn, released) = M::Connection::into_pooled(lock).await;
         armed.disarm();
         if released.is_err() {
@@ -526,7 +531,7 @@ where
     ///
     /// Dropping the future before it completes closes the connection when the guard drops.
     pub async fn verify(this: &mut Self) -> Result<bool> {
-        let armed = Armed(Some(this.breaker.clone()));
+        let armed = BreakOnDrop::new(this.breaker.clone());
         let verified = this.lock_mut().verify().await;
         armed.disarm();
         verified

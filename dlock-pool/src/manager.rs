@@ -143,7 +143,14 @@ impl<M: bb8::ManageConnection> bb8::ManageConnection for LockManager<M> {
     }
 
     async fn is_valid(&self, conn: &mut Self::Connection) -> Result<(), Self::Error> {
-        self.inner.is_valid(&mut conn.conn).await
+        // bb8 drops a check that outlives the checkout's timeout (a stalled server), and the
+        // connection then goes back with its reply still on the way: mysql_async would read
+        // that stale reply as the answer to the next query. Such a connection is closed.
+        let breaker = conn.breaker();
+        let unfinished = crate::asynchronous::BreakOnDrop::new(breaker);
+        let checked = self.inner.is_valid(&mut conn.conn).await;
+        unfinished.disarm();
+        checked
     }
 
     fn has_broken(&self, conn: &mut Self::Connection) -> bool {

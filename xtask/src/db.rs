@@ -54,26 +54,40 @@ struct Started {
 impl Started {
     /// The server's process: known, spawned by us, or read from the pid file the server
     /// writes as it starts (PostgreSQL's postmaster is started by pg_ctl, not by us).
-    fn pid(&self) -> Option<u32> {
+    fn pid(&mut self) -> Option<u32> {
         let pid_file = match self.name {
             "postgres" => self.dir.join("data").join("postmaster.pid"),
             _ => self.dir.join("mysqld.pid"),
         };
-        self.pid.or(self.child.as_ref().map(Child::id)).or_else(|| {
-            fs::read_to_string(pid_file)
+        let from_file = || -> Option<u32> {
+            fs::read_to_string(&pid_file)
                 .ok()?
                 .lines()
                 .next()?
                 .trim()
                 .parse()
                 .ok()
-        })
+        };
+        // A server a fault test restarted runs under a new pid, which its pid file holds;
+        // the child we spawned has exited then.
+        let child_exited = self
+            .child
+            .as_mut()
+            .is_some_and(|child| matches!(child.try_wait(), Ok(Some(_))));
+        if child_exited {
+            return from_file();
+        }
+        self.pid
+            .or(self.child.as_ref().map(Child::id))
+            .or_else(from_file)
     }
 
     fn stop(mut self) {
         if let Some(pid) = self.pid() {
             eprintln!("xtask: stopping {} (pid {pid})", self.name);
-            stop_process(pid, stop_signal(self.name), self.child.as_mut());
+            // The child we spawned is this server only if a fault test did not restart it.
+            let child = self.child.as_mut().filter(|child| child.id() == pid);
+            stop_process(pid, stop_signal(self.name), child);
         }
         if self.dir.exists() {
             if let Err(error) = fs::remove_dir_all(&self.dir) {
@@ -176,7 +190,7 @@ impl Servers {
         for (name, value) in self.env() {
             text.push_str(&format!("url {name}={value}\n"));
         }
-        for server in started().iter() {
+        for server in started().iter_mut() {
             let pid = server.pid().ok_or("a started server has no pid")?;
             let dir = server.dir.display();
             text.push_str(&format!("server {} {pid} {dir}\n", server.name));
@@ -424,7 +438,8 @@ fn start_postgres(dir: &Path) -> Result<String> {
 #[derive(Debug)]
 pub(crate) struct OwnServer {
     pub(crate) url: String,
-    dir: PathBuf,
+    /// The server's directory: its data, socket, log, pid file and (MariaDB) restart script.
+    pub(crate) dir: PathBuf,
 }
 
 impl OwnServer {
@@ -439,6 +454,36 @@ impl OwnServer {
         };
         for server in taken {
             server.stop();
+        }
+    }
+}
+
+/// The system's PostgreSQL programs, installed first if missing.
+pub(crate) fn system_postgres_bin() -> Result<PathBuf> {
+    match find_postgres_bin() {
+        Some(bin) => Ok(bin),
+        None => {
+            install_packages("the PostgreSQL server", &["postgresql"], PG_URL_VAR)?;
+            Ok(
+                find_postgres_bin()
+                    .ok_or("PostgreSQL was installed but initdb is still missing")?,
+            )
+        }
+    }
+}
+
+/// Starts MariaDB in a temporary directory of its own.
+pub(crate) fn start_mariadb_own() -> Result<OwnServer> {
+    let dir = unique_temp_dir()?.join("mariadb");
+    match start_mariadb(&dir) {
+        Ok(url) => Ok(OwnServer { url, dir }),
+        Err(error) => {
+            OwnServer {
+                url: String::new(),
+                dir,
+            }
+            .stop();
+            Err(error)
         }
     }
 }
@@ -574,6 +619,16 @@ fn start_mariadb(dir: &Path) -> Result<String> {
     if is_root() {
         command.arg("--user=mysql");
     }
+    // How to start this server again, for the fault tests that restart it.
+    let mut script = String::from("exec setsid");
+    for part in std::iter::once(command.get_program()).chain(command.get_args()) {
+        script.push_str(&format!(
+            " '{}'",
+            part.to_string_lossy().replace('\'', "'\\''")
+        ));
+    }
+    script.push_str(" </dev/null >/dev/null 2>&1 &\n");
+    fs::write(dir.join("restart.sh"), script)?;
     let child = command
         .spawn()
         .map_err(|error| format!("{server:?}: {error}"))?;

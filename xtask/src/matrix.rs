@@ -20,6 +20,10 @@ use crate::{Result, cargo, project_root};
 /// features (dlock-core, xtask) are covered by the whole-workspace rows.
 const FEATURED_CRATES: &[&str] = &["dlock-postgres", "dlock-mysql", "dlock-pool"];
 
+/// Test targets that freeze and restart their servers: each gets a row with servers of its
+/// own, and runs its tests one at a time.
+const OWN_SERVER_TESTS: &[(&str, &str)] = &[("dlock-pool", "faults")];
+
 /// Feature sets checked beyond each feature alone: dlock-pool's code for a pool and a backend
 /// exists only when both are on, so each pair gets a row.
 const FEATURE_COMBINATIONS: &[(&str, &str)] = &[
@@ -48,6 +52,9 @@ struct Row {
     needs_servers: bool,
     /// A PostgreSQL major the row gets a server of its own for, from the cached npm binaries.
     postgres_major: Option<&'static str>,
+    /// Whether the row gets PostgreSQL and MariaDB servers of its own, which it may freeze and
+    /// restart: their directories are in `DLOCK_FAULT_PG_DIR` and `DLOCK_FAULT_MYSQL_DIR`.
+    own_servers: bool,
 }
 
 impl Row {
@@ -58,7 +65,13 @@ impl Row {
             env: Vec::new(),
             needs_servers: false,
             postgres_major: None,
+            own_servers: false,
         }
+    }
+
+    fn own_servers(mut self) -> Row {
+        self.own_servers = true;
+        self
     }
 
     fn on_postgres(mut self, major: &'static str) -> Row {
@@ -173,10 +186,28 @@ fn rows() -> Result<Vec<Row>> {
         ),
     ]);
     for (krate, features) in DATABASE_ROWS {
-        if !project_root().join(krate).join("tests").is_dir() {
+        let tests = project_root().join(krate).join("tests");
+        if !tests.is_dir() {
             continue;
         }
-        let mut args = vec!["test", "-p", krate, "--tests"];
+        let mut args = vec!["test", "-p", krate];
+        // Every test target but those that need servers of their own.
+        let mut targets: Vec<String> = fs::read_dir(&tests)?
+            .filter_map(|entry| {
+                let name = entry.ok()?.file_name().into_string().ok()?;
+                Some(name.strip_suffix(".rs")?.to_owned())
+            })
+            .filter(|target| !OWN_SERVER_TESTS.contains(&(*krate, target.as_str())))
+            .collect();
+        targets.sort();
+        if OWN_SERVER_TESTS.iter().any(|(name, _)| name == krate) {
+            for target in &targets {
+                args.extend(["--test", target.as_str()]);
+            }
+        } else {
+            // `--tests` skips the targets a row's features do not reach, as it should.
+            args.push("--tests");
+        }
         let name = if features.is_empty() {
             args.push("--all-features");
             format!("db:{krate}")
@@ -185,6 +216,24 @@ fn rows() -> Result<Vec<Row>> {
             format!("db:{krate}:{features}")
         };
         rows.push(Row::new(name, &args).needs_servers());
+    }
+    for (krate, target) in OWN_SERVER_TESTS {
+        rows.push(
+            Row::new(
+                format!("db:{krate}:{target}"),
+                &[
+                    "test",
+                    "-p",
+                    krate,
+                    "--all-features",
+                    "--test",
+                    target,
+                    "--",
+                    "--test-threads=1",
+                ],
+            )
+            .own_servers(),
+        );
     }
     // The demo's locked runs fail it when they lose an update: mutual exclusion across OS
     // processes, through every API path of both backends.
@@ -248,6 +297,7 @@ pub(crate) fn command(args: &[String]) -> Result<()> {
     if list {
         for row in &rows {
             let servers = match (row.needs_servers, row.postgres_major) {
+                _ if row.own_servers => "  [servers of its own]".to_owned(),
                 (true, _) => "  [servers]".to_owned(),
                 (false, Some(major)) => format!("  [PostgreSQL {major}]"),
                 (false, None) => String::new(),
@@ -316,6 +366,27 @@ fn run_row(row: &Row, servers: &mut Option<Servers>) -> Result<bool> {
         .current_dir(project_root())
         .args(&row.args)
         .envs(row.env.iter().copied());
+    if row.own_servers {
+        let bin = db::system_postgres_bin()?;
+        let pg = db::start_postgres_from(&bin)?;
+        let mariadb = match db::start_mariadb_own() {
+            Ok(mariadb) => mariadb,
+            Err(error) => {
+                pg.stop();
+                return Err(error);
+            }
+        };
+        command
+            .env(db::PG_URL_VAR, &pg.url)
+            .env(db::MYSQL_URL_VAR, &mariadb.url)
+            .env("DLOCK_FAULT_PG_DIR", &pg.dir)
+            .env("DLOCK_FAULT_PG_BIN", &bin)
+            .env("DLOCK_FAULT_MYSQL_DIR", &mariadb.dir);
+        let passed = command.status().map(|status| status.success());
+        pg.stop();
+        mariadb.stop();
+        return Ok(passed?);
+    }
     if let Some(major) = row.postgres_major {
         let bin = pg_versions::bin_dir(major)?;
         let server = db::start_postgres_from(&bin)?;
@@ -355,7 +426,7 @@ mod tests {
     fn only_database_rows_need_servers() {
         for row in rows().unwrap() {
             assert_eq!(
-                row.needs_servers || row.postgres_major.is_some(),
+                row.needs_servers || row.postgres_major.is_some() || row.own_servers,
                 row.name.starts_with("db:"),
                 "{}",
                 row.name

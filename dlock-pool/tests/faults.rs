@@ -1,0 +1,424 @@
+//! Faults survived: a server frozen mid-wait (a partition, as far as the client can tell) and
+//! a server restarted while locks are held and waited for. These tests freeze and restart
+//! their servers, so the matrix gives them servers of their own and runs them one at a time:
+//! `cargo xtask test-matrix --only db:dlock-pool:faults`.
+
+mod common;
+
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use dlock_pool::mysql::{AsyncMySqlLock, MySqlLock};
+use dlock_pool::postgres::AsyncPgLock;
+use dlock_pool::{
+    AsyncLock, AsyncLockGuard, AsyncLockPool, AsyncMySqlManager, Error, Lock, LockGuard, LockPool,
+    REPLY_GRACE,
+};
+
+/// A directory the matrix row names, where a server of this test keeps its files.
+fn server_dir(variable: &str) -> PathBuf {
+    match std::env::var_os(variable) {
+        Some(dir) => PathBuf::from(dir),
+        None => panic!(
+            "{variable} is not set: these tests freeze and restart their servers, so they run \
+             only on servers of their own. Run `cargo xtask test-matrix --only \
+             db:dlock-pool:faults`"
+        ),
+    }
+}
+
+fn read_pid(file: PathBuf) -> u32 {
+    std::fs::read_to_string(&file)
+        .unwrap_or_else(|error| panic!("{}: {error}", file.display()))
+        .lines()
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn pg_pid() -> u32 {
+    read_pid(
+        server_dir("DLOCK_FAULT_PG_DIR")
+            .join("data")
+            .join("postmaster.pid"),
+    )
+}
+
+fn my_pid() -> u32 {
+    read_pid(server_dir("DLOCK_FAULT_MYSQL_DIR").join("mysqld.pid"))
+}
+
+fn run(command: &mut Command) {
+    let status = command.status().unwrap();
+    assert!(status.success(), "{command:?}: {status}");
+}
+
+/// Stops (SIGSTOP) a server and, for PostgreSQL, every backend process, until dropped. The
+/// kernel still accepts and acknowledges the connections' packets: to a client it looks like
+/// a partition that TCP cannot see.
+struct Frozen {
+    pid: u32,
+    with_children: bool,
+}
+
+impl Frozen {
+    fn new(pid: u32, with_children: bool) -> Frozen {
+        if with_children {
+            let _ = Command::new("pkill")
+                .args(["-STOP", "-P", &pid.to_string()])
+                .status();
+        }
+        run(Command::new("kill").args(["-STOP", &pid.to_string()]));
+        Frozen { pid, with_children }
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.pid.to_string()])
+            .status();
+        if self.with_children {
+            let _ = Command::new("pkill")
+                .args(["-CONT", "-P", &self.pid.to_string()])
+                .status();
+        }
+    }
+}
+
+fn port_of(url: &str) -> u16 {
+    let after_at = url.rsplit_once('@').map_or(url, |(_, rest)| rest);
+    let host_port = after_at.split('/').next().unwrap();
+    host_port.rsplit_once(':').unwrap().1.parse().unwrap()
+}
+
+fn wait_for_port(url: &str) {
+    let port = port_of(url);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "the server never came back");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Restarts PostgreSQL: a fast shutdown ends every session, as a crash-free restart does.
+fn restart_postgres() {
+    let dir = server_dir("DLOCK_FAULT_PG_DIR");
+    let bin = server_dir("DLOCK_FAULT_PG_BIN");
+    run(Command::new("runuser")
+        .args(["-u", "postgres", "--"])
+        .arg(bin.join("pg_ctl"))
+        .arg("-D")
+        .arg(dir.join("data"))
+        .arg("-l")
+        .arg(dir.join("server.log"))
+        .args(["-m", "fast", "-w", "-t", "60", "restart"]));
+    wait_for_port(&common::pg_url());
+}
+
+/// Restarts MariaDB: SIGTERM, wait for it to exit, start it again as the matrix did.
+fn restart_mariadb() {
+    let dir = server_dir("DLOCK_FAULT_MYSQL_DIR");
+    let pid = my_pid();
+    run(Command::new("kill").args(["-TERM", &pid.to_string()]));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while PathBuf::from(format!("/proc/{pid}")).exists() {
+        // A zombie of ours would linger here; the server is the matrix's child, not ours.
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if state.contains(") Z ") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "MariaDB did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    run(Command::new("sh").arg(dir.join("restart.sh")));
+    wait_for_port(&common::mysql_url());
+    // The port opens before the server takes logins; wait until one works.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while mysql::Conn::new(mysql::Opts::from_url(&common::mysql_url()).unwrap()).is_err() {
+        assert!(Instant::now() < deadline, "MariaDB does not take logins");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+async fn pg_pool(
+    size: u32,
+) -> AsyncLockPool<bb8_postgres::PostgresConnectionManager<tokio_postgres::NoTls>> {
+    let manager = bb8_postgres::PostgresConnectionManager::new(
+        common::pg_url().parse().unwrap(),
+        tokio_postgres::NoTls,
+    );
+    let builder = bb8::Pool::builder()
+        .max_size(size)
+        .connection_timeout(Duration::from_secs(10));
+    AsyncLockPool::with_builder(builder, manager).await.unwrap()
+}
+
+async fn my_pool(size: u32) -> AsyncLockPool<AsyncMySqlManager> {
+    let manager = AsyncMySqlManager::from_url(&common::mysql_url()).unwrap();
+    let builder = bb8::Pool::builder()
+        .max_size(size)
+        .connection_timeout(Duration::from_secs(10));
+    AsyncLockPool::with_builder(builder, manager).await.unwrap()
+}
+
+/// The longest an owned wait may take with its server frozen: its timeout, the grace for the
+/// reply, and slack for a loaded machine.
+const TIMEOUT: Duration = Duration::from_secs(1);
+const SLACK: Duration = Duration::from_millis(1500);
+
+fn assert_gave_up_in_time<T: std::fmt::Debug>(
+    what: &str,
+    outcome: &Result<T, Error>,
+    took: Duration,
+) {
+    // A pool checks a connection as it checks it out, and that check meets the frozen server
+    // first: then no connection came in time, which is a pool error.
+    assert!(
+        matches!(outcome, Err(Error::ConnectionLost { .. } | Error::Pool(_))),
+        "{what}: {outcome:?}"
+    );
+    assert!(
+        took >= TIMEOUT && took <= TIMEOUT + REPLY_GRACE + SLACK,
+        "{what}: gave up after {took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_postgres_cannot_hold_an_owned_wait_past_its_deadline() {
+    let key = "faults/frozen-pg";
+    let holder = pg_pool(1).await;
+    let held = holder.acquire(key).await.unwrap();
+    let waiters = pg_pool(1).await;
+    // Check out and connect before the freeze: what is measured is the lock wait.
+    drop(waiters.pool().get().await.unwrap());
+    let (client, connection) = tokio_postgres::connect(&common::pg_url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let mut bare = AsyncPgLock::new(client, key);
+
+    let frozen = Frozen::new(pg_pid(), true);
+    let started = Instant::now();
+    let (pooled, owned) = tokio::join!(
+        waiters.acquire_timeout(key, TIMEOUT),
+        bare.acquire_timeout(TIMEOUT)
+    );
+    let took = started.elapsed();
+    drop(frozen);
+    assert_gave_up_in_time("bb8 pool", &pooled.map(|guard| guard.is_some()), took);
+    assert_gave_up_in_time("owned AsyncPgLock", &owned, took);
+
+    // Thawed: the holder releases, the pool reconnects and takes the key, and the bare lock's
+    // queued cleanup left nothing behind.
+    AsyncLockGuard::release(held).await.unwrap();
+    let guard = waiters
+        .acquire_timeout(key, Duration::from_secs(10))
+        .await
+        .unwrap()
+        .expect("the pool recovered");
+    AsyncLockGuard::release(guard).await.unwrap();
+    assert!(
+        bare.try_acquire().await.unwrap(),
+        "the bare lock works again"
+    );
+    bare.release().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_mariadb_cannot_hold_an_owned_wait_past_its_deadline() {
+    let key = "faults/frozen-my";
+    let holder = my_pool(1).await;
+    let held = holder.acquire(key).await.unwrap();
+    let waiters = my_pool(1).await;
+    drop(waiters.pool().get().await.unwrap());
+    let conn = mysql_async::Conn::new(mysql_async::Opts::from_url(&common::mysql_url()).unwrap())
+        .await
+        .unwrap();
+    let mut bare = AsyncMySqlLock::new(conn, key);
+
+    let frozen = Frozen::new(my_pid(), false);
+    let started = Instant::now();
+    let (pooled, owned) = tokio::join!(
+        waiters.acquire_timeout(key, TIMEOUT),
+        bare.acquire_timeout(TIMEOUT)
+    );
+    let took = started.elapsed();
+    drop(frozen);
+    assert_gave_up_in_time("bb8 pool", &pooled.map(|guard| guard.is_some()), took);
+    assert_gave_up_in_time("owned AsyncMySqlLock", &owned, took);
+    // The bare lock gave its connection up; later calls say so.
+    assert!(matches!(
+        bare.try_acquire().await,
+        Err(Error::ConnectionUnusable { .. })
+    ));
+
+    AsyncLockGuard::release(held).await.unwrap();
+    let guard = waiters
+        .acquire_timeout(key, Duration::from_secs(10))
+        .await
+        .unwrap()
+        .expect("the pool recovered");
+    AsyncLockGuard::release(guard).await.unwrap();
+    assert!(
+        common::eventually(|| common::my_holder_of(key).is_none()),
+        "no session holds the key"
+    );
+}
+
+#[test]
+fn a_read_timeout_bounds_a_blocking_mysql_lock_on_a_frozen_server() {
+    // A blocking lock borrows its connection and cannot bound a read itself; the driver's
+    // read timeout does.
+    let key = "faults/frozen-blocking";
+    let mut holder = MySqlLock::new(common::my(), key);
+    holder.acquire().unwrap();
+    let opts = mysql::OptsBuilder::from_opts(mysql::Opts::from_url(&common::mysql_url()).unwrap())
+        .read_timeout(Some(Duration::from_secs(2)));
+    let mut waiter = MySqlLock::new(mysql::Conn::new(opts).unwrap(), key);
+    let frozen = Frozen::new(my_pid(), false);
+    let started = Instant::now();
+    let outcome = waiter.acquire_timeout(TIMEOUT);
+    let took = started.elapsed();
+    drop(frozen);
+    assert!(
+        matches!(outcome, Err(Error::ConnectionLost { .. })),
+        "{outcome:?}"
+    );
+    assert!(took < Duration::from_secs(2) + SLACK, "{took:?}");
+    holder.release().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_restart_ends_holds_and_waits_with_clear_errors_and_pools_reconnect() {
+    let key = "faults/restart-pg";
+    let manager = r2d2_postgres::PostgresConnectionManager::new(
+        common::pg_url().parse().unwrap(),
+        postgres::NoTls,
+    );
+    let blocking = tokio::task::spawn_blocking(move || {
+        LockPool::with_builder(r2d2::Pool::builder().max_size(1), manager).unwrap()
+    })
+    .await
+    .unwrap();
+    let blocking = std::sync::Arc::new(blocking);
+    let pool = blocking.clone();
+    let mut held = tokio::task::spawn_blocking(move || pool.acquire(key).unwrap())
+        .await
+        .unwrap();
+
+    let waiters = pg_pool(1).await;
+    let waiting = tokio::spawn(async move {
+        let outcome = waiters.acquire_timeout(key, Duration::from_secs(20)).await;
+        (outcome.map(|guard| guard.is_some()), waiters)
+    });
+    let (client, connection) = tokio_postgres::connect(&common::pg_url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let mut bare = AsyncPgLock::new(client, key);
+    let bare_waiting = tokio::spawn(async move {
+        let outcome = bare.acquire_timeout(Duration::from_secs(20)).await;
+        (outcome, bare)
+    });
+    // Both wait in the server before it goes down.
+    let queued = tokio::task::spawn_blocking(|| {
+        let mut side = common::pg();
+        common::eventually(|| {
+            let waiting: i64 = side
+                .query_one(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+                    &[],
+                )
+                .unwrap()
+                .get(0);
+            waiting == 2
+        })
+    })
+    .await
+    .unwrap();
+    assert!(queued, "both waiters queued");
+
+    let started = Instant::now();
+    tokio::task::spawn_blocking(restart_postgres).await.unwrap();
+    let (pooled, waiters) = waiting.await.unwrap();
+    let (owned, mut bare) = bare_waiting.await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "no wait ran into its timeout"
+    );
+    for (what, outcome) in [
+        ("bb8 waiter", pooled.map(|_| ())),
+        ("bare waiter", owned.map(|_| ())),
+    ] {
+        let error = outcome.expect_err(what);
+        assert!(error.is_connection_error(), "{what}: {error:?}");
+    }
+    // The holder's session is gone: verify says so, release fails, and the pool closes that
+    // connection.
+    let outcome = tokio::task::spawn_blocking(move || {
+        let verified = LockGuard::verify(&mut held);
+        (verified, LockGuard::release(held))
+    })
+    .await
+    .unwrap();
+    assert!(!matches!(outcome.0, Ok(true)), "{:?}", outcome.0);
+    assert!(outcome.1.is_err(), "{:?}", outcome.1);
+    // Both pools reconnect.
+    let pool = blocking.clone();
+    tokio::task::spawn_blocking(move || LockGuard::release(pool.acquire(key).unwrap()).unwrap())
+        .await
+        .unwrap();
+    let guard = waiters.acquire(key).await.unwrap();
+    AsyncLockGuard::release(guard).await.unwrap();
+    assert!(bare.verify().await.is_ok_and(|held| !held));
+    // The blocking client may not be dropped on a runtime thread.
+    tokio::task::spawn_blocking(move || drop(blocking))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mariadb_restart_ends_holds_and_waits_with_clear_errors_and_pools_reconnect() {
+    let key = "faults/restart-my";
+    let holder = my_pool(1).await;
+    let mut held = holder.acquire(key).await.unwrap();
+    let waiters = my_pool(1).await;
+    let waiting = tokio::spawn(async move {
+        let outcome = waiters.acquire_timeout(key, Duration::from_secs(20)).await;
+        (outcome.map(|guard| guard.is_some()), waiters)
+    });
+    let conn = mysql_async::Conn::new(mysql_async::Opts::from_url(&common::mysql_url()).unwrap())
+        .await
+        .unwrap();
+    let mut bare = AsyncMySqlLock::new(conn, key);
+    let bare_waiting = tokio::spawn(async move {
+        let outcome = bare.acquire_timeout(Duration::from_secs(20)).await;
+        (outcome, bare)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let started = Instant::now();
+    tokio::task::spawn_blocking(restart_mariadb).await.unwrap();
+    let (pooled, waiters) = waiting.await.unwrap();
+    let (owned, _bare) = bare_waiting.await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(20));
+    for (what, outcome) in [
+        ("bb8 waiter", pooled.map(|_| ())),
+        ("bare waiter", owned.map(|_| ())),
+    ] {
+        let error = outcome.expect_err(what);
+        assert!(error.is_connection_error(), "{what}: {error:?}");
+    }
+    assert!(!AsyncLockGuard::verify(&mut held).await.unwrap_or(false));
+    assert!(AsyncLockGuard::release(held).await.is_err());
+    // Both pools reconnect.
+    let guard = holder.acquire(key).await.unwrap();
+    AsyncLockGuard::release(guard).await.unwrap();
+    let guard = waiters.acquire(key).await.unwrap();
+    AsyncLockGuard::release(guard).await.unwrap();
+}
