@@ -151,6 +151,23 @@ fn connections_that_cannot_be_made_are_pool_errors_within_the_timeout() {
             )
             .map(drop),
         ),
+        // TEST-NET-1 (RFC 5737) is never routed: an unreachable host.
+        (
+            "PostgreSQL: an unreachable host",
+            LockPool::with_builder(
+                r2d2_builder(),
+                pg_manager("host=192.0.2.1 port=5432 user=postgres connect_timeout=1"),
+            )
+            .map(drop),
+        ),
+        (
+            "MySQL: an unreachable host",
+            LockPool::with_builder(
+                r2d2_builder(),
+                my_manager("mysql://dlock:dlock@192.0.2.1:3306/dlock?tcp_connect_timeout_ms=1000"),
+            )
+            .map(drop),
+        ),
         (
             "PostgreSQL pool pointed at the MySQL port",
             LockPool::with_builder(
