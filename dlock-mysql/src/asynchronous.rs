@@ -9,7 +9,7 @@ use dlock_core::{AsyncLock, Error, Key, KeyPolicy, Result};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts};
 
-use crate::sql::{self, Acquired, Server, Wait};
+use crate::sql::{self, Acquired, Spec, Wait};
 
 /// A connection an [`AsyncMySqlLock`] can run on: the driver's [`Conn`] (also what a
 /// `mysql_async::Pool` hands out), a box of it, or a `&mut` to either. For a bb8 pooled
@@ -116,9 +116,7 @@ impl<T: AsyncMySqlConnection + ?Sized> AsyncMySqlConnection for &mut T {
 pub struct AsyncMySqlLock<C: AsyncMySqlConnection> {
     /// Always `Some` until `into_inner` or drop takes it.
     conn: Option<C>,
-    key: Key,
-    policy: KeyPolicy,
-    unsupported: Option<fn() -> Error>,
+    spec: Spec,
     /// The name this object holds, as taken.
     held: Option<String>,
     /// Set while a statement is in flight, and left set when its future is dropped: the
@@ -132,9 +130,7 @@ impl<C: AsyncMySqlConnection> AsyncMySqlLock<C> {
     pub fn new(conn: C, key: impl Into<Key>) -> Self {
         AsyncMySqlLock {
             conn: Some(conn),
-            key: key.into(),
-            policy: KeyPolicy::default(),
-            unsupported: None,
+            spec: Spec::new(key.into()),
             held: None,
             unusable: None,
         }
@@ -142,21 +138,21 @@ impl<C: AsyncMySqlConnection> AsyncMySqlLock<C> {
 
     /// Uses `policy` to turn the key into a lock name. Affects the next acquire.
     pub fn policy(mut self, policy: KeyPolicy) -> Self {
-        self.policy = policy;
+        self.spec.policy = policy;
         self
     }
 
     /// Asks for a shared lock, which MySQL and MariaDB do not have: every acquire then fails
     /// with [`Error::Unsupported`].
     pub fn shared(mut self) -> Self {
-        self.unsupported = Some(sql::shared_unsupported);
+        self.spec.shared();
         self
     }
 
     /// Asks for a transaction-scoped lock, which MySQL and MariaDB do not have: every acquire
     /// then fails with [`Error::Unsupported`].
     pub fn transaction_scoped(mut self) -> Self {
-        self.unsupported = Some(sql::transaction_unsupported);
+        self.spec.transaction_scoped();
         self
     }
 
@@ -166,7 +162,7 @@ impl<C: AsyncMySqlConnection> AsyncMySqlLock<C> {
     ///
     /// [`Error::InvalidKey`] when the key cannot be a MySQL lock name under the policy.
     pub fn name(&self) -> Result<String> {
-        self.policy.mysql_name(&self.key)
+        self.spec.name()
     }
 
     /// The connection, for work inside the critical section.
@@ -257,15 +253,8 @@ impl<C: AsyncMySqlConnection> AsyncMySqlLock<C> {
     }
 
     async fn take(&mut self, wait: Wait) -> Result<bool> {
-        if self.held.is_some() {
-            return Err(Error::AlreadyAcquired);
-        }
-        if let Some(unsupported) = self.unsupported {
-            return Err(unsupported());
-        }
-        let name = self.name()?;
-        let server = Server::from_version(self.conn().server_version());
-        let statement = sql::get_lock(server, &name, wait);
+        let version = self.conn().server_version();
+        let (name, statement) = self.spec.acquire(self.held.is_some(), version, wait)?;
         loop {
             let reply = self.query(&statement).await?;
             match sql::read_acquired(wait, reply)? {
@@ -282,7 +271,7 @@ impl<C: AsyncMySqlConnection> AsyncMySqlLock<C> {
 
 impl<C: AsyncMySqlConnection> AsyncLock for AsyncMySqlLock<C> {
     fn key(&self) -> &Key {
-        &self.key
+        &self.spec.key
     }
 
     /// # Cancel Safety
@@ -375,7 +364,7 @@ impl<C: AsyncMySqlConnection> Drop for AsyncMySqlLock<C> {
         match (conn.into_owned(), runtime) {
             (Some(conn), Ok(runtime)) => {
                 let unusable = self.unusable.is_some();
-                let key = self.key.to_string();
+                let key = self.spec.key.to_string();
                 runtime.spawn(async move {
                     if unusable {
                         // The session is being killed; close our end too.
@@ -395,7 +384,7 @@ impl<C: AsyncMySqlConnection> Drop for AsyncMySqlLock<C> {
                 // Without a runtime no I/O is possible: dropping the connection closes the
                 // socket, and the server ends the session (freeing the lock) when it notices.
                 tracing::warn!(
-                    key = %self.key,
+                    key = %self.spec.key,
                     "dropped a held MySQL lock outside a tokio runtime; the lock is freed when \
                      the server notices the closed connection"
                 );
@@ -418,8 +407,8 @@ impl<C: AsyncMySqlConnection> Drop for AsyncMySqlLock<C> {
 impl<C: AsyncMySqlConnection> fmt::Debug for AsyncMySqlLock<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AsyncMySqlLock")
-            .field("key", &self.key)
-            .field("policy", &self.policy)
+            .field("key", &self.spec.key)
+            .field("policy", &self.spec.policy)
             .field("held", &self.held)
             .field("unusable", &self.unusable.is_some())
             .finish_non_exhaustive()

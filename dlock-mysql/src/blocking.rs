@@ -7,7 +7,7 @@ use dlock_core::{Error, Key, KeyPolicy, Lock, Result};
 use mysql::prelude::Queryable;
 use mysql::{Conn, PooledConn};
 
-use crate::sql::{self, Acquired, Server, Wait};
+use crate::sql::{self, Acquired, Spec, Wait};
 
 /// A connection a [`MySqlLock`] can run on: the driver's [`Conn`], a [`PooledConn`] of a
 /// `mysql::Pool`, a box of either, or a `&mut` to any of them. For an r2d2 pooled
@@ -86,9 +86,7 @@ impl<T: MySqlConnection + ?Sized> MySqlConnection for Box<T> {
 pub struct MySqlLock<C: MySqlConnection> {
     /// Always `Some` until `into_inner` takes it.
     conn: Option<C>,
-    key: Key,
-    policy: KeyPolicy,
-    unsupported: Option<fn() -> Error>,
+    spec: Spec,
     /// The name this object holds, as taken: the policy may be changed afterwards, but
     /// release must undo exactly what acquire did.
     held: Option<String>,
@@ -100,9 +98,7 @@ impl<C: MySqlConnection> MySqlLock<C> {
     pub fn new(conn: C, key: impl Into<Key>) -> Self {
         MySqlLock {
             conn: Some(conn),
-            key: key.into(),
-            policy: KeyPolicy::default(),
-            unsupported: None,
+            spec: Spec::new(key.into()),
             held: None,
         }
     }
@@ -111,7 +107,7 @@ impl<C: MySqlConnection> MySqlLock<C> {
     /// [`KeyPolicy::HashedMySqlName`] for keys longer than MySQL's 64 characters). Affects the
     /// next acquire.
     pub fn policy(mut self, policy: KeyPolicy) -> Self {
-        self.policy = policy;
+        self.spec.policy = policy;
         self
     }
 
@@ -119,14 +115,14 @@ impl<C: MySqlConnection> MySqlLock<C> {
     /// with [`Error::Unsupported`]. It exists so that code written for PostgreSQL fails
     /// clearly instead of silently taking an exclusive lock.
     pub fn shared(mut self) -> Self {
-        self.unsupported = Some(sql::shared_unsupported);
+        self.spec.shared();
         self
     }
 
     /// Asks for a transaction-scoped lock, which MySQL and MariaDB do not have (`GET_LOCK`
     /// ignores transactions): every acquire then fails with [`Error::Unsupported`].
     pub fn transaction_scoped(mut self) -> Self {
-        self.unsupported = Some(sql::transaction_unsupported);
+        self.spec.transaction_scoped();
         self
     }
 
@@ -137,7 +133,7 @@ impl<C: MySqlConnection> MySqlLock<C> {
     /// [`Error::InvalidKey`] when the key cannot be a MySQL lock name under the policy
     /// (empty, longer than 64 characters, not UTF-8, containing NUL).
     pub fn name(&self) -> Result<String> {
-        self.policy.mysql_name(&self.key)
+        self.spec.name()
     }
 
     /// The connection, for work inside the critical section.
@@ -196,15 +192,8 @@ impl<C: MySqlConnection> MySqlLock<C> {
     }
 
     fn take(&mut self, wait: Wait) -> Result<bool> {
-        if self.held.is_some() {
-            return Err(Error::AlreadyAcquired);
-        }
-        if let Some(unsupported) = self.unsupported {
-            return Err(unsupported());
-        }
-        let name = self.name()?;
-        let server = Server::from_version(self.conn().server_version());
-        let statement = sql::get_lock(server, &name, wait);
+        let version = self.conn().server_version();
+        let (name, statement) = self.spec.acquire(self.held.is_some(), version, wait)?;
         loop {
             let reply = self.query(&statement)?;
             match sql::read_acquired(wait, reply)? {
@@ -221,7 +210,7 @@ impl<C: MySqlConnection> MySqlLock<C> {
 
 impl<C: MySqlConnection> Lock for MySqlLock<C> {
     fn key(&self) -> &Key {
-        &self.key
+        &self.spec.key
     }
 
     fn acquire(&mut self) -> Result<()> {
@@ -273,7 +262,7 @@ impl<C: MySqlConnection> Drop for MySqlLock<C> {
         if let Err(error) = self.release() {
             // Drop cannot return the error. A lock that could not be released is still held
             // by the session until it ends; the pool wrapper closes such sessions.
-            tracing::warn!(key = %self.key, %error, "dropping a MySQL lock: release failed");
+            tracing::warn!(key = %self.spec.key, %error, "dropping a MySQL lock: release failed");
         }
     }
 }
@@ -281,8 +270,8 @@ impl<C: MySqlConnection> Drop for MySqlLock<C> {
 impl<C: MySqlConnection> fmt::Debug for MySqlLock<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MySqlLock")
-            .field("key", &self.key)
-            .field("policy", &self.policy)
+            .field("key", &self.spec.key)
+            .field("policy", &self.spec.policy)
             .field("held", &self.held)
             .finish_non_exhaustive()
     }

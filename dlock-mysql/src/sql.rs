@@ -12,7 +12,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use dlock_core::{BoxError, Error};
+use dlock_core::{BoxError, Error, Key, KeyPolicy, Result};
 
 /// The server family at the other end of a connection, read from its handshake (no query).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +58,57 @@ impl Wait {
         } else {
             Wait::For(timeout)
         }
+    }
+}
+
+/// What a lock object asks for, apart from its connection and what it holds; the same for
+/// the blocking and the tokio flavour.
+#[derive(Debug)]
+pub(crate) struct Spec {
+    pub(crate) key: Key,
+    pub(crate) policy: KeyPolicy,
+    /// Set when the user asked for a kind of lock MySQL does not have.
+    unsupported: Option<fn() -> Error>,
+}
+
+impl Spec {
+    pub(crate) fn new(key: Key) -> Spec {
+        Spec {
+            key,
+            policy: KeyPolicy::default(),
+            unsupported: None,
+        }
+    }
+
+    pub(crate) fn shared(&mut self) {
+        self.unsupported = Some(shared_unsupported);
+    }
+
+    pub(crate) fn transaction_scoped(&mut self) {
+        self.unsupported = Some(transaction_unsupported);
+    }
+
+    pub(crate) fn name(&self) -> Result<String> {
+        self.policy.mysql_name(&self.key)
+    }
+
+    /// The checks every acquire makes before any I/O, then the name it takes and the
+    /// statement that takes it, for the server of `version` (from the handshake).
+    pub(crate) fn acquire(
+        &self,
+        holds: bool,
+        version: (u16, u16, u16),
+        wait: Wait,
+    ) -> Result<(String, String)> {
+        if holds {
+            return Err(Error::AlreadyAcquired);
+        }
+        if let Some(unsupported) = self.unsupported {
+            return Err(unsupported());
+        }
+        let name = self.name()?;
+        let statement = get_lock(Server::from_version(version), &name, wait);
+        Ok((name, statement))
     }
 }
 
@@ -143,7 +194,7 @@ pub(crate) enum Acquired {
 ///
 /// The server answers NULL when the statement was killed (`KILL QUERY`), and for an empty
 /// name or a bad timeout, which dlock never sends; so NULL is read as a cancel.
-pub(crate) fn read_acquired(wait: Wait, reply: Option<i64>) -> Result<Acquired, Error> {
+pub(crate) fn read_acquired(wait: Wait, reply: Option<i64>) -> Result<Acquired> {
     match reply {
         Some(1) => Ok(Acquired::Granted),
         Some(0) if wait == Wait::Forever => Ok(Acquired::WaitAgain),
