@@ -89,6 +89,53 @@ pub trait AsyncConnection: Sized + Send + 'static + sealed::Sealed {
     ) -> impl Future<Output = (AsyncPooled<M>, Result<()>)> + Send;
 }
 
+/// Implements [`AsyncConnection`] for a driver connection: every backend's lock has `new`,
+/// `policy`, `get_ref`, `get_mut` and `into_inner`, so only the lock type and the key check
+/// differ.
+#[cfg_attr(
+    not(any(feature = "postgres", feature = "mysql")),
+    allow(unused_macros)
+)]
+macro_rules! async_backend {
+    ($connection:ty, $lock:ident, $check_key:ident) => {
+        impl sealed::Sealed for $connection {}
+
+        impl AsyncConnection for $connection {
+            type Lock<M: bb8::ManageConnection<Connection = Self>> = $lock<AsyncPooled<M>>;
+
+            fn check_key(policy: &KeyPolicy, key: &Key) -> Result<()> {
+                policy.$check_key(key).map(drop)
+            }
+
+            fn lock<M: bb8::ManageConnection<Connection = Self>>(
+                conn: AsyncPooled<M>,
+                key: Key,
+                policy: KeyPolicy,
+            ) -> Self::Lock<M> {
+                $lock::new(conn, key).policy(policy)
+            }
+
+            fn pooled<M: bb8::ManageConnection<Connection = Self>>(
+                lock: &Self::Lock<M>,
+            ) -> &AsyncPooled<M> {
+                lock.get_ref()
+            }
+
+            fn pooled_mut<M: bb8::ManageConnection<Connection = Self>>(
+                lock: &mut Self::Lock<M>,
+            ) -> &mut AsyncPooled<M> {
+                lock.get_mut()
+            }
+
+            fn into_pooled<M: bb8::ManageConnection<Connection = Self>>(
+                lock: Self::Lock<M>,
+            ) -> impl Future<Output = (AsyncPooled<M>, Result<()>)> + Send {
+                lock.into_inner()
+            }
+        }
+    };
+}
+
 #[cfg(feature = "postgres")]
 mod postgres_backend {
     use std::borrow::{Borrow, BorrowMut};
@@ -110,41 +157,7 @@ mod postgres_backend {
         }
     }
 
-    impl sealed::Sealed for Client {}
-
-    impl AsyncConnection for Client {
-        type Lock<M: bb8::ManageConnection<Connection = Self>> = AsyncPgLock<AsyncPooled<M>>;
-
-        fn check_key(policy: &KeyPolicy, key: &Key) -> Result<()> {
-            policy.pg_key(key).map(drop)
-        }
-
-        fn lock<M: bb8::ManageConnection<Connection = Self>>(
-            conn: AsyncPooled<M>,
-            key: Key,
-            policy: KeyPolicy,
-        ) -> Self::Lock<M> {
-            AsyncPgLock::new(conn, key).policy(policy)
-        }
-
-        fn pooled<M: bb8::ManageConnection<Connection = Self>>(
-            lock: &Self::Lock<M>,
-        ) -> &AsyncPooled<M> {
-            lock.get_ref()
-        }
-
-        fn pooled_mut<M: bb8::ManageConnection<Connection = Self>>(
-            lock: &mut Self::Lock<M>,
-        ) -> &mut AsyncPooled<M> {
-            lock.get_mut()
-        }
-
-        fn into_pooled<M: bb8::ManageConnection<Connection = Self>>(
-            lock: Self::Lock<M>,
-        ) -> impl Future<Output = (AsyncPooled<M>, Result<()>)> + Send {
-            lock.into_inner()
-        }
-    }
+    async_backend!(Client, AsyncPgLock, pg_key);
 }
 
 #[cfg(feature = "mysql")]
@@ -166,41 +179,7 @@ mod mysql_backend {
         }
     }
 
-    impl sealed::Sealed for Conn {}
-
-    impl AsyncConnection for Conn {
-        type Lock<M: bb8::ManageConnection<Connection = Self>> = AsyncMySqlLock<AsyncPooled<M>>;
-
-        fn check_key(policy: &KeyPolicy, key: &Key) -> Result<()> {
-            policy.mysql_name(key).map(drop)
-        }
-
-        fn lock<M: bb8::ManageConnection<Connection = Self>>(
-            conn: AsyncPooled<M>,
-            key: Key,
-            policy: KeyPolicy,
-        ) -> Self::Lock<M> {
-            AsyncMySqlLock::new(conn, key).policy(policy)
-        }
-
-        fn pooled<M: bb8::ManageConnection<Connection = Self>>(
-            lock: &Self::Lock<M>,
-        ) -> &AsyncPooled<M> {
-            lock.get_ref()
-        }
-
-        fn pooled_mut<M: bb8::ManageConnection<Connection = Self>>(
-            lock: &mut Self::Lock<M>,
-        ) -> &mut AsyncPooled<M> {
-            lock.get_mut()
-        }
-
-        fn into_pooled<M: bb8::ManageConnection<Connection = Self>>(
-            lock: Self::Lock<M>,
-        ) -> impl Future<Output = (AsyncPooled<M>, Result<()>)> + Send {
-            lock.into_inner()
-        }
-    }
+    async_backend!(Conn, AsyncMySqlLock, mysql_name);
 }
 
 /// Marks a connection broken when dropped armed: held across an await whose drop (a

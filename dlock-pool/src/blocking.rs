@@ -82,6 +82,53 @@ pub trait BlockingConnection: Sized + Send + 'static + sealed::Sealed {
     ) -> (Pooled<M>, Result<()>);
 }
 
+/// Implements [`BlockingConnection`] for a driver connection: every backend's lock has `new`,
+/// `policy`, `get_ref`, `get_mut` and `into_inner`, so only the lock type and the key check
+/// differ.
+#[cfg_attr(
+    not(any(feature = "postgres", feature = "mysql")),
+    allow(unused_macros)
+)]
+macro_rules! blocking_backend {
+    ($connection:ty, $lock:ident, $check_key:ident) => {
+        impl sealed::Sealed for $connection {}
+
+        impl BlockingConnection for $connection {
+            type Lock<M: r2d2::ManageConnection<Connection = Self>> = $lock<Pooled<M>>;
+
+            fn check_key(policy: &KeyPolicy, key: &Key) -> Result<()> {
+                policy.$check_key(key).map(drop)
+            }
+
+            fn lock<M: r2d2::ManageConnection<Connection = Self>>(
+                conn: Pooled<M>,
+                key: Key,
+                policy: KeyPolicy,
+            ) -> Self::Lock<M> {
+                $lock::new(conn, key).policy(policy)
+            }
+
+            fn pooled<M: r2d2::ManageConnection<Connection = Self>>(
+                lock: &Self::Lock<M>,
+            ) -> &Pooled<M> {
+                lock.get_ref()
+            }
+
+            fn pooled_mut<M: r2d2::ManageConnection<Connection = Self>>(
+                lock: &mut Self::Lock<M>,
+            ) -> &mut Pooled<M> {
+                lock.get_mut()
+            }
+
+            fn into_pooled<M: r2d2::ManageConnection<Connection = Self>>(
+                lock: Self::Lock<M>,
+            ) -> (Pooled<M>, Result<()>) {
+                lock.into_inner()
+            }
+        }
+    };
+}
+
 #[cfg(feature = "postgres")]
 mod postgres_backend {
     use std::borrow::{Borrow, BorrowMut};
@@ -103,41 +150,7 @@ mod postgres_backend {
         }
     }
 
-    impl sealed::Sealed for Client {}
-
-    impl BlockingConnection for Client {
-        type Lock<M: r2d2::ManageConnection<Connection = Self>> = PgLock<Pooled<M>>;
-
-        fn check_key(policy: &KeyPolicy, key: &Key) -> Result<()> {
-            policy.pg_key(key).map(drop)
-        }
-
-        fn lock<M: r2d2::ManageConnection<Connection = Self>>(
-            conn: Pooled<M>,
-            key: Key,
-            policy: KeyPolicy,
-        ) -> Self::Lock<M> {
-            PgLock::new(conn, key).policy(policy)
-        }
-
-        fn pooled<M: r2d2::ManageConnection<Connection = Self>>(
-            lock: &Self::Lock<M>,
-        ) -> &Pooled<M> {
-            lock.get_ref()
-        }
-
-        fn pooled_mut<M: r2d2::ManageConnection<Connection = Self>>(
-            lock: &mut Self::Lock<M>,
-        ) -> &mut Pooled<M> {
-            lock.get_mut()
-        }
-
-        fn into_pooled<M: r2d2::ManageConnection<Connection = Self>>(
-            lock: Self::Lock<M>,
-        ) -> (Pooled<M>, Result<()>) {
-            lock.into_inner()
-        }
-    }
+    blocking_backend!(Client, PgLock, pg_key);
 }
 
 #[cfg(feature = "mysql")]
@@ -153,41 +166,7 @@ mod mysql_backend {
         }
     }
 
-    impl sealed::Sealed for Conn {}
-
-    impl BlockingConnection for Conn {
-        type Lock<M: r2d2::ManageConnection<Connection = Self>> = MySqlLock<Pooled<M>>;
-
-        fn check_key(policy: &KeyPolicy, key: &Key) -> Result<()> {
-            policy.mysql_name(key).map(drop)
-        }
-
-        fn lock<M: r2d2::ManageConnection<Connection = Self>>(
-            conn: Pooled<M>,
-            key: Key,
-            policy: KeyPolicy,
-        ) -> Self::Lock<M> {
-            MySqlLock::new(conn, key).policy(policy)
-        }
-
-        fn pooled<M: r2d2::ManageConnection<Connection = Self>>(
-            lock: &Self::Lock<M>,
-        ) -> &Pooled<M> {
-            lock.get_ref()
-        }
-
-        fn pooled_mut<M: r2d2::ManageConnection<Connection = Self>>(
-            lock: &mut Self::Lock<M>,
-        ) -> &mut Pooled<M> {
-            lock.get_mut()
-        }
-
-        fn into_pooled<M: r2d2::ManageConnection<Connection = Self>>(
-            lock: Self::Lock<M>,
-        ) -> (Pooled<M>, Result<()>) {
-            lock.into_inner()
-        }
-    }
+    blocking_backend!(Conn, MySqlLock, mysql_name);
 }
 
 /// Blocking distributed locks over an r2d2 pool: each lock checks out a dedicated connection

@@ -108,13 +108,6 @@ fn keys_and_modes_a_backend_cannot_take() {
     assert!(error.to_string().contains("PostgreSQL"), "{error}");
 }
 
-/// The host and port of a URL like `scheme://user@host:port/db`.
-fn port_of(url: &str) -> u16 {
-    let after_at = url.rsplit_once('@').map_or(url, |(_, rest)| rest);
-    let host_port = after_at.split('/').next().unwrap();
-    host_port.rsplit_once(':').unwrap().1.parse().unwrap()
-}
-
 /// A pool builder that gives up on a connection within two seconds.
 fn r2d2_builder<M: r2d2::ManageConnection>() -> r2d2::Builder<dlock_pool::LockManager<M>> {
     r2d2::Pool::builder()
@@ -133,8 +126,8 @@ fn my_manager(url: &str) -> r2d2_mysql::MySqlConnectionManager {
 
 #[test]
 fn connections_that_cannot_be_made_are_pool_errors_within_the_timeout() {
-    let pg_port = port_of(&common::pg_url());
-    let my_port = port_of(&common::mysql_url());
+    let pg_port = common::port_of(&common::pg_url());
+    let my_port = common::port_of(&common::mysql_url());
     // A port nothing listens on: bind one, note it, and let it go.
     let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -224,8 +217,8 @@ fn connections_that_cannot_be_made_are_pool_errors_within_the_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_pools_and_locks_report_bad_input_the_same_way() {
-    let pg_port = port_of(&common::pg_url());
-    let my_port = port_of(&common::mysql_url());
+    let pg_port = common::port_of(&common::pg_url());
+    let my_port = common::port_of(&common::mysql_url());
     // bb8 connects lazily: the error comes with the first acquire.
     fn builder<M: bb8::ManageConnection>() -> bb8::Builder<dlock_pool::LockManager<M>> {
         bb8::Pool::builder()

@@ -90,14 +90,8 @@ impl Drop for Frozen {
     }
 }
 
-fn port_of(url: &str) -> u16 {
-    let after_at = url.rsplit_once('@').map_or(url, |(_, rest)| rest);
-    let host_port = after_at.split('/').next().unwrap();
-    host_port.rsplit_once(':').unwrap().1.parse().unwrap()
-}
-
 fn wait_for_port(url: &str) {
-    let port = port_of(url);
+    let port = common::port_of(url);
     let deadline = Instant::now() + Duration::from_secs(60);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "the server never came back");
@@ -495,7 +489,7 @@ impl Drop for Namespace {
 fn proxy_to_postgres(listen: &str) -> std::net::SocketAddr {
     let listener = std::net::TcpListener::bind((listen, 0)).unwrap();
     let address = listener.local_addr().unwrap();
-    let server = ("127.0.0.1", port_of(&common::pg_url()));
+    let server = ("127.0.0.1", common::port_of(&common::pg_url()));
     std::thread::spawn(move || {
         for client in listener.incoming() {
             let Ok(client) = client else { return };

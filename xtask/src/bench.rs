@@ -7,12 +7,12 @@
 use std::process::Command;
 
 use crate::db::{self, Servers};
-use crate::{Result, cargo, project_root};
+use crate::{Result, cargo, project_root, target_dir};
 
 /// `cargo xtask bench [--quick] [--json PATH]`.
 pub(crate) fn command(args: &[String]) -> Result<()> {
     let mut quick = false;
-    let mut json = project_root().join("target").join("dlock-bench.json");
+    let mut json = target_dir().join("dlock-bench.json");
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -57,8 +57,7 @@ fn bench(servers: &Servers, quick: bool, json: &std::path::Path) -> Result<()> {
     if !build.status()?.success() {
         return Err("building the benchmark failed".into());
     }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| project_root().join("target"), Into::into);
+    let target = target_dir();
     if let Some(parent) = json.parent() {
         std::fs::create_dir_all(parent)?;
     }

@@ -15,7 +15,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::{Result, project_root};
+use crate::Result;
 
 /// The environment variable that names a PostgreSQL server to use instead of starting one.
 pub(crate) const PG_URL_VAR: &str = "DLOCK_PG_URL";
@@ -233,7 +233,7 @@ impl Servers {
 
 /// Where `db up` records the servers it started.
 fn state_file() -> PathBuf {
-    project_root().join("target").join("xtask-db.state")
+    crate::target_dir().join("xtask-db.state")
 }
 
 /// `cargo xtask db up | down | env`.

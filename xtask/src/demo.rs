@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::db::{self, Servers};
-use crate::{Result, cargo, project_root};
+use crate::{Result, cargo, project_root, target_dir};
 
 const BACKENDS: [&str; 2] = ["postgres", "mysql"];
 
@@ -158,8 +158,7 @@ fn demo(servers: &Servers, plan: Plan) -> Result<()> {
 
 /// Runs the worker binary with `args` against `servers`.
 fn worker(servers: &Servers, args: &[&str]) -> Command {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| project_root().join("target"), Into::into);
+    let target = target_dir();
     let mut command = Command::new(target.join("debug").join("examples").join("demo"));
     command.args(args).envs(servers.env());
     command

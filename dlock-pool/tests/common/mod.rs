@@ -77,3 +77,10 @@ pub(crate) fn eventually(mut condition: impl FnMut() -> bool) -> bool {
     }
     condition()
 }
+
+/// The port of a URL like `scheme://user@host:port/db`.
+pub(crate) fn port_of(url: &str) -> u16 {
+    let after_at = url.rsplit_once('@').map_or(url, |(_, rest)| rest);
+    let host_port = after_at.split('/').next().unwrap();
+    host_port.rsplit_once(':').unwrap().1.parse().unwrap()
+}
