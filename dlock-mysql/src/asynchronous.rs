@@ -121,7 +121,7 @@ pub struct AsyncMySqlLock<C: AsyncMySqlConnection> {
     held: Option<String>,
     /// Set while a statement is in flight, and left set when its future is dropped: the
     /// session is then being killed and the connection must not be used again.
-    unusable: Option<&'static str>,
+    unusable: bool,
 }
 
 impl<C: AsyncMySqlConnection> AsyncMySqlLock<C> {
@@ -132,7 +132,7 @@ impl<C: AsyncMySqlConnection> AsyncMySqlLock<C> {
             conn: Some(conn),
             spec: Spec::new(key.into()),
             held: None,
-            unusable: None,
+            unusable: false,
         }
     }
 
@@ -232,13 +232,10 @@ impl<C: AsyncMySqlConnection> AsyncMySqlLock<C> {
     /// Sends `statement` and reads its single value, after paying owed releases. A drop of
     /// the returned future before it completes ends the session.
     async fn query(&mut self, statement: &str) -> Result<Option<i64>> {
-        if let Some(reason) = self.unusable {
-            return Err(sql::unusable(reason));
+        if self.unusable {
+            return Err(sql::unusable());
         }
-        self.unusable = Some(
-            "an earlier operation's future was dropped before the server answered, so dlock \
-             ended the session (KILL) rather than read stale replies",
-        );
+        self.unusable = true;
         let conn = self
             .conn
             .as_mut()
@@ -248,7 +245,7 @@ impl<C: AsyncMySqlConnection> AsyncMySqlLock<C> {
         pay_owed(conn).await;
         let reply = query(conn, statement).await;
         in_flight.disarm();
-        self.unusable = None;
+        self.unusable = false;
         reply
     }
 
@@ -331,7 +328,7 @@ impl<C: AsyncMySqlConnection> AsyncLock for AsyncMySqlLock<C> {
     ///
     /// A drop before the reply ends the session.
     async fn verify(&mut self) -> Result<bool> {
-        if self.unusable.is_some() {
+        if self.unusable {
             return Ok(false);
         }
         let name = match &self.held {
@@ -352,7 +349,7 @@ impl<C: AsyncMySqlConnection> Drop for AsyncMySqlLock<C> {
             return;
         };
         let held = self.held.take();
-        if held.is_none() && self.unusable.is_none() {
+        if held.is_none() && !self.unusable {
             return;
         }
         let (endpoint, id) = session(conn.connection());
@@ -363,7 +360,7 @@ impl<C: AsyncMySqlConnection> Drop for AsyncMySqlLock<C> {
         let runtime = tokio::runtime::Handle::try_current();
         match (conn.into_owned(), runtime) {
             (Some(conn), Ok(runtime)) => {
-                let unusable = self.unusable.is_some();
+                let unusable = self.unusable;
                 let key = self.spec.key.to_string();
                 runtime.spawn(async move {
                     if unusable {
@@ -390,7 +387,7 @@ impl<C: AsyncMySqlConnection> Drop for AsyncMySqlLock<C> {
                 );
             }
             // A session being killed frees its locks by itself: nothing is owed then.
-            (None, _) if self.unusable.is_some() => {}
+            (None, _) if self.unusable => {}
             (None, _) => {
                 if let Some(name) = held {
                     owe(Owed {
@@ -410,7 +407,7 @@ impl<C: AsyncMySqlConnection> fmt::Debug for AsyncMySqlLock<C> {
             .field("key", &self.spec.key)
             .field("policy", &self.spec.policy)
             .field("held", &self.held)
-            .field("unusable", &self.unusable.is_some())
+            .field("unusable", &self.unusable)
             .finish_non_exhaustive()
     }
 }

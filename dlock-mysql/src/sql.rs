@@ -323,9 +323,11 @@ pub(crate) fn server_error(code: u16, source: BoxError) -> Error {
 /// The error for an operation through a connection that an interrupted operation left
 /// unusable.
 #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
-pub(crate) fn unusable(reason: &str) -> Error {
+pub(crate) fn unusable() -> Error {
     Error::ConnectionUnusable {
-        reason: reason.to_owned(),
+        reason: "an earlier operation's future was dropped before the server answered, so \
+                 dlock ended the session (KILL) rather than read stale replies"
+            .to_owned(),
     }
 }
 

@@ -303,7 +303,7 @@ impl<C: BorrowMut<Client> + Send> AsyncPgLock<C> {
         // Prepare before the lock statement is sent: a future dropped here has locked
         // nothing, and the statements are only kept once prepared.
         if let Some(kind) = kind {
-            for (kind, text, types) in self.statements.statements_to_prepare(kind, shape) {
+            for (kind, text, types) in self.statements.note_acquire(kind, shape) {
                 let statement = client
                     .prepare_typed(&text, types)
                     .await

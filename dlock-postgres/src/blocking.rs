@@ -154,7 +154,7 @@ impl<C: BorrowMut<Client>> PgLock<C> {
     }
 
     /// Sends a lock or unlock statement of `kind` and reads its answer: prepared when this
-    /// object keeps it prepared, a simple query otherwise.
+    /// object keeps it prepared (see `take`), a simple query otherwise.
     fn send(&mut self, kind: Kind, key: PgKey, mode: Mode) -> Result<bool, Failure> {
         let shape = Shape::of(key, mode);
         let client = self
@@ -162,12 +162,6 @@ impl<C: BorrowMut<Client>> PgLock<C> {
             .as_mut()
             .expect("the connection is only taken by into_inner")
             .borrow_mut();
-        if kind != Kind::Unlock {
-            for (kind, text, types) in self.statements.statements_to_prepare(kind, shape) {
-                let statement = client.prepare_typed(&text, types).map_err(sql::classify)?;
-                self.statements.keep(kind, shape, statement);
-            }
-        }
         match self.statements.prepared(kind, shape) {
             Some(statement) => {
                 let rows = client
@@ -189,6 +183,16 @@ impl<C: BorrowMut<Client>> PgLock<C> {
             return Err(Error::AlreadyAcquired);
         }
         let (key, mode) = (self.pg_key()?, self.mode);
+        if let Some(kind) = Kind::for_wait(wait) {
+            let shape = Shape::of(key, mode);
+            for (kind, text, types) in self.statements.note_acquire(kind, shape) {
+                let statement = self
+                    .client()
+                    .prepare_typed(&text, types)
+                    .map_err(sql::error)?;
+                self.statements.keep(kind, shape, statement);
+            }
+        }
         let granted = loop {
             let sent = match Kind::for_wait(wait) {
                 Some(kind) => self.send(kind, key, mode),

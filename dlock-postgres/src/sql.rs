@@ -242,7 +242,7 @@ impl Statements {
     /// Counts an acquire sending `kind` for `shape`, and lists the statements to prepare
     /// before it: from the object's second acquire on, `kind` and the unlock, where they are
     /// not kept for this shape yet.
-    pub(crate) fn statements_to_prepare(
+    pub(crate) fn note_acquire(
         &mut self,
         kind: Kind,
         shape: Shape,
