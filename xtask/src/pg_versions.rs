@@ -10,18 +10,14 @@ use std::process::Command;
 
 use crate::Result;
 
-/// The majors the suites run on beyond the system's server, each with the package version
-/// and the integrity the npm registry publishes for it.
+/// The majors the suites run on beyond the system's server (Debian 12's PostgreSQL 15, which
+/// the per-flavour rows use), each with the package version and the integrity the npm
+/// registry publishes for it.
 pub(crate) const MAJORS: &[(&str, &str, &str)] = &[
     (
         "14",
         "14.23.0-beta.17",
         "sha512-WlG1LDcOwA+V0uYSdSGCwqk/aDPiMX/X23cgNdYY5YcBprXjOH3IFoeCrgeXsct4Ep8LL8UsBP9/Ho2mpoea1w==",
-    ),
-    (
-        "15",
-        "15.18.0-beta.17",
-        "sha512-TC0kHcDMAusLbQXRc+9KMz1BLJY+ntfPNbwFP79f9IURSxPRgFLy0Ig8oF1J8Wy9Wnj0XdZkMItV3Nov/LwqhA==",
     ),
     (
         "16",
