@@ -90,6 +90,20 @@ pub enum Error {
         reason: String,
     },
 
+    /// The session's transaction is aborted (PostgreSQL 25P02): the server runs no statement
+    /// until it is rolled back, so dlock could not do what was asked. A lock the object held
+    /// is still held, and still tracked: roll the transaction back, then retry (for example
+    /// `release` again).
+    #[error(
+        "the session's transaction is aborted and the server refuses every statement until it \
+         is rolled back; roll it back, then retry (a lock this object held is still held)"
+    )]
+    TransactionAborted {
+        /// The driver's error.
+        #[source]
+        source: Option<BoxError>,
+    },
+
     /// The key cannot name a lock on this backend under this policy.
     #[error("invalid lock key: {reason}")]
     InvalidKey {
@@ -192,6 +206,9 @@ mod tests {
             },
             Error::ConnectionUnusable {
                 reason: "an acquire was canceled mid-wait".into(),
+            },
+            Error::TransactionAborted {
+                source: Some(io_error()),
             },
             Error::invalid_key("the name is empty"),
             Error::Unsupported {

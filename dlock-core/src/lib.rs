@@ -4,8 +4,10 @@ mod error;
 mod key;
 mod lock;
 mod policy;
+mod wait;
 
 pub use error::{BoxError, Error, Result};
 pub use key::{Key, PgKey};
 pub use lock::{AsyncLock, Lock, REPLY_GRACE};
 pub use policy::{CustomPolicy, KeyPolicy, MYSQL_NAME_MAX_CHARS};
+pub use wait::Wait;

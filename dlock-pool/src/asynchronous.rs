@@ -138,22 +138,20 @@ macro_rules! async_backend {
 
 #[cfg(feature = "postgres")]
 mod postgres_backend {
-    use std::borrow::{Borrow, BorrowMut};
-
-    use dlock_postgres::AsyncPgLock;
     use dlock_postgres::tokio_postgres::Client;
+    use dlock_postgres::{AsyncPgConnection, AsyncPgLock};
 
     use super::*;
 
-    impl<M: bb8::ManageConnection<Connection = Client>> Borrow<Client> for AsyncPooled<M> {
-        fn borrow(&self) -> &Client {
+    impl<M: bb8::ManageConnection<Connection = Client>> AsyncPgConnection for AsyncPooled<M> {
+        fn client(&mut self) -> &mut Client {
             self
         }
-    }
 
-    impl<M: bb8::ManageConnection<Connection = Client>> BorrowMut<Client> for AsyncPooled<M> {
-        fn borrow_mut(&mut self) -> &mut Client {
-            self
+        /// A pooled connection is closed instead of reused: the pool gets it back at once.
+        fn discard(&mut self) -> bool {
+            self.mark_broken();
+            true
         }
     }
 

@@ -1,23 +1,84 @@
 //! Locks over `tokio-postgres`.
 
-use std::borrow::BorrowMut;
 use std::fmt;
 use std::future::Future;
-use std::pin::pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Waker};
-use std::time::Duration;
+use std::pin::{Pin, pin};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
-use dlock_core::{AsyncLock, Error, Key, KeyPolicy, PgKey, Result};
+use dlock_core::{AsyncLock, Error, Key, KeyPolicy, PgKey, Result, Wait};
+use futures_util::TryStreamExt;
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage, Transaction};
 
-use crate::sql::{self, Failure, Holder, Kind, Mode, Params, Scope, Shape, Statements, Wait};
+use crate::machine::{
+    self, Abandon, Acquire, Failed, LockState, Operation, PayOwed, Release, Reply, Request,
+    Settles, Step, Verify, XactOutcome,
+};
+use crate::sql::{self, Failure, Hold, Holder, Mode};
+
+/// A connection an [`AsyncPgLock`] can run on: the driver's [`Client`], a box of it, or a
+/// `&mut` to either. For a bb8 pooled connection pass `&mut *conn`, or use dlock-pool, which
+/// manages the connection for you.
+///
+/// Whether the lock owns its connection decides what a drop can do, because drop cannot
+/// wait: see [`into_owned`](AsyncPgConnection::into_owned) and
+/// [`discard`](AsyncPgConnection::discard).
+pub trait AsyncPgConnection: Send {
+    /// The client the lock sends its statements through.
+    fn client(&mut self) -> &mut Client;
+
+    /// The client itself, when `self` owns it: it is closed when the lock drops, which ends
+    /// the session and frees its locks. Borrows return `None` (the default).
+    fn into_owned(self) -> Option<Client>
+    where
+        Self: Sized,
+    {
+        None
+    }
+
+    /// Asks for the connection to be closed instead of reused, which frees every lock of its
+    /// session; `true` when it will be. Pooled connections answer `true` by marking
+    /// themselves broken (dlock-pool's do); the default is `false`.
+    fn discard(&mut self) -> bool {
+        false
+    }
+}
+
+impl AsyncPgConnection for Client {
+    fn client(&mut self) -> &mut Client {
+        self
+    }
+
+    fn into_owned(self) -> Option<Client> {
+        Some(self)
+    }
+}
+
+impl AsyncPgConnection for Box<Client> {
+    fn client(&mut self) -> &mut Client {
+        self
+    }
+
+    fn into_owned(self) -> Option<Client> {
+        Some(*self)
+    }
+}
+
+impl<T: AsyncPgConnection + ?Sized> AsyncPgConnection for &mut T {
+    fn client(&mut self) -> &mut Client {
+        (**self).client()
+    }
+
+    fn discard(&mut self) -> bool {
+        (**self).discard()
+    }
+}
 
 /// A PostgreSQL session-level advisory lock over a [`tokio_postgres::Client`].
 ///
-/// `C` is the client itself, a `&mut Client`, or anything else that lends one mutably
-/// (`Box<Client>`; for a bb8 pooled connection pass `&mut *conn`, or use dlock-pool). A lock
-/// that owns its client is `Send + 'static` and can move into a spawned task.
+/// `C` is the client itself, a `&mut Client`, or anything else that implements
+/// [`AsyncPgConnection`]. A lock that owns its client is `Send + 'static` and can move into
+/// a spawned task.
 ///
 /// The contract is the [`AsyncLock`] trait's, the same as the blocking
 /// [`PgLock`](crate::PgLock)'s: one round trip per operation, waiting in the server, and
@@ -26,21 +87,23 @@ use crate::sql::{self, Failure, Holder, Kind, Mode, Params, Scope, Shape, Statem
 /// # Cancel safety and drop
 ///
 /// Every future of this type can be dropped at any point (under `tokio::time::timeout`,
-/// `select!`) without leaving a lock that nobody tracks:
+/// `select!`) without leaving a lock that nobody tracks, and without touching any other
+/// statement or any other hold of the session:
 ///
-/// - A dropped acquire that was waiting in the server is ended with a cancel request (sent
-///   from a task spawned on the current tokio runtime, over a new connection without TLS),
-///   and a cleanup statement queued behind it unlocks the key once if the server granted it
-///   anyway (`pg_locks` tells; a grant can land together with the cancel). Another hold of
-///   the same key on the same session is never released by it: such a hold makes an
-///   attempt succeed at once, so a lock found held after a dropped attempt is that
-///   attempt's. The lock also records the cleanup as owed and repeats it (it runs at most
-///   once per attempt) before its next operation, or on drop.
-/// - A cancel request ends whatever statement the session runs when it arrives. The cleanup
-///   is queued twice so it survives that; a statement you send on the same client at once
-///   after dropping an acquire future can be canceled too (57014). For a bounded wait, use
-///   [`acquire_timeout`](AsyncLock::acquire_timeout), which waits in the server and needs
-///   no cancel.
+/// - A dropped acquire queues one cleanup behind its statement: once the statement ends,
+///   the cleanup unlocks the key if, and only if, the statement was granted it. (`pg_locks`
+///   tells exactly: a statement that could still be running waited, and a session's own holds
+///   never make it wait, so a hold found afterwards is that statement's.) The lock reads the
+///   cleanup's reply before its next operation and sends it again if the server refused it
+///   (an aborted transaction), so it runs exactly once.
+/// - No cancel request is sent to a session that goes on serving you: a cancel request ends
+///   whatever the session runs when it arrives, which can be your next statement. So a
+///   dropped wait goes on in the server until it is granted (and cleaned up) or fails, and
+///   what you send on the client meanwhile queues behind it. For a bounded wait that leaves
+///   the connection free, use [`acquire_timeout`](AsyncLock::acquire_timeout), which waits
+///   in the server and needs no cancel. When the connection is closing instead (the lock owns
+///   its client and is dropped, or a pooled connection is discarded), nothing else can run on
+///   the session, and a cancel request ends the wait at once.
 /// - A dropped release has either not started (the lock is still held) or sent its unlock,
 ///   which the connection completes on its own.
 /// - Drop cannot await, so release on drop is not immediate: dropping a held lock queues its
@@ -72,134 +135,148 @@ use crate::sql::{self, Failure, Holder, Kind, Mode, Params, Scope, Shape, Statem
 /// # }
 /// ```
 #[must_use = "a lock does nothing until it is acquired"]
-pub struct AsyncPgLock<C: BorrowMut<Client> + Send> {
-    /// Always `Some` until `into_inner` takes it.
+pub struct AsyncPgLock<C: AsyncPgConnection> {
+    /// Always `Some` until `into_inner` or drop takes it.
     conn: Option<C>,
-    key: Key,
-    policy: KeyPolicy,
-    mode: Mode,
-    /// What this object holds, as taken.
-    held: Option<(PgKey, Mode)>,
-    /// The cleanup of an acquire whose future was dropped before its outcome was read.
-    owed: Option<Owed>,
-    /// Statements prepared once this object is reused.
-    statements: Statements,
+    state: LockState,
+    /// The reply of a statement a dropped future left in flight, read before the next
+    /// operation.
+    pending: Option<Pending>,
 }
 
-/// The cleanup owed by a dropped acquire attempt: unlock `key` in `mode` once if the session
-/// holds it.
-#[derive(Debug, Clone, Copy)]
-struct Owed {
-    key: PgKey,
-    mode: Mode,
-    attempt: u64,
+/// A reply that outlives the future that sent its statement.
+type ReplyFuture = Pin<Box<dyn Future<Output = Reply> + Send>>;
+
+/// The reply of a statement a dropped future left in flight, and what it settles.
+struct Pending {
+    settles: Settles,
+    reply: ReplyFuture,
 }
 
-impl Owed {
-    fn statement(self) -> String {
-        sql::cleanup_dropped_acquire(self.key, self.mode, self.attempt)
+/// Sends a simple query at once, and returns its reply as a future of its own that does not
+/// borrow the client: tokio-postgres hands a query to its connection task on the first poll
+/// of `simple_query_raw`, which completes then.
+fn send_now(client: &Client, statement: &str) -> ReplyFuture {
+    let mut sending = pin!(client.simple_query_raw(statement));
+    match sending
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
+        Poll::Ready(Ok(stream)) => Box::pin(async move {
+            let reply: Vec<SimpleQueryMessage> = stream.try_collect().await?;
+            Ok(sql::last_row(&reply))
+        }),
+        Poll::Ready(Err(error)) => Box::pin(std::future::ready(Err(Failed::from(error)))),
+        Poll::Pending => Box::pin(std::future::ready(Err(Failed {
+            failure: Failure::Other,
+            error: Error::backend(
+                "tokio-postgres did not send a query on its first poll, which dlock relies on",
+            ),
+        }))),
     }
 }
 
-/// A number unique to each acquire attempt of this process (a session serves one process).
-fn next_attempt() -> u64 {
-    static NEXT: AtomicU64 = AtomicU64::new(1);
-    NEXT.fetch_add(1, Ordering::Relaxed)
-}
-
-/// Hands `statement` to the client's connection task without waiting for its reply:
-/// tokio-postgres sends a statement on the first poll of its future, and its connection
-/// task reads and discards replies nobody waits for.
-fn send_without_waiting(client: &Client, statement: &str) {
-    let future = pin!(client.simple_query(statement));
-    let _ = future.poll(&mut Context::from_waker(Waker::noop()));
-}
-
-/// How long a dropped acquire's statement runs before dlock cancels it.
-///
-/// The queued cleanup unlocks the key once if the session holds it, which is right for an
-/// attempt that waited: a session's own holds never conflict, so a wait means the session
-/// did not hold the key before. An attempt on a key the session already holds never waits,
-/// but a cancel that reached it before its grant would fail it, and the cleanup would then
-/// release the earlier hold (measured: one run in eight of the reentrant test failed with an
-/// immediate cancel). Such an attempt completes in well under a millisecond, so by the time
-/// this delay ends only a real wait is still running; a wait simply goes on this much longer.
-const CANCEL_DELAY: Duration = Duration::from_millis(50);
-
-/// Ends the server-side wait of the client's session after [`CANCEL_DELAY`], from a task on
-/// the current tokio runtime. Without a runtime the wait goes on until the lock is granted,
-/// and the queued cleanup releases it then.
-fn cancel_in_background(client: &Client) {
-    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-        let token = client.cancel_token();
-        runtime.spawn(async move {
-            // A sleep on the blocking pool, not tokio's timer: the user's runtime may run
-            // without timers.
-            let _ = tokio::task::spawn_blocking(|| std::thread::sleep(CANCEL_DELAY)).await;
-            if let Err(error) = token.cancel_query(NoTls).await {
-                tracing::debug!(%error, "could not cancel the wait of a dropped acquire");
-            }
-        });
-    }
-}
-
-/// Armed while an acquire statement is in flight; if the future is dropped then, it queues
-/// the cleanup, cancels the wait, and records the cleanup as owed.
-struct PendingAcquire<'a> {
+/// Drives one operation; if its future is dropped with a statement in flight, tells the
+/// machine, and keeps or queues what it asks for.
+struct Driver<'a, O: Operation> {
     client: &'a Client,
-    owed: &'a mut Option<Owed>,
-    cleanup: Owed,
-    waits: bool,
-    armed: bool,
+    state: &'a mut LockState,
+    pending: &'a mut Option<Pending>,
+    op: O,
+    /// The reply of the simple query in flight, kept so that a drop can hand it on.
+    in_flight: Option<ReplyFuture>,
+    /// Set while any statement is in flight.
+    sent: bool,
 }
 
-impl Drop for PendingAcquire<'_> {
+impl<O: Operation> Driver<'_, O> {
+    async fn run(mut self) -> Result<O::Output> {
+        let mut reply = None;
+        loop {
+            let request = match self.op.step(self.state, reply.take()) {
+                Step::Done(outcome) => return outcome,
+                Step::Send(request) => request,
+            };
+            self.sent = true;
+            reply = Some(match request {
+                Request::Simple(statement) => {
+                    let in_flight = self.in_flight.insert(send_now(self.client, &statement));
+                    let reply = in_flight.await;
+                    self.in_flight = None;
+                    reply
+                }
+                // Nothing is locked before the lock statement: a drop here leaves nothing.
+                Request::Prepare(kind, shape) => {
+                    let (text, types) = kind.sql(shape);
+                    match self.client.prepare_typed(&text, types).await {
+                        Ok(statement) => {
+                            self.state.keep(kind, shape, statement);
+                            Ok(None)
+                        }
+                        Err(error) => Err(Failed::from(error)),
+                    }
+                }
+                Request::Prepared(kind, hold) => {
+                    let statement = self
+                        .state
+                        .prepared(kind, hold)
+                        .expect("the machine asks only for kept statements")
+                        .clone();
+                    self.client
+                        .query(&statement, &sql::params(&hold.key))
+                        .await
+                        .map(|rows| sql::prepared_row(&rows))
+                        .map_err(Failed::from)
+                }
+            });
+            self.sent = false;
+        }
+    }
+}
+
+impl<O: Operation> Drop for Driver<'_, O> {
     fn drop(&mut self) {
-        if !self.armed {
+        if !self.sent {
             return;
         }
-        let statement = self.cleanup.statement();
-        // Queued twice: a cancel request that arrives after the wait ended can end one
-        // statement, and then the other still runs.
-        send_without_waiting(self.client, &statement);
-        if self.waits {
-            send_without_waiting(self.client, &statement);
-            cancel_in_background(self.client);
-        }
-        *self.owed = Some(self.cleanup);
+        let kept = self.in_flight.take();
+        *self.pending = match self.state.abandon(self.op.in_flight()) {
+            Abandon::Nothing => None,
+            Abandon::Keep(settles) => kept.map(|reply| Pending { settles, reply }),
+            Abandon::Queue(cleanup, settles) => Some(Pending {
+                settles,
+                reply: send_now(self.client, &cleanup),
+            }),
+        };
     }
 }
 
-impl<C: BorrowMut<Client> + Send> AsyncPgLock<C> {
+impl<C: AsyncPgConnection> AsyncPgLock<C> {
     /// An exclusive lock on `key` over `conn`, unlocked, under the default key policy.
     pub fn new(conn: C, key: impl Into<Key>) -> Self {
         AsyncPgLock {
             conn: Some(conn),
-            key: key.into(),
-            policy: KeyPolicy::default(),
-            mode: Mode::Exclusive,
-            held: None,
-            owed: None,
-            statements: Statements::default(),
+            state: LockState::new(key.into()),
+            pending: None,
         }
     }
 
     /// Makes this a shared lock: any number of shared holders, no exclusive one. Affects
     /// the next acquire.
     pub fn shared(mut self) -> Self {
-        self.mode = Mode::Shared;
+        self.state.mode = Mode::Shared;
         self
     }
 
     /// Uses `policy` to turn the key into a PostgreSQL key. Affects the next acquire.
     pub fn policy(mut self, policy: KeyPolicy) -> Self {
-        self.policy = policy;
+        self.state.policy = policy;
         self
     }
 
     /// The lock's mode.
     pub fn mode(&self) -> Mode {
-        self.mode
+        self.state.mode
     }
 
     /// The PostgreSQL key this lock takes, under its policy.
@@ -208,15 +285,12 @@ impl<C: BorrowMut<Client> + Send> AsyncPgLock<C> {
     ///
     /// What a custom key policy returns; built-in policies accept every key.
     pub fn pg_key(&self) -> Result<PgKey> {
-        self.policy.pg_key(&self.key)
+        self.state.policy.pg_key(&self.state.key)
     }
 
     /// The client, for work inside the critical section.
     pub fn client(&mut self) -> &mut Client {
-        self.conn
-            .as_mut()
-            .expect("the connection is only taken by into_inner")
-            .borrow_mut()
+        self.get_mut().client()
     }
 
     /// The connection as it was given (a pooled connection, a box, a borrow), for what its
@@ -224,15 +298,15 @@ impl<C: BorrowMut<Client> + Send> AsyncPgLock<C> {
     pub fn get_ref(&self) -> &C {
         self.conn
             .as_ref()
-            .expect("the connection is only taken by into_inner")
+            .expect("the connection is only taken by into_inner and drop")
     }
 
-    /// The connection as it was given, mutably. Do not release the lock's name through it
+    /// The connection as it was given, mutably. Do not release the lock's key through it
     /// with raw SQL: the lock would no longer know what it holds.
     pub fn get_mut(&mut self) -> &mut C {
         self.conn
             .as_mut()
-            .expect("the connection is only taken by into_inner")
+            .expect("the connection is only taken by into_inner and drop")
     }
 
     /// Every session of this database that holds this lock's key, with its mode.
@@ -249,139 +323,74 @@ impl<C: BorrowMut<Client> + Send> AsyncPgLock<C> {
         holders_async(self.client(), key).await
     }
 
-    /// Releases the lock if held, and gives the connection back with the outcome of the
-    /// release (`Ok(())` when nothing was held).
+    /// Releases the lock if held (or runs the cleanup a dropped acquire left owed), and gives
+    /// the connection back with the outcome (`Ok(())` when there was nothing to do).
     ///
     /// # Cancel Safety
     ///
     /// Dropping this future drops the lock, with the guarantees of drop.
     pub async fn into_inner(mut self) -> (C, Result<()>) {
-        let released = if self.held.is_some() {
+        let released = if self.state.held().is_some() {
             self.release().await
         } else {
-            self.pay_owed().await
+            self.run(PayOwed::start()).await
         };
         let conn = self
             .conn
             .take()
-            .expect("the connection is only taken by into_inner");
+            .expect("the connection is only taken by into_inner and drop");
         (conn, released)
     }
 
-    async fn query(&mut self, statement: &str) -> Result<Vec<SimpleQueryMessage>, Failure> {
-        self.client()
-            .simple_query(statement)
-            .await
-            .map_err(sql::classify)
+    /// Reads the reply a dropped future left in flight, and settles what it was for. The
+    /// reply stays kept until it is read, whatever happens to this future.
+    async fn settle_pending(&mut self) {
+        if let Some(pending) = self.pending.as_mut() {
+            let reply = pending.reply.as_mut().await;
+            let settles = pending.settles;
+            self.pending = None;
+            self.state.settle(settles, reply);
+        }
     }
 
-    /// Runs a cleanup a dropped acquire left owed. It is idempotent, so a cleanup that the
-    /// drop already queued and that ran does no harm when it runs again.
-    async fn pay_owed(&mut self) -> Result<()> {
-        if let Some(owed) = self.owed {
-            self.query(&owed.statement())
-                .await
-                .map_err(Failure::into_error)?;
-            self.owed = None;
-        }
-        Ok(())
-    }
-
-    async fn take(&mut self, mut wait: Wait) -> Result<bool> {
-        self.pay_owed().await?;
-        if self.held.is_some() {
-            return Err(Error::AlreadyAcquired);
-        }
-        let (key, mode) = (self.pg_key()?, self.mode);
-        let shape = Shape::of(key, mode);
-        let kind = Kind::for_wait(wait);
-        let client: &Client = self
+    /// Runs one operation of the machine on this lock's connection.
+    async fn run<O: Operation>(&mut self, op: O) -> Result<O::Output> {
+        self.settle_pending().await;
+        let conn = self
             .conn
             .as_mut()
-            .expect("taken only by into_inner")
-            .borrow_mut();
-        // Prepare before the lock statement is sent: a future dropped here has locked
-        // nothing, and the statements are only kept once prepared.
-        if let Some(kind) = kind {
-            for (kind, text, types) in self.statements.note_acquire(kind, shape) {
-                let statement = client
-                    .prepare_typed(&text, types)
-                    .await
-                    .map_err(sql::error)?;
-                self.statements.keep(kind, shape, statement);
-            }
+            .expect("the connection is only taken by into_inner and drop");
+        Driver {
+            client: conn.client(),
+            state: &mut self.state,
+            pending: &mut self.pending,
+            op,
+            in_flight: None,
+            sent: false,
         }
-        let statements = &self.statements;
-        let attempt = next_attempt();
-        let mut pending = PendingAcquire {
-            client,
-            owed: &mut self.owed,
-            cleanup: Owed { key, mode, attempt },
-            waits: wait != Wait::Never,
-            armed: true,
-        };
-        let outcome = loop {
-            let prepared = Kind::for_wait(wait).and_then(|kind| {
-                statements
-                    .prepared(kind, shape)
-                    .map(|statement| (kind, statement))
-            });
-            let sent = match prepared {
-                Some((kind, statement)) => client
-                    .query(statement, &Params::of(key).values())
-                    .await
-                    .map_err(sql::classify)
-                    .and_then(|rows| sql::read_prepared(kind, &rows).map_err(Failure::Error)),
-                None => {
-                    let statement = sql::lock(key, mode, Scope::Session, wait);
-                    match client.simple_query(&statement).await {
-                        Ok(reply) => sql::read_acquired(wait, &reply).map_err(Failure::Error),
-                        Err(error) => Err(sql::classify(error)),
-                    }
-                }
-            };
-            match sent {
-                Ok(granted) => break Ok(granted),
-                // A grant can race the timer: pg_locks tells.
-                Err(Failure::LockTimeout) => {
-                    let check = sql::held_by_session(key, mode);
-                    let held = match client.simple_query(&check).await {
-                        Ok(reply) => sql::read_held(&reply),
-                        Err(error) => Err(sql::error(error)),
-                    };
-                    if !matches!(held, Ok(false)) || wait != Wait::Unbounded {
-                        break held;
-                    }
-                    // The session's own lock_timeout cut an unbounded wait short: wait
-                    // again, in the server, overriding it for the one statement.
-                    wait = Wait::Millis(0);
-                }
-                Err(Failure::Error(error)) => break Err(error),
-            }
-        };
-        pending.armed = false;
-        drop(pending);
-        let granted = outcome?;
-        if granted {
-            self.held = Some((key, mode));
-        }
-        Ok(granted)
+        .run()
+        .await
+    }
+
+    async fn take(&mut self, wait: Wait) -> Result<bool> {
+        let op = Acquire::start(&self.state, wait)?;
+        self.run(op).await
     }
 }
 
-impl<C: BorrowMut<Client> + Send> AsyncLock for AsyncPgLock<C> {
+impl<C: AsyncPgConnection> AsyncLock for AsyncPgLock<C> {
     fn key(&self) -> &Key {
-        &self.key
+        &self.state.key
     }
 
     /// Waits, in the server, until this session holds the lock.
     ///
     /// # Cancel Safety
     ///
-    /// Cancel safe: a dropped acquire cancels the server's wait and unlocks the key if it
-    /// was granted anyway (see the type's docs).
+    /// Cancel safe: a dropped acquire's cleanup unlocks the key if it was granted, and the
+    /// wait goes on in the server until then (see the type's docs).
     async fn acquire(&mut self) -> Result<()> {
-        self.take(Wait::Unbounded).await.map(drop)
+        self.take(Wait::Forever).await.map(drop)
     }
 
     /// Takes the lock if it is free, without waiting.
@@ -395,8 +404,9 @@ impl<C: BorrowMut<Client> + Send> AsyncLock for AsyncPgLock<C> {
     }
 
     /// Waits at most `timeout` in the server, through `lock_timeout` set for this one
-    /// statement (the session's own setting is unchanged afterwards). Whole milliseconds,
-    /// rounded up; a zero timeout is a try.
+    /// statement, with `statement_timeout` off for it (the session's settings are unchanged
+    /// afterwards). Whole milliseconds, rounded up; a zero timeout is a try. The timeout also
+    /// bounds the wait for a statement an earlier dropped future left running.
     ///
     /// If the server has not answered [`REPLY_GRACE`](dlock_core::REPLY_GRACE) after the
     /// timeout (a frozen server or a partition, where its timer cannot fire), this returns
@@ -407,8 +417,19 @@ impl<C: BorrowMut<Client> + Send> AsyncLock for AsyncPgLock<C> {
     ///
     /// Cancel safe, as [`acquire`](AsyncLock::acquire).
     async fn acquire_timeout(&mut self, timeout: Duration) -> Result<bool> {
-        let limit = timeout.saturating_add(dlock_core::REPLY_GRACE);
-        match tokio::time::timeout(limit, self.take(Wait::for_timeout(timeout))).await {
+        let started = Instant::now();
+        if self.pending.is_some()
+            && tokio::time::timeout(timeout, self.settle_pending())
+                .await
+                .is_err()
+        {
+            // The connection is still busy with what a dropped future left running.
+            return Ok(false);
+        }
+        let left = timeout.saturating_sub(started.elapsed());
+        // The grace is counted from the wait the server is asked for.
+        let limit = left.saturating_add(dlock_core::REPLY_GRACE);
+        match tokio::time::timeout(limit, self.take(Wait::for_timeout(left))).await {
             Ok(outcome) => outcome,
             Err(_) => Err(Error::no_reply(limit)),
         }
@@ -419,42 +440,16 @@ impl<C: BorrowMut<Client> + Send> AsyncLock for AsyncPgLock<C> {
     /// # Cancel Safety
     ///
     /// Cancel safe: once polled, the lock counts as released and its unlock is on its way
-    /// to the server, which runs it whether or not the future completes.
+    /// to the server, which runs it whether or not the future completes. If the server
+    /// refuses it (an aborted transaction), the lock counts as held again at its next
+    /// operation.
     async fn release(&mut self) -> Result<()> {
-        self.pay_owed().await?;
-        let (key, mode) = self.held.take().ok_or(Error::NotAcquired)?;
-        // Never prepares: the unlock must be on its way at the first poll.
-        let statement = self.statements.prepared(Kind::Unlock, Shape::of(key, mode));
-        let client: &Client = self
-            .conn
-            .as_mut()
-            .expect("taken only by into_inner")
-            .borrow_mut();
-        let released = match statement {
-            Some(statement) => {
-                let rows = client
-                    .query(statement, &Params::of(key).values())
-                    .await
-                    .map_err(sql::error)?;
-                sql::read_prepared(Kind::Unlock, &rows)?
-            }
-            None => {
-                let reply = client
-                    .simple_query(&sql::unlock(key, mode))
-                    .await
-                    .map_err(sql::error)?;
-                sql::read_simple(Kind::Unlock, &reply)?
-            }
-        };
-        if released {
-            Ok(())
-        } else {
-            Err(Error::NotHeld)
-        }
+        let op = Release::start(&self.state)?;
+        self.run(op).await
     }
 
     fn is_acquired(&self) -> bool {
-        self.held.is_some()
+        self.state.held().is_some()
     }
 
     /// Asks `pg_locks` whether this session holds the lock in this lock's mode. After the
@@ -467,46 +462,62 @@ impl<C: BorrowMut<Client> + Send> AsyncLock for AsyncPgLock<C> {
         if self.client().is_closed() {
             return Ok(false);
         }
-        self.pay_owed().await?;
-        let (key, mode) = match self.held {
-            Some(held) => held,
-            None => (self.pg_key()?, self.mode),
-        };
-        match self.query(&sql::held_by_session(key, mode)).await {
-            Ok(reply) => sql::read_held(&reply),
-            Err(Failure::Error(error)) if error.is_connection_error() => Ok(false),
-            Err(failure) => Err(failure.into_error()),
-        }
+        let op = Verify::start(&self.state)?;
+        self.run(op).await
     }
 }
 
-impl<C: BorrowMut<Client> + Send> Drop for AsyncPgLock<C> {
+impl<C: AsyncPgConnection> Drop for AsyncPgLock<C> {
     fn drop(&mut self) {
-        let Some(conn) = self.conn.as_mut() else {
+        let Some(mut conn) = self.conn.take() else {
             return;
         };
-        let client: &Client = conn.borrow_mut();
+        let client = conn.client();
         if client.is_closed() {
             return;
         }
-        if let Some(owed) = self.owed.take() {
-            send_without_waiting(client, &owed.statement());
+        if let Some(hold) = self.state.held() {
+            tracing::debug!(key = %self.state.key, "dropping a held PostgreSQL lock: unlock queued");
+            drop(send_now(client, &sql::unlock(hold)));
+        } else if let (Some(hold), None) = (self.state.owes(), &self.pending) {
+            drop(send_now(client, &sql::cleanup(hold)));
         }
-        if let Some((key, mode)) = self.held.take() {
-            tracing::debug!(key = %self.key, "dropping a held PostgreSQL lock: unlock queued");
-            send_without_waiting(client, &sql::unlock(key, mode));
+        // A wait a dropped future left running may still occupy the session. When the
+        // connection is closing, nothing else can run on the session, so a cancel request can
+        // end only that wait.
+        let busy = self.pending.take().is_some_and(|mut pending| {
+            let reply = pending
+                .reply
+                .as_mut()
+                .poll(&mut Context::from_waker(Waker::noop()));
+            reply.is_pending()
+        });
+        let token = client.cancel_token();
+        if busy && (conn.discard() || conn.into_owned().is_some()) {
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    runtime.spawn(async move {
+                        if let Err(error) = token.cancel_query(NoTls).await {
+                            tracing::debug!(%error, "could not cancel the wait of a dropped acquire");
+                        }
+                    });
+                }
+                Err(_) => tracing::debug!(
+                    "a dropped acquire's wait goes on until the server notices the closed connection"
+                ),
+            }
         }
     }
 }
 
-impl<C: BorrowMut<Client> + Send> fmt::Debug for AsyncPgLock<C> {
+impl<C: AsyncPgConnection> fmt::Debug for AsyncPgLock<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AsyncPgLock")
-            .field("key", &self.key)
-            .field("policy", &self.policy)
-            .field("mode", &self.mode)
-            .field("held", &self.held)
-            .field("cleanup_owed", &self.owed.is_some())
+            .field("key", &self.state.key)
+            .field("policy", &self.state.policy)
+            .field("mode", &self.state.mode)
+            .field("held", &self.state.held())
+            .field("cleanup_owed", &self.state.owes().is_some())
             .finish_non_exhaustive()
     }
 }
@@ -596,16 +607,15 @@ impl AsyncPgXactLock {
         &self.key
     }
 
-    fn statement(&self, wait: Wait) -> Result<String> {
-        Ok(sql::lock(
-            self.policy.pg_key(&self.key)?,
-            self.mode,
-            Scope::Transaction,
-            wait,
-        ))
+    fn hold(&self) -> Result<Hold> {
+        Ok(Hold {
+            key: self.policy.pg_key(&self.key)?,
+            mode: self.mode,
+        })
     }
 
-    /// Waits, in the server, until the transaction holds the lock.
+    /// Waits, in the server, until the transaction holds the lock. No session setting
+    /// (`lock_timeout`, `statement_timeout`) cuts the wait short.
     ///
     /// # Errors
     ///
@@ -615,10 +625,9 @@ impl AsyncPgXactLock {
     ///
     /// See the type's docs: a late grant ends with the transaction.
     pub async fn acquire(&self, tx: &Transaction<'_>) -> Result<()> {
-        tx.simple_query(&self.statement(Wait::Millis(0))?)
-            .await
-            .map_err(sql::error)
-            .map(drop)
+        let statement = machine::xact_statement(self.hold()?, Wait::Forever);
+        let reply = tx.simple_query(&statement).await;
+        answered(Wait::Forever, reply).map(drop)
     }
 
     /// Takes the lock if it is free: `Ok(true)` held until the transaction ends.
@@ -631,11 +640,9 @@ impl AsyncPgXactLock {
     ///
     /// See the type's docs.
     pub async fn try_acquire(&self, tx: &Transaction<'_>) -> Result<bool> {
-        let reply = tx
-            .simple_query(&self.statement(Wait::Never)?)
-            .await
-            .map_err(sql::error)?;
-        sql::read_acquired(Wait::Never, &reply)
+        let statement = machine::xact_statement(self.hold()?, Wait::Never);
+        let reply = tx.simple_query(&statement).await;
+        answered(Wait::Never, reply)
     }
 
     /// Waits at most `timeout` for the lock, inside a savepoint: on a timeout the savepoint
@@ -654,25 +661,28 @@ impl AsyncPgXactLock {
         timeout: Duration,
     ) -> Result<bool> {
         let wait = Wait::for_timeout(timeout);
-        let statement = self.statement(wait)?;
+        let statement = machine::xact_statement(self.hold()?, wait);
+        if wait == Wait::Never {
+            let reply = tx.simple_query(&statement).await;
+            return answered(wait, reply);
+        }
         let savepoint = tx.savepoint("dlock_acquire").await.map_err(sql::error)?;
-        match savepoint
+        let reply = savepoint
             .simple_query(&statement)
             .await
-            .map_err(sql::classify)
-        {
-            Ok(reply) => {
-                let granted = sql::read_acquired(wait, &reply)?;
+            .map(|reply| sql::last_row(&reply));
+        // Rolling the savepoint back also frees a lock granted with a failure.
+        match machine::xact_outcome(wait, reply.map_err(Failed::from)) {
+            XactOutcome::Answered(granted) => {
                 savepoint.commit().await.map_err(sql::error)?;
                 Ok(granted)
             }
-            // Rolling back the savepoint also frees a lock granted as the timer fired.
-            Err(Failure::LockTimeout) => savepoint
+            XactOutcome::TimedOut => savepoint
                 .rollback()
                 .await
                 .map_err(sql::error)
                 .map(|()| false),
-            Err(Failure::Error(error)) => {
+            XactOutcome::Failed(error) => {
                 let _ = savepoint.rollback().await;
                 Err(error)
             }
@@ -689,8 +699,19 @@ impl AsyncPgXactLock {
     ///
     /// Cancel safe: it only reads.
     pub async fn verify(&self, tx: &Transaction<'_>) -> Result<bool> {
-        let statement = sql::held_by_session(self.policy.pg_key(&self.key)?, self.mode);
+        let statement = sql::held_by_session(self.hold()?);
         let reply = tx.simple_query(&statement).await.map_err(sql::error)?;
-        sql::read_held(&reply)
+        sql::read_bool(&sql::last_row(&reply), 0)
     }
+}
+
+/// The answer of a transaction lock statement sent without a savepoint.
+fn answered(
+    wait: Wait,
+    reply: Result<Vec<SimpleQueryMessage>, tokio_postgres::Error>,
+) -> Result<bool> {
+    let reply = reply
+        .map(|reply| sql::last_row(&reply))
+        .map_err(Failed::from);
+    machine::xact_outcome(wait, reply).into_result()
 }

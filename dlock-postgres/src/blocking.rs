@@ -4,10 +4,14 @@ use std::borrow::BorrowMut;
 use std::fmt;
 use std::time::Duration;
 
-use dlock_core::{Error, Key, KeyPolicy, Lock, PgKey, Result};
-use postgres::{Client, SimpleQueryMessage, Transaction};
+use dlock_core::{Key, KeyPolicy, Lock, PgKey, Result, Wait};
+use postgres::{Client, Transaction};
 
-use crate::sql::{self, Failure, Holder, Kind, Mode, Params, Scope, Shape, Statements, Wait};
+use crate::machine::{
+    self, Acquire, Failed, LockState, Operation, PayOwed, Release, Reply, Request, Step, Verify,
+    XactOutcome,
+};
+use crate::sql::{self, Hold, Holder, Mode};
 
 /// A PostgreSQL session-level advisory lock over the blocking [`postgres::Client`].
 ///
@@ -49,14 +53,7 @@ use crate::sql::{self, Failure, Holder, Kind, Mode, Params, Scope, Shape, Statem
 pub struct PgLock<C: BorrowMut<Client>> {
     /// Always `Some` until `into_inner` takes it.
     conn: Option<C>,
-    key: Key,
-    policy: KeyPolicy,
-    mode: Mode,
-    /// What this object holds, as taken: the key and mode may be changed by the builder
-    /// methods afterwards, but release must undo exactly what acquire did.
-    held: Option<(PgKey, Mode)>,
-    /// Statements prepared once this object is reused.
-    statements: Statements,
+    state: LockState,
 }
 
 impl<C: BorrowMut<Client>> PgLock<C> {
@@ -64,30 +61,26 @@ impl<C: BorrowMut<Client>> PgLock<C> {
     pub fn new(conn: C, key: impl Into<Key>) -> Self {
         PgLock {
             conn: Some(conn),
-            key: key.into(),
-            policy: KeyPolicy::default(),
-            mode: Mode::Exclusive,
-            held: None,
-            statements: Statements::default(),
+            state: LockState::new(key.into()),
         }
     }
 
     /// Makes this a shared lock: any number of shared holders, no exclusive one. Affects
     /// the next acquire.
     pub fn shared(mut self) -> Self {
-        self.mode = Mode::Shared;
+        self.state.mode = Mode::Shared;
         self
     }
 
     /// Uses `policy` to turn the key into a PostgreSQL key. Affects the next acquire.
     pub fn policy(mut self, policy: KeyPolicy) -> Self {
-        self.policy = policy;
+        self.state.policy = policy;
         self
     }
 
     /// The lock's mode.
     pub fn mode(&self) -> Mode {
-        self.mode
+        self.state.mode
     }
 
     /// The PostgreSQL key this lock takes, under its policy.
@@ -96,15 +89,12 @@ impl<C: BorrowMut<Client>> PgLock<C> {
     ///
     /// What a custom key policy returns; built-in policies accept every key.
     pub fn pg_key(&self) -> Result<PgKey> {
-        self.policy.pg_key(&self.key)
+        self.state.policy.pg_key(&self.state.key)
     }
 
     /// The client, for work inside the critical section.
     pub fn client(&mut self) -> &mut Client {
-        self.conn
-            .as_mut()
-            .expect("the connection is only taken by into_inner")
-            .borrow_mut()
+        self.get_mut().borrow_mut()
     }
 
     /// The connection as it was given (a pooled connection, a box, a borrow), for what its
@@ -115,7 +105,7 @@ impl<C: BorrowMut<Client>> PgLock<C> {
             .expect("the connection is only taken by into_inner")
     }
 
-    /// The connection as it was given, mutably. Do not release the lock's name through it
+    /// The connection as it was given, mutably. Do not release the lock's key through it
     /// with raw SQL: the lock would no longer know what it holds.
     pub fn get_mut(&mut self) -> &mut C {
         self.conn
@@ -134,14 +124,10 @@ impl<C: BorrowMut<Client>> PgLock<C> {
         holders(self.client(), key)
     }
 
-    /// Releases the lock if held, and gives the connection back with the outcome of the
-    /// release (`Ok(())` when nothing was held).
+    /// Releases the lock if held (or runs the cleanup an interrupted acquire left owed), and
+    /// gives the connection back with the outcome (`Ok(())` when there was nothing to do).
     pub fn into_inner(mut self) -> (C, Result<()>) {
-        let released = if self.held.is_some() {
-            self.release()
-        } else {
-            Ok(())
-        };
+        let released = self.settle();
         let conn = self
             .conn
             .take()
@@ -149,93 +135,74 @@ impl<C: BorrowMut<Client>> PgLock<C> {
         (conn, released)
     }
 
-    fn query(&mut self, statement: &str) -> Result<Vec<SimpleQueryMessage>, Failure> {
-        self.client().simple_query(statement).map_err(sql::classify)
+    /// Releases what is held and pays what is owed.
+    fn settle(&mut self) -> Result<()> {
+        if self.state.held().is_some() {
+            self.release()
+        } else {
+            let mut op = PayOwed::start();
+            self.drive(|state, reply| op.step(state, reply))
+        }
     }
 
-    /// Sends a lock or unlock statement of `kind` and reads its answer: prepared when this
-    /// object keeps it prepared (see `take`), a simple query otherwise.
-    fn send(&mut self, kind: Kind, key: PgKey, mode: Mode) -> Result<bool, Failure> {
-        let shape = Shape::of(key, mode);
+    /// Sends what the machine asks until it is done.
+    fn drive<T>(
+        &mut self,
+        mut step: impl FnMut(&mut LockState, Option<Reply>) -> Step<T>,
+    ) -> Result<T> {
         let client = self
             .conn
             .as_mut()
             .expect("the connection is only taken by into_inner")
             .borrow_mut();
-        match self.statements.prepared(kind, shape) {
-            Some(statement) => {
-                let rows = client
-                    .query(statement, &Params::of(key).values())
-                    .map_err(sql::classify)?;
-                sql::read_prepared(kind, &rows).map_err(Failure::Error)
-            }
-            None => {
-                let reply = client
-                    .simple_query(&sql::simple(kind, key, mode))
-                    .map_err(sql::classify)?;
-                sql::read_simple(kind, &reply).map_err(Failure::Error)
+        let mut reply = None;
+        loop {
+            match step(&mut self.state, reply.take()) {
+                Step::Done(outcome) => return outcome,
+                Step::Send(request) => reply = Some(send(client, &mut self.state, request)),
             }
         }
     }
 
-    fn take(&mut self, mut wait: Wait) -> Result<bool> {
-        if self.held.is_some() {
-            return Err(Error::AlreadyAcquired);
+    fn take(&mut self, wait: Wait) -> Result<bool> {
+        let mut op = Acquire::start(&self.state, wait)?;
+        self.drive(|state, reply| op.step(state, reply))
+    }
+}
+
+/// Sends one request of the machine and reads its reply.
+fn send(client: &mut Client, state: &mut LockState, request: Request) -> Reply {
+    match request {
+        Request::Simple(text) => client
+            .simple_query(&text)
+            .map(|reply| sql::last_row(&reply))
+            .map_err(Failed::from),
+        Request::Prepare(kind, shape) => {
+            let (text, types) = kind.sql(shape);
+            let statement = client.prepare_typed(&text, types)?;
+            state.keep(kind, shape, statement);
+            Ok(None)
         }
-        let (key, mode) = (self.pg_key()?, self.mode);
-        if let Some(kind) = Kind::for_wait(wait) {
-            let shape = Shape::of(key, mode);
-            for (kind, text, types) in self.statements.note_acquire(kind, shape) {
-                let statement = self
-                    .client()
-                    .prepare_typed(&text, types)
-                    .map_err(sql::error)?;
-                self.statements.keep(kind, shape, statement);
-            }
+        Request::Prepared(kind, hold) => {
+            let statement = state
+                .prepared(kind, hold)
+                .expect("the machine asks only for kept statements")
+                .clone();
+            client
+                .query(&statement, &sql::params(&hold.key))
+                .map(|rows| sql::prepared_row(&rows))
+                .map_err(Failed::from)
         }
-        let granted = loop {
-            let sent = match Kind::for_wait(wait) {
-                Some(kind) => self.send(kind, key, mode),
-                None => {
-                    let statement = sql::lock(key, mode, Scope::Session, wait);
-                    self.query(&statement)
-                        .and_then(|reply| sql::read_acquired(wait, &reply).map_err(Failure::Error))
-                }
-            };
-            match sent {
-                Ok(granted) => break granted,
-                // The server can grant the lock at the instant the timer fires and still
-                // report the timeout: ask pg_locks so a granted lock is never left untracked.
-                Err(Failure::LockTimeout) => {
-                    let check = sql::held_by_session(key, mode);
-                    let reply = self.query(&check).map_err(Failure::into_error)?;
-                    if sql::read_held(&reply)? {
-                        break true;
-                    }
-                    if wait != Wait::Unbounded {
-                        break false;
-                    }
-                    // The session's own lock_timeout cut an unbounded wait short: wait again,
-                    // in the server, overriding it for the one statement.
-                    wait = Wait::Millis(0);
-                }
-                Err(Failure::Error(error)) => return Err(error),
-            }
-        };
-        if granted {
-            self.held = Some((key, mode));
-        }
-        Ok(granted)
     }
 }
 
 impl<C: BorrowMut<Client>> Lock for PgLock<C> {
     fn key(&self) -> &Key {
-        &self.key
+        &self.state.key
     }
 
     fn acquire(&mut self) -> Result<()> {
-        self.take(Wait::Unbounded).map(drop)
+        self.take(Wait::Forever).map(drop)
     }
 
     fn try_acquire(&mut self) -> Result<bool> {
@@ -250,47 +217,34 @@ impl<C: BorrowMut<Client>> Lock for PgLock<C> {
     }
 
     fn release(&mut self) -> Result<()> {
-        let (key, mode) = self.held.take().ok_or(Error::NotAcquired)?;
-        match self
-            .send(Kind::Unlock, key, mode)
-            .map_err(Failure::into_error)?
-        {
-            true => Ok(()),
-            false => Err(Error::NotHeld),
-        }
+        let mut op = Release::start(&self.state)?;
+        self.drive(|state, reply| op.step(state, reply))
     }
 
     fn is_acquired(&self) -> bool {
-        self.held.is_some()
+        self.state.held().is_some()
     }
 
     /// Asks `pg_locks` whether this session holds the lock in this lock's mode. After the
     /// connection was lost this is `Ok(false)`: the server freed the session's locks.
     fn verify(&mut self) -> Result<bool> {
-        let (key, mode) = match self.held {
-            Some(held) => held,
-            None => (self.pg_key()?, self.mode),
-        };
+        let mut op = Verify::start(&self.state)?;
         if self.client().is_closed() {
             return Ok(false);
         }
-        match self.query(&sql::held_by_session(key, mode)) {
-            Ok(reply) => sql::read_held(&reply),
-            Err(Failure::Error(error)) if error.is_connection_error() => Ok(false),
-            Err(failure) => Err(failure.into_error()),
-        }
+        self.drive(|state, reply| op.step(state, reply))
     }
 }
 
 impl<C: BorrowMut<Client>> Drop for PgLock<C> {
     fn drop(&mut self) {
-        if self.held.is_none() || self.conn.is_none() {
+        if self.conn.is_none() || (self.state.held().is_none() && self.state.owes().is_none()) {
             return;
         }
-        if let Err(error) = self.release() {
+        if let Err(error) = self.settle() {
             // Drop cannot return the error. A lock that could not be released is still
             // held by the session until it ends; the pool wrapper closes such sessions.
-            tracing::warn!(key = %self.key, %error, "dropping a PostgreSQL lock: release failed");
+            tracing::warn!(key = %self.state.key, %error, "dropping a PostgreSQL lock: release failed");
         }
     }
 }
@@ -298,10 +252,11 @@ impl<C: BorrowMut<Client>> Drop for PgLock<C> {
 impl<C: BorrowMut<Client>> fmt::Debug for PgLock<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PgLock")
-            .field("key", &self.key)
-            .field("policy", &self.policy)
-            .field("mode", &self.mode)
-            .field("held", &self.held)
+            .field("key", &self.state.key)
+            .field("policy", &self.state.policy)
+            .field("mode", &self.state.mode)
+            .field("held", &self.state.held())
+            .field("cleanup_owed", &self.state.owes().is_some())
             .finish_non_exhaustive()
     }
 }
@@ -387,23 +342,22 @@ impl PgXactLock {
         &self.key
     }
 
-    fn statement(&self, wait: Wait) -> Result<String> {
-        Ok(sql::lock(
-            self.policy.pg_key(&self.key)?,
-            self.mode,
-            Scope::Transaction,
-            wait,
-        ))
+    fn hold(&self) -> Result<Hold> {
+        Ok(Hold {
+            key: self.policy.pg_key(&self.key)?,
+            mode: self.mode,
+        })
     }
 
-    /// Waits, in the server, until the transaction holds the lock.
+    /// Waits, in the server, until the transaction holds the lock. No session setting
+    /// (`lock_timeout`, `statement_timeout`) cuts the wait short.
     ///
     /// # Errors
     ///
-    /// What the server reports, as dlock's [`Error`] (a deadlock aborts the transaction).
+    /// What the server reports, as dlock's [`Error`](dlock_core::Error) (a deadlock aborts the
+    /// transaction).
     pub fn acquire(&self, tx: &mut Transaction<'_>) -> Result<()> {
-        let statement = self.statement(Wait::Millis(0))?;
-        tx.simple_query(&statement).map_err(sql::error).map(drop)
+        self.take(tx, Wait::Forever).map(drop)
     }
 
     /// Takes the lock if it is free: `Ok(true)` held until the transaction ends,
@@ -413,9 +367,7 @@ impl PgXactLock {
     ///
     /// What the server reports.
     pub fn try_acquire(&self, tx: &mut Transaction<'_>) -> Result<bool> {
-        let statement = self.statement(Wait::Never)?;
-        let reply = tx.simple_query(&statement).map_err(sql::error)?;
-        sql::read_acquired(Wait::Never, &reply)
+        self.take(tx, Wait::Never)
     }
 
     /// Waits at most `timeout` for the lock, inside a savepoint: on a timeout the savepoint
@@ -425,19 +377,30 @@ impl PgXactLock {
     ///
     /// What the server reports.
     pub fn acquire_timeout(&self, tx: &mut Transaction<'_>, timeout: Duration) -> Result<bool> {
-        let wait = Wait::for_timeout(timeout);
-        let statement = self.statement(wait)?;
+        self.take(tx, Wait::for_timeout(timeout))
+    }
+
+    fn take(&self, tx: &mut Transaction<'_>, wait: Wait) -> Result<bool> {
+        let statement = machine::xact_statement(self.hold()?, wait);
+        if !matches!(wait, Wait::For(_)) {
+            let reply = tx
+                .simple_query(&statement)
+                .map(|reply| sql::last_row(&reply));
+            return machine::xact_outcome(wait, reply.map_err(Failed::from)).into_result();
+        }
         let mut savepoint = tx.savepoint("dlock_acquire").map_err(sql::error)?;
-        match savepoint.simple_query(&statement).map_err(sql::classify) {
-            Ok(reply) => {
-                let granted = sql::read_acquired(wait, &reply)?;
+        let reply = savepoint
+            .simple_query(&statement)
+            .map(|reply| sql::last_row(&reply));
+        // Rolling the savepoint back also frees a lock granted with a failure.
+        match machine::xact_outcome(wait, reply.map_err(Failed::from)) {
+            XactOutcome::Answered(granted) => {
                 savepoint.commit().map_err(sql::error)?;
                 Ok(granted)
             }
-            // Rolling back the savepoint also frees a lock granted as the timer fired.
-            Err(Failure::LockTimeout) => savepoint.rollback().map_err(sql::error).map(|()| false),
-            Err(Failure::Error(error)) => {
-                // The savepoint's rollback keeps the transaction usable after a cancel.
+            XactOutcome::TimedOut => savepoint.rollback().map_err(sql::error).map(|()| false),
+            XactOutcome::Failed(error) => {
+                // The rollback keeps the transaction usable after a cancel.
                 let _ = savepoint.rollback();
                 Err(error)
             }
@@ -450,8 +413,9 @@ impl PgXactLock {
     ///
     /// What the server reports.
     pub fn verify(&self, tx: &mut Transaction<'_>) -> Result<bool> {
-        let statement = sql::held_by_session(self.policy.pg_key(&self.key)?, self.mode);
-        let reply = tx.simple_query(&statement).map_err(sql::error)?;
-        sql::read_held(&reply)
+        let reply = tx
+            .simple_query(&sql::held_by_session(self.hold()?))
+            .map_err(sql::error)?;
+        sql::read_bool(&sql::last_row(&reply), 0)
     }
 }

@@ -2,6 +2,8 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(any(feature = "blocking", feature = "tokio"))]
+mod machine;
+#[cfg(any(feature = "blocking", feature = "tokio"))]
 mod sql;
 
 #[cfg(feature = "blocking")]
@@ -22,7 +24,7 @@ pub use blocking::{PgLock, PgXactLock, holders};
 
 #[cfg(feature = "tokio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
-pub use asynchronous::{AsyncPgLock, AsyncPgXactLock, holders_async};
+pub use asynchronous::{AsyncPgConnection, AsyncPgLock, AsyncPgXactLock, holders_async};
 
 /// The blocking driver this crate's `blocking` feature uses, for matching versions.
 #[cfg(feature = "blocking")]

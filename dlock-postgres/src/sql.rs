@@ -1,14 +1,13 @@
-//! Every statement dlock sends to PostgreSQL and the reading of every reply, as plain
-//! functions. The blocking and tokio flavours only send these and hand back what came.
+//! Every statement dlock sends to PostgreSQL, the reading of every reply, and the sorting of
+//! every error, as plain functions with no I/O. The state machine (`machine.rs`) picks which
+//! to send; the blocking and tokio flavours only send them.
 //!
-//! Statements go over the simple query protocol with the key as an integer literal: one round
-//! trip, no statement to prepare per connection, and nothing the user wrote is ever spliced
-//! into SQL (keys are integers we format ourselves).
+//! Keys are integers dlock formats itself, so nothing the user wrote is ever spliced into SQL.
 
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use dlock_core::{Error, PgKey};
+use dlock_core::{BoxError, Error, PgKey};
 
 #[cfg(all(feature = "blocking", not(feature = "tokio")))]
 use postgres as driver;
@@ -45,36 +44,6 @@ impl Mode {
     }
 }
 
-/// How long long a lock statement may wait in the server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Wait {
-    /// `pg_try_advisory_lock`: never waits.
-    Never,
-    /// A plain `pg_advisory_lock`, under the session's `lock_timeout` (normally none). If a
-    /// session setting cuts the wait short, the caller waits again with `Millis(0)`.
-    Unbounded,
-    /// `pg_advisory_lock` under `lock_timeout` of this many milliseconds, set for the one
-    /// statement; 0 means no limit whatever the session's setting.
-    Millis(u32),
-}
-
-impl Wait {
-    /// The wait for `acquire_timeout(timeout)`. `lock_timeout` counts whole milliseconds and
-    /// takes 0 as "no limit", so the timeout is rounded up (never firing early) and a zero
-    /// timeout becomes a try. A timeout beyond `lock_timeout`'s range (about 24.8 days) waits
-    /// without limit.
-    pub(crate) fn for_timeout(timeout: Duration) -> Wait {
-        if timeout.is_zero() {
-            return Wait::Never;
-        }
-        let millis = timeout.as_nanos().div_ceil(1_000_000);
-        match i32::try_from(millis) {
-            Ok(millis) => Wait::Millis(millis.unsigned_abs()),
-            Err(_) => Wait::Millis(0),
-        }
-    }
-}
-
 /// Whether a lock lasts for the session or for the current transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Scope {
@@ -82,13 +51,22 @@ pub(crate) enum Scope {
     Transaction,
 }
 
-/// The session setting where the cleanup of a dropped acquire records the attempt it
-/// cleaned up, so that running it again does nothing.
-#[cfg(feature = "tokio")]
-const CLEANED_ATTEMPT: &str = "dlock.cleaned_attempt";
+impl Scope {
+    fn infix(self) -> &'static str {
+        match self {
+            Scope::Session => "",
+            Scope::Transaction => "_xact",
+        }
+    }
+}
 
-/// Where a waiting acquire keeps the caller's `lock_timeout` while it sets its own.
-const SAVED_LOCK_TIMEOUT: &str = "dlock.saved_lock_timeout";
+/// One lock as the server knows it: a key in a mode. What an acquire takes and a release
+/// must give back exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Hold {
+    pub(crate) key: PgKey,
+    pub(crate) mode: Mode,
+}
 
 fn key_args(key: PgKey) -> String {
     match key {
@@ -97,57 +75,74 @@ fn key_args(key: PgKey) -> String {
     }
 }
 
-/// The statement that takes a lock. Its reply is read by [`read_acquired`].
+/// The `lock_timeout` of `acquire_timeout(timeout)`, in milliseconds: rounded up, so the
+/// wait never ends early; 0 ("no limit") beyond `lock_timeout`'s range (about 24.8 days).
+pub(crate) fn lock_timeout_millis(timeout: Duration) -> u32 {
+    let millis = timeout.as_nanos().div_ceil(1_000_000);
+    i32::try_from(millis).map_or(0, i32::unsigned_abs)
+}
+
+/// `pg_try_advisory_lock`: never waits. Its reply is read by [`read_bool`].
+pub(crate) fn try_lock(hold: Hold, scope: Scope) -> String {
+    format!(
+        "SELECT pg_try_advisory{}_lock{}({})",
+        scope.infix(),
+        hold.mode.suffix(),
+        key_args(hold.key)
+    )
+}
+
+/// A plain `pg_advisory_lock`, under the session's own `lock_timeout` and
+/// `statement_timeout` (normally none): the fast form of `acquire`. A reply with a row means
+/// granted.
+pub(crate) fn wait_lock(hold: Hold, scope: Scope) -> String {
+    format!(
+        "SELECT pg_advisory{}_lock{}({})",
+        scope.infix(),
+        hold.mode.suffix(),
+        key_args(hold.key)
+    )
+}
+
+/// Where a guarded lock statement keeps the caller's settings while it overrides them.
+const SAVED_LOCK_TIMEOUT: &str = "dlock.saved_lock_timeout";
+const SAVED_STATEMENT_TIMEOUT: &str = "dlock.saved_statement_timeout";
+
+/// A `pg_advisory_lock` that no session setting can cut short: `lock_timeout` is
+/// `lock_timeout_ms` (0: none) and `statement_timeout` is off, for this wait only. A reply
+/// with a row means granted; the server's timeout is 55P03.
 ///
-/// A [`Wait::Millis`] statement sets `lock_timeout` for itself only: it saves the caller's
-/// value, sets its own, waits, and restores the caller's value. (Measured, the setting
-/// costs about a tenth of a lock/unlock cycle, so a plain acquire goes without it.) Outside a transaction the settings
-/// are local to the statement anyway; inside one, the restore keeps the transaction's
-/// setting as it was. The target list is evaluated left to right.
-pub(crate) fn lock(key: PgKey, mode: Mode, scope: Scope, wait: Wait) -> String {
-    let xact = match scope {
-        Scope::Session => "",
-        Scope::Transaction => "_xact",
-    };
-    let (args, suffix) = (key_args(key), mode.suffix());
-    let mut sql = String::from("SELECT ");
-    match wait {
-        Wait::Never => {
-            let _ = write!(sql, "pg_try_advisory{xact}_lock{suffix}({args})");
-        }
-        Wait::Unbounded => {
-            let _ = write!(sql, "pg_advisory{xact}_lock{suffix}({args})");
-        }
-        Wait::Millis(millis) => {
-            let _ = write!(
-                sql,
-                "set_config('{SAVED_LOCK_TIMEOUT}', current_setting('lock_timeout'), true), \
-                 set_config('lock_timeout', '{millis}', true), \
-                 pg_advisory{xact}_lock{suffix}({args}), \
-                 set_config('lock_timeout', current_setting('{SAVED_LOCK_TIMEOUT}'), true)"
-            );
-        }
-    }
+/// Two statements in one simple query, one round trip. The server arms `statement_timeout`
+/// when a statement starts, so the first statement turns it off for the second; `lock_timeout`
+/// is read when the wait begins, so the second statement sets it itself. Both are set with
+/// `is_local`, which ends with the implicit transaction of the query; inside a transaction of
+/// the user's, the second statement puts the saved values back after the wait. (Measured, the
+/// guard costs a tenth of a cycle or more, so `acquire` sends the plain form first and this
+/// one only after a session setting cut a wait short.)
+pub(crate) fn guarded_lock(hold: Hold, scope: Scope, lock_timeout_ms: u32) -> String {
+    let mut sql = String::with_capacity(420);
+    let _ = write!(
+        sql,
+        "SELECT set_config('{SAVED_STATEMENT_TIMEOUT}', current_setting('statement_timeout'), \
+         true), set_config('statement_timeout', '0', true); \
+         SELECT set_config('{SAVED_LOCK_TIMEOUT}', current_setting('lock_timeout'), true), \
+         set_config('lock_timeout', '{lock_timeout_ms}', true), \
+         pg_advisory{}_lock{}({}), \
+         set_config('lock_timeout', current_setting('{SAVED_LOCK_TIMEOUT}'), true), \
+         set_config('statement_timeout', current_setting('{SAVED_STATEMENT_TIMEOUT}'), true)",
+        scope.infix(),
+        hold.mode.suffix(),
+        key_args(hold.key)
+    );
     sql
 }
 
-/// Reads the reply to [`lock`]: `true` when the lock was granted.
-///
-/// A try answers in its first column; a waiting lock that returns at all was granted (its
-/// timeout is an error, read by [`classify`]).
-pub(crate) fn read_acquired(wait: Wait, reply: &[SimpleQueryMessage]) -> Result<bool, Error> {
-    match wait {
-        Wait::Never => read_bool(reply),
-        Wait::Unbounded | Wait::Millis(_) => first_row(reply).map(|_| true),
-    }
-}
-
 /// The statement that releases a session lock: `true` if the session held it.
-pub(crate) fn unlock(key: PgKey, mode: Mode) -> String {
+pub(crate) fn unlock(hold: Hold) -> String {
     format!(
         "SELECT pg_advisory_unlock{}({})",
-        mode.suffix(),
-        key_args(key)
+        hold.mode.suffix(),
+        key_args(hold.key)
     )
 }
 
@@ -168,25 +163,15 @@ pub(crate) struct Shape {
 }
 
 impl Shape {
-    pub(crate) fn of(key: PgKey, mode: Mode) -> Shape {
+    pub(crate) fn of(hold: Hold) -> Shape {
         Shape {
-            pair: matches!(key, PgKey::Pair(..)),
-            mode,
+            pair: matches!(hold.key, PgKey::Pair(..)),
+            mode: hold.mode,
         }
     }
 }
 
 impl Kind {
-    /// The kind of statement a wait uses, if it has a prepared form (a timed wait sets
-    /// `lock_timeout` around the lock and always goes as a simple query).
-    pub(crate) fn for_wait(wait: Wait) -> Option<Kind> {
-        match wait {
-            Wait::Never => Some(Kind::TryLock),
-            Wait::Unbounded => Some(Kind::Lock),
-            Wait::Millis(_) => None,
-        }
-    }
-
     /// The statement's SQL, with typed parameters, and the parameters' types.
     pub(crate) fn sql(self, shape: Shape) -> (String, &'static [Type]) {
         let function = match self {
@@ -204,23 +189,22 @@ impl Kind {
             (format!("SELECT {function}{suffix}($1)"), &[Type::INT8])
         }
     }
+
+    /// The same statement as a simple query, for a lock object that keeps none prepared.
+    pub(crate) fn simple(self, hold: Hold) -> String {
+        match self {
+            Kind::Lock => wait_lock(hold, Scope::Session),
+            Kind::TryLock => try_lock(hold, Scope::Session),
+            Kind::Unlock => unlock(hold),
+        }
+    }
 }
 
 /// The parameters of a prepared statement for a key, matching [`Kind::sql`].
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Params(PgKey);
-
-impl Params {
-    pub(crate) fn of(key: PgKey) -> Params {
-        Params(key)
-    }
-
-    /// The values to bind, borrowed from `self`.
-    pub(crate) fn values(&self) -> Vec<&(dyn ToSql + Sync)> {
-        match &self.0 {
-            PgKey::BigInt(value) => vec![value],
-            PgKey::Pair(high, low) => vec![high, low],
-        }
+pub(crate) fn params(key: &PgKey) -> Vec<&(dyn ToSql + Sync)> {
+    match key {
+        PgKey::BigInt(value) => vec![value],
+        PgKey::Pair(high, low) => vec![high, low],
     }
 }
 
@@ -242,11 +226,7 @@ impl Statements {
     /// Counts an acquire sending `kind` for `shape`, and lists the statements to prepare
     /// before it: from the object's second acquire on, `kind` and the unlock, where they are
     /// not kept for this shape yet.
-    pub(crate) fn note_acquire(
-        &mut self,
-        kind: Kind,
-        shape: Shape,
-    ) -> Vec<(Kind, String, &'static [Type])> {
+    pub(crate) fn note_acquire(&mut self, kind: Kind, shape: Shape) -> Vec<Kind> {
         self.acquires = self.acquires.saturating_add(1);
         if self.acquires < 2 {
             return Vec::new();
@@ -254,10 +234,6 @@ impl Statements {
         [kind, Kind::Unlock]
             .into_iter()
             .filter(|kind| self.prepared(*kind, shape).is_none())
-            .map(|kind| {
-                let (sql, types) = kind.sql(shape);
-                (kind, sql, types)
-            })
             .collect()
     }
 
@@ -273,62 +249,13 @@ impl Statements {
             _ => None,
         }
     }
-}
 
-/// The simple-query form of a statement of `kind`, and the reading of its reply.
-#[cfg_attr(not(feature = "blocking"), allow(dead_code))]
-pub(crate) fn simple(kind: Kind, key: PgKey, mode: Mode) -> String {
-    match kind {
-        Kind::Lock => lock(key, mode, Scope::Session, Wait::Unbounded),
-        Kind::TryLock => lock(key, mode, Scope::Session, Wait::Never),
-        Kind::Unlock => unlock(key, mode),
+    /// Forgets every kept statement: the session no longer has them (`DISCARD ALL`,
+    /// `DEALLOCATE ALL`, a pooler's reset). They are prepared again from the next acquire.
+    pub(crate) fn forget(&mut self) {
+        self.slots = Default::default();
+        self.acquires = 0;
     }
-}
-
-/// Reads the reply to [`simple`]: a plain lock that returns at all was granted; a try and
-/// an unlock answer in their first column.
-pub(crate) fn read_simple(kind: Kind, reply: &[SimpleQueryMessage]) -> Result<bool, Error> {
-    match kind {
-        Kind::Lock => first_row(reply).map(|_| true),
-        Kind::TryLock | Kind::Unlock => read_bool(reply),
-    }
-}
-
-/// Reads the rows of a prepared lock statement of `kind`: a plain lock that returns at all
-/// was granted; a try and an unlock answer in their first column.
-pub(crate) fn read_prepared(kind: Kind, rows: &[driver::Row]) -> Result<bool, Error> {
-    let row = rows.first().ok_or_else(|| unexpected_reply("a row"))?;
-    match kind {
-        Kind::Lock => Ok(true),
-        Kind::TryLock | Kind::Unlock => row
-            .try_get::<_, bool>(0)
-            .map_err(|_| unexpected_reply("a boolean")),
-    }
-}
-
-/// The cleanup of an acquire attempt whose outcome the client never read: unlocks once if
-/// this session holds the lock in this mode, and records `attempt` so that running it again
-/// does nothing.
-///
-/// The server is the only judge of the outcome. A record written by the acquire statement
-/// itself would not do: a cancel that lands as the lock is handed over makes the server
-/// grant the lock and then fail the statement (57014), which rolls such a record back
-/// while the session lock stays. Holding the lock is the right test because an attempt can
-/// only have waited, or failed, if the session did not hold the lock in that mode before
-/// (a session's own holds never conflict), so a hold found now is the attempt's. The one
-/// other way to fail, a cancel that reaches an attempt which needed no wait before its grant,
-/// is kept out by sending the cancel only after such an attempt has long completed (see
-/// `CANCEL_DELAY`).
-#[cfg(feature = "tokio")]
-pub(crate) fn cleanup_dropped_acquire(key: PgKey, mode: Mode, attempt: u64) -> String {
-    format!(
-        "SELECT CASE WHEN current_setting('{CLEANED_ATTEMPT}', true) IS DISTINCT FROM '{attempt}' \
-         AND {} THEN pg_advisory_unlock{}({}) END, \
-         set_config('{CLEANED_ATTEMPT}', '{attempt}', false)",
-        session_holds(key, mode),
-        mode.suffix(),
-        key_args(key)
-    )
 }
 
 /// The `pg_locks` columns that identify an advisory lock: a bigint key is split into its
@@ -358,22 +285,44 @@ fn pg_locks_filter(key: PgKey) -> String {
 }
 
 /// The SQL condition "this session holds the lock in this mode", per `pg_locks`.
-fn session_holds(key: PgKey, mode: Mode) -> String {
+fn session_holds(hold: Hold) -> String {
     format!(
         "EXISTS (SELECT 1 FROM pg_locks WHERE {} AND pid = pg_backend_pid() AND mode = '{}')",
-        pg_locks_filter(key),
-        mode.pg_locks_name()
+        pg_locks_filter(hold.key),
+        hold.mode.pg_locks_name()
     )
 }
 
-/// Whether this session holds the lock in this mode, per `pg_locks`.
-pub(crate) fn held_by_session(key: PgKey, mode: Mode) -> String {
-    format!("SELECT {}", session_holds(key, mode))
+/// Whether this session holds the lock in this mode, per `pg_locks`: one boolean.
+pub(crate) fn held_by_session(hold: Hold) -> String {
+    format!("SELECT {}", session_holds(hold))
 }
 
-/// Reads the reply to [`held_by_session`].
-pub(crate) fn read_held(reply: &[SimpleQueryMessage]) -> Result<bool, Error> {
-    read_bool(reply)
+/// The question after a lock statement failed in a way that can come with a grant (55P03,
+/// 57014): whether the session holds the lock now, and whether the session has a
+/// `statement_timeout` that could have been what ended the wait. Two booleans.
+///
+/// The answer is exact because such a failure only comes to a statement that waited: a
+/// session's own holds never conflict with its requests, so a statement that waited did not
+/// hold the lock in that mode before, and a hold found now is the one it was granted.
+pub(crate) fn interrupted(hold: Hold) -> String {
+    format!(
+        "SELECT {}, current_setting('statement_timeout') <> '0'",
+        session_holds(hold)
+    )
+}
+
+/// The cleanup of an acquire whose outcome was never read (its future was dropped, or the
+/// question after an interruption could not be asked): unlocks once if this session holds
+/// the lock in this mode. Exact for the same reason as [`interrupted`]; it is sent once per
+/// attempt and never repeated after it ran, so it cannot take a second hold away.
+pub(crate) fn cleanup(hold: Hold) -> String {
+    format!(
+        "SELECT CASE WHEN {} THEN pg_advisory_unlock{}({}) END",
+        session_holds(hold),
+        hold.mode.suffix(),
+        key_args(hold.key)
+    )
 }
 
 /// Every session of this database holding the lock, with its mode.
@@ -420,98 +369,138 @@ pub(crate) fn read_holders(reply: &[SimpleQueryMessage]) -> Result<Vec<Holder>, 
     Ok(holders)
 }
 
-fn first_row(reply: &[SimpleQueryMessage]) -> Result<&driver::SimpleQueryRow, Error> {
-    reply
-        .iter()
-        .find_map(|message| match message {
-            SimpleQueryMessage::Row(row) => Some(row),
-            _ => None,
-        })
-        .ok_or_else(|| unexpected_reply("a row"))
+/// A reply as the state machine reads it: the columns of the last row, as text (`t` and `f`
+/// for booleans), or `None` when the statement returned no row. Each flavour turns its
+/// driver's reply into this, so the machine reads simple and prepared replies alike.
+pub(crate) type Row = Option<Vec<Option<String>>>;
+
+/// The last row of a simple query's reply.
+pub(crate) fn last_row(reply: &[SimpleQueryMessage]) -> Row {
+    reply.iter().rev().find_map(|message| match message {
+        SimpleQueryMessage::Row(row) => Some(
+            (0..row.len())
+                .map(|i| row.get(i).map(str::to_owned))
+                .collect(),
+        ),
+        _ => None,
+    })
 }
 
-fn read_bool(reply: &[SimpleQueryMessage]) -> Result<bool, Error> {
-    match first_row(reply)?.get(0) {
-        Some("t") => Ok(true),
-        Some("f") => Ok(false),
+/// The last row of a prepared statement's reply: every prepared statement dlock sends
+/// returns one boolean (a try or an unlock) or one void (a plain lock).
+pub(crate) fn prepared_row(rows: &[driver::Row]) -> Row {
+    rows.last().map(|row| {
+        let value = match row.try_get::<_, bool>(0) {
+            Ok(true) => "t",
+            Ok(false) => "f",
+            Err(_) => "",
+        };
+        vec![Some(value.to_owned())]
+    })
+}
+
+/// Column `index` of a reply as a boolean.
+pub(crate) fn read_bool(row: &Row, index: usize) -> Result<bool, Error> {
+    match row.as_ref().and_then(|row| row.get(index)) {
+        Some(Some(value)) if value == "t" => Ok(true),
+        Some(Some(value)) if value == "f" => Ok(false),
         _ => Err(unexpected_reply("a boolean")),
     }
+}
+
+/// Whether a reply has a row at all: a plain lock that returns was granted.
+pub(crate) fn read_granted(row: &Row) -> Result<bool, Error> {
+    row.as_ref()
+        .map(|_| true)
+        .ok_or_else(|| unexpected_reply("a row"))
 }
 
 fn unexpected_reply(expected: &str) -> Error {
     Error::backend(format!("the server's reply did not hold {expected}"))
 }
 
-/// What a failed lock statement means.
-#[derive(Debug)]
+/// What an error from the server or the driver means to a lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Failure {
-    /// `lock_timeout` fired (55P03): the lock was not granted within the wait, as far as the
-    /// statement knows (a grant can race the timer: check `pg_locks`).
+    /// 55P03: `lock_timeout` ended the wait. The lock may have been granted as the timer
+    /// fired.
     LockTimeout,
-    /// Anything else, as dlock's error.
-    Error(Error),
+    /// 57014: a cancel request or `statement_timeout` ended the statement. The lock may have
+    /// been granted as it landed. `by_request` when the server said it was a cancel request
+    /// (its English message; other languages count as unknown).
+    Canceled { by_request: bool },
+    /// 25P02: the session's transaction is aborted; the statement did not run.
+    TransactionAborted,
+    /// 26000: a prepared statement is missing (`DISCARD ALL`, `DEALLOCATE ALL`); the
+    /// statement did not run.
+    StatementMissing,
+    /// The connection or the session is gone, and with it every lock it held.
+    ConnectionLost,
+    /// Anything else: the statement did not take the lock.
+    Other,
 }
 
-/// Sorts a driver error into what dlock reports.
-pub(crate) fn classify(error: driver::Error) -> Failure {
-    let code = error.code().cloned();
-    let Some(code) = code else {
+/// Sorts a driver error.
+pub(crate) fn failure(error: &driver::Error) -> Failure {
+    let Some(code) = error.code() else {
         // No SQLSTATE: the driver lost the connection or could not use it.
         let io =
-            std::error::Error::source(&error).is_some_and(|source| source.is::<std::io::Error>());
-        if error.is_closed() || io {
-            return Failure::Error(Error::ConnectionLost {
-                source: Some(Box::new(error)),
-            });
-        }
-        return Failure::Error(Error::backend(error));
+            std::error::Error::source(error).is_some_and(|source| source.is::<std::io::Error>());
+        return if error.is_closed() || io {
+            Failure::ConnectionLost
+        } else {
+            Failure::Other
+        };
     };
-    if code == SqlState::LOCK_NOT_AVAILABLE {
-        return Failure::LockTimeout;
-    }
-    let source: dlock_core::BoxError = Box::new(error);
-    Failure::Error(if code == SqlState::T_R_DEADLOCK_DETECTED {
-        Error::Deadlock {
-            source: Some(source),
-        }
-    } else if code == SqlState::QUERY_CANCELED {
-        Error::Canceled {
-            source: Some(source),
-        }
-    } else if code == SqlState::OUT_OF_MEMORY {
-        // PostgreSQL reports a full lock table as 53200, "out of shared memory".
-        Error::LockTableFull {
-            setting: "max_locks_per_transaction",
-            source: Some(source),
-        }
-    } else if code == SqlState::ADMIN_SHUTDOWN
-        || code == SqlState::CRASH_SHUTDOWN
-        || code == SqlState::CANNOT_CONNECT_NOW
+    if *code == SqlState::LOCK_NOT_AVAILABLE {
+        Failure::LockTimeout
+    } else if *code == SqlState::QUERY_CANCELED {
+        let by_request = error
+            .as_db_error()
+            .is_some_and(|db| db.message() == "canceling statement due to user request");
+        Failure::Canceled { by_request }
+    } else if *code == SqlState::IN_FAILED_SQL_TRANSACTION {
+        Failure::TransactionAborted
+    } else if *code == SqlState::INVALID_SQL_STATEMENT_NAME {
+        Failure::StatementMissing
+    } else if *code == SqlState::ADMIN_SHUTDOWN
+        || *code == SqlState::CRASH_SHUTDOWN
+        || *code == SqlState::CANNOT_CONNECT_NOW
         || code.code().starts_with("08")
     {
         // The server ended the session (pg_terminate_backend, shutdown): its locks are gone.
-        Error::ConnectionLost {
-            source: Some(source),
-        }
+        Failure::ConnectionLost
     } else {
-        Error::Backend(source)
-    })
+        Failure::Other
+    }
 }
 
-/// Turns a driver error from a statement that cannot time out into dlock's error.
+/// dlock's error for a driver error.
 pub(crate) fn error(error: driver::Error) -> Error {
-    classify(error).into_error()
-}
-
-impl Failure {
-    /// The failure of a statement that does not wait for a lock, as dlock's error.
-    pub(crate) fn into_error(self) -> Error {
-        match self {
-            Failure::Error(error) => error,
-            Failure::LockTimeout => Error::backend(
-                "the server reported a lock timeout (55P03) for a statement that does not wait",
-            ),
-        }
+    let code = error.code().cloned();
+    let kind = failure(&error);
+    let source: BoxError = Box::new(error);
+    match kind {
+        Failure::ConnectionLost => Error::ConnectionLost {
+            source: Some(source),
+        },
+        Failure::Canceled { .. } => Error::Canceled {
+            source: Some(source),
+        },
+        Failure::TransactionAborted => Error::TransactionAborted {
+            source: Some(source),
+        },
+        Failure::LockTimeout | Failure::StatementMissing | Failure::Other => match code {
+            Some(code) if code == SqlState::T_R_DEADLOCK_DETECTED => Error::Deadlock {
+                source: Some(source),
+            },
+            // PostgreSQL reports a full lock table as 53200, "out of shared memory".
+            Some(code) if code == SqlState::OUT_OF_MEMORY => Error::LockTableFull {
+                setting: "max_locks_per_transaction",
+                source: Some(source),
+            },
+            _ => Error::Backend(source),
+        },
     }
 }
 
@@ -519,84 +508,92 @@ impl Failure {
 mod tests {
     use super::*;
 
+    const BIG: Hold = Hold {
+        key: PgKey::BigInt(-5),
+        mode: Mode::Exclusive,
+    };
+    const PAIR: Hold = Hold {
+        key: PgKey::Pair(1, -2),
+        mode: Mode::Shared,
+    };
+
     #[test]
-    fn lock_statements_name_the_right_function_for_each_mode_scope_and_wait() {
-        let key = PgKey::BigInt(-5);
-        let pair = PgKey::Pair(1, -2);
-        let session = Scope::Session;
+    fn lock_statements_name_the_right_function_for_each_mode_and_scope() {
         assert_eq!(
-            lock(key, Mode::Exclusive, session, Wait::Never),
+            try_lock(BIG, Scope::Session),
             "SELECT pg_try_advisory_lock(-5)"
         );
         assert_eq!(
-            lock(pair, Mode::Shared, session, Wait::Never),
+            try_lock(PAIR, Scope::Session),
             "SELECT pg_try_advisory_lock_shared(1, -2)"
         );
         assert_eq!(
-            lock(key, Mode::Shared, Scope::Transaction, Wait::Never),
-            "SELECT pg_try_advisory_xact_lock_shared(-5)"
+            try_lock(PAIR, Scope::Transaction),
+            "SELECT pg_try_advisory_xact_lock_shared(1, -2)"
         );
-        let waiting = lock(key, Mode::Exclusive, Scope::Transaction, Wait::Millis(150));
-        assert!(
-            waiting.contains("set_config('lock_timeout', '150', true)"),
-            "{waiting}"
+        assert_eq!(
+            wait_lock(BIG, Scope::Transaction),
+            "SELECT pg_advisory_xact_lock(-5)"
         );
-        assert!(waiting.contains("pg_advisory_xact_lock(-5)"), "{waiting}");
-        // The setting is saved before it is changed, and restored after the wait.
-        let save = waiting.find("current_setting('lock_timeout')").unwrap();
-        let set = waiting.find("'150'").unwrap();
-        let wait = waiting.find("pg_advisory").unwrap();
-        let restore = waiting
+        assert_eq!(unlock(BIG), "SELECT pg_advisory_unlock(-5)");
+        assert_eq!(unlock(PAIR), "SELECT pg_advisory_unlock_shared(1, -2)");
+    }
+
+    #[test]
+    fn a_guarded_lock_turns_statement_timeout_off_before_its_wait_starts() {
+        let sql = guarded_lock(BIG, Scope::Session, 150);
+        let (first, second) = sql.split_once("; ").unwrap();
+        // statement_timeout is armed when a statement starts: the first statement turns it
+        // off for the second, and saves the caller's value first.
+        let save = first.find("current_setting('statement_timeout')").unwrap();
+        let off = first
+            .find("set_config('statement_timeout', '0', true)")
+            .unwrap();
+        assert!(save < off, "{first}");
+        assert!(!first.contains("pg_advisory"), "{first}");
+        // lock_timeout is read when the wait begins: the second statement sets it, waits,
+        // and puts both settings back.
+        let set = second
+            .find("set_config('lock_timeout', '150', true)")
+            .unwrap();
+        let wait = second.find("pg_advisory_lock(-5)").unwrap();
+        let restore_lock = second
             .find("current_setting('dlock.saved_lock_timeout')")
             .unwrap();
-        assert!(save < set && set < wait && wait < restore, "{waiting}");
-    }
-
-    #[test]
-    fn unlock_statements_match_the_mode() {
-        assert_eq!(
-            unlock(PgKey::BigInt(3), Mode::Exclusive),
-            "SELECT pg_advisory_unlock(3)"
-        );
-        assert_eq!(
-            unlock(PgKey::Pair(3, 4), Mode::Shared),
-            "SELECT pg_advisory_unlock_shared(3, 4)"
+        let restore_statement = second
+            .find("current_setting('dlock.saved_statement_timeout')")
+            .unwrap();
+        assert!(set < wait && wait < restore_lock && wait < restore_statement);
+        assert!(
+            guarded_lock(PAIR, Scope::Transaction, 0)
+                .contains("pg_advisory_xact_lock_shared(1, -2)")
         );
     }
 
-    #[cfg(feature = "tokio")]
     #[test]
-    fn the_cleanup_of_a_dropped_acquire_unlocks_once_what_the_session_holds() {
-        let cleanup = cleanup_dropped_acquire(PgKey::BigInt(3), Mode::Shared, 99);
-        let skip = cleanup.find("IS DISTINCT FROM '99'").unwrap();
+    fn timeouts_round_up_to_whole_milliseconds() {
+        assert_eq!(lock_timeout_millis(Duration::from_nanos(1)), 1);
+        assert_eq!(lock_timeout_millis(Duration::from_micros(1500)), 2);
+        assert_eq!(lock_timeout_millis(Duration::from_millis(100)), 100);
+        // Beyond lock_timeout's range the wait has no limit rather than a wrong one.
+        assert_eq!(lock_timeout_millis(Duration::from_secs(30 * 86_400)), 0);
+        assert_eq!(lock_timeout_millis(Duration::MAX), 0);
+    }
+
+    #[test]
+    fn the_cleanup_unlocks_only_what_the_session_holds_in_that_mode() {
+        let cleanup = cleanup(PAIR);
         let held = cleanup
             .find("pid = pg_backend_pid() AND mode = 'ShareLock'")
             .unwrap();
-        let unlock = cleanup.find("THEN pg_advisory_unlock_shared(3)").unwrap();
-        let record = cleanup
-            .find("set_config('dlock.cleaned_attempt', '99', false)")
+        let unlock = cleanup
+            .find("THEN pg_advisory_unlock_shared(1, -2)")
             .unwrap();
-        assert!(skip < held && held < unlock && unlock < record, "{cleanup}");
-    }
-
-    #[test]
-    fn timeouts_round_up_to_whole_milliseconds_and_zero_never_waits() {
-        assert_eq!(Wait::for_timeout(Duration::ZERO), Wait::Never);
-        assert_eq!(Wait::for_timeout(Duration::from_nanos(1)), Wait::Millis(1));
-        assert_eq!(
-            Wait::for_timeout(Duration::from_micros(1500)),
-            Wait::Millis(2)
+        assert!(held < unlock, "{cleanup}");
+        assert!(
+            !cleanup.contains("set_config"),
+            "no record kept in the session"
         );
-        assert_eq!(
-            Wait::for_timeout(Duration::from_millis(100)),
-            Wait::Millis(100)
-        );
-        // Beyond lock_timeout's range the wait has no limit rather than a wrong one.
-        assert_eq!(
-            Wait::for_timeout(Duration::from_secs(30 * 86_400)),
-            Wait::Millis(0)
-        );
-        assert_eq!(Wait::for_timeout(Duration::MAX), Wait::Millis(0));
     }
 
     #[test]
@@ -608,8 +605,23 @@ mod tests {
             (0x1234_5678, 0x9abc_def0, 1)
         );
         assert_eq!(pg_locks_ids(PgKey::Pair(-2, 3)), (u32::MAX - 1, 3, 2));
-        let query = held_by_session(PgKey::Pair(5, 6), Mode::Shared);
+        let query = held_by_session(Hold {
+            key: PgKey::Pair(5, 6),
+            mode: Mode::Shared,
+        });
         assert!(query.contains("classid = '5'::oid AND objid = '6'::oid AND objsubid = 2"));
         assert!(query.contains("mode = 'ShareLock'"));
+        assert!(interrupted(BIG).ends_with("current_setting('statement_timeout') <> '0'"));
+    }
+
+    #[test]
+    fn replies_are_read_by_column() {
+        let row: Row = Some(vec![Some("t".into()), Some("f".into())]);
+        assert!(read_bool(&row, 0).unwrap());
+        assert!(!read_bool(&row, 1).unwrap());
+        assert!(read_bool(&row, 2).is_err());
+        assert!(read_bool(&None, 0).is_err());
+        assert!(read_granted(&Some(vec![Some(String::new())])).unwrap());
+        assert!(read_granted(&None).is_err());
     }
 }

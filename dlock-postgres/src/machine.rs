@@ -1,0 +1,1093 @@
+//! The one place where a PostgreSQL lock decides: what to send next and what each reply or
+//! error means. No I/O: the blocking and tokio flavours send each [`Request`] and hand the
+//! reply back, as quinn-proto is driven by quinn. Every branch is tested here with synthetic
+//! replies.
+//!
+//! The rules it keeps:
+//! - Every error that can come with a grant (55P03, 57014) asks `pg_locks` before it returns,
+//!   and a granted lock is then held and tracked, as if no error had come.
+//! - A session setting that cuts a wait short (`lock_timeout`, `statement_timeout`) never
+//!   decides an outcome: the wait is repeated with both overridden for that one statement.
+//! - An attempt whose outcome cannot be read is owed a cleanup, sent once; it is repeated only
+//!   when it is known not to have run, so it can never take a second hold away.
+//! - A release refused because the user's transaction is aborted (25P02) keeps the lock
+//!   tracked as held; a missing prepared statement (26000) is prepared again, never read as
+//!   an outcome.
+
+use dlock_core::{Error, Key, KeyPolicy, Result, Wait};
+
+use crate::sql::{self, Failure, Hold, Kind, Mode, Row, Scope, Shape, Statements};
+
+#[cfg(all(feature = "blocking", not(feature = "tokio")))]
+use postgres as driver;
+#[cfg(feature = "tokio")]
+use tokio_postgres as driver;
+
+/// A statement the machine wants sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Request {
+    /// A simple query; the reply is its last row.
+    Simple(String),
+    /// Prepare the statement of this kind for this shape and keep it
+    /// ([`LockState::keep`]); the reply is `Ok(None)` once kept.
+    Prepare(Kind, Shape),
+    /// Run the kept statement of this kind with the hold's key; the reply is its row.
+    Prepared(Kind, Hold),
+}
+
+/// A failed statement, sorted ([`sql::failure`]) and turned into dlock's error.
+#[derive(Debug)]
+pub(crate) struct Failed {
+    pub(crate) failure: Failure,
+    pub(crate) error: Error,
+}
+
+impl From<driver::Error> for Failed {
+    fn from(error: driver::Error) -> Failed {
+        Failed {
+            failure: sql::failure(&error),
+            error: sql::error(error),
+        }
+    }
+}
+
+/// A reply as the machine reads it.
+pub(crate) type Reply = Result<Row, Failed>;
+
+/// What an operation wants next.
+#[derive(Debug)]
+pub(crate) enum Step<T> {
+    /// Send this and hand the reply to the next `step`.
+    Send(Request),
+    /// The operation is over.
+    Done(Result<T>),
+}
+
+/// An operation of a session lock, stepped by a flavour: each reply goes into the next
+/// `step`, until it is done.
+pub(crate) trait Operation {
+    type Output;
+
+    fn step(&mut self, state: &mut LockState, reply: Option<Reply>) -> Step<Self::Output>;
+
+    /// What is in flight, for a future dropped now.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    fn in_flight(&self) -> InFlight;
+}
+
+/// A statement that was sent and whose reply was not read yet: what a dropped future leaves.
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum InFlight {
+    /// Nothing, or something whose outcome does not matter (a prepare, a read).
+    Nothing,
+    /// A lock statement, or the question after one was interrupted: the session may hold
+    /// the lock without anybody knowing.
+    Lock(Hold),
+    /// An owed cleanup.
+    Cleanup(Hold),
+    /// A release's unlock.
+    Unlock(Hold),
+}
+
+/// What a reply that nobody waits for settles, once it is read (the tokio flavour keeps the
+/// reply of a dropped future and reads it before the lock's next operation).
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Settles {
+    /// A cleanup of this hold: done once it succeeded.
+    Cleanup(Hold),
+    /// The unlock of this hold: the object holds it again if the server refused the unlock.
+    Unlock(Hold),
+}
+
+/// What the flavour must do for a future dropped with a statement in flight.
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Abandon {
+    /// Nothing: the statement's outcome does not matter.
+    Nothing,
+    /// Keep the in-flight statement's reply and read it later, for what it settles.
+    Keep(Settles),
+    /// Send this cleanup now, behind the in-flight statement, and keep its reply for what it
+    /// settles.
+    Queue(String, Settles),
+}
+
+/// One session lock object's state: what it locks, what it holds, what it owes.
+#[derive(Debug)]
+pub(crate) struct LockState {
+    pub(crate) key: Key,
+    pub(crate) policy: KeyPolicy,
+    pub(crate) mode: Mode,
+    /// What this object holds, as taken: the key and mode may be changed by the builder
+    /// methods afterwards, but release must undo exactly what acquire did.
+    held: Option<Hold>,
+    /// A cleanup owed by an attempt whose outcome was never read: sent before the object's
+    /// next operation, until it is known to have run.
+    owed: Option<Hold>,
+    statements: Statements,
+}
+
+impl LockState {
+    pub(crate) fn new(key: Key) -> LockState {
+        LockState {
+            key,
+            policy: KeyPolicy::default(),
+            mode: Mode::Exclusive,
+            held: None,
+            owed: None,
+            statements: Statements::default(),
+        }
+    }
+
+    /// The hold this object's key and mode name now, under its policy.
+    pub(crate) fn hold(&self) -> Result<Hold> {
+        Ok(Hold {
+            key: self.policy.pg_key(&self.key)?,
+            mode: self.mode,
+        })
+    }
+
+    pub(crate) fn held(&self) -> Option<Hold> {
+        self.held
+    }
+
+    pub(crate) fn owes(&self) -> Option<Hold> {
+        self.owed
+    }
+
+    /// The kept prepared statement for a request.
+    pub(crate) fn prepared(&self, kind: Kind, hold: Hold) -> Option<&driver::Statement> {
+        self.statements.prepared(kind, Shape::of(hold))
+    }
+
+    /// Keeps a statement the flavour prepared for a [`Request::Prepare`].
+    pub(crate) fn keep(&mut self, kind: Kind, shape: Shape, statement: driver::Statement) {
+        self.statements.keep(kind, shape, statement);
+    }
+
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    /// What to do when an operation's future is dropped with `in_flight` unanswered.
+    pub(crate) fn abandon(&mut self, in_flight: InFlight) -> Abandon {
+        match in_flight {
+            InFlight::Nothing => Abandon::Nothing,
+            InFlight::Lock(hold) => {
+                self.owed = Some(hold);
+                Abandon::Queue(sql::cleanup(hold), Settles::Cleanup(hold))
+            }
+            InFlight::Cleanup(hold) => Abandon::Keep(Settles::Cleanup(hold)),
+            InFlight::Unlock(hold) => Abandon::Keep(Settles::Unlock(hold)),
+        }
+    }
+
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    /// Reads the reply of a statement a dropped future left behind.
+    pub(crate) fn settle(&mut self, settles: Settles, reply: Reply) {
+        match (settles, reply) {
+            (Settles::Cleanup(_), Ok(_)) => self.owed = None,
+            // The session is gone, and every lock it held with it.
+            (Settles::Cleanup(_), Err(failed)) if failed.failure == Failure::ConnectionLost => {
+                self.owed = None;
+            }
+            // Not run: it stays owed, and is sent again before the next operation.
+            (Settles::Cleanup(_), Err(failed)) => {
+                tracing::debug!(error = %failed.error, "the cleanup of a dropped acquire failed; it is sent again");
+            }
+            (Settles::Unlock(_), Ok(row)) => {
+                if !matches!(sql::read_bool(&row, 0), Ok(true)) {
+                    tracing::warn!("a dropped release found the lock already lost");
+                }
+            }
+            (Settles::Unlock(_), Err(failed)) if failed.failure == Failure::ConnectionLost => {}
+            // The server refused the unlock: the object still holds the lock.
+            (Settles::Unlock(hold), Err(failed)) => {
+                tracing::warn!(error = %failed.error, "a dropped release failed; the lock is still held");
+                self.held = Some(hold);
+            }
+        }
+    }
+}
+
+/// The step shared by every operation: the owed cleanup goes first.
+#[derive(Debug)]
+enum Owed {
+    /// Not checked yet.
+    Unchecked,
+    /// The cleanup is sent.
+    Sent(#[cfg_attr(not(feature = "tokio"), allow(dead_code))] Hold),
+    /// Nothing is owed.
+    Clear,
+}
+
+impl Owed {
+    /// `None` when nothing (more) is owed and the operation can go on.
+    fn step<T>(&mut self, state: &mut LockState, reply: &mut Option<Reply>) -> Option<Step<T>> {
+        loop {
+            match *self {
+                Owed::Clear => return None,
+                Owed::Unchecked => match state.owed {
+                    Some(hold) => {
+                        *self = Owed::Sent(hold);
+                        return Some(Step::Send(Request::Simple(sql::cleanup(hold))));
+                    }
+                    None => *self = Owed::Clear,
+                },
+                Owed::Sent(_) => {
+                    let reply = reply.take().expect("the owed cleanup's reply");
+                    *self = Owed::Clear;
+                    match reply {
+                        Ok(_) => state.owed = None,
+                        Err(failed) => {
+                            // A lost session freed every lock it held: nothing is owed.
+                            if failed.failure == Failure::ConnectionLost {
+                                state.owed = None;
+                            }
+                            return Some(Step::Done(Err(failed.error)));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn in_flight(&self) -> InFlight {
+        match *self {
+            Owed::Sent(hold) => InFlight::Cleanup(hold),
+            Owed::Unchecked | Owed::Clear => InFlight::Nothing,
+        }
+    }
+}
+
+/// How a session lock statement is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Form {
+    /// The fast form: a try, or a plain wait under the session's settings (prepared once the
+    /// object is reused).
+    Plain(Kind),
+    /// A wait with `lock_timeout` of this many milliseconds (0: none) and `statement_timeout`
+    /// off, for this statement only.
+    Guarded(u32),
+}
+
+#[derive(Debug)]
+enum AcquirePhase {
+    Owed,
+    Prepare(Vec<Kind>),
+    /// The lock statement is sent.
+    Locking,
+    /// The lock statement failed with `failure`; `pg_locks` is asked.
+    Asking {
+        failure: Failure,
+        error: Error,
+    },
+    Done,
+}
+
+/// `acquire`, `try_acquire` and `acquire_timeout` of a session lock.
+#[derive(Debug)]
+pub(crate) struct Acquire {
+    hold: Hold,
+    wait: Wait,
+    form: Form,
+    owed: Owed,
+    phase: AcquirePhase,
+}
+
+impl Acquire {
+    /// Starts an acquire, after the checks that need no I/O.
+    pub(crate) fn start(state: &LockState, wait: Wait) -> Result<Acquire> {
+        if state.held.is_some() {
+            return Err(Error::AlreadyAcquired);
+        }
+        let form = match wait {
+            Wait::Never => Form::Plain(Kind::TryLock),
+            Wait::Forever => Form::Plain(Kind::Lock),
+            Wait::For(timeout) => Form::Guarded(sql::lock_timeout_millis(timeout)),
+        };
+        Ok(Acquire {
+            hold: state.hold()?,
+            wait,
+            form,
+            owed: Owed::Unchecked,
+            phase: AcquirePhase::Owed,
+        })
+    }
+
+    fn lock_request(&self, state: &LockState) -> Request {
+        match self.form {
+            Form::Plain(kind) if state.prepared(kind, self.hold).is_some() => {
+                Request::Prepared(kind, self.hold)
+            }
+            Form::Plain(kind) => Request::Simple(kind.simple(self.hold)),
+            Form::Guarded(millis) => {
+                Request::Simple(sql::guarded_lock(self.hold, Scope::Session, millis))
+            }
+        }
+    }
+
+    /// Sends the lock statement in `form` (again).
+    fn lock(&mut self, state: &LockState, form: Form) -> Step<bool> {
+        self.form = form;
+        self.phase = AcquirePhase::Locking;
+        Step::Send(self.lock_request(state))
+    }
+
+    fn granted(&mut self, state: &mut LockState) -> Step<bool> {
+        self.phase = AcquirePhase::Done;
+        state.held = Some(self.hold);
+        Step::Done(Ok(true))
+    }
+
+    fn done(&mut self, outcome: Result<bool>) -> Step<bool> {
+        self.phase = AcquirePhase::Done;
+        Step::Done(outcome)
+    }
+
+    /// The lock statement failed with `failure`, and the session does not hold the lock.
+    fn not_granted(
+        &mut self,
+        state: &LockState,
+        failure: Failure,
+        error: Error,
+        statement_timeout: bool,
+    ) -> Step<bool> {
+        let cut_short = match failure {
+            // Outside the guarded form, only the session's own lock_timeout fires.
+            Failure::LockTimeout => matches!(self.form, Form::Plain(_)),
+            // The guarded form turns statement_timeout off, so a cancel there is a request.
+            Failure::Canceled { by_request } => {
+                !by_request && statement_timeout && matches!(self.form, Form::Plain(_))
+            }
+            _ => false,
+        };
+        if cut_short && self.wait == Wait::Forever {
+            // A session setting cut the wait short: wait again, in the server, with the
+            // settings overridden for the one statement.
+            return self.lock(state, Form::Guarded(0));
+        }
+        match failure {
+            // A wait that may end (a try, a timeout) ran out.
+            Failure::LockTimeout if self.wait != Wait::Forever => self.done(Ok(false)),
+            _ => self.done(Err(error)),
+        }
+    }
+}
+
+impl Operation for Acquire {
+    type Output = bool;
+
+    fn step(&mut self, state: &mut LockState, mut reply: Option<Reply>) -> Step<bool> {
+        if let AcquirePhase::Owed = self.phase {
+            if let Some(step) = self.owed.step(state, &mut reply) {
+                return step;
+            }
+            let prepare = match self.form {
+                Form::Plain(kind) => state.statements.note_acquire(kind, Shape::of(self.hold)),
+                Form::Guarded(_) => Vec::new(),
+            };
+            self.phase = AcquirePhase::Prepare(prepare);
+        }
+        match std::mem::replace(&mut self.phase, AcquirePhase::Done) {
+            AcquirePhase::Owed | AcquirePhase::Done => {
+                unreachable!("an acquire is stepped after it is done")
+            }
+            AcquirePhase::Prepare(mut kinds) => {
+                // Preparing comes before the lock statement, so a failure here has locked
+                // nothing.
+                if let Some(Err(failed)) = reply {
+                    return self.done(Err(failed.error));
+                }
+                match kinds.pop() {
+                    Some(kind) => {
+                        self.phase = AcquirePhase::Prepare(kinds);
+                        Step::Send(Request::Prepare(kind, Shape::of(self.hold)))
+                    }
+                    None => self.lock(state, self.form),
+                }
+            }
+            AcquirePhase::Locking => match reply.expect("the lock statement's reply") {
+                Ok(row) => {
+                    let granted = match self.form {
+                        Form::Plain(Kind::TryLock) => sql::read_bool(&row, 0),
+                        Form::Plain(_) | Form::Guarded(_) => sql::read_granted(&row),
+                    };
+                    match granted {
+                        Ok(true) => self.granted(state),
+                        outcome => self.done(outcome),
+                    }
+                }
+                Err(failed) => match failed.failure {
+                    // The statement did not run: prepare again, from the next acquire on.
+                    Failure::StatementMissing => {
+                        state.statements.forget();
+                        self.lock(state, self.form)
+                    }
+                    Failure::LockTimeout | Failure::Canceled { .. } => {
+                        self.phase = AcquirePhase::Asking {
+                            failure: failed.failure,
+                            error: failed.error,
+                        };
+                        Step::Send(Request::Simple(sql::interrupted(self.hold)))
+                    }
+                    Failure::ConnectionLost | Failure::TransactionAborted | Failure::Other => {
+                        self.done(Err(failed.error))
+                    }
+                },
+            },
+            AcquirePhase::Asking { failure, error } => {
+                match reply.expect("the pg_locks answer") {
+                    Ok(row) => {
+                        let (held, statement_timeout) =
+                            match (sql::read_bool(&row, 0), sql::read_bool(&row, 1)) {
+                                (Ok(held), Ok(on)) => (held, on),
+                                (Err(error), _) | (_, Err(error)) => return self.done(Err(error)),
+                            };
+                        if held {
+                            return self.granted(state);
+                        }
+                        self.not_granted(state, failure, error, statement_timeout)
+                    }
+                    Err(failed) if failed.failure == Failure::ConnectionLost => {
+                        // The session is gone: whatever it was granted is freed.
+                        self.done(Err(failed.error))
+                    }
+                    Err(_) => {
+                        // Typically 25P02: the failed lock statement aborted the user's
+                        // transaction. The lock may have come with the failure; the cleanup
+                        // is owed and runs before the object's next operation.
+                        state.owed = Some(self.hold);
+                        match (failure, self.wait) {
+                            (Failure::LockTimeout, Wait::For(_)) => self.done(Ok(false)),
+                            _ => self.done(Err(error)),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn in_flight(&self) -> InFlight {
+        match self.phase {
+            AcquirePhase::Owed => self.owed.in_flight(),
+            AcquirePhase::Locking | AcquirePhase::Asking { .. } => InFlight::Lock(self.hold),
+            AcquirePhase::Prepare(_) | AcquirePhase::Done => InFlight::Nothing,
+        }
+    }
+}
+
+#[derive(Debug)]
+enum ReleasePhase {
+    Start,
+    Unlocking,
+    Done,
+}
+
+/// `release` of a session lock.
+#[derive(Debug)]
+pub(crate) struct Release {
+    hold: Hold,
+    phase: ReleasePhase,
+}
+
+impl Release {
+    /// Starts a release: [`Error::NotAcquired`] when the object holds nothing. From the first
+    /// step the object counts as unlocked, because the unlock is on its way; a refused unlock
+    /// puts the hold back.
+    pub(crate) fn start(state: &LockState) -> Result<Release> {
+        let hold = state.held.ok_or(Error::NotAcquired)?;
+        Ok(Release {
+            hold,
+            phase: ReleasePhase::Start,
+        })
+    }
+
+    fn unlock(&mut self, state: &mut LockState) -> Step<()> {
+        state.held = None;
+        self.phase = ReleasePhase::Unlocking;
+        if state.prepared(Kind::Unlock, self.hold).is_some() {
+            Step::Send(Request::Prepared(Kind::Unlock, self.hold))
+        } else {
+            Step::Send(Request::Simple(sql::unlock(self.hold)))
+        }
+    }
+}
+
+impl Operation for Release {
+    type Output = ();
+
+    fn step(&mut self, state: &mut LockState, reply: Option<Reply>) -> Step<()> {
+        match self.phase {
+            ReleasePhase::Start => self.unlock(state),
+            ReleasePhase::Done => unreachable!("a release is stepped after it is done"),
+            ReleasePhase::Unlocking => {
+                self.phase = ReleasePhase::Done;
+                match reply.expect("the unlock's reply") {
+                    Ok(row) => Step::Done(match sql::read_bool(&row, 0) {
+                        Ok(true) => Ok(()),
+                        Ok(false) => Err(Error::NotHeld),
+                        Err(error) => Err(error),
+                    }),
+                    Err(failed) => match failed.failure {
+                        Failure::StatementMissing => {
+                            state.statements.forget();
+                            self.unlock(state)
+                        }
+                        // The session, and its locks, are gone.
+                        Failure::ConnectionLost => Step::Done(Err(failed.error)),
+                        // The unlock did not run (25P02: the user's transaction is aborted):
+                        // the object still holds the lock, and can release it after rollback.
+                        _ => {
+                            state.held = Some(self.hold);
+                            Step::Done(Err(failed.error))
+                        }
+                    },
+                }
+            }
+        }
+    }
+
+    fn in_flight(&self) -> InFlight {
+        match self.phase {
+            ReleasePhase::Unlocking => InFlight::Unlock(self.hold),
+            ReleasePhase::Start | ReleasePhase::Done => InFlight::Nothing,
+        }
+    }
+}
+
+/// `verify` of a session lock: does the session hold it now? A lost connection is `false`.
+#[derive(Debug)]
+pub(crate) struct Verify {
+    hold: Hold,
+    owed: Owed,
+    asked: bool,
+}
+
+impl Verify {
+    pub(crate) fn start(state: &LockState) -> Result<Verify> {
+        let hold = match state.held {
+            Some(hold) => hold,
+            None => state.hold()?,
+        };
+        Ok(Verify {
+            hold,
+            owed: Owed::Unchecked,
+            asked: false,
+        })
+    }
+}
+
+impl Operation for Verify {
+    type Output = bool;
+
+    fn step(&mut self, state: &mut LockState, mut reply: Option<Reply>) -> Step<bool> {
+        if !self.asked {
+            if let Some(step) = self.owed.step(state, &mut reply) {
+                return match step {
+                    Step::Done(Err(Error::ConnectionLost { .. })) => Step::Done(Ok(false)),
+                    step => step,
+                };
+            }
+            self.asked = true;
+            return Step::Send(Request::Simple(sql::held_by_session(self.hold)));
+        }
+        match reply.expect("the pg_locks answer") {
+            Ok(row) => Step::Done(sql::read_bool(&row, 0)),
+            Err(failed) if failed.failure == Failure::ConnectionLost => Step::Done(Ok(false)),
+            Err(failed) => Step::Done(Err(failed.error)),
+        }
+    }
+
+    fn in_flight(&self) -> InFlight {
+        self.owed.in_flight()
+    }
+}
+
+/// Runs the owed cleanup, if any: before the connection is given back.
+#[derive(Debug)]
+pub(crate) struct PayOwed {
+    owed: Owed,
+}
+
+impl PayOwed {
+    pub(crate) fn start() -> PayOwed {
+        PayOwed {
+            owed: Owed::Unchecked,
+        }
+    }
+}
+
+impl Operation for PayOwed {
+    type Output = ();
+
+    fn step(&mut self, state: &mut LockState, mut reply: Option<Reply>) -> Step<()> {
+        match self.owed.step(state, &mut reply) {
+            Some(step) => step,
+            None => Step::Done(Ok(())),
+        }
+    }
+
+    fn in_flight(&self) -> InFlight {
+        self.owed.in_flight()
+    }
+}
+
+/// A transaction lock's statement for `wait`: a try, or a wait no session setting can cut
+/// short (`lock_timeout` as asked, `statement_timeout` off).
+pub(crate) fn xact_statement(hold: Hold, wait: Wait) -> String {
+    match wait {
+        Wait::Never => sql::try_lock(hold, Scope::Transaction),
+        Wait::Forever => sql::guarded_lock(hold, Scope::Transaction, 0),
+        Wait::For(timeout) => {
+            sql::guarded_lock(hold, Scope::Transaction, sql::lock_timeout_millis(timeout))
+        }
+    }
+}
+
+/// What a transaction lock statement's reply means.
+#[derive(Debug)]
+pub(crate) enum XactOutcome {
+    /// Granted (`true`) or busy (`false`); a savepoint around it is released.
+    Answered(bool),
+    /// The wait ran out: roll the savepoint back (which also frees a lock granted as the
+    /// timer fired) and answer `false`.
+    TimedOut,
+    /// Failed: roll the savepoint back (which frees a lock granted with the failure) and
+    /// return the error.
+    Failed(Error),
+}
+
+impl XactOutcome {
+    /// The outcome of a statement sent without a savepoint, where a timeout is just `false`.
+    pub(crate) fn into_result(self) -> Result<bool> {
+        match self {
+            XactOutcome::Answered(granted) => Ok(granted),
+            XactOutcome::TimedOut => Ok(false),
+            XactOutcome::Failed(error) => Err(error),
+        }
+    }
+}
+
+/// Reads a transaction lock statement's reply. A transaction lock needs no `pg_locks`
+/// question: it ends with its transaction, or with the savepoint it was taken in.
+pub(crate) fn xact_outcome(wait: Wait, reply: Reply) -> XactOutcome {
+    match reply {
+        Ok(row) => {
+            let answer = match wait {
+                Wait::Never => sql::read_bool(&row, 0),
+                Wait::Forever | Wait::For(_) => sql::read_granted(&row),
+            };
+            match answer {
+                Ok(granted) => XactOutcome::Answered(granted),
+                Err(error) => XactOutcome::Failed(error),
+            }
+        }
+        Err(failed) if failed.failure == Failure::LockTimeout && matches!(wait, Wait::For(_)) => {
+            XactOutcome::TimedOut
+        }
+        Err(failed) => XactOutcome::Failed(failed.error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dlock_core::PgKey;
+    use std::time::Duration;
+
+    fn state() -> LockState {
+        let mut state = LockState::new(Key::Int(7));
+        state.policy = KeyPolicy::default();
+        state
+    }
+
+    const HOLD: Hold = Hold {
+        key: PgKey::BigInt(7),
+        mode: Mode::Exclusive,
+    };
+
+    fn row(values: &[&str]) -> Reply {
+        Ok(Some(values.iter().map(|v| Some((*v).to_owned())).collect()))
+    }
+
+    fn failed(failure: Failure) -> Reply {
+        let error = match failure {
+            Failure::Canceled { .. } => Error::Canceled { source: None },
+            Failure::ConnectionLost => Error::ConnectionLost { source: None },
+            Failure::TransactionAborted => Error::TransactionAborted { source: None },
+            _ => Error::backend("synthetic"),
+        };
+        Err(Failed { failure, error })
+    }
+
+    fn sent<T: std::fmt::Debug>(step: Step<T>) -> Request {
+        match step {
+            Step::Send(request) => request,
+            Step::Done(outcome) => panic!("expected a request, got {outcome:?}"),
+        }
+    }
+
+    fn done<T>(step: Step<T>) -> Result<T> {
+        match step {
+            Step::Done(outcome) => outcome,
+            Step::Send(request) => panic!("expected an outcome, got {request:?}"),
+        }
+    }
+
+    fn simple(request: Request) -> String {
+        match request {
+            Request::Simple(sql) => sql,
+            other => panic!("expected a simple query, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_plain_acquire_sends_one_statement_and_holds_on_a_row() {
+        let mut state = state();
+        let mut op = Acquire::start(&state, Wait::Forever).unwrap();
+        let sql = simple(sent(op.step(&mut state, None)));
+        assert_eq!(sql, "SELECT pg_advisory_lock(7)");
+        assert_eq!(op.in_flight(), InFlight::Lock(HOLD));
+        assert!(done(op.step(&mut state, Some(row(&[""])))).unwrap());
+        assert_eq!(state.held(), Some(HOLD));
+        assert_eq!(op.in_flight(), InFlight::Nothing);
+        assert!(matches!(
+            Acquire::start(&state, Wait::Never),
+            Err(Error::AlreadyAcquired)
+        ));
+    }
+
+    #[test]
+    fn a_try_reads_its_boolean() {
+        let mut state = state();
+        let mut op = Acquire::start(&state, Wait::Never).unwrap();
+        let sql = simple(sent(op.step(&mut state, None)));
+        assert_eq!(sql, "SELECT pg_try_advisory_lock(7)");
+        assert!(!done(op.step(&mut state, Some(row(&["f"])))).unwrap());
+        assert_eq!(state.held(), None);
+    }
+
+    #[test]
+    fn a_timed_acquire_is_guarded_and_a_timeout_not_granted_is_false() {
+        let mut state = state();
+        let mut op = Acquire::start(&state, Wait::For(Duration::from_millis(250))).unwrap();
+        let sql = simple(sent(op.step(&mut state, None)));
+        assert!(
+            sql.contains("set_config('lock_timeout', '250', true)"),
+            "{sql}"
+        );
+        assert!(
+            sql.contains("set_config('statement_timeout', '0', true)"),
+            "{sql}"
+        );
+        let ask = simple(sent(
+            op.step(&mut state, Some(failed(Failure::LockTimeout))),
+        ));
+        assert_eq!(ask, sql::interrupted(HOLD));
+        assert!(!done(op.step(&mut state, Some(row(&["f", "f"])))).unwrap());
+        assert_eq!(state.held(), None);
+    }
+
+    #[test]
+    fn a_grant_that_came_with_a_timeout_or_a_cancel_is_held() {
+        for failure in [
+            Failure::LockTimeout,
+            Failure::Canceled { by_request: true },
+            Failure::Canceled { by_request: false },
+        ] {
+            for wait in [
+                Wait::Forever,
+                Wait::Never,
+                Wait::For(Duration::from_secs(1)),
+            ] {
+                let mut state = state();
+                let mut op = Acquire::start(&state, wait).unwrap();
+                sent(op.step(&mut state, None));
+                let ask = simple(sent(op.step(&mut state, Some(failed(failure)))));
+                assert!(ask.contains("pg_locks"), "{ask}");
+                assert!(done(op.step(&mut state, Some(row(&["t", "f"])))).unwrap());
+                assert_eq!(state.held(), Some(HOLD), "{failure:?} {wait:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_cancel_request_not_granted_is_canceled() {
+        for wait in [Wait::Forever, Wait::For(Duration::from_secs(1))] {
+            let mut state = state();
+            let mut op = Acquire::start(&state, wait).unwrap();
+            sent(op.step(&mut state, None));
+            sent(op.step(
+                &mut state,
+                Some(failed(Failure::Canceled { by_request: true })),
+            ));
+            // Even with a statement_timeout in the session, the server said it was a request.
+            let outcome = done(op.step(&mut state, Some(row(&["f", "t"]))));
+            assert!(matches!(outcome, Err(Error::Canceled { .. })), "{wait:?}");
+            assert_eq!(state.held(), None);
+        }
+    }
+
+    #[test]
+    fn a_session_setting_that_cuts_a_plain_wait_short_makes_it_wait_again_guarded() {
+        // lock_timeout of the session: 55P03 on the plain form.
+        // statement_timeout of the session: 57014, not said to be a request, with one set.
+        for (failure, statement_timeout) in [
+            (Failure::LockTimeout, "f"),
+            (Failure::Canceled { by_request: false }, "t"),
+        ] {
+            let mut state = state();
+            let mut op = Acquire::start(&state, Wait::Forever).unwrap();
+            sent(op.step(&mut state, None));
+            sent(op.step(&mut state, Some(failed(failure))));
+            let again = simple(sent(
+                op.step(&mut state, Some(row(&["f", statement_timeout]))),
+            ));
+            assert!(
+                again.contains("set_config('lock_timeout', '0', true)"),
+                "{again}"
+            );
+            assert!(again.contains("set_config('statement_timeout', '0', true)"));
+            assert!(done(op.step(&mut state, Some(row(&["", "", "", "", ""])))).unwrap());
+            assert_eq!(state.held(), Some(HOLD));
+        }
+        // A cancel without a statement_timeout in the session is a request, in any language.
+        let mut state = state();
+        let mut op = Acquire::start(&state, Wait::Forever).unwrap();
+        sent(op.step(&mut state, None));
+        sent(op.step(
+            &mut state,
+            Some(failed(Failure::Canceled { by_request: false })),
+        ));
+        let outcome = done(op.step(&mut state, Some(row(&["f", "f"]))));
+        assert!(matches!(outcome, Err(Error::Canceled { .. })));
+    }
+
+    #[test]
+    fn a_question_that_cannot_be_asked_leaves_the_cleanup_owed() {
+        let mut state = state();
+        let mut op = Acquire::start(&state, Wait::For(Duration::from_secs(1))).unwrap();
+        sent(op.step(&mut state, None));
+        sent(op.step(&mut state, Some(failed(Failure::LockTimeout))));
+        // The failed statement aborted the user's transaction: the question is refused.
+        let outcome = done(op.step(&mut state, Some(failed(Failure::TransactionAborted))));
+        assert!(!outcome.unwrap());
+        assert_eq!(state.owes(), Some(HOLD));
+        // The next operation sends the cleanup first, and goes on once it ran.
+        let mut next = Acquire::start(&state, Wait::Never).unwrap();
+        let cleanup = simple(sent(next.step(&mut state, None)));
+        assert_eq!(cleanup, sql::cleanup(HOLD));
+        assert_eq!(next.in_flight(), InFlight::Cleanup(HOLD));
+        // Refused again (no rollback yet): still owed, and the error says why.
+        let refused = done(next.step(&mut state, Some(failed(Failure::TransactionAborted))));
+        assert!(matches!(refused, Err(Error::TransactionAborted { .. })));
+        assert_eq!(state.owes(), Some(HOLD));
+        let mut next = Acquire::start(&state, Wait::Never).unwrap();
+        assert_eq!(
+            simple(sent(next.step(&mut state, None))),
+            sql::cleanup(HOLD)
+        );
+        let lock = simple(sent(next.step(&mut state, Some(row(&["t"])))));
+        assert_eq!(state.owes(), None);
+        assert_eq!(lock, "SELECT pg_try_advisory_lock(7)");
+    }
+
+    #[test]
+    fn a_lost_connection_is_an_error_and_holds_nothing() {
+        let mut state = state();
+        let mut op = Acquire::start(&state, Wait::Forever).unwrap();
+        sent(op.step(&mut state, None));
+        let outcome = done(op.step(&mut state, Some(failed(Failure::ConnectionLost))));
+        assert!(outcome.unwrap_err().is_connection_error());
+        assert_eq!(state.held(), None);
+        // Also when the connection goes while asking.
+        let mut state = LockState::new(Key::Int(7));
+        let mut op = Acquire::start(&state, Wait::Forever).unwrap();
+        sent(op.step(&mut state, None));
+        sent(op.step(
+            &mut state,
+            Some(failed(Failure::Canceled { by_request: true })),
+        ));
+        let outcome = done(op.step(&mut state, Some(failed(Failure::ConnectionLost))));
+        assert!(outcome.unwrap_err().is_connection_error());
+        assert_eq!(state.owes(), None);
+    }
+
+    #[test]
+    fn a_reused_object_prepares_and_a_missing_statement_is_sent_again_as_text() {
+        let mut state = state();
+        for _ in 0..2 {
+            let mut op = Acquire::start(&state, Wait::Forever).unwrap();
+            let mut request = sent(op.step(&mut state, None));
+            while let Request::Prepare(kind, shape) = request {
+                // A flavour would prepare here; a statement value needs a server, so the test
+                // only checks what is asked.
+                assert!(matches!(kind, Kind::Lock | Kind::Unlock), "{kind:?}");
+                let _ = shape;
+                request = sent(op.step(&mut state, Some(Ok(None))));
+            }
+            assert_eq!(
+                request,
+                Request::Simple("SELECT pg_advisory_lock(7)".into())
+            );
+            // DISCARD ALL: a missing statement never decides the outcome; it goes again.
+            let again = sent(op.step(&mut state, Some(failed(Failure::StatementMissing))));
+            assert_eq!(again, Request::Simple("SELECT pg_advisory_lock(7)".into()));
+            assert!(done(op.step(&mut state, Some(row(&[""])))).unwrap());
+            let mut release = Release::start(&state).unwrap();
+            let unlock = sent(release.step(&mut state, None));
+            assert_eq!(
+                unlock,
+                Request::Simple("SELECT pg_advisory_unlock(7)".into())
+            );
+            let again = sent(release.step(&mut state, Some(failed(Failure::StatementMissing))));
+            assert_eq!(again, unlock);
+            done(release.step(&mut state, Some(row(&["t"])))).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_release_refused_by_an_aborted_transaction_keeps_the_lock() {
+        let mut state = state();
+        state.held = Some(HOLD);
+        let mut op = Release::start(&state).unwrap();
+        sent(op.step(&mut state, None));
+        assert_eq!(state.held(), None, "the unlock is on its way");
+        assert_eq!(op.in_flight(), InFlight::Unlock(HOLD));
+        let outcome = done(op.step(&mut state, Some(failed(Failure::TransactionAborted))));
+        assert!(matches!(outcome, Err(Error::TransactionAborted { .. })));
+        assert_eq!(
+            state.held(),
+            Some(HOLD),
+            "still held, and releasable after rollback"
+        );
+        // After the rollback, the release works.
+        let mut op = Release::start(&state).unwrap();
+        sent(op.step(&mut state, None));
+        done(op.step(&mut state, Some(row(&["t"])))).unwrap();
+        assert_eq!(state.held(), None);
+        assert!(matches!(Release::start(&state), Err(Error::NotAcquired)));
+    }
+
+    #[test]
+    fn a_release_the_server_denies_is_not_held_and_a_lost_connection_frees_it() {
+        let mut state = state();
+        state.held = Some(HOLD);
+        let mut op = Release::start(&state).unwrap();
+        sent(op.step(&mut state, None));
+        assert!(matches!(
+            done(op.step(&mut state, Some(row(&["f"])))),
+            Err(Error::NotHeld)
+        ));
+        assert_eq!(state.held(), None);
+        state.held = Some(HOLD);
+        let mut op = Release::start(&state).unwrap();
+        sent(op.step(&mut state, None));
+        let outcome = done(op.step(&mut state, Some(failed(Failure::ConnectionLost))));
+        assert!(outcome.unwrap_err().is_connection_error());
+        assert_eq!(state.held(), None);
+    }
+
+    #[test]
+    fn a_dropped_attempt_queues_one_cleanup_and_repeats_it_only_if_it_did_not_run() {
+        let mut state = state();
+        let mut op = Acquire::start(&state, Wait::Forever).unwrap();
+        sent(op.step(&mut state, None));
+        let Abandon::Queue(cleanup, settles) = state.abandon(op.in_flight()) else {
+            panic!("a dropped lock statement queues its cleanup");
+        };
+        assert_eq!(cleanup, sql::cleanup(HOLD));
+        assert_eq!(settles, Settles::Cleanup(HOLD));
+        // It ran: nothing is owed, and the next acquire sends its own statement first.
+        state.settle(settles, Ok(Some(vec![None])));
+        assert_eq!(state.owes(), None);
+        let mut next = Verify::start(&state).unwrap();
+        assert_eq!(
+            simple(sent(next.step(&mut state, None))),
+            sql::held_by_session(HOLD)
+        );
+        // It did not run (the user's transaction was aborted): it is sent again, once.
+        let mut state = LockState::new(Key::Int(7));
+        let mut op = Acquire::start(&state, Wait::Never).unwrap();
+        sent(op.step(&mut state, None));
+        let Abandon::Queue(_, settles) = state.abandon(op.in_flight()) else {
+            panic!("a dropped try queues its cleanup");
+        };
+        state.settle(settles, failed(Failure::TransactionAborted));
+        assert_eq!(state.owes(), Some(HOLD));
+        let mut pay = PayOwed::start();
+        assert_eq!(simple(sent(pay.step(&mut state, None))), sql::cleanup(HOLD));
+        done(pay.step(&mut state, Some(Ok(Some(vec![Some("t".into())]))))).unwrap();
+        assert_eq!(state.owes(), None);
+        let mut pay = PayOwed::start();
+        done(pay.step(&mut state, None)).unwrap();
+    }
+
+    #[test]
+    fn a_dropped_release_puts_the_hold_back_if_the_server_refused_it() {
+        let mut state = state();
+        state.held = Some(HOLD);
+        let mut op = Release::start(&state).unwrap();
+        sent(op.step(&mut state, None));
+        let Abandon::Keep(settles) = state.abandon(op.in_flight()) else {
+            panic!("a dropped unlock is kept");
+        };
+        state.settle(settles, failed(Failure::TransactionAborted));
+        assert_eq!(state.held(), Some(HOLD));
+        let mut op = Release::start(&state).unwrap();
+        sent(op.step(&mut state, None));
+        let Abandon::Keep(settles) = state.abandon(op.in_flight()) else {
+            panic!("a dropped unlock is kept");
+        };
+        state.settle(settles, Ok(Some(vec![Some("t".into())])));
+        assert_eq!(state.held(), None);
+        // A prepare or a finished operation leaves nothing to do.
+        assert_eq!(state.abandon(InFlight::Nothing), Abandon::Nothing);
+    }
+
+    #[test]
+    fn verify_asks_pg_locks_and_a_lost_connection_is_false() {
+        let mut state = state();
+        let mut op = Verify::start(&state).unwrap();
+        let ask = simple(sent(op.step(&mut state, None)));
+        assert_eq!(ask, sql::held_by_session(HOLD));
+        assert!(done(op.step(&mut state, Some(row(&["t"])))).unwrap());
+        state.held = Some(HOLD);
+        let mut op = Verify::start(&state).unwrap();
+        sent(op.step(&mut state, None));
+        assert!(!done(op.step(&mut state, Some(failed(Failure::ConnectionLost)))).unwrap());
+        // The object's own view stays until release, which then says the connection is gone.
+        assert_eq!(state.held(), Some(HOLD));
+    }
+
+    #[test]
+    fn transaction_locks_time_out_to_false_and_fail_with_the_error() {
+        let wait = Wait::For(Duration::from_millis(5));
+        assert!(xact_statement(HOLD, wait).contains("pg_advisory_xact_lock(7)"));
+        assert!(xact_statement(HOLD, Wait::Forever).contains("'statement_timeout', '0'"));
+        assert_eq!(
+            xact_statement(HOLD, Wait::Never),
+            "SELECT pg_try_advisory_xact_lock(7)"
+        );
+        assert!(matches!(
+            xact_outcome(wait, failed(Failure::LockTimeout)),
+            XactOutcome::TimedOut
+        ));
+        assert!(matches!(
+            xact_outcome(Wait::Forever, failed(Failure::LockTimeout)),
+            XactOutcome::Failed(_)
+        ));
+        assert!(matches!(
+            xact_outcome(wait, failed(Failure::Canceled { by_request: true })),
+            XactOutcome::Failed(Error::Canceled { .. })
+        ));
+        assert!(matches!(
+            xact_outcome(Wait::Never, row(&["f"])),
+            XactOutcome::Answered(false)
+        ));
+        assert!(matches!(
+            xact_outcome(wait, row(&["", "", "", "", ""])),
+            XactOutcome::Answered(true)
+        ));
+    }
+}

@@ -1,0 +1,442 @@
+//! Interruption and cancellation against a real server: errors that come with a grant,
+//! session settings that would cut a wait short, aborted transactions, vanished prepared
+//! statements, and dropped futures. Each test names the failure it guards against; the races
+//! run many rounds and print their counts. Keys are the tests' own: tests run in parallel.
+#![cfg(any(feature = "blocking", feature = "tokio"))]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use dlock_postgres::{Key, KeyPolicy, PgKey};
+
+fn pg_key(name: &str) -> PgKey {
+    KeyPolicy::default().pg_key(&Key::from(name)).unwrap()
+}
+
+/// The SQL arguments of a key, for the tests' own statements.
+fn args(key: PgKey) -> String {
+    match key {
+        PgKey::BigInt(value) => value.to_string(),
+        PgKey::Pair(high, low) => format!("{high}, {low}"),
+    }
+}
+
+#[cfg(feature = "blocking")]
+mod blocking {
+    use super::*;
+    use common::{backend_pid, connect, holder_pids};
+    use dlock_postgres::{Error, Lock, PgLock};
+    use std::thread;
+
+    /// Waits until `pid` is waiting for a lock, as the server shows it.
+    fn until_waiting(observer: &mut postgres::Client, pid: i32) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let waiting: bool = observer
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE pid = $1 AND NOT granted)",
+                    &[&pid],
+                )
+                .unwrap()
+                .get(0);
+            if waiting {
+                return;
+            }
+            assert!(Instant::now() < deadline, "pid {pid} never waited");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    #[test]
+    fn a_cancel_that_lands_with_the_grant_leaves_the_lock_held_and_tracked() {
+        // Failure 2: the holder's unlock and an operator's cancel of the waiter go in one
+        // statement, so the waiter's session is woken by both at once; the server then grants
+        // the lock and fails the statement with 57014.
+        let name = "interruption/blocking-cancel-with-grant";
+        let key = pg_key(name);
+        let mut observer = connect();
+        let mut holder = connect();
+        let (mut granted, mut canceled) = (0, 0);
+        for round in 0..40 {
+            holder
+                .simple_query(&format!("SELECT pg_advisory_lock({})", args(key)))
+                .unwrap();
+            let mut client = connect();
+            let pid = backend_pid(&mut client);
+            let waiter = thread::spawn(move || {
+                let mut lock = PgLock::new(client, name);
+                let outcome = lock.acquire();
+                let acquired = lock.is_acquired();
+                (outcome.map_err(|e| e.to_string()), acquired, lock)
+            });
+            until_waiting(&mut observer, pid);
+            holder
+                .simple_query(&format!(
+                    "SELECT pg_advisory_unlock({}), pg_cancel_backend({pid})",
+                    args(key)
+                ))
+                .unwrap();
+            let (outcome, acquired, mut lock) = waiter.join().unwrap();
+            let holds = holder_pids(&mut observer, key).contains(&pid);
+            match outcome {
+                Ok(()) => {
+                    granted += 1;
+                    assert!(
+                        acquired && holds,
+                        "round {round}: Ok means held and tracked"
+                    );
+                    lock.release().unwrap();
+                }
+                Err(error) => {
+                    canceled += 1;
+                    assert!(
+                        !holds && !acquired,
+                        "round {round}: {error}, yet the session holds the lock: {holds}"
+                    );
+                }
+            }
+        }
+        println!("cancel with grant: {granted} granted, {canceled} canceled");
+    }
+
+    #[test]
+    fn statement_timeout_neither_ends_a_wait_nor_changes_the_timeout_contract() {
+        // Failure 7: a session statement_timeout of 300 ms.
+        let name = "interruption/blocking-statement-timeout";
+        let key = pg_key(name);
+        let mut holder = PgLock::new(connect(), name);
+        holder.acquire().unwrap();
+        let mut client = connect();
+        client.batch_execute("SET statement_timeout = 300").unwrap();
+        let mut lock = PgLock::new(client, name);
+        let started = Instant::now();
+        assert!(!lock.acquire_timeout(Duration::from_millis(900)).unwrap());
+        assert!(started.elapsed() >= Duration::from_millis(900));
+        let releaser = thread::spawn(move || {
+            thread::sleep(Duration::from_millis(800));
+            holder.release().unwrap();
+        });
+        let started = Instant::now();
+        lock.acquire().unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(700));
+        releaser.join().unwrap();
+        let setting: String = lock
+            .client()
+            .query_one("SHOW statement_timeout", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(setting, "300ms", "the session's setting is unchanged");
+        assert_eq!(holder_pids(&mut connect(), key).len(), 1);
+        lock.release().unwrap();
+    }
+
+    #[test]
+    fn a_release_refused_by_an_aborted_transaction_keeps_the_lock_releasable() {
+        // Failure 5.
+        let name = "interruption/blocking-aborted-release";
+        let key = pg_key(name);
+        let mut lock = PgLock::new(connect(), name);
+        lock.acquire().unwrap();
+        lock.client().batch_execute("BEGIN").unwrap();
+        assert!(lock.client().batch_execute("SELECT 1/0").is_err());
+        let refused = lock.release();
+        assert!(
+            matches!(refused, Err(Error::TransactionAborted { .. })),
+            "{refused:?}"
+        );
+        assert!(lock.is_acquired(), "still held, and known to be");
+        lock.client().batch_execute("ROLLBACK").unwrap();
+        lock.release().unwrap();
+        assert!(holder_pids(&mut connect(), key).is_empty());
+    }
+
+    #[test]
+    fn vanished_prepared_statements_are_prepared_again() {
+        // Failure 6: DEALLOCATE ALL (and DISCARD ALL, which also frees the session's locks).
+        let name = "interruption/blocking-deallocate";
+        let key = pg_key(name);
+        let mut observer = connect();
+        let mut lock = PgLock::new(connect(), name);
+        for _ in 0..3 {
+            lock.acquire().unwrap();
+            lock.release().unwrap();
+        }
+        lock.client().batch_execute("DISCARD ALL").unwrap();
+        assert!(lock.try_acquire().unwrap());
+        lock.client().batch_execute("DEALLOCATE ALL").unwrap();
+        lock.release().unwrap();
+        assert!(holder_pids(&mut observer, key).is_empty());
+        lock.client().batch_execute("DEALLOCATE ALL").unwrap();
+        lock.acquire().unwrap();
+        assert!(lock.is_acquired());
+        assert_eq!(holder_pids(&mut observer, key).len(), 1);
+        lock.client().batch_execute("DEALLOCATE ALL").unwrap();
+        lock.release().unwrap();
+        assert!(!lock.is_acquired());
+        assert!(holder_pids(&mut observer, key).is_empty());
+    }
+}
+
+#[cfg(feature = "tokio")]
+mod tokio_flavour {
+    use super::*;
+    use dlock_postgres::{AsyncLock, AsyncPgLock, Error, holders_async};
+    use std::future::{Future, poll_fn};
+    use std::pin::pin;
+    use std::task::Poll;
+    use tokio_postgres::{Client, NoTls};
+
+    async fn connect() -> Client {
+        let (client, connection) = tokio_postgres::connect(&common::pg_url(), NoTls)
+            .await
+            .expect("connect to DLOCK_PG_URL");
+        tokio::spawn(connection);
+        client
+    }
+
+    async fn pid(client: &Client) -> i32 {
+        client
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    async fn holders(observer: &Client, key: PgKey) -> Vec<i32> {
+        holders_async(observer, key)
+            .await
+            .unwrap()
+            .iter()
+            .map(|holder| holder.pid)
+            .collect()
+    }
+
+    async fn until_waiting(observer: &Client, pid: i32) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let waiting: bool = observer
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE pid = $1 AND NOT granted)",
+                    &[&pid],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if waiting {
+                return;
+            }
+            assert!(Instant::now() < deadline, "pid {pid} never waited");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// Polls a future exactly once and drops it, as `select!` or a timeout can.
+    async fn poll_once_and_drop<F: Future>(future: F) {
+        let mut future = pin!(future);
+        poll_fn(|cx| {
+            let _ = future.as_mut().poll(cx);
+            Poll::Ready(())
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn dropped_attempts_never_release_another_hold_of_the_session() {
+        // Failure 1: an outer hold of K; on the same session, an inner try on K is dropped and
+        // an attempt on another (busy) key is dropped. The outer hold must survive every
+        // cleanup, including inside a transaction the user rolls back afterwards.
+        let name = "interruption/outer-hold";
+        let key = pg_key(name);
+        let other = "interruption/outer-hold-other";
+        let observer = connect().await;
+        let mut other_holder = AsyncPgLock::new(connect().await, other);
+        let mut outer = AsyncPgLock::new(connect().await, name);
+        outer.acquire().await.unwrap();
+        let pid = pid(outer.client()).await;
+        for round in 0..30 {
+            let in_transaction = round % 2 == 1;
+            if in_transaction {
+                outer.client().batch_execute("BEGIN").await.unwrap();
+            }
+            other_holder.acquire().await.unwrap();
+            {
+                let mut inner = AsyncPgLock::new(outer.client(), name);
+                poll_once_and_drop(inner.try_acquire()).await;
+                {
+                    let mut waiting = AsyncPgLock::new(inner.client(), other);
+                    poll_once_and_drop(waiting.acquire()).await;
+                }
+                other_holder.release().await.unwrap();
+                // Reusing a lock object runs its owed cleanup: it must not run twice.
+                assert!(inner.try_acquire().await.unwrap(), "round {round}");
+                inner.release().await.unwrap();
+            }
+            if in_transaction {
+                outer.client().batch_execute("ROLLBACK").await.unwrap();
+            }
+            assert_eq!(holders(&observer, key).await, [pid], "round {round}");
+            assert!(outer.verify().await.unwrap(), "round {round}");
+        }
+        outer
+            .release()
+            .await
+            .expect("the server still counts the outer hold");
+        assert!(holders(&observer, key).await.is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cancel_that_lands_with_the_grant_leaves_the_lock_held_and_tracked() {
+        // Failure 2, tokio flavour: unlock and cancel in one statement of the holder's.
+        let name = "interruption/tokio-cancel-with-grant";
+        let key = pg_key(name);
+        let observer = connect().await;
+        let holder = connect().await;
+        let (mut granted, mut canceled) = (0, 0);
+        for round in 0..40 {
+            holder
+                .simple_query(&format!("SELECT pg_advisory_lock({})", args(key)))
+                .await
+                .unwrap();
+            let client = connect().await;
+            let pid = pid(&client).await;
+            let waiter = tokio::spawn(async move {
+                let mut lock = AsyncPgLock::new(client, name);
+                let outcome = lock.acquire().await;
+                (outcome, lock)
+            });
+            until_waiting(&observer, pid).await;
+            holder
+                .simple_query(&format!(
+                    "SELECT pg_advisory_unlock({}), pg_cancel_backend({pid})",
+                    args(key)
+                ))
+                .await
+                .unwrap();
+            let (outcome, mut lock) = waiter.await.unwrap();
+            let holds = holders(&observer, key).await.contains(&pid);
+            match outcome {
+                Ok(()) => {
+                    granted += 1;
+                    assert!(lock.is_acquired() && holds, "round {round}");
+                    lock.release().await.unwrap();
+                }
+                Err(error) => {
+                    canceled += 1;
+                    assert!(matches!(error, Error::Canceled { .. }), "{error}");
+                    assert!(
+                        !holds && !lock.is_acquired(),
+                        "round {round}: {error}, yet the session holds the lock"
+                    );
+                }
+            }
+        }
+        println!("cancel with grant: {granted} granted, {canceled} canceled");
+    }
+
+    #[tokio::test]
+    async fn statements_after_a_dropped_acquire_are_never_canceled() {
+        // Failure 3: nothing dlock does after a dropped acquire may end a statement of the
+        // user's. The user's statements run (after the dropped wait ends) and complete.
+        let name = "interruption/tokio-no-stray-cancel";
+        let key = pg_key(name);
+        let observer = connect().await;
+        let mut holder = AsyncPgLock::new(connect().await, name);
+        let mut lock = AsyncPgLock::new(connect().await, name);
+        for round in 0..10 {
+            holder.acquire().await.unwrap();
+            let waited = tokio::time::timeout(Duration::from_millis(20), lock.acquire()).await;
+            assert!(waited.is_err(), "round {round}: still waiting when dropped");
+            let release = async {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                holder.release().await.unwrap();
+            };
+            let (slept, ()) =
+                tokio::join!(lock.client().simple_query("SELECT pg_sleep(0.15)"), release);
+            slept.unwrap_or_else(|error| panic!("round {round}: {error}"));
+            assert!(!lock.is_acquired());
+            assert!(holders(&observer, key).await.is_empty(), "round {round}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_release_refused_by_an_aborted_transaction_keeps_the_lock_releasable() {
+        // Failure 5, tokio flavour.
+        let name = "interruption/tokio-aborted-release";
+        let key = pg_key(name);
+        let observer = connect().await;
+        let mut lock = AsyncPgLock::new(connect().await, name);
+        lock.acquire().await.unwrap();
+        lock.client().batch_execute("BEGIN").await.unwrap();
+        assert!(lock.client().batch_execute("SELECT 1/0").await.is_err());
+        let refused = lock.release().await;
+        assert!(
+            matches!(refused, Err(Error::TransactionAborted { .. })),
+            "{refused:?}"
+        );
+        assert!(lock.is_acquired());
+        lock.client().batch_execute("ROLLBACK").await.unwrap();
+        lock.release().await.unwrap();
+        assert!(holders(&observer, key).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn vanished_prepared_statements_are_prepared_again() {
+        // Failure 6, tokio flavour.
+        let name = "interruption/tokio-deallocate";
+        let key = pg_key(name);
+        let observer = connect().await;
+        let mut lock = AsyncPgLock::new(connect().await, name);
+        for _ in 0..3 {
+            lock.acquire().await.unwrap();
+            lock.release().await.unwrap();
+        }
+        lock.client().batch_execute("DISCARD ALL").await.unwrap();
+        lock.acquire().await.unwrap();
+        lock.client().batch_execute("DEALLOCATE ALL").await.unwrap();
+        lock.release().await.unwrap();
+        assert!(holders(&observer, key).await.is_empty());
+        lock.client().batch_execute("DEALLOCATE ALL").await.unwrap();
+        assert!(lock.try_acquire().await.unwrap());
+        assert_eq!(holders(&observer, key).await.len(), 1);
+        lock.release().await.unwrap();
+        assert!(holders(&observer, key).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn statement_timeout_neither_ends_a_wait_nor_changes_the_timeout_contract() {
+        // Failure 7, tokio flavour.
+        let name = "interruption/tokio-statement-timeout";
+        let mut holder = AsyncPgLock::new(connect().await, name);
+        holder.acquire().await.unwrap();
+        let client = connect().await;
+        client
+            .batch_execute("SET statement_timeout = 300")
+            .await
+            .unwrap();
+        let mut lock = AsyncPgLock::new(client, name);
+        let started = Instant::now();
+        assert!(
+            !lock
+                .acquire_timeout(Duration::from_millis(900))
+                .await
+                .unwrap()
+        );
+        assert!(started.elapsed() >= Duration::from_millis(900));
+        let started = Instant::now();
+        let (acquired, ()) = tokio::join!(lock.acquire(), async {
+            tokio::time::sleep(Duration::from_millis(800)).await;
+            holder.release().await.unwrap();
+        });
+        acquired.unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(700));
+        let setting: String = lock
+            .client()
+            .query_one("SHOW statement_timeout", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(setting, "300ms");
+        lock.release().await.unwrap();
+    }
+}
