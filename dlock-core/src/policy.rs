@@ -20,6 +20,10 @@ use crate::{Error, Key, PgKey, Result};
 /// that both servers accept is what lets a service move between them.
 pub const MYSQL_NAME_MAX_CHARS: usize = 64;
 
+/// The longest lock name MariaDB accepts, in bytes of UTF-8: 64 characters of four bytes
+/// each are too long for it.
+const MARIADB_NAME_MAX_BYTES: usize = 192;
+
 /// The HKDF `info` string sqlx uses to derive `PgAdvisoryLock` keys from names.
 const SQLX_HKDF_INFO: &[u8] = b"SQLx (Rust) Postgres advisory lock";
 
@@ -256,6 +260,15 @@ fn check_mysql_name(name: &str) -> Result<()> {
              maps any key to a name of at most {MYSQL_NAME_MAX_CHARS} characters"
         )));
     }
+    if name.len() > MARIADB_NAME_MAX_BYTES {
+        return Err(Error::invalid_key(format!(
+            "the MySQL lock name is {} bytes long in UTF-8, over MariaDB's limit of \
+             {MARIADB_NAME_MAX_BYTES} bytes (MySQL allows {MYSQL_NAME_MAX_CHARS} characters); use \
+             a shorter name, or KeyPolicy::HashedMySqlName, which maps any key to a short ASCII \
+             name",
+            name.len()
+        )));
+    }
     if name.contains('\0') {
         return Err(Error::invalid_key(
             "the MySQL lock name contains a NUL character, which lock names cannot carry \
@@ -443,6 +456,15 @@ mod tests {
             long.contains("65 characters") && long.contains("HashedMySqlName"),
             "{long}"
         );
+
+        // 64 characters of four bytes each: MySQL's 64 characters, but over MariaDB's 192 bytes.
+        let wide = invalid_reason(&policy, Key::from("😀".repeat(64)));
+        assert!(
+            wide.contains("256 bytes") && wide.contains("192 bytes"),
+            "{wide}"
+        );
+        assert!(policy.mysql_name(&Key::from("😀".repeat(48))).is_ok());
+        assert!(policy.mysql_name(&Key::from("é".repeat(64))).is_ok());
 
         let binary = invalid_reason(&policy, Key::from(&[0xff_u8, 0xfe][..]));
         assert!(

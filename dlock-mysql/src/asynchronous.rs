@@ -1,29 +1,28 @@
 //! Locks over `mysql_async`, on the tokio runtime.
 
 use std::fmt;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use dlock_core::{AsyncLock, Error, Key, KeyPolicy, Result};
+use dlock_core::{AsyncLock, Error, Key, KeyPolicy, Result, Wait};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts};
 
-use crate::sql::{self, Acquired, Spec, Wait};
+use crate::machine::{Acquire, LockState, OnDrop, Operation, Release, Reply, Step, Verify};
+use crate::sql::{self, Failed, Failure, Proof, Server};
 
 /// A connection an [`AsyncMySqlLock`] can run on: the driver's [`Conn`] (also what a
 /// `mysql_async::Pool` hands out), a box of it, or a `&mut` to either. For a bb8 pooled
-/// connection pass `&mut *conn`, or use dlock-pool, which manages the connection for you.
+/// connection use dlock-pool, which manages the connection for you.
 ///
-/// Whether the lock owns its connection decides what a drop can do, because drop cannot
-/// wait: see [`into_owned`](AsyncMySqlConnection::into_owned).
+/// What a lock can do when it is dropped while it holds depends on the connection, because
+/// drop cannot wait: an owned connection is released from a spawned task, a discardable one
+/// (pooled) is closed by its pool, and a borrowed one has its session ended (see
+/// [`AsyncMySqlLock`]).
 pub trait AsyncMySqlConnection: Send {
     /// The connection the lock sends its statements through.
     fn connection(&mut self) -> &mut Conn;
 
-    /// The connection itself, when `self` owns it: a lock dropped while it holds its name
-    /// moves the connection into a spawned task that releases the name. Borrows return
-    /// `None` (the default), and the release is owed instead.
+    /// The connection itself, when `self` owns it. Borrows return `None` (the default).
     fn into_owned(self) -> Option<Conn>
     where
         Self: Sized,
@@ -31,12 +30,20 @@ pub trait AsyncMySqlConnection: Send {
         None
     }
 
+    /// Whether `self` owns its connection, so that [`into_owned`](Self::into_owned) gives it.
+    fn is_owned(&self) -> bool {
+        false
+    }
+
     /// Asks for the connection to be closed instead of reused, which frees every lock of its
-    /// session; `true` when it will be. A lock that cannot release (dropped while it holds its
-    /// name, on a borrowed connection) calls this before it records an owed release. Pooled
-    /// connections answer `true` by marking themselves broken (dlock-pool does); the default
-    /// is `false`.
+    /// session; `true` when it will be. Pooled connections answer `true` by marking
+    /// themselves broken (dlock-pool's do); the default is `false`.
     fn discard(&mut self) -> bool {
+        false
+    }
+
+    /// Whether [`discard`](Self::discard) would close the connection.
+    fn is_discardable(&self) -> bool {
         false
     }
 }
@@ -49,6 +56,10 @@ impl AsyncMySqlConnection for Conn {
     fn into_owned(self) -> Option<Conn> {
         Some(self)
     }
+
+    fn is_owned(&self) -> bool {
+        true
+    }
 }
 
 impl AsyncMySqlConnection for Box<Conn> {
@@ -58,6 +69,10 @@ impl AsyncMySqlConnection for Box<Conn> {
 
     fn into_owned(self) -> Option<Conn> {
         Some(*self)
+    }
+
+    fn is_owned(&self) -> bool {
+        true
     }
 }
 
@@ -69,6 +84,10 @@ impl<T: AsyncMySqlConnection + ?Sized> AsyncMySqlConnection for &mut T {
     fn discard(&mut self) -> bool {
         (**self).discard()
     }
+
+    fn is_discardable(&self) -> bool {
+        (**self).is_discardable()
+    }
 }
 
 /// A MySQL or MariaDB named lock (`GET_LOCK`) over [`mysql_async::Conn`], for tokio.
@@ -78,21 +97,23 @@ impl<T: AsyncMySqlConnection + ?Sized> AsyncMySqlConnection for &mut T {
 ///
 /// - **A future dropped mid-statement ends the session.** mysql_async cannot resynchronize a
 ///   connection whose query future was dropped before the reply arrived: the next query on
-///   it would read the stale reply (measured with a dropped `GET_LOCK`). So when any future of
-///   this lock is dropped while its statement is in flight (an `acquire` under
-///   `tokio::time::timeout` or `select!`), a spawned task opens a fresh connection with the
-///   same options and `KILL`s the session. The server then stops the wait and frees every
-///   lock the session held, so no lock is ever granted to a session nobody tracks. Every later
-///   call through this lock returns [`Error::ConnectionUnusable`]; the connection is dead,
-///   and an owned one is disconnected when the lock drops. Use
+///   it would read the stale reply (measured with a dropped `GET_LOCK`). So the lock is
+///   unusable afterwards ([`Error::ConnectionUnusable`]), and a spawned task ends the session
+///   from a fresh connection (`KILL`) once it has proven that the session is still the one the
+///   lock used: still running the statement tagged with the attempt's token (the process list
+///   shows it), or holding the attempt's holder lock. A connection id alone proves nothing:
+///   ids start again when the server restarts. Without a proof the statement has finished,
+///   and the connection is closed instead: an owned one when the lock drops, a pooled one by
+///   its pool; a borrowed one must be closed by you (the error says so). Use
 ///   [`acquire_timeout`](AsyncLock::acquire_timeout) for a bounded wait that keeps the
 ///   connection.
 /// - **Release on drop is not immediate.** A held lock dropped without
 ///   [`release`](AsyncLock::release) is released by a task spawned on the current tokio
-///   runtime when the lock owns its connection ([`AsyncMySqlConnection::into_owned`]). On
-///   a borrowed connection the release is owed: the next operation of any
-///   `AsyncMySqlLock` on that session pays it first. Plain queries do not, so until then the
-///   session still holds the name. Call `release().await` to know the outcome.
+///   runtime when the lock owns its connection ([`AsyncMySqlConnection::into_owned`]); a
+///   pooled connection is closed by its pool. On a borrowed connection (`&mut Conn`) the lock
+///   cannot release without waiting, so its session is ended, proven by a holder lock each
+///   grant takes on borrowed connections: call `release().await` (or `into_inner().await`)
+///   to keep the connection.
 ///
 /// # Examples
 ///
@@ -116,43 +137,115 @@ impl<T: AsyncMySqlConnection + ?Sized> AsyncMySqlConnection for &mut T {
 pub struct AsyncMySqlLock<C: AsyncMySqlConnection> {
     /// Always `Some` until `into_inner` or drop takes it.
     conn: Option<C>,
-    spec: Spec,
-    /// The name this object holds, as taken.
-    held: Option<String>,
-    /// Set while a statement is in flight, and left set when its future is dropped: the
-    /// session is then being killed and the connection must not be used again.
-    unusable: bool,
+    state: LockState,
+}
+
+/// Drives one operation; if its future is dropped with a statement in flight, the connection
+/// is given up and its session ended once proven.
+struct Driver<'a, O: Operation> {
+    state: &'a mut LockState,
+    op: O,
+    /// The options to open a fresh connection with, and the session id.
+    session: (Opts, u32),
+    /// Set while a statement is in flight.
+    sent: bool,
+}
+
+impl<O: Operation> Drop for Driver<'_, O> {
+    fn drop(&mut self) {
+        if !self.sent {
+            return;
+        }
+        let proofs = self.state.abandon(self.op.in_flight());
+        let (opts, id) = self.session.clone();
+        end_session(opts, id, proofs);
+    }
+}
+
+/// Ends session `id` from a fresh connection, once one of `proofs` shows it is still the
+/// session a lock used. Spawned on the current runtime; without one the session ends when its
+/// connection closes.
+fn end_session(opts: Opts, id: u32, proofs: Vec<Proof>) {
+    if proofs.is_empty() {
+        return;
+    }
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        tracing::warn!(
+            connection_id = id,
+            "a MySQL lock's session cannot be ended outside a tokio runtime; it ends when its \
+             connection closes"
+        );
+        return;
+    };
+    runtime.spawn(async move {
+        let ended = async {
+            let mut killer = Conn::new(opts).await.map_err(classify)?;
+            let mut proven = false;
+            for proof in &proofs {
+                let row = query(&mut killer, &sql::proves(id, proof)).await?;
+                if row.first().copied().flatten() == Some(1) {
+                    proven = true;
+                    break;
+                }
+            }
+            if proven {
+                match killer.query_drop(sql::kill(id)).await {
+                    // The session had ended already: its locks are free, which is the point.
+                    Err(mysql_async::Error::Server(error)) if error.code == ER_NO_SUCH_THREAD => {}
+                    other => other.map_err(classify)?,
+                }
+            }
+            let _ = killer.disconnect().await;
+            Ok::<bool, Failed>(proven)
+        };
+        match ended.await {
+            Ok(true) => {}
+            Ok(false) => tracing::debug!(
+                connection_id = id,
+                "the session of a dropped MySQL lock statement could not be proven; its \
+                 connection is closed by its owner instead"
+            ),
+            Err(failed) => tracing::warn!(
+                connection_id = id,
+                error = %failed.error,
+                "could not end the session of a dropped MySQL lock statement; it ends when its \
+                 connection closes"
+            ),
+        }
+    });
 }
 
 impl<C: AsyncMySqlConnection> AsyncMySqlLock<C> {
     /// A lock on `key` over `conn`, unlocked, under the default key policy (the key's text is
     /// the lock name, as in sqlalchemy-dlock).
     pub fn new(conn: C, key: impl Into<Key>) -> Self {
+        let mut state = LockState::new(key.into());
+        if !conn.is_owned() && !conn.is_discardable() {
+            state.prove_holds();
+        }
         AsyncMySqlLock {
             conn: Some(conn),
-            spec: Spec::new(key.into()),
-            held: None,
-            unusable: false,
+            state,
         }
     }
 
     /// Uses `policy` to turn the key into a lock name. Affects the next acquire.
     pub fn policy(mut self, policy: KeyPolicy) -> Self {
-        self.spec.policy = policy;
+        self.state.policy = policy;
         self
     }
 
     /// Asks for a shared lock, which MySQL and MariaDB do not have: every acquire then fails
     /// with [`Error::Unsupported`].
     pub fn shared(mut self) -> Self {
-        self.spec.shared();
+        self.state.shared();
         self
     }
 
     /// Asks for a transaction-scoped lock, which MySQL and MariaDB do not have: every acquire
     /// then fails with [`Error::Unsupported`].
     pub fn transaction_scoped(mut self) -> Self {
-        self.spec.transaction_scoped();
+        self.state.transaction_scoped();
         self
     }
 
@@ -162,18 +255,15 @@ impl<C: AsyncMySqlConnection> AsyncMySqlLock<C> {
     ///
     /// [`Error::InvalidKey`] when the key cannot be a MySQL lock name under the policy.
     pub fn name(&self) -> Result<String> {
-        self.spec.name()
+        self.state.name()
     }
 
     /// The connection, for work inside the critical section.
     ///
-    /// After a dropped future ended the session (see the type's docs) the connection is dead;
-    /// do not use it.
+    /// After a dropped future gave the connection up (see the type's docs) it must not be
+    /// used: close it.
     pub fn conn(&mut self) -> &mut Conn {
-        self.conn
-            .as_mut()
-            .expect("the connection is only taken by into_inner and drop")
-            .connection()
+        self.get_mut().connection()
     }
 
     /// The connection as it was given (a pooled connection, a box, a borrow), for what its
@@ -202,11 +292,14 @@ impl<C: AsyncMySqlConnection> AsyncMySqlLock<C> {
     ///
     /// # Cancel Safety
     ///
-    /// Dropping the future mid-statement ends the session, as for every method.
+    /// Not cancel safe: a drop before the reply leaves the connection unable to read the next
+    /// reply correctly (a mysql_async limitation); close the connection then.
     pub async fn holder(&mut self) -> Result<Option<u64>> {
+        if self.state.is_unusable() {
+            return Err(sql::unusable());
+        }
         let name = self.name()?;
-        let reply = self.query(&sql::holder(&name)).await?;
-        sql::read_holder(reply)
+        holder_async(self.conn(), &name).await
     }
 
     /// Releases the lock if held, and gives the connection back with the outcome of the
@@ -214,10 +307,10 @@ impl<C: AsyncMySqlConnection> AsyncMySqlLock<C> {
     ///
     /// # Cancel Safety
     ///
-    /// Dropping the future while the release is in flight ends the session (which frees the
-    /// lock) and drops the connection.
+    /// Dropping the future while the release is in flight gives the connection up, as for
+    /// every method, and drops the lock.
     pub async fn into_inner(mut self) -> (C, Result<()>) {
-        let released = if self.held.is_some() {
+        let released = if self.state.held().is_some() {
             self.release().await
         } else {
             Ok(())
@@ -229,60 +322,56 @@ impl<C: AsyncMySqlConnection> AsyncMySqlLock<C> {
         (conn, released)
     }
 
-    /// Sends `statement` and reads its single value, after paying owed releases. A drop of
-    /// the returned future before it completes ends the session.
-    async fn query(&mut self, statement: &str) -> Result<Option<i64>> {
-        if self.unusable {
-            return Err(sql::unusable());
-        }
-        self.unusable = true;
+    /// Runs one operation of the machine on this lock's connection.
+    async fn run<O: Operation>(&mut self, op: O) -> Result<O::Output> {
         let conn = self
             .conn
             .as_mut()
             .expect("the connection is only taken by into_inner and drop")
             .connection();
-        let in_flight = InFlight::arm(conn);
-        pay_owed(conn).await;
-        let reply = query(conn, statement).await;
-        in_flight.disarm();
-        self.unusable = false;
-        reply
+        let mut driver = Driver {
+            session: (conn.opts().clone(), conn.id()),
+            state: &mut self.state,
+            op,
+            sent: false,
+        };
+        let mut reply = None;
+        loop {
+            match driver.op.step(driver.state, reply.take()) {
+                Step::Done(outcome) => return outcome,
+                Step::Send(statement) => {
+                    driver.sent = true;
+                    reply = Some(query(conn, &statement).await);
+                    driver.sent = false;
+                }
+            }
+        }
     }
 
     async fn take(&mut self, wait: Wait) -> Result<bool> {
         let version = self.conn().server_version();
-        let (name, statement) = self.spec.acquire(self.held.is_some(), version, wait)?;
-        loop {
-            let reply = self.query(&statement).await?;
-            match sql::read_acquired(wait, reply)? {
-                Acquired::Granted => {
-                    self.held = Some(name);
-                    return Ok(true);
-                }
-                Acquired::TimedOut => return Ok(false),
-                Acquired::WaitAgain => continue,
-            }
-        }
+        let op = Acquire::start(&self.state, version, wait)?;
+        self.run(op).await
     }
 }
 
 impl<C: AsyncMySqlConnection> AsyncLock for AsyncMySqlLock<C> {
     fn key(&self) -> &Key {
-        &self.spec.key
+        &self.state.key
     }
 
     /// # Cancel Safety
     ///
     /// Dropping the future while it waits ends the session: a spawned task `KILL`s it from a
-    /// fresh connection, which stops the wait and frees anything granted meanwhile. The lock
-    /// (and its connection) can not be used afterwards.
+    /// fresh connection once proven (see the type's docs), which stops the wait and frees
+    /// anything granted meanwhile. The lock (and its connection) cannot be used afterwards.
     async fn acquire(&mut self) -> Result<()> {
         self.take(Wait::Forever).await.map(drop)
     }
 
     /// # Cancel Safety
     ///
-    /// As [`acquire`](Self::acquire): a drop before the reply ends the session.
+    /// As [`acquire`](Self::acquire): a drop before the reply gives the connection up.
     async fn try_acquire(&mut self) -> Result<bool> {
         self.take(Wait::Never).await
     }
@@ -292,17 +381,20 @@ impl<C: AsyncMySqlConnection> AsyncLock for AsyncMySqlLock<C> {
     ///
     /// # Cancel Safety
     ///
-    /// As [`acquire`](Self::acquire): a drop before the reply ends the session. Prefer this
-    /// method's own timeout to an outer `tokio::time::timeout`.
+    /// As [`acquire`](Self::acquire): a drop before the reply gives the connection up. Prefer
+    /// this method's own timeout to an outer `tokio::time::timeout`.
     ///
-    /// If the server has not answered [`REPLY_GRACE`](dlock_core::REPLY_GRACE) after the
-    /// timeout (a frozen server or a partition, where its timer cannot fire), this returns
-    /// [`Error::no_reply`] and gives the connection up as a dropped future does: the session
-    /// is killed once the server answers, and the lock is unusable. Needs a runtime with
-    /// timers enabled.
+    /// If the server has not answered [`REPLY_GRACE`](dlock_core::REPLY_GRACE) after the wait
+    /// it was asked for (on MySQL, the timeout rounded up to whole seconds), the server or the
+    /// network is stalled: this returns [`Error::no_reply`] and gives the connection up as a
+    /// dropped future does. Needs a runtime with timers enabled.
     async fn acquire_timeout(&mut self, timeout: Duration) -> Result<bool> {
-        let limit = timeout.saturating_add(dlock_core::REPLY_GRACE);
-        match tokio::time::timeout(limit, self.take(Wait::for_timeout(timeout))).await {
+        let version = self.conn().server_version();
+        let wait = Wait::for_timeout(timeout);
+        let op = Acquire::start(&self.state, version, wait)?;
+        let asked = sql::server_wait(Server::from_version(version), wait).unwrap_or(timeout);
+        let limit = asked.saturating_add(dlock_core::REPLY_GRACE);
+        match tokio::time::timeout(limit, self.run(op)).await {
             Ok(outcome) => outcome,
             Err(_) => Err(Error::no_reply(limit)),
         }
@@ -310,36 +402,26 @@ impl<C: AsyncMySqlConnection> AsyncLock for AsyncMySqlLock<C> {
 
     /// # Cancel Safety
     ///
-    /// A drop before the reply ends the session, which frees the lock.
+    /// A drop before the reply gives the connection up; ending or closing the session frees
+    /// the lock.
     async fn release(&mut self) -> Result<()> {
-        let name = self.held.take().ok_or(Error::NotAcquired)?;
-        let reply = self.query(&sql::release_lock(&name)).await?;
-        sql::read_released(reply)
+        let op = Release::start(&mut self.state)?;
+        self.run(op).await
     }
 
     fn is_acquired(&self) -> bool {
-        self.held.is_some()
+        self.state.held().is_some()
     }
 
     /// Asks the server whether this session holds the name. After the connection was lost,
-    /// or the session ended by a dropped future, this is `Ok(false)`.
+    /// or given up by a dropped future, this is `Ok(false)`.
     ///
     /// # Cancel Safety
     ///
-    /// A drop before the reply ends the session.
+    /// A drop before the reply gives the connection up.
     async fn verify(&mut self) -> Result<bool> {
-        if self.unusable {
-            return Ok(false);
-        }
-        let name = match &self.held {
-            Some(name) => name.clone(),
-            None => self.name()?,
-        };
-        match self.query(&sql::held_by_session(&name)).await {
-            Ok(reply) => sql::read_held(reply),
-            Err(error) if error.is_connection_error() => Ok(false),
-            Err(error) => Err(error),
-        }
+        let op = Verify::start(&self.state)?;
+        self.run(op).await
     }
 }
 
@@ -348,54 +430,45 @@ impl<C: AsyncMySqlConnection> Drop for AsyncMySqlLock<C> {
         let Some(mut conn) = self.conn.take() else {
             return;
         };
-        let held = self.held.take();
-        if held.is_none() && !self.unusable {
-            return;
-        }
-        let (endpoint, id) = session(conn.connection());
-        if conn.discard() {
-            // Closing the connection ends the session, and with it the lock.
-            return;
-        }
-        let runtime = tokio::runtime::Handle::try_current();
-        match (conn.into_owned(), runtime) {
-            (Some(conn), Ok(runtime)) => {
-                let unusable = self.unusable;
-                let key = self.spec.key.to_string();
+        let plan = self.state.on_drop(conn.is_owned(), conn.is_discardable());
+        let session = {
+            let conn = conn.connection();
+            (conn.opts().clone(), conn.id())
+        };
+        match plan {
+            OnDrop::Nothing => {}
+            OnDrop::Discard => {
+                conn.discard();
+            }
+            OnDrop::End(proofs) => end_session(session.0, session.1, proofs),
+            OnDrop::Close | OnDrop::Release(_) => {
+                let Some(mut owned) = conn.into_owned() else {
+                    return;
+                };
+                let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                    // Without a runtime no I/O is possible: dropping the connection closes the
+                    // socket, and the server ends the session (freeing the lock) when it
+                    // notices.
+                    tracing::warn!(
+                        key = %self.state.key,
+                        "dropped a MySQL lock outside a tokio runtime; its lock is freed when \
+                         the server notices the closed connection"
+                    );
+                    return;
+                };
+                let key = self.state.key.to_string();
                 runtime.spawn(async move {
-                    if unusable {
-                        // The session is being killed; close our end too.
-                        let _ = conn.disconnect().await;
-                        return;
-                    }
-                    let mut conn = conn;
-                    if let Some(name) = held {
-                        let released = query(&mut conn, &sql::release_lock(&name)).await;
-                        if let Err(error) = released.and_then(sql::read_released) {
+                    if let OnDrop::Release(held) = plan {
+                        let released = query(&mut owned, &sql::release_lock(&held.name, None))
+                            .await
+                            .map_err(|failed| failed.error)
+                            .and_then(|row| sql::read_released(row.first().copied().flatten()));
+                        if let Err(error) = released {
                             tracing::warn!(%key, %error, "dropped MySQL lock: release failed");
                         }
                     }
+                    let _ = owned.disconnect().await;
                 });
-            }
-            (Some(_conn), Err(_)) => {
-                // Without a runtime no I/O is possible: dropping the connection closes the
-                // socket, and the server ends the session (freeing the lock) when it notices.
-                tracing::warn!(
-                    key = %self.spec.key,
-                    "dropped a held MySQL lock outside a tokio runtime; the lock is freed when \
-                     the server notices the closed connection"
-                );
-            }
-            // A session being killed frees its locks by itself: nothing is owed then.
-            (None, _) if self.unusable => {}
-            (None, _) => {
-                if let Some(name) = held {
-                    owe(Owed {
-                        endpoint,
-                        connection_id: id,
-                        name,
-                    });
-                }
             }
         }
     }
@@ -404,10 +477,10 @@ impl<C: AsyncMySqlConnection> Drop for AsyncMySqlLock<C> {
 impl<C: AsyncMySqlConnection> fmt::Debug for AsyncMySqlLock<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AsyncMySqlLock")
-            .field("key", &self.spec.key)
-            .field("policy", &self.spec.policy)
-            .field("held", &self.held)
-            .field("unusable", &self.unusable)
+            .field("key", &self.state.key)
+            .field("policy", &self.state.policy)
+            .field("held", &self.state.held().map(|held| &held.name))
+            .field("unusable", &self.state.is_unusable())
             .finish_non_exhaustive()
     }
 }
@@ -424,142 +497,46 @@ impl<C: AsyncMySqlConnection> fmt::Debug for AsyncMySqlLock<C> {
 /// Not cancel safe: a drop before the reply leaves `conn` unable to read the next reply
 /// correctly (a mysql_async limitation); discard the connection then.
 pub async fn holder_async(conn: &mut Conn, name: &str) -> Result<Option<u64>> {
-    sql::read_holder(query(conn, &sql::holder(name)).await?)
+    let row = query(conn, &sql::holder(name))
+        .await
+        .map_err(|failed| failed.error)?;
+    sql::read_holder(row.first().copied().flatten())
 }
 
-/// Sends `statement` and reads its single value.
-async fn query(conn: &mut Conn, statement: &str) -> Result<Option<i64>> {
-    match conn.query_first::<Option<i64>, _>(statement).await {
-        Ok(Some(value)) => Ok(value),
-        Ok(None) => Err(Error::backend(format!(
-            "the server sent no row for `{statement}`"
-        ))),
+/// Sends `statement` and reads the values of its first row.
+async fn query(conn: &mut Conn, statement: &str) -> Reply {
+    match conn.query_first::<mysql_async::Row, _>(statement).await {
+        Ok(Some(row)) => Ok((0..row.len())
+            .map(|index| {
+                row.get_opt::<Option<i64>, usize>(index)
+                    .and_then(Result::ok)
+                    .flatten()
+            })
+            .collect()),
+        Ok(None) => Err(Failed {
+            failure: Failure::Other,
+            error: Error::backend(format!("the server sent no row for `{statement}`")),
+        }),
         Err(error) => Err(classify(error)),
     }
 }
 
-/// dlock's error for an error of mysql_async.
-fn classify(error: mysql_async::Error) -> Error {
+/// Sorts an error of mysql_async.
+fn classify(error: mysql_async::Error) -> Failed {
     match error {
         mysql_async::Error::Server(ref server) => {
             let code = server.code;
-            sql::server_error(code, Box::new(error))
+            sql::server_failure(code, Box::new(error))
         }
-        mysql_async::Error::Io(_) | mysql_async::Error::Driver(_) => Error::ConnectionLost {
-            source: Some(Box::new(error)),
+        mysql_async::Error::Io(_) | mysql_async::Error::Driver(_) => {
+            sql::connection_lost(Box::new(error))
+        }
+        other => Failed {
+            failure: Failure::Other,
+            error: Error::backend(other),
         },
-        other => Error::backend(other),
-    }
-}
-
-/// Where a session lives, as far as the client can tell, and its id: together they name the
-/// session for owed releases.
-fn session(conn: &Conn) -> (String, u32) {
-    let opts = conn.opts();
-    let endpoint = match opts.socket() {
-        Some(socket) => socket.to_owned(),
-        None => format!("{}:{}", opts.ip_or_hostname(), opts.tcp_port()),
-    };
-    (endpoint, conn.id())
-}
-
-/// Kills the session of a statement whose future is dropped before it completes.
-struct InFlight {
-    /// `Some` while armed: the options to open a fresh connection with, and the session id.
-    session: Option<(Opts, u32)>,
-}
-
-impl InFlight {
-    fn arm(conn: &Conn) -> InFlight {
-        InFlight {
-            session: Some((conn.opts().clone(), conn.id())),
-        }
-    }
-
-    fn disarm(mut self) {
-        self.session = None;
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        let Some((opts, id)) = self.session.take() else {
-            return;
-        };
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            tracing::warn!(
-                connection_id = id,
-                "a MySQL lock statement was dropped outside a tokio runtime; its session is \
-                 ended when the connection closes"
-            );
-            return;
-        };
-        runtime.spawn(async move {
-            let killed = match Conn::new(opts).await {
-                Ok(mut killer) => {
-                    let killed = killer.query_drop(sql::kill(id)).await;
-                    let _ = killer.disconnect().await;
-                    killed
-                }
-                Err(error) => Err(error),
-            };
-            match killed {
-                Ok(()) => {}
-                // The session had ended already: its locks are free, which is the point.
-                Err(mysql_async::Error::Server(error)) if error.code == ER_NO_SUCH_THREAD => {}
-                Err(error) => tracing::warn!(
-                    connection_id = id,
-                    %error,
-                    "could not end the session of a dropped MySQL lock statement; it ends when \
-                     its connection closes"
-                ),
-            }
-        });
     }
 }
 
 /// `KILL` of a session that no longer exists (`ER_NO_SUCH_THREAD`).
 const ER_NO_SUCH_THREAD: u16 = 1094;
-
-/// A release owed by a lock dropped on a borrowed connection.
-#[derive(Debug)]
-struct Owed {
-    endpoint: String,
-    connection_id: u32,
-    name: String,
-}
-
-/// Releases owed by dropped locks, until a lock operation on their session pays them. The
-/// count lets every operation skip the mutex when nothing is owed, which is almost always.
-static OWED: Mutex<Vec<Owed>> = Mutex::new(Vec::new());
-static OWED_COUNT: AtomicUsize = AtomicUsize::new(0);
-
-fn owe(owed: Owed) {
-    let mut all = OWED.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    all.push(owed);
-    OWED_COUNT.store(all.len(), Ordering::Release);
-}
-
-/// Sends the releases owed on `conn`'s session, before the operation that is about to run.
-/// Their outcome is logged, not returned: the operation at hand is what the caller asked for.
-async fn pay_owed(conn: &mut Conn) {
-    if OWED_COUNT.load(Ordering::Acquire) == 0 {
-        return;
-    }
-    let (endpoint, connection_id) = session(conn);
-    let due: Vec<Owed> = {
-        let mut all = OWED.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let (due, rest) = std::mem::take(&mut *all)
-            .into_iter()
-            .partition(|owed| owed.connection_id == connection_id && owed.endpoint == endpoint);
-        *all = rest;
-        OWED_COUNT.store(all.len(), Ordering::Release);
-        due
-    };
-    for owed in due {
-        let released = query(conn, &sql::release_lock(&owed.name)).await;
-        if let Err(error) = released.and_then(sql::read_released) {
-            tracing::warn!(name = %owed.name, %error, "paying an owed MySQL lock release failed");
-        }
-    }
-}

@@ -3,11 +3,12 @@
 use std::fmt;
 use std::time::Duration;
 
-use dlock_core::{Error, Key, KeyPolicy, Lock, Result};
+use dlock_core::{Error, Key, KeyPolicy, Lock, Result, Wait};
 use mysql::prelude::Queryable;
 use mysql::{Conn, PooledConn};
 
-use crate::sql::{self, Acquired, Spec, Wait};
+use crate::machine::{Acquire, LockState, Operation, Release, Reply, Step, Verify};
+use crate::sql::{self, Failed, Failure};
 
 /// A connection a [`MySqlLock`] can run on: the driver's [`Conn`], a [`PooledConn`] of a
 /// `mysql::Pool`, a box of either, or a `&mut` to any of them. For an r2d2 pooled
@@ -86,10 +87,7 @@ impl<T: MySqlConnection + ?Sized> MySqlConnection for Box<T> {
 pub struct MySqlLock<C: MySqlConnection> {
     /// Always `Some` until `into_inner` takes it.
     conn: Option<C>,
-    spec: Spec,
-    /// The name this object holds, as taken: the policy may be changed afterwards, but
-    /// release must undo exactly what acquire did.
-    held: Option<String>,
+    state: LockState,
 }
 
 impl<C: MySqlConnection> MySqlLock<C> {
@@ -98,8 +96,7 @@ impl<C: MySqlConnection> MySqlLock<C> {
     pub fn new(conn: C, key: impl Into<Key>) -> Self {
         MySqlLock {
             conn: Some(conn),
-            spec: Spec::new(key.into()),
-            held: None,
+            state: LockState::new(key.into()),
         }
     }
 
@@ -107,7 +104,7 @@ impl<C: MySqlConnection> MySqlLock<C> {
     /// [`KeyPolicy::HashedMySqlName`] for keys longer than MySQL's 64 characters). Affects the
     /// next acquire.
     pub fn policy(mut self, policy: KeyPolicy) -> Self {
-        self.spec.policy = policy;
+        self.state.policy = policy;
         self
     }
 
@@ -115,14 +112,14 @@ impl<C: MySqlConnection> MySqlLock<C> {
     /// with [`Error::Unsupported`]. It exists so that code written for PostgreSQL fails
     /// clearly instead of silently taking an exclusive lock.
     pub fn shared(mut self) -> Self {
-        self.spec.shared();
+        self.state.shared();
         self
     }
 
     /// Asks for a transaction-scoped lock, which MySQL and MariaDB do not have (`GET_LOCK`
     /// ignores transactions): every acquire then fails with [`Error::Unsupported`].
     pub fn transaction_scoped(mut self) -> Self {
-        self.spec.transaction_scoped();
+        self.state.transaction_scoped();
         self
     }
 
@@ -131,17 +128,14 @@ impl<C: MySqlConnection> MySqlLock<C> {
     /// # Errors
     ///
     /// [`Error::InvalidKey`] when the key cannot be a MySQL lock name under the policy
-    /// (empty, longer than 64 characters, not UTF-8, containing NUL).
+    /// (empty, longer than 64 characters or 192 bytes, not UTF-8, containing NUL).
     pub fn name(&self) -> Result<String> {
-        self.spec.name()
+        self.state.name()
     }
 
     /// The connection, for work inside the critical section.
     pub fn conn(&mut self) -> &mut Conn {
-        self.conn
-            .as_mut()
-            .expect("the connection is only taken by into_inner")
-            .connection()
+        self.get_mut().connection()
     }
 
     /// The connection as it was given (a pooled connection, a box, a borrow), for what its
@@ -175,7 +169,7 @@ impl<C: MySqlConnection> MySqlLock<C> {
     /// Releases the lock if held, and gives the connection back with the outcome of the
     /// release (`Ok(())` when nothing was held).
     pub fn into_inner(mut self) -> (C, Result<()>) {
-        let released = if self.held.is_some() {
+        let released = if self.state.held().is_some() {
             self.release()
         } else {
             Ok(())
@@ -187,30 +181,32 @@ impl<C: MySqlConnection> MySqlLock<C> {
         (conn, released)
     }
 
-    fn query(&mut self, statement: &str) -> Result<Option<i64>> {
-        query(self.conn(), statement)
+    /// Sends what the machine asks until it is done.
+    fn run<O: Operation>(&mut self, mut op: O) -> Result<O::Output> {
+        let conn = self
+            .conn
+            .as_mut()
+            .expect("the connection is only taken by into_inner")
+            .connection();
+        let mut reply = None;
+        loop {
+            match op.step(&mut self.state, reply.take()) {
+                Step::Done(outcome) => return outcome,
+                Step::Send(statement) => reply = Some(query(conn, &statement)),
+            }
+        }
     }
 
     fn take(&mut self, wait: Wait) -> Result<bool> {
         let version = self.conn().server_version();
-        let (name, statement) = self.spec.acquire(self.held.is_some(), version, wait)?;
-        loop {
-            let reply = self.query(&statement)?;
-            match sql::read_acquired(wait, reply)? {
-                Acquired::Granted => {
-                    self.held = Some(name);
-                    return Ok(true);
-                }
-                Acquired::TimedOut => return Ok(false),
-                Acquired::WaitAgain => continue,
-            }
-        }
+        let op = Acquire::start(&self.state, version, wait)?;
+        self.run(op)
     }
 }
 
 impl<C: MySqlConnection> Lock for MySqlLock<C> {
     fn key(&self) -> &Key {
-        &self.spec.key
+        &self.state.key
     }
 
     fn acquire(&mut self) -> Result<()> {
@@ -229,40 +225,32 @@ impl<C: MySqlConnection> Lock for MySqlLock<C> {
     }
 
     fn release(&mut self) -> Result<()> {
-        let name = self.held.take().ok_or(Error::NotAcquired)?;
-        let reply = self.query(&sql::release_lock(&name))?;
-        sql::read_released(reply)
+        let op = Release::start(&mut self.state)?;
+        self.run(op)
     }
 
     fn is_acquired(&self) -> bool {
-        self.held.is_some()
+        self.state.held().is_some()
     }
 
     /// Asks the server whether this session holds the name (`IS_USED_LOCK(name) =
     /// CONNECTION_ID()`). After the connection was lost this is `Ok(false)`: the server freed
     /// the session's locks.
     fn verify(&mut self) -> Result<bool> {
-        let name = match &self.held {
-            Some(name) => name.clone(),
-            None => self.name()?,
-        };
-        match self.query(&sql::held_by_session(&name)) {
-            Ok(reply) => sql::read_held(reply),
-            Err(error) if error.is_connection_error() => Ok(false),
-            Err(error) => Err(error),
-        }
+        let op = Verify::start(&self.state)?;
+        self.run(op)
     }
 }
 
 impl<C: MySqlConnection> Drop for MySqlLock<C> {
     fn drop(&mut self) {
-        if self.held.is_none() || self.conn.is_none() {
+        if self.state.held().is_none() || self.conn.is_none() {
             return;
         }
         if let Err(error) = self.release() {
             // Drop cannot return the error. A lock that could not be released is still held
             // by the session until it ends; the pool wrapper closes such sessions.
-            tracing::warn!(key = %self.spec.key, %error, "dropping a MySQL lock: release failed");
+            tracing::warn!(key = %self.state.key, %error, "dropping a MySQL lock: release failed");
         }
     }
 }
@@ -270,9 +258,9 @@ impl<C: MySqlConnection> Drop for MySqlLock<C> {
 impl<C: MySqlConnection> fmt::Debug for MySqlLock<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MySqlLock")
-            .field("key", &self.spec.key)
-            .field("policy", &self.spec.policy)
-            .field("held", &self.held)
+            .field("key", &self.state.key)
+            .field("policy", &self.state.policy)
+            .field("held", &self.state.held().map(|held| &held.name))
             .finish_non_exhaustive()
     }
 }
@@ -284,30 +272,41 @@ impl<C: MySqlConnection> fmt::Debug for MySqlLock<C> {
 ///
 /// What the server or the connection reports.
 pub fn holder(conn: &mut Conn, name: &str) -> Result<Option<u64>> {
-    sql::read_holder(query(conn, &sql::holder(name))?)
+    let row = query(conn, &sql::holder(name)).map_err(|failed| failed.error)?;
+    sql::read_holder(row.first().copied().flatten())
 }
 
-/// Sends `statement` and reads its single value.
-fn query(conn: &mut Conn, statement: &str) -> Result<Option<i64>> {
-    match conn.query_first::<Option<i64>, _>(statement) {
-        Ok(Some(value)) => Ok(value),
-        Ok(None) => Err(Error::backend(format!(
-            "the server sent no row for `{statement}`"
-        ))),
+/// Sends `statement` and reads the values of its first row.
+fn query(conn: &mut Conn, statement: &str) -> Reply {
+    match conn.query_first::<mysql::Row, _>(statement) {
+        Ok(Some(row)) => Ok((0..row.len())
+            .map(|index| {
+                row.get_opt::<Option<i64>, usize>(index)
+                    .and_then(Result::ok)
+                    .flatten()
+            })
+            .collect()),
+        Ok(None) => Err(Failed {
+            failure: Failure::Other,
+            error: Error::backend(format!("the server sent no row for `{statement}`")),
+        }),
         Err(error) => Err(classify(error)),
     }
 }
 
-/// dlock's error for an error of the blocking driver.
-fn classify(error: mysql::Error) -> Error {
+/// Sorts an error of the blocking driver.
+fn classify(error: mysql::Error) -> Failed {
     match error {
         mysql::Error::MySqlError(ref server) => {
             let code = server.code;
-            sql::server_error(code, Box::new(error))
+            sql::server_failure(code, Box::new(error))
         }
-        mysql::Error::IoError(_) | mysql::Error::CodecError(_) => Error::ConnectionLost {
-            source: Some(Box::new(error)),
+        mysql::Error::IoError(_) | mysql::Error::CodecError(_) => {
+            sql::connection_lost(Box::new(error))
+        }
+        other => Failed {
+            failure: Failure::Other,
+            error: Error::backend(other),
         },
-        other => Error::backend(other),
     }
 }

@@ -2,6 +2,8 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(any(feature = "blocking", feature = "tokio"))]
+mod machine;
+#[cfg(any(feature = "blocking", feature = "tokio"))]
 mod sql;
 
 #[cfg(feature = "blocking")]

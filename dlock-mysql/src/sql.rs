@@ -12,7 +12,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use dlock_core::{BoxError, Error, Key, KeyPolicy, Result};
+use dlock_core::{BoxError, Error, Result, Wait};
 
 /// The server family at the other end of a connection, read from its handshake (no query).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,79 +36,6 @@ impl Server {
         } else {
             Server::MySql
         }
-    }
-}
-
-/// How long a `GET_LOCK` may wait in the server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Wait {
-    /// A timeout of 0: never waits.
-    Never,
-    /// Waits until the lock is granted.
-    Forever,
-    /// Waits at most this long.
-    For(Duration),
-}
-
-impl Wait {
-    /// The wait for `acquire_timeout(timeout)`: a zero timeout is a try.
-    pub(crate) fn for_timeout(timeout: Duration) -> Wait {
-        if timeout.is_zero() {
-            Wait::Never
-        } else {
-            Wait::For(timeout)
-        }
-    }
-}
-
-/// What a lock object asks for, apart from its connection and what it holds; the same for
-/// the blocking and the tokio flavour.
-#[derive(Debug)]
-pub(crate) struct Spec {
-    pub(crate) key: Key,
-    pub(crate) policy: KeyPolicy,
-    /// Set when the user asked for a kind of lock MySQL does not have.
-    unsupported: Option<fn() -> Error>,
-}
-
-impl Spec {
-    pub(crate) fn new(key: Key) -> Spec {
-        Spec {
-            key,
-            policy: KeyPolicy::default(),
-            unsupported: None,
-        }
-    }
-
-    pub(crate) fn shared(&mut self) {
-        self.unsupported = Some(shared_unsupported);
-    }
-
-    pub(crate) fn transaction_scoped(&mut self) {
-        self.unsupported = Some(transaction_unsupported);
-    }
-
-    pub(crate) fn name(&self) -> Result<String> {
-        self.policy.mysql_name(&self.key)
-    }
-
-    /// The checks every acquire makes before any I/O, then the name it takes and the
-    /// statement that takes it, for the server of `version` (from the handshake).
-    pub(crate) fn acquire(
-        &self,
-        holds: bool,
-        version: (u16, u16, u16),
-        wait: Wait,
-    ) -> Result<(String, String)> {
-        if holds {
-            return Err(Error::AlreadyAcquired);
-        }
-        if let Some(unsupported) = self.unsupported {
-            return Err(unsupported());
-        }
-        let name = self.name()?;
-        let statement = get_lock(Server::from_version(version), &name, wait);
-        Ok((name, statement))
     }
 }
 
@@ -161,61 +88,139 @@ fn timeout_argument(server: Server, wait: Wait) -> String {
         }
         // MySQL rounds a fractional timeout to whole seconds, which could end a wait early:
         // send whole seconds, rounded up. A timeout beyond a year is a year, MySQL's own cap.
-        (Server::MySql, Wait::For(timeout)) => {
-            let seconds = timeout.as_nanos().div_ceil(1_000_000_000);
-            seconds.min(u128::from(MARIADB_FOREVER_SECONDS)).to_string()
-        }
+        (Server::MySql, Wait::For(timeout)) => mysql_seconds(timeout).to_string(),
     }
 }
 
-/// The statement that takes the lock named `name`, waiting as `wait` says.
-pub(crate) fn get_lock(server: Server, name: &str, wait: Wait) -> String {
-    let mut sql = String::with_capacity(40 + 2 * name.len());
-    sql.push_str("SELECT GET_LOCK(");
+fn mysql_seconds(timeout: Duration) -> u64 {
+    let seconds = timeout.as_nanos().div_ceil(1_000_000_000);
+    u64::try_from(seconds.min(u128::from(MARIADB_FOREVER_SECONDS)))
+        .unwrap_or(MARIADB_FOREVER_SECONDS)
+}
+
+/// How long the server itself waits for `wait` before it answers: what a client-side
+/// deadline must count from. MySQL waits the timeout rounded up to whole seconds.
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+pub(crate) fn server_wait(server: Server, wait: Wait) -> Option<Duration> {
+    match (server, wait) {
+        (_, Wait::Never) => Some(Duration::ZERO),
+        (_, Wait::Forever) => None,
+        (Server::MariaDb, Wait::For(timeout)) => Some(timeout),
+        (Server::MySql, Wait::For(timeout)) => Some(Duration::from_secs(mysql_seconds(timeout))),
+    }
+}
+
+/// A lock statement's tag in its text, `dlock:` and a number unique to the attempt: the
+/// process list shows it while the statement runs, which proves whose session it is.
+pub(crate) fn tag(token: u64) -> String {
+    format!("dlock:{token:016x}")
+}
+
+/// The statement that takes the lock named `name`, waiting as `wait` says; `guarded` turns
+/// the session's statement time limit off for it (MariaDB `max_statement_time`, MySQL
+/// `max_execution_time`), which would otherwise end the wait early. The text carries the
+/// attempt's [`tag`].
+///
+/// With a `holder` name, a granted lock also takes that (unique) lock, whose holder proves
+/// the session's identity to a `KILL` from elsewhere: the reply is then 2 when granted.
+pub(crate) fn get_lock(
+    server: Server,
+    name: &str,
+    wait: Wait,
+    guarded: bool,
+    token: u64,
+    holder: Option<&str>,
+) -> String {
+    let mut sql = String::with_capacity(96 + 2 * name.len());
+    match (guarded, server) {
+        (true, Server::MariaDb) => sql.push_str("SET STATEMENT max_statement_time = 0 FOR SELECT "),
+        (true, Server::MySql) => sql.push_str("SELECT /*+ SET_VAR(max_execution_time = 0) */ "),
+        (false, _) => sql.push_str("SELECT "),
+    }
+    let _ = write!(sql, "/* {} */ ", tag(token));
+    if holder.is_some() {
+        sql.push_str("CASE ");
+    }
+    sql.push_str("GET_LOCK(");
     push_name(&mut sql, name);
     sql.push_str(", ");
     sql.push_str(&timeout_argument(server, wait));
     sql.push(')');
+    if let Some(holder) = holder {
+        sql.push_str(" WHEN 1 THEN 1 + GET_LOCK(");
+        push_name(&mut sql, holder);
+        sql.push_str(", 0) WHEN 0 THEN 0 END");
+    }
     sql
 }
 
-/// What a `GET_LOCK` reply means.
+/// The session variable that can end a statement early on `server`.
+fn statement_limit(server: Server) -> &'static str {
+    match server {
+        Server::MariaDb => "@@max_statement_time",
+        Server::MySql => "@@max_execution_time",
+    }
+}
+
+/// The question after a lock statement was interrupted (NULL, `KILL QUERY`, a statement time
+/// limit): whether this session holds the lock now (taking the `holder` lock if it does),
+/// and whether the session has a statement time limit that could have been the cause.
+///
+/// The answer is exact: an interrupted statement waited, and a session's own holds never make
+/// it wait, so a hold found now is the one the interrupted statement was granted.
+pub(crate) fn interrupted(server: Server, name: &str, holder: Option<&str>) -> String {
+    let mut sql = String::with_capacity(96 + 2 * name.len());
+    sql.push_str("SELECT CASE WHEN IS_USED_LOCK(");
+    push_name(&mut sql, name);
+    sql.push_str(") = CONNECTION_ID() THEN ");
+    match holder {
+        Some(holder) => {
+            sql.push_str("1 + GET_LOCK(");
+            push_name(&mut sql, holder);
+            sql.push_str(", 0)");
+        }
+        None => sql.push('1'),
+    }
+    let _ = write!(sql, " ELSE 0 END, {} > 0", statement_limit(server));
+    sql
+}
+
+/// What a `GET_LOCK` reply (or the answer to [`interrupted`]) means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Acquired {
-    /// The session holds the lock.
+    /// The session holds the lock (and the holder lock, when one was asked for).
     Granted,
     /// The wait ran out.
     TimedOut,
-    /// A "forever" wait ran out its year on MariaDB: wait again.
-    WaitAgain,
+    /// NULL: the statement was interrupted (`KILL QUERY`, MariaDB's `max_statement_time`).
+    Interrupted,
 }
 
-/// Reads the reply to [`get_lock`]: 1 granted, 0 timed out, NULL an error.
+/// Reads the reply to [`get_lock`].
 ///
-/// The server answers NULL when the statement was killed (`KILL QUERY`), and for an empty
-/// name or a bad timeout, which dlock never sends; so NULL is read as a cancel.
-pub(crate) fn read_acquired(wait: Wait, reply: Option<i64>) -> Result<Acquired> {
+/// The server answers NULL when the statement was killed (`KILL QUERY`) or ran out of its
+/// statement time, and for an empty name or a bad timeout, which dlock never sends.
+pub(crate) fn read_acquired(reply: Option<i64>) -> Result<Acquired> {
     match reply {
-        Some(1) => Ok(Acquired::Granted),
-        Some(0) if wait == Wait::Forever => Ok(Acquired::WaitAgain),
+        Some(1 | 2) => Ok(Acquired::Granted),
         Some(0) => Ok(Acquired::TimedOut),
-        None => Err(Error::Canceled {
-            source: Some(
-                "GET_LOCK returned NULL: the statement was killed (KILL QUERY) or failed in the \
-                 server"
-                    .into(),
-            ),
-        }),
+        None => Ok(Acquired::Interrupted),
         Some(other) => Err(unexpected("GET_LOCK", other)),
     }
 }
 
-/// The statement that releases one hold of the lock named `name`.
-pub(crate) fn release_lock(name: &str) -> String {
+/// The statement that releases one hold of the lock named `name`, and the holder lock with
+/// it. Its first value is read by [`read_released`].
+pub(crate) fn release_lock(name: &str, holder: Option<&str>) -> String {
     let mut sql = String::with_capacity(32 + 2 * name.len());
     sql.push_str("SELECT RELEASE_LOCK(");
     push_name(&mut sql, name);
     sql.push(')');
+    if let Some(holder) = holder {
+        sql.push_str(", RELEASE_LOCK(");
+        push_name(&mut sql, holder);
+        sql.push(')');
+    }
     sql
 }
 
@@ -239,7 +244,7 @@ pub(crate) fn held_by_session(name: &str) -> String {
     sql
 }
 
-/// Reads the reply to [`held_by_session`].
+/// Reads a boolean answer: 1 true; 0 and NULL false.
 pub(crate) fn read_held(reply: Option<i64>) -> Result<bool, Error> {
     match reply {
         Some(1) => Ok(true),
@@ -264,7 +269,39 @@ pub(crate) fn read_holder(reply: Option<i64>) -> Result<Option<u64>, Error> {
         .transpose()
 }
 
-/// The statement that ends the session with id `connection_id`, freeing its locks.
+/// What proves, from another session, that the session with a given id is still the one a
+/// lock object used. A connection id alone does not: ids start again at 1 when the server
+/// restarts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Proof {
+    /// The session is still running the statement tagged with this token.
+    Running(u64),
+    /// The session holds this (unique) holder lock.
+    Holds(String),
+}
+
+/// The question, from another session, whether session `id` is the one `proof` names: one
+/// value, 1 when it is.
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+pub(crate) fn proves(id: u32, proof: &Proof) -> String {
+    match proof {
+        Proof::Running(token) => format!(
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = {id} AND INFO LIKE \
+             '%{}%'",
+            tag(*token)
+        ),
+        Proof::Holds(holder) => {
+            let mut sql = String::from("SELECT IS_USED_LOCK(");
+            push_name(&mut sql, holder);
+            let _ = write!(sql, ") = {id}");
+            sql
+        }
+    }
+}
+
+/// The statement that ends the session with id `connection_id`, freeing its locks. Sent only
+/// after [`proves`] said yes, from the same connection: the id cannot be reused in between
+/// without a server restart, which would end that connection too.
 #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
 pub(crate) fn kill(connection_id: u32) -> String {
     format!("KILL CONNECTION {connection_id}")
@@ -284,6 +321,10 @@ const ER_USER_LOCK_DEADLOCK: u16 = 3058;
 const ER_TOO_LONG_IDENT: u16 = 1059;
 /// The statement was interrupted (`ER_QUERY_INTERRUPTED`), for example by `KILL QUERY`.
 const ER_QUERY_INTERRUPTED: u16 = 1317;
+/// MariaDB's `max_statement_time` ran out (`ER_STATEMENT_TIMEOUT`).
+const ER_STATEMENT_TIMEOUT: u16 = 1969;
+/// MySQL's `max_execution_time` ran out (`ER_QUERY_TIMEOUT`).
+const ER_QUERY_TIMEOUT: u16 = 3024;
 /// The server killed the connection (MariaDB `ER_CONNECTION_KILLED`).
 const ER_CONNECTION_KILLED: u16 = 1927;
 /// The server is shutting down (`ER_SERVER_SHUTDOWN`).
@@ -294,29 +335,84 @@ const ER_CLIENT_INTERACTION_TIMEOUT: u16 = 4031;
 const CR_SERVER_GONE_ERROR: u16 = 2006;
 const CR_SERVER_LOST: u16 = 2013;
 
-/// dlock's error for an error packet the server sent, with code `code`.
-pub(crate) fn server_error(code: u16, source: BoxError) -> Error {
-    match code {
-        ER_LOCK_DEADLOCK | ER_USER_LOCK_DEADLOCK => Error::Deadlock {
-            source: Some(source),
-        },
-        ER_TOO_LONG_IDENT => Error::InvalidKey {
-            reason: format!(
-                "the server refused the lock name as too long ({source}); MySQL allows 64 \
-                 characters and MariaDB 192 bytes: use KeyPolicy::HashedMySqlName for long keys"
-            ),
-        },
-        ER_QUERY_INTERRUPTED => Error::Canceled {
-            source: Some(source),
-        },
+/// What a failed statement means to a lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Failure {
+    /// `KILL QUERY` or a statement time limit ended the statement: a lock wait may have been
+    /// granted as it landed.
+    Interrupted,
+    /// The connection or the session is gone, and with it every lock it held.
+    ConnectionLost,
+    /// Anything else: the statement took no lock.
+    Other,
+}
+
+/// A failed statement, sorted and turned into dlock's error.
+#[derive(Debug)]
+pub(crate) struct Failed {
+    pub(crate) failure: Failure,
+    pub(crate) error: Error,
+}
+
+/// Sorts an error packet the server sent, with code `code`.
+pub(crate) fn server_failure(code: u16, source: BoxError) -> Failed {
+    let (failure, error) = match code {
+        ER_LOCK_DEADLOCK | ER_USER_LOCK_DEADLOCK => (
+            Failure::Other,
+            Error::Deadlock {
+                source: Some(source),
+            },
+        ),
+        ER_TOO_LONG_IDENT => (
+            Failure::Other,
+            Error::InvalidKey {
+                reason: format!(
+                    "the server refused the lock name as too long ({source}); MySQL allows 64 \
+                     characters and MariaDB 192 bytes: use KeyPolicy::HashedMySqlName for long \
+                     keys"
+                ),
+            },
+        ),
+        ER_QUERY_INTERRUPTED | ER_STATEMENT_TIMEOUT | ER_QUERY_TIMEOUT => (
+            Failure::Interrupted,
+            Error::Canceled {
+                source: Some(source),
+            },
+        ),
         ER_CONNECTION_KILLED
         | ER_SERVER_SHUTDOWN
         | ER_CLIENT_INTERACTION_TIMEOUT
         | CR_SERVER_GONE_ERROR
-        | CR_SERVER_LOST => Error::ConnectionLost {
+        | CR_SERVER_LOST => (
+            Failure::ConnectionLost,
+            Error::ConnectionLost {
+                source: Some(source),
+            },
+        ),
+        _ => (Failure::Other, Error::Backend(source)),
+    };
+    Failed { failure, error }
+}
+
+/// A lost connection, as the drivers report it without an error packet.
+pub(crate) fn connection_lost(source: BoxError) -> Failed {
+    Failed {
+        failure: Failure::ConnectionLost,
+        error: Error::ConnectionLost {
             source: Some(source),
         },
-        _ => Error::Backend(source),
+    }
+}
+
+/// The error of a lock wait that the server interrupted without an error packet (a NULL
+/// reply): `KILL QUERY`, or MariaDB's `max_statement_time`.
+pub(crate) fn canceled_by_null() -> Error {
+    Error::Canceled {
+        source: Some(
+            "GET_LOCK returned NULL: the statement was killed (KILL QUERY) or ran out of its \
+             statement time"
+                .into(),
+        ),
     }
 }
 
@@ -365,21 +461,29 @@ mod tests {
         assert_eq!(Server::from_version((9, 1, 0)), Server::MySql);
     }
 
+    const TOKEN: u64 = 0xabc;
+
+    fn plain(server: Server, name: &str, wait: Wait) -> String {
+        get_lock(server, name, wait, false, TOKEN, None)
+    }
+
     #[test]
     fn plain_ascii_names_travel_quoted_and_all_others_as_utf8_hex_literals() {
         assert_eq!(
-            get_lock(Server::MariaDb, "jobs/nightly 7~", Wait::Never),
-            "SELECT GET_LOCK('jobs/nightly 7~', 0)"
+            plain(Server::MariaDb, "jobs/nightly 7~", Wait::Never),
+            "SELECT /* dlock:0000000000000abc */ GET_LOCK('jobs/nightly 7~', 0)"
+        );
+        assert!(
+            plain(Server::MariaDb, "a'b", Wait::Never).ends_with("GET_LOCK(_utf8mb4 X'612762', 0)")
         );
         assert_eq!(
-            get_lock(Server::MariaDb, "a'b", Wait::Never),
-            "SELECT GET_LOCK(_utf8mb4 X'612762', 0)"
-        );
-        assert_eq!(
-            release_lock("tab\there"),
+            release_lock("tab\there", None),
             "SELECT RELEASE_LOCK(_utf8mb4 X'7461620968657265')"
         );
-        assert_eq!(release_lock("é"), "SELECT RELEASE_LOCK(_utf8mb4 X'c3a9')");
+        assert_eq!(
+            release_lock("é", None),
+            "SELECT RELEASE_LOCK(_utf8mb4 X'c3a9')"
+        );
         assert_eq!(
             held_by_session("\\"),
             "SELECT IS_USED_LOCK(_utf8mb4 X'5c') = CONNECTION_ID()"
@@ -389,50 +493,106 @@ mod tests {
 
     #[test]
     fn mariadb_waits_forever_with_a_year_and_fractions_in_microseconds() {
-        let forever = get_lock(Server::MariaDb, "x", Wait::Forever);
-        assert_eq!(forever, "SELECT GET_LOCK('x', 31536000)");
-        let fraction = get_lock(Server::MariaDb, "x", Wait::For(Duration::from_millis(1500)));
-        assert_eq!(fraction, "SELECT GET_LOCK('x', 1.500000)");
+        let forever = plain(Server::MariaDb, "x", Wait::Forever);
+        assert!(forever.ends_with("GET_LOCK('x', 31536000)"), "{forever}");
+        let fraction = plain(Server::MariaDb, "x", Wait::For(Duration::from_millis(1500)));
+        assert!(fraction.ends_with("GET_LOCK('x', 1.500000)"));
         // Nanoseconds round up to the next microsecond, so the wait is never shorter.
-        let tiny = get_lock(Server::MariaDb, "x", Wait::For(Duration::from_nanos(1)));
-        assert_eq!(tiny, "SELECT GET_LOCK('x', 0.000001)");
-        let huge = get_lock(Server::MariaDb, "x", Wait::For(Duration::MAX));
-        assert_eq!(huge, "SELECT GET_LOCK('x', 31536000.000000)");
+        let tiny = plain(Server::MariaDb, "x", Wait::For(Duration::from_nanos(1)));
+        assert!(tiny.ends_with("GET_LOCK('x', 0.000001)"));
+        let huge = plain(Server::MariaDb, "x", Wait::For(Duration::MAX));
+        assert!(huge.ends_with("GET_LOCK('x', 31536000.000000)"));
     }
 
     #[test]
     fn mysql_waits_forever_with_a_negative_timeout_and_whole_seconds_rounded_up() {
-        let forever = get_lock(Server::MySql, "x", Wait::Forever);
-        assert_eq!(forever, "SELECT GET_LOCK('x', -1)");
-        let fraction = get_lock(Server::MySql, "x", Wait::For(Duration::from_millis(1500)));
-        assert_eq!(fraction, "SELECT GET_LOCK('x', 2)");
-        let whole = get_lock(Server::MySql, "x", Wait::For(Duration::from_secs(3)));
-        assert_eq!(whole, "SELECT GET_LOCK('x', 3)");
-        let huge = get_lock(Server::MySql, "x", Wait::For(Duration::MAX));
-        assert_eq!(huge, "SELECT GET_LOCK('x', 31536000)");
+        assert!(plain(Server::MySql, "x", Wait::Forever).ends_with("GET_LOCK('x', -1)"));
+        let fraction = plain(Server::MySql, "x", Wait::For(Duration::from_millis(1500)));
+        assert!(fraction.ends_with("GET_LOCK('x', 2)"));
+        let whole = plain(Server::MySql, "x", Wait::For(Duration::from_secs(3)));
+        assert!(whole.ends_with("GET_LOCK('x', 3)"));
+        let huge = plain(Server::MySql, "x", Wait::For(Duration::MAX));
+        assert!(huge.ends_with("GET_LOCK('x', 31536000)"));
+        assert!(plain(Server::MySql, "x", Wait::Never).ends_with("GET_LOCK('x', 0)"));
+    }
+
+    #[test]
+    fn a_client_deadline_counts_from_the_wait_the_server_was_asked_for() {
+        let asked = Wait::For(Duration::from_millis(100));
         assert_eq!(
-            get_lock(Server::MySql, "x", Wait::for_timeout(Duration::ZERO)),
-            "SELECT GET_LOCK('x', 0)"
+            server_wait(Server::MySql, asked),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(
+            server_wait(Server::MariaDb, asked),
+            Some(Duration::from_millis(100))
+        );
+        assert_eq!(server_wait(Server::MySql, Wait::Forever), None);
+        assert_eq!(
+            server_wait(Server::MariaDb, Wait::Never),
+            Some(Duration::ZERO)
         );
     }
 
     #[test]
-    fn get_lock_replies() {
-        let wait = Wait::For(Duration::from_secs(1));
-        assert_eq!(read_acquired(wait, Some(1)).unwrap(), Acquired::Granted);
-        assert_eq!(read_acquired(wait, Some(0)).unwrap(), Acquired::TimedOut);
-        assert_eq!(
-            read_acquired(Wait::Forever, Some(0)).unwrap(),
-            Acquired::WaitAgain
+    fn a_guarded_lock_turns_the_statement_time_limit_off_on_either_server() {
+        let mariadb = get_lock(Server::MariaDb, "x", Wait::Forever, true, TOKEN, None);
+        assert!(
+            mariadb.starts_with("SET STATEMENT max_statement_time = 0 FOR SELECT /* dlock:"),
+            "{mariadb}"
         );
-        assert!(matches!(
-            read_acquired(wait, None),
-            Err(Error::Canceled { .. })
-        ));
-        assert!(matches!(
-            read_acquired(wait, Some(7)),
-            Err(Error::Backend(_))
-        ));
+        let mysql = get_lock(Server::MySql, "x", Wait::Forever, true, TOKEN, None);
+        assert!(
+            mysql.starts_with("SELECT /*+ SET_VAR(max_execution_time = 0) */ /* dlock:"),
+            "{mysql}"
+        );
+    }
+
+    #[test]
+    fn a_holder_lock_is_taken_only_with_a_grant_and_released_with_the_lock() {
+        let sql = get_lock(
+            Server::MariaDb,
+            "x",
+            Wait::Never,
+            false,
+            TOKEN,
+            Some("dlock/h"),
+        );
+        assert!(
+            sql.ends_with(
+                "CASE GET_LOCK('x', 0) WHEN 1 THEN 1 + GET_LOCK('dlock/h', 0) WHEN 0 THEN 0 END"
+            ),
+            "{sql}"
+        );
+        assert_eq!(
+            release_lock("x", Some("dlock/h")),
+            "SELECT RELEASE_LOCK('x'), RELEASE_LOCK('dlock/h')"
+        );
+        let ask = interrupted(Server::MariaDb, "x", Some("dlock/h"));
+        assert!(
+            ask.contains("THEN 1 + GET_LOCK('dlock/h', 0) ELSE 0 END"),
+            "{ask}"
+        );
+        assert!(ask.ends_with("@@max_statement_time > 0"));
+        assert!(interrupted(Server::MySql, "x", None).ends_with("@@max_execution_time > 0"));
+    }
+
+    #[test]
+    fn a_kill_is_sent_only_with_a_proof_of_the_session() {
+        let running = proves(42, &Proof::Running(TOKEN));
+        assert!(running.contains("ID = 42 AND INFO LIKE '%dlock:0000000000000abc%'"));
+        let holds = proves(42, &Proof::Holds("dlock/h".into()));
+        assert_eq!(holds, "SELECT IS_USED_LOCK('dlock/h') = 42");
+        assert_eq!(kill(42), "KILL CONNECTION 42");
+    }
+
+    #[test]
+    fn get_lock_replies() {
+        assert_eq!(read_acquired(Some(1)).unwrap(), Acquired::Granted);
+        assert_eq!(read_acquired(Some(2)).unwrap(), Acquired::Granted);
+        assert_eq!(read_acquired(Some(0)).unwrap(), Acquired::TimedOut);
+        assert_eq!(read_acquired(None).unwrap(), Acquired::Interrupted);
+        assert!(matches!(read_acquired(Some(7)), Err(Error::Backend(_))));
     }
 
     #[test]
@@ -456,27 +616,25 @@ mod tests {
     #[test]
     fn server_error_codes() {
         let source = || -> BoxError { "server said so".into() };
-        assert!(matches!(
-            server_error(1213, source()),
-            Error::Deadlock { .. }
-        ));
+        let failed = |code| server_failure(code, source());
+        assert!(matches!(failed(1213).error, Error::Deadlock { .. }));
         // MySQL's own code for a user-lock deadlock, which MariaDB does not send.
-        assert!(matches!(
-            server_error(3058, source()),
-            Error::Deadlock { .. }
-        ));
-        let Error::InvalidKey { reason } = server_error(1059, source()) else {
+        assert!(matches!(failed(3058).error, Error::Deadlock { .. }));
+        let Error::InvalidKey { reason } = failed(1059).error else {
             panic!("1059 is an invalid key");
         };
         assert!(reason.contains("HashedMySqlName"), "{reason}");
-        assert!(matches!(
-            server_error(1317, source()),
-            Error::Canceled { .. }
-        ));
-        for code in [1927, 1053, 4031, 2006, 2013] {
-            assert!(server_error(code, source()).is_connection_error(), "{code}");
+        for code in [1317, 1969, 3024] {
+            let failed = failed(code);
+            assert_eq!(failed.failure, Failure::Interrupted, "{code}");
+            assert!(matches!(failed.error, Error::Canceled { .. }));
         }
-        assert!(matches!(server_error(1064, source()), Error::Backend(_)));
+        for code in [1927, 1053, 4031, 2006, 2013] {
+            let failed = failed(code);
+            assert_eq!(failed.failure, Failure::ConnectionLost);
+            assert!(failed.error.is_connection_error(), "{code}");
+        }
+        assert!(matches!(failed(1064).error, Error::Backend(_)));
     }
 
     #[test]

@@ -272,6 +272,8 @@ fn invalid_names_are_refused_before_any_io() {
     let keys = [
         Key::from(""),
         Key::from("x".repeat(65)),
+        // 64 characters of four bytes: within MySQL's 64 characters, over MariaDB's 192 bytes.
+        Key::from("😀".repeat(64)),
         Key::from(&[0xff_u8, 0xfe][..]),
         Key::from("nul\0inside"),
         Key::from((1, 2)),

@@ -175,6 +175,10 @@ mod mysql_backend {
             self.mark_broken();
             true
         }
+
+        fn is_discardable(&self) -> bool {
+            true
+        }
     }
 
     async_backend!(Conn, AsyncMySqlLock, mysql_name);

@@ -1,0 +1,670 @@
+//! The one place where a MySQL or MariaDB lock decides: what to send next and what each
+//! reply or error means. No I/O: the blocking and tokio flavours send each statement and hand
+//! the reply back. Every branch is tested here with synthetic replies.
+//!
+//! The rules it keeps:
+//! - An interrupted wait (a NULL reply, `KILL QUERY`, a statement time limit) asks
+//!   `IS_USED_LOCK` before it returns, and a granted lock is then held and tracked.
+//! - A session statement time limit (`max_statement_time`, `max_execution_time`) never
+//!   decides an outcome: a plain wait it cut short waits again with the limit off.
+//! - A statement whose reply was never read leaves the connection unusable (mysql_async cannot
+//!   resynchronize it), and its session is ended only with a proof that it is still the
+//!   session the lock used: a connection id alone is no proof, ids restart with the server.
+
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use dlock_core::{Error, Key, KeyPolicy, Result, Wait};
+
+use crate::sql::{self, Acquired, Failed, Failure, Proof, Server};
+
+/// A reply as the machine reads it: the values of the first row.
+pub(crate) type Reply = Result<Vec<Option<i64>>, Failed>;
+
+/// What an operation wants next.
+#[derive(Debug)]
+pub(crate) enum Step<T> {
+    /// Send this statement and hand its reply to the next `step`.
+    Send(String),
+    /// The operation is over.
+    Done(Result<T>),
+}
+
+/// A number unique to one acquire attempt, across processes and time: it tags the attempt's
+/// statement and names its holder lock. Randomly keyed hashing (the standard library seeds it
+/// from the operating system) of a counter and the time.
+fn attempt_token() -> u64 {
+    static COUNT: AtomicU64 = AtomicU64::new(0);
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(COUNT.fetch_add(1, Ordering::Relaxed));
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    hasher.write_u128(now.as_nanos());
+    hasher.write_u32(std::process::id());
+    hasher.finish()
+}
+
+/// The name of an attempt's holder lock.
+fn holder_name(token: u64) -> String {
+    format!("dlock/holder/{token:016x}")
+}
+
+/// What this object holds: the name as taken (the policy may change afterwards, but release
+/// must undo exactly what acquire did) and its holder lock, if it took one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Held {
+    pub(crate) name: String,
+    holder: Option<String>,
+}
+
+/// One lock object's state: what it locks, what it holds, whether its connection can still
+/// be trusted.
+#[derive(Debug)]
+pub(crate) struct LockState {
+    pub(crate) key: Key,
+    pub(crate) policy: KeyPolicy,
+    /// Set when the user asked for a kind of lock MySQL does not have.
+    unsupported: Option<fn() -> Error>,
+    held: Option<Held>,
+    /// Set once a statement's reply was left unread: the connection's replies can no longer be
+    /// trusted.
+    unusable: bool,
+    /// Whether a grant also takes a holder lock: on a borrowed connection, a lock dropped
+    /// while held can neither release (drop cannot wait) nor close the connection, and only
+    /// the holder lock proves which session to end.
+    proves_holds: bool,
+}
+
+impl LockState {
+    pub(crate) fn new(key: Key) -> LockState {
+        LockState {
+            key,
+            policy: KeyPolicy::default(),
+            unsupported: None,
+            held: None,
+            unusable: false,
+            proves_holds: false,
+        }
+    }
+
+    pub(crate) fn shared(&mut self) {
+        self.unsupported = Some(sql::shared_unsupported);
+    }
+
+    pub(crate) fn transaction_scoped(&mut self) {
+        self.unsupported = Some(sql::transaction_unsupported);
+    }
+
+    /// Makes grants take a holder lock (see `proves_holds`).
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn prove_holds(&mut self) {
+        self.proves_holds = true;
+    }
+
+    pub(crate) fn name(&self) -> Result<String> {
+        self.policy.mysql_name(&self.key)
+    }
+
+    pub(crate) fn held(&self) -> Option<&Held> {
+        self.held.as_ref()
+    }
+
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn is_unusable(&self) -> bool {
+        self.unusable
+    }
+
+    /// A future was dropped with `in_flight` unanswered: the connection is unusable, and
+    /// these proofs (tried in order) identify the session to end.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn abandon(&mut self, in_flight: InFlight) -> Vec<Proof> {
+        self.unusable = true;
+        let mut proofs = Vec::new();
+        if let InFlight::Statement {
+            token: Some(token), ..
+        } = in_flight
+        {
+            proofs.push(Proof::Running(token));
+        }
+        let holder = match in_flight {
+            InFlight::Statement { holder, .. } => holder,
+            InFlight::Nothing => None,
+        };
+        if let Some(holder) = holder.or_else(|| self.held.as_ref()?.holder.clone()) {
+            proofs.push(Proof::Holds(holder));
+        }
+        proofs
+    }
+
+    /// What a drop of the lock must do, for a connection the lock owns (`owned`), or one the
+    /// pool can close (`discardable`), or neither (borrowed).
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn on_drop(&self, owned: bool, discardable: bool) -> OnDrop {
+        match (&self.held, self.unusable) {
+            (None, false) => OnDrop::Nothing,
+            _ if discardable => OnDrop::Discard,
+            (_, true) if owned => OnDrop::Close,
+            // The session is being ended already, if it could be proven.
+            (_, true) => OnDrop::Nothing,
+            (Some(held), false) if owned => OnDrop::Release(held.clone()),
+            (Some(held), false) => match &held.holder {
+                Some(holder) => OnDrop::End(vec![Proof::Holds(holder.clone())]),
+                None => OnDrop::Nothing,
+            },
+        }
+    }
+}
+
+/// What a lock dropped while it holds, or with its connection unusable, does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum OnDrop {
+    Nothing,
+    /// Release from a task that owns the connection.
+    Release(Held),
+    /// Mark the connection to be closed by its pool, which frees its locks.
+    Discard,
+    /// Close the owned connection, which frees its locks.
+    Close,
+    /// End the session from another connection, once one of these proves it is the lock's.
+    End(Vec<Proof>),
+}
+
+/// A statement that was sent and whose reply was not read yet: what a dropped future leaves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum InFlight {
+    Nothing,
+    /// A statement, with the tag of a lock statement and the holder lock it may have taken.
+    Statement {
+        token: Option<u64>,
+        holder: Option<String>,
+    },
+}
+
+/// An operation of a lock, stepped by a flavour: each reply goes into the next `step`.
+pub(crate) trait Operation {
+    type Output;
+
+    fn step(&mut self, state: &mut LockState, reply: Option<Reply>) -> Step<Self::Output>;
+
+    /// What is in flight, for a future dropped now.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    fn in_flight(&self) -> InFlight;
+}
+
+#[derive(Debug)]
+enum AcquirePhase {
+    Start,
+    /// The lock statement is sent.
+    Locking,
+    /// The lock statement was interrupted; `IS_USED_LOCK` is asked.
+    Asking {
+        error: Error,
+    },
+    Done,
+}
+
+/// `acquire`, `try_acquire` and `acquire_timeout`.
+#[derive(Debug)]
+pub(crate) struct Acquire {
+    server: Server,
+    name: String,
+    wait: Wait,
+    guarded: bool,
+    token: u64,
+    holder: Option<String>,
+    phase: AcquirePhase,
+}
+
+impl Acquire {
+    /// Starts an acquire on a server of handshake version `version`, after the checks that
+    /// need no I/O.
+    pub(crate) fn start(
+        state: &LockState,
+        version: (u16, u16, u16),
+        wait: Wait,
+    ) -> Result<Acquire> {
+        if state.unusable {
+            return Err(sql::unusable());
+        }
+        if state.held.is_some() {
+            return Err(Error::AlreadyAcquired);
+        }
+        if let Some(unsupported) = state.unsupported {
+            return Err(unsupported());
+        }
+        let name = state.name()?;
+        let token = attempt_token();
+        Ok(Acquire {
+            server: Server::from_version(version),
+            name,
+            wait,
+            // A timed wait always turns the statement time limit off; a plain one only after
+            // the limit cut it short, since the override costs parsing on every cycle.
+            guarded: matches!(wait, Wait::For(_)),
+            token,
+            holder: state.proves_holds.then(|| holder_name(token)),
+            phase: AcquirePhase::Start,
+        })
+    }
+
+    fn lock(&mut self) -> Step<bool> {
+        self.phase = AcquirePhase::Locking;
+        Step::Send(sql::get_lock(
+            self.server,
+            &self.name,
+            self.wait,
+            self.guarded,
+            self.token,
+            self.holder.as_deref(),
+        ))
+    }
+
+    fn ask(&mut self, error: Error) -> Step<bool> {
+        self.phase = AcquirePhase::Asking { error };
+        Step::Send(sql::interrupted(
+            self.server,
+            &self.name,
+            self.holder.as_deref(),
+        ))
+    }
+
+    fn done(&mut self, outcome: Result<bool>) -> Step<bool> {
+        self.phase = AcquirePhase::Done;
+        Step::Done(outcome)
+    }
+
+    fn granted(&mut self, state: &mut LockState) -> Step<bool> {
+        state.held = Some(Held {
+            name: self.name.clone(),
+            holder: self.holder.clone(),
+        });
+        self.done(Ok(true))
+    }
+}
+
+impl Operation for Acquire {
+    type Output = bool;
+
+    fn step(&mut self, state: &mut LockState, reply: Option<Reply>) -> Step<bool> {
+        match std::mem::replace(&mut self.phase, AcquirePhase::Done) {
+            AcquirePhase::Start => self.lock(),
+            AcquirePhase::Done => unreachable!("an acquire is stepped after it is done"),
+            AcquirePhase::Locking => match reply.expect("the lock statement's reply") {
+                Ok(row) => match sql::read_acquired(first(&row)) {
+                    Ok(Acquired::Granted) => self.granted(state),
+                    // MariaDB's "forever" is a year: wait again in the unlikely case it ran out.
+                    Ok(Acquired::TimedOut) if self.wait == Wait::Forever => self.lock(),
+                    Ok(Acquired::TimedOut) => self.done(Ok(false)),
+                    Ok(Acquired::Interrupted) => self.ask(sql::canceled_by_null()),
+                    Err(error) => self.done(Err(error)),
+                },
+                Err(failed) => match failed.failure {
+                    Failure::Interrupted => self.ask(failed.error),
+                    Failure::ConnectionLost | Failure::Other => self.done(Err(failed.error)),
+                },
+            },
+            AcquirePhase::Asking { error } => match reply.expect("the IS_USED_LOCK answer") {
+                Ok(row) => {
+                    let held = matches!(row.first(), Some(Some(1 | 2)));
+                    let limited = matches!(row.get(1), Some(Some(1)));
+                    if held {
+                        self.granted(state)
+                    } else if limited && !self.guarded && self.wait == Wait::Forever {
+                        // The session's statement time limit cut the wait short: wait again,
+                        // in the server, with the limit off for the one statement.
+                        self.guarded = true;
+                        self.lock()
+                    } else {
+                        self.done(Err(error))
+                    }
+                }
+                Err(failed) => {
+                    // The session may hold the lock and dlock cannot tell: the connection is in
+                    // doubt and must not be used for locks again.
+                    if failed.failure != Failure::ConnectionLost {
+                        state.unusable = true;
+                    }
+                    self.done(Err(failed.error))
+                }
+            },
+        }
+    }
+
+    fn in_flight(&self) -> InFlight {
+        match self.phase {
+            AcquirePhase::Locking | AcquirePhase::Asking { .. } => InFlight::Statement {
+                token: Some(self.token),
+                holder: self.holder.clone(),
+            },
+            AcquirePhase::Start | AcquirePhase::Done => InFlight::Nothing,
+        }
+    }
+}
+
+fn first(row: &[Option<i64>]) -> Option<i64> {
+    row.first().copied().flatten()
+}
+
+/// `release`.
+#[derive(Debug)]
+pub(crate) struct Release {
+    held: Held,
+    sent: bool,
+}
+
+impl Release {
+    /// Starts a release: [`Error::NotAcquired`] when the object holds nothing. The object
+    /// counts as unlocked from here on; a release the server refused puts the hold back.
+    pub(crate) fn start(state: &mut LockState) -> Result<Release> {
+        let held = state.held.take().ok_or(Error::NotAcquired)?;
+        if state.unusable {
+            // The session is being ended, or must be closed: that frees the lock.
+            return Err(sql::unusable());
+        }
+        Ok(Release { held, sent: false })
+    }
+}
+
+impl Operation for Release {
+    type Output = ();
+
+    fn step(&mut self, state: &mut LockState, reply: Option<Reply>) -> Step<()> {
+        if !self.sent {
+            self.sent = true;
+            return Step::Send(sql::release_lock(
+                &self.held.name,
+                self.held.holder.as_deref(),
+            ));
+        }
+        Step::Done(match reply.expect("the release's reply") {
+            Ok(row) => sql::read_released(first(&row)),
+            Err(failed) if failed.failure == Failure::ConnectionLost => Err(failed.error),
+            // The server refused the statement: the session still holds the lock.
+            Err(failed) => {
+                state.held = Some(self.held.clone());
+                Err(failed.error)
+            }
+        })
+    }
+
+    fn in_flight(&self) -> InFlight {
+        InFlight::Statement {
+            token: None,
+            holder: self.held.holder.clone(),
+        }
+    }
+}
+
+/// `verify`: does the session hold the name now? A lost or unusable connection is `false`.
+#[derive(Debug)]
+pub(crate) struct Verify {
+    name: Option<String>,
+}
+
+impl Verify {
+    pub(crate) fn start(state: &LockState) -> Result<Verify> {
+        if state.unusable {
+            return Ok(Verify { name: None });
+        }
+        let name = match &state.held {
+            Some(held) => held.name.clone(),
+            None => state.name()?,
+        };
+        Ok(Verify { name: Some(name) })
+    }
+}
+
+impl Operation for Verify {
+    type Output = bool;
+
+    fn step(&mut self, _state: &mut LockState, reply: Option<Reply>) -> Step<bool> {
+        let Some(reply) = reply else {
+            return match &self.name {
+                Some(name) => Step::Send(sql::held_by_session(name)),
+                None => Step::Done(Ok(false)),
+            };
+        };
+        Step::Done(match reply {
+            Ok(row) => sql::read_held(first(&row)),
+            Err(failed) if failed.failure == Failure::ConnectionLost => Ok(false),
+            Err(failed) => Err(failed.error),
+        })
+    }
+
+    fn in_flight(&self) -> InFlight {
+        InFlight::Statement {
+            token: None,
+            holder: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    const MARIADB: (u16, u16, u16) = (5, 5, 5);
+    const MYSQL: (u16, u16, u16) = (8, 0, 36);
+
+    fn sent<T: std::fmt::Debug>(step: Step<T>) -> String {
+        match step {
+            Step::Send(sql) => sql,
+            Step::Done(outcome) => panic!("expected a statement, got {outcome:?}"),
+        }
+    }
+
+    fn done<T>(step: Step<T>) -> Result<T> {
+        match step {
+            Step::Done(outcome) => outcome,
+            Step::Send(sql) => panic!("expected an outcome, got {sql}"),
+        }
+    }
+
+    fn row(values: &[Option<i64>]) -> Option<Reply> {
+        Some(Ok(values.to_vec()))
+    }
+
+    fn failed(failure: Failure) -> Option<Reply> {
+        let error = match failure {
+            Failure::Interrupted => Error::Canceled { source: None },
+            Failure::ConnectionLost => Error::ConnectionLost { source: None },
+            Failure::Other => Error::backend("synthetic"),
+        };
+        Some(Err(Failed { failure, error }))
+    }
+
+    fn state() -> LockState {
+        LockState::new(Key::from("jobs/x"))
+    }
+
+    #[test]
+    fn an_acquire_sends_one_tagged_statement_and_holds_on_1() {
+        let mut state = state();
+        let mut op = Acquire::start(&state, MARIADB, Wait::Forever).unwrap();
+        let sql = sent(op.step(&mut state, None));
+        assert!(sql.starts_with("SELECT /* dlock:"), "{sql}");
+        assert!(sql.ends_with("GET_LOCK('jobs/x', 31536000)"), "{sql}");
+        assert!(matches!(
+            op.in_flight(),
+            InFlight::Statement {
+                token: Some(_),
+                holder: None
+            }
+        ));
+        assert!(done(op.step(&mut state, row(&[Some(1)]))).unwrap());
+        assert_eq!(state.held().unwrap().name, "jobs/x");
+        assert!(matches!(
+            Acquire::start(&state, MARIADB, Wait::Never),
+            Err(Error::AlreadyAcquired)
+        ));
+    }
+
+    #[test]
+    fn a_timeout_is_false_and_a_forever_wait_that_ran_its_year_waits_again() {
+        let mut state = state();
+        let mut op = Acquire::start(&state, MARIADB, Wait::For(Duration::from_millis(5))).unwrap();
+        let sql = sent(op.step(&mut state, None));
+        assert!(
+            sql.starts_with("SET STATEMENT max_statement_time = 0 FOR"),
+            "{sql}"
+        );
+        assert!(!done(op.step(&mut state, row(&[Some(0)]))).unwrap());
+        let mut op = Acquire::start(&state, MARIADB, Wait::Forever).unwrap();
+        let first = sent(op.step(&mut state, None));
+        assert_eq!(sent(op.step(&mut state, row(&[Some(0)]))), first);
+    }
+
+    #[test]
+    fn an_interrupted_wait_that_was_granted_is_held() {
+        for reply in [row(&[None]), failed(Failure::Interrupted)] {
+            let mut state = state();
+            let mut op = Acquire::start(&state, MYSQL, Wait::Forever).unwrap();
+            sent(op.step(&mut state, None));
+            let ask = sent(op.step(&mut state, reply));
+            assert!(
+                ask.contains("IS_USED_LOCK('jobs/x') = CONNECTION_ID()"),
+                "{ask}"
+            );
+            assert!(ask.ends_with("@@max_execution_time > 0"), "{ask}");
+            assert!(done(op.step(&mut state, row(&[Some(1), Some(0)]))).unwrap());
+            assert!(state.held().is_some());
+        }
+    }
+
+    #[test]
+    fn an_interrupted_wait_not_granted_is_canceled_unless_a_statement_limit_cut_it_short() {
+        let mut state = state();
+        let mut op = Acquire::start(&state, MARIADB, Wait::Forever).unwrap();
+        sent(op.step(&mut state, None));
+        sent(op.step(&mut state, row(&[None])));
+        let outcome = done(op.step(&mut state, row(&[Some(0), Some(0)])));
+        assert!(
+            matches!(outcome, Err(Error::Canceled { .. })),
+            "{outcome:?}"
+        );
+        // The session has max_statement_time: the plain wait waits again, guarded.
+        let mut op = Acquire::start(&state, MARIADB, Wait::Forever).unwrap();
+        sent(op.step(&mut state, None));
+        sent(op.step(&mut state, row(&[None])));
+        let again = sent(op.step(&mut state, row(&[Some(0), Some(1)])));
+        assert!(
+            again.starts_with("SET STATEMENT max_statement_time = 0 FOR"),
+            "{again}"
+        );
+        // A guarded wait is not cut short by the limit: NULL there is a KILL QUERY.
+        sent(op.step(&mut state, row(&[None])));
+        let outcome = done(op.step(&mut state, row(&[Some(0), Some(1)])));
+        assert!(matches!(outcome, Err(Error::Canceled { .. })));
+        // The same for a timed wait, which is always guarded.
+        let mut op = Acquire::start(&state, MYSQL, Wait::For(Duration::from_secs(1))).unwrap();
+        let sql = sent(op.step(&mut state, None));
+        assert!(
+            sql.starts_with("SELECT /*+ SET_VAR(max_execution_time = 0) */"),
+            "{sql}"
+        );
+        sent(op.step(&mut state, failed(Failure::Interrupted)));
+        let outcome = done(op.step(&mut state, row(&[Some(0), Some(1)])));
+        assert!(matches!(outcome, Err(Error::Canceled { .. })));
+    }
+
+    #[test]
+    fn a_question_that_fails_leaves_the_connection_in_doubt() {
+        let mut state = state();
+        let mut op = Acquire::start(&state, MARIADB, Wait::Forever).unwrap();
+        sent(op.step(&mut state, None));
+        sent(op.step(&mut state, row(&[None])));
+        assert!(done(op.step(&mut state, failed(Failure::Other))).is_err());
+        assert!(state.is_unusable());
+        let refused = Acquire::start(&state, MARIADB, Wait::Never).unwrap_err();
+        assert!(matches!(refused, Error::ConnectionUnusable { .. }));
+        let mut verify = Verify::start(&state).unwrap();
+        assert!(!done(verify.step(&mut state, None)).unwrap());
+    }
+
+    #[test]
+    fn a_borrowed_connection_takes_a_holder_lock_with_the_grant_and_releases_both() {
+        let mut state = state();
+        state.prove_holds();
+        let mut op = Acquire::start(&state, MARIADB, Wait::Never).unwrap();
+        let sql = sent(op.step(&mut state, None));
+        assert!(
+            sql.contains("WHEN 1 THEN 1 + GET_LOCK('dlock/holder/"),
+            "{sql}"
+        );
+        assert!(done(op.step(&mut state, row(&[Some(2)]))).unwrap());
+        let holder = state.held().unwrap().holder.clone().unwrap();
+        // Dropped while held, on a borrowed connection: end the session, proven by the
+        // holder lock.
+        assert_eq!(
+            state.on_drop(false, false),
+            OnDrop::End(vec![Proof::Holds(holder.clone())])
+        );
+        let mut release = Release::start(&mut state).unwrap();
+        let sql = sent(release.step(&mut state, None));
+        assert!(sql.ends_with(&format!("RELEASE_LOCK('{holder}')")), "{sql}");
+        done(release.step(&mut state, row(&[Some(1), Some(1)]))).unwrap();
+        assert_eq!(state.on_drop(false, false), OnDrop::Nothing);
+    }
+
+    #[test]
+    fn a_dropped_statement_makes_the_connection_unusable_and_names_its_proofs() {
+        let mut state = state();
+        state.prove_holds();
+        let mut op = Acquire::start(&state, MARIADB, Wait::Forever).unwrap();
+        sent(op.step(&mut state, None));
+        let proofs = state.abandon(op.in_flight());
+        assert!(
+            matches!(proofs.as_slice(), [Proof::Running(_), Proof::Holds(_)]),
+            "{proofs:?}"
+        );
+        assert!(state.is_unusable());
+        assert!(matches!(
+            Release::start(&mut state),
+            Err(Error::NotAcquired)
+        ));
+        // A statement without a tag or a hold leaves nothing to prove: the connection is
+        // closed by its owner or its pool, or the user is told to close it.
+        let mut state = LockState::new(Key::from("jobs/x"));
+        assert!(state.abandon(InFlight::Nothing).is_empty());
+        assert_eq!(state.on_drop(true, false), OnDrop::Close);
+        assert_eq!(state.on_drop(false, true), OnDrop::Discard);
+        assert_eq!(state.on_drop(false, false), OnDrop::Nothing);
+    }
+
+    #[test]
+    fn an_owned_held_lock_is_released_by_a_task_and_a_pooled_one_discarded() {
+        let mut state = state();
+        let mut op = Acquire::start(&state, MARIADB, Wait::Never).unwrap();
+        sent(op.step(&mut state, None));
+        done(op.step(&mut state, row(&[Some(1)]))).unwrap();
+        assert!(matches!(state.on_drop(true, false), OnDrop::Release(_)));
+        assert_eq!(state.on_drop(false, true), OnDrop::Discard);
+    }
+
+    #[test]
+    fn a_release_the_server_refused_keeps_the_lock_and_a_lost_connection_frees_it() {
+        for (reply, still_held) in [
+            (failed(Failure::Other), true),
+            (failed(Failure::ConnectionLost), false),
+            (row(&[Some(0)]), false),
+        ] {
+            let mut state = state();
+            let mut op = Acquire::start(&state, MARIADB, Wait::Never).unwrap();
+            sent(op.step(&mut state, None));
+            done(op.step(&mut state, row(&[Some(1)]))).unwrap();
+            let mut release = Release::start(&mut state).unwrap();
+            sent(release.step(&mut state, None));
+            assert!(done(release.step(&mut state, reply)).is_err());
+            assert_eq!(state.held().is_some(), still_held);
+        }
+    }
+
+    #[test]
+    fn tokens_differ_between_attempts() {
+        let tokens: std::collections::HashSet<u64> = (0..1000).map(|_| attempt_token()).collect();
+        assert_eq!(tokens.len(), 1000);
+    }
+}
