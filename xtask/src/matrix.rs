@@ -55,6 +55,9 @@ struct Row {
     /// Whether the row gets PostgreSQL and MariaDB servers of its own, which it may freeze and
     /// restart: their directories are in `DLOCK_FAULT_PG_DIR` and `DLOCK_FAULT_MYSQL_DIR`.
     own_servers: bool,
+    /// Whether the row runs while CPU hogs keep every core busy, so races that hide on an
+    /// idle machine show.
+    saturated: bool,
 }
 
 impl Row {
@@ -66,7 +69,13 @@ impl Row {
             needs_servers: false,
             postgres_major: None,
             own_servers: false,
+            saturated: false,
         }
+    }
+
+    fn saturated(mut self) -> Row {
+        self.saturated = true;
+        self
     }
 
     fn own_servers(mut self) -> Row {
@@ -235,6 +244,27 @@ fn rows() -> Result<Vec<Row>> {
             .own_servers(),
         );
     }
+    // The cancel, race and interruption tests again, with every core kept busy: a timing bug
+    // that hides on an idle machine shows here rather than at users.
+    rows.push(
+        Row::new(
+            "db:stress",
+            &[
+                "test",
+                "-p",
+                "dlock-postgres",
+                "-p",
+                "dlock-mysql",
+                "--all-features",
+                "--test",
+                "interruption",
+                "--test",
+                "tokio",
+            ],
+        )
+        .needs_servers()
+        .saturated(),
+    );
     // The demo's locked runs fail it when they lose an update: mutual exclusion across OS
     // processes, through every API path of both backends.
     rows.push(
@@ -295,6 +325,7 @@ pub(crate) fn command(args: &[String]) -> Result<()> {
         for row in &rows {
             let servers = match (row.needs_servers, row.postgres_major) {
                 _ if row.own_servers => "  [servers of its own]".to_owned(),
+                (true, _) if row.saturated => "  [servers, every core busy]".to_owned(),
                 (true, _) => "  [servers]".to_owned(),
                 (false, Some(major)) => format!("  [PostgreSQL {major}]"),
                 (false, None) => String::new(),
@@ -358,6 +389,7 @@ pub(crate) fn command(args: &[String]) -> Result<()> {
 /// Runs one row, starting the servers first if it is the first row to need them: `Ok(true)`
 /// when its command succeeded.
 fn run_row(row: &Row, servers: &mut Option<Servers>) -> Result<bool> {
+    let _hogs = row.saturated.then(CpuHogs::start);
     let mut command = Command::new(cargo());
     command
         .current_dir(project_root())
@@ -404,6 +436,41 @@ fn run_row(row: &Row, servers: &mut Option<Servers>) -> Result<bool> {
         );
     }
     Ok(command.status()?.success())
+}
+
+/// Threads that spin on every core, twice over, until dropped.
+struct CpuHogs {
+    stop: std::sync::Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl CpuHogs {
+    fn start() -> CpuHogs {
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let cores = std::thread::available_parallelism().map_or(2, usize::from);
+        eprintln!("xtask: {} CPU hogs keep every core busy", 2 * cores);
+        let threads = (0..2 * cores)
+            .map(|_| {
+                let stop = std::sync::Arc::clone(&stop);
+                std::thread::spawn(move || {
+                    let mut spin = 0_u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        spin = std::hint::black_box(spin.wrapping_add(1));
+                    }
+                })
+            })
+            .collect();
+        CpuHogs { stop, threads }
+    }
+}
+
+impl Drop for CpuHogs {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
 }
 
 #[cfg(test)]
