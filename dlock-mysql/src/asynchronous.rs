@@ -101,19 +101,24 @@ impl<T: AsyncMySqlConnection + ?Sized> AsyncMySqlConnection for &mut T {
 ///   unusable afterwards ([`Error::ConnectionUnusable`]), and a spawned task ends the session
 ///   from a fresh connection (`KILL`) once it has proven that the session is still the one the
 ///   lock used: still running the statement tagged with the attempt's token (the process list
-///   shows it), or holding the attempt's holder lock. A connection id alone proves nothing:
-///   ids start again when the server restarts. Without a proof the statement has finished,
-///   and the connection is closed instead: an owned one when the lock drops, a pooled one by
-///   its pool; a borrowed one must be closed by you (the error says so). Use
-///   [`acquire_timeout`](AsyncLock::acquire_timeout) for a bounded wait that keeps the
-///   connection.
+///   shows it), or holding the unique holder lock every grant of this type takes beside its
+///   name. A connection id alone proves nothing: ids start again when the server restarts.
+///   A session with neither took nothing from the attempt, and its connection is closed by
+///   its owner: when the lock drops if it owns it, by its pool if pooled, by you if borrowed
+///   (the error says so). Use [`acquire_timeout`](AsyncLock::acquire_timeout) for a bounded
+///   wait that keeps the connection.
 /// - **Release on drop is not immediate.** A held lock dropped without
 ///   [`release`](AsyncLock::release) is released by a task spawned on the current tokio
 ///   runtime when the lock owns its connection ([`AsyncMySqlConnection::into_owned`]); a
 ///   pooled connection is closed by its pool. On a borrowed connection (`&mut Conn`) the lock
-///   cannot release without waiting, so its session is ended, proven by a holder lock each
-///   grant takes on borrowed connections: call `release().await` (or `into_inner().await`)
-///   to keep the connection.
+///   can neither release without waiting nor close the connection, so its session is ended,
+///   proven by the holder lock: call `release().await` (or `into_inner().await`) to keep a
+///   borrowed connection.
+///
+/// One residual window: a statement sent just before its future was dropped, which the
+/// server has not started when the fresh connection looks (it needs a TCP and login
+/// handshake first), shows neither proof; its session is then not ended, and the connection
+/// is closed by its owner as above.
 ///
 /// # Examples
 ///
@@ -219,13 +224,9 @@ impl<C: AsyncMySqlConnection> AsyncMySqlLock<C> {
     /// A lock on `key` over `conn`, unlocked, under the default key policy (the key's text is
     /// the lock name, as in sqlalchemy-dlock).
     pub fn new(conn: C, key: impl Into<Key>) -> Self {
-        let mut state = LockState::new(key.into());
-        if !conn.is_owned() && !conn.is_discardable() {
-            state.prove_holds();
-        }
         AsyncMySqlLock {
             conn: Some(conn),
-            state,
+            state: LockState::new(key.into(), true),
         }
     }
 
@@ -459,7 +460,8 @@ impl<C: AsyncMySqlConnection> Drop for AsyncMySqlLock<C> {
                 let key = self.state.key.to_string();
                 runtime.spawn(async move {
                     if let OnDrop::Release(held) = plan {
-                        let released = query(&mut owned, &sql::release_lock(&held.name, None))
+                        let statement = sql::release_lock(&held.name, held.holder.as_deref());
+                        let released = query(&mut owned, &statement)
                             .await
                             .map_err(|failed| failed.error)
                             .and_then(|row| sql::read_released(row.first().copied().flatten()));

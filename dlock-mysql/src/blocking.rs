@@ -96,7 +96,7 @@ impl<C: MySqlConnection> MySqlLock<C> {
     pub fn new(conn: C, key: impl Into<Key>) -> Self {
         MySqlLock {
             conn: Some(conn),
-            state: LockState::new(key.into()),
+            state: LockState::new(key.into(), false),
         }
     }
 

@@ -56,7 +56,7 @@ fn holder_name(token: u64) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Held {
     pub(crate) name: String,
-    holder: Option<String>,
+    pub(crate) holder: Option<String>,
 }
 
 /// One lock object's state: what it locks, what it holds, whether its connection can still
@@ -71,21 +71,23 @@ pub(crate) struct LockState {
     /// Set once a statement's reply was left unread: the connection's replies can no longer be
     /// trusted.
     unusable: bool,
-    /// Whether a grant also takes a holder lock: on a borrowed connection, a lock dropped
-    /// while held can neither release (drop cannot wait) nor close the connection, and only
-    /// the holder lock proves which session to end.
+    /// Whether a grant also takes a holder lock, which proves from another session which
+    /// session holds the lock: the tokio flavour needs it, because its futures can be dropped
+    /// with a grant on the way, and its drop can neither wait for a release nor close a
+    /// borrowed connection.
     proves_holds: bool,
 }
 
 impl LockState {
-    pub(crate) fn new(key: Key) -> LockState {
+    /// A lock on `key`; `proves_holds` makes every grant take a holder lock too.
+    pub(crate) fn new(key: Key, proves_holds: bool) -> LockState {
         LockState {
             key,
             policy: KeyPolicy::default(),
             unsupported: None,
             held: None,
             unusable: false,
-            proves_holds: false,
+            proves_holds,
         }
     }
 
@@ -95,12 +97,6 @@ impl LockState {
 
     pub(crate) fn transaction_scoped(&mut self) {
         self.unsupported = Some(sql::transaction_unsupported);
-    }
-
-    /// Makes grants take a holder lock (see `proves_holds`).
-    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
-    pub(crate) fn prove_holds(&mut self) {
-        self.proves_holds = true;
     }
 
     pub(crate) fn name(&self) -> Result<String> {
@@ -477,7 +473,7 @@ mod tests {
     }
 
     fn state() -> LockState {
-        LockState::new(Key::from("jobs/x"))
+        LockState::new(Key::from("jobs/x"), false)
     }
 
     #[test]
@@ -585,9 +581,8 @@ mod tests {
     }
 
     #[test]
-    fn a_borrowed_connection_takes_a_holder_lock_with_the_grant_and_releases_both() {
-        let mut state = state();
-        state.prove_holds();
+    fn a_holder_lock_comes_with_the_grant_and_goes_with_the_release() {
+        let mut state = LockState::new(Key::from("jobs/x"), true);
         let mut op = Acquire::start(&state, MARIADB, Wait::Never).unwrap();
         let sql = sent(op.step(&mut state, None));
         assert!(
@@ -611,8 +606,7 @@ mod tests {
 
     #[test]
     fn a_dropped_statement_makes_the_connection_unusable_and_names_its_proofs() {
-        let mut state = state();
-        state.prove_holds();
+        let mut state = LockState::new(Key::from("jobs/x"), true);
         let mut op = Acquire::start(&state, MARIADB, Wait::Forever).unwrap();
         sent(op.step(&mut state, None));
         let proofs = state.abandon(op.in_flight());
@@ -627,7 +621,7 @@ mod tests {
         ));
         // A statement without a tag or a hold leaves nothing to prove: the connection is
         // closed by its owner or its pool, or the user is told to close it.
-        let mut state = LockState::new(Key::from("jobs/x"));
+        let mut state = LockState::new(Key::from("jobs/x"), false);
         assert!(state.abandon(InFlight::Nothing).is_empty());
         assert_eq!(state.on_drop(true, false), OnDrop::Close);
         assert_eq!(state.on_drop(false, true), OnDrop::Discard);

@@ -157,6 +157,36 @@ async fn a_borrowed_lock_dropped_while_held_ends_its_session_proven_by_its_holde
     assert_eq!(holder_of("tokio/drop-borrowed"), None);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_grant_that_lands_after_its_future_was_dropped_is_found_by_its_holder_lock() {
+    // The try is sent on the first poll and granted at once, but its reply is never read:
+    // the statement is over by the time anyone looks, and the holder lock the grant took
+    // proves the session, which is ended although its owned lock object lives on.
+    for round in 0..5 {
+        let name = "tokio/late-grant";
+        let mut lock = AsyncMySqlLock::new(connect_async().await, name);
+        let id = lock.conn().id();
+        {
+            let mut future = std::pin::pin!(lock.try_acquire());
+            let polled =
+                std::future::poll_fn(|cx| std::task::Poll::Ready(future.as_mut().poll(cx))).await;
+            assert!(
+                polled.is_pending(),
+                "round {round}: the try waited for its reply"
+            );
+        }
+        assert!(
+            eventually(|| !session_exists(id)),
+            "round {round}: the session was ended"
+        );
+        assert_eq!(holder_of(name), None, "round {round}");
+        assert!(matches!(
+            lock.try_acquire().await,
+            Err(Error::ConnectionUnusable { .. })
+        ));
+    }
+}
+
 /// Takes `name` in a fresh session and returns the lock with its session id.
 async fn held(name: &'static str) -> (AsyncMySqlLock<mysql_async::Conn>, u32) {
     let mut lock = AsyncMySqlLock::new(connect_async().await, name);

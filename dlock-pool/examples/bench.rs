@@ -547,7 +547,7 @@ fn waiting(
         side_my
             .query_first(
                 "SELECT count(*) FROM information_schema.PROCESSLIST WHERE STATE LIKE '%lock%' \
-                 AND INFO LIKE 'SELECT GET_LOCK%'",
+                 AND INFO LIKE '%GET_LOCK%' AND ID <> CONNECTION_ID()",
             )?
             .unwrap_or(0)
     };

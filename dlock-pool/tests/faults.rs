@@ -417,6 +417,64 @@ async fn a_mariadb_restart_ends_holds_and_waits_with_clear_errors_and_pools_reco
     AsyncLockGuard::release(guard).await.unwrap();
 }
 
+/// The connection id holding `name`, asked from a fresh session.
+fn mysql_holder_of(name: &str) -> Option<u32> {
+    use mysql::prelude::Queryable;
+    let mut conn = mysql::Conn::new(mysql::Opts::from_url(&common::mysql_url()).unwrap()).unwrap();
+    conn.exec_first::<Option<u32>, _, _>("SELECT IS_USED_LOCK(?)", (name,))
+        .unwrap()
+        .flatten()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_id_repeated_after_a_restart_is_never_taken_for_the_old_session() {
+    // Connection ids start again at 1 when MariaDB restarts. A borrowed lock held when the
+    // server restarted is dropped afterwards, while a new session with the same id holds the
+    // same name: nothing dlock does may end that session or release its lock (a
+    // process-wide record of owed releases keyed by id once did).
+    let name = "faults/id-reuse";
+    let opts = mysql_async::Opts::from_url(&common::mysql_url()).unwrap();
+    // A fresh server first, so the old session's id is small and comes round again soon.
+    tokio::task::spawn_blocking(restart_mariadb).await.unwrap();
+    let mut old = mysql_async::Conn::new(opts.clone()).await.unwrap();
+    let old_id = old.id();
+    let mut lock = AsyncMySqlLock::new(&mut old, name);
+    lock.acquire().await.unwrap();
+    tokio::task::spawn_blocking(restart_mariadb).await.unwrap();
+    let mut same = None;
+    for _ in 0..10_000 {
+        let conn = mysql_async::Conn::new(opts.clone()).await.unwrap();
+        if conn.id() == old_id {
+            same = Some(conn);
+            break;
+        }
+        assert!(
+            conn.id() < old_id,
+            "ids passed {old_id} without reaching it"
+        );
+        conn.disconnect().await.unwrap();
+    }
+    let mut same = same.expect("a new session got the old id");
+    let mut new_holder = AsyncMySqlLock::new(&mut same, name);
+    new_holder.acquire().await.unwrap();
+    assert_eq!(mysql_holder_of(name), Some(old_id));
+    // The old lock is dropped held, on a borrowed connection whose session died.
+    drop(lock);
+    // Lock operations on the new session go on as usual.
+    {
+        let mut other = AsyncMySqlLock::new(new_holder.conn(), "faults/id-reuse-other");
+        assert!(other.try_acquire().await.unwrap());
+        other.release().await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        new_holder.verify().await.unwrap(),
+        "the new session still holds its lock"
+    );
+    assert_eq!(mysql_holder_of(name), Some(old_id));
+    new_holder.release().await.unwrap();
+}
+
 /// The environment variable that turns this test binary into the client, inside the
 /// network namespace, of `keepalives_bound_a_blocking_postgres_lock_cut_off_by_a_partition`.
 const PARTITION_CHILD: &str = "DLOCK_PARTITION_PROXY";
