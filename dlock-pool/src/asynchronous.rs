@@ -6,9 +6,9 @@ use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use dlock_core::{AsyncLock, Error, Key, KeyPolicy, Result};
+use dlock_core::{AsyncLock, Error, Key, KeyPolicy, Result, Wait};
 
-use crate::deadline::{self, LockWait};
+use crate::deadline;
 use crate::manager::{Breaker, LockManager};
 
 /// A bb8 connection checked out for one lock, lent to the backend's lock type.
@@ -336,7 +336,7 @@ where
         let key = key.into();
         M::Connection::check_key(&self.policy, &key)?;
         let conn = self.checkout(None).await?;
-        let guard = self.lock_on(conn, key, LockWait::Forever).await?;
+        let guard = self.lock_on(conn, key, Wait::Forever).await?;
         guard.ok_or_else(|| Error::backend("an unbounded lock wait returned without the lock"))
     }
 
@@ -354,7 +354,7 @@ where
         let key = key.into();
         M::Connection::check_key(&self.policy, &key)?;
         let conn = self.checkout(None).await?;
-        self.lock_on(conn, key, LockWait::Try).await
+        self.lock_on(conn, key, Wait::Never).await
     }
 
     /// Checks out a connection and waits for `key`, both within `timeout`: `Ok(None)` when
@@ -381,7 +381,7 @@ where
         let deadline = deadline::deadline(Instant::now(), timeout);
         let conn = self.checkout(deadline).await?;
         let wait = deadline::lock_wait(deadline, Instant::now());
-        let LockWait::For(left) = wait else {
+        let Wait::For(left) = wait else {
             return self.lock_on(conn, key, wait).await;
         };
         // The server times the wait; a server that does not answer by then plus the grace is
@@ -397,15 +397,15 @@ where
         &self,
         conn: AsyncPooled<M>,
         key: Key,
-        wait: LockWait,
+        wait: Wait,
     ) -> Result<Option<AsyncLockGuard<M>>> {
         let breaker = conn.breaker();
         let mut lock = M::Connection::lock(conn, key, self.policy.clone());
         let armed = BreakOnDrop::new(breaker.clone());
         let outcome = match wait {
-            LockWait::Forever => lock.acquire().await.map(|()| true),
-            LockWait::Try => lock.try_acquire().await,
-            LockWait::For(timeout) => lock.acquire_timeout(timeout).await,
+            Wait::Forever => lock.acquire().await.map(|()| true),
+            Wait::Never => lock.try_acquire().await,
+            Wait::For(timeout) => lock.acquire_timeout(timeout).await,
         };
         match outcome {
             Ok(true) => {

@@ -4,9 +4,9 @@ use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::time::{Duration, Instant};
 
-use dlock_core::{Error, Key, KeyPolicy, Lock, Result};
+use dlock_core::{Error, Key, KeyPolicy, Lock, Result, Wait};
 
-use crate::deadline::{self, LockWait};
+use crate::deadline;
 use crate::manager::LockManager;
 
 /// An r2d2 connection checked out for one lock, lent to the backend's lock type.
@@ -259,7 +259,7 @@ where
         let key = key.into();
         M::Connection::check_key(&self.policy, &key)?;
         let conn = self.pool.get().map_err(Error::pool)?;
-        let guard = self.lock_on(Pooled(conn), key, LockWait::Forever)?;
+        let guard = self.lock_on(Pooled(conn), key, Wait::Forever)?;
         guard.ok_or_else(|| Error::backend("an unbounded lock wait returned without the lock"))
     }
 
@@ -273,7 +273,7 @@ where
         let key = key.into();
         M::Connection::check_key(&self.policy, &key)?;
         let conn = self.pool.get().map_err(Error::pool)?;
-        self.lock_on(Pooled(conn), key, LockWait::Try)
+        self.lock_on(Pooled(conn), key, Wait::Never)
     }
 
     /// Checks out a connection and waits for `key`, both within `timeout`: `Ok(None)` when
@@ -304,12 +304,12 @@ where
         self.lock_on(Pooled(conn), key, wait)
     }
 
-    fn lock_on(&self, conn: Pooled<M>, key: Key, wait: LockWait) -> Result<Option<LockGuard<M>>> {
+    fn lock_on(&self, conn: Pooled<M>, key: Key, wait: Wait) -> Result<Option<LockGuard<M>>> {
         let mut lock = M::Connection::lock(conn, key, self.policy.clone());
         let outcome = match wait {
-            LockWait::Forever => lock.acquire().map(|()| true),
-            LockWait::Try => lock.try_acquire(),
-            LockWait::For(timeout) => lock.acquire_timeout(timeout),
+            Wait::Forever => lock.acquire().map(|()| true),
+            Wait::Never => lock.try_acquire(),
+            Wait::For(timeout) => lock.acquire_timeout(timeout),
         };
         match outcome {
             Ok(true) => Ok(Some(LockGuard { lock: Some(lock) })),

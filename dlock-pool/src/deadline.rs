@@ -2,16 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-/// How long the lock statement may wait once a connection is checked out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum LockWait {
-    /// `acquire`: no client-side limit.
-    Forever,
-    /// `try_acquire`, or a deadline the checkout used up: never waits.
-    Try,
-    /// At most this long.
-    For(Duration),
-}
+use dlock_core::Wait;
 
 /// The deadline of `acquire_timeout(timeout)` begun at `start`. A timeout too large for an
 /// `Instant` has no deadline.
@@ -26,12 +17,12 @@ pub(crate) fn remaining(deadline: Instant, now: Instant) -> Duration {
 
 /// The lock wait after a checkout that ended at `now`. A checkout that used the whole
 /// deadline still gets a try: a free lock is taken, never reported as busy.
-pub(crate) fn lock_wait(deadline: Option<Instant>, now: Instant) -> LockWait {
+pub(crate) fn lock_wait(deadline: Option<Instant>, now: Instant) -> Wait {
     match deadline {
-        None => LockWait::Forever,
+        None => Wait::Forever,
         Some(deadline) => match remaining(deadline, now) {
-            left if left.is_zero() => LockWait::Try,
-            left => LockWait::For(left),
+            left if left.is_zero() => Wait::Never,
+            left => Wait::For(left),
         },
     }
 }
@@ -47,7 +38,7 @@ mod tests {
         let after_checkout = start + Duration::from_millis(120);
         assert_eq!(
             lock_wait(deadline, after_checkout),
-            LockWait::For(Duration::from_millis(380))
+            Wait::For(Duration::from_millis(380))
         );
     }
 
@@ -57,11 +48,11 @@ mod tests {
         let deadline = deadline(start, Duration::from_millis(100));
         assert_eq!(
             lock_wait(deadline, start + Duration::from_millis(100)),
-            LockWait::Try
+            Wait::Never
         );
         assert_eq!(
             lock_wait(deadline, start + Duration::from_secs(3)),
-            LockWait::Try
+            Wait::Never
         );
         assert_eq!(
             remaining(deadline.unwrap(), start + Duration::from_secs(3)),
@@ -74,9 +65,9 @@ mod tests {
         let start = Instant::now();
         assert_eq!(
             lock_wait(deadline(start, Duration::ZERO), start),
-            LockWait::Try
+            Wait::Never
         );
         assert_eq!(deadline(start, Duration::MAX), None);
-        assert_eq!(lock_wait(None, start), LockWait::Forever);
+        assert_eq!(lock_wait(None, start), Wait::Forever);
     }
 }
