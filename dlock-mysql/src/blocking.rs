@@ -279,17 +279,7 @@ pub fn holder(conn: &mut Conn, name: &str) -> Result<Option<u64>> {
 /// Sends `statement` and reads the values of its first row.
 fn query(conn: &mut Conn, statement: &str) -> Reply {
     match conn.query_first::<mysql::Row, _>(statement) {
-        Ok(Some(row)) => Ok((0..row.len())
-            .map(|index| {
-                row.get_opt::<Option<i64>, usize>(index)
-                    .and_then(Result::ok)
-                    .flatten()
-            })
-            .collect()),
-        Ok(None) => Err(Failed {
-            failure: Failure::Other,
-            error: Error::backend(format!("the server sent no row for `{statement}`")),
-        }),
+        Ok(row) => sql::read_row(row, statement),
         Err(error) => Err(classify(error)),
     }
 }

@@ -14,6 +14,12 @@ use std::time::Duration;
 
 use dlock_core::{BoxError, Error, Result, Wait};
 
+// Both drivers share one `mysql_common`, so their rows are one type.
+#[cfg(all(feature = "blocking", not(feature = "tokio")))]
+use mysql::Row;
+#[cfg(feature = "tokio")]
+use mysql_async::Row;
+
 /// The server family at the other end of a connection, read from its handshake (no query).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Server {
@@ -334,6 +340,22 @@ const ER_CLIENT_INTERACTION_TIMEOUT: u16 = 4031;
 /// The client's "server has gone away" and "lost connection during query" codes.
 const CR_SERVER_GONE_ERROR: u16 = 2006;
 const CR_SERVER_LOST: u16 = 2013;
+
+/// The values of a reply's first row, as the state machines read them: every statement dlock
+/// sends returns one row of integers or NULLs.
+pub(crate) fn read_row(row: Option<Row>, statement: &str) -> Result<Vec<Option<i64>>, Failed> {
+    let row = row.ok_or_else(|| Failed {
+        failure: Failure::Other,
+        error: Error::backend(format!("the server sent no row for `{statement}`")),
+    })?;
+    Ok((0..row.len())
+        .map(|index| {
+            row.get_opt::<Option<i64>, usize>(index)
+                .and_then(Result::ok)
+                .flatten()
+        })
+        .collect())
+}
 
 /// What a failed statement means to a lock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
