@@ -158,21 +158,25 @@ async fn a_borrowed_lock_dropped_while_held_ends_its_session_proven_by_its_holde
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_grant_that_lands_after_its_future_was_dropped_is_found_by_its_holder_lock() {
-    // The try is sent on the first poll and granted at once, but its reply is never read:
+async fn a_grant_that_lands_after_its_future_stopped_is_found_by_its_holder_lock() {
+    // The wait is granted while nobody reads its reply, and the future is dropped only then:
     // the statement is over by the time anyone looks, and the holder lock the grant took
     // proves the session, which is ended although its owned lock object lives on.
     for round in 0..5 {
         let name = "tokio/late-grant";
+        let (mut holder, _) = held(name).await;
         let mut lock = AsyncMySqlLock::new(connect_async().await, name);
         let id = lock.conn().id();
         {
-            let mut future = std::pin::pin!(lock.try_acquire());
-            let polled =
-                std::future::poll_fn(|cx| std::task::Poll::Ready(future.as_mut().poll(cx))).await;
+            let mut waiting = std::pin::pin!(lock.acquire());
+            tokio::select! {
+                outcome = &mut waiting => panic!("round {round}: granted early: {outcome:?}"),
+                waited = tokio::task::spawn_blocking(move || wait_until_waiting(id)) => waited.unwrap(),
+            }
+            holder.release().await.unwrap();
             assert!(
-                polled.is_pending(),
-                "round {round}: the try waited for its reply"
+                eventually(|| holder_of(name) == Some(id)),
+                "round {round}: granted, with the reply unread"
             );
         }
         assert!(
