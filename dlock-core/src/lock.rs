@@ -98,9 +98,9 @@ pub trait Lock {
 ///   not leave a lock held by a session nobody tracks. Each implementation documents the
 ///   cancel safety of each method.
 /// - Drop cannot wait for I/O, so release on drop is not immediate: a held lock dropped
-///   without [`release`](AsyncLock::release) is released by a spawned task when the lock
-///   owns its connection, and otherwise the release is owed and done before the next
-///   operation through the lock's connection. Call `release().await` to know the outcome.
+///   without [`release`](AsyncLock::release) has its release queued on the connection or
+///   done by a spawned task, or its connection closed (a pooled one), as each
+///   implementation documents. Call `release().await` to know the outcome.
 pub trait AsyncLock: Send {
     /// The key this lock was created with.
     fn key(&self) -> &Key;

@@ -242,6 +242,34 @@ mod tokio_flavour {
     }
 
     #[tokio::test]
+    async fn tokio_postgres_sends_a_statement_on_the_first_poll() {
+        // The cancel safety of AsyncPgLock leans on this (observed, not documented): a
+        // dropped acquire's cleanup is queued behind a statement already on its way.
+        let name = "interruption/first-poll";
+        let key = pg_key(name);
+        let observer = connect().await;
+        let mut holder = AsyncPgLock::new(connect().await, name);
+        holder.acquire().await.unwrap();
+        let mut lock = AsyncPgLock::new(connect().await, name);
+        let waiter = pid(lock.client()).await;
+        poll_once_and_drop(lock.acquire()).await;
+        // Polled once and dropped, yet the server shows the session waiting for the key.
+        until_waiting(&observer, waiter).await;
+        holder.release().await.unwrap();
+        // Granted then, and released by the queued cleanup.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !holders(&observer, key).await.is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "the cleanup released the late grant"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(lock.try_acquire().await.unwrap());
+        lock.release().await.unwrap();
+    }
+
+    #[tokio::test]
     async fn dropped_attempts_never_release_another_hold_of_the_session() {
         // Failure 1: an outer hold of K; on the same session, an inner try on K is dropped and
         // an attempt on another (busy) key is dropped. The outer hold must survive every
