@@ -4,10 +4,13 @@ mod error;
 mod key;
 mod lock;
 mod policy;
+mod token;
 mod wait;
 
 pub use error::{BoxError, Error, Result};
 pub use key::{Key, PgKey};
 pub use lock::{AsyncLock, Lock, REPLY_GRACE};
 pub use policy::{CustomPolicy, KeyPolicy, MYSQL_NAME_MAX_CHARS};
+#[doc(hidden)]
+pub use token::attempt_token;
 pub use wait::Wait;

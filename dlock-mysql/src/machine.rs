@@ -11,11 +11,7 @@
 //!   resynchronize it), and its session is ended only with a proof that it is still the
 //!   session the lock used: a connection id alone is no proof, ids restart with the server.
 
-use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use dlock_core::{Error, Key, KeyPolicy, Result, Wait};
+use dlock_core::{Error, Key, KeyPolicy, Result, Wait, attempt_token};
 
 use crate::sql::{self, Acquired, Failed, Failure, Proof, Server};
 
@@ -29,21 +25,6 @@ pub(crate) enum Step<T> {
     Send(String),
     /// The operation is over.
     Done(Result<T>),
-}
-
-/// A number unique to one acquire attempt, across processes and time: it tags the attempt's
-/// statement and names its holder lock. Randomly keyed hashing (the standard library seeds it
-/// from the operating system) of a counter and the time.
-fn attempt_token() -> u64 {
-    static COUNT: AtomicU64 = AtomicU64::new(0);
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u64(COUNT.fetch_add(1, Ordering::Relaxed));
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    hasher.write_u128(now.as_nanos());
-    hasher.write_u32(std::process::id());
-    hasher.finish()
 }
 
 /// The name of an attempt's holder lock.
@@ -654,11 +635,5 @@ mod tests {
             assert!(done(release.step(&mut state, reply)).is_err());
             assert_eq!(state.held().is_some(), still_held);
         }
-    }
-
-    #[test]
-    fn tokens_differ_between_attempts() {
-        let tokens: std::collections::HashSet<u64> = (0..1000).map(|_| attempt_token()).collect();
-        assert_eq!(tokens.len(), 1000);
     }
 }

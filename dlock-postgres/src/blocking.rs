@@ -381,7 +381,7 @@ impl PgXactLock {
     }
 
     fn take(&self, tx: &mut Transaction<'_>, wait: Wait) -> Result<bool> {
-        let statement = machine::xact_statement(self.hold()?, wait);
+        let statement = machine::xact_statement(self.hold()?, wait, None);
         if !matches!(wait, Wait::For(_)) {
             let reply = tx
                 .simple_query(&statement)

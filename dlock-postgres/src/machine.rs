@@ -42,6 +42,17 @@ pub(crate) struct Failed {
     pub(crate) error: Error,
 }
 
+impl Failed {
+    /// A failure that is not the server's: dlock's own error, as it is.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn from_error(error: Error) -> Failed {
+        Failed {
+            failure: Failure::Other,
+            error,
+        }
+    }
+}
+
 impl From<driver::Error> for Failed {
     fn from(error: driver::Error) -> Failed {
         Failed {
@@ -82,8 +93,9 @@ pub(crate) enum InFlight {
     /// Nothing, or something whose outcome does not matter (a prepare, a read).
     Nothing,
     /// A lock statement, or the question after one was interrupted: the session may hold
-    /// the lock without anybody knowing.
-    Lock(Hold),
+    /// the lock without anybody knowing. `waiting` is the attempt's token when the statement
+    /// may still be waiting and is tagged for a side connection to end it.
+    Lock { hold: Hold, waiting: Option<u64> },
     /// An owed cleanup.
     Cleanup(Hold),
     /// A release's unlock.
@@ -110,8 +122,13 @@ pub(crate) enum Abandon {
     /// Keep the in-flight statement's reply and read it later, for what it settles.
     Keep(Settles),
     /// Send this cleanup now, behind the in-flight statement, and keep its reply for what it
-    /// settles.
-    Queue(String, Settles),
+    /// settles. With a `fence` (the attempt's token), a side connection ends the wait: send
+    /// [`sql::fence`] first, and hand its reply to the side connection.
+    Queue {
+        fence: Option<u64>,
+        cleanup: String,
+        settles: Settles,
+    },
 }
 
 /// One session lock object's state: what it locks, what it holds, what it owes.
@@ -127,6 +144,9 @@ pub(crate) struct LockState {
     /// next operation, until it is known to have run.
     owed: Option<Hold>,
     statements: Statements,
+    /// Whether waiting statements are tagged for a side connection, which ends the wait of a
+    /// dropped acquire.
+    pub(crate) tags_waits: bool,
 }
 
 impl LockState {
@@ -138,6 +158,7 @@ impl LockState {
             held: None,
             owed: None,
             statements: Statements::default(),
+            tags_waits: false,
         }
     }
 
@@ -172,9 +193,13 @@ impl LockState {
     pub(crate) fn abandon(&mut self, in_flight: InFlight) -> Abandon {
         match in_flight {
             InFlight::Nothing => Abandon::Nothing,
-            InFlight::Lock(hold) => {
+            InFlight::Lock { hold, waiting } => {
                 self.owed = Some(hold);
-                Abandon::Queue(sql::cleanup(hold), Settles::Cleanup(hold))
+                Abandon::Queue {
+                    fence: waiting,
+                    cleanup: sql::cleanup(hold),
+                    settles: Settles::Cleanup(hold),
+                }
             }
             InFlight::Cleanup(hold) => Abandon::Keep(Settles::Cleanup(hold)),
             InFlight::Unlock(hold) => Abandon::Keep(Settles::Unlock(hold)),
@@ -289,6 +314,8 @@ enum AcquirePhase {
 pub(crate) struct Acquire {
     hold: Hold,
     wait: Wait,
+    /// The tag of a waiting statement a side connection may have to end.
+    token: Option<u64>,
     form: Form,
     owed: Owed,
     phase: AcquirePhase,
@@ -308,6 +335,7 @@ impl Acquire {
         Ok(Acquire {
             hold: state.hold()?,
             wait,
+            token: (state.tags_waits && wait.may_wait()).then(dlock_core::attempt_token),
             form,
             owed: Owed::Unchecked,
             phase: AcquirePhase::Owed,
@@ -315,14 +343,19 @@ impl Acquire {
     }
 
     fn lock_request(&self, state: &LockState) -> Request {
-        match self.form {
-            Form::Plain(kind) if state.prepared(kind, self.hold).is_some() => {
-                Request::Prepared(kind, self.hold)
+        let statement = match self.form {
+            // A tagged wait goes as text: a prepared statement's text cannot carry the tag.
+            Form::Plain(kind)
+                if self.token.is_none() && state.prepared(kind, self.hold).is_some() =>
+            {
+                return Request::Prepared(kind, self.hold);
             }
-            Form::Plain(kind) => Request::Simple(kind.simple(self.hold)),
-            Form::Guarded(millis) => {
-                Request::Simple(sql::guarded_lock(self.hold, Scope::Session, millis))
-            }
+            Form::Plain(kind) => kind.simple(self.hold),
+            Form::Guarded(millis) => sql::guarded_lock(self.hold, Scope::Session, millis),
+        };
+        match self.token {
+            Some(token) => Request::Simple(sql::wait_tag(token) + &statement),
+            None => Request::Simple(statement),
         }
     }
 
@@ -382,9 +415,15 @@ impl Operation for Acquire {
             if let Some(step) = self.owed.step(state, &mut reply) {
                 return step;
             }
-            let prepare = match self.form {
-                Form::Plain(kind) => state.statements.note_acquire(kind, Shape::of(self.hold)),
-                Form::Guarded(_) => Vec::new(),
+            // A tagged wait is sent as text; its release can still be prepared.
+            let prepare = match (self.form, self.token) {
+                (Form::Plain(_), Some(_)) => state
+                    .statements
+                    .note_acquire(Kind::Unlock, Shape::of(self.hold)),
+                (Form::Plain(kind), None) => {
+                    state.statements.note_acquire(kind, Shape::of(self.hold))
+                }
+                (Form::Guarded(_), _) => Vec::new(),
             };
             self.phase = AcquirePhase::Prepare(prepare);
         }
@@ -470,7 +509,15 @@ impl Operation for Acquire {
     fn in_flight(&self) -> InFlight {
         match self.phase {
             AcquirePhase::Owed => self.owed.in_flight(),
-            AcquirePhase::Locking | AcquirePhase::Asking { .. } => InFlight::Lock(self.hold),
+            AcquirePhase::Locking => InFlight::Lock {
+                hold: self.hold,
+                waiting: self.token,
+            },
+            // The wait is over: only its outcome is unknown.
+            AcquirePhase::Asking { .. } => InFlight::Lock {
+                hold: self.hold,
+                waiting: None,
+            },
             AcquirePhase::Prepare(_) | AcquirePhase::Done => InFlight::Nothing,
         }
     }
@@ -634,13 +681,18 @@ impl Operation for PayOwed {
 
 /// A transaction lock's statement for `wait`: a try, or a wait no session setting can cut
 /// short (`lock_timeout` as asked, `statement_timeout` off).
-pub(crate) fn xact_statement(hold: Hold, wait: Wait) -> String {
-    match wait {
-        Wait::Never => sql::try_lock(hold, Scope::Transaction),
+/// A waiting statement is tagged with `token` when a side connection may have to end it.
+pub(crate) fn xact_statement(hold: Hold, wait: Wait, token: Option<u64>) -> String {
+    let statement = match wait {
+        Wait::Never => return sql::try_lock(hold, Scope::Transaction),
         Wait::Forever => sql::guarded_lock(hold, Scope::Transaction, 0),
         Wait::For(timeout) => {
             sql::guarded_lock(hold, Scope::Transaction, sql::lock_timeout_millis(timeout))
         }
+    };
+    match token {
+        Some(token) => sql::wait_tag(token) + &statement,
+        None => statement,
     }
 }
 
@@ -747,7 +799,13 @@ mod tests {
         let mut op = Acquire::start(&state, Wait::Forever).unwrap();
         let sql = simple(sent(op.step(&mut state, None)));
         assert_eq!(sql, "SELECT pg_advisory_lock(7)");
-        assert_eq!(op.in_flight(), InFlight::Lock(HOLD));
+        assert_eq!(
+            op.in_flight(),
+            InFlight::Lock {
+                hold: HOLD,
+                waiting: None
+            }
+        );
         assert!(done(op.step(&mut state, Some(row(&[""])))).unwrap());
         assert_eq!(state.held(), Some(HOLD));
         assert_eq!(op.in_flight(), InFlight::Nothing);
@@ -993,7 +1051,12 @@ mod tests {
         let mut state = state();
         let mut op = Acquire::start(&state, Wait::Forever).unwrap();
         sent(op.step(&mut state, None));
-        let Abandon::Queue(cleanup, settles) = state.abandon(op.in_flight()) else {
+        let Abandon::Queue {
+            fence: None,
+            cleanup,
+            settles,
+        } = state.abandon(op.in_flight())
+        else {
             panic!("a dropped lock statement queues its cleanup");
         };
         assert_eq!(cleanup, sql::cleanup(HOLD));
@@ -1010,7 +1073,7 @@ mod tests {
         let mut state = LockState::new(Key::Int(7));
         let mut op = Acquire::start(&state, Wait::Never).unwrap();
         sent(op.step(&mut state, None));
-        let Abandon::Queue(_, settles) = state.abandon(op.in_flight()) else {
+        let Abandon::Queue { settles, .. } = state.abandon(op.in_flight()) else {
             panic!("a dropped try queues its cleanup");
         };
         state.settle(settles, failed(Failure::TransactionAborted));
@@ -1046,6 +1109,65 @@ mod tests {
     }
 
     #[test]
+    fn with_a_side_connection_waits_are_tagged_and_a_dropped_wait_is_fenced() {
+        let mut state = state();
+        state.tags_waits = true;
+        let mut op = Acquire::start(&state, Wait::Forever).unwrap();
+        let sql = simple(sent(op.step(&mut state, None)));
+        assert!(sql.starts_with("/* dlock-wait:"), "{sql}");
+        assert!(sql.ends_with("SELECT pg_advisory_lock(7)"), "{sql}");
+        let InFlight::Lock {
+            waiting: Some(token),
+            ..
+        } = op.in_flight()
+        else {
+            panic!("a tagged wait in flight names its token");
+        };
+        let Abandon::Queue {
+            fence: Some(fenced),
+            ..
+        } = state.abandon(op.in_flight())
+        else {
+            panic!("a dropped tagged wait is fenced");
+        };
+        assert_eq!(fenced, token);
+        let fence = sql::fence(token);
+        assert!(fence.starts_with("/* dlock-fence:"), "{fence}");
+        assert!(fence.contains("'statement_timeout', '0'"), "{fence}");
+        assert!(
+            fence.contains("set_config('lock_timeout', '0', true)"),
+            "{fence}"
+        );
+        let gate = match sql::gate(token) {
+            dlock_core::PgKey::BigInt(gate) => gate,
+            pair => panic!("a gate is one bigint, not {pair:?}"),
+        };
+        assert!(fence.contains(&format!(
+            "pg_advisory_lock({gate}), pg_advisory_unlock({gate})"
+        )));
+        // A try never waits: not tagged, nothing to fence.
+        let mut state = LockState::new(Key::Int(7));
+        state.tags_waits = true;
+        let mut op = Acquire::start(&state, Wait::Never).unwrap();
+        let sql = simple(sent(op.step(&mut state, None)));
+        assert_eq!(sql, "SELECT pg_try_advisory_lock(7)");
+        assert!(matches!(
+            state.abandon(op.in_flight()),
+            Abandon::Queue { fence: None, .. }
+        ));
+        // After an interruption the wait is over: the question is not fenced.
+        let mut state = LockState::new(Key::Int(7));
+        state.tags_waits = true;
+        let mut op = Acquire::start(&state, Wait::For(Duration::from_secs(1))).unwrap();
+        assert!(simple(sent(op.step(&mut state, None))).starts_with("/* dlock-wait:"));
+        sent(op.step(&mut state, Some(failed(Failure::LockTimeout))));
+        assert!(matches!(
+            state.abandon(op.in_flight()),
+            Abandon::Queue { fence: None, .. }
+        ));
+    }
+
+    #[test]
     fn verify_asks_pg_locks_and_a_lost_connection_is_false() {
         let mut state = state();
         let mut op = Verify::start(&state).unwrap();
@@ -1063,10 +1185,11 @@ mod tests {
     #[test]
     fn transaction_locks_time_out_to_false_and_fail_with_the_error() {
         let wait = Wait::For(Duration::from_millis(5));
-        assert!(xact_statement(HOLD, wait).contains("pg_advisory_xact_lock(7)"));
-        assert!(xact_statement(HOLD, Wait::Forever).contains("'statement_timeout', '0'"));
+        assert!(xact_statement(HOLD, wait, None).contains("pg_advisory_xact_lock(7)"));
+        assert!(xact_statement(HOLD, Wait::Forever, None).contains("'statement_timeout', '0'"));
+        assert!(xact_statement(HOLD, Wait::Forever, Some(1)).starts_with("/* dlock-wait:"));
         assert_eq!(
-            xact_statement(HOLD, Wait::Never),
+            xact_statement(HOLD, Wait::Never, Some(1)),
             "SELECT pg_try_advisory_xact_lock(7)"
         );
         assert!(matches!(

@@ -104,6 +104,82 @@ pub(crate) fn wait_lock(hold: Hold, scope: Scope) -> String {
     )
 }
 
+/// The tag of a waiting lock statement that a side connection may have to find and cancel:
+/// `dlock-wait:` and a number unique to the attempt, at the start of the statement's text
+/// (`pg_stat_activity.query` keeps only the first `track_activity_query_size` bytes).
+pub(crate) fn wait_tag(token: u64) -> String {
+    format!("/* dlock-wait:{token:016x} */ ")
+}
+
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+fn fence_tag(token: u64) -> String {
+    format!("/* dlock-fence:{token:016x} */ ")
+}
+
+/// The gate of an attempt: a key held by the side connection while it ends the attempt's
+/// wait. Random, like the token it comes from.
+pub(crate) fn gate(token: u64) -> PgKey {
+    PgKey::BigInt(i64::from_ne_bytes(token.to_ne_bytes()))
+}
+
+/// The fence queued behind a dropped waiting statement when a side connection will end its
+/// wait: it waits for the attempt's gate, and so holds the session back, behind the dropped
+/// statement, while the side connection holds the gate.
+///
+/// That is enough, and needs no polling: the side connection takes the gate before anything
+/// else, and sends its one cancel request only while the server shows the dropped statement
+/// still waiting, so if the fence finds the gate free, no request was or will be sent. Its own
+/// `statement_timeout` and `lock_timeout` are off, so no session setting ends it early.
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+pub(crate) fn fence(token: u64) -> String {
+    let gate = key_args(gate(token));
+    format!(
+        "{}SELECT set_config('{SAVED_STATEMENT_TIMEOUT}', current_setting('statement_timeout'), \
+         true), set_config('statement_timeout', '0', true); \
+         SELECT set_config('{SAVED_LOCK_TIMEOUT}', current_setting('lock_timeout'), true), \
+         set_config('lock_timeout', '0', true), \
+         pg_advisory_lock({gate}), pg_advisory_unlock({gate}), \
+         set_config('lock_timeout', current_setting('{SAVED_LOCK_TIMEOUT}'), true), \
+         set_config('statement_timeout', current_setting('{SAVED_STATEMENT_TIMEOUT}'), true)",
+        fence_tag(token),
+    )
+}
+
+/// The side connection's statements, for the attempt of `token`: take and release the gate,
+/// cancel the waiting statement only while the server shows it waiting for its lock (the
+/// check and the request are one statement), and ask whether the fence waits for the gate.
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+pub(crate) mod side {
+    use super::*;
+
+    pub(crate) fn take_gate(token: u64) -> String {
+        format!("SELECT pg_advisory_lock({})", key_args(gate(token)))
+    }
+
+    pub(crate) fn release_gate(token: u64) -> String {
+        format!("SELECT pg_advisory_unlock({})", key_args(gate(token)))
+    }
+
+    pub(crate) fn cancel_waiting(token: u64) -> String {
+        format!(
+            "SELECT count(pg_cancel_backend(pid)) FROM pg_stat_activity WHERE query LIKE \
+             '{}%' AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()",
+            wait_tag(token)
+        )
+    }
+
+    /// From `pg_locks`, which shows waits whatever `track_activities` says: only the fence
+    /// ever waits for the gate.
+    pub(crate) fn fence_waits(token: u64) -> String {
+        let (classid, objid, objsubid) = pg_locks_ids(gate(token));
+        format!(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted \
+             AND classid = '{classid}'::oid AND objid = '{objid}'::oid AND objsubid = \
+             {objsubid})"
+        )
+    }
+}
+
 /// Where a guarded lock statement keeps the caller's settings while it overrides them.
 const SAVED_LOCK_TIMEOUT: &str = "dlock.saved_lock_timeout";
 const SAVED_STATEMENT_TIMEOUT: &str = "dlock.saved_statement_timeout";
@@ -231,10 +307,12 @@ impl Statements {
         if self.acquires < 2 {
             return Vec::new();
         }
-        [kind, Kind::Unlock]
+        let mut kinds: Vec<Kind> = [kind, Kind::Unlock]
             .into_iter()
             .filter(|kind| self.prepared(*kind, shape).is_none())
-            .collect()
+            .collect();
+        kinds.dedup();
+        kinds
     }
 
     /// Keeps a statement prepared for `kind` and `shape`.

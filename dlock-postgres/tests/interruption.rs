@@ -181,7 +181,7 @@ mod blocking {
 #[cfg(feature = "tokio")]
 mod tokio_flavour {
     use super::*;
-    use dlock_postgres::{AsyncLock, AsyncPgLock, Error, holders_async};
+    use dlock_postgres::{AsyncLock, AsyncPgLock, AsyncPgXactLock, Error, holders_async};
     use std::future::{Future, poll_fn};
     use std::pin::pin;
     use std::task::Poll;
@@ -239,6 +239,134 @@ mod tokio_flavour {
             Poll::Ready(())
         })
         .await;
+    }
+
+    fn side() -> tokio_postgres::Config {
+        common::pg_url()
+            .parse()
+            .expect("DLOCK_PG_URL is a PostgreSQL URL")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_side_connection_ends_a_dropped_wait_and_cancels_nothing_else() {
+        // The wait of a dropped acquire ends at once, and the statements sent right after it
+        // on the same client run to completion: the side connection aims its one cancel
+        // request at the waiting statement only. The holder releases near the drop in some
+        // rounds, so grant, cancel and fence land in every order.
+        let name = "interruption/side-session";
+        let key = pg_key(name);
+        let observer = connect().await;
+        let mut holder = AsyncPgLock::new(connect().await, name);
+        let mut client = connect().await;
+        let waiter = pid(&client).await;
+        for round in 0..24_u64 {
+            holder.acquire().await.unwrap();
+            let mut lock = AsyncPgLock::new(&mut client, name).side_connection(side());
+            let patience = Duration::from_millis(20 + round % 6);
+            let racing = round % 3 == 0;
+            let (waited, ()) =
+                tokio::join!(tokio::time::timeout(patience, lock.acquire()), async {
+                    if racing {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        holder.release().await.unwrap();
+                    }
+                });
+            let granted = match waited {
+                Ok(outcome) => {
+                    outcome.unwrap();
+                    true
+                }
+                Err(_) => false,
+            };
+            // Statements right after the drop run, and are never canceled.
+            let started = Instant::now();
+            for _ in 0..3 {
+                let slept = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    lock.client().simple_query("SELECT pg_sleep(0.01)"),
+                )
+                .await
+                .unwrap_or_else(|_| panic!("round {round}: the statement waited behind the lock"));
+                slept.unwrap_or_else(|error| panic!("round {round}: {error}"));
+            }
+            if !racing {
+                assert!(
+                    started.elapsed() < Duration::from_secs(5),
+                    "round {round}: the dropped wait ended while the holder still held"
+                );
+                assert_eq!(holders(&observer, key).await.len(), 1, "round {round}");
+                holder.release().await.unwrap();
+            }
+            if granted {
+                lock.release().await.unwrap();
+            }
+            drop(lock);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while holders(&observer, key).await.contains(&waiter) {
+                assert!(
+                    Instant::now() < deadline,
+                    "round {round}: a late grant was released"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        // The client is usable for locks again.
+        let mut lock = AsyncPgLock::new(&mut client, name).side_connection(side());
+        assert!(lock.try_acquire().await.unwrap());
+        lock.release().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dropped_transaction_lock_wait_ends_and_the_transaction_answers() {
+        // Failure 4: a dropped AsyncPgXactLock acquire used to leave its wait running, and the
+        // transaction got no answer until the holder released.
+        let name = "interruption/side-xact";
+        let key = pg_key(name);
+        let observer = connect().await;
+        let mut holder = AsyncPgLock::new(connect().await, name);
+        holder.acquire().await.unwrap();
+        let mut client = connect().await;
+        let waiter = pid(&client).await;
+        let lock = AsyncPgXactLock::new(name).side_connection(side());
+
+        // Inside a savepoint (acquire_timeout): the transaction stays usable.
+        let mut tx = client.transaction().await.unwrap();
+        let dropped = tokio::time::timeout(
+            Duration::from_millis(200),
+            lock.acquire_timeout(&mut tx, Duration::from_secs(30)),
+        )
+        .await;
+        assert!(dropped.is_err(), "still waiting when dropped");
+        let started = Instant::now();
+        tx.simple_query("SELECT 1").await.unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the transaction answered at once"
+        );
+        tx.rollback().await.unwrap();
+
+        // Without a savepoint (acquire): the canceled wait aborts the transaction, which
+        // answers at once instead of hanging.
+        let tx = client.transaction().await.unwrap();
+        let dropped = tokio::time::timeout(Duration::from_millis(200), lock.acquire(&tx)).await;
+        assert!(dropped.is_err(), "still waiting when dropped");
+        let started = Instant::now();
+        let answered = tx.simple_query("SELECT 1").await;
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the transaction answered at once"
+        );
+        if let Err(error) = answered {
+            assert_eq!(
+                error.code(),
+                Some(&tokio_postgres::error::SqlState::IN_FAILED_SQL_TRANSACTION),
+                "{error}"
+            );
+        }
+        tx.rollback().await.unwrap();
+        assert_eq!(holders(&observer, key).await, [pid(holder.client()).await]);
+        assert!(!holders(&observer, key).await.contains(&waiter));
+        holder.release().await.unwrap();
     }
 
     #[tokio::test]
