@@ -459,17 +459,22 @@ impl<C: AsyncMySqlConnection> Drop for AsyncMySqlLock<C> {
                 };
                 let key = self.state.key.to_string();
                 runtime.spawn(async move {
-                    if let OnDrop::Release(held) = plan {
-                        let statement = sql::release_lock(&held.name, held.holder.as_deref());
-                        let released = query(&mut owned, &statement)
-                            .await
-                            .map_err(|failed| failed.error)
-                            .and_then(|row| sql::read_released(row.first().copied().flatten()));
-                        if let Err(error) = released {
-                            tracing::warn!(%key, %error, "dropped MySQL lock: release failed");
-                        }
+                    let OnDrop::Release(held) = plan else {
+                        // Its replies cannot be trusted: close it, never hand it back to a pool.
+                        let _ = owned.disconnect().await;
+                        return;
+                    };
+                    let statement = sql::release_lock(&held.name, held.holder.as_deref());
+                    let released = query(&mut owned, &statement)
+                        .await
+                        .map_err(|failed| failed.error)
+                        .and_then(|row| sql::read_released(row.first().copied().flatten()));
+                    if let Err(error) = released {
+                        tracing::warn!(%key, %error, "dropped MySQL lock: release failed");
+                        // The session may still hold the lock: end it.
+                        let _ = owned.disconnect().await;
                     }
-                    let _ = owned.disconnect().await;
+                    // Otherwise the connection drops as usual (a pool's goes back to it).
                 });
             }
         }

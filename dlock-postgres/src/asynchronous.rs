@@ -570,22 +570,25 @@ impl<C: AsyncPgConnection> Drop for AsyncPgLock<C> {
         if client.is_closed() {
             return;
         }
+        // A reply that is already there settles what it was for; one still on its way means a
+        // statement a dropped future left running may still occupy the session.
+        let mut busy = false;
+        if let Some(mut pending) = self.pending.take() {
+            let waker = Waker::noop();
+            match pending.reply.as_mut().poll(&mut Context::from_waker(waker)) {
+                Poll::Ready(reply) => self.state.settle(pending.settles, reply),
+                Poll::Pending => busy = true,
+            }
+        }
         if let Some(hold) = self.state.held() {
             tracing::debug!(key = %self.state.key, "dropping a held PostgreSQL lock: unlock queued");
             drop(send_now(client, &sql::unlock(hold)));
-        } else if let (Some(hold), None) = (self.state.owes(), &self.pending) {
+        } else if let (Some(hold), false) = (self.state.owes(), busy) {
+            // Owed and not on its way (never sent, or refused): send it once more.
             drop(send_now(client, &sql::cleanup(hold)));
         }
-        // A wait a dropped future left running may still occupy the session. When the
-        // connection is closing, nothing else can run on the session, so a cancel request can
-        // end only that wait.
-        let busy = self.pending.take().is_some_and(|mut pending| {
-            let reply = pending
-                .reply
-                .as_mut()
-                .poll(&mut Context::from_waker(Waker::noop()));
-            reply.is_pending()
-        });
+        // When the connection is closing, nothing else can run on the session, so a cancel
+        // request can end only the wait a dropped future left running.
         let token = client.cancel_token();
         if busy && (conn.discard() || conn.into_owned().is_some()) {
             match tokio::runtime::Handle::try_current() {
