@@ -92,7 +92,7 @@ impl<T: AsyncMySqlConnection + ?Sized> AsyncMySqlConnection for &mut T {
 
 /// A MySQL or MariaDB named lock (`GET_LOCK`) over [`mysql_async::Conn`], for tokio.
 ///
-/// The same contract as [`MySqlLock`](crate::MySqlLock) (see the [`AsyncLock`] trait), with
+/// The same contract as `MySqlLock` (feature `blocking`; see the [`AsyncLock`] trait), with
 /// what async Rust changes:
 ///
 /// - **A future dropped mid-statement ends the session.** mysql_async cannot resynchronize a

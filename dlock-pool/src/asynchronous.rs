@@ -211,7 +211,7 @@ impl Drop for BreakOnDrop {
 /// keeps it until release, so a session lock never shares its session.
 ///
 /// `M` is the user's bb8 manager (`bb8_postgres::PostgresConnectionManager`, or this
-/// crate's [`AsyncMySqlManager`](crate::AsyncMySqlManager) for mysql_async); the pool wraps it
+/// crate's `AsyncMySqlManager` for mysql_async (features `bb8` and `mysql`)); the pool wraps it
 /// in a [`LockManager`] that can close a connection instead of reusing it. The pool never gets
 /// back a connection that holds a lock: when a release fails, a future is cancelled mid-way,
 /// or a guard is dropped without `release().await`, the connection is closed, which ends the

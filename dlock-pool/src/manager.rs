@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 /// A connection manager of a dlock pool: the user's manager `M`, with a broken mark added to
 /// each connection. The pool closes a connection whose mark is set, or that `M` finds broken.
 ///
-/// Build pools of it through [`LockPool`](crate::LockPool) or
-/// [`AsyncLockPool`](crate::AsyncLockPool); its connections deref to `M`'s.
+/// Build pools of it through `LockPool` (feature `r2d2`) or
+/// `AsyncLockPool` (feature `bb8`); its connections deref to `M`'s.
 #[derive(Debug, Clone)]
 pub struct LockManager<M> {
     inner: M,

@@ -81,7 +81,7 @@ impl<T: AsyncPgConnection + ?Sized> AsyncPgConnection for &mut T {
 /// a spawned task.
 ///
 /// The contract is the [`AsyncLock`] trait's, the same as the blocking
-/// [`PgLock`](crate::PgLock)'s: one round trip per operation, waiting in the server, and
+/// `PgLock`'s (feature `blocking`): one round trip per operation, waiting in the server, and
 /// two lock objects with the same key on one session both hold (each releases its own).
 ///
 /// # Cancel safety and drop

@@ -30,7 +30,7 @@ use crate::sql::{self, Hold, Holder, Mode};
 /// the holds), and each must release its own.
 ///
 /// The blocking client runs its own tokio runtime: do not use it inside async code (the
-/// driver panics); use [`AsyncPgLock`](crate::AsyncPgLock) there, or `spawn_blocking`.
+/// driver panics); use `AsyncPgLock` (feature `tokio`) there, or `spawn_blocking`.
 ///
 /// # Examples
 ///

@@ -144,6 +144,7 @@ fn rows() -> Result<Vec<Row>> {
             .concat(),
         ),
     ];
+    let mut doc_rows = Vec::new();
     for krate in FEATURED_CRATES {
         let features = declared_features(krate)?;
         let mut sets: Vec<(String, Vec<&str>)> = vec![("none".to_owned(), vec![])];
@@ -172,8 +173,28 @@ fn rows() -> Result<Vec<Row>> {
             }
             args.extend(deny);
             rows.push(Row::new(format!("clippy:{krate}:{label}"), &args));
+            // Docs must build for each feature set alone too: a link to an item of another
+            // feature breaks there, and docs.rs users read one feature's items at a time.
+            if !set.is_empty() {
+                doc_rows.push(
+                    Row::new(
+                        format!("doc:{krate}:{label}"),
+                        &[
+                            "doc",
+                            "-p",
+                            krate,
+                            "--no-deps",
+                            "--no-default-features",
+                            "--features",
+                            &joined,
+                        ],
+                    )
+                    .env("RUSTDOCFLAGS", "-D warnings"),
+                );
+            }
         }
     }
+    rows.append(&mut doc_rows);
     rows.extend([
         Row::new(
             "doc",
