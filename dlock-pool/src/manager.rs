@@ -172,6 +172,105 @@ mod tests {
         assert_eq!(*conn, 7);
     }
 
+    #[cfg(feature = "bb8")]
+    mod bb8_pool {
+        use super::super::*;
+        use std::sync::atomic::AtomicUsize;
+
+        /// A manager of numbered fake connections, counting how many it made.
+        #[derive(Debug, Default)]
+        struct Fake {
+            made: AtomicUsize,
+        }
+
+        #[derive(Debug)]
+        struct FakeError;
+
+        impl fmt::Display for FakeError {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("fake")
+            }
+        }
+
+        impl std::error::Error for FakeError {}
+
+        impl bb8::ManageConnection for Fake {
+            type Connection = usize;
+            type Error = FakeError;
+
+            async fn connect(&self) -> Result<usize, FakeError> {
+                Ok(self.made.fetch_add(1, Ordering::SeqCst))
+            }
+
+            async fn is_valid(&self, _: &mut usize) -> Result<(), FakeError> {
+                Ok(())
+            }
+
+            fn has_broken(&self, _: &mut usize) -> bool {
+                false
+            }
+        }
+
+        #[tokio::test]
+        async fn the_pool_closes_a_connection_marked_broken_and_keeps_the_others() {
+            let pool = bb8::Pool::builder()
+                .max_size(1)
+                .min_idle(Some(0))
+                .build(LockManager::new(Fake::default()))
+                .await
+                .unwrap();
+            let first = pool.get().await.unwrap();
+            assert_eq!(**first, 0);
+            drop(first);
+            let again = pool.get().await.unwrap();
+            assert_eq!(**again, 0, "an unmarked connection is reused");
+            again.mark_broken();
+            drop(again);
+            let fresh = pool.get().await.unwrap();
+            assert_eq!(**fresh, 1, "the marked connection was closed");
+            assert!(!fresh.is_marked_broken());
+        }
+
+        #[tokio::test]
+        async fn a_check_dropped_mid_flight_closes_its_connection() {
+            // bb8 drops an `is_valid` that outlives the checkout timeout; the connection's
+            // protocol state is then unknown, and it must not be handed out again.
+            #[derive(Debug, Default)]
+            struct Stalling {
+                made: AtomicUsize,
+            }
+
+            impl bb8::ManageConnection for Stalling {
+                type Connection = usize;
+                type Error = FakeError;
+
+                async fn connect(&self) -> Result<usize, FakeError> {
+                    Ok(self.made.fetch_add(1, Ordering::SeqCst))
+                }
+
+                async fn is_valid(&self, conn: &mut usize) -> Result<(), FakeError> {
+                    if *conn == 0 {
+                        std::future::pending::<()>().await;
+                    }
+                    Ok(())
+                }
+
+                fn has_broken(&self, _: &mut usize) -> bool {
+                    false
+                }
+            }
+
+            let manager = LockManager::new(Stalling::default());
+            let mut conn = bb8::ManageConnection::connect(&manager).await.unwrap();
+            let checking = bb8::ManageConnection::is_valid(&manager, &mut conn);
+            let stalled =
+                tokio::time::timeout(std::time::Duration::from_millis(20), checking).await;
+            assert!(stalled.is_err(), "the check stalled");
+            assert!(conn.is_marked_broken());
+            assert!(bb8::ManageConnection::has_broken(&manager, &mut conn));
+        }
+    }
+
     #[cfg(feature = "r2d2")]
     mod r2d2_pool {
         use super::super::*;
