@@ -68,18 +68,13 @@ impl Started {
                 .parse()
                 .ok()
         };
-        // A server a fault test restarted runs under a new pid, which its pid file holds;
-        // the child we spawned has exited then.
-        let child_exited = self
-            .child
-            .as_mut()
-            .is_some_and(|child| matches!(child.try_wait(), Ok(Some(_))));
-        if child_exited {
-            return from_file();
-        }
-        self.pid
+        // The pid file names the server running now: a server a fault test restarted runs
+        // under a new pid, while the child we spawned, or the pid a state file recorded, is
+        // the old one. Without a running pid file's server, fall back to what we know.
+        from_file()
+            .filter(|pid| is_running(*pid))
+            .or(self.pid)
             .or(self.child.as_ref().map(Child::id))
-            .or_else(from_file)
     }
 
     fn stop(mut self) {
@@ -88,6 +83,15 @@ impl Started {
             // The child we spawned is this server only if a fault test did not restart it.
             let child = self.child.as_mut().filter(|child| child.id() == pid);
             stop_process(pid, stop_signal(self.name), child);
+            if is_running(pid) {
+                // Deleting the files of a running server would leave it broken and unowned.
+                eprintln!(
+                    "xtask: {} (pid {pid}) is still running; its files stay in {}",
+                    self.name,
+                    self.dir.display()
+                );
+                return;
+            }
         }
         if self.dir.exists() {
             if let Err(error) = fs::remove_dir_all(&self.dir) {
@@ -424,14 +428,7 @@ fn find_on_path(program: &str) -> Option<PathBuf> {
 }
 
 fn start_postgres(dir: &Path) -> Result<String> {
-    let bin = match find_postgres_bin() {
-        Some(bin) => bin,
-        None => {
-            install_packages("the PostgreSQL server", &["postgresql"], PG_URL_VAR)?;
-            find_postgres_bin().ok_or("PostgreSQL was installed but initdb is still missing")?
-        }
-    };
-    start_postgres_with(&bin, dir)
+    start_postgres_with(&system_postgres_bin()?, dir)
 }
 
 /// A server started for one matrix row, stopped when the row is done.
