@@ -1,7 +1,7 @@
 //! `cargo xtask bench`: dlock's speed side by side with the raw driver floor, on servers
 //! started as the matrix starts them (or those of `DLOCK_PG_URL` / `DLOCK_MYSQL_URL`).
 //!
-//! The measuring is done by the `bench` example of dlock-pool, which has every driver; this
+//! The measuring is done by the `bench` worker of `xtask/workers`, which has every driver; this
 //! command builds it, runs it against the servers, and cleans up.
 
 use std::process::Command;
@@ -46,10 +46,9 @@ fn bench(servers: &Servers, quick: bool, json: &std::path::Path) -> Result<()> {
         "build",
         "--quiet",
         "-p",
-        "dlock-pool",
-        "--example",
+        "dlock-workers",
+        "--bin",
         "bench",
-        "--all-features",
     ]);
     if !quick {
         build.arg("--release");
@@ -61,7 +60,7 @@ fn bench(servers: &Servers, quick: bool, json: &std::path::Path) -> Result<()> {
     if let Some(parent) = json.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    let mut run = Command::new(target.join(profile).join("examples").join("bench"));
+    let mut run = Command::new(target.join(profile).join("bench"));
     run.arg("--json").arg(json).envs(servers.env());
     if quick {
         run.arg("--quick");

@@ -116,15 +116,7 @@ fn demo(servers: &Servers, plan: Plan) -> Result<()> {
     eprintln!("xtask: building the demo worker");
     let built = Command::new(cargo())
         .current_dir(project_root())
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "dlock-pool",
-            "--example",
-            "demo",
-            "--all-features",
-        ])
+        .args(["build", "--quiet", "-p", "dlock-workers", "--bin", "demo"])
         .status()?;
     if !built.success() {
         return Err("building the demo worker failed".into());
@@ -159,7 +151,7 @@ fn demo(servers: &Servers, plan: Plan) -> Result<()> {
 /// Runs the worker binary with `args` against `servers`.
 fn worker(servers: &Servers, args: &[&str]) -> Command {
     let target = target_dir();
-    let mut command = Command::new(target.join("debug").join("examples").join("demo"));
+    let mut command = Command::new(target.join("debug").join("demo"));
     command.args(args).envs(servers.env());
     command
 }
