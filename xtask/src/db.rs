@@ -158,6 +158,7 @@ impl Servers {
         self.pg_url = match std::env::var(PG_URL_VAR) {
             Ok(url) if !url.is_empty() => {
                 eprintln!("xtask: using the PostgreSQL server of {PG_URL_VAR}");
+                check_reachable(PG_URL_VAR, &url)?;
                 url
             }
             _ => start_postgres(&base.join("postgres"))?,
@@ -165,6 +166,7 @@ impl Servers {
         self.mysql_url = match std::env::var(MYSQL_URL_VAR) {
             Ok(url) if !url.is_empty() => {
                 eprintln!("xtask: using the MySQL server of {MYSQL_URL_VAR}");
+                check_reachable(MYSQL_URL_VAR, &url)?;
                 url
             }
             _ => start_mariadb(&base.join("mariadb"))?,
@@ -642,6 +644,31 @@ fn start_mariadb(dir: &Path) -> Result<String> {
         thread::sleep(Duration::from_millis(50));
     }
     Ok(format!("mysql://dlock:dlock@127.0.0.1:{port}/dlock"))
+}
+
+/// Fails with a clear message when the server a URL variable names takes no connections: a
+/// variable left over from servers that were stopped would otherwise fail every test instead.
+fn check_reachable(variable: &str, url: &str) -> Result<()> {
+    use std::net::ToSocketAddrs;
+    let authority = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = authority.split(['/', '?']).next().unwrap_or(authority);
+    let host_port = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    let reachable = host_port
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .is_some_and(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(3)).is_ok());
+    if reachable {
+        Ok(())
+    } else {
+        Err(format!(
+            "{variable} names {host_port}, which takes no connections; start that server, or \
+             unset {variable} and xtask starts one"
+        )
+        .into())
+    }
 }
 
 fn is_running(pid: u32) -> bool {
