@@ -12,7 +12,7 @@ use blake2::digest::Digest;
 use blake2::digest::consts::{U8, U12};
 use hkdf::Hkdf;
 use sha1::Sha1;
-use sha2::Sha256;
+use sha2::{Sha256, Sha512};
 
 use crate::{Error, Key, PgKey, Result};
 
@@ -39,13 +39,15 @@ const HASHED_NAME_SEPARATOR: char = '~';
 ///
 /// Integer keys ([`Key::Int`], [`Key::Pair`]) go to PostgreSQL as they are under every
 /// built-in policy; the policies differ in how they hash text and bytes. For MySQL every
-/// built-in policy but [`KeyPolicy::HashedMySqlName`] uses the name itself.
+/// built-in policy but [`KeyPolicy::HashedMySqlName`] and [`KeyPolicy::DotNet`] uses the
+/// name itself.
 ///
 /// | policy | PostgreSQL key of text and bytes | MySQL name | compatible with |
 /// |---|---|---|---|
 /// | [`Blake2b`](KeyPolicy::Blake2b) (default) | BLAKE2b, 8-byte digest, little-endian `i64` | the name itself | sqlalchemy-dlock |
 /// | [`Sqlx`](KeyPolicy::Sqlx) | HKDF-SHA256, no salt, sqlx's info string, 8 bytes, little-endian `i64` | the name itself | sqlx `PgAdvisoryLock::new` |
-/// | [`Sha1`](KeyPolicy::Sha1) | first 8 bytes of SHA-1, little-endian `i64` | the name itself | pals, .NET DistributedLock |
+/// | [`Sha1`](KeyPolicy::Sha1) | first 8 bytes of SHA-1, little-endian `i64` | the name itself | pals; .NET DistributedLock only for the names it hashes (not short ASCII or hex names) |
+/// | [`DotNet`](KeyPolicy::DotNet) | short ASCII names packed into a pair, hex names as written, others SHA-1 | lowercase, or a prefix and a SHA-512 suffix | .NET DistributedLock, exactly |
 /// | [`Crc32Pair`](KeyPolicy::Crc32Pair) | pair (`crc32 & 0x7fffffff`, 0) | the name itself | Ruby with_advisory_lock |
 /// | [`HashedMySqlName`](KeyPolicy::HashedMySqlName) | as `Blake2b` | readable prefix, `~`, 24 hex digits | any key on MySQL |
 /// | [`Custom`](KeyPolicy::Custom) | yours | yours, checked like a name | your own scheme |
@@ -85,6 +87,17 @@ pub enum KeyPolicy {
     /// The pair (`crc32(name) & 0x7fffffff`, 0) in PostgreSQL's two-key space, as Ruby's
     /// with_advisory_lock takes its locks. MySQL names are the name itself.
     Crc32Pair,
+    /// The keys and names of .NET's DistributedLock (2.x, unchanged since 2020), so a Rust
+    /// service and a .NET service take the same locks.
+    ///
+    /// PostgreSQL, as its `PostgresAdvisoryLockKey(name, allowHashing: true)`: a name of at
+    /// most 9 ASCII characters is packed 7 bits a character into the int4 pair; a name of 16
+    /// hex digits is that bigint, and `xxxxxxxx,yyyyyyyy` that int4 pair; any other name is the
+    /// first 8 bytes of its SHA-1, little-endian. MySQL, as its `MySqlDistributedLock` names
+    /// (not `exactName`): a name that is already lowercase and at most 64 UTF-16 units long is
+    /// itself; any other is its first 32 lowercase characters (`__empty__` for an empty name)
+    /// followed by 32 base-32 characters of its SHA-512.
+    DotNet,
     /// PostgreSQL keys as [`KeyPolicy::Blake2b`]; MySQL names made from any key, of at most 64
     /// ASCII characters: up to 39 characters of the name (characters outside printable ASCII
     /// become `_`), then `~`, then 24 hex digits of a 12-byte BLAKE2b digest of the key.
@@ -136,6 +149,7 @@ impl KeyPolicy {
     pub fn pg_key(&self, key: &Key) -> Result<PgKey> {
         let hash = match self {
             KeyPolicy::Custom(custom) => return (custom.pg)(key),
+            KeyPolicy::DotNet => dotnet_key,
             KeyPolicy::Blake2b | KeyPolicy::HashedMySqlName => blake2b_key,
             KeyPolicy::Sqlx => sqlx_key,
             KeyPolicy::Sha1 => sha1_key,
@@ -164,6 +178,11 @@ impl KeyPolicy {
                 Ok(name)
             }
             KeyPolicy::HashedMySqlName => Ok(hashed_mysql_name(key)),
+            KeyPolicy::DotNet => {
+                let name = dotnet_mysql_name(&verbatim_mysql_name(key)?);
+                check_mysql_name(&name)?;
+                Ok(name)
+            }
             KeyPolicy::Blake2b | KeyPolicy::Sqlx | KeyPolicy::Sha1 | KeyPolicy::Crc32Pair => {
                 let name = verbatim_mysql_name(key)?;
                 check_mysql_name(&name)?;
@@ -181,6 +200,7 @@ impl fmt::Debug for KeyPolicy {
             KeyPolicy::Sha1 => "Sha1",
             KeyPolicy::Crc32Pair => "Crc32Pair",
             KeyPolicy::HashedMySqlName => "HashedMySqlName",
+            KeyPolicy::DotNet => "DotNet",
             KeyPolicy::Custom(_) => "Custom",
         })
     }
@@ -276,6 +296,134 @@ fn check_mysql_name(name: &str) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// The longest name DistributedLock packs into an int4 pair, in characters.
+const DOTNET_MAX_ASCII: usize = 9;
+
+/// DistributedLock's `PostgresAdvisoryLockKey(name, allowHashing: true)`. Names are counted in
+/// UTF-16 units there; the packed and hex forms only take ASCII, where units are bytes.
+fn dotnet_key(bytes: &[u8]) -> PgKey {
+    if bytes.len() <= DOTNET_MAX_ASCII && bytes.is_ascii() {
+        // Seven bits a character, first character most significant, one spare bit, then
+        // every missing character as 127: 9 x 7 + 1 = 64 bits.
+        let mut packed = bytes
+            .iter()
+            .fold(0_u64, |packed, &byte| (packed << 7) | u64::from(byte));
+        packed <<= 1;
+        for _ in bytes.len()..DOTNET_MAX_ASCII {
+            packed = (packed << 7) | 127;
+        }
+        let [h0, h1, h2, h3, l0, l1, l2, l3] = packed.to_be_bytes();
+        return PgKey::Pair(
+            i32::from_be_bytes([h0, h1, h2, h3]),
+            i32::from_be_bytes([l0, l1, l2, l3]),
+        );
+    }
+    let halves = match bytes.len() {
+        16 => Some((&bytes[..8], &bytes[8..], false)),
+        17 if bytes[8] == b',' => Some((&bytes[..8], &bytes[9..], true)),
+        _ => None,
+    };
+    if let Some((high, low, pair)) = halves {
+        if let (Some(high), Some(low)) = (hex_u32(high), hex_u32(low)) {
+            return if pair {
+                PgKey::Pair(
+                    i32::from_ne_bytes(high.to_ne_bytes()),
+                    i32::from_ne_bytes(low.to_ne_bytes()),
+                )
+            } else {
+                let value = (u64::from(high) << 32) | u64::from(low);
+                PgKey::BigInt(i64::from_ne_bytes(value.to_ne_bytes()))
+            };
+        }
+    }
+    sha1_key(bytes)
+}
+
+/// Eight hex digits, either case, no sign or prefix: .NET's `AllowHexSpecifier`.
+fn hex_u32(digits: &[u8]) -> Option<u32> {
+    if digits.len() != 8 || !digits.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    u32::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
+}
+
+/// The longest MySQL name DistributedLock keeps as it is, in UTF-16 units.
+const DOTNET_MAX_NAME_UNITS: usize = 64;
+
+/// The length of the readable prefix of a hashed DistributedLock MySQL name, in UTF-16 units.
+const DOTNET_PREFIX_UNITS: usize = 32;
+
+/// DistributedLock's MySQL lock name for `name` (`MySqlDistributedLock` without
+/// `exactName`).
+fn dotnet_mysql_name(name: &str) -> String {
+    let lower = dotnet_lowercase(name);
+    if !name.is_empty() && lower == name && name.encode_utf16().count() <= DOTNET_MAX_NAME_UNITS {
+        return lower;
+    }
+    let base = if name.is_empty() {
+        "__empty__".to_owned()
+    } else {
+        lower
+    };
+    // The first 32 UTF-16 units. .NET cuts a surrogate pair in half there, and its UTF-8
+    // encoder sends the lone half as U+FFFD.
+    let mut prefix = String::new();
+    let mut units = 0;
+    for c in base.chars() {
+        let width = c.len_utf16();
+        if units + width > DOTNET_PREFIX_UNITS {
+            if units < DOTNET_PREFIX_UNITS {
+                prefix.push(char::REPLACEMENT_CHARACTER);
+            }
+            break;
+        }
+        prefix.push(c);
+        units += width;
+    }
+    prefix + &dotnet_base32(&Sha512::digest(name.as_bytes())[..20])
+}
+
+/// .NET's `ToLowerInvariant`: each character to one character by its simple case mapping,
+/// except U+0130, which .NET leaves as it is (Rust's `to_lowercase` would make it two
+/// characters, and `str::to_lowercase` would also turn a final sigma into ς).
+fn dotnet_lowercase(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            let mut lower = c.to_lowercase();
+            match (c, lower.next(), lower.next()) {
+                ('\u{130}', _, _) => c,
+                (_, Some(single), None) => single,
+                _ => c,
+            }
+        })
+        .collect()
+}
+
+/// DistributedLock's base 32: the alphabet `a`-`z`, `2`-`7`, taking the bits of each byte
+/// least significant first (not RFC 4648's order).
+fn dotnet_base32(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+    let mut out = String::with_capacity(bytes.len() * 8 / 5 + 1);
+    let (mut buffer, mut bits) = (0_u32, 0_u32);
+    for &byte in bytes {
+        buffer |= u32::from(byte) << bits;
+        bits += 8;
+        while bits >= 5 {
+            out.push(char::from(
+                ALPHABET[usize::from(u8::try_from(buffer & 31).unwrap_or(0))],
+            ));
+            buffer >>= 5;
+            bits -= 5;
+        }
+    }
+    if bits > 0 {
+        out.push(char::from(
+            ALPHABET[usize::from(u8::try_from(buffer & 31).unwrap_or(0))],
+        ));
+    }
+    out
 }
 
 fn hashed_mysql_name(key: &Key) -> String {
@@ -480,6 +628,92 @@ mod tests {
 
         let empty_bytes = invalid_reason(&policy, Key::from(Vec::new()));
         assert!(empty_bytes.contains("empty"), "{empty_bytes}");
+    }
+
+    /// Vectors of .NET DistributedLock 2.8.1: the issue's, and the expected values of its own
+    /// `PostgresAdvisoryLockKeyTest` and `MySqlDistributedLockTest.TestGetSafeLockNameCompat`.
+    #[test]
+    fn dotnet_postgres_keys_are_pinned() {
+        let key = |name: &str| KeyPolicy::DotNet.pg_key(&Key::from(name)).unwrap();
+        assert_eq!(key("abc"), PgKey::Pair(-1014293505, -1));
+        assert_eq!(key("user/001"), PgKey::Pair(-338743515, -333958785));
+        assert_eq!(key(""), PgKey::Pair(2147483647, -1));
+        assert_eq!(key("ABCDEFGHI"), PgKey::Pair(-2096489400, -1314666350));
+        assert_eq!(key("0123456789abcdef"), PgKey::BigInt(81985529216486895));
+        assert_eq!(key("nightly-report"), PgKey::BigInt(7635146791061737145));
+        assert_eq!(key("héllo"), PgKey::BigInt(8655888544762082613));
+        // DistributedLock's own tests.
+        assert_eq!(key(&"漢".repeat(18)), PgKey::BigInt(-5707277204051710361));
+        assert_eq!(key(&"0".repeat(16)), PgKey::BigInt(0));
+        assert_eq!(key("0000000000000001"), PgKey::BigInt(1));
+        assert_eq!(key("00000000,00000000"), PgKey::Pair(0, 0));
+        assert_eq!(key("00000003,ffffffff"), PgKey::Pair(3, -1));
+        assert_eq!(key("00000003,FFFFFFFF"), PgKey::Pair(3, -1));
+        assert_eq!(key(&"\0".repeat(9)), PgKey::Pair(0, 0));
+        assert_ne!(key(""), key("\0"));
+        assert_ne!(key("\0"), key("a"));
+        // Not hex after all: hashed.
+        assert!(matches!(key("0123456789abcdeg"), PgKey::BigInt(_)));
+        assert_ne!(
+            key("0123456789abcdeg"),
+            PgKey::BigInt(0x0123_4567_89ab_cdef)
+        );
+        assert!(matches!(key("0x23456789abcdef"), PgKey::BigInt(_)));
+        // Every one-character repetition of 1 to 9 characters is its own pair.
+        let mut seen = std::collections::HashSet::new();
+        assert!(seen.insert(key("")));
+        for c in 1_u8..128 {
+            for length in 1..=9 {
+                let name = String::from(char::from(c)).repeat(length);
+                let packed = key(&name);
+                assert!(matches!(packed, PgKey::Pair(..)), "{name:?}");
+                assert!(seen.insert(packed), "{name:?} collides");
+            }
+        }
+        // Integer keys are as they are, as DistributedLock's own constructors take them.
+        assert_eq!(
+            KeyPolicy::DotNet.pg_key(&Key::Int(7)).unwrap(),
+            PgKey::BigInt(7)
+        );
+        assert_eq!(
+            KeyPolicy::DotNet.pg_key(&Key::Pair(3, -1)).unwrap(),
+            PgKey::Pair(3, -1)
+        );
+    }
+
+    #[test]
+    fn dotnet_mysql_names_are_pinned() {
+        let name = |name: &str| KeyPolicy::DotNet.mysql_name(&Key::from(name)).unwrap();
+        assert_eq!(name("abc"), "abc");
+        assert_eq!(name(""), "__empty__p6ad62yppho33ytkibum5wbqhqvbcsxa");
+        assert_eq!(
+            name("ABCDEFGHIJ"),
+            "abcdefghij6rjqvmz6aoh6ntdoj7eelkbhtqjt3muu"
+        );
+        // DistributedLock's own tests.
+        assert_eq!(name("ABC"), "abczj4qr6tvn4a3kmgq4bukhowqyfrlxsb3");
+        assert_eq!(name("\\"), "\\");
+        assert_eq!(name(&"a".repeat(64)), "a".repeat(64));
+        assert_eq!(name(&"\\".repeat(64)), "\\".repeat(64));
+        assert_eq!(
+            name(&"x".repeat(65)),
+            "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxgkd2zq6c6ey6mhs45clqg7vij6ycgo43"
+        );
+        // One character to one: U+0130 stays, Σ is σ wherever it stands.
+        assert!(name("İ").starts_with('İ'));
+        assert!(name("ΑΣ").starts_with("ασ"));
+        // Lengths are UTF-16 units: 33 characters outside the BMP are 66 units, so hashed,
+        // and a pair cut at the 32nd unit becomes U+FFFD, as .NET's UTF-8 encoder sends it.
+        let astral = "😀".repeat(33);
+        let hashed = name(&astral);
+        assert_eq!(hashed.chars().count(), 16 + 32, "{hashed}");
+        let cut = name(&format!("a{}", "😀".repeat(40)));
+        assert!(
+            cut.starts_with(&format!("a{}\u{fffd}", "😀".repeat(15))),
+            "{cut}"
+        );
+        assert_eq!(KeyPolicy::DotNet.mysql_name(&Key::Int(42)).unwrap(), "42");
+        assert!(KeyPolicy::DotNet.mysql_name(&Key::Pair(1, 2)).is_err());
     }
 
     /// The expected names were computed with Python's hashlib, independently of this code.

@@ -14,18 +14,36 @@ fn any_key() -> impl Strategy<Value = Key> {
     ]
 }
 
-fn built_in_policies() -> [KeyPolicy; 5] {
+fn built_in_policies() -> [KeyPolicy; 6] {
     [
         KeyPolicy::Blake2b,
         KeyPolicy::Sqlx,
         KeyPolicy::Sha1,
         KeyPolicy::Crc32Pair,
         KeyPolicy::HashedMySqlName,
+        KeyPolicy::DotNet,
     ]
 }
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+    /// DistributedLock's MySQL names: deterministic, and every name of any length and case
+    /// that is not refused comes out at most 64 characters (a long or mixed-case one hashed).
+    #[test]
+    fn dotnet_mysql_names_are_deterministic_and_fit(text in ".{0,120}") {
+        let key = Key::from(text.as_str());
+        if let Ok(name) = KeyPolicy::DotNet.mysql_name(&key) {
+            prop_assert_eq!(&name, &KeyPolicy::DotNet.mysql_name(&key).unwrap());
+            prop_assert!(name.encode_utf16().count() <= MYSQL_NAME_MAX_CHARS);
+            if name != text {
+                // Hashed: the last 32 characters are DistributedLock's base 32.
+                let suffix: String = name.chars().rev().take(32).collect();
+                prop_assert_eq!(suffix.chars().count(), 32);
+                prop_assert!(suffix.chars().all(|c| c.is_ascii_lowercase() || ('2'..='7').contains(&c)));
+            }
+        }
+    }
 
     #[test]
     fn no_key_makes_a_policy_panic_and_refusals_say_why(key in any_key()) {
