@@ -2,7 +2,7 @@
 //! MariaDB (or MySQL) server. Every test locks names of its own: tests run in parallel on
 //! one server.
 
-mod common;
+use dlock_testkit::mysql as common;
 
 use std::panic::{self, AssertUnwindSafe};
 use std::thread;

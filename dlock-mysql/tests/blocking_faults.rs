@@ -1,7 +1,7 @@
 //! What `MySqlLock` reports when things go wrong: deadlocks, killed sessions, killed
 //! statements, dead processes. Against a real MariaDB (or MySQL) server.
 
-mod common;
+use dlock_testkit::mysql as common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};

@@ -2,7 +2,7 @@
 //! short, and a `KILL QUERY` racing the grant. Keys are the tests' own: tests run in parallel.
 #![cfg(any(feature = "blocking", feature = "tokio"))]
 
-mod common;
+use dlock_testkit::mysql as common;
 
 use std::time::{Duration, Instant};
 

@@ -1,6 +1,6 @@
 //! The names dlock computes are names MariaDB and MySQL lock, and other sessions see.
 
-mod common;
+use dlock_testkit::mysql as common;
 
 use common::connect;
 use dlock_mysql::{Key, KeyPolicy};

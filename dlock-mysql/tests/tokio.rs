@@ -3,7 +3,7 @@
 //! The blocking helpers of `common` look at the server from the side; tests run on a
 //! multi-threaded runtime so that those blocking looks never starve the lock's tasks.
 
-mod common;
+use dlock_testkit::mysql as common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -2,7 +2,7 @@
 //! right variant, a message that says what to do) and nothing panics. Against real servers,
 //! so that connection mistakes meet a real listener or a real refusal.
 
-mod common;
+use dlock_testkit as common;
 
 use std::time::{Duration, Instant};
 

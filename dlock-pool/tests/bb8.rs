@@ -2,7 +2,7 @@
 //! dropped, panicked, its unlock failed, its acquire cancelled), the pool never hands out a
 //! connection that still holds a lock. Against real servers.
 
-mod common;
+use dlock_testkit as common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -3,7 +3,7 @@
 //! their servers, so the matrix gives them servers of their own and runs them one at a time:
 //! `cargo xtask test-matrix --only db:dlock-pool:faults`.
 
-mod common;
+use dlock_testkit as common;
 
 use std::net::TcpStream;
 use std::path::PathBuf;

@@ -1,7 +1,7 @@
 //! `LockPool` over r2d2, for PostgreSQL and MariaDB: however a guard ends, the pool never
 //! hands out a connection that still holds a lock. Against real servers.
 
-mod common;
+use dlock_testkit as common;
 
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! against a real PostgreSQL server. Every test locks keys of its own: tests run in parallel
 //! on one server.
 
-mod common;
+use dlock_testkit::postgres as common;
 
 use std::panic::{self, AssertUnwindSafe};
 use std::thread;

@@ -1,7 +1,7 @@
 //! What `PgLock` reports when things go wrong: deadlocks, killed sessions, cancels, dead
 //! processes. Against a real PostgreSQL server.
 
-mod common;
+use dlock_testkit::postgres as common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};

@@ -4,7 +4,7 @@
 //! run many rounds and print their counts. Keys are the tests' own: tests run in parallel.
 #![cfg(any(feature = "blocking", feature = "tokio"))]
 
-mod common;
+use dlock_testkit::postgres as common;
 
 use std::time::{Duration, Instant};
 

@@ -1,6 +1,6 @@
 //! The keys dlock computes land where PostgreSQL and other libraries expect them.
 
-mod common;
+use dlock_testkit::postgres as common;
 
 use dlock_postgres::{Key, KeyPolicy, PgKey};
 use postgres::{Client, NoTls};

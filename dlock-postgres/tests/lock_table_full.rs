@@ -2,7 +2,7 @@
 //! shared lock table, so it is a test binary of its own: cargo runs test binaries one after
 //! another, and no other test can be starved of locks meanwhile.
 
-mod common;
+use dlock_testkit::postgres as common;
 
 use common::connect;
 use dlock_postgres::{Error, Lock, PgLock};

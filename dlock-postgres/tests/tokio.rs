@@ -2,7 +2,7 @@
 //! and their cancel safety, against a real PostgreSQL server. Every test locks keys of its
 //! own: tests run in parallel on one server.
 
-mod common;
+use dlock_testkit::postgres as common;
 
 use std::future::{Future, poll_fn};
 use std::pin::pin;

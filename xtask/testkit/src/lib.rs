@@ -1,0 +1,212 @@
+//! What dlock's test suites share: where the servers under test are, how to connect to
+//! them, and how to look at a session from the side. Not published; the suites use it as a
+//! dev-dependency.
+//!
+//! The `postgres` and `mysql` modules keep each backend's helpers; the crate root holds what
+//! the pool tests need from both.
+
+use ::mysql::prelude::Queryable as _;
+
+/// Waits up to ten seconds for `condition`, checking every 10 ms; whether it came true.
+pub fn eventually(mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    condition()
+}
+
+/// The port of a URL like `scheme://user@host:port/db`.
+pub fn port_of(url: &str) -> u16 {
+    let after_at = url.rsplit_once('@').map_or(url, |(_, rest)| rest);
+    let host_port = after_at.split('/').next().unwrap();
+    host_port.rsplit_once(':').unwrap().1.parse().unwrap()
+}
+
+pub use self::mysql::mysql_url;
+pub use self::postgres::pg_url;
+
+/// A blocking PostgreSQL client for looking from the side.
+pub fn pg() -> ::postgres::Client {
+    postgres::connect()
+}
+
+/// A blocking MySQL connection for looking from the side.
+pub fn my() -> ::mysql::Conn {
+    mysql::connect()
+}
+
+/// How many advisory locks the PostgreSQL session `pid` holds.
+pub fn pg_advisory_locks_of(pid: i32) -> i64 {
+    pg().query_one(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = $1 AND granted",
+        &[&pid],
+    )
+    .unwrap()
+    .get(0)
+}
+
+/// Ends the PostgreSQL session `pid`.
+pub fn pg_terminate(pid: i32) {
+    pg().execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .unwrap();
+}
+
+/// The connection id holding the MySQL lock `name`, if any.
+pub fn my_holder_of(name: &str) -> Option<u32> {
+    mysql::holder_of(name)
+}
+
+/// Ends the MySQL session `id`.
+pub fn my_kill(id: u32) {
+    my().query_drop(format!("KILL {id}")).unwrap();
+}
+
+/// The PostgreSQL server under test.
+pub mod postgres {
+    /// The URL of the PostgreSQL server under test.
+    ///
+    /// # Panics
+    ///
+    /// When `DLOCK_PG_URL` is not set: these tests check a real server, and a test that passes
+    /// without one would check nothing. The message says how to get a server.
+    pub fn pg_url() -> String {
+        match std::env::var("DLOCK_PG_URL") {
+            Ok(url) if !url.is_empty() => url,
+            _ => panic!(
+                "DLOCK_PG_URL is not set, and these tests need a PostgreSQL server. Run `cargo \
+                 xtask test-matrix`, which starts one; or `cargo xtask db up` and then `eval \
+                 \"$(cargo xtask db env)\"` before `cargo test`; or set DLOCK_PG_URL to a server \
+                 of yours (postgres://user@host:port/db)"
+            ),
+        }
+    }
+
+    /// A blocking client of the server under test.
+    pub fn connect() -> ::postgres::Client {
+        ::postgres::Client::connect(&pg_url(), ::postgres::NoTls).expect("connect to DLOCK_PG_URL")
+    }
+
+    /// The server pid of a blocking client's session.
+    pub fn backend_pid(client: &mut ::postgres::Client) -> i32 {
+        client
+            .query_one("SELECT pg_backend_pid()", &[])
+            .unwrap()
+            .get(0)
+    }
+
+    /// The sessions holding `key` (granted, any mode), asked of `pg_locks` with SQL of the
+    /// test's own: a bigint key is (classid = high 32 bits, objid = low 32 bits, objsubid = 1),
+    /// a pair is (classid, objid, objsubid = 2).
+    pub fn holder_pids(observer: &mut ::postgres::Client, key: dlock_core::PgKey) -> Vec<i32> {
+        use dlock_core::PgKey;
+        let (classid, objid, objsubid) = match key {
+            PgKey::BigInt(value) => ((value >> 32) & 0xffff_ffff, value & 0xffff_ffff, 1_i16),
+            PgKey::Pair(high, low) => (
+                i64::from(high) & 0xffff_ffff,
+                i64::from(low) & 0xffff_ffff,
+                2,
+            ),
+        };
+        let rows = observer
+            .query(
+                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted \
+                 AND classid::text::bigint = $1 AND objid::text::bigint = $2 AND objsubid = $3 \
+                 ORDER BY pid",
+                &[&classid, &objid, &objsubid],
+            )
+            .unwrap();
+        rows.iter().map(|row| row.get(0)).collect()
+    }
+}
+
+/// The MySQL or MariaDB server under test.
+pub mod mysql {
+    use ::mysql::prelude::Queryable;
+
+    /// The URL of the MySQL or MariaDB server under test.
+    ///
+    /// # Panics
+    ///
+    /// When `DLOCK_MYSQL_URL` is not set: these tests check a real server, and a test that passes
+    /// without one would check nothing. The message says how to get a server.
+    pub fn mysql_url() -> String {
+        match std::env::var("DLOCK_MYSQL_URL") {
+            Ok(url) if !url.is_empty() => url,
+            _ => panic!(
+                "DLOCK_MYSQL_URL is not set, and these tests need a MySQL or MariaDB server. Run \
+                 `cargo xtask test-matrix`, which starts one; or `cargo xtask db up` and then \
+                 `eval \"$(cargo xtask db env)\"` before `cargo test`; or set DLOCK_MYSQL_URL to a \
+                 server of yours (mysql://user:password@host:port/db)"
+            ),
+        }
+    }
+
+    /// A blocking connection to the server under test.
+    pub fn connect() -> ::mysql::Conn {
+        let opts = ::mysql::Opts::from_url(&mysql_url()).expect("DLOCK_MYSQL_URL is a MySQL URL");
+        ::mysql::Conn::new(opts).expect("connect to DLOCK_MYSQL_URL")
+    }
+
+    /// The connection id holding `name`, asked with the name bound as a parameter (the way other
+    /// libraries send names), from a fresh session.
+    pub fn holder_of(name: &str) -> Option<u32> {
+        connect()
+            .exec_first::<Option<u32>, _, _>("SELECT IS_USED_LOCK(?)", (name,))
+            .unwrap()
+            .flatten()
+    }
+
+    /// Ends the session `id` from a fresh session, as an operator would.
+    pub fn kill(id: u32) {
+        connect().query_drop(format!("KILL {id}")).unwrap();
+    }
+
+    /// Ends the statement running in session `id`, leaving the session.
+    pub fn kill_query(id: u32) {
+        connect().query_drop(format!("KILL QUERY {id}")).unwrap();
+    }
+
+    /// Waits until session `id` waits for a user lock, so a test can act on the waiter.
+    pub fn wait_until_waiting(id: u32) {
+        let mut conn = connect();
+        for _ in 0..500 {
+            let state: Option<Option<String>> = conn
+                .exec_first(
+                    "SELECT STATE FROM information_schema.PROCESSLIST WHERE ID = ?",
+                    (id,),
+                )
+                .unwrap();
+            if state.flatten().is_some_and(|state| state.contains("lock")) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("session {id} never started waiting for a lock");
+    }
+
+    /// An async connection to the server under test.
+    pub async fn connect_async() -> mysql_async::Conn {
+        let opts =
+            mysql_async::Opts::from_url(&mysql_url()).expect("DLOCK_MYSQL_URL is a MySQL URL");
+        mysql_async::Conn::new(opts)
+            .await
+            .expect("connect to DLOCK_MYSQL_URL")
+    }
+
+    /// Whether session `id` still exists on the server.
+    pub fn session_exists(id: u32) -> bool {
+        let count: Option<u64> = connect()
+            .exec_first(
+                "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = ?",
+                (id,),
+            )
+            .unwrap();
+        count == Some(1)
+    }
+
+    pub use crate::eventually;
+}
