@@ -9,7 +9,7 @@ mod wait;
 
 pub use error::{BoxError, Error, Result};
 pub use key::{Key, PgKey};
-pub use lock::{AsyncLock, Lock, REPLY_GRACE};
+pub use lock::{AsyncLock, ConnectionLock, IntoConnection, IntoConnectionAsync, Lock, REPLY_GRACE};
 pub use policy::{CustomPolicy, KeyPolicy, MYSQL_NAME_MAX_CHARS};
 #[doc(hidden)]
 pub use token::attempt_token;

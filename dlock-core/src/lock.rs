@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use crate::{Key, Result};
+use crate::{Key, KeyPolicy, Result};
 
 /// How long past its timeout an async `acquire_timeout` waits for the server's answer before
 /// it gives up on the connection with [`Error::no_reply`](crate::Error::no_reply).
@@ -163,4 +163,43 @@ pub trait AsyncLock: Send {
     ///
     /// Each implementation says what a drop of this future leaves behind.
     fn verify(&mut self) -> impl Future<Output = Result<bool>> + Send;
+}
+
+/// A lock type that lives on a connection it is given: what a pool needs from a backend
+/// (build a lock on a checked-out connection, reach the connection, give it back).
+///
+/// Implemented by every backend's lock types; a connection pool builds its locks through it.
+pub trait ConnectionLock<C>: Sized {
+    /// A lock on `key` over `conn`, unlocked, under `policy`.
+    fn on_connection(conn: C, key: Key, policy: KeyPolicy) -> Self;
+
+    /// Checks, before any connection is checked out, that `key` names a lock of this type
+    /// under `policy`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidKey`](crate::Error::InvalidKey) when it does not.
+    fn check_key(policy: &KeyPolicy, key: &Key) -> Result<()>;
+
+    /// The connection, as it was given.
+    fn connection(&self) -> &C;
+
+    /// The connection, as it was given, mutably.
+    fn connection_mut(&mut self) -> &mut C;
+}
+
+/// A blocking [`ConnectionLock`] that gives its connection back, releasing first.
+pub trait IntoConnection<C>: ConnectionLock<C> + Lock {
+    /// Releases the lock if held, and gives the connection back with the outcome.
+    fn into_connection(self) -> (C, Result<()>);
+}
+
+/// An async [`ConnectionLock`] that gives its connection back, releasing first.
+pub trait IntoConnectionAsync<C>: ConnectionLock<C> + AsyncLock {
+    /// Releases the lock if held, and gives the connection back with the outcome.
+    ///
+    /// # Cancel Safety
+    ///
+    /// As the lock type's own `into_inner`.
+    fn into_connection(self) -> impl Future<Output = (C, Result<()>)> + Send;
 }

@@ -1,12 +1,13 @@
 //! `AsyncLockPool`: tokio locks that check out a dedicated bb8 connection.
 
 use std::fmt;
-use std::future::Future;
 use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use dlock_core::{AsyncLock, Error, Key, KeyPolicy, Result, Wait};
+use dlock_core::{
+    AsyncLock, ConnectionLock, Error, IntoConnectionAsync, Key, KeyPolicy, Result, Wait,
+};
 
 use crate::deadline;
 use crate::manager::{Breaker, LockManager};
@@ -55,86 +56,17 @@ mod sealed {
 
 /// An async driver connection that [`AsyncLockPool`] can lock through:
 /// `tokio_postgres::Client` (feature `postgres`) and `mysql_async::Conn` (feature `mysql`).
-/// Sealed: the backend crates decide how a lock is taken.
+/// Sealed: each backend names its lock type here, and the lock type does the rest
+/// ([`IntoConnectionAsync`]).
 pub trait AsyncConnection: Sized + Send + 'static + sealed::Sealed {
     /// The backend's lock over a connection of a pool of manager `M`.
-    type Lock<M: bb8::ManageConnection<Connection = Self>>: AsyncLock + Send + 'static;
-
-    /// Checks that `key` is a valid key under `policy`, before any checkout.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidKey`] when it is not.
-    fn check_key(policy: &KeyPolicy, key: &Key) -> Result<()>;
-
-    /// A lock on `key` over `conn`.
-    fn lock<M: bb8::ManageConnection<Connection = Self>>(
-        conn: AsyncPooled<M>,
-        key: Key,
-        policy: KeyPolicy,
-    ) -> Self::Lock<M>;
-
-    /// The lock's connection.
-    fn pooled<M: bb8::ManageConnection<Connection = Self>>(lock: &Self::Lock<M>)
-    -> &AsyncPooled<M>;
-
-    /// The lock's connection, mutably.
-    fn pooled_mut<M: bb8::ManageConnection<Connection = Self>>(
-        lock: &mut Self::Lock<M>,
-    ) -> &mut AsyncPooled<M>;
-
-    /// Releases the lock if held and gives its connection back, with the release's outcome.
-    fn into_pooled<M: bb8::ManageConnection<Connection = Self>>(
-        lock: Self::Lock<M>,
-    ) -> impl Future<Output = (AsyncPooled<M>, Result<()>)> + Send;
+    type Lock<M: bb8::ManageConnection<Connection = Self>>: IntoConnectionAsync<AsyncPooled<M>>
+        + Send
+        + 'static;
 }
 
-/// Implements [`AsyncConnection`] for a driver connection: every backend's lock has `new`,
-/// `policy`, `get_ref`, `get_mut` and `into_inner`, so only the lock type and the key check
-/// differ.
-#[cfg_attr(
-    not(any(feature = "postgres", feature = "mysql")),
-    allow(unused_macros)
-)]
-macro_rules! async_backend {
-    ($connection:ty, $lock:ident, $check_key:ident) => {
-        impl sealed::Sealed for $connection {}
-
-        impl AsyncConnection for $connection {
-            type Lock<M: bb8::ManageConnection<Connection = Self>> = $lock<AsyncPooled<M>>;
-
-            fn check_key(policy: &KeyPolicy, key: &Key) -> Result<()> {
-                policy.$check_key(key).map(drop)
-            }
-
-            fn lock<M: bb8::ManageConnection<Connection = Self>>(
-                conn: AsyncPooled<M>,
-                key: Key,
-                policy: KeyPolicy,
-            ) -> Self::Lock<M> {
-                $lock::new(conn, key).policy(policy)
-            }
-
-            fn pooled<M: bb8::ManageConnection<Connection = Self>>(
-                lock: &Self::Lock<M>,
-            ) -> &AsyncPooled<M> {
-                lock.get_ref()
-            }
-
-            fn pooled_mut<M: bb8::ManageConnection<Connection = Self>>(
-                lock: &mut Self::Lock<M>,
-            ) -> &mut AsyncPooled<M> {
-                lock.get_mut()
-            }
-
-            fn into_pooled<M: bb8::ManageConnection<Connection = Self>>(
-                lock: Self::Lock<M>,
-            ) -> impl Future<Output = (AsyncPooled<M>, Result<()>)> + Send {
-                lock.into_inner()
-            }
-        }
-    };
-}
+/// The lock type of a pool of manager `M`.
+type LockOf<M> = <<M as bb8::ManageConnection>::Connection as AsyncConnection>::Lock<M>;
 
 #[cfg(feature = "postgres")]
 mod postgres_backend {
@@ -155,7 +87,11 @@ mod postgres_backend {
         }
     }
 
-    async_backend!(Client, AsyncPgLock, pg_key);
+    impl sealed::Sealed for Client {}
+
+    impl AsyncConnection for Client {
+        type Lock<M: bb8::ManageConnection<Connection = Self>> = AsyncPgLock<AsyncPooled<M>>;
+    }
 }
 
 #[cfg(feature = "mysql")]
@@ -181,7 +117,11 @@ mod mysql_backend {
         }
     }
 
-    async_backend!(Conn, AsyncMySqlLock, mysql_name);
+    impl sealed::Sealed for Conn {}
+
+    impl AsyncConnection for Conn {
+        type Lock<M: bb8::ManageConnection<Connection = Self>> = AsyncMySqlLock<AsyncPooled<M>>;
+    }
 }
 
 /// Marks a connection broken when dropped armed: held across an await whose drop (a
@@ -334,7 +274,7 @@ where
     /// returning it to the pool, which ends the session's wait and frees anything granted.
     pub async fn acquire(&self, key: impl Into<Key>) -> Result<AsyncLockGuard<M>> {
         let key = key.into();
-        M::Connection::check_key(&self.policy, &key)?;
+        LockOf::<M>::check_key(&self.policy, &key)?;
         let conn = self.checkout(None).await?;
         let guard = self.lock_on(conn, key, Wait::Forever).await?;
         guard.ok_or_else(|| Error::backend("an unbounded lock wait returned without the lock"))
@@ -352,7 +292,7 @@ where
     /// As [`acquire`](AsyncLockPool::acquire).
     pub async fn try_acquire(&self, key: impl Into<Key>) -> Result<Option<AsyncLockGuard<M>>> {
         let key = key.into();
-        M::Connection::check_key(&self.policy, &key)?;
+        LockOf::<M>::check_key(&self.policy, &key)?;
         let conn = self.checkout(None).await?;
         self.lock_on(conn, key, Wait::Never).await
     }
@@ -377,7 +317,7 @@ where
         timeout: Duration,
     ) -> Result<Option<AsyncLockGuard<M>>> {
         let key = key.into();
-        M::Connection::check_key(&self.policy, &key)?;
+        LockOf::<M>::check_key(&self.policy, &key)?;
         let deadline = deadline::deadline(Instant::now(), timeout);
         let conn = self.checkout(deadline).await?;
         let wait = deadline::lock_wait(deadline, Instant::now());
@@ -400,7 +340,7 @@ where
         wait: Wait,
     ) -> Result<Option<AsyncLockGuard<M>>> {
         let breaker = conn.breaker();
-        let mut lock = M::Connection::lock(conn, key, self.policy.clone());
+        let mut lock = LockOf::<M>::on_connection(conn, key, self.policy.clone());
         let armed = BreakOnDrop::new(breaker.clone());
         let outcome = match wait {
             Wait::Forever => lock.acquire().await.map(|()| true),
@@ -453,7 +393,7 @@ where
     M::Connection: AsyncConnection,
 {
     /// Always `Some` until `release` or drop takes it.
-    lock: Option<<M::Connection as AsyncConnection>::Lock<M>>,
+    lock: Option<LockOf<M>>,
     breaker: Breaker,
 }
 
@@ -462,13 +402,13 @@ where
     M: bb8::ManageConnection,
     M::Connection: AsyncConnection,
 {
-    fn lock(&self) -> &<M::Connection as AsyncConnection>::Lock<M> {
+    fn lock(&self) -> &LockOf<M> {
         self.lock
             .as_ref()
             .expect("the lock is only taken on release")
     }
 
-    fn lock_mut(&mut self) -> &mut <M::Connection as AsyncConnection>::Lock<M> {
+    fn lock_mut(&mut self) -> &mut LockOf<M> {
         self.lock
             .as_mut()
             .expect("the lock is only taken on release")
@@ -488,7 +428,7 @@ where
     pub async fn release(mut this: Self) -> Result<()> {
         let lock = this.lock.take().expect("the lock is only taken on release");
         let armed = BreakOnDrop::new(this.breaker.clone());
-        let (conn, released) = M::Connection::into_pooled(lock).await;
+        let (conn, released) = lock.into_connection().await;
         armed.disarm();
         if released.is_err() {
             conn.mark_broken();
@@ -532,7 +472,7 @@ where
     type Target = M::Connection;
 
     fn deref(&self) -> &M::Connection {
-        M::Connection::pooled(self.lock())
+        self.lock().connection()
     }
 }
 
@@ -542,7 +482,7 @@ where
     M::Connection: AsyncConnection,
 {
     fn deref_mut(&mut self) -> &mut M::Connection {
-        M::Connection::pooled_mut(self.lock_mut())
+        self.lock_mut().connection_mut()
     }
 }
 

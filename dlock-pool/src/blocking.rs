@@ -4,7 +4,7 @@ use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::time::{Duration, Instant};
 
-use dlock_core::{Error, Key, KeyPolicy, Lock, Result, Wait};
+use dlock_core::{ConnectionLock, Error, IntoConnection, Key, KeyPolicy, Lock, Result, Wait};
 
 use crate::deadline;
 use crate::manager::LockManager;
@@ -48,86 +48,15 @@ mod sealed {
 }
 
 /// A blocking driver connection that [`LockPool`] can lock through: `postgres::Client`
-/// (feature `postgres`) and `mysql::Conn` (feature `mysql`). Sealed: the backend crates
-/// decide how a lock is taken.
+/// (feature `postgres`) and `mysql::Conn` (feature `mysql`). Sealed: each backend names its
+/// lock type here, and the lock type does the rest ([`IntoConnection`]).
 pub trait BlockingConnection: Sized + Send + 'static + sealed::Sealed {
     /// The backend's lock over a connection of a pool of manager `M`.
-    type Lock<M: r2d2::ManageConnection<Connection = Self>>: Lock;
-
-    /// Checks that `key` is a valid key under `policy`, before any checkout.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidKey`] when it is not.
-    fn check_key(policy: &KeyPolicy, key: &Key) -> Result<()>;
-
-    /// A lock on `key` over `conn`.
-    fn lock<M: r2d2::ManageConnection<Connection = Self>>(
-        conn: Pooled<M>,
-        key: Key,
-        policy: KeyPolicy,
-    ) -> Self::Lock<M>;
-
-    /// The lock's connection.
-    fn pooled<M: r2d2::ManageConnection<Connection = Self>>(lock: &Self::Lock<M>) -> &Pooled<M>;
-
-    /// The lock's connection, mutably.
-    fn pooled_mut<M: r2d2::ManageConnection<Connection = Self>>(
-        lock: &mut Self::Lock<M>,
-    ) -> &mut Pooled<M>;
-
-    /// Releases the lock if held and gives its connection back, with the release's outcome.
-    fn into_pooled<M: r2d2::ManageConnection<Connection = Self>>(
-        lock: Self::Lock<M>,
-    ) -> (Pooled<M>, Result<()>);
+    type Lock<M: r2d2::ManageConnection<Connection = Self>>: IntoConnection<Pooled<M>>;
 }
 
-/// Implements [`BlockingConnection`] for a driver connection: every backend's lock has `new`,
-/// `policy`, `get_ref`, `get_mut` and `into_inner`, so only the lock type and the key check
-/// differ.
-#[cfg_attr(
-    not(any(feature = "postgres", feature = "mysql")),
-    allow(unused_macros)
-)]
-macro_rules! blocking_backend {
-    ($connection:ty, $lock:ident, $check_key:ident) => {
-        impl sealed::Sealed for $connection {}
-
-        impl BlockingConnection for $connection {
-            type Lock<M: r2d2::ManageConnection<Connection = Self>> = $lock<Pooled<M>>;
-
-            fn check_key(policy: &KeyPolicy, key: &Key) -> Result<()> {
-                policy.$check_key(key).map(drop)
-            }
-
-            fn lock<M: r2d2::ManageConnection<Connection = Self>>(
-                conn: Pooled<M>,
-                key: Key,
-                policy: KeyPolicy,
-            ) -> Self::Lock<M> {
-                $lock::new(conn, key).policy(policy)
-            }
-
-            fn pooled<M: r2d2::ManageConnection<Connection = Self>>(
-                lock: &Self::Lock<M>,
-            ) -> &Pooled<M> {
-                lock.get_ref()
-            }
-
-            fn pooled_mut<M: r2d2::ManageConnection<Connection = Self>>(
-                lock: &mut Self::Lock<M>,
-            ) -> &mut Pooled<M> {
-                lock.get_mut()
-            }
-
-            fn into_pooled<M: r2d2::ManageConnection<Connection = Self>>(
-                lock: Self::Lock<M>,
-            ) -> (Pooled<M>, Result<()>) {
-                lock.into_inner()
-            }
-        }
-    };
-}
+/// The lock type of a pool of manager `M`.
+type LockOf<M> = <<M as r2d2::ManageConnection>::Connection as BlockingConnection>::Lock<M>;
 
 #[cfg(feature = "postgres")]
 mod postgres_backend {
@@ -150,7 +79,11 @@ mod postgres_backend {
         }
     }
 
-    blocking_backend!(Client, PgLock, pg_key);
+    impl sealed::Sealed for Client {}
+
+    impl BlockingConnection for Client {
+        type Lock<M: r2d2::ManageConnection<Connection = Self>> = PgLock<Pooled<M>>;
+    }
 }
 
 #[cfg(feature = "mysql")]
@@ -166,7 +99,11 @@ mod mysql_backend {
         }
     }
 
-    blocking_backend!(Conn, MySqlLock, mysql_name);
+    impl sealed::Sealed for Conn {}
+
+    impl BlockingConnection for Conn {
+        type Lock<M: r2d2::ManageConnection<Connection = Self>> = MySqlLock<Pooled<M>>;
+    }
 }
 
 /// Blocking distributed locks over an r2d2 pool: each lock checks out a dedicated connection
@@ -257,7 +194,7 @@ where
     /// time; otherwise what the lock reports.
     pub fn acquire(&self, key: impl Into<Key>) -> Result<LockGuard<M>> {
         let key = key.into();
-        M::Connection::check_key(&self.policy, &key)?;
+        LockOf::<M>::check_key(&self.policy, &key)?;
         let conn = self.pool.get().map_err(Error::pool)?;
         let guard = self.lock_on(Pooled(conn), key, Wait::Forever)?;
         guard.ok_or_else(|| Error::backend("an unbounded lock wait returned without the lock"))
@@ -271,7 +208,7 @@ where
     /// As [`acquire`](LockPool::acquire).
     pub fn try_acquire(&self, key: impl Into<Key>) -> Result<Option<LockGuard<M>>> {
         let key = key.into();
-        M::Connection::check_key(&self.policy, &key)?;
+        LockOf::<M>::check_key(&self.policy, &key)?;
         let conn = self.pool.get().map_err(Error::pool)?;
         self.lock_on(Pooled(conn), key, Wait::Never)
     }
@@ -290,7 +227,7 @@ where
         timeout: Duration,
     ) -> Result<Option<LockGuard<M>>> {
         let key = key.into();
-        M::Connection::check_key(&self.policy, &key)?;
+        LockOf::<M>::check_key(&self.policy, &key)?;
         let start = Instant::now();
         let deadline = deadline::deadline(start, timeout);
         let conn = match deadline {
@@ -305,7 +242,7 @@ where
     }
 
     fn lock_on(&self, conn: Pooled<M>, key: Key, wait: Wait) -> Result<Option<LockGuard<M>>> {
-        let mut lock = M::Connection::lock(conn, key, self.policy.clone());
+        let mut lock = LockOf::<M>::on_connection(conn, key, self.policy.clone());
         let outcome = match wait {
             Wait::Forever => lock.acquire().map(|()| true),
             Wait::Never => lock.try_acquire(),
@@ -318,7 +255,7 @@ where
             Err(error) => {
                 // A failed acquire can leave the session holding the lock (a cancel that
                 // lands as the lock is granted): never give such a connection back.
-                M::Connection::pooled(&lock).mark_broken();
+                lock.connection().mark_broken();
                 Err(error)
             }
         }
@@ -348,7 +285,7 @@ where
     M::Connection: BlockingConnection,
 {
     /// Always `Some` until `release` or drop takes it.
-    lock: Option<<M::Connection as BlockingConnection>::Lock<M>>,
+    lock: Option<LockOf<M>>,
 }
 
 impl<M> LockGuard<M>
@@ -356,13 +293,13 @@ where
     M: r2d2::ManageConnection,
     M::Connection: BlockingConnection,
 {
-    fn lock(&self) -> &<M::Connection as BlockingConnection>::Lock<M> {
+    fn lock(&self) -> &LockOf<M> {
         self.lock
             .as_ref()
             .expect("the lock is only taken on release")
     }
 
-    fn lock_mut(&mut self) -> &mut <M::Connection as BlockingConnection>::Lock<M> {
+    fn lock_mut(&mut self) -> &mut LockOf<M> {
         self.lock
             .as_mut()
             .expect("the lock is only taken on release")
@@ -396,12 +333,12 @@ where
 }
 
 /// Releases `lock` and sends its connection back, closing it when the release failed.
-fn finish<M>(lock: <M::Connection as BlockingConnection>::Lock<M>) -> Result<()>
+fn finish<M>(lock: LockOf<M>) -> Result<()>
 where
     M: r2d2::ManageConnection,
     M::Connection: BlockingConnection,
 {
-    let (conn, released) = M::Connection::into_pooled(lock);
+    let (conn, released) = lock.into_connection();
     if released.is_err() {
         conn.mark_broken();
     }
@@ -416,7 +353,7 @@ where
     type Target = M::Connection;
 
     fn deref(&self) -> &M::Connection {
-        M::Connection::pooled(self.lock())
+        self.lock().connection()
     }
 }
 
@@ -426,7 +363,7 @@ where
     M::Connection: BlockingConnection,
 {
     fn deref_mut(&mut self) -> &mut M::Connection {
-        M::Connection::pooled_mut(self.lock_mut())
+        self.lock_mut().connection_mut()
     }
 }
 
