@@ -10,7 +10,7 @@ use dlock_core::{
 };
 
 use crate::deadline;
-use crate::manager::{Breaker, LockManager};
+use crate::manager::{CloseMark, LockManager};
 
 /// A bb8 connection checked out for one lock, lent to the backend's lock type.
 ///
@@ -25,8 +25,8 @@ impl<M: bb8::ManageConnection> AsyncPooled<M> {
         self.0.mark_broken();
     }
 
-    fn breaker(&self) -> Breaker {
-        self.0.breaker()
+    fn close_mark(&self) -> CloseMark {
+        self.0.close_mark()
     }
 }
 
@@ -121,29 +121,6 @@ mod mysql_backend {
 
     impl AsyncConnection for Conn {
         type Lock<M: bb8::ManageConnection<Connection = Self>> = AsyncMySqlLock<AsyncPooled<M>>;
-    }
-}
-
-/// Marks a connection broken when dropped armed: held across an await whose drop (a
-/// cancelled future) would leave the connection's lock state, or its protocol state,
-/// unknown.
-pub(crate) struct BreakOnDrop(Option<Breaker>);
-
-impl BreakOnDrop {
-    pub(crate) fn new(breaker: Breaker) -> BreakOnDrop {
-        BreakOnDrop(Some(breaker))
-    }
-
-    pub(crate) fn disarm(mut self) {
-        self.0 = None;
-    }
-}
-
-impl Drop for BreakOnDrop {
-    fn drop(&mut self) {
-        if let Some(breaker) = self.0.take() {
-            breaker.mark_broken();
-        }
     }
 }
 
@@ -339,9 +316,9 @@ where
         key: Key,
         wait: Wait,
     ) -> Result<Option<AsyncLockGuard<M>>> {
-        let breaker = conn.breaker();
+        let mark = conn.close_mark();
         let mut lock = LockOf::<M>::on_connection(conn, key, self.policy.clone());
-        let armed = BreakOnDrop::new(breaker.clone());
+        let armed = mark.armed();
         let outcome = match wait {
             Wait::Forever => lock.acquire().await.map(|()| true),
             Wait::Never => lock.try_acquire().await,
@@ -352,7 +329,7 @@ where
                 armed.disarm();
                 Ok(Some(AsyncLockGuard {
                     lock: Some(lock),
-                    breaker,
+                    mark,
                 }))
             }
             // Not held: dropping the lock sends the connection straight back.
@@ -394,7 +371,7 @@ where
 {
     /// Always `Some` until `release` or drop takes it.
     lock: Option<LockOf<M>>,
-    breaker: Breaker,
+    mark: CloseMark,
 }
 
 impl<M> AsyncLockGuard<M>
@@ -427,7 +404,7 @@ where
     /// Dropping the future before it completes closes the connection, which frees the lock.
     pub async fn release(mut this: Self) -> Result<()> {
         let lock = this.lock.take().expect("the lock is only taken on release");
-        let armed = BreakOnDrop::new(this.breaker.clone());
+        let armed = this.mark.armed();
         let (conn, released) = lock.into_connection().await;
         armed.disarm();
         if released.is_err() {
@@ -452,7 +429,7 @@ where
     ///
     /// Dropping the future before it completes closes the connection when the guard drops.
     pub async fn verify(this: &mut Self) -> Result<bool> {
-        let armed = BreakOnDrop::new(this.breaker.clone());
+        let armed = this.mark.armed();
         let verified = this.lock_mut().verify().await;
         armed.disarm();
         verified
@@ -495,7 +472,7 @@ where
         if self.lock.is_some() {
             // Drop cannot wait for an unlock: close the connection, which frees the lock.
             tracing::debug!("dropping a pooled async lock without release: connection closed");
-            self.breaker.mark_broken();
+            self.mark.set();
         }
     }
 }

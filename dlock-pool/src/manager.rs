@@ -45,33 +45,32 @@ impl<M> LockManager<M> {
 /// connection.
 pub struct Tracked<C> {
     conn: C,
-    broken: Arc<AtomicBool>,
+    mark: CloseMark,
 }
 
 impl<C> Tracked<C> {
     fn new(conn: C) -> Self {
         Tracked {
             conn,
-            broken: Arc::new(AtomicBool::new(false)),
+            mark: CloseMark::default(),
         }
     }
 
     /// Marks the connection so that the pool closes it when it comes back. Closing a
     /// connection ends its session, which frees every lock the session held.
     pub fn mark_broken(&self) {
-        self.broken.store(true, Ordering::Release);
+        self.mark.set();
     }
 
     /// Whether the connection is marked to be closed.
     pub fn is_marked_broken(&self) -> bool {
-        self.broken.load(Ordering::Acquire)
+        self.mark.is_set()
     }
 
-    /// A handle that can mark this connection broken later, from a drop guard that does not
-    /// hold the connection.
+    /// The connection's mark, to set later without holding the connection.
     #[cfg_attr(not(feature = "bb8"), allow(dead_code))]
-    pub(crate) fn breaker(&self) -> Breaker {
-        Breaker(Arc::clone(&self.broken))
+    pub(crate) fn close_mark(&self) -> CloseMark {
+        self.mark.clone()
     }
 }
 
@@ -97,15 +96,55 @@ impl<C> fmt::Debug for Tracked<C> {
     }
 }
 
-/// Marks one connection broken, without holding it.
-#[derive(Debug, Clone)]
-#[cfg_attr(not(feature = "bb8"), allow(dead_code))]
-pub(crate) struct Breaker(Arc<AtomicBool>);
+/// The mark that sends one connection to be closed instead of reused; clones share it.
+///
+/// An [`armed`](CloseMark::armed) clone sets the mark when it is dropped before
+/// [`disarm`](CloseMark::disarm): it is held across an await whose cancellation (a dropped
+/// future) would leave the connection's lock state or protocol state unknown.
+#[derive(Debug, Default)]
+pub(crate) struct CloseMark {
+    flag: Arc<AtomicBool>,
+    armed: bool,
+}
 
 #[cfg_attr(not(feature = "bb8"), allow(dead_code))]
-impl Breaker {
-    pub(crate) fn mark_broken(&self) {
-        self.0.store(true, Ordering::Release);
+impl CloseMark {
+    pub(crate) fn set(&self) {
+        self.flag.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn is_set(&self) -> bool {
+        self.flag.load(Ordering::Acquire)
+    }
+
+    /// A clone that sets the mark if it is dropped before [`disarm`](CloseMark::disarm).
+    pub(crate) fn armed(&self) -> CloseMark {
+        CloseMark {
+            flag: Arc::clone(&self.flag),
+            armed: true,
+        }
+    }
+
+    pub(crate) fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Clone for CloseMark {
+    /// An unarmed clone sharing the mark.
+    fn clone(&self) -> Self {
+        CloseMark {
+            flag: Arc::clone(&self.flag),
+            armed: false,
+        }
+    }
+}
+
+impl Drop for CloseMark {
+    fn drop(&mut self) {
+        if self.armed {
+            self.set();
+        }
     }
 }
 
@@ -146,8 +185,7 @@ impl<M: bb8::ManageConnection> bb8::ManageConnection for LockManager<M> {
         // bb8 drops a check that outlives the checkout's timeout (a stalled server), and the
         // connection then goes back with its reply still on the way: mysql_async would read
         // that stale reply as the answer to the next query. Such a connection is closed.
-        let breaker = conn.breaker();
-        let unfinished = crate::asynchronous::BreakOnDrop::new(breaker);
+        let unfinished = conn.mark.armed();
         let checked = self.inner.is_valid(&mut conn.conn).await;
         unfinished.disarm();
         checked
@@ -163,13 +201,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_mark_set_through_a_breaker_is_seen_by_the_connection() {
+    fn a_mark_set_from_a_clone_or_an_armed_drop_is_seen_by_the_connection() {
         let conn = Tracked::new(7_u8);
         assert!(!conn.is_marked_broken());
-        let breaker = conn.breaker();
-        breaker.mark_broken();
-        assert!(conn.is_marked_broken());
+        conn.close_mark().armed().disarm();
+        assert!(!conn.is_marked_broken(), "a disarmed mark sets nothing");
+        drop(conn.close_mark());
+        assert!(
+            !conn.is_marked_broken(),
+            "an unarmed clone sets nothing when dropped"
+        );
+        drop(conn.close_mark().armed());
+        assert!(
+            conn.is_marked_broken(),
+            "an armed clone dropped sets the mark"
+        );
         assert_eq!(*conn, 7);
+        let other = Tracked::new(8_u8);
+        other.close_mark().set();
+        assert!(other.is_marked_broken());
     }
 
     #[cfg(feature = "bb8")]
