@@ -10,15 +10,15 @@ use dlock_core::{
 };
 
 use crate::deadline;
-use crate::manager::{CloseMark, LockManager};
+use crate::manager::{AsyncManager, CloseMark, ConnectError, LockManager};
 
 /// A bb8 connection checked out for one lock, lent to the backend's lock type.
 ///
 /// It derefs to the driver's connection. Its broken mark sends it to be closed instead of
 /// reused when it comes back to the pool.
-pub struct AsyncPooled<M: bb8::ManageConnection>(bb8::PooledConnection<'static, LockManager<M>>);
+pub struct AsyncPooled<M: AsyncManager>(bb8::PooledConnection<'static, LockManager<M>>);
 
-impl<M: bb8::ManageConnection> AsyncPooled<M> {
+impl<M: AsyncManager> AsyncPooled<M> {
     /// Marks the connection so that the pool closes it when it comes back, which ends its
     /// session and frees its locks.
     pub fn mark_broken(&self) {
@@ -30,7 +30,7 @@ impl<M: bb8::ManageConnection> AsyncPooled<M> {
     }
 }
 
-impl<M: bb8::ManageConnection> Deref for AsyncPooled<M> {
+impl<M: AsyncManager> Deref for AsyncPooled<M> {
     type Target = M::Connection;
 
     fn deref(&self) -> &M::Connection {
@@ -38,13 +38,13 @@ impl<M: bb8::ManageConnection> Deref for AsyncPooled<M> {
     }
 }
 
-impl<M: bb8::ManageConnection> DerefMut for AsyncPooled<M> {
+impl<M: AsyncManager> DerefMut for AsyncPooled<M> {
     fn deref_mut(&mut self) -> &mut M::Connection {
         &mut self.0
     }
 }
 
-impl<M: bb8::ManageConnection> fmt::Debug for AsyncPooled<M> {
+impl<M: AsyncManager> fmt::Debug for AsyncPooled<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_tuple("AsyncPooled").field(&*self.0).finish()
     }
@@ -60,7 +60,7 @@ mod sealed {
 /// ([`IntoConnectionAsync`]).
 pub trait AsyncConnection: Sized + Send + 'static + sealed::Sealed {
     /// The backend's lock over a connection of a pool of manager `M`.
-    type Lock<M: bb8::ManageConnection<Connection = Self>>: IntoConnectionAsync<AsyncPooled<M>>
+    type Lock<M: AsyncManager<Connection = Self>>: IntoConnectionAsync<AsyncPooled<M>>
         + Send
         + 'static;
 }
@@ -75,7 +75,7 @@ mod postgres_backend {
 
     use super::*;
 
-    impl<M: bb8::ManageConnection<Connection = Client>> AsyncPgConnection for AsyncPooled<M> {
+    impl<M: AsyncManager<Connection = Client>> AsyncPgConnection for AsyncPooled<M> {
         fn client(&mut self) -> &mut Client {
             self
         }
@@ -90,7 +90,7 @@ mod postgres_backend {
     impl sealed::Sealed for Client {}
 
     impl AsyncConnection for Client {
-        type Lock<M: bb8::ManageConnection<Connection = Self>> = AsyncPgLock<AsyncPooled<M>>;
+        type Lock<M: AsyncManager<Connection = Self>> = AsyncPgLock<AsyncPooled<M>>;
     }
 }
 
@@ -101,7 +101,7 @@ mod mysql_backend {
 
     use super::*;
 
-    impl<M: bb8::ManageConnection<Connection = Conn>> AsyncMySqlConnection for AsyncPooled<M> {
+    impl<M: AsyncManager<Connection = Conn>> AsyncMySqlConnection for AsyncPooled<M> {
         fn connection(&mut self) -> &mut Conn {
             self
         }
@@ -120,7 +120,23 @@ mod mysql_backend {
     impl sealed::Sealed for Conn {}
 
     impl AsyncConnection for Conn {
-        type Lock<M: bb8::ManageConnection<Connection = Self>> = AsyncMySqlLock<AsyncPooled<M>>;
+        type Lock<M: AsyncManager<Connection = Self>> = AsyncMySqlLock<AsyncPooled<M>>;
+    }
+}
+
+/// A checkout that timed out while connecting failed: the source is the last connect error.
+#[derive(Debug)]
+struct CheckoutTimedOut(ConnectError);
+
+impl fmt::Display for CheckoutTimedOut {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("timed out waiting for a connection, and the last attempt to connect failed")
+    }
+}
+
+impl std::error::Error for CheckoutTimedOut {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
     }
 }
 
@@ -155,18 +171,17 @@ mod mysql_backend {
 /// # Ok(())
 /// # }
 /// ```
-pub struct AsyncLockPool<M: bb8::ManageConnection> {
+pub struct AsyncLockPool<M: AsyncManager> {
     pool: bb8::Pool<LockManager<M>>,
     policy: KeyPolicy,
     /// The manager's last connect error, which bb8 itself only reports as a timeout.
-    connect_errors: Arc<Mutex<Option<String>>>,
+    connect_errors: Arc<Mutex<Option<ConnectError>>>,
 }
 
 impl<M> AsyncLockPool<M>
 where
-    M: bb8::ManageConnection,
+    M: AsyncManager,
     M::Connection: AsyncConnection,
-    M::Error: std::error::Error + Send + Sync + 'static,
 {
     /// A pool with bb8's default settings (10 connections, 30 s checkout timeout) over
     /// `manager`, under the default key policy.
@@ -223,16 +238,14 @@ where
 
     /// The error of a failed checkout. bb8 turns a failed connect into a plain timeout, so
     /// the last connect error is named as the cause when there is one.
-    fn pool_error(&self, error: bb8::RunError<M::Error>) -> Error {
+    fn pool_error(&self, error: bb8::RunError<ConnectError>) -> Error {
         let last = self
             .connect_errors
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone();
         match (error, last) {
-            (bb8::RunError::TimedOut, Some(cause)) => Error::pool(format!(
-                "timed out waiting for a connection; the last attempt to connect failed: {cause}"
-            )),
+            (bb8::RunError::TimedOut, Some(last)) => Error::pool(CheckoutTimedOut(last)),
             (error, _) => Error::pool(error),
         }
     }
@@ -344,7 +357,7 @@ where
     }
 }
 
-impl<M: bb8::ManageConnection> fmt::Debug for AsyncLockPool<M> {
+impl<M: AsyncManager> fmt::Debug for AsyncLockPool<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AsyncLockPool")
             .field("state", &self.pool.state())
@@ -366,7 +379,7 @@ impl<M: bb8::ManageConnection> fmt::Debug for AsyncLockPool<M> {
 #[must_use = "the lock is released when the guard is dropped"]
 pub struct AsyncLockGuard<M>
 where
-    M: bb8::ManageConnection,
+    M: AsyncManager,
     M::Connection: AsyncConnection,
 {
     /// Always `Some` until `release` or drop takes it.
@@ -376,7 +389,7 @@ where
 
 impl<M> AsyncLockGuard<M>
 where
-    M: bb8::ManageConnection,
+    M: AsyncManager,
     M::Connection: AsyncConnection,
 {
     fn lock(&self) -> &LockOf<M> {
@@ -443,7 +456,7 @@ where
 
 impl<M> Deref for AsyncLockGuard<M>
 where
-    M: bb8::ManageConnection,
+    M: AsyncManager,
     M::Connection: AsyncConnection,
 {
     type Target = M::Connection;
@@ -455,7 +468,7 @@ where
 
 impl<M> DerefMut for AsyncLockGuard<M>
 where
-    M: bb8::ManageConnection,
+    M: AsyncManager,
     M::Connection: AsyncConnection,
 {
     fn deref_mut(&mut self) -> &mut M::Connection {
@@ -465,7 +478,7 @@ where
 
 impl<M> Drop for AsyncLockGuard<M>
 where
-    M: bb8::ManageConnection,
+    M: AsyncManager,
     M::Connection: AsyncConnection,
 {
     fn drop(&mut self) {
@@ -479,7 +492,7 @@ where
 
 impl<M> fmt::Debug for AsyncLockGuard<M>
 where
-    M: bb8::ManageConnection,
+    M: AsyncManager,
     M::Connection: AsyncConnection,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

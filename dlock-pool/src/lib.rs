@@ -5,7 +5,7 @@ cfg_if::cfg_if! {
     if #[cfg(any(feature = "r2d2", feature = "bb8"))] {
         mod deadline;
         mod manager;
-        pub use manager::{LockManager, Tracked};
+        pub use manager::{ConnectError, LockManager, Tracked};
     }
 }
 
@@ -25,6 +25,8 @@ cfg_if::cfg_if! {
         mod asynchronous;
         #[cfg_attr(docsrs, doc(cfg(feature = "bb8")))]
         pub use asynchronous::{AsyncConnection, AsyncLockGuard, AsyncLockPool, AsyncPooled};
+        #[cfg_attr(docsrs, doc(cfg(feature = "bb8")))]
+        pub use manager::AsyncManager;
         /// The bb8 crate this crate's async pools are built on, for matching versions.
         #[cfg_attr(docsrs, doc(cfg(feature = "bb8")))]
         pub use bb8;

@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 pub struct LockManager<M> {
     inner: M,
     /// The last connect error, kept because bb8 reports a failed connect only as a checkout
-    /// timeout; the lock pool names it as the cause.
-    last_connect_error: Arc<Mutex<Option<String>>>,
+    /// timeout; the lock pool gives it as the cause.
+    last_connect_error: Arc<Mutex<Option<ConnectError>>>,
 }
 
 impl<M> LockManager<M> {
@@ -36,7 +36,7 @@ impl<M> LockManager<M> {
 
     /// A handle on the last connect error, for the pool built over this manager.
     #[cfg_attr(not(feature = "bb8"), allow(dead_code))]
-    pub(crate) fn connect_errors(&self) -> Arc<Mutex<Option<String>>> {
+    pub(crate) fn connect_errors(&self) -> Arc<Mutex<Option<ConnectError>>> {
         Arc::clone(&self.last_connect_error)
     }
 }
@@ -166,18 +166,55 @@ impl<M: r2d2::ManageConnection> r2d2::ManageConnection for LockManager<M> {
     }
 }
 
+/// An error of the user's bb8 manager, shared: the pool reports it, and the lock pool keeps
+/// the last connect error to give as the cause of a checkout timeout (bb8 reports a failed
+/// connect only as a timeout). Its display and source are the manager's error's.
+#[derive(Debug, Clone)]
+pub struct ConnectError(Arc<dyn std::error::Error + Send + Sync>);
+
+impl fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for ConnectError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+/// A bb8 manager whose errors are standard errors that can be shared between threads: what
+/// an [`AsyncLockPool`](crate::AsyncLockPool) is built over (every manager on the registry is
+/// one). Implemented for every such manager.
 #[cfg(feature = "bb8")]
-impl<M: bb8::ManageConnection> bb8::ManageConnection for LockManager<M> {
+pub trait AsyncManager:
+    bb8::ManageConnection<Error: std::error::Error + Send + Sync + 'static>
+{
+}
+
+#[cfg(feature = "bb8")]
+impl<M> AsyncManager for M where
+    M: bb8::ManageConnection<Error: std::error::Error + Send + Sync + 'static>
+{
+}
+
+#[cfg(feature = "bb8")]
+impl<M: AsyncManager> bb8::ManageConnection for LockManager<M> {
     type Connection = Tracked<M::Connection>;
-    type Error = M::Error;
+    type Error = ConnectError;
 
     async fn connect(&self) -> Result<Self::Connection, Self::Error> {
-        let connected = self.inner.connect().await;
+        let connected = self
+            .inner
+            .connect()
+            .await
+            .map_err(|error| ConnectError(Arc::new(error)));
         let mut last = self
             .last_connect_error
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        *last = connected.as_ref().err().map(|error| format!("{error:?}"));
+        *last = connected.as_ref().err().cloned();
         connected.map(Tracked::new)
     }
 
@@ -188,7 +225,7 @@ impl<M: bb8::ManageConnection> bb8::ManageConnection for LockManager<M> {
         let unfinished = conn.mark.armed();
         let checked = self.inner.is_valid(&mut conn.conn).await;
         unfinished.disarm();
-        checked
+        checked.map_err(|error| ConnectError(Arc::new(error)))
     }
 
     fn has_broken(&self, conn: &mut Self::Connection) -> bool {

@@ -40,7 +40,18 @@ fn check(what: &str, outcome: Result<(), Error>, expect: Expect) {
         cause = source.to_string();
         assert!(!cause.is_empty(), "{what}: the source says nothing");
     }
-    eprintln!("{what}: {message} [{cause}]");
+    eprintln!("{what}: {message} [{}]", chain(&error).join("; "));
+}
+
+/// Every message of an error's source chain, outermost first, the error's own excluded.
+fn chain(error: &Error) -> Vec<String> {
+    let mut messages = Vec::new();
+    let mut source = std::error::Error::source(error);
+    while let Some(error) = source {
+        messages.push(error.to_string());
+        source = error.source();
+    }
+    messages
 }
 
 fn mysql_lock(key: impl Into<Key>) -> MySqlLock<mysql::Conn> {
@@ -220,7 +231,7 @@ async fn async_pools_and_locks_report_bad_input_the_same_way() {
     let pg_port = common::port_of(&common::pg_url());
     let my_port = common::port_of(&common::mysql_url());
     // bb8 connects lazily: the error comes with the first acquire.
-    fn builder<M: bb8::ManageConnection>() -> bb8::Builder<dlock_pool::LockManager<M>> {
+    fn builder<M: dlock_pool::AsyncManager>() -> bb8::Builder<dlock_pool::LockManager<M>> {
         bb8::Pool::builder()
             .max_size(1)
             .connection_timeout(Duration::from_secs(2))
@@ -235,6 +246,11 @@ async fn async_pools_and_locks_report_bad_input_the_same_way() {
         Ok(pool) => pool.acquire("bad-input/async").await.map(drop),
         Err(error) => Err(error),
     };
+    // bb8 reports only a timeout; the server's refusal is kept in the source chain.
+    if let Err(error) = &outcome {
+        let causes = chain(error).join("; ");
+        assert!(causes.contains("Access denied"), "{causes}");
+    }
     check("bb8 MySQL: a wrong password", outcome, Expect::Pool);
 
     let manager = bb8_postgres::PostgresConnectionManager::new(
