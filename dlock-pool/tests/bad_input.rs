@@ -35,10 +35,11 @@ fn check(what: &str, outcome: Result<(), Error>, expect: Expect) {
         "{what}: {message:?}"
     );
     // Pool errors carry the pool's error as their source, which names the cause.
-    let mut cause = String::new();
     if let Error::Pool(source) = &error {
-        cause = source.to_string();
-        assert!(!cause.is_empty(), "{what}: the source says nothing");
+        assert!(
+            !source.to_string().is_empty(),
+            "{what}: the source says nothing"
+        );
     }
     eprintln!("{what}: {message} [{}]", chain(&error).join("; "));
 }
