@@ -185,23 +185,9 @@ mod tokio_flavour {
     use std::future::{Future, poll_fn};
     use std::pin::pin;
     use std::task::Poll;
-    use tokio_postgres::{Client, NoTls};
+    use tokio_postgres::Client;
 
-    async fn connect() -> Client {
-        let (client, connection) = tokio_postgres::connect(&common::pg_url(), NoTls)
-            .await
-            .expect("connect to DLOCK_PG_URL");
-        tokio::spawn(connection);
-        client
-    }
-
-    async fn pid(client: &Client) -> i32 {
-        client
-            .query_one("SELECT pg_backend_pid()", &[])
-            .await
-            .unwrap()
-            .get(0)
-    }
+    use common::{backend_pid_async as pid, connect_async as connect};
 
     async fn holders(observer: &Client, key: PgKey) -> Vec<i32> {
         holders_async(observer, key)

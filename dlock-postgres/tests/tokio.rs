@@ -12,23 +12,9 @@ use std::time::{Duration, Instant};
 use dlock_postgres::{
     AsyncLock, AsyncPgLock, AsyncPgXactLock, Error, Key, KeyPolicy, Mode, PgKey, holders_async,
 };
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
-async fn connect() -> Client {
-    let (client, connection) = tokio_postgres::connect(&common::pg_url(), NoTls)
-        .await
-        .expect("connect to DLOCK_PG_URL");
-    tokio::spawn(connection);
-    client
-}
-
-async fn pid(client: &Client) -> i32 {
-    client
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0)
-}
+use common::{backend_pid_async as pid, connect_async as connect};
 
 fn pg_key(name: &str) -> PgKey {
     KeyPolicy::default().pg_key(&Key::from(name)).unwrap()

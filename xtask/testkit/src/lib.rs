@@ -90,6 +90,24 @@ pub mod postgres {
         ::postgres::Client::connect(&pg_url(), ::postgres::NoTls).expect("connect to DLOCK_PG_URL")
     }
 
+    /// An async client of the server under test, its connection driven by a spawned task.
+    pub async fn connect_async() -> tokio_postgres::Client {
+        let (client, connection) = tokio_postgres::connect(&pg_url(), tokio_postgres::NoTls)
+            .await
+            .expect("connect to DLOCK_PG_URL");
+        tokio::spawn(connection);
+        client
+    }
+
+    /// The server pid of an async client's session.
+    pub async fn backend_pid_async(client: &tokio_postgres::Client) -> i32 {
+        client
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .unwrap()
+            .get(0)
+    }
+
     /// The server pid of a blocking client's session.
     pub fn backend_pid(client: &mut ::postgres::Client) -> i32 {
         client
