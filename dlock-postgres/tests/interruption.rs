@@ -182,9 +182,6 @@ mod blocking {
 mod tokio_flavour {
     use super::*;
     use dlock_postgres::{AsyncLock, AsyncPgLock, AsyncPgXactLock, Error, holders_async};
-    use std::future::{Future, poll_fn};
-    use std::pin::pin;
-    use std::task::Poll;
     use tokio_postgres::Client;
 
     use common::{backend_pid_async as pid, connect_async as connect};
@@ -217,15 +214,7 @@ mod tokio_flavour {
         }
     }
 
-    /// Polls a future exactly once and drops it, as `select!` or a timeout can.
-    async fn poll_once_and_drop<F: Future>(future: F) {
-        let mut future = pin!(future);
-        poll_fn(|cx| {
-            let _ = future.as_mut().poll(cx);
-            Poll::Ready(())
-        })
-        .await;
-    }
+    use common::poll_once_and_drop;
 
     fn side() -> tokio_postgres::Config {
         common::pg_url()

@@ -4,9 +4,6 @@
 
 use dlock_testkit::postgres as common;
 
-use std::future::{Future, poll_fn};
-use std::pin::pin;
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use dlock_postgres::{
@@ -43,15 +40,7 @@ async fn settled_holders(observer: &Client, key: PgKey) -> Vec<i32> {
     }
 }
 
-/// Polls a future exactly once and drops it, as `select!` or a timeout can.
-async fn poll_once_and_drop<F: Future>(future: F) {
-    let mut future = pin!(future);
-    poll_fn(|cx| {
-        let _ = future.as_mut().poll(cx);
-        Poll::Ready(())
-    })
-    .await;
-}
+use common::poll_once_and_drop;
 
 #[tokio::test]
 async fn exclusive_locks_exclude_and_hand_over_on_release() {

@@ -19,6 +19,16 @@ pub fn eventually(mut condition: impl FnMut() -> bool) -> bool {
     condition()
 }
 
+/// Polls a future exactly once and drops it, as `select!` or a timeout can.
+pub async fn poll_once_and_drop<F: std::future::Future>(future: F) {
+    let mut future = std::pin::pin!(future);
+    std::future::poll_fn(|cx| {
+        let _ = future.as_mut().poll(cx);
+        std::task::Poll::Ready(())
+    })
+    .await;
+}
+
 /// The port of a URL like `scheme://user@host:port/db`.
 pub fn port_of(url: &str) -> u16 {
     let after_at = url.rsplit_once('@').map_or(url, |(_, rest)| rest);
@@ -67,6 +77,8 @@ pub fn my_kill(id: u32) {
 
 /// The PostgreSQL server under test.
 pub mod postgres {
+    pub use crate::poll_once_and_drop;
+
     /// The URL of the PostgreSQL server under test.
     ///
     /// # Panics
