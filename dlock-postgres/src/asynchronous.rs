@@ -14,9 +14,9 @@ use tokio_postgres::{Client, Config, NoTls, SimpleQueryMessage, Transaction};
 
 use crate::machine::{
     self, Abandon, Acquire, Failed, LockState, Operation, PayOwed, Release, Reply, Request,
-    Settles, Step, Verify, XactOutcome,
+    Settles, Step, Verify, Waits, XactOutcome, XactSlices,
 };
-use crate::sql::{self, Failure, Hold, Holder, Mode, Row};
+use crate::sql::{self, Failure, Hold, Holder, Mode};
 
 /// A connection an [`AsyncPgLock`] can run on: the driver's [`Client`], a box of it, or a
 /// `&mut` to either. For a bb8 pooled connection pass `&mut *conn`, or use dlock-pool, which
@@ -99,17 +99,20 @@ impl<T: AsyncPgConnection + ?Sized> AsyncPgConnection for &mut T {
 ///   cleanup's reply before its next operation and sends it again if the server refused it
 ///   (an aborted transaction), so it runs exactly once.
 /// - A cancel request ends whatever the session runs when it arrives, which can be your next
-///   statement, so dlock sends none it cannot aim. By default a dropped wait goes on in the
-///   server until it is granted (and cleaned up) or fails, and what you send on the client
-///   meanwhile queues behind it; for a bounded wait that leaves the connection free, use
-///   [`acquire_timeout`](AsyncLock::acquire_timeout), which waits in the server and needs no
-///   cancel. With a [`side_connection`](AsyncPgLock::side_connection), the wait ends at once:
-///   the side connection takes a gate, cancels the dropped statement only while the server
-///   shows it waiting (one statement checks and sends), and a fence queued behind it waits for
-///   the gate, which the side connection releases once it sees the fence waiting; so the
-///   request can end only the wait or the fence. When the connection is closing instead (the
-///   lock owns its client and is dropped, or a pooled connection is discarded), nothing else
-///   can run on the session, and a plain cancel request ends the wait.
+///   statement, so dlock sends none it cannot aim. Instead, a wait goes in slices: a try,
+///   then waits in the server of at most 400 ms each (50 ms first, doubling). So a dropped
+///   wait ends on its own within one slice, and what you send on the client meanwhile waits
+///   at most that long behind it. A slice that runs out is caught in the server: it neither
+///   aborts a transaction you opened nor writes an error to the server's log, and a release
+///   hands the lock to a waiter inside a slice as fast as to any waiter. With a
+///   [`side_connection`](AsyncPgLock::side_connection), a wait is one statement instead, and
+///   a dropped one ends at once: the side connection takes a gate, cancels the dropped
+///   statement only while the server shows it waiting (one statement checks and sends), and
+///   a fence queued behind it waits for the gate, which the side connection releases once it
+///   sees the fence waiting; so the request can end only the wait or the fence. When the
+///   connection is closing instead (the lock owns its client and is dropped, or a pooled
+///   connection is discarded), nothing else can run on the session, and a plain cancel
+///   request ends the wait.
 /// - A dropped release has either not started (the lock is still held) or sent its unlock,
 ///   which the connection completes on its own.
 /// - Drop cannot await, so release on drop is not immediate: dropping a held lock queues its
@@ -333,9 +336,11 @@ async fn watch(
 impl<C: AsyncPgConnection> AsyncPgLock<C> {
     /// An exclusive lock on `key` over `conn`, unlocked, under the default key policy.
     pub fn new(conn: C, key: impl Into<Key>) -> Self {
+        let mut state = LockState::new(key.into());
+        state.waits = Waits::Sliced;
         AsyncPgLock {
             conn: Some(conn),
-            state: LockState::new(key.into()),
+            state,
             pending: None,
             side: None,
         }
@@ -344,14 +349,14 @@ impl<C: AsyncPgConnection> AsyncPgLock<C> {
     /// Lets a dropped acquire end its wait in the server at once, through a side connection
     /// opened with `config` (without TLS) for the user the lock's own connection logs in as.
     ///
-    /// Without it, a dropped wait goes on until it is granted (and released by its cleanup)
-    /// or fails, and statements sent on the client meanwhile queue behind it: dlock never sends
-    /// a cancel request it cannot aim. With it, the side connection cancels exactly that wait,
-    /// and a fence holds the session back until no request can be pending (see the type's
-    /// docs). Waiting statements then go as text (tagged so the side connection can find
-    /// them), which costs about a tenth of a plain acquire's cycle.
+    /// Without it, a wait goes in slices of at most 400 ms, and statements sent on the client
+    /// after a dropped acquire wait behind it for at most one slice. With it, a wait is one
+    /// tagged statement (sent as text, which costs about a tenth of a plain acquire's cycle
+    /// while it waits), the side connection cancels exactly that wait when its future is
+    /// dropped, and a fence holds the session back until no request can be pending (see the
+    /// type's docs). The side connection is opened only when a waiting acquire is dropped.
     pub fn side_connection(mut self, config: Config) -> Self {
-        self.state.tags_waits = true;
+        self.state.waits = Waits::Tagged;
         self.side = Some(config);
         self
     }
@@ -507,8 +512,9 @@ impl<C: AsyncPgConnection> AsyncLock for AsyncPgLock<C> {
     ///
     /// # Cancel Safety
     ///
-    /// Cancel safe: a dropped acquire's cleanup unlocks the key if it was granted, and the
-    /// wait goes on in the server until then (see the type's docs).
+    /// Cancel safe: a dropped acquire's wait ends in the server within one slice (or at once,
+    /// with a side connection), and its cleanup unlocks the key if it was granted (see the
+    /// type's docs).
     async fn acquire(&mut self) -> Result<()> {
         self.take(Wait::Forever).await.map(drop)
     }
@@ -523,10 +529,11 @@ impl<C: AsyncPgConnection> AsyncLock for AsyncPgLock<C> {
         self.take(Wait::Never).await
     }
 
-    /// Waits at most `timeout` in the server, through `lock_timeout` set for this one
-    /// statement, with `statement_timeout` off for it (the session's settings are unchanged
-    /// afterwards). Whole milliseconds, rounded up; a zero timeout is a try. The timeout also
-    /// bounds the wait for a statement an earlier dropped future left running.
+    /// Waits at most `timeout` in the server: a try, then slices that each set
+    /// `lock_timeout` for their one wait, with `statement_timeout` off (the session's settings
+    /// are unchanged afterwards), until the timeout has passed; `Ok(false)` comes no earlier.
+    /// Whole milliseconds, rounded up; a zero timeout is a try. The timeout also bounds the
+    /// wait for a statement an earlier dropped future left running.
     ///
     /// If the server has not answered [`REPLY_GRACE`](dlock_core::REPLY_GRACE) after the
     /// timeout (a frozen server or a partition, where its timer cannot fire), this returns
@@ -674,9 +681,11 @@ pub async fn holders_async(client: &Client, key: PgKey) -> Result<Vec<Holder>> {
 ///
 /// A lock taken by a dropped acquire future belongs to the transaction, so it ends with
 /// the transaction like every lock this type takes; dropping the `Transaction` rolls it
-/// back. By default a dropped wait goes on in the server, and the transaction answers nothing
-/// until it ends; with a [`side_connection`](AsyncPgXactLock::side_connection) it ends at once,
-/// aimed as [`AsyncPgLock`] aims it (inside `acquire_timeout`'s savepoint the transaction stays
+/// back. A wait goes in slices, as [`AsyncPgLock`]'s does: a dropped wait ends on its own
+/// within 400 ms, and a slice that runs out neither aborts the transaction nor logs an error,
+/// so the transaction stays usable. With a
+/// [`side_connection`](AsyncPgXactLock::side_connection) a dropped wait ends at once, aimed as
+/// [`AsyncPgLock`] aims it (inside `acquire_timeout`'s savepoint the transaction stays
 /// usable; a plain `acquire` leaves it aborted, to be rolled back).
 ///
 /// # Examples
@@ -729,21 +738,32 @@ impl AsyncPgXactLock {
         self
     }
 
-    /// Sends a waiting statement of this lock through `tx`, ending its wait from the side
-    /// connection if the future is dropped first.
-    async fn wait(&self, tx: &Transaction<'_>, wait: Wait) -> Result<Row, Failed> {
-        let token = self.side.as_ref().map(|_| dlock_core::attempt_token());
-        let statement =
-            machine::xact_statement(self.hold().map_err(Failed::from_error)?, wait, token);
+    /// Waits for the lock through `tx`: with a side connection in one tagged statement, whose
+    /// wait the side connection ends if the future is dropped first; otherwise in slices.
+    async fn wait(&self, tx: &Transaction<'_>, wait: Wait) -> XactOutcome {
+        let hold = match self.hold() {
+            Ok(hold) => hold,
+            Err(error) => return XactOutcome::Failed(error),
+        };
+        let Some(config) = &self.side else {
+            let mut slices = XactSlices::new(hold, wait);
+            while let Some(statement) = slices.next_statement() {
+                match slices.read(send_text(tx, &statement).await) {
+                    XactOutcome::Answered(false) => {}
+                    outcome => return outcome,
+                }
+            }
+            return XactOutcome::Answered(false);
+        };
+        let token = dlock_core::attempt_token();
+        let statement = machine::xact_statement(hold, wait, Some(token));
         let mut armed = XactWait {
             client: tx.client(),
-            side: self.side.as_ref().zip(token),
+            side: Some((config, token)),
         };
-        let reply = tx.simple_query(&statement).await;
+        let reply = send_text(tx, &statement).await;
         armed.side = None;
-        reply
-            .map(|reply| sql::last_row(&reply))
-            .map_err(Failed::from)
+        machine::xact_outcome(wait, reply)
     }
 
     /// Makes this a shared lock.
@@ -781,10 +801,7 @@ impl AsyncPgXactLock {
     ///
     /// See the type's docs: a late grant ends with the transaction.
     pub async fn acquire(&self, tx: &Transaction<'_>) -> Result<()> {
-        let reply = self.wait(tx, Wait::Forever).await;
-        machine::xact_outcome(Wait::Forever, reply)
-            .into_result()
-            .map(drop)
+        self.wait(tx, Wait::Forever).await.into_result().map(drop)
     }
 
     /// Takes the lock if it is free: `Ok(true)` held until the transaction ends.
@@ -798,10 +815,7 @@ impl AsyncPgXactLock {
     /// See the type's docs.
     pub async fn try_acquire(&self, tx: &Transaction<'_>) -> Result<bool> {
         let statement = machine::xact_statement(self.hold()?, Wait::Never, None);
-        let reply = tx.simple_query(&statement).await;
-        let reply = reply
-            .map(|reply| sql::last_row(&reply))
-            .map_err(Failed::from);
+        let reply = send_text(tx, &statement).await;
         machine::xact_outcome(Wait::Never, reply).into_result()
     }
 
@@ -825,9 +839,8 @@ impl AsyncPgXactLock {
             return self.try_acquire(tx).await;
         }
         let savepoint = tx.savepoint("dlock_acquire").await.map_err(sql::error)?;
-        let reply = self.wait(&savepoint, wait).await;
         // Rolling the savepoint back also frees a lock granted with a failure.
-        match machine::xact_outcome(wait, reply) {
+        match self.wait(&savepoint, wait).await {
             XactOutcome::Answered(granted) => {
                 savepoint.commit().await.map_err(sql::error)?;
                 Ok(granted)
@@ -858,6 +871,14 @@ impl AsyncPgXactLock {
         let reply = tx.simple_query(&statement).await.map_err(sql::error)?;
         sql::read_bool(&sql::last_row(&reply), 0)
     }
+}
+
+/// Sends one simple query through a transaction and reads its last row.
+async fn send_text(tx: &Transaction<'_>, statement: &str) -> Reply {
+    tx.simple_query(statement)
+        .await
+        .map(|reply| sql::last_row(&reply))
+        .map_err(Failed::from)
 }
 
 /// Armed while a transaction lock's waiting statement is in flight: a drop (the future was

@@ -14,6 +14,8 @@
 //!   tracked as held; a missing prepared statement (26000) is prepared again, never read as
 //!   an outcome.
 
+use std::time::{Duration, Instant};
+
 use dlock_core::{Error, Key, KeyPolicy, Result, Wait};
 
 use crate::sql::{self, Failure, Hold, Kind, Mode, Row, Scope, Shape, Statements};
@@ -144,9 +146,71 @@ pub(crate) struct LockState {
     /// next operation, until it is known to have run.
     owed: Option<Hold>,
     statements: Statements,
-    /// Whether waiting statements are tagged for a side connection, which ends the wait of a
-    /// dropped acquire.
-    pub(crate) tags_waits: bool,
+    /// How a wait is sent: whole (blocking), tagged for a side connection, or in slices.
+    pub(crate) waits: Waits,
+}
+
+/// How a lock object sends a wait, which decides what a dropped acquire future leaves behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Waits {
+    /// One statement waits the whole wait: nothing can drop it (the blocking flavour).
+    Whole,
+    /// One statement waits the whole wait, tagged so that a side connection can find it and
+    /// end it if its future is dropped.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    Tagged,
+    /// A try, then waits of at most [`LONGEST_SLICE`] each, so a dropped future leaves a
+    /// wait that ends on its own within one slice and never needs a cancel request (the
+    /// tokio flavour without a side connection).
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    Sliced,
+}
+
+/// The first slice of a sliced wait; each next one is twice as long, up to
+/// [`LONGEST_SLICE`]. A future dropped early (a short `tokio::time::timeout`) leaves a short
+/// wait behind, and a long wait costs about two statements a second.
+const FIRST_SLICE: Duration = Duration::from_millis(50);
+
+/// The longest slice: the most that statements sent after a dropped acquire can wait behind
+/// it. Each slice is one round trip, and a release hands over to a waiter inside a slice as
+/// fast as to a whole wait.
+pub(crate) const LONGEST_SLICE: Duration = Duration::from_millis(400);
+
+/// The slices of one sliced wait, each a `lock_timeout` in milliseconds, until the wait's
+/// deadline (none for [`Wait::Forever`]).
+#[derive(Debug, Clone)]
+pub(crate) struct Slices {
+    deadline: Option<Instant>,
+    next: Duration,
+}
+
+impl Slices {
+    pub(crate) fn new(wait: Wait) -> Slices {
+        let deadline = match wait {
+            Wait::For(timeout) => Instant::now().checked_add(timeout),
+            Wait::Never => Some(Instant::now()),
+            Wait::Forever => None,
+        };
+        Slices {
+            deadline,
+            next: FIRST_SLICE,
+        }
+    }
+
+    /// The next slice's `lock_timeout`, or `None` once the deadline has passed: the time
+    /// waited is then at least the timeout asked for.
+    pub(crate) fn next_millis(&mut self) -> Option<u32> {
+        let mut slice = self.next;
+        self.next = (self.next * 2).min(LONGEST_SLICE);
+        if let Some(deadline) = self.deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            slice = slice.min(left);
+        }
+        Some(sql::lock_timeout_millis(slice).max(1))
+    }
 }
 
 impl LockState {
@@ -158,7 +222,7 @@ impl LockState {
             held: None,
             owed: None,
             statements: Statements::default(),
-            tags_waits: false,
+            waits: Waits::Whole,
         }
     }
 
@@ -293,6 +357,8 @@ enum Form {
     /// A wait with `lock_timeout` of this many milliseconds (0: none) and `statement_timeout`
     /// off, for this statement only.
     Guarded(u32),
+    /// One slice of a sliced wait, of this many milliseconds: [`sql::sliced_lock`].
+    Slice(u32),
 }
 
 #[derive(Debug)]
@@ -316,6 +382,8 @@ pub(crate) struct Acquire {
     wait: Wait,
     /// The tag of a waiting statement a side connection may have to end.
     token: Option<u64>,
+    /// The slices still to wait, for a sliced wait.
+    slices: Option<Slices>,
     form: Form,
     owed: Owed,
     phase: AcquirePhase,
@@ -327,7 +395,10 @@ impl Acquire {
         if state.held.is_some() {
             return Err(Error::AlreadyAcquired);
         }
+        let slices = (state.waits == Waits::Sliced && wait.may_wait()).then(|| Slices::new(wait));
         let form = match wait {
+            // A sliced wait tries first: a free lock costs what a plain acquire costs.
+            _ if slices.is_some() => Form::Plain(Kind::TryLock),
             Wait::Never => Form::Plain(Kind::TryLock),
             Wait::Forever => Form::Plain(Kind::Lock),
             Wait::For(timeout) => Form::Guarded(sql::lock_timeout_millis(timeout)),
@@ -335,7 +406,9 @@ impl Acquire {
         Ok(Acquire {
             hold: state.hold()?,
             wait,
-            token: (state.tags_waits && wait.may_wait()).then(dlock_core::attempt_token),
+            token: (state.waits == Waits::Tagged && wait.may_wait())
+                .then(dlock_core::attempt_token),
+            slices,
             form,
             owed: Owed::Unchecked,
             phase: AcquirePhase::Owed,
@@ -352,6 +425,7 @@ impl Acquire {
             }
             Form::Plain(kind) => kind.simple(self.hold),
             Form::Guarded(millis) => sql::guarded_lock(self.hold, Scope::Session, millis),
+            Form::Slice(millis) => sql::sliced_lock(self.hold, Scope::Session, millis),
         };
         match self.token {
             Some(token) => Request::Simple(sql::wait_tag(token) + &statement),
@@ -423,7 +497,7 @@ impl Operation for Acquire {
                 (Form::Plain(kind), None) => {
                     state.statements.note_acquire(kind, Shape::of(self.hold))
                 }
-                (Form::Guarded(_), _) => Vec::new(),
+                (Form::Guarded(_) | Form::Slice(_), _) => Vec::new(),
             };
             self.phase = AcquirePhase::Prepare(prepare);
         }
@@ -448,11 +522,16 @@ impl Operation for Acquire {
             AcquirePhase::Locking => match reply.expect("the lock statement's reply") {
                 Ok(row) => {
                     let granted = match self.form {
-                        Form::Plain(Kind::TryLock) => sql::read_bool(&row, 0),
+                        Form::Plain(Kind::TryLock) | Form::Slice(_) => sql::read_bool(&row, 0),
                         Form::Plain(_) | Form::Guarded(_) => sql::read_granted(&row),
                     };
                     match granted {
                         Ok(true) => self.granted(state),
+                        // Busy: a sliced wait goes on with its next slice, until its deadline.
+                        Ok(false) => match self.slices.as_mut().and_then(Slices::next_millis) {
+                            Some(millis) => self.lock(state, Form::Slice(millis)),
+                            None => self.done(Ok(false)),
+                        },
                         outcome => self.done(outcome),
                     }
                 }
@@ -696,6 +775,45 @@ pub(crate) fn xact_statement(hold: Hold, wait: Wait, token: Option<u64>) -> Stri
     }
 }
 
+/// A transaction lock's sliced wait (the tokio flavour without a side connection): a try,
+/// then slices of [`sql::sliced_lock`] until the lock is granted or the wait's deadline has
+/// passed. A slice that times out leaves the transaction as it was.
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+#[derive(Debug)]
+pub(crate) struct XactSlices {
+    hold: Hold,
+    tried: bool,
+    slices: Slices,
+}
+
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+impl XactSlices {
+    pub(crate) fn new(hold: Hold, wait: Wait) -> XactSlices {
+        XactSlices {
+            hold,
+            tried: false,
+            slices: Slices::new(wait),
+        }
+    }
+
+    /// The next statement to send, or `None` once the wait is over, not granted.
+    pub(crate) fn next_statement(&mut self) -> Option<String> {
+        if !std::mem::replace(&mut self.tried, true) {
+            return Some(sql::try_lock(self.hold, Scope::Transaction));
+        }
+        let millis = self.slices.next_millis()?;
+        Some(sql::sliced_lock(self.hold, Scope::Transaction, millis))
+    }
+
+    /// Reads the reply of the statement last sent: each answers one boolean, granted.
+    pub(crate) fn read(&self, reply: Reply) -> XactOutcome {
+        match reply.and_then(|row| sql::read_bool(&row, 0).map_err(Failed::from_error)) {
+            Ok(granted) => XactOutcome::Answered(granted),
+            Err(failed) => XactOutcome::Failed(failed.error),
+        }
+    }
+}
+
 /// What a transaction lock statement's reply means.
 #[derive(Debug)]
 pub(crate) enum XactOutcome {
@@ -823,6 +941,106 @@ mod tests {
         assert_eq!(sql, "SELECT pg_try_advisory_lock(7)");
         assert!(!done(op.step(&mut state, Some(row(&["f"])))).unwrap());
         assert_eq!(state.held(), None);
+    }
+
+    #[test]
+    fn a_sliced_wait_tries_first_then_waits_in_growing_slices_until_its_deadline() {
+        fn sliced() -> LockState {
+            let mut state = state();
+            state.waits = Waits::Sliced;
+            state
+        }
+        let mut state = sliced();
+        let mut op = Acquire::start(&state, Wait::Forever).unwrap();
+        assert_eq!(
+            simple(sent(op.step(&mut state, None))),
+            "SELECT pg_try_advisory_lock(7)"
+        );
+        let mut timeouts = Vec::new();
+        let mut reply = row(&["f"]);
+        for _ in 0..6 {
+            let sql = simple(sent(op.step(&mut state, Some(reply))));
+            assert!(sql.contains("EXCEPTION WHEN lock_not_available"), "{sql}");
+            assert!(sql.contains("PERFORM pg_advisory_lock(7)"), "{sql}");
+            assert!(sql.contains("'statement_timeout', '0'"), "{sql}");
+            let millis = sql
+                .split("set_config('lock_timeout', '")
+                .nth(1)
+                .and_then(|rest| rest.split('\'').next())
+                .unwrap();
+            timeouts.push(millis.parse::<u32>().unwrap());
+            // A dropped slice leaves the cleanup, not a fence: nothing needs a cancel.
+            assert_eq!(
+                op.in_flight(),
+                InFlight::Lock {
+                    hold: HOLD,
+                    waiting: None
+                }
+            );
+            reply = row(&["f"]);
+        }
+        assert_eq!(timeouts, [50, 100, 200, 400, 400, 400]);
+        assert!(done(op.step(&mut state, Some(row(&["t"])))).unwrap());
+        assert_eq!(state.held(), Some(HOLD));
+
+        // A timed wait ends no earlier than its deadline, and its last slice is cut to it.
+        let mut state = sliced();
+        let started = Instant::now();
+        let timeout = Duration::from_millis(30);
+        let mut op = Acquire::start(&state, Wait::For(timeout)).unwrap();
+        let mut request = sent(op.step(&mut state, None));
+        loop {
+            match op.step(&mut state, Some(row(&["f"]))) {
+                Step::Send(next) => request = next,
+                Step::Done(outcome) => {
+                    assert!(!outcome.unwrap());
+                    break;
+                }
+            }
+        }
+        assert!(started.elapsed() >= timeout);
+        assert!(simple(request).contains("set_config('lock_timeout', '"));
+        // A cancel request inside a slice asks pg_locks, as any interruption does.
+        let mut state = sliced();
+        let mut op = Acquire::start(&state, Wait::Forever).unwrap();
+        sent(op.step(&mut state, None));
+        sent(op.step(&mut state, Some(row(&["f"]))));
+        let question = simple(sent(op.step(
+            &mut state,
+            Some(failed(Failure::Canceled { by_request: true })),
+        )));
+        assert_eq!(question, sql::interrupted(HOLD));
+        assert!(done(op.step(&mut state, Some(row(&["t", "f"])))).unwrap());
+    }
+
+    #[test]
+    fn a_sliced_transaction_lock_tries_then_slices_and_reads_one_boolean() {
+        let mut slices = XactSlices::new(HOLD, Wait::Forever);
+        assert_eq!(
+            slices.next_statement().unwrap(),
+            "SELECT pg_try_advisory_xact_lock(7)"
+        );
+        let slice = slices.next_statement().unwrap();
+        assert!(
+            slice.contains("PERFORM pg_advisory_xact_lock(7)"),
+            "{slice}"
+        );
+        assert!(matches!(
+            slices.read(row(&["f"])),
+            XactOutcome::Answered(false)
+        ));
+        assert!(matches!(
+            slices.read(row(&["t"])),
+            XactOutcome::Answered(true)
+        ));
+        assert!(matches!(
+            slices.read(failed(Failure::Other)),
+            XactOutcome::Failed(_)
+        ));
+        let mut slices = XactSlices::new(HOLD, Wait::For(Duration::from_millis(1)));
+        slices.next_statement().unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+        assert_eq!(slices.next_statement(), None);
     }
 
     #[test]
@@ -1111,7 +1329,7 @@ mod tests {
     #[test]
     fn with_a_side_connection_waits_are_tagged_and_a_dropped_wait_is_fenced() {
         let mut state = state();
-        state.tags_waits = true;
+        state.waits = Waits::Tagged;
         let mut op = Acquire::start(&state, Wait::Forever).unwrap();
         let sql = simple(sent(op.step(&mut state, None)));
         assert!(sql.starts_with("/* dlock-wait:"), "{sql}");
@@ -1147,7 +1365,7 @@ mod tests {
         )));
         // A try never waits: not tagged, nothing to fence.
         let mut state = LockState::new(Key::Int(7));
-        state.tags_waits = true;
+        state.waits = Waits::Tagged;
         let mut op = Acquire::start(&state, Wait::Never).unwrap();
         let sql = simple(sent(op.step(&mut state, None)));
         assert_eq!(sql, "SELECT pg_try_advisory_lock(7)");
@@ -1157,7 +1375,7 @@ mod tests {
         ));
         // After an interruption the wait is over: the question is not fenced.
         let mut state = LockState::new(Key::Int(7));
-        state.tags_waits = true;
+        state.waits = Waits::Tagged;
         let mut op = Acquire::start(&state, Wait::For(Duration::from_secs(1))).unwrap();
         assert!(simple(sent(op.step(&mut state, None))).starts_with("/* dlock-wait:"));
         sent(op.step(&mut state, Some(failed(Failure::LockTimeout))));

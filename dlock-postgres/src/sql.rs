@@ -213,6 +213,35 @@ pub(crate) fn guarded_lock(hold: Hold, scope: Scope, lock_timeout_ms: u32) -> St
     sql
 }
 
+/// One slice of a sliced wait: waits at most `lock_timeout_ms` for the lock, and answers
+/// one boolean, whether the session holds it now. A timeout is no error: the wait runs in a
+/// PL/pgSQL block that catches `lock_not_available`, so it neither aborts a transaction of
+/// the user's nor writes an error to the server's log. `statement_timeout` is off and
+/// `lock_timeout` is the slice's for the wait only; both are put back as they were.
+///
+/// The answer is exact for the reason [`interrupted`] gives: a slice that timed out did not
+/// hold the lock before, so a hold found afterwards is one granted as its timer fired (the
+/// block caught the error, and a session lock outlives the block's subtransaction; a
+/// transaction lock does not, and is then not found).
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+pub(crate) fn sliced_lock(hold: Hold, scope: Scope, lock_timeout_ms: u32) -> String {
+    format!(
+        "SELECT set_config('{SAVED_STATEMENT_TIMEOUT}', current_setting('statement_timeout'), \
+         true), set_config('statement_timeout', '0', true); \
+         DO $dlock$ DECLARE saved text := current_setting('lock_timeout'); BEGIN \
+         PERFORM set_config('lock_timeout', '{lock_timeout_ms}', true); \
+         PERFORM pg_advisory{}_lock{}({}); \
+         PERFORM set_config('lock_timeout', saved, true); \
+         EXCEPTION WHEN lock_not_available THEN NULL; END $dlock$; \
+         SELECT {}, \
+         set_config('statement_timeout', current_setting('{SAVED_STATEMENT_TIMEOUT}'), true)",
+        scope.infix(),
+        hold.mode.suffix(),
+        key_args(hold.key),
+        session_holds(hold),
+    )
+}
+
 /// The statement that releases a session lock: `true` if the session held it.
 pub(crate) fn unlock(hold: Hold) -> String {
     format!(

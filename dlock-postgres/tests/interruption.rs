@@ -344,6 +344,117 @@ mod tokio_flavour {
         holder.release().await.unwrap();
     }
 
+    /// How long statements sent after a dropped acquire may wait behind it, by default: one
+    /// slice (400 ms), with room for a busy machine.
+    const BEHIND_A_SLICE: Duration = Duration::from_secs(3);
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn by_default_a_dropped_wait_ends_on_its_own_and_the_client_answers() {
+        // Failure 4, without a side connection: the wait of a dropped acquire ends within a
+        // slice, so the client answers while the holder still holds; no cancel request is
+        // sent, so nothing else is canceled.
+        let name = "interruption/dropped-default";
+        let key = pg_key(name);
+        let observer = connect().await;
+        let mut holder = AsyncPgLock::new(connect().await, name);
+        holder.acquire().await.unwrap();
+        let mut client = connect().await;
+        for (round, patience) in [30_u64, 120, 700].into_iter().enumerate() {
+            let mut lock = AsyncPgLock::new(&mut client, name);
+            let patience = Duration::from_millis(patience);
+            assert!(
+                tokio::time::timeout(patience, lock.acquire())
+                    .await
+                    .is_err(),
+                "round {round}: still waiting when dropped"
+            );
+            let started = Instant::now();
+            tokio::time::timeout(BEHIND_A_SLICE, lock.client().simple_query("SELECT 1"))
+                .await
+                .unwrap_or_else(|_| panic!("round {round}: the client waited for the holder"))
+                .unwrap();
+            assert!(started.elapsed() < BEHIND_A_SLICE);
+            assert_eq!(
+                holders(&observer, key).await,
+                [pid(holder.client()).await],
+                "round {round}"
+            );
+        }
+        holder.release().await.unwrap();
+        let mut lock = AsyncPgLock::new(&mut client, name);
+        assert!(lock.try_acquire().await.unwrap());
+        lock.release().await.unwrap();
+        assert!(holders(&observer, key).await.is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn by_default_a_dropped_transaction_lock_wait_ends_and_leaves_the_transaction_usable() {
+        // Failure 4 as reported: AsyncPgXactLock, no side connection. Both the plain acquire
+        // and the savepoint of acquire_timeout answer within a slice, and the transaction
+        // is not aborted: a slice that times out is no error.
+        let name = "interruption/dropped-xact-default";
+        let key = pg_key(name);
+        let observer = connect().await;
+        let mut holder = AsyncPgLock::new(connect().await, name);
+        holder.acquire().await.unwrap();
+        let mut client = connect().await;
+        let waiter = pid(&client).await;
+        let lock = AsyncPgXactLock::new(name);
+
+        let mut tx = client.transaction().await.unwrap();
+        let dropped = tokio::time::timeout(
+            Duration::from_millis(200),
+            lock.acquire_timeout(&mut tx, Duration::from_secs(30)),
+        )
+        .await;
+        assert!(dropped.is_err(), "still waiting when dropped");
+        tokio::time::timeout(BEHIND_A_SLICE, tx.simple_query("SELECT 1"))
+            .await
+            .expect("the transaction waited for the holder")
+            .expect("the transaction is usable");
+        let dropped = tokio::time::timeout(Duration::from_millis(300), lock.acquire(&tx)).await;
+        assert!(dropped.is_err(), "still waiting when dropped");
+        tokio::time::timeout(BEHIND_A_SLICE, tx.simple_query("SELECT 1"))
+            .await
+            .expect("the transaction waited for the holder")
+            .expect("the transaction is usable");
+        // A timeout inside the transaction leaves it usable too, after the time asked.
+        let started = Instant::now();
+        assert!(
+            !lock
+                .acquire_timeout(&mut tx, Duration::from_millis(250))
+                .await
+                .unwrap()
+        );
+        assert!(started.elapsed() >= Duration::from_millis(250));
+        tx.commit().await.unwrap();
+        assert_eq!(holders(&observer, key).await, [pid(holder.client()).await]);
+        assert!(!holders(&observer, key).await.contains(&waiter));
+        holder.release().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_timed_out_acquire_leaves_the_users_own_transaction_usable() {
+        // A session lock on a client whose user opened a transaction with raw SQL: the
+        // timeout is Ok(false), and the transaction goes on (no 55P03 aborts it).
+        let name = "interruption/raw-transaction";
+        let mut holder = AsyncPgLock::new(connect().await, name);
+        holder.acquire().await.unwrap();
+        let mut lock = AsyncPgLock::new(connect().await, name);
+        lock.client().batch_execute("BEGIN").await.unwrap();
+        let started = Instant::now();
+        assert!(
+            !lock
+                .acquire_timeout(Duration::from_millis(150))
+                .await
+                .unwrap()
+        );
+        assert!(started.elapsed() >= Duration::from_millis(150));
+        lock.client().simple_query("SELECT 1").await.unwrap();
+        lock.client().batch_execute("COMMIT").await.unwrap();
+        holder.release().await.unwrap();
+    }
+
     #[tokio::test]
     async fn tokio_postgres_sends_a_statement_on_the_first_poll() {
         // The cancel safety of AsyncPgLock leans on this (observed, not documented): a
@@ -353,23 +464,34 @@ mod tokio_flavour {
         let observer = connect().await;
         let mut holder = AsyncPgLock::new(connect().await, name);
         holder.acquire().await.unwrap();
-        let mut lock = AsyncPgLock::new(connect().await, name);
-        let waiter = pid(lock.client()).await;
-        poll_once_and_drop(lock.acquire()).await;
+        let client = connect().await;
+        let waiter = pid(&client).await;
+        let statement = format!("SELECT pg_advisory_lock({})", args(key));
+        poll_once_and_drop(client.simple_query(&statement)).await;
         // Polled once and dropped, yet the server shows the session waiting for the key.
         until_waiting(&observer, waiter).await;
         holder.release().await.unwrap();
-        // Granted then, and released by the queued cleanup.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !holders(&observer, key).await.is_empty() {
+        while holders(&observer, key).await != [waiter] {
             assert!(
                 Instant::now() < deadline,
-                "the cleanup released the late grant"
+                "the dropped statement was granted"
             );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        drop(client);
+
+        // So an acquire polled once and dropped has its statement on its way, and the
+        // cleanup queued behind it: the session holds nothing afterwards.
+        holder.acquire().await.unwrap();
+        let mut lock = AsyncPgLock::new(connect().await, name);
+        let waiter = pid(lock.client()).await;
+        poll_once_and_drop(lock.acquire()).await;
+        holder.release().await.unwrap();
         assert!(lock.try_acquire().await.unwrap());
+        assert_eq!(holders(&observer, key).await, [waiter]);
         lock.release().await.unwrap();
+        assert!(holders(&observer, key).await.is_empty());
     }
 
     #[tokio::test]
