@@ -214,15 +214,16 @@ pub(crate) fn guarded_lock(hold: Hold, scope: Scope, lock_timeout_ms: u32) -> St
 }
 
 /// One slice of a sliced wait: waits at most `lock_timeout_ms` for the lock, and answers
-/// one boolean, whether the session holds it now. A timeout is no error: the wait runs in a
-/// PL/pgSQL block that catches `lock_not_available`, so it neither aborts a transaction of
-/// the user's nor writes an error to the server's log. `statement_timeout` is off and
-/// `lock_timeout` is the slice's for the wait only; both are put back as they were.
+/// one boolean, whether the slice got it. A timeout is no error: the wait runs in a PL/pgSQL
+/// block that catches `lock_not_available`, so it neither aborts a transaction of the user's
+/// nor writes an error to the server's log. `statement_timeout` is off and `lock_timeout` is
+/// the slice's for the wait only; both are put back as they were.
 ///
-/// The answer is exact for the reason [`interrupted`] gives: a slice that timed out did not
-/// hold the lock before, so a hold found afterwards is one granted as its timer fired (the
-/// block caught the error, and a session lock outlives the block's subtransaction; a
-/// transaction lock does not, and is then not found).
+/// The block writes its answer to a setting that the same query reads back (nothing else
+/// can run in between). Only a timeout asks `pg_locks`, which costs more than the whole
+/// slice otherwise does; its answer is exact for the reason [`interrupted`] gives, and finds
+/// a session lock granted as the timer fired (it outlives the block's subtransaction), never
+/// a transaction lock (it does not).
 #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
 pub(crate) fn sliced_lock(hold: Hold, scope: Scope, lock_timeout_ms: u32) -> String {
     format!(
@@ -231,9 +232,11 @@ pub(crate) fn sliced_lock(hold: Hold, scope: Scope, lock_timeout_ms: u32) -> Str
          DO $dlock$ DECLARE saved text := current_setting('lock_timeout'); BEGIN \
          PERFORM set_config('lock_timeout', '{lock_timeout_ms}', true); \
          PERFORM pg_advisory{}_lock{}({}); \
-         PERFORM set_config('lock_timeout', saved, true); \
-         EXCEPTION WHEN lock_not_available THEN NULL; END $dlock$; \
-         SELECT {}, \
+         PERFORM set_config('lock_timeout', saved, true), set_config('{SLICE_GRANTED}', 'true', \
+         true); \
+         EXCEPTION WHEN lock_not_available THEN \
+         PERFORM set_config('{SLICE_GRANTED}', ({})::text, true); END $dlock$; \
+         SELECT current_setting('{SLICE_GRANTED}')::boolean, \
          set_config('statement_timeout', current_setting('{SAVED_STATEMENT_TIMEOUT}'), true)",
         scope.infix(),
         hold.mode.suffix(),
@@ -241,6 +244,9 @@ pub(crate) fn sliced_lock(hold: Hold, scope: Scope, lock_timeout_ms: u32) -> Str
         session_holds(hold),
     )
 }
+
+/// Where a slice's block leaves its answer for the query's last statement.
+const SLICE_GRANTED: &str = "dlock.slice_granted";
 
 /// The statement that releases a session lock: `true` if the session held it.
 pub(crate) fn unlock(hold: Hold) -> String {

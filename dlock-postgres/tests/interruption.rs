@@ -433,6 +433,37 @@ mod tokio_flavour {
         holder.release().await.unwrap();
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slice_that_runs_out_as_the_lock_is_granted_tells_the_truth() {
+        // The holder releases as the waiter's slice times out: whatever acquire_timeout
+        // answers, the server agrees (no untracked hold after Ok(false), a hold after true).
+        let name = "interruption/slice-race";
+        let key = pg_key(name);
+        let observer = connect().await;
+        let mut holder = AsyncPgLock::new(connect().await, name);
+        let mut waiter = AsyncPgLock::new(connect().await, name);
+        let waiter_pid = pid(waiter.client()).await;
+        let (mut granted, mut refused) = (0, 0);
+        for round in 0..120_u64 {
+            holder.acquire().await.unwrap();
+            let timeout = Duration::from_millis(40 + round % 20);
+            let (outcome, ()) = tokio::join!(waiter.acquire_timeout(timeout), async {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                holder.release().await.unwrap();
+            });
+            let holds = holders(&observer, key).await.contains(&waiter_pid);
+            if outcome.unwrap() {
+                granted += 1;
+                assert!(holds, "round {round}: true without the lock");
+                waiter.release().await.unwrap();
+            } else {
+                refused += 1;
+                assert!(!holds, "round {round}: false with an untracked lock");
+            }
+        }
+        println!("slice race: {granted} granted, {refused} timed out");
+    }
+
     #[tokio::test]
     async fn a_timed_out_acquire_leaves_the_users_own_transaction_usable() {
         // A session lock on a client whose user opened a transaction with raw SQL: the
