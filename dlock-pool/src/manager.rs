@@ -236,6 +236,30 @@ impl<M: AsyncManager> bb8::ManageConnection for LockManager<M> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(any(feature = "bb8", feature = "r2d2"))]
+    use std::sync::atomic::AtomicUsize;
+
+    /// A manager of numbered fake connections, counting how many it made: for the pool
+    /// logic that needs no server (r2d2's own tests use one too).
+    #[cfg(any(feature = "bb8", feature = "r2d2"))]
+    #[derive(Debug, Default)]
+    struct Fake {
+        made: AtomicUsize,
+    }
+
+    #[cfg(any(feature = "bb8", feature = "r2d2"))]
+    #[derive(Debug)]
+    struct FakeError;
+
+    #[cfg(any(feature = "bb8", feature = "r2d2"))]
+    impl fmt::Display for FakeError {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("fake")
+        }
+    }
+
+    #[cfg(any(feature = "bb8", feature = "r2d2"))]
+    impl std::error::Error for FakeError {}
 
     #[test]
     fn a_mark_set_from_a_clone_or_an_armed_drop_is_seen_by_the_connection() {
@@ -262,24 +286,7 @@ mod tests {
     #[cfg(feature = "bb8")]
     mod bb8_pool {
         use super::super::*;
-        use std::sync::atomic::AtomicUsize;
-
-        /// A manager of numbered fake connections, counting how many it made.
-        #[derive(Debug, Default)]
-        struct Fake {
-            made: AtomicUsize,
-        }
-
-        #[derive(Debug)]
-        struct FakeError;
-
-        impl fmt::Display for FakeError {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("fake")
-            }
-        }
-
-        impl std::error::Error for FakeError {}
+        use super::{Fake, FakeError};
 
         impl bb8::ManageConnection for Fake {
             type Connection = usize;
@@ -324,7 +331,7 @@ mod tests {
             // protocol state is then unknown, and it must not be handed out again.
             #[derive(Debug, Default)]
             struct Stalling {
-                made: AtomicUsize,
+                made: std::sync::atomic::AtomicUsize,
             }
 
             impl bb8::ManageConnection for Stalling {
@@ -361,24 +368,7 @@ mod tests {
     #[cfg(feature = "r2d2")]
     mod r2d2_pool {
         use super::super::*;
-        use std::sync::atomic::AtomicUsize;
-
-        /// A manager of numbered fake connections, counting how many it made.
-        #[derive(Debug, Default)]
-        struct Fake {
-            made: AtomicUsize,
-        }
-
-        #[derive(Debug)]
-        struct FakeError;
-
-        impl fmt::Display for FakeError {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("fake")
-            }
-        }
-
-        impl std::error::Error for FakeError {}
+        use super::{Fake, FakeError};
 
         impl r2d2::ManageConnection for Fake {
             type Connection = usize;

@@ -65,52 +65,11 @@ impl<C: BorrowMut<Client>> PgLock<C> {
         }
     }
 
-    /// Makes this a shared lock: any number of shared holders, no exclusive one. Affects
-    /// the next acquire.
-    pub fn shared(mut self) -> Self {
-        self.state.mode = Mode::Shared;
-        self
-    }
-
-    /// Uses `policy` to turn the key into a PostgreSQL key. Affects the next acquire.
-    pub fn policy(mut self, policy: KeyPolicy) -> Self {
-        self.state.policy = policy;
-        self
-    }
-
-    /// The lock's mode.
-    pub fn mode(&self) -> Mode {
-        self.state.mode
-    }
-
-    /// The PostgreSQL key this lock takes, under its policy.
-    ///
-    /// # Errors
-    ///
-    /// What a custom key policy returns; built-in policies accept every key.
-    pub fn pg_key(&self) -> Result<PgKey> {
-        self.state.policy.pg_key(&self.state.key)
-    }
+    crate::methods::lock_methods!();
 
     /// The client, for work inside the critical section.
     pub fn client(&mut self) -> &mut Client {
         self.get_mut().borrow_mut()
-    }
-
-    /// The connection as it was given (a pooled connection, a box, a borrow), for what its
-    /// own type offers.
-    pub fn get_ref(&self) -> &C {
-        self.conn
-            .as_ref()
-            .expect("the connection is only taken by into_inner")
-    }
-
-    /// The connection as it was given, mutably. Do not release the lock's key through it
-    /// with raw SQL: the lock would no longer know what it holds.
-    pub fn get_mut(&mut self) -> &mut C {
-        self.conn
-            .as_mut()
-            .expect("the connection is only taken by into_inner")
     }
 
     /// Every session of this database that holds this lock's key, with its mode, from

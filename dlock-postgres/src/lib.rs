@@ -4,6 +4,8 @@
 #[cfg(any(feature = "blocking", feature = "tokio"))]
 mod machine;
 #[cfg(any(feature = "blocking", feature = "tokio"))]
+mod methods;
+#[cfg(any(feature = "blocking", feature = "tokio"))]
 mod sql;
 
 #[cfg(feature = "blocking")]

@@ -1,0 +1,60 @@
+//! The builder and accessor methods that `MySqlLock` and `AsyncMySqlLock` share, written
+//! once: the two types differ only in the flavour of their connection, not in these.
+
+/// Expands, inside `impl<C> MySqlLock<C>` or `impl<C> AsyncMySqlLock<C>`, to the methods
+/// both types have. Each type has the fields `conn: Option<C>` and `state: LockState`.
+macro_rules! lock_methods {
+    () => {
+        /// Uses `policy` to turn the key into a lock name (for example
+        /// [`KeyPolicy::HashedMySqlName`] for keys longer than MySQL's 64 characters).
+        /// Affects the next acquire.
+        pub fn policy(mut self, policy: KeyPolicy) -> Self {
+            self.state.policy = policy;
+            self
+        }
+
+        /// Asks for a shared lock, which MySQL and MariaDB do not have: every acquire then
+        /// fails with [`Error::Unsupported`]. It exists so that code written for PostgreSQL
+        /// fails clearly instead of silently taking an exclusive lock.
+        pub fn shared(mut self) -> Self {
+            self.state.shared();
+            self
+        }
+
+        /// Asks for a transaction-scoped lock, which MySQL and MariaDB do not have
+        /// (`GET_LOCK` ignores transactions): every acquire then fails with
+        /// [`Error::Unsupported`].
+        pub fn transaction_scoped(mut self) -> Self {
+            self.state.transaction_scoped();
+            self
+        }
+
+        /// The lock name this lock takes, under its policy.
+        ///
+        /// # Errors
+        ///
+        /// [`Error::InvalidKey`] when the key cannot be a MySQL lock name under the policy
+        /// (empty, longer than 64 characters or 192 bytes, not UTF-8, containing NUL).
+        pub fn name(&self) -> Result<String> {
+            self.state.name()
+        }
+
+        /// The connection as it was given (a pooled connection, a box, a borrow), for what
+        /// its own type offers.
+        pub fn get_ref(&self) -> &C {
+            self.conn
+                .as_ref()
+                .expect("the connection is only taken when the lock is consumed")
+        }
+
+        /// The connection as it was given, mutably. Do not release the lock's name through
+        /// it with raw SQL: the lock would no longer know what it holds.
+        pub fn get_mut(&mut self) -> &mut C {
+            self.conn
+                .as_mut()
+                .expect("the connection is only taken when the lock is consumed")
+        }
+    };
+}
+
+pub(crate) use lock_methods;

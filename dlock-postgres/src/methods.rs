@@ -1,0 +1,53 @@
+//! The builder and accessor methods that `PgLock` and `AsyncPgLock` share, written once: the
+//! two types differ only in the flavour of their connection, not in these.
+
+/// Expands, inside `impl<C> PgLock<C>` or `impl<C> AsyncPgLock<C>`, to the methods both
+/// types have. Each type has the fields `conn: Option<C>` and `state: LockState`.
+macro_rules! lock_methods {
+    () => {
+        /// Makes this a shared lock: any number of shared holders, no exclusive one. Affects
+        /// the next acquire.
+        pub fn shared(mut self) -> Self {
+            self.state.mode = Mode::Shared;
+            self
+        }
+
+        /// Uses `policy` to turn the key into a PostgreSQL key. Affects the next acquire.
+        pub fn policy(mut self, policy: KeyPolicy) -> Self {
+            self.state.policy = policy;
+            self
+        }
+
+        /// The lock's mode.
+        pub fn mode(&self) -> Mode {
+            self.state.mode
+        }
+
+        /// The PostgreSQL key this lock takes, under its policy.
+        ///
+        /// # Errors
+        ///
+        /// What a custom key policy returns; built-in policies accept every key.
+        pub fn pg_key(&self) -> Result<PgKey> {
+            self.state.policy.pg_key(&self.state.key)
+        }
+
+        /// The connection as it was given (a pooled connection, a box, a borrow), for what
+        /// its own type offers.
+        pub fn get_ref(&self) -> &C {
+            self.conn
+                .as_ref()
+                .expect("the connection is only taken when the lock is consumed")
+        }
+
+        /// The connection as it was given, mutably. Do not release the lock's key through
+        /// it with raw SQL: the lock would no longer know what it holds.
+        pub fn get_mut(&mut self) -> &mut C {
+            self.conn
+                .as_mut()
+                .expect("the connection is only taken when the lock is consumed")
+        }
+    };
+}
+
+pub(crate) use lock_methods;
