@@ -5,40 +5,11 @@
 use dlock_testkit::mysql as common;
 
 use std::panic::{self, AssertUnwindSafe};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{connect, holder_of};
 use dlock_mysql::{Error, Key, KeyPolicy, Lock, MySqlLock};
 use mysql::prelude::Queryable;
-
-#[test]
-fn locks_exclude_other_sessions_until_released() {
-    let mut holder = MySqlLock::new(connect(), "blocking/exclusive");
-    let mut other = MySqlLock::new(connect(), "blocking/exclusive");
-    assert!(!holder.is_acquired(), "a lock is created unlocked");
-    holder.acquire().unwrap();
-    assert!(holder.is_acquired());
-    assert!(holder.verify().unwrap());
-    let id = holder.conn().connection_id();
-    assert_eq!(holder.holder().unwrap(), Some(u64::from(id)));
-    assert_eq!(
-        other.holder().unwrap(),
-        Some(u64::from(id)),
-        "seen from any session"
-    );
-    assert!(
-        !other.try_acquire().unwrap(),
-        "a second session is excluded"
-    );
-    assert!(!other.is_acquired());
-    assert!(!other.verify().unwrap());
-    holder.release().unwrap();
-    assert!(!holder.is_acquired());
-    assert!(!holder.verify().unwrap());
-    assert_eq!(holder.holder().unwrap(), None);
-    assert!(other.try_acquire().unwrap(), "released, the lock is free");
-}
 
 #[test]
 fn names_are_the_same_locks_other_libraries_take_with_bound_parameters() {
@@ -82,78 +53,6 @@ fn names_mean_the_same_whatever_the_sessions_sql_mode_and_character_set() {
 }
 
 #[test]
-fn a_waiting_acquire_without_timeout_is_handed_the_lock_when_the_holder_releases() {
-    // MariaDB answers GET_LOCK(name, -1) with NULL: "forever" must still wait and win.
-    let mut holder = MySqlLock::new(connect(), "blocking/forever");
-    holder.acquire().unwrap();
-    let waiter = thread::spawn(|| {
-        let mut waiter = MySqlLock::new(connect(), "blocking/forever");
-        let started = Instant::now();
-        waiter.acquire().unwrap();
-        (started.elapsed(), waiter.verify().unwrap())
-    });
-    thread::sleep(Duration::from_millis(1_200));
-    holder.release().unwrap();
-    let (waited, verified) = waiter.join().unwrap();
-    assert!(
-        waited >= Duration::from_millis(1_100),
-        "the waiter waited past a second: {waited:?}"
-    );
-    assert!(verified);
-}
-
-#[test]
-fn acquire_timeout_gives_up_no_earlier_than_asked() {
-    let mut holder = MySqlLock::new(connect(), "blocking/timeout");
-    holder.acquire().unwrap();
-    let mut waiter = MySqlLock::new(connect(), "blocking/timeout");
-    for asked in [Duration::from_millis(250), Duration::from_micros(30_500)] {
-        let started = Instant::now();
-        assert!(
-            !waiter.acquire_timeout(asked).unwrap(),
-            "the lock is held elsewhere"
-        );
-        let waited = started.elapsed();
-        assert!(
-            waited >= asked,
-            "gave up after {waited:?}, before {asked:?}"
-        );
-        assert!(!waiter.is_acquired());
-    }
-    holder.release().unwrap();
-    assert!(waiter.acquire_timeout(Duration::from_millis(100)).unwrap());
-    assert!(waiter.verify().unwrap());
-}
-
-#[test]
-fn a_zero_timeout_is_a_try() {
-    let mut holder = MySqlLock::new(connect(), "blocking/zero-timeout");
-    assert!(holder.acquire_timeout(Duration::ZERO).unwrap());
-    let mut other = MySqlLock::new(connect(), "blocking/zero-timeout");
-    let started = Instant::now();
-    assert!(!other.acquire_timeout(Duration::ZERO).unwrap());
-    assert!(
-        started.elapsed() < Duration::from_millis(500),
-        "a try does not wait"
-    );
-}
-
-#[test]
-fn acquiring_a_held_lock_object_again_is_already_acquired() {
-    let mut lock = MySqlLock::new(connect(), "blocking/already");
-    lock.acquire().unwrap();
-    assert!(matches!(lock.acquire(), Err(Error::AlreadyAcquired)));
-    assert!(matches!(lock.try_acquire(), Err(Error::AlreadyAcquired)));
-    assert!(matches!(
-        lock.acquire_timeout(Duration::from_millis(5)),
-        Err(Error::AlreadyAcquired)
-    ));
-    assert!(lock.is_acquired(), "still held");
-    lock.release().unwrap();
-    assert!(matches!(lock.release(), Err(Error::NotAcquired)));
-}
-
-#[test]
 fn a_lock_lost_behind_the_objects_back_is_not_held_at_release() {
     let mut lock = MySqlLock::new(connect(), "blocking/lost");
     lock.acquire().unwrap();
@@ -175,41 +74,6 @@ fn a_lock_lost_behind_the_objects_back_is_not_held_at_release() {
         other.verify().unwrap(),
         "the other session's lock is untouched"
     );
-}
-
-#[test]
-fn two_lock_objects_on_one_session_each_hold_and_each_release() {
-    let mut conn = connect();
-    let mut first = MySqlLock::new(&mut conn, "blocking/twice");
-    first.acquire().unwrap();
-    let (conn, released) = first.into_inner();
-    released.unwrap();
-    let mut first = MySqlLock::new(&mut *conn, "blocking/twice");
-    first.acquire().unwrap();
-    {
-        let mut second = MySqlLock::new(first.conn(), "blocking/twice");
-        assert!(second.try_acquire().unwrap(), "the server counts the holds");
-        second.release().unwrap();
-    }
-    assert!(first.verify().unwrap(), "one hold is left");
-    assert!(holder_of("blocking/twice").is_some());
-    first.release().unwrap();
-    assert_eq!(holder_of("blocking/twice"), None);
-}
-
-#[test]
-fn drop_releases_a_held_lock() {
-    let mut lock = MySqlLock::new(connect(), "blocking/drop");
-    lock.acquire().unwrap();
-    let mut conn = connect();
-    {
-        let mut borrowed = MySqlLock::new(&mut conn, "blocking/drop-borrowed");
-        borrowed.acquire().unwrap();
-    }
-    assert_eq!(holder_of("blocking/drop-borrowed"), None);
-    assert!(holder_of("blocking/drop").is_some());
-    drop(lock);
-    assert_eq!(holder_of("blocking/drop"), None);
 }
 
 #[test]

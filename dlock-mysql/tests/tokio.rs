@@ -6,7 +6,7 @@
 use dlock_testkit::mysql as common;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{
     connect_async, eventually, holder_of, kill, kill_query, session_exists, wait_until_waiting,
@@ -14,72 +14,6 @@ use common::{
 use dlock_mysql::{AsyncLock, AsyncMySqlLock, Error, Key, KeyPolicy};
 use mysql_async::prelude::Queryable;
 use tokio::sync::Barrier;
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn locks_exclude_other_sessions_until_released() {
-    let mut holder = AsyncMySqlLock::new(connect_async().await, "tokio/exclusive");
-    let mut other = AsyncMySqlLock::new(connect_async().await, "tokio/exclusive");
-    assert!(!holder.is_acquired(), "a lock is created unlocked");
-    holder.acquire().await.unwrap();
-    assert!(holder.is_acquired());
-    assert!(holder.verify().await.unwrap());
-    let id = holder.conn().id();
-    assert_eq!(other.holder().await.unwrap(), Some(u64::from(id)));
-    assert!(!other.try_acquire().await.unwrap(), "excluded");
-    assert!(!other.verify().await.unwrap());
-    holder.release().await.unwrap();
-    assert!(!holder.is_acquired());
-    assert!(!holder.verify().await.unwrap());
-    assert_eq!(holder.holder().await.unwrap(), None);
-    assert!(
-        other.try_acquire().await.unwrap(),
-        "released, the lock is free"
-    );
-    assert!(matches!(other.acquire().await, Err(Error::AlreadyAcquired)));
-    other.release().await.unwrap();
-    assert!(matches!(other.release().await, Err(Error::NotAcquired)));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_waiting_acquire_without_timeout_is_handed_the_lock_when_the_holder_releases() {
-    let mut holder = AsyncMySqlLock::new(connect_async().await, "tokio/forever");
-    holder.acquire().await.unwrap();
-    let waiter = tokio::spawn(async {
-        let mut waiter = AsyncMySqlLock::new(connect_async().await, "tokio/forever");
-        let started = Instant::now();
-        waiter.acquire().await.unwrap();
-        (started.elapsed(), waiter.verify().await.unwrap())
-    });
-    tokio::time::sleep(Duration::from_millis(1_200)).await;
-    holder.release().await.unwrap();
-    let (waited, verified) = waiter.await.unwrap();
-    assert!(waited >= Duration::from_millis(1_100), "{waited:?}");
-    assert!(verified);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn acquire_timeout_gives_up_no_earlier_than_asked() {
-    let mut holder = AsyncMySqlLock::new(connect_async().await, "tokio/timeout");
-    holder.acquire().await.unwrap();
-    let mut waiter = AsyncMySqlLock::new(connect_async().await, "tokio/timeout");
-    for asked in [Duration::from_millis(250), Duration::from_micros(30_500)] {
-        let started = Instant::now();
-        assert!(!waiter.acquire_timeout(asked).await.unwrap());
-        let waited = started.elapsed();
-        assert!(
-            waited >= asked,
-            "gave up after {waited:?}, before {asked:?}"
-        );
-    }
-    assert!(!waiter.acquire_timeout(Duration::ZERO).await.unwrap());
-    holder.release().await.unwrap();
-    assert!(
-        waiter
-            .acquire_timeout(Duration::from_millis(100))
-            .await
-            .unwrap()
-    );
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_lock_lost_behind_the_objects_back_is_not_held_at_release() {
@@ -92,42 +26,6 @@ async fn a_lock_lost_behind_the_objects_back_is_not_held_at_release() {
     assert!(!lock.verify().await.unwrap());
     assert!(matches!(lock.release().await, Err(Error::NotHeld)));
     assert!(!lock.is_acquired());
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_lock_objects_on_one_session_each_hold_and_each_release() {
-    let mut conn = connect_async().await;
-    let mut first = AsyncMySqlLock::new(&mut conn, "tokio/twice");
-    first.acquire().await.unwrap();
-    {
-        let mut second = AsyncMySqlLock::new(first.conn(), "tokio/twice");
-        assert!(
-            second.try_acquire().await.unwrap(),
-            "the server counts holds"
-        );
-        second.release().await.unwrap();
-    }
-    assert!(first.verify().await.unwrap(), "one hold is left");
-    let (_, released) = first.into_inner().await;
-    released.unwrap();
-    assert_eq!(holder_of("tokio/twice"), None);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_owned_lock_dropped_while_held_is_released_by_a_spawned_task() {
-    let mut lock = AsyncMySqlLock::new(connect_async().await, "tokio/drop-owned");
-    lock.acquire().await.unwrap();
-    // An owned lock is Send + 'static: it can move into a task.
-    let lock = tokio::spawn(async move { lock }).await.unwrap();
-    drop(lock);
-    assert!(eventually(|| holder_of("tokio/drop-owned").is_none()));
-    // A connection of a mysql_async pool is owned too.
-    let pool = mysql_async::Pool::new(mysql_async::Opts::from_url(&common::mysql_url()).unwrap());
-    let mut pooled = AsyncMySqlLock::new(pool.get_conn().await.unwrap(), "tokio/drop-pooled");
-    pooled.acquire().await.unwrap();
-    drop(pooled);
-    assert!(eventually(|| holder_of("tokio/drop-pooled").is_none()));
-    pool.disconnect().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -258,34 +156,6 @@ async fn a_cancel_racing_the_handover_never_leaves_the_lock_held() {
         assert!(eventually(|| !session_exists(waiter_id)), "round {round}");
         assert_eq!(holder_of("tokio/cancel-race"), None, "round {round}");
     }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_killed_holder_loses_its_lock_and_a_waiter_gets_it() {
-    let (mut holder, holder_id) = held("tokio/killed").await;
-    let mut waiter = AsyncMySqlLock::new(connect_async().await, "tokio/killed");
-    let waiter_id = waiter.conn().id();
-    let waiting = tokio::spawn(async move {
-        (
-            waiter.acquire_timeout(Duration::from_secs(20)).await,
-            waiter,
-        )
-    });
-    tokio::task::spawn_blocking(move || {
-        wait_until_waiting(waiter_id);
-        kill(holder_id);
-    })
-    .await
-    .unwrap();
-    let (outcome, mut waiter) = waiting.await.unwrap();
-    assert!(outcome.unwrap());
-    assert!(waiter.verify().await.unwrap());
-    assert!(!holder.verify().await.unwrap());
-    let released = holder.release().await;
-    assert!(
-        matches!(released, Err(Error::NotHeld | Error::ConnectionLost { .. })),
-        "{released:?}"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

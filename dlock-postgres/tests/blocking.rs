@@ -12,46 +12,6 @@ use common::{backend_pid, connect, holder_pids};
 use dlock_postgres::{Error, Key, KeyPolicy, Lock, Mode, PgKey, PgLock, PgXactLock};
 
 #[test]
-fn exclusive_locks_exclude_other_sessions_until_released() {
-    let mut holder = PgLock::new(connect(), "blocking/exclusive");
-    let mut other = PgLock::new(connect(), "blocking/exclusive");
-    assert!(!holder.is_acquired(), "a lock is created unlocked");
-    holder.acquire().unwrap();
-    assert!(holder.is_acquired());
-    assert!(holder.verify().unwrap());
-    assert!(
-        !other.try_acquire().unwrap(),
-        "a second session is excluded"
-    );
-    assert!(!other.is_acquired());
-    assert!(!other.verify().unwrap());
-    holder.release().unwrap();
-    assert!(!holder.is_acquired());
-    assert!(!holder.verify().unwrap());
-    assert!(other.try_acquire().unwrap(), "released, the lock is free");
-}
-
-#[test]
-fn a_waiting_acquire_is_handed_the_lock_when_the_holder_releases() {
-    let mut holder = PgLock::new(connect(), "blocking/handover");
-    holder.acquire().unwrap();
-    let waiter = thread::spawn(|| {
-        let mut waiter = PgLock::new(connect(), "blocking/handover");
-        let started = Instant::now();
-        waiter.acquire().unwrap();
-        (started.elapsed(), waiter.verify().unwrap())
-    });
-    thread::sleep(Duration::from_millis(300));
-    holder.release().unwrap();
-    let (waited, verified) = waiter.join().unwrap();
-    assert!(
-        waited >= Duration::from_millis(250),
-        "the waiter waited: {waited:?}"
-    );
-    assert!(verified);
-}
-
-#[test]
 fn a_session_lock_timeout_does_not_cut_a_plain_acquire_short() {
     let mut holder = PgLock::new(connect(), "blocking/forever");
     holder.acquire().unwrap();
@@ -103,37 +63,6 @@ fn acquire_timeout_gives_up_no_earlier_than_asked_and_leaves_settings_alone() {
 }
 
 #[test]
-fn a_zero_timeout_is_a_try() {
-    let mut holder = PgLock::new(connect(), "blocking/zero-timeout");
-    assert!(holder.acquire_timeout(Duration::ZERO).unwrap());
-    let mut other = PgLock::new(connect(), "blocking/zero-timeout");
-    assert!(!other.acquire_timeout(Duration::ZERO).unwrap());
-}
-
-#[test]
-fn acquiring_a_held_lock_object_again_is_already_acquired() {
-    let mut lock = PgLock::new(connect(), "blocking/already");
-    lock.acquire().unwrap();
-    assert!(matches!(lock.acquire(), Err(Error::AlreadyAcquired)));
-    assert!(matches!(lock.try_acquire(), Err(Error::AlreadyAcquired)));
-    assert!(matches!(
-        lock.acquire_timeout(Duration::from_millis(5)),
-        Err(Error::AlreadyAcquired)
-    ));
-    assert!(lock.is_acquired(), "the lock is still held");
-    lock.release().unwrap();
-}
-
-#[test]
-fn releasing_a_lock_object_that_does_not_hold_is_not_acquired() {
-    let mut lock = PgLock::new(connect(), "blocking/not-acquired");
-    assert!(matches!(lock.release(), Err(Error::NotAcquired)));
-    lock.acquire().unwrap();
-    lock.release().unwrap();
-    assert!(matches!(lock.release(), Err(Error::NotAcquired)));
-}
-
-#[test]
 fn a_lock_lost_behind_dlocks_back_is_not_held_on_release() {
     let mut lock = PgLock::new(connect(), "blocking/lost");
     lock.acquire().unwrap();
@@ -144,32 +73,6 @@ fn a_lock_lost_behind_dlocks_back_is_not_held_on_release() {
     assert!(lock.is_acquired(), "the object's own view does no I/O");
     assert!(matches!(lock.release(), Err(Error::NotHeld)));
     assert!(!lock.is_acquired(), "unlocked either way");
-}
-
-#[test]
-fn two_lock_objects_on_one_session_both_hold_and_each_releases_its_own() {
-    let key = KeyPolicy::default()
-        .pg_key(&Key::from("blocking/reentrant"))
-        .unwrap();
-    let mut observer = connect();
-    let mut outer = PgLock::new(connect(), "blocking/reentrant");
-    outer.acquire().unwrap();
-    let pid = backend_pid(outer.client());
-    {
-        let mut inner = PgLock::new(outer.client(), "blocking/reentrant");
-        assert!(
-            inner.try_acquire().unwrap(),
-            "the server counts holds of one session"
-        );
-        inner.release().unwrap();
-    }
-    assert_eq!(
-        holder_pids(&mut observer, key),
-        [pid],
-        "the outer hold remains"
-    );
-    outer.release().unwrap();
-    assert!(holder_pids(&mut observer, key).is_empty());
 }
 
 #[test]
@@ -235,25 +138,6 @@ fn every_key_kind_and_policy_locks_where_pg_locks_expects_it() {
 fn the_default_key_of_user_001_is_the_documented_number() {
     let lock = PgLock::new(connect(), "user/001");
     assert_eq!(lock.pg_key().unwrap(), PgKey::BigInt(-8875347467275493450));
-}
-
-#[test]
-fn dropping_a_held_lock_releases_it() {
-    let mut observer = connect();
-    let key = KeyPolicy::default()
-        .pg_key(&Key::from("blocking/drop"))
-        .unwrap();
-    let mut client = connect();
-    {
-        let mut lock = PgLock::new(&mut client, "blocking/drop");
-        lock.acquire().unwrap();
-        assert_eq!(holder_pids(&mut observer, key).len(), 1);
-    }
-    assert!(
-        holder_pids(&mut observer, key).is_empty(),
-        "drop released it"
-    );
-    assert!(!client.is_closed(), "the borrowed client lives on");
 }
 
 #[test]

@@ -43,27 +43,6 @@ async fn settled_holders(observer: &Client, key: PgKey) -> Vec<i32> {
 use common::poll_once_and_drop;
 
 #[tokio::test]
-async fn exclusive_locks_exclude_and_hand_over_on_release() {
-    let mut holder = AsyncPgLock::new(connect().await, "tokio/exclusive");
-    let mut other = AsyncPgLock::new(connect().await, "tokio/exclusive");
-    assert!(!holder.is_acquired());
-    holder.acquire().await.unwrap();
-    assert!(holder.verify().await.unwrap());
-    assert!(!other.try_acquire().await.unwrap());
-    let waiter = tokio::spawn(async move {
-        let started = Instant::now();
-        other.acquire().await.unwrap();
-        (started.elapsed(), other.verify().await.unwrap())
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    holder.release().await.unwrap();
-    assert!(!holder.is_acquired());
-    let (waited, verified) = waiter.await.unwrap();
-    assert!(waited >= Duration::from_millis(250), "{waited:?}");
-    assert!(verified);
-}
-
-#[tokio::test]
 async fn acquire_timeout_gives_up_no_earlier_than_asked_and_leaves_settings_alone() {
     let mut holder = AsyncPgLock::new(connect().await, "tokio/timeout");
     holder.acquire().await.unwrap();
@@ -323,34 +302,6 @@ async fn a_release_dropped_after_its_first_poll_still_releases() {
     poll_once_and_drop(lock.release()).await;
     assert!(!lock.is_acquired());
     assert!(settled_holders(&observer, key).await.is_empty());
-}
-
-#[tokio::test]
-async fn a_terminated_holder_loses_its_lock_and_a_waiter_gets_it() {
-    let mut holder = AsyncPgLock::new(connect().await, "tokio/terminated");
-    holder.acquire().await.unwrap();
-    let holder_pid = pid(holder.client()).await;
-    let mut waiter = AsyncPgLock::new(connect().await, "tokio/terminated");
-    let waiting = tokio::spawn(async move {
-        let outcome = waiter.acquire_timeout(Duration::from_secs(20)).await;
-        (outcome, waiter)
-    });
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let admin = connect().await;
-    admin
-        .execute("SELECT pg_terminate_backend($1)", &[&holder_pid])
-        .await
-        .unwrap();
-    let (outcome, mut waiter) = waiting.await.unwrap();
-    assert!(outcome.unwrap());
-    assert!(waiter.verify().await.unwrap());
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(!holder.verify().await.unwrap());
-    let released = holder.release().await;
-    assert!(
-        matches!(released, Err(Error::ConnectionLost { .. } | Error::NotHeld)),
-        "{released:?}"
-    );
 }
 
 #[tokio::test]

@@ -7,6 +7,8 @@
 
 use ::mysql::prelude::Queryable as _;
 
+pub mod contract;
+
 /// Waits up to ten seconds for `condition`, checking every 10 ms; whether it came true.
 pub fn eventually(mut condition: impl FnMut() -> bool) -> bool {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);

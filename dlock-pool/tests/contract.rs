@@ -1,0 +1,283 @@
+//! The lock contract of DESIGN.md, written once in dlock-testkit, for the pools' guards:
+//! `LockPool` (r2d2) and `AsyncLockPool` (bb8), on both backends. A pooled lock object here is
+//! a pool and a key, holding the guard of its acquire; every guard has a connection, and so a
+//! session, of its own.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dlock_pool::{
+    AsyncConnection, AsyncLock, AsyncLockGuard, AsyncLockPool, AsyncManager, AsyncMySqlManager,
+    BlockingConnection, Error, Key, Lock, LockGuard, LockPool, Result,
+};
+use dlock_testkit as common;
+use dlock_testkit::contract::{AsyncFlavour, Flavour, Server};
+
+/// Which server a pool's connections go to.
+trait Backend {
+    const SERVER: Server;
+}
+
+struct Pg;
+
+impl Backend for Pg {
+    const SERVER: Server = Server::Postgres;
+}
+
+struct My;
+
+impl Backend for My {
+    const SERVER: Server = Server::MySql;
+}
+
+/// A blocking lock object over a pool: the guard of its acquire, if it holds.
+struct PoolLock<M>
+where
+    M: r2d2::ManageConnection,
+    M::Connection: BlockingConnection,
+{
+    pool: Arc<LockPool<M>>,
+    key: Key,
+    guard: Option<LockGuard<M>>,
+}
+
+impl<M> PoolLock<M>
+where
+    M: r2d2::ManageConnection,
+    M::Connection: BlockingConnection,
+{
+    fn unheld(&self) -> Result<()> {
+        match self.guard {
+            Some(_) => Err(Error::AlreadyAcquired),
+            None => Ok(()),
+        }
+    }
+}
+
+impl<M> Lock for PoolLock<M>
+where
+    M: r2d2::ManageConnection,
+    M::Connection: BlockingConnection,
+{
+    fn key(&self) -> &Key {
+        &self.key
+    }
+
+    fn acquire(&mut self) -> Result<()> {
+        self.unheld()?;
+        self.guard = Some(self.pool.acquire(self.key.clone())?);
+        Ok(())
+    }
+
+    fn try_acquire(&mut self) -> Result<bool> {
+        self.unheld()?;
+        self.guard = self.pool.try_acquire(self.key.clone())?;
+        Ok(self.guard.is_some())
+    }
+
+    fn acquire_timeout(&mut self, timeout: Duration) -> Result<bool> {
+        self.unheld()?;
+        self.guard = self.pool.acquire_timeout(self.key.clone(), timeout)?;
+        Ok(self.guard.is_some())
+    }
+
+    fn release(&mut self) -> Result<()> {
+        LockGuard::release(self.guard.take().ok_or(Error::NotAcquired)?)
+    }
+
+    fn is_acquired(&self) -> bool {
+        self.guard.is_some()
+    }
+
+    fn verify(&mut self) -> Result<bool> {
+        self.guard.as_mut().map_or(Ok(false), LockGuard::verify)
+    }
+}
+
+/// An async lock object over a pool: the guard of its acquire, if it holds.
+struct AsyncPoolLock<M>
+where
+    M: AsyncManager,
+    M::Connection: AsyncConnection,
+{
+    pool: Arc<AsyncLockPool<M>>,
+    key: Key,
+    guard: Option<AsyncLockGuard<M>>,
+}
+
+impl<M> AsyncPoolLock<M>
+where
+    M: AsyncManager,
+    M::Connection: AsyncConnection,
+{
+    fn unheld(&self) -> Result<()> {
+        match self.guard {
+            Some(_) => Err(Error::AlreadyAcquired),
+            None => Ok(()),
+        }
+    }
+}
+
+impl<M> AsyncLock for AsyncPoolLock<M>
+where
+    M: AsyncManager,
+    M::Connection: AsyncConnection,
+{
+    fn key(&self) -> &Key {
+        &self.key
+    }
+
+    async fn acquire(&mut self) -> Result<()> {
+        self.unheld()?;
+        self.guard = Some(self.pool.acquire(self.key.clone()).await?);
+        Ok(())
+    }
+
+    async fn try_acquire(&mut self) -> Result<bool> {
+        self.unheld()?;
+        self.guard = self.pool.try_acquire(self.key.clone()).await?;
+        Ok(self.guard.is_some())
+    }
+
+    async fn acquire_timeout(&mut self, timeout: Duration) -> Result<bool> {
+        self.unheld()?;
+        self.guard = self.pool.acquire_timeout(self.key.clone(), timeout).await?;
+        Ok(self.guard.is_some())
+    }
+
+    async fn release(&mut self) -> Result<()> {
+        AsyncLockGuard::release(self.guard.take().ok_or(Error::NotAcquired)?).await
+    }
+
+    fn is_acquired(&self) -> bool {
+        self.guard.is_some()
+    }
+
+    async fn verify(&mut self) -> Result<bool> {
+        match self.guard.as_mut() {
+            Some(guard) => AsyncLockGuard::verify(guard).await,
+            None => Ok(false),
+        }
+    }
+}
+
+/// The flavour of one r2d2 pool, shared by a clause's lock objects.
+struct R2d2<M: r2d2::ManageConnection, B>(Arc<LockPool<M>>, PhantomData<B>);
+
+impl<M, B: Backend> Flavour for R2d2<M, B>
+where
+    M: r2d2::ManageConnection,
+    M::Connection: BlockingConnection,
+    PoolLock<M>: Send + 'static,
+{
+    type Lock = PoolLock<M>;
+    const SERVER: Server = B::SERVER;
+
+    fn lock(&mut self, key: &str) -> Self::Lock {
+        PoolLock {
+            pool: Arc::clone(&self.0),
+            key: key.into(),
+            guard: None,
+        }
+    }
+
+    fn reentrant(&mut self, _: &mut Self::Lock, _: &str) -> bool {
+        false
+    }
+}
+
+fn r2d2_pool<M, B>(manager: M) -> R2d2<M, B>
+where
+    M: r2d2::ManageConnection,
+    M::Connection: BlockingConnection,
+{
+    let builder = r2d2::Pool::builder()
+        .max_size(4)
+        .connection_timeout(Duration::from_secs(5));
+    R2d2(
+        Arc::new(LockPool::with_builder(builder, manager).unwrap()),
+        PhantomData,
+    )
+}
+
+fn r2d2_postgres() -> R2d2<r2d2_postgres::PostgresConnectionManager<postgres::NoTls>, Pg> {
+    r2d2_pool(r2d2_postgres::PostgresConnectionManager::new(
+        common::pg_url().parse().unwrap(),
+        postgres::NoTls,
+    ))
+}
+
+fn r2d2_mysql() -> R2d2<r2d2_mysql::MySqlConnectionManager, My> {
+    let opts = mysql::Opts::from_url(&common::mysql_url()).unwrap();
+    r2d2_pool(r2d2_mysql::MySqlConnectionManager::new(
+        mysql::OptsBuilder::from_opts(opts),
+    ))
+}
+
+dlock_testkit::blocking_contract!(lock_pool_postgres, r2d2_postgres());
+dlock_testkit::blocking_contract!(lock_pool_mysql, r2d2_mysql());
+
+/// The flavour of one bb8 pool, opened by the clause's first lock object and shared by the
+/// rest.
+struct Bb8<M: AsyncManager, B> {
+    manager: Option<M>,
+    pool: Option<Arc<AsyncLockPool<M>>>,
+    backend: PhantomData<B>,
+}
+
+impl<M, B> Bb8<M, B>
+where
+    M: AsyncManager,
+    M::Connection: AsyncConnection,
+{
+    fn new(manager: M) -> Self {
+        Bb8 {
+            manager: Some(manager),
+            pool: None,
+            backend: PhantomData,
+        }
+    }
+}
+
+impl<M, B: Backend> AsyncFlavour for Bb8<M, B>
+where
+    M: AsyncManager,
+    M::Connection: AsyncConnection,
+{
+    type Lock = AsyncPoolLock<M>;
+    const SERVER: Server = B::SERVER;
+
+    async fn lock(&mut self, key: &str) -> Self::Lock {
+        if let Some(manager) = self.manager.take() {
+            let builder = bb8::Pool::builder()
+                .max_size(4)
+                .connection_timeout(Duration::from_secs(5));
+            let pool = AsyncLockPool::with_builder(builder, manager).await.unwrap();
+            self.pool = Some(Arc::new(pool));
+        }
+        AsyncPoolLock {
+            pool: Arc::clone(self.pool.as_ref().unwrap()),
+            key: key.into(),
+            guard: None,
+        }
+    }
+
+    async fn reentrant(&mut self, _: &mut Self::Lock, _: &str) -> bool {
+        false
+    }
+}
+
+fn bb8_postgres() -> Bb8<bb8_postgres::PostgresConnectionManager<tokio_postgres::NoTls>, Pg> {
+    Bb8::new(bb8_postgres::PostgresConnectionManager::new(
+        common::pg_url().parse().unwrap(),
+        tokio_postgres::NoTls,
+    ))
+}
+
+fn bb8_mysql() -> Bb8<AsyncMySqlManager, My> {
+    Bb8::new(AsyncMySqlManager::from_url(&common::mysql_url()).unwrap())
+}
+
+dlock_testkit::async_contract!(async_lock_pool_postgres, bb8_postgres());
+dlock_testkit::async_contract!(async_lock_pool_mysql, bb8_mysql());
