@@ -20,9 +20,13 @@ use crate::{Result, cargo, project_root};
 /// features (dlock-core, xtask) are covered by the whole-workspace rows.
 const FEATURED_CRATES: &[&str] = &["dlock-postgres", "dlock-mysql", "dlock-pool"];
 
-/// Test targets that freeze and restart their servers: each gets a row with servers of its
-/// own, and runs its tests one at a time.
-const OWN_SERVER_TESTS: &[(&str, &str)] = &[("dlock-pool", "faults")];
+/// Test targets that freeze and restart their servers: the `db:faults` row runs them all,
+/// one test at a time, on servers of its own (each crate's fault tests live in that crate).
+const OWN_SERVER_TESTS: &[(&str, &str)] = &[
+    ("dlock-postgres", "faults"),
+    ("dlock-mysql", "faults"),
+    ("dlock-pool", "faults"),
+];
 
 /// Feature sets checked beyond each feature alone: dlock-pool's code for a pool and a backend
 /// exists only when both are on, so each pair gets a row.
@@ -247,24 +251,12 @@ fn rows() -> Result<Vec<Row>> {
         };
         rows.push(Row::new(name, &args).needs_servers());
     }
+    let mut faults = vec!["test", "--all-features"];
     for (krate, target) in OWN_SERVER_TESTS {
-        rows.push(
-            Row::new(
-                format!("db:{krate}:{target}"),
-                &[
-                    "test",
-                    "-p",
-                    krate,
-                    "--all-features",
-                    "--test",
-                    target,
-                    "--",
-                    "--test-threads=1",
-                ],
-            )
-            .own_servers(),
-        );
+        faults.extend(["-p", krate, "--test", target]);
     }
+    faults.extend(["--", "--test-threads=1"]);
+    rows.push(Row::new("db:faults", &faults).own_servers());
     // The cancel, race and interruption tests again, with every core kept busy: a timing bug
     // that hides on an idle machine shows here rather than at users.
     rows.push(

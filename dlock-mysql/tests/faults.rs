@@ -1,0 +1,91 @@
+//! Faults a bare MySQL/MariaDB lock survives: a frozen server, and a restart that hands an
+//! old session's id to a new one. These tests freeze and restart their server, so they run on
+//! the servers of the matrix's `db:faults` row: `cargo xtask test-matrix --only db:faults`.
+
+use dlock_testkit as common;
+
+use std::time::{Duration, Instant};
+
+use dlock_mysql::{AsyncLock, AsyncMySqlLock, Error, Lock, MySqlLock};
+use dlock_testkit::faults::{Frozen, SLACK, TIMEOUT, my_pid, restart_mariadb};
+
+#[test]
+fn a_read_timeout_bounds_a_blocking_mysql_lock_on_a_frozen_server() {
+    // A blocking lock borrows its connection and cannot bound a read itself; the driver's
+    // read timeout does.
+    let key = "faults/frozen-blocking";
+    let mut holder = MySqlLock::new(common::my(), key);
+    holder.acquire().unwrap();
+    let opts = mysql::OptsBuilder::from_opts(mysql::Opts::from_url(&common::mysql_url()).unwrap())
+        .read_timeout(Some(Duration::from_secs(2)));
+    let mut waiter = MySqlLock::new(mysql::Conn::new(opts).unwrap(), key);
+    let frozen = Frozen::new(my_pid(), false);
+    let started = Instant::now();
+    let outcome = waiter.acquire_timeout(TIMEOUT);
+    let took = started.elapsed();
+    drop(frozen);
+    assert!(
+        matches!(outcome, Err(Error::ConnectionLost { .. })),
+        "{outcome:?}"
+    );
+    assert!(took < Duration::from_secs(2) + SLACK, "{took:?}");
+    holder.release().unwrap();
+}
+
+/// The connection id holding `name`, asked from a fresh session.
+fn mysql_holder_of(name: &str) -> Option<u32> {
+    use mysql::prelude::Queryable;
+    let mut conn = mysql::Conn::new(mysql::Opts::from_url(&common::mysql_url()).unwrap()).unwrap();
+    conn.exec_first::<Option<u32>, _, _>("SELECT IS_USED_LOCK(?)", (name,))
+        .unwrap()
+        .flatten()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_id_repeated_after_a_restart_is_never_taken_for_the_old_session() {
+    // Connection ids start again at 1 when MariaDB restarts. A borrowed lock held when the
+    // server restarted is dropped afterwards, while a new session with the same id holds the
+    // same name: nothing dlock does may end that session or release its lock (a
+    // process-wide record of owed releases keyed by id once did).
+    let name = "faults/id-reuse";
+    let opts = mysql_async::Opts::from_url(&common::mysql_url()).unwrap();
+    // A fresh server first, so the old session's id is small and comes round again soon.
+    tokio::task::spawn_blocking(restart_mariadb).await.unwrap();
+    let mut old = mysql_async::Conn::new(opts.clone()).await.unwrap();
+    let old_id = old.id();
+    let mut lock = AsyncMySqlLock::new(&mut old, name);
+    lock.acquire().await.unwrap();
+    tokio::task::spawn_blocking(restart_mariadb).await.unwrap();
+    let mut same = None;
+    for _ in 0..10_000 {
+        let conn = mysql_async::Conn::new(opts.clone()).await.unwrap();
+        if conn.id() == old_id {
+            same = Some(conn);
+            break;
+        }
+        assert!(
+            conn.id() < old_id,
+            "ids passed {old_id} without reaching it"
+        );
+        conn.disconnect().await.unwrap();
+    }
+    let mut same = same.expect("a new session got the old id");
+    let mut new_holder = AsyncMySqlLock::new(&mut same, name);
+    new_holder.acquire().await.unwrap();
+    assert_eq!(mysql_holder_of(name), Some(old_id));
+    // The old lock is dropped held, on a borrowed connection whose session died.
+    drop(lock);
+    // Lock operations on the new session go on as usual.
+    {
+        let mut other = AsyncMySqlLock::new(new_holder.conn(), "faults/id-reuse-other");
+        assert!(other.try_acquire().await.unwrap());
+        other.release().await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        new_holder.verify().await.unwrap(),
+        "the new session still holds its lock"
+    );
+    assert_eq!(mysql_holder_of(name), Some(old_id));
+    new_holder.release().await.unwrap();
+}
