@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use dlock_pool::mysql::{AsyncMySqlLock, MySqlLock};
 use dlock_pool::postgres::{AsyncPgLock, PgLock};
@@ -21,6 +21,7 @@ use dlock_pool::{
 };
 use mysql::prelude::Queryable;
 use mysql_async::prelude::Queryable as _;
+use serde_json::{Value, json};
 
 type Result<T, E = Box<dyn std::error::Error + Send + Sync>> = std::result::Result<T, E>;
 
@@ -937,52 +938,9 @@ fn machine() -> String {
     format!("{cpu}, {cores} cores{memory}")
 }
 
-/// The UTC date and time, from the system clock (days-from-civil, inverted).
+/// The UTC date and time, from the system clock, to the second (RFC 3339).
 fn now_utc() -> String {
-    let seconds = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| since.as_secs());
-    let days = i64::try_from(seconds / 86_400).unwrap_or(0);
-    let rest = seconds % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rest / 3_600,
-        rest % 3_600 / 60,
-        rest % 60
-    )
-}
-
-fn json_string(text: &str) -> String {
-    let mut out = String::from("\"");
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if u32::from(c) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", u32::from(c));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-fn json_number(value: f64) -> String {
-    if value.is_finite() {
-        format!("{value:.3}")
-    } else {
-        "null".to_owned()
-    }
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
 
 /// Everything measured, for the tables and the JSON file.
@@ -1142,115 +1100,71 @@ impl Report {
     }
 
     fn json(&self) -> String {
-        let stats = |s: &Stats| {
-            format!(
-                "{{\"samples\": {}, \"p50\": {}, \"p99\": {}, \"min\": {}, \"max\": {}, \"spread\": {}}}",
-                s.0.len(),
-                json_number(s.median()),
-                json_number(s.quantile(0.99)),
-                json_number(s.quantile(0.0)),
-                json_number(s.quantile(1.0)),
-                json_number(s.spread())
-            )
-        };
-        let mut out = String::from("{\n");
-        let _ = writeln!(out, "  \"machine\": {},", json_string(&self.machine));
-        let _ = writeln!(out, "  \"date\": {},", json_string(&self.date));
-        let _ = writeln!(out, "  \"profile\": {},", json_string(self.profile));
-        let _ = writeln!(out, "  \"quick\": {},", self.scale.quick);
-        let _ = writeln!(
-            out,
-            "  \"servers\": {{\"postgres\": {}, \"mysql\": {}}},",
-            json_string(&self.postgres_version),
-            json_string(&self.mysql_version)
-        );
-        let rows: Vec<String> = self
-            .throughput
-            .iter()
-            .map(|t| {
-                format!(
-                    "    {{\"path\": {}, \"floor\": {}, \"dlock_per_second\": {}, \"floor_per_second\": {}, \"ratio\": {}, \"ratios\": {}}}",
-                    json_string(t.path),
-                    json_string(t.floor),
-                    stats(&t.dlock),
-                    stats(&t.raw),
-                    json_number(t.ratio()),
-                    stats(&t.ratios)
-                )
+        fn stats(s: &Stats) -> Value {
+            json!({
+                "samples": s.0.len(),
+                "p50": number(s.median()),
+                "p99": number(s.quantile(0.99)),
+                "min": number(s.quantile(0.0)),
+                "max": number(s.quantile(1.0)),
+                "spread": number(s.spread()),
             })
-            .collect();
-        let _ = writeln!(out, "  \"throughput\": [\n{}\n  ],", rows.join(",\n"));
-        let rows: Vec<String> = self
-            .round_trips
-            .iter()
-            .map(|(backend, s)| {
-                format!(
-                    "    {{\"backend\": {}, \"rtt_us\": {}}}",
-                    json_string(backend),
-                    stats(s)
-                )
-            })
-            .collect();
-        let _ = writeln!(out, "  \"round_trips\": [\n{}\n  ],", rows.join(",\n"));
-        let rows: Vec<String> = self
-            .handoff
-            .iter()
-            .map(|h| {
-                format!(
-                    "    {{\"backend\": {}, \"path\": {}, \"waiters\": {}, \"latency_us\": {}, \"p50_in_round_trips\": {}}}",
-                    json_string(h.backend),
-                    json_string(h.path),
-                    h.waiters,
-                    stats(&h.latency_us),
-                    json_number(h.latency_us.median() / self.rtt(h.backend))
-                )
-            })
-            .collect();
-        let _ = writeln!(out, "  \"handoff\": [\n{}\n  ],", rows.join(",\n"));
-        let rows: Vec<String> = self
-            .precision
-            .iter()
-            .map(|p| {
-                format!(
-                    "    {{\"path\": {}, \"asked_ms\": 100, \"overshoot_ms\": {}}}",
-                    json_string(p.path),
-                    stats(&p.overshoot_ms)
-                )
-            })
-            .collect();
-        let _ = writeln!(
-            out,
-            "  \"timeout_precision\": [\n{}\n  ],",
-            rows.join(",\n")
-        );
-        let rows: Vec<String> = self
-            .many_keys
-            .iter()
-            .map(|m| {
-                format!(
-                    "    {{\"backend\": {}, \"keys\": {}, \"per_lock_us\": {}, \"limit\": {}}}",
-                    json_string(m.backend),
-                    m.keys,
-                    json_number(m.per_lock_us),
-                    json_string(&m.limit)
-                )
-            })
-            .collect();
-        let _ = writeln!(out, "  \"many_keys\": [\n{}\n  ],", rows.join(",\n"));
-        let rows: Vec<String> = self
-            .contention
-            .iter()
-            .map(|c| {
-                format!(
-                    "    {{\"backend\": {}, \"tasks\": {TASKS}, \"pool_size\": {POOL_SIZE}, \"keys\": {KEYS}, \"per_second\": {}, \"acquisitions_per_task\": {}}}",
-                    json_string(c.backend),
-                    json_number(c.per_second),
-                    stats(&c.per_task)
-                )
-            })
-            .collect();
-        let _ = writeln!(out, "  \"contention\": [\n{}\n  ]", rows.join(",\n"));
-        out.push_str("}\n");
+        }
+        // Three decimals are all the precision a measurement here has; NaN is null.
+        fn number(value: f64) -> Value {
+            if value.is_finite() {
+                json!((value * 1000.0).round() / 1000.0)
+            } else {
+                Value::Null
+            }
+        }
+        let report = json!({
+            "machine": self.machine,
+            "date": self.date,
+            "profile": self.profile,
+            "quick": self.scale.quick,
+            "servers": {"postgres": self.postgres_version, "mysql": self.mysql_version},
+            "throughput": self.throughput.iter().map(|t| json!({
+                "path": t.path,
+                "floor": t.floor,
+                "dlock_per_second": stats(&t.dlock),
+                "floor_per_second": stats(&t.raw),
+                "ratio": number(t.ratio()),
+                "ratios": stats(&t.ratios),
+            })).collect::<Vec<_>>(),
+            "round_trips": self.round_trips.iter().map(|(backend, s)| json!({
+                "backend": backend,
+                "rtt_us": stats(s),
+            })).collect::<Vec<_>>(),
+            "handoff": self.handoff.iter().map(|h| json!({
+                "backend": h.backend,
+                "path": h.path,
+                "waiters": h.waiters,
+                "latency_us": stats(&h.latency_us),
+                "p50_in_round_trips": number(h.latency_us.median() / self.rtt(h.backend)),
+            })).collect::<Vec<_>>(),
+            "timeout_precision": self.precision.iter().map(|p| json!({
+                "path": p.path,
+                "asked_ms": 100,
+                "overshoot_ms": stats(&p.overshoot_ms),
+            })).collect::<Vec<_>>(),
+            "many_keys": self.many_keys.iter().map(|m| json!({
+                "backend": m.backend,
+                "keys": m.keys,
+                "per_lock_us": number(m.per_lock_us),
+                "limit": m.limit,
+            })).collect::<Vec<_>>(),
+            "contention": self.contention.iter().map(|c| json!({
+                "backend": c.backend,
+                "tasks": TASKS,
+                "pool_size": POOL_SIZE,
+                "keys": KEYS,
+                "per_second": number(c.per_second),
+                "acquisitions_per_task": stats(&c.per_task),
+            })).collect::<Vec<_>>(),
+        });
+        let mut out = serde_json::to_string_pretty(&report).unwrap_or_default();
+        out.push('\n');
         out
     }
 }
