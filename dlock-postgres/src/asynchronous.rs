@@ -92,27 +92,17 @@ impl<T: AsyncPgConnection + ?Sized> AsyncPgConnection for &mut T {
 /// `select!`) without leaving a lock that nobody tracks, and without touching any other
 /// statement or any other hold of the session:
 ///
-/// - A dropped acquire queues one cleanup behind its statement: once the statement ends,
-///   the cleanup unlocks the key if, and only if, the statement was granted it. (`pg_locks`
-///   tells exactly: a statement that could still be running waited, and a session's own holds
-///   never make it wait, so a hold found afterwards is that statement's.) The lock reads the
-///   cleanup's reply before its next operation and sends it again if the server refused it
-///   (an aborted transaction), so it runs exactly once.
-/// - A cancel request ends whatever the session runs when it arrives, which can be your next
-///   statement, so dlock sends none it cannot aim. Instead, a wait goes in slices: a try,
-///   then waits in the server of at most 400 ms each (50 ms first, doubling). So a dropped
-///   wait ends on its own within one slice, and what you send on the client meanwhile waits
-///   at most that long behind it. A slice that runs out is caught in the server: it neither
-///   aborts a transaction you opened nor writes an error to the server's log, and a release
-///   hands the lock to a waiter inside a slice as fast as to any waiter. With a
-///   [`side_connection`](AsyncPgLock::side_connection), a wait is one statement instead, and
-///   a dropped one ends at once: the side connection takes a gate, cancels the dropped
-///   statement only while the server shows it waiting (one statement checks and sends), and
-///   a fence queued behind it waits for the gate, which the side connection releases once it
-///   sees the fence waiting; so the request can end only the wait or the fence. When the
-///   connection is closing instead (the lock owns its client and is dropped, or a pooled
-///   connection is discarded), nothing else can run on the session, and a plain cancel
-///   request ends the wait.
+/// - A dropped acquire queues one cleanup behind its statement, which unlocks the key if,
+///   and only if, that statement was granted it; the lock reads its reply before its next
+///   operation, so it runs exactly once.
+/// - No cancel request is sent that could end another statement. A wait goes in slices
+///   instead: a try, then waits in the server of at most 400 ms each. A dropped wait ends on
+///   its own within one slice, so what you send on the client meanwhile waits at most that
+///   long; a slice that runs out neither aborts your transaction nor logs an error. With a
+///   [`side_connection`](AsyncPgLock::side_connection) a dropped wait ends at once: the side
+///   connection cancels exactly that statement, seen waiting in the server. An owned client
+///   dropped mid-wait (or a discarded pooled connection) is closing, and its wait is
+///   cancelled outright.
 /// - A dropped release has either not started (the lock is still held) or sent its unlock,
 ///   which the connection completes on its own.
 /// - Drop cannot await, so release on drop is not immediate: dropping a held lock queues its
