@@ -1,15 +1,12 @@
 //! The lock contract of DESIGN.md, written once in dlock-testkit, for `PgLock` and
 //! `AsyncPgLock` on owned clients.
 
-use dlock_testkit as common;
-#[allow(unused_imports)]
-use dlock_testkit::contract::{self, Server};
-
 #[cfg(feature = "blocking")]
 mod blocking {
-    use super::*;
     use dlock_postgres::PgLock;
+    use dlock_testkit as common;
     use dlock_testkit::contract::Flavour;
+    use dlock_testkit::contract::{self, Server};
 
     pub(super) struct Blocking;
 
@@ -32,9 +29,10 @@ mod blocking {
 
 #[cfg(feature = "tokio")]
 mod tokio_flavour {
-    use super::*;
     use dlock_postgres::AsyncPgLock;
+    use dlock_testkit as common;
     use dlock_testkit::contract::AsyncFlavour;
+    use dlock_testkit::contract::{self, Server};
 
     pub(super) struct Tokio;
 

@@ -220,27 +220,13 @@ fn rows() -> Result<Vec<Row>> {
         ),
     ]);
     for (krate, features) in DATABASE_ROWS {
-        let tests = project_root().join(krate).join("tests");
-        if !tests.is_dir() {
+        let targets = shared_server_tests(krate, features)?;
+        if targets.is_empty() {
             continue;
         }
         let mut args = vec!["test", "-p", krate];
-        // Every test target but those that need servers of their own.
-        let mut targets: Vec<String> = fs::read_dir(&tests)?
-            .filter_map(|entry| {
-                let name = entry.ok()?.file_name().into_string().ok()?;
-                Some(name.strip_suffix(".rs")?.to_owned())
-            })
-            .filter(|target| !OWN_SERVER_TESTS.contains(&(*krate, target.as_str())))
-            .collect();
-        targets.sort();
-        if OWN_SERVER_TESTS.iter().any(|(name, _)| name == krate) {
-            for target in &targets {
-                args.extend(["--test", target.as_str()]);
-            }
-        } else {
-            // `--tests` skips the targets a row's features do not reach, as it should.
-            args.push("--tests");
+        for target in &targets {
+            args.extend(["--test", target.as_str()]);
         }
         let name = if features.is_empty() {
             args.push("--all-features");
@@ -296,16 +282,58 @@ fn rows() -> Result<Vec<Row>> {
         .needs_servers(),
     );
     // The PostgreSQL suites on the other supported majors; the system's 15 ran above.
+    let targets = shared_server_tests("dlock-postgres", "")?;
     for (major, _, _) in pg_versions::MAJORS {
-        rows.push(
-            Row::new(
-                format!("db:dlock-postgres:pg{major}"),
-                &["test", "-p", "dlock-postgres", "--tests", "--all-features"],
-            )
-            .on_postgres(major),
-        );
+        let mut args = vec!["test", "-p", "dlock-postgres", "--all-features"];
+        for target in &targets {
+            args.extend(["--test", target.as_str()]);
+        }
+        rows.push(Row::new(format!("db:dlock-postgres:pg{major}"), &args).on_postgres(major));
     }
     Ok(rows)
+}
+
+/// The test targets of `krate` that run on the shared servers (not those of
+/// [`OWN_SERVER_TESTS`]) and that `features` reach: all of them for `""` (all features),
+/// else those whose `required-features` in the crate's `Cargo.toml` are all in `features`.
+fn shared_server_tests(krate: &str, features: &str) -> Result<Vec<String>> {
+    let dir = project_root().join(krate);
+    if !dir.join("tests").is_dir() {
+        return Ok(Vec::new());
+    }
+    // Each `[[test]]` table of the manifest, as written there: a name, then its features.
+    let manifest = fs::read_to_string(dir.join("Cargo.toml"))?;
+    let required = |target: &str| -> Vec<String> {
+        manifest
+            .split("[[test]]")
+            .skip(1)
+            .find(|table| table.contains(&format!("name = \"{target}\"")))
+            .and_then(|table| table.split("required-features = [").nth(1))
+            .and_then(|list| list.split(']').next())
+            .map(|list| {
+                list.split(',')
+                    .map(|feature| feature.trim().trim_matches('"').to_owned())
+                    .filter(|feature| !feature.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let enabled: Vec<&str> = features.split(',').collect();
+    let mut targets: Vec<String> = fs::read_dir(dir.join("tests"))?
+        .filter_map(|entry| {
+            let name = entry.ok()?.file_name().into_string().ok()?;
+            Some(name.strip_suffix(".rs")?.to_owned())
+        })
+        .filter(|target| !OWN_SERVER_TESTS.contains(&(krate, target.as_str())))
+        .filter(|target| {
+            features.is_empty()
+                || required(target)
+                    .iter()
+                    .all(|feature| enabled.contains(&feature.as_str()))
+        })
+        .collect();
+    targets.sort();
+    Ok(targets)
 }
 
 /// `cargo xtask test-matrix [--list] [--only PREFIX]`.
