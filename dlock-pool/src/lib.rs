@@ -43,12 +43,23 @@ cfg_if::cfg_if! {
 
 pub use dlock_core::*;
 
-/// The PostgreSQL backend, with its drivers (feature `postgres`).
+/// The PostgreSQL backend (feature `postgres`), with the drivers it was built with
+/// (`dlock_pool::dlock_postgres::tokio_postgres`).
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
-pub use dlock_postgres as postgres;
+pub use dlock_postgres;
 
-/// The MySQL and MariaDB backend, with its drivers (feature `mysql`).
+/// The MySQL and MariaDB backend (feature `mysql`), with the drivers it was built with
+/// (`dlock_pool::dlock_mysql::mysql_async`).
 #[cfg(feature = "mysql")]
 #[cfg_attr(docsrs, doc(cfg(feature = "mysql")))]
+pub use dlock_mysql;
+
+// The backends' earlier paths, kept working but not shown: under them the drivers' paths
+// stuttered (`dlock_pool::dlock_postgres::postgres`).
+#[cfg(feature = "mysql")]
+#[doc(hidden)]
 pub use dlock_mysql as mysql;
+#[cfg(feature = "postgres")]
+#[doc(hidden)]
+pub use dlock_postgres as postgres;

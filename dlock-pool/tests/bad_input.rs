@@ -6,8 +6,8 @@ use dlock_testkit as common;
 
 use std::time::{Duration, Instant};
 
-use dlock_pool::mysql::{AsyncMySqlLock, MySqlLock};
-use dlock_pool::postgres::PgLock;
+use dlock_pool::dlock_mysql::{AsyncMySqlLock, MySqlLock};
+use dlock_pool::dlock_postgres::PgLock;
 use dlock_pool::{AsyncLock, AsyncLockPool, AsyncMySqlManager, Error, Key, Lock, LockPool};
 
 /// What a row expects.

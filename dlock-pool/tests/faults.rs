@@ -10,8 +10,8 @@ use dlock_testkit::faults::{
 
 use std::time::{Duration, Instant};
 
-use dlock_pool::mysql::AsyncMySqlLock;
-use dlock_pool::postgres::AsyncPgLock;
+use dlock_pool::dlock_mysql::AsyncMySqlLock;
+use dlock_pool::dlock_postgres::AsyncPgLock;
 use dlock_pool::{
     AsyncLock, AsyncLockGuard, AsyncLockPool, AsyncMySqlManager, Error, LockGuard, LockPool,
     REPLY_GRACE,

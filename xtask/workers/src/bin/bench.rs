@@ -14,8 +14,8 @@ use std::sync::{Arc, Barrier, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
-use dlock_pool::mysql::{AsyncMySqlLock, MySqlLock};
-use dlock_pool::postgres::{AsyncPgLock, PgLock};
+use dlock_pool::dlock_mysql::{AsyncMySqlLock, MySqlLock};
+use dlock_pool::dlock_postgres::{AsyncPgLock, PgLock};
 use dlock_pool::{
     AsyncLock, AsyncLockGuard, AsyncLockPool, AsyncMySqlManager, Lock, LockGuard, LockPool,
 };

@@ -19,8 +19,8 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use dlock_pool::mysql::{AsyncMySqlLock, MySqlLock};
-use dlock_pool::postgres::{AsyncPgLock, PgLock};
+use dlock_pool::dlock_mysql::{AsyncMySqlLock, MySqlLock};
+use dlock_pool::dlock_postgres::{AsyncPgLock, PgLock};
 use dlock_pool::{
     AsyncLock, AsyncLockGuard, AsyncLockPool, AsyncMySqlManager, Lock, LockGuard, LockPool,
 };
