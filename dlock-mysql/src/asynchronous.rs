@@ -3,9 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use dlock_core::{
-    AsyncLock, ConnectionLock, Error, IntoConnectionAsync, Key, KeyPolicy, Result, Wait,
-};
+use dlock_core::{AsyncLock, Error, Key, KeyPolicy, Result, Wait};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts};
 
@@ -315,29 +313,12 @@ impl<C: AsyncMySqlConnection> AsyncMySqlLock<C> {
     }
 }
 
-impl<C: AsyncMySqlConnection> ConnectionLock<C> for AsyncMySqlLock<C> {
-    fn on_connection(conn: C, key: Key, policy: KeyPolicy) -> Self {
-        AsyncMySqlLock::new(conn, key).policy(policy)
-    }
-
-    fn check_key(policy: &KeyPolicy, key: &Key) -> Result<()> {
-        policy.mysql_name(key).map(drop)
-    }
-
-    fn connection(&self) -> &C {
-        self.get_ref()
-    }
-
-    fn connection_mut(&mut self) -> &mut C {
-        self.get_mut()
-    }
-}
-
-impl<C: AsyncMySqlConnection> IntoConnectionAsync<C> for AsyncMySqlLock<C> {
-    fn into_connection(self) -> impl Future<Output = (C, Result<()>)> + Send {
-        self.into_inner()
-    }
-}
+dlock_core::__connection_lock!(
+    AsyncMySqlLock,
+    AsyncMySqlConnection,
+    KeyPolicy::mysql_name,
+    async
+);
 
 impl<C: AsyncMySqlConnection> AsyncLock for AsyncMySqlLock<C> {
     fn key(&self) -> &Key {

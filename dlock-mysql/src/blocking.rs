@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use dlock_core::{ConnectionLock, Error, IntoConnection, Key, KeyPolicy, Lock, Result, Wait};
+use dlock_core::{Error, Key, KeyPolicy, Lock, Result, Wait};
 use mysql::prelude::Queryable;
 use mysql::{Conn, PooledConn};
 
@@ -157,29 +157,7 @@ impl<C: MySqlConnection> MySqlLock<C> {
     }
 }
 
-impl<C: MySqlConnection> ConnectionLock<C> for MySqlLock<C> {
-    fn on_connection(conn: C, key: Key, policy: KeyPolicy) -> Self {
-        MySqlLock::new(conn, key).policy(policy)
-    }
-
-    fn check_key(policy: &KeyPolicy, key: &Key) -> Result<()> {
-        policy.mysql_name(key).map(drop)
-    }
-
-    fn connection(&self) -> &C {
-        self.get_ref()
-    }
-
-    fn connection_mut(&mut self) -> &mut C {
-        self.get_mut()
-    }
-}
-
-impl<C: MySqlConnection> IntoConnection<C> for MySqlLock<C> {
-    fn into_connection(self) -> (C, Result<()>) {
-        self.into_inner()
-    }
-}
+dlock_core::__connection_lock!(MySqlLock, MySqlConnection, KeyPolicy::mysql_name, blocking);
 
 impl<C: MySqlConnection> Lock for MySqlLock<C> {
     fn key(&self) -> &Key {

@@ -39,21 +39,7 @@ macro_rules! lock_methods {
             self.state.name()
         }
 
-        /// The connection as it was given (a pooled connection, a box, a borrow), for what
-        /// its own type offers.
-        pub fn get_ref(&self) -> &C {
-            self.conn
-                .as_ref()
-                .expect("the connection is only taken when the lock is consumed")
-        }
-
-        /// The connection as it was given, mutably. Do not release the lock's name through
-        /// it with raw SQL: the lock would no longer know what it holds.
-        pub fn get_mut(&mut self) -> &mut C {
-            self.conn
-                .as_mut()
-                .expect("the connection is only taken when the lock is consumed")
-        }
+        dlock_core::__connection_accessors!();
     };
 }
 

@@ -6,9 +6,7 @@ use std::pin::{Pin, pin};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use dlock_core::{
-    AsyncLock, ConnectionLock, Error, IntoConnectionAsync, Key, KeyPolicy, PgKey, Result, Wait,
-};
+use dlock_core::{AsyncLock, Error, Key, KeyPolicy, PgKey, Result, Wait};
 use futures_util::TryStreamExt;
 use tokio_postgres::{Client, Config, NoTls, SimpleQueryMessage, Transaction};
 
@@ -428,29 +426,7 @@ impl<C: AsyncPgConnection> AsyncPgLock<C> {
     }
 }
 
-impl<C: AsyncPgConnection> ConnectionLock<C> for AsyncPgLock<C> {
-    fn on_connection(conn: C, key: Key, policy: KeyPolicy) -> Self {
-        AsyncPgLock::new(conn, key).policy(policy)
-    }
-
-    fn check_key(policy: &KeyPolicy, key: &Key) -> Result<()> {
-        policy.pg_key(key).map(drop)
-    }
-
-    fn connection(&self) -> &C {
-        self.get_ref()
-    }
-
-    fn connection_mut(&mut self) -> &mut C {
-        self.get_mut()
-    }
-}
-
-impl<C: AsyncPgConnection> IntoConnectionAsync<C> for AsyncPgLock<C> {
-    fn into_connection(self) -> impl Future<Output = (C, Result<()>)> + Send {
-        self.into_inner()
-    }
-}
+dlock_core::__connection_lock!(AsyncPgLock, AsyncPgConnection, KeyPolicy::pg_key, async);
 
 impl<C: AsyncPgConnection> AsyncLock for AsyncPgLock<C> {
     fn key(&self) -> &Key {

@@ -4,7 +4,7 @@ use std::borrow::BorrowMut;
 use std::fmt;
 use std::time::Duration;
 
-use dlock_core::{ConnectionLock, IntoConnection, Key, KeyPolicy, Lock, PgKey, Result, Wait};
+use dlock_core::{Key, KeyPolicy, Lock, PgKey, Result, Wait};
 use postgres::{Client, Transaction};
 
 use crate::machine::{
@@ -155,29 +155,7 @@ fn send(client: &mut Client, state: &mut LockState, request: Request) -> Reply {
     }
 }
 
-impl<C: BorrowMut<Client>> ConnectionLock<C> for PgLock<C> {
-    fn on_connection(conn: C, key: Key, policy: KeyPolicy) -> Self {
-        PgLock::new(conn, key).policy(policy)
-    }
-
-    fn check_key(policy: &KeyPolicy, key: &Key) -> Result<()> {
-        policy.pg_key(key).map(drop)
-    }
-
-    fn connection(&self) -> &C {
-        self.get_ref()
-    }
-
-    fn connection_mut(&mut self) -> &mut C {
-        self.get_mut()
-    }
-}
-
-impl<C: BorrowMut<Client>> IntoConnection<C> for PgLock<C> {
-    fn into_connection(self) -> (C, Result<()>) {
-        self.into_inner()
-    }
-}
+dlock_core::__connection_lock!(PgLock, BorrowMut<Client>, KeyPolicy::pg_key, blocking);
 
 impl<C: BorrowMut<Client>> Lock for PgLock<C> {
     fn key(&self) -> &Key {

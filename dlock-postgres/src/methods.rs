@@ -32,21 +32,7 @@ macro_rules! lock_methods {
             self.state.policy.pg_key(&self.state.key)
         }
 
-        /// The connection as it was given (a pooled connection, a box, a borrow), for what
-        /// its own type offers.
-        pub fn get_ref(&self) -> &C {
-            self.conn
-                .as_ref()
-                .expect("the connection is only taken when the lock is consumed")
-        }
-
-        /// The connection as it was given, mutably. Do not release the lock's key through
-        /// it with raw SQL: the lock would no longer know what it holds.
-        pub fn get_mut(&mut self) -> &mut C {
-            self.conn
-                .as_mut()
-                .expect("the connection is only taken when the lock is consumed")
-        }
+        dlock_core::__connection_accessors!();
     };
 }
 
