@@ -8,7 +8,7 @@ mod policy;
 mod token;
 mod wait;
 
-pub use error::{BoxError, Error, Result};
+pub use error::{BoxError, Error, Result, SessionEnded};
 pub use key::{Key, PgKey};
 pub use lock::{AsyncLock, ConnectionLock, IntoConnection, IntoConnectionAsync, Lock, REPLY_GRACE};
 pub use policy::{CustomPolicy, KeyPolicy, MYSQL_NAME_MAX_CHARS};

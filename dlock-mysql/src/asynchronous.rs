@@ -489,8 +489,17 @@ fn classify(error: mysql_async::Error) -> Failed {
             let code = server.code;
             sql::server_failure(code, Box::new(error))
         }
-        mysql_async::Error::Io(_) | mysql_async::Error::Driver(_) => {
-            sql::connection_lost(Box::new(error))
+        mysql_async::Error::Io(ref io) => {
+            #[allow(unreachable_patterns, reason = "TLS errors exist with a TLS feature")]
+            let ended = match io {
+                mysql_async::IoError::Io(io) => sql::closed_by_peer(io),
+                _ => false,
+            };
+            sql::connection_lost(Box::new(error), ended)
+        }
+        mysql_async::Error::Driver(ref driver) => {
+            let ended = matches!(driver, mysql_async::DriverError::ConnectionClosed);
+            sql::connection_lost(Box::new(error), ended)
         }
         other => Failed {
             failure: Failure::Other,

@@ -246,8 +246,16 @@ fn classify(error: mysql::Error) -> Failed {
             let code = server.code;
             sql::server_failure(code, Box::new(error))
         }
-        mysql::Error::IoError(_) | mysql::Error::CodecError(_) => {
-            sql::connection_lost(Box::new(error))
+        mysql::Error::IoError(ref io) => {
+            let ended = sql::closed_by_peer(io);
+            sql::connection_lost(Box::new(error), ended)
+        }
+        mysql::Error::CodecError(ref codec) => {
+            // A codec error's source is the I/O error under it, if there is one.
+            let ended = std::error::Error::source(codec)
+                .and_then(|source| source.downcast_ref::<std::io::Error>())
+                .is_some_and(sql::closed_by_peer);
+            sql::connection_lost(Box::new(error), ended)
         }
         other => Failed {
             failure: Failure::Other,

@@ -401,10 +401,14 @@ pub(crate) fn server_failure(code: u16, source: BoxError) -> Failed {
                 source: Some(source),
             },
         ),
+        // The client found the connection closed before any reply.
+        CR_SERVER_GONE_ERROR => (Failure::ConnectionLost, Error::session_ended_by(source)),
+        // The server ending the session as a reply to the statement (which may have been
+        // granted), or a connection lost during the query (possibly a read timeout, with the
+        // session still alive).
         ER_CONNECTION_KILLED
         | ER_SERVER_SHUTDOWN
         | ER_CLIENT_INTERACTION_TIMEOUT
-        | CR_SERVER_GONE_ERROR
         | CR_SERVER_LOST => (
             Failure::ConnectionLost,
             Error::ConnectionLost {
@@ -416,14 +420,34 @@ pub(crate) fn server_failure(code: u16, source: BoxError) -> Failed {
     Failed { failure, error }
 }
 
-/// A lost connection, as the drivers report it without an error packet.
-pub(crate) fn connection_lost(source: BoxError) -> Failed {
+/// A lost connection, as the drivers report it without an error packet; `ended` when the
+/// error proves the server ended the session (it closed the connection), not a timeout.
+pub(crate) fn connection_lost(source: BoxError, ended: bool) -> Failed {
+    let error = if ended {
+        Error::session_ended_by(source)
+    } else {
+        Error::ConnectionLost {
+            source: Some(source),
+        }
+    };
     Failed {
         failure: Failure::ConnectionLost,
-        error: Error::ConnectionLost {
-            source: Some(source),
-        },
+        error,
     }
+}
+
+/// Whether an I/O error is the connection found closed by the server (a broken pipe, a
+/// reset, the end of the stream), rather than a silent one: see [`Error::session_ended`].
+///
+/// Unlike PostgreSQL's, MySQL's protocol cannot tell a connection the server closed before
+/// the statement from one it closed while the statement ran: either way no reply comes. Both
+/// end the session, and with it anything the statement could have been granted, so a pool
+/// may try again on another connection without ever holding a lock twice.
+pub(crate) fn closed_by_peer(error: &std::io::Error) -> bool {
+    !matches!(
+        error.kind(),
+        std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+    )
 }
 
 /// The error of a lock wait that the server interrupted without an error packet (a NULL

@@ -10,7 +10,7 @@ use dlock_core::{
 };
 
 use crate::deadline;
-use crate::manager::{AsyncManager, CloseMark, ConnectError, LockManager};
+use crate::manager::{AsyncManager, CloseMark, ConnectError, Doubt, LockManager, Retry};
 
 /// A bb8 connection checked out for one lock, lent to the backend's lock type.
 ///
@@ -176,6 +176,7 @@ pub struct AsyncLockPool<M: AsyncManager> {
     policy: KeyPolicy,
     /// The manager's last connect error, which bb8 itself only reports as a timeout.
     connect_errors: Arc<Mutex<Option<ConnectError>>>,
+    doubt: Arc<Doubt>,
 }
 
 impl<M> AsyncLockPool<M>
@@ -186,26 +187,44 @@ where
     /// A pool with bb8's default settings (10 connections, 30 s checkout timeout) over
     /// `manager`, under the default key policy.
     ///
+    /// A checkout does not test the connection with a round trip of its own: the lock
+    /// statement is the test. When it finds that the server ended the connection's session
+    /// (killed, timed out, restarted), the connection is closed and the acquire is tried once
+    /// more on another connection, within the same timeout, and every connection of the pool
+    /// is tested before its next use.
+    ///
     /// # Errors
     ///
     /// [`Error::Pool`] when the pool cannot open its first connections.
     pub async fn new(manager: M) -> Result<Self> {
-        Self::with_builder(bb8::Pool::builder(), manager).await
+        Self::build(
+            bb8::Pool::builder(),
+            LockManager::checking_in_doubt(manager),
+        )
+        .await
     }
 
-    /// A pool built by `builder` (size, timeouts) over `manager`.
+    /// A pool built by `builder` (size, timeouts) over `manager`. The builder's
+    /// `test_on_check_out` (on unless turned off) says whether each checkout tests its
+    /// connection; an acquire whose connection's session turns out ended is tried once more,
+    /// as with [`new`](AsyncLockPool::new).
     ///
     /// # Errors
     ///
     /// [`Error::Pool`] when the pool cannot open its first connections.
     pub async fn with_builder(builder: bb8::Builder<LockManager<M>>, manager: M) -> Result<Self> {
-        let manager = LockManager::new(manager);
+        Self::build(builder, LockManager::new(manager)).await
+    }
+
+    async fn build(builder: bb8::Builder<LockManager<M>>, manager: LockManager<M>) -> Result<Self> {
         let connect_errors = manager.connect_errors();
+        let doubt = manager.doubt();
         let pool = builder.build(manager).await.map_err(Error::pool)?;
         Ok(AsyncLockPool {
             pool,
             policy: KeyPolicy::default(),
             connect_errors,
+            doubt,
         })
     }
 
@@ -263,10 +282,7 @@ where
     /// Dropping the future while it waits for the lock closes the connection instead of
     /// returning it to the pool, which ends the session's wait and frees anything granted.
     pub async fn acquire(&self, key: impl Into<Key>) -> Result<AsyncLockGuard<M>> {
-        let key = key.into();
-        LockOf::<M>::check_key(&self.policy, &key)?;
-        let conn = self.checkout(None).await?;
-        let guard = self.lock_on(conn, key, Wait::Forever).await?;
+        let guard = self.take(key.into(), None, Wait::Forever).await?;
         guard.ok_or_else(|| Error::backend("an unbounded lock wait returned without the lock"))
     }
 
@@ -281,10 +297,7 @@ where
     ///
     /// As [`acquire`](AsyncLockPool::acquire).
     pub async fn try_acquire(&self, key: impl Into<Key>) -> Result<Option<AsyncLockGuard<M>>> {
-        let key = key.into();
-        LockOf::<M>::check_key(&self.policy, &key)?;
-        let conn = self.checkout(None).await?;
-        self.lock_on(conn, key, Wait::Never).await
+        self.take(key.into(), None, Wait::Never).await
     }
 
     /// Checks out a connection and waits for `key`, both within `timeout`: `Ok(None)` when
@@ -306,20 +319,42 @@ where
         key: impl Into<Key>,
         timeout: Duration,
     ) -> Result<Option<AsyncLockGuard<M>>> {
-        let key = key.into();
-        LockOf::<M>::check_key(&self.policy, &key)?;
         let deadline = deadline::deadline(Instant::now(), timeout);
-        let conn = self.checkout(deadline).await?;
-        let wait = deadline::lock_wait(deadline, Instant::now());
-        let Wait::For(left) = wait else {
-            return self.lock_on(conn, key, wait).await;
-        };
-        // The server times the wait; a server that does not answer by then plus the grace is
-        // stalled, and the armed guard closes the connection as the attempt is dropped.
-        let limit = left.saturating_add(dlock_core::REPLY_GRACE);
-        match tokio::time::timeout(limit, self.lock_on(conn, key, wait)).await {
-            Ok(outcome) => outcome,
-            Err(_) => Err(Error::no_reply(limit)),
+        self.take(key.into(), deadline, Wait::Forever).await
+    }
+
+    /// Checks out a connection and takes `key` on it: within `deadline` for both when there
+    /// is one, else as `wait` says. Once more on another connection if the server had ended
+    /// the first one's session.
+    async fn take(
+        &self,
+        key: Key,
+        deadline: Option<Instant>,
+        wait: Wait,
+    ) -> Result<Option<AsyncLockGuard<M>>> {
+        LockOf::<M>::check_key(&self.policy, &key)?;
+        let mut retry = Retry::default();
+        loop {
+            let conn = self.checkout(deadline).await?;
+            let wait = match deadline {
+                Some(_) => deadline::lock_wait(deadline, Instant::now()),
+                None => wait,
+            };
+            let outcome = match wait {
+                // The server times the wait; a server that does not answer by then plus the
+                // grace is stalled, and the armed guard closes the connection as the attempt
+                // is dropped.
+                Wait::For(left) => {
+                    let limit = left.saturating_add(dlock_core::REPLY_GRACE);
+                    tokio::time::timeout(limit, self.lock_on(conn, key.clone(), wait))
+                        .await
+                        .unwrap_or_else(|_| Err(Error::no_reply(limit)))
+                }
+                Wait::Forever | Wait::Never => self.lock_on(conn, key.clone(), wait).await,
+            };
+            if !retry.again(&outcome, &self.doubt) {
+                return outcome;
+            }
         }
     }
 

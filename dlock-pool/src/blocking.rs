@@ -2,12 +2,13 @@
 
 use std::fmt;
 use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dlock_core::{ConnectionLock, Error, IntoConnection, Key, KeyPolicy, Lock, Result, Wait};
 
 use crate::deadline;
-use crate::manager::LockManager;
+use crate::manager::{Doubt, LockManager, Retry};
 
 /// An r2d2 connection checked out for one lock, lent to the backend's lock type.
 ///
@@ -53,6 +54,13 @@ mod sealed {
 pub trait BlockingConnection: Sized + Send + 'static + sealed::Sealed {
     /// The backend's lock over a connection of a pool of manager `M`.
     type Lock<M: r2d2::ManageConnection<Connection = Self>>: IntoConnection<Pooled<M>>;
+
+    /// Whether the connection is found closed without a round trip: the server ended its
+    /// session while it sat idle in the pool.
+    #[doc(hidden)]
+    fn found_closed(&mut self) -> bool {
+        false
+    }
 }
 
 /// The lock type of a pool of manager `M`.
@@ -64,6 +72,8 @@ mod postgres_backend {
 
     use dlock_postgres::PgLock;
     use dlock_postgres::postgres::Client;
+    use dlock_postgres::postgres::fallible_iterator::FallibleIterator as _;
+    use std::time::Duration;
 
     use super::*;
 
@@ -83,6 +93,22 @@ mod postgres_backend {
 
     impl BlockingConnection for Client {
         type Lock<M: r2d2::ManageConnection<Connection = Self>> = PgLock<Pooled<M>>;
+
+        fn found_closed(&mut self) -> bool {
+            // The blocking client reads only while it waits for a reply, so what the server
+            // sent while the connection sat idle (the FATAL message of a session it ended,
+            // then the end of the stream) would be taken for the reply to the lock statement.
+            // Read it now, without waiting. A pooled lock connection listens for nothing, so
+            // a notification read here is dropped.
+            // (With a timeout, even of zero, the client's runtime turns its I/O driver once,
+            // which is what learns that the socket has something to read.)
+            let failed = self
+                .notifications()
+                .timeout_iter(Duration::ZERO)
+                .next()
+                .is_err();
+            failed || self.is_closed()
+        }
     }
 }
 
@@ -142,6 +168,7 @@ mod mysql_backend {
 pub struct LockPool<M: r2d2::ManageConnection> {
     pool: r2d2::Pool<LockManager<M>>,
     policy: KeyPolicy,
+    doubt: Arc<Doubt>,
 }
 
 impl<M> LockPool<M>
@@ -152,25 +179,41 @@ where
     /// A pool with r2d2's default settings (10 connections, 30 s checkout timeout) over
     /// `manager`, under the default key policy.
     ///
+    /// A checkout does not test the connection with a round trip of its own: the lock
+    /// statement is the test. When it finds that the server ended the connection's session
+    /// (killed, timed out, restarted), the connection is closed and the acquire is tried once
+    /// more on another connection, within the same timeout, and every connection of the pool
+    /// is tested before its next use.
+    ///
     /// # Errors
     ///
     /// [`Error::Pool`] when the pool cannot open its first connections in time.
     pub fn new(manager: M) -> Result<Self> {
-        Self::with_builder(r2d2::Pool::builder(), manager)
+        Self::build(
+            r2d2::Pool::builder(),
+            LockManager::checking_in_doubt(manager),
+        )
     }
 
-    /// A pool built by `builder` (size, timeouts) over `manager`.
+    /// A pool built by `builder` (size, timeouts) over `manager`. The builder's
+    /// `test_on_check_out` (on unless turned off) says whether each checkout tests its
+    /// connection; an acquire whose connection's session turns out ended is tried once more,
+    /// as with [`new`](LockPool::new).
     ///
     /// # Errors
     ///
     /// [`Error::Pool`] when the pool cannot open its first connections in time.
     pub fn with_builder(builder: r2d2::Builder<LockManager<M>>, manager: M) -> Result<Self> {
-        let pool = builder
-            .build(LockManager::new(manager))
-            .map_err(Error::pool)?;
+        Self::build(builder, LockManager::new(manager))
+    }
+
+    fn build(builder: r2d2::Builder<LockManager<M>>, manager: LockManager<M>) -> Result<Self> {
+        let doubt = manager.doubt();
+        let pool = builder.build(manager).map_err(Error::pool)?;
         Ok(LockPool {
             pool,
             policy: KeyPolicy::default(),
+            doubt,
         })
     }
 
@@ -193,10 +236,7 @@ where
     /// [`Error::InvalidKey`] before any checkout; [`Error::Pool`] when no connection came in
     /// time; otherwise what the lock reports.
     pub fn acquire(&self, key: impl Into<Key>) -> Result<LockGuard<M>> {
-        let key = key.into();
-        LockOf::<M>::check_key(&self.policy, &key)?;
-        let conn = self.pool.get().map_err(Error::pool)?;
-        let guard = self.lock_on(Pooled(conn), key, Wait::Forever)?;
+        let guard = self.take(key.into(), None, Wait::Forever)?;
         guard.ok_or_else(|| Error::backend("an unbounded lock wait returned without the lock"))
     }
 
@@ -207,10 +247,7 @@ where
     ///
     /// As [`acquire`](LockPool::acquire).
     pub fn try_acquire(&self, key: impl Into<Key>) -> Result<Option<LockGuard<M>>> {
-        let key = key.into();
-        LockOf::<M>::check_key(&self.policy, &key)?;
-        let conn = self.pool.get().map_err(Error::pool)?;
-        self.lock_on(Pooled(conn), key, Wait::Never)
+        self.take(key.into(), None, Wait::Never)
     }
 
     /// Checks out a connection and waits for `key`, both within `timeout`: `Ok(None)` when
@@ -226,19 +263,46 @@ where
         key: impl Into<Key>,
         timeout: Duration,
     ) -> Result<Option<LockGuard<M>>> {
-        let key = key.into();
+        let deadline = deadline::deadline(Instant::now(), timeout);
+        self.take(key.into(), deadline, Wait::Forever)
+    }
+
+    /// Checks out a connection and takes `key` on it: within `deadline` for both when there
+    /// is one, else as `wait` says. Once more on another connection if the server had ended
+    /// the first one's session.
+    fn take(
+        &self,
+        key: Key,
+        deadline: Option<Instant>,
+        wait: Wait,
+    ) -> Result<Option<LockGuard<M>>> {
         LockOf::<M>::check_key(&self.policy, &key)?;
-        let start = Instant::now();
-        let deadline = deadline::deadline(start, timeout);
-        let conn = match deadline {
-            Some(deadline) => {
-                let left = deadline::remaining(deadline, start);
-                self.pool.get_timeout(left).map_err(Error::pool)?
+        let mut retry = Retry::default();
+        loop {
+            let conn = match deadline {
+                Some(deadline) => {
+                    let left = deadline::remaining(deadline, Instant::now());
+                    self.pool.get_timeout(left).map_err(Error::pool)?
+                }
+                None => self.pool.get().map_err(Error::pool)?,
+            };
+            let wait = match deadline {
+                Some(_) => deadline::lock_wait(deadline, Instant::now()),
+                None => wait,
+            };
+            let mut conn = Pooled(conn);
+            let outcome = if conn.found_closed() {
+                conn.mark_broken();
+                Err(Error::session_ended_by(
+                    "the pooled connection was found closed before the lock statement",
+                ))
+            } else {
+                self.lock_on(conn, key.clone(), wait)
+            };
+            if !retry.again(&outcome, &self.doubt) {
+                return outcome;
             }
-            None => self.pool.get().map_err(Error::pool)?,
-        };
-        let wait = deadline::lock_wait(deadline, Instant::now());
-        self.lock_on(Pooled(conn), key, wait)
+        }
     }
 
     fn lock_on(&self, conn: Pooled<M>, key: Key, wait: Wait) -> Result<Option<LockGuard<M>>> {

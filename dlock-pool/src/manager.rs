@@ -4,7 +4,7 @@
 
 use std::fmt;
 use std::ops::{Deref, DerefMut};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// A connection manager of a dlock pool: the user's manager `M`, with a broken mark added to
@@ -18,15 +18,34 @@ pub struct LockManager<M> {
     /// The last connect error, kept because bb8 reports a failed connect only as a checkout
     /// timeout; the lock pool gives it as the cause.
     last_connect_error: Arc<Mutex<Option<ConnectError>>>,
+    /// When a checkout runs `M`'s check.
+    doubt: Arc<Doubt>,
 }
 
 impl<M> LockManager<M> {
-    /// Wraps `manager`.
+    /// Wraps `manager`. Every checkout the pool tests (`test_on_check_out`, on by default in
+    /// r2d2 and bb8) runs `M`'s check.
     pub fn new(manager: M) -> Self {
         LockManager {
             inner: manager,
             last_connect_error: Arc::default(),
+            doubt: Arc::new(Doubt::new(true)),
         }
+    }
+
+    /// Wraps `manager` for a pool whose lock statements are the health check: a checkout
+    /// runs `M`'s check only on a connection not known good since the pool last found a
+    /// session ended ([`Doubt::raise`]).
+    pub(crate) fn checking_in_doubt(manager: M) -> Self {
+        LockManager {
+            doubt: Arc::new(Doubt::new(false)),
+            ..LockManager::new(manager)
+        }
+    }
+
+    /// The handle that raises doubt on every connection of the pool.
+    pub(crate) fn doubt(&self) -> Arc<Doubt> {
+        Arc::clone(&self.doubt)
     }
 
     /// The user's manager.
@@ -41,18 +60,84 @@ impl<M> LockManager<M> {
     }
 }
 
+/// When a pool's checkout checks a connection with the user manager's `is_valid` (a round
+/// trip, where r2d2_mysql's is a whole query).
+///
+/// A pool built by `new` checks a connection only when in doubt: the lock statement itself
+/// proves the connection, and when it finds the session ended, the pool raises doubt on every
+/// connection it has (a restart ends them all), so each is checked once before its next use.
+/// Connections are trusted again one by one as they pass. A pool built from the user's
+/// builder checks as the builder says.
+#[derive(Debug)]
+pub(crate) struct Doubt {
+    always: bool,
+    /// Raised by one each time a session was found ended.
+    generation: AtomicU64,
+}
+
+impl Doubt {
+    fn new(always: bool) -> Doubt {
+        Doubt {
+            always,
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    /// Every connection of the pool gets checked before its next use.
+    pub(crate) fn raise(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn current(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Whether a connection known good at `generation` can skip its check.
+    fn trusts(&self, generation: u64) -> bool {
+        !self.always && generation == self.current()
+    }
+}
+
+/// The one retry of a pooled acquire: when the lock statement finds that the server had
+/// ended its connection's session, that statement was the connection's health check. The
+/// session took whatever it held or was being granted with it, so the acquire is tried once
+/// more on another connection, with doubt raised on every connection of the pool. A
+/// connection that merely stopped answering is no such proof, and is never retried.
+#[derive(Debug, Default)]
+pub(crate) struct Retry {
+    done: bool,
+}
+
+impl Retry {
+    /// Whether to try again after `outcome`; at most once.
+    pub(crate) fn again<T>(&mut self, outcome: &dlock_core::Result<T>, doubt: &Doubt) -> bool {
+        let again = !self.done && matches!(outcome, Err(error) if error.session_ended());
+        if again {
+            self.done = true;
+            doubt.raise();
+            tracing::debug!(
+                "a pooled connection's session had ended; the acquire is tried on another"
+            );
+        }
+        again
+    }
+}
+
 /// A connection of a dlock pool: the driver's connection and its broken mark. Derefs to the
 /// connection.
 pub struct Tracked<C> {
     conn: C,
     mark: CloseMark,
+    /// The [`Doubt`] generation at which the connection was last known good.
+    good_at: u64,
 }
 
 impl<C> Tracked<C> {
-    fn new(conn: C) -> Self {
+    fn new(conn: C, good_at: u64) -> Self {
         Tracked {
             conn,
             mark: CloseMark::default(),
+            good_at,
         }
     }
 
@@ -154,11 +239,20 @@ impl<M: r2d2::ManageConnection> r2d2::ManageConnection for LockManager<M> {
     type Error = M::Error;
 
     fn connect(&self) -> Result<Self::Connection, Self::Error> {
-        self.inner.connect().map(Tracked::new)
+        let generation = self.doubt.current();
+        self.inner
+            .connect()
+            .map(|conn| Tracked::new(conn, generation))
     }
 
     fn is_valid(&self, conn: &mut Self::Connection) -> Result<(), Self::Error> {
-        self.inner.is_valid(&mut conn.conn)
+        if self.doubt.trusts(conn.good_at) {
+            return Ok(());
+        }
+        let generation = self.doubt.current();
+        self.inner.is_valid(&mut conn.conn)?;
+        conn.good_at = generation;
+        Ok(())
     }
 
     fn has_broken(&self, conn: &mut Self::Connection) -> bool {
@@ -205,6 +299,7 @@ impl<M: AsyncManager> bb8::ManageConnection for LockManager<M> {
     type Error = ConnectError;
 
     async fn connect(&self) -> Result<Self::Connection, Self::Error> {
+        let generation = self.doubt.current();
         let connected = self
             .inner
             .connect()
@@ -215,17 +310,23 @@ impl<M: AsyncManager> bb8::ManageConnection for LockManager<M> {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         *last = connected.as_ref().err().cloned();
-        connected.map(Tracked::new)
+        connected.map(|conn| Tracked::new(conn, generation))
     }
 
     async fn is_valid(&self, conn: &mut Self::Connection) -> Result<(), Self::Error> {
+        if self.doubt.trusts(conn.good_at) {
+            return Ok(());
+        }
+        let generation = self.doubt.current();
         // bb8 drops a check that outlives the checkout's timeout (a stalled server), and the
         // connection then goes back with its reply still on the way: mysql_async would read
         // that stale reply as the answer to the next query. Such a connection is closed.
         let unfinished = conn.mark.armed();
         let checked = self.inner.is_valid(&mut conn.conn).await;
         unfinished.disarm();
-        checked.map_err(|error| ConnectError(Arc::new(error)))
+        checked.map_err(|error| ConnectError(Arc::new(error)))?;
+        conn.good_at = generation;
+        Ok(())
     }
 
     fn has_broken(&self, conn: &mut Self::Connection) -> bool {
@@ -263,7 +364,7 @@ mod tests {
 
     #[test]
     fn a_mark_set_from_a_clone_or_an_armed_drop_is_seen_by_the_connection() {
-        let conn = Tracked::new(7_u8);
+        let conn = Tracked::new(7_u8, 0);
         assert!(!conn.is_marked_broken());
         conn.close_mark().armed().disarm();
         assert!(!conn.is_marked_broken(), "a disarmed mark sets nothing");
@@ -278,7 +379,7 @@ mod tests {
             "an armed clone dropped sets the mark"
         );
         assert_eq!(*conn, 7);
-        let other = Tracked::new(8_u8);
+        let other = Tracked::new(8_u8, 0);
         other.close_mark().set();
         assert!(other.is_marked_broken());
     }

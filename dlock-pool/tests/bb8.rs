@@ -305,3 +305,83 @@ async fn postgres_two_pools_exclude_each_other() {
 async fn mysql_two_pools_exclude_each_other() {
     two_pools_exclude_each_other::<My>("bb8/my/contend").await;
 }
+
+/// Takes `size` guards at once, so every connection of a pool of that size; returns their
+/// sessions' ids, all idle in the pool afterwards.
+async fn every_session<B: Backend>(
+    pool: &AsyncLockPool<B::Manager>,
+    prefix: &str,
+    size: u32,
+) -> Vec<u64> {
+    let mut guards = Vec::new();
+    for n in 0..size {
+        guards.push(pool.acquire(format!("{prefix}/{n}")).await.unwrap());
+    }
+    let mut ids = Vec::new();
+    for guard in &mut guards {
+        ids.push(B::session(guard).await);
+    }
+    for guard in guards {
+        AsyncLockGuard::release(guard).await.unwrap();
+    }
+    ids
+}
+
+async fn sessions_ended_while_idle_are_replaced_within_the_acquire<B: Backend>(prefix: &str) {
+    // A pool of `new` tests no connection as it checks it out: the lock statement finds the
+    // dead session, and the acquire goes on, on a live connection, as a restart needs.
+    let pool = AsyncLockPool::new(B::manager()).await.unwrap();
+    let size = 3;
+    let ids = every_session::<B>(&pool, prefix, size).await;
+    blocking(move || ids.into_iter().for_each(B::kill)).await;
+    let key = format!("{prefix}/after");
+    let mut guard = pool
+        .acquire(key.as_str())
+        .await
+        .expect("the retry found a live connection");
+    assert!(B::holds(&mut guard, &key).await);
+    AsyncLockGuard::release(guard).await.unwrap();
+    let ids = every_session::<B>(&pool, prefix, size).await;
+    blocking(move || ids.into_iter().for_each(B::kill)).await;
+    let guard = pool.try_acquire(key.as_str()).await.unwrap();
+    assert!(guard.is_some(), "a try goes through the retry too");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_sessions_ended_while_idle_are_replaced_within_the_acquire() {
+    sessions_ended_while_idle_are_replaced_within_the_acquire::<Pg>("bb8/pg/revive").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_sessions_ended_while_idle_are_replaced_within_the_acquire() {
+    sessions_ended_while_idle_are_replaced_within_the_acquire::<My>("bb8/my/revive").await;
+}
+
+async fn an_acquire_is_retried_once_at_most<B: Backend>(prefix: &str) {
+    // With checkout tests turned off by the user's builder, nothing drains the dead
+    // connections: the first acquire meets one, retries once, meets the other, and reports it.
+    let builder = bb8::Pool::builder()
+        .max_size(2)
+        .test_on_check_out(false)
+        .connection_timeout(Duration::from_secs(5));
+    let pool = AsyncLockPool::with_builder(builder, B::manager())
+        .await
+        .unwrap();
+    let ids = every_session::<B>(&pool, prefix, 2).await;
+    blocking(move || ids.into_iter().for_each(B::kill)).await;
+    let key = format!("{prefix}/after");
+    let error = pool.acquire(key.as_str()).await.unwrap_err();
+    assert!(error.session_ended(), "{error:?}");
+    // Both dead connections are closed now, and a fresh one takes the lock.
+    assert!(pool.try_acquire(key.as_str()).await.unwrap().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_an_acquire_is_retried_once_at_most() {
+    an_acquire_is_retried_once_at_most::<Pg>("bb8/pg/retry-once").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_an_acquire_is_retried_once_at_most() {
+    an_acquire_is_retried_once_at_most::<My>("bb8/my/retry-once").await;
+}

@@ -268,3 +268,75 @@ fn postgres_two_pools_exclude_each_other() {
 fn mysql_two_pools_exclude_each_other() {
     two_pools_exclude_each_other::<My>("r2d2/my/contend");
 }
+
+/// Takes `size` guards at once, so every connection of a pool of that size; returns their
+/// sessions' ids, all idle in the pool afterwards.
+fn every_session<B: Backend>(pool: &LockPool<B::Manager>, prefix: &str, size: u32) -> Vec<u64> {
+    let mut guards: Vec<_> = (0..size)
+        .map(|n| pool.acquire(format!("{prefix}/{n}")).unwrap())
+        .collect();
+    let ids = guards.iter_mut().map(|guard| B::session(guard)).collect();
+    for guard in guards {
+        LockGuard::release(guard).unwrap();
+    }
+    ids
+}
+
+fn sessions_ended_while_idle_are_replaced_within_the_acquire<B: Backend>(prefix: &str) {
+    // A pool of `new` tests no connection as it checks it out: the lock statement finds the
+    // dead session, and the acquire goes on, on a live connection, as a restart needs.
+    let pool = LockPool::new(B::manager()).unwrap();
+    let size = pool.pool().max_size();
+    for id in every_session::<B>(&pool, prefix, size) {
+        B::kill(id);
+    }
+    let key = format!("{prefix}/after");
+    let mut guard = pool
+        .acquire(key.as_str())
+        .expect("the retry found a live connection");
+    assert!(B::holds(&mut guard, &key));
+    LockGuard::release(guard).unwrap();
+    for id in every_session::<B>(&pool, prefix, size) {
+        B::kill(id);
+    }
+    let guard = pool.try_acquire(key.as_str()).unwrap();
+    assert!(guard.is_some(), "a try goes through the retry too");
+}
+
+#[test]
+fn postgres_sessions_ended_while_idle_are_replaced_within_the_acquire() {
+    sessions_ended_while_idle_are_replaced_within_the_acquire::<Pg>("r2d2/pg/revive");
+}
+
+#[test]
+fn mysql_sessions_ended_while_idle_are_replaced_within_the_acquire() {
+    sessions_ended_while_idle_are_replaced_within_the_acquire::<My>("r2d2/my/revive");
+}
+
+fn an_acquire_is_retried_once_at_most<B: Backend>(prefix: &str) {
+    // With checkout tests turned off by the user's builder, nothing drains the dead
+    // connections: the first acquire meets one, retries once, meets the other, and reports it.
+    let builder = r2d2::Pool::builder()
+        .max_size(2)
+        .test_on_check_out(false)
+        .connection_timeout(Duration::from_secs(5));
+    let pool = LockPool::with_builder(builder, B::manager()).unwrap();
+    for id in every_session::<B>(&pool, prefix, 2) {
+        B::kill(id);
+    }
+    let key = format!("{prefix}/after");
+    let error = pool.acquire(key.as_str()).unwrap_err();
+    assert!(error.session_ended(), "{error:?}");
+    // Both dead connections are closed now, and a fresh one takes the lock.
+    assert!(pool.try_acquire(key.as_str()).unwrap().is_some());
+}
+
+#[test]
+fn postgres_an_acquire_is_retried_once_at_most() {
+    an_acquire_is_retried_once_at_most::<Pg>("r2d2/pg/retry-once");
+}
+
+#[test]
+fn mysql_an_acquire_is_retried_once_at_most() {
+    an_acquire_is_retried_once_at_most::<My>("r2d2/my/retry-once");
+}

@@ -588,12 +588,27 @@ pub(crate) fn failure(error: &driver::Error) -> Failure {
     }
 }
 
+/// Whether a connection error is the connection found closed, with no reply from the server
+/// to the statement: see [`Error::session_ended`]. The server's own word that it ends the
+/// session (57P01 and the like) is a reply to a statement that may have been granted, and a
+/// timeout proves nothing: the session may live on behind a silent network.
+fn session_ended(error: &driver::Error) -> bool {
+    if error.is_closed() {
+        return true;
+    }
+    let io =
+        std::error::Error::source(error).and_then(|source| source.downcast_ref::<std::io::Error>());
+    io.is_some_and(|io| io.kind() != std::io::ErrorKind::TimedOut)
+}
+
 /// dlock's error for a driver error.
 pub(crate) fn error(error: driver::Error) -> Error {
     let code = error.code().cloned();
     let kind = failure(&error);
+    let ended = session_ended(&error);
     let source: BoxError = Box::new(error);
     match kind {
+        Failure::ConnectionLost if ended => Error::session_ended_by(source),
         Failure::ConnectionLost => Error::ConnectionLost {
             source: Some(source),
         },

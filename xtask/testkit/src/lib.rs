@@ -64,7 +64,8 @@ pub fn pg_advisory_locks_of(pid: i32) -> i64 {
 
 /// Ends the PostgreSQL session `pid`.
 pub fn pg_terminate(pid: i32) {
-    pg().execute("SELECT pg_terminate_backend($1)", &[&pid])
+    // With a timeout, the call returns once the backend has exited (PostgreSQL 14+).
+    pg().execute("SELECT pg_terminate_backend($1, 10000)", &[&pid])
         .unwrap();
 }
 
@@ -76,6 +77,10 @@ pub fn my_holder_of(name: &str) -> Option<u32> {
 /// Ends the MySQL session `id`.
 pub fn my_kill(id: u32) {
     my().query_drop(format!("KILL {id}")).unwrap();
+    assert!(
+        eventually(|| !mysql::session_exists(id)),
+        "session {id} outlived its KILL"
+    );
 }
 
 /// The PostgreSQL server under test.
