@@ -470,6 +470,150 @@ fn throughput(scale: Scale) -> Result<Vec<Throughput>> {
     Ok(results)
 }
 
+/// Each pooled path (a pool built by `new`, which sends no checkout test of its own) beside
+/// the bare lock on a dedicated connection, and beside a pool that tests each checkout (the
+/// default before): what a pool costs, and what skipping the test gained.
+fn pooled_beside_bare(scale: Scale) -> Result<Vec<Throughput>> {
+    const BARE: &str = "bare lock, dedicated connection";
+    const TESTED: &str = "pool testing each checkout";
+    let mut results = Vec::new();
+    let pg_manager = || -> Result<_> {
+        Ok(r2d2_postgres::PostgresConnectionManager::new(
+            pg_url()?.parse()?,
+            postgres::NoTls,
+        ))
+    };
+    let pool = LockPool::new(pg_manager()?)?;
+    let tested = LockPool::with_builder(r2d2::Pool::builder().max_size(1), pg_manager()?)?;
+    let mut bare = PgLock::new(pg()?, PG_KEY);
+    results.push(compare(scale, "LockPool, PostgreSQL", BARE, |side, n| {
+        rate(n, || {
+            if side == Side::Dlock {
+                LockGuard::release(pool.acquire(PG_KEY)?)?;
+            } else {
+                bare.acquire()?;
+                bare.release()?;
+            }
+            Ok(())
+        })
+    })?);
+    results.push(compare(
+        scale,
+        "LockPool, PostgreSQL",
+        TESTED,
+        |side, n| {
+            let pool = if side == Side::Dlock { &pool } else { &tested };
+            rate(n, || Ok(LockGuard::release(pool.acquire(PG_KEY)?)?))
+        },
+    )?);
+    drop((pool, tested, bare));
+
+    let my_manager = || -> Result<_> {
+        let opts = mysql::OptsBuilder::from_opts(mysql::Opts::from_url(&mysql_url()?)?);
+        Ok(r2d2_mysql::MySqlConnectionManager::new(opts))
+    };
+    let pool = LockPool::new(my_manager()?)?;
+    let tested = LockPool::with_builder(r2d2::Pool::builder().max_size(1), my_manager()?)?;
+    let mut bare = MySqlLock::new(my()?, MY_NAME);
+    results.push(compare(scale, "LockPool, MySQL", BARE, |side, n| {
+        rate(n, || {
+            if side == Side::Dlock {
+                LockGuard::release(pool.acquire(MY_NAME)?)?;
+            } else {
+                bare.acquire()?;
+                bare.release()?;
+            }
+            Ok(())
+        })
+    })?);
+    results.push(compare(scale, "LockPool, MySQL", TESTED, |side, n| {
+        let pool = if side == Side::Dlock { &pool } else { &tested };
+        rate(n, || Ok(LockGuard::release(pool.acquire(MY_NAME)?)?))
+    })?);
+    drop((pool, tested, bare));
+
+    runtime()?.block_on(async {
+        let pg_manager = || -> Result<_> {
+            Ok(bb8_postgres::PostgresConnectionManager::new(
+                pg_url()?.parse()?,
+                tokio_postgres::NoTls,
+            ))
+        };
+        let pool = AsyncLockPool::new(pg_manager()?).await?;
+        let tested =
+            AsyncLockPool::with_builder(bb8::Pool::builder().max_size(1), pg_manager()?).await?;
+        let mut bare = AsyncPgLock::new(pg_async().await?, PG_KEY);
+        results.push(
+            compare_async(scale, "AsyncLockPool, PostgreSQL", BARE, async |side, n| {
+                let started = Instant::now();
+                for _ in 0..n {
+                    if side == Side::Dlock {
+                        AsyncLockGuard::release(pool.acquire(PG_KEY).await?).await?;
+                    } else {
+                        bare.acquire().await?;
+                        bare.release().await?;
+                    }
+                }
+                Ok(per_second(n, started))
+            })
+            .await?,
+        );
+        results.push(
+            compare_async(
+                scale,
+                "AsyncLockPool, PostgreSQL",
+                TESTED,
+                async |side, n| {
+                    let pool = if side == Side::Dlock { &pool } else { &tested };
+                    let started = Instant::now();
+                    for _ in 0..n {
+                        AsyncLockGuard::release(pool.acquire(PG_KEY).await?).await?;
+                    }
+                    Ok(per_second(n, started))
+                },
+            )
+            .await?,
+        );
+        drop((pool, tested, bare));
+
+        let pool = AsyncLockPool::new(AsyncMySqlManager::from_url(&mysql_url()?)?).await?;
+        let tested = AsyncLockPool::with_builder(
+            bb8::Pool::builder().max_size(1),
+            AsyncMySqlManager::from_url(&mysql_url()?)?,
+        )
+        .await?;
+        let mut bare = AsyncMySqlLock::new(my_async().await?, MY_NAME);
+        results.push(
+            compare_async(scale, "AsyncLockPool, MySQL", BARE, async |side, n| {
+                let started = Instant::now();
+                for _ in 0..n {
+                    if side == Side::Dlock {
+                        AsyncLockGuard::release(pool.acquire(MY_NAME).await?).await?;
+                    } else {
+                        bare.acquire().await?;
+                        bare.release().await?;
+                    }
+                }
+                Ok(per_second(n, started))
+            })
+            .await?,
+        );
+        results.push(
+            compare_async(scale, "AsyncLockPool, MySQL", TESTED, async |side, n| {
+                let pool = if side == Side::Dlock { &pool } else { &tested };
+                let started = Instant::now();
+                for _ in 0..n {
+                    AsyncLockGuard::release(pool.acquire(MY_NAME).await?).await?;
+                }
+                Ok(per_second(n, started))
+            })
+            .await?,
+        );
+        Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+    })?;
+    Ok(results)
+}
+
 fn per_second(cycles: usize, started: Instant) -> f64 {
     #[allow(clippy::cast_precision_loss)]
     let cycles = cycles as f64;
@@ -1188,7 +1332,8 @@ fn main() -> Result<()> {
     }
     let scale = Scale::new(quick);
     let (postgres_version, mysql_version) = server_versions()?;
-    let throughput = throughput(scale)?;
+    let mut throughput = throughput(scale)?;
+    throughput.extend(pooled_beside_bare(scale)?);
     let report = Report {
         scale,
         machine: machine(),
