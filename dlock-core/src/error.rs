@@ -7,9 +7,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// The result type of every fallible dlock operation.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// The source of a [`Error::ConnectionLost`] when the connection was found closed by the
-/// server, with no reply to the statement: see [`Error::session_ended`]. The driver's error is
-/// its own source.
+/// The source of a [`Error::ConnectionLost`] when the server ended the session: see
+/// [`Error::session_ended`]. The driver's error is its own source.
 #[derive(Debug, thiserror::Error)]
 #[error("the server ended the session")]
 pub struct SessionEnded(#[source] pub BoxError);
@@ -160,22 +159,20 @@ impl Error {
         }
     }
 
-    /// A [`Error::ConnectionLost`] for a connection found closed by the server, with the
-    /// driver's error as `source` behind a [`SessionEnded`]: see
-    /// [`session_ended`](Error::session_ended).
+    /// A [`Error::ConnectionLost`] for a session the server ended, with the driver's error
+    /// as `source` behind a [`SessionEnded`]: see [`session_ended`](Error::session_ended).
     pub fn session_ended_by(source: impl Into<BoxError>) -> Self {
         Error::ConnectionLost {
             source: Some(Box::new(SessionEnded(source.into()))),
         }
     }
 
-    /// Whether this is a connection found closed by the server, with no reply to the
-    /// statement that failed: the server had ended the session (killed, timed out, restarted)
-    /// and closed the connection, typically while it was idle. Whatever the session held ended
-    /// with it, so an acquire on another connection is safe to try. A connection that merely
-    /// stopped answering is no such proof (its session may live on, and hold a lock, until
-    /// the server notices), and neither is the server's reply that it ends the session while
-    /// the statement ran.
+    /// Whether this is a lost connection whose session the server ended (it said so, or it
+    /// closed the connection): killed, timed out, shut down or restarted. Whatever the session
+    /// held, or was granted by the statement that failed, ended with it, so an acquire on
+    /// another connection is safe to try: a pool does, once. A connection that merely stopped
+    /// answering is no such proof: its session may live on, and hold a lock, until the server
+    /// notices.
     pub fn session_ended(&self) -> bool {
         matches!(
             self,

@@ -6,6 +6,8 @@ mod key;
 mod lock;
 mod policy;
 mod token;
+#[doc(hidden)]
+pub mod trace;
 mod wait;
 
 pub use error::{BoxError, Error, Result, SessionEnded};

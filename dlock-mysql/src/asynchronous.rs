@@ -3,9 +3,11 @@
 use std::fmt;
 use std::time::Duration;
 
+use dlock_core::trace::Traced;
 use dlock_core::{AsyncLock, Error, Key, KeyPolicy, Result, Wait};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts};
+use tracing::Instrument;
 
 use crate::machine::{Acquire, LockState, OnDrop, Operation, Release, Reply, Step, Verify};
 use crate::sql::{self, Failed, Failure, Proof, Server};
@@ -307,9 +309,16 @@ impl<C: AsyncMySqlConnection> AsyncMySqlLock<C> {
     }
 
     async fn take(&mut self, wait: Wait) -> Result<bool> {
-        let version = self.conn().server_version();
-        let op = Acquire::start(&self.state, version, wait)?;
-        self.run(op).await
+        let traced = Traced::acquire("mysql", "exclusive", wait, self.traced());
+        let outcome = async {
+            let version = self.conn().server_version();
+            let op = Acquire::start(&self.state, version, wait)?;
+            self.run(op).await
+        }
+        .instrument(traced.span().clone())
+        .await;
+        traced.finish(outcome.as_ref().copied());
+        outcome
     }
 }
 
@@ -354,15 +363,22 @@ impl<C: AsyncMySqlConnection> AsyncLock for AsyncMySqlLock<C> {
     /// network is stalled: this returns [`Error::no_reply`] and gives the connection up as a
     /// dropped future does. Needs a runtime with timers enabled.
     async fn acquire_timeout(&mut self, timeout: Duration) -> Result<bool> {
-        let version = self.conn().server_version();
         let wait = Wait::for_timeout(timeout);
-        let op = Acquire::start(&self.state, version, wait)?;
-        let asked = sql::server_wait(Server::from_version(version), wait).unwrap_or(timeout);
-        let limit = asked.saturating_add(dlock_core::REPLY_GRACE);
-        match tokio::time::timeout(limit, self.run(op)).await {
-            Ok(outcome) => outcome,
-            Err(_) => Err(Error::no_reply(limit)),
+        let traced = Traced::acquire("mysql", "exclusive", wait, self.traced());
+        let outcome = async {
+            let version = self.conn().server_version();
+            let op = Acquire::start(&self.state, version, wait)?;
+            let asked = sql::server_wait(Server::from_version(version), wait).unwrap_or(timeout);
+            let limit = asked.saturating_add(dlock_core::REPLY_GRACE);
+            match tokio::time::timeout(limit, self.run(op)).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(Error::no_reply(limit)),
+            }
         }
+        .instrument(traced.span().clone())
+        .await;
+        traced.finish(outcome.as_ref().copied());
+        outcome
     }
 
     /// # Cancel Safety
@@ -370,8 +386,15 @@ impl<C: AsyncMySqlConnection> AsyncLock for AsyncMySqlLock<C> {
     /// A drop before the reply gives the connection up; ending or closing the session frees
     /// the lock.
     async fn release(&mut self) -> Result<()> {
-        let op = Release::start(&mut self.state)?;
-        self.run(op).await
+        let traced = Traced::release("mysql", "exclusive", self.traced());
+        let outcome = async {
+            let op = Release::start(&mut self.state)?;
+            self.run(op).await
+        }
+        .instrument(traced.span().clone())
+        .await;
+        traced.finish(outcome.as_ref().map(|()| true));
+        outcome
     }
 
     fn is_acquired(&self) -> bool {
@@ -385,8 +408,15 @@ impl<C: AsyncMySqlConnection> AsyncLock for AsyncMySqlLock<C> {
     ///
     /// A drop before the reply gives the connection up.
     async fn verify(&mut self) -> Result<bool> {
-        let op = Verify::start(&self.state)?;
-        self.run(op).await
+        let traced = Traced::verify("mysql", "exclusive", self.traced());
+        let outcome = async {
+            let op = Verify::start(&self.state)?;
+            self.run(op).await
+        }
+        .instrument(traced.span().clone())
+        .await;
+        traced.finish(outcome.as_ref().copied());
+        outcome
     }
 }
 

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use dlock_core::trace::Traced;
 use dlock_core::{Error, Key, KeyPolicy, Lock, Result, Wait};
 use mysql::prelude::Queryable;
 use mysql::{Conn, PooledConn};
@@ -151,9 +152,12 @@ impl<C: MySqlConnection> MySqlLock<C> {
     }
 
     fn take(&mut self, wait: Wait) -> Result<bool> {
+        let traced = Traced::acquire("mysql", "exclusive", wait, self.traced());
+        let _entered = traced.span().enter();
         let version = self.conn().server_version();
-        let op = Acquire::start(&self.state, version, wait)?;
-        self.run(op)
+        let outcome = Acquire::start(&self.state, version, wait).and_then(|op| self.run(op));
+        traced.finish(outcome.as_ref().copied());
+        outcome
     }
 }
 
@@ -180,8 +184,11 @@ impl<C: MySqlConnection> Lock for MySqlLock<C> {
     }
 
     fn release(&mut self) -> Result<()> {
-        let op = Release::start(&mut self.state)?;
-        self.run(op)
+        let traced = Traced::release("mysql", "exclusive", self.traced());
+        let _entered = traced.span().enter();
+        let outcome = Release::start(&mut self.state).and_then(|op| self.run(op));
+        traced.finish(outcome.as_ref().map(|()| true));
+        outcome
     }
 
     fn is_acquired(&self) -> bool {
@@ -192,8 +199,11 @@ impl<C: MySqlConnection> Lock for MySqlLock<C> {
     /// CONNECTION_ID()`). After the connection was lost this is `Ok(false)`: the server freed
     /// the session's locks.
     fn verify(&mut self) -> Result<bool> {
-        let op = Verify::start(&self.state)?;
-        self.run(op)
+        let traced = Traced::verify("mysql", "exclusive", self.traced());
+        let _entered = traced.span().enter();
+        let outcome = Verify::start(&self.state).and_then(|op| self.run(op));
+        traced.finish(outcome.as_ref().copied());
+        outcome
     }
 }
 

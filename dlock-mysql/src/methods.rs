@@ -40,6 +40,14 @@ macro_rules! lock_methods {
         }
 
         dlock_core::__connection_accessors!();
+
+        /// The lock name as this lock's spans show it.
+        fn traced(&self) -> impl FnOnce() -> String + use<'_, C> {
+            move || {
+                self.name()
+                    .unwrap_or_else(|error| format!("unusable: {error}"))
+            }
+        }
     };
 }
 

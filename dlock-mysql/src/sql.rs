@@ -401,15 +401,13 @@ pub(crate) fn server_failure(code: u16, source: BoxError) -> Failed {
                 source: Some(source),
             },
         ),
-        // The client found the connection closed before any reply.
-        CR_SERVER_GONE_ERROR => (Failure::ConnectionLost, Error::session_ended_by(source)),
-        // The server ending the session as a reply to the statement (which may have been
-        // granted), or a connection lost during the query (possibly a read timeout, with the
-        // session still alive).
+        // The server says it ends the session, or the client found the connection closed.
         ER_CONNECTION_KILLED
         | ER_SERVER_SHUTDOWN
         | ER_CLIENT_INTERACTION_TIMEOUT
-        | CR_SERVER_LOST => (
+        | CR_SERVER_GONE_ERROR => (Failure::ConnectionLost, Error::session_ended_by(source)),
+        // Lost during the query: possibly a read timeout, with the session still alive.
+        CR_SERVER_LOST => (
             Failure::ConnectionLost,
             Error::ConnectionLost {
                 source: Some(source),
@@ -436,13 +434,8 @@ pub(crate) fn connection_lost(source: BoxError, ended: bool) -> Failed {
     }
 }
 
-/// Whether an I/O error is the connection found closed by the server (a broken pipe, a
-/// reset, the end of the stream), rather than a silent one: see [`Error::session_ended`].
-///
-/// Unlike PostgreSQL's, MySQL's protocol cannot tell a connection the server closed before
-/// the statement from one it closed while the statement ran: either way no reply comes. Both
-/// end the session, and with it anything the statement could have been granted, so a pool
-/// may try again on another connection without ever holding a lock twice.
+/// Whether an I/O error is the connection closed by the server (a broken pipe, a reset, the
+/// end of the stream), rather than a silent one: see [`Error::session_ended`].
 pub(crate) fn closed_by_peer(error: &std::io::Error) -> bool {
     !matches!(
         error.kind(),

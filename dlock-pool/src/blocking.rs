@@ -54,13 +54,6 @@ mod sealed {
 pub trait BlockingConnection: Sized + Send + 'static + sealed::Sealed {
     /// The backend's lock over a connection of a pool of manager `M`.
     type Lock<M: r2d2::ManageConnection<Connection = Self>>: IntoConnection<Pooled<M>>;
-
-    /// Whether the connection is found closed without a round trip: the server ended its
-    /// session while it sat idle in the pool.
-    #[doc(hidden)]
-    fn found_closed(&mut self) -> bool {
-        false
-    }
 }
 
 /// The lock type of a pool of manager `M`.
@@ -72,8 +65,6 @@ mod postgres_backend {
 
     use dlock_postgres::PgLock;
     use dlock_postgres::postgres::Client;
-    use dlock_postgres::postgres::fallible_iterator::FallibleIterator as _;
-    use std::time::Duration;
 
     use super::*;
 
@@ -93,22 +84,6 @@ mod postgres_backend {
 
     impl BlockingConnection for Client {
         type Lock<M: r2d2::ManageConnection<Connection = Self>> = PgLock<Pooled<M>>;
-
-        fn found_closed(&mut self) -> bool {
-            // The blocking client reads only while it waits for a reply, so what the server
-            // sent while the connection sat idle (the FATAL message of a session it ended,
-            // then the end of the stream) would be taken for the reply to the lock statement.
-            // Read it now, without waiting. A pooled lock connection listens for nothing, so
-            // a notification read here is dropped.
-            // (With a timeout, even of zero, the client's runtime turns its I/O driver once,
-            // which is what learns that the socket has something to read.)
-            let failed = self
-                .notifications()
-                .timeout_iter(Duration::ZERO)
-                .next()
-                .is_err();
-            failed || self.is_closed()
-        }
     }
 }
 
@@ -290,15 +265,7 @@ where
                 Some(_) => deadline::lock_wait(deadline, Instant::now()),
                 None => wait,
             };
-            let mut conn = Pooled(conn);
-            let outcome = if conn.found_closed() {
-                conn.mark_broken();
-                Err(Error::session_ended_by(
-                    "the pooled connection was found closed before the lock statement",
-                ))
-            } else {
-                self.lock_on(conn, key.clone(), wait)
-            };
+            let outcome = self.lock_on(Pooled(conn), key.clone(), wait);
             if !retry.again(&outcome, &self.doubt) {
                 return outcome;
             }

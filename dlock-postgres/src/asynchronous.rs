@@ -6,9 +6,11 @@ use std::pin::{Pin, pin};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use dlock_core::trace::Traced;
 use dlock_core::{AsyncLock, Error, Key, KeyPolicy, PgKey, Result, Wait};
 use futures_util::TryStreamExt;
 use tokio_postgres::{Client, Config, NoTls, SimpleQueryMessage, Transaction};
+use tracing::Instrument;
 
 use crate::machine::{
     self, Abandon, Acquire, Failed, LockState, Operation, PayOwed, Release, Reply, Request,
@@ -421,8 +423,16 @@ impl<C: AsyncPgConnection> AsyncPgLock<C> {
     }
 
     async fn take(&mut self, wait: Wait) -> Result<bool> {
-        let op = Acquire::start(&self.state, wait)?;
-        self.run(op).await
+        let (mode, key) = self.traced();
+        let traced = Traced::acquire("postgres", mode, wait, key);
+        let outcome = async {
+            let op = Acquire::start(&self.state, wait)?;
+            self.run(op).await
+        }
+        .instrument(traced.span().clone())
+        .await;
+        traced.finish(outcome.as_ref().copied());
+        outcome
     }
 }
 
@@ -496,8 +506,16 @@ impl<C: AsyncPgConnection> AsyncLock for AsyncPgLock<C> {
     /// refuses it (an aborted transaction), the lock counts as held again at its next
     /// operation.
     async fn release(&mut self) -> Result<()> {
-        let op = Release::start(&self.state)?;
-        self.run(op).await
+        let (mode, key) = self.traced();
+        let traced = Traced::release("postgres", mode, key);
+        let outcome = async {
+            let op = Release::start(&self.state)?;
+            self.run(op).await
+        }
+        .instrument(traced.span().clone())
+        .await;
+        traced.finish(outcome.as_ref().map(|()| true));
+        outcome
     }
 
     fn is_acquired(&self) -> bool {
@@ -511,11 +529,19 @@ impl<C: AsyncPgConnection> AsyncLock for AsyncPgLock<C> {
     ///
     /// Cancel safe: it only reads (an owed cleanup it started still runs).
     async fn verify(&mut self) -> Result<bool> {
-        if self.client().is_closed() {
-            return Ok(false);
+        let (mode, key) = self.traced();
+        let traced = Traced::verify("postgres", mode, key);
+        let outcome = async {
+            if self.client().is_closed() {
+                return Ok(false);
+            }
+            let op = Verify::start(&self.state)?;
+            self.run(op).await
         }
-        let op = Verify::start(&self.state)?;
-        self.run(op).await
+        .instrument(traced.span().clone())
+        .await;
+        traced.finish(outcome.as_ref().copied());
+        outcome
     }
 }
 

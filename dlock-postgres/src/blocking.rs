@@ -4,6 +4,7 @@ use std::borrow::BorrowMut;
 use std::fmt;
 use std::time::Duration;
 
+use dlock_core::trace::Traced;
 use dlock_core::{Key, KeyPolicy, Lock, PgKey, Result, Wait};
 use postgres::{Client, Transaction};
 
@@ -124,8 +125,13 @@ impl<C: BorrowMut<Client>> PgLock<C> {
     }
 
     fn take(&mut self, wait: Wait) -> Result<bool> {
-        let mut op = Acquire::start(&self.state, wait)?;
-        self.drive(|state, reply| op.step(state, reply))
+        let (mode, key) = self.traced();
+        let traced = Traced::acquire("postgres", mode, wait, key);
+        let _entered = traced.span().enter();
+        let outcome = Acquire::start(&self.state, wait)
+            .and_then(|mut op| self.drive(|state, reply| op.step(state, reply)));
+        traced.finish(outcome.as_ref().copied());
+        outcome
     }
 }
 
@@ -178,8 +184,13 @@ impl<C: BorrowMut<Client>> Lock for PgLock<C> {
     }
 
     fn release(&mut self) -> Result<()> {
-        let mut op = Release::start(&self.state)?;
-        self.drive(|state, reply| op.step(state, reply))
+        let (mode, key) = self.traced();
+        let traced = Traced::release("postgres", mode, key);
+        let _entered = traced.span().enter();
+        let outcome = Release::start(&self.state)
+            .and_then(|mut op| self.drive(|state, reply| op.step(state, reply)));
+        traced.finish(outcome.as_ref().map(|()| true));
+        outcome
     }
 
     fn is_acquired(&self) -> bool {
@@ -189,11 +200,17 @@ impl<C: BorrowMut<Client>> Lock for PgLock<C> {
     /// Asks `pg_locks` whether this session holds the lock in this lock's mode. After the
     /// connection was lost this is `Ok(false)`: the server freed the session's locks.
     fn verify(&mut self) -> Result<bool> {
-        let mut op = Verify::start(&self.state)?;
-        if self.client().is_closed() {
-            return Ok(false);
-        }
-        self.drive(|state, reply| op.step(state, reply))
+        let (mode, key) = self.traced();
+        let traced = Traced::verify("postgres", mode, key);
+        let _entered = traced.span().enter();
+        let outcome = Verify::start(&self.state).and_then(|mut op| {
+            if self.client().is_closed() {
+                return Ok(false);
+            }
+            self.drive(|state, reply| op.step(state, reply))
+        });
+        traced.finish(outcome.as_ref().copied());
+        outcome
     }
 }
 

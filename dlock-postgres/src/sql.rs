@@ -588,12 +588,11 @@ pub(crate) fn failure(error: &driver::Error) -> Failure {
     }
 }
 
-/// Whether a connection error is the connection found closed, with no reply from the server
-/// to the statement: see [`Error::session_ended`]. The server's own word that it ends the
-/// session (57P01 and the like) is a reply to a statement that may have been granted, and a
-/// timeout proves nothing: the session may live on behind a silent network.
+/// Whether a connection error proves that the server ended the session: it said so (a
+/// kill, a shutdown: 57P01 and the like) or closed the connection. A timeout proves nothing:
+/// the session may live on behind a silent network.
 fn session_ended(error: &driver::Error) -> bool {
-    if error.is_closed() {
+    if error.is_closed() || error.code().is_some() {
         return true;
     }
     let io =
