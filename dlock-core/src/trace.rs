@@ -84,6 +84,9 @@ impl Traced {
     /// Records how the operation ended: for an acquire `acquired` or `busy`, for a verify
     /// `held` or `not held`, for a release `released`; or the error.
     pub fn finish(&self, outcome: std::result::Result<bool, &Error>) {
+        if let Err(Error::NotHeld) = outcome {
+            tracing::warn!(target: "dlock", "a lock was lost: its session no longer held it");
+        }
         let Some(started) = self.started else {
             return;
         };

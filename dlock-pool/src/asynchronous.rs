@@ -10,7 +10,7 @@ use dlock_core::{
 };
 
 use crate::deadline;
-use crate::manager::{AsyncManager, CloseMark, ConnectError, Doubt, LockManager, Retry};
+use crate::manager::{self, AsyncManager, CloseMark, ConnectError, Doubt, LockManager, Retry};
 
 /// A bb8 connection checked out for one lock, lent to the backend's lock type.
 ///
@@ -387,7 +387,10 @@ where
             }
             // A failed acquire can leave the session holding the lock (a cancel that lands as
             // the lock is granted): the armed guard closes the connection.
-            Err(error) => Err(error),
+            Err(error) => {
+                manager::discarded_in_doubt(&error);
+                Err(error)
+            }
         }
     }
 }

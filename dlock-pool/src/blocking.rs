@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use dlock_core::{ConnectionLock, Error, IntoConnection, Key, KeyPolicy, Lock, Result, Wait};
 
 use crate::deadline;
-use crate::manager::{Doubt, LockManager, Retry};
+use crate::manager::{self, Doubt, LockManager, Retry};
 
 /// An r2d2 connection checked out for one lock, lent to the backend's lock type.
 ///
@@ -287,6 +287,7 @@ where
                 // A failed acquire can leave the session holding the lock (a cancel that
                 // lands as the lock is granted): never give such a connection back.
                 lock.connection().mark_broken();
+                manager::discarded_in_doubt(&error);
                 Err(error)
             }
         }

@@ -108,6 +108,12 @@ pub(crate) struct Retry {
     done: bool,
 }
 
+/// Says that a pooled connection whose lock statement failed is closed instead of reused:
+/// the session may hold the lock (a cancel that lands as the lock is granted).
+pub(crate) fn discarded_in_doubt(error: &dlock_core::Error) {
+    tracing::info!(target: "dlock", %error, "a pooled connection in doubt is closed, not reused");
+}
+
 impl Retry {
     /// Whether to try again after `outcome`; at most once.
     pub(crate) fn again<T>(&mut self, outcome: &dlock_core::Result<T>, doubt: &Doubt) -> bool {
@@ -115,7 +121,8 @@ impl Retry {
         if again {
             self.done = true;
             doubt.raise();
-            tracing::debug!(
+            tracing::info!(
+                target: "dlock",
                 "a pooled connection's session had ended; the acquire is tried on another"
             );
         }

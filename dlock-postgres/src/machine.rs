@@ -317,6 +317,7 @@ impl Owed {
                 Owed::Clear => return None,
                 Owed::Unchecked => match state.owed {
                     Some(hold) => {
+                        tracing::debug!(target: "dlock", "the cleanup owed by a dropped acquire runs");
                         *self = Owed::Sent(hold);
                         return Some(Step::Send(Request::Simple(sql::cleanup(hold))));
                     }

@@ -9,6 +9,7 @@ use ::mysql::prelude::Queryable as _;
 
 pub mod contract;
 pub mod faults;
+pub mod spans;
 
 /// Waits up to ten seconds for `condition`, checking every 10 ms; whether it came true.
 pub fn eventually(mut condition: impl FnMut() -> bool) -> bool {
