@@ -253,6 +253,66 @@ async fn compare_async(
     Ok(paired(path, floor, dlock, raw))
 }
 
+/// [`compare`] with the two sides alternating cycle by cycle, each cycle timed on its own:
+/// for paths on different connections (so different server processes), whose speeds drift
+/// apart within a block of cycles on this VM.
+fn compare_interleaved(
+    scale: Scale,
+    path: &'static str,
+    floor: &'static str,
+    mut cycle: impl FnMut(Side) -> Result<()>,
+) -> Result<Throughput> {
+    for _ in 0..=scale.cycles / 5 {
+        cycle(Side::Dlock)?;
+        cycle(Side::Floor)?;
+    }
+    let (mut dlock, mut raw) = (Vec::new(), Vec::new());
+    for _ in 0..scale.repeats {
+        let mut took = [Duration::ZERO; 2];
+        for _ in 0..scale.cycles {
+            for (slot, side) in [Side::Dlock, Side::Floor].into_iter().enumerate() {
+                let started = Instant::now();
+                cycle(side)?;
+                took[slot] += started.elapsed();
+            }
+        }
+        #[allow(clippy::cast_precision_loss)]
+        let cycles = scale.cycles as f64;
+        dlock.push(cycles / took[0].as_secs_f64());
+        raw.push(cycles / took[1].as_secs_f64());
+    }
+    Ok(paired(path, floor, dlock, raw))
+}
+
+/// [`compare_interleaved`] for async paths.
+async fn compare_interleaved_async(
+    scale: Scale,
+    path: &'static str,
+    floor: &'static str,
+    mut cycle: impl AsyncFnMut(Side) -> Result<()>,
+) -> Result<Throughput> {
+    for _ in 0..=scale.cycles / 5 {
+        cycle(Side::Dlock).await?;
+        cycle(Side::Floor).await?;
+    }
+    let (mut dlock, mut raw) = (Vec::new(), Vec::new());
+    for _ in 0..scale.repeats {
+        let mut took = [Duration::ZERO; 2];
+        for _ in 0..scale.cycles {
+            for (slot, side) in [Side::Dlock, Side::Floor].into_iter().enumerate() {
+                let started = Instant::now();
+                cycle(side).await?;
+                took[slot] += started.elapsed();
+            }
+        }
+        #[allow(clippy::cast_precision_loss)]
+        let cycles = scale.cycles as f64;
+        dlock.push(cycles / took[0].as_secs_f64());
+        raw.push(cycles / took[1].as_secs_f64());
+    }
+    Ok(paired(path, floor, dlock, raw))
+}
+
 const PG_KEY: i64 = 0x0064_6c6f_636b; // "dlock"
 const MY_NAME: &str = "dlock-bench/cycle";
 
@@ -486,8 +546,11 @@ fn pooled_beside_bare(scale: Scale) -> Result<Vec<Throughput>> {
     let pool = LockPool::new(pg_manager()?)?;
     let tested = LockPool::with_builder(r2d2::Pool::builder().max_size(1), pg_manager()?)?;
     let mut bare = PgLock::new(pg()?, PG_KEY);
-    results.push(compare(scale, "LockPool, PostgreSQL", BARE, |side, n| {
-        rate(n, || {
+    results.push(compare_interleaved(
+        scale,
+        "LockPool, PostgreSQL",
+        BARE,
+        |side| {
             if side == Side::Dlock {
                 LockGuard::release(pool.acquire(PG_KEY)?)?;
             } else {
@@ -495,15 +558,15 @@ fn pooled_beside_bare(scale: Scale) -> Result<Vec<Throughput>> {
                 bare.release()?;
             }
             Ok(())
-        })
-    })?);
-    results.push(compare(
+        },
+    )?);
+    results.push(compare_interleaved(
         scale,
         "LockPool, PostgreSQL",
         TESTED,
-        |side, n| {
+        |side| {
             let pool = if side == Side::Dlock { &pool } else { &tested };
-            rate(n, || Ok(LockGuard::release(pool.acquire(PG_KEY)?)?))
+            Ok(LockGuard::release(pool.acquire(PG_KEY)?)?)
         },
     )?);
     drop((pool, tested, bare));
@@ -515,8 +578,11 @@ fn pooled_beside_bare(scale: Scale) -> Result<Vec<Throughput>> {
     let pool = LockPool::new(my_manager()?)?;
     let tested = LockPool::with_builder(r2d2::Pool::builder().max_size(1), my_manager()?)?;
     let mut bare = MySqlLock::new(my()?, MY_NAME);
-    results.push(compare(scale, "LockPool, MySQL", BARE, |side, n| {
-        rate(n, || {
+    results.push(compare_interleaved(
+        scale,
+        "LockPool, MySQL",
+        BARE,
+        |side| {
             if side == Side::Dlock {
                 LockGuard::release(pool.acquire(MY_NAME)?)?;
             } else {
@@ -524,12 +590,17 @@ fn pooled_beside_bare(scale: Scale) -> Result<Vec<Throughput>> {
                 bare.release()?;
             }
             Ok(())
-        })
-    })?);
-    results.push(compare(scale, "LockPool, MySQL", TESTED, |side, n| {
-        let pool = if side == Side::Dlock { &pool } else { &tested };
-        rate(n, || Ok(LockGuard::release(pool.acquire(MY_NAME)?)?))
-    })?);
+        },
+    )?);
+    results.push(compare_interleaved(
+        scale,
+        "LockPool, MySQL",
+        TESTED,
+        |side| {
+            let pool = if side == Side::Dlock { &pool } else { &tested };
+            Ok(LockGuard::release(pool.acquire(MY_NAME)?)?)
+        },
+    )?);
     drop((pool, tested, bare));
 
     runtime()?.block_on(async {
@@ -544,34 +615,22 @@ fn pooled_beside_bare(scale: Scale) -> Result<Vec<Throughput>> {
             AsyncLockPool::with_builder(bb8::Pool::builder().max_size(1), pg_manager()?).await?;
         let mut bare = AsyncPgLock::new(pg_async().await?, PG_KEY);
         results.push(
-            compare_async(scale, "AsyncLockPool, PostgreSQL", BARE, async |side, n| {
-                let started = Instant::now();
-                for _ in 0..n {
-                    if side == Side::Dlock {
-                        AsyncLockGuard::release(pool.acquire(PG_KEY).await?).await?;
-                    } else {
-                        bare.acquire().await?;
-                        bare.release().await?;
-                    }
+            compare_interleaved_async(scale, "AsyncLockPool, PostgreSQL", BARE, async |side| {
+                if side == Side::Dlock {
+                    AsyncLockGuard::release(pool.acquire(PG_KEY).await?).await?;
+                } else {
+                    bare.acquire().await?;
+                    bare.release().await?;
                 }
-                Ok(per_second(n, started))
+                Ok(())
             })
             .await?,
         );
         results.push(
-            compare_async(
-                scale,
-                "AsyncLockPool, PostgreSQL",
-                TESTED,
-                async |side, n| {
-                    let pool = if side == Side::Dlock { &pool } else { &tested };
-                    let started = Instant::now();
-                    for _ in 0..n {
-                        AsyncLockGuard::release(pool.acquire(PG_KEY).await?).await?;
-                    }
-                    Ok(per_second(n, started))
-                },
-            )
+            compare_interleaved_async(scale, "AsyncLockPool, PostgreSQL", TESTED, async |side| {
+                let pool = if side == Side::Dlock { &pool } else { &tested };
+                Ok(AsyncLockGuard::release(pool.acquire(PG_KEY).await?).await?)
+            })
             .await?,
         );
         drop((pool, tested, bare));
@@ -584,28 +643,21 @@ fn pooled_beside_bare(scale: Scale) -> Result<Vec<Throughput>> {
         .await?;
         let mut bare = AsyncMySqlLock::new(my_async().await?, MY_NAME);
         results.push(
-            compare_async(scale, "AsyncLockPool, MySQL", BARE, async |side, n| {
-                let started = Instant::now();
-                for _ in 0..n {
-                    if side == Side::Dlock {
-                        AsyncLockGuard::release(pool.acquire(MY_NAME).await?).await?;
-                    } else {
-                        bare.acquire().await?;
-                        bare.release().await?;
-                    }
+            compare_interleaved_async(scale, "AsyncLockPool, MySQL", BARE, async |side| {
+                if side == Side::Dlock {
+                    AsyncLockGuard::release(pool.acquire(MY_NAME).await?).await?;
+                } else {
+                    bare.acquire().await?;
+                    bare.release().await?;
                 }
-                Ok(per_second(n, started))
+                Ok(())
             })
             .await?,
         );
         results.push(
-            compare_async(scale, "AsyncLockPool, MySQL", TESTED, async |side, n| {
+            compare_interleaved_async(scale, "AsyncLockPool, MySQL", TESTED, async |side| {
                 let pool = if side == Side::Dlock { &pool } else { &tested };
-                let started = Instant::now();
-                for _ in 0..n {
-                    AsyncLockGuard::release(pool.acquire(MY_NAME).await?).await?;
-                }
-                Ok(per_second(n, started))
+                Ok(AsyncLockGuard::release(pool.acquire(MY_NAME).await?).await?)
             })
             .await?,
         );
