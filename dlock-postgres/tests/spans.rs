@@ -2,6 +2,8 @@
 //! verify, with the key as PostgreSQL sees it, the mode, the wait, the outcome and the time
 //! it took.
 
+#![cfg(any(feature = "blocking", feature = "tokio"))]
+
 use dlock_testkit::spans::{Captured, capture};
 
 fn pg_key_text(name: &str) -> String {
