@@ -184,8 +184,9 @@ where
     M: AsyncManager,
     M::Connection: AsyncConnection,
 {
-    /// A pool with bb8's default settings (10 connections, 30 s checkout timeout) over
-    /// `manager`, under the default key policy.
+    /// A pool with bb8's default size and timeout (10 connections, 30 s checkout timeout)
+    /// over `manager`, under the default key policy, handing out the most recently returned
+    /// connection first.
     ///
     /// A checkout does not test the connection with a round trip of its own: the lock
     /// statement is the test. When it finds that the server ended the connection's session
@@ -197,11 +198,10 @@ where
     ///
     /// [`Error::Pool`] when the pool cannot open its first connections.
     pub async fn new(manager: M) -> Result<Self> {
-        Self::build(
-            bb8::Pool::builder(),
-            LockManager::checking_in_doubt(manager),
-        )
-        .await
+        // The most recently returned connection goes out first: a connection kept busy stays
+        // warm in the server, where bb8's default order would turn through them all.
+        let builder = bb8::Pool::builder().queue_strategy(bb8::QueueStrategy::Lifo);
+        Self::build(builder, LockManager::checking_in_doubt(manager)).await
     }
 
     /// A pool built by `builder` (size, timeouts) over `manager`. The builder's
