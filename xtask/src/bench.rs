@@ -62,6 +62,10 @@ fn bench(servers: &Servers, quick: bool, json: &std::path::Path) -> Result<()> {
     }
     let mut run = Command::new(target.join(profile).join("bench"));
     run.arg("--json").arg(json).envs(servers.env());
+    // The server processes, which the bench pins to one CPU beside itself where paths on
+    // different connections are compared (see the worker).
+    let pids: Vec<String> = Servers::pids().iter().map(u32::to_string).collect();
+    run.env("DLOCK_BENCH_SERVER_PIDS", pids.join(" "));
     if quick {
         run.arg("--quick");
     }

@@ -181,6 +181,12 @@ impl Servers {
         [(PG_URL_VAR, &self.pg_url), (MYSQL_URL_VAR, &self.mysql_url)]
     }
 
+    /// The process ids of the servers this process started: empty for servers named by the
+    /// environment's URLs.
+    pub(crate) fn pids() -> Vec<u32> {
+        started().iter_mut().filter_map(Started::pid).collect()
+    }
+
     /// Stops every server this process started (or loaded from the state file) and deletes
     /// its directory. Safe to call twice.
     pub(crate) fn stop() {

@@ -530,12 +530,63 @@ fn throughput(scale: Scale) -> Result<Vec<Throughput>> {
     Ok(results)
 }
 
+/// While alive, keeps the servers the bench started, and the bench itself, on one CPU.
+///
+/// Paths on different connections are served by different server processes (PostgreSQL) or
+/// threads (MariaDB). On this two-CPU VM, where the scheduler places each of them decides its
+/// speed by a factor of several, steadily for a whole run, so a comparison between two
+/// connections measured placement rather than the client. On one CPU every process meets the
+/// same scheduler, and the pairs come out tight. (PostgreSQL forks a backend per connection
+/// from the postmaster, which passes the CPU set on.)
+struct Pinned {
+    pids: Vec<String>,
+}
+
+impl Pinned {
+    fn new() -> Pinned {
+        let mut pids: Vec<String> = std::env::var("DLOCK_BENCH_SERVER_PIDS")
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        if pids.is_empty() {
+            eprintln!(
+                "bench: servers of your own are not pinned; pooled paths may compare placement"
+            );
+        }
+        pids.push(std::process::id().to_string());
+        let pinned = Pinned { pids };
+        pinned.set("0");
+        pinned
+    }
+
+    fn set(&self, cpus: &str) {
+        for pid in &self.pids {
+            let set = std::process::Command::new("taskset")
+                .args(["-a", "-p", "-c", cpus, pid])
+                .stdout(std::process::Stdio::null())
+                .status();
+            if !set.is_ok_and(|status| status.success()) {
+                eprintln!("bench: could not set the CPUs of process {pid} with taskset");
+            }
+        }
+    }
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        self.set(&format!("0-{}", cpus.saturating_sub(1)));
+    }
+}
+
 /// Each pooled path (a pool built by `new`, which sends no checkout test of its own) beside
 /// the bare lock on a dedicated connection, and beside a pool that tests each checkout (the
 /// default before): what a pool costs, and what skipping the test gained.
 fn pooled_beside_bare(scale: Scale) -> Result<Vec<Throughput>> {
-    const BARE: &str = "bare lock, dedicated connection";
-    const TESTED: &str = "pool testing each checkout";
+    const BARE: &str = "bare lock, dedicated connection (one CPU)";
+    const TESTED: &str = "pool testing each checkout (one CPU)";
+    let _pinned = Pinned::new();
     let mut results = Vec::new();
     let pg_manager = || -> Result<_> {
         Ok(r2d2_postgres::PostgresConnectionManager::new(
