@@ -752,7 +752,24 @@ impl AsyncPgXactLock {
     ///
     /// See the type's docs: a late grant ends with the transaction.
     pub async fn acquire(&self, tx: &Transaction<'_>) -> Result<()> {
-        self.wait(tx, Wait::Forever).await.into_result().map(drop)
+        let outcome = self.traced(Wait::Forever, async {
+            self.wait(tx, Wait::Forever).await.into_result()
+        });
+        outcome.await.map(drop)
+    }
+
+    /// Runs an acquire with `wait` in its span.
+    async fn traced(
+        &self,
+        wait: Wait,
+        acquire: impl Future<Output = Result<bool>>,
+    ) -> Result<bool> {
+        let traced = Traced::acquire("postgres", self.mode.traced(), wait, || {
+            sql::traced_key(&self.policy, &self.key)
+        });
+        let outcome = acquire.instrument(traced.span().clone()).await;
+        traced.finish(outcome.as_ref().copied());
+        outcome
     }
 
     /// Takes the lock if it is free: `Ok(true)` held until the transaction ends.
@@ -765,9 +782,12 @@ impl AsyncPgXactLock {
     ///
     /// See the type's docs.
     pub async fn try_acquire(&self, tx: &Transaction<'_>) -> Result<bool> {
-        let statement = machine::xact_statement(self.hold()?, Wait::Never, None);
-        let reply = send_text(tx, &statement).await;
-        machine::xact_outcome(Wait::Never, reply).into_result()
+        self.traced(Wait::Never, async {
+            let statement = machine::xact_statement(self.hold()?, Wait::Never, None);
+            let reply = send_text(tx, &statement).await;
+            machine::xact_outcome(Wait::Never, reply).into_result()
+        })
+        .await
     }
 
     /// Waits at most `timeout` for the lock, inside a savepoint: on a timeout the savepoint
@@ -789,23 +809,26 @@ impl AsyncPgXactLock {
         if wait == Wait::Never {
             return self.try_acquire(tx).await;
         }
-        let savepoint = tx.savepoint("dlock_acquire").await.map_err(sql::error)?;
-        // Rolling the savepoint back also frees a lock granted with a failure.
-        match self.wait(&savepoint, wait).await {
-            XactOutcome::Answered(granted) => {
-                savepoint.commit().await.map_err(sql::error)?;
-                Ok(granted)
+        self.traced(wait, async {
+            let savepoint = tx.savepoint("dlock_acquire").await.map_err(sql::error)?;
+            // Rolling the savepoint back also frees a lock granted with a failure.
+            match self.wait(&savepoint, wait).await {
+                XactOutcome::Answered(granted) => {
+                    savepoint.commit().await.map_err(sql::error)?;
+                    Ok(granted)
+                }
+                XactOutcome::TimedOut => savepoint
+                    .rollback()
+                    .await
+                    .map_err(sql::error)
+                    .map(|()| false),
+                XactOutcome::Failed(error) => {
+                    let _ = savepoint.rollback().await;
+                    Err(error)
+                }
             }
-            XactOutcome::TimedOut => savepoint
-                .rollback()
-                .await
-                .map_err(sql::error)
-                .map(|()| false),
-            XactOutcome::Failed(error) => {
-                let _ = savepoint.rollback().await;
-                Err(error)
-            }
-        }
+        })
+        .await
     }
 
     /// Asks `pg_locks` whether the transaction's session holds the lock in this mode.

@@ -359,6 +359,16 @@ impl PgXactLock {
     }
 
     fn take(&self, tx: &mut Transaction<'_>, wait: Wait) -> Result<bool> {
+        let traced = Traced::acquire("postgres", self.mode.traced(), wait, || {
+            sql::traced_key(&self.policy, &self.key)
+        });
+        let _entered = traced.span().enter();
+        let outcome = self.take_in(tx, wait);
+        traced.finish(outcome.as_ref().copied());
+        outcome
+    }
+
+    fn take_in(&self, tx: &mut Transaction<'_>, wait: Wait) -> Result<bool> {
         let statement = machine::xact_statement(self.hold()?, wait, None);
         if !matches!(wait, Wait::For(_)) {
             let reply = tx

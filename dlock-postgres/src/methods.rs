@@ -36,16 +36,8 @@ macro_rules! lock_methods {
 
         /// The key and mode as this lock's spans show them.
         fn traced(&self) -> (&'static str, impl FnOnce() -> String + use<'_, C>) {
-            let mode = match self.state.mode {
-                Mode::Exclusive => "exclusive",
-                Mode::Shared => "shared",
-            };
-            let key = move || match self.pg_key() {
-                Ok(PgKey::BigInt(key)) => key.to_string(),
-                Ok(PgKey::Pair(high, low)) => format!("({high}, {low})"),
-                Err(error) => format!("unusable: {error}"),
-            };
-            (mode, key)
+            let key = move || crate::sql::traced_key(&self.state.policy, &self.state.key);
+            (self.state.mode.traced(), key)
         }
     };
 }

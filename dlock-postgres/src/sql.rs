@@ -42,6 +42,23 @@ impl Mode {
             Mode::Shared => "_shared",
         }
     }
+
+    /// The mode as a lock's spans show it.
+    pub(crate) fn traced(self) -> &'static str {
+        match self {
+            Mode::Exclusive => "exclusive",
+            Mode::Shared => "shared",
+        }
+    }
+}
+
+/// The key as a lock's spans show it: the number PostgreSQL sees, or a pair.
+pub(crate) fn traced_key(policy: &dlock_core::KeyPolicy, key: &dlock_core::Key) -> String {
+    match policy.pg_key(key) {
+        Ok(PgKey::BigInt(key)) => key.to_string(),
+        Ok(PgKey::Pair(high, low)) => format!("({high}, {low})"),
+        Err(error) => format!("unusable: {error}"),
+    }
 }
 
 /// Whether a lock lasts for the session or for the current transaction.
