@@ -137,6 +137,21 @@ async fn a_frozen_mariadb_cannot_hold_an_owned_wait_past_its_deadline() {
     );
 }
 
+/// What the waiters of a key see when the server restarts under them. The bare lock's wait
+/// ends with a connection error. The pool's waiter's session ended with the restart, and with
+/// it anything it was granted: the pool tries once more on a new connection, within the
+/// timeout, and gets the lock the restart freed (or reports the session's end, if no
+/// connection came in time).
+fn assert_waiters_after_restart(bare: Result<(), Error>, pooled: Result<bool, Error>) {
+    let error = bare.expect_err("bare waiter");
+    assert!(error.is_connection_error(), "bare waiter: {error:?}");
+    match pooled {
+        Ok(true) => {}
+        Err(error) => assert!(error.is_connection_error(), "bb8 waiter: {error:?}"),
+        Ok(false) => panic!("the bb8 waiter timed out"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_restart_ends_holds_and_waits_with_clear_errors_and_pools_reconnect() {
     let key = "faults/restart-pg";
@@ -195,16 +210,7 @@ async fn a_postgres_restart_ends_holds_and_waits_with_clear_errors_and_pools_rec
         started.elapsed() < Duration::from_secs(20),
         "no wait ran into its timeout"
     );
-    let error = owned.expect_err("bare waiter");
-    assert!(error.is_connection_error(), "bare waiter: {error:?}");
-    // The waiter's session ended with the restart, and with it anything it was granted: the
-    // pool tries once more on a new connection, within the timeout, and gets the lock the
-    // restart freed (or reports the session's end, if no connection came in time).
-    match pooled {
-        Ok(true) => {}
-        Err(error) => assert!(error.is_connection_error(), "bb8 waiter: {error:?}"),
-        Ok(false) => panic!("the bb8 waiter timed out"),
-    }
+    assert_waiters_after_restart(owned.map(drop), pooled);
     // The holder's session is gone: verify says so, release fails, and the pool closes that
     // connection.
     let outcome = tokio::task::spawn_blocking(move || {
@@ -254,14 +260,7 @@ async fn a_mariadb_restart_ends_holds_and_waits_with_clear_errors_and_pools_reco
     let (pooled, waiters) = waiting.await.unwrap();
     let (owned, _bare) = bare_waiting.await.unwrap();
     assert!(started.elapsed() < Duration::from_secs(20));
-    let error = owned.expect_err("bare waiter");
-    assert!(error.is_connection_error(), "bare waiter: {error:?}");
-    // As with PostgreSQL: the pool tries once more on a new connection, within the timeout.
-    match pooled {
-        Ok(true) => {}
-        Err(error) => assert!(error.is_connection_error(), "bb8 waiter: {error:?}"),
-        Ok(false) => panic!("the bb8 waiter timed out"),
-    }
+    assert_waiters_after_restart(owned.map(drop), pooled);
     assert!(!AsyncLockGuard::verify(&mut held).await.unwrap_or(false));
     assert!(AsyncLockGuard::release(held).await.is_err());
     // Both pools reconnect.
