@@ -58,7 +58,7 @@ macro_rules! __connection_lock {
     ($lock:ident, $bound:path, $check:path) => {
         impl<C: $bound> $crate::ConnectionLock<C> for $lock<C> {
             fn on_connection(conn: C, key: $crate::Key, policy: $crate::KeyPolicy) -> Self {
-                $lock::new(conn, key).policy(policy)
+                $lock::new(conn, key).policy(policy).skip_deployment_check()
             }
 
             fn check_key(policy: &$crate::KeyPolicy, key: &$crate::Key) -> $crate::Result<()> {

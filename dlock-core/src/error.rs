@@ -1,5 +1,7 @@
 //! The one error type of every dlock crate.
 
+use crate::Deployment;
+
 /// A boxed error from a driver or a pool, kept as the [`source`](std::error::Error::source) of
 /// an [`Error`] so that dlock-core needs to know no driver.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -108,6 +110,20 @@ pub enum Error {
         /// The driver's error.
         #[source]
         source: Option<BoxError>,
+    },
+
+    /// The connection leads where a lock cannot exclude: through a transaction pooler, to a
+    /// hot standby, or to a cluster node whose locks are local to it ([`Deployment`] says
+    /// which). Nothing is held. The check runs once per connection; `skip_deployment_check()`
+    /// on lock and pool builders turns it off, at the risk of two holders at once.
+    #[error(
+        "a lock here would exclude nobody: {found}; {advice}",
+        found = deployment.found(),
+        advice = deployment.advice()
+    )]
+    CannotExclude {
+        /// What was found.
+        deployment: Deployment,
     },
 
     /// The key cannot name a lock on this backend under this policy.
@@ -238,6 +254,15 @@ mod tests {
                 source: Some(io_error()),
             },
             Error::invalid_key("the name is empty"),
+            Error::CannotExclude {
+                deployment: Deployment::TransactionPooler,
+            },
+            Error::CannotExclude {
+                deployment: Deployment::HotStandby,
+            },
+            Error::CannotExclude {
+                deployment: Deployment::Galera,
+            },
             Error::Unsupported {
                 operation: "a shared lock",
                 backend: "MySQL",

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod backend;
+mod deployment;
 mod error;
 mod key;
 mod lock;
@@ -10,6 +11,7 @@ mod token;
 pub mod trace;
 mod wait;
 
+pub use deployment::Deployment;
 pub use error::{BoxError, Error, Result, SessionEnded};
 pub use key::{Key, PgKey};
 pub use lock::{AsyncLock, ConnectionLock, IntoConnection, IntoConnectionAsync, Lock, REPLY_GRACE};

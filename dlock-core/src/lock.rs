@@ -170,7 +170,9 @@ pub trait AsyncLock: Send {
 ///
 /// Implemented by every backend's lock types; a connection pool builds its locks through it.
 pub trait ConnectionLock<C>: Sized {
-    /// A lock on `key` over `conn`, unlocked, under `policy`.
+    /// A lock on `key` over `conn`, unlocked, under `policy`, that does not check the
+    /// deployment before its first acquire ([`Error::CannotExclude`](crate::Error::CannotExclude)):
+    /// the caller, a pool, checks each connection once itself.
     fn on_connection(conn: C, key: Key, policy: KeyPolicy) -> Self;
 
     /// Checks, before any connection is checked out, that `key` names a lock of this type

@@ -9,7 +9,7 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts};
 use tracing::Instrument;
 
-use crate::machine::{Acquire, LockState, OnDrop, Operation, Release, Reply, Step, Verify};
+use crate::machine::{self, Acquire, LockState, OnDrop, Operation, Release, Reply, Step, Verify};
 use crate::sql::{self, Failed, Failure, Proof, Server};
 
 /// A connection an [`AsyncMySqlLock`] can run on: the driver's [`Conn`] (also what a
@@ -502,6 +502,23 @@ pub async fn holder_async(conn: &mut Conn, name: &str) -> Result<Option<u64>> {
         .await
         .map_err(|failed| failed.error)?;
     sql::read_holder(row.first().copied().flatten())
+}
+
+/// Checks that a lock over `conn` excludes: the async form of
+/// [`check_deployment`](crate::check_deployment).
+///
+/// # Errors
+///
+/// [`Error::CannotExclude`](dlock_core::Error::CannotExclude) on a cluster node, or what the
+/// connection reports.
+///
+/// # Cancel Safety
+///
+/// Not cancel safe: a drop before the reply leaves `conn` unable to read the next reply
+/// correctly (a mysql_async limitation); discard the connection then.
+pub async fn check_deployment_async(conn: &mut Conn) -> Result<()> {
+    let server = Server::from_version(conn.server_version());
+    machine::checked(server, query(conn, &sql::cluster_check(server)).await)
 }
 
 /// Sends `statement` and reads the values of its first row.

@@ -8,8 +8,8 @@ use dlock_core::{Error, Key, KeyPolicy, Lock, Result, Wait};
 use mysql::prelude::Queryable;
 use mysql::{Conn, PooledConn};
 
-use crate::machine::{Acquire, LockState, Operation, Release, Reply, Step, Verify};
-use crate::sql::{self, Failed, Failure};
+use crate::machine::{self, Acquire, LockState, Operation, Release, Reply, Step, Verify};
+use crate::sql::{self, Failed, Failure, Server};
 
 /// A connection a [`MySqlLock`] can run on: the driver's [`Conn`], a [`PooledConn`] of a
 /// `mysql::Pool`, a box of either, or a `&mut` to any of them. For an r2d2 pooled
@@ -239,6 +239,20 @@ impl<C: MySqlConnection> fmt::Debug for MySqlLock<C> {
 pub fn holder(conn: &mut Conn, name: &str) -> Result<Option<u64>> {
     let row = query(conn, &sql::holder(name)).map_err(|failed| failed.error)?;
     sql::read_holder(row.first().copied().flatten())
+}
+
+/// Checks that a lock over `conn` excludes: that the server is no MariaDB Galera node and no
+/// MySQL Group Replication member, where `GET_LOCK` is local to the node. One round trip.
+/// Locks run this check before their first acquire; this is for connections you check
+/// yourself, before you build locks on them with `skip_deployment_check()`.
+///
+/// # Errors
+///
+/// [`Error::CannotExclude`](dlock_core::Error::CannotExclude) on a cluster node, or what the
+/// connection reports.
+pub fn check_deployment(conn: &mut Conn) -> Result<()> {
+    let server = Server::from_version(conn.server_version());
+    machine::checked(server, query(conn, &sql::cluster_check(server)))
 }
 
 /// Sends `statement` and reads the values of its first row.

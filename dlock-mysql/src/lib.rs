@@ -18,11 +18,13 @@ pub use dlock_core::*;
 
 #[cfg(feature = "blocking")]
 #[cfg_attr(docsrs, doc(cfg(feature = "blocking")))]
-pub use blocking::{MySqlConnection, MySqlLock, holder};
+pub use blocking::{MySqlConnection, MySqlLock, check_deployment, holder};
 
 #[cfg(feature = "tokio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
-pub use asynchronous::{AsyncMySqlConnection, AsyncMySqlLock, holder_async};
+pub use asynchronous::{
+    AsyncMySqlConnection, AsyncMySqlLock, check_deployment_async, holder_async,
+};
 
 /// The blocking driver this crate's `blocking` feature uses, for matching versions.
 #[cfg(feature = "blocking")]

@@ -57,6 +57,9 @@ pub(crate) struct LockState {
     /// with a grant on the way, and its drop can neither wait for a release nor close a
     /// borrowed connection.
     proves_holds: bool,
+    /// Whether the next acquire checks first that the server is no cluster node whose locks
+    /// are local to it: until one check passed, unless the user turned it off.
+    pub(crate) check_deployment: bool,
 }
 
 impl LockState {
@@ -69,6 +72,7 @@ impl LockState {
             held: None,
             unusable: false,
             proves_holds,
+            check_deployment: true,
         }
     }
 
@@ -173,6 +177,8 @@ pub(crate) trait Operation {
 #[derive(Debug)]
 enum AcquirePhase {
     Start,
+    /// The deployment check is sent.
+    Checking,
     /// The lock statement is sent.
     Locking,
     /// The lock statement was interrupted; `IS_USED_LOCK` is asked.
@@ -266,7 +272,20 @@ impl Operation for Acquire {
 
     fn step(&mut self, state: &mut LockState, reply: Option<Reply>) -> Step<bool> {
         match std::mem::replace(&mut self.phase, AcquirePhase::Done) {
+            AcquirePhase::Start if state.check_deployment => {
+                self.phase = AcquirePhase::Checking;
+                Step::Send(sql::cluster_check(self.server))
+            }
             AcquirePhase::Start => self.lock(),
+            AcquirePhase::Checking => {
+                match checked(self.server, reply.expect("the deployment check's reply")) {
+                    Ok(()) => {
+                        state.check_deployment = false;
+                        self.lock()
+                    }
+                    Err(error) => self.done(Err(error)),
+                }
+            }
             AcquirePhase::Done => unreachable!("an acquire is stepped after it is done"),
             AcquirePhase::Locking => match reply.expect("the lock statement's reply") {
                 Ok(row) => match sql::read_acquired(first(&row)) {
@@ -315,7 +334,29 @@ impl Operation for Acquire {
                 token: Some(self.token),
                 holder: self.holder.clone(),
             },
+            // A read, but its reply unread leaves the connection out of step all the same.
+            AcquirePhase::Checking => InFlight::Statement {
+                token: None,
+                holder: None,
+            },
             AcquirePhase::Start | AcquirePhase::Done => InFlight::Nothing,
+        }
+    }
+}
+
+/// What the reply to [`sql::cluster_check`] means: `Ok` when a lock excludes on this server.
+pub(crate) fn checked(server: Server, reply: Reply) -> Result<()> {
+    match reply {
+        Ok(row) => match sql::cluster_node(server, first(&row)) {
+            Some(deployment) => Err(Error::CannotExclude { deployment }),
+            None => Ok(()),
+        },
+        Err(failed) if failed.failure == Failure::ConnectionLost => Err(failed.error),
+        // A server that hides its replication tables from this login cannot be checked; it
+        // is taken for what most servers are, not a cluster node.
+        Err(failed) => {
+            tracing::debug!(target: "dlock", error = %failed.error, "the cluster check could not run; taken as no cluster");
+            Ok(())
         }
     }
 }
@@ -453,8 +494,59 @@ mod tests {
         Some(Err(Failed { failure, error }))
     }
 
+    /// A lock's state past its deployment check, which its own test covers.
     fn state() -> LockState {
-        LockState::new(Key::from("jobs/x"), false)
+        let mut state = LockState::new(Key::from("jobs/x"), false);
+        state.check_deployment = false;
+        state.check_deployment = false;
+        state
+    }
+
+    #[test]
+    fn the_first_acquire_refuses_a_cluster_node_before_it_locks() {
+        for (version, count, refused) in [
+            (MARIADB, 2, Some(dlock_core::Deployment::Galera)),
+            // wsrep_on without a provider, or a provider with wsrep off: no cluster.
+            (MARIADB, 1, None),
+            (MYSQL, 1, Some(dlock_core::Deployment::GroupReplication)),
+            (MYSQL, 0, None),
+        ] {
+            let mut state = LockState::new(Key::from("jobs/x"), false);
+            let mut op = Acquire::start(&state, version, Wait::Never).unwrap();
+            let check = sent(op.step(&mut state, None));
+            assert!(check.starts_with("SELECT COUNT(*)"), "{check}");
+            let next = op.step(&mut state, Some(Ok(vec![Some(count)])));
+            match refused {
+                Some(deployment) => {
+                    assert!(matches!(
+                        next,
+                        Step::Done(Err(Error::CannotExclude { deployment: found })) if found == deployment
+                    ));
+                    assert!(state.check_deployment, "checked again next time");
+                }
+                None => {
+                    assert!(sent(next).contains("GET_LOCK"));
+                    assert!(!state.check_deployment, "checked once per lock object");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn mariadbs_own_refusal_on_a_cluster_node_names_galera() {
+        let failed = sql::server_failure(
+            1235,
+            "This version of MariaDB doesn't yet support 'GET_LOCK in cluster (WSREP_ON=ON)'"
+                .into(),
+        );
+        assert!(matches!(
+            failed.error,
+            Error::CannotExclude {
+                deployment: dlock_core::Deployment::Galera
+            }
+        ));
+        let other = sql::server_failure(1235, "doesn't yet support 'something else'".into());
+        assert!(matches!(other.error, Error::Backend(_)));
     }
 
     #[test]
@@ -564,6 +656,7 @@ mod tests {
     #[test]
     fn a_holder_lock_comes_with_the_grant_and_goes_with_the_release() {
         let mut state = LockState::new(Key::from("jobs/x"), true);
+        state.check_deployment = false;
         let mut op = Acquire::start(&state, MARIADB, Wait::Never).unwrap();
         let sql = sent(op.step(&mut state, None));
         assert!(
@@ -588,6 +681,7 @@ mod tests {
     #[test]
     fn a_dropped_statement_makes_the_connection_unusable_and_names_its_proofs() {
         let mut state = LockState::new(Key::from("jobs/x"), true);
+        state.check_deployment = false;
         let mut op = Acquire::start(&state, MARIADB, Wait::Forever).unwrap();
         sent(op.step(&mut state, None));
         let proofs = state.abandon(op.in_flight());
@@ -603,6 +697,7 @@ mod tests {
         // A statement without a tag or a hold leaves nothing to prove: the connection is
         // closed by its owner or its pool, or the user is told to close it.
         let mut state = LockState::new(Key::from("jobs/x"), false);
+        state.check_deployment = false;
         assert!(state.abandon(InFlight::Nothing).is_empty());
         assert_eq!(state.on_drop(true, false), OnDrop::Close);
         assert_eq!(state.on_drop(false, true), OnDrop::Discard);

@@ -13,6 +13,17 @@ macro_rules! lock_methods {
             self
         }
 
+        /// Turns off the check the first acquire runs otherwise (one round trip, before the
+        /// first acquire only), which refuses a MariaDB Galera node or a MySQL Group
+        /// Replication member: there `GET_LOCK` is local to the node, and another client
+        /// on another node takes the same lock at the same time. For a connection checked
+        /// already (dlock-pool's), or a single-node deployment you know better than the
+        /// check; the risk is two holders at once.
+        pub fn skip_deployment_check(mut self) -> Self {
+            self.state.check_deployment = false;
+            self
+        }
+
         /// Asks for a shared lock, which MySQL and MariaDB do not have: every acquire then
         /// fails with [`Error::Unsupported`]. It exists so that code written for PostgreSQL
         /// fails clearly instead of silently taking an exclusive lock.

@@ -340,6 +340,36 @@ const ER_CLIENT_INTERACTION_TIMEOUT: u16 = 4031;
 /// The client's "server has gone away" and "lost connection during query" codes.
 const CR_SERVER_GONE_ERROR: u16 = 2006;
 const CR_SERVER_LOST: u16 = 2013;
+/// "This version of MariaDB doesn't yet support ...": some MariaDB releases refuse
+/// `GET_LOCK` and `RELEASE_LOCK` on a Galera node with it (MDEV-30473).
+const ER_NOT_SUPPORTED_YET: u16 = 1235;
+
+/// The deployment check of a server family: one row, one count, that says whether the server
+/// is a cluster node whose `GET_LOCK` is local to it ([`cluster_node`]). Neither statement
+/// needs a privilege beyond a login's, and neither fails on a server without clustering.
+pub(crate) fn cluster_check(server: Server) -> String {
+    match server {
+        // Galera: wsrep on, with a provider loaded (both rows present makes 2).
+        Server::MariaDb => "SELECT COUNT(*) FROM information_schema.GLOBAL_VARIABLES \
+                            WHERE (VARIABLE_NAME = 'WSREP_ON' AND VARIABLE_VALUE = 'ON') \
+                            OR (VARIABLE_NAME = 'WSREP_PROVIDER' AND VARIABLE_VALUE NOT IN ('none', ''))"
+            .to_owned(),
+        // Group Replication: this server is a member that takes part in the group.
+        Server::MySql => "SELECT COUNT(*) FROM performance_schema.replication_group_members \
+                          WHERE MEMBER_ID = @@server_uuid \
+                          AND MEMBER_STATE IN ('ONLINE', 'RECOVERING')"
+            .to_owned(),
+    }
+}
+
+/// What [`cluster_check`]'s count says: the cluster the server is a node of, if any.
+pub(crate) fn cluster_node(server: Server, count: Option<i64>) -> Option<dlock_core::Deployment> {
+    match (server, count) {
+        (Server::MariaDb, Some(2)) => Some(dlock_core::Deployment::Galera),
+        (Server::MySql, Some(count)) if count > 0 => Some(dlock_core::Deployment::GroupReplication),
+        _ => None,
+    }
+}
 
 /// The values of a reply's first row, as the state machines read them: every statement dlock
 /// sends returns one row of integers or NULLs.
@@ -399,6 +429,12 @@ pub(crate) fn server_failure(code: u16, source: BoxError) -> Failed {
             Failure::Interrupted,
             Error::Canceled {
                 source: Some(source),
+            },
+        ),
+        ER_NOT_SUPPORTED_YET if source.to_string().contains("in cluster") => (
+            Failure::Other,
+            Error::CannotExclude {
+                deployment: dlock_core::Deployment::Galera,
             },
         ),
         // The server says it ends the session, or the client found the connection closed.

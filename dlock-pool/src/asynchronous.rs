@@ -63,6 +63,14 @@ pub trait AsyncConnection: Sized + Send + 'static + sealed::Sealed {
     type Lock<M: AsyncManager<Connection = Self>>: IntoConnectionAsync<AsyncPooled<M>>
         + Send
         + 'static;
+
+    /// Checks that a lock on `conn` excludes (the backend's `check_deployment_async`), with a
+    /// second connection from `pool` where the backend needs one.
+    #[doc(hidden)]
+    fn check_deployment<M: AsyncManager<Connection = Self>>(
+        conn: &mut Self,
+        pool: &bb8::Pool<LockManager<M>>,
+    ) -> impl Future<Output = Result<()>> + Send;
 }
 
 /// The lock type of a pool of manager `M`.
@@ -91,6 +99,15 @@ mod postgres_backend {
 
     impl AsyncConnection for Client {
         type Lock<M: AsyncManager<Connection = Self>> = AsyncPgLock<AsyncPooled<M>>;
+
+        /// A transaction pooler shows when two connections share a server session.
+        async fn check_deployment<M: AsyncManager<Connection = Self>>(
+            conn: &mut Self,
+            pool: &bb8::Pool<LockManager<M>>,
+        ) -> Result<()> {
+            let second = pool.dedicated_connection().await.map_err(Error::pool)?;
+            dlock_postgres::check_deployment_async(conn, Some(&second)).await
+        }
     }
 }
 
@@ -121,6 +138,14 @@ mod mysql_backend {
 
     impl AsyncConnection for Conn {
         type Lock<M: AsyncManager<Connection = Self>> = AsyncMySqlLock<AsyncPooled<M>>;
+
+        /// A cluster node says so itself: no second connection.
+        async fn check_deployment<M: AsyncManager<Connection = Self>>(
+            conn: &mut Self,
+            _pool: &bb8::Pool<LockManager<M>>,
+        ) -> Result<()> {
+            dlock_mysql::check_deployment_async(conn).await
+        }
     }
 }
 
@@ -177,6 +202,7 @@ pub struct AsyncLockPool<M: AsyncManager> {
     /// The manager's last connect error, which bb8 itself only reports as a timeout.
     connect_errors: Arc<Mutex<Option<ConnectError>>>,
     doubt: Arc<Doubt>,
+    check_deployment: bool,
 }
 
 impl<M> AsyncLockPool<M>
@@ -225,7 +251,21 @@ where
             policy: KeyPolicy::default(),
             connect_errors,
             doubt,
+            check_deployment: true,
         })
+    }
+
+    /// Turns off the deployment check, at the risk of two holders at once.
+    ///
+    /// By default the pool checks each connection once, before its first lock, that a lock
+    /// there excludes, and refuses with [`Error::CannotExclude`] otherwise: PostgreSQL
+    /// through a pooler in transaction or statement mode (found by opening a second
+    /// connection: such a pooler lets two connections share a server session), a PostgreSQL
+    /// hot standby, a MariaDB Galera node or a MySQL Group Replication member. Turn it off
+    /// only for a deployment you know better than the check.
+    pub fn skip_deployment_check(mut self) -> Self {
+        self.check_deployment = false;
+        self
     }
 
     /// Uses `policy` to turn keys into the backend's keys.
@@ -360,12 +400,22 @@ where
 
     async fn lock_on(
         &self,
-        conn: AsyncPooled<M>,
+        mut conn: AsyncPooled<M>,
         key: Key,
         wait: Wait,
     ) -> Result<Option<AsyncLockGuard<M>>> {
         let mark = conn.close_mark();
+        if self.check_deployment && !conn.0.deployment_checked() {
+            // A check that fails, or whose future is dropped with its reply unread, closes the
+            // connection: this guard is dropped before `conn`, a parameter, goes back.
+            let checking = mark.armed();
+            AsyncConnection::check_deployment(&mut *conn, &self.pool).await?;
+            checking.disarm();
+            conn.0.set_deployment_checked();
+        }
         let mut lock = LockOf::<M>::on_connection(conn, key, self.policy.clone());
+        // Declared after the lock, so it is dropped first, and sets the mark before the lock
+        // gives the connection back.
         let armed = mark.armed();
         let outcome = match wait {
             Wait::Forever => lock.acquire().await.map(|()| true),

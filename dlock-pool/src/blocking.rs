@@ -54,6 +54,14 @@ mod sealed {
 pub trait BlockingConnection: Sized + Send + 'static + sealed::Sealed {
     /// The backend's lock over a connection of a pool of manager `M`.
     type Lock<M: r2d2::ManageConnection<Connection = Self>>: IntoConnection<Pooled<M>>;
+
+    /// Checks that a lock on `conn` excludes (the backend's `check_deployment`), with a
+    /// second connection from `manager` where the backend needs one.
+    #[doc(hidden)]
+    fn check_deployment<M: r2d2::ManageConnection<Connection = Self>>(
+        conn: &mut Self,
+        manager: &M,
+    ) -> Result<()>;
 }
 
 /// The lock type of a pool of manager `M`.
@@ -84,6 +92,17 @@ mod postgres_backend {
 
     impl BlockingConnection for Client {
         type Lock<M: r2d2::ManageConnection<Connection = Self>> = PgLock<Pooled<M>>;
+
+        /// A transaction pooler shows when two connections share a server session.
+        fn check_deployment<M: r2d2::ManageConnection<Connection = Self>>(
+            conn: &mut Self,
+            manager: &M,
+        ) -> Result<()> {
+            let mut second = manager
+                .connect()
+                .map_err(|error| Error::pool(error.to_string()))?;
+            dlock_postgres::check_deployment(conn, Some(&mut second))
+        }
     }
 }
 
@@ -104,6 +123,14 @@ mod mysql_backend {
 
     impl BlockingConnection for Conn {
         type Lock<M: r2d2::ManageConnection<Connection = Self>> = MySqlLock<Pooled<M>>;
+
+        /// A cluster node says so itself: no second connection.
+        fn check_deployment<M: r2d2::ManageConnection<Connection = Self>>(
+            conn: &mut Self,
+            _manager: &M,
+        ) -> Result<()> {
+            dlock_mysql::check_deployment(conn)
+        }
     }
 }
 
@@ -144,6 +171,9 @@ pub struct LockPool<M: r2d2::ManageConnection> {
     pool: r2d2::Pool<LockManager<M>>,
     policy: KeyPolicy,
     doubt: Arc<Doubt>,
+    /// The user's manager, for the deployment check's second connection.
+    manager: Arc<M>,
+    check_deployment: bool,
 }
 
 impl<M> LockPool<M>
@@ -184,12 +214,28 @@ where
 
     fn build(builder: r2d2::Builder<LockManager<M>>, manager: LockManager<M>) -> Result<Self> {
         let doubt = manager.doubt();
+        let inner = manager.shared_inner();
         let pool = builder.build(manager).map_err(Error::pool)?;
         Ok(LockPool {
             pool,
             policy: KeyPolicy::default(),
             doubt,
+            manager: inner,
+            check_deployment: true,
         })
+    }
+
+    /// Turns off the deployment check, at the risk of two holders at once.
+    ///
+    /// By default the pool checks each connection once, before its first lock, that a lock
+    /// there excludes, and refuses with [`Error::CannotExclude`] otherwise: PostgreSQL
+    /// through a pooler in transaction or statement mode (found by opening a second
+    /// connection: such a pooler lets two connections share a server session), a PostgreSQL
+    /// hot standby, a MariaDB Galera node or a MySQL Group Replication member. Turn it off
+    /// only for a deployment you know better than the check.
+    pub fn skip_deployment_check(mut self) -> Self {
+        self.check_deployment = false;
+        self
     }
 
     /// Uses `policy` to turn keys into the backend's keys.
@@ -272,7 +318,16 @@ where
         }
     }
 
-    fn lock_on(&self, conn: Pooled<M>, key: Key, wait: Wait) -> Result<Option<LockGuard<M>>> {
+    fn lock_on(&self, mut conn: Pooled<M>, key: Key, wait: Wait) -> Result<Option<LockGuard<M>>> {
+        if self.check_deployment && !conn.0.deployment_checked() {
+            if let Err(error) = BlockingConnection::check_deployment(&mut *conn, &*self.manager) {
+                if error.is_connection_error() {
+                    conn.mark_broken();
+                }
+                return Err(error);
+            }
+            conn.0.set_deployment_checked();
+        }
         let mut lock = LockOf::<M>::on_connection(conn, key, self.policy.clone());
         let outcome = match wait {
             Wait::Forever => lock.acquire().map(|()| true),

@@ -14,7 +14,9 @@ use std::sync::{Arc, Mutex};
 /// `AsyncLockPool` (feature `bb8`); its connections deref to `M`'s.
 #[derive(Debug, Clone)]
 pub struct LockManager<M> {
-    inner: M,
+    /// Shared with the blocking pool, which opens its deployment check's second connection
+    /// through it (r2d2 gives no access to its manager).
+    inner: Arc<M>,
     /// The last connect error, kept because bb8 reports a failed connect only as a checkout
     /// timeout; the lock pool gives it as the cause.
     last_connect_error: Arc<Mutex<Option<ConnectError>>>,
@@ -27,7 +29,7 @@ impl<M> LockManager<M> {
     /// r2d2 and bb8) runs `M`'s check.
     pub fn new(manager: M) -> Self {
         LockManager {
-            inner: manager,
+            inner: Arc::new(manager),
             last_connect_error: Arc::default(),
             doubt: Arc::new(Doubt::new(true)),
         }
@@ -51,6 +53,12 @@ impl<M> LockManager<M> {
     /// The user's manager.
     pub fn inner(&self) -> &M {
         &self.inner
+    }
+
+    /// The user's manager, shared.
+    #[cfg_attr(not(feature = "r2d2"), allow(dead_code))]
+    pub(crate) fn shared_inner(&self) -> Arc<M> {
+        Arc::clone(&self.inner)
     }
 
     /// A handle on the last connect error, for the pool built over this manager.
@@ -137,6 +145,9 @@ pub struct Tracked<C> {
     mark: CloseMark,
     /// The [`Doubt`] generation at which the connection was last known good.
     good_at: u64,
+    /// Whether the pool checked that a lock on this connection excludes (no transaction
+    /// pooler, standby or cluster node): once per connection, before its first lock.
+    deployment_checked: bool,
 }
 
 impl<C> Tracked<C> {
@@ -145,7 +156,18 @@ impl<C> Tracked<C> {
             conn,
             mark: CloseMark::default(),
             good_at,
+            deployment_checked: false,
         }
+    }
+
+    /// Whether the pool checked the deployment through this connection.
+    pub(crate) fn deployment_checked(&self) -> bool {
+        self.deployment_checked
+    }
+
+    /// Notes that the deployment check passed on this connection.
+    pub(crate) fn set_deployment_checked(&mut self) {
+        self.deployment_checked = true;
     }
 
     /// Marks the connection so that the pool closes it when it comes back. Closing a

@@ -12,6 +12,7 @@ use futures_util::TryStreamExt;
 use tokio_postgres::{Client, Config, NoTls, SimpleQueryMessage, Transaction};
 use tracing::Instrument;
 
+use crate::deployment::{Check, CheckStep, On};
 use crate::machine::{
     self, Abandon, Acquire, Failed, LockState, Operation, PayOwed, Release, Reply, Request,
     Settles, Step, Verify, Waits, XactOutcome, XactSlices,
@@ -600,6 +601,36 @@ impl<C: AsyncPgConnection> fmt::Debug for AsyncPgLock<C> {
             .field("held", &self.state.held())
             .field("cleanup_owed", &self.state.owes().is_some())
             .finish_non_exhaustive()
+    }
+}
+
+/// Checks that a session lock over `client` excludes: that the server is no hot standby, and
+/// that no pooler in transaction or statement mode stands between (the error names what was
+/// found and what to do). The async form of
+/// [`check_deployment`](crate::check_deployment), which tells what the `second` connection
+/// adds.
+///
+/// Cancel safety: the check only reads, so dropping it leaves nothing behind.
+///
+/// # Errors
+///
+/// [`Error::CannotExclude`](dlock_core::Error::CannotExclude) when a lock would exclude
+/// nobody, or what the server or the connection reports.
+pub async fn check_deployment_async(client: &Client, second: Option<&Client>) -> Result<()> {
+    let mut check = Check::new(second.is_some());
+    let mut reply = None;
+    loop {
+        match check.step(reply.take()) {
+            CheckStep::Done(outcome) => return outcome,
+            CheckStep::Send(on, statement) => {
+                let conn = match (on, second) {
+                    (On::Second, Some(second)) => second,
+                    _ => client,
+                };
+                let answer = conn.simple_query(statement).await.map_err(sql::error);
+                reply = Some(answer.map(|answer| sql::last_row(&answer)));
+            }
+        }
     }
 }
 

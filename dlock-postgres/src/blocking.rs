@@ -8,6 +8,7 @@ use dlock_core::trace::Traced;
 use dlock_core::{Key, KeyPolicy, Lock, PgKey, Result, Wait};
 use postgres::{Client, Transaction};
 
+use crate::deployment::{Check, CheckStep, On};
 use crate::machine::{
     self, Acquire, Failed, LockState, Operation, PayOwed, Release, Reply, Request, Step, Verify,
     XactOutcome,
@@ -250,6 +251,55 @@ pub fn holders(client: &mut Client, key: PgKey) -> Result<Vec<Holder>> {
         .simple_query(&sql::holders(key))
         .map_err(sql::error)?;
     sql::read_holders(&reply)
+}
+
+/// Checks that a session lock over `client` excludes: that the server is no hot standby, and
+/// that no pooler in transaction or statement mode stands between (the error names what was
+/// found and what to do).
+///
+/// With a `second` connection to the same place (same address, database and user), a
+/// transaction pooler is found at once: it lets the two connections share a server session,
+/// which neither a direct connection nor session pooling ever does. Alone, `client` shows a
+/// pooler only when its statements happen to move between server sessions. Locks run the
+/// one-connection check before their first acquire; this is for connections you open
+/// yourself, before you build locks on them with `skip_deployment_check()`.
+///
+/// # Errors
+///
+/// [`Error::CannotExclude`](dlock_core::Error::CannotExclude) when a lock would exclude
+/// nobody, or what the server or the connection reports.
+///
+/// # Examples
+///
+/// ```no_run
+/// use dlock_postgres::{PgLock, check_deployment};
+/// use postgres::{Client, NoTls};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let url = "postgres://postgres@localhost/postgres";
+/// let mut client = Client::connect(url, NoTls)?;
+/// check_deployment(&mut client, Some(&mut Client::connect(url, NoTls)?))?;
+/// let lock = PgLock::new(client, "nightly-report").skip_deployment_check();
+/// # drop(lock);
+/// # Ok(())
+/// # }
+/// ```
+pub fn check_deployment(client: &mut Client, mut second: Option<&mut Client>) -> Result<()> {
+    let mut check = Check::new(second.is_some());
+    let mut reply = None;
+    loop {
+        match check.step(reply.take()) {
+            CheckStep::Done(outcome) => return outcome,
+            CheckStep::Send(on, statement) => {
+                let conn = match (on, second.as_deref_mut()) {
+                    (On::Second, Some(second)) => second,
+                    _ => &mut *client,
+                };
+                let answer = conn.simple_query(statement).map_err(sql::error);
+                reply = Some(answer.map(|answer| sql::last_row(&answer)));
+            }
+        }
+    }
 }
 
 /// A PostgreSQL transaction-level advisory lock (`pg_advisory_xact_lock`), taken through

@@ -2,6 +2,8 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(any(feature = "blocking", feature = "tokio"))]
+mod deployment;
+#[cfg(any(feature = "blocking", feature = "tokio"))]
 mod machine;
 #[cfg(any(feature = "blocking", feature = "tokio"))]
 mod methods;
@@ -22,11 +24,13 @@ pub use sql::{Holder, Mode};
 
 #[cfg(feature = "blocking")]
 #[cfg_attr(docsrs, doc(cfg(feature = "blocking")))]
-pub use blocking::{PgLock, PgXactLock, holders};
+pub use blocking::{PgLock, PgXactLock, check_deployment, holders};
 
 #[cfg(feature = "tokio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
-pub use asynchronous::{AsyncPgConnection, AsyncPgLock, AsyncPgXactLock, holders_async};
+pub use asynchronous::{
+    AsyncPgConnection, AsyncPgLock, AsyncPgXactLock, check_deployment_async, holders_async,
+};
 
 /// The blocking driver this crate's `blocking` feature uses, for matching versions.
 #[cfg(feature = "blocking")]

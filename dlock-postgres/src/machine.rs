@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use dlock_core::{Error, Key, KeyPolicy, Result, Wait};
 
+use crate::deployment::{self, CheckStep};
 use crate::sql::{self, Failure, Hold, Kind, Mode, Row, Scope, Shape, Statements};
 
 #[cfg(all(feature = "blocking", not(feature = "tokio")))]
@@ -148,6 +149,9 @@ pub(crate) struct LockState {
     statements: Statements,
     /// How a wait is sent: whole (blocking), tagged for a side connection, or in slices.
     pub(crate) waits: Waits,
+    /// Whether the next acquire checks the deployment first ([`deployment`]): until one
+    /// check passed, unless the user turned it off.
+    pub(crate) check_deployment: bool,
 }
 
 /// How a lock object sends a wait, which decides what a dropped acquire future leaves behind.
@@ -223,6 +227,7 @@ impl LockState {
             owed: None,
             statements: Statements::default(),
             waits: Waits::Whole,
+            check_deployment: true,
         }
     }
 
@@ -364,6 +369,8 @@ enum Form {
 
 #[derive(Debug)]
 enum AcquirePhase {
+    /// The deployment check runs, before anything is locked.
+    Check(deployment::Check),
     Owed,
     Prepare(Vec<Kind>),
     /// The lock statement is sent.
@@ -412,7 +419,11 @@ impl Acquire {
             slices,
             form,
             owed: Owed::Unchecked,
-            phase: AcquirePhase::Owed,
+            phase: if state.check_deployment {
+                AcquirePhase::Check(deployment::Check::new(false))
+            } else {
+                AcquirePhase::Owed
+            },
         })
     }
 
@@ -486,6 +497,23 @@ impl Operation for Acquire {
     type Output = bool;
 
     fn step(&mut self, state: &mut LockState, mut reply: Option<Reply>) -> Step<bool> {
+        if let AcquirePhase::Check(check) = &mut self.phase {
+            // Only the connection being locked is there to check.
+            match check.step(
+                reply
+                    .take()
+                    .map(|reply| reply.map_err(|failed| failed.error)),
+            ) {
+                CheckStep::Send(_, statement) => {
+                    return Step::Send(Request::Simple(statement.to_owned()));
+                }
+                CheckStep::Done(Err(error)) => return self.done(Err(error)),
+                CheckStep::Done(Ok(())) => {
+                    state.check_deployment = false;
+                    self.phase = AcquirePhase::Owed;
+                }
+            }
+        }
         if let AcquirePhase::Owed = self.phase {
             if let Some(step) = self.owed.step(state, &mut reply) {
                 return step;
@@ -503,7 +531,7 @@ impl Operation for Acquire {
             self.phase = AcquirePhase::Prepare(prepare);
         }
         match std::mem::replace(&mut self.phase, AcquirePhase::Done) {
-            AcquirePhase::Owed | AcquirePhase::Done => {
+            AcquirePhase::Check(_) | AcquirePhase::Owed | AcquirePhase::Done => {
                 unreachable!("an acquire is stepped after it is done")
             }
             AcquirePhase::Prepare(mut kinds) => {
@@ -598,7 +626,10 @@ impl Operation for Acquire {
                 hold: self.hold,
                 waiting: None,
             },
-            AcquirePhase::Prepare(_) | AcquirePhase::Done => InFlight::Nothing,
+            // The check only reads.
+            AcquirePhase::Check(_) | AcquirePhase::Prepare(_) | AcquirePhase::Done => {
+                InFlight::Nothing
+            }
         }
     }
 }
@@ -866,9 +897,11 @@ mod tests {
     use dlock_core::PgKey;
     use std::time::Duration;
 
+    /// A lock's state past its deployment check, which its own tests cover.
     fn state() -> LockState {
         let mut state = LockState::new(Key::Int(7));
         state.policy = KeyPolicy::default();
+        state.check_deployment = false;
         state
     }
 
@@ -942,6 +975,47 @@ mod tests {
         assert_eq!(sql, "SELECT pg_try_advisory_lock(7)");
         assert!(!done(op.step(&mut state, Some(row(&["f"])))).unwrap());
         assert_eq!(state.held(), None);
+    }
+
+    #[test]
+    fn the_first_acquire_checks_the_deployment_before_it_locks() {
+        let mut state = LockState::new(Key::Int(7));
+        let mut op = Acquire::start(&state, Wait::Never).unwrap();
+        let first = simple(sent(op.step(&mut state, None)));
+        assert!(first.contains("pg_is_in_recovery()"), "{first}");
+        assert_eq!(op.in_flight(), InFlight::Nothing);
+        let second = simple(sent(op.step(&mut state, Some(row(&["f", "41"])))));
+        assert_eq!(second, "SELECT pg_backend_pid()");
+        let lock = simple(sent(op.step(&mut state, Some(row(&["41"])))));
+        assert_eq!(lock, "SELECT pg_try_advisory_lock(7)");
+        assert!(done(op.step(&mut state, Some(row(&["t"])))).unwrap());
+        assert!(!state.check_deployment, "checked once per lock object");
+
+        // A standby: refused before anything is locked, and checked again next time.
+        let mut state = LockState::new(Key::Int(7));
+        let mut op = Acquire::start(&state, Wait::Forever).unwrap();
+        sent(op.step(&mut state, None));
+        let outcome = done(op.step(&mut state, Some(row(&["t", "41"]))));
+        assert!(matches!(
+            outcome,
+            Err(Error::CannotExclude {
+                deployment: dlock_core::Deployment::HotStandby
+            })
+        ));
+        assert_eq!(state.held(), None);
+        assert!(state.check_deployment);
+
+        // A session that moved between the two statements: a transaction pooler.
+        let mut op = Acquire::start(&state, Wait::Forever).unwrap();
+        sent(op.step(&mut state, None));
+        sent(op.step(&mut state, Some(row(&["f", "41"]))));
+        let outcome = done(op.step(&mut state, Some(row(&["42"]))));
+        assert!(matches!(
+            outcome,
+            Err(Error::CannotExclude {
+                deployment: dlock_core::Deployment::TransactionPooler
+            })
+        ));
     }
 
     #[test]
@@ -1178,7 +1252,7 @@ mod tests {
         assert!(outcome.unwrap_err().is_connection_error());
         assert_eq!(state.held(), None);
         // Also when the connection goes while asking.
-        let mut state = LockState::new(Key::Int(7));
+        let mut state = self::state();
         let mut op = Acquire::start(&state, Wait::Forever).unwrap();
         sent(op.step(&mut state, None));
         sent(op.step(
@@ -1289,7 +1363,7 @@ mod tests {
             sql::held_by_session(HOLD)
         );
         // It did not run (the user's transaction was aborted): it is sent again, once.
-        let mut state = LockState::new(Key::Int(7));
+        let mut state = self::state();
         let mut op = Acquire::start(&state, Wait::Never).unwrap();
         sent(op.step(&mut state, None));
         let Abandon::Queue { settles, .. } = state.abandon(op.in_flight()) else {
@@ -1365,7 +1439,7 @@ mod tests {
             "pg_advisory_lock({gate}), pg_advisory_unlock({gate})"
         )));
         // A try never waits: not tagged, nothing to fence.
-        let mut state = LockState::new(Key::Int(7));
+        let mut state = self::state();
         state.waits = Waits::Tagged;
         let mut op = Acquire::start(&state, Wait::Never).unwrap();
         let sql = simple(sent(op.step(&mut state, None)));
@@ -1375,7 +1449,7 @@ mod tests {
             Abandon::Queue { fence: None, .. }
         ));
         // After an interruption the wait is over: the question is not fenced.
-        let mut state = LockState::new(Key::Int(7));
+        let mut state = self::state();
         state.waits = Waits::Tagged;
         let mut op = Acquire::start(&state, Wait::For(Duration::from_secs(1))).unwrap();
         assert!(simple(sent(op.step(&mut state, None))).starts_with("/* dlock-wait:"));

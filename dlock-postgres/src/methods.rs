@@ -18,6 +18,21 @@ macro_rules! lock_methods {
             self
         }
 
+        /// Turns off the deployment check that the first acquire runs otherwise, at the risk
+        /// of two holders at once: through a pooler in transaction or statement mode, or on a
+        /// hot standby, a session lock excludes nobody. For a connection checked already
+        /// (dlock-pool's, or one you passed to `check_deployment`), or a deployment you
+        /// know better than the check.
+        ///
+        /// The check (one or two round trips, before the first acquire only) refuses a hot
+        /// standby always, and a transaction pooler when the connection's statements move
+        /// between server sessions; one connection alone cannot see a pooler that never moves
+        /// them. `check_deployment` with a second connection sees it at once.
+        pub fn skip_deployment_check(mut self) -> Self {
+            self.state.check_deployment = false;
+            self
+        }
+
         /// The lock's mode.
         pub fn mode(&self) -> Mode {
             self.state.mode

@@ -57,6 +57,7 @@ impl Started {
     fn pid(&mut self) -> Option<u32> {
         let pid_file = match self.name {
             "postgres" => self.dir.join("data").join("postmaster.pid"),
+            "pgbouncer" => self.dir.join("pgbouncer.pid"),
             _ => self.dir.join("mysqld.pid"),
         };
         let from_file = || -> Option<u32> {
@@ -569,6 +570,11 @@ GRANT ALL PRIVILEGES ON *.* TO 'dlock'@'%' WITH GRANT OPTION;
 ";
 
 fn start_mariadb(dir: &Path) -> Result<String> {
+    start_mariadb_with(dir, &[])
+}
+
+/// Starts MariaDB in `dir` with `extra` server options.
+fn start_mariadb_with(dir: &Path, extra: &[String]) -> Result<String> {
     let (server, install_db) = match find_mariadb() {
         Some(found) => found,
         None => {
@@ -615,6 +621,7 @@ fn start_mariadb(dir: &Path) -> Result<String> {
             "--innodb-flush-log-at-trx-commit=0",
             "--innodb-buffer-pool-size=64M",
         ])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -641,15 +648,240 @@ fn start_mariadb(dir: &Path) -> Result<String> {
     if let Some(entry) = started().iter_mut().find(|entry| entry.dir == dir) {
         entry.child = Some(child);
     }
+    wait_for_port(port, pid, &log, "MariaDB")?;
+    Ok(format!("mysql://dlock:dlock@127.0.0.1:{port}/dlock"))
+}
+
+/// The deployments where a lock cannot exclude, beside the primary of a row's own
+/// PostgreSQL server: pgbouncer in each pooling mode in front of it, a streaming standby of
+/// it, and a one-node MariaDB Galera cluster. Each is named to the tests by a variable.
+#[derive(Debug, Default)]
+pub(crate) struct Deployments {
+    pub(crate) env: Vec<(&'static str, String)>,
+    servers: Vec<OwnServer>,
+}
+
+impl Deployments {
+    /// Starts them all; on failure, stops what was started.
+    pub(crate) fn start(bin: &Path, primary: &OwnServer) -> Result<Deployments> {
+        let mut deployments = Deployments::default();
+        match deployments.start_all(bin, primary) {
+            Ok(()) => Ok(deployments),
+            Err(error) => {
+                deployments.stop();
+                Err(error)
+            }
+        }
+    }
+
+    fn start_all(&mut self, bin: &Path, primary: &OwnServer) -> Result<()> {
+        let primary_port = url_port(&primary.url)?;
+        for (variable, mode) in [
+            ("DLOCK_PGBOUNCER_SESSION_URL", "session"),
+            ("DLOCK_PGBOUNCER_TRANSACTION_URL", "transaction"),
+            ("DLOCK_PGBOUNCER_STATEMENT_URL", "statement"),
+        ] {
+            let dir = unique_temp_dir()?.join("pgbouncer");
+            let started = start_pgbouncer(&dir, primary_port, mode);
+            self.servers.push(OwnServer {
+                url: started
+                    .as_ref()
+                    .map_or_else(|_| String::new(), Clone::clone),
+                dir,
+            });
+            self.env.push((variable, started?));
+        }
+        let dir = unique_temp_dir()?.join("postgres");
+        let started = start_standby(bin, &dir, primary_port);
+        self.servers.push(OwnServer {
+            url: started
+                .as_ref()
+                .map_or_else(|_| String::new(), Clone::clone),
+            dir: dir.clone(),
+        });
+        self.env.push(("DLOCK_PG_STANDBY_URL", started?));
+        self.env
+            .push(("DLOCK_PG_STANDBY_DIR", dir.display().to_string()));
+        let dir = unique_temp_dir()?.join("mariadb");
+        let started = start_galera(&dir);
+        self.servers.push(OwnServer {
+            url: started
+                .as_ref()
+                .map_or_else(|_| String::new(), Clone::clone),
+            dir,
+        });
+        self.env.push(("DLOCK_GALERA_URL", started?));
+        Ok(())
+    }
+
+    /// Stops them all and deletes their files.
+    pub(crate) fn stop(self) {
+        for server in self.servers.into_iter().rev() {
+            server.stop();
+        }
+    }
+}
+
+/// The port of a `scheme://user@host:port/database` URL.
+fn url_port(url: &str) -> Result<u16> {
+    let authority = url.split("://").nth(1).unwrap_or(url);
+    let authority = authority.split('/').next().unwrap_or(authority);
+    let port = authority.rsplit_once(':').map(|(_, port)| port);
+    Ok(port.ok_or_else(|| format!("no port in {url}"))?.parse()?)
+}
+
+/// The pgbouncer program, installed first if missing.
+fn pgbouncer_program() -> Result<PathBuf> {
+    if let Some(program) = find_on_path("pgbouncer") {
+        return Ok(program);
+    }
+    install_packages("pgbouncer", &["pgbouncer"], "DLOCK_PGBOUNCER_*_URL")?;
+    find_on_path("pgbouncer").ok_or_else(|| "pgbouncer was installed but is still missing".into())
+}
+
+/// Starts pgbouncer in `mode` in front of the PostgreSQL server on `primary_port`. It
+/// refuses to run as root, so it runs as `postgres`; its pool is larger than any test's
+/// concurrency, so no client waits for a server connection.
+fn start_pgbouncer(dir: &Path, primary_port: u16, mode: &str) -> Result<String> {
+    let program = pgbouncer_program()?;
+    register("pgbouncer", dir);
+    fs::create_dir_all(dir)?;
+    let port = free_port()?;
+    let users = dir.join("users.txt");
+    // pgbouncer needs an auth file even when it trusts every login.
+    fs::write(&users, "\"postgres\" \"\"\n")?;
+    let config = dir.join("pgbouncer.ini");
+    fs::write(
+        &config,
+        format!(
+            "[databases]\n\
+             postgres = host=127.0.0.1 port={primary_port} dbname=postgres user=postgres\n\
+             [pgbouncer]\n\
+             listen_addr = 127.0.0.1\n\
+             listen_port = {port}\n\
+             unix_socket_dir =\n\
+             auth_type = trust\n\
+             auth_file = {users}\n\
+             pool_mode = {mode}\n\
+             default_pool_size = 40\n\
+             max_client_conn = 1000\n\
+             logfile = {log}\n\
+             pidfile = {pid}\n",
+            users = users.display(),
+            log = dir.join("pgbouncer.log").display(),
+            pid = dir.join("pgbouncer.pid").display(),
+        ),
+    )?;
+    chown("postgres", dir)?;
+    eprintln!("xtask: starting pgbouncer ({mode} pooling) on port {port}");
+    let mut command = Command::new(&program);
+    if is_root() {
+        // pgbouncer refuses to run as root; it switches to this user itself.
+        command.args(["-u", "postgres"]);
+    }
+    command
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0);
+    let child = command
+        .spawn()
+        .map_err(|error| format!("{program:?}: {error}"))?;
+    let pid = child.id();
+    if let Some(entry) = started().iter_mut().find(|entry| entry.dir == dir) {
+        entry.child = Some(child);
+    }
+    wait_for_port(port, pid, &dir.join("pgbouncer.log"), "pgbouncer")?;
+    Ok(format!("postgres://postgres@127.0.0.1:{port}/postgres"))
+}
+
+/// Starts a hot standby of the PostgreSQL server on `primary_port`, streaming from it.
+fn start_standby(bin: &Path, dir: &Path, primary_port: u16) -> Result<String> {
+    let data = dir.join("data");
+    let log = dir.join("server.log");
+    register("postgres", dir);
+    fs::create_dir_all(dir)?;
+    chown("postgres", dir)?;
+    let port = free_port()?;
+    eprintln!("xtask: starting a PostgreSQL standby on port {port}");
+    run(command_as("postgres", &bin.join("pg_basebackup"))
+        .arg("-D")
+        .arg(&data)
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &primary_port.to_string(),
+            "-U",
+            "postgres",
+            "-R",
+            "-X",
+            "stream",
+            "--no-sync",
+        ]))?;
+    let options = format!(
+        "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300",
+        dir.display()
+    );
+    let started = run(command_as("postgres", &bin.join("pg_ctl"))
+        .arg("-D")
+        .arg(&data)
+        .arg("-l")
+        .arg(&log)
+        .args(["-o", &options, "-w", "-t", "60", "start"]));
+    if let Err(error) = started {
+        let log = fs::read_to_string(&log).unwrap_or_default();
+        return Err(format!("the standby did not start: {error}\nits log says:\n{log}").into());
+    }
+    Ok(format!("postgres://postgres@127.0.0.1:{port}/postgres"))
+}
+
+/// Starts MariaDB as the one node of a Galera cluster of its own.
+fn start_galera(dir: &Path) -> Result<String> {
+    let provider = [
+        "/usr/lib/galera/libgalera_smm.so",
+        "/usr/lib/libgalera_smm.so",
+    ]
+    .into_iter()
+    .map(PathBuf::from)
+    .find(|path| path.exists());
+    let provider = match provider {
+        Some(provider) => provider,
+        None => {
+            install_packages("Galera", &["galera-4"], "DLOCK_GALERA_URL")?;
+            PathBuf::from("/usr/lib/galera/libgalera_smm.so")
+        }
+    };
+    let (gcomm, ist) = (free_port()?, free_port()?);
+    start_mariadb_with(
+        dir,
+        &[
+            "--wsrep-on=ON".to_owned(),
+            format!("--wsrep-provider={}", provider.display()),
+            "--wsrep-cluster-address=gcomm://".to_owned(),
+            "--wsrep-node-address=127.0.0.1".to_owned(),
+            format!(
+                "--wsrep-provider-options=gmcast.listen_addr=tcp://127.0.0.1:{gcomm};\
+                 ist.recv_addr=127.0.0.1:{ist}"
+            ),
+            "--binlog-format=ROW".to_owned(),
+            "--innodb-autoinc-lock-mode=2".to_owned(),
+        ],
+    )
+}
+
+/// Waits until a server started as `pid` takes connections on `port`.
+fn wait_for_port(port: u16, pid: u32, log: &Path, what: &str) -> Result<()> {
     let deadline = Instant::now() + START_TIMEOUT;
     while TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err() {
         if !is_running(pid) || Instant::now() > deadline {
-            let log = fs::read_to_string(&log).unwrap_or_default();
-            return Err(format!("MariaDB did not start; its log says:\n{log}").into());
+            let log = fs::read_to_string(log).unwrap_or_default();
+            return Err(format!("{what} did not start; its log says:\n{log}").into());
         }
         thread::sleep(Duration::from_millis(50));
     }
-    Ok(format!("mysql://dlock:dlock@127.0.0.1:{port}/dlock"))
+    Ok(())
 }
 
 /// Fails with a clear message when the server a URL variable names takes no connections: a

@@ -26,6 +26,9 @@ const OWN_SERVER_TESTS: &[(&str, &str)] = &[
     ("dlock-postgres", "faults"),
     ("dlock-mysql", "faults"),
     ("dlock-pool", "faults"),
+    ("dlock-postgres", "deployments"),
+    ("dlock-mysql", "deployments"),
+    ("dlock-pool", "deployments"),
 ];
 
 /// Feature sets checked beyond each feature alone: dlock-pool's code for a pool and a backend
@@ -59,6 +62,8 @@ struct Row {
     /// Whether the row gets PostgreSQL and MariaDB servers of its own, which it may freeze and
     /// restart: their directories are in `DLOCK_FAULT_PG_DIR` and `DLOCK_FAULT_MYSQL_DIR`.
     own_servers: bool,
+    /// Whether the row also gets pgbouncer, a standby and a Galera node.
+    deployments: bool,
     /// Whether the row runs while CPU hogs keep every core busy, so races that hide on an
     /// idle machine show.
     saturated: bool,
@@ -73,6 +78,7 @@ impl Row {
             needs_servers: false,
             postgres_major: None,
             own_servers: false,
+            deployments: false,
             saturated: false,
         }
     }
@@ -84,6 +90,18 @@ impl Row {
 
     fn own_servers(mut self) -> Row {
         self.own_servers = true;
+        self
+    }
+
+    fn arg_list(mut self, args: &[&str]) -> Row {
+        self.args.extend(args.iter().map(|arg| (*arg).to_owned()));
+        self
+    }
+
+    /// Gives the row, beside its own servers, the deployments where a lock cannot exclude
+    /// ([`db::Deployments`]).
+    fn deployments(mut self) -> Row {
+        self.deployments = true;
         self
     }
 
@@ -237,12 +255,21 @@ fn rows() -> Result<Vec<Row>> {
         };
         rows.push(Row::new(name, &args).needs_servers());
     }
-    let mut faults = vec!["test", "--all-features"];
-    for (krate, target) in OWN_SERVER_TESTS {
-        faults.extend(["-p", krate, "--test", target]);
+    for (row, kind) in [("db:faults", "faults"), ("db:deployments", "deployments")] {
+        let mut args = vec!["test", "--all-features"];
+        for (krate, target) in OWN_SERVER_TESTS
+            .iter()
+            .filter(|(_, target)| *target == kind)
+        {
+            args.extend(["-p", krate, "--test", target]);
+        }
+        let row = Row::new(row, &args);
+        rows.push(if kind == "faults" {
+            row.arg_list(&["--", "--test-threads=1"]).own_servers()
+        } else {
+            row.own_servers().deployments()
+        });
     }
-    faults.extend(["--", "--test-threads=1"]);
-    rows.push(Row::new("db:faults", &faults).own_servers());
     // The cancel, race and interruption tests again, with every core kept busy: a timing bug
     // that hides on an idle machine shows here rather than at users.
     rows.push(
@@ -365,6 +392,9 @@ pub(crate) fn command(args: &[String]) -> Result<()> {
     if list {
         for row in &rows {
             let servers = match (row.needs_servers, row.postgres_major) {
+                _ if row.deployments => {
+                    "  [servers of its own, pgbouncer, standby, Galera]".to_owned()
+                }
                 _ if row.own_servers => "  [servers of its own]".to_owned(),
                 (true, _) if row.saturated => "  [servers, every core busy]".to_owned(),
                 (true, _) => "  [servers]".to_owned(),
@@ -452,7 +482,25 @@ fn run_row(row: &Row, servers: &mut Option<Servers>) -> Result<bool> {
             .env("DLOCK_FAULT_PG_DIR", &pg.dir)
             .env("DLOCK_FAULT_PG_BIN", &bin)
             .env("DLOCK_FAULT_MYSQL_DIR", &mariadb.dir);
+        let deployments = if row.deployments {
+            match db::Deployments::start(&bin, &pg) {
+                Ok(deployments) => Some(deployments),
+                Err(error) => {
+                    pg.stop();
+                    mariadb.stop();
+                    return Err(error);
+                }
+            }
+        } else {
+            None
+        };
+        if let Some(deployments) = &deployments {
+            command.envs(deployments.env.iter().map(|(name, value)| (name, value)));
+        }
         let passed = command.status().map(|status| status.success());
+        if let Some(deployments) = deployments {
+            deployments.stop();
+        }
         pg.stop();
         mariadb.stop();
         return Ok(passed?);
