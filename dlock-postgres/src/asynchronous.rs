@@ -627,7 +627,7 @@ pub async fn check_deployment_async(client: &Client, second: Option<&Client>) ->
                     (On::Second, Some(second)) => second,
                     _ => client,
                 };
-                let answer = conn.simple_query(statement).await.map_err(sql::error);
+                let answer = conn.simple_query(&statement).await.map_err(sql::error);
                 reply = Some(answer.map(|answer| sql::last_row(&answer)));
             }
         }

@@ -295,7 +295,7 @@ pub fn check_deployment(client: &mut Client, mut second: Option<&mut Client>) ->
                     (On::Second, Some(second)) => second,
                     _ => &mut *client,
                 };
-                let answer = conn.simple_query(statement).map_err(sql::error);
+                let answer = conn.simple_query(&statement).map_err(sql::error);
                 reply = Some(answer.map(|answer| sql::last_row(&answer)));
             }
         }

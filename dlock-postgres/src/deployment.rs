@@ -15,16 +15,13 @@ use dlock_core::{Deployment, Error};
 
 use crate::sql::{self, Row};
 
-/// The first statement, on the connection checked: is it a standby, and which session.
-const FIRST: &str = "SELECT pg_is_in_recovery(), pg_backend_pid()";
-
-/// Each later statement: which session runs it.
-const SESSION: &str = "SELECT pg_backend_pid()";
+/// The setting that marks a server session with a checking connection's token.
+const MARK: &str = "dlock.deployment_probe";
 
 /// How many times the two connections alternate. Through a transaction pooler the first
 /// round already shares a session unless another client took it in between; each round
 /// after that is another chance, and a busy pool moves statements often.
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 4;
 
 /// Which connection a statement goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,20 +36,54 @@ pub(crate) enum On {
 #[derive(Debug)]
 pub(crate) enum CheckStep {
     /// Run this simple query on that connection, and hand its reply to the next `step`.
-    Send(On, &'static str),
+    Send(On, String),
     /// The check is over: `Ok` when a session lock excludes here.
     Done(Result<(), Error>),
 }
 
+/// What a check knows of one of its connections.
+#[derive(Debug)]
+struct Probe {
+    /// The mark its first statement leaves on its session.
+    token: String,
+    /// The session of its first statement, once answered.
+    session: Option<String>,
+}
+
+impl Probe {
+    fn new() -> Probe {
+        Probe {
+            token: dlock_core::attempt_token().to_string(),
+            session: None,
+        }
+    }
+
+    /// The next statement for this connection: the first marks its session, each later one
+    /// asks for the session and its mark.
+    fn statement(&self) -> String {
+        match self.session {
+            None => format!(
+                "SELECT pg_is_in_recovery(), pg_backend_pid(), set_config('{MARK}', '{}', false)",
+                self.token
+            ),
+            Some(_) => format!("SELECT pg_backend_pid(), current_setting('{MARK}', true)"),
+        }
+    }
+}
+
 /// One connection's deployment check, with or without a second connection.
+///
+/// Each connection marks the server session of its first statement with a token of its own,
+/// and each later statement must find the same session carrying the same mark: directly or
+/// through session pooling, nobody else ever runs on a connection's session. Through a
+/// transaction pooler, a statement that lands elsewhere, or on a session another checking
+/// client marked in between, shows it; and the second connection, which runs right after the
+/// first one left its session, lands on that very session unless somebody took it first.
 #[derive(Debug)]
 pub(crate) struct Check {
-    with_second: bool,
-    /// The session of the checked connection's first statement.
-    first: Option<String>,
-    /// The session of the second connection's first statement.
-    second: Option<String>,
-    /// Statements sent so far, the first included.
+    checked: Probe,
+    second: Option<Probe>,
+    /// Statements sent so far.
     sent: usize,
     waiting_on: On,
 }
@@ -60,9 +91,8 @@ pub(crate) struct Check {
 impl Check {
     pub(crate) fn new(with_second: bool) -> Check {
         Check {
-            with_second,
-            first: None,
-            second: None,
+            checked: Probe::new(),
+            second: with_second.then(Probe::new),
             sent: 0,
             waiting_on: On::Checked,
         }
@@ -71,72 +101,81 @@ impl Check {
     /// Feeds the reply of the last statement sent (none at the start) and says what next.
     pub(crate) fn step(&mut self, reply: Option<Result<Row, Error>>) -> CheckStep {
         let Some(reply) = reply else {
-            return self.send(On::Checked, FIRST);
+            return self.send(On::Checked);
         };
         let row = match reply {
             Ok(row) => row,
             Err(error) => return CheckStep::Done(Err(error)),
         };
-        let session = match self.waiting_on {
-            On::Checked if self.first.is_none() => {
+        let on = self.waiting_on;
+        let (probe, other) = match on {
+            On::Checked => (&mut self.checked, self.second.as_ref()),
+            On::Second => (
+                self.second
+                    .as_mut()
+                    .expect("only a check with a second connection uses it"),
+                Some(&self.checked),
+            ),
+        };
+        let session = match &probe.session {
+            None => {
                 match sql::read_bool(&row, 0) {
                     Ok(true) => return refused(Deployment::HotStandby),
                     Ok(false) => {}
                     Err(error) => return CheckStep::Done(Err(error)),
                 }
                 let session = column(&row, 1);
-                self.first = Some(session);
-                return self.next();
+                probe.session = Some(session.clone());
+                session
             }
-            _ => column(&row, 0),
-        };
-        let moved = match self.waiting_on {
-            On::Checked => self.first.as_ref() != Some(&session),
-            On::Second => {
-                // Two client connections that share a server session: never so directly or
-                // through session pooling.
-                if self.first.as_ref() == Some(&session) {
+            Some(first) => {
+                let session = column(&row, 0);
+                // Its session changed, or another client used it in between and marked it.
+                if *first != session || column(&row, 1) != probe.token {
                     return refused(Deployment::TransactionPooler);
                 }
-                let moved = self
-                    .second
-                    .as_ref()
-                    .is_some_and(|second| *second != session);
-                self.second.get_or_insert(session);
-                moved
+                session
             }
         };
-        if moved {
-            // A connection whose statements run on another session than before.
+        // Two client connections that share a server session: never so directly or through
+        // session pooling.
+        if other.is_some_and(|other| other.session.as_ref() == Some(&session)) {
             return refused(Deployment::TransactionPooler);
         }
         self.next()
     }
 
     fn next(&mut self) -> CheckStep {
-        if !self.with_second {
+        if self.second.is_none() {
             // One connection: its first two statements, which catch a pooler only when the
             // second one moves.
             return match self.sent {
-                1 => self.send(On::Checked, SESSION),
+                1 => self.send(On::Checked),
                 _ => CheckStep::Done(Ok(())),
             };
         }
-        if self.sent > 2 * ROUNDS {
+        if self.sent >= 2 * ROUNDS {
             return CheckStep::Done(Ok(()));
         }
         // Alternates, the second connection first: it gets the session the checked one just
         // left, if the pooler shares sessions.
         match self.waiting_on {
-            On::Checked => self.send(On::Second, SESSION),
-            On::Second => self.send(On::Checked, SESSION),
+            On::Checked => self.send(On::Second),
+            On::Second => self.send(On::Checked),
         }
     }
 
-    fn send(&mut self, on: On, statement: &'static str) -> CheckStep {
+    fn send(&mut self, on: On) -> CheckStep {
         self.sent += 1;
         self.waiting_on = on;
-        CheckStep::Send(on, statement)
+        let probe = match on {
+            On::Checked => &self.checked,
+            On::Second => self
+                .second
+                .as_ref()
+                .expect("only a check with a second connection uses it"),
+        };
+        CheckStep::Send(on, probe.statement())
     }
 }
 
@@ -153,6 +192,8 @@ fn column(row: &Row, index: usize) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
 
     fn row(columns: &[&str]) -> Option<Result<Row, Error>> {
@@ -161,15 +202,22 @@ mod tests {
         )))
     }
 
-    /// Runs a check against scripted sessions: each connection's statements land on the
-    /// sessions given, in order. Returns the outcome and the statements sent.
+    /// Runs a check against scripted server sessions: each connection's statements land on
+    /// the sessions given, in order, and a session keeps the mark last set on it. `other`
+    /// marks sessions as another client's check would. Returns the outcome and where each
+    /// statement went.
     fn run(
         with_second: bool,
         recovery: &str,
         checked: &[&str],
         second: &[&str],
+        other: &[&str],
     ) -> (Result<(), Error>, Vec<On>) {
         let mut check = Check::new(with_second);
+        let mut marks: HashMap<&str, String> = other
+            .iter()
+            .map(|s| (*s, "someone else".to_owned()))
+            .collect();
         let (mut checked, mut second) = (checked.iter(), second.iter());
         let mut sent = Vec::new();
         let mut reply = None;
@@ -178,10 +226,17 @@ mod tests {
                 CheckStep::Done(outcome) => return (outcome, sent),
                 CheckStep::Send(on, statement) => {
                     sent.push(on);
-                    reply = match (on, statement) {
-                        (On::Checked, FIRST) => row(&[recovery, checked.next().unwrap()]),
-                        (On::Checked, _) => row(&[checked.next().unwrap()]),
-                        (On::Second, _) => row(&[second.next().unwrap()]),
+                    let session = match on {
+                        On::Checked => checked.next().unwrap(),
+                        On::Second => second.next().unwrap(),
+                    };
+                    reply = if statement.contains("set_config") {
+                        let token = statement.split('\'').nth(3).unwrap().to_owned();
+                        marks.insert(session, token);
+                        row(&[recovery, session, ""])
+                    } else {
+                        let mark = marks.get(session).cloned().unwrap_or_default();
+                        row(&[session, &mark])
                     };
                 }
             }
@@ -197,49 +252,72 @@ mod tests {
 
     #[test]
     fn a_standby_is_refused_on_the_first_statement() {
-        let (outcome, sent) = run(true, "t", &["7"], &[]);
+        let (outcome, sent) = run(true, "t", &["7"], &[], &[]);
         assert_eq!(refused_as(&outcome), Some(Deployment::HotStandby));
         assert_eq!(sent, [On::Checked]);
     }
 
     #[test]
     fn sessions_of_their_own_pass_after_every_round() {
-        let (outcome, sent) = run(true, "f", &["7"; 4], &["9"; 3]);
+        let (outcome, sent) = run(true, "f", &["7"; 9], &["9"; 8], &[]);
         assert!(outcome.is_ok(), "{outcome:?}");
-        assert_eq!(sent.len(), 1 + 2 * ROUNDS);
+        assert_eq!(sent.len(), 2 * ROUNDS);
     }
 
     #[test]
     fn a_second_connection_on_the_first_ones_session_is_a_pooler() {
-        let (outcome, sent) = run(true, "f", &["7"], &["7"]);
+        let (outcome, sent) = run(true, "f", &["7"], &["7"], &[]);
         assert_eq!(refused_as(&outcome), Some(Deployment::TransactionPooler));
         assert_eq!(sent, [On::Checked, On::Second]);
     }
 
     #[test]
     fn a_connection_whose_session_changes_is_a_pooler() {
-        let (outcome, _) = run(true, "f", &["7", "8"], &["9"]);
+        let (outcome, _) = run(true, "f", &["7", "8"], &["9"], &[]);
         assert_eq!(refused_as(&outcome), Some(Deployment::TransactionPooler));
-        let (outcome, _) = run(true, "f", &["7", "7"], &["9", "10"]);
+        let (outcome, _) = run(true, "f", &["7", "7"], &["9", "10"], &[]);
         assert_eq!(refused_as(&outcome), Some(Deployment::TransactionPooler));
     }
 
     #[test]
+    fn marks_left_by_earlier_clients_are_overwritten() {
+        // A session pooler without a reset query keeps an old client's mark: not a refusal.
+        let (outcome, _) = run(true, "f", &["7"; 9], &["9"; 8], &["7", "9"]);
+        assert!(outcome.is_ok(), "{outcome:?}");
+    }
+
+    #[test]
+    fn two_checks_whose_connections_swap_sessions_see_each_others_marks() {
+        // The second connection lands on a session another check's first connection marked,
+        // and the other way round: every session id stays the same, the marks do not.
+        let mut check = Check::new(true);
+        let CheckStep::Send(_, first) = check.step(None) else {
+            panic!("a statement first");
+        };
+        let token = first.split('\'').nth(3).unwrap().to_owned();
+        check.step(row(&["f", "7", ""]));
+        // The other check's second connection marked session 7 meanwhile.
+        check.step(row(&["f", "9", ""]));
+        let step = check.step(row(&["7", "the other check's token"]));
+        assert!(
+            matches!(step, CheckStep::Done(Err(Error::CannotExclude { .. }))),
+            "{step:?} (our token {token})"
+        );
+    }
+
+    #[test]
     fn one_connection_asks_twice_and_sees_only_a_move() {
-        let (outcome, sent) = run(false, "f", &["7", "7"], &[]);
+        let (outcome, sent) = run(false, "f", &["7", "7"], &[], &[]);
         assert!(outcome.is_ok());
         assert_eq!(sent, [On::Checked, On::Checked]);
-        let (outcome, _) = run(false, "f", &["7", "8"], &[]);
+        let (outcome, _) = run(false, "f", &["7", "8"], &[], &[]);
         assert_eq!(refused_as(&outcome), Some(Deployment::TransactionPooler));
     }
 
     #[test]
     fn an_error_ends_the_check_with_it() {
         let mut check = Check::new(true);
-        assert!(matches!(
-            check.step(None),
-            CheckStep::Send(On::Checked, FIRST)
-        ));
+        assert!(matches!(check.step(None), CheckStep::Send(On::Checked, _)));
         let step = check.step(Some(Err(Error::NotHeld)));
         assert!(matches!(step, CheckStep::Done(Err(Error::NotHeld))));
     }

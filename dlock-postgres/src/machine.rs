@@ -505,7 +505,7 @@ impl Operation for Acquire {
                     .map(|reply| reply.map_err(|failed| failed.error)),
             ) {
                 CheckStep::Send(_, statement) => {
-                    return Step::Send(Request::Simple(statement.to_owned()));
+                    return Step::Send(Request::Simple(statement));
                 }
                 CheckStep::Done(Err(error)) => return self.done(Err(error)),
                 CheckStep::Done(Ok(())) => {
@@ -984,9 +984,11 @@ mod tests {
         let first = simple(sent(op.step(&mut state, None)));
         assert!(first.contains("pg_is_in_recovery()"), "{first}");
         assert_eq!(op.in_flight(), InFlight::Nothing);
-        let second = simple(sent(op.step(&mut state, Some(row(&["f", "41"])))));
-        assert_eq!(second, "SELECT pg_backend_pid()");
-        let lock = simple(sent(op.step(&mut state, Some(row(&["41"])))));
+        // The session's mark, as the first statement set it.
+        let token = first.split('\'').nth(3).unwrap().to_owned();
+        let second = simple(sent(op.step(&mut state, Some(row(&["f", "41", ""])))));
+        assert!(second.starts_with("SELECT pg_backend_pid()"), "{second}");
+        let lock = simple(sent(op.step(&mut state, Some(row(&["41", &token])))));
         assert_eq!(lock, "SELECT pg_try_advisory_lock(7)");
         assert!(done(op.step(&mut state, Some(row(&["t"])))).unwrap());
         assert!(!state.check_deployment, "checked once per lock object");
@@ -1008,8 +1010,8 @@ mod tests {
         // A session that moved between the two statements: a transaction pooler.
         let mut op = Acquire::start(&state, Wait::Forever).unwrap();
         sent(op.step(&mut state, None));
-        sent(op.step(&mut state, Some(row(&["f", "41"]))));
-        let outcome = done(op.step(&mut state, Some(row(&["42"]))));
+        sent(op.step(&mut state, Some(row(&["f", "41", ""]))));
+        let outcome = done(op.step(&mut state, Some(row(&["42", ""]))));
         assert!(matches!(
             outcome,
             Err(Error::CannotExclude {

@@ -683,34 +683,34 @@ impl Deployments {
         ] {
             let dir = unique_temp_dir()?.join("pgbouncer");
             let started = start_pgbouncer(&dir, primary_port, mode);
-            self.servers.push(OwnServer {
-                url: started
-                    .as_ref()
-                    .map_or_else(|_| String::new(), Clone::clone),
-                dir,
-            });
-            self.env.push((variable, started?));
+            self.keep(variable, dir, started)?;
         }
-        let dir = unique_temp_dir()?.join("postgres");
-        let started = start_standby(bin, &dir, primary_port);
-        self.servers.push(OwnServer {
-            url: started
-                .as_ref()
-                .map_or_else(|_| String::new(), Clone::clone),
-            dir: dir.clone(),
-        });
-        self.env.push(("DLOCK_PG_STANDBY_URL", started?));
-        self.env
-            .push(("DLOCK_PG_STANDBY_DIR", dir.display().to_string()));
+        // Two standbys: one stays a standby, the other is promoted by the test that shows a
+        // promoted server accepts locks.
+        for variable in ["DLOCK_PG_STANDBY_URL", "DLOCK_PG_PROMOTABLE_URL"] {
+            let dir = unique_temp_dir()?.join("postgres");
+            let started = start_standby(bin, &dir, primary_port);
+            self.keep(variable, dir, started)?;
+        }
         let dir = unique_temp_dir()?.join("mariadb");
         let started = start_galera(&dir);
+        self.keep("DLOCK_GALERA_URL", dir, started)
+    }
+
+    /// Records a server whose start was tried in `dir`, so that it is stopped, and its URL
+    /// under `variable` when it started.
+    fn keep(
+        &mut self,
+        variable: &'static str,
+        dir: PathBuf,
+        started: Result<String>,
+    ) -> Result<()> {
+        let url = started?;
         self.servers.push(OwnServer {
-            url: started
-                .as_ref()
-                .map_or_else(|_| String::new(), Clone::clone),
+            url: url.clone(),
             dir,
         });
-        self.env.push(("DLOCK_GALERA_URL", started?));
+        self.env.push((variable, url));
         Ok(())
     }
 

@@ -8,6 +8,7 @@
 use ::mysql::prelude::Queryable as _;
 
 pub mod contract;
+pub mod deployments;
 pub mod faults;
 pub mod spans;
 

@@ -1,0 +1,67 @@
+//! A MariaDB Galera node, where `GET_LOCK` is local to the node: refused by default. It runs
+//! on the servers of the matrix's `db:deployments` row:
+//! `cargo xtask test-matrix --only db:deployments`.
+
+use dlock_mysql::{
+    AsyncLock, AsyncMySqlLock, Deployment, Lock, MySqlLock, check_deployment,
+    check_deployment_async,
+};
+use dlock_testkit::deployments::{self, refused_as};
+use dlock_testkit::mysql::mysql_url;
+
+fn connect(url: &str) -> mysql::Conn {
+    mysql::Conn::new(mysql::Opts::from_url(url).unwrap())
+        .unwrap_or_else(|error| panic!("connect to {url}: {error}"))
+}
+
+async fn connect_async(url: &str) -> mysql_async::Conn {
+    mysql_async::Conn::from_url(url)
+        .await
+        .unwrap_or_else(|error| panic!("connect to {url}: {error}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_galera_node_is_refused_by_every_flavour() {
+    let url = deployments::galera();
+    let mut lock = MySqlLock::new(connect(&url), "deployments/galera");
+    let error = tokio::task::block_in_place(|| lock.try_acquire()).unwrap_err();
+    assert!(refused_as(&error, Deployment::Galera), "{error:?}");
+    assert!(!lock.is_acquired());
+    let message = error.to_string();
+    assert!(
+        message.contains("Galera") && message.contains("wsrep_on"),
+        "{message}"
+    );
+    let error = tokio::task::block_in_place(|| check_deployment(lock.conn())).unwrap_err();
+    assert!(refused_as(&error, Deployment::Galera), "{error:?}");
+
+    let mut lock = AsyncMySqlLock::new(connect_async(&url).await, "deployments/galera");
+    let error = lock.acquire().await.unwrap_err();
+    assert!(refused_as(&error, Deployment::Galera), "{error:?}");
+    let error = check_deployment_async(lock.conn()).await.unwrap_err();
+    assert!(refused_as(&error, Deployment::Galera), "{error:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_server_is_never_refused() {
+    let url = mysql_url();
+    for _ in 0..10 {
+        let mut lock = MySqlLock::new(connect(&url), "deployments/single");
+        assert!(tokio::task::block_in_place(|| lock.try_acquire()).unwrap());
+        tokio::task::block_in_place(|| lock.release()).unwrap();
+        let mut lock = AsyncMySqlLock::new(connect_async(&url).await, "deployments/single");
+        assert!(lock.try_acquire().await.unwrap());
+        lock.release().await.unwrap();
+        check_deployment_async(lock.conn()).await.unwrap();
+    }
+}
+
+#[test]
+fn with_the_check_off_a_galera_node_grants_node_local_locks() {
+    // What the check refuses: the node grants the lock, and would grant it to a client on
+    // another node at the same time.
+    let mut lock =
+        MySqlLock::new(connect(&deployments::galera()), "deployments/skip").skip_deployment_check();
+    assert!(lock.try_acquire().unwrap());
+    lock.release().unwrap();
+}
