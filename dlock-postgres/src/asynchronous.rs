@@ -695,6 +695,8 @@ pub struct AsyncPgXactLock {
     key: Key,
     policy: KeyPolicy,
     mode: Mode,
+    /// Whether each acquire refuses a hot standby ([`sql::refuse_on_standby`]).
+    check_deployment: bool,
     /// Where a side connection that ends a dropped wait connects to, if the user gave it.
     side: Option<Config>,
 }
@@ -706,6 +708,7 @@ impl AsyncPgXactLock {
             key: key.into(),
             policy: KeyPolicy::default(),
             mode: Mode::Exclusive,
+            check_deployment: true,
             side: None,
         }
     }
@@ -728,7 +731,7 @@ impl AsyncPgXactLock {
             Err(error) => return XactOutcome::Failed(error),
         };
         let Some(config) = &self.side else {
-            let mut slices = XactSlices::new(hold, wait);
+            let mut slices = XactSlices::new(hold, wait, self.check_deployment);
             while let Some(statement) = slices.next_statement() {
                 match slices.read(send_text(tx, &statement).await) {
                     XactOutcome::Answered(false) => {}
@@ -738,7 +741,7 @@ impl AsyncPgXactLock {
             return XactOutcome::Answered(false);
         };
         let token = dlock_core::attempt_token();
-        let statement = machine::xact_statement(hold, wait, Some(token));
+        let statement = machine::xact_statement(hold, wait, Some(token), self.check_deployment);
         let mut armed = XactWait {
             client: tx.client(),
             side: Some((config, token)),
@@ -746,6 +749,15 @@ impl AsyncPgXactLock {
         let reply = send_text(tx, &statement).await;
         armed.side = None;
         machine::xact_outcome(wait, reply)
+    }
+
+    /// Turns off the hot standby check each acquire makes otherwise, in the acquire's own
+    /// round trip: a transaction lock on a standby is local to it and excludes nobody on the
+    /// primary. Transaction locks need no pooler check: they work through a pooler in
+    /// transaction mode.
+    pub fn skip_deployment_check(mut self) -> Self {
+        self.check_deployment = false;
+        self
     }
 
     /// Makes this a shared lock.
@@ -814,7 +826,8 @@ impl AsyncPgXactLock {
     /// See the type's docs.
     pub async fn try_acquire(&self, tx: &Transaction<'_>) -> Result<bool> {
         self.traced(Wait::Never, async {
-            let statement = machine::xact_statement(self.hold()?, Wait::Never, None);
+            let statement =
+                machine::xact_statement(self.hold()?, Wait::Never, None, self.check_deployment);
             let reply = send_text(tx, &statement).await;
             machine::xact_outcome(Wait::Never, reply).into_result()
         })

@@ -341,6 +341,8 @@ pub struct PgXactLock {
     key: Key,
     policy: KeyPolicy,
     mode: Mode,
+    /// Whether each acquire refuses a hot standby ([`sql::refuse_on_standby`]).
+    check_deployment: bool,
 }
 
 impl PgXactLock {
@@ -350,7 +352,17 @@ impl PgXactLock {
             key: key.into(),
             policy: KeyPolicy::default(),
             mode: Mode::Exclusive,
+            check_deployment: true,
         }
+    }
+
+    /// Turns off the hot standby check each acquire makes otherwise, in the acquire's own
+    /// round trip: a transaction lock on a standby is local to it and excludes nobody on the
+    /// primary. Transaction locks need no pooler check: they work through a pooler in
+    /// transaction mode.
+    pub fn skip_deployment_check(mut self) -> Self {
+        self.check_deployment = false;
+        self
     }
 
     /// Makes this a shared lock.
@@ -419,7 +431,7 @@ impl PgXactLock {
     }
 
     fn take_in(&self, tx: &mut Transaction<'_>, wait: Wait) -> Result<bool> {
-        let statement = machine::xact_statement(self.hold()?, wait, None);
+        let statement = machine::xact_statement(self.hold()?, wait, None, self.check_deployment);
         if !matches!(wait, Wait::For(_)) {
             let reply = tx
                 .simple_query(&statement)

@@ -793,17 +793,26 @@ impl Operation for PayOwed {
 /// A transaction lock's statement for `wait`: a try, or a wait no session setting can cut
 /// short (`lock_timeout` as asked, `statement_timeout` off).
 /// A waiting statement is tagged with `token` when a side connection may have to end it.
-pub(crate) fn xact_statement(hold: Hold, wait: Wait, token: Option<u64>) -> String {
+///
+/// Unless `checked` is false, the statement refuses a hot standby first
+/// ([`sql::refuse_on_standby`]).
+pub(crate) fn xact_statement(hold: Hold, wait: Wait, token: Option<u64>, checked: bool) -> String {
+    let guard = if checked {
+        sql::refuse_on_standby()
+    } else {
+        String::new()
+    };
     let statement = match wait {
-        Wait::Never => return sql::try_lock(hold, Scope::Transaction),
+        Wait::Never => return guard + &sql::try_lock(hold, Scope::Transaction),
         Wait::Forever => sql::guarded_lock(hold, Scope::Transaction, 0),
         Wait::For(timeout) => {
             sql::guarded_lock(hold, Scope::Transaction, sql::lock_timeout_millis(timeout))
         }
     };
+    // The tag stays first: a side connection finds it at the start of the query's text.
     match token {
-        Some(token) => sql::wait_tag(token) + &statement,
-        None => statement,
+        Some(token) => sql::wait_tag(token) + &guard + &statement,
+        None => guard + &statement,
     }
 }
 
@@ -816,22 +825,25 @@ pub(crate) struct XactSlices {
     hold: Hold,
     tried: bool,
     slices: Slices,
+    checked: bool,
 }
 
 #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
 impl XactSlices {
-    pub(crate) fn new(hold: Hold, wait: Wait) -> XactSlices {
+    /// A sliced wait whose first statement refuses a hot standby, unless `checked` is false.
+    pub(crate) fn new(hold: Hold, wait: Wait, checked: bool) -> XactSlices {
         XactSlices {
             hold,
             tried: false,
             slices: Slices::new(wait),
+            checked,
         }
     }
 
     /// The next statement to send, or `None` once the wait is over, not granted.
     pub(crate) fn next_statement(&mut self) -> Option<String> {
         if !std::mem::replace(&mut self.tried, true) {
-            return Some(sql::try_lock(self.hold, Scope::Transaction));
+            return Some(xact_statement(self.hold, Wait::Never, None, self.checked));
         }
         let millis = self.slices.next_millis()?;
         Some(sql::sliced_lock(self.hold, Scope::Transaction, millis))
@@ -1092,7 +1104,7 @@ mod tests {
 
     #[test]
     fn a_sliced_transaction_lock_tries_then_slices_and_reads_one_boolean() {
-        let mut slices = XactSlices::new(HOLD, Wait::Forever);
+        let mut slices = XactSlices::new(HOLD, Wait::Forever, false);
         assert_eq!(
             slices.next_statement().unwrap(),
             "SELECT pg_try_advisory_xact_lock(7)"
@@ -1114,7 +1126,7 @@ mod tests {
             slices.read(failed(Failure::Other)),
             XactOutcome::Failed(_)
         ));
-        let mut slices = XactSlices::new(HOLD, Wait::For(Duration::from_millis(1)));
+        let mut slices = XactSlices::new(HOLD, Wait::For(Duration::from_millis(1)), false);
         slices.next_statement().unwrap();
         std::thread::sleep(Duration::from_millis(2));
         assert_eq!(slices.next_statement(), None);
@@ -1480,11 +1492,13 @@ mod tests {
     #[test]
     fn transaction_locks_time_out_to_false_and_fail_with_the_error() {
         let wait = Wait::For(Duration::from_millis(5));
-        assert!(xact_statement(HOLD, wait, None).contains("pg_advisory_xact_lock(7)"));
-        assert!(xact_statement(HOLD, Wait::Forever, None).contains("'statement_timeout', '0'"));
-        assert!(xact_statement(HOLD, Wait::Forever, Some(1)).starts_with("/* dlock-wait:"));
+        assert!(xact_statement(HOLD, wait, None, false).contains("pg_advisory_xact_lock(7)"));
+        assert!(
+            xact_statement(HOLD, Wait::Forever, None, false).contains("'statement_timeout', '0'")
+        );
+        assert!(xact_statement(HOLD, Wait::Forever, Some(1), true).starts_with("/* dlock-wait:"));
         assert_eq!(
-            xact_statement(HOLD, Wait::Never, Some(1)),
+            xact_statement(HOLD, Wait::Never, Some(1), false),
             "SELECT pg_try_advisory_xact_lock(7)"
         );
         assert!(matches!(

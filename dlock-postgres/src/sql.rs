@@ -262,6 +262,17 @@ pub(crate) fn sliced_lock(hold: Hold, scope: Scope, lock_timeout_ms: u32) -> Str
     )
 }
 
+/// The setting whose lookup fails on a hot standby: see [`refuse_on_standby`].
+const STANDBY_MARKER: &str = "dlock.refused_on_hot_standby";
+
+/// A statement to send in front of a transaction lock's statement, in the same query: on a
+/// hot standby it fails (looking up a setting that does not exist, 42704, naming
+/// [`STANDBY_MARKER`]), so the lock statement after it never runs; elsewhere it costs a
+/// parse. A transaction lock object has no connection of its own to check once.
+pub(crate) fn refuse_on_standby() -> String {
+    format!("SELECT CASE WHEN pg_is_in_recovery() THEN current_setting('{STANDBY_MARKER}') END; ")
+}
+
 /// Where a slice's block leaves its answer for the query's last statement.
 const SLICE_GRANTED: &str = "dlock.slice_granted";
 
@@ -618,6 +629,14 @@ fn session_ended(error: &driver::Error) -> bool {
 }
 
 /// dlock's error for a driver error.
+/// The server's own message of an error, or the error's text.
+fn error_message(error: &BoxError) -> String {
+    error
+        .downcast_ref::<driver::Error>()
+        .and_then(driver::Error::as_db_error)
+        .map_or_else(|| error.to_string(), |db| db.message().to_owned())
+}
+
 pub(crate) fn error(error: driver::Error) -> Error {
     let code = error.code().cloned();
     let kind = failure(&error);
@@ -638,6 +657,14 @@ pub(crate) fn error(error: driver::Error) -> Error {
             Some(code) if code == SqlState::T_R_DEADLOCK_DETECTED => Error::Deadlock {
                 source: Some(source),
             },
+            Some(code)
+                if code == SqlState::UNDEFINED_OBJECT
+                    && error_message(&source).contains(STANDBY_MARKER) =>
+            {
+                Error::CannotExclude {
+                    deployment: dlock_core::Deployment::HotStandby,
+                }
+            }
             // PostgreSQL reports a full lock table as 53200, "out of shared memory".
             Some(code) if code == SqlState::OUT_OF_MEMORY => Error::LockTableFull {
                 setting: "max_locks_per_transaction",

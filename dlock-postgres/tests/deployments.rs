@@ -8,8 +8,8 @@ use std::thread;
 use std::time::Duration;
 
 use dlock_postgres::{
-    AsyncLock, AsyncPgLock, Deployment, Lock, PgKey, PgLock, PgXactLock, check_deployment,
-    check_deployment_async,
+    AsyncLock, AsyncPgLock, AsyncPgXactLock, Deployment, Lock, PgKey, PgLock, PgXactLock,
+    check_deployment, check_deployment_async,
 };
 use dlock_testkit::deployments::{self, refused_as};
 use dlock_testkit::postgres::pg_url;
@@ -267,6 +267,19 @@ async fn a_hot_standby_is_refused_by_an_async_lock() {
             refused_as(&error, Deployment::HotStandby),
             "run {run}: {error:?}"
         );
+        let client = lock.client();
+        let tx = client.transaction().await.unwrap();
+        let xact = AsyncPgXactLock::new("deployments/standby");
+        let error = xact.acquire(&tx).await.unwrap_err();
+        assert!(refused_as(&error, Deployment::HotStandby), "{error:?}");
+        tx.rollback().await.unwrap();
+        let mut tx = client.transaction().await.unwrap();
+        let error = xact
+            .acquire_timeout(&mut tx, Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert!(refused_as(&error, Deployment::HotStandby), "{error:?}");
+        tx.simple_query("SELECT 1").await.unwrap();
     }
 }
 
@@ -285,6 +298,13 @@ fn a_standby_is_refused_until_it_is_promoted() {
     lock.acquire().unwrap();
     assert!(lock.verify().unwrap());
     lock.release().unwrap();
+    let mut tx = lock.client().transaction().unwrap();
+    assert!(
+        PgXactLock::new("deployments/promoted")
+            .try_acquire(&mut tx)
+            .unwrap()
+    );
+    tx.commit().unwrap();
 }
 
 #[test]
