@@ -794,25 +794,26 @@ impl Operation for PayOwed {
 /// short (`lock_timeout` as asked, `statement_timeout` off).
 /// A waiting statement is tagged with `token` when a side connection may have to end it.
 ///
-/// Unless `checked` is false, the statement refuses a hot standby first
-/// ([`sql::refuse_on_standby`]).
+/// Unless `checked` is false, the statement refuses a hot standby
+/// ([`sql::refusing_standby`]).
 pub(crate) fn xact_statement(hold: Hold, wait: Wait, token: Option<u64>, checked: bool) -> String {
-    let guard = if checked {
-        sql::refuse_on_standby()
-    } else {
-        String::new()
-    };
     let statement = match wait {
-        Wait::Never => return guard + &sql::try_lock(hold, Scope::Transaction),
+        Wait::Never => sql::try_lock(hold, Scope::Transaction),
         Wait::Forever => sql::guarded_lock(hold, Scope::Transaction, 0),
         Wait::For(timeout) => {
             sql::guarded_lock(hold, Scope::Transaction, sql::lock_timeout_millis(timeout))
         }
     };
-    // The tag stays first: a side connection finds it at the start of the query's text.
+    let statement = if checked {
+        sql::refusing_standby(&statement)
+    } else {
+        statement
+    };
+    // The tag comes first: a side connection finds it at the start of the query's text. A try
+    // never waits, so it is never tagged.
     match token {
-        Some(token) => sql::wait_tag(token) + &guard + &statement,
-        None => guard + &statement,
+        Some(token) if wait != Wait::Never => sql::wait_tag(token) + &statement,
+        _ => statement,
     }
 }
 
@@ -1501,6 +1502,18 @@ mod tests {
             xact_statement(HOLD, Wait::Never, Some(1), false),
             "SELECT pg_try_advisory_xact_lock(7)"
         );
+        // The standby guard is a column of the first statement, before any wait, and leaves
+        // the answer in the first column.
+        let checked = xact_statement(HOLD, Wait::Never, None, true);
+        assert!(
+            checked
+                .starts_with("SELECT pg_try_advisory_xact_lock(7), CASE WHEN pg_is_in_recovery()"),
+            "{checked}"
+        );
+        let checked = xact_statement(HOLD, Wait::Forever, None, true);
+        let (first, rest) = checked.split_once("; ").unwrap();
+        assert!(first.contains("pg_is_in_recovery()"), "{checked}");
+        assert!(!rest.contains("pg_is_in_recovery()"), "{checked}");
         assert!(matches!(
             xact_outcome(wait, failed(Failure::LockTimeout)),
             XactOutcome::TimedOut

@@ -15,7 +15,7 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
 use dlock_pool::dlock_mysql::{AsyncMySqlLock, MySqlLock};
-use dlock_pool::dlock_postgres::{AsyncPgLock, PgLock};
+use dlock_pool::dlock_postgres::{AsyncPgLock, PgLock, PgXactLock};
 use dlock_pool::{
     AsyncLock, AsyncLockGuard, AsyncLockPool, AsyncMySqlManager, Lock, LockGuard, LockPool,
 };
@@ -358,6 +358,30 @@ fn throughput(scale: Scale) -> Result<Vec<Throughput>> {
         },
     )?);
     drop(lock);
+
+    // A transaction lock refuses a hot standby in its own query: the floor sends the same
+    // lock statement without that guard, in the same transaction frame.
+    let mut client = pg()?;
+    let try_sql = format!("SELECT pg_try_advisory_xact_lock({PG_KEY})");
+    let xact = PgXactLock::new(PG_KEY);
+    results.push(compare(
+        scale,
+        "PgXactLock (try, then commit)",
+        "postgres, text",
+        |side, n| {
+            rate(n, || {
+                let mut tx = client.transaction()?;
+                if side == Side::Dlock {
+                    xact.try_acquire(&mut tx)?;
+                } else {
+                    tx.simple_query(&try_sql)?;
+                }
+                tx.commit()?;
+                Ok(())
+            })
+        },
+    )?);
+    drop(client);
 
     let mut lock = MySqlLock::new(my()?, MY_NAME);
     results.push(compare(scale, "MySqlLock", "mysql, text", |side, n| {
