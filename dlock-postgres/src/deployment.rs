@@ -145,6 +145,11 @@ impl Check {
         self.next()
     }
 
+    /// The checked connection's server session, once its first statement was answered.
+    pub(crate) fn session(&self) -> Option<String> {
+        self.checked.session.clone()
+    }
+
     fn next(&mut self) -> CheckStep {
         if self.second.is_none() {
             // One connection: its first two statements, which catch a pooler only when the

@@ -152,6 +152,10 @@ pub(crate) struct LockState {
     /// Whether the next acquire checks the deployment first ([`deployment`]): until one
     /// check passed, unless the user turned it off.
     pub(crate) check_deployment: bool,
+    /// The server session (pid) of this object's connection, once known from the deployment
+    /// check or an unlock: an unlock that runs on another session shows a pooler that moves
+    /// statements between sessions.
+    session: Option<String>,
 }
 
 /// How a lock object sends a wait, which decides what a dropped acquire future leaves behind.
@@ -228,6 +232,7 @@ impl LockState {
             statements: Statements::default(),
             waits: Waits::Whole,
             check_deployment: true,
+            session: None,
         }
     }
 
@@ -510,6 +515,7 @@ impl Operation for Acquire {
                 CheckStep::Done(Err(error)) => return self.done(Err(error)),
                 CheckStep::Done(Ok(())) => {
                     state.check_deployment = false;
+                    state.session = check.session();
                     self.phase = AcquirePhase::Owed;
                 }
             }
@@ -681,11 +687,27 @@ impl Operation for Release {
             ReleasePhase::Unlocking => {
                 self.phase = ReleasePhase::Done;
                 match reply.expect("the unlock's reply") {
-                    Ok(row) => Step::Done(match sql::read_bool(&row, 0) {
-                        Ok(true) => Ok(()),
-                        Ok(false) => Err(Error::NotHeld),
-                        Err(error) => Err(error),
-                    }),
+                    Ok(row) => {
+                        let session = row.as_ref().and_then(|row| row.get(1).cloned().flatten());
+                        if let (Some(known), Some(session)) = (&state.session, &session) {
+                            if known != session {
+                                // The unlock ran on another server session than this
+                                // connection's: a pooler moves statements between sessions,
+                                // and the lock may still be held where it was taken.
+                                return Step::Done(Err(Error::CannotExclude {
+                                    deployment: dlock_core::Deployment::TransactionPooler,
+                                }));
+                            }
+                        }
+                        if state.session.is_none() {
+                            state.session = session;
+                        }
+                        Step::Done(match sql::read_bool(&row, 0) {
+                            Ok(true) => Ok(()),
+                            Ok(false) => Err(Error::NotHeld),
+                            Err(error) => Err(error),
+                        })
+                    }
                     Err(failed) => match failed.failure {
                         Failure::StatementMissing => {
                             state.statements.forget();
@@ -1034,6 +1056,34 @@ mod tests {
     }
 
     #[test]
+    fn an_unlock_that_runs_on_another_session_than_the_locks_is_refused() {
+        let mut state = state();
+        state.session = Some("41".to_owned());
+        let mut op = Acquire::start(&state, Wait::Never).unwrap();
+        sent(op.step(&mut state, None));
+        assert!(done(op.step(&mut state, Some(row(&["t"])))).unwrap());
+        let mut release = Release::start(&state).unwrap();
+        sent(release.step(&mut state, None));
+        // The server says it held the lock, but on a session that is not this connection's.
+        let outcome = done(release.step(&mut state, Some(row(&["t", "42"]))));
+        assert!(matches!(
+            outcome,
+            Err(Error::CannotExclude {
+                deployment: dlock_core::Deployment::TransactionPooler
+            })
+        ));
+        // An object that never learned its session learns it from its first unlock.
+        let mut state = self::state();
+        let mut op = Acquire::start(&state, Wait::Never).unwrap();
+        sent(op.step(&mut state, None));
+        done(op.step(&mut state, Some(row(&["t"])))).unwrap();
+        let mut release = Release::start(&state).unwrap();
+        sent(release.step(&mut state, None));
+        done(release.step(&mut state, Some(row(&["t", "41"])))).unwrap();
+        assert_eq!(state.session.as_deref(), Some("41"));
+    }
+
+    #[test]
     fn a_sliced_wait_tries_first_then_waits_in_growing_slices_until_its_deadline() {
         fn sliced() -> LockState {
             let mut state = state();
@@ -1304,7 +1354,7 @@ mod tests {
             let unlock = sent(release.step(&mut state, None));
             assert_eq!(
                 unlock,
-                Request::Simple("SELECT pg_advisory_unlock(7)".into())
+                Request::Simple("SELECT pg_advisory_unlock(7), pg_backend_pid()".into())
             );
             let again = sent(release.step(&mut state, Some(failed(Failure::StatementMissing))));
             assert_eq!(again, unlock);

@@ -280,10 +280,11 @@ pub(crate) fn refusing_standby(query: &str) -> String {
 /// Where a slice's block leaves its answer for the query's last statement.
 const SLICE_GRANTED: &str = "dlock.slice_granted";
 
-/// The statement that releases a session lock: `true` if the session held it.
+/// The statement that releases a session lock: `true` if the session held it, and the
+/// session that ran it, which must be the lock's (see `Release`).
 pub(crate) fn unlock(hold: Hold) -> String {
     format!(
-        "SELECT pg_advisory_unlock{}({})",
+        "SELECT pg_advisory_unlock{}({}), pg_backend_pid()",
         hold.mode.suffix(),
         key_args(hold.key)
     )
@@ -323,13 +324,22 @@ impl Kind {
             Kind::Unlock => "pg_advisory_unlock",
         };
         let suffix = shape.mode.suffix();
+        // The unlock also says which session ran it, as its simple form does.
+        let session = if self == Kind::Unlock {
+            ", pg_backend_pid()"
+        } else {
+            ""
+        };
         if shape.pair {
             (
-                format!("SELECT {function}{suffix}($1, $2)"),
+                format!("SELECT {function}{suffix}($1, $2){session}"),
                 &[Type::INT4, Type::INT4],
             )
         } else {
-            (format!("SELECT {function}{suffix}($1)"), &[Type::INT8])
+            (
+                format!("SELECT {function}{suffix}($1){session}"),
+                &[Type::INT8],
+            )
         }
     }
 
@@ -531,16 +541,22 @@ pub(crate) fn last_row(reply: &[SimpleQueryMessage]) -> Row {
     })
 }
 
-/// The last row of a prepared statement's reply: every prepared statement dlock sends
-/// returns one boolean (a try or an unlock) or one void (a plain lock).
+/// The last row of a prepared statement's reply, as text: every prepared statement dlock
+/// sends returns a boolean (a try or an unlock) or a void (a plain lock), and an unlock its
+/// session's pid too.
 pub(crate) fn prepared_row(rows: &[driver::Row]) -> Row {
     rows.last().map(|row| {
-        let value = match row.try_get::<_, bool>(0) {
-            Ok(true) => "t",
-            Ok(false) => "f",
-            Err(_) => "",
-        };
-        vec![Some(value.to_owned())]
+        (0..row.len())
+            .map(|index| {
+                let value = match (row.try_get::<_, bool>(index), row.try_get::<_, i32>(index)) {
+                    (Ok(true), _) => "t".to_owned(),
+                    (Ok(false), _) => "f".to_owned(),
+                    (_, Ok(number)) => number.to_string(),
+                    _ => String::new(),
+                };
+                Some(value)
+            })
+            .collect()
     })
 }
 
@@ -710,8 +726,14 @@ mod tests {
             wait_lock(BIG, Scope::Transaction),
             "SELECT pg_advisory_xact_lock(-5)"
         );
-        assert_eq!(unlock(BIG), "SELECT pg_advisory_unlock(-5)");
-        assert_eq!(unlock(PAIR), "SELECT pg_advisory_unlock_shared(1, -2)");
+        assert_eq!(
+            unlock(BIG),
+            "SELECT pg_advisory_unlock(-5), pg_backend_pid()"
+        );
+        assert_eq!(
+            unlock(PAIR),
+            "SELECT pg_advisory_unlock_shared(1, -2), pg_backend_pid()"
+        );
     }
 
     #[test]

@@ -111,6 +111,46 @@ async fn a_transaction_pooler_under_load_is_refused_every_time() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bare_lock_through_a_busy_transaction_pooler_is_refused_not_silent() {
+    // One connection alone: its first check, or an unlock that runs on another session than
+    // the one it knows, says so. Every cycle either works on the lock's own session or is
+    // refused; the busy pooler moves statements soon.
+    let url = deployments::transaction_pooler();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut load = Vec::new();
+    for _ in 0..16 {
+        let client = connect_async(&url).await;
+        let stop = Arc::clone(&stop);
+        load.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                client.simple_query("SELECT pg_sleep(0.001)").await.unwrap();
+            }
+        }));
+    }
+    let mut lock = AsyncPgLock::new(connect_async(&url).await, "deployments/bare-busy");
+    let mut refused = 0;
+    for _ in 0..200 {
+        let outcome = match lock.try_acquire().await {
+            Ok(true) => lock.release().await,
+            Ok(false) => Ok(()),
+            Err(error) => Err(error),
+        };
+        match outcome {
+            Err(error) if refused_as(&error, Deployment::TransactionPooler) => refused += 1,
+            // The unlock ran on another session, which did not hold the lock.
+            Ok(()) | Err(dlock_postgres::Error::NotHeld) => {}
+            Err(error) => panic!("{error}"),
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for task in load {
+        task.await.unwrap();
+    }
+    println!("a bare lock through a busy transaction pooler: refused {refused} of 200 cycles");
+    assert!(refused > 0, "the busy pooler never moved a statement");
+}
+
 /// Eight threads take turns at one key through the transaction pooler, each with locks
 /// built by `lock` on a client of its own; returns how many times a thread held the lock
 /// while another did.

@@ -829,7 +829,7 @@ fn waiting(
 /// A session that takes and releases the handoff key: through dlock, or through the raw
 /// driver for the baseline.
 enum Taker {
-    Pg(PgLock<postgres::Client>),
+    Pg(Box<PgLock<postgres::Client>>),
     My(MySqlLock<mysql::Conn>),
     RawPg(postgres::Client),
     RawMy(mysql::Conn),
@@ -840,7 +840,7 @@ const HANDOFF_NAME: &str = "dlock-bench/handoff";
 impl Taker {
     fn open(backend: &str, raw: bool) -> Result<Taker> {
         Ok(match (backend, raw) {
-            ("postgres", false) => Taker::Pg(PgLock::new(pg()?, PG_KEY + 1)),
+            ("postgres", false) => Taker::Pg(Box::new(PgLock::new(pg()?, PG_KEY + 1))),
             ("postgres", true) => Taker::RawPg(pg()?),
             (_, false) => Taker::My(MySqlLock::new(my()?, HANDOFF_NAME)),
             (_, true) => Taker::RawMy(my()?),
