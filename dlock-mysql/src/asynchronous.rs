@@ -504,8 +504,10 @@ pub async fn holder_async(conn: &mut Conn, name: &str) -> Result<Option<u64>> {
     sql::read_holder(row.first().copied().flatten())
 }
 
-/// Checks that a lock over `conn` excludes: the async form of
-/// [`check_deployment`](crate::check_deployment).
+/// Checks that a lock over `conn` excludes: that the server is no MariaDB Galera node and no
+/// MySQL Group Replication member, where `GET_LOCK` is local to the node. One round trip.
+/// Locks run this check before their first acquire; this is for connections you check
+/// yourself, before you build locks on them with `skip_deployment_check()`.
 ///
 /// # Errors
 ///

@@ -606,9 +606,14 @@ impl<C: AsyncPgConnection> fmt::Debug for AsyncPgLock<C> {
 
 /// Checks that a session lock over `client` excludes: that the server is no hot standby, and
 /// that no pooler in transaction or statement mode stands between (the error names what was
-/// found and what to do). The async form of
-/// [`check_deployment`](crate::check_deployment), which tells what the `second` connection
-/// adds.
+/// found and what to do).
+///
+/// With a `second` connection to the same place (same address, database and user), a
+/// transaction pooler is found at once: it lets the two connections share a server session,
+/// which neither a direct connection nor session pooling ever does. Alone, `client` shows a
+/// pooler only when its statements happen to move between server sessions. Locks run the
+/// one-connection check before their first acquire; this is for connections you open
+/// yourself, before you build locks on them with `skip_deployment_check()`.
 ///
 /// Cancel safety: the check only reads, so dropping it leaves nothing behind.
 ///
