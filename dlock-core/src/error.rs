@@ -126,6 +126,18 @@ pub enum Error {
         deployment: Deployment,
     },
 
+    /// A fenced acquire found no table for its fencing tokens. Nothing is held. Create the
+    /// table once, with the backend's `install_fencing` (or `install_fencing_async`).
+    #[error(
+        "fencing tokens need their table, which this database does not have; create it once \
+         with the backend's install_fencing function (nothing is held)"
+    )]
+    FencingNotInstalled {
+        /// The server's error.
+        #[source]
+        source: Option<BoxError>,
+    },
+
     /// The key cannot name a lock on this backend under this policy.
     #[error("invalid lock key: {reason}")]
     InvalidKey {
@@ -254,6 +266,9 @@ mod tests {
                 source: Some(io_error()),
             },
             Error::invalid_key("the name is empty"),
+            Error::FencingNotInstalled {
+                source: Some(io_error()),
+            },
             Error::CannotExclude {
                 deployment: Deployment::TransactionPooler,
             },

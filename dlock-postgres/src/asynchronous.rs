@@ -604,6 +604,35 @@ impl<C: AsyncPgConnection> fmt::Debug for AsyncPgLock<C> {
     }
 }
 
+/// Creates the table of fencing tokens, `dlock_fence`, if it does not exist: the async form
+/// of the blocking `install_fencing`. Idempotent.
+///
+/// Cancel safety: `CREATE TABLE IF NOT EXISTS` either ran or did not; run it again.
+///
+/// # Errors
+///
+/// What the server reports (for example a missing privilege).
+pub async fn install_fencing_async(client: &Client) -> Result<()> {
+    install_fencing_in_async(client, crate::sql::DEFAULT_FENCE_TABLE).await
+}
+
+/// Creates the table of fencing tokens `table` (`name` or `schema.name`) if it does not
+/// exist, for locks made `fenced_in` it.
+///
+/// Cancel safety: as [`install_fencing_async`].
+///
+/// # Errors
+///
+/// [`Error::InvalidKey`](dlock_core::Error::InvalidKey) for a name that is not plain, or
+/// what the server reports.
+pub async fn install_fencing_in_async(client: &Client, table: &str) -> Result<()> {
+    let table = crate::sql::fence_table(table)?;
+    client
+        .batch_execute(&crate::sql::install_fencing(&table))
+        .await
+        .map_err(sql::error)
+}
+
 /// Checks that a session lock over `client` excludes: that the server is no hot standby, and
 /// that no pooler in transaction or statement mode stands between (the error names what was
 /// found and what to do).

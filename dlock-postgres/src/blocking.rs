@@ -302,6 +302,31 @@ pub fn check_deployment(client: &mut Client, mut second: Option<&mut Client>) ->
     }
 }
 
+/// Creates the table of fencing tokens, `dlock_fence`, if it does not exist: what
+/// [`fenced`](PgLock::fenced) locks need. Idempotent; run it once per database, with a role
+/// that may create tables. The table has one row per key, never deleted.
+///
+/// # Errors
+///
+/// What the server reports (for example a missing privilege).
+pub fn install_fencing(client: &mut Client) -> Result<()> {
+    install_fencing_in(client, crate::sql::DEFAULT_FENCE_TABLE)
+}
+
+/// Creates the table of fencing tokens `table` (`name` or `schema.name`) if it does not
+/// exist, for locks made [`fenced_in`](PgLock::fenced_in) it.
+///
+/// # Errors
+///
+/// [`Error::InvalidKey`](dlock_core::Error::InvalidKey) for a name that is not plain, or
+/// what the server reports.
+pub fn install_fencing_in(client: &mut Client, table: &str) -> Result<()> {
+    let table = crate::sql::fence_table(table)?;
+    client
+        .batch_execute(&crate::sql::install_fencing(&table))
+        .map_err(sql::error)
+}
+
 /// A PostgreSQL transaction-level advisory lock (`pg_advisory_xact_lock`), taken through
 /// the driver's [`Transaction`] and held until it commits or rolls back. There is no
 /// release: the transaction's end is the release.

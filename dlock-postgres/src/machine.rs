@@ -156,6 +156,10 @@ pub(crate) struct LockState {
     /// check or an unlock: an unlock that runs on another session shows a pooler that moves
     /// statements between sessions.
     session: Option<String>,
+    /// The fence table (as SQL) when acquires issue fencing tokens.
+    pub(crate) fence: Option<String>,
+    /// The fencing token of the lock this object holds, when fenced.
+    token: Option<u64>,
 }
 
 /// How a lock object sends a wait, which decides what a dropped acquire future leaves behind.
@@ -233,6 +237,8 @@ impl LockState {
             waits: Waits::Whole,
             check_deployment: true,
             session: None,
+            fence: None,
+            token: None,
         }
     }
 
@@ -250,6 +256,11 @@ impl LockState {
 
     pub(crate) fn owes(&self) -> Option<Hold> {
         self.owed
+    }
+
+    /// The fencing token of the lock held now, when this object is fenced.
+    pub(crate) fn token(&self) -> Option<u64> {
+        self.held.and(self.token)
     }
 
     /// The kept prepared statement for a request.
@@ -385,6 +396,12 @@ enum AcquirePhase {
         failure: Failure,
         error: Error,
     },
+    /// The lock is held without a token (it came with an error): the token is bumped alone.
+    Fencing,
+    /// A fenced grant could get no token: the lock is given back, then `error` returned.
+    Undoing {
+        error: Error,
+    },
     Done,
 }
 
@@ -433,16 +450,27 @@ impl Acquire {
     }
 
     fn lock_request(&self, state: &LockState) -> Request {
+        let fence = state.fence.as_deref();
         let statement = match self.form {
-            // A tagged wait goes as text: a prepared statement's text cannot carry the tag.
+            // A tagged or fenced wait goes as text: a prepared statement's text cannot carry
+            // the tag, and a fenced one names the table.
             Form::Plain(kind)
-                if self.token.is_none() && state.prepared(kind, self.hold).is_some() =>
+                if self.token.is_none()
+                    && fence.is_none()
+                    && state.prepared(kind, self.hold).is_some() =>
             {
                 return Request::Prepared(kind, self.hold);
             }
             Form::Plain(kind) => kind.simple(self.hold),
             Form::Guarded(millis) => sql::guarded_lock(self.hold, Scope::Session, millis),
-            Form::Slice(millis) => sql::sliced_lock(self.hold, Scope::Session, millis),
+            Form::Slice(millis) => sql::sliced_lock(self.hold, Scope::Session, millis, fence),
+        };
+        let statement = match (fence, self.form) {
+            (Some(table), Form::Plain(kind)) => {
+                sql::fenced(&statement, self.hold, table, kind == Kind::TryLock)
+            }
+            (Some(table), Form::Guarded(_)) => sql::fenced(&statement, self.hold, table, false),
+            _ => statement,
         };
         match self.token {
             Some(token) => Request::Simple(sql::wait_tag(token) + &statement),
@@ -461,6 +489,30 @@ impl Acquire {
         self.phase = AcquirePhase::Done;
         state.held = Some(self.hold);
         Step::Done(Ok(true))
+    }
+
+    /// The lock is held: done, unless it is fenced and `token` is missing, which the token
+    /// bump alone then gets.
+    fn granted_with(&mut self, state: &mut LockState, token: Option<u64>) -> Step<bool> {
+        let Some(table) = state.fence.as_deref() else {
+            return self.granted(state);
+        };
+        match token {
+            Some(token) => {
+                state.token = Some(token);
+                self.granted(state)
+            }
+            None => {
+                self.phase = AcquirePhase::Fencing;
+                Step::Send(Request::Simple(sql::fence_upsert(self.hold, table)))
+            }
+        }
+    }
+
+    /// A fenced grant got no token: unlock, then fail with `error`.
+    fn undo(&mut self, error: Error) -> Step<bool> {
+        self.phase = AcquirePhase::Undoing { error };
+        Step::Send(Request::Simple(sql::unlock(self.hold)))
     }
 
     fn done(&mut self, outcome: Result<bool>) -> Step<bool> {
@@ -525,7 +577,11 @@ impl Operation for Acquire {
                 return step;
             }
             // A tagged wait is sent as text; its release can still be prepared.
+            let fenced = state.fence.is_some();
             let prepare = match (self.form, self.token) {
+                (Form::Plain(_), _) if fenced => state
+                    .statements
+                    .note_acquire(Kind::Unlock, Shape::of(self.hold)),
                 (Form::Plain(_), Some(_)) => state
                     .statements
                     .note_acquire(Kind::Unlock, Shape::of(self.hold)),
@@ -561,7 +617,7 @@ impl Operation for Acquire {
                         Form::Plain(_) | Form::Guarded(_) => sql::read_granted(&row),
                     };
                     match granted {
-                        Ok(true) => self.granted(state),
+                        Ok(true) => self.granted_with(state, sql::read_token(&row, 1)),
                         // Busy: a sliced wait goes on with its next slice, until its deadline.
                         Ok(false) => match self.slices.as_mut().and_then(Slices::next_millis) {
                             Some(millis) => self.lock(state, Form::Slice(millis)),
@@ -583,11 +639,39 @@ impl Operation for Acquire {
                         };
                         Step::Send(Request::Simple(sql::interrupted(self.hold)))
                     }
+                    // A fenced statement can fail after its grant (in the token bump): ask.
+                    Failure::Other if state.fence.is_some() => {
+                        self.phase = AcquirePhase::Asking {
+                            failure: failed.failure,
+                            error: failed.error,
+                        };
+                        Step::Send(Request::Simple(sql::interrupted(self.hold)))
+                    }
                     Failure::ConnectionLost | Failure::TransactionAborted | Failure::Other => {
                         self.done(Err(failed.error))
                     }
                 },
             },
+            AcquirePhase::Fencing => match reply.expect("the token bump's reply") {
+                Ok(row) => match sql::read_token(&row, 0) {
+                    Some(token) => self.granted_with(state, Some(token)),
+                    None => self.undo(Error::backend("the token bump returned no token")),
+                },
+                Err(failed) if failed.failure == Failure::ConnectionLost => {
+                    self.done(Err(failed.error))
+                }
+                Err(failed) => self.undo(failed.error),
+            },
+            AcquirePhase::Undoing { error } => {
+                if let Some(Err(failed)) = reply {
+                    // The lock could not be given back: the session holds it until it ends,
+                    // and the cleanup is owed until it runs.
+                    if failed.failure != Failure::ConnectionLost {
+                        state.owed = Some(self.hold);
+                    }
+                }
+                self.done(Err(error))
+            }
             AcquirePhase::Asking { failure, error } => {
                 match reply.expect("the pg_locks answer") {
                     Ok(row) => {
@@ -597,7 +681,11 @@ impl Operation for Acquire {
                                 (Err(error), _) | (_, Err(error)) => return self.done(Err(error)),
                             };
                         if held {
-                            return self.granted(state);
+                            if failure == Failure::Other {
+                                // A fenced statement that failed after its grant: no token.
+                                return self.undo(error);
+                            }
+                            return self.granted_with(state, None);
                         }
                         self.not_granted(state, failure, error, statement_timeout)
                     }
@@ -627,11 +715,14 @@ impl Operation for Acquire {
                 hold: self.hold,
                 waiting: self.token,
             },
-            // The wait is over: only its outcome is unknown.
-            AcquirePhase::Asking { .. } => InFlight::Lock {
-                hold: self.hold,
-                waiting: None,
-            },
+            // The wait is over: only its outcome is unknown. The lock may be held while its
+            // token is bumped or it is given back.
+            AcquirePhase::Asking { .. } | AcquirePhase::Fencing | AcquirePhase::Undoing { .. } => {
+                InFlight::Lock {
+                    hold: self.hold,
+                    waiting: None,
+                }
+            }
             // The check only reads.
             AcquirePhase::Check(_) | AcquirePhase::Prepare(_) | AcquirePhase::Done => {
                 InFlight::Nothing
@@ -668,6 +759,7 @@ impl Release {
 
     fn unlock(&mut self, state: &mut LockState) -> Step<()> {
         state.held = None;
+        state.token = None;
         self.phase = ReleasePhase::Unlocking;
         if state.prepared(Kind::Unlock, self.hold).is_some() {
             Step::Send(Request::Prepared(Kind::Unlock, self.hold))
@@ -869,7 +961,12 @@ impl XactSlices {
             return Some(xact_statement(self.hold, Wait::Never, None, self.checked));
         }
         let millis = self.slices.next_millis()?;
-        Some(sql::sliced_lock(self.hold, Scope::Transaction, millis))
+        Some(sql::sliced_lock(
+            self.hold,
+            Scope::Transaction,
+            millis,
+            None,
+        ))
     }
 
     /// Reads the reply of the statement last sent: each answers one boolean, granted.

@@ -33,6 +33,44 @@ macro_rules! lock_methods {
             self
         }
 
+        /// Makes every acquire issue a fencing token, in table `dlock_fence`: read it with
+        /// [`fencing_token`](Self::fencing_token) while the lock is held, and hand it to the
+        /// resource the lock guards, which refuses any write with a token lower than the
+        /// highest it has seen. Tokens of one key strictly increase across all holders,
+        /// processes and server restarts. The token is bumped in the lock's own statement:
+        /// no extra round trip. Create the table once with `install_fencing`; without it an
+        /// acquire fails with [`Error::FencingNotInstalled`](dlock_core::Error::FencingNotInstalled)
+        /// and holds nothing.
+        ///
+        /// The token commits with the statement that takes the lock. Inside a transaction of
+        /// yours it commits with that transaction, and a rollback would let the next holder
+        /// get the same token: take fenced locks outside transactions.
+        pub fn fenced(mut self) -> Self {
+            self.state.fence = Some(
+                crate::sql::fence_table(crate::sql::DEFAULT_FENCE_TABLE)
+                    .expect("the default fence table name is plain"),
+            );
+            self
+        }
+
+        /// Like [`fenced`](Self::fenced), with the tokens in table `table` (`name` or
+        /// `schema.name`), created by `install_fencing_in`.
+        ///
+        /// # Errors
+        ///
+        /// [`Error::InvalidKey`](dlock_core::Error::InvalidKey) when `table` is not a plain
+        /// table name (letters, digits and underscores).
+        pub fn fenced_in(mut self, table: &str) -> Result<Self> {
+            self.state.fence = Some(crate::sql::fence_table(table)?);
+            Ok(self)
+        }
+
+        /// The fencing token of the lock while this object holds it, when it is
+        /// [`fenced`](Self::fenced); `None` otherwise.
+        pub fn fencing_token(&self) -> Option<u64> {
+            self.state.token()
+        }
+
         /// The lock's mode.
         pub fn mode(&self) -> Mode {
             self.state.mode

@@ -242,24 +242,136 @@ pub(crate) fn guarded_lock(hold: Hold, scope: Scope, lock_timeout_ms: u32) -> St
 /// a session lock granted as the timer fired (it outlives the block's subtransaction), never
 /// a transaction lock (it does not).
 #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
-pub(crate) fn sliced_lock(hold: Hold, scope: Scope, lock_timeout_ms: u32) -> String {
+///
+/// With a `fence` table, a granted slice also bumps the key's fencing token inside the block
+/// and the query answers it as a second column ([`fenced`]).
+pub(crate) fn sliced_lock(
+    hold: Hold,
+    scope: Scope,
+    lock_timeout_ms: u32,
+    fence: Option<&str>,
+) -> String {
+    let (bump, token) = match fence {
+        Some(table) => (
+            format!(
+                "{} INTO fence_token; PERFORM set_config('{FENCE_TOKEN}', fence_token::text, \
+                 true); ",
+                bump_token(hold.key, table)
+            ),
+            format!(", current_setting('{FENCE_TOKEN}', true)"),
+        ),
+        None => (String::new(), String::new()),
+    };
     format!(
         "SELECT set_config('{SAVED_STATEMENT_TIMEOUT}', current_setting('statement_timeout'), \
          true), set_config('statement_timeout', '0', true); \
-         DO $dlock$ DECLARE saved text := current_setting('lock_timeout'); BEGIN \
+         DO $dlock$ DECLARE saved text := current_setting('lock_timeout'); \
+         fence_token bigint; BEGIN \
          PERFORM set_config('lock_timeout', '{lock_timeout_ms}', true); \
          PERFORM pg_advisory{}_lock{}({}); \
          PERFORM set_config('lock_timeout', saved, true), set_config('{SLICE_GRANTED}', 'true', \
-         true); \
+         true); {bump}\
          EXCEPTION WHEN lock_not_available THEN \
          PERFORM set_config('{SLICE_GRANTED}', ({})::text, true); END $dlock$; \
-         SELECT current_setting('{SLICE_GRANTED}')::boolean, \
+         SELECT current_setting('{SLICE_GRANTED}')::boolean{token}, \
          set_config('statement_timeout', current_setting('{SAVED_STATEMENT_TIMEOUT}'), true)",
         scope.infix(),
         hold.mode.suffix(),
         key_args(hold.key),
         session_holds(hold),
     )
+}
+
+/// Where a fenced slice's block leaves the token for the query's last statement.
+const FENCE_TOKEN: &str = "dlock.fence_token";
+
+/// The table fencing tokens live in unless a lock names another.
+pub(crate) const DEFAULT_FENCE_TABLE: &str = "dlock_fence";
+
+/// The fence table's name as SQL: `name` or `schema.name`, each part a plain identifier
+/// (letters, digits, underscores; not starting with a digit), quoted.
+pub(crate) fn fence_table(name: &str) -> Result<String, Error> {
+    let parts: Vec<&str> = name.split('.').collect();
+    let plain = |part: &&str| {
+        !part.is_empty()
+            && part.len() <= 63
+            && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !part.starts_with(|c: char| c.is_ascii_digit())
+    };
+    if parts.len() > 2 || !parts.iter().all(plain) {
+        return Err(Error::invalid_key(format!(
+            "the fence table name {name:?} is not a plain table name: use letters, digits and \
+             underscores, optionally as schema.table"
+        )));
+    }
+    Ok(parts
+        .iter()
+        .map(|part| format!("\"{part}\""))
+        .collect::<Vec<_>>()
+        .join("."))
+}
+
+/// The statement that creates the fence table if it is missing: one counter row per key,
+/// never deleted, so tokens grow across holders, processes and restarts.
+pub(crate) fn install_fencing(table: &str) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {table} (\
+         key_space smallint NOT NULL, lock_key bigint NOT NULL, token bigint NOT NULL, \
+         PRIMARY KEY (key_space, lock_key))"
+    )
+}
+
+/// A key's row in the fence table: 1 and the bigint, or 2 and the pair as one bigint.
+fn fence_row(key: PgKey) -> (i16, i64) {
+    match key {
+        PgKey::BigInt(value) => (1, value),
+        PgKey::Pair(high, low) => (2, (i64::from(high) << 32) | (i64::from(low) & 0xffff_ffff)),
+    }
+}
+
+/// The upsert that bumps a key's token, returning it: the first token of a key is 1.
+fn bump_token(key: PgKey, table: &str) -> String {
+    let (space, key) = fence_row(key);
+    format!(
+        "INSERT INTO {table} AS fence (key_space, lock_key, token) VALUES ({space}, {key}, 1) \
+         ON CONFLICT (key_space, lock_key) DO UPDATE SET token = fence.token + 1 RETURNING token"
+    )
+}
+
+/// A lock query made fenced: its last statement, which takes the lock, runs in a CTE, and an
+/// upsert that bumps the key's token runs only when that statement granted the lock, in the
+/// same statement, so a fenced acquire costs the round trip an unfenced one does. The query
+/// answers two columns: granted (always `true` for a wait) and the token (NULL when not
+/// granted). A try's statement is its one boolean; a wait's answers a row once granted.
+pub(crate) fn fenced(query: &str, hold: Hold, table: &str, is_try: bool) -> String {
+    let (before, last) = match query.rfind("; ") {
+        Some(end) => query.split_at(end + 2),
+        None => ("", query),
+    };
+    let (granted, condition) = if is_try {
+        (" AS granted", " WHERE granted")
+    } else {
+        ("", "")
+    };
+    let answer = if is_try {
+        "(SELECT granted FROM l)"
+    } else {
+        "true"
+    };
+    let (space, key) = fence_row(hold.key);
+    format!(
+        "{before}WITH l AS MATERIALIZED ({last}{granted}), \
+         f AS (INSERT INTO {table} AS fence (key_space, lock_key, token) \
+         SELECT {space}, {key}, 1 FROM l{condition} \
+         ON CONFLICT (key_space, lock_key) DO UPDATE SET token = fence.token + 1 RETURNING token) \
+         SELECT {answer}, (SELECT token FROM f)"
+    )
+}
+
+/// The token bump alone, for a lock granted by a statement that then failed (a timeout or a
+/// cancel that landed with the grant), so it got no token: one boolean-free row, the token.
+pub(crate) fn fence_upsert(hold: Hold, table: &str) -> String {
+    bump_token(hold.key, table)
 }
 
 /// The setting whose lookup fails on a hot standby: see [`refuse_on_standby`].
@@ -569,6 +681,11 @@ pub(crate) fn read_bool(row: &Row, index: usize) -> Result<bool, Error> {
     }
 }
 
+/// Column `index` of a reply as a fencing token, if it holds one.
+pub(crate) fn read_token(row: &Row, index: usize) -> Option<u64> {
+    row.as_ref()?.get(index)?.as_deref()?.parse().ok()
+}
+
 /// Whether a reply has a row at all: a plain lock that returns was granted.
 pub(crate) fn read_granted(row: &Row) -> Result<bool, Error> {
     row.as_ref()
@@ -675,6 +792,10 @@ pub(crate) fn error(error: driver::Error) -> Error {
         },
         Failure::LockTimeout | Failure::StatementMissing | Failure::Other => match code {
             Some(code) if code == SqlState::T_R_DEADLOCK_DETECTED => Error::Deadlock {
+                source: Some(source),
+            },
+            // dlock's statements name no table but the fence table.
+            Some(code) if code == SqlState::UNDEFINED_TABLE => Error::FencingNotInstalled {
                 source: Some(source),
             },
             Some(code)

@@ -1,0 +1,139 @@
+//! Fencing tokens: issued in the lock's own statement, strictly increasing per key across
+//! every holder, form and flavour.
+
+use std::time::Duration;
+
+use dlock_postgres::{
+    AsyncLock, AsyncPgLock, Error, Lock, PgKey, PgLock, install_fencing, install_fencing_async,
+    install_fencing_in,
+};
+use dlock_testkit::postgres::{connect, connect_async, holder_pids};
+
+fn key_of(key: &str) -> PgKey {
+    dlock_postgres::KeyPolicy::default()
+        .pg_key(&key.into())
+        .unwrap()
+}
+
+#[test]
+fn tokens_strictly_increase_across_holders_and_forms() {
+    install_fencing(&mut connect()).unwrap();
+    install_fencing(&mut connect()).unwrap(); // idempotent
+    let key = "fencing/blocking";
+    let mut last = 0;
+    let mut lock = PgLock::new(connect(), key).fenced();
+    assert_eq!(lock.fencing_token(), None, "not held yet");
+    for round in 0..6 {
+        match round % 3 {
+            0 => lock.acquire().unwrap(),
+            1 => assert!(lock.try_acquire().unwrap()),
+            _ => assert!(lock.acquire_timeout(Duration::from_secs(1)).unwrap()),
+        }
+        let token = lock
+            .fencing_token()
+            .expect("a fenced lock that is held has a token");
+        assert!(token > last, "round {round}: {token} after {last}");
+        last = token;
+        lock.release().unwrap();
+        assert_eq!(lock.fencing_token(), None, "released");
+    }
+    // Another connection, another lock object: still higher.
+    let mut other = PgLock::new(connect(), key).fenced();
+    other.acquire().unwrap();
+    assert!(other.fencing_token().unwrap() > last);
+    // A busy try gets no token, and takes none.
+    let mut busy = PgLock::new(connect(), key).fenced();
+    assert!(!busy.try_acquire().unwrap());
+    assert_eq!(busy.fencing_token(), None);
+    let held = other.fencing_token().unwrap();
+    other.release().unwrap();
+    assert!(busy.try_acquire().unwrap());
+    assert_eq!(
+        busy.fencing_token(),
+        Some(held + 1),
+        "a busy try bumped nothing"
+    );
+}
+
+#[test]
+fn an_unfenced_lock_has_no_token() {
+    let mut lock = PgLock::new(connect(), "fencing/unfenced");
+    lock.acquire().unwrap();
+    assert_eq!(lock.fencing_token(), None);
+}
+
+#[test]
+fn without_the_table_a_fenced_acquire_fails_clearly_and_holds_nothing() {
+    let key = "fencing/missing";
+    let mut lock = PgLock::new(connect(), key)
+        .fenced_in("dlock_fence_never_installed")
+        .unwrap();
+    for round in 0..3 {
+        let error = match round {
+            0 => lock.acquire().unwrap_err(),
+            1 => lock.try_acquire().unwrap_err(),
+            _ => lock.acquire_timeout(Duration::from_secs(1)).unwrap_err(),
+        };
+        assert!(
+            matches!(error, Error::FencingNotInstalled { .. }),
+            "{error:?}"
+        );
+        assert!(error.to_string().contains("install_fencing"), "{error}");
+        assert!(!lock.is_acquired());
+        assert!(holder_pids(&mut connect(), key_of(key)).is_empty());
+        // The connection is usable.
+        lock.client().simple_query("SELECT 1").unwrap();
+    }
+    assert!(
+        PgLock::new(connect(), key)
+            .fenced_in("no such; table")
+            .is_err()
+    );
+}
+
+#[test]
+fn a_table_of_its_own_counts_apart() {
+    install_fencing_in(&mut connect(), "dlock_fence_other").unwrap();
+    let mut lock = PgLock::new(connect(), "fencing/own-table")
+        .fenced_in("dlock_fence_other")
+        .unwrap();
+    lock.acquire().unwrap();
+    let first = lock.fencing_token().unwrap();
+    lock.release().unwrap();
+    lock.acquire().unwrap();
+    assert_eq!(lock.fencing_token(), Some(first + 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_tokens_increase_through_a_wait_in_slices() {
+    install_fencing_async(&connect_async().await).await.unwrap();
+    let key = "fencing/async";
+    let mut holder = AsyncPgLock::new(connect_async().await, key).fenced();
+    holder.acquire().await.unwrap();
+    let held = holder.fencing_token().unwrap();
+    // The waiter waits in slices; the release lands inside one of them.
+    let waiter = tokio::spawn(async move {
+        let mut waiter = AsyncPgLock::new(connect_async().await, key).fenced();
+        assert!(
+            waiter
+                .acquire_timeout(Duration::from_secs(10))
+                .await
+                .unwrap()
+        );
+        let token = waiter.fencing_token().unwrap();
+        waiter.release().await.unwrap();
+        token
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    holder.release().await.unwrap();
+    let token = waiter.await.unwrap();
+    assert!(token > held, "{token} after {held}");
+    // A plain acquire and a try, too.
+    let mut lock = AsyncPgLock::new(connect_async().await, key).fenced();
+    lock.acquire().await.unwrap();
+    let plain = lock.fencing_token().unwrap();
+    assert!(plain > token);
+    lock.release().await.unwrap();
+    assert!(lock.try_acquire().await.unwrap());
+    assert_eq!(lock.fencing_token(), Some(plain + 1));
+}
