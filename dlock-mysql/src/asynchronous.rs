@@ -504,6 +504,39 @@ pub async fn holder_async(conn: &mut Conn, name: &str) -> Result<Option<u64>> {
     sql::read_holder(row.first().copied().flatten())
 }
 
+/// Creates the table of fencing tokens, `dlock_fence`, if it does not exist: the async form
+/// of the blocking `install_fencing`. Idempotent.
+///
+/// # Errors
+///
+/// What the server reports (for example a missing privilege).
+///
+/// # Cancel Safety
+///
+/// Not cancel safe: a drop before the reply leaves `conn` unable to read the next reply
+/// correctly (a mysql_async limitation); discard the connection then.
+pub async fn install_fencing_async(conn: &mut Conn) -> Result<()> {
+    install_fencing_in_async(conn, sql::DEFAULT_FENCE_TABLE).await
+}
+
+/// Creates the table of fencing tokens `table` (`name` or `database.name`) if it does not
+/// exist, for locks made `fenced_in` it.
+///
+/// # Errors
+///
+/// [`Error::InvalidKey`](dlock_core::Error::InvalidKey) for a name that is not plain, or
+/// what the server reports.
+///
+/// # Cancel Safety
+///
+/// As [`install_fencing_async`].
+pub async fn install_fencing_in_async(conn: &mut Conn, table: &str) -> Result<()> {
+    let table = sql::fence_table(table)?;
+    conn.query_drop(sql::install_fencing(&table))
+        .await
+        .map_err(|error| classify(error).error)
+}
+
 /// Checks that a lock over `conn` excludes: that the server is no MariaDB Galera node and no
 /// MySQL Group Replication member, where `GET_LOCK` is local to the node. One round trip.
 /// Locks run this check before their first acquire; this is for connections you check
@@ -525,6 +558,14 @@ pub async fn check_deployment_async(conn: &mut Conn) -> Result<()> {
 
 /// Sends `statement` and reads the values of its first row.
 async fn query(conn: &mut Conn, statement: &str) -> Reply {
+    if sql::is_fence(statement) {
+        return match conn.query_drop(statement).await {
+            Ok(()) => Ok(vec![
+                conn.last_insert_id().and_then(|id| i64::try_from(id).ok()),
+            ]),
+            Err(error) => Err(classify(error)),
+        };
+    }
     match conn.query_first::<mysql_async::Row, _>(statement).await {
         Ok(row) => sql::read_row(row, statement),
         Err(error) => Err(classify(error)),

@@ -241,6 +241,30 @@ pub fn holder(conn: &mut Conn, name: &str) -> Result<Option<u64>> {
     sql::read_holder(row.first().copied().flatten())
 }
 
+/// Creates the table of fencing tokens, `dlock_fence`, if it does not exist: what
+/// [`fenced`](MySqlLock::fenced) locks need. Idempotent; run it once per database. The table
+/// has one row per lock name, never deleted.
+///
+/// # Errors
+///
+/// What the server reports (for example a missing privilege).
+pub fn install_fencing(conn: &mut Conn) -> Result<()> {
+    install_fencing_in(conn, sql::DEFAULT_FENCE_TABLE)
+}
+
+/// Creates the table of fencing tokens `table` (`name` or `database.name`) if it does not
+/// exist, for locks made [`fenced_in`](MySqlLock::fenced_in) it.
+///
+/// # Errors
+///
+/// [`Error::InvalidKey`](dlock_core::Error::InvalidKey) for a name that is not plain, or
+/// what the server reports.
+pub fn install_fencing_in(conn: &mut Conn, table: &str) -> Result<()> {
+    let table = sql::fence_table(table)?;
+    conn.query_drop(sql::install_fencing(&table))
+        .map_err(|error| classify(error).error)
+}
+
 /// Checks that a lock over `conn` excludes: that the server is no MariaDB Galera node and no
 /// MySQL Group Replication member, where `GET_LOCK` is local to the node. One round trip.
 /// Locks run this check before their first acquire; this is for connections you check
@@ -257,6 +281,12 @@ pub fn check_deployment(conn: &mut Conn) -> Result<()> {
 
 /// Sends `statement` and reads the values of its first row.
 fn query(conn: &mut Conn, statement: &str) -> Reply {
+    if sql::is_fence(statement) {
+        return match conn.query_drop(statement) {
+            Ok(()) => Ok(vec![i64::try_from(conn.last_insert_id()).ok()]),
+            Err(error) => Err(classify(error)),
+        };
+    }
     match conn.query_first::<mysql::Row, _>(statement) {
         Ok(row) => sql::read_row(row, statement),
         Err(error) => Err(classify(error)),

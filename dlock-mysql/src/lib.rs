@@ -18,12 +18,15 @@ pub use dlock_core::*;
 
 #[cfg(feature = "blocking")]
 #[cfg_attr(docsrs, doc(cfg(feature = "blocking")))]
-pub use blocking::{MySqlConnection, MySqlLock, check_deployment, holder};
+pub use blocking::{
+    MySqlConnection, MySqlLock, check_deployment, holder, install_fencing, install_fencing_in,
+};
 
 #[cfg(feature = "tokio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub use asynchronous::{
     AsyncMySqlConnection, AsyncMySqlLock, check_deployment_async, holder_async,
+    install_fencing_async, install_fencing_in_async,
 };
 
 /// The blocking driver this crate's `blocking` feature uses, for matching versions.

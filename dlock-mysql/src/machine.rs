@@ -60,6 +60,10 @@ pub(crate) struct LockState {
     /// Whether the next acquire checks first that the server is no cluster node whose locks
     /// are local to it: until one check passed, unless the user turned it off.
     pub(crate) check_deployment: bool,
+    /// The fence table (as SQL) when acquires issue fencing tokens.
+    pub(crate) fence: Option<String>,
+    /// The fencing token of the lock this object holds, when fenced.
+    token: Option<u64>,
 }
 
 impl LockState {
@@ -73,7 +77,14 @@ impl LockState {
             unusable: false,
             proves_holds,
             check_deployment: true,
+            fence: None,
+            token: None,
         }
+    }
+
+    /// The fencing token of the lock held now, when this object is fenced.
+    pub(crate) fn token(&self) -> Option<u64> {
+        self.held.as_ref().and(self.token)
     }
 
     pub(crate) fn shared(&mut self) {
@@ -185,6 +196,12 @@ enum AcquirePhase {
     Asking {
         error: Error,
     },
+    /// The lock is held; its fencing token is bumped.
+    Fencing,
+    /// The token could not be bumped: the lock is given back, then `error` returned.
+    Undoing {
+        error: Error,
+    },
     Done,
 }
 
@@ -259,11 +276,25 @@ impl Acquire {
     }
 
     fn granted(&mut self, state: &mut LockState) -> Step<bool> {
+        if let Some(table) = &state.fence {
+            self.phase = AcquirePhase::Fencing;
+            return Step::Send(sql::fence(table, &self.name));
+        }
+        self.hold(state)
+    }
+
+    fn hold(&mut self, state: &mut LockState) -> Step<bool> {
         state.held = Some(Held {
             name: self.name.clone(),
             holder: self.holder.clone(),
         });
         self.done(Ok(true))
+    }
+
+    /// A grant whose token could not be bumped: give the lock back, then fail with `error`.
+    fn undo(&mut self, error: Error) -> Step<bool> {
+        self.phase = AcquirePhase::Undoing { error };
+        Step::Send(sql::release_lock(&self.name, self.holder.as_deref()))
     }
 }
 
@@ -301,6 +332,29 @@ impl Operation for Acquire {
                     Failure::ConnectionLost | Failure::Other => self.done(Err(failed.error)),
                 },
             },
+            AcquirePhase::Fencing => match reply.expect("the token bump's reply") {
+                Ok(row) => match first(&row).and_then(|token| u64::try_from(token).ok()) {
+                    Some(token) if token > 0 => {
+                        state.token = Some(token);
+                        self.hold(state)
+                    }
+                    _ => self.undo(Error::backend("the token bump returned no token")),
+                },
+                Err(failed) if failed.failure == Failure::ConnectionLost => {
+                    self.done(Err(failed.error))
+                }
+                Err(failed) => self.undo(failed.error),
+            },
+            AcquirePhase::Undoing { error } => {
+                if let Some(Err(failed)) = reply {
+                    // The lock could not be given back, and this session may hold it: the
+                    // connection must not be used for locks again.
+                    if failed.failure != Failure::ConnectionLost {
+                        state.unusable = true;
+                    }
+                }
+                self.done(Err(error))
+            }
             AcquirePhase::Asking { error } => match reply.expect("the IS_USED_LOCK answer") {
                 Ok(row) => {
                     let held = matches!(row.first(), Some(Some(1 | 2)));
@@ -330,7 +384,10 @@ impl Operation for Acquire {
 
     fn in_flight(&self) -> InFlight {
         match self.phase {
-            AcquirePhase::Locking | AcquirePhase::Asking { .. } => InFlight::Statement {
+            AcquirePhase::Locking
+            | AcquirePhase::Asking { .. }
+            | AcquirePhase::Fencing
+            | AcquirePhase::Undoing { .. } => InFlight::Statement {
                 token: Some(self.token),
                 holder: self.holder.clone(),
             },
@@ -377,6 +434,7 @@ impl Release {
     /// counts as unlocked from here on; a release the server refused puts the hold back.
     pub(crate) fn start(state: &mut LockState) -> Result<Release> {
         let held = state.held.take().ok_or(Error::NotAcquired)?;
+        state.token = None;
         if state.unusable {
             // The session is being ended, or must be closed: that frees the lock.
             return Err(sql::unusable());
@@ -500,6 +558,37 @@ mod tests {
         state.check_deployment = false;
         state.check_deployment = false;
         state
+    }
+
+    #[test]
+    fn a_fenced_grant_bumps_its_token_and_gives_the_lock_back_if_it_cannot() {
+        let mut state = state();
+        state.fence = Some("`dlock_fence`".to_owned());
+        let mut op = Acquire::start(&state, MARIADB, Wait::Never).unwrap();
+        sent(op.step(&mut state, None));
+        let bump = sent(op.step(&mut state, Some(Ok(vec![Some(1)]))));
+        assert!(bump.starts_with("INSERT INTO `dlock_fence`"), "{bump}");
+        assert!(sql::is_fence(&bump));
+        assert!(matches!(
+            op.step(&mut state, Some(Ok(vec![Some(7)]))),
+            Step::Done(Ok(true))
+        ));
+        assert_eq!(state.token(), Some(7));
+        Release::start(&mut state).unwrap();
+        assert_eq!(state.token(), None);
+
+        // No table: the grant is given back, and the error says what to do.
+        let mut op = Acquire::start(&state, MARIADB, Wait::Never).unwrap();
+        sent(op.step(&mut state, None));
+        sent(op.step(&mut state, Some(Ok(vec![Some(1)]))));
+        let missing = sql::server_failure(1146, "Table 'dlock.dlock_fence' doesn't exist".into());
+        let give_back = sent(op.step(&mut state, Some(Err(missing))));
+        assert!(give_back.starts_with("SELECT RELEASE_LOCK("), "{give_back}");
+        assert!(matches!(
+            op.step(&mut state, Some(Ok(vec![Some(1)]))),
+            Step::Done(Err(Error::FencingNotInstalled { .. }))
+        ));
+        assert!(state.held.is_none());
     }
 
     #[test]

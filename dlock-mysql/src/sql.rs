@@ -343,6 +343,57 @@ const CR_SERVER_LOST: u16 = 2013;
 /// "This version of MariaDB doesn't yet support ...": some MariaDB releases refuse
 /// `GET_LOCK` and `RELEASE_LOCK` on a Galera node with it (MDEV-30473).
 const ER_NOT_SUPPORTED_YET: u16 = 1235;
+/// "Table ... doesn't exist": the fence table was never installed.
+const ER_NO_SUCH_TABLE: u16 = 1146;
+
+/// The table fencing tokens live in unless a lock names another.
+pub(crate) const DEFAULT_FENCE_TABLE: &str = "dlock_fence";
+
+/// The fence table's name as SQL: `name` or `database.name`, each part a plain identifier
+/// (letters, digits, underscores), quoted.
+pub(crate) fn fence_table(name: &str) -> Result<String, Error> {
+    let parts: Vec<&str> = name.split('.').collect();
+    let plain = |part: &&str| {
+        !part.is_empty()
+            && part.len() <= 64
+            && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    if parts.len() > 2 || !parts.iter().all(plain) {
+        return Err(Error::invalid_key(format!(
+            "the fence table name {name:?} is not a plain table name: use letters, digits and \
+             underscores, optionally as database.table"
+        )));
+    }
+    Ok(parts
+        .iter()
+        .map(|part| format!("`{part}`"))
+        .collect::<Vec<_>>()
+        .join("."))
+}
+
+/// The statement that creates the fence table if it is missing: one counter row per lock
+/// name (compared byte for byte), never deleted.
+pub(crate) fn install_fencing(table: &str) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {table} (lock_name VARBINARY(255) NOT NULL PRIMARY KEY, \
+         token BIGINT UNSIGNED NOT NULL) ENGINE = InnoDB"
+    )
+}
+
+/// The statement that bumps a name's token after its `GET_LOCK` succeeded, on the same
+/// session. `LAST_INSERT_ID(expr)` puts the token in the OK packet, so no SELECT follows: the
+/// flavours read it as the reply ([`is_fence`]).
+pub(crate) fn fence(table: &str, name: &str) -> String {
+    let mut sql = format!("INSERT INTO {table} (lock_name, token) VALUES (");
+    push_name(&mut sql, name);
+    sql.push_str(", LAST_INSERT_ID(1)) ON DUPLICATE KEY UPDATE token = LAST_INSERT_ID(token + 1)");
+    sql
+}
+
+/// Whether `statement` is a [`fence`], whose reply is the OK packet's last insert id.
+pub(crate) fn is_fence(statement: &str) -> bool {
+    statement.starts_with("INSERT INTO ")
+}
 
 /// The deployment check of a server family: one row, one count, that says whether the server
 /// is a cluster node whose `GET_LOCK` is local to it ([`cluster_node`]). Neither statement
@@ -428,6 +479,13 @@ pub(crate) fn server_failure(code: u16, source: BoxError) -> Failed {
         ER_QUERY_INTERRUPTED | ER_STATEMENT_TIMEOUT | ER_QUERY_TIMEOUT => (
             Failure::Interrupted,
             Error::Canceled {
+                source: Some(source),
+            },
+        ),
+        // dlock's statements name no table but the fence table.
+        ER_NO_SUCH_TABLE => (
+            Failure::Other,
+            Error::FencingNotInstalled {
                 source: Some(source),
             },
         ),

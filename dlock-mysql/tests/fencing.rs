@@ -1,0 +1,109 @@
+//! Fencing tokens: one statement after the grant, strictly increasing per name across every
+//! holder, form and flavour.
+
+use std::time::Duration;
+
+use dlock_mysql::{
+    AsyncLock, AsyncMySqlLock, Error, Lock, MySqlLock, install_fencing, install_fencing_async,
+};
+use dlock_testkit::mysql::{connect, connect_async, holder_of};
+use mysql::prelude::Queryable;
+
+#[test]
+fn tokens_strictly_increase_across_holders_and_forms() {
+    install_fencing(&mut connect()).unwrap();
+    install_fencing(&mut connect()).unwrap(); // idempotent
+    let name = "fencing/blocking";
+    let mut last = 0;
+    let mut lock = MySqlLock::new(connect(), name).fenced();
+    assert_eq!(lock.fencing_token(), None, "not held yet");
+    for round in 0..6 {
+        match round % 3 {
+            0 => lock.acquire().unwrap(),
+            1 => assert!(lock.try_acquire().unwrap()),
+            _ => assert!(lock.acquire_timeout(Duration::from_secs(1)).unwrap()),
+        }
+        let token = lock
+            .fencing_token()
+            .expect("a fenced lock that is held has a token");
+        assert!(token > last, "round {round}: {token} after {last}");
+        last = token;
+        lock.release().unwrap();
+        assert_eq!(lock.fencing_token(), None, "released");
+    }
+    let mut other = MySqlLock::new(connect(), name).fenced();
+    other.acquire().unwrap();
+    let held = other.fencing_token().unwrap();
+    assert!(held > last);
+    // A busy try gets no token, and takes none.
+    let mut busy = MySqlLock::new(connect(), name).fenced();
+    assert!(!busy.try_acquire().unwrap());
+    assert_eq!(busy.fencing_token(), None);
+    other.release().unwrap();
+    assert!(busy.try_acquire().unwrap());
+    assert_eq!(
+        busy.fencing_token(),
+        Some(held + 1),
+        "a busy try bumped nothing"
+    );
+}
+
+#[test]
+fn without_the_table_a_fenced_acquire_fails_clearly_and_holds_nothing() {
+    let name = "fencing/missing";
+    let mut lock = MySqlLock::new(connect(), name)
+        .fenced_in("dlock_fence_never_installed")
+        .unwrap();
+    for round in 0..3 {
+        let error = match round {
+            0 => lock.acquire().unwrap_err(),
+            1 => lock.try_acquire().unwrap_err(),
+            _ => lock.acquire_timeout(Duration::from_secs(1)).unwrap_err(),
+        };
+        assert!(
+            matches!(error, Error::FencingNotInstalled { .. }),
+            "{error:?}"
+        );
+        assert!(error.to_string().contains("install_fencing"), "{error}");
+        assert!(!lock.is_acquired());
+        assert_eq!(holder_of(name), None, "the lock was given back");
+        // The connection is usable.
+        let one: Option<i64> = lock.conn().query_first("SELECT 1").unwrap();
+        assert_eq!(one, Some(1));
+    }
+    assert!(
+        MySqlLock::new(connect(), name)
+            .fenced_in("no such`table")
+            .is_err()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_tokens_increase_through_a_wait() {
+    install_fencing_async(&mut connect_async().await)
+        .await
+        .unwrap();
+    let name = "fencing/async";
+    let mut holder = AsyncMySqlLock::new(connect_async().await, name).fenced();
+    holder.acquire().await.unwrap();
+    let held = holder.fencing_token().unwrap();
+    let waiter = tokio::spawn(async move {
+        let mut waiter = AsyncMySqlLock::new(connect_async().await, name).fenced();
+        assert!(
+            waiter
+                .acquire_timeout(Duration::from_secs(10))
+                .await
+                .unwrap()
+        );
+        let token = waiter.fencing_token().unwrap();
+        waiter.release().await.unwrap();
+        token
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    holder.release().await.unwrap();
+    let token = waiter.await.unwrap();
+    assert!(token > held, "{token} after {held}");
+    let mut lock = AsyncMySqlLock::new(connect_async().await, name).fenced();
+    assert!(lock.try_acquire().await.unwrap());
+    assert_eq!(lock.fencing_token(), Some(token + 1));
+}
