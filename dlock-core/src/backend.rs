@@ -72,6 +72,14 @@ macro_rules! __connection_lock {
             fn connection_mut(&mut self) -> &mut C {
                 self.get_mut()
             }
+
+            fn fenced_in(self, table: &str) -> $crate::Result<Self> {
+                $lock::fenced_in(self, table)
+            }
+
+            fn fencing_token(&self) -> Option<u64> {
+                $lock::fencing_token(self)
+            }
         }
     };
 }

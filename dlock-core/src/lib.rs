@@ -3,6 +3,7 @@
 mod backend;
 mod deployment;
 mod error;
+mod fence;
 mod key;
 mod lock;
 mod policy;
@@ -13,6 +14,9 @@ mod wait;
 
 pub use deployment::Deployment;
 pub use error::{BoxError, Error, Result, SessionEnded};
+pub use fence::DEFAULT_FENCE_TABLE;
+#[doc(hidden)]
+pub use fence::fence_table_parts;
 pub use key::{Key, PgKey};
 pub use lock::{AsyncLock, ConnectionLock, IntoConnection, IntoConnectionAsync, Lock, REPLY_GRACE};
 pub use policy::{CustomPolicy, KeyPolicy, MYSQL_NAME_MAX_CHARS};

@@ -188,6 +188,18 @@ pub trait ConnectionLock<C>: Sized {
 
     /// The connection, as it was given, mutably.
     fn connection_mut(&mut self) -> &mut C;
+
+    /// Makes every acquire issue a fencing token kept in table `table` (the lock type's
+    /// `fenced_in`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidKey`](crate::Error::InvalidKey) when `table` is not a plain table name.
+    fn fenced_in(self, table: &str) -> Result<Self>;
+
+    /// The fencing token of the lock while held, when fenced (the lock type's
+    /// `fencing_token`).
+    fn fencing_token(&self) -> Option<u64>;
 }
 
 /// A blocking [`ConnectionLock`] that gives its connection back, releasing first.

@@ -516,7 +516,7 @@ pub async fn holder_async(conn: &mut Conn, name: &str) -> Result<Option<u64>> {
 /// Not cancel safe: a drop before the reply leaves `conn` unable to read the next reply
 /// correctly (a mysql_async limitation); discard the connection then.
 pub async fn install_fencing_async(conn: &mut Conn) -> Result<()> {
-    install_fencing_in_async(conn, sql::DEFAULT_FENCE_TABLE).await
+    install_fencing_in_async(conn, dlock_core::DEFAULT_FENCE_TABLE).await
 }
 
 /// Creates the table of fencing tokens `table` (`name` or `database.name`) if it does not

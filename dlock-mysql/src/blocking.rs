@@ -249,7 +249,7 @@ pub fn holder(conn: &mut Conn, name: &str) -> Result<Option<u64>> {
 ///
 /// What the server reports (for example a missing privilege).
 pub fn install_fencing(conn: &mut Conn) -> Result<()> {
-    install_fencing_in(conn, sql::DEFAULT_FENCE_TABLE)
+    install_fencing_in(conn, dlock_core::DEFAULT_FENCE_TABLE)
 }
 
 /// Creates the table of fencing tokens `table` (`name` or `database.name`) if it does not

@@ -346,25 +346,9 @@ const ER_NOT_SUPPORTED_YET: u16 = 1235;
 /// "Table ... doesn't exist": the fence table was never installed.
 const ER_NO_SUCH_TABLE: u16 = 1146;
 
-/// The table fencing tokens live in unless a lock names another.
-pub(crate) const DEFAULT_FENCE_TABLE: &str = "dlock_fence";
-
-/// The fence table's name as SQL: `name` or `database.name`, each part a plain identifier
-/// (letters, digits, underscores), quoted.
+/// The fence table's name as SQL: its parts ([`dlock_core::fence_table_parts`]), quoted.
 pub(crate) fn fence_table(name: &str) -> Result<String, Error> {
-    let parts: Vec<&str> = name.split('.').collect();
-    let plain = |part: &&str| {
-        !part.is_empty()
-            && part.len() <= 64
-            && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-    };
-    if parts.len() > 2 || !parts.iter().all(plain) {
-        return Err(Error::invalid_key(format!(
-            "the fence table name {name:?} is not a plain table name: use letters, digits and \
-             underscores, optionally as database.table"
-        )));
-    }
-    Ok(parts
+    Ok(dlock_core::fence_table_parts(name)?
         .iter()
         .map(|part| format!("`{part}`"))
         .collect::<Vec<_>>()

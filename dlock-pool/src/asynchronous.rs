@@ -203,6 +203,8 @@ pub struct AsyncLockPool<M: AsyncManager> {
     connect_errors: Arc<Mutex<Option<ConnectError>>>,
     doubt: Arc<Doubt>,
     check_deployment: bool,
+    /// The fence table, when acquires issue fencing tokens.
+    fence: Option<String>,
 }
 
 impl<M> AsyncLockPool<M>
@@ -252,6 +254,7 @@ where
             connect_errors,
             doubt,
             check_deployment: true,
+            fence: None,
         })
     }
 
@@ -266,6 +269,27 @@ where
     pub fn skip_deployment_check(mut self) -> Self {
         self.check_deployment = false;
         self
+    }
+
+    /// Makes every acquire issue a fencing token, kept in table `dlock_fence` (create it once
+    /// with the backend's `install_fencing`): read it with `fencing_token(&guard)` and hand
+    /// it to the resource the lock guards. See the backend's `fenced` for what it costs.
+    pub fn fenced(mut self) -> Self {
+        self.fence = Some(dlock_core::DEFAULT_FENCE_TABLE.to_owned());
+        self
+    }
+
+    /// Like [`fenced`](Self::fenced), with the tokens in table `table` (`name` or
+    /// `schema.name`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidKey`] when `table` is not a plain table name (letters, digits and
+    /// underscores).
+    pub fn fenced_in(mut self, table: &str) -> Result<Self> {
+        dlock_core::fence_table_parts(table)?;
+        self.fence = Some(table.to_owned());
+        Ok(self)
     }
 
     /// Uses `policy` to turn keys into the backend's keys.
@@ -414,6 +438,9 @@ where
             conn.0.set_deployment_checked();
         }
         let mut lock = LockOf::<M>::on_connection(conn, key, self.policy.clone());
+        if let Some(table) = &self.fence {
+            lock = lock.fenced_in(table)?;
+        }
         // Declared after the lock, so it is dropped first, and sets the mark before the lock
         // gives the connection back.
         let armed = mark.armed();
@@ -539,6 +566,11 @@ where
     /// The key of the held lock.
     pub fn key(this: &Self) -> &Key {
         this.lock().key()
+    }
+
+    /// The fencing token of the held lock, when the pool is fenced; `None` otherwise.
+    pub fn fencing_token(this: &Self) -> Option<u64> {
+        this.lock().fencing_token()
     }
 }
 

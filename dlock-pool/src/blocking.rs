@@ -174,6 +174,8 @@ pub struct LockPool<M: r2d2::ManageConnection> {
     /// The user's manager, for the deployment check's second connection.
     manager: Arc<M>,
     check_deployment: bool,
+    /// The fence table, when acquires issue fencing tokens.
+    fence: Option<String>,
 }
 
 impl<M> LockPool<M>
@@ -222,6 +224,7 @@ where
             doubt,
             manager: inner,
             check_deployment: true,
+            fence: None,
         })
     }
 
@@ -236,6 +239,27 @@ where
     pub fn skip_deployment_check(mut self) -> Self {
         self.check_deployment = false;
         self
+    }
+
+    /// Makes every acquire issue a fencing token, kept in table `dlock_fence` (create it once
+    /// with the backend's `install_fencing`): read it with `fencing_token(&guard)` and hand
+    /// it to the resource the lock guards. See the backend's `fenced` for what it costs.
+    pub fn fenced(mut self) -> Self {
+        self.fence = Some(dlock_core::DEFAULT_FENCE_TABLE.to_owned());
+        self
+    }
+
+    /// Like [`fenced`](Self::fenced), with the tokens in table `table` (`name` or
+    /// `schema.name`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidKey`] when `table` is not a plain table name (letters, digits and
+    /// underscores).
+    pub fn fenced_in(mut self, table: &str) -> Result<Self> {
+        dlock_core::fence_table_parts(table)?;
+        self.fence = Some(table.to_owned());
+        Ok(self)
     }
 
     /// Uses `policy` to turn keys into the backend's keys.
@@ -329,6 +353,9 @@ where
             conn.0.set_deployment_checked();
         }
         let mut lock = LockOf::<M>::on_connection(conn, key, self.policy.clone());
+        if let Some(table) = &self.fence {
+            lock = lock.fenced_in(table)?;
+        }
         let outcome = match wait {
             Wait::Forever => lock.acquire().map(|()| true),
             Wait::Never => lock.try_acquire(),
@@ -416,6 +443,11 @@ where
     /// The key of the held lock.
     pub fn key(this: &Self) -> &Key {
         this.lock().key()
+    }
+
+    /// The fencing token of the held lock, when the pool is fenced; `None` otherwise.
+    pub fn fencing_token(this: &Self) -> Option<u64> {
+        this.lock().fencing_token()
     }
 }
 

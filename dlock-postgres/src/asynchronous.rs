@@ -613,7 +613,7 @@ impl<C: AsyncPgConnection> fmt::Debug for AsyncPgLock<C> {
 ///
 /// What the server reports (for example a missing privilege).
 pub async fn install_fencing_async(client: &Client) -> Result<()> {
-    install_fencing_in_async(client, crate::sql::DEFAULT_FENCE_TABLE).await
+    install_fencing_in_async(client, dlock_core::DEFAULT_FENCE_TABLE).await
 }
 
 /// Creates the table of fencing tokens `table` (`name` or `schema.name`) if it does not

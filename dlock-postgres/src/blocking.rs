@@ -310,7 +310,7 @@ pub fn check_deployment(client: &mut Client, mut second: Option<&mut Client>) ->
 ///
 /// What the server reports (for example a missing privilege).
 pub fn install_fencing(client: &mut Client) -> Result<()> {
-    install_fencing_in(client, crate::sql::DEFAULT_FENCE_TABLE)
+    install_fencing_in(client, dlock_core::DEFAULT_FENCE_TABLE)
 }
 
 /// Creates the table of fencing tokens `table` (`name` or `schema.name`) if it does not

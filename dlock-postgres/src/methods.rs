@@ -47,7 +47,7 @@ macro_rules! lock_methods {
         /// get the same token: take fenced locks outside transactions.
         pub fn fenced(mut self) -> Self {
             self.state.fence = Some(
-                crate::sql::fence_table(crate::sql::DEFAULT_FENCE_TABLE)
+                crate::sql::fence_table(dlock_core::DEFAULT_FENCE_TABLE)
                     .expect("the default fence table name is plain"),
             );
             self

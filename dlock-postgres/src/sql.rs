@@ -285,26 +285,9 @@ pub(crate) fn sliced_lock(
 /// Where a fenced slice's block leaves the token for the query's last statement.
 const FENCE_TOKEN: &str = "dlock.fence_token";
 
-/// The table fencing tokens live in unless a lock names another.
-pub(crate) const DEFAULT_FENCE_TABLE: &str = "dlock_fence";
-
-/// The fence table's name as SQL: `name` or `schema.name`, each part a plain identifier
-/// (letters, digits, underscores; not starting with a digit), quoted.
+/// The fence table's name as SQL: its parts ([`dlock_core::fence_table_parts`]), quoted.
 pub(crate) fn fence_table(name: &str) -> Result<String, Error> {
-    let parts: Vec<&str> = name.split('.').collect();
-    let plain = |part: &&str| {
-        !part.is_empty()
-            && part.len() <= 63
-            && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-            && !part.starts_with(|c: char| c.is_ascii_digit())
-    };
-    if parts.len() > 2 || !parts.iter().all(plain) {
-        return Err(Error::invalid_key(format!(
-            "the fence table name {name:?} is not a plain table name: use letters, digits and \
-             underscores, optionally as schema.table"
-        )));
-    }
-    Ok(parts
+    Ok(dlock_core::fence_table_parts(name)?
         .iter()
         .map(|part| format!("\"{part}\""))
         .collect::<Vec<_>>()

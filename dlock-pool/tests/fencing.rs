@@ -1,0 +1,87 @@
+//! Fenced pools: every guard carries a token, strictly increasing per key across pools,
+//! flavours and backends' own locks.
+
+use dlock_pool::dlock_mysql::{MySqlLock, install_fencing as my_install};
+use dlock_pool::dlock_postgres::{PgLock, install_fencing as pg_install};
+use dlock_pool::{AsyncLockGuard, AsyncLockPool, AsyncMySqlManager, Lock, LockGuard, LockPool};
+use dlock_testkit::{mysql, postgres};
+
+type R2d2Pg = r2d2_postgres::PostgresConnectionManager<::postgres::NoTls>;
+type Bb8Pg = bb8_postgres::PostgresConnectionManager<tokio_postgres::NoTls>;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_tokens_increase_with_the_bare_locks_on_postgres() {
+    let key = "fencing/pool/pg";
+    let bare_token = tokio::task::spawn_blocking(move || {
+        pg_install(&mut postgres::connect()).unwrap();
+        let mut bare = PgLock::new(postgres::connect(), key).fenced();
+        bare.acquire().unwrap();
+        bare.fencing_token().unwrap()
+    })
+    .await
+    .unwrap();
+    let manager = Bb8Pg::new(postgres::pg_url().parse().unwrap(), tokio_postgres::NoTls);
+    let pool = AsyncLockPool::new(manager).await.unwrap().fenced();
+    let guard = pool.acquire(key).await.unwrap();
+    let async_token = AsyncLockGuard::fencing_token(&guard).unwrap();
+    assert!(async_token > bare_token, "{async_token} after {bare_token}");
+    AsyncLockGuard::release(guard).await.unwrap();
+    let r2d2_token = tokio::task::spawn_blocking(move || {
+        let manager = R2d2Pg::new(postgres::pg_url().parse().unwrap(), ::postgres::NoTls);
+        let pool = LockPool::new(manager).unwrap().fenced();
+        let guard = pool.acquire(key).unwrap();
+        let token = LockGuard::fencing_token(&guard).unwrap();
+        LockGuard::release(guard).unwrap();
+        // An unfenced pool's guard has none.
+        let manager = R2d2Pg::new(postgres::pg_url().parse().unwrap(), ::postgres::NoTls);
+        let plain = LockPool::new(manager).unwrap();
+        let guard = plain.acquire(key).unwrap();
+        assert_eq!(LockGuard::fencing_token(&guard), None);
+        token
+    })
+    .await
+    .unwrap();
+    assert_eq!(r2d2_token, async_token + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_tokens_increase_with_the_bare_locks_on_mysql() {
+    let key = "fencing/pool/my";
+    let bare_token = tokio::task::spawn_blocking(move || {
+        my_install(&mut mysql::connect()).unwrap();
+        let mut bare = MySqlLock::new(mysql::connect(), key).fenced();
+        bare.acquire().unwrap();
+        bare.fencing_token().unwrap()
+    })
+    .await
+    .unwrap();
+    let manager = AsyncMySqlManager::from_url(&mysql::mysql_url()).unwrap();
+    let pool = AsyncLockPool::new(manager).await.unwrap().fenced();
+    let guard = pool.acquire(key).await.unwrap();
+    let async_token = AsyncLockGuard::fencing_token(&guard).unwrap();
+    assert!(async_token > bare_token, "{async_token} after {bare_token}");
+    AsyncLockGuard::release(guard).await.unwrap();
+    let r2d2_token = tokio::task::spawn_blocking(move || {
+        let opts = ::mysql::Opts::from_url(&mysql::mysql_url()).unwrap();
+        let manager =
+            r2d2_mysql::MySqlConnectionManager::new(::mysql::OptsBuilder::from_opts(opts));
+        let pool = LockPool::new(manager).unwrap().fenced();
+        let guard = pool.acquire(key).unwrap();
+        let token = LockGuard::fencing_token(&guard).unwrap();
+        LockGuard::release(guard).unwrap();
+        token
+    })
+    .await
+    .unwrap();
+    assert_eq!(r2d2_token, async_token + 1);
+}
+
+#[test]
+fn a_pool_refuses_a_fence_table_that_is_no_plain_name() {
+    let manager = R2d2Pg::new(postgres::pg_url().parse().unwrap(), ::postgres::NoTls);
+    let error = LockPool::new(manager)
+        .unwrap()
+        .fenced_in("fence; DROP TABLE x")
+        .unwrap_err();
+    assert!(error.to_string().contains("plain table name"), "{error}");
+}
