@@ -211,7 +211,7 @@ impl<O: Operation> Driver<'_, O> {
                 }
                 // Nothing is locked before the lock statement: a drop here leaves nothing.
                 Request::Prepare(kind, shape) => {
-                    let (text, types) = kind.sql(shape);
+                    let (text, types) = self.state.statement_sql(kind, shape);
                     match self.client.prepare_typed(&text, types).await {
                         Ok(statement) => {
                             self.state.keep(kind, shape, statement);

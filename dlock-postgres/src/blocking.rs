@@ -144,7 +144,7 @@ fn send(client: &mut Client, state: &mut LockState, request: Request) -> Reply {
             .map(|reply| sql::last_row(&reply))
             .map_err(Failed::from),
         Request::Prepare(kind, shape) => {
-            let (text, types) = kind.sql(shape);
+            let (text, types) = state.statement_sql(kind, shape);
             let statement = client.prepare_typed(&text, types)?;
             state.keep(kind, shape, statement);
             Ok(None)

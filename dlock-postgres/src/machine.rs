@@ -268,6 +268,24 @@ impl LockState {
         self.statements.prepared(kind, Shape::of(hold))
     }
 
+    /// The SQL and parameter types of a statement to prepare for a [`Request::Prepare`].
+    pub(crate) fn statement_sql(
+        &self,
+        kind: Kind,
+        shape: Shape,
+    ) -> (String, &'static [driver::types::Type]) {
+        kind.sql(shape, self.fence.as_deref())
+    }
+
+    /// Makes acquires fenced in `table` (as SQL), or unfenced: statements kept for another
+    /// table are forgotten.
+    pub(crate) fn set_fence(&mut self, table: Option<String>) {
+        if self.fence != table {
+            self.statements.forget();
+        }
+        self.fence = table;
+    }
+
     /// Keeps a statement the flavour prepared for a [`Request::Prepare`].
     pub(crate) fn keep(&mut self, kind: Kind, shape: Shape, statement: driver::Statement) {
         self.statements.keep(kind, shape, statement);
@@ -452,25 +470,22 @@ impl Acquire {
     fn lock_request(&self, state: &LockState) -> Request {
         let fence = state.fence.as_deref();
         let statement = match self.form {
-            // A tagged or fenced wait goes as text: a prepared statement's text cannot carry
-            // the tag, and a fenced one names the table.
+            // A tagged wait goes as text: a prepared statement's text cannot carry the tag.
             Form::Plain(kind)
                 if self.token.is_none()
-                    && fence.is_none()
-                    && state.prepared(kind, self.hold).is_some() =>
+                    && state.prepared(kind.fenced_if(fence), self.hold).is_some() =>
             {
-                return Request::Prepared(kind, self.hold);
+                return Request::Prepared(kind.fenced_if(fence), self.hold);
             }
-            Form::Plain(kind) => kind.simple(self.hold),
-            Form::Guarded(millis) => sql::guarded_lock(self.hold, Scope::Session, millis),
+            Form::Plain(kind) => kind.fenced_if(fence).simple(self.hold, fence),
+            Form::Guarded(millis) => {
+                let statement = sql::guarded_lock(self.hold, Scope::Session, millis);
+                match fence {
+                    Some(table) => sql::fenced(&statement, self.hold, table, false),
+                    None => statement,
+                }
+            }
             Form::Slice(millis) => sql::sliced_lock(self.hold, Scope::Session, millis, fence),
-        };
-        let statement = match (fence, self.form) {
-            (Some(table), Form::Plain(kind)) => {
-                sql::fenced(&statement, self.hold, table, kind == Kind::TryLock)
-            }
-            (Some(table), Form::Guarded(_)) => sql::fenced(&statement, self.hold, table, false),
-            _ => statement,
         };
         match self.token {
             Some(token) => Request::Simple(sql::wait_tag(token) + &statement),
@@ -577,15 +592,12 @@ impl Operation for Acquire {
                 return step;
             }
             // A tagged wait is sent as text; its release can still be prepared.
-            let fenced = state.fence.is_some();
             let prepare = match (self.form, self.token) {
-                (Form::Plain(_), _) if fenced => state
-                    .statements
-                    .note_acquire(Kind::Unlock, Shape::of(self.hold)),
                 (Form::Plain(_), Some(_)) => state
                     .statements
                     .note_acquire(Kind::Unlock, Shape::of(self.hold)),
                 (Form::Plain(kind), None) => {
+                    let kind = kind.fenced_if(state.fence.as_deref());
                     state.statements.note_acquire(kind, Shape::of(self.hold))
                 }
                 (Form::Guarded(_) | Form::Slice(_), _) => Vec::new(),

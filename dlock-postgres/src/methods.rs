@@ -46,10 +46,10 @@ macro_rules! lock_methods {
         /// yours it commits with that transaction, and a rollback would let the next holder
         /// get the same token: take fenced locks outside transactions.
         pub fn fenced(mut self) -> Self {
-            self.state.fence = Some(
+            self.state.set_fence(Some(
                 crate::sql::fence_table(dlock_core::DEFAULT_FENCE_TABLE)
                     .expect("the default fence table name is plain"),
-            );
+            ));
             self
         }
 
@@ -61,7 +61,7 @@ macro_rules! lock_methods {
         /// [`Error::InvalidKey`](dlock_core::Error::InvalidKey) when `table` is not a plain
         /// table name (letters, digits and underscores).
         pub fn fenced_in(mut self, table: &str) -> Result<Self> {
-            self.state.fence = Some(crate::sql::fence_table(table)?);
+            self.state.set_fence(Some(crate::sql::fence_table(table)?));
             Ok(self)
         }
 

@@ -327,21 +327,21 @@ fn bump_token(key: PgKey, table: &str) -> String {
 /// answers two columns: granted (always `true` for a wait) and the token (NULL when not
 /// granted). A try's statement is its one boolean; a wait's answers a row once granted.
 pub(crate) fn fenced(query: &str, hold: Hold, table: &str, is_try: bool) -> String {
+    let (space, key) = fence_row(hold.key);
+    fenced_with(query, (&space.to_string(), &key.to_string()), table, is_try)
+}
+
+/// [`fenced`] with the key's fence row as SQL expressions (literals, or parameters).
+fn fenced_with(query: &str, (space, key): (&str, &str), table: &str, is_try: bool) -> String {
     let (before, last) = match query.rfind("; ") {
         Some(end) => query.split_at(end + 2),
         None => ("", query),
     };
-    let (granted, condition) = if is_try {
-        (" AS granted", " WHERE granted")
+    let (granted, condition, answer) = if is_try {
+        (" AS granted", " WHERE granted", "(SELECT granted FROM l)")
     } else {
-        ("", "")
+        ("", "", "true")
     };
-    let answer = if is_try {
-        "(SELECT granted FROM l)"
-    } else {
-        "true"
-    };
-    let (space, key) = fence_row(hold.key);
     format!(
         "{before}WITH l AS MATERIALIZED ({last}{granted}), \
          f AS (INSERT INTO {table} AS fence (key_space, lock_key, token) \
@@ -391,6 +391,10 @@ pub(crate) enum Kind {
     Lock,
     TryLock,
     Unlock,
+    /// [`Kind::Lock`] that also bumps the key's fencing token ([`fenced`]).
+    FencedLock,
+    /// [`Kind::TryLock`] that also bumps the key's fencing token ([`fenced`]).
+    FencedTryLock,
 }
 
 /// What a prepared statement depends on: the key's shape (one bigint or two ints) and the
@@ -411,39 +415,64 @@ impl Shape {
 }
 
 impl Kind {
-    /// The statement's SQL, with typed parameters, and the parameters' types.
-    pub(crate) fn sql(self, shape: Shape) -> (String, &'static [Type]) {
-        let function = match self {
-            Kind::Lock => "pg_advisory_lock",
-            Kind::TryLock => "pg_try_advisory_lock",
-            Kind::Unlock => "pg_advisory_unlock",
-        };
-        let suffix = shape.mode.suffix();
-        // The unlock also says which session ran it, as its simple form does.
-        let session = if self == Kind::Unlock {
-            ", pg_backend_pid()"
-        } else {
-            ""
-        };
-        if shape.pair {
-            (
-                format!("SELECT {function}{suffix}($1, $2){session}"),
-                &[Type::INT4, Type::INT4],
-            )
-        } else {
-            (
-                format!("SELECT {function}{suffix}($1){session}"),
-                &[Type::INT8],
-            )
+    /// The kind a lock of fence table `fence` sends for this kind.
+    pub(crate) fn fenced_if(self, fence: Option<&str>) -> Kind {
+        match (self, fence) {
+            (Kind::Lock, Some(_)) => Kind::FencedLock,
+            (Kind::TryLock, Some(_)) => Kind::FencedTryLock,
+            (kind, _) => kind,
         }
     }
 
+    /// The statement's SQL, with typed parameters, and the parameters' types. A fenced kind
+    /// names its lock's fence table, `fence`.
+    pub(crate) fn sql(self, shape: Shape, fence: Option<&str>) -> (String, &'static [Type]) {
+        let (args, types): (&str, &'static [Type]) = if shape.pair {
+            ("$1, $2", &[Type::INT4, Type::INT4])
+        } else {
+            ("$1", &[Type::INT8])
+        };
+        let suffix = shape.mode.suffix();
+        let text = match self {
+            Kind::Lock => format!("SELECT pg_advisory_lock{suffix}({args})"),
+            Kind::TryLock => format!("SELECT pg_try_advisory_lock{suffix}({args})"),
+            // The unlock also says which session ran it, as its simple form does.
+            Kind::Unlock => format!("SELECT pg_advisory_unlock{suffix}({args}), pg_backend_pid()"),
+            Kind::FencedLock | Kind::FencedTryLock => {
+                let (space, key) = if shape.pair {
+                    ("2", "($1::bigint << 32) | ($2::bigint & 4294967295)")
+                } else {
+                    ("1", "$1")
+                };
+                let is_try = self == Kind::FencedTryLock;
+                let lock = if is_try {
+                    format!("SELECT pg_try_advisory_lock{suffix}({args})")
+                } else {
+                    format!("SELECT pg_advisory_lock{suffix}({args})")
+                };
+                let table = fence.expect("a fenced statement has a fence table");
+                fenced_with(&lock, (space, key), table, is_try)
+            }
+        };
+        (text, types)
+    }
+
     /// The same statement as a simple query, for a lock object that keeps none prepared.
-    pub(crate) fn simple(self, hold: Hold) -> String {
+    pub(crate) fn simple(self, hold: Hold, fence: Option<&str>) -> String {
         match self {
             Kind::Lock => wait_lock(hold, Scope::Session),
             Kind::TryLock => try_lock(hold, Scope::Session),
             Kind::Unlock => unlock(hold),
+            Kind::FencedLock | Kind::FencedTryLock => {
+                let table = fence.expect("a fenced statement has a fence table");
+                let is_try = self == Kind::FencedTryLock;
+                let lock = if is_try {
+                    try_lock(hold, Scope::Session)
+                } else {
+                    wait_lock(hold, Scope::Session)
+                };
+                fenced(&lock, hold, table, is_try)
+            }
         }
     }
 }
@@ -467,7 +496,7 @@ pub(crate) fn params(key: &PgKey) -> Vec<&(dyn ToSql + Sync)> {
 #[derive(Debug, Default)]
 pub(crate) struct Statements {
     acquires: u32,
-    slots: [Option<(Shape, driver::Statement)>; 3],
+    slots: [Option<(Shape, driver::Statement)>; 5],
 }
 
 impl Statements {
@@ -643,13 +672,18 @@ pub(crate) fn prepared_row(rows: &[driver::Row]) -> Row {
     rows.last().map(|row| {
         (0..row.len())
             .map(|index| {
-                let value = match (row.try_get::<_, bool>(index), row.try_get::<_, i32>(index)) {
-                    (Ok(true), _) => "t".to_owned(),
-                    (Ok(false), _) => "f".to_owned(),
-                    (_, Ok(number)) => number.to_string(),
-                    _ => String::new(),
-                };
-                Some(value)
+                if let Ok(flag) = row.try_get::<_, bool>(index) {
+                    return Some(if flag { "t" } else { "f" }.to_owned());
+                }
+                let number = row
+                    .try_get::<_, Option<i32>>(index)
+                    .map(|n| n.map(i64::from));
+                number
+                    .or_else(|_| row.try_get::<_, Option<i64>>(index))
+                    .ok()
+                    .flatten()
+                    .map(|number| number.to_string())
+                    .or_else(|| Some(String::new()))
             })
             .collect()
     })

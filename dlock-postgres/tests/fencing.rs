@@ -56,6 +56,28 @@ fn tokens_strictly_increase_across_holders_and_forms() {
 }
 
 #[test]
+fn a_pair_key_counts_in_one_row_whether_sent_as_text_or_prepared() {
+    install_fencing(&mut connect()).unwrap();
+    let key = (7_i32, -3_i32);
+    let mut lock = PgLock::new(connect(), key).fenced();
+    let mut tokens = Vec::new();
+    // The first cycle sends text, the later ones prepared statements.
+    for _ in 0..4 {
+        assert!(lock.try_acquire().unwrap());
+        tokens.push(lock.fencing_token().unwrap());
+        lock.release().unwrap();
+    }
+    assert!(
+        tokens.windows(2).all(|pair| pair[1] == pair[0] + 1),
+        "{tokens:?}"
+    );
+    // Another object on the same pair continues the count.
+    let mut other = PgLock::new(connect(), key).fenced();
+    other.acquire().unwrap();
+    assert_eq!(other.fencing_token(), Some(tokens[3] + 1));
+}
+
+#[test]
 fn an_unfenced_lock_has_no_token() {
     let mut lock = PgLock::new(connect(), "fencing/unfenced");
     lock.acquire().unwrap();

@@ -14,7 +14,9 @@ use std::sync::{Arc, Barrier, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
+use dlock_pool::dlock_mysql::install_fencing as my_install_fencing;
 use dlock_pool::dlock_mysql::{AsyncMySqlLock, MySqlLock};
+use dlock_pool::dlock_postgres::install_fencing as pg_install_fencing;
 use dlock_pool::dlock_postgres::{AsyncPgLock, PgLock, PgXactLock};
 use dlock_pool::{
     AsyncLock, AsyncLockGuard, AsyncLockPool, AsyncMySqlManager, Lock, LockGuard, LockPool,
@@ -397,6 +399,55 @@ fn throughput(scale: Scale) -> Result<Vec<Throughput>> {
         })
     })?);
     drop(lock);
+
+    // Fenced beside unfenced: on PostgreSQL the token rides in the lock's own statement, on
+    // MySQL it costs one more statement after the grant.
+    pg_install_fencing(&mut pg()?)?;
+    let (mut fenced, mut plain) = (
+        PgLock::new(pg()?, PG_KEY + 3).fenced(),
+        PgLock::new(pg()?, PG_KEY + 4),
+    );
+    results.push(compare(
+        scale,
+        "PgLock, fenced",
+        "PgLock, unfenced",
+        |side, n| {
+            let lock = if side == Side::Dlock {
+                &mut fenced
+            } else {
+                &mut plain
+            };
+            rate(n, || {
+                lock.acquire()?;
+                lock.release()?;
+                Ok(())
+            })
+        },
+    )?);
+    drop((fenced, plain));
+    my_install_fencing(&mut my()?)?;
+    let (mut fenced, mut plain) = (
+        MySqlLock::new(my()?, "dlock-bench/fenced").fenced(),
+        MySqlLock::new(my()?, "dlock-bench/unfenced"),
+    );
+    results.push(compare(
+        scale,
+        "MySqlLock, fenced",
+        "MySqlLock, unfenced",
+        |side, n| {
+            let lock = if side == Side::Dlock {
+                &mut fenced
+            } else {
+                &mut plain
+            };
+            rate(n, || {
+                lock.acquire()?;
+                lock.release()?;
+                Ok(())
+            })
+        },
+    )?);
+    drop((fenced, plain));
 
     // The pools: the floor checks a connection out of the same pool and sends the same
     // statements, which a pooled connection cannot keep prepared without a cache of its own.
