@@ -89,3 +89,19 @@ async fn a_session_id_repeated_after_a_restart_is_never_taken_for_the_old_sessio
     assert_eq!(mysql_holder_of(name), Some(old_id));
     new_holder.release().await.unwrap();
 }
+
+#[test]
+fn fencing_tokens_keep_growing_across_a_restart() {
+    let name = "faults/fenced-restart";
+    dlock_mysql::install_fencing(&mut common::my()).unwrap();
+    let mut lock = MySqlLock::new(common::my(), name).fenced();
+    lock.acquire().unwrap();
+    let before = lock.fencing_token().unwrap();
+    lock.release().unwrap();
+    drop(lock);
+    restart_mariadb();
+    let mut lock = MySqlLock::new(common::my(), name).fenced();
+    lock.acquire().unwrap();
+    let after = lock.fencing_token().unwrap();
+    assert!(after > before, "{after} after {before}, across a restart");
+}

@@ -191,3 +191,19 @@ fn keepalives_bound_a_blocking_postgres_lock_cut_off_by_a_partition() {
     assert!(took < Duration::from_secs(15), "{outcome}: {took:?}");
     holder.release().unwrap();
 }
+
+#[test]
+fn fencing_tokens_keep_growing_across_a_restart() {
+    let key = "faults/fenced-restart";
+    dlock_postgres::install_fencing(&mut common::pg()).unwrap();
+    let mut lock = PgLock::new(common::pg(), key).fenced();
+    lock.acquire().unwrap();
+    let before = lock.fencing_token().unwrap();
+    lock.release().unwrap();
+    drop(lock);
+    dlock_testkit::faults::restart_postgres();
+    let mut lock = PgLock::new(common::pg(), key).fenced();
+    lock.acquire().unwrap();
+    let after = lock.fencing_token().unwrap();
+    assert!(after > before, "{after} after {before}, across a restart");
+}
