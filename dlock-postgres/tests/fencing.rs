@@ -159,3 +159,53 @@ async fn async_tokens_increase_through_a_wait_in_slices() {
     assert!(lock.try_acquire().await.unwrap());
     assert_eq!(lock.fencing_token(), Some(plain + 1));
 }
+
+/// The resource side, as the README shows it: a row that remembers the highest token that
+/// wrote it, and refuses a write with a lower one.
+#[test]
+fn the_resource_refuses_a_stale_holders_write() {
+    install_fencing(&mut connect()).unwrap();
+    let mut db = connect();
+    db.batch_execute(
+        "CREATE TABLE IF NOT EXISTS fenced_reports (id int PRIMARY KEY, body text, \
+         fence bigint NOT NULL DEFAULT 0); \
+         INSERT INTO fenced_reports (id) VALUES (1) ON CONFLICT DO NOTHING",
+    )
+    .unwrap();
+    let write = |db: &mut postgres::Client, body: &str, token: u64| -> bool {
+        let token = i64::try_from(token).unwrap();
+        let written = db
+            .execute(
+                "UPDATE fenced_reports SET body = $1, fence = $2 WHERE id = 1 AND fence <= $2",
+                &[&body, &token],
+            )
+            .unwrap();
+        written == 1
+    };
+    // The first holder takes the lock, then stalls past the loss of its session.
+    let mut first = PgLock::new(connect(), "fencing/resource").fenced();
+    first.acquire().unwrap();
+    let stale = first.fencing_token().unwrap();
+    assert!(write(&mut db, "first, on time", stale));
+    let pid: i32 = first
+        .client()
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
+    dlock_testkit::pg_terminate(pid);
+    // The next holder gets a higher token and writes.
+    let mut second = PgLock::new(connect(), "fencing/resource").fenced();
+    second.acquire().unwrap();
+    let fresh = second.fencing_token().unwrap();
+    assert!(fresh > stale);
+    assert!(write(&mut db, "second", fresh));
+    // The first wakes up and writes with its old token: refused.
+    assert!(!write(&mut db, "first, stale", stale));
+    // The holder may write again with its own token.
+    assert!(write(&mut db, "second, again", fresh));
+    let body: String = db
+        .query_one("SELECT body FROM fenced_reports WHERE id = 1", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(body, "second, again");
+}
