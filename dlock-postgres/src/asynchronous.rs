@@ -626,11 +626,12 @@ pub async fn install_fencing_async(client: &Client) -> Result<()> {
 /// [`Error::InvalidKey`](dlock_core::Error::InvalidKey) for a name that is not plain, or
 /// what the server reports.
 pub async fn install_fencing_in_async(client: &Client, table: &str) -> Result<()> {
-    let table = crate::sql::fence_table(table)?;
-    client
-        .batch_execute(&crate::sql::install_fencing(&table))
-        .await
-        .map_err(sql::error)
+    let statement = crate::sql::install_fencing(&crate::sql::fence_table(table)?);
+    match client.batch_execute(&statement).await {
+        Err(error) if sql::lost_the_create_race(&error) => client.batch_execute(&statement).await,
+        outcome => outcome,
+    }
+    .map_err(sql::error)
 }
 
 /// Checks that a session lock over `client` excludes: that the server is no hot standby, and

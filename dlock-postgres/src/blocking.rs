@@ -321,10 +321,12 @@ pub fn install_fencing(client: &mut Client) -> Result<()> {
 /// [`Error::InvalidKey`](dlock_core::Error::InvalidKey) for a name that is not plain, or
 /// what the server reports.
 pub fn install_fencing_in(client: &mut Client, table: &str) -> Result<()> {
-    let table = crate::sql::fence_table(table)?;
-    client
-        .batch_execute(&crate::sql::install_fencing(&table))
-        .map_err(sql::error)
+    let statement = crate::sql::install_fencing(&crate::sql::fence_table(table)?);
+    match client.batch_execute(&statement) {
+        Err(error) if sql::lost_the_create_race(&error) => client.batch_execute(&statement),
+        outcome => outcome,
+    }
+    .map_err(sql::error)
 }
 
 /// A PostgreSQL transaction-level advisory lock (`pg_advisory_xact_lock`), taken through

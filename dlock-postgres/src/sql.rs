@@ -304,6 +304,21 @@ pub(crate) fn install_fencing(table: &str) -> String {
     )
 }
 
+/// Whether an `install_fencing` statement failed only because another session created the
+/// table at the same moment: `CREATE TABLE IF NOT EXISTS` is not safe against a concurrent
+/// one (23505 on `pg_type`, 42710 for its type, or 42P07). Running it again then finds the
+/// table, which the other session has committed by the time this one fails.
+pub(crate) fn lost_the_create_race(error: &driver::Error) -> bool {
+    error.code().is_some_and(|code| {
+        [
+            SqlState::UNIQUE_VIOLATION,
+            SqlState::DUPLICATE_OBJECT,
+            SqlState::DUPLICATE_TABLE,
+        ]
+        .contains(code)
+    })
+}
+
 /// A key's row in the fence table: 1 and the bigint, or 2 and the pair as one bigint.
 fn fence_row(key: PgKey) -> (i16, i64) {
     match key {

@@ -209,3 +209,49 @@ fn the_resource_refuses_a_stale_holders_write() {
         .get(0);
     assert_eq!(body, "second, again");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_fenced_wait_leaves_no_holder_and_tokens_keep_growing() {
+    install_fencing_async(&connect_async().await).await.unwrap();
+    let key = "fencing/dropped";
+    let mut holder = AsyncPgLock::new(connect_async().await, key).fenced();
+    holder.acquire().await.unwrap();
+    let held = holder.fencing_token().unwrap();
+    let mut waiter = AsyncPgLock::new(connect_async().await, key).fenced();
+    for _ in 0..3 {
+        // Dropped mid-slice, as a tokio::time::timeout around it does.
+        let dropped = tokio::time::timeout(Duration::from_millis(120), waiter.acquire()).await;
+        assert!(dropped.is_err(), "the holder still holds");
+    }
+    holder.release().await.unwrap();
+    // The waiter's next operation settles what its dropped slices left; it holds nothing.
+    assert!(!waiter.verify().await.unwrap());
+    assert!(!waiter.is_acquired());
+    let observer = tokio::task::spawn_blocking(move || holder_pids(&mut connect(), key_of(key)))
+        .await
+        .unwrap();
+    assert!(observer.is_empty(), "nobody holds the key: {observer:?}");
+    let mut next = AsyncPgLock::new(connect_async().await, key).fenced();
+    assert!(next.try_acquire().await.unwrap());
+    let token = next.fencing_token().unwrap();
+    assert!(token > held, "{token} after {held}");
+}
+
+#[test]
+fn installs_that_race_all_succeed() {
+    // Services that start together install together: CREATE TABLE IF NOT EXISTS alone fails
+    // one of two concurrent creators.
+    let table = format!("dlock_fence_race_{}", std::process::id());
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let table = table.clone();
+            std::thread::spawn(move || install_fencing_in(&mut connect(), &table))
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap().unwrap();
+    }
+    connect()
+        .batch_execute(&format!("DROP TABLE {table}"))
+        .unwrap();
+}
