@@ -15,7 +15,7 @@ use tracing::Instrument;
 use crate::deployment::{Check, CheckStep, On};
 use crate::machine::{
     self, Abandon, Acquire, Failed, LockState, Operation, PayOwed, Release, Reply, Request,
-    Settles, Step, Verify, Waits, XactOutcome, XactSlices,
+    Settles, Step, Verify, Waits, XactOptions, XactOutcome, XactSlices,
 };
 use crate::sql::{self, Failure, Hold, Holder, Mode};
 
@@ -730,8 +730,8 @@ pub struct AsyncPgXactLock {
     key: Key,
     policy: KeyPolicy,
     mode: Mode,
-    /// Whether each acquire refuses a hot standby ([`sql::refuse_on_standby`]).
-    check_deployment: bool,
+    /// The standby check, the fence table and the last token.
+    options: XactOptions,
     /// Where a side connection that ends a dropped wait connects to, if the user gave it.
     side: Option<Config>,
 }
@@ -743,7 +743,7 @@ impl AsyncPgXactLock {
             key: key.into(),
             policy: KeyPolicy::default(),
             mode: Mode::Exclusive,
-            check_deployment: true,
+            options: XactOptions::default(),
             side: None,
         }
     }
@@ -766,34 +766,27 @@ impl AsyncPgXactLock {
             Err(error) => return XactOutcome::Failed(error),
         };
         let Some(config) = &self.side else {
-            let mut slices = XactSlices::new(hold, wait, self.check_deployment);
+            let mut slices = XactSlices::new(hold, wait, &self.options);
             while let Some(statement) = slices.next_statement() {
                 match slices.read(send_text(tx, &statement).await) {
-                    XactOutcome::Answered(false) => {}
-                    outcome => return outcome,
+                    XactOutcome::Answered(false, _) => {}
+                    outcome => return self.options.noted(outcome),
                 }
             }
-            return XactOutcome::Answered(false);
+            return XactOutcome::Answered(false, None);
         };
         let token = dlock_core::attempt_token();
-        let statement = machine::xact_statement(hold, wait, Some(token), self.check_deployment);
+        let statement = machine::xact_statement(hold, wait, Some(token), &self.options);
         let mut armed = XactWait {
             client: tx.client(),
             side: Some((config, token)),
         };
         let reply = send_text(tx, &statement).await;
         armed.side = None;
-        machine::xact_outcome(wait, reply)
+        self.options.noted(machine::xact_outcome(wait, reply))
     }
 
-    /// Turns off the hot standby check each acquire makes otherwise, in the acquire's own
-    /// round trip: a transaction lock on a standby is local to it and excludes nobody on the
-    /// primary. Transaction locks need no pooler check: they work through a pooler in
-    /// transaction mode.
-    pub fn skip_deployment_check(mut self) -> Self {
-        self.check_deployment = false;
-        self
-    }
+    crate::methods::xact_methods!();
 
     /// Makes this a shared lock.
     pub fn shared(mut self) -> Self {
@@ -861,10 +854,10 @@ impl AsyncPgXactLock {
     /// See the type's docs.
     pub async fn try_acquire(&self, tx: &Transaction<'_>) -> Result<bool> {
         self.traced(Wait::Never, async {
-            let statement =
-                machine::xact_statement(self.hold()?, Wait::Never, None, self.check_deployment);
+            let statement = machine::xact_statement(self.hold()?, Wait::Never, None, &self.options);
             let reply = send_text(tx, &statement).await;
-            machine::xact_outcome(Wait::Never, reply).into_result()
+            let outcome = machine::xact_outcome(Wait::Never, reply);
+            self.options.noted(outcome).into_result()
         })
         .await
     }
@@ -892,7 +885,7 @@ impl AsyncPgXactLock {
             let savepoint = tx.savepoint("dlock_acquire").await.map_err(sql::error)?;
             // Rolling the savepoint back also frees a lock granted with a failure.
             match self.wait(&savepoint, wait).await {
-                XactOutcome::Answered(granted) => {
+                XactOutcome::Answered(granted, _) => {
                     savepoint.commit().await.map_err(sql::error)?;
                     Ok(granted)
                 }

@@ -11,7 +11,7 @@ use postgres::{Client, Transaction};
 use crate::deployment::{Check, CheckStep, On};
 use crate::machine::{
     self, Acquire, Failed, LockState, Operation, PayOwed, Release, Reply, Request, Step, Verify,
-    XactOutcome,
+    XactOptions, XactOutcome,
 };
 use crate::sql::{self, Hold, Holder, Mode};
 
@@ -368,8 +368,8 @@ pub struct PgXactLock {
     key: Key,
     policy: KeyPolicy,
     mode: Mode,
-    /// Whether each acquire refuses a hot standby ([`sql::refuse_on_standby`]).
-    check_deployment: bool,
+    /// The standby check, the fence table and the last token.
+    options: XactOptions,
 }
 
 impl PgXactLock {
@@ -379,18 +379,11 @@ impl PgXactLock {
             key: key.into(),
             policy: KeyPolicy::default(),
             mode: Mode::Exclusive,
-            check_deployment: true,
+            options: XactOptions::default(),
         }
     }
 
-    /// Turns off the hot standby check each acquire makes otherwise, in the acquire's own
-    /// round trip: a transaction lock on a standby is local to it and excludes nobody on the
-    /// primary. Transaction locks need no pooler check: they work through a pooler in
-    /// transaction mode.
-    pub fn skip_deployment_check(mut self) -> Self {
-        self.check_deployment = false;
-        self
-    }
+    crate::methods::xact_methods!();
 
     /// Makes this a shared lock.
     pub fn shared(mut self) -> Self {
@@ -458,20 +451,21 @@ impl PgXactLock {
     }
 
     fn take_in(&self, tx: &mut Transaction<'_>, wait: Wait) -> Result<bool> {
-        let statement = machine::xact_statement(self.hold()?, wait, None, self.check_deployment);
+        let statement = machine::xact_statement(self.hold()?, wait, None, &self.options);
         if !matches!(wait, Wait::For(_)) {
             let reply = tx
                 .simple_query(&statement)
                 .map(|reply| sql::last_row(&reply));
-            return machine::xact_outcome(wait, reply.map_err(Failed::from)).into_result();
+            let outcome = machine::xact_outcome(wait, reply.map_err(Failed::from));
+            return self.options.noted(outcome).into_result();
         }
         let mut savepoint = tx.savepoint("dlock_acquire").map_err(sql::error)?;
         let reply = savepoint
             .simple_query(&statement)
             .map(|reply| sql::last_row(&reply));
         // Rolling the savepoint back also frees a lock granted with a failure.
-        match machine::xact_outcome(wait, reply.map_err(Failed::from)) {
-            XactOutcome::Answered(granted) => {
+        match (self.options).noted(machine::xact_outcome(wait, reply.map_err(Failed::from))) {
+            XactOutcome::Answered(granted, _) => {
                 savepoint.commit().map_err(sql::error)?;
                 Ok(granted)
             }

@@ -14,6 +14,7 @@
 //!   tracked as held; a missing prepared statement (26000) is prepared again, never read as
 //!   an outcome.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use dlock_core::{Error, Key, KeyPolicy, Result, Wait};
@@ -916,13 +917,75 @@ impl Operation for PayOwed {
     }
 }
 
+/// What a transaction lock object adds to each acquire: the hot standby check, a fence table,
+/// and the token of its last fenced acquire (kept behind `&self`, through which transaction
+/// locks acquire).
+#[derive(Debug)]
+pub(crate) struct XactOptions {
+    pub(crate) check_deployment: bool,
+    pub(crate) fence: Option<String>,
+    /// The last token, 0 for none.
+    last_token: AtomicU64,
+}
+
+impl Clone for XactOptions {
+    fn clone(&self) -> Self {
+        XactOptions {
+            check_deployment: self.check_deployment,
+            fence: self.fence.clone(),
+            last_token: AtomicU64::new(self.last_token.load(Ordering::Relaxed)),
+        }
+    }
+}
+
+impl Default for XactOptions {
+    fn default() -> Self {
+        XactOptions {
+            check_deployment: true,
+            fence: None,
+            last_token: AtomicU64::new(0),
+        }
+    }
+}
+
+impl XactOptions {
+    /// The token of the last fenced acquire that got the lock.
+    pub(crate) fn last_token(&self) -> Option<u64> {
+        Some(self.last_token.load(Ordering::Relaxed)).filter(|token| *token > 0)
+    }
+
+    /// The outcome of an acquire, its token noted: a fenced grant without a token is an
+    /// error (the lock stays held until the transaction ends).
+    pub(crate) fn noted(&self, outcome: XactOutcome) -> XactOutcome {
+        match outcome {
+            XactOutcome::Answered(true, token) if self.fence.is_some() => match token {
+                Some(token) => {
+                    self.last_token.store(token, Ordering::Relaxed);
+                    XactOutcome::Answered(true, Some(token))
+                }
+                None => XactOutcome::Failed(Error::backend(
+                    "the transaction lock was granted without its fencing token; roll the \
+                     transaction back",
+                )),
+            },
+            outcome => outcome,
+        }
+    }
+}
+
 /// A transaction lock's statement for `wait`: a try, or a wait no session setting can cut
 /// short (`lock_timeout` as asked, `statement_timeout` off).
 /// A waiting statement is tagged with `token` when a side connection may have to end it.
 ///
-/// Unless `checked` is false, the statement refuses a hot standby
-/// ([`sql::refusing_standby`]).
-pub(crate) fn xact_statement(hold: Hold, wait: Wait, token: Option<u64>, checked: bool) -> String {
+/// Unless the options turn it off, the statement refuses a hot standby
+/// ([`sql::refusing_standby`]); with a fence table it bumps the key's token when granted
+/// ([`sql::fenced`]).
+pub(crate) fn xact_statement(
+    hold: Hold,
+    wait: Wait,
+    token: Option<u64>,
+    options: &XactOptions,
+) -> String {
     let statement = match wait {
         Wait::Never => sql::try_lock(hold, Scope::Transaction),
         Wait::Forever => sql::guarded_lock(hold, Scope::Transaction, 0),
@@ -930,10 +993,16 @@ pub(crate) fn xact_statement(hold: Hold, wait: Wait, token: Option<u64>, checked
             sql::guarded_lock(hold, Scope::Transaction, sql::lock_timeout_millis(timeout))
         }
     };
-    let statement = if checked {
-        sql::refusing_standby(&statement)
-    } else {
-        statement
+    let statement = match &options.fence {
+        Some(table) => sql::fenced(&statement, hold, table, wait == Wait::Never),
+        None => statement,
+    };
+    let statement = match (options.check_deployment, &options.fence, wait) {
+        (false, _, _) => statement,
+        // A fenced try is one statement whose upsert a standby refuses before any column
+        // runs: the check goes in front, as a statement of its own.
+        (true, Some(_), Wait::Never) => sql::standby_check() + &statement,
+        (true, _, _) => sql::refusing_standby(&statement),
     };
     // The tag comes first: a side connection finds it at the start of the query's text. A try
     // never waits, so it is never tagged.
@@ -952,39 +1021,45 @@ pub(crate) struct XactSlices {
     hold: Hold,
     tried: bool,
     slices: Slices,
-    checked: bool,
+    options: XactOptions,
 }
 
 #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
 impl XactSlices {
-    /// A sliced wait whose first statement refuses a hot standby, unless `checked` is false.
-    pub(crate) fn new(hold: Hold, wait: Wait, checked: bool) -> XactSlices {
+    /// A sliced wait, whose first statement refuses a hot standby as `options` say.
+    pub(crate) fn new(hold: Hold, wait: Wait, options: &XactOptions) -> XactSlices {
         XactSlices {
             hold,
             tried: false,
             slices: Slices::new(wait),
-            checked,
+            options: options.clone(),
         }
     }
 
     /// The next statement to send, or `None` once the wait is over, not granted.
     pub(crate) fn next_statement(&mut self) -> Option<String> {
         if !std::mem::replace(&mut self.tried, true) {
-            return Some(xact_statement(self.hold, Wait::Never, None, self.checked));
+            return Some(xact_statement(self.hold, Wait::Never, None, &self.options));
         }
         let millis = self.slices.next_millis()?;
+        let fence = self.options.fence.as_deref();
         Some(sql::sliced_lock(
             self.hold,
             Scope::Transaction,
             millis,
-            None,
+            fence,
         ))
     }
 
-    /// Reads the reply of the statement last sent: each answers one boolean, granted.
+    /// Reads the reply of the statement last sent: each answers a boolean, granted, and a
+    /// fenced one the token.
     pub(crate) fn read(&self, reply: Reply) -> XactOutcome {
-        match reply.and_then(|row| sql::read_bool(&row, 0).map_err(Failed::from_error)) {
-            Ok(granted) => XactOutcome::Answered(granted),
+        let answer = reply.and_then(|row| {
+            let granted = sql::read_bool(&row, 0).map_err(Failed::from_error)?;
+            Ok((granted, sql::read_token(&row, 1)))
+        });
+        match answer {
+            Ok((granted, token)) => XactOutcome::Answered(granted, token),
             Err(failed) => XactOutcome::Failed(failed.error),
         }
     }
@@ -993,8 +1068,9 @@ impl XactSlices {
 /// What a transaction lock statement's reply means.
 #[derive(Debug)]
 pub(crate) enum XactOutcome {
-    /// Granted (`true`) or busy (`false`); a savepoint around it is released.
-    Answered(bool),
+    /// Granted (`true`) or busy (`false`), with the fencing token of a fenced grant; a
+    /// savepoint around it is released.
+    Answered(bool, Option<u64>),
     /// The wait ran out: roll the savepoint back (which also frees a lock granted as the
     /// timer fired) and answer `false`.
     TimedOut,
@@ -1007,7 +1083,7 @@ impl XactOutcome {
     /// The outcome of a statement sent without a savepoint, where a timeout is just `false`.
     pub(crate) fn into_result(self) -> Result<bool> {
         match self {
-            XactOutcome::Answered(granted) => Ok(granted),
+            XactOutcome::Answered(granted, _) => Ok(granted),
             XactOutcome::TimedOut => Ok(false),
             XactOutcome::Failed(error) => Err(error),
         }
@@ -1024,7 +1100,7 @@ pub(crate) fn xact_outcome(wait: Wait, reply: Reply) -> XactOutcome {
                 Wait::Forever | Wait::For(_) => sql::read_granted(&row),
             };
             match answer {
-                Ok(granted) => XactOutcome::Answered(granted),
+                Ok(granted) => XactOutcome::Answered(granted, sql::read_token(&row, 1)),
                 Err(error) => XactOutcome::Failed(error),
             }
         }
@@ -1040,6 +1116,14 @@ mod tests {
     use super::*;
     use dlock_core::PgKey;
     use std::time::Duration;
+
+    /// Transaction lock options without the standby check, which its own tests cover.
+    fn unchecked() -> XactOptions {
+        XactOptions {
+            check_deployment: false,
+            ..XactOptions::default()
+        }
+    }
 
     /// A lock's state past its deployment check, which its own tests cover.
     fn state() -> LockState {
@@ -1264,7 +1348,7 @@ mod tests {
 
     #[test]
     fn a_sliced_transaction_lock_tries_then_slices_and_reads_one_boolean() {
-        let mut slices = XactSlices::new(HOLD, Wait::Forever, false);
+        let mut slices = XactSlices::new(HOLD, Wait::Forever, &unchecked());
         assert_eq!(
             slices.next_statement().unwrap(),
             "SELECT pg_try_advisory_xact_lock(7)"
@@ -1276,17 +1360,17 @@ mod tests {
         );
         assert!(matches!(
             slices.read(row(&["f"])),
-            XactOutcome::Answered(false)
+            XactOutcome::Answered(false, None)
         ));
         assert!(matches!(
             slices.read(row(&["t"])),
-            XactOutcome::Answered(true)
+            XactOutcome::Answered(true, None)
         ));
         assert!(matches!(
             slices.read(failed(Failure::Other)),
             XactOutcome::Failed(_)
         ));
-        let mut slices = XactSlices::new(HOLD, Wait::For(Duration::from_millis(1)), false);
+        let mut slices = XactSlices::new(HOLD, Wait::For(Duration::from_millis(1)), &unchecked());
         slices.next_statement().unwrap();
         std::thread::sleep(Duration::from_millis(2));
         assert_eq!(slices.next_statement(), None);
@@ -1652,24 +1736,30 @@ mod tests {
     #[test]
     fn transaction_locks_time_out_to_false_and_fail_with_the_error() {
         let wait = Wait::For(Duration::from_millis(5));
-        assert!(xact_statement(HOLD, wait, None, false).contains("pg_advisory_xact_lock(7)"));
         assert!(
-            xact_statement(HOLD, Wait::Forever, None, false).contains("'statement_timeout', '0'")
+            xact_statement(HOLD, wait, None, &unchecked()).contains("pg_advisory_xact_lock(7)")
         );
-        assert!(xact_statement(HOLD, Wait::Forever, Some(1), true).starts_with("/* dlock-wait:"));
+        assert!(
+            xact_statement(HOLD, Wait::Forever, None, &unchecked())
+                .contains("'statement_timeout', '0'")
+        );
+        assert!(
+            xact_statement(HOLD, Wait::Forever, Some(1), &XactOptions::default())
+                .starts_with("/* dlock-wait:")
+        );
         assert_eq!(
-            xact_statement(HOLD, Wait::Never, Some(1), false),
+            xact_statement(HOLD, Wait::Never, Some(1), &unchecked()),
             "SELECT pg_try_advisory_xact_lock(7)"
         );
         // The standby guard is a column of the first statement, before any wait, and leaves
         // the answer in the first column.
-        let checked = xact_statement(HOLD, Wait::Never, None, true);
+        let checked = xact_statement(HOLD, Wait::Never, None, &XactOptions::default());
         assert!(
             checked
                 .starts_with("SELECT pg_try_advisory_xact_lock(7), CASE WHEN pg_is_in_recovery()"),
             "{checked}"
         );
-        let checked = xact_statement(HOLD, Wait::Forever, None, true);
+        let checked = xact_statement(HOLD, Wait::Forever, None, &XactOptions::default());
         let (first, rest) = checked.split_once("; ").unwrap();
         assert!(first.contains("pg_is_in_recovery()"), "{checked}");
         assert!(!rest.contains("pg_is_in_recovery()"), "{checked}");
@@ -1687,11 +1777,11 @@ mod tests {
         ));
         assert!(matches!(
             xact_outcome(Wait::Never, row(&["f"])),
-            XactOutcome::Answered(false)
+            XactOutcome::Answered(false, None)
         ));
         assert!(matches!(
             xact_outcome(wait, row(&["", "", "", "", ""])),
-            XactOutcome::Answered(true)
+            XactOutcome::Answered(true, None)
         ));
     }
 }

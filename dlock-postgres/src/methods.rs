@@ -96,3 +96,54 @@ macro_rules! lock_methods {
 }
 
 pub(crate) use lock_methods;
+
+/// Expands, inside `impl PgXactLock` or `impl AsyncPgXactLock`, to the builder methods both
+/// have. Each type has the field `options: XactOptions`.
+macro_rules! xact_methods {
+    () => {
+        /// Turns off the hot standby check each acquire makes otherwise, in the acquire's own
+        /// round trip: a transaction lock on a standby is local to it and excludes nobody on
+        /// the primary. Transaction locks need no pooler check: they work through a pooler in
+        /// transaction mode.
+        pub fn skip_deployment_check(mut self) -> Self {
+            self.options.check_deployment = false;
+            self
+        }
+
+        /// Makes every acquire issue a fencing token, in table `dlock_fence` (created once
+        /// by `install_fencing`), bumped in the lock's own statement: read it with
+        /// [`fencing_token`](Self::fencing_token).
+        ///
+        /// A transaction lock's token commits with the transaction. If it rolls back, the
+        /// next holder can get the same token; so the token fences writes made inside the
+        /// same transaction, which roll back with it. For a resource outside the database,
+        /// fence with a session lock.
+        pub fn fenced(mut self) -> Self {
+            self.options.fence = Some(
+                crate::sql::fence_table(dlock_core::DEFAULT_FENCE_TABLE)
+                    .expect("the default fence table name is plain"),
+            );
+            self
+        }
+
+        /// Like [`fenced`](Self::fenced), with the tokens in table `table` (`name` or
+        /// `schema.name`).
+        ///
+        /// # Errors
+        ///
+        /// [`Error::InvalidKey`](dlock_core::Error::InvalidKey) when `table` is not a plain
+        /// table name (letters, digits and underscores).
+        pub fn fenced_in(mut self, table: &str) -> Result<Self> {
+            self.options.fence = Some(crate::sql::fence_table(table)?);
+            Ok(self)
+        }
+
+        /// The fencing token of this object's last fenced acquire that got the lock: valid
+        /// while that transaction lasts. `None` before one, or when not fenced.
+        pub fn fencing_token(&self) -> Option<u64> {
+            self.options.last_token()
+        }
+    };
+}
+
+pub(crate) use xact_methods;

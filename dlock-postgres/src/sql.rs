@@ -387,6 +387,12 @@ pub(crate) fn refusing_standby(query: &str) -> String {
     format!("{}{guard}{}", &query[..end], &query[end..])
 }
 
+/// A statement that fails on a hot standby as [`refusing_standby`]'s column does, to send in
+/// front of a query whose first statement a standby refuses before any column runs.
+pub(crate) fn standby_check() -> String {
+    format!("SELECT CASE WHEN pg_is_in_recovery() THEN current_setting('{STANDBY_MARKER}') END; ")
+}
+
 /// Where a slice's block leaves its answer for the query's last statement.
 const SLICE_GRANTED: &str = "dlock.slice_granted";
 

@@ -286,6 +286,22 @@ fn a_hot_standby_is_refused_by_a_blocking_lock() {
             refused_as(&error, Deployment::HotStandby),
             "run {run}: {error:?}"
         );
+        // Transaction locks too, in every form, fenced or not; a timed one leaves the
+        // transaction usable.
+        let mut tx = lock.client().transaction().unwrap();
+        let error = PgXactLock::new("deployments/standby")
+            .acquire_timeout(&mut tx, Duration::from_secs(1))
+            .unwrap_err();
+        assert!(refused_as(&error, Deployment::HotStandby), "{error:?}");
+        tx.simple_query("SELECT 1").unwrap();
+        tx.rollback().unwrap();
+        for fenced in [false, true] {
+            let xact = PgXactLock::new("deployments/standby");
+            let xact = if fenced { xact.fenced() } else { xact };
+            let mut tx = lock.client().transaction().unwrap();
+            let error = xact.try_acquire(&mut tx).unwrap_err();
+            assert!(refused_as(&error, Deployment::HotStandby), "{error:?}");
+        }
     }
 }
 

@@ -255,3 +255,55 @@ fn installs_that_race_all_succeed() {
         .batch_execute(&format!("DROP TABLE {table}"))
         .unwrap();
 }
+
+#[test]
+fn transaction_locks_count_with_session_locks_on_one_key() {
+    install_fencing(&mut connect()).unwrap();
+    let key = "fencing/xact";
+    let mut session = PgLock::new(connect(), key).fenced();
+    session.acquire().unwrap();
+    let mut last = session.fencing_token().unwrap();
+    session.release().unwrap();
+    let mut client = connect();
+    let xact = dlock_postgres::PgXactLock::new(key).fenced();
+    assert_eq!(xact.fencing_token(), None);
+    for round in 0..3 {
+        let mut tx = client.transaction().unwrap();
+        match round {
+            0 => xact.acquire(&mut tx).unwrap(),
+            1 => assert!(xact.try_acquire(&mut tx).unwrap()),
+            _ => assert!(
+                xact.acquire_timeout(&mut tx, Duration::from_secs(1))
+                    .unwrap()
+            ),
+        }
+        let token = xact.fencing_token().unwrap();
+        assert!(token > last, "round {round}: {token} after {last}");
+        last = token;
+        tx.commit().unwrap();
+    }
+    session.acquire().unwrap();
+    assert_eq!(session.fencing_token(), Some(last + 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_async_transaction_lock_gets_its_token_through_a_wait_in_slices() {
+    install_fencing_async(&connect_async().await).await.unwrap();
+    let key = "fencing/xact-async";
+    let mut holder = AsyncPgLock::new(connect_async().await, key).fenced();
+    holder.acquire().await.unwrap();
+    let held = holder.fencing_token().unwrap();
+    let waiter = tokio::spawn(async move {
+        let mut client = connect_async().await;
+        let tx = client.transaction().await.unwrap();
+        let xact = dlock_postgres::AsyncPgXactLock::new(key).fenced();
+        xact.acquire(&tx).await.unwrap();
+        let token = xact.fencing_token().unwrap();
+        tx.commit().await.unwrap();
+        token
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    holder.release().await.unwrap();
+    let token = waiter.await.unwrap();
+    assert!(token > held, "{token} after {held}");
+}
