@@ -13,6 +13,7 @@ mod bench;
 mod db;
 mod demo;
 mod matrix;
+mod nemesis;
 mod pg_versions;
 
 use std::path::{Path, PathBuf};
@@ -34,6 +35,8 @@ commands:
                  check that no two holders ever overlap (a matrix row)
   bench          measure dlock beside the raw driver (release build); --quick proves it
                  runs, --json PATH (default target/dlock-bench.json)
+  nemesis        processes increment a counter under a lock while a nemesis kills, freezes
+                 and restarts; with fencing tokens and without; --quick (a matrix row)
   test-matrix    run every check (fmt, clippy, docs, tests with servers); --list, --only PREFIX
 ";
 
@@ -45,6 +48,7 @@ fn main() -> ExitCode {
         Some("demo") => demo::command(&args[1..]),
         Some("load") => demo::load_command(&args[1..]),
         Some("bench") => bench::command(&args[1..]),
+        Some("nemesis") => nemesis::command(&args[1..]),
         Some("help" | "--help" | "-h") => {
             print!("{USAGE}");
             Ok(())

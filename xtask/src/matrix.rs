@@ -300,6 +300,12 @@ fn rows() -> Result<Vec<Row>> {
     rows.push(
         Row::new("db:load", &["run", "--quiet", "-p", "xtask", "--", "load"]).needs_servers(),
     );
+    // Fencing under a nemesis: with tokens, no update is lost, whatever the nemesis does. It
+    // starts servers of its own, which it restarts.
+    rows.push(Row::new(
+        "db:nemesis",
+        &["run", "--quiet", "-p", "xtask", "--", "nemesis", "--quick"],
+    ));
     // The benchmark's quick mode proves it still runs; its figures mean nothing there.
     rows.push(
         Row::new(
