@@ -40,8 +40,10 @@ fn my() -> Result<mysql::Conn> {
 }
 
 /// One worker's count.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 struct Counts {
+    /// The fencing tokens this worker's lock was granted with.
+    tokens: Vec<u64>,
     /// Critical sections that went on to touch the counter.
     attempted: u64,
     /// Writes the counter took.
@@ -232,7 +234,10 @@ fn nemesis(backend: &str, fenced: bool, run: Duration) -> Result<(Counts, Faults
             return Err(format!("a worker failed: {}", output.status).into());
         }
         let text = String::from_utf8(output.stdout)?;
-        let numbers: Vec<u64> = text
+        let mut lines = text.lines();
+        let numbers: Vec<u64> = lines
+            .next()
+            .unwrap_or_default()
             .split_whitespace()
             .map(str::parse)
             .collect::<Result<_, _>>()?;
@@ -242,6 +247,9 @@ fn nemesis(backend: &str, fenced: bool, run: Duration) -> Result<(Counts, Faults
         total.attempted += attempted;
         total.accepted += accepted;
         total.refused += refused;
+        for token in lines.next().unwrap_or_default().split_whitespace() {
+            total.tokens.push(token.parse()?);
+        }
     }
     Ok((total, faults))
 }
@@ -291,6 +299,18 @@ fn coordinate(quick: bool) -> Result<()> {
             if fenced && counts.accepted == 0 {
                 failures.push(format!("{backend} with fencing accepted no write"));
             }
+            // Every grant of the key, in every process and across the restart, got a token
+            // of its own.
+            let mut tokens = counts.tokens.clone();
+            tokens.sort_unstable();
+            let granted = tokens.len();
+            tokens.dedup();
+            if fenced && tokens.len() != granted {
+                failures.push(format!(
+                    "{backend}: {} of {granted} fencing tokens were handed out twice",
+                    granted - tokens.len()
+                ));
+            }
         }
     }
     if failures.is_empty() {
@@ -324,6 +344,8 @@ fn worker(args: &[String]) -> Result<()> {
         "{} {} {}",
         counts.attempted, counts.accepted, counts.refused
     );
+    let tokens: Vec<String> = counts.tokens.iter().map(u64::to_string).collect();
+    println!("{}", tokens.join(" "));
     Ok(())
 }
 
@@ -350,6 +372,7 @@ fn pg_cycle(fenced: bool, deadline: Instant, counts: &mut Counts) -> Result<()> 
             continue;
         }
         counts.attempted += 1;
+        counts.tokens.extend(lock.fencing_token());
         let token = lock.fencing_token().map(i64::try_from).transpose()?;
         // With a token, the read registers it first: a write by an older holder is refused
         // from then on, even one that read before this holder did.
@@ -402,6 +425,7 @@ fn my_cycle(fenced: bool, deadline: Instant, counts: &mut Counts) -> Result<()> 
             continue;
         }
         counts.attempted += 1;
+        counts.tokens.extend(lock.fencing_token());
         let token = lock.fencing_token();
         if let Some(token) = token {
             // The read registers the token first, as on PostgreSQL.
