@@ -85,3 +85,43 @@ fn a_pool_refuses_a_fence_table_that_is_no_plain_name() {
         .unwrap_err();
     assert!(error.to_string().contains("plain table name"), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_pool_without_its_table_fails_clearly_and_holds_nothing() {
+    let key = "fencing/pool/missing";
+    let manager = Bb8Pg::new(postgres::pg_url().parse().unwrap(), tokio_postgres::NoTls);
+    let pool = AsyncLockPool::new(manager)
+        .await
+        .unwrap()
+        .fenced_in("dlock_fence_not_installed")
+        .unwrap();
+    let error = pool.acquire(key).await.unwrap_err();
+    assert!(
+        matches!(error, dlock_pool::Error::FencingNotInstalled { .. }),
+        "{error:?}"
+    );
+    let manager = AsyncMySqlManager::from_url(&mysql::mysql_url()).unwrap();
+    let pool = AsyncLockPool::new(manager)
+        .await
+        .unwrap()
+        .fenced_in("dlock_fence_not_installed")
+        .unwrap();
+    let error = pool.acquire(key).await.unwrap_err();
+    assert!(
+        matches!(error, dlock_pool::Error::FencingNotInstalled { .. }),
+        "{error:?}"
+    );
+    let free = tokio::task::spawn_blocking(move || {
+        let pg_free = postgres::holder_pids(
+            &mut postgres::connect(),
+            dlock_pool::KeyPolicy::default()
+                .pg_key(&key.into())
+                .unwrap(),
+        )
+        .is_empty();
+        pg_free && mysql::holder_of(key).is_none()
+    })
+    .await
+    .unwrap();
+    assert!(free, "nothing is held after the refusals");
+}
