@@ -64,6 +64,8 @@ struct Row {
     own_servers: bool,
     /// Whether the row also gets pgbouncer, a standby and a Galera node.
     deployments: bool,
+    /// Whether the row's command starts the servers it needs itself.
+    starts_servers: bool,
     /// Whether the row runs while CPU hogs keep every core busy, so races that hide on an
     /// idle machine show.
     saturated: bool,
@@ -79,6 +81,7 @@ impl Row {
             postgres_major: None,
             own_servers: false,
             deployments: false,
+            starts_servers: false,
             saturated: false,
         }
     }
@@ -102,6 +105,11 @@ impl Row {
     /// ([`db::Deployments`]).
     fn deployments(mut self) -> Row {
         self.deployments = true;
+        self
+    }
+
+    fn starts_servers(mut self) -> Row {
+        self.starts_servers = true;
         self
     }
 
@@ -302,10 +310,13 @@ fn rows() -> Result<Vec<Row>> {
     );
     // Fencing under a nemesis: with tokens, no update is lost, whatever the nemesis does. It
     // starts servers of its own, which it restarts.
-    rows.push(Row::new(
-        "db:nemesis",
-        &["run", "--quiet", "-p", "xtask", "--", "nemesis", "--quick"],
-    ));
+    rows.push(
+        Row::new(
+            "db:nemesis",
+            &["run", "--quiet", "-p", "xtask", "--", "nemesis", "--quick"],
+        )
+        .starts_servers(),
+    );
     // The benchmark's quick mode proves it still runs; its figures mean nothing there.
     rows.push(
         Row::new(
@@ -401,7 +412,7 @@ pub(crate) fn command(args: &[String]) -> Result<()> {
                 _ if row.deployments => {
                     "  [servers of its own, pgbouncer, standby, Galera]".to_owned()
                 }
-                _ if row.own_servers => "  [servers of its own]".to_owned(),
+                _ if row.own_servers || row.starts_servers => "  [servers of its own]".to_owned(),
                 (true, _) if row.saturated => "  [servers, every core busy]".to_owned(),
                 (true, _) => "  [servers]".to_owned(),
                 (false, Some(major)) => format!("  [PostgreSQL {major}]"),
@@ -585,7 +596,10 @@ mod tests {
     fn only_database_rows_need_servers() {
         for row in rows().unwrap() {
             assert_eq!(
-                row.needs_servers || row.postgres_major.is_some() || row.own_servers,
+                row.needs_servers
+                    || row.postgres_major.is_some()
+                    || row.own_servers
+                    || row.starts_servers,
                 row.name.starts_with("db:"),
                 "{}",
                 row.name
