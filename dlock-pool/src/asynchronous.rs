@@ -258,39 +258,7 @@ where
         })
     }
 
-    /// Turns off the deployment check, at the risk of two holders at once.
-    ///
-    /// By default the pool checks each connection once, before its first lock, that a lock
-    /// there excludes, and refuses with [`Error::CannotExclude`] otherwise: PostgreSQL
-    /// through a pooler in transaction or statement mode (found by opening a second
-    /// connection: such a pooler lets two connections share a server session), a PostgreSQL
-    /// hot standby, a MariaDB Galera node or a MySQL Group Replication member. Turn it off
-    /// only for a deployment you know better than the check.
-    pub fn skip_deployment_check(mut self) -> Self {
-        self.check_deployment = false;
-        self
-    }
-
-    /// Makes every acquire issue a fencing token, kept in table `dlock_fence` (create it once
-    /// with the backend's `install_fencing`): read it with `fencing_token(&guard)` and hand
-    /// it to the resource the lock guards. See the backend's `fenced` for what it costs.
-    pub fn fenced(mut self) -> Self {
-        self.fence = Some(dlock_core::DEFAULT_FENCE_TABLE.to_owned());
-        self
-    }
-
-    /// Like [`fenced`](Self::fenced), with the tokens in table `table` (`name` or
-    /// `schema.name`).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidKey`] when `table` is not a plain table name (letters, digits and
-    /// underscores).
-    pub fn fenced_in(mut self, table: &str) -> Result<Self> {
-        dlock_core::fence_table_parts(table)?;
-        self.fence = Some(table.to_owned());
-        Ok(self)
-    }
+    crate::manager::pool_options!();
 
     /// Uses `policy` to turn keys into the backend's keys.
     pub fn policy(mut self, policy: KeyPolicy) -> Self {

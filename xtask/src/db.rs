@@ -512,7 +512,6 @@ pub(crate) fn start_postgres_from(bin: &Path) -> Result<OwnServer> {
 
 fn start_postgres_with(bin: &Path, dir: &Path) -> Result<String> {
     let data = dir.join("data");
-    let log = dir.join("server.log");
     register("postgres", dir);
     fs::create_dir_all(dir)?;
     chown("postgres", dir)?;
@@ -534,6 +533,14 @@ fn start_postgres_with(bin: &Path, dir: &Path) -> Result<String> {
             "UTF8",
             "--locale=C",
         ]))?;
+    pg_ctl_start(bin, dir, port, "PostgreSQL")
+}
+
+/// Starts the PostgreSQL data directory `dir/data` on `port` with the matrix's settings
+/// (`what` names it in an error), and gives its URL.
+fn pg_ctl_start(bin: &Path, dir: &Path, port: u16, what: &str) -> Result<String> {
+    let (data, log) = (dir.join("data"), dir.join("server.log"));
+    // A standby needs max_connections at least the primary's: both take the same.
     let options = format!(
         "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300",
         dir.display()
@@ -546,7 +553,7 @@ fn start_postgres_with(bin: &Path, dir: &Path) -> Result<String> {
         .args(["-o", &options, "-w", "-t", "60", "start"]));
     if let Err(error) = started {
         let log = fs::read_to_string(&log).unwrap_or_default();
-        return Err(format!("PostgreSQL did not start: {error}\nits log says:\n{log}").into());
+        return Err(format!("{what} did not start: {error}\nits log says:\n{log}").into());
     }
     Ok(format!("postgres://postgres@127.0.0.1:{port}/postgres"))
 }
@@ -799,7 +806,6 @@ fn start_pgbouncer(dir: &Path, primary_port: u16, mode: &str) -> Result<String> 
 /// Starts a hot standby of the PostgreSQL server on `primary_port`, streaming from it.
 fn start_standby(bin: &Path, dir: &Path, primary_port: u16) -> Result<String> {
     let data = dir.join("data");
-    let log = dir.join("server.log");
     register("postgres", dir);
     fs::create_dir_all(dir)?;
     chown("postgres", dir)?;
@@ -820,21 +826,7 @@ fn start_standby(bin: &Path, dir: &Path, primary_port: u16) -> Result<String> {
             "stream",
             "--no-sync",
         ]))?;
-    let options = format!(
-        "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300",
-        dir.display()
-    );
-    let started = run(command_as("postgres", &bin.join("pg_ctl"))
-        .arg("-D")
-        .arg(&data)
-        .arg("-l")
-        .arg(&log)
-        .args(["-o", &options, "-w", "-t", "60", "start"]));
-    if let Err(error) = started {
-        let log = fs::read_to_string(&log).unwrap_or_default();
-        return Err(format!("the standby did not start: {error}\nits log says:\n{log}").into());
-    }
-    Ok(format!("postgres://postgres@127.0.0.1:{port}/postgres"))
+    pg_ctl_start(bin, dir, port, "the standby")
 }
 
 /// Starts MariaDB as the one node of a Galera cluster of its own.
