@@ -2,13 +2,20 @@
 
 use dlock_core::{Error, Result};
 use dlock_mysql::mysql_async::prelude::Queryable;
-use dlock_mysql::mysql_async::{self, Conn, Opts};
+use std::time::Duration;
+
+use dlock_mysql::mysql_async::{self, Conn, Opts, OptsBuilder};
 
 /// A [`bb8::ManageConnection`] for `mysql_async` connections, for
 /// [`AsyncLockPool`](crate::AsyncLockPool) (and any other bb8 pool).
 ///
 /// Connections are opened with the given options, checked with `COM_PING`, and never found
 /// broken by the manager itself (the lock pool's wrapper marks the ones it must close).
+///
+/// Unless the options set TCP keepalive themselves, the manager turns it on, probing an idle
+/// connection after [`KEEPALIVE`](AsyncMySqlManager::KEEPALIVE): a holder whose server
+/// vanished behind a silent partition then learns it from the operating system, instead of
+/// never.
 ///
 /// # Examples
 ///
@@ -27,8 +34,20 @@ pub struct AsyncMySqlManager {
 }
 
 impl AsyncMySqlManager {
-    /// A manager that opens connections with `opts`.
+    /// How long a connection stays idle before TCP keepalive probes it, unless the options
+    /// say otherwise.
+    pub const KEEPALIVE: Duration = Duration::from_secs(10);
+
+    /// A manager that opens connections with `opts`, with TCP keepalive on unless `opts` set
+    /// it.
     pub fn new(opts: Opts) -> Self {
+        let opts = if opts.tcp_keepalive().is_some() {
+            opts
+        } else {
+            OptsBuilder::from_opts(opts)
+                .tcp_keepalive(Some(Self::KEEPALIVE))
+                .into()
+        };
         AsyncMySqlManager { opts }
     }
 
@@ -57,5 +76,23 @@ impl bb8::ManageConnection for AsyncMySqlManager {
 
     fn has_broken(&self, _conn: &mut Conn) -> bool {
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keepalive_is_on_unless_the_options_set_it() {
+        let manager = AsyncMySqlManager::from_url("mysql://app@localhost/app").unwrap();
+        assert_eq!(
+            manager.opts.tcp_keepalive(),
+            Some(AsyncMySqlManager::KEEPALIVE)
+        );
+        let own = OptsBuilder::from_opts(Opts::from_url("mysql://app@localhost/app").unwrap())
+            .tcp_keepalive(Some(Duration::from_secs(3)));
+        let manager = AsyncMySqlManager::new(own.into());
+        assert_eq!(manager.opts.tcp_keepalive(), Some(Duration::from_secs(3)));
     }
 }
