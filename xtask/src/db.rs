@@ -659,6 +659,47 @@ fn start_mariadb_with(dir: &Path, extra: &[String]) -> Result<String> {
     Ok(format!("mysql://dlock:dlock@127.0.0.1:{port}/dlock"))
 }
 
+/// A PostgreSQL and a MariaDB server of one run's own, which it may freeze and restart: the
+/// fault tests and the nemesis find them through [`RestartableServers::env`].
+#[derive(Debug)]
+pub(crate) struct RestartableServers {
+    pub(crate) bin: PathBuf,
+    pub(crate) pg: OwnServer,
+    pub(crate) mariadb: OwnServer,
+}
+
+impl RestartableServers {
+    /// Starts both; on failure, stops what was started.
+    pub(crate) fn start() -> Result<RestartableServers> {
+        let bin = system_postgres_bin()?;
+        let pg = start_postgres_from(&bin)?;
+        match start_mariadb_own() {
+            Ok(mariadb) => Ok(RestartableServers { bin, pg, mariadb }),
+            Err(error) => {
+                pg.stop();
+                Err(error)
+            }
+        }
+    }
+
+    /// The URLs, and the directories and programs a restart needs.
+    pub(crate) fn env(&self) -> [(&'static str, &std::ffi::OsStr); 5] {
+        [
+            (PG_URL_VAR, self.pg.url.as_ref()),
+            (MYSQL_URL_VAR, self.mariadb.url.as_ref()),
+            ("DLOCK_FAULT_PG_DIR", self.pg.dir.as_os_str()),
+            ("DLOCK_FAULT_PG_BIN", self.bin.as_os_str()),
+            ("DLOCK_FAULT_MYSQL_DIR", self.mariadb.dir.as_os_str()),
+        ]
+    }
+
+    /// Stops both and deletes their files.
+    pub(crate) fn stop(self) {
+        self.pg.stop();
+        self.mariadb.stop();
+    }
+}
+
 /// The deployments where a lock cannot exclude, beside the primary of a row's own
 /// PostgreSQL server: pgbouncer in each pooling mode in front of it, a streaming standby of
 /// it, and a one-node MariaDB Galera cluster. Each is named to the tests by a variable.

@@ -484,27 +484,13 @@ fn run_row(row: &Row, servers: &mut Option<Servers>) -> Result<bool> {
         .args(&row.args)
         .envs(row.env.iter().copied());
     if row.own_servers {
-        let bin = db::system_postgres_bin()?;
-        let pg = db::start_postgres_from(&bin)?;
-        let mariadb = match db::start_mariadb_own() {
-            Ok(mariadb) => mariadb,
-            Err(error) => {
-                pg.stop();
-                return Err(error);
-            }
-        };
-        command
-            .env(db::PG_URL_VAR, &pg.url)
-            .env(db::MYSQL_URL_VAR, &mariadb.url)
-            .env("DLOCK_FAULT_PG_DIR", &pg.dir)
-            .env("DLOCK_FAULT_PG_BIN", &bin)
-            .env("DLOCK_FAULT_MYSQL_DIR", &mariadb.dir);
+        let servers = db::RestartableServers::start()?;
+        command.envs(servers.env());
         let deployments = if row.deployments {
-            match db::Deployments::start(&bin, &pg) {
+            match db::Deployments::start(&servers.bin, &servers.pg) {
                 Ok(deployments) => Some(deployments),
                 Err(error) => {
-                    pg.stop();
-                    mariadb.stop();
+                    servers.stop();
                     return Err(error);
                 }
             }
@@ -518,8 +504,7 @@ fn run_row(row: &Row, servers: &mut Option<Servers>) -> Result<bool> {
         if let Some(deployments) = deployments {
             deployments.stop();
         }
-        pg.stop();
-        mariadb.stop();
+        servers.stop();
         return Ok(passed?);
     }
     if let Some(major) = row.postgres_major {

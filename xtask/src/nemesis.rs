@@ -41,27 +41,14 @@ pub(crate) fn command(args: &[String]) -> Result<()> {
     if !built.success() {
         return Err("building the nemesis worker failed".into());
     }
-    let bin = db::system_postgres_bin()?;
-    let pg = db::start_postgres_from(&bin)?;
-    let mariadb = match db::start_mariadb_own() {
-        Ok(mariadb) => mariadb,
-        Err(error) => {
-            pg.stop();
-            return Err(error);
-        }
-    };
+    let servers = db::RestartableServers::start()?;
     let mut run = Command::new(target_dir().join("debug").join("nemesis"));
-    run.env(db::PG_URL_VAR, &pg.url)
-        .env(db::MYSQL_URL_VAR, &mariadb.url)
-        .env("DLOCK_FAULT_PG_DIR", &pg.dir)
-        .env("DLOCK_FAULT_PG_BIN", &bin)
-        .env("DLOCK_FAULT_MYSQL_DIR", &mariadb.dir);
+    run.envs(servers.env());
     if quick {
         run.arg("--quick");
     }
     let status = run.status();
-    pg.stop();
-    mariadb.stop();
+    servers.stop();
     if !status?.success() {
         return Err("the nemesis run failed".into());
     }
