@@ -80,6 +80,13 @@ macro_rules! __connection_lock {
             fn fencing_token(&self) -> Option<u64> {
                 $lock::fencing_token(self)
             }
+
+            fn disown(mut self) -> C {
+                // The lock's drop finds no connection, so it sends nothing.
+                self.conn
+                    .take()
+                    .expect("the connection is only taken when the lock is consumed")
+            }
         }
     };
 }

@@ -1,6 +1,6 @@
 //! The one error type of every dlock crate.
 
-use crate::Deployment;
+use crate::{Deployment, LostReason};
 
 /// A boxed error from a driver or a pool, kept as the [`source`](std::error::Error::source) of
 /// an [`Error`] so that dlock-core needs to know no driver.
@@ -138,6 +138,22 @@ pub enum Error {
         source: Option<BoxError>,
     },
 
+    /// A pooled lock was lost while its guard held it, so the critical section may not have
+    /// been exclusive: its session ended, the server no longer lists it, or nothing could
+    /// confirm it for longer than the pool's bound. Its connection is closed, never reused.
+    /// Work done under it may need to be checked or undone; fencing tokens let the resource
+    /// refuse a stale holder's writes.
+    #[error(
+        "the lock on {key} was lost while held, so the critical section may not have been \
+         exclusive: {reason}"
+    )]
+    LockLost {
+        /// The key of the lost lock, as the user gave it.
+        key: String,
+        /// Why it counts as lost.
+        reason: LostReason,
+    },
+
     /// The key cannot name a lock on this backend under this policy.
     #[error("invalid lock key: {reason}")]
     InvalidKey {
@@ -248,6 +264,20 @@ mod tests {
             Error::NotAcquired,
             Error::AlreadyAcquired,
             Error::NotHeld,
+            Error::LockLost {
+                key: "jobs".into(),
+                reason: LostReason::NotHeld,
+            },
+            Error::LockLost {
+                key: "jobs".into(),
+                reason: LostReason::Unconfirmed {
+                    unconfirmed: std::time::Duration::from_secs(3),
+                },
+            },
+            Error::LockLost {
+                key: "jobs".into(),
+                reason: LostReason::ConnectionFailed,
+            },
             Error::Deadlock {
                 source: Some(io_error()),
             },

@@ -6,6 +6,7 @@ mod error;
 mod fence;
 mod key;
 mod lock;
+mod lost;
 mod policy;
 mod token;
 #[doc(hidden)]
@@ -19,6 +20,7 @@ pub use fence::DEFAULT_FENCE_TABLE;
 pub use fence::fence_table_parts;
 pub use key::{Key, PgKey};
 pub use lock::{AsyncLock, ConnectionLock, IntoConnection, IntoConnectionAsync, Lock, REPLY_GRACE};
+pub use lost::{LostReason, SessionId};
 pub use policy::{CustomPolicy, KeyPolicy, MYSQL_NAME_MAX_CHARS};
 #[doc(hidden)]
 pub use token::attempt_token;

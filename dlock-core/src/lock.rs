@@ -200,6 +200,12 @@ pub trait ConnectionLock<C>: Sized {
     /// The fencing token of the lock while held, when fenced (the lock type's
     /// `fencing_token`).
     fn fencing_token(&self) -> Option<u64>;
+
+    /// Gives the connection back without sending a statement, forgetting what the lock
+    /// holds: for a caller that closes the connection at once, which ends the session and
+    /// frees its locks (a pool whose lock is known lost, where an unlock could hang on a
+    /// frozen server).
+    fn disown(self) -> C;
 }
 
 /// A blocking [`ConnectionLock`] that gives its connection back, releasing first.

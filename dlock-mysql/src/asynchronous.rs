@@ -4,7 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 use dlock_core::trace::Traced;
-use dlock_core::{AsyncLock, Error, Key, KeyPolicy, Result, Wait};
+use dlock_core::{AsyncLock, Error, Key, KeyPolicy, Result, SessionId, Wait};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts};
 use tracing::Instrument;
@@ -502,6 +502,47 @@ pub async fn holder_async(conn: &mut Conn, name: &str) -> Result<Option<u64>> {
         .await
         .map_err(|failed| failed.error)?;
     sql::read_holder(row.first().copied().flatten())
+}
+
+/// The session of `conn` as a lock watcher names it, for [`still_held_async`]: the async
+/// form of the blocking `session`. One round trip.
+///
+/// # Errors
+///
+/// What the server or the connection reports.
+///
+/// # Cancel Safety
+///
+/// Not cancel safe: a drop before the reply leaves `conn` unable to read the next reply
+/// correctly (a mysql_async limitation); discard the connection then.
+pub async fn session_async(conn: &mut Conn) -> Result<SessionId> {
+    let tag = dlock_core::attempt_token();
+    let row = query(conn, &sql::session(tag))
+        .await
+        .map_err(|failed| failed.error)?;
+    sql::read_session(&row, tag)
+}
+
+/// Whether each of `locks` (a session from [`session_async`], and a lock name it took) is
+/// still held by that session, asked through `conn` from another session: the async form of
+/// the blocking `still_held`.
+///
+/// # Errors
+///
+/// What the server or the connection reports.
+///
+/// # Cancel Safety
+///
+/// Not cancel safe, as [`session_async`].
+pub async fn still_held_async(conn: &mut Conn, locks: &[(SessionId, String)]) -> Result<Vec<bool>> {
+    let mut held = Vec::with_capacity(locks.len());
+    for chunk in locks.chunks(sql::WATCHED_PER_STATEMENT) {
+        let row = query(conn, &sql::still_held(chunk))
+            .await
+            .map_err(|failed| failed.error)?;
+        held.extend(sql::read_still_held(&row, chunk));
+    }
+    Ok(held)
 }
 
 /// Creates the table of fencing tokens, `dlock_fence`, if it does not exist: the async form

@@ -4,7 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 use dlock_core::trace::Traced;
-use dlock_core::{Error, Key, KeyPolicy, Lock, Result, Wait};
+use dlock_core::{Error, Key, KeyPolicy, Lock, Result, SessionId, Wait};
 use mysql::prelude::Queryable;
 use mysql::{Conn, PooledConn};
 
@@ -239,6 +239,35 @@ impl<C: MySqlConnection> fmt::Debug for MySqlLock<C> {
 pub fn holder(conn: &mut Conn, name: &str) -> Result<Option<u64>> {
     let row = query(conn, &sql::holder(name)).map_err(|failed| failed.error)?;
     sql::read_holder(row.first().copied().flatten())
+}
+
+/// The session of `conn` as a lock watcher names it, for [`still_held`]: its connection id,
+/// and a unique marker lock it takes now and holds until it ends (a later session with the
+/// same id, after a restart, does not hold it). One round trip.
+///
+/// # Errors
+///
+/// What the server or the connection reports.
+pub fn session(conn: &mut Conn) -> Result<SessionId> {
+    let tag = dlock_core::attempt_token();
+    let row = query(conn, &sql::session(tag)).map_err(|failed| failed.error)?;
+    sql::read_session(&row, tag)
+}
+
+/// Whether each of `locks` (a session from [`session`], and a lock name it took) is still
+/// held by that session, asked through `conn` from another session without touching the
+/// holders' connections: what a pool's watcher sends. One statement per thousand locks.
+///
+/// # Errors
+///
+/// What the server or the connection reports.
+pub fn still_held(conn: &mut Conn, locks: &[(SessionId, String)]) -> Result<Vec<bool>> {
+    let mut held = Vec::with_capacity(locks.len());
+    for chunk in locks.chunks(sql::WATCHED_PER_STATEMENT) {
+        let row = query(conn, &sql::still_held(chunk)).map_err(|failed| failed.error)?;
+        held.extend(sql::read_still_held(&row, chunk));
+    }
+    Ok(held)
 }
 
 /// Creates the table of fencing tokens, `dlock_fence`, if it does not exist: what

@@ -20,13 +20,14 @@ pub use dlock_core::*;
 #[cfg_attr(docsrs, doc(cfg(feature = "blocking")))]
 pub use blocking::{
     MySqlConnection, MySqlLock, check_deployment, holder, install_fencing, install_fencing_in,
+    session, still_held,
 };
 
 #[cfg(feature = "tokio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub use asynchronous::{
     AsyncMySqlConnection, AsyncMySqlLock, check_deployment_async, holder_async,
-    install_fencing_async, install_fencing_in_async,
+    install_fencing_async, install_fencing_in_async, session_async, still_held_async,
 };
 
 /// The blocking driver this crate's `blocking` feature uses, for matching versions.

@@ -12,7 +12,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use dlock_core::{BoxError, Error, Result, Wait};
+use dlock_core::{BoxError, Error, Result, SessionId, Wait};
 
 // Both drivers share one `mysql_common`, so their rows are one type.
 #[cfg(all(feature = "blocking", not(feature = "tokio")))]
@@ -273,6 +273,68 @@ pub(crate) fn read_holder(reply: Option<i64>) -> Result<Option<u64>, Error> {
     reply
         .map(|id| u64::try_from(id).map_err(|_| unexpected("IS_USED_LOCK", id)))
         .transpose()
+}
+
+/// The unique lock a session takes to be told apart, by a watcher, from a later session
+/// with the same connection id (ids start again at 1 when the server restarts).
+fn session_marker(tag: u64) -> String {
+    format!("dlock/session/{tag:016x}")
+}
+
+/// The statement that names this session for a watcher: its connection id, and its marker
+/// lock `tag` taken (never waiting: the name is unique).
+pub(crate) fn session(tag: u64) -> String {
+    let mut sql = String::from("SELECT CONNECTION_ID(), GET_LOCK(");
+    push_name(&mut sql, &session_marker(tag));
+    sql.push_str(", 0)");
+    sql
+}
+
+/// Reads the reply to [`session`].
+pub(crate) fn read_session(row: &[Option<i64>], tag: u64) -> Result<SessionId> {
+    match row {
+        [Some(id), Some(1)] => Ok(SessionId {
+            id: id.unsigned_abs(),
+            tag,
+        }),
+        _ => Err(Error::backend(
+            "the session's marker lock was not granted, though its name is unique",
+        )),
+    }
+}
+
+/// How many locks one watcher statement asks about: two columns each, well below the
+/// servers' column limit (4096).
+pub(crate) const WATCHED_PER_STATEMENT: usize = 1000;
+
+/// The statement a watcher sends for many held locks at once: for each, which connection
+/// holds its name and which holds its session's marker.
+pub(crate) fn still_held(locks: &[(SessionId, String)]) -> String {
+    let mut sql = String::from("SELECT ");
+    for (index, (session, name)) in locks.iter().enumerate() {
+        if index > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str("IS_USED_LOCK(");
+        push_name(&mut sql, name);
+        sql.push_str("), IS_USED_LOCK(");
+        push_name(&mut sql, &session_marker(session.tag));
+        sql.push(')');
+    }
+    sql
+}
+
+/// Reads the reply to [`still_held`]: a lock is still held when its session holds both its
+/// name and its marker, so a later session with the same id never passes for it.
+pub(crate) fn read_still_held(row: &[Option<i64>], locks: &[(SessionId, String)]) -> Vec<bool> {
+    locks
+        .iter()
+        .enumerate()
+        .map(|(index, (session, _))| {
+            let holder = |column: usize| row.get(column).copied().flatten().map(i64::unsigned_abs);
+            holder(2 * index) == Some(session.id) && holder(2 * index + 1) == Some(session.id)
+        })
+        .collect()
 }
 
 /// What proves, from another session, that the session with a given id is still the one a

@@ -2,15 +2,17 @@
 
 use std::fmt;
 use std::ops::{Deref, DerefMut};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use dlock_core::{
-    AsyncLock, ConnectionLock, Error, IntoConnectionAsync, Key, KeyPolicy, Result, Wait,
+    AsyncLock, ConnectionLock, Error, IntoConnectionAsync, Key, KeyPolicy, LostReason, Result,
+    SessionId, Wait,
 };
 
 use crate::deadline;
 use crate::manager::{self, AsyncManager, CloseMark, ConnectError, Doubt, LockManager, Retry};
+use crate::watch::{self, Signal, Watch, WatchSettings, Watched, WatchedLock};
 
 /// A bb8 connection checked out for one lock, lent to the backend's lock type.
 ///
@@ -71,6 +73,19 @@ pub trait AsyncConnection: Sized + Send + 'static + sealed::Sealed {
         conn: &mut Self,
         pool: &bb8::Pool<LockManager<M>>,
     ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Names the session of `conn` for the watcher (the backend's `session_async`).
+    #[doc(hidden)]
+    fn session(conn: &mut Self) -> impl Future<Output = Result<SessionId>> + Send;
+
+    /// Whether each of `locks` is still held, asked through `conn` (the backend's
+    /// `still_held_async`).
+    #[doc(hidden)]
+    fn still_held(
+        conn: &mut Self,
+        policy: &KeyPolicy,
+        locks: &[WatchedLock],
+    ) -> impl Future<Output = Result<Vec<bool>>> + Send;
 }
 
 /// The lock type of a pool of manager `M`.
@@ -107,6 +122,19 @@ mod postgres_backend {
         ) -> Result<()> {
             let second = pool.dedicated_connection().await.map_err(Error::pool)?;
             dlock_postgres::check_deployment_async(conn, Some(&second)).await
+        }
+
+        async fn session(conn: &mut Self) -> Result<SessionId> {
+            dlock_postgres::session_async(conn).await
+        }
+
+        async fn still_held(
+            conn: &mut Self,
+            policy: &KeyPolicy,
+            locks: &[WatchedLock],
+        ) -> Result<Vec<bool>> {
+            let locks = crate::watch::in_backend_form(policy, locks, KeyPolicy::pg_key)?;
+            dlock_postgres::still_held_async(conn, &locks).await
         }
     }
 }
@@ -145,6 +173,19 @@ mod mysql_backend {
             _pool: &bb8::Pool<LockManager<M>>,
         ) -> Result<()> {
             dlock_mysql::check_deployment_async(conn).await
+        }
+
+        async fn session(conn: &mut Self) -> Result<SessionId> {
+            dlock_mysql::session_async(conn).await
+        }
+
+        async fn still_held(
+            conn: &mut Self,
+            policy: &KeyPolicy,
+            locks: &[WatchedLock],
+        ) -> Result<Vec<bool>> {
+            let locks = crate::watch::in_backend_form(policy, locks, KeyPolicy::mysql_name)?;
+            dlock_mysql::still_held_async(conn, &locks).await
         }
     }
 }
@@ -205,6 +246,10 @@ pub struct AsyncLockPool<M: AsyncManager> {
     check_deployment: bool,
     /// The fence table, when acquires issue fencing tokens.
     fence: Option<String>,
+    /// The user's manager, which the watcher connects through.
+    manager: Arc<M>,
+    /// The held locks, for the watcher.
+    watch: Arc<Watch<WatchedLock>>,
 }
 
 impl<M> AsyncLockPool<M>
@@ -247,6 +292,7 @@ where
     async fn build(builder: bb8::Builder<LockManager<M>>, manager: LockManager<M>) -> Result<Self> {
         let connect_errors = manager.connect_errors();
         let doubt = manager.doubt();
+        let inner = manager.shared_inner();
         let pool = builder.build(manager).await.map_err(Error::pool)?;
         Ok(AsyncLockPool {
             pool,
@@ -255,6 +301,8 @@ where
             doubt,
             check_deployment: true,
             fence: None,
+            manager: inner,
+            watch: Watch::new(WatchSettings::default()),
         })
     }
 
@@ -263,6 +311,8 @@ where
     /// Uses `policy` to turn keys into the backend's keys.
     pub fn policy(mut self, policy: KeyPolicy) -> Self {
         self.policy = policy;
+        // The watcher turns keys into the backend's under the policy it started with.
+        self.watch = Watch::new(self.watch.settings());
         self
     }
 
@@ -276,7 +326,13 @@ where
         let conn = match deadline {
             None => checkout.await,
             Some(deadline) => {
-                let left = deadline::remaining(deadline, Instant::now());
+                let mut left = deadline::remaining(deadline, Instant::now());
+                if self.pool.state().idle_connections > 0 {
+                    // A connection is at hand, but the pool may check it with a round trip
+                    // (`test_on_check_out`): that check gets a reply's grace, as the lock's
+                    // own statement does, so that no time left still means "at least a try".
+                    left = left.max(dlock_core::REPLY_GRACE);
+                }
                 match tokio::time::timeout(left, checkout).await {
                     Ok(conn) => conn,
                     Err(_) => return Err(self.pool_error(bb8::RunError::TimedOut)),
@@ -405,6 +461,11 @@ where
             checking.disarm();
             conn.0.set_deployment_checked();
         }
+        let held = match self.watch.is_on() {
+            true => Some(self.held(&mut conn, &key, &mark).await?),
+            false => None,
+        };
+        let key_text = key.to_string();
         let mut lock = LockOf::<M>::on_connection(conn, key, self.policy.clone());
         if let Some(table) = &self.fence {
             lock = lock.fenced_in(table)?;
@@ -420,9 +481,21 @@ where
         match outcome {
             Ok(true) => {
                 armed.disarm();
+                let (signal, watched) = match held {
+                    Some(held) => {
+                        self.watch.start_once(|| self.start_watcher());
+                        let watched =
+                            self.watch
+                                .register(held, key_text, mark.clone(), Instant::now());
+                        (Arc::clone(watched.signal()), Some(watched))
+                    }
+                    None => (Signal::unwatched(key_text, mark.clone()), None),
+                };
                 Ok(Some(AsyncLockGuard {
                     lock: Some(lock),
                     mark,
+                    signal,
+                    watched,
                 }))
             }
             // Not held: dropping the lock sends the connection straight back.
@@ -436,6 +509,196 @@ where
                 manager::discarded_in_doubt(&error);
                 Err(error)
             }
+        }
+    }
+
+    /// The lock on `key` over `conn` as the watcher will ask about it; the first time on a
+    /// connection, this asks the server for the session's name (a failure, or a future
+    /// dropped before the reply, closes the connection).
+    async fn held(
+        &self,
+        conn: &mut AsyncPooled<M>,
+        key: &Key,
+        mark: &CloseMark,
+    ) -> Result<WatchedLock> {
+        let session = match conn.0.session() {
+            Some(session) => session,
+            None => {
+                let asking = mark.armed();
+                let session = AsyncConnection::session(&mut **conn).await?;
+                asking.disarm();
+                conn.0.set_session(session);
+                session
+            }
+        };
+        Ok((session, key.clone()))
+    }
+
+    /// Starts the pool's watcher task on the current runtime. It stops when the pool and
+    /// all its guards are gone.
+    fn start_watcher(&self) {
+        let watch = Arc::downgrade(&self.watch);
+        let manager = Arc::clone(&self.manager);
+        let policy = self.policy.clone();
+        tokio::spawn(async move { watch_from_task::<M>(watch, manager, policy).await });
+    }
+
+    /// Acquires `key` (waiting as [`acquire`](AsyncLockPool::acquire) does), runs `work`
+    /// with the connection, and releases. If the lock is lost first, `work`'s future is
+    /// dropped at once and the result is [`Error::LockLost`].
+    ///
+    /// ```no_run
+    /// # #[cfg(all(feature = "bb8", feature = "postgres"))]
+    /// # async fn run(
+    /// #     pool: dlock_pool::AsyncLockPool<bb8_postgres::PostgresConnectionManager<tokio_postgres::NoTls>>,
+    /// # ) -> Result<(), dlock_pool::Error> {
+    /// let rows = pool
+    ///     .with_lock("nightly-report", async |conn| {
+    ///         conn.execute("UPDATE reports SET running = true", &[]).await
+    ///     })
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`acquire`](AsyncLockPool::acquire); [`Error::LockLost`] when the lock was lost
+    /// before `work` finished, or its release found it lost; what the release reports.
+    ///
+    /// # Cancel Safety
+    ///
+    /// Dropping the future drops `work` and the guard, which closes the connection and so
+    /// frees the lock.
+    pub async fn with_lock<T>(
+        &self,
+        key: impl Into<Key>,
+        work: impl AsyncFnOnce(&mut M::Connection) -> T,
+    ) -> Result<T> {
+        let guard = self.acquire(key).await?;
+        run_locked(guard, work).await
+    }
+
+    /// Like [`with_lock`](AsyncLockPool::with_lock), without waiting for the lock:
+    /// `Ok(None)` when it is busy, and `work` does not run.
+    ///
+    /// # Errors
+    ///
+    /// As [`with_lock`](AsyncLockPool::with_lock).
+    ///
+    /// # Cancel Safety
+    ///
+    /// As [`with_lock`](AsyncLockPool::with_lock).
+    pub async fn try_with_lock<T>(
+        &self,
+        key: impl Into<Key>,
+        work: impl AsyncFnOnce(&mut M::Connection) -> T,
+    ) -> Result<Option<T>> {
+        match self.try_acquire(key).await? {
+            Some(guard) => run_locked(guard, work).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Like [`with_lock`](AsyncLockPool::with_lock), waiting for the lock up to `timeout`:
+    /// `Ok(None)` when it stayed busy, and `work` does not run.
+    ///
+    /// # Errors
+    ///
+    /// As [`with_lock`](AsyncLockPool::with_lock).
+    ///
+    /// # Cancel Safety
+    ///
+    /// As [`with_lock`](AsyncLockPool::with_lock).
+    pub async fn with_lock_timeout<T>(
+        &self,
+        key: impl Into<Key>,
+        timeout: Duration,
+        work: impl AsyncFnOnce(&mut M::Connection) -> T,
+    ) -> Result<Option<T>> {
+        match self.acquire_timeout(key, timeout).await? {
+            Some(guard) => run_locked(guard, work).await.map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Runs `work` under `guard`'s lock until it finishes or the lock is lost, then releases.
+async fn run_locked<M, T>(
+    mut guard: AsyncLockGuard<M>,
+    work: impl AsyncFnOnce(&mut M::Connection) -> T,
+) -> Result<T>
+where
+    M: AsyncManager,
+    M::Connection: AsyncConnection,
+{
+    let lost = AsyncLockGuard::lost(&guard);
+    let done = {
+        let mut work = std::pin::pin!(work(&mut *guard));
+        let mut lost = std::pin::pin!(lost);
+        std::future::poll_fn(|cx| {
+            if let std::task::Poll::Ready(done) = work.as_mut().poll(cx) {
+                return std::task::Poll::Ready(Ok(done));
+            }
+            lost.as_mut().poll(cx).map(Err)
+        })
+        .await
+    };
+    match done {
+        Ok(done) => AsyncLockGuard::release(guard).await.map(|()| done),
+        // The work is dropped; the lost signal marked the connection to be closed.
+        Err(reason) => {
+            let error = guard.signal.error(reason);
+            drop(guard);
+            Err(error)
+        }
+    }
+}
+
+/// The watcher of a pool, as a task: a round per interval, through a connection from
+/// `manager` that it opens again after a failure. Connecting and checking each get the
+/// bound at most; a connection that does not answer by then is closed.
+async fn watch_from_task<M>(watch: Weak<Watch<WatchedLock>>, manager: Arc<M>, policy: KeyPolicy)
+where
+    M: AsyncManager,
+    M::Connection: AsyncConnection,
+{
+    let mut conn: Option<M::Connection> = None;
+    let mut failed = false;
+    loop {
+        let Some((pause, patience)) = watch
+            .upgrade()
+            .map(|watch| (watch.pause(failed), watch.patience()))
+        else {
+            return;
+        };
+        tokio::time::sleep(pause).await;
+        let Some(round) = watch.upgrade().and_then(|watch| watch.round()) else {
+            continue;
+        };
+        let check = async {
+            let conn = match conn.as_mut() {
+                Some(conn) => conn,
+                None => {
+                    let connected = bb8::ManageConnection::connect(&*manager)
+                        .await
+                        .map_err(Error::pool)?;
+                    conn.insert(connected)
+                }
+            };
+            AsyncConnection::still_held(conn, &policy, &round.held).await
+        };
+        let answer = tokio::time::timeout(patience, check)
+            .await
+            .unwrap_or_else(|_| Err(Error::no_reply(patience)));
+        failed = answer.is_err();
+        if failed {
+            // Its reply may still be on the way: a fresh connection for the next round.
+            conn = None;
+        }
+        match watch.upgrade() {
+            Some(watch) => watch.finish(round, answer),
+            None => return,
         }
     }
 }
@@ -459,6 +722,10 @@ impl<M: AsyncManager> fmt::Debug for AsyncLockPool<M> {
 /// [`release`](AsyncLockGuard::release) marks its connection broken, and the pool closes it,
 /// which ends the session and frees the lock in the server. `release().await` unlocks and
 /// returns the connection for reuse.
+///
+/// The pool's watcher tells the guard when its lock is lost
+/// ([`is_lost`](AsyncLockGuard::is_lost), [`lost`](AsyncLockGuard::lost)); a lost guard's
+/// connection is closed, never reused.
 #[must_use = "the lock is released when the guard is dropped"]
 pub struct AsyncLockGuard<M>
 where
@@ -468,6 +735,10 @@ where
     /// Always `Some` until `release` or drop takes it.
     lock: Option<LockOf<M>>,
     mark: CloseMark,
+    /// Whether the lock is lost, and why.
+    signal: Arc<Signal>,
+    /// The watcher's registration, dropped as a release begins.
+    watched: Option<Watched<WatchedLock>>,
 }
 
 impl<M> AsyncLockGuard<M>
@@ -492,14 +763,23 @@ where
     ///
     /// # Errors
     ///
-    /// What the release reports: [`Error::NotHeld`] when the lock was lost while held, a
-    /// connection error when the session is gone.
+    /// [`Error::LockLost`] when the lock was lost while held (the watcher found it, or the
+    /// server said so at release): the connection is closed, and nothing is sent when the
+    /// loss was already known. A connection error when the session is gone.
     ///
     /// # Cancel Safety
     ///
     /// Dropping the future before it completes closes the connection, which frees the lock.
     pub async fn release(mut this: Self) -> Result<()> {
         let lock = this.lock.take().expect("the lock is only taken on release");
+        // The watcher stops watching first, so that it cannot take this unlock for a loss.
+        drop(this.watched.take());
+        if let Some(reason) = this.signal.lost_now() {
+            // The lost signal marked the connection: closing it frees whatever is left, and
+            // an unlock could hang on a frozen server.
+            drop(lock.disown());
+            return Err(this.signal.error(reason));
+        }
         let armed = this.mark.armed();
         let (conn, released) = lock.into_connection().await;
         armed.disarm();
@@ -507,6 +787,10 @@ where
             conn.mark_broken();
         }
         drop(conn);
+        let released = released.map_err(|error| match error {
+            Error::NotHeld => this.signal.error(LostReason::NotHeld),
+            other => other,
+        });
         // bb8 wakes a task waiting for a connection but leaves the connection idle, so a
         // caller that loops straight back into `acquire` would take it first, every time:
         // measured, a few of 256 contending tasks then made nearly every acquisition. One
@@ -515,7 +799,8 @@ where
         released
     }
 
-    /// Asks the server whether this guard's session still holds the lock.
+    /// Asks the server whether this guard's session still holds the lock. A lock known lost
+    /// is `Ok(false)` without asking: it stays lost.
     ///
     /// # Errors
     ///
@@ -525,10 +810,31 @@ where
     ///
     /// Dropping the future before it completes closes the connection when the guard drops.
     pub async fn verify(this: &mut Self) -> Result<bool> {
+        if this.signal.lost_now().is_some() {
+            return Ok(false);
+        }
         let armed = this.mark.armed();
         let verified = this.lock_mut().verify().await;
         armed.disarm();
+        crate::watch::note_verified(&this.signal, &verified);
         verified
+    }
+
+    /// Whether the lock is known lost: the watcher found it no longer held, or could not
+    /// confirm it for longer than the pool's bound, or a verify found it gone. No I/O.
+    pub fn is_lost(this: &Self) -> bool {
+        this.signal.lost_now().is_some()
+    }
+
+    /// Resolves, with the reason, once the lock is known lost; never while it is held. The
+    /// future borrows nothing (`Send + 'static`): spawn it, or race it against the work
+    /// (`tokio::select!`), to stop work whose lock is gone.
+    ///
+    /// # Cancel Safety
+    ///
+    /// Cancel safe: it only waits.
+    pub fn lost(this: &Self) -> impl Future<Output = LostReason> + Send + 'static {
+        watch::lost(Arc::clone(&this.signal))
     }
 
     /// The key of the held lock.

@@ -2,13 +2,17 @@
 
 use std::fmt;
 use std::ops::{Deref, DerefMut};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use dlock_core::{ConnectionLock, Error, IntoConnection, Key, KeyPolicy, Lock, Result, Wait};
+use dlock_core::{
+    ConnectionLock, Error, IntoConnection, Key, KeyPolicy, Lock, LostReason, Result, SessionId,
+    Wait,
+};
 
 use crate::deadline;
 use crate::manager::{self, Doubt, LockManager, Retry};
+use crate::watch::{Signal, Stop, Watch, WatchSettings, Watched, WatchedLock};
 
 /// An r2d2 connection checked out for one lock, lent to the backend's lock type.
 ///
@@ -62,6 +66,15 @@ pub trait BlockingConnection: Sized + Send + 'static + sealed::Sealed {
         conn: &mut Self,
         manager: &M,
     ) -> Result<()>;
+
+    /// Names the session of `conn` for the watcher (the backend's `session`).
+    #[doc(hidden)]
+    fn session(conn: &mut Self) -> Result<SessionId>;
+
+    /// Whether each of `locks` is still held, asked through `conn` (the backend's
+    /// `still_held`).
+    #[doc(hidden)]
+    fn still_held(conn: &mut Self, policy: &KeyPolicy, locks: &[WatchedLock]) -> Result<Vec<bool>>;
 }
 
 /// The lock type of a pool of manager `M`.
@@ -103,6 +116,19 @@ mod postgres_backend {
                 .map_err(|error| Error::pool(error.to_string()))?;
             dlock_postgres::check_deployment(conn, Some(&mut second))
         }
+
+        fn session(conn: &mut Self) -> Result<SessionId> {
+            dlock_postgres::session(conn)
+        }
+
+        fn still_held(
+            conn: &mut Self,
+            policy: &KeyPolicy,
+            locks: &[WatchedLock],
+        ) -> Result<Vec<bool>> {
+            let locks = crate::watch::in_backend_form(policy, locks, KeyPolicy::pg_key)?;
+            dlock_postgres::still_held(conn, &locks)
+        }
     }
 }
 
@@ -130,6 +156,19 @@ mod mysql_backend {
             _manager: &M,
         ) -> Result<()> {
             dlock_mysql::check_deployment(conn)
+        }
+
+        fn session(conn: &mut Self) -> Result<SessionId> {
+            dlock_mysql::session(conn)
+        }
+
+        fn still_held(
+            conn: &mut Self,
+            policy: &KeyPolicy,
+            locks: &[WatchedLock],
+        ) -> Result<Vec<bool>> {
+            let locks = crate::watch::in_backend_form(policy, locks, KeyPolicy::mysql_name)?;
+            dlock_mysql::still_held(conn, &locks)
         }
     }
 }
@@ -176,6 +215,8 @@ pub struct LockPool<M: r2d2::ManageConnection> {
     check_deployment: bool,
     /// The fence table, when acquires issue fencing tokens.
     fence: Option<String>,
+    /// The held locks, for the watcher.
+    watch: Arc<Watch<WatchedLock>>,
 }
 
 impl<M> LockPool<M>
@@ -225,6 +266,7 @@ where
             manager: inner,
             check_deployment: true,
             fence: None,
+            watch: Watch::new(WatchSettings::default()),
         })
     }
 
@@ -233,6 +275,8 @@ where
     /// Uses `policy` to turn keys into the backend's keys.
     pub fn policy(mut self, policy: KeyPolicy) -> Self {
         self.policy = policy;
+        // The watcher turns keys into the backend's under the policy it started with.
+        self.watch = Watch::new(self.watch.settings());
         self
     }
 
@@ -320,6 +364,12 @@ where
             }
             conn.0.set_deployment_checked();
         }
+        let held = match self.watch.is_on() {
+            true => Some(self.held(&mut conn, &key)?),
+            false => None,
+        };
+        let key_text = key.to_string();
+        let mark = conn.0.close_mark();
         let mut lock = LockOf::<M>::on_connection(conn, key, self.policy.clone());
         if let Some(table) = &self.fence {
             lock = lock.fenced_in(table)?;
@@ -330,7 +380,21 @@ where
             Wait::For(timeout) => lock.acquire_timeout(timeout),
         };
         match outcome {
-            Ok(true) => Ok(Some(LockGuard { lock: Some(lock) })),
+            Ok(true) => {
+                let (signal, watched) = match held {
+                    Some(held) => {
+                        self.watch.start_once(|| self.start_watcher());
+                        let watched = self.watch.register(held, key_text, mark, Instant::now());
+                        (Arc::clone(watched.signal()), Some(watched))
+                    }
+                    None => (Signal::unwatched(key_text, mark), None),
+                };
+                Ok(Some(LockGuard {
+                    lock: Some(lock),
+                    signal,
+                    watched,
+                }))
+            }
             // Not held: dropping the lock sends the connection straight back.
             Ok(false) => Ok(None),
             Err(error) => {
@@ -340,6 +404,146 @@ where
                 manager::discarded_in_doubt(&error);
                 Err(error)
             }
+        }
+    }
+
+    /// The lock on `key` over `conn` as the watcher will ask about it; the first time on a
+    /// connection, this asks the server for the session's name.
+    fn held(&self, conn: &mut Pooled<M>, key: &Key) -> Result<WatchedLock> {
+        let session = match conn.0.session() {
+            Some(session) => session,
+            None => {
+                let session = BlockingConnection::session(&mut **conn).inspect_err(|error| {
+                    if error.is_connection_error() {
+                        conn.mark_broken();
+                    }
+                })?;
+                conn.0.set_session(session);
+                session
+            }
+        };
+        Ok((session, key.clone()))
+    }
+
+    /// Starts the pool's watcher thread. It stops when the pool and all its guards are gone.
+    fn start_watcher(&self) {
+        let watch = Arc::downgrade(&self.watch);
+        let stop = self.watch.stop();
+        let manager = Arc::clone(&self.manager);
+        let policy = self.policy.clone();
+        let started = std::thread::Builder::new()
+            .name("dlock-watcher".into())
+            .spawn(move || watch_from_thread::<M>(&watch, &stop, &manager, &policy));
+        if let Err(error) = started {
+            // Nothing confirms the locks then, and each counts as lost once the bound runs out.
+            tracing::error!(target: "dlock", %error, "the lock watcher thread could not start");
+        }
+    }
+
+    /// Acquires `key` (waiting as [`acquire`](LockPool::acquire) does), runs `work` with the
+    /// guard, and releases.
+    ///
+    /// `work` should look at [`LockGuard::is_lost`] between steps: a blocking closure cannot
+    /// be stopped from outside.
+    ///
+    /// # Errors
+    ///
+    /// As [`acquire`](LockPool::acquire); [`Error::LockLost`] when the lock was lost while
+    /// `work` ran, even if `work` finished (its result is then dropped: it was not done under
+    /// the lock); what the release reports.
+    pub fn with_lock<T>(
+        &self,
+        key: impl Into<Key>,
+        work: impl FnOnce(&mut LockGuard<M>) -> T,
+    ) -> Result<T> {
+        let guard = self.acquire(key)?;
+        run_locked(guard, work)
+    }
+
+    /// Like [`with_lock`](LockPool::with_lock), without waiting for the lock: `Ok(None)`
+    /// when it is busy, and `work` does not run.
+    ///
+    /// # Errors
+    ///
+    /// As [`with_lock`](LockPool::with_lock).
+    pub fn try_with_lock<T>(
+        &self,
+        key: impl Into<Key>,
+        work: impl FnOnce(&mut LockGuard<M>) -> T,
+    ) -> Result<Option<T>> {
+        self.try_acquire(key)?
+            .map(|guard| run_locked(guard, work))
+            .transpose()
+    }
+
+    /// Like [`with_lock`](LockPool::with_lock), waiting for the lock up to `timeout`:
+    /// `Ok(None)` when it stayed busy, and `work` does not run.
+    ///
+    /// # Errors
+    ///
+    /// As [`with_lock`](LockPool::with_lock).
+    pub fn with_lock_timeout<T>(
+        &self,
+        key: impl Into<Key>,
+        timeout: Duration,
+        work: impl FnOnce(&mut LockGuard<M>) -> T,
+    ) -> Result<Option<T>> {
+        self.acquire_timeout(key, timeout)?
+            .map(|guard| run_locked(guard, work))
+            .transpose()
+    }
+}
+
+/// Runs `work` under `guard`'s lock, then releases it.
+fn run_locked<M, T>(mut guard: LockGuard<M>, work: impl FnOnce(&mut LockGuard<M>) -> T) -> Result<T>
+where
+    M: r2d2::ManageConnection,
+    M::Connection: BlockingConnection,
+{
+    let done = work(&mut guard);
+    LockGuard::release(guard).map(|()| done)
+}
+
+/// The watcher of a pool, on a thread of its own: a round per interval, through a
+/// connection from `manager` that it opens again after a failure. A check that never returns
+/// (a frozen server) holds the thread up; the locks it could not confirm count as lost once
+/// the bound runs out, whatever the thread does.
+fn watch_from_thread<M>(
+    watch: &Weak<Watch<WatchedLock>>,
+    stop: &Stop,
+    manager: &M,
+    policy: &KeyPolicy,
+) where
+    M: r2d2::ManageConnection,
+    M::Connection: BlockingConnection,
+{
+    let mut conn: Option<M::Connection> = None;
+    let mut failed = false;
+    loop {
+        let Some(pause) = watch.upgrade().map(|watch| watch.pause(failed)) else {
+            return;
+        };
+        if stop.sleep(pause) {
+            return;
+        }
+        let Some(round) = watch.upgrade().and_then(|watch| watch.round()) else {
+            continue;
+        };
+        let answer = match conn.as_mut() {
+            Some(conn) => Ok(conn),
+            None => manager
+                .connect()
+                .map(|connected| conn.insert(connected))
+                .map_err(|error| Error::pool(error.to_string())),
+        }
+        .and_then(|conn| BlockingConnection::still_held(conn, policy, &round.held));
+        failed = answer.is_err();
+        if failed {
+            conn = None;
+        }
+        match watch.upgrade() {
+            Some(watch) => watch.finish(round, answer),
+            None => return,
         }
     }
 }
@@ -360,6 +564,9 @@ impl<M: r2d2::ManageConnection> fmt::Debug for LockPool<M> {
 /// connection's methods. Dropping it releases the lock and returns the connection; if the
 /// release fails the connection is closed instead, which frees the lock in the server. A
 /// panic inside the critical section drops the guard, and so releases.
+///
+/// The pool's watcher tells the guard when its lock is lost ([`is_lost`](LockGuard::is_lost),
+/// [`wait_lost`](LockGuard::wait_lost)); a lost guard's connection is closed, never reused.
 #[must_use = "the lock is released when the guard is dropped"]
 pub struct LockGuard<M>
 where
@@ -368,6 +575,10 @@ where
 {
     /// Always `Some` until `release` or drop takes it.
     lock: Option<LockOf<M>>,
+    /// Whether the lock is lost, and why.
+    signal: Arc<Signal>,
+    /// The watcher's registration, dropped as a release begins.
+    watched: Option<Watched<WatchedLock>>,
 }
 
 impl<M> LockGuard<M>
@@ -392,20 +603,39 @@ where
     ///
     /// # Errors
     ///
-    /// What the release reports: [`Error::NotHeld`] when the lock was lost while held, a
-    /// connection error when the session is gone.
+    /// [`Error::LockLost`] when the lock was lost while held (the watcher found it, or the
+    /// server said so at release): the connection is closed, and nothing is sent when the
+    /// loss was already known. A connection error when the session is gone.
     pub fn release(mut this: Self) -> Result<()> {
         let lock = this.lock.take().expect("the lock is only taken on release");
-        finish::<M>(lock)
+        settle::<M>(lock, this.watched.take(), &this.signal)
     }
 
-    /// Asks the server whether this guard's session still holds the lock.
+    /// Whether the lock is known lost: the watcher found it no longer held, or could not
+    /// confirm it for longer than the pool's bound, or a verify found it gone. No I/O.
+    pub fn is_lost(this: &Self) -> bool {
+        this.signal.lost_now().is_some()
+    }
+
+    /// Waits up to `timeout` for the lock to be lost: whether it was. For a thread that
+    /// watches over work running elsewhere.
+    pub fn wait_lost(this: &Self, timeout: Duration) -> bool {
+        this.signal.wait_lost(timeout)
+    }
+
+    /// Asks the server whether this guard's session still holds the lock. A lock known lost
+    /// is `Ok(false)` without asking: it stays lost.
     ///
     /// # Errors
     ///
     /// What the server or the connection reports.
     pub fn verify(this: &mut Self) -> Result<bool> {
-        this.lock_mut().verify()
+        if this.signal.lost_now().is_some() {
+            return Ok(false);
+        }
+        let verified = this.lock_mut().verify();
+        crate::watch::note_verified(&this.signal, &verified);
+        verified
     }
 
     /// The key of the held lock.
@@ -419,17 +649,29 @@ where
     }
 }
 
-/// Releases `lock` and sends its connection back, closing it when the release failed.
-fn finish<M>(lock: LockOf<M>) -> Result<()>
+/// Releases `lock` and sends its connection back, closing it when the release failed or the
+/// lock was lost. The watcher stops watching first, so that it cannot take this unlock for a
+/// loss.
+fn settle<M>(lock: LockOf<M>, watched: Option<Watched<WatchedLock>>, signal: &Signal) -> Result<()>
 where
     M: r2d2::ManageConnection,
     M::Connection: BlockingConnection,
 {
+    drop(watched);
+    if let Some(reason) = signal.lost_now() {
+        // The lost signal marked the connection: closing it frees whatever is left, and an
+        // unlock could hang on a frozen server.
+        drop(lock.disown());
+        return Err(signal.error(reason));
+    }
     let (conn, released) = lock.into_connection();
     if released.is_err() {
         conn.mark_broken();
     }
-    released
+    released.map_err(|error| match error {
+        Error::NotHeld => signal.error(LostReason::NotHeld),
+        other => other,
+    })
 }
 
 impl<M> Deref for LockGuard<M>
@@ -464,7 +706,7 @@ where
             return;
         };
         let key = lock.key().to_string();
-        if let Err(error) = finish::<M>(lock) {
+        if let Err(error) = settle::<M>(lock, self.watched.take(), &self.signal) {
             tracing::warn!(%key, %error, "dropping a pooled lock: release failed, connection closed");
         }
     }

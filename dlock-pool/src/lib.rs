@@ -5,6 +5,7 @@ cfg_if::cfg_if! {
     if #[cfg(any(feature = "r2d2", feature = "bb8"))] {
         mod deadline;
         mod manager;
+        mod watch;
         pub use manager::{ConnectError, LockManager, Tracked};
     }
 }

@@ -55,8 +55,7 @@ impl<M> LockManager<M> {
         &self.inner
     }
 
-    /// The user's manager, shared.
-    #[cfg_attr(not(feature = "r2d2"), allow(dead_code))]
+    /// The user's manager, shared: the watcher and the deployment check connect through it.
     pub(crate) fn shared_inner(&self) -> Arc<M> {
         Arc::clone(&self.inner)
     }
@@ -69,8 +68,8 @@ impl<M> LockManager<M> {
 }
 
 /// Expands, inside `impl LockPool` or `impl AsyncLockPool`, to the builder methods both pools
-/// have for the deployment check and fencing. Each pool has the fields
-/// `check_deployment: bool` and `fence: Option<String>`.
+/// have for the deployment check, fencing and the watcher. Each pool has the fields
+/// `check_deployment: bool`, `fence: Option<String>` and `watch: Arc<Watch<_>>`.
 macro_rules! pool_options {
     () => {
         /// Turns off the deployment check, at the risk of two holders at once.
@@ -83,6 +82,32 @@ macro_rules! pool_options {
         /// only for a deployment you know better than the check.
         pub fn skip_deployment_check(mut self) -> Self {
             self.check_deployment = false;
+            self
+        }
+
+        /// Sets how often the pool's watcher checks every lock the pool holds (default 1 s, at
+        /// least 10 ms). The watcher runs on a connection of its own, opened through the same
+        /// manager when the pool first holds a lock, and sends one statement per check for all
+        /// of the pool's locks; a lock found no longer held is reported lost within about one
+        /// interval (`is_lost`, `lost`, `wait_lost` on the guard).
+        pub fn watch_interval(mut self, interval: std::time::Duration) -> Self {
+            self.watch = crate::watch::Watch::new(self.watch.settings().every(interval));
+            self
+        }
+
+        /// Sets how long a held lock may go without the watcher confirming it before it counts
+        /// as lost (default three intervals): unknown counts as lost, so a partition or a
+        /// frozen server reports every lock lost after this bound. Choose a longer bound for
+        /// work that would rather keep going through a short stall.
+        pub fn lost_after_unconfirmed(mut self, bound: std::time::Duration) -> Self {
+            self.watch = crate::watch::Watch::new(self.watch.settings().lost_after(bound));
+            self
+        }
+
+        /// Turns the watcher off: no extra connection and no check. A guard then learns that
+        /// its lock is lost only from its own `verify` and `release`.
+        pub fn without_watcher(mut self) -> Self {
+            self.watch = crate::watch::Watch::new(self.watch.settings().off());
             self
         }
 
@@ -191,6 +216,8 @@ pub struct Tracked<C> {
     /// Whether the pool checked that a lock on this connection excludes (no transaction
     /// pooler, standby or cluster node): once per connection, before its first lock.
     deployment_checked: bool,
+    /// The session as the pool's watcher names it, asked once per connection.
+    session: Option<dlock_core::SessionId>,
 }
 
 impl<C> Tracked<C> {
@@ -200,7 +227,18 @@ impl<C> Tracked<C> {
             mark: CloseMark::default(),
             good_at,
             deployment_checked: false,
+            session: None,
         }
+    }
+
+    /// The session as the watcher names it, once asked.
+    pub(crate) fn session(&self) -> Option<dlock_core::SessionId> {
+        self.session
+    }
+
+    /// Keeps the session's name for the connection's later locks.
+    pub(crate) fn set_session(&mut self, session: dlock_core::SessionId) {
+        self.session = Some(session);
     }
 
     /// Whether the pool checked the deployment through this connection.
@@ -225,7 +263,6 @@ impl<C> Tracked<C> {
     }
 
     /// The connection's mark, to set later without holding the connection.
-    #[cfg_attr(not(feature = "bb8"), allow(dead_code))]
     pub(crate) fn close_mark(&self) -> CloseMark {
         self.mark.clone()
     }

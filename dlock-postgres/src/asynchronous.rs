@@ -7,7 +7,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use dlock_core::trace::Traced;
-use dlock_core::{AsyncLock, Error, Key, KeyPolicy, PgKey, Result, Wait};
+use dlock_core::{AsyncLock, Error, Key, KeyPolicy, PgKey, Result, SessionId, Wait};
 use futures_util::TryStreamExt;
 use tokio_postgres::{Client, Config, NoTls, SimpleQueryMessage, Transaction};
 use tracing::Instrument;
@@ -685,6 +685,41 @@ pub async fn holders_async(client: &Client, key: PgKey) -> Result<Vec<Holder>> {
         .await
         .map_err(sql::error)?;
     sql::read_holders(&reply)
+}
+
+/// The session of `client` as a lock watcher names it, for [`still_held_async`]: the async
+/// form of the blocking `session`. One round trip.
+///
+/// # Errors
+///
+/// What the server or the connection reports.
+///
+/// # Cancel Safety
+///
+/// Cancel safe: it only reads.
+pub async fn session_async(client: &Client) -> Result<SessionId> {
+    let reply = client
+        .simple_query(&sql::session())
+        .await
+        .map_err(sql::error)?;
+    sql::read_session(&reply)
+}
+
+/// Whether each of `locks` (a session from [`session_async`], and a key it took) is still
+/// held by that session, asked through `client` from another session in one statement: the
+/// async form of the blocking `still_held`.
+///
+/// # Errors
+///
+/// What the server or the connection reports.
+///
+/// # Cancel Safety
+///
+/// Cancel safe: it only reads.
+pub async fn still_held_async(client: &Client, locks: &[(SessionId, PgKey)]) -> Result<Vec<bool>> {
+    let statement = sql::still_held(locks.iter().map(|(session, _)| session.id));
+    let reply = client.simple_query(&statement).await.map_err(sql::error)?;
+    sql::read_still_held(&reply, locks)
 }
 
 /// A PostgreSQL transaction-level advisory lock taken through a

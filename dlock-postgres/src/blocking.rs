@@ -5,7 +5,7 @@ use std::fmt;
 use std::time::Duration;
 
 use dlock_core::trace::Traced;
-use dlock_core::{Key, KeyPolicy, Lock, PgKey, Result, Wait};
+use dlock_core::{Key, KeyPolicy, Lock, PgKey, Result, SessionId, Wait};
 use postgres::{Client, Transaction};
 
 use crate::deployment::{Check, CheckStep, On};
@@ -251,6 +251,31 @@ pub fn holders(client: &mut Client, key: PgKey) -> Result<Vec<Holder>> {
         .simple_query(&sql::holders(key))
         .map_err(sql::error)?;
     sql::read_holders(&reply)
+}
+
+/// The session of `client` as a lock watcher names it, for [`still_held`]: its pid and the
+/// server's start time. One round trip.
+///
+/// # Errors
+///
+/// What the server or the connection reports.
+pub fn session(client: &mut Client) -> Result<SessionId> {
+    let reply = client.simple_query(&sql::session()).map_err(sql::error)?;
+    sql::read_session(&reply)
+}
+
+/// Whether each of `locks` (a session from [`session`], and a key it took) is still held by
+/// that session, asked through `client` from another session in one statement, without
+/// touching the holders' connections: what a pool's watcher sends. A session of an earlier
+/// server run (a restart) holds nothing.
+///
+/// # Errors
+///
+/// What the server or the connection reports.
+pub fn still_held(client: &mut Client, locks: &[(SessionId, PgKey)]) -> Result<Vec<bool>> {
+    let statement = sql::still_held(locks.iter().map(|(session, _)| session.id));
+    let reply = client.simple_query(&statement).map_err(sql::error)?;
+    sql::read_still_held(&reply, locks)
 }
 
 /// Checks that a session lock over `client` excludes: that the server is no hot standby, and

@@ -25,14 +25,15 @@ pub use sql::{Holder, Mode};
 #[cfg(feature = "blocking")]
 #[cfg_attr(docsrs, doc(cfg(feature = "blocking")))]
 pub use blocking::{
-    PgLock, PgXactLock, check_deployment, holders, install_fencing, install_fencing_in,
+    PgLock, PgXactLock, check_deployment, holders, install_fencing, install_fencing_in, session,
+    still_held,
 };
 
 #[cfg(feature = "tokio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub use asynchronous::{
     AsyncPgConnection, AsyncPgLock, AsyncPgXactLock, check_deployment_async, holders_async,
-    install_fencing_async, install_fencing_in_async,
+    install_fencing_async, install_fencing_in_async, session_async, still_held_async,
 };
 
 /// The blocking driver this crate's `blocking` feature uses, for matching versions.

@@ -7,7 +7,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use dlock_core::{BoxError, Error, PgKey};
+use dlock_core::{BoxError, Error, PgKey, SessionId};
 
 #[cfg(all(feature = "blocking", not(feature = "tokio")))]
 use postgres as driver;
@@ -667,6 +667,98 @@ pub(crate) fn read_holders(reply: &[SimpleQueryMessage]) -> Result<Vec<Holder>, 
         }
     }
     Ok(holders)
+}
+
+/// The server's start time in microseconds since the epoch: what tells a session apart from
+/// a later one with the same pid after a restart.
+const SERVER_STARTED: &str = "(extract(epoch FROM pg_postmaster_start_time()) * 1000000)::int8";
+
+/// The statement that names this session for a watcher: its pid and the server's start.
+pub(crate) fn session() -> String {
+    format!("SELECT pg_backend_pid(), {SERVER_STARTED}")
+}
+
+/// Reads the reply to [`session`].
+pub(crate) fn read_session(reply: &[SimpleQueryMessage]) -> Result<SessionId, Error> {
+    let row = last_row(reply);
+    let number = |index: usize| {
+        row.as_ref()
+            .and_then(|row| row.get(index)?.as_deref()?.parse::<i64>().ok())
+    };
+    match (number(0), number(1)) {
+        (Some(pid), Some(started)) => Ok(SessionId {
+            id: pid.unsigned_abs(),
+            tag: u64::from_ne_bytes(started.to_ne_bytes()),
+        }),
+        _ => Err(unexpected_reply("a pid and the server's start time")),
+    }
+}
+
+/// The statement a watcher sends for many held locks at once: every advisory lock granted
+/// to the sessions of `pids`, and the server's start, on every row (one row with no lock
+/// when they hold none).
+pub(crate) fn still_held(pids: impl IntoIterator<Item = u64>) -> String {
+    let mut sql = format!(
+        "SELECT {SERVER_STARTED}, l.pid, l.classid::int8, l.objid::int8, l.objsubid \
+         FROM (VALUES (1)) AS one (x) LEFT JOIN pg_locks AS l ON l.locktype = 'advisory' \
+         AND l.granted AND l.pid IN ("
+    );
+    let mut first = true;
+    for pid in pids {
+        if !first {
+            sql.push_str(", ");
+        }
+        first = false;
+        // Writing to a String cannot fail.
+        let _ = write!(sql, "{pid}");
+    }
+    if first {
+        // No session: a pid no session has.
+        sql.push('0');
+    }
+    sql.push(')');
+    sql
+}
+
+/// Reads the reply to [`still_held`]: for each of `locks` (a session and the key it
+/// holds), whether the server still lists it, on the same server run.
+pub(crate) fn read_still_held(
+    reply: &[SimpleQueryMessage],
+    locks: &[(SessionId, PgKey)],
+) -> Result<Vec<bool>, Error> {
+    let mut started = None;
+    let mut granted = std::collections::HashSet::new();
+    for message in reply {
+        let SimpleQueryMessage::Row(row) = message else {
+            continue;
+        };
+        let number = |index: usize| row.get(index).and_then(|value| value.parse::<i64>().ok());
+        let Some(start) = number(0) else {
+            return Err(unexpected_reply("the server's start time"));
+        };
+        started = Some(u64::from_ne_bytes(start.to_ne_bytes()));
+        if let (Some(pid), Some(classid), Some(objid), Some(objsubid)) =
+            (number(1), number(2), number(3), number(4))
+        {
+            granted.insert((pid.unsigned_abs(), classid, objid, objsubid));
+        }
+    }
+    let Some(started) = started else {
+        return Err(unexpected_reply("a row with the server's start time"));
+    };
+    Ok(locks
+        .iter()
+        .map(|(session, key)| {
+            let (classid, objid, objsubid) = pg_locks_ids(*key);
+            session.tag == started
+                && granted.contains(&(
+                    session.id,
+                    i64::from(classid),
+                    i64::from(objid),
+                    i64::from(objsubid),
+                ))
+        })
+        .collect())
 }
 
 /// A reply as the state machine reads it: the columns of the last row, as text (`t` and `f`
