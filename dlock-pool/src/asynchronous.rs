@@ -130,11 +130,13 @@ mod postgres_backend {
 
         async fn still_held(
             conn: &mut Self,
-            policy: &KeyPolicy,
+            _policy: &KeyPolicy,
             locks: &[WatchedLock],
         ) -> Result<Vec<bool>> {
-            let locks = crate::watch::in_backend_form(policy, locks, KeyPolicy::pg_key)?;
-            dlock_postgres::still_held_async(conn, &locks).await
+            // A PostgreSQL session keeps its session locks until it ends: its watcher asks
+            // whether the sessions still run.
+            let sessions: Vec<_> = locks.iter().map(|(session, _)| *session).collect();
+            dlock_postgres::still_held_async(conn, &sessions).await
         }
     }
 }
@@ -665,14 +667,16 @@ where
 {
     let mut conn: Option<M::Connection> = None;
     let mut failed = false;
+    let mut last = Instant::now();
     loop {
         let Some((pause, patience)) = watch
             .upgrade()
-            .map(|watch| (watch.pause(failed), watch.patience()))
+            .map(|watch| (watch.pause(failed, last.elapsed()), watch.patience()))
         else {
             return;
         };
         tokio::time::sleep(pause).await;
+        last = Instant::now();
         let Some(round) = watch.upgrade().and_then(|watch| watch.round()) else {
             continue;
         };

@@ -123,11 +123,13 @@ mod postgres_backend {
 
         fn still_held(
             conn: &mut Self,
-            policy: &KeyPolicy,
+            _policy: &KeyPolicy,
             locks: &[WatchedLock],
         ) -> Result<Vec<bool>> {
-            let locks = crate::watch::in_backend_form(policy, locks, KeyPolicy::pg_key)?;
-            dlock_postgres::still_held(conn, &locks)
+            // A PostgreSQL session keeps its session locks until it ends: its watcher asks
+            // whether the sessions still run.
+            let sessions: Vec<_> = locks.iter().map(|(session, _)| *session).collect();
+            dlock_postgres::still_held(conn, &sessions)
         }
     }
 }
@@ -519,13 +521,18 @@ fn watch_from_thread<M>(
 {
     let mut conn: Option<M::Connection> = None;
     let mut failed = false;
+    let mut last = Instant::now();
     loop {
-        let Some(pause) = watch.upgrade().map(|watch| watch.pause(failed)) else {
+        let Some(pause) = watch
+            .upgrade()
+            .map(|watch| watch.pause(failed, last.elapsed()))
+        else {
             return;
         };
         if stop.sleep(pause) {
             return;
         }
+        last = Instant::now();
         let Some(round) = watch.upgrade().and_then(|watch| watch.round()) else {
             continue;
         };

@@ -23,7 +23,7 @@ use crate::manager::CloseMark;
 pub(crate) type WatchedLock = (dlock_core::SessionId, dlock_core::Key);
 
 /// `locks` with their keys in the backend's form, under `policy` (which took them).
-#[cfg(any(feature = "postgres", feature = "mysql"))]
+#[cfg(feature = "mysql")]
 pub(crate) fn in_backend_form<K>(
     policy: &dlock_core::KeyPolicy,
     locks: &[WatchedLock],
@@ -424,15 +424,18 @@ impl<H: Clone> Watch<H> {
         }
     }
 
-    /// How long the watcher sleeps before its next round: an interval, or a quarter of one
-    /// after a round that failed, to reconnect soon.
-    pub(crate) fn pause(&self, last_failed: bool) -> Duration {
+    /// How long the watcher sleeps before its next round, `since_last` after the last one
+    /// began: rounds begin an interval apart (a quarter of one after a round that failed, to
+    /// reconnect soon), however long each took, so that a slow answer does not stretch the
+    /// time between confirmations.
+    pub(crate) fn pause(&self, last_failed: bool, since_last: Duration) -> Duration {
         let interval = self.settings.interval.unwrap_or(DEFAULT_INTERVAL);
-        if last_failed {
+        let period = if last_failed {
             (interval / 4).max(MIN_INTERVAL)
         } else {
             interval
-        }
+        };
+        period.saturating_sub(since_last)
     }
 
     /// How long the watcher waits for a connection or an answer before it gives the
@@ -621,8 +624,11 @@ mod tests {
             Some(Duration::from_secs(3))
         );
         let watch = watch(WatchSettings::default());
-        assert_eq!(watch.pause(false), DEFAULT_INTERVAL);
-        assert_eq!(watch.pause(true), DEFAULT_INTERVAL / 4);
+        assert_eq!(watch.pause(false, Duration::ZERO), DEFAULT_INTERVAL);
+        assert_eq!(watch.pause(true, Duration::ZERO), DEFAULT_INTERVAL / 4);
+        let slow = Duration::from_millis(300);
+        assert_eq!(watch.pause(false, slow), DEFAULT_INTERVAL - slow);
+        assert_eq!(watch.pause(true, slow), Duration::ZERO);
     }
 
     #[cfg(feature = "bb8")]

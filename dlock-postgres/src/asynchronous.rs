@@ -705,9 +705,8 @@ pub async fn session_async(client: &Client) -> Result<SessionId> {
     sql::read_session(&reply)
 }
 
-/// Whether each of `locks` (a session from [`session_async`], and a key it took) is still
-/// held by that session, asked through `client` from another session in one statement: the
-/// async form of the blocking `still_held`.
+/// Whether each of `sessions` (from [`session_async`]) still runs, asked through `client`
+/// from another session in one statement: the async form of the blocking `still_held`.
 ///
 /// # Errors
 ///
@@ -716,10 +715,10 @@ pub async fn session_async(client: &Client) -> Result<SessionId> {
 /// # Cancel Safety
 ///
 /// Cancel safe: it only reads.
-pub async fn still_held_async(client: &Client, locks: &[(SessionId, PgKey)]) -> Result<Vec<bool>> {
-    let statement = sql::still_held(locks.iter().map(|(session, _)| session.id));
+pub async fn still_held_async(client: &Client, sessions: &[SessionId]) -> Result<Vec<bool>> {
+    let statement = sql::still_held(sessions.iter().map(|session| session.id));
     let reply = client.simple_query(&statement).await.map_err(sql::error)?;
-    sql::read_still_held(&reply, locks)
+    Ok(sql::read_still_held(&reply, sessions))
 }
 
 /// A PostgreSQL transaction-level advisory lock taken through a

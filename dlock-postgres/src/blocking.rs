@@ -253,8 +253,8 @@ pub fn holders(client: &mut Client, key: PgKey) -> Result<Vec<Holder>> {
     sql::read_holders(&reply)
 }
 
-/// The session of `client` as a lock watcher names it, for [`still_held`]: its pid and the
-/// server's start time. One round trip.
+/// The session of `client` as a lock watcher names it, for [`still_held`]: its pid and when
+/// it started (`pg_stat_activity`). One round trip.
 ///
 /// # Errors
 ///
@@ -264,18 +264,19 @@ pub fn session(client: &mut Client) -> Result<SessionId> {
     sql::read_session(&reply)
 }
 
-/// Whether each of `locks` (a session from [`session`], and a key it took) is still held by
-/// that session, asked through `client` from another session in one statement, without
-/// touching the holders' connections: what a pool's watcher sends. A session of an earlier
-/// server run (a restart) holds nothing.
+/// Whether each of `sessions` (from [`session`]) still runs, asked through `client` from
+/// another session in one statement, without touching their connections: what a pool's
+/// watcher sends for the sessions of its held locks. A session holds its session locks until
+/// it ends, unless it releases them itself. A later session that reuses a pid, even after a
+/// restart, does not pass for an earlier one.
 ///
 /// # Errors
 ///
 /// What the server or the connection reports.
-pub fn still_held(client: &mut Client, locks: &[(SessionId, PgKey)]) -> Result<Vec<bool>> {
-    let statement = sql::still_held(locks.iter().map(|(session, _)| session.id));
+pub fn still_held(client: &mut Client, sessions: &[SessionId]) -> Result<Vec<bool>> {
+    let statement = sql::still_held(sessions.iter().map(|session| session.id));
     let reply = client.simple_query(&statement).map_err(sql::error)?;
-    sql::read_still_held(&reply, locks)
+    Ok(sql::read_still_held(&reply, sessions))
 }
 
 /// Checks that a session lock over `client` excludes: that the server is no hot standby, and
