@@ -10,7 +10,7 @@ use dlock_testkit as common;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dlock_pool::{
@@ -25,13 +25,9 @@ const INTERVAL: Duration = Duration::from_millis(250);
 /// What the issue promises: a lock killed server-side is reported lost within this.
 const PROMISED: Duration = Duration::from_millis(1250);
 
-/// The lock of the tests of this file: they kill sessions they find on the server.
-fn one_at_a_time() -> MutexGuard<'static, ()> {
-    static SERIAL: Mutex<()> = Mutex::new(());
-    SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
+/// The lock of the tests of this file, which kill sessions they find on the server: blocking
+/// tests take it with `blocking_lock`, async ones with `lock().await`.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// What a test needs of a backend: its managers and its sessions.
 trait Backend: 'static {
@@ -653,7 +649,7 @@ async fn held_locks_are_never_reported_lost<B: Backend>() -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_fifty_six_held_locks_are_never_reported_lost_under_load() {
-    let _serial = one_at_a_time();
+    let _serial = ONE_AT_A_TIME.lock().await;
     let (postgres, mysql) = tokio::join!(
         held_locks_are_never_reported_lost::<Pg>(),
         held_locks_are_never_reported_lost::<My>()
@@ -671,32 +667,32 @@ macro_rules! per_backend {
 
             #[test]
             fn a_killed_session_is_reported_lost_within_an_interval_blocking() {
-                let _serial = one_at_a_time();
+                let _serial = ONE_AT_A_TIME.blocking_lock();
                 super::a_killed_session_is_reported_lost_within_an_interval_blocking::<$backend>();
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn a_killed_session_is_reported_lost_within_an_interval_async() {
-                let _serial = one_at_a_time();
+                let _serial = ONE_AT_A_TIME.lock().await;
                 super::a_killed_session_is_reported_lost_within_an_interval_async::<$backend>()
                     .await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn with_lock_drops_the_work_of_a_lost_lock() {
-                let _serial = one_at_a_time();
+                let _serial = ONE_AT_A_TIME.lock().await;
                 super::with_lock_drops_the_work_of_a_lost_lock::<$backend>().await;
             }
 
             #[test]
             fn blocking_with_lock_reports_a_lock_lost_while_the_work_ran() {
-                let _serial = one_at_a_time();
+                let _serial = ONE_AT_A_TIME.blocking_lock();
                 super::blocking_with_lock_reports_a_lock_lost_while_the_work_ran::<$backend>();
             }
 
             #[test]
             fn a_killed_watcher_connection_reconnects_and_reports_nothing_lost_blocking() {
-                let _serial = one_at_a_time();
+                let _serial = ONE_AT_A_TIME.blocking_lock();
                 super::a_killed_watcher_connection_reconnects_and_reports_nothing_lost_blocking::<
                     $backend,
                 >();
@@ -704,7 +700,7 @@ macro_rules! per_backend {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn a_killed_watcher_connection_reconnects_and_reports_nothing_lost_async() {
-                let _serial = one_at_a_time();
+                let _serial = ONE_AT_A_TIME.lock().await;
                 super::a_killed_watcher_connection_reconnects_and_reports_nothing_lost_async::<
                     $backend,
                 >()
@@ -713,13 +709,13 @@ macro_rules! per_backend {
 
             #[test]
             fn a_partition_reports_every_lock_lost_within_the_bound_blocking() {
-                let _serial = one_at_a_time();
+                let _serial = ONE_AT_A_TIME.blocking_lock();
                 super::a_partition_reports_every_lock_lost_within_the_bound_blocking::<$backend>();
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn a_partition_reports_every_lock_lost_within_the_bound_async() {
-                let _serial = one_at_a_time();
+                let _serial = ONE_AT_A_TIME.lock().await;
                 super::a_partition_reports_every_lock_lost_within_the_bound_async::<$backend>()
                     .await;
             }
