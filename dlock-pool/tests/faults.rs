@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use dlock_pool::dlock_mysql::AsyncMySqlLock;
 use dlock_pool::dlock_postgres::AsyncPgLock;
 use dlock_pool::{
-    AsyncLock, AsyncLockGuard, AsyncLockPool, AsyncMySqlManager, Error, LockGuard, LockPool,
-    REPLY_GRACE,
+    AsyncConnection, AsyncLock, AsyncLockGuard, AsyncLockPool, AsyncManager, AsyncMySqlManager,
+    BlockingConnection, Error, LockGuard, LockPool, LostReason, REPLY_GRACE,
 };
 
 async fn pg_pool(
@@ -323,4 +323,215 @@ async fn pools_of_new_acquire_at_once_after_a_restart_between_acquires() {
     })
     .await
     .unwrap();
+}
+
+/// How often the watchers of the lost-lock fault tests check.
+const WATCH_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Holds `key` in an r2d2 pool and in a bb8 pool (over `blocking` and `pool`), brings
+/// `fault` on, and returns how long after it began each guard was reported lost, and why.
+/// Each lost guard's release sends nothing and says `LockLost`. `fault` returns what ends
+/// the fault when dropped (a frozen server), which happens once both guards are released;
+/// then both pools lock again.
+async fn pooled_locks_lost_to<M, A>(
+    blocking: LockPool<M>,
+    pool: AsyncLockPool<A>,
+    key: &'static str,
+    fault: impl FnOnce() -> Box<dyn Send> + Send + 'static,
+) -> Vec<(Duration, LostReason)>
+where
+    M: r2d2::ManageConnection,
+    M::Connection: BlockingConnection,
+    LockGuard<M>: Send,
+    A: AsyncManager,
+    A::Connection: AsyncConnection,
+{
+    let blocking = std::sync::Arc::new(blocking.watch_interval(WATCH_INTERVAL));
+    let pool = pool.watch_interval(WATCH_INTERVAL);
+    let holding = std::sync::Arc::clone(&blocking);
+    let held = tokio::task::spawn_blocking(move || holding.acquire(format!("{key}/r2d2")).unwrap())
+        .await
+        .unwrap();
+    let async_held = pool.acquire(format!("{key}/bb8")).await.unwrap();
+    tokio::time::sleep(WATCH_INTERVAL * 2).await;
+    assert!(!LockGuard::is_lost(&held) && !AsyncLockGuard::is_lost(&async_held));
+
+    let began = Instant::now();
+    let fault = tokio::task::spawn_blocking(fault);
+    let blocking_lost = tokio::task::spawn_blocking(move || {
+        assert!(LockGuard::wait_lost(&held, Duration::from_secs(20)));
+        let lost = began.elapsed();
+        let released = Instant::now();
+        let outcome = LockGuard::release(held);
+        assert!(
+            released.elapsed() < Duration::from_millis(100),
+            "released without I/O"
+        );
+        match outcome {
+            Err(Error::LockLost { reason, .. }) => (lost, reason),
+            other => panic!("r2d2: {other:?}"),
+        }
+    });
+    let reason = tokio::time::timeout(Duration::from_secs(20), AsyncLockGuard::lost(&async_held))
+        .await
+        .expect("bb8: reported lost");
+    let async_lost = (began.elapsed(), reason);
+    let released = AsyncLockGuard::release(async_held).await;
+    assert!(
+        matches!(released, Err(Error::LockLost { .. })),
+        "bb8: {released:?}"
+    );
+    let blocking_lost = blocking_lost.await.unwrap();
+    drop(fault.await.unwrap());
+
+    // Both pools lock again once the fault is over.
+    let guard = pool.acquire(format!("{key}/bb8")).await.unwrap();
+    AsyncLockGuard::release(guard).await.unwrap();
+    tokio::task::spawn_blocking(move || {
+        let guard = blocking.acquire(format!("{key}/r2d2")).unwrap();
+        LockGuard::release(guard).unwrap();
+        // The blocking client may not be dropped on a runtime thread.
+        drop(blocking);
+    })
+    .await
+    .unwrap();
+    vec![blocking_lost, async_lost]
+}
+
+async fn pg_pools() -> (
+    LockPool<r2d2_postgres::PostgresConnectionManager<postgres::NoTls>>,
+    AsyncLockPool<bb8_postgres::PostgresConnectionManager<tokio_postgres::NoTls>>,
+) {
+    let blocking = tokio::task::spawn_blocking(|| {
+        let manager = r2d2_postgres::PostgresConnectionManager::new(
+            common::pg_url().parse().unwrap(),
+            postgres::NoTls,
+        );
+        LockPool::with_builder(r2d2::Pool::builder().max_size(2), manager).unwrap()
+    })
+    .await
+    .unwrap();
+    (blocking, pg_pool(2).await)
+}
+
+async fn my_pools() -> (
+    LockPool<r2d2_mysql::MySqlConnectionManager>,
+    AsyncLockPool<AsyncMySqlManager>,
+) {
+    let blocking = tokio::task::spawn_blocking(|| {
+        let opts = mysql::Opts::from_url(&common::mysql_url()).unwrap();
+        let manager = r2d2_mysql::MySqlConnectionManager::new(mysql::OptsBuilder::from_opts(opts));
+        LockPool::with_builder(r2d2::Pool::builder().max_size(2), manager).unwrap()
+    })
+    .await
+    .unwrap();
+    (blocking, my_pool(2).await)
+}
+
+/// Prints when each pool reported its lock lost after `fault`, and checks it against `within`.
+fn report_lost(fault: &str, lost: &[(Duration, LostReason)], within: Duration) {
+    for ((after, reason), pool) in lost.iter().zip(["r2d2", "bb8"]) {
+        println!(
+            "{fault}: {pool} reported its lock lost after {after:?}, promised within \
+             {within:?} ({reason})"
+        );
+        assert!(*after <= within, "{fault}, {pool}: {after:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_reports_every_pooled_lock_lost_within_an_interval_and_a_second() {
+    let within = WATCH_INTERVAL + Duration::from_secs(1);
+    let (blocking, pool) = pg_pools().await;
+    let lost = pooled_locks_lost_to(blocking, pool, "faults/lost-restart-pg", || {
+        restart_postgres();
+        Box::new(())
+    })
+    .await;
+    report_lost("a PostgreSQL restart", &lost, within);
+    let (blocking, pool) = my_pools().await;
+    let lost = pooled_locks_lost_to(blocking, pool, "faults/lost-restart-my", || {
+        restart_mariadb();
+        Box::new(())
+    })
+    .await;
+    report_lost("a MariaDB restart", &lost, within);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_server_reports_every_pooled_lock_lost_once_the_bound_runs_out() {
+    // The default bound: three intervals unconfirmed.
+    let within = WATCH_INTERVAL * 3 + WATCH_INTERVAL;
+    let (blocking, pool) = pg_pools().await;
+    let lost = pooled_locks_lost_to(blocking, pool, "faults/lost-frozen-pg", || {
+        Box::new(Frozen::new(pg_pid(), true))
+    })
+    .await;
+    report_lost("a frozen PostgreSQL", &lost, within);
+    assert!(
+        lost.iter()
+            .all(|(_, reason)| matches!(reason, LostReason::Unconfirmed { .. }))
+    );
+    let (blocking, pool) = my_pools().await;
+    let lost = pooled_locks_lost_to(blocking, pool, "faults/lost-frozen-my", || {
+        Box::new(Frozen::new(my_pid(), false))
+    })
+    .await;
+    report_lost("a frozen MariaDB", &lost, within);
+}
+
+/// Ends, as an operator would, every PostgreSQL session that holds an advisory lock: the
+/// fault tests run one at a time on servers of their own, so these are the test's guards.
+fn terminate_pg_holders() -> Box<dyn Send> {
+    common::pg()
+        .execute(
+            "SELECT pg_terminate_backend(pid, 10000) FROM pg_locks \
+             WHERE locktype = 'advisory' AND granted",
+            &[],
+        )
+        .unwrap();
+    Box::new(())
+}
+
+/// Kills the MariaDB sessions that hold `key`'s two locks.
+fn kill_my_holders(key: &'static str) -> Box<dyn Send> {
+    for pool in ["r2d2", "bb8"] {
+        if let Some(id) = common::my_holder_of(&format!("{key}/{pool}")) {
+            common::my_kill(id);
+        }
+    }
+    Box::new(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_sessions_are_reported_lost_within_an_interval_and_a_second() {
+    const SAMPLES: usize = 5;
+    let within = WATCH_INTERVAL + Duration::from_secs(1);
+    let mut latencies = Vec::new();
+    for _ in 0..SAMPLES {
+        let (blocking, pool) = pg_pools().await;
+        let lost =
+            pooled_locks_lost_to(blocking, pool, "faults/lost-kill-pg", terminate_pg_holders).await;
+        latencies.extend(lost);
+        let (blocking, pool) = my_pools().await;
+        let key = "faults/lost-kill-my";
+        let lost = pooled_locks_lost_to(blocking, pool, key, move || kill_my_holders(key)).await;
+        latencies.extend(lost);
+    }
+    assert!(
+        latencies
+            .iter()
+            .all(|(_, reason)| *reason == LostReason::NotHeld)
+    );
+    let mut latencies: Vec<Duration> = latencies.into_iter().map(|(after, _)| after).collect();
+    latencies.sort();
+    let p50 = latencies[latencies.len() / 2];
+    let p99 = latencies[(latencies.len() * 99).div_ceil(100) - 1];
+    println!(
+        "killed sessions, {} guards of r2d2 and bb8 pools on PostgreSQL and MariaDB, watcher \
+         interval {WATCH_INTERVAL:?}: detection latency p50 {p50:?}, p99 {p99:?} (promised: \
+         {within:?})",
+        latencies.len()
+    );
+    assert!(p99 <= within, "p99 {p99:?}");
 }

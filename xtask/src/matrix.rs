@@ -273,7 +273,9 @@ fn rows() -> Result<Vec<Row>> {
         }
         let row = Row::new(row, &args);
         rows.push(if kind == "faults" {
-            row.arg_list(&["--", "--test-threads=1"]).own_servers()
+            // The fault tests print how fast lost locks were reported: shown in the log.
+            row.arg_list(&["--", "--test-threads=1", "--nocapture"])
+                .own_servers()
         } else {
             row.own_servers().deployments()
         });
