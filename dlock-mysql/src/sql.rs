@@ -822,4 +822,40 @@ mod tests {
             assert!(error.to_string().contains("PostgreSQL"), "{error}");
         }
     }
+
+    #[test]
+    fn a_watcher_counts_a_lock_held_only_when_one_session_holds_its_name_and_its_marker() {
+        let session = |id, tag| SessionId { id, tag };
+        let locks = [
+            (session(7, 0xa), "jobs".to_owned()),
+            (session(8, 0xb), "it's".to_owned()),
+            (session(9, 0xc), "gone".to_owned()),
+            (session(5, 0xd), "reused".to_owned()),
+        ];
+        let statement = still_held(&locks);
+        assert!(statement.starts_with("SELECT IS_USED_LOCK('jobs'), IS_USED_LOCK("));
+        assert!(statement.contains("'dlock/session/000000000000000a'"));
+        // A quote is sent as hex, never spliced.
+        assert!(statement.contains("_utf8mb4 X'69742773'"));
+        // Held; held; nobody holds "gone"; after a restart, id 5 holds "reused" again but
+        // not the marker of the earlier session 5.
+        let row = [
+            Some(7),
+            Some(7),
+            Some(8),
+            Some(8),
+            None,
+            Some(9),
+            Some(5),
+            None,
+        ];
+        assert_eq!(read_still_held(&row, &locks), [true, true, false, false]);
+        assert!(session_marker(1) != session_marker(2));
+        assert!(super::session(3).contains("GET_LOCK('dlock/session/0000000000000003', 0)"));
+        assert_eq!(
+            read_session(&[Some(42), Some(1)], 3).unwrap(),
+            session(42, 3)
+        );
+        assert!(read_session(&[Some(42), Some(0)], 3).is_err());
+    }
 }

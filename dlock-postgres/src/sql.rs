@@ -1042,6 +1042,20 @@ mod tests {
     }
 
     #[test]
+    fn a_watcher_asks_for_the_sessions_by_pid_and_start() {
+        assert_eq!(
+            still_held([12, 34]),
+            "SELECT pid, (extract(epoch FROM backend_start) * 1000000)::int8 FROM \
+             pg_stat_activity WHERE pid IN (12, 34)"
+        );
+        assert!(
+            still_held([]).ends_with("IN (0)"),
+            "no session matches none"
+        );
+        assert!(session().ends_with("WHERE pid = pg_backend_pid()"));
+    }
+
+    #[test]
     fn replies_are_read_by_column() {
         let row: Row = Some(vec![Some("t".into()), Some("f".into())]);
         assert!(read_bool(&row, 0).unwrap());
