@@ -700,9 +700,8 @@ where
             // Its reply may still be on the way: a fresh connection for the next round.
             conn = None;
         }
-        match watch.upgrade() {
-            Some(watch) => watch.finish(round, answer),
-            None => return,
+        if !crate::watch::report(&watch, round, answer) {
+            return;
         }
     }
 }

@@ -546,11 +546,11 @@ fn watch_from_thread<M>(
         .and_then(|conn| BlockingConnection::still_held(conn, policy, &round.held));
         failed = answer.is_err();
         if failed {
+            // A fresh connection for the next round.
             conn = None;
         }
-        match watch.upgrade() {
-            Some(watch) => watch.finish(round, answer),
-            None => return,
+        if !crate::watch::report(watch, round, answer) {
+            return;
         }
     }
 }

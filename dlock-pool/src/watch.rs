@@ -497,6 +497,22 @@ impl<H: Clone> Watch<H> {
     }
 }
 
+/// Hands `answer` to the watch of `round`, if it is still there: whether the watcher should
+/// go on (the pool and all its guards may be gone).
+pub(crate) fn report<H: Clone>(
+    watch: &std::sync::Weak<Watch<H>>,
+    round: Round<H>,
+    answer: dlock_core::Result<Vec<bool>>,
+) -> bool {
+    match watch.upgrade() {
+        Some(watch) => {
+            watch.finish(round, answer);
+            true
+        }
+        None => false,
+    }
+}
+
 impl<H> Drop for Watch<H> {
     fn drop(&mut self) {
         self.stop.set();
