@@ -463,9 +463,10 @@ where
             checking.disarm();
             conn.0.set_deployment_checked();
         }
-        let held = match self.watch.is_on() {
-            true => Some(self.held(&mut conn, &key, &mark).await?),
-            false => None,
+        let held = if self.watch.is_on() {
+            Some(self.held(&mut conn, &key, &mark).await?)
+        } else {
+            None
         };
         let key_text = key.to_string();
         let mut lock = LockOf::<M>::on_connection(conn, key, self.policy.clone());
@@ -668,6 +669,7 @@ where
     let mut conn: Option<M::Connection> = None;
     let mut failed = false;
     let mut last = Instant::now();
+    let mut idle = crate::watch::Idle::default();
     loop {
         let Some((pause, patience)) = watch
             .upgrade()
@@ -678,8 +680,12 @@ where
         tokio::time::sleep(pause).await;
         last = Instant::now();
         let Some(round) = watch.upgrade().and_then(|watch| watch.round()) else {
+            if idle.close_now() {
+                conn = None;
+            }
             continue;
         };
+        idle.busy();
         let check = async {
             let conn = match conn.as_mut() {
                 Some(conn) => conn,

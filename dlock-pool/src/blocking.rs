@@ -366,9 +366,10 @@ where
             }
             conn.0.set_deployment_checked();
         }
-        let held = match self.watch.is_on() {
-            true => Some(self.held(&mut conn, &key)?),
-            false => None,
+        let held = if self.watch.is_on() {
+            Some(self.held(&mut conn, &key)?)
+        } else {
+            None
         };
         let key_text = key.to_string();
         let mark = conn.0.close_mark();
@@ -522,6 +523,7 @@ fn watch_from_thread<M>(
     let mut conn: Option<M::Connection> = None;
     let mut failed = false;
     let mut last = Instant::now();
+    let mut idle = crate::watch::Idle::default();
     loop {
         let Some(pause) = watch
             .upgrade()
@@ -534,8 +536,12 @@ fn watch_from_thread<M>(
         }
         last = Instant::now();
         let Some(round) = watch.upgrade().and_then(|watch| watch.round()) else {
+            if idle.close_now() {
+                conn = None;
+            }
             continue;
         };
+        idle.busy();
         let answer = match conn.as_mut() {
             Some(conn) => Ok(conn),
             None => manager

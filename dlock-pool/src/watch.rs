@@ -497,6 +497,32 @@ impl<H: Clone> Watch<H> {
     }
 }
 
+/// How long the watcher keeps its connection while the pool holds no lock. A connection
+/// left idle for minutes can be dropped silently on the way (a NAT gateway forgets idle
+/// flows), and the next check would then wait for TCP to give up, while every lock went
+/// unconfirmed; one used at every interval is never idle that long.
+pub(crate) const IDLE_CONNECTION: Duration = Duration::from_secs(60);
+
+/// When the watcher's rounds last found something to watch.
+#[derive(Debug, Default)]
+pub(crate) struct Idle {
+    since: Option<Instant>,
+}
+
+impl Idle {
+    /// A round found locks to check.
+    pub(crate) fn busy(&mut self) {
+        self.since = None;
+    }
+
+    /// A round found nothing to check: whether the connection has been idle long enough to
+    /// close it.
+    pub(crate) fn close_now(&mut self) -> bool {
+        let since = *self.since.get_or_insert_with(Instant::now);
+        since.elapsed() >= IDLE_CONNECTION
+    }
+}
+
 /// Hands `answer` to the watch of `round`, if it is still there: whether the watcher should
 /// go on (the pool and all its guards may be gone).
 pub(crate) fn report<H: Clone>(
@@ -628,6 +654,16 @@ mod tests {
         // A guard operation that finds it lost still says so.
         watched.signal().lose(LostReason::ConnectionFailed);
         assert!(watched.signal().wait_lost(Duration::ZERO));
+    }
+
+    #[test]
+    fn an_idle_watcher_closes_its_connection_only_after_a_minute_without_locks() {
+        let mut idle = Idle::default();
+        assert!(!idle.close_now());
+        idle.since = Some(Instant::now() - IDLE_CONNECTION);
+        assert!(idle.close_now());
+        idle.busy();
+        assert!(!idle.close_now(), "a busy round starts the count again");
     }
 
     #[test]
