@@ -139,8 +139,8 @@ pub enum Error {
     },
 
     /// A pooled lock was lost while its guard held it, so the critical section may not have
-    /// been exclusive: its session ended, the server no longer lists it, or nothing could
-    /// confirm it for longer than the pool's bound. Its connection is closed, never reused.
+    /// been exclusive: its session ended or gave it up, or nothing could confirm it for longer
+    /// than the pool's bound. Its connection is closed, never reused.
     /// Work done under it may need to be checked or undone; fencing tokens let the resource
     /// refuse a stale holder's writes.
     #[error(

@@ -23,9 +23,8 @@ pub struct SessionId {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum LostReason {
-    /// The server no longer lists the lock as held by the guard's session: the session
-    /// ended (killed, timed out, the server restarted) or the lock was released on it
-    /// outside dlock.
+    /// The guard's session no longer holds the lock: the session ended (killed, timed out,
+    /// the server restarted), or the lock was released on it outside dlock.
     NotHeld,
     /// The watcher could not confirm the lock for longer than its bound (`unconfirmed`): the
     /// server or the network stalled, or the watcher could not connect. Unknown counts as
@@ -43,8 +42,8 @@ impl fmt::Display for LostReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             LostReason::NotHeld => f.write_str(
-                "the server no longer lists the lock as held by its session (the session ended, \
-                 or the lock was released outside dlock)",
+                "its session no longer holds the lock (the session ended, or the lock was \
+                 released outside dlock)",
             ),
             LostReason::Unconfirmed { unconfirmed } => write!(
                 f,
