@@ -12,7 +12,7 @@ use dlock_core::{
 
 use crate::deadline;
 use crate::manager::{self, AsyncManager, CloseMark, ConnectError, Doubt, LockManager, Retry};
-use crate::watch::{self, Signal, Watch, WatchSettings, Watched, WatchedLock};
+use crate::watch::{self, Next, Rounds, Signal, Watch, WatchSettings, Watched, WatchedLock};
 
 /// A bb8 connection checked out for one lock, lent to the backend's lock type.
 ///
@@ -666,26 +666,20 @@ where
     M: AsyncManager,
     M::Connection: AsyncConnection,
 {
+    let mut rounds = Rounds::new(watch);
     let mut conn: Option<M::Connection> = None;
-    let mut failed = false;
-    let mut last = Instant::now();
-    let mut idle = crate::watch::Idle::default();
-    loop {
-        let Some((pause, patience)) = watch
-            .upgrade()
-            .map(|watch| (watch.pause(failed, last.elapsed()), watch.patience()))
-        else {
-            return;
-        };
+    while let Some((pause, patience)) = rounds.pause() {
         tokio::time::sleep(pause).await;
-        last = Instant::now();
-        let Some(round) = watch.upgrade().and_then(|watch| watch.round()) else {
-            if idle.close_now() {
-                conn = None;
+        let round = match rounds.next() {
+            Next::Stop => return,
+            Next::Skip { close_connection } => {
+                if close_connection {
+                    conn = None;
+                }
+                continue;
             }
-            continue;
+            Next::Check(round) => round,
         };
-        idle.busy();
         let check = async {
             let conn = match conn.as_mut() {
                 Some(conn) => conn,
@@ -701,12 +695,11 @@ where
         let answer = tokio::time::timeout(patience, check)
             .await
             .unwrap_or_else(|_| Err(Error::no_reply(patience)));
-        failed = answer.is_err();
-        if failed {
+        if answer.is_err() {
             // Its reply may still be on the way: a fresh connection for the next round.
             conn = None;
         }
-        if !crate::watch::report(&watch, round, answer) {
+        if !rounds.finish(round, answer) {
             return;
         }
     }

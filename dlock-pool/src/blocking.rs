@@ -12,7 +12,7 @@ use dlock_core::{
 
 use crate::deadline;
 use crate::manager::{self, Doubt, LockManager, Retry};
-use crate::watch::{Signal, Stop, Watch, WatchSettings, Watched, WatchedLock};
+use crate::watch::{Next, Rounds, Signal, Stop, Watch, WatchSettings, Watched, WatchedLock};
 
 /// An r2d2 connection checked out for one lock, lent to the backend's lock type.
 ///
@@ -436,7 +436,7 @@ where
         let policy = self.policy.clone();
         let started = std::thread::Builder::new()
             .name("dlock-watcher".into())
-            .spawn(move || watch_from_thread::<M>(&watch, &stop, &manager, &policy));
+            .spawn(move || watch_from_thread::<M>(watch, &stop, &manager, &policy));
         if let Err(error) = started {
             // Nothing confirms the locks then, and each counts as lost once the bound runs out.
             tracing::error!(target: "dlock", %error, "the lock watcher thread could not start");
@@ -512,7 +512,7 @@ where
 /// (a frozen server) holds the thread up; the locks it could not confirm count as lost once
 /// the bound runs out, whatever the thread does.
 fn watch_from_thread<M>(
-    watch: &Weak<Watch<WatchedLock>>,
+    watch: Weak<Watch<WatchedLock>>,
     stop: &Stop,
     manager: &M,
     policy: &KeyPolicy,
@@ -520,28 +520,22 @@ fn watch_from_thread<M>(
     M: r2d2::ManageConnection,
     M::Connection: BlockingConnection,
 {
+    let mut rounds = Rounds::new(watch);
     let mut conn: Option<M::Connection> = None;
-    let mut failed = false;
-    let mut last = Instant::now();
-    let mut idle = crate::watch::Idle::default();
-    loop {
-        let Some(pause) = watch
-            .upgrade()
-            .map(|watch| watch.pause(failed, last.elapsed()))
-        else {
-            return;
-        };
+    while let Some((pause, _)) = rounds.pause() {
         if stop.sleep(pause) {
             return;
         }
-        last = Instant::now();
-        let Some(round) = watch.upgrade().and_then(|watch| watch.round()) else {
-            if idle.close_now() {
-                conn = None;
+        let round = match rounds.next() {
+            Next::Stop => return,
+            Next::Skip { close_connection } => {
+                if close_connection {
+                    conn = None;
+                }
+                continue;
             }
-            continue;
+            Next::Check(round) => round,
         };
-        idle.busy();
         let answer = match conn.as_mut() {
             Some(conn) => Ok(conn),
             None => manager
@@ -550,12 +544,11 @@ fn watch_from_thread<M>(
                 .map_err(|error| Error::pool(error.to_string())),
         }
         .and_then(|conn| BlockingConnection::still_held(conn, policy, &round.held));
-        failed = answer.is_err();
-        if failed {
+        if answer.is_err() {
             // A fresh connection for the next round.
             conn = None;
         }
-        if !crate::watch::report(watch, round, answer) {
+        if !rounds.finish(round, answer) {
             return;
         }
     }

@@ -428,7 +428,7 @@ impl<H: Clone> Watch<H> {
     /// began: rounds begin an interval apart (a quarter of one after a round that failed, to
     /// reconnect soon), however long each took, so that a slow answer does not stretch the
     /// time between confirmations.
-    pub(crate) fn pause(&self, last_failed: bool, since_last: Duration) -> Duration {
+    fn pause(&self, last_failed: bool, since_last: Duration) -> Duration {
         let interval = self.settings.interval.unwrap_or(DEFAULT_INTERVAL);
         let period = if last_failed {
             (interval / 4).max(MIN_INTERVAL)
@@ -440,8 +440,7 @@ impl<H: Clone> Watch<H> {
 
     /// How long the watcher waits for a connection or an answer before it gives the
     /// connection up: the bound, past which an unanswered lock counts as lost anyway.
-    #[cfg_attr(not(feature = "bb8"), allow(dead_code))]
-    pub(crate) fn patience(&self) -> Duration {
+    fn patience(&self) -> Duration {
         self.settings.bound().unwrap_or(DEFAULT_INTERVAL)
     }
 
@@ -505,37 +504,100 @@ pub(crate) const IDLE_CONNECTION: Duration = Duration::from_secs(60);
 
 /// When the watcher's rounds last found something to watch.
 #[derive(Debug, Default)]
-pub(crate) struct Idle {
+struct Idle {
     since: Option<Instant>,
 }
 
 impl Idle {
     /// A round found locks to check.
-    pub(crate) fn busy(&mut self) {
+    fn busy(&mut self) {
         self.since = None;
     }
 
     /// A round found nothing to check: whether the connection has been idle long enough to
     /// close it.
-    pub(crate) fn close_now(&mut self) -> bool {
+    fn close_now(&mut self) -> bool {
         let since = *self.since.get_or_insert_with(Instant::now);
         since.elapsed() >= IDLE_CONNECTION
     }
 }
 
-/// Hands `answer` to the watch of `round`, if it is still there: whether the watcher should
-/// go on (the pool and all its guards may be gone).
-pub(crate) fn report<H: Clone>(
-    watch: &std::sync::Weak<Watch<H>>,
-    round: Round<H>,
-    answer: dlock_core::Result<Vec<bool>>,
-) -> bool {
-    match watch.upgrade() {
-        Some(watch) => {
-            watch.finish(round, answer);
-            true
+/// The watcher's schedule, which both pool flavours drive: when to sleep, whether to check,
+/// and what a round's answer means for the connection. The flavours only sleep, connect and
+/// send.
+#[derive(Debug)]
+pub(crate) struct Rounds<H> {
+    watch: std::sync::Weak<Watch<H>>,
+    /// Whether the last round failed: the next one comes sooner, on a new connection.
+    failed: bool,
+    /// When the last round began.
+    last: Instant,
+    idle: Idle,
+}
+
+/// What the watcher does after its pause.
+#[derive(Debug)]
+pub(crate) enum Next<H> {
+    /// The pool and all its guards are gone: the watcher ends.
+    Stop,
+    /// No lock to check; drop the connection when `close_connection`.
+    Skip { close_connection: bool },
+    /// Ask about these locks.
+    Check(Round<H>),
+}
+
+impl<H: Clone> Rounds<H> {
+    pub(crate) fn new(watch: std::sync::Weak<Watch<H>>) -> Self {
+        Rounds {
+            watch,
+            failed: false,
+            last: Instant::now(),
+            idle: Idle::default(),
         }
-        None => false,
+    }
+
+    /// How long to sleep before the next round, and how long to wait for a connection or an
+    /// answer in it; `None` once the pool and all its guards are gone.
+    pub(crate) fn pause(&self) -> Option<(Duration, Duration)> {
+        let watch = self.watch.upgrade()?;
+        Some((
+            watch.pause(self.failed, self.last.elapsed()),
+            watch.patience(),
+        ))
+    }
+
+    /// What to do now that the pause is over.
+    pub(crate) fn next(&mut self) -> Next<H> {
+        self.last = Instant::now();
+        let Some(watch) = self.watch.upgrade() else {
+            return Next::Stop;
+        };
+        match watch.round() {
+            Some(round) => {
+                self.idle.busy();
+                Next::Check(round)
+            }
+            None => Next::Skip {
+                close_connection: self.idle.close_now(),
+            },
+        }
+    }
+
+    /// Takes the answer to `round`: whether the watcher goes on. After a failed round the
+    /// caller drops its connection (a reply may still be on the way) and opens a new one.
+    pub(crate) fn finish(
+        &mut self,
+        round: Round<H>,
+        answer: dlock_core::Result<Vec<bool>>,
+    ) -> bool {
+        self.failed = answer.is_err();
+        match self.watch.upgrade() {
+            Some(watch) => {
+                watch.finish(round, answer);
+                true
+            }
+            None => false,
+        }
     }
 }
 
@@ -654,6 +716,37 @@ mod tests {
         // A guard operation that finds it lost still says so.
         watched.signal().lose(LostReason::ConnectionFailed);
         assert!(watched.signal().wait_lost(Duration::ZERO));
+    }
+
+    #[test]
+    fn the_schedule_checks_held_locks_hurries_after_a_failure_and_stops_with_the_pool() {
+        let watch = watch(WatchSettings::default());
+        let mut rounds = Rounds::new(Arc::downgrade(&watch));
+        assert!(matches!(
+            rounds.next(),
+            Next::Skip {
+                close_connection: false
+            }
+        ));
+        let watched = watch.register(1, "a".into(), CloseMark::default(), Instant::now());
+        let Next::Check(round) = rounds.next() else {
+            panic!("a held lock is checked");
+        };
+        assert!(rounds.finish(round, Err(Error::NotHeld)));
+        let (pause, _) = rounds.pause().unwrap();
+        assert!(
+            pause <= DEFAULT_INTERVAL / 4,
+            "sooner after a failure: {pause:?}"
+        );
+        let Next::Check(round) = rounds.next() else {
+            panic!("still held");
+        };
+        assert!(rounds.finish(round, Ok(vec![true])));
+        assert!(rounds.pause().unwrap().0 > DEFAULT_INTERVAL / 2);
+        drop(watched);
+        drop(watch);
+        assert!(rounds.pause().is_none());
+        assert!(matches!(rounds.next(), Next::Stop));
     }
 
     #[test]

@@ -47,6 +47,8 @@ trait Backend: 'static {
     /// The sessions of the test user other than `known`, the observer's own, and the
     /// server's: with one pool alive, its watcher's.
     fn other_sessions(known: &[u64]) -> Vec<u64>;
+    /// A connection of its own that sends `SELECT 1` each time it is called.
+    fn pinger() -> Box<dyn FnMut() + Send>;
 }
 
 struct Pg;
@@ -104,6 +106,11 @@ impl Backend for Pg {
             .filter(|pid| !known.contains(pid))
             .collect()
     }
+
+    fn pinger() -> Box<dyn FnMut() + Send> {
+        let mut client = common::pg();
+        Box::new(move || drop(client.simple_query("SELECT 1").unwrap()))
+    }
 }
 
 struct My;
@@ -148,6 +155,11 @@ impl Backend for My {
             )
             .unwrap();
         ids.into_iter().filter(|id| !known.contains(id)).collect()
+    }
+
+    fn pinger() -> Box<dyn FnMut() + Send> {
+        let mut conn = common::my();
+        Box::new(move || conn.query_drop("SELECT 1").unwrap())
     }
 }
 
@@ -550,15 +562,34 @@ const HELD_FOR: Duration = Duration::from_secs(30);
 /// How often the no-false-positive test's watchers check: ten times a second.
 const FAST: Duration = Duration::from_millis(100);
 
+/// The longest time, until `stop`, that the server of `B` went without answering a `SELECT 1`
+/// sent every 10 ms on a connection of its own.
+fn longest_stall<B: Backend>(stop: &AtomicBool) -> Duration {
+    let mut ping = B::pinger();
+    let mut longest = Duration::ZERO;
+    let mut last_answer = Instant::now();
+    while !stop.load(Ordering::SeqCst) {
+        ping();
+        longest = longest.max(last_answer.elapsed());
+        last_answer = Instant::now();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    longest
+}
+
 /// Holds 64 guards in an r2d2 pool and 64 in a bb8 pool of backend `B` for [`HELD_FOR`],
-/// with the watchers at [`FAST`], while four threads take and give back other locks (about
-/// 2,500 cycles a second per backend): no guard may be reported lost.
+/// with the watchers at [`FAST`] (so the bound is 300 ms), while four threads take and give
+/// back other locks (about 2,500 cycles a second per backend). No guard may be reported lost
+/// unless the server itself stopped answering for longer than the watcher could bridge:
+/// a connection of its own pings the server every 10 ms to tell.
 ///
-/// The load is paced. Unpaced, eight threads cycling locks as fast as they can on both
-/// servers at once kept both cores busy, and the PostgreSQL server itself then stalled for
-/// up to 718 ms (measured: `SELECT 1` from another process): past the 300 ms bound, where
-/// unknown counts as lost, as designed.
-async fn held_locks_are_never_reported_lost<B: Backend>() -> usize {
+/// That happens on this machine. With two CPU hogs beside this load, or with the load
+/// unpaced, the PostgreSQL server stalled for 350 to 718 ms at times (its sessions queue
+/// behind a lock whose holder the scheduler preempted): past the 300 ms bound, where unknown
+/// counts as lost, as designed. Idle, it never did.
+///
+/// Returns the lock cycles of the load, the locks reported lost, and the longest stall.
+async fn held_locks_are_never_reported_lost<B: Backend>() -> (usize, usize, Duration) {
     const GUARDS: u32 = 64;
     let url = B::url();
     let blocking = LockPool::with_builder(
@@ -575,7 +606,8 @@ async fn held_locks_are_never_reported_lost<B: Backend>() -> usize {
     .unwrap()
     .watch_interval(FAST);
     // The blocking guards live on a thread of their own, which looks at them as the task
-    // below looks at the async ones.
+    // below looks at the async ones: every interval, since a lock whose bound ran out is lost
+    // from the moment somebody looks, and stays lost.
     let holder = std::thread::spawn(move || {
         let guards: Vec<_> = (0..GUARDS)
             .map(|index| blocking.acquire(format!("lost/held/{index}")).unwrap())
@@ -583,15 +615,20 @@ async fn held_locks_are_never_reported_lost<B: Backend>() -> usize {
         let started = Instant::now();
         while started.elapsed() < HELD_FOR {
             std::thread::sleep(FAST);
-            let lost = guards
-                .iter()
-                .filter(|guard| LockGuard::is_lost(guard))
-                .count();
-            assert_eq!(lost, 0, "{} r2d2: {lost} held locks reported lost", B::NAME);
+            for guard in &guards {
+                LockGuard::is_lost(guard);
+            }
         }
+        let lost = guards
+            .iter()
+            .filter(|guard| LockGuard::is_lost(guard))
+            .count();
         for guard in guards {
-            LockGuard::release(guard).unwrap();
+            let lost = LockGuard::is_lost(&guard);
+            let released = LockGuard::release(guard);
+            assert!(released.is_ok() || lost, "{released:?}");
         }
+        lost
     });
     let mut async_guards = Vec::new();
     for index in 0..GUARDS {
@@ -617,46 +654,56 @@ async fn held_locks_are_never_reported_lost<B: Backend>() -> usize {
             })
         })
         .collect();
+    let probe = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || longest_stall::<B>(&stop))
+    };
     let started = Instant::now();
     while started.elapsed() < HELD_FOR {
         tokio::time::sleep(FAST).await;
-        let lost = async_guards
-            .iter()
-            .filter(|guard| AsyncLockGuard::is_lost(guard))
-            .count();
-        if lost > 0 {
-            let guard = async_guards.pop().unwrap();
-            let released = AsyncLockGuard::release(guard).await;
-            panic!(
-                "{} bb8: {lost} held locks reported lost: {released:?}",
-                B::NAME
-            );
+        for guard in &async_guards {
+            AsyncLockGuard::is_lost(guard);
         }
     }
+    let mut lost = 0;
     for guard in async_guards {
-        AsyncLockGuard::release(guard).await.unwrap();
+        let was_lost = AsyncLockGuard::is_lost(&guard);
+        lost += usize::from(was_lost);
+        let released = AsyncLockGuard::release(guard).await;
+        assert!(released.is_ok() || was_lost, "{released:?}");
     }
-    off_runtime(move || holder.join().unwrap()).await;
+    lost += off_runtime(move || holder.join().unwrap()).await;
     stop.store(true, Ordering::SeqCst);
-    off_runtime(move || {
+    let stall = off_runtime(move || {
         for worker in load {
             worker.join().unwrap();
         }
+        probe.join().unwrap()
     })
     .await;
-    cycles.load(Ordering::SeqCst)
+    // A lock goes unconfirmed past the bound only if the server answered nothing for at
+    // least the bound less an interval (a round begins every interval).
+    let bound = FAST * 3;
+    assert!(
+        lost == 0 || stall >= bound - FAST,
+        "{}: {lost} held locks reported lost, though the server never stopped answering for \
+         more than {stall:?}",
+        B::NAME
+    );
+    (cycles.load(Ordering::SeqCst), lost, stall)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_fifty_six_held_locks_are_never_reported_lost_under_load() {
     let _serial = ONE_AT_A_TIME.lock().await;
-    let (postgres, mysql) = tokio::join!(
+    let ((pg_cycles, pg_lost, pg_stall), (my_cycles, my_lost, my_stall)) = tokio::join!(
         held_locks_are_never_reported_lost::<Pg>(),
         held_locks_are_never_reported_lost::<My>()
     );
     println!(
-        "256 guards held {HELD_FOR:?} with the watchers at {FAST:?}: none reported lost, while \
-         {postgres} PostgreSQL and {mysql} MariaDB lock cycles ran beside them"
+        "256 guards held {HELD_FOR:?} with the watchers at {FAST:?}, while {pg_cycles} \
+         PostgreSQL and {my_cycles} MariaDB lock cycles ran beside them: {pg_lost} and {my_lost} \
+         reported lost; the servers' longest stalls: {pg_stall:?} and {my_stall:?}"
     );
 }
 
