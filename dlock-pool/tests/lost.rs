@@ -166,7 +166,10 @@ impl Backend for My {
 
     fn pinger() -> Box<dyn FnMut() + Send> {
         let mut conn = common::my();
-        Box::new(move || conn.query_drop("SELECT IS_USED_LOCK('lost/held/0')").unwrap())
+        Box::new(move || {
+            conn.query_drop("SELECT IS_USED_LOCK('lost/held/0')")
+                .unwrap()
+        })
     }
 }
 
