@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::ops::{Deref, DerefMut};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use dlock_core::{
@@ -10,9 +10,10 @@ use dlock_core::{
     SessionId, Wait,
 };
 
+use crate::core::{self, PoolCore};
 use crate::deadline;
-use crate::manager::{self, AsyncManager, CloseMark, ConnectError, Doubt, LockManager, Retry};
-use crate::watch::{self, Next, Rounds, Signal, Watch, WatchSettings, Watched, WatchedLock};
+use crate::manager::{self, AsyncManager, CloseMark, ConnectError, LockManager, Retry};
+use crate::watch::{self, Next, Rounds, Signal, Watch, Watched, WatchedLock};
 
 /// A bb8 connection checked out for one lock, lent to the backend's lock type.
 ///
@@ -192,22 +193,6 @@ mod mysql_backend {
     }
 }
 
-/// A checkout that timed out while connecting failed: the source is the last connect error.
-#[derive(Debug)]
-struct CheckoutTimedOut(ConnectError);
-
-impl fmt::Display for CheckoutTimedOut {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("timed out waiting for a connection, and the last attempt to connect failed")
-    }
-}
-
-impl std::error::Error for CheckoutTimedOut {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.0)
-    }
-}
-
 /// Async distributed locks over a bb8 pool: each lock checks out a dedicated connection and
 /// keeps it until release, so a session lock never shares its session.
 ///
@@ -241,17 +226,7 @@ impl std::error::Error for CheckoutTimedOut {
 /// ```
 pub struct AsyncLockPool<M: AsyncManager> {
     pool: bb8::Pool<LockManager<M>>,
-    policy: KeyPolicy,
-    /// The manager's last connect error, which bb8 itself only reports as a timeout.
-    connect_errors: Arc<Mutex<Option<ConnectError>>>,
-    doubt: Arc<Doubt>,
-    check_deployment: bool,
-    /// The fence table, when acquires issue fencing tokens.
-    fence: Option<String>,
-    /// The user's manager, which the watcher connects through.
-    manager: Arc<M>,
-    /// The held locks, for the watcher.
-    watch: Arc<Watch<WatchedLock>>,
+    core: PoolCore<M>,
 }
 
 impl<M> AsyncLockPool<M>
@@ -292,29 +267,16 @@ where
     }
 
     async fn build(builder: bb8::Builder<LockManager<M>>, manager: LockManager<M>) -> Result<Self> {
-        let connect_errors = manager.connect_errors();
-        let doubt = manager.doubt();
-        let inner = manager.shared_inner();
+        let core = PoolCore::new(&manager);
         let pool = builder.build(manager).await.map_err(Error::pool)?;
-        Ok(AsyncLockPool {
-            pool,
-            policy: KeyPolicy::default(),
-            connect_errors,
-            doubt,
-            check_deployment: true,
-            fence: None,
-            manager: inner,
-            watch: Watch::new(WatchSettings::default()),
-        })
+        Ok(AsyncLockPool { pool, core })
     }
 
     crate::manager::pool_options!();
 
     /// Uses `policy` to turn keys into the backend's keys.
     pub fn policy(mut self, policy: KeyPolicy) -> Self {
-        self.policy = policy;
-        // The watcher turns keys into the backend's under the policy it started with.
-        self.watch = Watch::new(self.watch.settings());
+        self.core.set_policy(policy);
         self
     }
 
@@ -348,15 +310,8 @@ where
     /// The error of a failed checkout. bb8 turns a failed connect into a plain timeout, so
     /// the last connect error is named as the cause when there is one.
     fn pool_error(&self, error: bb8::RunError<ConnectError>) -> Error {
-        let last = self
-            .connect_errors
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone();
-        match (error, last) {
-            (bb8::RunError::TimedOut, Some(last)) => Error::pool(CheckoutTimedOut(last)),
-            (error, _) => Error::pool(error),
-        }
+        let timed_out = matches!(error, bb8::RunError::TimedOut);
+        self.core.checkout_error(error, timed_out)
     }
 
     /// Checks out a connection (waiting up to the pool's connection timeout) and waits, in
@@ -422,7 +377,7 @@ where
         deadline: Option<Instant>,
         wait: Wait,
     ) -> Result<Option<AsyncLockGuard<M>>> {
-        LockOf::<M>::check_key(&self.policy, &key)?;
+        LockOf::<M>::check_key(&self.core.policy, &key)?;
         let mut retry = Retry::default();
         loop {
             let conn = self.checkout(deadline).await?;
@@ -442,7 +397,7 @@ where
                 }
                 Wait::Forever | Wait::Never => self.lock_on(conn, key.clone(), wait).await,
             };
-            if !retry.again(&outcome, &self.doubt) {
+            if !retry.again(&outcome, &self.core.doubt) {
                 return outcome;
             }
         }
@@ -455,22 +410,23 @@ where
         wait: Wait,
     ) -> Result<Option<AsyncLockGuard<M>>> {
         let mark = conn.close_mark();
-        if self.check_deployment && !conn.0.deployment_checked() {
-            // A check that fails, or whose future is dropped with its reply unread, closes the
-            // connection: this guard is dropped before `conn`, a parameter, goes back.
+        if self.core.check_deployment && !conn.0.deployment_checked() {
+            // A check whose future is dropped with its reply unread closes the connection:
+            // this guard is dropped before `conn`, a parameter, goes back.
             let checking = mark.armed();
-            AsyncConnection::check_deployment(&mut *conn, &self.pool).await?;
+            AsyncConnection::check_deployment(&mut *conn, &self.pool)
+                .await
+                .map_err(|error| core::refused(&mark, error))?;
             checking.disarm();
             conn.0.set_deployment_checked();
         }
-        let held = if self.watch.is_on() {
+        let held = if self.core.watch.is_on() {
             Some(self.held(&mut conn, &key, &mark).await?)
         } else {
             None
         };
-        let key_text = key.to_string();
-        let mut lock = LockOf::<M>::on_connection(conn, key, self.policy.clone());
-        if let Some(table) = &self.fence {
+        let mut lock = LockOf::<M>::on_connection(conn, key, self.core.policy.clone());
+        if let Some(table) = &self.core.fence {
             lock = lock.fenced_in(table)?;
         }
         // Declared after the lock, so it is dropped first, and sets the mark before the lock
@@ -484,16 +440,8 @@ where
         match outcome {
             Ok(true) => {
                 armed.disarm();
-                let (signal, watched) = match held {
-                    Some(held) => {
-                        self.watch.start_once(|| self.start_watcher());
-                        let watched =
-                            self.watch
-                                .register(held, key_text, mark.clone(), Instant::now());
-                        (Arc::clone(watched.signal()), Some(watched))
-                    }
-                    None => (Signal::unwatched(key_text, mark.clone()), None),
-                };
+                let (signal, watched) =
+                    (self.core).granted(held, lock.key(), mark.clone(), || self.start_watcher());
                 Ok(Some(AsyncLockGuard {
                     lock: Some(lock),
                     mark,
@@ -540,15 +488,16 @@ where
     /// Starts the pool's watcher task on the current runtime. It stops when the pool and
     /// all its guards are gone.
     fn start_watcher(&self) {
-        let watch = Arc::downgrade(&self.watch);
-        let manager = Arc::clone(&self.manager);
-        let policy = self.policy.clone();
+        let watch = Arc::downgrade(&self.core.watch);
+        let manager = Arc::clone(&self.core.manager);
+        let policy = self.core.policy.clone();
         tokio::spawn(async move { watch_from_task::<M>(watch, manager, policy).await });
     }
 
     /// Acquires `key` (waiting as [`acquire`](AsyncLockPool::acquire) does), runs `work`
-    /// with the connection, and releases. If the lock is lost first, `work`'s future is
-    /// dropped at once and the result is [`Error::LockLost`].
+    /// with the guard (which derefs to the connection, and gives the fencing token), and
+    /// releases. If the lock is lost first, `work`'s future is dropped at once and the result
+    /// is [`Error::LockLost`].
     ///
     /// ```no_run
     /// # #[cfg(all(feature = "bb8", feature = "postgres"))]
@@ -556,8 +505,8 @@ where
     /// #     pool: dlock_pool::AsyncLockPool<bb8_postgres::PostgresConnectionManager<tokio_postgres::NoTls>>,
     /// # ) -> Result<(), dlock_pool::Error> {
     /// let rows = pool
-    ///     .with_lock("nightly-report", async |conn| {
-    ///         conn.execute("UPDATE reports SET running = true", &[]).await
+    ///     .with_lock("nightly-report", async |guard| {
+    ///         guard.execute("UPDATE reports SET running = true", &[]).await
     ///     })
     ///     .await?;
     /// # Ok(())
@@ -576,7 +525,7 @@ where
     pub async fn with_lock<T>(
         &self,
         key: impl Into<Key>,
-        work: impl AsyncFnOnce(&mut M::Connection) -> T,
+        work: impl AsyncFnOnce(&mut AsyncLockGuard<M>) -> T,
     ) -> Result<T> {
         let guard = self.acquire(key).await?;
         run_locked(guard, work).await
@@ -595,7 +544,7 @@ where
     pub async fn try_with_lock<T>(
         &self,
         key: impl Into<Key>,
-        work: impl AsyncFnOnce(&mut M::Connection) -> T,
+        work: impl AsyncFnOnce(&mut AsyncLockGuard<M>) -> T,
     ) -> Result<Option<T>> {
         match self.try_acquire(key).await? {
             Some(guard) => run_locked(guard, work).await.map(Some),
@@ -617,7 +566,7 @@ where
         &self,
         key: impl Into<Key>,
         timeout: Duration,
-        work: impl AsyncFnOnce(&mut M::Connection) -> T,
+        work: impl AsyncFnOnce(&mut AsyncLockGuard<M>) -> T,
     ) -> Result<Option<T>> {
         match self.acquire_timeout(key, timeout).await? {
             Some(guard) => run_locked(guard, work).await.map(Some),
@@ -629,7 +578,7 @@ where
 /// Runs `work` under `guard`'s lock until it finishes or the lock is lost, then releases.
 async fn run_locked<M, T>(
     mut guard: AsyncLockGuard<M>,
-    work: impl AsyncFnOnce(&mut M::Connection) -> T,
+    work: impl AsyncFnOnce(&mut AsyncLockGuard<M>) -> T,
 ) -> Result<T>
 where
     M: AsyncManager,
@@ -637,7 +586,7 @@ where
 {
     let lost = AsyncLockGuard::lost(&guard);
     let done = {
-        let mut work = std::pin::pin!(work(&mut *guard));
+        let mut work = std::pin::pin!(work(&mut guard));
         let mut lost = std::pin::pin!(lost);
         std::future::poll_fn(|cx| {
             if let std::task::Poll::Ready(done) = work.as_mut().poll(cx) {
@@ -709,7 +658,7 @@ impl<M: AsyncManager> fmt::Debug for AsyncLockPool<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AsyncLockPool")
             .field("state", &self.pool.state())
-            .field("policy", &self.policy)
+            .field("core", &self.core)
             .finish()
     }
 }
@@ -789,10 +738,7 @@ where
             conn.mark_broken();
         }
         drop(conn);
-        let released = released.map_err(|error| match error {
-            Error::NotHeld => this.signal.error(LostReason::NotHeld),
-            other => other,
-        });
+        let released = core::released(&this.signal, released);
         // bb8 wakes a task waiting for a connection but leaves the connection idle, so a
         // caller that loops straight back into `acquire` would take it first, every time:
         // measured, a few of 256 contending tasks then made nearly every acquisition. One

@@ -6,21 +6,21 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use dlock_core::{
-    ConnectionLock, Error, IntoConnection, Key, KeyPolicy, Lock, LostReason, Result, SessionId,
-    Wait,
+    ConnectionLock, Error, IntoConnection, Key, KeyPolicy, Lock, Result, SessionId, Wait,
 };
 
+use crate::core::{self, PoolCore};
 use crate::deadline;
-use crate::manager::{self, Doubt, LockManager, Retry};
-use crate::watch::{Next, Rounds, Signal, Stop, Watch, WatchSettings, Watched, WatchedLock};
+use crate::manager::{self, BlockingManager, LockManager, Retry};
+use crate::watch::{Next, Rounds, Signal, Stop, Watch, Watched, WatchedLock};
 
 /// An r2d2 connection checked out for one lock, lent to the backend's lock type.
 ///
 /// It derefs to the driver's connection. Its broken mark sends it to be closed instead of
 /// reused when it comes back to the pool.
-pub struct Pooled<M: r2d2::ManageConnection>(r2d2::PooledConnection<LockManager<M>>);
+pub struct Pooled<M: BlockingManager>(r2d2::PooledConnection<LockManager<M>>);
 
-impl<M: r2d2::ManageConnection> Pooled<M> {
+impl<M: BlockingManager> Pooled<M> {
     /// Marks the connection so that the pool closes it when it comes back, which ends its
     /// session and frees its locks.
     pub fn mark_broken(&self) {
@@ -28,7 +28,7 @@ impl<M: r2d2::ManageConnection> Pooled<M> {
     }
 }
 
-impl<M: r2d2::ManageConnection> Deref for Pooled<M> {
+impl<M: BlockingManager> Deref for Pooled<M> {
     type Target = M::Connection;
 
     fn deref(&self) -> &M::Connection {
@@ -36,13 +36,13 @@ impl<M: r2d2::ManageConnection> Deref for Pooled<M> {
     }
 }
 
-impl<M: r2d2::ManageConnection> DerefMut for Pooled<M> {
+impl<M: BlockingManager> DerefMut for Pooled<M> {
     fn deref_mut(&mut self) -> &mut M::Connection {
         &mut self.0
     }
 }
 
-impl<M: r2d2::ManageConnection> fmt::Debug for Pooled<M> {
+impl<M: BlockingManager> fmt::Debug for Pooled<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_tuple("Pooled").field(&*self.0).finish()
     }
@@ -57,12 +57,12 @@ mod sealed {
 /// lock type here, and the lock type does the rest ([`IntoConnection`]).
 pub trait BlockingConnection: Sized + Send + 'static + sealed::Sealed {
     /// The backend's lock over a connection of a pool of manager `M`.
-    type Lock<M: r2d2::ManageConnection<Connection = Self>>: IntoConnection<Pooled<M>>;
+    type Lock<M: BlockingManager<Connection = Self>>: IntoConnection<Pooled<M>>;
 
     /// Checks that a lock on `conn` excludes (the backend's `check_deployment`), with a
     /// second connection from `manager` where the backend needs one.
     #[doc(hidden)]
-    fn check_deployment<M: r2d2::ManageConnection<Connection = Self>>(
+    fn check_deployment<M: BlockingManager<Connection = Self>>(
         conn: &mut Self,
         manager: &M,
     ) -> Result<()>;
@@ -89,13 +89,13 @@ mod postgres_backend {
 
     use super::*;
 
-    impl<M: r2d2::ManageConnection<Connection = Client>> Borrow<Client> for Pooled<M> {
+    impl<M: BlockingManager<Connection = Client>> Borrow<Client> for Pooled<M> {
         fn borrow(&self) -> &Client {
             self
         }
     }
 
-    impl<M: r2d2::ManageConnection<Connection = Client>> BorrowMut<Client> for Pooled<M> {
+    impl<M: BlockingManager<Connection = Client>> BorrowMut<Client> for Pooled<M> {
         fn borrow_mut(&mut self) -> &mut Client {
             self
         }
@@ -104,16 +104,14 @@ mod postgres_backend {
     impl sealed::Sealed for Client {}
 
     impl BlockingConnection for Client {
-        type Lock<M: r2d2::ManageConnection<Connection = Self>> = PgLock<Pooled<M>>;
+        type Lock<M: BlockingManager<Connection = Self>> = PgLock<Pooled<M>>;
 
         /// A transaction pooler shows when two connections share a server session.
-        fn check_deployment<M: r2d2::ManageConnection<Connection = Self>>(
+        fn check_deployment<M: BlockingManager<Connection = Self>>(
             conn: &mut Self,
             manager: &M,
         ) -> Result<()> {
-            let mut second = manager
-                .connect()
-                .map_err(|error| Error::pool(error.to_string()))?;
+            let mut second = manager.connect().map_err(Error::pool)?;
             dlock_postgres::check_deployment(conn, Some(&mut second))
         }
 
@@ -141,7 +139,7 @@ mod mysql_backend {
 
     use super::*;
 
-    impl<M: r2d2::ManageConnection<Connection = Conn>> MySqlConnection for Pooled<M> {
+    impl<M: BlockingManager<Connection = Conn>> MySqlConnection for Pooled<M> {
         fn connection(&mut self) -> &mut Conn {
             self
         }
@@ -150,10 +148,10 @@ mod mysql_backend {
     impl sealed::Sealed for Conn {}
 
     impl BlockingConnection for Conn {
-        type Lock<M: r2d2::ManageConnection<Connection = Self>> = MySqlLock<Pooled<M>>;
+        type Lock<M: BlockingManager<Connection = Self>> = MySqlLock<Pooled<M>>;
 
         /// A cluster node says so itself: no second connection.
-        fn check_deployment<M: r2d2::ManageConnection<Connection = Self>>(
+        fn check_deployment<M: BlockingManager<Connection = Self>>(
             conn: &mut Self,
             _manager: &M,
         ) -> Result<()> {
@@ -208,22 +206,14 @@ mod mysql_backend {
 /// # #[cfg(not(all(feature = "r2d2", feature = "postgres")))]
 /// # fn main() {}
 /// ```
-pub struct LockPool<M: r2d2::ManageConnection> {
+pub struct LockPool<M: BlockingManager> {
     pool: r2d2::Pool<LockManager<M>>,
-    policy: KeyPolicy,
-    doubt: Arc<Doubt>,
-    /// The user's manager, for the deployment check's second connection.
-    manager: Arc<M>,
-    check_deployment: bool,
-    /// The fence table, when acquires issue fencing tokens.
-    fence: Option<String>,
-    /// The held locks, for the watcher.
-    watch: Arc<Watch<WatchedLock>>,
+    core: PoolCore<M>,
 }
 
 impl<M> LockPool<M>
 where
-    M: r2d2::ManageConnection,
+    M: BlockingManager,
     M::Connection: BlockingConnection,
 {
     /// A pool with r2d2's default settings (10 connections, 30 s checkout timeout) over
@@ -237,7 +227,8 @@ where
     ///
     /// # Errors
     ///
-    /// [`Error::Pool`] when the pool cannot open its first connections in time.
+    /// [`Error::Pool`] when the pool cannot open its first connections in time; its source
+    /// is the last connect error.
     pub fn new(manager: M) -> Result<Self> {
         Self::build(
             r2d2::Pool::builder(),
@@ -252,33 +243,26 @@ where
     ///
     /// # Errors
     ///
-    /// [`Error::Pool`] when the pool cannot open its first connections in time.
+    /// [`Error::Pool`] when the pool cannot open its first connections in time; its source
+    /// is the last connect error.
     pub fn with_builder(builder: r2d2::Builder<LockManager<M>>, manager: M) -> Result<Self> {
         Self::build(builder, LockManager::new(manager))
     }
 
     fn build(builder: r2d2::Builder<LockManager<M>>, manager: LockManager<M>) -> Result<Self> {
-        let doubt = manager.doubt();
-        let inner = manager.shared_inner();
-        let pool = builder.build(manager).map_err(Error::pool)?;
-        Ok(LockPool {
-            pool,
-            policy: KeyPolicy::default(),
-            doubt,
-            manager: inner,
-            check_deployment: true,
-            fence: None,
-            watch: Watch::new(WatchSettings::default()),
-        })
+        let core = PoolCore::new(&manager);
+        // r2d2 reports a pool that could not fill itself as a timeout.
+        let pool = builder
+            .build(manager)
+            .map_err(|error| core.checkout_error(error, true))?;
+        Ok(LockPool { pool, core })
     }
 
     crate::manager::pool_options!();
 
     /// Uses `policy` to turn keys into the backend's keys.
     pub fn policy(mut self, policy: KeyPolicy) -> Self {
-        self.policy = policy;
-        // The watcher turns keys into the backend's under the policy it started with.
-        self.watch = Watch::new(self.watch.settings());
+        self.core.set_policy(policy);
         self
     }
 
@@ -335,46 +319,42 @@ where
         deadline: Option<Instant>,
         wait: Wait,
     ) -> Result<Option<LockGuard<M>>> {
-        LockOf::<M>::check_key(&self.policy, &key)?;
+        LockOf::<M>::check_key(&self.core.policy, &key)?;
         let mut retry = Retry::default();
         loop {
             let conn = match deadline {
                 Some(deadline) => {
                     let left = deadline::remaining(deadline, Instant::now());
-                    self.pool.get_timeout(left).map_err(Error::pool)?
+                    self.pool.get_timeout(left)
                 }
-                None => self.pool.get().map_err(Error::pool)?,
-            };
+                None => self.pool.get(),
+            }
+            .map_err(|error| self.core.checkout_error(error, true))?;
             let wait = match deadline {
                 Some(_) => deadline::lock_wait(deadline, Instant::now()),
                 None => wait,
             };
             let outcome = self.lock_on(Pooled(conn), key.clone(), wait);
-            if !retry.again(&outcome, &self.doubt) {
+            if !retry.again(&outcome, &self.core.doubt) {
                 return outcome;
             }
         }
     }
 
     fn lock_on(&self, mut conn: Pooled<M>, key: Key, wait: Wait) -> Result<Option<LockGuard<M>>> {
-        if self.check_deployment && !conn.0.deployment_checked() {
-            if let Err(error) = BlockingConnection::check_deployment(&mut *conn, &*self.manager) {
-                if error.is_connection_error() {
-                    conn.mark_broken();
-                }
-                return Err(error);
-            }
+        let mark = conn.0.close_mark();
+        if self.core.check_deployment && !conn.0.deployment_checked() {
+            BlockingConnection::check_deployment(&mut *conn, &*self.core.manager)
+                .map_err(|error| core::refused(&mark, error))?;
             conn.0.set_deployment_checked();
         }
-        let held = if self.watch.is_on() {
+        let held = if self.core.watch.is_on() {
             Some(self.held(&mut conn, &key)?)
         } else {
             None
         };
-        let key_text = key.to_string();
-        let mark = conn.0.close_mark();
-        let mut lock = LockOf::<M>::on_connection(conn, key, self.policy.clone());
-        if let Some(table) = &self.fence {
+        let mut lock = LockOf::<M>::on_connection(conn, key, self.core.policy.clone());
+        if let Some(table) = &self.core.fence {
             lock = lock.fenced_in(table)?;
         }
         let outcome = match wait {
@@ -384,14 +364,8 @@ where
         };
         match outcome {
             Ok(true) => {
-                let (signal, watched) = match held {
-                    Some(held) => {
-                        self.watch.start_once(|| self.start_watcher());
-                        let watched = self.watch.register(held, key_text, mark, Instant::now());
-                        (Arc::clone(watched.signal()), Some(watched))
-                    }
-                    None => (Signal::unwatched(key_text, mark), None),
-                };
+                let (signal, watched) =
+                    (self.core).granted(held, lock.key(), mark, || self.start_watcher());
                 Ok(Some(LockGuard {
                     lock: Some(lock),
                     signal,
@@ -403,7 +377,7 @@ where
             Err(error) => {
                 // A failed acquire can leave the session holding the lock (a cancel that
                 // lands as the lock is granted): never give such a connection back.
-                lock.connection().mark_broken();
+                mark.set();
                 manager::discarded_in_doubt(&error);
                 Err(error)
             }
@@ -411,16 +385,14 @@ where
     }
 
     /// The lock on `key` over `conn` as the watcher will ask about it; the first time on a
-    /// connection, this asks the server for the session's name.
+    /// connection, this asks the server for the session's name (a failure closes the
+    /// connection, as in the async pool).
     fn held(&self, conn: &mut Pooled<M>, key: &Key) -> Result<WatchedLock> {
         let session = match conn.0.session() {
             Some(session) => session,
             None => {
-                let session = BlockingConnection::session(&mut **conn).inspect_err(|error| {
-                    if error.is_connection_error() {
-                        conn.mark_broken();
-                    }
-                })?;
+                let session =
+                    BlockingConnection::session(&mut **conn).inspect_err(|_| conn.mark_broken())?;
                 conn.0.set_session(session);
                 session
             }
@@ -430,10 +402,10 @@ where
 
     /// Starts the pool's watcher thread. It stops when the pool and all its guards are gone.
     fn start_watcher(&self) {
-        let watch = Arc::downgrade(&self.watch);
-        let stop = self.watch.stop();
-        let manager = Arc::clone(&self.manager);
-        let policy = self.policy.clone();
+        let watch = Arc::downgrade(&self.core.watch);
+        let stop = self.core.watch.stop();
+        let manager = Arc::clone(&self.core.manager);
+        let policy = self.core.policy.clone();
         let started = std::thread::Builder::new()
             .name("dlock-watcher".into())
             .spawn(move || watch_from_thread::<M>(watch, &stop, &manager, &policy));
@@ -500,7 +472,7 @@ where
 /// Runs `work` under `guard`'s lock, then releases it.
 fn run_locked<M, T>(mut guard: LockGuard<M>, work: impl FnOnce(&mut LockGuard<M>) -> T) -> Result<T>
 where
-    M: r2d2::ManageConnection,
+    M: BlockingManager,
     M::Connection: BlockingConnection,
 {
     let done = work(&mut guard);
@@ -517,7 +489,7 @@ fn watch_from_thread<M>(
     manager: &M,
     policy: &KeyPolicy,
 ) where
-    M: r2d2::ManageConnection,
+    M: BlockingManager,
     M::Connection: BlockingConnection,
 {
     let mut rounds = Rounds::new(watch);
@@ -541,7 +513,7 @@ fn watch_from_thread<M>(
             None => manager
                 .connect()
                 .map(|connected| conn.insert(connected))
-                .map_err(|error| Error::pool(error.to_string())),
+                .map_err(Error::pool),
         }
         .and_then(|conn| BlockingConnection::still_held(conn, policy, &round.held));
         if answer.is_err() {
@@ -554,11 +526,11 @@ fn watch_from_thread<M>(
     }
 }
 
-impl<M: r2d2::ManageConnection> fmt::Debug for LockPool<M> {
+impl<M: BlockingManager> fmt::Debug for LockPool<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LockPool")
             .field("state", &self.pool.state())
-            .field("policy", &self.policy)
+            .field("core", &self.core)
             .finish()
     }
 }
@@ -576,7 +548,7 @@ impl<M: r2d2::ManageConnection> fmt::Debug for LockPool<M> {
 #[must_use = "the lock is released when the guard is dropped"]
 pub struct LockGuard<M>
 where
-    M: r2d2::ManageConnection,
+    M: BlockingManager,
     M::Connection: BlockingConnection,
 {
     /// Always `Some` until `release` or drop takes it.
@@ -589,7 +561,7 @@ where
 
 impl<M> LockGuard<M>
 where
-    M: r2d2::ManageConnection,
+    M: BlockingManager,
     M::Connection: BlockingConnection,
 {
     fn lock(&self) -> &LockOf<M> {
@@ -660,7 +632,7 @@ where
 /// loss.
 fn settle<M>(lock: LockOf<M>, watched: Option<Watched<WatchedLock>>, signal: &Signal) -> Result<()>
 where
-    M: r2d2::ManageConnection,
+    M: BlockingManager,
     M::Connection: BlockingConnection,
 {
     drop(watched);
@@ -674,15 +646,12 @@ where
     if released.is_err() {
         conn.mark_broken();
     }
-    released.map_err(|error| match error {
-        Error::NotHeld => signal.error(LostReason::NotHeld),
-        other => other,
-    })
+    core::released(signal, released)
 }
 
 impl<M> Deref for LockGuard<M>
 where
-    M: r2d2::ManageConnection,
+    M: BlockingManager,
     M::Connection: BlockingConnection,
 {
     type Target = M::Connection;
@@ -694,7 +663,7 @@ where
 
 impl<M> DerefMut for LockGuard<M>
 where
-    M: r2d2::ManageConnection,
+    M: BlockingManager,
     M::Connection: BlockingConnection,
 {
     fn deref_mut(&mut self) -> &mut M::Connection {
@@ -704,7 +673,7 @@ where
 
 impl<M> Drop for LockGuard<M>
 where
-    M: r2d2::ManageConnection,
+    M: BlockingManager,
     M::Connection: BlockingConnection,
 {
     fn drop(&mut self) {
@@ -720,7 +689,7 @@ where
 
 impl<M> fmt::Debug for LockGuard<M>
 where
-    M: r2d2::ManageConnection,
+    M: BlockingManager,
     M::Connection: BlockingConnection,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -3,6 +3,7 @@
 
 cfg_if::cfg_if! {
     if #[cfg(any(feature = "r2d2", feature = "bb8"))] {
+        mod core;
         mod deadline;
         mod manager;
         mod watch;
@@ -15,6 +16,8 @@ cfg_if::cfg_if! {
         mod blocking;
         #[cfg_attr(docsrs, doc(cfg(feature = "r2d2")))]
         pub use blocking::{BlockingConnection, LockGuard, LockPool, Pooled};
+        #[cfg_attr(docsrs, doc(cfg(feature = "r2d2")))]
+        pub use manager::BlockingManager;
         /// The r2d2 crate this crate's pools are built on, for matching versions.
         #[cfg_attr(docsrs, doc(cfg(feature = "r2d2")))]
         pub use r2d2;

@@ -61,15 +61,14 @@ impl<M> LockManager<M> {
     }
 
     /// A handle on the last connect error, for the pool built over this manager.
-    #[cfg_attr(not(feature = "bb8"), allow(dead_code))]
     pub(crate) fn connect_errors(&self) -> Arc<Mutex<Option<ConnectError>>> {
         Arc::clone(&self.last_connect_error)
     }
 }
 
 /// Expands, inside `impl LockPool` or `impl AsyncLockPool`, to the builder methods both pools
-/// have for the deployment check, fencing and the watcher. Each pool has the fields
-/// `check_deployment: bool`, `fence: Option<String>` and `watch: Arc<Watch<_>>`.
+/// have for the deployment check, fencing and the watcher. Each pool has the field
+/// `core: PoolCore<M>`.
 macro_rules! pool_options {
     () => {
         /// Turns off the deployment check, at the risk of two holders at once.
@@ -81,7 +80,7 @@ macro_rules! pool_options {
         /// hot standby, a MariaDB Galera node or a MySQL Group Replication member. Turn it off
         /// only for a deployment you know better than the check.
         pub fn skip_deployment_check(mut self) -> Self {
-            self.check_deployment = false;
+            self.core.check_deployment = false;
             self
         }
 
@@ -91,7 +90,7 @@ macro_rules! pool_options {
         /// of the pool's locks; a lock found no longer held is reported lost within about one
         /// interval (`is_lost`, `lost`, `wait_lost` on the guard).
         pub fn watch_interval(mut self, interval: std::time::Duration) -> Self {
-            self.watch = crate::watch::Watch::new(self.watch.settings().every(interval));
+            self.core.watch = crate::watch::Watch::new(self.core.watch.settings().every(interval));
             self
         }
 
@@ -100,14 +99,15 @@ macro_rules! pool_options {
         /// frozen server reports every lock lost after this bound. Choose a longer bound for
         /// work that would rather keep going through a short stall.
         pub fn lost_after_unconfirmed(mut self, bound: std::time::Duration) -> Self {
-            self.watch = crate::watch::Watch::new(self.watch.settings().lost_after(bound));
+            self.core.watch =
+                crate::watch::Watch::new(self.core.watch.settings().lost_after(bound));
             self
         }
 
         /// Turns the watcher off: no extra connection and no check. A guard then learns that
         /// its lock is lost only from its own `verify` and `release`.
         pub fn without_watcher(mut self) -> Self {
-            self.watch = crate::watch::Watch::new(self.watch.settings().off());
+            self.core.watch = crate::watch::Watch::new(self.core.watch.settings().off());
             self
         }
 
@@ -115,7 +115,7 @@ macro_rules! pool_options {
         /// with the backend's `install_fencing`): read it with `fencing_token(&guard)` and hand
         /// it to the resource the lock guards. See the backend's `fenced` for what it costs.
         pub fn fenced(mut self) -> Self {
-            self.fence = Some(dlock_core::DEFAULT_FENCE_TABLE.to_owned());
+            self.core.fence = Some(dlock_core::DEFAULT_FENCE_TABLE.to_owned());
             self
         }
 
@@ -128,7 +128,7 @@ macro_rules! pool_options {
         /// underscores).
         pub fn fenced_in(mut self, table: &str) -> Result<Self> {
             dlock_core::fence_table_parts(table)?;
-            self.fence = Some(table.to_owned());
+            self.core.fence = Some(table.to_owned());
             Ok(self)
         }
     };
@@ -342,16 +342,36 @@ impl Drop for CloseMark {
     }
 }
 
+/// An r2d2 manager whose errors can be shared between threads: what a
+/// [`LockPool`](crate::LockPool) is built over (r2d2_postgres's and r2d2_mysql's are).
+/// Implemented for every such manager.
 #[cfg(feature = "r2d2")]
-impl<M: r2d2::ManageConnection> r2d2::ManageConnection for LockManager<M> {
+pub trait BlockingManager: r2d2::ManageConnection<Error: Send + Sync> {}
+
+#[cfg(feature = "r2d2")]
+impl<M> BlockingManager for M where M: r2d2::ManageConnection<Error: Send + Sync> {}
+
+impl<M> LockManager<M> {
+    /// Keeps the outcome of a connect as the last connect error (none after a success).
+    fn note_connect<C>(&self, connected: &Result<C, ConnectError>) {
+        let mut last = self
+            .last_connect_error
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *last = connected.as_ref().err().cloned();
+    }
+}
+
+#[cfg(feature = "r2d2")]
+impl<M: BlockingManager> r2d2::ManageConnection for LockManager<M> {
     type Connection = Tracked<M::Connection>;
-    type Error = M::Error;
+    type Error = ConnectError;
 
     fn connect(&self) -> Result<Self::Connection, Self::Error> {
         let generation = self.doubt.current();
-        self.inner
-            .connect()
-            .map(|conn| Tracked::new(conn, generation))
+        let connected = self.inner.connect().map_err(ConnectError::new);
+        self.note_connect(&connected);
+        connected.map(|conn| Tracked::new(conn, generation))
     }
 
     fn is_valid(&self, conn: &mut Self::Connection) -> Result<(), Self::Error> {
@@ -359,7 +379,9 @@ impl<M: r2d2::ManageConnection> r2d2::ManageConnection for LockManager<M> {
             return Ok(());
         }
         let generation = self.doubt.current();
-        self.inner.is_valid(&mut conn.conn)?;
+        self.inner
+            .is_valid(&mut conn.conn)
+            .map_err(ConnectError::new)?;
         conn.good_at = generation;
         Ok(())
     }
@@ -371,11 +393,22 @@ impl<M: r2d2::ManageConnection> r2d2::ManageConnection for LockManager<M> {
     }
 }
 
-/// An error of the user's bb8 manager, shared: the pool reports it, and the lock pool keeps
-/// the last connect error to give as the cause of a checkout timeout (bb8 reports a failed
-/// connect only as a timeout). Its display and source are the manager's error's.
+/// An error of the user's manager, shared: the pool reports it, and the lock pool keeps the
+/// last connect error to give as the cause of a checkout timeout (bb8 reports a failed
+/// connect only as a timeout, r2d2 only by its text). Its display and source are the manager's error's.
 #[derive(Debug, Clone)]
 pub struct ConnectError(Arc<dyn std::error::Error + Send + Sync>);
+
+impl ConnectError {
+    fn new(error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        ConnectError(Arc::new(error))
+    }
+
+    /// The manager's error itself, for a source chain that users can downcast.
+    pub(crate) fn manager_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        &*self.0
+    }
+}
 
 impl fmt::Display for ConnectError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -411,16 +444,8 @@ impl<M: AsyncManager> bb8::ManageConnection for LockManager<M> {
 
     async fn connect(&self) -> Result<Self::Connection, Self::Error> {
         let generation = self.doubt.current();
-        let connected = self
-            .inner
-            .connect()
-            .await
-            .map_err(|error| ConnectError(Arc::new(error)));
-        let mut last = self
-            .last_connect_error
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        *last = connected.as_ref().err().cloned();
+        let connected = self.inner.connect().await.map_err(ConnectError::new);
+        self.note_connect(&connected);
         connected.map(|conn| Tracked::new(conn, generation))
     }
 
@@ -435,7 +460,7 @@ impl<M: AsyncManager> bb8::ManageConnection for LockManager<M> {
         let unfinished = conn.mark.armed();
         let checked = self.inner.is_valid(&mut conn.conn).await;
         unfinished.disarm();
-        checked.map_err(|error| ConnectError(Arc::new(error)))?;
+        checked.map_err(ConnectError::new)?;
         conn.good_at = generation;
         Ok(())
     }

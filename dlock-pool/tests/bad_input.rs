@@ -121,7 +121,7 @@ fn keys_and_modes_a_backend_cannot_take() {
 }
 
 /// A pool builder that gives up on a connection within two seconds.
-fn r2d2_builder<M: r2d2::ManageConnection>() -> r2d2::Builder<dlock_pool::LockManager<M>> {
+fn r2d2_builder<M: dlock_pool::BlockingManager>() -> r2d2::Builder<dlock_pool::LockManager<M>> {
     r2d2::Pool::builder()
         .max_size(1)
         .connection_timeout(Duration::from_secs(2))
@@ -225,6 +225,77 @@ fn connections_that_cannot_be_made_are_pool_errors_within_the_timeout() {
         "{:?}",
         started.elapsed()
     );
+}
+
+/// Both pools keep the manager's connect error as the source of the pool error, so that the
+/// cause (a refused connection, a wrong password) can be read from the chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_pools_keep_the_connect_error_in_the_source_chain() {
+    let my_port = common::port_of(&common::mysql_url());
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let pg_config = format!("host=127.0.0.1 port={closed_port} user=postgres");
+    let wrong_password = format!("mysql://dlock:wrong@127.0.0.1:{my_port}/dlock");
+    let (pg_config_r2d2, wrong_password_r2d2) = (pg_config.clone(), wrong_password.clone());
+    let blocking = tokio::task::spawn_blocking(move || {
+        [
+            LockPool::with_builder(r2d2_builder(), pg_manager(&pg_config_r2d2)).map(drop),
+            LockPool::with_builder(r2d2_builder(), my_manager(&wrong_password_r2d2)).map(drop),
+        ]
+    })
+    .await
+    .unwrap();
+    fn builder<M: dlock_pool::AsyncManager>() -> bb8::Builder<dlock_pool::LockManager<M>> {
+        bb8::Pool::builder()
+            .max_size(1)
+            .connection_timeout(Duration::from_secs(2))
+    }
+    let manager = bb8_postgres::PostgresConnectionManager::new(
+        pg_config.parse().unwrap(),
+        tokio_postgres::NoTls,
+    );
+    let pg_async = match AsyncLockPool::with_builder(builder(), manager).await {
+        Ok(pool) => pool.acquire("bad-input/source").await.map(drop),
+        Err(error) => Err(error),
+    };
+    let manager = AsyncMySqlManager::from_url(&wrong_password).unwrap();
+    let my_async = match AsyncLockPool::with_builder(builder(), manager).await {
+        Ok(pool) => pool.acquire("bad-input/source").await.map(drop),
+        Err(error) => Err(error),
+    };
+    let [pg_blocking, my_blocking] = blocking;
+    let refused = |error: &(dyn std::error::Error + 'static)| {
+        error
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+    };
+    let denied_blocking = |error: &(dyn std::error::Error + 'static)| matches!(error.downcast_ref::<mysql::Error>(), Some(mysql::Error::MySqlError(server)) if server.code == 1045);
+    let denied_async = |error: &(dyn std::error::Error + 'static)| matches!(error.downcast_ref::<mysql_async::Error>(), Some(mysql_async::Error::Server(server)) if server.code == 1045);
+    type Cause = dyn Fn(&(dyn std::error::Error + 'static)) -> bool;
+    let rows: [(&str, Result<(), Error>, &Cause); 4] = [
+        ("r2d2 PostgreSQL", pg_blocking, &refused),
+        ("r2d2 MySQL", my_blocking, &denied_blocking),
+        ("bb8 PostgreSQL", pg_async, &refused),
+        ("bb8 MySQL", my_async, &denied_async),
+    ];
+    for (what, outcome, cause) in rows {
+        let error = outcome.expect_err(what);
+        assert!(matches!(error, Error::Pool(_)), "{what}: {error:?}");
+        let mut source = std::error::Error::source(&error);
+        let mut found = false;
+        while let Some(error) = source {
+            found |= cause(error);
+            source = error.source();
+        }
+        assert!(
+            found,
+            "{what}: the cause is not in the chain: {:?}",
+            chain(&error)
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

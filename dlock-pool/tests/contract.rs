@@ -34,7 +34,7 @@ impl Backend for My {
 /// A blocking lock object over a pool: the guard of its acquire, if it holds.
 struct PoolLock<M>
 where
-    M: r2d2::ManageConnection,
+    M: dlock_pool::BlockingManager,
     M::Connection: BlockingConnection,
 {
     pool: Arc<LockPool<M>>,
@@ -44,7 +44,7 @@ where
 
 impl<M> PoolLock<M>
 where
-    M: r2d2::ManageConnection,
+    M: dlock_pool::BlockingManager,
     M::Connection: BlockingConnection,
 {
     fn unheld(&self) -> Result<()> {
@@ -57,7 +57,7 @@ where
 
 impl<M> Lock for PoolLock<M>
 where
-    M: r2d2::ManageConnection,
+    M: dlock_pool::BlockingManager,
     M::Connection: BlockingConnection,
 {
     fn key(&self) -> &Key {
@@ -163,11 +163,11 @@ where
 }
 
 /// The flavour of one r2d2 pool, shared by a clause's lock objects.
-struct R2d2<M: r2d2::ManageConnection, B>(Arc<LockPool<M>>, PhantomData<B>);
+struct R2d2<M: dlock_pool::BlockingManager, B>(Arc<LockPool<M>>, PhantomData<B>);
 
 impl<M, B: Backend> Flavour for R2d2<M, B>
 where
-    M: r2d2::ManageConnection,
+    M: dlock_pool::BlockingManager,
     M::Connection: BlockingConnection,
     PoolLock<M>: Send + 'static,
 {
@@ -189,7 +189,7 @@ where
 
 fn r2d2_pool<M, B>(manager: M) -> R2d2<M, B>
 where
-    M: r2d2::ManageConnection,
+    M: dlock_pool::BlockingManager,
     M::Connection: BlockingConnection,
 {
     let builder = r2d2::Pool::builder()

@@ -236,3 +236,34 @@ async fn bb8_pools_refuse_a_hot_standby_and_a_galera_node() {
         .await
         .unwrap();
 }
+
+/// A connection whose deployment check failed is closed, never handed back to the pool, in
+/// both pools alike: the check may have left the session marked, and a connection where a
+/// lock cannot exclude has nothing to offer the next acquire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_pools_close_a_connection_whose_deployment_check_failed() {
+    let url = deployments::standby();
+    let blocking_url = url.clone();
+    let connections = tokio::task::spawn_blocking(move || {
+        let manager = R2d2Pg::new(blocking_url.parse().unwrap(), postgres::NoTls);
+        let builder = r2d2::Pool::builder().max_size(1).min_idle(Some(0));
+        let pool = LockPool::with_builder(builder, manager).unwrap();
+        let error = pool.try_acquire("deployments/closed").unwrap_err();
+        assert!(refused_as(&error, Deployment::HotStandby), "{error:?}");
+        pool.pool().state().connections
+    })
+    .await
+    .unwrap();
+    assert_eq!(connections, 0, "r2d2 kept the refused connection");
+
+    let manager = Bb8Pg::new(url.parse().unwrap(), tokio_postgres::NoTls);
+    let builder = bb8::Pool::builder().max_size(1).min_idle(None);
+    let pool = AsyncLockPool::with_builder(builder, manager).await.unwrap();
+    let error = pool.try_acquire("deployments/closed").await.unwrap_err();
+    assert!(refused_as(&error, Deployment::HotStandby), "{error:?}");
+    assert_eq!(
+        pool.pool().state().connections,
+        0,
+        "bb8 kept the refused connection"
+    );
+}

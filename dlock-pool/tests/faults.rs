@@ -340,7 +340,7 @@ async fn pooled_locks_lost_to<M, A>(
     fault: impl FnOnce() -> Box<dyn Send> + Send + 'static,
 ) -> Vec<(Duration, LostReason)>
 where
-    M: r2d2::ManageConnection,
+    M: dlock_pool::BlockingManager,
     M::Connection: BlockingConnection,
     LockGuard<M>: Send,
     A: AsyncManager,

@@ -125,3 +125,47 @@ async fn a_fenced_pool_without_its_table_fails_clearly_and_holds_nothing() {
     .unwrap();
     assert!(free, "nothing is held after the refusals");
 }
+
+/// `with_lock` hands the work its guard in both pools: the work reaches the connection
+/// through it, and reads the fencing token to pass on to the resource.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_lock_gives_the_work_its_guard_and_token_in_both_pools() {
+    let key = "fencing/pool/with-lock";
+    let manager = Bb8Pg::new(postgres::pg_url().parse().unwrap(), tokio_postgres::NoTls);
+    let pool = AsyncLockPool::new(manager).await.unwrap().fenced();
+    let (async_token, one) = pool
+        .with_lock(key, async |guard| {
+            let row = guard.query_one("SELECT 1", &[]).await.unwrap();
+            (AsyncLockGuard::fencing_token(guard), row.get::<_, i32>(0))
+        })
+        .await
+        .unwrap();
+    assert_eq!(one, 1);
+    let async_token = async_token.expect("a fenced pool's guard has a token");
+    let blocking_token = tokio::task::spawn_blocking(move || {
+        let manager = R2d2Pg::new(postgres::pg_url().parse().unwrap(), ::postgres::NoTls);
+        let pool = LockPool::new(manager).unwrap().fenced();
+        pool.with_lock(key, |guard| {
+            guard.query_one("SELECT 1", &[]).unwrap();
+            LockGuard::fencing_token(guard)
+        })
+        .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(blocking_token, Some(async_token + 1));
+
+    let manager = AsyncMySqlManager::from_url(&mysql::mysql_url()).unwrap();
+    let pool = AsyncLockPool::new(manager).await.unwrap().fenced();
+    let first = pool
+        .with_lock(key, async |guard| AsyncLockGuard::fencing_token(guard))
+        .await
+        .unwrap()
+        .expect("a fenced pool's guard has a token");
+    let second = pool
+        .try_with_lock(key, async |guard| AsyncLockGuard::fencing_token(guard))
+        .await
+        .unwrap()
+        .expect("nobody else holds it");
+    assert_eq!(second, Some(first + 1));
+}

@@ -32,7 +32,7 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 /// What a test needs of a backend: its managers and its sessions.
 trait Backend: 'static {
     type Conn: BlockingConnection;
-    type Manager: r2d2::ManageConnection<Connection = Self::Conn>;
+    type Manager: dlock_pool::BlockingManager<Connection = Self::Conn>;
     type AsyncConn: AsyncConnection;
     type AsyncManager: AsyncManager<Connection = Self::AsyncConn>;
     const NAME: &'static str;

@@ -17,7 +17,7 @@ use r2d2_postgres::PostgresConnectionManager;
 /// What a test needs to know about a backend to look at its sessions.
 trait Backend {
     type Conn: BlockingConnection;
-    type Manager: r2d2::ManageConnection<Connection = Self::Conn>;
+    type Manager: dlock_pool::BlockingManager<Connection = Self::Conn>;
     fn manager() -> Self::Manager;
     /// The server's id of the connection's session.
     fn session(conn: &mut Self::Conn) -> u64;

@@ -1,0 +1,132 @@
+//! What both pools decide the same way, written once: their options, the cause of a failed
+//! checkout, what a failed deployment check does to its connection, how a grant is handed to
+//! the watcher, and how a release's outcome reads. `LockPool` (r2d2, a thread) and
+//! `AsyncLockPool` (bb8, a task) only check out, send and wait.
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use dlock_core::{Error, Key, KeyPolicy, LostReason, Result};
+
+use crate::manager::{CloseMark, ConnectError, Doubt, LockManager};
+use crate::watch::{Signal, Watch, WatchSettings, Watched, WatchedLock};
+
+/// The state and options one pool of either flavour keeps beside its driver pool.
+pub(crate) struct PoolCore<M> {
+    pub(crate) policy: KeyPolicy,
+    pub(crate) doubt: Arc<Doubt>,
+    /// The manager's last connect error: r2d2 keeps only its text and bb8 turns it into a
+    /// plain timeout, so the pool names it as the cause of a checkout that failed.
+    connect_errors: Arc<Mutex<Option<ConnectError>>>,
+    pub(crate) check_deployment: bool,
+    /// The fence table, when acquires issue fencing tokens.
+    pub(crate) fence: Option<String>,
+    /// The user's manager, which the watcher and the deployment check connect through.
+    pub(crate) manager: Arc<M>,
+    /// The held locks, for the watcher.
+    pub(crate) watch: Arc<Watch<WatchedLock>>,
+}
+
+impl<M> PoolCore<M> {
+    /// The core of a pool built over `manager`, before the driver pool takes it.
+    pub(crate) fn new(manager: &LockManager<M>) -> Self {
+        PoolCore {
+            policy: KeyPolicy::default(),
+            doubt: manager.doubt(),
+            connect_errors: manager.connect_errors(),
+            check_deployment: true,
+            fence: None,
+            manager: manager.shared_inner(),
+            watch: Watch::new(WatchSettings::default()),
+        }
+    }
+
+    /// Uses `policy`; the watcher turns keys into the backend's under the policy it started
+    /// with, so a new watch starts.
+    pub(crate) fn set_policy(&mut self, policy: KeyPolicy) {
+        self.policy = policy;
+        self.watch = Watch::new(self.watch.settings());
+    }
+
+    /// The error of a checkout that failed with the driver pool's `error`. A checkout that
+    /// timed out while the manager could not connect names the connect error as its cause.
+    pub(crate) fn checkout_error(&self, error: impl fmt::Display, timed_out: bool) -> Error
+    where
+        M: Sized,
+    {
+        let last = self
+            .connect_errors
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        match last {
+            Some(last) if timed_out => Error::pool(CheckoutTimedOut(last)),
+            _ => Error::pool(error.to_string()),
+        }
+    }
+
+    /// Hands a granted lock to the watcher (started by `start_watcher` the first time), or
+    /// to a signal of its own when nothing watches: the guard's lost-lock news.
+    pub(crate) fn granted(
+        &self,
+        held: Option<WatchedLock>,
+        key: &Key,
+        mark: CloseMark,
+        start_watcher: impl FnOnce(),
+    ) -> (Arc<Signal>, Option<Watched<WatchedLock>>) {
+        match held {
+            Some(held) => {
+                self.watch.start_once(start_watcher);
+                let watched = self
+                    .watch
+                    .register(held, key.to_string(), mark, Instant::now());
+                (Arc::clone(watched.signal()), Some(watched))
+            }
+            None => (Signal::unwatched(key.to_string(), mark), None),
+        }
+    }
+}
+
+/// What a failed deployment check does to its connection: it is closed, never reused. The
+/// check may have left a statement unread or a session marked, and a connection that cannot
+/// hold a lock that excludes has nothing to offer the next acquire.
+pub(crate) fn refused(mark: &CloseMark, error: Error) -> Error {
+    mark.set();
+    error
+}
+
+/// A release's outcome as the guard reports it: the server's "not held" is a lost lock.
+pub(crate) fn released(signal: &Signal, outcome: Result<()>) -> Result<()> {
+    outcome.map_err(|error| match error {
+        Error::NotHeld => signal.error(LostReason::NotHeld),
+        other => other,
+    })
+}
+
+/// A checkout that timed out while connecting failed: the source is the last connect error,
+/// as the user's manager gave it (a `postgres::Error`, a `mysql_async::Error`).
+#[derive(Debug)]
+struct CheckoutTimedOut(ConnectError);
+
+impl fmt::Display for CheckoutTimedOut {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("timed out waiting for a connection, and the last attempt to connect failed")
+    }
+}
+
+impl std::error::Error for CheckoutTimedOut {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.0.manager_error())
+    }
+}
+
+impl<M> fmt::Debug for PoolCore<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PoolCore")
+            .field("policy", &self.policy)
+            .field("check_deployment", &self.check_deployment)
+            .field("fence", &self.fence)
+            .finish_non_exhaustive()
+    }
+}
