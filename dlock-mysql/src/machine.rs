@@ -214,6 +214,9 @@ pub(crate) struct Acquire {
     guarded: bool,
     token: u64,
     holder: Option<String>,
+    /// Whether the lock statement carries the deployment check (MariaDB, until one check
+    /// passed): it then locks only where a lock excludes, with no round trip of its own.
+    checks_in_lock: bool,
     phase: AcquirePhase,
 }
 
@@ -236,8 +239,9 @@ impl Acquire {
         }
         let name = state.name()?;
         let token = attempt_token();
+        let server = Server::from_version(version);
         Ok(Acquire {
-            server: Server::from_version(version),
+            server,
             name,
             wait,
             // A timed wait always turns the statement time limit off; a plain one only after
@@ -245,6 +249,7 @@ impl Acquire {
             guarded: matches!(wait, Wait::For(_)),
             token,
             holder: state.proves_holds.then(|| holder_name(token)),
+            checks_in_lock: state.check_deployment && server == Server::MariaDb,
             phase: AcquirePhase::Start,
         })
     }
@@ -258,6 +263,7 @@ impl Acquire {
             self.guarded,
             self.token,
             self.holder.as_deref(),
+            self.checks_in_lock,
         ))
     }
 
@@ -276,6 +282,10 @@ impl Acquire {
     }
 
     fn granted(&mut self, state: &mut LockState) -> Step<bool> {
+        if self.checks_in_lock {
+            // The statement that granted it found no cluster: the check passed.
+            state.check_deployment = false;
+        }
         if let Some(table) = &state.fence {
             self.phase = AcquirePhase::Fencing;
             return Step::Send(sql::fence(table, &self.name));
@@ -303,7 +313,7 @@ impl Operation for Acquire {
 
     fn step(&mut self, state: &mut LockState, reply: Option<Reply>) -> Step<bool> {
         match std::mem::replace(&mut self.phase, AcquirePhase::Done) {
-            AcquirePhase::Start if state.check_deployment => {
+            AcquirePhase::Start if state.check_deployment && !self.checks_in_lock => {
                 self.phase = AcquirePhase::Checking;
                 Step::Send(sql::cluster_check(self.server))
             }
@@ -325,10 +335,21 @@ impl Operation for Acquire {
                     Ok(Acquired::TimedOut) if self.wait == Wait::Forever => self.lock(),
                     Ok(Acquired::TimedOut) => self.done(Ok(false)),
                     Ok(Acquired::Interrupted) => self.ask(sql::canceled_by_null()),
+                    Ok(Acquired::RefusedOnGalera) => self.done(Err(Error::CannotExclude {
+                        deployment: dlock_core::Deployment::Galera,
+                    })),
                     Err(error) => self.done(Err(error)),
                 },
                 Err(failed) => match failed.failure {
                     Failure::Interrupted => self.ask(failed.error),
+                    // A server without the wsrep variables (a build without Galera) refuses
+                    // the folded check; it took no lock, so the check is sent on its own.
+                    Failure::Other if self.checks_in_lock => {
+                        tracing::debug!(target: "dlock", error = %failed.error, "the deployment check in the lock statement failed; checking on its own");
+                        self.checks_in_lock = false;
+                        self.phase = AcquirePhase::Checking;
+                        Step::Send(sql::cluster_check(self.server))
+                    }
                     Failure::ConnectionLost | Failure::Other => self.done(Err(failed.error)),
                 },
             },
@@ -592,11 +613,57 @@ mod tests {
     }
 
     #[test]
-    fn the_first_acquire_refuses_a_cluster_node_before_it_locks() {
+    fn mariadbs_first_lock_statement_carries_the_galera_check() {
+        // On a Galera node the statement locks nothing and answers -1.
+        let mut state = LockState::new(Key::from("jobs/x"), false);
+        let mut op = Acquire::start(&state, MARIADB, Wait::Never).unwrap();
+        let lock = sent(op.step(&mut state, None));
+        assert!(lock.contains("IF(@@global.wsrep_on"), "{lock}");
+        assert!(matches!(
+            op.step(&mut state, row(&[Some(sql::REFUSED_ON_GALERA)])),
+            Step::Done(Err(Error::CannotExclude {
+                deployment: dlock_core::Deployment::Galera
+            }))
+        ));
+        assert!(state.held.is_none());
+        assert!(state.check_deployment, "checked again next time");
+        // Anywhere else it locks, and the check has passed for this object.
+        let mut op = Acquire::start(&state, MARIADB, Wait::Never).unwrap();
+        sent(op.step(&mut state, None));
+        assert!(done(op.step(&mut state, row(&[Some(1)]))).unwrap());
+        assert!(!state.check_deployment, "checked once per lock object");
+        Release::start(&mut state).unwrap();
+        let mut op = Acquire::start(&state, MARIADB, Wait::Never).unwrap();
+        let lock = sent(op.step(&mut state, None));
+        assert!(!lock.contains("wsrep"), "{lock}");
+        // A busy lock says nothing of the deployment: the next statement checks again.
+        let mut state = LockState::new(Key::from("jobs/x"), false);
+        let mut op = Acquire::start(&state, MARIADB, Wait::Never).unwrap();
+        sent(op.step(&mut state, None));
+        assert!(!done(op.step(&mut state, row(&[Some(0)]))).unwrap());
+        assert!(state.check_deployment);
+    }
+
+    #[test]
+    fn a_mariadb_without_wsrep_variables_is_checked_on_its_own() {
+        let mut state = LockState::new(Key::from("jobs/x"), false);
+        let mut op = Acquire::start(&state, MARIADB, Wait::Never).unwrap();
+        sent(op.step(&mut state, None));
+        let unknown = sql::server_failure(1193, "Unknown system variable 'wsrep_on'".into());
+        let check = sent(op.step(&mut state, Some(Err(unknown))));
+        assert!(check.starts_with("SELECT COUNT(*)"), "{check}");
+        let lock = sent(op.step(&mut state, row(&[Some(0)])));
+        assert!(
+            lock.contains("GET_LOCK") && !lock.contains("wsrep"),
+            "{lock}"
+        );
+        assert!(done(op.step(&mut state, row(&[Some(1)]))).unwrap());
+        assert!(!state.check_deployment);
+    }
+
+    #[test]
+    fn mysqls_first_acquire_refuses_a_group_replication_member_before_it_locks() {
         for (version, count, refused) in [
-            (MARIADB, 2, Some(dlock_core::Deployment::Galera)),
-            // wsrep_on without a provider, or a provider with wsrep off: no cluster.
-            (MARIADB, 1, None),
             (MYSQL, 1, Some(dlock_core::Deployment::GroupReplication)),
             (MYSQL, 0, None),
         ] {

@@ -129,6 +129,10 @@ pub(crate) fn tag(token: u64) -> String {
 ///
 /// With a `holder` name, a granted lock also takes that (unique) lock, whose holder proves
 /// the session's identity to a `KILL` from elsewhere: the reply is then 2 when granted.
+///
+/// With `refuse_galera` (MariaDB only), the statement locks only on a server that is no
+/// Galera node, and answers [`REFUSED_ON_GALERA`] without locking on one: the deployment
+/// check rides in the lock statement, at the cost of reading two global variables.
 pub(crate) fn get_lock(
     server: Server,
     name: &str,
@@ -136,14 +140,20 @@ pub(crate) fn get_lock(
     guarded: bool,
     token: u64,
     holder: Option<&str>,
+    refuse_galera: bool,
 ) -> String {
-    let mut sql = String::with_capacity(96 + 2 * name.len());
+    let mut sql = String::with_capacity(160 + 2 * name.len());
     match (guarded, server) {
         (true, Server::MariaDb) => sql.push_str("SET STATEMENT max_statement_time = 0 FOR SELECT "),
         (true, Server::MySql) => sql.push_str("SELECT /*+ SET_VAR(max_execution_time = 0) */ "),
         (false, _) => sql.push_str("SELECT "),
     }
     let _ = write!(sql, "/* {} */ ", tag(token));
+    // IF evaluates only the branch it picks: on a Galera node GET_LOCK never runs.
+    let refuse_galera = refuse_galera && server == Server::MariaDb;
+    if refuse_galera {
+        let _ = write!(sql, "IF({GALERA_NODE}, {REFUSED_ON_GALERA}, ");
+    }
     if holder.is_some() {
         sql.push_str("CASE ");
     }
@@ -157,8 +167,19 @@ pub(crate) fn get_lock(
         push_name(&mut sql, holder);
         sql.push_str(", 0) WHEN 0 THEN 0 END");
     }
+    if refuse_galera {
+        sql.push(')');
+    }
     sql
 }
+
+/// True on a MariaDB Galera node, where `GET_LOCK` is local to the node: wsrep on, with a
+/// provider loaded (what [`cluster_check`] counts, read without `information_schema`).
+const GALERA_NODE: &str = "@@global.wsrep_on AND @@global.wsrep_provider NOT IN ('none', '')";
+
+/// What a lock statement built with `refuse_galera` answers on a Galera node, where it took
+/// nothing: `GET_LOCK` itself only answers 1, 0 or NULL (2 with a holder lock).
+pub(crate) const REFUSED_ON_GALERA: i64 = -1;
 
 /// The session variable that can end a statement early on `server`.
 fn statement_limit(server: Server) -> &'static str {
@@ -200,6 +221,8 @@ pub(crate) enum Acquired {
     TimedOut,
     /// NULL: the statement was interrupted (`KILL QUERY`, MariaDB's `max_statement_time`).
     Interrupted,
+    /// [`REFUSED_ON_GALERA`]: the server is a Galera node, and nothing was locked.
+    RefusedOnGalera,
 }
 
 /// Reads the reply to [`get_lock`].
@@ -211,6 +234,7 @@ pub(crate) fn read_acquired(reply: Option<i64>) -> Result<Acquired> {
         Some(1 | 2) => Ok(Acquired::Granted),
         Some(0) => Ok(Acquired::TimedOut),
         None => Ok(Acquired::Interrupted),
+        Some(REFUSED_ON_GALERA) => Ok(Acquired::RefusedOnGalera),
         Some(other) => Err(unexpected("GET_LOCK", other)),
     }
 }
@@ -643,7 +667,7 @@ mod tests {
     const TOKEN: u64 = 0xabc;
 
     fn plain(server: Server, name: &str, wait: Wait) -> String {
-        get_lock(server, name, wait, false, TOKEN, None)
+        get_lock(server, name, wait, false, TOKEN, None, false)
     }
 
     #[test]
@@ -714,13 +738,48 @@ mod tests {
     }
 
     #[test]
+    fn the_galera_refusal_rides_in_the_mariadb_lock_statement_only() {
+        let sql = get_lock(
+            Server::MariaDb,
+            "x",
+            Wait::Never,
+            false,
+            TOKEN,
+            Some("dlock/h"),
+            true,
+        );
+        assert!(
+            sql.ends_with(
+                "IF(@@global.wsrep_on AND @@global.wsrep_provider NOT IN ('none', ''), -1, \
+                 CASE GET_LOCK('x', 0) WHEN 1 THEN 1 + GET_LOCK('dlock/h', 0) WHEN 0 THEN 0 END)"
+            ),
+            "{sql}"
+        );
+        assert_eq!(
+            read_acquired(Some(REFUSED_ON_GALERA)).unwrap(),
+            Acquired::RefusedOnGalera
+        );
+        // MySQL's Group Replication check reads performance_schema: it is sent on its own.
+        let mysql = get_lock(Server::MySql, "x", Wait::Never, false, TOKEN, None, true);
+        assert!(mysql.ends_with("*/ GET_LOCK('x', 0)"), "{mysql}");
+    }
+
+    #[test]
     fn a_guarded_lock_turns_the_statement_time_limit_off_on_either_server() {
-        let mariadb = get_lock(Server::MariaDb, "x", Wait::Forever, true, TOKEN, None);
+        let mariadb = get_lock(
+            Server::MariaDb,
+            "x",
+            Wait::Forever,
+            true,
+            TOKEN,
+            None,
+            false,
+        );
         assert!(
             mariadb.starts_with("SET STATEMENT max_statement_time = 0 FOR SELECT /* dlock:"),
             "{mariadb}"
         );
-        let mysql = get_lock(Server::MySql, "x", Wait::Forever, true, TOKEN, None);
+        let mysql = get_lock(Server::MySql, "x", Wait::Forever, true, TOKEN, None, false);
         assert!(
             mysql.starts_with("SELECT /*+ SET_VAR(max_execution_time = 0) */ /* dlock:"),
             "{mysql}"
@@ -736,6 +795,7 @@ mod tests {
             false,
             TOKEN,
             Some("dlock/h"),
+            false,
         );
         assert!(
             sql.ends_with(

@@ -42,6 +42,39 @@ async fn a_galera_node_is_refused_by_every_flavour() {
     assert!(refused_as(&error, Deployment::Galera), "{error:?}");
 }
 
+/// The refusal rides in the lock statement on MariaDB, and leaves nothing locked on the node:
+/// another session finds the name free, blocking or async, waiting or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_galera_lock_leaves_nothing_locked() {
+    use mysql::prelude::Queryable;
+    let url = deployments::galera();
+    let mut observer = connect(&url);
+    let mut free = |name: &str| {
+        let holder: Option<Option<u64>> = tokio::task::block_in_place(|| {
+            observer
+                .exec_first("SELECT IS_USED_LOCK(?)", (name,))
+                .unwrap()
+        });
+        holder.flatten().is_none()
+    };
+    let name = "deployments/galera/nothing";
+    let mut lock = MySqlLock::new(connect(&url), name);
+    for _ in 0..3 {
+        let error = tokio::task::block_in_place(|| {
+            lock.acquire_timeout(std::time::Duration::from_millis(50))
+        })
+        .unwrap_err();
+        assert!(refused_as(&error, Deployment::Galera), "{error:?}");
+        assert!(free(name), "a refused blocking lock left the name held");
+    }
+    let mut lock = AsyncMySqlLock::new(connect_async(&url).await, name);
+    for _ in 0..3 {
+        let error = lock.try_acquire().await.unwrap_err();
+        assert!(refused_as(&error, Deployment::Galera), "{error:?}");
+        assert!(free(name), "a refused async lock left the name held");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_single_server_is_never_refused() {
     let url = mysql_url();

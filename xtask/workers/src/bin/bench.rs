@@ -361,6 +361,49 @@ fn throughput(scale: Scale) -> Result<Vec<Throughput>> {
     )?);
     drop(lock);
 
+    // A lock made per use on a long-lived client, every check on (the way sqlx's
+    // `PgAdvisoryLock` is used): the floor sends the same two statements as text.
+    let mut client = pg()?;
+    results.push(compare(
+        scale,
+        "PgLock, made per use",
+        "postgres, text",
+        |side, n| {
+            rate(n, || {
+                if side == Side::Dlock {
+                    let mut lock = PgLock::new(&mut client, PG_KEY);
+                    lock.acquire()?;
+                    lock.release()?;
+                } else {
+                    client.simple_query(&pg_lock_sql)?;
+                    client.simple_query(&pg_unlock_sql)?;
+                }
+                Ok(())
+            })
+        },
+    )?);
+    drop(client);
+    let mut conn = my()?;
+    results.push(compare(
+        scale,
+        "MySqlLock, made per use",
+        "mysql, text",
+        |side, n| {
+            rate(n, || {
+                if side == Side::Dlock {
+                    let mut lock = MySqlLock::new(&mut conn, MY_NAME);
+                    lock.acquire()?;
+                    lock.release()?;
+                } else {
+                    let _: Option<Option<i64>> = conn.query_first(&get)?;
+                    let _: Option<Option<i64>> = conn.query_first(&release)?;
+                }
+                Ok(())
+            })
+        },
+    )?);
+    drop(conn);
+
     // A transaction lock refuses a hot standby in its own query: the floor sends the same
     // lock statement without that guard, in the same transaction frame.
     let mut client = pg()?;
@@ -524,6 +567,55 @@ fn throughput(scale: Scale) -> Result<Vec<Throughput>> {
             .await?,
         );
         drop(lock);
+
+        let mut client = pg_async().await?;
+        results.push(
+            compare_async(
+                scale,
+                "AsyncPgLock, made per use",
+                "tokio-postgres, text",
+                async |side, n| {
+                    let started = Instant::now();
+                    for _ in 0..n {
+                        if side == Side::Dlock {
+                            let mut lock = AsyncPgLock::new(&mut client, PG_KEY);
+                            lock.acquire().await?;
+                            lock.release().await?;
+                        } else {
+                            client.simple_query(&pg_lock_sql).await?;
+                            client.simple_query(&pg_unlock_sql).await?;
+                        }
+                    }
+                    Ok(per_second(n, started))
+                },
+            )
+            .await?,
+        );
+        drop(client);
+        let mut conn = my_async().await?;
+        results.push(
+            compare_async(
+                scale,
+                "AsyncMySqlLock, made per use",
+                "mysql_async, text",
+                async |side, n| {
+                    let started = Instant::now();
+                    for _ in 0..n {
+                        if side == Side::Dlock {
+                            let mut lock = AsyncMySqlLock::new(&mut conn, MY_NAME);
+                            lock.acquire().await?;
+                            lock.release().await?;
+                        } else {
+                            let _: Option<Option<i64>> = conn.query_first(&get).await?;
+                            let _: Option<Option<i64>> = conn.query_first(&release).await?;
+                        }
+                    }
+                    Ok(per_second(n, started))
+                },
+            )
+            .await?,
+        );
+        drop(conn);
 
         let mut lock = AsyncMySqlLock::new(my_async().await?, MY_NAME);
         results.push(
