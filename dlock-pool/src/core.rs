@@ -130,3 +130,72 @@ impl<M> fmt::Debug for PoolCore<M> {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(all(test, feature = "r2d2"))]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Refused;
+
+    impl fmt::Display for Refused {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("refused")
+        }
+    }
+
+    impl std::error::Error for Refused {}
+
+    /// A manager that never connects: pool logic without a server.
+    #[derive(Debug)]
+    struct Unreachable;
+
+    impl r2d2::ManageConnection for Unreachable {
+        type Connection = ();
+        type Error = Refused;
+
+        fn connect(&self) -> Result<(), Refused> {
+            Err(Refused)
+        }
+
+        fn is_valid(&self, _: &mut ()) -> Result<(), Refused> {
+            Ok(())
+        }
+
+        fn has_broken(&self, _: &mut ()) -> bool {
+            false
+        }
+    }
+
+    #[test]
+    fn a_checkout_that_timed_out_names_the_managers_error_as_its_cause() {
+        let manager = LockManager::new(Unreachable);
+        let core = PoolCore::new(&manager);
+        // Nothing connected yet: the pool's own error, as it is.
+        let error = core.checkout_error("timed out", true);
+        assert!(
+            std::error::Error::source(&error)
+                .is_some_and(|source| source.to_string() == "timed out")
+        );
+        assert!(r2d2::ManageConnection::connect(&manager).is_err());
+        let error = core.checkout_error("timed out", true);
+        let cause = std::error::Error::source(&error).and_then(std::error::Error::source);
+        assert!(
+            cause.is_some_and(|cause| cause.downcast_ref::<Refused>().is_some()),
+            "{error:?}"
+        );
+        // A checkout that failed for another reason than time keeps the pool's error.
+        let error = core.checkout_error("closed", false);
+        assert!(
+            std::error::Error::source(&error).is_some_and(|source| source.to_string() == "closed")
+        );
+    }
+
+    #[test]
+    fn a_refused_deployment_closes_its_connection() {
+        let mark = CloseMark::default();
+        let error = refused(&mark, Error::NotHeld);
+        assert!(matches!(error, Error::NotHeld));
+        assert!(mark.is_set());
+    }
+}

@@ -822,30 +822,6 @@ impl AsyncPgXactLock {
 
     crate::methods::xact_methods!();
 
-    /// Makes this a shared lock.
-    pub fn shared(mut self) -> Self {
-        self.mode = Mode::Shared;
-        self
-    }
-
-    /// Uses `policy` to turn the key into a PostgreSQL key.
-    pub fn policy(mut self, policy: KeyPolicy) -> Self {
-        self.policy = policy;
-        self
-    }
-
-    /// The key this lock was created with.
-    pub fn key(&self) -> &Key {
-        &self.key
-    }
-
-    fn hold(&self) -> Result<Hold> {
-        Ok(Hold {
-            key: self.policy.pg_key(&self.key)?,
-            mode: self.mode,
-        })
-    }
-
     /// Waits, in the server, until the transaction holds the lock. No session setting
     /// (`lock_timeout`, `statement_timeout`) cuts the wait short.
     ///

@@ -98,9 +98,34 @@ macro_rules! lock_methods {
 pub(crate) use lock_methods;
 
 /// Expands, inside `impl PgXactLock` or `impl AsyncPgXactLock`, to the builder methods both
-/// have. Each type has the field `options: XactOptions`.
+/// have. Each type has the fields `key: Key`, `policy: KeyPolicy`, `mode: Mode` and
+/// `options: XactOptions`.
 macro_rules! xact_methods {
     () => {
+        /// Makes this a shared lock.
+        pub fn shared(mut self) -> Self {
+            self.mode = Mode::Shared;
+            self
+        }
+
+        /// Uses `policy` to turn the key into a PostgreSQL key.
+        pub fn policy(mut self, policy: KeyPolicy) -> Self {
+            self.policy = policy;
+            self
+        }
+
+        /// The key this lock was created with.
+        pub fn key(&self) -> &Key {
+            &self.key
+        }
+
+        fn hold(&self) -> Result<Hold> {
+            Ok(Hold {
+                key: self.policy.pg_key(&self.key)?,
+                mode: self.mode,
+            })
+        }
+
         /// Turns off the hot standby check each acquire makes otherwise, in the acquire's own
         /// round trip: a transaction lock on a standby is local to it and excludes nobody on
         /// the primary. Transaction locks need no pooler check: they work through a pooler in
