@@ -13,7 +13,7 @@ use dlock_core::{
 use crate::core::{self, PoolCore};
 use crate::deadline;
 use crate::manager::{self, AsyncManager, CloseMark, ConnectError, LockManager, Retry};
-use crate::watch::{self, Next, Rounds, Signal, Watch, Watched, WatchedLock};
+use crate::watch::{self, Next, Rounds, Running, Signal, Watch, Watched, WatchedLock};
 
 /// A bb8 connection checked out for one lock, lent to the backend's lock type.
 ///
@@ -441,7 +441,9 @@ where
             Ok(true) => {
                 armed.disarm();
                 let (signal, watched) =
-                    (self.core).granted(held, lock.key(), mark.clone(), || self.start_watcher());
+                    (self.core).granted(held, lock.key(), mark.clone(), |running| {
+                        self.start_watcher(running);
+                    });
                 Ok(Some(AsyncLockGuard {
                     lock: Some(lock),
                     mark,
@@ -486,12 +488,16 @@ where
     }
 
     /// Starts the pool's watcher task on the current runtime. It stops when the pool and
-    /// all its guards are gone.
-    fn start_watcher(&self) {
+    /// all its guards are gone; if that runtime shuts down first, the task is dropped with
+    /// `running`, and the pool's next grant starts another on the runtime it runs on.
+    fn start_watcher(&self, running: Running) {
         let watch = Arc::downgrade(&self.core.watch);
         let manager = Arc::clone(&self.core.manager);
         let policy = self.core.policy.clone();
-        tokio::spawn(async move { watch_from_task::<M>(watch, manager, policy).await });
+        tokio::spawn(async move {
+            let _running = running;
+            watch_from_task::<M>(watch, manager, policy).await;
+        });
     }
 
     /// Acquires `key` (waiting as [`acquire`](AsyncLockPool::acquire) does), runs `work`

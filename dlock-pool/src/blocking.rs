@@ -12,7 +12,7 @@ use dlock_core::{
 use crate::core::{self, PoolCore};
 use crate::deadline;
 use crate::manager::{self, BlockingManager, LockManager, Retry};
-use crate::watch::{Next, Rounds, Signal, Stop, Watch, Watched, WatchedLock};
+use crate::watch::{Next, Rounds, Running, Signal, Stop, Watch, Watched, WatchedLock};
 
 /// An r2d2 connection checked out for one lock, lent to the backend's lock type.
 ///
@@ -364,8 +364,9 @@ where
         };
         match outcome {
             Ok(true) => {
-                let (signal, watched) =
-                    (self.core).granted(held, lock.key(), mark, || self.start_watcher());
+                let (signal, watched) = (self.core).granted(held, lock.key(), mark, |running| {
+                    self.start_watcher(running)
+                });
                 Ok(Some(LockGuard {
                     lock: Some(lock),
                     signal,
@@ -401,14 +402,17 @@ where
     }
 
     /// Starts the pool's watcher thread. It stops when the pool and all its guards are gone.
-    fn start_watcher(&self) {
+    fn start_watcher(&self, running: Running) {
         let watch = Arc::downgrade(&self.core.watch);
         let stop = self.core.watch.stop();
         let manager = Arc::clone(&self.core.manager);
         let policy = self.core.policy.clone();
         let started = std::thread::Builder::new()
             .name("dlock-watcher".into())
-            .spawn(move || watch_from_thread::<M>(watch, &stop, &manager, &policy));
+            .spawn(move || {
+                let _running = running;
+                watch_from_thread::<M>(watch, &stop, &manager, &policy);
+            });
         if let Err(error) = started {
             // Nothing confirms the locks then, and each counts as lost once the bound runs out.
             tracing::error!(target: "dlock", %error, "the lock watcher thread could not start");

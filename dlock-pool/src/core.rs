@@ -10,7 +10,7 @@ use std::time::Instant;
 use dlock_core::{Error, Key, KeyPolicy, LostReason, Result};
 
 use crate::manager::{CloseMark, ConnectError, Doubt, LockManager};
-use crate::watch::{Signal, Watch, WatchSettings, Watched, WatchedLock};
+use crate::watch::{Running, Signal, Watch, WatchSettings, Watched, WatchedLock};
 
 /// The state and options one pool of either flavour keeps beside its driver pool.
 pub(crate) struct PoolCore<M> {
@@ -66,18 +66,18 @@ impl<M> PoolCore<M> {
         }
     }
 
-    /// Hands a granted lock to the watcher (started by `start_watcher` the first time), or
+    /// Hands a granted lock to the watcher (started by `start_watcher` when none runs), or
     /// to a signal of its own when nothing watches: the guard's lost-lock news.
     pub(crate) fn granted(
         &self,
         held: Option<WatchedLock>,
         key: &Key,
         mark: CloseMark,
-        start_watcher: impl FnOnce(),
+        start_watcher: impl FnOnce(Running),
     ) -> (Arc<Signal>, Option<Watched<WatchedLock>>) {
         match held {
             Some(held) => {
-                self.watch.start_once(start_watcher);
+                self.watch.start_unless_running(start_watcher);
                 let watched = self
                     .watch
                     .register(held, key.to_string(), mark, Instant::now());

@@ -9,7 +9,8 @@
 //! closed, so it never goes back to the pool.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::Waker;
 #[cfg(feature = "bb8")]
 use std::task::{Context, Poll};
@@ -299,7 +300,10 @@ struct Entry<H> {
 pub(crate) struct Watch<H> {
     settings: WatchSettings,
     entries: Mutex<Entries<H>>,
-    started: Once,
+    /// Whether a watcher runs now: set when one starts, cleared when it ends for any reason
+    /// (its thread returned, or the tokio runtime its task ran on shut down), so that the
+    /// next grant starts another.
+    running: Arc<AtomicBool>,
     /// Set when the pool and every guard let go of this watch: the watcher stops.
     stop: Arc<Stop>,
 }
@@ -308,6 +312,17 @@ pub(crate) struct Watch<H> {
 struct Entries<H> {
     next: u64,
     held: HashMap<u64, Entry<H>>,
+}
+
+/// Held by a running watcher, thread or task: dropping it (the thread returns, or the
+/// runtime drops the task) lets the next grant start a watcher again.
+#[derive(Debug)]
+pub(crate) struct Running(Arc<AtomicBool>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 /// The stop flag of a watcher thread, which sleeps on it between rounds.
@@ -366,7 +381,7 @@ impl<H: Clone> Watch<H> {
                 next: 0,
                 held: HashMap::new(),
             }),
-            started: Once::new(),
+            running: Arc::default(),
             stop: Arc::default(),
         })
     }
@@ -385,10 +400,18 @@ impl<H: Clone> Watch<H> {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Runs `start` once, the first time a lock is watched: the watcher opens its connection
-    /// only for a pool that holds locks.
-    pub(crate) fn start_once(&self, start: impl FnOnce()) {
-        self.started.call_once(start);
+    /// Runs `start` when a lock is watched and no watcher runs: the first time, and again
+    /// after a watcher ended with the runtime it ran on (a pool used from several runtimes).
+    /// The watcher opens its connection only for a pool that holds locks. `start` gets the
+    /// token the watcher keeps while it runs.
+    pub(crate) fn start_unless_running(&self, start: impl FnOnce(Running)) {
+        if self
+            .running
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            start(Running(Arc::clone(&self.running)));
+        }
     }
 
     /// The flag the watcher thread sleeps on.

@@ -783,3 +783,43 @@ macro_rules! per_backend {
 }
 
 per_backend!(Pg => on_postgres, My => on_mysql);
+
+/// A pool used from more than one runtime (a test per runtime, a CLI's `block_on`, a runtime
+/// per worker thread) keeps watching after the runtime that first held a lock has ended: the
+/// next grant starts a watcher on the runtime it runs on, and a held lock is confirmed, not
+/// reported lost. MySQL's manager, whose connections need no task of their own, so the pool
+/// itself outlives its first runtime.
+#[test]
+fn the_async_watcher_outlives_the_runtime_that_started_it() {
+    let _serial = ONE_AT_A_TIME.blocking_lock();
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let first = runtime();
+    let pool = first.block_on(async {
+        let pool = AsyncLockPool::new(My::async_manager(&My::url()))
+            .await
+            .unwrap()
+            .watch_interval(INTERVAL);
+        let guard = pool.acquire("lost/runtimes").await.unwrap();
+        AsyncLockGuard::release(guard).await.unwrap();
+        pool
+    });
+    drop(first);
+    for _ in 0..2 {
+        runtime().block_on(async {
+            let mut guard = pool.acquire("lost/runtimes").await.unwrap();
+            // Twice the bound past which an unconfirmed lock counts as lost.
+            tokio::time::sleep(INTERVAL * 6).await;
+            assert!(
+                !AsyncLockGuard::is_lost(&guard),
+                "a held lock was reported lost after its watcher's runtime ended"
+            );
+            assert!(AsyncLockGuard::verify(&mut guard).await.unwrap());
+            AsyncLockGuard::release(guard).await.unwrap();
+        });
+    }
+}
