@@ -38,7 +38,9 @@ macro_rules! lock_methods {
         /// The token commits with its statement when the session autocommits (the default);
         /// inside a transaction of yours it commits with that transaction, and a rollback
         /// would let the next holder get the same token: take fenced locks outside
-        /// transactions.
+        /// transactions. A token survives a crash only as far as the server's commits do:
+        /// with `innodb_flush_log_at_trx_commit` at 0 or 2 (global only; no session can
+        /// raise it), a crash can take back the last second of tokens. Keep it at 1.
         pub fn fenced(mut self) -> Self {
             self.state.fence = Some(
                 crate::sql::fence_table(dlock_core::DEFAULT_FENCE_TABLE)

@@ -42,9 +42,11 @@ macro_rules! lock_methods {
         /// acquire fails with [`Error::FencingNotInstalled`](dlock_core::Error::FencingNotInstalled)
         /// and holds nothing.
         ///
-        /// The token commits with the statement that takes the lock. Inside a transaction of
-        /// yours it commits with that transaction, and a rollback would let the next holder
-        /// get the same token: take fenced locks outside transactions.
+        /// The token commits with the statement that takes the lock, durably even where the
+        /// session's `synchronous_commit` is off (the statement turns it on for its own
+        /// transaction). Inside a transaction of yours it commits with that transaction, and
+        /// a rollback would let the next holder get the same token: take fenced locks outside
+        /// transactions.
         pub fn fenced(mut self) -> Self {
             self.state.set_fence(Some(
                 crate::sql::fence_table(dlock_core::DEFAULT_FENCE_TABLE)

@@ -254,8 +254,8 @@ pub(crate) fn sliced_lock(
     let (bump, token) = match fence {
         Some(table) => (
             format!(
-                "{} INTO fence_token; PERFORM set_config('{FENCE_TOKEN}', fence_token::text, \
-                 true); ",
+                "PERFORM {DURABLE_COMMIT}; {} INTO fence_token; \
+                 PERFORM set_config('{FENCE_TOKEN}', fence_token::text, true); ",
                 bump_token(hold.key, table)
             ),
             format!(", current_setting('{FENCE_TOKEN}', true)"),
@@ -327,6 +327,14 @@ fn fence_row(key: PgKey) -> (i16, i64) {
     }
 }
 
+/// An expression that makes the transaction it runs in commit durably when the session's
+/// `synchronous_commit` is off: a fencing token is handed out only once a crash cannot take
+/// it back. It sets the setting for the current transaction only (`set_config(.., true)`);
+/// inside a transaction of the user's, that transaction commits durably too. A session that
+/// asks for more (`remote_apply`, say) keeps what it asked for.
+const DURABLE_COMMIT: &str = "CASE WHEN current_setting('synchronous_commit') = 'off' \
+     THEN set_config('synchronous_commit', 'on', true) END";
+
 /// The upsert that bumps a key's token, returning it: the first token of a key is 1.
 fn bump_token(key: PgKey, table: &str) -> String {
     let (space, key) = fence_row(key);
@@ -357,19 +365,23 @@ fn fenced_with(query: &str, (space, key): (&str, &str), table: &str, is_try: boo
     } else {
         ("", "", "true")
     };
+    // `d` is read by the last SELECT, so it runs (an unread CTE would not), before the
+    // statement's transaction commits.
     format!(
-        "{before}WITH l AS MATERIALIZED ({last}{granted}), \
+        "{before}WITH d AS MATERIALIZED (SELECT {DURABLE_COMMIT}), \
+         l AS MATERIALIZED ({last}{granted}), \
          f AS (INSERT INTO {table} AS fence (key_space, lock_key, token) \
          SELECT {space}, {key}, 1 FROM l{condition} \
          ON CONFLICT (key_space, lock_key) DO UPDATE SET token = fence.token + 1 RETURNING token) \
-         SELECT {answer}, (SELECT token FROM f)"
+         SELECT {answer}, (SELECT token FROM f) FROM d"
     )
 }
 
 /// The token bump alone, for a lock granted by a statement that then failed (a timeout or a
 /// cancel that landed with the grant), so it got no token: one boolean-free row, the token.
 pub(crate) fn fence_upsert(hold: Hold, table: &str) -> String {
-    bump_token(hold.key, table)
+    // One query, one implicit transaction: the setting holds when the upsert commits.
+    format!("SELECT {DURABLE_COMMIT}; {}", bump_token(hold.key, table))
 }
 
 /// The setting whose lookup fails on a hot standby: see [`refuse_on_standby`].

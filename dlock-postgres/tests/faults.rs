@@ -207,3 +207,62 @@ fn fencing_tokens_keep_growing_across_a_restart() {
     let after = lock.fencing_token().unwrap();
     assert!(after > before, "{after} after {before}, across a restart");
 }
+
+/// A token is handed out only once a crash cannot take it back, whatever the session's
+/// `synchronous_commit`: with it off, a commit returns before its WAL is written, and an
+/// immediate shutdown right after the grants used to lose them, so the next holder got a
+/// token already handed out. Each round grants tokens in quick succession, on the session
+/// lock's statement, its sliced async form and a transaction lock, then crashes the server.
+#[test]
+fn fencing_tokens_survive_a_crash_with_synchronous_commit_off() {
+    let key = "faults/fenced-crash";
+    dlock_postgres::install_fencing(&mut common::pg()).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for round in 0..4 {
+        let mut handed_out = Vec::new();
+        let mut client = common::pg();
+        client
+            .batch_execute("SET synchronous_commit = off")
+            .unwrap();
+        let mut lock = PgLock::new(client, key).fenced();
+        for _ in 0..3 {
+            lock.acquire().unwrap();
+            handed_out.push(lock.fencing_token().unwrap());
+            lock.release().unwrap();
+        }
+        let (mut client, released) = lock.into_inner();
+        released.unwrap();
+        let mut tx = client.transaction().unwrap();
+        let xact = dlock_postgres::PgXactLock::new(key).fenced();
+        xact.acquire(&mut tx).unwrap();
+        handed_out.push(xact.fencing_token().unwrap());
+        tx.commit().unwrap();
+        runtime.block_on(async {
+            let (client, connection) =
+                tokio_postgres::connect(&common::pg_url(), tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+            tokio::spawn(connection);
+            client
+                .batch_execute("SET synchronous_commit = off")
+                .await
+                .unwrap();
+            let mut lock = dlock_postgres::AsyncPgLock::new(client, key).fenced();
+            dlock_postgres::AsyncLock::acquire(&mut lock).await.unwrap();
+            handed_out.push(lock.fencing_token().unwrap());
+            dlock_postgres::AsyncLock::release(&mut lock).await.unwrap();
+        });
+        dlock_testkit::faults::crash_postgres();
+        let mut lock = PgLock::new(common::pg(), key).fenced();
+        lock.acquire().unwrap();
+        let after = lock.fencing_token().unwrap();
+        let highest = handed_out.iter().max().copied().unwrap();
+        assert!(
+            after > highest,
+            "round {round}: token {after} after a crash, but {handed_out:?} were handed out"
+        );
+    }
+}

@@ -109,6 +109,23 @@ pub fn restart_postgres() {
     wait_for_port(&crate::pg_url());
 }
 
+/// Crashes PostgreSQL and starts it again: an immediate shutdown ends every process at once,
+/// with no checkpoint and no flush of the WAL still in shared memory, so the restart recovers
+/// from what reached the WAL files, as after a crash.
+pub fn crash_postgres() {
+    let dir = server_dir("DLOCK_FAULT_PG_DIR");
+    let bin = server_dir("DLOCK_FAULT_PG_BIN");
+    run(Command::new("runuser")
+        .args(["-u", "postgres", "--"])
+        .arg(bin.join("pg_ctl"))
+        .arg("-D")
+        .arg(dir.join("data"))
+        .arg("-l")
+        .arg(dir.join("server.log"))
+        .args(["-m", "immediate", "-w", "-t", "60", "restart"]));
+    wait_for_port(&crate::pg_url());
+}
+
 /// Restarts MariaDB: SIGTERM, wait for it to exit, start it again as the matrix did.
 pub fn restart_mariadb() {
     let dir = server_dir("DLOCK_FAULT_MYSQL_DIR");
