@@ -121,13 +121,11 @@ mod postgres_backend {
 
         fn still_held(
             conn: &mut Self,
-            _policy: &KeyPolicy,
+            policy: &KeyPolicy,
             locks: &[WatchedLock],
         ) -> Result<Vec<bool>> {
-            // A PostgreSQL session keeps its session locks until it ends: its watcher asks
-            // whether the sessions still run.
-            let sessions: Vec<_> = locks.iter().map(|(session, _)| *session).collect();
-            dlock_postgres::still_held(conn, &sessions)
+            let locks = crate::watch::in_backend_form(policy, locks, KeyPolicy::pg_key)?;
+            dlock_postgres::still_held(conn, &locks)
         }
     }
 }

@@ -24,7 +24,7 @@ use crate::manager::CloseMark;
 pub(crate) type WatchedLock = (dlock_core::SessionId, dlock_core::Key);
 
 /// `locks` with their keys in the backend's form, under `policy` (which took them).
-#[cfg(feature = "mysql")]
+#[cfg(any(feature = "mysql", feature = "postgres"))]
 pub(crate) fn in_backend_form<K>(
     policy: &dlock_core::KeyPolicy,
     locks: &[WatchedLock],

@@ -44,6 +44,11 @@ trait Backend: 'static {
     fn async_session(conn: &mut Self::AsyncConn) -> impl Future<Output = u64> + Send;
     /// Ends session `id` from the side, as an operator would.
     fn kill(id: u64);
+    /// Releases every lock of the session of `conn` behind its guard's back, leaving the
+    /// session alive: what `DISCARD ALL` or a proxy's reset does.
+    fn release_all_behind(conn: &mut Self::Conn);
+    /// [`release_all_behind`](Backend::release_all_behind) on an async connection.
+    fn release_all_behind_async(conn: &mut Self::AsyncConn) -> impl Future<Output = ()> + Send;
     /// The sessions of the test user other than `known`, the observer's own, and the
     /// server's: with one pool alive, its watcher's.
     fn other_sessions(known: &[u64]) -> Vec<u64>;
@@ -94,6 +99,16 @@ impl Backend for Pg {
         common::pg_terminate(i32::try_from(id).unwrap());
     }
 
+    fn release_all_behind(conn: &mut postgres::Client) {
+        conn.batch_execute("SELECT pg_advisory_unlock_all()")
+            .unwrap();
+    }
+
+    async fn release_all_behind_async(conn: &mut tokio_postgres::Client) {
+        // What pgbouncer's reset of a server session sends.
+        conn.batch_execute("DISCARD ALL").await.unwrap();
+    }
+
     fn other_sessions(known: &[u64]) -> Vec<u64> {
         common::pg()
             .query(
@@ -113,7 +128,11 @@ impl Backend for Pg {
         Box::new(move || {
             drop(
                 client
-                    .simple_query("SELECT count(backend_start) FROM pg_stat_activity")
+                    .simple_query(
+                        "SELECT count(s.backend_start) FROM pg_locks l \
+                         JOIN pg_stat_activity s ON s.pid = l.pid \
+                         WHERE l.locktype = 'advisory' AND l.granted",
+                    )
                     .unwrap(),
             );
         })
@@ -152,6 +171,15 @@ impl Backend for My {
 
     fn kill(id: u64) {
         common::my_kill(u32::try_from(id).unwrap());
+    }
+
+    fn release_all_behind(conn: &mut mysql::Conn) {
+        conn.query_drop("SELECT RELEASE_ALL_LOCKS()").unwrap();
+    }
+
+    async fn release_all_behind_async(conn: &mut mysql_async::Conn) {
+        use mysql_async::prelude::Queryable as _;
+        conn.query_drop("SELECT RELEASE_ALL_LOCKS()").await.unwrap();
     }
 
     fn other_sessions(known: &[u64]) -> Vec<u64> {
@@ -719,6 +747,65 @@ async fn two_hundred_fifty_six_held_locks_are_never_reported_lost_under_load() {
     );
 }
 
+/// A session that lives on without its lock (its locks released behind the guard's back,
+/// as `DISCARD ALL`, `pg_advisory_unlock_all()` or a proxy's reset do) is reported lost within
+/// the promise, and the key is then free for others: the watcher asks for the hold, not for
+/// the session.
+fn a_session_alive_without_its_lock_is_reported_lost_blocking<B: Backend>() {
+    let pool = blocking_pool::<B>(&B::url(), 2);
+    let other = blocking_pool::<B>(&B::url(), 1).without_watcher();
+    let key = "lost/released-behind";
+    let mut guard = pool.acquire(key).unwrap();
+    let released = Instant::now();
+    B::release_all_behind(&mut guard);
+    assert!(
+        LockGuard::wait_lost(&guard, PROMISED * 2),
+        "{} r2d2: a lock released behind the guard was not reported lost",
+        B::NAME
+    );
+    let took = released.elapsed();
+    assert!(took <= PROMISED, "{} r2d2: {took:?}", B::NAME);
+    let taken = other.try_acquire(key).unwrap().expect("the key is free");
+    assert!(
+        matches!(
+            LockGuard::release(guard),
+            Err(Error::LockLost {
+                reason: LostReason::NotHeld,
+                ..
+            })
+        ),
+        "lost stays lost"
+    );
+    LockGuard::release(taken).unwrap();
+}
+
+async fn a_session_alive_without_its_lock_is_reported_lost_async<B: Backend>() {
+    let pool = async_pool::<B>(&B::url(), 2).await;
+    let key = "lost/released-behind-async";
+    let mut guard = pool.acquire(key).await.unwrap();
+    let lost = tokio::spawn(AsyncLockGuard::lost(&guard));
+    let released = Instant::now();
+    B::release_all_behind_async(&mut guard).await;
+    let reason = tokio::time::timeout(PROMISED * 2, lost)
+        .await
+        .expect("a lock released behind the guard was reported lost")
+        .unwrap();
+    let took = released.elapsed();
+    assert_eq!(reason, LostReason::NotHeld);
+    assert!(took <= PROMISED, "{} bb8: {took:?}", B::NAME);
+    let other = async_pool::<B>(&B::url(), 1).await.without_watcher();
+    let taken = other
+        .try_acquire(key)
+        .await
+        .unwrap()
+        .expect("the key is free");
+    AsyncLockGuard::release(taken).await.unwrap();
+    assert!(matches!(
+        AsyncLockGuard::release(guard).await,
+        Err(Error::LockLost { .. })
+    ));
+}
+
 macro_rules! per_backend {
     ($($backend:ident => $module:ident),*) => {$(
         mod $module {
@@ -734,6 +821,19 @@ macro_rules! per_backend {
             async fn a_killed_session_is_reported_lost_within_an_interval_async() {
                 let _serial = ONE_AT_A_TIME.lock().await;
                 super::a_killed_session_is_reported_lost_within_an_interval_async::<$backend>()
+                    .await;
+            }
+
+            #[test]
+            fn a_session_alive_without_its_lock_is_reported_lost_blocking() {
+                let _serial = ONE_AT_A_TIME.blocking_lock();
+                super::a_session_alive_without_its_lock_is_reported_lost_blocking::<$backend>();
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_session_alive_without_its_lock_is_reported_lost_async() {
+                let _serial = ONE_AT_A_TIME.lock().await;
+                super::a_session_alive_without_its_lock_is_reported_lost_async::<$backend>()
                     .await;
             }
 

@@ -705,8 +705,9 @@ pub async fn session_async(client: &Client) -> Result<SessionId> {
     sql::read_session(&reply)
 }
 
-/// Whether each of `sessions` (from [`session_async`]) still runs, asked through `client`
-/// from another session in one statement: the async form of the blocking `still_held`.
+/// Whether each of `locks` (a session from [`session_async`], and a key it took) is still
+/// held by that session, asked through `client` from another session in one statement: the
+/// async form of the blocking `still_held`.
 ///
 /// # Errors
 ///
@@ -715,10 +716,10 @@ pub async fn session_async(client: &Client) -> Result<SessionId> {
 /// # Cancel Safety
 ///
 /// Cancel safe: it only reads.
-pub async fn still_held_async(client: &Client, sessions: &[SessionId]) -> Result<Vec<bool>> {
-    let statement = sql::still_held(sessions.iter().map(|session| session.id));
+pub async fn still_held_async(client: &Client, locks: &[(SessionId, PgKey)]) -> Result<Vec<bool>> {
+    let statement = sql::still_held(locks.iter().map(|(session, _)| session.id));
     let reply = client.simple_query(&statement).await.map_err(sql::error)?;
-    Ok(sql::read_still_held(&reply, sessions))
+    Ok(sql::read_still_held(&reply, locks))
 }
 
 /// A PostgreSQL transaction-level advisory lock taken through a

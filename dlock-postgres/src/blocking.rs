@@ -264,19 +264,20 @@ pub fn session(client: &mut Client) -> Result<SessionId> {
     sql::read_session(&reply)
 }
 
-/// Whether each of `sessions` (from [`session`]) still runs, asked through `client` from
-/// another session in one statement, without touching their connections: what a pool's
-/// watcher sends for the sessions of its held locks. A session holds its session locks until
-/// it ends, unless it releases them itself. A later session that reuses a pid, even after a
-/// restart, does not pass for an earlier one.
+/// Whether each of `locks` (a session from [`session`], and a key it took) is still held by
+/// that session, asked through `client` from another session in one statement (`pg_locks`),
+/// without touching the holders' connections: what a pool's watcher sends. A session that
+/// lives on without the lock (`DISCARD ALL`, `pg_advisory_unlock_all()`, a proxy's reset)
+/// no longer holds it; a later session that reuses a pid, even after a restart, does not
+/// pass for an earlier one.
 ///
 /// # Errors
 ///
 /// What the server or the connection reports.
-pub fn still_held(client: &mut Client, sessions: &[SessionId]) -> Result<Vec<bool>> {
-    let statement = sql::still_held(sessions.iter().map(|session| session.id));
+pub fn still_held(client: &mut Client, locks: &[(SessionId, PgKey)]) -> Result<Vec<bool>> {
+    let statement = sql::still_held(locks.iter().map(|(session, _)| session.id));
     let reply = client.simple_query(&statement).map_err(sql::error)?;
-    Ok(sql::read_still_held(&reply, sessions))
+    Ok(sql::read_still_held(&reply, locks))
 }
 
 /// Checks that a session lock over `client` excludes: that the server is no hot standby, and

@@ -683,14 +683,14 @@ pub(crate) fn read_holders(reply: &[SimpleQueryMessage]) -> Result<Vec<Holder>, 
 
 /// When a session started, in microseconds since the epoch: with its pid, what tells it apart
 /// from a later session with the same pid (pids are reused, and start again after a restart).
-const SESSION_STARTED: &str = "(extract(epoch FROM backend_start) * 1000000)::int8";
+const SESSION_STARTED: &str = "(extract(epoch FROM s.backend_start) * 1000000)::int8";
 
 /// The statement that names this session for a watcher: its pid and when it started.
 pub(crate) fn session() -> String {
-    format!("SELECT pid, {SESSION_STARTED} FROM pg_stat_activity WHERE pid = pg_backend_pid()")
+    format!("SELECT pid, {SESSION_STARTED} FROM pg_stat_activity s WHERE pid = pg_backend_pid()")
 }
 
-/// Reads a `(pid, started)` row of [`session`] or [`still_held`].
+/// Reads the `(pid, started)` columns that begin a row of [`session`] or [`still_held`].
 fn read_session_row(row: &driver::SimpleQueryRow) -> Option<SessionId> {
     let number = |index: usize| row.get(index)?.parse::<i64>().ok();
     Some(SessionId {
@@ -710,16 +710,24 @@ pub(crate) fn read_session(reply: &[SimpleQueryMessage]) -> Result<SessionId, Er
         .ok_or_else(|| unexpected_reply("this session's pid and start in pg_stat_activity"))
 }
 
-/// The statement a watcher sends for many held locks at once: which of the sessions of
-/// `pids` are still running, with when each started.
+/// The statement a watcher sends for many held locks at once: every advisory lock of this
+/// database granted to the sessions of `pids`, with each session's start (which tells it
+/// apart from a later session with the same pid) and the lock's ids in `pg_locks`.
 ///
-/// It asks `pg_stat_activity`, not `pg_locks`: measured on a busy server, reading `pg_locks`
-/// (which takes every lock-table partition lock in turn) stalled for 300 ms while other
-/// sessions took and gave back locks, where `pg_stat_activity` (read without locks)
-/// answered in milliseconds. A session holds its session locks until it ends or releases
-/// them, and a pooled guard's session releases only through the guard.
+/// It asks for the holds, not only whether the sessions run: a session can live on without
+/// its locks (`DISCARD ALL`, `pg_advisory_unlock_all()`, a session-pooling proxy that resets
+/// the server session its client's flow left). Reading `pg_locks` takes the lock table's
+/// partition locks in turn, so on a server whose sessions are busy taking and giving back
+/// locks it answers later than `pg_stat_activity` alone would; the watcher's bound is the
+/// limit (unknown counts as lost).
 pub(crate) fn still_held(pids: impl IntoIterator<Item = u64>) -> String {
-    let mut sql = format!("SELECT pid, {SESSION_STARTED} FROM pg_stat_activity WHERE pid IN (");
+    let mut sql = format!(
+        "SELECT l.pid, {SESSION_STARTED}, l.classid, l.objid, l.objsubid \
+         FROM pg_locks l JOIN pg_stat_activity s ON s.pid = l.pid \
+         WHERE l.locktype = 'advisory' AND l.granted \
+         AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+         AND l.pid IN ("
+    );
     let mut first = true;
     for pid in pids {
         if !first {
@@ -737,18 +745,30 @@ pub(crate) fn still_held(pids: impl IntoIterator<Item = u64>) -> String {
     sql
 }
 
-/// Reads the reply to [`still_held`]: for each of `sessions`, whether it still runs.
-pub(crate) fn read_still_held(reply: &[SimpleQueryMessage], sessions: &[SessionId]) -> Vec<bool> {
-    let running: std::collections::HashSet<SessionId> = reply
+/// Reads the reply to [`still_held`]: for each of `locks`, whether its session (the same
+/// one: pid and start) holds its key, in any mode.
+pub(crate) fn read_still_held(
+    reply: &[SimpleQueryMessage],
+    locks: &[(SessionId, PgKey)],
+) -> Vec<bool> {
+    let holds: std::collections::HashSet<(SessionId, (u32, u32, i16))> = reply
         .iter()
         .filter_map(|message| match message {
-            SimpleQueryMessage::Row(row) => read_session_row(row),
+            SimpleQueryMessage::Row(row) => {
+                let session = read_session_row(row)?;
+                let ids = (
+                    row.get(2)?.parse().ok()?,
+                    row.get(3)?.parse().ok()?,
+                    row.get(4)?.parse().ok()?,
+                );
+                Some((session, ids))
+            }
             _ => None,
         })
         .collect();
-    sessions
+    locks
         .iter()
-        .map(|session| running.contains(session))
+        .map(|(session, key)| holds.contains(&(*session, pg_locks_ids(*key))))
         .collect()
 }
 
@@ -1054,12 +1074,20 @@ mod tests {
     }
 
     #[test]
-    fn a_watcher_asks_for_the_sessions_by_pid_and_start() {
-        assert_eq!(
-            still_held([12, 34]),
-            "SELECT pid, (extract(epoch FROM backend_start) * 1000000)::int8 FROM \
-             pg_stat_activity WHERE pid IN (12, 34)"
+    fn a_watcher_asks_for_the_holds_of_the_sessions_by_pid_and_start() {
+        let sql = still_held([12, 34]);
+        assert!(
+            sql.starts_with(
+                "SELECT l.pid, (extract(epoch FROM s.backend_start) * 1000000)::int8, \
+                 l.classid, l.objid, l.objsubid FROM pg_locks l JOIN pg_stat_activity s"
+            ),
+            "{sql}"
         );
+        assert!(
+            sql.contains("l.locktype = 'advisory' AND l.granted"),
+            "{sql}"
+        );
+        assert!(sql.ends_with("AND l.pid IN (12, 34)"), "{sql}");
         assert!(
             still_held([]).ends_with("IN (0)"),
             "no session matches none"
