@@ -73,6 +73,10 @@ macro_rules! __connection_lock {
                 self.get_mut()
             }
 
+            fn fenced(self) -> Self {
+                $lock::fenced(self)
+            }
+
             fn fenced_in(self, table: &str) -> $crate::Result<Self> {
                 $lock::fenced_in(self, table)
             }

@@ -2,7 +2,11 @@
 
 use crate::{Error, Result};
 
-/// The table fencing tokens live in unless a lock or pool names another.
+/// The name of the table fencing tokens live in unless a lock or pool names another. Each
+/// backend qualifies it with a fixed place, so that every session counts in the same table
+/// whatever its `search_path` or default database: `public.dlock_fence` on PostgreSQL (the
+/// lock is database-wide), `dlock.dlock_fence` on MySQL and MariaDB (the lock is
+/// server-wide).
 pub const DEFAULT_FENCE_TABLE: &str = "dlock_fence";
 
 /// The parts of a fence table name, `name` or `schema.name` (on MySQL `database.name`), each a

@@ -189,6 +189,10 @@ pub trait ConnectionLock<C>: Sized {
     /// The connection, as it was given, mutably.
     fn connection_mut(&mut self) -> &mut C;
 
+    /// Makes every acquire issue a fencing token kept in the backend's default table (the
+    /// lock type's `fenced`).
+    fn fenced(self) -> Self;
+
     /// Makes every acquire issue a fencing token kept in table `table` (the lock type's
     /// `fenced_in`).
     ///

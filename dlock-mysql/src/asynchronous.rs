@@ -545,7 +545,7 @@ pub async fn still_held_async(conn: &mut Conn, locks: &[(SessionId, String)]) ->
     Ok(held)
 }
 
-/// Creates the table of fencing tokens, `dlock_fence`, if it does not exist: the async form
+/// Creates the table of fencing tokens, the default one (`dlock.dlock_fence`, and its database), if it does not exist: the async form
 /// of the blocking `install_fencing`. Idempotent.
 ///
 /// # Errors
@@ -557,7 +557,10 @@ pub async fn still_held_async(conn: &mut Conn, locks: &[(SessionId, String)]) ->
 /// Not cancel safe: a drop before the reply leaves `conn` unable to read the next reply
 /// correctly (a mysql_async limitation); discard the connection then.
 pub async fn install_fencing_async(conn: &mut Conn) -> Result<()> {
-    install_fencing_in_async(conn, dlock_core::DEFAULT_FENCE_TABLE).await
+    conn.query_drop(sql::install_fence_database())
+        .await
+        .map_err(|error| classify(error).error)?;
+    install_fencing_in_async(conn, crate::sql::DEFAULT_FENCE_TABLE).await
 }
 
 /// Creates the table of fencing tokens `table` (`name` or `database.name`) if it does not

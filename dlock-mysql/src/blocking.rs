@@ -270,7 +270,7 @@ pub fn still_held(conn: &mut Conn, locks: &[(SessionId, String)]) -> Result<Vec<
     Ok(held)
 }
 
-/// Creates the table of fencing tokens, `dlock_fence`, if it does not exist: what
+/// Creates the table of fencing tokens, the default one (`dlock.dlock_fence`, and its database), if it does not exist: what
 /// [`fenced`](MySqlLock::fenced) locks need. Idempotent; run it once per database. The table
 /// has one row per lock name, never deleted.
 ///
@@ -278,7 +278,9 @@ pub fn still_held(conn: &mut Conn, locks: &[(SessionId, String)]) -> Result<Vec<
 ///
 /// What the server reports (for example a missing privilege).
 pub fn install_fencing(conn: &mut Conn) -> Result<()> {
-    install_fencing_in(conn, dlock_core::DEFAULT_FENCE_TABLE)
+    conn.query_drop(sql::install_fence_database())
+        .map_err(|error| classify(error).error)?;
+    install_fencing_in(conn, crate::sql::DEFAULT_FENCE_TABLE)
 }
 
 /// Creates the table of fencing tokens `table` (`name` or `database.name`) if it does not

@@ -24,7 +24,8 @@ macro_rules! lock_methods {
             self
         }
 
-        /// Makes every acquire issue a fencing token, in table `dlock_fence`: read it with
+        /// Makes every acquire issue a fencing token, in table `dlock.dlock_fence` (qualified,
+        /// so every session counts in it whatever its default database): read it with
         /// [`fencing_token`](Self::fencing_token) while the lock is held, and hand it to the
         /// resource the lock guards, which refuses any write with a token lower than the
         /// highest it has seen. Tokens of one name strictly increase across all holders,
@@ -43,14 +44,16 @@ macro_rules! lock_methods {
         /// raise it), a crash can take back the last second of tokens. Keep it at 1.
         pub fn fenced(mut self) -> Self {
             self.state.fence = Some(
-                crate::sql::fence_table(dlock_core::DEFAULT_FENCE_TABLE)
+                crate::sql::fence_table(crate::sql::DEFAULT_FENCE_TABLE)
                     .expect("the default fence table name is plain"),
             );
             self
         }
 
-        /// Like [`fenced`](Self::fenced), with the tokens in table `table` (`name` or
-        /// `database.name`), created by `install_fencing_in`.
+        /// Like [`fenced`](Self::fenced), with the tokens in table `table` (`database.name`),
+        /// created by `install_fencing_in`. Name the database: an unqualified name resolves
+        /// through each session's default database, and sessions that resolve it apart
+        /// count apart.
         ///
         /// # Errors
         ///

@@ -431,6 +431,16 @@ const CR_SERVER_LOST: u16 = 2013;
 const ER_NOT_SUPPORTED_YET: u16 = 1235;
 /// "Table ... doesn't exist": the fence table was never installed.
 const ER_NO_SUCH_TABLE: u16 = 1146;
+/// "Unknown database": the fence table's database was never created.
+const ER_BAD_DB_ERROR: u16 = 1049;
+
+/// The default fence table, in a database of its own: a named lock is server-wide, so its
+/// counter must be too, whatever a session's default database. `install_fencing` creates the
+/// database when it is missing.
+pub(crate) const DEFAULT_FENCE_DATABASE: &str = "dlock";
+
+/// [`DEFAULT_FENCE_DATABASE`]'s fence table.
+pub(crate) const DEFAULT_FENCE_TABLE: &str = "dlock.dlock_fence";
 
 /// The fence table's name as SQL: its parts ([`dlock_core::fence_table_parts`]), quoted.
 pub(crate) fn fence_table(name: &str) -> Result<String, Error> {
@@ -439,6 +449,11 @@ pub(crate) fn fence_table(name: &str) -> Result<String, Error> {
         .map(|part| format!("`{part}`"))
         .collect::<Vec<_>>()
         .join("."))
+}
+
+/// The statement that creates the default fence table's database if it is missing.
+pub(crate) fn install_fence_database() -> String {
+    format!("CREATE DATABASE IF NOT EXISTS `{DEFAULT_FENCE_DATABASE}`")
 }
 
 /// The statement that creates the fence table if it is missing: one counter row per lock
@@ -552,8 +567,8 @@ pub(crate) fn server_failure(code: u16, source: BoxError) -> Failed {
                 source: Some(source),
             },
         ),
-        // dlock's statements name no table but the fence table.
-        ER_NO_SUCH_TABLE => (
+        // dlock's statements name no table or database but the fence table's.
+        ER_NO_SUCH_TABLE | ER_BAD_DB_ERROR => (
             Failure::Other,
             Error::FencingNotInstalled {
                 source: Some(source),

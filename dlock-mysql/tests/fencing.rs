@@ -107,3 +107,35 @@ async fn async_tokens_increase_through_a_wait() {
     assert!(lock.try_acquire().await.unwrap());
     assert_eq!(lock.fencing_token(), Some(token + 1));
 }
+
+/// One counter per lock whatever a connection's default database: two connections with
+/// different default databases, each having installed fencing as documented, get strictly
+/// increasing tokens in grant order (they got 1, 1, 2, 2, ... when the default table was
+/// unqualified).
+#[test]
+fn tokens_count_in_one_table_whatever_the_default_database() {
+    let name = "fencing/default-database";
+    connect()
+        .query_drop("CREATE DATABASE IF NOT EXISTS dlock_fence_other")
+        .unwrap();
+    let url = dlock_testkit::mysql::mysql_url();
+    let other_url = format!("{}/dlock_fence_other", url.rsplit_once('/').unwrap().0);
+    let mut conns = [
+        connect(),
+        mysql::Conn::new(mysql::Opts::from_url(&other_url).unwrap()).unwrap(),
+    ];
+    for conn in &mut conns {
+        install_fencing(conn).unwrap();
+    }
+    let mut tokens = Vec::new();
+    for round in 0..6 {
+        let mut lock = MySqlLock::new(&mut conns[round % 2], name).fenced();
+        lock.acquire().unwrap();
+        tokens.push(lock.fencing_token().unwrap());
+        lock.release().unwrap();
+    }
+    assert!(
+        tokens.windows(2).all(|pair| pair[0] < pair[1]),
+        "tokens in grant order: {tokens:?}"
+    );
+}

@@ -425,7 +425,7 @@ where
         };
         let mut lock = LockOf::<M>::on_connection(conn, key, self.core.policy.clone());
         if let Some(table) = &self.core.fence {
-            lock = lock.fenced_in(table)?;
+            lock = table.apply(lock)?;
         }
         // Declared after the lock, so it is dropped first, and sets the mark before the lock
         // gives the connection back.

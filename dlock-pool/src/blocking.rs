@@ -353,7 +353,7 @@ where
         };
         let mut lock = LockOf::<M>::on_connection(conn, key, self.core.policy.clone());
         if let Some(table) = &self.core.fence {
-            lock = lock.fenced_in(table)?;
+            lock = table.apply(lock)?;
         }
         let outcome = match wait {
             Wait::Forever => lock.acquire().map(|()| true),

@@ -20,8 +20,8 @@ pub(crate) struct PoolCore<M> {
     /// plain timeout, so the pool names it as the cause of a checkout that failed.
     connect_errors: Arc<Mutex<Option<ConnectError>>>,
     pub(crate) check_deployment: bool,
-    /// The fence table, when acquires issue fencing tokens.
-    pub(crate) fence: Option<String>,
+    /// Where tokens are kept, when acquires issue fencing tokens.
+    pub(crate) fence: Option<FenceTable>,
     /// The user's manager, which the watcher and the deployment check connect through.
     pub(crate) manager: Arc<M>,
     /// The held locks, for the watcher.
@@ -84,6 +84,25 @@ impl<M> PoolCore<M> {
                 (Arc::clone(watched.signal()), Some(watched))
             }
             None => (Signal::unwatched(key.to_string(), mark), None),
+        }
+    }
+}
+
+/// The table a fenced pool keeps its tokens in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum FenceTable {
+    /// The backend's default, qualified by the backend.
+    Default,
+    /// The table the user named.
+    Named(String),
+}
+
+impl FenceTable {
+    /// Makes `lock` fenced in this table.
+    pub(crate) fn apply<C, L: dlock_core::ConnectionLock<C>>(&self, lock: L) -> Result<L> {
+        match self {
+            FenceTable::Default => Ok(lock.fenced()),
+            FenceTable::Named(table) => lock.fenced_in(table),
         }
     }
 }

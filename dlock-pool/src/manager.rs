@@ -111,16 +111,19 @@ macro_rules! pool_options {
             self
         }
 
-        /// Makes every acquire issue a fencing token, kept in table `dlock_fence` (create it once
+        /// Makes every acquire issue a fencing token, kept in the backend's default table
+        /// (`public.dlock_fence` on PostgreSQL, `dlock.dlock_fence` on MySQL; create it once
         /// with the backend's `install_fencing`): read it with `fencing_token(&guard)` and hand
         /// it to the resource the lock guards. See the backend's `fenced` for what it costs.
         pub fn fenced(mut self) -> Self {
-            self.core.fence = Some(dlock_core::DEFAULT_FENCE_TABLE.to_owned());
+            self.core.fence = Some(crate::core::FenceTable::Default);
             self
         }
 
-        /// Like [`fenced`](Self::fenced), with the tokens in table `table` (`name` or
-        /// `schema.name`).
+        /// Like [`fenced`](Self::fenced), with the tokens in table `table` (`schema.name`, or
+        /// on MySQL `database.name`). Name the schema or database: an unqualified name
+        /// resolves through each session's `search_path` or default database, and sessions
+        /// that resolve it apart count apart.
         ///
         /// # Errors
         ///
@@ -128,7 +131,7 @@ macro_rules! pool_options {
         /// underscores).
         pub fn fenced_in(mut self, table: &str) -> Result<Self> {
             dlock_core::fence_table_parts(table)?;
-            self.core.fence = Some(table.to_owned());
+            self.core.fence = Some(crate::core::FenceTable::Named(table.to_owned()));
             Ok(self)
         }
     };

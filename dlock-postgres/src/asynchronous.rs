@@ -604,7 +604,7 @@ impl<C: AsyncPgConnection> fmt::Debug for AsyncPgLock<C> {
     }
 }
 
-/// Creates the table of fencing tokens, `dlock_fence`, if it does not exist: the async form
+/// Creates the table of fencing tokens, the default one (`public.dlock_fence`), if it does not exist: the async form
 /// of the blocking `install_fencing`. Idempotent.
 ///
 /// Cancel safety: `CREATE TABLE IF NOT EXISTS` either ran or did not; run it again.
@@ -613,7 +613,7 @@ impl<C: AsyncPgConnection> fmt::Debug for AsyncPgLock<C> {
 ///
 /// What the server reports (for example a missing privilege).
 pub async fn install_fencing_async(client: &Client) -> Result<()> {
-    install_fencing_in_async(client, dlock_core::DEFAULT_FENCE_TABLE).await
+    install_fencing_in_async(client, crate::sql::DEFAULT_FENCE_TABLE).await
 }
 
 /// Creates the table of fencing tokens `table` (`name` or `schema.name`) if it does not

@@ -329,7 +329,7 @@ pub fn check_deployment(client: &mut Client, mut second: Option<&mut Client>) ->
     }
 }
 
-/// Creates the table of fencing tokens, `dlock_fence`, if it does not exist: what
+/// Creates the table of fencing tokens, the default one (`public.dlock_fence`), if it does not exist: what
 /// [`fenced`](PgLock::fenced) locks need. Idempotent; run it once per database, with a role
 /// that may create tables. The table has one row per key, never deleted.
 ///
@@ -337,7 +337,7 @@ pub fn check_deployment(client: &mut Client, mut second: Option<&mut Client>) ->
 ///
 /// What the server reports (for example a missing privilege).
 pub fn install_fencing(client: &mut Client) -> Result<()> {
-    install_fencing_in(client, dlock_core::DEFAULT_FENCE_TABLE)
+    install_fencing_in(client, crate::sql::DEFAULT_FENCE_TABLE)
 }
 
 /// Creates the table of fencing tokens `table` (`name` or `schema.name`) if it does not

@@ -33,7 +33,8 @@ macro_rules! lock_methods {
             self
         }
 
-        /// Makes every acquire issue a fencing token, in table `dlock_fence`: read it with
+        /// Makes every acquire issue a fencing token, in table `public.dlock_fence` (qualified,
+        /// so every session counts in it whatever its `search_path`): read it with
         /// [`fencing_token`](Self::fencing_token) while the lock is held, and hand it to the
         /// resource the lock guards, which refuses any write with a token lower than the
         /// highest it has seen. Tokens of one key strictly increase across all holders,
@@ -49,14 +50,16 @@ macro_rules! lock_methods {
         /// transactions.
         pub fn fenced(mut self) -> Self {
             self.state.set_fence(Some(
-                crate::sql::fence_table(dlock_core::DEFAULT_FENCE_TABLE)
+                crate::sql::fence_table(crate::sql::DEFAULT_FENCE_TABLE)
                     .expect("the default fence table name is plain"),
             ));
             self
         }
 
-        /// Like [`fenced`](Self::fenced), with the tokens in table `table` (`name` or
-        /// `schema.name`), created by `install_fencing_in`.
+        /// Like [`fenced`](Self::fenced), with the tokens in table `table` (`schema.name`),
+        /// created by `install_fencing_in`. Name the schema: an unqualified name resolves
+        /// through each session's `search_path`, and sessions that resolve it apart count
+        /// apart.
         ///
         /// # Errors
         ///
@@ -137,7 +140,7 @@ macro_rules! xact_methods {
             self
         }
 
-        /// Makes every acquire issue a fencing token, in table `dlock_fence` (created once
+        /// Makes every acquire issue a fencing token, in table `public.dlock_fence` (created once
         /// by `install_fencing`), bumped in the lock's own statement: read it with
         /// [`fencing_token`](Self::fencing_token).
         ///
@@ -147,14 +150,14 @@ macro_rules! xact_methods {
         /// fence with a session lock.
         pub fn fenced(mut self) -> Self {
             self.options.fence = Some(
-                crate::sql::fence_table(dlock_core::DEFAULT_FENCE_TABLE)
+                crate::sql::fence_table(crate::sql::DEFAULT_FENCE_TABLE)
                     .expect("the default fence table name is plain"),
             );
             self
         }
 
-        /// Like [`fenced`](Self::fenced), with the tokens in table `table` (`name` or
-        /// `schema.name`).
+        /// Like [`fenced`](Self::fenced), with the tokens in table `table` (`schema.name`;
+        /// name the schema, as for session locks).
         ///
         /// # Errors
         ///

@@ -285,6 +285,10 @@ pub(crate) fn sliced_lock(
 /// Where a fenced slice's block leaves the token for the query's last statement.
 const FENCE_TOKEN: &str = "dlock.fence_token";
 
+/// The default fence table, qualified with a schema every database has: an advisory lock is
+/// database-wide, so its counter must be too, whatever a session's `search_path`.
+pub(crate) const DEFAULT_FENCE_TABLE: &str = "public.dlock_fence";
+
 /// The fence table's name as SQL: its parts ([`dlock_core::fence_table_parts`]), quoted.
 pub(crate) fn fence_table(name: &str) -> Result<String, Error> {
     Ok(dlock_core::fence_table_parts(name)?

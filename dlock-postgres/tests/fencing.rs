@@ -307,3 +307,36 @@ async fn an_async_transaction_lock_gets_its_token_through_a_wait_in_slices() {
     let token = waiter.await.unwrap();
     assert!(token > held, "{token} after {held}");
 }
+
+/// One counter per lock whatever a session's `search_path`: two clients that resolve
+/// unqualified names in different schemas, each having installed fencing as documented, get
+/// strictly increasing tokens in grant order (they got 1, 1, 2, 2, ... when the default
+/// table was unqualified).
+#[test]
+fn tokens_count_in_one_table_whatever_the_search_path() {
+    let key = "fencing/search-path";
+    let mut clients: Vec<postgres::Client> = ["dlock_fence_a", "dlock_fence_b"]
+        .into_iter()
+        .map(|schema| {
+            let mut client = connect();
+            client
+                .batch_execute(&format!(
+                    "CREATE SCHEMA IF NOT EXISTS {schema}; SET search_path = {schema}"
+                ))
+                .unwrap();
+            install_fencing(&mut client).unwrap();
+            client
+        })
+        .collect();
+    let mut tokens = Vec::new();
+    for round in 0..6 {
+        let mut lock = PgLock::new(&mut clients[round % 2], key).fenced();
+        lock.acquire().unwrap();
+        tokens.push(lock.fencing_token().unwrap());
+        lock.release().unwrap();
+    }
+    assert!(
+        tokens.windows(2).all(|pair| pair[0] < pair[1]),
+        "tokens in grant order: {tokens:?}"
+    );
+}
