@@ -23,6 +23,12 @@ pub enum Deployment {
     Galera,
     /// A MySQL Group Replication member: `GET_LOCK` is local to the member.
     GroupReplication,
+    /// A MySQL or MariaDB server that is read-only (`read_only` or `innodb_read_only`), as a
+    /// replica is: `GET_LOCK` there is local to it and excludes nobody on the primary.
+    ReadOnlyReplica,
+    /// MySQL before 5.7.5 or MariaDB before 10.0.2: a session holds one named lock at a time,
+    /// and taking a second releases the first without a word.
+    OneNamedLockPerSession,
 }
 
 impl Deployment {
@@ -46,6 +52,14 @@ impl Deployment {
                 "the server is a Group Replication member, where GET_LOCK is local to the \
                  member"
             }
+            Deployment::ReadOnlyReplica => {
+                "the server is read-only (read_only or innodb_read_only is ON), as a replica \
+                 is, where GET_LOCK is local to it"
+            }
+            Deployment::OneNamedLockPerSession => {
+                "the server is MySQL before 5.7.5 or MariaDB before 10.0.2, where taking a \
+                 second named lock releases the first"
+            }
         }
     }
 
@@ -60,6 +74,8 @@ impl Deployment {
             Deployment::Galera | Deployment::GroupReplication => {
                 "take locks on a server that is not a cluster node, or on PostgreSQL"
             }
+            Deployment::ReadOnlyReplica => "point the connection at the primary",
+            Deployment::OneNamedLockPerSession => "upgrade the server, or take locks on PostgreSQL",
         }
     }
 }

@@ -581,23 +581,27 @@ pub async fn install_fencing_in_async(conn: &mut Conn, table: &str) -> Result<()
         .map_err(|error| classify(error).error)
 }
 
-/// Checks that a lock over `conn` excludes: that the server is no MariaDB Galera node and no
-/// MySQL Group Replication member, where `GET_LOCK` is local to the node. One round trip.
+/// Checks that a lock over `conn` excludes: that the server is no MariaDB Galera node, no
+/// MySQL Group Replication member and not read-only (a replica), where `GET_LOCK` is local to
+/// it, and not so old that a session holds one named lock at a time (MySQL before 5.7.5,
+/// MariaDB before 10.0.2, told by the handshake). Two round trips.
 /// Locks run this check before their first acquire; this is for connections you check
 /// yourself, before you build locks on them with `skip_deployment_check()`.
 ///
 /// # Errors
 ///
-/// [`Error::CannotExclude`](dlock_core::Error::CannotExclude) on a cluster node, or what the
-/// connection reports.
+/// [`Error::CannotExclude`](dlock_core::Error::CannotExclude) where a lock would exclude
+/// nobody, or what the connection reports.
 ///
 /// # Cancel Safety
 ///
 /// Not cancel safe: a drop before the reply leaves `conn` unable to read the next reply
 /// correctly (a mysql_async limitation); discard the connection then.
 pub async fn check_deployment_async(conn: &mut Conn) -> Result<()> {
-    let server = Server::from_version(conn.server_version());
-    machine::checked(server, query(conn, &sql::cluster_check(server)).await)
+    let version = conn.server_version();
+    let [cluster, read_only] = machine::deployment_check(version)?;
+    let replies = [query(conn, &cluster).await, query(conn, &read_only).await];
+    machine::deployment_checked(version, replies)
 }
 
 /// Sends `statement` and reads the values of its first row.

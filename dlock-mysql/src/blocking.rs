@@ -9,7 +9,7 @@ use mysql::prelude::Queryable;
 use mysql::{Conn, PooledConn};
 
 use crate::machine::{self, Acquire, LockState, Operation, Release, Reply, Step, Verify};
-use crate::sql::{self, Failed, Failure, Server};
+use crate::sql::{self, Failed, Failure};
 
 /// A connection a [`MySqlLock`] can run on: the driver's [`Conn`], a [`PooledConn`] of a
 /// `mysql::Pool`, a box of either, or a `&mut` to any of them. For an r2d2 pooled
@@ -296,18 +296,22 @@ pub fn install_fencing_in(conn: &mut Conn, table: &str) -> Result<()> {
         .map_err(|error| classify(error).error)
 }
 
-/// Checks that a lock over `conn` excludes: that the server is no MariaDB Galera node and no
-/// MySQL Group Replication member, where `GET_LOCK` is local to the node. One round trip.
+/// Checks that a lock over `conn` excludes: that the server is no MariaDB Galera node, no
+/// MySQL Group Replication member and not read-only (a replica), where `GET_LOCK` is local to
+/// it, and not so old that a session holds one named lock at a time (MySQL before 5.7.5,
+/// MariaDB before 10.0.2, told by the handshake). Two round trips.
 /// Locks run this check before their first acquire; this is for connections you check
 /// yourself, before you build locks on them with `skip_deployment_check()`.
 ///
 /// # Errors
 ///
-/// [`Error::CannotExclude`](dlock_core::Error::CannotExclude) on a cluster node, or what the
-/// connection reports.
+/// [`Error::CannotExclude`](dlock_core::Error::CannotExclude) where a lock would exclude
+/// nobody, or what the connection reports.
 pub fn check_deployment(conn: &mut Conn) -> Result<()> {
-    let server = Server::from_version(conn.server_version());
-    machine::checked(server, query(conn, &sql::cluster_check(server)))
+    let version = conn.server_version();
+    let [cluster, read_only] = machine::deployment_check(version)?;
+    let replies = [query(conn, &cluster), query(conn, &read_only)];
+    machine::deployment_checked(version, replies)
 }
 
 /// Sends `statement` and reads the values of its first row.

@@ -214,8 +214,9 @@ pub(crate) struct Acquire {
     guarded: bool,
     token: u64,
     holder: Option<String>,
-    /// Whether the lock statement carries the deployment check (MariaDB, until one check
-    /// passed): it then locks only where a lock excludes, with no round trip of its own.
+    /// Whether the lock statement carries the deployment check (until one check passed): it
+    /// then locks only where a lock excludes, with no round trip of its own. MySQL's Group
+    /// Replication check goes first on its own.
     checks_in_lock: bool,
     phase: AcquirePhase,
 }
@@ -237,6 +238,11 @@ impl Acquire {
         if let Some(unsupported) = state.unsupported {
             return Err(unsupported());
         }
+        if state.check_deployment && Server::one_named_lock_per_session(version) {
+            return Err(Error::CannotExclude {
+                deployment: dlock_core::Deployment::OneNamedLockPerSession,
+            });
+        }
         let name = state.name()?;
         let token = attempt_token();
         let server = Server::from_version(version);
@@ -249,7 +255,7 @@ impl Acquire {
             guarded: matches!(wait, Wait::For(_)),
             token,
             holder: state.proves_holds.then(|| holder_name(token)),
-            checks_in_lock: state.check_deployment && server == Server::MariaDb,
+            checks_in_lock: state.check_deployment,
             phase: AcquirePhase::Start,
         })
     }
@@ -313,7 +319,8 @@ impl Operation for Acquire {
 
     fn step(&mut self, state: &mut LockState, reply: Option<Reply>) -> Step<bool> {
         match std::mem::replace(&mut self.phase, AcquirePhase::Done) {
-            AcquirePhase::Start if state.check_deployment && !self.checks_in_lock => {
+            // MariaDB's cluster check rides in the lock statement; MySQL's goes first.
+            AcquirePhase::Start if state.check_deployment && self.server == Server::MySql => {
                 self.phase = AcquirePhase::Checking;
                 Step::Send(sql::cluster_check(self.server))
             }
@@ -321,7 +328,10 @@ impl Operation for Acquire {
             AcquirePhase::Checking => {
                 match checked(self.server, reply.expect("the deployment check's reply")) {
                     Ok(()) => {
-                        state.check_deployment = false;
+                        if !self.checks_in_lock {
+                            // The lock statement checks nothing more: the check has passed.
+                            state.check_deployment = false;
+                        }
                         self.lock()
                     }
                     Err(error) => self.done(Err(error)),
@@ -338,15 +348,23 @@ impl Operation for Acquire {
                     Ok(Acquired::RefusedOnGalera) => self.done(Err(Error::CannotExclude {
                         deployment: dlock_core::Deployment::Galera,
                     })),
+                    Ok(Acquired::RefusedReadOnly) => self.done(Err(Error::CannotExclude {
+                        deployment: dlock_core::Deployment::ReadOnlyReplica,
+                    })),
                     Err(error) => self.done(Err(error)),
                 },
                 Err(failed) => match failed.failure {
                     Failure::Interrupted => self.ask(failed.error),
-                    // A server without the wsrep variables (a build without Galera) refuses
-                    // the folded check; it took no lock, so the check is sent on its own.
+                    // A server without one of the variables (a MariaDB built without Galera,
+                    // an engine that imitates MySQL) refuses the folded check; it took no
+                    // lock, so the cluster check is sent on its own (MySQL's has run).
                     Failure::Other if self.checks_in_lock => {
                         tracing::debug!(target: "dlock", error = %failed.error, "the deployment check in the lock statement failed; checking on its own");
                         self.checks_in_lock = false;
+                        if self.server == Server::MySql {
+                            state.check_deployment = false;
+                            return self.lock();
+                        }
                         self.phase = AcquirePhase::Checking;
                         Step::Send(sql::cluster_check(self.server))
                     }
@@ -418,6 +436,41 @@ impl Operation for Acquire {
                 holder: None,
             },
             AcquirePhase::Start | AcquirePhase::Done => InFlight::Nothing,
+        }
+    }
+}
+
+/// The standalone deployment check of a connection whose server has handshake version
+/// `version`: the refusal that needs no I/O, then the statements to send, whose replies go
+/// to [`deployment_checked`]. Locks run the same checks in their first acquire.
+pub(crate) fn deployment_check(version: (u16, u16, u16)) -> Result<[String; 2]> {
+    if Server::one_named_lock_per_session(version) {
+        return Err(Error::CannotExclude {
+            deployment: dlock_core::Deployment::OneNamedLockPerSession,
+        });
+    }
+    Ok([
+        sql::cluster_check(Server::from_version(version)),
+        sql::read_only_check(),
+    ])
+}
+
+/// What the replies to [`deployment_check`]'s statements mean.
+pub(crate) fn deployment_checked(
+    version: (u16, u16, u16),
+    [cluster, read_only]: [Reply; 2],
+) -> Result<()> {
+    checked(Server::from_version(version), cluster)?;
+    match read_only {
+        Ok(row) if first(&row) == Some(1) => Err(Error::CannotExclude {
+            deployment: dlock_core::Deployment::ReadOnlyReplica,
+        }),
+        Ok(_) => Ok(()),
+        Err(failed) if failed.failure == Failure::ConnectionLost => Err(failed.error),
+        // An engine without the variables is taken for a writable server, as locks do.
+        Err(failed) => {
+            tracing::debug!(target: "dlock", error = %failed.error, "the read-only check could not run; taken as writable");
+            Ok(())
         }
     }
 }
@@ -681,11 +734,84 @@ mod tests {
                     assert!(state.check_deployment, "checked again next time");
                 }
                 None => {
-                    assert!(sent(next).contains("GET_LOCK"));
+                    let lock = sent(next);
+                    assert!(lock.contains("IF(@@global.read_only"), "{lock}");
+                    assert!(
+                        state.check_deployment,
+                        "the read-only check is still to pass"
+                    );
+                    assert!(done(op.step(&mut state, row(&[Some(1)]))).unwrap());
                     assert!(!state.check_deployment, "checked once per lock object");
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_read_only_server_is_refused_by_the_lock_statement_on_either_server() {
+        for version in [MARIADB, MYSQL] {
+            let mut state = LockState::new(Key::from("jobs/x"), false);
+            let mut op = Acquire::start(&state, version, Wait::Never).unwrap();
+            let mut next = op.step(&mut state, None);
+            if version == MYSQL {
+                // No Group Replication member.
+                next = op.step(&mut state, row(&[Some(0)]));
+            }
+            let lock = sent(next);
+            assert!(lock.contains("@@global.innodb_read_only, -2"), "{lock}");
+            assert!(matches!(
+                op.step(&mut state, row(&[Some(sql::REFUSED_READ_ONLY)])),
+                Step::Done(Err(Error::CannotExclude {
+                    deployment: dlock_core::Deployment::ReadOnlyReplica
+                }))
+            ));
+            assert!(state.held.is_none());
+            assert!(state.check_deployment, "checked again next time");
+        }
+    }
+
+    #[test]
+    fn the_standalone_check_refuses_what_a_lock_refuses() {
+        assert!(matches!(
+            deployment_check((5, 6, 0)),
+            Err(Error::CannotExclude {
+                deployment: dlock_core::Deployment::OneNamedLockPerSession
+            })
+        ));
+        let [cluster, read_only] = deployment_check(MARIADB).unwrap();
+        assert!(cluster.starts_with("SELECT COUNT(*)"), "{cluster}");
+        assert!(read_only.contains("@@global.read_only"), "{read_only}");
+        let reply = |value| Ok(vec![Some(value)]);
+        assert!(deployment_checked(MARIADB, [reply(0), reply(0)]).is_ok());
+        assert!(matches!(
+            deployment_checked(MARIADB, [reply(0), reply(1)]),
+            Err(Error::CannotExclude {
+                deployment: dlock_core::Deployment::ReadOnlyReplica
+            })
+        ));
+        assert!(matches!(
+            deployment_checked(MARIADB, [reply(2), reply(0)]),
+            Err(Error::CannotExclude {
+                deployment: dlock_core::Deployment::Galera
+            })
+        ));
+        let unknown = sql::server_failure(1193, "Unknown system variable".into());
+        assert!(deployment_checked(MYSQL, [reply(0), Err(unknown)]).is_ok());
+    }
+
+    #[test]
+    fn a_server_with_one_named_lock_per_session_is_refused_before_anything_is_sent() {
+        let unchecked = LockState::new(Key::from("jobs/x"), false);
+        for version in [(5, 7, 4), (5, 5, 62), (10, 0, 1)] {
+            assert!(matches!(
+                Acquire::start(&unchecked, version, Wait::Never),
+                Err(Error::CannotExclude {
+                    deployment: dlock_core::Deployment::OneNamedLockPerSession
+                })
+            ));
+        }
+        // Turned off, the user takes the risk.
+        assert!(Acquire::start(&state(), (5, 7, 4), Wait::Never).is_ok());
     }
 
     #[test]

@@ -36,6 +36,18 @@ impl Server {
     /// MariaDB 10 reports `5.5.5-10.x.y-MariaDB`, which the drivers read as 5.5.5, so that
     /// old replication clients accept it; MariaDB 11 and later report their own version.
     /// MySQL has never released a version 10 or a 5.5.5 that anyone runs.
+    /// Whether a server of handshake version `version` holds one named lock per session at
+    /// most (MySQL before 5.7.5, MariaDB before 10.0.2): taking a second releases the first.
+    /// MariaDB 5.5 reports itself as 5.5, and is as old as MySQL 5.5 here; (5, 5, 5) is the
+    /// prefix later MariaDB releases put before their real version, not a version.
+    pub(crate) fn one_named_lock_per_session(version: (u16, u16, u16)) -> bool {
+        match version {
+            (5, 5, 5) => false,
+            (major, ..) if major < 10 => version < (5, 7, 5),
+            _ => version < (10, 0, 2),
+        }
+    }
+
     pub(crate) fn from_version(version: (u16, u16, u16)) -> Server {
         if version == (5, 5, 5) || version.0 >= 10 {
             Server::MariaDb
@@ -130,9 +142,11 @@ pub(crate) fn tag(token: u64) -> String {
 /// With a `holder` name, a granted lock also takes that (unique) lock, whose holder proves
 /// the session's identity to a `KILL` from elsewhere: the reply is then 2 when granted.
 ///
-/// With `refuse_galera` (MariaDB only), the statement locks only on a server that is no
-/// Galera node, and answers [`REFUSED_ON_GALERA`] without locking on one: the deployment
-/// check rides in the lock statement, at the cost of reading two global variables.
+/// With `check_deployment`, the statement locks only where a lock excludes: not on a
+/// read-only server (answering [`REFUSED_READ_ONLY`]), and on MariaDB not on a Galera node
+/// (answering [`REFUSED_ON_GALERA`]). The deployment check rides in the lock statement, at
+/// the cost of reading a few global variables. (MySQL's Group Replication check reads
+/// `performance_schema`, and goes on its own.)
 pub(crate) fn get_lock(
     server: Server,
     name: &str,
@@ -140,7 +154,7 @@ pub(crate) fn get_lock(
     guarded: bool,
     token: u64,
     holder: Option<&str>,
-    refuse_galera: bool,
+    check_deployment: bool,
 ) -> String {
     let mut sql = String::with_capacity(160 + 2 * name.len());
     match (guarded, server) {
@@ -149,10 +163,15 @@ pub(crate) fn get_lock(
         (false, _) => sql.push_str("SELECT "),
     }
     let _ = write!(sql, "/* {} */ ", tag(token));
-    // IF evaluates only the branch it picks: on a Galera node GET_LOCK never runs.
-    let refuse_galera = refuse_galera && server == Server::MariaDb;
+    // IF evaluates only the branch it picks: on a Galera node or a read-only server GET_LOCK
+    // never runs.
+    let refuse_galera = check_deployment && server == Server::MariaDb;
+    let refuse_read_only = check_deployment;
     if refuse_galera {
         let _ = write!(sql, "IF({GALERA_NODE}, {REFUSED_ON_GALERA}, ");
+    }
+    if refuse_read_only {
+        let _ = write!(sql, "IF({READ_ONLY}, {REFUSED_READ_ONLY}, ");
     }
     if holder.is_some() {
         sql.push_str("CASE ");
@@ -167,11 +186,21 @@ pub(crate) fn get_lock(
         push_name(&mut sql, holder);
         sql.push_str(", 0) WHEN 0 THEN 0 END");
     }
+    if refuse_read_only {
+        sql.push(')');
+    }
     if refuse_galera {
         sql.push(')');
     }
     sql
 }
+
+/// True on a read-only server, as a replica is (both servers have both variables).
+const READ_ONLY: &str = "@@global.read_only OR @@global.innodb_read_only";
+
+/// What a lock statement built with `refuse_read_only` answers on a read-only server, where
+/// it took nothing.
+pub(crate) const REFUSED_READ_ONLY: i64 = -2;
 
 /// True on a MariaDB Galera node, where `GET_LOCK` is local to the node: wsrep on, with a
 /// provider loaded (what [`cluster_check`] counts, read without `information_schema`).
@@ -223,6 +252,8 @@ pub(crate) enum Acquired {
     Interrupted,
     /// [`REFUSED_ON_GALERA`]: the server is a Galera node, and nothing was locked.
     RefusedOnGalera,
+    /// [`REFUSED_READ_ONLY`]: the server is read-only, and nothing was locked.
+    RefusedReadOnly,
 }
 
 /// Reads the reply to [`get_lock`].
@@ -235,6 +266,7 @@ pub(crate) fn read_acquired(reply: Option<i64>) -> Result<Acquired> {
         Some(0) => Ok(Acquired::TimedOut),
         None => Ok(Acquired::Interrupted),
         Some(REFUSED_ON_GALERA) => Ok(Acquired::RefusedOnGalera),
+        Some(REFUSED_READ_ONLY) => Ok(Acquired::RefusedReadOnly),
         Some(other) => Err(unexpected("GET_LOCK", other)),
     }
 }
@@ -496,6 +528,11 @@ pub(crate) fn cluster_check(server: Server) -> String {
                           AND MEMBER_STATE IN ('ONLINE', 'RECOVERING')"
             .to_owned(),
     }
+}
+
+/// The statement that asks whether the server is read-only, as a replica is: 1 when it is.
+pub(crate) fn read_only_check() -> String {
+    format!("SELECT {READ_ONLY}")
 }
 
 /// What [`cluster_check`]'s count says: the cluster the server is a node of, if any.
@@ -766,7 +803,8 @@ mod tests {
         assert!(
             sql.ends_with(
                 "IF(@@global.wsrep_on AND @@global.wsrep_provider NOT IN ('none', ''), -1, \
-                 CASE GET_LOCK('x', 0) WHEN 1 THEN 1 + GET_LOCK('dlock/h', 0) WHEN 0 THEN 0 END)"
+                 IF(@@global.read_only OR @@global.innodb_read_only, -2, \
+                 CASE GET_LOCK('x', 0) WHEN 1 THEN 1 + GET_LOCK('dlock/h', 0) WHEN 0 THEN 0 END))"
             ),
             "{sql}"
         );
@@ -774,9 +812,41 @@ mod tests {
             read_acquired(Some(REFUSED_ON_GALERA)).unwrap(),
             Acquired::RefusedOnGalera
         );
-        // MySQL's Group Replication check reads performance_schema: it is sent on its own.
+        assert_eq!(
+            read_acquired(Some(REFUSED_READ_ONLY)).unwrap(),
+            Acquired::RefusedReadOnly
+        );
+        // MySQL's Group Replication check reads performance_schema: it is sent on its own,
+        // and only the read-only check rides in the lock statement.
         let mysql = get_lock(Server::MySql, "x", Wait::Never, false, TOKEN, None, true);
-        assert!(mysql.ends_with("*/ GET_LOCK('x', 0)"), "{mysql}");
+        assert!(
+            mysql.ends_with(
+                "*/ IF(@@global.read_only OR @@global.innodb_read_only, -2, GET_LOCK('x', 0))"
+            ),
+            "{mysql}"
+        );
+    }
+
+    #[test]
+    fn servers_that_hold_one_named_lock_per_session_are_told_by_their_version() {
+        // MySQL 5.7.5 and MariaDB 10.0.2 are the first to hold several (their manuals).
+        for (version, one) in [
+            ((5, 7, 4), true),
+            ((5, 6, 51), true),
+            ((5, 5, 62), true), // MySQL 5.5, or MariaDB 5.5
+            ((5, 7, 5), false),
+            ((8, 0, 36), false),
+            ((10, 0, 1), true),
+            ((10, 0, 2), false),
+            ((10, 11, 6), false),
+            ((5, 5, 5), false), // the prefix of later MariaDB releases
+        ] {
+            assert_eq!(
+                Server::one_named_lock_per_session(version),
+                one,
+                "{version:?}"
+            );
+        }
     }
 
     #[test]

@@ -105,3 +105,76 @@ fn fencing_tokens_keep_growing_across_a_restart() {
     let after = lock.fencing_token().unwrap();
     assert!(after > before, "{after} after {before}, across a restart");
 }
+
+/// Sets the fault row's server read-only (as a replica is) until dropped.
+struct ReadOnly;
+
+impl ReadOnly {
+    fn set(on: bool) {
+        use mysql::prelude::Queryable;
+        let value = if on { "ON" } else { "OFF" };
+        common::my()
+            .query_drop(format!("SET GLOBAL read_only = {value}"))
+            .unwrap();
+    }
+
+    fn new() -> ReadOnly {
+        ReadOnly::set(true);
+        ReadOnly
+    }
+}
+
+impl Drop for ReadOnly {
+    fn drop(&mut self) {
+        ReadOnly::set(false);
+    }
+}
+
+/// A read-only server, as a replica is, grants `GET_LOCK` locally: every flavour refuses it,
+/// in the lock statement itself, and takes nothing; the standalone checks refuse it too.
+/// (The test login has SUPER, so read-only does not stop its own writes.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_server_is_refused_and_nothing_is_locked() {
+    use mysql::prelude::Queryable;
+    let name = "faults/read-only";
+    let read_only = ReadOnly::new();
+    let mut lock = MySqlLock::new(common::my(), name);
+    let outcome = tokio::task::block_in_place(|| lock.try_acquire());
+    assert!(
+        matches!(
+            outcome,
+            Err(Error::CannotExclude {
+                deployment: dlock_mysql::Deployment::ReadOnlyReplica
+            })
+        ),
+        "{outcome:?}"
+    );
+    let outcome = tokio::task::block_in_place(|| dlock_mysql::check_deployment(lock.conn()));
+    assert!(outcome.is_err(), "{outcome:?}");
+    let mut conn = mysql_async::Conn::from_url(common::mysql_url())
+        .await
+        .unwrap();
+    let outcome = dlock_mysql::check_deployment_async(&mut conn).await;
+    assert!(outcome.is_err(), "{outcome:?}");
+    let mut lock = AsyncMySqlLock::new(conn, name);
+    let outcome = lock.acquire_timeout(Duration::from_millis(100)).await;
+    assert!(
+        matches!(
+            outcome,
+            Err(Error::CannotExclude {
+                deployment: dlock_mysql::Deployment::ReadOnlyReplica
+            })
+        ),
+        "{outcome:?}"
+    );
+    let holder: Option<Option<u64>> = tokio::task::block_in_place(|| {
+        common::my()
+            .exec_first("SELECT IS_USED_LOCK(?)", (name,))
+            .unwrap()
+    });
+    assert_eq!(holder.flatten(), None, "a refused lock left the name held");
+    drop(read_only);
+    // Writable again: the same lock object checks again, and locks.
+    assert!(lock.try_acquire().await.unwrap());
+    lock.release().await.unwrap();
+}
