@@ -29,6 +29,12 @@ pub enum Deployment {
     /// MySQL before 5.7.5 or MariaDB before 10.0.2: a session holds one named lock at a time,
     /// and taking a second releases the first without a word.
     OneNamedLockPerSession,
+    /// CockroachDB (`version()` says so): its `pg_try_advisory_lock` answers true to every
+    /// caller and locks nothing (cockroach #13546).
+    CockroachDb,
+    /// YugabyteDB before 2.25, or with the "advisory locks not supported" error silenced
+    /// (`yb_silence_advisory_locks_not_supported_error`), where the lock functions do nothing.
+    YugabyteDbWithoutLocks,
 }
 
 impl Deployment {
@@ -60,6 +66,15 @@ impl Deployment {
                 "the server is MySQL before 5.7.5 or MariaDB before 10.0.2, where taking a \
                  second named lock releases the first"
             }
+            Deployment::CockroachDb => {
+                "the server is CockroachDB, whose advisory lock functions grant every caller \
+                 and lock nothing"
+            }
+            Deployment::YugabyteDbWithoutLocks => {
+                "the server is YugabyteDB before 2.25 or with \
+                 yb_silence_advisory_locks_not_supported_error on, where advisory lock \
+                 functions do nothing"
+            }
         }
     }
 
@@ -76,6 +91,11 @@ impl Deployment {
             }
             Deployment::ReadOnlyReplica => "point the connection at the primary",
             Deployment::OneNamedLockPerSession => "upgrade the server, or take locks on PostgreSQL",
+            Deployment::CockroachDb => "take locks on a database whose locks exclude",
+            Deployment::YugabyteDbWithoutLocks => {
+                "use YugabyteDB 2.25 or later with advisory locks enabled \
+                 (ysql_yb_enable_advisory_locks) and the error not silenced"
+            }
         }
     }
 }

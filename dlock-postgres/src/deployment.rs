@@ -18,6 +18,26 @@ use crate::sql::{self, Row};
 /// The setting that marks a server session with a checking connection's token.
 const MARK: &str = "dlock.deployment_probe";
 
+/// YugabyteDB's setting that turns "advisory locks are not supported" into a silent no-op.
+const YB_SILENCE: &str = "yb_silence_advisory_locks_not_supported_error";
+
+/// The engine a `version()` text names, when its advisory locks exclude nobody: CockroachDB
+/// (its `pg_try_advisory_lock` is a stub that grants every caller, cockroach #13546), and
+/// YugabyteDB before 2.25 (no advisory locks) or with their "not supported" error silenced
+/// (`yb_silence`, the setting's value). `version()` carries `CockroachDB` and `-YB-<version>`
+/// there, as their manuals show.
+fn engine_without_locks(version: &str, yb_silence: &str) -> Option<Deployment> {
+    if version.contains("CockroachDB") {
+        return Some(Deployment::CockroachDb);
+    }
+    let yugabyte = version.split_once("-YB-")?.1;
+    let mut numbers = yugabyte
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|part| part.parse::<u32>().unwrap_or(0));
+    let release = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+    (release < (2, 25) || yb_silence == "on").then_some(Deployment::YugabyteDbWithoutLocks)
+}
+
 /// How many times the two connections alternate. Through a transaction pooler the first
 /// round already shares a session unless another client took it in between; each round
 /// after that is another chance, and a busy pool moves statements often.
@@ -63,7 +83,8 @@ impl Probe {
     fn statement(&self) -> String {
         match self.session {
             None => format!(
-                "SELECT pg_is_in_recovery(), pg_backend_pid(), set_config('{MARK}', '{}', false)",
+                "SELECT pg_is_in_recovery(), pg_backend_pid(), set_config('{MARK}', '{}', false), \
+                 version(), current_setting('{YB_SILENCE}', true)",
                 self.token
             ),
             Some(_) => format!("SELECT pg_backend_pid(), current_setting('{MARK}', true)"),
@@ -123,6 +144,9 @@ impl Check {
                     Ok(true) => return refused(Deployment::HotStandby),
                     Ok(false) => {}
                     Err(error) => return CheckStep::Done(Err(error)),
+                }
+                if let Some(engine) = engine_without_locks(&column(&row, 3), &column(&row, 4)) {
+                    return refused(engine);
                 }
                 let session = column(&row, 1);
                 probe.session = Some(session.clone());
@@ -197,6 +221,30 @@ fn column(row: &Row, index: usize) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn engines_whose_advisory_locks_exclude_nobody_are_told_by_their_version() {
+        use super::engine_without_locks;
+        // The version() texts their manuals and issue trackers show.
+        let cockroach = "CockroachDB CCL v23.1.11 (x86_64-pc-linux-gnu, built 2023/09/27)";
+        assert_eq!(
+            engine_without_locks(cockroach, ""),
+            Some(Deployment::CockroachDb)
+        );
+        let old_yb = "PostgreSQL 11.2-YB-2.20.1.0-b0 on x86_64-pc-linux-gnu, compiled by clang";
+        assert_eq!(
+            engine_without_locks(old_yb, ""),
+            Some(Deployment::YugabyteDbWithoutLocks)
+        );
+        let new_yb = "PostgreSQL 15.2-YB-2.25.0.0-b0 on x86_64-pc-linux-gnu, compiled by clang";
+        assert_eq!(engine_without_locks(new_yb, "off"), None);
+        assert_eq!(
+            engine_without_locks(new_yb, "on"),
+            Some(Deployment::YugabyteDbWithoutLocks)
+        );
+        let postgres = "PostgreSQL 15.18 (Debian 15.18-0+deb12u1) on x86_64-pc-linux-gnu";
+        assert_eq!(engine_without_locks(postgres, ""), None);
+    }
+
     use std::collections::HashMap;
 
     use super::*;
