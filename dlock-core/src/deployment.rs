@@ -16,6 +16,11 @@ pub enum Deployment {
     /// clients, so a session lock is taken on one session, seen as held by every client of
     /// that session, and released (or not) on another.
     TransactionPooler,
+    /// PostgreSQL reached through a pooler (the server session's pid is not the one in the
+    /// connection's cancel key, which a pooler hands out itself) that nobody vouched for: a
+    /// pooler in session mode keeps a lock's session, one in transaction or statement mode
+    /// does not, and nothing a client sees proves which.
+    UnprovenPooler,
     /// A PostgreSQL hot standby (`pg_is_in_recovery()`): advisory locks there are local to
     /// the standby and exclude nobody on the primary or on other standbys.
     HotStandby,
@@ -45,6 +50,11 @@ impl Deployment {
                 "the connection goes through a pooler in transaction or statement pooling mode \
                  (pgbouncer, for example), where statements move between server sessions that \
                  other clients share"
+            }
+            Deployment::UnprovenPooler => {
+                "the connection goes through a pooler (the server session is not the one its \
+                 cancel key names), and nothing proves that it keeps one server session per \
+                 client"
             }
             Deployment::HotStandby => {
                 "the server is a hot standby (pg_is_in_recovery() is true), where advisory \
@@ -84,6 +94,10 @@ impl Deployment {
             Deployment::TransactionPooler => {
                 "connect to PostgreSQL directly or through session pooling, or take a \
                  transaction lock (PgXactLock) inside a transaction"
+            }
+            Deployment::UnprovenPooler => {
+                "connect to PostgreSQL directly; or, for a pooler in session mode, say so with \
+                 trust_session_pooler() on the lock or pool"
             }
             Deployment::HotStandby => "point the connection at the primary",
             Deployment::Galera | Deployment::GroupReplication => {

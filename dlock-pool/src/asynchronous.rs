@@ -73,6 +73,7 @@ pub trait AsyncConnection: Sized + Send + 'static + sealed::Sealed {
     fn check_deployment<M: AsyncManager<Connection = Self>>(
         conn: &mut Self,
         pool: &bb8::Pool<LockManager<M>>,
+        trust_session_pooler: bool,
     ) -> impl Future<Output = Result<()>> + Send;
 
     /// Names the session of `conn` for the watcher (the backend's `session_async`).
@@ -116,13 +117,19 @@ mod postgres_backend {
     impl AsyncConnection for Client {
         type Lock<M: AsyncManager<Connection = Self>> = AsyncPgLock<AsyncPooled<M>>;
 
-        /// A transaction pooler shows when two connections share a server session.
+        /// A direct connection is proven by its cancel key; a pooler the user vouches for is
+        /// checked with a second connection, which a transaction pooler lets share a server
+        /// session.
         async fn check_deployment<M: AsyncManager<Connection = Self>>(
             conn: &mut Self,
             pool: &bb8::Pool<LockManager<M>>,
+            trust_session_pooler: bool,
         ) -> Result<()> {
+            if !trust_session_pooler {
+                return dlock_postgres::check_deployment_async(conn, None).await;
+            }
             let second = pool.dedicated_connection().await.map_err(Error::pool)?;
-            dlock_postgres::check_deployment_async(conn, Some(&second)).await
+            dlock_postgres::check_session_pooler_async(conn, Some(&second)).await
         }
 
         async fn session(conn: &mut Self) -> Result<SessionId> {
@@ -172,6 +179,7 @@ mod mysql_backend {
         async fn check_deployment<M: AsyncManager<Connection = Self>>(
             conn: &mut Self,
             _pool: &bb8::Pool<LockManager<M>>,
+            _trust_session_pooler: bool,
         ) -> Result<()> {
             dlock_mysql::check_deployment_async(conn).await
         }
@@ -275,6 +283,18 @@ where
     /// Uses `policy` to turn keys into the backend's keys.
     pub fn policy(mut self, policy: KeyPolicy) -> Self {
         self.core.set_policy(policy);
+        self
+    }
+
+    /// Vouches that the pool's connections go through a PostgreSQL pooler in session mode
+    /// (pgbouncer's `pool_mode = session`). Without it, each connection's check proves that
+    /// it is direct (the pid in its cancel key is its server session's own; a pooler hands
+    /// out keys of its own) and refuses a pooler with
+    /// [`Deployment::UnprovenPooler`](dlock_core::Deployment::UnprovenPooler). With it, the
+    /// check opens a second connection and refuses a pooler that lets the two share a server
+    /// session, as a transaction pooler does. Nothing changes on MySQL.
+    pub fn trust_session_pooler(mut self) -> Self {
+        self.core.trust_session_pooler = true;
         self
     }
 
@@ -412,9 +432,13 @@ where
             // A check whose future is dropped with its reply unread closes the connection:
             // this guard is dropped before `conn`, a parameter, goes back.
             let checking = mark.armed();
-            AsyncConnection::check_deployment(&mut *conn, &self.pool)
-                .await
-                .map_err(|error| core::refused(&mark, error))?;
+            AsyncConnection::check_deployment(
+                &mut *conn,
+                &self.pool,
+                self.core.trust_session_pooler,
+            )
+            .await
+            .map_err(|error| core::refused(&mark, error))?;
             checking.disarm();
             conn.0.set_deployment_checked();
         }

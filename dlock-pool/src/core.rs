@@ -20,6 +20,9 @@ pub(crate) struct PoolCore<M> {
     /// plain timeout, so the pool names it as the cause of a checkout that failed.
     connect_errors: Arc<Mutex<Option<ConnectError>>>,
     pub(crate) check_deployment: bool,
+    /// Whether the user vouches for a pooler in session mode ([`AsyncLockPool::trust_session_pooler`](crate::AsyncLockPool)).
+    #[cfg_attr(not(feature = "bb8"), allow(dead_code))]
+    pub(crate) trust_session_pooler: bool,
     /// Where tokens are kept, when acquires issue fencing tokens.
     pub(crate) fence: Option<FenceTable>,
     /// The user's manager, which the watcher and the deployment check connect through.
@@ -36,6 +39,7 @@ impl<M> PoolCore<M> {
             doubt: manager.doubt(),
             connect_errors: manager.connect_errors(),
             check_deployment: true,
+            trust_session_pooler: false,
             fence: None,
             manager: manager.shared_inner(),
             watch: Watch::new(WatchSettings::default()),

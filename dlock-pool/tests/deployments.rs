@@ -66,6 +66,9 @@ fn r2d2_pools_refuse_a_transaction_or_statement_pooler_every_time() {
     }
 }
 
+/// A bb8 pool proves each connection direct by its cancel key, so any pooler is refused at
+/// once; one that the user vouches for as a session pooler is checked with a second
+/// connection, which a transaction pooler lets share a server session.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bb8_pools_refuse_a_transaction_or_statement_pooler_every_time() {
     for (mode, url) in transaction_poolers() {
@@ -76,8 +79,18 @@ async fn bb8_pools_refuse_a_transaction_or_statement_pooler_every_time() {
                 .await
                 .expect_err("a bb8 pool through a transaction pooler must refuse");
             assert!(
-                refused_as(&error, Deployment::TransactionPooler),
+                refused_as(&error, Deployment::UnprovenPooler),
                 "{mode} pooling, run {run}: {error:?}"
+            );
+            let error = bb8_pool(&url)
+                .await
+                .trust_session_pooler()
+                .acquire("deployments/pool")
+                .await
+                .expect_err("a transaction pooler vouched for as a session pooler");
+            assert!(
+                refused_as(&error, Deployment::TransactionPooler),
+                "{mode} pooling, vouched for, run {run}: {error:?}"
             );
         }
     }
@@ -109,6 +122,7 @@ async fn pools_refuse_a_busy_transaction_pooler_every_time() {
     for run in 0..RUNS {
         let error = bb8_pool(&url)
             .await
+            .trust_session_pooler()
             .try_acquire("deployments/busy")
             .await
             .unwrap_err();
@@ -146,12 +160,19 @@ fn r2d2_pools_direct_or_through_session_pooling_are_never_refused() {
     }
 }
 
+/// Direct connections are proven and never refused; a session pooler is never refused once
+/// the user vouches for it, and refused, as unproven, until then.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bb8_pools_direct_or_through_session_pooling_are_never_refused() {
+async fn bb8_pools_direct_or_through_a_vouched_session_pooler_are_never_refused() {
     for (what, url) in sessions_of_their_own() {
         for run in 0..RUNS {
-            let guard = bb8_pool(&url)
-                .await
+            let pool = bb8_pool(&url).await;
+            let pool = if what == "direct" {
+                pool
+            } else {
+                pool.trust_session_pooler()
+            };
+            let guard = pool
                 .try_acquire("deployments/fine")
                 .await
                 .unwrap_or_else(|error| panic!("{what}, run {run}: {error}"))
@@ -159,6 +180,12 @@ async fn bb8_pools_direct_or_through_session_pooling_are_never_refused() {
             AsyncLockGuard::release(guard).await.unwrap();
         }
     }
+    let error = bb8_pool(&deployments::session_pooler())
+        .await
+        .try_acquire("deployments/fine")
+        .await
+        .unwrap_err();
+    assert!(refused_as(&error, Deployment::UnprovenPooler), "{error:?}");
 }
 
 #[test]

@@ -12,7 +12,7 @@ use futures_util::TryStreamExt;
 use tokio_postgres::{Client, Config, NoTls, SimpleQueryMessage, Transaction};
 use tracing::Instrument;
 
-use crate::deployment::{Check, CheckStep, On};
+use crate::deployment::{Check, CheckStep, On, Route};
 use crate::machine::{
     self, Abandon, Acquire, Failed, LockState, Operation, PayOwed, Release, Reply, Request,
     Settles, Step, Verify, Waits, XactOptions, XactOutcome, XactSlices,
@@ -339,6 +339,21 @@ impl<C: AsyncPgConnection> AsyncPgLock<C> {
 
     crate::methods::lock_methods!();
 
+    /// Vouches that the connection goes through a pooler in session mode (pgbouncer's
+    /// `pool_mode = session`), which keeps one server session per client connection.
+    ///
+    /// Without it, the first acquire proves that the connection is direct: the pid in its
+    /// cancel key is the server session's own, which a pooler in any mode replaces with a key
+    /// of its own; a pooler is refused ([`Deployment::UnprovenPooler`](dlock_core::Deployment::UnprovenPooler)),
+    /// since nothing a client sees tells session mode from transaction mode. With it, the
+    /// check infers instead, as the blocking `PgLock` does: it still refuses a pooler whose
+    /// statements it sees move between server sessions, but not an idle transaction pooler
+    /// that happens to keep them on one. The risk of a wrong pool mode is yours.
+    pub fn trust_session_pooler(mut self) -> Self {
+        self.state.route = Route::TrustedSessionPooler;
+        self
+    }
+
     /// Lets a dropped acquire end its wait in the server at once, through a side connection
     /// opened with `config` (without TLS) for the user the lock's own connection logs in as.
     ///
@@ -427,6 +442,9 @@ impl<C: AsyncPgConnection> AsyncPgLock<C> {
         let (mode, key) = self.traced();
         let traced = Traced::acquire("postgres", mode, wait, key);
         let outcome = async {
+            if self.state.check_deployment && self.state.route == Route::Unknown {
+                self.state.route = route_of(self.client()).await;
+            }
             let op = Acquire::start(&self.state, wait)?;
             self.run(op).await
         }
@@ -652,7 +670,53 @@ pub async fn install_fencing_in_async(client: &Client, table: &str) -> Result<()
 /// [`Error::CannotExclude`](dlock_core::Error::CannotExclude) when a lock would exclude
 /// nobody, or what the server or the connection reports.
 pub async fn check_deployment_async(client: &Client, second: Option<&Client>) -> Result<()> {
-    let mut check = Check::new(second.is_some());
+    check_route(client, second, route_of(client).await).await
+}
+
+/// The deployment check for a pooler in session mode that you vouch for, which no client can
+/// tell from a pooler in transaction mode by what it sees: refuses a hot standby and engines
+/// whose locks exclude nobody, and a pooler that moves `client`'s statements between server
+/// sessions (with `second`, as [`check_deployment_async`] does without a cancel key). Locks
+/// built with `trust_session_pooler()` run it.
+///
+/// # Errors
+///
+/// As [`check_deployment_async`].
+///
+/// # Cancel Safety
+///
+/// Cancel safe: a dropped check leaves a session setting of its own, nothing else.
+pub async fn check_session_pooler_async(client: &Client, second: Option<&Client>) -> Result<()> {
+    check_route(client, second, Route::TrustedSessionPooler).await
+}
+
+/// What the client knows of its route to the server: the process id in its cancel key, read
+/// by letting the key's cancel request write itself into an in-memory stream (no I/O to the
+/// server). A client whose TLS mode needs a handshake before the request gives none.
+async fn route_of(client: &Client) -> Route {
+    use tokio::io::AsyncReadExt;
+    let (mut ours, theirs) = tokio::io::duplex(64);
+    let token = client.cancel_token();
+    let read = async move {
+        let mut request = [0u8; 16];
+        let read = ours.read_exact(&mut request).await;
+        // Closing our end lets the token's write return.
+        drop(ours);
+        read.ok().map(|_| request)
+    };
+    let (_, request) =
+        futures_util::future::join(token.cancel_query_raw(theirs, NoTls), read).await;
+    // A CancelRequest: length 16, code 80877102, then the pid and the secret.
+    match request {
+        Some([0, 0, 0, 16, 4, 210, 22, 46, a, b, c, d, ..]) => {
+            Route::CancelKey(i32::from_be_bytes([a, b, c, d]))
+        }
+        _ => Route::Unknown,
+    }
+}
+
+async fn check_route(client: &Client, second: Option<&Client>, route: Route) -> Result<()> {
+    let mut check = Check::new(second.is_some(), route);
     let mut reply = None;
     loop {
         match check.step(reply.take()) {

@@ -8,7 +8,7 @@ use dlock_core::trace::Traced;
 use dlock_core::{Key, KeyPolicy, Lock, PgKey, Result, SessionId, Wait};
 use postgres::{Client, Transaction};
 
-use crate::deployment::{Check, CheckStep, On};
+use crate::deployment::{Check, CheckStep, On, Route};
 use crate::machine::{
     self, Acquire, Failed, LockState, Operation, PayOwed, Release, Reply, Request, Step, Verify,
     XactOptions, XactOutcome,
@@ -312,7 +312,7 @@ pub fn still_held(client: &mut Client, locks: &[(SessionId, PgKey)]) -> Result<V
 /// # }
 /// ```
 pub fn check_deployment(client: &mut Client, mut second: Option<&mut Client>) -> Result<()> {
-    let mut check = Check::new(second.is_some());
+    let mut check = Check::new(second.is_some(), Route::Unknown);
     let mut reply = None;
     loop {
         match check.step(reply.take()) {

@@ -43,6 +43,23 @@ fn engine_without_locks(version: &str, yb_silence: &str) -> Option<Deployment> {
 /// after that is another chance, and a busy pool moves statements often.
 const ROUNDS: usize = 4;
 
+/// What the client knows of the route to the server before the check sends anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// Nothing: the check infers from the statements' sessions (the blocking client hides
+    /// its cancel key; a client whose TLS mode the key's reader cannot follow).
+    Unknown,
+    /// The process id in the connection's cancel key (BackendKeyData). A server hands out
+    /// its own backend's pid there; a pooler (pgbouncer in any mode) hands out keys of its
+    /// own. The same pid as `pg_backend_pid()` proves a direct connection.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    CancelKey(i32),
+    /// The user vouches for a pooler in session mode, which proof cannot tell from a
+    /// transaction pooler: the check infers as it does without a key.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    TrustedSessionPooler,
+}
+
 /// Which connection a statement goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum On {
@@ -102,6 +119,7 @@ impl Probe {
 /// first one left its session, lands on that very session unless somebody took it first.
 #[derive(Debug)]
 pub(crate) struct Check {
+    route: Route,
     checked: Probe,
     second: Option<Probe>,
     /// Statements sent so far.
@@ -110,8 +128,9 @@ pub(crate) struct Check {
 }
 
 impl Check {
-    pub(crate) fn new(with_second: bool) -> Check {
+    pub(crate) fn new(with_second: bool, route: Route) -> Check {
         Check {
+            route,
             checked: Probe::new(),
             second: with_second.then(Probe::new),
             sent: 0,
@@ -150,6 +169,16 @@ impl Check {
                 }
                 let session = column(&row, 1);
                 probe.session = Some(session.clone());
+                if on == On::Checked {
+                    if let Route::CancelKey(pid) = self.route {
+                        // Proof either way: the server's own key, or a pooler's.
+                        return if session == pid.to_string() {
+                            CheckStep::Done(Ok(()))
+                        } else {
+                            refused(Deployment::UnprovenPooler)
+                        };
+                    }
+                }
                 session
             }
             Some(first) => {
@@ -266,7 +295,7 @@ mod tests {
         second: &[&str],
         other: &[&str],
     ) -> (Result<(), Error>, Vec<On>) {
-        let mut check = Check::new(with_second);
+        let mut check = Check::new(with_second, Route::Unknown);
         let mut marks: HashMap<&str, String> = other
             .iter()
             .map(|s| (*s, "someone else".to_owned()))
@@ -343,7 +372,7 @@ mod tests {
     fn two_checks_whose_connections_swap_sessions_see_each_others_marks() {
         // The second connection lands on a session another check's first connection marked,
         // and the other way round: every session id stays the same, the marks do not.
-        let mut check = Check::new(true);
+        let mut check = Check::new(true, Route::Unknown);
         let CheckStep::Send(_, first) = check.step(None) else {
             panic!("a statement first");
         };
@@ -369,7 +398,7 @@ mod tests {
 
     #[test]
     fn an_error_ends_the_check_with_it() {
-        let mut check = Check::new(true);
+        let mut check = Check::new(true, Route::Unknown);
         assert!(matches!(check.step(None), CheckStep::Send(On::Checked, _)));
         let step = check.step(Some(Err(Error::NotHeld)));
         assert!(matches!(step, CheckStep::Done(Err(Error::NotHeld))));

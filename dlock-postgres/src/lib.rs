@@ -32,8 +32,9 @@ pub use blocking::{
 #[cfg(feature = "tokio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub use asynchronous::{
-    AsyncPgConnection, AsyncPgLock, AsyncPgXactLock, check_deployment_async, holders_async,
-    install_fencing_async, install_fencing_in_async, session_async, still_held_async,
+    AsyncPgConnection, AsyncPgLock, AsyncPgXactLock, check_deployment_async,
+    check_session_pooler_async, holders_async, install_fencing_async, install_fencing_in_async,
+    session_async, still_held_async,
 };
 
 /// The blocking driver this crate's `blocking` feature uses, for matching versions.

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use dlock_core::{Error, Key, KeyPolicy, Result, Wait};
 
-use crate::deployment::{self, CheckStep};
+use crate::deployment::{self, CheckStep, Route};
 use crate::sql::{self, Failure, Hold, Kind, Mode, Row, Scope, Shape, Statements};
 
 #[cfg(all(feature = "blocking", not(feature = "tokio")))]
@@ -153,6 +153,8 @@ pub(crate) struct LockState {
     /// Whether the next acquire checks the deployment first ([`deployment`]): until one
     /// check passed, unless the user turned it off.
     pub(crate) check_deployment: bool,
+    /// What the flavour knows of the route to the server, for the deployment check.
+    pub(crate) route: Route,
     /// The server session (pid) of this object's connection, once known from the deployment
     /// check or an unlock: an unlock that runs on another session shows a pooler that moves
     /// statements between sessions.
@@ -237,6 +239,7 @@ impl LockState {
             statements: Statements::default(),
             waits: Waits::Whole,
             check_deployment: true,
+            route: Route::Unknown,
             session: None,
             fence: None,
             token: None,
@@ -461,7 +464,7 @@ impl Acquire {
             form,
             owed: Owed::Unchecked,
             phase: if state.check_deployment {
-                AcquirePhase::Check(deployment::Check::new(false))
+                AcquirePhase::Check(deployment::Check::new(false, state.route))
             } else {
                 AcquirePhase::Owed
             },

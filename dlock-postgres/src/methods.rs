@@ -25,9 +25,12 @@ macro_rules! lock_methods {
         /// know better than the check.
         ///
         /// The check (one or two round trips, before the first acquire only) refuses a hot
-        /// standby always, and a transaction pooler when the connection's statements move
-        /// between server sessions; one connection alone cannot see a pooler that never moves
-        /// them. `check_deployment` with a second connection sees it at once.
+        /// standby and engines whose locks exclude nobody (CockroachDB, YugabyteDB without
+        /// advisory locks). On tokio-postgres it proves the connection direct by its cancel
+        /// key and refuses any pooler unless vouched for (`trust_session_pooler`). The
+        /// blocking client hides its cancel key, so `PgLock` infers instead: it refuses a
+        /// pooler whose statements it sees move between server sessions, and cannot see one
+        /// that never moves them; `check_deployment` with a second connection sees it at once.
         pub fn skip_deployment_check(mut self) -> Self {
             self.state.check_deployment = false;
             self

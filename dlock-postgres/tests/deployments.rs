@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use dlock_postgres::{
     AsyncLock, AsyncPgLock, AsyncPgXactLock, Deployment, Lock, PgKey, PgLock, PgXactLock,
-    check_deployment, check_deployment_async,
+    check_deployment, check_deployment_async, check_session_pooler_async,
 };
 use dlock_testkit::deployments::{self, refused_as};
 use dlock_testkit::postgres::pg_url;
@@ -60,6 +60,44 @@ fn a_transaction_or_statement_pooler_is_refused_every_time_with_a_second_connect
     }
 }
 
+/// A bare async lock proves its connection direct by its cancel key: through pgbouncer in
+/// transaction or statement mode, idle and with default settings, every acquire is refused
+/// and nothing is held; in session mode too, until the user vouches for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bare_async_lock_through_any_pooler_is_refused_until_vouched_for() {
+    let key = "deployments/bare-async";
+    for (mode, url) in [
+        ("transaction", deployments::transaction_pooler()),
+        ("statement", deployments::statement_pooler()),
+        ("session", deployments::session_pooler()),
+    ] {
+        for run in 0..RUNS {
+            let mut lock = AsyncPgLock::new(connect_async(&url).await, key);
+            let error = lock.try_acquire().await.unwrap_err();
+            assert!(
+                refused_as(&error, Deployment::UnprovenPooler),
+                "{mode} pooling, run {run}: {error:?}"
+            );
+            assert!(!lock.is_acquired());
+        }
+        let held = tokio::task::block_in_place(|| holders_on_primary(key_of(key)));
+        assert_eq!(held, 0, "{mode}: nothing held");
+    }
+    // Vouched for, a session pooler locks, and the lock excludes.
+    let url = deployments::session_pooler();
+    let mut lock = AsyncPgLock::new(connect_async(&url).await, key).trust_session_pooler();
+    assert!(lock.try_acquire().await.unwrap());
+    let mut other = AsyncPgLock::new(connect_async(&url).await, key).trust_session_pooler();
+    assert!(!other.try_acquire().await.unwrap());
+    lock.release().await.unwrap();
+    // Direct: proven, and never refused.
+    let mut direct = AsyncPgLock::new(connect_async(&pg_url()).await, key);
+    for _ in 0..RUNS {
+        assert!(direct.try_acquire().await.unwrap());
+        direct.release().await.unwrap();
+    }
+}
+
 #[test]
 fn direct_and_session_pooled_connections_are_never_refused() {
     for (what, url) in [
@@ -97,12 +135,21 @@ async fn a_transaction_pooler_under_load_is_refused_every_time() {
     }
     for run in 0..RUNS {
         let (first, second) = (connect_async(&url).await, connect_async(&url).await);
+        // The cancel key proves a pooler; vouched for as a session pooler, the second
+        // connection shows it shares sessions.
         let error = check_deployment_async(&first, Some(&second))
             .await
             .expect_err("a transaction pooler under load must be refused");
         assert!(
-            refused_as(&error, Deployment::TransactionPooler),
+            refused_as(&error, Deployment::UnprovenPooler),
             "run {run}: {error:?}"
+        );
+        let error = check_session_pooler_async(&first, Some(&second))
+            .await
+            .expect_err("a transaction pooler under load must be refused");
+        assert!(
+            refused_as(&error, Deployment::TransactionPooler),
+            "run {run}, vouched for: {error:?}"
         );
     }
     stop.store(true, Ordering::Relaxed);
@@ -128,7 +175,8 @@ async fn a_bare_lock_through_a_busy_transaction_pooler_is_refused_not_silent() {
             }
         }));
     }
-    let mut lock = AsyncPgLock::new(connect_async(&url).await, "deployments/bare-busy");
+    let mut lock =
+        AsyncPgLock::new(connect_async(&url).await, "deployments/bare-busy").trust_session_pooler();
     let mut refused = 0;
     for _ in 0..200 {
         let outcome = match lock.try_acquire().await {
