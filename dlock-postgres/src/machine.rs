@@ -411,6 +411,9 @@ enum AcquirePhase {
     Check(deployment::Check),
     Owed,
     Prepare(Vec<Kind>),
+    /// The first try of a connection proven direct by its cancel key, which carries the
+    /// deployment check ([`sql::proven_try_lock`]).
+    ProvenTry,
     /// The lock statement is sent.
     Locking,
     /// The lock statement failed with `failure`; `pg_locks` is asked.
@@ -438,6 +441,8 @@ pub(crate) struct Acquire {
     slices: Option<Slices>,
     form: Form,
     owed: Owed,
+    /// The cancel key's pid, when the first try carries the deployment check.
+    proving: Option<i32>,
     phase: AcquirePhase,
 }
 
@@ -455,15 +460,30 @@ impl Acquire {
             Wait::Forever => Form::Plain(Kind::Lock),
             Wait::For(timeout) => Form::Guarded(sql::lock_timeout_millis(timeout)),
         };
+        let token =
+            (state.waits == Waits::Tagged && wait.may_wait()).then(dlock_core::attempt_token);
+        // A connection proven direct by its cancel key checks in its first try: a lock made
+        // per use costs no round trip for its check.
+        let proving = match state.route {
+            Route::CancelKey(pid)
+                if state.check_deployment
+                    && state.fence.is_none()
+                    && token.is_none()
+                    && form == Form::Plain(Kind::TryLock) =>
+            {
+                Some(pid)
+            }
+            _ => None,
+        };
         Ok(Acquire {
             hold: state.hold()?,
             wait,
-            token: (state.waits == Waits::Tagged && wait.may_wait())
-                .then(dlock_core::attempt_token),
+            token,
             slices,
             form,
             owed: Owed::Unchecked,
-            phase: if state.check_deployment {
+            proving,
+            phase: if state.check_deployment && proving.is_none() {
                 AcquirePhase::Check(deployment::Check::new(false, state.route))
             } else {
                 AcquirePhase::Owed
@@ -595,6 +615,10 @@ impl Operation for Acquire {
             if let Some(step) = self.owed.step(state, &mut reply) {
                 return step;
             }
+            if let Some(pid) = self.proving {
+                self.phase = AcquirePhase::ProvenTry;
+                return Step::Send(Request::Simple(sql::proven_try_lock(self.hold, pid)));
+            }
             // A tagged wait is sent as text; its release can still be prepared.
             let prepare = match (self.form, self.token) {
                 (Form::Plain(_), Some(_)) => state
@@ -625,6 +649,37 @@ impl Operation for Acquire {
                     }
                     None => self.lock(state, self.form),
                 }
+            }
+            AcquirePhase::ProvenTry => {
+                self.proving = None;
+                let reply = reply.expect("the proven try's reply");
+                if let Ok(row) = &reply {
+                    if row
+                        .as_ref()
+                        .and_then(|row| row.first().cloned().flatten())
+                        .is_none()
+                    {
+                        // Not proven: nothing was tried; the full check says why, or passes
+                        // (YugabyteDB with advisory locks), and the lock goes as usual.
+                        let mut check = deployment::Check::new(false, state.route);
+                        return match check.step(None) {
+                            CheckStep::Send(_, statement) => {
+                                self.phase = AcquirePhase::Check(check);
+                                Step::Send(Request::Simple(statement))
+                            }
+                            CheckStep::Done(outcome) => {
+                                self.done(outcome.map(|()| unreachable!("a check sends first")))
+                            }
+                        };
+                    }
+                    state.check_deployment = false;
+                    if let Route::CancelKey(pid) = state.route {
+                        state.session = Some(pid.to_string());
+                    }
+                }
+                // A try's answer, or its failure, reads as any try's.
+                self.phase = AcquirePhase::Locking;
+                self.step(state, Some(reply))
             }
             AcquirePhase::Locking => match reply.expect("the lock statement's reply") {
                 Ok(row) => {
@@ -727,6 +782,10 @@ impl Operation for Acquire {
     fn in_flight(&self) -> InFlight {
         match self.phase {
             AcquirePhase::Owed => self.owed.in_flight(),
+            AcquirePhase::ProvenTry => InFlight::Lock {
+                hold: self.hold,
+                waiting: None,
+            },
             AcquirePhase::Locking => InFlight::Lock {
                 hold: self.hold,
                 waiting: self.token,
@@ -1174,6 +1233,75 @@ mod tests {
             Request::Simple(sql) => sql,
             other => panic!("expected a simple query, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_connection_proven_direct_checks_in_its_first_try() {
+        let mut state = state();
+        state.check_deployment = true;
+        state.route = Route::CancelKey(77);
+        let mut op = Acquire::start(&state, Wait::Never).unwrap();
+        let sql = simple(sent(op.step(&mut state, None)));
+        assert!(
+            sql.starts_with("SELECT CASE WHEN pg_backend_pid() = 77 AND NOT pg_is_in_recovery()"),
+            "{sql}"
+        );
+        assert!(sql.ends_with("THEN pg_try_advisory_lock(7) END"), "{sql}");
+        assert_eq!(
+            op.in_flight(),
+            InFlight::Lock {
+                hold: HOLD,
+                waiting: None
+            }
+        );
+        assert!(done(op.step(&mut state, Some(row(&["t"])))).unwrap());
+        assert!(!state.check_deployment, "checked once per lock object");
+        assert_eq!(state.session.as_deref(), Some("77"));
+        assert_eq!(state.held(), Some(HOLD));
+
+        // Busy: proven all the same, and no lock taken.
+        let mut state = self::state();
+        state.check_deployment = true;
+        state.route = Route::CancelKey(77);
+        let mut op = Acquire::start(&state, Wait::Never).unwrap();
+        sent(op.step(&mut state, None));
+        assert!(!done(op.step(&mut state, Some(row(&["f"])))).unwrap());
+        assert!(!state.check_deployment);
+
+        // NULL: nothing tried; the full check runs and says why (a pooler's session).
+        let mut state = self::state();
+        state.check_deployment = true;
+        state.route = Route::CancelKey(77);
+        let mut op = Acquire::start(&state, Wait::Never).unwrap();
+        sent(op.step(&mut state, None));
+        let check = simple(sent(op.step(&mut state, Some(Ok(Some(vec![None]))))));
+        assert!(
+            check.starts_with("SELECT pg_is_in_recovery(), pg_backend_pid()"),
+            "{check}"
+        );
+        let pooler = Ok(Some(vec![
+            Some("f".to_owned()),
+            Some("12".to_owned()),
+            Some("x".to_owned()),
+            Some("PostgreSQL 15.18".to_owned()),
+            None,
+        ]));
+        assert!(matches!(
+            done(op.step(&mut state, Some(pooler))),
+            Err(Error::CannotExclude {
+                deployment: dlock_core::Deployment::UnprovenPooler
+            })
+        ));
+        assert_eq!(state.held(), None);
+        assert!(state.check_deployment, "checked again next time");
+
+        // A wait that is not sliced, or a fenced try, checks first as before.
+        let mut state = self::state();
+        state.check_deployment = true;
+        state.route = Route::CancelKey(77);
+        let mut op = Acquire::start(&state, Wait::Forever).unwrap();
+        let first = simple(sent(op.step(&mut state, None)));
+        assert!(first.starts_with("SELECT pg_is_in_recovery()"), "{first}");
     }
 
     #[test]

@@ -100,6 +100,20 @@ pub(crate) fn lock_timeout_millis(timeout: Duration) -> u32 {
 }
 
 /// `pg_try_advisory_lock`: never waits. Its reply is read by [`read_bool`].
+/// A session try-lock that carries the deployment check of a connection whose cancel key
+/// names server process `pid`: it tries only on that very session (proof that no pooler
+/// stands between), on a primary, and on no engine whose locks exclude nobody, and answers
+/// NULL without locking anywhere else (the full check then says why).
+pub(crate) fn proven_try_lock(hold: Hold, pid: i32) -> String {
+    format!(
+        "SELECT CASE WHEN pg_backend_pid() = {pid} AND NOT pg_is_in_recovery() \
+         AND position('CockroachDB' in version()) = 0 AND position('-YB-' in version()) = 0 \
+         THEN pg_try_advisory_lock{}({}) END",
+        hold.mode.suffix(),
+        key_args(hold.key)
+    )
+}
+
 pub(crate) fn try_lock(hold: Hold, scope: Scope) -> String {
     format!(
         "SELECT pg_try_advisory{}_lock{}({})",
