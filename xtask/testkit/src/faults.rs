@@ -96,23 +96,18 @@ pub fn wait_for_port(url: &str) {
 
 /// Restarts PostgreSQL: a fast shutdown ends every session, as a crash-free restart does.
 pub fn restart_postgres() {
-    let dir = server_dir("DLOCK_FAULT_PG_DIR");
-    let bin = server_dir("DLOCK_FAULT_PG_BIN");
-    run(Command::new("runuser")
-        .args(["-u", "postgres", "--"])
-        .arg(bin.join("pg_ctl"))
-        .arg("-D")
-        .arg(dir.join("data"))
-        .arg("-l")
-        .arg(dir.join("server.log"))
-        .args(["-m", "fast", "-w", "-t", "60", "restart"]));
-    wait_for_port(&crate::pg_url());
+    pg_ctl_restart("fast");
 }
 
 /// Crashes PostgreSQL and starts it again: an immediate shutdown ends every process at once,
 /// with no checkpoint and no flush of the WAL still in shared memory, so the restart recovers
 /// from what reached the WAL files, as after a crash.
 pub fn crash_postgres() {
+    pg_ctl_restart("immediate");
+}
+
+/// `pg_ctl restart` of the fault row's PostgreSQL with shutdown mode `mode`, then waits for it.
+fn pg_ctl_restart(mode: &str) {
     let dir = server_dir("DLOCK_FAULT_PG_DIR");
     let bin = server_dir("DLOCK_FAULT_PG_BIN");
     run(Command::new("runuser")
@@ -122,7 +117,7 @@ pub fn crash_postgres() {
         .arg(dir.join("data"))
         .arg("-l")
         .arg(dir.join("server.log"))
-        .args(["-m", "immediate", "-w", "-t", "60", "restart"]));
+        .args(["-m", mode, "-w", "-t", "60", "restart"]));
     wait_for_port(&crate::pg_url());
 }
 
