@@ -85,6 +85,15 @@ macro_rules! __connection_lock {
                 $lock::fencing_token(self)
             }
 
+            fn take_session_state(&mut self) -> Option<$crate::SessionState> {
+                self.state.take_session_state()
+            }
+
+            fn with_session_state(mut self, state: $crate::SessionState) -> Self {
+                self.state.with_session_state(state);
+                self
+            }
+
             fn disown(mut self) -> C {
                 // The lock's drop finds no connection, so it sends nothing.
                 self.conn

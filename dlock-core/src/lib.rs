@@ -19,7 +19,9 @@ pub use fence::DEFAULT_FENCE_TABLE;
 #[doc(hidden)]
 pub use fence::fence_table_parts;
 pub use key::{Key, PgKey};
-pub use lock::{AsyncLock, ConnectionLock, IntoConnection, IntoConnectionAsync, Lock, REPLY_GRACE};
+pub use lock::{
+    AsyncLock, ConnectionLock, IntoConnection, IntoConnectionAsync, Lock, REPLY_GRACE, SessionState,
+};
 pub use lost::{LostReason, SessionId};
 pub use policy::{CustomPolicy, KeyPolicy, MYSQL_NAME_MAX_CHARS};
 #[doc(hidden)]

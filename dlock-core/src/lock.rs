@@ -165,6 +165,11 @@ pub trait AsyncLock: Send {
     fn verify(&mut self) -> impl Future<Output = Result<bool>> + Send;
 }
 
+/// What a lock learned about its connection's server session that outlives the lock (its
+/// prepared statements): a pool keeps it with the connection and hands it to the next lock
+/// built on that connection. Opaque; only the backend that made it reads it.
+pub type SessionState = Box<dyn std::any::Any + Send>;
+
 /// A lock type that lives on a connection it is given: what a pool needs from a backend
 /// (build a lock on a checked-out connection, reach the connection, give it back).
 ///
@@ -204,6 +209,16 @@ pub trait ConnectionLock<C>: Sized {
     /// The fencing token of the lock while held, when fenced (the lock type's
     /// `fencing_token`).
     fn fencing_token(&self) -> Option<u64>;
+
+    /// Takes what the lock knows of its connection's session that outlives it, for the next
+    /// lock on the same connection ([`with_session_state`](Self::with_session_state)).
+    /// Take it once the lock holds nothing: the lock forgets it.
+    fn take_session_state(&mut self) -> Option<SessionState>;
+
+    /// Gives the lock what an earlier lock on the same connection learned (from
+    /// [`take_session_state`](Self::take_session_state)); state from another backend is
+    /// ignored.
+    fn with_session_state(self, state: SessionState) -> Self;
 
     /// Gives the connection back without sending a statement, forgetting what the lock
     /// holds: for a caller that closes the connection at once, which ends the session and

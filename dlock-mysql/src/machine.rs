@@ -99,6 +99,14 @@ impl LockState {
         self.policy.mysql_name(&self.key)
     }
 
+    /// Nothing of a MySQL session outlives a lock object (its statements go as text).
+    pub(crate) fn take_session_state(&mut self) -> Option<dlock_core::SessionState> {
+        None
+    }
+
+    /// See [`take_session_state`](Self::take_session_state): nothing to keep.
+    pub(crate) fn with_session_state(&mut self, _state: dlock_core::SessionState) {}
+
     pub(crate) fn held(&self) -> Option<&Held> {
         self.held.as_ref()
     }

@@ -447,9 +447,13 @@ where
         } else {
             None
         };
+        let session_state = conn.0.take_session_state();
         let mut lock = LockOf::<M>::on_connection(conn, key, self.core.policy.clone());
         if let Some(table) = &self.core.fence {
             lock = table.apply(lock)?;
+        }
+        if let Some(state) = session_state {
+            lock = lock.with_session_state(state);
         }
         // Declared after the lock, so it is dropped first, and sets the mark before the lock
         // gives the connection back.
@@ -760,10 +764,19 @@ where
             return Err(this.signal.error(reason));
         }
         let armed = this.mark.armed();
-        let (conn, released) = lock.into_connection().await;
+        let mut lock = lock;
+        let released = AsyncLock::release(&mut lock).await;
+        // What the lock learned of the session (prepared statements) stays with the connection.
+        let session_state = match released {
+            Ok(()) => lock.take_session_state(),
+            Err(_) => None,
+        };
+        let (mut conn, rest) = lock.into_connection().await;
         armed.disarm();
-        if released.is_err() {
-            conn.mark_broken();
+        let released = released.and(rest);
+        match released {
+            Ok(()) => conn.0.set_session_state(session_state),
+            Err(_) => conn.mark_broken(),
         }
         drop(conn);
         let released = core::released(&this.signal, released);

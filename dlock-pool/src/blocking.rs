@@ -351,9 +351,13 @@ where
         } else {
             None
         };
+        let session_state = conn.0.take_session_state();
         let mut lock = LockOf::<M>::on_connection(conn, key, self.core.policy.clone());
         if let Some(table) = &self.core.fence {
             lock = table.apply(lock)?;
+        }
+        if let Some(state) = session_state {
+            lock = lock.with_session_state(state);
         }
         let outcome = match wait {
             Wait::Forever => lock.acquire().map(|()| true),
@@ -644,9 +648,18 @@ where
         drop(lock.disown());
         return Err(signal.error(reason));
     }
-    let (conn, released) = lock.into_connection();
-    if released.is_err() {
-        conn.mark_broken();
+    let mut lock = lock;
+    let released = Lock::release(&mut lock);
+    // What the lock learned of the session (prepared statements) stays with the connection.
+    let session_state = match released {
+        Ok(()) => lock.take_session_state(),
+        Err(_) => None,
+    };
+    let (mut conn, rest) = lock.into_connection();
+    let released = released.and(rest);
+    match released {
+        Ok(()) => conn.0.set_session_state(session_state),
+        Err(_) => conn.mark_broken(),
     }
     core::released(signal, released)
 }

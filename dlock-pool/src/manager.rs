@@ -221,6 +221,9 @@ pub struct Tracked<C> {
     deployment_checked: bool,
     /// The session as the pool's watcher names it, asked once per connection.
     session: Option<dlock_core::SessionId>,
+    /// What the connection's last lock learned of its server session (prepared statements),
+    /// for the next lock on it.
+    session_state: Option<dlock_core::SessionState>,
 }
 
 impl<C> Tracked<C> {
@@ -231,7 +234,18 @@ impl<C> Tracked<C> {
             good_at,
             deployment_checked: false,
             session: None,
+            session_state: None,
         }
+    }
+
+    /// Takes what the connection's last lock learned of its server session.
+    pub(crate) fn take_session_state(&mut self) -> Option<dlock_core::SessionState> {
+        self.session_state.take()
+    }
+
+    /// Keeps what a lock learned of the connection's server session, for the next lock.
+    pub(crate) fn set_session_state(&mut self, state: Option<dlock_core::SessionState>) {
+        self.session_state = state;
     }
 
     /// The session as the watcher names it, once asked.

@@ -385,3 +385,30 @@ async fn postgres_an_acquire_is_retried_once_at_most() {
 async fn mysql_an_acquire_is_retried_once_at_most() {
     an_acquire_is_retried_once_at_most::<My>("bb8/my/retry-once").await;
 }
+
+/// How many statements the session of `conn` keeps prepared that take or release advisory
+/// locks (`pg_prepared_statements` shows the driver's named statements).
+async fn prepared_lock_statements(conn: &tokio_postgres::Client) -> i64 {
+    conn.query_one(
+        "SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE '%pg_%advisory%' \
+         AND statement NOT LIKE '%pg_prepared_statements%'",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+/// A pooled PostgreSQL connection keeps the lock statements prepared from one guard to the
+/// next, as a reused bare lock does: pooled acquires reach the prepared statements.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_pooled_locks_reuse_their_connections_prepared_statements() {
+    let pool = pool_of::<Pg>(1).await;
+    for round in 0..4 {
+        let guard = pool.acquire(format!("bb8/prepared/{round}")).await.unwrap();
+        if round == 3 {
+            assert_eq!(prepared_lock_statements(&guard).await, 2, "lock and unlock");
+        }
+        AsyncLockGuard::release(guard).await.unwrap();
+    }
+}

@@ -340,3 +340,26 @@ fn postgres_an_acquire_is_retried_once_at_most() {
 fn mysql_an_acquire_is_retried_once_at_most() {
     an_acquire_is_retried_once_at_most::<My>("r2d2/my/retry-once");
 }
+
+/// A pooled PostgreSQL connection keeps the lock statements prepared from one guard to the
+/// next, as a reused bare lock does: pooled acquires reach the prepared statements.
+#[test]
+fn postgres_pooled_locks_reuse_their_connections_prepared_statements() {
+    let pool = pool_of::<Pg>(1);
+    for round in 0..4 {
+        let mut guard = pool.acquire(format!("r2d2/prepared/{round}")).unwrap();
+        if round == 3 {
+            let prepared: i64 = guard
+                .query_one(
+                    "SELECT count(*) FROM pg_prepared_statements \
+                     WHERE statement LIKE '%pg_%advisory%' \
+         AND statement NOT LIKE '%pg_prepared_statements%'",
+                    &[],
+                )
+                .unwrap()
+                .get(0);
+            assert_eq!(prepared, 2, "lock and unlock");
+        }
+        LockGuard::release(guard).unwrap();
+    }
+}

@@ -165,6 +165,14 @@ pub(crate) struct LockState {
     token: Option<u64>,
 }
 
+/// A lock object's prepared statements, handed to the next lock on the same connection: the
+/// fenced ones name the fence table they were prepared for.
+#[derive(Debug)]
+struct SessionStatements {
+    fence: Option<String>,
+    statements: Statements,
+}
+
 /// How a lock object sends a wait, which decides what a dropped acquire future leaves behind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Waits {
@@ -288,6 +296,25 @@ impl LockState {
             self.statements.forget();
         }
         self.fence = table;
+    }
+
+    /// The statements this object keeps prepared, which outlive it on its connection: for
+    /// the next lock a pool builds there. The object forgets them.
+    pub(crate) fn take_session_state(&mut self) -> Option<dlock_core::SessionState> {
+        Some(Box::new(SessionStatements {
+            fence: self.fence.clone(),
+            statements: std::mem::take(&mut self.statements),
+        }))
+    }
+
+    /// Keeps the statements an earlier lock on the same connection prepared, when they were
+    /// prepared for this object's fence table.
+    pub(crate) fn with_session_state(&mut self, state: dlock_core::SessionState) {
+        if let Ok(statements) = state.downcast::<SessionStatements>() {
+            if statements.fence == self.fence {
+                self.statements = statements.statements;
+            }
+        }
     }
 
     /// Keeps a statement the flavour prepared for a [`Request::Prepare`].
