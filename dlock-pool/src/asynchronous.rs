@@ -448,13 +448,7 @@ where
             None
         };
         let session_state = conn.0.take_session_state();
-        let mut lock = LockOf::<M>::on_connection(conn, key, self.core.policy.clone());
-        if let Some(table) = &self.core.fence {
-            lock = table.apply(lock)?;
-        }
-        if let Some(state) = session_state {
-            lock = lock.with_session_state(state);
-        }
+        let mut lock: LockOf<M> = (self.core).lock_on(conn, key, session_state)?;
         // Declared after the lock, so it is dropped first, and sets the mark before the lock
         // gives the connection back.
         let armed = mark.armed();

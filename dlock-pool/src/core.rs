@@ -70,6 +70,24 @@ impl<M> PoolCore<M> {
         }
     }
 
+    /// The backend's lock on `key` over a checked-out connection, under the pool's policy
+    /// and fence table, with what the connection's last lock learned of its session.
+    pub(crate) fn lock_on<C, L: dlock_core::ConnectionLock<C>>(
+        &self,
+        conn: C,
+        key: Key,
+        session_state: Option<dlock_core::SessionState>,
+    ) -> Result<L> {
+        let mut lock = L::on_connection(conn, key, self.policy.clone());
+        if let Some(table) = &self.fence {
+            lock = table.apply(lock)?;
+        }
+        if let Some(state) = session_state {
+            lock = lock.with_session_state(state);
+        }
+        Ok(lock)
+    }
+
     /// Hands a granted lock to the watcher (started by `start_watcher` when none runs), or
     /// to a signal of its own when nothing watches: the guard's lost-lock news.
     pub(crate) fn granted(
