@@ -3,7 +3,7 @@
 //! builds locks through. Backends expand these inside their own code; they are not for users.
 
 /// Expands, inside `impl<C> SomeLock<C>` of a type with a field `conn: Option<C>` (taken
-/// only when the lock is consumed), to its `get_ref` and `get_mut`.
+/// only when the lock is consumed), to its `get_ref`, `get_mut` and `disown_connection`.
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __connection_accessors {
@@ -21,6 +21,13 @@ macro_rules! __connection_accessors {
         pub fn get_mut(&mut self) -> &mut C {
             self.conn
                 .as_mut()
+                .expect("the connection is only taken when the lock is consumed")
+        }
+
+        /// Takes the connection out, so that the lock's drop finds none and sends nothing.
+        fn disown_connection(&mut self) -> C {
+            self.conn
+                .take()
                 .expect("the connection is only taken when the lock is consumed")
         }
     };
@@ -95,10 +102,7 @@ macro_rules! __connection_lock {
             }
 
             fn disown(mut self) -> C {
-                // The lock's drop finds no connection, so it sends nothing.
-                self.conn
-                    .take()
-                    .expect("the connection is only taken when the lock is consumed")
+                self.disown_connection()
             }
         }
     };

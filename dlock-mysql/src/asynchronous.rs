@@ -9,7 +9,10 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts};
 use tracing::Instrument;
 
-use crate::machine::{self, Acquire, LockState, OnDrop, Operation, Release, Reply, Step, Verify};
+use crate::machine::{
+    self, Acquire, LockState, OnDrop, Operation, PayOwed, Release, Reply, SessionFacts, Step,
+    Verify,
+};
 use crate::sql::{self, Failed, Failure, Proof, Server};
 
 /// A connection an [`AsyncMySqlLock`] can run on: the driver's [`Conn`] (also what a
@@ -23,6 +26,9 @@ use crate::sql::{self, Failed, Failure, Proof, Server};
 pub trait AsyncMySqlConnection: Send {
     /// The connection the lock sends its statements through.
     fn connection(&mut self) -> &mut Conn;
+
+    /// The connection, shared.
+    fn connection_ref(&self) -> &Conn;
 
     /// The connection itself, when `self` owns it. Borrows return `None` (the default).
     fn into_owned(self) -> Option<Conn>
@@ -48,10 +54,26 @@ pub trait AsyncMySqlConnection: Send {
     fn is_discardable(&self) -> bool {
         false
     }
+
+    /// What dlock knows of the session this value is (an [`AsyncMySqlSession`] answers).
+    #[doc(hidden)]
+    fn session_facts(&mut self) -> Option<&mut SessionFacts> {
+        None
+    }
+
+    /// What dlock knows of a session that outlives this value: the one it borrows.
+    #[doc(hidden)]
+    fn kept_session_facts(&mut self) -> Option<&mut SessionFacts> {
+        None
+    }
 }
 
 impl AsyncMySqlConnection for Conn {
     fn connection(&mut self) -> &mut Conn {
+        self
+    }
+
+    fn connection_ref(&self) -> &Conn {
         self
     }
 
@@ -69,6 +91,10 @@ impl AsyncMySqlConnection for Box<Conn> {
         self
     }
 
+    fn connection_ref(&self) -> &Conn {
+        self
+    }
+
     fn into_owned(self) -> Option<Conn> {
         Some(*self)
     }
@@ -83,12 +109,223 @@ impl<T: AsyncMySqlConnection + ?Sized> AsyncMySqlConnection for &mut T {
         (**self).connection()
     }
 
+    fn connection_ref(&self) -> &Conn {
+        (**self).connection_ref()
+    }
+
     fn discard(&mut self) -> bool {
         (**self).discard()
     }
 
     fn is_discardable(&self) -> bool {
         (**self).is_discardable()
+    }
+
+    fn session_facts(&mut self) -> Option<&mut SessionFacts> {
+        (**self).session_facts()
+    }
+
+    // Through a borrow, the session outlives this value.
+    fn kept_session_facts(&mut self) -> Option<&mut SessionFacts> {
+        (**self).session_facts()
+    }
+}
+
+/// A MySQL or MariaDB server session over a mysql_async connection (owned, borrowed or
+/// pooled), as dlock knows it: the home of what outlives any one lock object on it. Every
+/// [`AsyncMySqlLock`] keeps one (its [`conn`](AsyncMySqlLock::conn) hands it out), and a lock
+/// built on a `&mut AsyncMySqlSession` shares it.
+///
+/// What the session keeps:
+///
+/// - **Holds owed by dropped locks.** A drop cannot wait for the server, so a lock dropped
+///   while it holds leaves its hold owed to the session, which releases it before its next
+///   statement through dlock (any lock on it), exactly: other holds of the same name on the
+///   session, by other lock objects, stay held (the server counts them). When the session
+///   itself ends with holds owed, its connection is released from a spawned task (owned),
+///   closed by its pool (pooled), or its session ended from another connection, proven by
+///   the holds' unique holder locks (borrowed), as [`AsyncMySqlLock`] describes.
+/// - **The deployment check's verdict**: locks made per use on a long-lived session run it
+///   once, not per lock object.
+/// - **An abandoned reply**: after a future was dropped mid-statement, no lock on the session
+///   can trust its replies.
+///
+/// It dereferences to the driver's [`Conn`] for work of your own.
+///
+/// # Examples
+///
+/// ```no_run
+/// use dlock_mysql::{AsyncLock, AsyncMySqlSession};
+/// use mysql_async::{Conn, Opts};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let conn = Conn::new(Opts::from_url("mysql://app:secret@localhost/app")?).await?;
+/// let mut session = AsyncMySqlSession::new(conn);
+/// for job in ["a", "b", "c"] {
+///     // Per use: the deployment check ran once, for the whole session.
+///     let mut lock = session.lock(format!("jobs/{job}"));
+///     if lock.try_acquire().await? {
+///         lock.release().await?;
+///     }
+/// }
+/// # Ok(())
+/// # }
+/// ```
+pub struct AsyncMySqlSession<C: AsyncMySqlConnection> {
+    /// Always `Some` until a lock consumes its session or the drop takes it.
+    conn: Option<C>,
+    facts: SessionFacts,
+}
+
+impl<C: AsyncMySqlConnection> AsyncMySqlSession<C> {
+    /// The session of `conn`, of which dlock knows nothing yet.
+    pub fn new(conn: C) -> Self {
+        AsyncMySqlSession {
+            conn: Some(conn),
+            facts: SessionFacts::default(),
+        }
+    }
+
+    /// A lock on `key` on this session, unlocked, under the default key policy.
+    pub fn lock(&mut self, key: impl Into<Key>) -> AsyncMySqlLock<&mut Self> {
+        AsyncMySqlLock::new(self, key)
+    }
+
+    /// The connection as it was given.
+    pub fn get_ref(&self) -> &C {
+        self.conn
+            .as_ref()
+            .expect("the connection is only taken when the session ends")
+    }
+
+    /// The connection as it was given, mutably. Do not release locks through it with raw
+    /// SQL: their objects would no longer know what they hold.
+    pub fn get_mut(&mut self) -> &mut C {
+        self.conn
+            .as_mut()
+            .expect("the connection is only taken when the session ends")
+    }
+
+    /// What dlock knows of this session: the facts of the session it borrows, if any, else
+    /// its own.
+    fn facts(&mut self) -> &mut SessionFacts {
+        if self.get_mut().kept_session_facts().is_some() {
+            return self
+                .get_mut()
+                .kept_session_facts()
+                .expect("just seen to be there");
+        }
+        &mut self.facts
+    }
+
+    /// Takes the connection out, with nothing owed; the session's drop then does nothing.
+    fn take_connection(&mut self) -> C {
+        self.conn
+            .take()
+            .expect("the connection is only taken when the session ends")
+    }
+}
+
+impl<C: AsyncMySqlConnection> std::ops::Deref for AsyncMySqlSession<C> {
+    type Target = Conn;
+
+    fn deref(&self) -> &Conn {
+        self.get_ref().connection_ref()
+    }
+}
+
+impl<C: AsyncMySqlConnection> std::ops::DerefMut for AsyncMySqlSession<C> {
+    fn deref_mut(&mut self) -> &mut Conn {
+        self.get_mut().connection()
+    }
+}
+
+impl<C: AsyncMySqlConnection> AsyncMySqlConnection for AsyncMySqlSession<C> {
+    fn connection(&mut self) -> &mut Conn {
+        self.get_mut().connection()
+    }
+
+    fn connection_ref(&self) -> &Conn {
+        self.get_ref().connection_ref()
+    }
+
+    fn discard(&mut self) -> bool {
+        self.get_mut().discard()
+    }
+
+    fn is_discardable(&self) -> bool {
+        self.get_ref().is_discardable()
+    }
+
+    fn session_facts(&mut self) -> Option<&mut SessionFacts> {
+        Some(self.facts())
+    }
+
+    fn kept_session_facts(&mut self) -> Option<&mut SessionFacts> {
+        self.get_mut().kept_session_facts()
+    }
+}
+
+impl<C: AsyncMySqlConnection> Drop for AsyncMySqlSession<C> {
+    fn drop(&mut self) {
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
+        if conn.kept_session_facts().is_some() {
+            // What is owed is the borrowed session's, which pays it.
+            return;
+        }
+        let plan = self.facts.on_drop(conn.is_owned(), conn.is_discardable());
+        let session = {
+            let conn = conn.connection();
+            (conn.opts().clone(), conn.id())
+        };
+        match plan {
+            OnDrop::Nothing => {}
+            OnDrop::Discard => {
+                conn.discard();
+            }
+            OnDrop::End(proofs) => end_session(session.0, session.1, proofs),
+            OnDrop::Close | OnDrop::Release(_) => {
+                let Some(mut owned) = conn.into_owned() else {
+                    return;
+                };
+                let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                    // Without a runtime no I/O is possible: dropping the connection closes the
+                    // socket, and the server ends the session (freeing the lock) when it
+                    // notices.
+                    tracing::warn!(
+                        connection_id = session.1,
+                        "dropped a held MySQL lock outside a tokio runtime; its lock is freed \
+                         when the server notices the closed connection"
+                    );
+                    return;
+                };
+                runtime.spawn(async move {
+                    let OnDrop::Release(owed) = plan else {
+                        // Its replies cannot be trusted: close it, never hand it back to a pool.
+                        let _ = owned.disconnect().await;
+                        return;
+                    };
+                    if let Err(failed) = query(&mut owned, &sql::pay_owed(&owed)).await {
+                        tracing::warn!(error = %failed.error, "dropped MySQL lock: release failed");
+                        // The session may still hold the lock: end it.
+                        let _ = owned.disconnect().await;
+                    }
+                    // Otherwise the connection drops as usual (a pool's goes back to it).
+                });
+            }
+        }
+    }
+}
+
+impl<C: AsyncMySqlConnection> fmt::Debug for AsyncMySqlSession<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AsyncMySqlSession")
+            .field("owed", &self.facts.owed.len())
+            .field("abandoned", &self.facts.abandoned)
+            .field("checked", &self.facts.checked)
+            .finish_non_exhaustive()
     }
 }
 
@@ -143,7 +380,7 @@ impl<T: AsyncMySqlConnection + ?Sized> AsyncMySqlConnection for &mut T {
 #[must_use = "a lock does nothing until it is acquired"]
 pub struct AsyncMySqlLock<C: AsyncMySqlConnection> {
     /// Always `Some` until `into_inner` or drop takes it.
-    conn: Option<C>,
+    conn: Option<AsyncMySqlSession<C>>,
     state: LockState,
 }
 
@@ -227,19 +464,58 @@ impl<C: AsyncMySqlConnection> AsyncMySqlLock<C> {
     /// the lock name, as in sqlalchemy-dlock).
     pub fn new(conn: C, key: impl Into<Key>) -> Self {
         AsyncMySqlLock {
-            conn: Some(conn),
+            conn: Some(AsyncMySqlSession::new(conn)),
             state: LockState::new(key.into(), true),
         }
     }
 
     crate::methods::lock_methods!();
 
-    /// The connection, for work inside the critical section.
+    /// The session of the lock's connection, for work inside the critical section: it
+    /// dereferences to the driver's [`Conn`], and another lock built on it
+    /// (`AsyncMySqlLock::new(lock.conn(), key)`) shares what dlock knows of the session, so
+    /// that dropping one lock settles exactly its own hold.
     ///
     /// After a dropped future gave the connection up (see the type's docs) it must not be
     /// used: close it.
-    pub fn conn(&mut self) -> &mut Conn {
-        self.get_mut().connection()
+    pub fn conn(&mut self) -> &mut AsyncMySqlSession<C> {
+        self.session()
+    }
+
+    /// The connection as it was given (a pooled connection, a box, a borrow), for what its
+    /// own type offers.
+    pub fn get_ref(&self) -> &C {
+        self.conn
+            .as_ref()
+            .expect("the connection is only taken when the lock is consumed")
+            .get_ref()
+    }
+
+    /// The connection as it was given, mutably. Do not release the lock through it with raw
+    /// SQL: the lock would no longer know what it holds.
+    pub fn get_mut(&mut self) -> &mut C {
+        self.session().get_mut()
+    }
+
+    fn session(&mut self) -> &mut AsyncMySqlSession<C> {
+        self.conn
+            .as_mut()
+            .expect("the connection is only taken when the lock is consumed")
+    }
+
+    /// Takes the connection out, so that the lock's drop finds none and sends nothing. What
+    /// the session still owes then goes with the connection only if the pool can close it.
+    fn disown_connection(&mut self) -> C {
+        let mut session = self
+            .conn
+            .take()
+            .expect("the connection is only taken when the lock is consumed");
+        let owes = !session.facts.owed.is_empty() || session.facts.abandoned;
+        let mut conn = session.take_connection();
+        if owes {
+            conn.discard();
+        }
+        conn
     }
 
     /// The id of the connection that holds this lock's name, from any session: `None` when
@@ -273,21 +549,57 @@ impl<C: AsyncMySqlConnection> AsyncMySqlLock<C> {
         let released = if self.state.held().is_some() {
             self.release().await
         } else {
-            Ok(())
+            self.pay_owed().await
         };
-        let conn = self
+        if released.is_err() {
+            // What the session still owes must not go unnoticed with the connection: the
+            // error says so, and a pooled connection is closed by its pool.
+            self.session().get_mut().discard();
+        }
+        let mut session = self
             .conn
             .take()
-            .expect("the connection is only taken by into_inner and drop");
-        (conn, released)
+            .expect("the connection is only taken when the lock is consumed");
+        (session.take_connection(), released)
     }
 
-    /// Runs one operation of the machine on this lock's connection.
+    /// Runs one operation of the machine on this lock's connection, after paying what the
+    /// session owes.
     async fn run<O: Operation>(&mut self, op: O) -> Result<O::Output> {
+        self.pay_owed().await?;
+        let outcome = self.step(op).await;
+        let Self { conn, state } = self;
+        let session = conn
+            .as_mut()
+            .expect("the connection is only taken when the lock is consumed");
+        state.teach(session.facts());
+        outcome
+    }
+
+    /// Releases what lock objects dropped while they held on this session left owed.
+    async fn pay_owed(&mut self) -> Result<()> {
+        if self.state.is_unusable() {
+            return Ok(());
+        }
+        let facts = self.session().facts();
+        if facts.owed.is_empty() || facts.abandoned {
+            return Ok(());
+        }
+        let mut payment = PayOwed::new(std::mem::take(&mut facts.owed));
+        let paid = self.step(&mut payment).await;
+        // Whatever was not paid (the statement may not have run) is sent again, first.
+        let facts = self.session().facts();
+        payment.owed.append(&mut facts.owed);
+        facts.owed = payment.owed;
+        paid
+    }
+
+    /// Steps one operation of the machine on this lock's connection.
+    async fn step<O: Operation>(&mut self, op: O) -> Result<O::Output> {
         let conn = self
             .conn
             .as_mut()
-            .expect("the connection is only taken by into_inner and drop")
+            .expect("the connection is only taken when the lock is consumed")
             .connection();
         let mut driver = Driver {
             session: (conn.opts().clone(), conn.id()),
@@ -308,7 +620,17 @@ impl<C: AsyncMySqlConnection> AsyncMySqlLock<C> {
         }
     }
 
+    /// Takes on what the session knows (see [`LockState::learn_from`]).
+    fn learn(&mut self) {
+        let Self { conn, state } = self;
+        let session = conn
+            .as_mut()
+            .expect("the connection is only taken when the lock is consumed");
+        state.learn_from(session.facts());
+    }
+
     async fn take(&mut self, wait: Wait) -> Result<bool> {
+        self.learn();
         let traced = Traced::acquire("mysql", "exclusive", wait, self.traced());
         let outcome = async {
             let version = self.conn().server_version();
@@ -364,6 +686,7 @@ impl<C: AsyncMySqlConnection> AsyncLock for AsyncMySqlLock<C> {
     /// dropped future does. Needs a runtime with timers enabled.
     async fn acquire_timeout(&mut self, timeout: Duration) -> Result<bool> {
         let wait = Wait::for_timeout(timeout);
+        self.learn();
         let traced = Traced::acquire("mysql", "exclusive", wait, self.traced());
         let outcome = async {
             let version = self.conn().server_version();
@@ -386,6 +709,7 @@ impl<C: AsyncMySqlConnection> AsyncLock for AsyncMySqlLock<C> {
     /// A drop before the reply gives the connection up; ending or closing the session frees
     /// the lock.
     async fn release(&mut self) -> Result<()> {
+        self.learn();
         let traced = Traced::release("mysql", "exclusive", self.traced());
         let outcome = async {
             let op = Release::start(&mut self.state)?;
@@ -408,6 +732,7 @@ impl<C: AsyncMySqlConnection> AsyncLock for AsyncMySqlLock<C> {
     ///
     /// A drop before the reply gives the connection up.
     async fn verify(&mut self) -> Result<bool> {
+        self.learn();
         let traced = Traced::verify("mysql", "exclusive", self.traced());
         let outcome = async {
             let op = Verify::start(&self.state)?;
@@ -421,56 +746,13 @@ impl<C: AsyncMySqlConnection> AsyncLock for AsyncMySqlLock<C> {
 }
 
 impl<C: AsyncMySqlConnection> Drop for AsyncMySqlLock<C> {
+    /// Leaves the hold to the session, which settles it: at its next statement through
+    /// dlock when the session outlives the lock, or as the lock's own session ends (see
+    /// [`AsyncMySqlSession`]).
     fn drop(&mut self) {
-        let Some(mut conn) = self.conn.take() else {
-            return;
-        };
-        let plan = self.state.on_drop(conn.is_owned(), conn.is_discardable());
-        let session = {
-            let conn = conn.connection();
-            (conn.opts().clone(), conn.id())
-        };
-        match plan {
-            OnDrop::Nothing => {}
-            OnDrop::Discard => {
-                conn.discard();
-            }
-            OnDrop::End(proofs) => end_session(session.0, session.1, proofs),
-            OnDrop::Close | OnDrop::Release(_) => {
-                let Some(mut owned) = conn.into_owned() else {
-                    return;
-                };
-                let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-                    // Without a runtime no I/O is possible: dropping the connection closes the
-                    // socket, and the server ends the session (freeing the lock) when it
-                    // notices.
-                    tracing::warn!(
-                        key = %self.state.key,
-                        "dropped a MySQL lock outside a tokio runtime; its lock is freed when \
-                         the server notices the closed connection"
-                    );
-                    return;
-                };
-                let key = self.state.key.to_string();
-                runtime.spawn(async move {
-                    let OnDrop::Release(held) = plan else {
-                        // Its replies cannot be trusted: close it, never hand it back to a pool.
-                        let _ = owned.disconnect().await;
-                        return;
-                    };
-                    let statement = sql::release_lock(&held.name, held.holder.as_deref());
-                    let released = query(&mut owned, &statement)
-                        .await
-                        .map_err(|failed| failed.error)
-                        .and_then(|row| sql::read_released(row.first().copied().flatten()));
-                    if let Err(error) = released {
-                        tracing::warn!(%key, %error, "dropped MySQL lock: release failed");
-                        // The session may still hold the lock: end it.
-                        let _ = owned.disconnect().await;
-                    }
-                    // Otherwise the connection drops as usual (a pool's goes back to it).
-                });
-            }
+        let Self { conn, state } = self;
+        if let Some(session) = conn.as_mut() {
+            state.leave_to(session.facts());
         }
     }
 }

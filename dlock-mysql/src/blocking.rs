@@ -103,6 +103,8 @@ impl<C: MySqlConnection> MySqlLock<C> {
 
     crate::methods::lock_methods!();
 
+    dlock_core::__connection_accessors!();
+
     /// The connection, for work inside the critical section.
     pub fn conn(&mut self) -> &mut Conn {
         self.get_mut().connection()

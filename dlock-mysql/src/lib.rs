@@ -26,7 +26,7 @@ pub use blocking::{
 #[cfg(feature = "tokio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub use asynchronous::{
-    AsyncMySqlConnection, AsyncMySqlLock, check_deployment_async, holder_async,
+    AsyncMySqlConnection, AsyncMySqlLock, AsyncMySqlSession, check_deployment_async, holder_async,
     install_fencing_async, install_fencing_in_async, session_async, still_held_async,
 };
 

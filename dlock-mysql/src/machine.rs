@@ -60,6 +60,8 @@ pub(crate) struct LockState {
     /// Whether the next acquire checks first that the server is no cluster node whose locks
     /// are local to it: until one check passed, unless the user turned it off.
     pub(crate) check_deployment: bool,
+    /// Whether a deployment check passed on this object's session.
+    check_passed: bool,
     /// The fence table (as SQL) when acquires issue fencing tokens.
     pub(crate) fence: Option<String>,
     /// The fencing token of the lock this object holds, when fenced.
@@ -77,6 +79,7 @@ impl LockState {
             unusable: false,
             proves_holds,
             check_deployment: true,
+            check_passed: false,
             fence: None,
             token: None,
         }
@@ -138,22 +141,144 @@ impl LockState {
         proofs
     }
 
-    /// What a drop of the lock must do, for a connection the lock owns (`owned`), or one the
-    /// pool can close (`discardable`), or neither (borrowed).
+    /// Leaves what this object holds to its session as it is dropped: a hold becomes owed,
+    /// and an abandoned statement leaves the whole session unusable.
     #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
-    pub(crate) fn on_drop(&self, owned: bool, discardable: bool) -> OnDrop {
-        match (&self.held, self.unusable) {
-            (None, false) => OnDrop::Nothing,
-            _ if discardable => OnDrop::Discard,
-            (_, true) if owned => OnDrop::Close,
-            // The session is being ended already, if it could be proven.
-            (_, true) => OnDrop::Nothing,
-            (Some(held), false) if owned => OnDrop::Release(held.clone()),
-            (Some(held), false) => match &held.holder {
-                Some(holder) => OnDrop::End(vec![Proof::Holds(holder.clone())]),
-                None => OnDrop::Nothing,
-            },
+    pub(crate) fn leave_to(&mut self, facts: &mut SessionFacts) {
+        if self.unusable {
+            facts.abandoned = true;
         }
+        facts.owed.extend(self.held.take());
+    }
+
+    /// Takes on what the session knows before an operation: after another object on the
+    /// same session abandoned a statement, this one cannot trust the replies either; a
+    /// passed deployment check needs no second run.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn learn_from(&mut self, facts: &SessionFacts) {
+        if facts.abandoned {
+            self.unusable = true;
+        }
+        if facts.checked {
+            self.check_deployment = false;
+        }
+    }
+
+    /// Tells the session what this object learned: that the deployment check passed on it.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn teach(&self, facts: &mut SessionFacts) {
+        facts.checked |= self.check_passed;
+    }
+}
+
+/// What dlock knows of one server session beyond any one lock object on it: holds left owed
+/// by lock objects dropped while they held (a drop cannot wait for the server), paid before
+/// the session's next statement through dlock; whether a statement's reply was abandoned;
+/// and whether the deployment check passed on it. Opaque: it lives in `AsyncMySqlSession`.
+#[derive(Debug, Default)]
+#[cfg_attr(not(feature = "tokio"), allow(unreachable_pub, dead_code))]
+pub struct SessionFacts {
+    pub(crate) owed: Vec<Held>,
+    pub(crate) abandoned: bool,
+    pub(crate) checked: bool,
+}
+
+impl SessionFacts {
+    /// What the end of the session's last handle must do with what is owed, for a
+    /// connection that it owns (`owned`), that its pool can close (`discardable`), or
+    /// neither (borrowed).
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn on_drop(&mut self, owned: bool, discardable: bool) -> OnDrop {
+        let owed = std::mem::take(&mut self.owed);
+        if self.abandoned {
+            return match () {
+                () if discardable => OnDrop::Discard,
+                () if owned => OnDrop::Close,
+                // The session is being ended already, if it could be proven.
+                () => OnDrop::Nothing,
+            };
+        }
+        if owed.is_empty() {
+            return OnDrop::Nothing;
+        }
+        if discardable {
+            return OnDrop::Discard;
+        }
+        if owned {
+            return OnDrop::Release(owed);
+        }
+        let proofs: Vec<Proof> = owed
+            .into_iter()
+            .filter_map(|held| held.holder.map(Proof::Holds))
+            .collect();
+        if proofs.is_empty() {
+            OnDrop::Nothing
+        } else {
+            OnDrop::End(proofs)
+        }
+    }
+}
+
+/// Pays what a session owes ([`SessionFacts`]) in one statement, before anything else is
+/// sent on it. Each release is conditional on the hold's unique holder lock, so a payment
+/// sent twice (its first reply lost) never takes away another object's hold of the same
+/// name: the server counts holds of one name per session, not per object.
+#[derive(Debug)]
+pub(crate) struct PayOwed {
+    /// What is still owed: empty once paid, or once the session is gone (its locks with it).
+    pub(crate) owed: Vec<Held>,
+    sent: bool,
+}
+
+impl PayOwed {
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn new(owed: Vec<Held>) -> PayOwed {
+        PayOwed { owed, sent: false }
+    }
+}
+
+impl Operation for PayOwed {
+    type Output = ();
+
+    fn step(&mut self, _state: &mut LockState, reply: Option<Reply>) -> Step<()> {
+        if !self.sent {
+            self.sent = true;
+            return Step::Send(sql::pay_owed(&self.owed));
+        }
+        Step::Done(match reply.expect("the payment's reply") {
+            Ok(_) => {
+                self.owed.clear();
+                Ok(())
+            }
+            Err(failed) => {
+                if failed.failure == Failure::ConnectionLost {
+                    // The session ended, and its locks with it: nothing is owed any more.
+                    self.owed.clear();
+                }
+                // Otherwise the payment may not have run: it stays owed, and is sent again
+                // before the next statement, which is safe (see the type's docs).
+                Err(failed.error)
+            }
+        })
+    }
+
+    fn in_flight(&self) -> InFlight {
+        InFlight::Statement {
+            token: None,
+            holder: self.owed.first().and_then(|held| held.holder.clone()),
+        }
+    }
+}
+
+impl<O: Operation + ?Sized> Operation for &mut O {
+    type Output = O::Output;
+
+    fn step(&mut self, state: &mut LockState, reply: Option<Reply>) -> Step<O::Output> {
+        (**self).step(state, reply)
+    }
+
+    fn in_flight(&self) -> InFlight {
+        (**self).in_flight()
     }
 }
 
@@ -161,8 +286,8 @@ impl LockState {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum OnDrop {
     Nothing,
-    /// Release from a task that owns the connection.
-    Release(Held),
+    /// Release these holds from a task that owns the connection.
+    Release(Vec<Held>),
     /// Mark the connection to be closed by its pool, which frees its locks.
     Discard,
     /// Close the owned connection, which frees its locks.
@@ -299,6 +424,7 @@ impl Acquire {
         if self.checks_in_lock {
             // The statement that granted it found no cluster: the check passed.
             state.check_deployment = false;
+            state.check_passed = true;
         }
         if let Some(table) = &state.fence {
             self.phase = AcquirePhase::Fencing;
@@ -339,6 +465,7 @@ impl Operation for Acquire {
                         if !self.checks_in_lock {
                             // The lock statement checks nothing more: the check has passed.
                             state.check_deployment = false;
+                            state.check_passed = true;
                         }
                         self.lock()
                     }
@@ -371,6 +498,7 @@ impl Operation for Acquire {
                         self.checks_in_lock = false;
                         if self.server == Server::MySql {
                             state.check_deployment = false;
+                            state.check_passed = true;
                             return self.lock();
                         }
                         self.phase = AcquirePhase::Checking;
@@ -634,10 +762,94 @@ mod tests {
         Some(Err(Failed { failure, error }))
     }
 
+    /// What dropping the lock now would do, on its own session: the lock keeps its state.
+    fn dropped(state: &mut LockState, owned: bool, discardable: bool) -> OnDrop {
+        let held = state.held.clone();
+        let mut facts = SessionFacts::default();
+        state.leave_to(&mut facts);
+        state.held = held;
+        facts.on_drop(owned, discardable)
+    }
+
+    #[test]
+    fn a_hold_left_to_a_shared_session_is_paid_once_and_only_while_its_holder_lock_is_there() {
+        let mut state = LockState::new(Key::from("jobs/x"), true);
+        state.check_deployment = false;
+        let mut op = Acquire::start(&state, MARIADB, Wait::Never).unwrap();
+        sent(op.step(&mut state, None));
+        assert!(done(op.step(&mut state, row(&[Some(2)]))).unwrap());
+        let holder = state.held().unwrap().holder.clone().unwrap();
+        let mut facts = SessionFacts::default();
+        state.leave_to(&mut facts);
+        assert!(state.held().is_none());
+        assert_eq!(facts.owed.len(), 1);
+        // The next statement through dlock pays first; a payment whose reply was refused
+        // stays owed, and is safe to send again: each release hangs on its holder lock.
+        let mut next = LockState::new(Key::from("jobs/y"), true);
+        let mut payment = PayOwed::new(std::mem::take(&mut facts.owed));
+        let sql = sent(payment.step(&mut next, None));
+        assert_eq!(
+            sql,
+            format!(
+                "SELECT IF(IS_USED_LOCK('{holder}') = CONNECTION_ID(), RELEASE_LOCK('jobs/x') + RELEASE_LOCK('{holder}'), 0)"
+            )
+        );
+        assert!(done(payment.step(&mut next, failed(Failure::Interrupted))).is_err());
+        assert_eq!(payment.owed.len(), 1, "kept for the next statement");
+        let mut payment = PayOwed::new(payment.owed);
+        sent(payment.step(&mut next, None));
+        done(payment.step(&mut next, row(&[Some(2)]))).unwrap();
+        assert!(payment.owed.is_empty());
+        // A lost connection took the holds with it: nothing is owed any more.
+        let mut payment = PayOwed::new(vec![Held {
+            name: "jobs/x".into(),
+            holder: Some(holder),
+        }]);
+        sent(payment.step(&mut next, None));
+        assert!(done(payment.step(&mut next, failed(Failure::ConnectionLost))).is_err());
+        assert!(payment.owed.is_empty());
+    }
+
+    #[test]
+    fn a_session_that_ends_owing_settles_by_its_connection_and_an_abandoned_one_is_unusable() {
+        let owed = || {
+            vec![Held {
+                name: "jobs/x".into(),
+                holder: Some("dlock/holder/1".into()),
+            }]
+        };
+        let facts = |abandoned| SessionFacts {
+            owed: owed(),
+            abandoned,
+            checked: false,
+        };
+        assert_eq!(facts(false).on_drop(true, false), OnDrop::Release(owed()));
+        assert_eq!(facts(false).on_drop(false, true), OnDrop::Discard);
+        assert_eq!(
+            facts(false).on_drop(false, false),
+            OnDrop::End(vec![Proof::Holds("dlock/holder/1".into())])
+        );
+        assert_eq!(facts(true).on_drop(true, false), OnDrop::Close);
+        assert_eq!(facts(true).on_drop(false, false), OnDrop::Nothing);
+        assert_eq!(
+            SessionFacts::default().on_drop(true, false),
+            OnDrop::Nothing
+        );
+        // Another object on an abandoned session cannot trust its replies either; a passed
+        // check is not run again.
+        let mut state = LockState::new(Key::from("jobs/y"), true);
+        state.learn_from(&SessionFacts {
+            owed: Vec::new(),
+            abandoned: true,
+            checked: true,
+        });
+        assert!(state.is_unusable());
+        assert!(!state.check_deployment);
+    }
+
     /// A lock's state past its deployment check, which its own test covers.
     fn state() -> LockState {
         let mut state = LockState::new(Key::from("jobs/x"), false);
-        state.check_deployment = false;
         state.check_deployment = false;
         state
     }
@@ -958,14 +1170,14 @@ mod tests {
         // Dropped while held, on a borrowed connection: end the session, proven by the
         // holder lock.
         assert_eq!(
-            state.on_drop(false, false),
+            dropped(&mut state, false, false),
             OnDrop::End(vec![Proof::Holds(holder.clone())])
         );
         let mut release = Release::start(&mut state).unwrap();
         let sql = sent(release.step(&mut state, None));
         assert!(sql.ends_with(&format!("RELEASE_LOCK('{holder}')")), "{sql}");
         done(release.step(&mut state, row(&[Some(1), Some(1)]))).unwrap();
-        assert_eq!(state.on_drop(false, false), OnDrop::Nothing);
+        assert_eq!(dropped(&mut state, false, false), OnDrop::Nothing);
     }
 
     #[test]
@@ -989,9 +1201,9 @@ mod tests {
         let mut state = LockState::new(Key::from("jobs/x"), false);
         state.check_deployment = false;
         assert!(state.abandon(InFlight::Nothing).is_empty());
-        assert_eq!(state.on_drop(true, false), OnDrop::Close);
-        assert_eq!(state.on_drop(false, true), OnDrop::Discard);
-        assert_eq!(state.on_drop(false, false), OnDrop::Nothing);
+        assert_eq!(dropped(&mut state, true, false), OnDrop::Close);
+        assert_eq!(dropped(&mut state, false, true), OnDrop::Discard);
+        assert_eq!(dropped(&mut state, false, false), OnDrop::Nothing);
     }
 
     #[test]
@@ -1000,8 +1212,11 @@ mod tests {
         let mut op = Acquire::start(&state, MARIADB, Wait::Never).unwrap();
         sent(op.step(&mut state, None));
         done(op.step(&mut state, row(&[Some(1)]))).unwrap();
-        assert!(matches!(state.on_drop(true, false), OnDrop::Release(_)));
-        assert_eq!(state.on_drop(false, true), OnDrop::Discard);
+        assert!(matches!(
+            dropped(&mut state, true, false),
+            OnDrop::Release(_)
+        ));
+        assert_eq!(dropped(&mut state, false, true), OnDrop::Discard);
     }
 
     #[test]

@@ -96,8 +96,6 @@ macro_rules! lock_methods {
             self.state.name()
         }
 
-        dlock_core::__connection_accessors!();
-
         /// The lock name as this lock's spans show it.
         fn traced(&self) -> impl FnOnce() -> String + use<'_, C> {
             move || {

@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use dlock_core::{BoxError, Error, Result, SessionId, Wait};
 
+use crate::machine::Held;
+
 // Both drivers share one `mysql_common`, so their rows are one type.
 #[cfg(all(feature = "blocking", not(feature = "tokio")))]
 use mysql::Row;
@@ -282,6 +284,35 @@ pub(crate) fn release_lock(name: &str, holder: Option<&str>) -> String {
         sql.push_str(", RELEASE_LOCK(");
         push_name(&mut sql, holder);
         sql.push(')');
+    }
+    sql
+}
+
+/// The statement that pays releases owed by dropped lock objects, all at once: each name is
+/// released only while its hold's unique holder lock is still this session's, so sending it
+/// again after a lost reply releases nothing twice.
+pub(crate) fn pay_owed(owed: &[Held]) -> String {
+    let mut sql = String::from("SELECT ");
+    for (index, held) in owed.iter().enumerate() {
+        if index > 0 {
+            sql.push_str(", ");
+        }
+        match &held.holder {
+            Some(holder) => {
+                sql.push_str("IF(IS_USED_LOCK(");
+                push_name(&mut sql, holder);
+                sql.push_str(") = CONNECTION_ID(), RELEASE_LOCK(");
+                push_name(&mut sql, &held.name);
+                sql.push_str(") + RELEASE_LOCK(");
+                push_name(&mut sql, holder);
+                sql.push_str("), 0)");
+            }
+            None => {
+                sql.push_str("RELEASE_LOCK(");
+                push_name(&mut sql, &held.name);
+                sql.push(')');
+            }
+        }
     }
     sql
 }

@@ -56,6 +56,80 @@ async fn a_borrowed_lock_dropped_while_held_ends_its_session_proven_by_its_holde
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_second_lock_on_the_same_session_dropped_while_held_settles_exactly_its_own_hold() {
+    // Two objects hold one name on one session (the server counts the holds). Dropping the
+    // second while it holds leaves its hold owed to the session, which pays it before its next
+    // statement through dlock: the first object's hold stays, nothing leaks, nothing is ended.
+    for round in 0..3 {
+        let name = "tokio/second-on-session";
+        // On a connection the first lock owns, and on one it borrows.
+        let owned = AsyncMySqlLock::new(connect_async().await, name);
+        second_dropped_while_held(owned, round).await;
+        let mut raw = connect_async().await;
+        second_dropped_while_held(AsyncMySqlLock::new(&mut raw, name), round).await;
+        raw.query_drop("SELECT 1").await.unwrap();
+    }
+}
+
+async fn second_dropped_while_held<C: dlock_mysql::AsyncMySqlConnection>(
+    mut first: AsyncMySqlLock<C>,
+    round: i32,
+) {
+    let name = first.name().unwrap();
+    let id = first.conn().id();
+    first.acquire().await.unwrap();
+    {
+        let mut second = AsyncMySqlLock::new(first.conn(), name.as_str());
+        assert!(second.try_acquire().await.unwrap(), "round {round}");
+    }
+    assert!(
+        first.verify().await.unwrap(),
+        "round {round}: the first hold stays"
+    );
+    assert!(
+        session_exists(id),
+        "round {round}: the session was not ended"
+    );
+    let mut other = AsyncMySqlLock::new(connect_async().await, name.as_str());
+    assert!(!other.try_acquire().await.unwrap(), "round {round}");
+    first.release().await.unwrap();
+    assert!(
+        other.try_acquire().await.unwrap(),
+        "round {round}: no hold leaked"
+    );
+    other.release().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_session_keeps_what_dropped_locks_owe_and_pays_it_before_its_next_lock() {
+    let mut session = dlock_mysql::AsyncMySqlSession::new(connect_async().await);
+    let id = session.id();
+    for key in ["tokio/session/a", "tokio/session/b"] {
+        let mut lock = session.lock(key);
+        assert!(lock.try_acquire().await.unwrap());
+        // Dropped while held: owed to the session, which outlives the lock.
+    }
+    // The second lock's first statement paid what the first owed; the second's is owed.
+    assert_eq!(holder_of("tokio/session/a"), None);
+    assert_eq!(holder_of("tokio/session/b"), Some(id));
+    let mut next = session.lock("tokio/session/c");
+    assert!(next.try_acquire().await.unwrap());
+    assert_eq!(
+        holder_of("tokio/session/b"),
+        None,
+        "paid before the next lock"
+    );
+    next.release().await.unwrap();
+    drop(next);
+    // A session dropped owing, on a connection it owns, pays from a spawned task.
+    let mut lock = session.lock("tokio/session/a");
+    assert!(lock.try_acquire().await.unwrap());
+    drop(lock);
+    drop(session);
+    assert!(eventually(|| holder_of("tokio/session/a").is_none()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_grant_that_lands_after_its_future_stopped_is_found_by_its_holder_lock() {
     // The wait is granted while nobody reads its reply, and the future is dropped only then:
     // the statement is over by the time anyone looks, and the holder lock the grant took

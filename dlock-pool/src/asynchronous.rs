@@ -159,6 +159,10 @@ mod mysql_backend {
             self
         }
 
+        fn connection_ref(&self) -> &Conn {
+            self
+        }
+
         /// A pooled connection is closed instead of reused: the pool gets it back at once.
         fn discard(&mut self) -> bool {
             self.mark_broken();
