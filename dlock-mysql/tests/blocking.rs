@@ -12,6 +12,26 @@ use dlock_mysql::{Error, Key, KeyPolicy, Lock, MySqlLock};
 use mysql::prelude::Queryable;
 
 #[test]
+fn a_second_lock_on_the_same_session_dropped_while_held_takes_only_its_own_hold() {
+    // The server counts the holds of one name per session: the second object's drop releases
+    // one, and the first object's hold stays, with nothing leaked.
+    let name = "blocking/second-on-session";
+    let mut first = MySqlLock::new(connect(), name);
+    first.acquire().unwrap();
+    {
+        let mut second = MySqlLock::new(first.conn(), name);
+        assert!(second.try_acquire().unwrap());
+    }
+    assert!(first.verify().unwrap(), "the first hold stays");
+    let mut other = MySqlLock::new(connect(), name);
+    assert!(!other.try_acquire().unwrap());
+    first.release().unwrap();
+    assert!(other.try_acquire().unwrap(), "no hold leaked");
+    other.release().unwrap();
+    assert_eq!(holder_of(name), None);
+}
+
+#[test]
 fn names_are_the_same_locks_other_libraries_take_with_bound_parameters() {
     for name in [
         "blocking/interop",

@@ -12,6 +12,25 @@ use common::{backend_pid, connect, holder_pids};
 use dlock_postgres::{Error, Key, KeyPolicy, Lock, Mode, PgKey, PgLock, PgXactLock};
 
 #[test]
+fn a_second_lock_on_the_same_session_dropped_while_held_takes_only_its_own_hold() {
+    // PostgreSQL counts the holds of one key per session: the second object's drop unlocks
+    // one, and the first object's hold stays, with nothing leaked.
+    let name = "blocking/second-on-session";
+    let mut first = PgLock::new(connect(), name);
+    first.acquire().unwrap();
+    {
+        let mut second = PgLock::new(first.client(), name);
+        assert!(second.try_acquire().unwrap());
+    }
+    assert!(first.verify().unwrap(), "the first hold stays");
+    let mut other = PgLock::new(connect(), name);
+    assert!(!other.try_acquire().unwrap());
+    first.release().unwrap();
+    assert!(other.try_acquire().unwrap(), "no hold leaked");
+    other.release().unwrap();
+}
+
+#[test]
 fn a_session_lock_timeout_does_not_cut_a_plain_acquire_short() {
     let mut holder = PgLock::new(connect(), "blocking/forever");
     holder.acquire().unwrap();

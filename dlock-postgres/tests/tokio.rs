@@ -168,6 +168,27 @@ async fn dropping_a_held_lock_queues_its_release() {
 }
 
 #[tokio::test]
+async fn a_second_lock_on_the_same_session_dropped_while_held_takes_only_its_own_hold() {
+    // PostgreSQL counts the holds of one key per session: the second object's drop queues
+    // one unlock on the client, and the first object's hold stays, with nothing leaked.
+    let observer = connect().await;
+    let key = pg_key("tokio/second-on-session");
+    let mut first = AsyncPgLock::new(connect().await, "tokio/second-on-session");
+    first.acquire().await.unwrap();
+    {
+        let mut second = AsyncPgLock::new(first.client(), "tokio/second-on-session");
+        assert!(second.try_acquire().await.unwrap());
+    }
+    assert!(first.verify().await.unwrap(), "the first hold stays");
+    let mut other = AsyncPgLock::new(connect().await, "tokio/second-on-session");
+    assert!(!other.try_acquire().await.unwrap());
+    first.release().await.unwrap();
+    assert!(other.try_acquire().await.unwrap(), "no hold leaked");
+    other.release().await.unwrap();
+    assert!(settled_holders(&observer, key).await.is_empty());
+}
+
+#[tokio::test]
 async fn an_owned_lock_moves_into_a_spawned_task() {
     let mut lock = AsyncPgLock::new(connect().await, "tokio/spawned");
     let task = tokio::spawn(async move {
