@@ -190,22 +190,23 @@ impl SessionFacts {
     #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub(crate) fn on_drop(&mut self, owned: bool, discardable: bool) -> OnDrop {
         let owed = std::mem::take(&mut self.owed);
-        if self.abandoned {
-            return match () {
-                () if discardable => OnDrop::Discard,
-                () if owned => OnDrop::Close,
-                // The session is being ended already, if it could be proven.
-                () => OnDrop::Nothing,
-            };
-        }
-        if owed.is_empty() {
+        if !self.abandoned && owed.is_empty() {
             return OnDrop::Nothing;
         }
         if discardable {
             return OnDrop::Discard;
         }
         if owned {
-            return OnDrop::Release(owed);
+            // Replies that cannot be trusted cannot confirm a release: close instead.
+            return if self.abandoned {
+                OnDrop::Close
+            } else {
+                OnDrop::Release(owed)
+            };
+        }
+        if self.abandoned {
+            // The session is being ended already, if it could be proven.
+            return OnDrop::Nothing;
         }
         let proofs: Vec<Proof> = owed
             .into_iter()
