@@ -13,7 +13,7 @@
 
 use dlock_core::{Deployment, Error};
 
-use crate::sql::{self, Row};
+use crate::sql::{self, Gate, Row};
 
 /// The setting that marks a server session with a checking connection's token.
 const MARK: &str = "dlock.deployment_probe";
@@ -58,6 +58,17 @@ pub(crate) enum Route {
     /// transaction pooler: the check infers as it does without a key.
     #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     TrustedSessionPooler,
+}
+
+impl Route {
+    /// Which passed checks a lock statement on this route accepts, and which one its own
+    /// check is: a proof by the cancel key, or any check where the key is unknown.
+    pub(crate) fn gate(self) -> Gate {
+        match self {
+            Route::CancelKey(_) => Gate::Proven,
+            Route::Unknown | Route::TrustedSessionPooler => Gate::Checked,
+        }
+    }
 }
 
 /// Which connection a statement goes to.

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use dlock_core::{Error, Key, KeyPolicy, Result, Wait};
 
 use crate::deployment::{self, CheckStep, Route};
-use crate::sql::{self, Failure, Hold, Kind, Mode, Row, Scope, Shape, Statements};
+use crate::sql::{self, Failure, Gate, Hold, Kind, Mode, Row, Scope, Shape, Statements};
 
 #[cfg(all(feature = "blocking", not(feature = "tokio")))]
 use postgres as driver;
@@ -438,9 +438,9 @@ enum AcquirePhase {
     Check(deployment::Check),
     Owed,
     Prepare(Vec<Kind>),
-    /// The first try of a connection proven direct by its cancel key, which carries the
-    /// deployment check ([`sql::proven_try_lock`]).
-    ProvenTry,
+    /// The first lock statement of an object whose deployment is not checked yet, which
+    /// carries the check ([`sql::gated_lock`]).
+    Gated,
     /// The lock statement is sent.
     Locking,
     /// The lock statement failed with `failure`; `pg_locks` is asked.
@@ -468,8 +468,12 @@ pub(crate) struct Acquire {
     slices: Option<Slices>,
     form: Form,
     owed: Owed,
-    /// The cancel key's pid, when the first try carries the deployment check.
-    proving: Option<i32>,
+    /// What the first lock statement must find on its session, when it carries the
+    /// deployment check.
+    gate: Option<Gate>,
+    /// The mark the lock statement leaves on its session: a full check of this kind just
+    /// passed there.
+    mark_checked: Option<Gate>,
     phase: AcquirePhase,
 }
 
@@ -489,16 +493,13 @@ impl Acquire {
         };
         let token =
             (state.waits == Waits::Tagged && wait.may_wait()).then(dlock_core::attempt_token);
-        // A connection proven direct by its cancel key checks in its first try: a lock made
-        // per use costs no round trip for its check.
-        let proving = match state.route {
-            Route::CancelKey(pid)
-                if state.check_deployment
-                    && state.fence.is_none()
-                    && token.is_none()
-                    && form == Form::Plain(Kind::TryLock) =>
+        // The first lock statement carries the check: a lock made per use on a proven
+        // connection, or on a server session checked before, costs no round trip for it.
+        let gate = match form {
+            Form::Plain(Kind::TryLock | Kind::Lock)
+                if state.check_deployment && state.fence.is_none() =>
             {
-                Some(pid)
+                Some(state.route.gate())
             }
             _ => None,
         };
@@ -509,8 +510,9 @@ impl Acquire {
             slices,
             form,
             owed: Owed::Unchecked,
-            proving,
-            phase: if state.check_deployment && proving.is_none() {
+            gate,
+            mark_checked: None,
+            phase: if state.check_deployment && gate.is_none() {
                 AcquirePhase::Check(deployment::Check::new(false, state.route))
             } else {
                 AcquirePhase::Owed
@@ -524,9 +526,14 @@ impl Acquire {
             // A tagged wait goes as text: a prepared statement's text cannot carry the tag.
             Form::Plain(kind)
                 if self.token.is_none()
+                    && self.mark_checked.is_none()
                     && state.prepared(kind.fenced_if(fence), self.hold).is_some() =>
             {
                 return Request::Prepared(kind.fenced_if(fence), self.hold);
+            }
+            Form::Plain(kind) if fence.is_none() && self.mark_checked.is_some() => {
+                let checked = self.mark_checked.unwrap_or(Gate::Checked);
+                sql::marking_checked(&kind.simple(self.hold, None), checked)
             }
             Form::Plain(kind) => kind.fenced_if(fence).simple(self.hold, fence),
             Form::Guarded(millis) => {
@@ -642,9 +649,13 @@ impl Operation for Acquire {
             if let Some(step) = self.owed.step(state, &mut reply) {
                 return step;
             }
-            if let Some(pid) = self.proving {
-                self.phase = AcquirePhase::ProvenTry;
-                return Step::Send(Request::Simple(sql::proven_try_lock(self.hold, pid)));
+            if let (Some(gate), Form::Plain(kind)) = (self.gate, self.form) {
+                self.phase = AcquirePhase::Gated;
+                let statement = sql::gated_lock(self.hold, kind, gate);
+                return Step::Send(Request::Simple(match self.token {
+                    Some(token) => sql::wait_tag(token) + &statement,
+                    None => statement,
+                }));
             }
             // A tagged wait is sent as text; its release can still be prepared.
             let prepare = match (self.form, self.token) {
@@ -677,17 +688,14 @@ impl Operation for Acquire {
                     None => self.lock(state, self.form),
                 }
             }
-            AcquirePhase::ProvenTry => {
-                self.proving = None;
-                let reply = reply.expect("the proven try's reply");
+            AcquirePhase::Gated => {
+                let gate = self.gate.take();
+                let reply = reply.expect("the gated lock statement's reply");
                 if let Ok(row) = &reply {
-                    if row
-                        .as_ref()
-                        .and_then(|row| row.first().cloned().flatten())
-                        .is_none()
-                    {
-                        // Not proven: nothing was tried; the full check says why, or passes
-                        // (YugabyteDB with advisory locks), and the lock goes as usual.
+                    if row.is_none() {
+                        // No check passed on this session before: nothing was tried. The full
+                        // check runs, and the lock statement after it marks the session.
+                        self.mark_checked = gate;
                         let mut check = deployment::Check::new(false, state.route);
                         return match check.step(None) {
                             CheckStep::Send(_, statement) => {
@@ -700,11 +708,9 @@ impl Operation for Acquire {
                         };
                     }
                     state.check_deployment = false;
-                    if let Route::CancelKey(pid) = state.route {
-                        state.session = Some(pid.to_string());
-                    }
+                    state.session = row.as_ref().and_then(|row| row.get(1).cloned().flatten());
                 }
-                // A try's answer, or its failure, reads as any try's.
+                // The answer, or its failure, reads as the plain statement's.
                 self.phase = AcquirePhase::Locking;
                 self.step(state, Some(reply))
             }
@@ -809,9 +815,9 @@ impl Operation for Acquire {
     fn in_flight(&self) -> InFlight {
         match self.phase {
             AcquirePhase::Owed => self.owed.in_flight(),
-            AcquirePhase::ProvenTry => InFlight::Lock {
+            AcquirePhase::Gated => InFlight::Lock {
                 hold: self.hold,
-                waiting: None,
+                waiting: self.token,
             },
             AcquirePhase::Locking => InFlight::Lock {
                 hold: self.hold,
@@ -1262,18 +1268,26 @@ mod tests {
         }
     }
 
+    /// The reply of a gated lock statement on a session no check passed on: no row.
+    fn not_gated() -> Option<Reply> {
+        Some(Ok(None))
+    }
+
     #[test]
-    fn a_connection_proven_direct_checks_in_its_first_try() {
+    fn a_connection_proven_direct_by_its_cancel_key_marks_its_session_for_later_locks() {
         let mut state = state();
         state.check_deployment = true;
         state.route = Route::CancelKey(77);
         let mut op = Acquire::start(&state, Wait::Never).unwrap();
-        let sql = simple(sent(op.step(&mut state, None)));
+        let gated = simple(sent(op.step(&mut state, None)));
         assert!(
-            sql.starts_with("SELECT CASE WHEN pg_backend_pid() = 77 AND NOT pg_is_in_recovery()"),
-            "{sql}"
+            gated.starts_with("SELECT pg_try_advisory_lock(7), pg_backend_pid() WHERE current_setting('dlock.deployment_checked', true) = '"),
+            "{gated}"
         );
-        assert!(sql.ends_with("THEN pg_try_advisory_lock(7) END"), "{sql}");
+        assert!(
+            gated.ends_with("p'"),
+            "only a proof by the cancel key: {gated}"
+        );
         assert_eq!(
             op.in_flight(),
             InFlight::Lock {
@@ -1281,31 +1295,48 @@ mod tests {
                 waiting: None
             }
         );
-        assert!(done(op.step(&mut state, Some(row(&["t"])))).unwrap());
-        assert!(!state.check_deployment, "checked once per lock object");
-        assert_eq!(state.session.as_deref(), Some("77"));
-        assert_eq!(state.held(), Some(HOLD));
-
-        // Busy: proven all the same, and no lock taken.
-        let mut state = self::state();
-        state.check_deployment = true;
-        state.route = Route::CancelKey(77);
-        let mut op = Acquire::start(&state, Wait::Never).unwrap();
-        sent(op.step(&mut state, None));
-        assert!(!done(op.step(&mut state, Some(row(&["f"])))).unwrap());
-        assert!(!state.check_deployment);
-
-        // NULL: nothing tried; the full check runs and says why (a pooler's session).
-        let mut state = self::state();
-        state.check_deployment = true;
-        state.route = Route::CancelKey(77);
-        let mut op = Acquire::start(&state, Wait::Never).unwrap();
-        sent(op.step(&mut state, None));
-        let check = simple(sent(op.step(&mut state, Some(Ok(Some(vec![None]))))));
+        // Not checked before: the check proves the session by the key's pid, in one statement.
+        let check = simple(sent(op.step(&mut state, not_gated())));
         assert!(
             check.starts_with("SELECT pg_is_in_recovery(), pg_backend_pid()"),
             "{check}"
         );
+        let direct = Ok(Some(vec![
+            Some("f".to_owned()),
+            Some("77".to_owned()),
+            Some("x".to_owned()),
+            Some("PostgreSQL 15.18".to_owned()),
+            None,
+        ]));
+        let lock = simple(sent(op.step(&mut state, Some(direct))));
+        assert!(
+            lock.starts_with(
+                "SELECT pg_try_advisory_lock(7), set_config('dlock.deployment_checked', '"
+            ),
+            "{lock}"
+        );
+        assert!(lock.ends_with("p', false)"), "{lock}");
+        assert!(done(op.step(&mut state, Some(row(&["t", "x"])))).unwrap());
+        assert!(!state.check_deployment, "checked once per lock object");
+        assert_eq!(state.session.as_deref(), Some("77"));
+
+        // The next object: its gated statement finds the mark and locks, in one statement.
+        let mut state = self::state();
+        state.check_deployment = true;
+        state.route = Route::CancelKey(77);
+        let mut op = Acquire::start(&state, Wait::Never).unwrap();
+        sent(op.step(&mut state, None));
+        assert!(!done(op.step(&mut state, Some(row(&["f", "77"])))).unwrap());
+        assert!(!state.check_deployment);
+        assert_eq!(state.session.as_deref(), Some("77"));
+
+        // A pooler's session: refused, and checked again next time.
+        let mut state = self::state();
+        state.check_deployment = true;
+        state.route = Route::CancelKey(77);
+        let mut op = Acquire::start(&state, Wait::Never).unwrap();
+        sent(op.step(&mut state, None));
+        sent(op.step(&mut state, not_gated()));
         let pooler = Ok(Some(vec![
             Some("f".to_owned()),
             Some("12".to_owned()),
@@ -1322,11 +1353,12 @@ mod tests {
         assert_eq!(state.held(), None);
         assert!(state.check_deployment, "checked again next time");
 
-        // A wait that is not sliced, or a fenced try, checks first as before.
+        // A fenced try checks first as before.
         let mut state = self::state();
         state.check_deployment = true;
         state.route = Route::CancelKey(77);
-        let mut op = Acquire::start(&state, Wait::Forever).unwrap();
+        state.fence = Some("dlock_fence".to_owned());
+        let mut op = Acquire::start(&state, Wait::Never).unwrap();
         let first = simple(sent(op.step(&mut state, None)));
         assert!(first.starts_with("SELECT pg_is_in_recovery()"), "{first}");
     }
@@ -1364,25 +1396,62 @@ mod tests {
     }
 
     #[test]
-    fn the_first_acquire_checks_the_deployment_before_it_locks() {
+    fn a_session_checked_once_is_not_checked_again_by_the_next_lock_object() {
+        // The first lock statement asks for the mark of a check passed on its session.
         let mut state = LockState::new(Key::Int(7));
         let mut op = Acquire::start(&state, Wait::Never).unwrap();
-        let first = simple(sent(op.step(&mut state, None)));
+        let gated = simple(sent(op.step(&mut state, None)));
+        assert!(
+            gated.starts_with("SELECT pg_try_advisory_lock(7), pg_backend_pid() WHERE current_setting('dlock.deployment_checked', true) IN ('"),
+            "{gated}"
+        );
+        // None there: nothing was locked, and the full check runs.
+        let first = simple(sent(op.step(&mut state, not_gated())));
         assert!(first.contains("pg_is_in_recovery()"), "{first}");
         assert_eq!(op.in_flight(), InFlight::Nothing);
-        // The session's mark, as the first statement set it.
         let token = first.split('\'').nth(3).unwrap().to_owned();
         let second = simple(sent(op.step(&mut state, Some(row(&["f", "41", ""])))));
         assert!(second.starts_with("SELECT pg_backend_pid()"), "{second}");
+        // Passed: the lock statement marks its session.
         let lock = simple(sent(op.step(&mut state, Some(row(&["41", &token])))));
-        assert_eq!(lock, "SELECT pg_try_advisory_lock(7)");
-        assert!(done(op.step(&mut state, Some(row(&["t"])))).unwrap());
+        // The mark of a check that could only infer: the gate's second.
+        let mark = gated
+            .split('\'')
+            .nth(5)
+            .expect("the gate names the marks")
+            .to_owned();
+        assert!(mark.ends_with('c'), "{mark}");
+        assert_eq!(
+            lock,
+            format!(
+                "SELECT pg_try_advisory_lock(7), set_config('dlock.deployment_checked', '{mark}', false)"
+            )
+        );
+        assert!(done(op.step(&mut state, Some(row(&["t", &mark])))).unwrap());
         assert!(!state.check_deployment, "checked once per lock object");
 
+        // The next object on that session: its gated statement locks at once.
+        let mut state = LockState::new(Key::Int(7));
+        let mut op = Acquire::start(&state, Wait::Forever).unwrap();
+        let gated = simple(sent(op.step(&mut state, None)));
+        assert!(
+            gated.starts_with("SELECT pg_advisory_lock(7), pg_backend_pid() WHERE"),
+            "{gated}"
+        );
+        assert!(done(op.step(&mut state, Some(row(&["", "41"])))).unwrap());
+        assert_eq!(state.held(), Some(HOLD));
+        assert!(!state.check_deployment);
+        assert_eq!(state.session.as_deref(), Some("41"));
+    }
+
+    #[test]
+    fn the_first_acquire_checks_the_deployment_before_it_locks() {
         // A standby: refused before anything is locked, and checked again next time.
         let mut state = LockState::new(Key::Int(7));
         let mut op = Acquire::start(&state, Wait::Forever).unwrap();
         sent(op.step(&mut state, None));
+        sent(op.step(&mut state, not_gated()));
+        assert_eq!(op.in_flight(), InFlight::Nothing);
         let outcome = done(op.step(&mut state, Some(row(&["t", "41"]))));
         assert!(matches!(
             outcome,
@@ -1396,6 +1465,7 @@ mod tests {
         // A session that moved between the two statements: a transaction pooler.
         let mut op = Acquire::start(&state, Wait::Forever).unwrap();
         sent(op.step(&mut state, None));
+        sent(op.step(&mut state, not_gated()));
         sent(op.step(&mut state, Some(row(&["f", "41", ""]))));
         let outcome = done(op.step(&mut state, Some(row(&["42", ""]))));
         assert!(matches!(
@@ -1404,6 +1474,12 @@ mod tests {
                 deployment: dlock_core::Deployment::TransactionPooler
             })
         ));
+
+        // A timed wait is not gated: the check goes first.
+        let mut op = Acquire::start(&state, Wait::For(Duration::from_secs(1))).unwrap();
+        let first = simple(sent(op.step(&mut state, None)));
+        assert!(first.starts_with("SELECT pg_is_in_recovery()"), "{first}");
+        assert_eq!(op.in_flight(), InFlight::Nothing);
     }
 
     #[test]
@@ -1873,6 +1949,22 @@ mod tests {
         assert!(matches!(
             state.abandon(op.in_flight()),
             Abandon::Queue { fence: None, .. }
+        ));
+        // A wait that carries the deployment check is tagged and fenced alike.
+        let mut state = self::state();
+        state.waits = Waits::Tagged;
+        state.check_deployment = true;
+        state.route = Route::CancelKey(77);
+        let mut op = Acquire::start(&state, Wait::Forever).unwrap();
+        let sql = simple(sent(op.step(&mut state, None)));
+        assert!(sql.starts_with("/* dlock-wait:"), "{sql}");
+        assert!(
+            sql.contains("pg_advisory_lock(7), pg_backend_pid() WHERE"),
+            "{sql}"
+        );
+        assert!(matches!(
+            state.abandon(op.in_flight()),
+            Abandon::Queue { fence: Some(_), .. }
         ));
     }
 

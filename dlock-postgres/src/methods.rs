@@ -24,7 +24,9 @@ macro_rules! lock_methods {
         /// (dlock-pool's, or one you passed to `check_deployment`), or a deployment you
         /// know better than the check.
         ///
-        /// The check (one or two round trips, before the first acquire only) refuses a hot
+        /// The check (one or two round trips, once per server session: the lock statement
+        /// after it marks the session, and a later lock object finds the mark in its first
+        /// lock statement, which locks nowhere else) refuses a hot
         /// standby and engines whose locks exclude nobody (CockroachDB, YugabyteDB without
         /// advisory locks). On tokio-postgres it proves the connection direct by its cancel
         /// key and refuses any pooler unless vouched for (`trust_session_pooler`). The

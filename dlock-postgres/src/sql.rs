@@ -99,21 +99,68 @@ pub(crate) fn lock_timeout_millis(timeout: Duration) -> u32 {
     i32::try_from(millis).map_or(0, i32::unsigned_abs)
 }
 
-/// `pg_try_advisory_lock`: never waits. Its reply is read by [`read_bool`].
-/// A session try-lock that carries the deployment check of a connection whose cancel key
-/// names server process `pid`: it tries only on that very session (proof that no pooler
-/// stands between), on a primary, and on no engine whose locks exclude nobody, and answers
-/// NULL without locking anywhere else (the full check then says why).
-pub(crate) fn proven_try_lock(hold: Hold, pid: i32) -> String {
+/// A session lock statement that carries the deployment check: it locks only on a server
+/// session that a full check passed on before (it carries the mark the lock statement after
+/// that check left, [`marking_checked`]), and answers no row without locking anywhere else
+/// (the full check then runs). The mark is read before the lock function runs: a one-time
+/// filter of the statement, which costs the server almost nothing. The second column is the
+/// session's server process id.
+pub(crate) fn gated_lock(hold: Hold, kind: Kind, gate: Gate) -> String {
+    let function = match kind {
+        Kind::TryLock => "pg_try_advisory_lock",
+        _ => "pg_advisory_lock",
+    };
+    let marks = match gate {
+        Gate::Proven => format!("= '{}'", mark(Gate::Proven)),
+        Gate::Checked => format!("IN ('{}', '{}')", mark(Gate::Proven), mark(Gate::Checked)),
+    };
     format!(
-        "SELECT CASE WHEN pg_backend_pid() = {pid} AND NOT pg_is_in_recovery() \
-         AND position('CockroachDB' in version()) = 0 AND position('-YB-' in version()) = 0 \
-         THEN pg_try_advisory_lock{}({}) END",
+        "SELECT {function}{}({}), pg_backend_pid() \
+         WHERE current_setting('{CHECKED_MARK}', true) {marks}",
         hold.mode.suffix(),
         key_args(hold.key)
     )
 }
 
+/// Which checks a lock statement accepts as done on its session ([`gated_lock`]), and which
+/// mark a passed check leaves ([`marking_checked`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Gate {
+    /// A check that proved a direct connection by the cancel key (the server's own pid
+    /// there). A session marked so is a direct connection's: no other client reaches it.
+    Proven,
+    /// Any passed check, including one that could only infer from where its statements
+    /// landed (the blocking client hides its cancel key).
+    Checked,
+}
+
+/// The setting that carries a checked server session's mark. A session reset
+/// (`DISCARD ALL`, `RESET ALL`, a rollback of the transaction that set it) removes it, and
+/// the next lock checks again.
+const CHECKED_MARK: &str = "dlock.deployment_checked";
+
+/// This process's mark for server sessions a check of `kind` passed on: random, so no other
+/// process's check (and no user's setting) vouches for a session.
+fn mark(kind: Gate) -> String {
+    static PROCESS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let process = PROCESS.get_or_init(dlock_core::attempt_token);
+    let kind = match kind {
+        Gate::Proven => 'p',
+        Gate::Checked => 'c',
+    };
+    format!("{process:016x}{kind}")
+}
+
+/// `statement`, a single `SELECT`, that also marks its server session as passed by a check
+/// of `kind`: the statement sent right after the check passed.
+pub(crate) fn marking_checked(statement: &str, kind: Gate) -> String {
+    format!(
+        "{statement}, set_config('{CHECKED_MARK}', '{}', false)",
+        mark(kind)
+    )
+}
+
+/// `pg_try_advisory_lock`: never waits. Its reply is read by [`read_bool`].
 pub(crate) fn try_lock(hold: Hold, scope: Scope) -> String {
     format!(
         "SELECT pg_try_advisory{}_lock{}({})",

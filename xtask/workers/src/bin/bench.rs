@@ -443,49 +443,80 @@ fn throughput(scale: Scale) -> Result<Vec<Throughput>> {
     })?);
     drop(lock);
 
-    // Fenced beside unfenced: on PostgreSQL the token rides in the lock's own statement, on
-    // MySQL it costs one more statement after the grant. Both sides take turns on one
-    // connection, so the server process and its CPU are the same for both; each sample builds
-    // its lock, which prepares its statements on its second cycle.
+    // Fenced: the floor is the raw driver doing the same work by hand, a lock and a durable
+    // bump of the key's token. On PostgreSQL that is one statement (the lock, then the
+    // upsert, committed with `synchronous_commit` on), and the unlock; on MySQL `GET_LOCK`,
+    // the upsert, and `RELEASE_LOCK`. The durable write is the cost of a token that a crash
+    // cannot hand out twice; the ratio is what dlock adds to it. Each sample builds its lock,
+    // which prepares its statements on its second cycle.
     pg_install_fencing(&mut pg()?)?;
+    let (fence_space, fence_key) = (1, PG_KEY + 3);
+    let pg_fenced_lock_sql = format!(
+        "WITH d AS MATERIALIZED (SELECT CASE WHEN current_setting('synchronous_commit') = 'off' \
+         THEN set_config('synchronous_commit', 'on', true) END), \
+         l AS MATERIALIZED (SELECT pg_advisory_lock({fence_key})), \
+         f AS (INSERT INTO public.dlock_fence AS fence (key_space, lock_key, token) \
+         SELECT {fence_space}, {fence_key}, 1 FROM l \
+         ON CONFLICT (key_space, lock_key) DO UPDATE SET token = fence.token + 1 RETURNING token) \
+         SELECT true, (SELECT token FROM f) FROM d"
+    );
+    let pg_fenced_unlock_sql = format!("SELECT pg_advisory_unlock({fence_key})");
     let mut client = pg()?;
     results.push(compare(
         scale,
         "PgLock, fenced",
-        "PgLock, unfenced",
+        "postgres, text: lock with a durable token upsert",
         |side, n| {
-            let lock = PgLock::new(&mut client, PG_KEY + 3).skip_deployment_check();
-            let mut lock = if side == Side::Dlock {
-                lock.fenced()
+            if side == Side::Dlock {
+                let mut lock = PgLock::new(&mut client, fence_key)
+                    .skip_deployment_check()
+                    .fenced();
+                rate(n, || {
+                    lock.acquire()?;
+                    lock.release()?;
+                    Ok(())
+                })
             } else {
-                lock
-            };
-            rate(n, || {
-                lock.acquire()?;
-                lock.release()?;
-                Ok(())
-            })
+                rate(n, || {
+                    client.simple_query(&pg_fenced_lock_sql)?;
+                    client.simple_query(&pg_fenced_unlock_sql)?;
+                    Ok(())
+                })
+            }
         },
     )?);
     drop(client);
     my_install_fencing(&mut my()?)?;
+    let my_fenced_name = "dlock-bench/fenced";
+    let my_fenced_get = format!("SELECT GET_LOCK('{my_fenced_name}', -1)");
+    let my_fenced_bump = format!(
+        "INSERT INTO dlock.dlock_fence (lock_name, token) VALUES ('{my_fenced_name}', \
+         LAST_INSERT_ID(1)) ON DUPLICATE KEY UPDATE token = LAST_INSERT_ID(token + 1)"
+    );
+    let my_fenced_release = format!("SELECT RELEASE_LOCK('{my_fenced_name}')");
     let mut conn = my()?;
     results.push(compare(
         scale,
         "MySqlLock, fenced",
-        "MySqlLock, unfenced",
+        "mysql, text: lock, token upsert",
         |side, n| {
-            let lock = MySqlLock::new(&mut conn, "dlock-bench/fenced").skip_deployment_check();
-            let mut lock = if side == Side::Dlock {
-                lock.fenced()
+            if side == Side::Dlock {
+                let mut lock = MySqlLock::new(&mut conn, my_fenced_name)
+                    .skip_deployment_check()
+                    .fenced();
+                rate(n, || {
+                    lock.acquire()?;
+                    lock.release()?;
+                    Ok(())
+                })
             } else {
-                lock
-            };
-            rate(n, || {
-                lock.acquire()?;
-                lock.release()?;
-                Ok(())
-            })
+                rate(n, || {
+                    let _: Option<Option<i64>> = conn.query_first(&my_fenced_get)?;
+                    conn.query_drop(&my_fenced_bump)?;
+                    let _: Option<Option<i64>> = conn.query_first(&my_fenced_release)?;
+                    Ok(())
+                })
+            }
         },
     )?);
     drop(conn);
@@ -1410,7 +1441,7 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "| path | dlock | floor | floor is | ratio | ratio p10-p90 | target 0.90 |"
+            "| path | dlock | floor | floor is | ratio | ratio p10-p90 | target 0.95 |"
         );
         let _ = writeln!(out, "|---|---:|---:|---|---:|---|---|");
         for t in &self.throughput {
@@ -1426,7 +1457,7 @@ impl Report {
                 t.ratio(),
                 t.ratios.quantile(0.1),
                 t.ratios.quantile(0.9),
-                if t.ratio() >= 0.90 { "met" } else { "missed" }
+                if t.ratio() >= 0.95 { "met" } else { "missed" }
             );
         }
         let _ = writeln!(
