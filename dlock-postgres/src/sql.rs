@@ -103,34 +103,30 @@ pub(crate) fn lock_timeout_millis(timeout: Duration) -> u32 {
 /// session that a full check passed on before (it carries the mark the lock statement after
 /// that check left, [`marking_checked`]), and answers no row without locking anywhere else
 /// (the full check then runs). The mark is read before the lock function runs: a one-time
-/// filter of the statement, which costs the server almost nothing. The second column is the
-/// session's server process id.
+/// filter of the statement, which costs the server almost nothing.
 pub(crate) fn gated_lock(hold: Hold, kind: Kind, gate: Gate) -> String {
     let function = match kind {
         Kind::TryLock => "pg_try_advisory_lock",
         _ => "pg_advisory_lock",
     };
-    let marks = match gate {
-        Gate::Proven => format!("= '{}'", mark(Gate::Proven)),
-        Gate::Checked => format!("IN ('{}', '{}')", mark(Gate::Proven), mark(Gate::Checked)),
-    };
     format!(
-        "SELECT {function}{}({}), pg_backend_pid() \
-         WHERE current_setting('{CHECKED_MARK}', true) {marks}",
+        "SELECT {function}{}({}) WHERE current_setting('{CHECKED_MARK}', true) = '{}'",
         hold.mode.suffix(),
-        key_args(hold.key)
+        key_args(hold.key),
+        mark(gate)
     )
 }
 
-/// Which checks a lock statement accepts as done on its session ([`gated_lock`]), and which
-/// mark a passed check leaves ([`marking_checked`]).
+/// Which check a lock statement accepts as done on its session ([`gated_lock`]), and which
+/// mark a passed check leaves ([`marking_checked`]). A connection's checks are always of one
+/// kind (its route decides), so a session is marked by the kind its own client accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Gate {
     /// A check that proved a direct connection by the cancel key (the server's own pid
     /// there). A session marked so is a direct connection's: no other client reaches it.
     Proven,
-    /// Any passed check, including one that could only infer from where its statements
-    /// landed (the blocking client hides its cancel key).
+    /// A check that could only infer from where its statements landed (the blocking client
+    /// hides its cancel key; a vouched-for session pooler).
     Checked,
 }
 

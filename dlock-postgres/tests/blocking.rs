@@ -31,6 +31,39 @@ fn a_second_lock_on_the_same_session_dropped_while_held_takes_only_its_own_hold(
 }
 
 #[test]
+fn locks_made_per_use_on_one_client_exclude_and_survive_a_session_reset() {
+    // The deployment check runs once per server session and leaves a mark there; a reset
+    // removes the mark, and the next lock checks again rather than failing or skipping it.
+    let name = "blocking/per-use";
+    let mut client = connect();
+    let mut other = PgLock::new(connect(), name);
+    for round in 0..4 {
+        if round == 2 {
+            client.batch_execute("DISCARD ALL").unwrap();
+        }
+        let mut lock = PgLock::new(&mut client, name);
+        assert!(lock.try_acquire().unwrap(), "round {round}");
+        assert!(!other.try_acquire().unwrap(), "round {round}: excluded");
+        lock.release().unwrap();
+        drop(lock);
+        // Held when dropped: the drop releases it.
+        let mut lock = PgLock::new(&mut client, name);
+        lock.acquire().unwrap();
+        assert!(!other.try_acquire().unwrap(), "round {round}: excluded");
+    }
+    assert!(other.try_acquire().unwrap(), "every drop released its hold");
+    other.release().unwrap();
+    // A mark the user sets is no check: it never names this process's value.
+    client.batch_execute("DISCARD ALL").unwrap();
+    client
+        .batch_execute("SET dlock.deployment_checked = 'c'")
+        .unwrap();
+    let mut lock = PgLock::new(&mut client, name);
+    assert!(lock.try_acquire().unwrap());
+    lock.release().unwrap();
+}
+
+#[test]
 fn a_session_lock_timeout_does_not_cut_a_plain_acquire_short() {
     let mut holder = PgLock::new(connect(), "blocking/forever");
     holder.acquire().unwrap();
