@@ -177,12 +177,26 @@ pub enum Error {
     Backend(#[source] BoxError),
 
     /// The connection pool could not provide a connection (checkout timeout, connect failure).
-    /// The pool's error, the source, names the cause.
-    #[error(
-        "the connection pool gave no connection: the database was unreachable or refused the \
-         login, or every connection stayed busy past the checkout timeout"
-    )]
+    /// The message ends with the cause as the pool and the driver tell it (a refused
+    /// connection, a wrong password, a timeout); the source is the pool's error.
+    #[error("the connection pool gave no connection: {}", causes(.0))]
     Pool(#[source] BoxError),
+}
+
+/// An error and its sources as one line, each told once: a pool's message often repeats
+/// its source's, and the source's own source is where the address or the server's words are.
+fn causes(error: &BoxError) -> String {
+    let mut line = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !text.is_empty() && !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = cause.source();
+    }
+    line
 }
 
 impl Error {

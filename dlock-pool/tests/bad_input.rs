@@ -275,15 +275,21 @@ async fn both_pools_keep_the_connect_error_in_the_source_chain() {
     let denied_blocking = |error: &(dyn std::error::Error + 'static)| matches!(error.downcast_ref::<mysql::Error>(), Some(mysql::Error::MySqlError(server)) if server.code == 1045);
     let denied_async = |error: &(dyn std::error::Error + 'static)| matches!(error.downcast_ref::<mysql_async::Error>(), Some(mysql_async::Error::Server(server)) if server.code == 1045);
     type Cause = dyn Fn(&(dyn std::error::Error + 'static)) -> bool;
-    let rows: [(&str, Result<(), Error>, &Cause); 4] = [
-        ("r2d2 PostgreSQL", pg_blocking, &refused),
-        ("r2d2 MySQL", my_blocking, &denied_blocking),
-        ("bb8 PostgreSQL", pg_async, &refused),
-        ("bb8 MySQL", my_async, &denied_async),
+    let rows: [(&str, Result<(), Error>, &Cause, &str); 4] = [
+        ("r2d2 PostgreSQL", pg_blocking, &refused, "refused"),
+        ("r2d2 MySQL", my_blocking, &denied_blocking, "denied"),
+        ("bb8 PostgreSQL", pg_async, &refused, "refused"),
+        ("bb8 MySQL", my_async, &denied_async, "denied"),
     ];
-    for (what, outcome, cause) in rows {
+    for (what, outcome, cause, told) in rows {
         let error = outcome.expect_err(what);
         assert!(matches!(error, Error::Pool(_)), "{what}: {error:?}");
+        // The message itself names the cause, not only the chain behind it.
+        let message = error.to_string();
+        assert!(
+            message.to_lowercase().contains(told),
+            "{what}: the message does not say {told:?}: {message}"
+        );
         let mut source = std::error::Error::source(&error);
         let mut found = false;
         while let Some(error) = source {
