@@ -127,12 +127,17 @@ pub enum Error {
     },
 
     /// A fenced acquire found no table for its fencing tokens. Nothing is held. Create the
-    /// table once, with the backend's `install_fencing` (or `install_fencing_async`).
+    /// table once, with the backend's `install_fencing` (the default table) or
+    /// `install_fencing_in` (a table named by `fenced_in`).
     #[error(
-        "fencing tokens need their table, which this database does not have; create it once \
-         with the backend's install_fencing function (nothing is held)"
+        "fencing tokens need the table {}, which this database does not have; create it once \
+         with the backend's {} (nothing is held)",
+        if table.is_empty() { "for them" } else { table.as_str() },
+        install_hint(table)
     )]
     FencingNotInstalled {
+        /// The fence table the acquire looked for, as SQL names it (empty where unknown).
+        table: String,
         /// The server's error.
         #[source]
         source: Option<BoxError>,
@@ -183,6 +188,17 @@ pub enum Error {
     Pool(#[source] BoxError),
 }
 
+/// The call that creates a missing fence `table` (as SQL), for its error message.
+fn install_hint(table: &str) -> String {
+    let default = ["\"public\".\"dlock_fence\"", "`dlock`.`dlock_fence`"];
+    if table.is_empty() || default.contains(&table) {
+        "install_fencing function".to_owned()
+    } else {
+        let name: String = table.chars().filter(|c| !matches!(c, '"' | '`')).collect();
+        format!("install_fencing_in function with \"{name}\"")
+    }
+}
+
 /// An error and its sources as one line, each told once: a pool's message often repeats
 /// its source's, and the source's own source is where the address or the server's words are.
 fn causes(error: &BoxError) -> String {
@@ -200,6 +216,23 @@ fn causes(error: &BoxError) -> String {
 }
 
 impl Error {
+    /// Names the fence table in a [`Error::FencingNotInstalled`] that does not name one yet;
+    /// any other error is returned as it is. For backends, which know the table where the
+    /// driver's error does not.
+    #[doc(hidden)]
+    #[must_use]
+    pub fn naming_fence_table(self, fence_table: Option<&str>) -> Self {
+        match (self, fence_table) {
+            (Error::FencingNotInstalled { table, source }, Some(named)) if table.is_empty() => {
+                Error::FencingNotInstalled {
+                    table: named.to_owned(),
+                    source,
+                }
+            }
+            (error, _) => error,
+        }
+    }
+
     /// Wraps a driver error that has no more specific variant.
     pub fn backend(source: impl Into<BoxError>) -> Self {
         Error::Backend(source.into())
@@ -311,6 +344,7 @@ mod tests {
             },
             Error::invalid_key("the name is empty"),
             Error::FencingNotInstalled {
+                table: "\"public\".\"dlock_fence\"".to_owned(),
                 source: Some(io_error()),
             },
             Error::CannotExclude {
@@ -328,8 +362,15 @@ mod tests {
                 hint: "use PostgreSQL",
             },
             Error::backend(io_error()),
-            Error::pool(io_error()),
         ];
+        // A pool error is the exception: it is what a service prints at startup, and the
+        // pool's own words ("timed out waiting for a connection") hide the cause, so its
+        // message ends with the cause (issue 29: "Connection refused" was in the chain only).
+        let pool = Error::pool(io_error()).to_string();
+        assert_eq!(
+            pool,
+            "the connection pool gave no connection: socket closed by peer"
+        );
         for error in errors {
             let message = error.to_string();
             let first = message.chars().next().unwrap();

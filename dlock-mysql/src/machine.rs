@@ -342,6 +342,8 @@ enum AcquirePhase {
 /// `acquire`, `try_acquire` and `acquire_timeout`.
 #[derive(Debug)]
 pub(crate) struct Acquire {
+    /// The fence table (as SQL) of a fenced acquire, which a missing-table error names.
+    fence_table: Option<String>,
     server: Server,
     name: String,
     wait: Wait,
@@ -381,6 +383,7 @@ impl Acquire {
         let token = attempt_token();
         let server = Server::from_version(version);
         Ok(Acquire {
+            fence_table: state.fence.clone(),
             server,
             name,
             wait,
@@ -418,7 +421,7 @@ impl Acquire {
 
     fn done(&mut self, outcome: Result<bool>) -> Step<bool> {
         self.phase = AcquirePhase::Done;
-        Step::Done(outcome)
+        Step::Done(outcome.map_err(|error| error.naming_fence_table(self.fence_table.as_deref())))
     }
 
     fn granted(&mut self, state: &mut LockState) -> Step<bool> {

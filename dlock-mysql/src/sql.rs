@@ -639,6 +639,7 @@ pub(crate) fn server_failure(code: u16, source: BoxError) -> Failed {
         ER_NO_SUCH_TABLE | ER_BAD_DB_ERROR => (
             Failure::Other,
             Error::FencingNotInstalled {
+                table: String::new(),
                 source: Some(source),
             },
         ),

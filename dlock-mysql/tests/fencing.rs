@@ -64,7 +64,14 @@ fn without_the_table_a_fenced_acquire_fails_clearly_and_holds_nothing() {
             matches!(error, Error::FencingNotInstalled { .. }),
             "{error:?}"
         );
-        assert!(error.to_string().contains("install_fencing"), "{error}");
+        // It names the table it looked for, and the call that creates that one.
+        let message = error.to_string();
+        assert!(
+            message.contains("dlock_fence_never_installed")
+                && message
+                    .contains("install_fencing_in function with \"dlock_fence_never_installed\""),
+            "{message}"
+        );
         assert!(!lock.is_acquired());
         assert_eq!(holder_of(name), None, "the lock was given back");
         // The connection is usable.

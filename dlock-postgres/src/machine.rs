@@ -460,6 +460,8 @@ enum AcquirePhase {
 /// `acquire`, `try_acquire` and `acquire_timeout` of a session lock.
 #[derive(Debug)]
 pub(crate) struct Acquire {
+    /// The fence table (as SQL) of a fenced acquire, which a missing-table error names.
+    fence_table: Option<String>,
     hold: Hold,
     wait: Wait,
     /// The tag of a waiting statement a side connection may have to end.
@@ -504,6 +506,7 @@ impl Acquire {
             _ => None,
         };
         Ok(Acquire {
+            fence_table: state.fence.clone(),
             hold: state.hold()?,
             wait,
             token,
@@ -590,7 +593,7 @@ impl Acquire {
 
     fn done(&mut self, outcome: Result<bool>) -> Step<bool> {
         self.phase = AcquirePhase::Done;
-        Step::Done(outcome)
+        Step::Done(outcome.map_err(|error| error.naming_fence_table(self.fence_table.as_deref())))
     }
 
     /// The lock statement failed with `failure`, and the session does not hold the lock.
@@ -1065,6 +1068,9 @@ impl XactOptions {
                      transaction back",
                 )),
             },
+            XactOutcome::Failed(error) => {
+                XactOutcome::Failed(error.naming_fence_table(self.fence.as_deref()))
+            }
             outcome => outcome,
         }
     }

@@ -998,6 +998,7 @@ pub(crate) fn error(error: driver::Error) -> Error {
             },
             // dlock's statements name no table but the fence table.
             Some(code) if code == SqlState::UNDEFINED_TABLE => Error::FencingNotInstalled {
+                table: String::new(),
                 source: Some(source),
             },
             Some(code)
