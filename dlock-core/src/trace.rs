@@ -9,8 +9,9 @@ use tracing::field::{Empty, display};
 use crate::{Error, Wait};
 
 /// One lock operation's span: `acquire`, `release` or `verify`, with target `dlock` at level
-/// `debug`, and the fields `backend`, `key` (as the backend sees it), `mode`, `wait`
-/// (acquire only), `outcome` and `waited_ms`, recorded when the operation ends.
+/// `debug`, and the fields `backend`, `name` (the key as the user named it, at most
+/// [`TRACED_NAME_CHARS`] characters), `key` (as the server sees it), `mode`, `wait` (acquire
+/// only), `outcome` and `waited_ms`, recorded when the operation ends.
 #[doc(hidden)]
 #[derive(Debug)]
 pub struct Traced {
@@ -20,14 +21,31 @@ pub struct Traced {
     words: (&'static str, &'static str),
 }
 
+/// The most characters of a key's name a span shows: keys can be long (a document path, a
+/// job's arguments), and a span is a log line.
+pub const TRACED_NAME_CHARS: usize = 64;
+
+/// `key` as the user named it, for a span: its first [`TRACED_NAME_CHARS`] characters, and
+/// `…` when it is longer.
+#[doc(hidden)]
+pub fn traced_name(key: &crate::Key) -> String {
+    let name = key.to_string();
+    match name.char_indices().nth(TRACED_NAME_CHARS) {
+        Some((end, _)) => format!("{}…", &name[..end]),
+        None => name,
+    }
+}
+
 impl Traced {
     fn new(
         span: tracing::Span,
-        key: impl FnOnce() -> String,
+        key: impl FnOnce() -> (String, String),
         words: (&'static str, &'static str),
     ) -> Traced {
         let started = (!span.is_disabled()).then(|| {
-            span.record("key", key());
+            let (name, key) = key();
+            span.record("name", name);
+            span.record("key", key);
             Instant::now()
         });
         Traced {
@@ -42,14 +60,14 @@ impl Traced {
         backend: &'static str,
         mode: &'static str,
         wait: Wait,
-        key: impl FnOnce() -> String,
+        key: impl FnOnce() -> (String, String),
     ) -> Traced {
         let wait = match wait {
             Wait::Never => "try".to_owned(),
             Wait::Forever => "forever".to_owned(),
             Wait::For(timeout) => format!("{timeout:?}"),
         };
-        let span = tracing::debug_span!(target: "dlock", "acquire", backend, key = Empty, mode,
+        let span = tracing::debug_span!(target: "dlock", "acquire", backend, name = Empty, key = Empty, mode,
             wait, outcome = Empty, waited_ms = Empty);
         Traced::new(span, key, ("acquired", "busy"))
     }
@@ -58,9 +76,9 @@ impl Traced {
     pub fn release(
         backend: &'static str,
         mode: &'static str,
-        key: impl FnOnce() -> String,
+        key: impl FnOnce() -> (String, String),
     ) -> Traced {
-        let span = tracing::debug_span!(target: "dlock", "release", backend, key = Empty, mode,
+        let span = tracing::debug_span!(target: "dlock", "release", backend, name = Empty, key = Empty, mode,
             outcome = Empty, waited_ms = Empty);
         Traced::new(span, key, ("released", "released"))
     }
@@ -69,9 +87,9 @@ impl Traced {
     pub fn verify(
         backend: &'static str,
         mode: &'static str,
-        key: impl FnOnce() -> String,
+        key: impl FnOnce() -> (String, String),
     ) -> Traced {
-        let span = tracing::debug_span!(target: "dlock", "verify", backend, key = Empty, mode,
+        let span = tracing::debug_span!(target: "dlock", "verify", backend, name = Empty, key = Empty, mode,
             outcome = Empty, waited_ms = Empty);
         Traced::new(span, key, ("held", "not held"))
     }
@@ -97,5 +115,23 @@ impl Traced {
         };
         self.span
             .record("waited_ms", started.elapsed().as_secs_f64() * 1000.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{TRACED_NAME_CHARS, traced_name};
+    use crate::Key;
+
+    #[test]
+    fn a_span_shows_the_name_as_written_and_cuts_a_long_one() {
+        assert_eq!(traced_name(&Key::from("jobs/42")), "jobs/42");
+        assert_eq!(traced_name(&Key::from((1, 2))), "(1, 2)");
+        // Cut by characters, not bytes: a multibyte name is never split inside a character.
+        let long = "é".repeat(100);
+        let shown = traced_name(&Key::from(long.as_str()));
+        assert_eq!(shown.chars().count(), TRACED_NAME_CHARS + 1);
+        assert!(shown.ends_with('…'));
+        assert!(long.starts_with(shown.trim_end_matches('…')));
     }
 }

@@ -96,11 +96,13 @@ macro_rules! lock_methods {
             self.state.name()
         }
 
-        /// The lock name as this lock's spans show it.
-        fn traced(&self) -> impl FnOnce() -> String + use<'_, C> {
+        /// The key as the user named it and the lock name, as this lock's spans show them.
+        fn traced(&self) -> impl FnOnce() -> (String, String) + use<'_, C> {
             move || {
-                self.name()
-                    .unwrap_or_else(|error| format!("unusable: {error}"))
+                let name = self
+                    .name()
+                    .unwrap_or_else(|error| format!("unusable: {error}"));
+                (dlock_core::trace::traced_name(&self.state.key), name)
             }
         }
     };

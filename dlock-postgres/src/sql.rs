@@ -52,13 +52,18 @@ impl Mode {
     }
 }
 
-/// The key as a lock's spans show it: the number PostgreSQL sees, or a pair.
-pub(crate) fn traced_key(policy: &dlock_core::KeyPolicy, key: &dlock_core::Key) -> String {
-    match policy.pg_key(key) {
+/// The key as a lock's spans show it: as the user named it, and the number PostgreSQL sees
+/// (or a pair).
+pub(crate) fn traced_key(
+    policy: &dlock_core::KeyPolicy,
+    key: &dlock_core::Key,
+) -> (String, String) {
+    let server = match policy.pg_key(key) {
         Ok(PgKey::BigInt(key)) => key.to_string(),
         Ok(PgKey::Pair(high, low)) => format!("({high}, {low})"),
         Err(error) => format!("unusable: {error}"),
-    }
+    };
+    (dlock_core::trace::traced_name(key), server)
 }
 
 /// Whether a lock lasts for the session or for the current transaction.

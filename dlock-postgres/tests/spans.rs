@@ -1,5 +1,5 @@
 //! What a `tracing` subscriber sees of each lock operation: a span per acquire, release and
-//! verify, with the key as PostgreSQL sees it, the mode, the wait, the outcome and the time
+//! verify, with the key as the user named it and as PostgreSQL sees it, the mode, the wait, the outcome and the time
 //! it took.
 
 #![cfg(any(feature = "blocking", feature = "tokio"))]
@@ -33,6 +33,7 @@ fn check(spans: &[Captured], name: &str) {
     let key = pg_key_text(name);
     for span in spans {
         assert_eq!(field(span, "backend"), "postgres");
+        assert_eq!(field(span, "name"), name, "the key as the user named it");
         assert_eq!(field(span, "key"), key);
         assert_eq!(field(span, "mode"), "exclusive");
         let waited: f64 = field(span, "waited_ms").parse().unwrap();
