@@ -49,9 +49,12 @@ trait Backend: 'static {
     fn release_all_behind(conn: &mut Self::Conn);
     /// [`release_all_behind`](Backend::release_all_behind) on an async connection.
     fn release_all_behind_async(conn: &mut Self::AsyncConn) -> impl Future<Output = ()> + Send;
-    /// The sessions of the test user other than `known`, the observer's own, and the
-    /// server's: with one pool alive, its watcher's.
-    fn other_sessions(known: &[u64]) -> Vec<u64>;
+    /// The URL of `url`'s server whose sessions carry this test's mark: an
+    /// `application_name` on PostgreSQL, a user of its own on MySQL.
+    fn marked_url(url: &str) -> String;
+    /// The sessions carrying [`marked_url`](Backend::marked_url)'s mark other than `known`:
+    /// with one marked pool alive, its watcher's. No other test's session is among them.
+    fn marked_sessions(known: &[u64]) -> Vec<u64>;
     /// A connection of its own that asks what the watcher asks, of another session, each
     /// time it is called.
     fn pinger() -> Box<dyn FnMut() + Send>;
@@ -109,12 +112,16 @@ impl Backend for Pg {
         conn.batch_execute("DISCARD ALL").await.unwrap();
     }
 
-    fn other_sessions(known: &[u64]) -> Vec<u64> {
+    fn marked_url(url: &str) -> String {
+        let separator = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{separator}application_name={WATCHED_MARK}")
+    }
+
+    fn marked_sessions(known: &[u64]) -> Vec<u64> {
         common::pg()
             .query(
-                "SELECT pid FROM pg_stat_activity WHERE backend_type = 'client backend' \
-                 AND pid <> pg_backend_pid() AND datname = current_database()",
-                &[],
+                "SELECT pid FROM pg_stat_activity WHERE application_name = $1",
+                &[&WATCHED_MARK],
             )
             .unwrap()
             .iter()
@@ -182,11 +189,38 @@ impl Backend for My {
         conn.query_drop("SELECT RELEASE_ALL_LOCKS()").await.unwrap();
     }
 
-    fn other_sessions(known: &[u64]) -> Vec<u64> {
+    fn marked_url(url: &str) -> String {
+        // A user of this test's own, with the test user's password and rights.
+        let mut conn = common::my();
+        for host in ["127.0.0.1", "%", "localhost"] {
+            conn.query_drop(format!(
+                "CREATE USER IF NOT EXISTS '{WATCHED_MARK}'@'{host}' IDENTIFIED BY 'dlock'"
+            ))
+            .unwrap();
+            conn.query_drop(format!(
+                "GRANT ALL PRIVILEGES ON *.* TO '{WATCHED_MARK}'@'{host}'"
+            ))
+            .unwrap();
+        }
+        let opts = mysql::Opts::from_url(url).unwrap();
+        let builder = mysql::OptsBuilder::from_opts(opts)
+            .user(Some(WATCHED_MARK))
+            .pass(Some("dlock"));
+        let opts = mysql::Opts::from(builder);
+        format!(
+            "mysql://{WATCHED_MARK}:dlock@{}:{}/{}",
+            opts.get_ip_or_hostname(),
+            opts.get_tcp_port(),
+            opts.get_db_name().unwrap_or_default()
+        )
+    }
+
+    fn marked_sessions(known: &[u64]) -> Vec<u64> {
         let ids: Vec<u64> = common::my()
-            .query(
-                "SELECT ID FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID() \
-                 AND USER = SUBSTRING_INDEX(CURRENT_USER(), '@', 1) AND COMMAND <> 'Killed'",
+            .exec(
+                "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = ? \
+                 AND COMMAND <> 'Killed'",
+                (WATCHED_MARK,),
             )
             .unwrap();
         ids.into_iter().filter(|id| !known.contains(id)).collect()
@@ -396,10 +430,13 @@ fn blocking_with_lock_reports_a_lock_lost_while_the_work_ran<B: Backend>() {
     assert_eq!(pool.try_with_lock(key, |_| 1).unwrap(), Some(1));
 }
 
-/// Kills every session of the test user but the guards', which leaves the watcher's: the
+/// The mark of the sessions of the pool whose watcher a test kills.
+const WATCHED_MARK: &str = "dlock_watched_pool";
+
+/// Kills every session of the marked pool but the guards', which leaves the watcher's: the
 /// watcher reconnects, and no guard is reported lost.
 fn kill_the_watcher<B: Backend>(guards: &[u64]) -> usize {
-    let watchers = B::other_sessions(guards);
+    let watchers = B::marked_sessions(guards);
     for id in &watchers {
         B::kill(*id);
     }
@@ -407,7 +444,7 @@ fn kill_the_watcher<B: Backend>(guards: &[u64]) -> usize {
 }
 
 fn a_killed_watcher_connection_reconnects_and_reports_nothing_lost_blocking<B: Backend>() {
-    let pool = blocking_pool::<B>(&B::url(), 1);
+    let pool = blocking_pool::<B>(&B::marked_url(&B::url()), 1);
     let mut guard = pool.acquire("lost/watcher-killed").unwrap();
     let id = B::session(&mut guard);
     std::thread::sleep(INTERVAL * 2);
@@ -426,7 +463,8 @@ fn a_killed_watcher_connection_reconnects_and_reports_nothing_lost_blocking<B: B
 }
 
 async fn a_killed_watcher_connection_reconnects_and_reports_nothing_lost_async<B: Backend>() {
-    let pool = async_pool::<B>(&B::url(), 1).await;
+    let url = off_runtime(|| B::marked_url(&B::url())).await;
+    let pool = async_pool::<B>(&url, 1).await;
     let mut guard = pool.acquire("lost/watcher-killed-async").await.unwrap();
     let id = B::async_session(&mut guard).await;
     tokio::time::sleep(INTERVAL * 2).await;
