@@ -8,6 +8,7 @@
 //! - `load`: the demo with several tasks per process and a shared-lock run; fails on any
 //!   lost update or overlapping holders.
 //! - `bench [--quick] [--json PATH]`: dlock's speed beside the raw driver floor.
+//! - `readme`: the README's examples, built as a new user would.
 
 mod bench;
 mod db;
@@ -15,6 +16,7 @@ mod demo;
 mod matrix;
 mod nemesis;
 mod pg_versions;
+mod readme;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -37,6 +39,8 @@ commands:
                  runs, --json PATH (default target/dlock-bench.json)
   nemesis        processes increment a counter under a lock while a nemesis kills, freezes
                  and restarts; with fencing tokens and without; --quick (a matrix row)
+  readme         build the README's examples as a new user would, each a crate of its own
+                 with exactly the dependency lines its toml block shows (a matrix row)
   test-matrix    run every check (fmt, clippy, docs, tests with servers); --list, --only PREFIX
 ";
 
@@ -49,6 +53,7 @@ fn main() -> ExitCode {
         Some("load") => demo::load_command(&args[1..]),
         Some("bench") => bench::command(&args[1..]),
         Some("nemesis") => nemesis::command(&args[1..]),
+        Some("readme") => readme::command(&args[1..]),
         Some("help" | "--help" | "-h") => {
             print!("{USAGE}");
             Ok(())

@@ -244,6 +244,8 @@ fn rows() -> Result<Vec<Row>> {
             "test:key-properties",
             &["test", "-p", "dlock-core", "--test", "policy_properties"],
         ),
+        // The README's examples, each built as a new user's crate from its own toml block.
+        Row::new("readme", &["run", "--quiet", "-p", "xtask", "--", "readme"]),
     ]);
     for (krate, features) in DATABASE_ROWS {
         let targets = shared_server_tests(krate, features)?;

@@ -1,0 +1,153 @@
+//! `cargo xtask readme`: builds the README's examples as a new user would, each in a crate of
+//! its own outside the workspace, with exactly the dependency lines its `toml` block shows
+//! (the dlock crates taken by path instead of from the registry) and the example as `main`.
+//!
+//! An example is a `rust` block that a `toml` block introduces (only blank lines between
+//! them). Its code runs inside `main`, which returns `Result<(), Box<dyn Error>>` so that `?`
+//! works as in the README; an example that awaits gets `#[tokio::main]`, so its `toml` block
+//! must list tokio, as the user's would have to. The examples are compiled, not run: they
+//! need servers at the README's addresses.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::Command;
+
+use crate::{Result, cargo, project_root, target_dir};
+
+/// One example: where it is, its dependency lines, its code.
+struct Example {
+    line: usize,
+    dependencies: Vec<String>,
+    code: Vec<String>,
+}
+
+/// `cargo xtask readme`.
+pub(crate) fn command(args: &[String]) -> Result<()> {
+    if let Some(other) = args.first() {
+        return Err(format!("unknown argument {other:?}; usage: cargo xtask readme").into());
+    }
+    let root = project_root();
+    let readme = std::fs::read_to_string(root.join("README.md"))?;
+    let examples = examples(&readme);
+    if examples.is_empty() {
+        return Err("the README has no example introduced by a toml block".into());
+    }
+    let dir = target_dir().join("readme-examples");
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    std::fs::create_dir_all(&dir)?;
+    let mut members = Vec::new();
+    for example in &examples {
+        let name = format!("example-line-{}", example.line);
+        write_example(&dir.join(&name), &name, example, &root)?;
+        members.push(format!("\"{name}\""));
+    }
+    std::fs::write(
+        dir.join("Cargo.toml"),
+        format!(
+            "[workspace]\nresolver = \"3\"\nmembers = [{}]\n",
+            members.join(", ")
+        ),
+    )?;
+    // The workspace's versions, so the examples build what the tests built.
+    std::fs::copy(root.join("Cargo.lock"), dir.join("Cargo.lock"))?;
+    eprintln!(
+        "xtask: building {} README examples in {}",
+        examples.len(),
+        dir.display()
+    );
+    let status = Command::new(cargo())
+        .current_dir(&dir)
+        .args(["check", "--quiet", "--workspace", "--keep-going"])
+        // The shared target directory: the drivers are built already.
+        .env("CARGO_TARGET_DIR", target_dir())
+        .status()?;
+    if !status.success() {
+        return Err(
+            "a README example does not build as written (see above; the crate is \
+                    named after the line of its rust block)"
+                .into(),
+        );
+    }
+    eprintln!("xtask: every README example builds");
+    Ok(())
+}
+
+/// The README's examples: each `rust` block right after a `toml` block.
+fn examples(readme: &str) -> Vec<Example> {
+    let mut examples = Vec::new();
+    let mut lines = readme.lines().enumerate();
+    let mut toml: Option<Vec<String>> = None;
+    while let Some((index, line)) = lines.next() {
+        let fence = line.trim_start();
+        if let Some(info) = fence.strip_prefix("```") {
+            let body: Vec<String> = lines
+                .by_ref()
+                .map(|(_, line)| line)
+                .take_while(|line| !line.trim_start().starts_with("```"))
+                .map(str::to_owned)
+                .collect();
+            let info = info.trim();
+            if info == "toml" {
+                toml = Some(body);
+                continue;
+            }
+            let rust = info == "rust" || (info.starts_with("rust,") && !info.contains("ignore"));
+            if let (true, Some(dependencies)) = (rust, toml.take()) {
+                examples.push(Example {
+                    line: index + 1,
+                    dependencies,
+                    code: body,
+                });
+            }
+            continue;
+        }
+        // Prose between the blocks: the toml block introduced nothing.
+        if !line.trim().is_empty() {
+            toml = None;
+        }
+    }
+    examples
+}
+
+fn write_example(dir: &Path, name: &str, example: &Example, root: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir.join("src"))?;
+    let mut manifest = format!(
+        "[package]\nname = \"{name}\"\nversion = \"0.0.0\"\nedition = \"2024\"\npublish = false\n\n\
+         [dependencies]\n"
+    );
+    for line in &example.dependencies {
+        let line = match line.split_once('=') {
+            // A dlock crate: the one in this repository, with the features the line asks for.
+            Some((krate, spec)) if krate.trim().starts_with("dlock-") => {
+                let path = root.join(krate.trim());
+                let spec = spec.replacen(
+                    "version = \"0.1\"",
+                    &format!("path = {:?}", path.display().to_string()),
+                    1,
+                );
+                format!("{krate}={spec}")
+            }
+            _ => line.clone(),
+        };
+        manifest.push_str(&line);
+        manifest.push('\n');
+    }
+    std::fs::write(dir.join("Cargo.toml"), manifest)?;
+    let awaits = example.code.iter().any(|line| line.contains(".await"));
+    let mut main = String::from("#![allow(unused)]\n\n");
+    if awaits {
+        main.push_str(
+            "#[tokio::main]\nasync fn main() -> Result<(), Box<dyn std::error::Error>> {\n",
+        );
+    } else {
+        main.push_str("fn main() -> Result<(), Box<dyn std::error::Error>> {\n");
+    }
+    for line in &example.code {
+        let _ = writeln!(main, "    {line}");
+    }
+    main.push_str("    Ok(())\n}\n");
+    std::fs::write(dir.join("src/main.rs"), main)?;
+    Ok(())
+}
