@@ -9,11 +9,13 @@
 //!   lost update or overlapping holders.
 //! - `bench [--quick] [--json PATH]`: dlock's speed beside the raw driver floor.
 //! - `readme`: the README's examples, built as a new user would.
+//! - `msrv`: each crate's `rust-version` against what its dependencies need.
 
 mod bench;
 mod db;
 mod demo;
 mod matrix;
+mod msrv;
 mod nemesis;
 mod pg_versions;
 mod readme;
@@ -39,6 +41,8 @@ commands:
                  runs, --json PATH (default target/dlock-bench.json)
   nemesis        processes increment a counter under a lock while a nemesis kills, freezes
                  and restarts; with fencing tokens and without; --quick (a matrix row)
+  msrv           check each crate's rust-version against what its dependencies need,
+                 resolved as for a user on that toolchain (a matrix row)
   readme         build the README's examples as a new user would, each a crate of its own
                  with exactly the dependency lines its toml block shows (a matrix row)
   test-matrix    run every check (fmt, clippy, docs, tests with servers); --list, --only PREFIX
@@ -54,6 +58,7 @@ fn main() -> ExitCode {
         Some("bench") => bench::command(&args[1..]),
         Some("nemesis") => nemesis::command(&args[1..]),
         Some("readme") => readme::command(&args[1..]),
+        Some("msrv") => msrv::command(&args[1..]),
         Some("help" | "--help" | "-h") => {
             print!("{USAGE}");
             Ok(())

@@ -246,6 +246,8 @@ fn rows() -> Result<Vec<Row>> {
         ),
         // The README's examples, each built as a new user's crate from its own toml block.
         Row::new("readme", &["run", "--quiet", "-p", "xtask", "--", "readme"]),
+        // Each crate's rust-version against its dependencies, resolved for that toolchain.
+        Row::new("msrv", &["run", "--quiet", "-p", "xtask", "--", "msrv"]),
     ]);
     for (krate, features) in DATABASE_ROWS {
         let targets = shared_server_tests(krate, features)?;
