@@ -248,6 +248,11 @@ fn rows() -> Result<Vec<Row>> {
         Row::new("readme", &["run", "--quiet", "-p", "xtask", "--", "readme"]),
         // Each crate's rust-version against its dependencies, resolved for that toolchain.
         Row::new("msrv", &["run", "--quiet", "-p", "xtask", "--", "msrv"]),
+        // Every published crate packaged and built from its package, as crates.io would.
+        Row::new(
+            "publish-dry-run",
+            &["publish", "--dry-run", "--workspace", "--allow-dirty"],
+        ),
     ]);
     for (krate, features) in DATABASE_ROWS {
         let targets = shared_server_tests(krate, features)?;
