@@ -88,6 +88,14 @@ pub trait AsyncConnection: Sized + Send + 'static + sealed::Sealed {
         policy: &KeyPolicy,
         locks: &[WatchedLock],
     ) -> impl Future<Output = Result<Vec<bool>>> + Send;
+
+    /// Creates the fence table `table` (the backend's default for `None`) if it is missing
+    /// (the backend's `install_fencing_async` and `install_fencing_in_async`).
+    #[doc(hidden)]
+    fn install_fencing(
+        conn: &mut Self,
+        table: Option<&str>,
+    ) -> impl Future<Output = Result<()>> + Send;
 }
 
 /// The lock type of a pool of manager `M`.
@@ -144,6 +152,13 @@ mod postgres_backend {
             let locks = crate::watch::in_backend_form(policy, locks, KeyPolicy::pg_key)?;
             dlock_postgres::still_held_async(conn, &locks).await
         }
+
+        async fn install_fencing(conn: &mut Self, table: Option<&str>) -> Result<()> {
+            match table {
+                Some(table) => dlock_postgres::install_fencing_in_async(conn, table).await,
+                None => dlock_postgres::install_fencing_async(conn).await,
+            }
+        }
     }
 }
 
@@ -199,6 +214,13 @@ mod mysql_backend {
         ) -> Result<Vec<bool>> {
             let locks = crate::watch::in_backend_form(policy, locks, KeyPolicy::mysql_name)?;
             dlock_mysql::still_held_async(conn, &locks).await
+        }
+
+        async fn install_fencing(conn: &mut Self, table: Option<&str>) -> Result<()> {
+            match table {
+                Some(table) => dlock_mysql::install_fencing_in_async(conn, table).await,
+                None => dlock_mysql::install_fencing_async(conn).await,
+            }
         }
     }
 }
@@ -305,6 +327,24 @@ where
     /// The bb8 pool, for its state or for plain work on its connections.
     pub fn pool(&self) -> &bb8::Pool<LockManager<M>> {
         &self.pool
+    }
+
+    /// Creates the table of fencing tokens that this pool's locks use, if it does not exist:
+    /// the one [`fenced_in`](AsyncLockPool::fenced_in) named, else the backend's default. It
+    /// runs on a connection of the pool, which goes back to the pool afterwards. Run it once
+    /// per database (at startup, or in a migration) with a login that may create tables.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Pool`] when no connection came; otherwise what the server reports.
+    ///
+    /// # Cancel Safety
+    ///
+    /// Cancel safe: `CREATE TABLE IF NOT EXISTS` either ran or did not, and a dropped call
+    /// can be made again.
+    pub async fn install_fencing(&self) -> Result<()> {
+        let mut conn = self.checkout(None).await?;
+        AsyncConnection::install_fencing(&mut *conn, self.core.fence_table_name()).await
     }
 
     async fn checkout(&self, deadline: Option<Instant>) -> Result<AsyncPooled<M>> {

@@ -75,6 +75,11 @@ pub trait BlockingConnection: Sized + Send + 'static + sealed::Sealed {
     /// `still_held`).
     #[doc(hidden)]
     fn still_held(conn: &mut Self, policy: &KeyPolicy, locks: &[WatchedLock]) -> Result<Vec<bool>>;
+
+    /// Creates the fence table `table` (the backend's default for `None`) if it is missing
+    /// (the backend's `install_fencing` and `install_fencing_in`).
+    #[doc(hidden)]
+    fn install_fencing(conn: &mut Self, table: Option<&str>) -> Result<()>;
 }
 
 /// The lock type of a pool of manager `M`.
@@ -127,6 +132,13 @@ mod postgres_backend {
             let locks = crate::watch::in_backend_form(policy, locks, KeyPolicy::pg_key)?;
             dlock_postgres::still_held(conn, &locks)
         }
+
+        fn install_fencing(conn: &mut Self, table: Option<&str>) -> Result<()> {
+            match table {
+                Some(table) => dlock_postgres::install_fencing_in(conn, table),
+                None => dlock_postgres::install_fencing(conn),
+            }
+        }
     }
 }
 
@@ -167,6 +179,13 @@ mod mysql_backend {
         ) -> Result<Vec<bool>> {
             let locks = crate::watch::in_backend_form(policy, locks, KeyPolicy::mysql_name)?;
             dlock_mysql::still_held(conn, &locks)
+        }
+
+        fn install_fencing(conn: &mut Self, table: Option<&str>) -> Result<()> {
+            match table {
+                Some(table) => dlock_mysql::install_fencing_in(conn, table),
+                None => dlock_mysql::install_fencing(conn),
+            }
         }
     }
 }
@@ -306,6 +325,22 @@ where
     ) -> Result<Option<LockGuard<M>>> {
         let deadline = deadline::deadline(Instant::now(), timeout);
         self.take(key.into(), deadline, Wait::Forever)
+    }
+
+    /// Creates the table of fencing tokens that this pool's locks use, if it does not exist:
+    /// the one [`fenced_in`](LockPool::fenced_in) named, else the backend's default. It runs
+    /// on a connection of the pool, which goes back to the pool afterwards. Run it once per
+    /// database (at startup, or in a migration) with a login that may create tables.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Pool`] when no connection came; otherwise what the server reports.
+    pub fn install_fencing(&self) -> Result<()> {
+        let mut conn = self
+            .pool
+            .get()
+            .map_err(|error| self.core.checkout_error(error, true))?;
+        BlockingConnection::install_fencing(&mut **conn, self.core.fence_table_name())
     }
 
     /// Checks out a connection and takes `key` on it: within `deadline` for both when there

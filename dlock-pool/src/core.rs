@@ -55,6 +55,14 @@ impl<M> PoolCore<M> {
 
     /// The error of a checkout that failed with the driver pool's `error`. A checkout that
     /// timed out while the manager could not connect names the connect error as its cause.
+    /// The fence table the user named, if any (`None`: the backend's default).
+    pub(crate) fn fence_table_name(&self) -> Option<&str> {
+        match &self.fence {
+            Some(FenceTable::Named(table)) => Some(table),
+            Some(FenceTable::Default) | None => None,
+        }
+    }
+
     pub(crate) fn checkout_error(&self, error: impl fmt::Display, timed_out: bool) -> Error
     where
         M: Sized,

@@ -168,12 +168,12 @@ impl Signal {
     /// Why the lock is lost at `now`, if it is: a past loss, or a confirmation older than the
     /// bound (which makes it lost from then on).
     fn lost_at(&self, state: &mut SignalState, now: Instant) -> Option<LostReason> {
-        if state.lost.is_none() {
-            if let Some(bound) = self.bound {
-                let unconfirmed = now.saturating_duration_since(state.confirmed_at);
-                if unconfirmed > bound {
-                    self.lose_locked(state, LostReason::Unconfirmed { unconfirmed });
-                }
+        if state.lost.is_none()
+            && let Some(bound) = self.bound
+        {
+            let unconfirmed = now.saturating_duration_since(state.confirmed_at);
+            if unconfirmed > bound {
+                self.lose_locked(state, LostReason::Unconfirmed { unconfirmed });
             }
         }
         state.lost.clone()

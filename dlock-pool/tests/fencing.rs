@@ -169,3 +169,66 @@ async fn with_lock_gives_the_work_its_guard_and_token_in_both_pools() {
         .expect("nobody else holds it");
     assert_eq!(second, Some(first + 1));
 }
+
+/// A pool installs its own fence table through one of its connections: the named one, on
+/// both backends and both flavours, without a raw connection of the user's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_installs_its_own_fence_table_and_then_issues_tokens() {
+    let suffix = std::process::id();
+    // Each run names a table of its own, so that the install has something to create.
+    let pg_table = format!("public.dlock_fence_pool_install_{suffix}");
+    let my_table = format!("dlock.dlock_fence_pool_install_{suffix}");
+    let manager = Bb8Pg::new(postgres::pg_url().parse().unwrap(), tokio_postgres::NoTls);
+    let pool = AsyncLockPool::new(manager)
+        .await
+        .unwrap()
+        .fenced_in(&pg_table)
+        .unwrap();
+    pool.install_fencing().await.unwrap();
+    pool.install_fencing().await.unwrap(); // Once more changes nothing.
+    let guard = pool.acquire("fencing/pool/install").await.unwrap();
+    assert_eq!(AsyncLockGuard::fencing_token(&guard), Some(1));
+    AsyncLockGuard::release(guard).await.unwrap();
+    let manager = AsyncMySqlManager::from_url(&mysql::mysql_url()).unwrap();
+    let pool = AsyncLockPool::new(manager)
+        .await
+        .unwrap()
+        .fenced_in(&my_table)
+        .unwrap();
+    pool.install_fencing().await.unwrap();
+    let guard = pool.acquire("fencing/pool/install").await.unwrap();
+    assert_eq!(AsyncLockGuard::fencing_token(&guard), Some(1));
+    AsyncLockGuard::release(guard).await.unwrap();
+    tokio::task::spawn_blocking(move || {
+        let manager = R2d2Pg::new(postgres::pg_url().parse().unwrap(), ::postgres::NoTls);
+        let pool = LockPool::new(manager)
+            .unwrap()
+            .fenced_in(&pg_table)
+            .unwrap();
+        pool.install_fencing().unwrap();
+        let guard = pool.acquire("fencing/pool/install").unwrap();
+        assert_eq!(LockGuard::fencing_token(&guard), Some(2));
+        LockGuard::release(guard).unwrap();
+        let opts = ::mysql::Opts::from_url(&mysql::mysql_url()).unwrap();
+        let manager =
+            r2d2_mysql::MySqlConnectionManager::new(::mysql::OptsBuilder::from_opts(opts));
+        let pool = LockPool::new(manager)
+            .unwrap()
+            .fenced_in(&my_table)
+            .unwrap();
+        pool.install_fencing().unwrap();
+        let guard = pool.acquire("fencing/pool/install").unwrap();
+        assert_eq!(LockGuard::fencing_token(&guard), Some(2));
+        LockGuard::release(guard).unwrap();
+        // Left behind: one table per run would pile up.
+        postgres::connect()
+            .batch_execute(&format!("DROP TABLE {pg_table}"))
+            .unwrap();
+        use ::mysql::prelude::Queryable as _;
+        mysql::connect()
+            .query_drop(format!("DROP TABLE {my_table}"))
+            .unwrap();
+    })
+    .await
+    .unwrap();
+}
