@@ -342,8 +342,6 @@ enum AcquirePhase {
 /// `acquire`, `try_acquire` and `acquire_timeout`.
 #[derive(Debug)]
 pub(crate) struct Acquire {
-    /// The fence table (as SQL) of a fenced acquire, which a missing-table error names.
-    fence_table: Option<String>,
     server: Server,
     name: String,
     wait: Wait,
@@ -383,7 +381,6 @@ impl Acquire {
         let token = attempt_token();
         let server = Server::from_version(version);
         Ok(Acquire {
-            fence_table: state.fence.clone(),
             server,
             name,
             wait,
@@ -421,7 +418,7 @@ impl Acquire {
 
     fn done(&mut self, outcome: Result<bool>) -> Step<bool> {
         self.phase = AcquirePhase::Done;
-        Step::Done(outcome.map_err(|error| error.naming_fence_table(self.fence_table.as_deref())))
+        Step::Done(outcome)
     }
 
     fn granted(&mut self, state: &mut LockState) -> Step<bool> {
@@ -452,10 +449,9 @@ impl Acquire {
     }
 }
 
-impl Operation for Acquire {
-    type Output = bool;
-
-    fn step(&mut self, state: &mut LockState, reply: Option<Reply>) -> Step<bool> {
+impl Acquire {
+    /// One step of the acquire, as [`Operation::step`] takes it.
+    fn advance(&mut self, state: &mut LockState, reply: Option<Reply>) -> Step<bool> {
         match std::mem::replace(&mut self.phase, AcquirePhase::Done) {
             // MariaDB's cluster check rides in the lock statement; MySQL's goes first.
             AcquirePhase::Start if state.check_deployment && self.server == Server::MySql => {
@@ -558,6 +554,21 @@ impl Operation for Acquire {
                     self.done(Err(failed.error))
                 }
             },
+        }
+    }
+}
+
+impl Operation for Acquire {
+    type Output = bool;
+
+    /// [`Acquire::advance`], with the fence table named in a missing-table error (the
+    /// driver's error cannot name it).
+    fn step(&mut self, state: &mut LockState, reply: Option<Reply>) -> Step<bool> {
+        match self.advance(state, reply) {
+            Step::Done(Err(error)) => {
+                Step::Done(Err(error.naming_fence_table(state.fence.as_deref())))
+            }
+            step => step,
         }
     }
 

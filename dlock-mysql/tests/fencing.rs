@@ -65,12 +65,9 @@ fn without_the_table_a_fenced_acquire_fails_clearly_and_holds_nothing() {
             "{error:?}"
         );
         // It names the table it looked for, and the call that creates that one.
-        let message = error.to_string();
-        assert!(
-            message.contains("dlock_fence_never_installed")
-                && message
-                    .contains("install_fencing_in function with \"dlock_fence_never_installed\""),
-            "{message}"
+        dlock_testkit::assert_names_missing_fence_table(
+            &error.to_string(),
+            "dlock_fence_never_installed",
         );
         assert!(!lock.is_acquired());
         assert_eq!(holder_of(name), None, "the lock was given back");

@@ -53,8 +53,6 @@ impl<M> PoolCore<M> {
         self.watch = Watch::new(self.watch.settings());
     }
 
-    /// The error of a checkout that failed with the driver pool's `error`. A checkout that
-    /// timed out while the manager could not connect names the connect error as its cause.
     /// The fence table the user named, if any (`None`: the backend's default).
     pub(crate) fn fence_table_name(&self) -> Option<&str> {
         match &self.fence {
@@ -63,6 +61,8 @@ impl<M> PoolCore<M> {
         }
     }
 
+    /// The error of a checkout that failed with the driver pool's `error`. A checkout that
+    /// timed out while the manager could not connect names the connect error as its cause.
     pub(crate) fn checkout_error(&self, error: impl fmt::Display, timed_out: bool) -> Error
     where
         M: Sized,

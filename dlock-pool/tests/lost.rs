@@ -203,10 +203,6 @@ impl Backend for My {
             .unwrap();
         }
         let opts = mysql::Opts::from_url(url).unwrap();
-        let builder = mysql::OptsBuilder::from_opts(opts)
-            .user(Some(WATCHED_MARK))
-            .pass(Some("dlock"));
-        let opts = mysql::Opts::from(builder);
         format!(
             "mysql://{WATCHED_MARK}:dlock@{}:{}/{}",
             opts.get_ip_or_hostname(),

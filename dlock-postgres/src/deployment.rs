@@ -61,8 +61,9 @@ pub(crate) enum Route {
 }
 
 impl Route {
-    /// Which passed checks a lock statement on this route accepts, and which one its own
-    /// check is: a proof by the cancel key, or any check where the key is unknown.
+    /// The kind of this route's own check, which is also the only kind its lock statements
+    /// accept: a proof by the cancel key, or an inference where the key is unknown or a
+    /// session pooler is vouched for.
     pub(crate) fn gate(self) -> Gate {
         match self {
             Route::CancelKey(_) => Gate::Proven,

@@ -460,8 +460,6 @@ enum AcquirePhase {
 /// `acquire`, `try_acquire` and `acquire_timeout` of a session lock.
 #[derive(Debug)]
 pub(crate) struct Acquire {
-    /// The fence table (as SQL) of a fenced acquire, which a missing-table error names.
-    fence_table: Option<String>,
     hold: Hold,
     wait: Wait,
     /// The tag of a waiting statement a side connection may have to end.
@@ -506,7 +504,6 @@ impl Acquire {
             _ => None,
         };
         Ok(Acquire {
-            fence_table: state.fence.clone(),
             hold: state.hold()?,
             wait,
             token,
@@ -527,16 +524,17 @@ impl Acquire {
         let fence = state.fence.as_deref();
         let statement = match self.form {
             // A tagged wait goes as text: a prepared statement's text cannot carry the tag.
+            // Right after a passed check, the statement marks its session. Only unfenced
+            // statements are gated, so only they are ever marked.
+            Form::Plain(kind) if self.mark_checked.is_some() => {
+                let checked = self.mark_checked.unwrap_or(Gate::Checked);
+                sql::marking_checked(&kind.simple(self.hold, None), checked)
+            }
             Form::Plain(kind)
                 if self.token.is_none()
-                    && self.mark_checked.is_none()
                     && state.prepared(kind.fenced_if(fence), self.hold).is_some() =>
             {
                 return Request::Prepared(kind.fenced_if(fence), self.hold);
-            }
-            Form::Plain(kind) if fence.is_none() && self.mark_checked.is_some() => {
-                let checked = self.mark_checked.unwrap_or(Gate::Checked);
-                sql::marking_checked(&kind.simple(self.hold, None), checked)
             }
             Form::Plain(kind) => kind.fenced_if(fence).simple(self.hold, fence),
             Form::Guarded(millis) => {
@@ -593,7 +591,7 @@ impl Acquire {
 
     fn done(&mut self, outcome: Result<bool>) -> Step<bool> {
         self.phase = AcquirePhase::Done;
-        Step::Done(outcome.map_err(|error| error.naming_fence_table(self.fence_table.as_deref())))
+        Step::Done(outcome)
     }
 
     /// The lock statement failed with `failure`, and the session does not hold the lock.
@@ -626,10 +624,9 @@ impl Acquire {
     }
 }
 
-impl Operation for Acquire {
-    type Output = bool;
-
-    fn step(&mut self, state: &mut LockState, mut reply: Option<Reply>) -> Step<bool> {
+impl Acquire {
+    /// One step of the acquire, as [`Operation::step`] takes it.
+    fn advance(&mut self, state: &mut LockState, mut reply: Option<Reply>) -> Step<bool> {
         if let AcquirePhase::Check(check) = &mut self.phase {
             // Only the connection being locked is there to check.
             match check.step(
@@ -814,6 +811,21 @@ impl Operation for Acquire {
                     }
                 }
             }
+        }
+    }
+}
+
+impl Operation for Acquire {
+    type Output = bool;
+
+    /// [`Acquire::advance`], with the fence table named in a missing-table error (the
+    /// driver's error cannot name it).
+    fn step(&mut self, state: &mut LockState, reply: Option<Reply>) -> Step<bool> {
+        match self.advance(state, reply) {
+            Step::Done(Err(error)) => {
+                Step::Done(Err(error.naming_fence_table(state.fence.as_deref())))
+            }
+            step => step,
         }
     }
 

@@ -110,14 +110,9 @@ pub(crate) fn lock_timeout_millis(timeout: Duration) -> u32 {
 /// (the full check then runs). The mark is read before the lock function runs: a one-time
 /// filter of the statement, which costs the server almost nothing.
 pub(crate) fn gated_lock(hold: Hold, kind: Kind, gate: Gate) -> String {
-    let function = match kind {
-        Kind::TryLock => "pg_try_advisory_lock",
-        _ => "pg_advisory_lock",
-    };
     format!(
-        "SELECT {function}{}({}) WHERE current_setting('{CHECKED_MARK}', true) = '{}'",
-        hold.mode.suffix(),
-        key_args(hold.key),
+        "{} WHERE current_setting('{CHECKED_MARK}', true) = '{}'",
+        kind.simple(hold, None),
         mark(gate)
     )
 }
@@ -142,14 +137,16 @@ const CHECKED_MARK: &str = "dlock.deployment_checked";
 
 /// This process's mark for server sessions a check of `kind` passed on: random, so no other
 /// process's check (and no user's setting) vouches for a session.
-fn mark(kind: Gate) -> String {
-    static PROCESS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    let process = PROCESS.get_or_init(dlock_core::attempt_token);
-    let kind = match kind {
-        Gate::Proven => 'p',
-        Gate::Checked => 'c',
-    };
-    format!("{process:016x}{kind}")
+fn mark(kind: Gate) -> &'static str {
+    static MARKS: std::sync::OnceLock<[String; 2]> = std::sync::OnceLock::new();
+    let [proven, checked] = MARKS.get_or_init(|| {
+        let process = dlock_core::attempt_token();
+        [format!("{process:016x}p"), format!("{process:016x}c")]
+    });
+    match kind {
+        Gate::Proven => proven,
+        Gate::Checked => checked,
+    }
 }
 
 /// `statement`, a single `SELECT`, that also marks its server session as passed by a check

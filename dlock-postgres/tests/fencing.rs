@@ -101,12 +101,9 @@ fn without_the_table_a_fenced_acquire_fails_clearly_and_holds_nothing() {
             "{error:?}"
         );
         // It names the table it looked for, and the call that creates that one.
-        let message = error.to_string();
-        assert!(
-            message.contains("dlock_fence_never_installed")
-                && message
-                    .contains("install_fencing_in function with \"dlock_fence_never_installed\""),
-            "{message}"
+        dlock_testkit::assert_names_missing_fence_table(
+            &error.to_string(),
+            "dlock_fence_never_installed",
         );
         assert!(!lock.is_acquired());
         assert!(holder_pids(&mut connect(), key_of(key)).is_empty());

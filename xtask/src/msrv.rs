@@ -158,11 +158,7 @@ fn features(root: &Path, krate: &str) -> Result<String> {
 }
 
 fn run(dir: &Path, args: &[&str]) -> Result<()> {
-    let status = Command::new(cargo())
-        .current_dir(dir)
-        .args(args)
-        .env_remove("CARGO_TARGET_DIR")
-        .status()?;
+    let status = Command::new(cargo()).current_dir(dir).args(args).status()?;
     if status.success() {
         Ok(())
     } else {

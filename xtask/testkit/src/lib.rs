@@ -34,6 +34,15 @@ pub async fn poll_once_and_drop<F: std::future::Future>(future: F) {
     .await;
 }
 
+/// Asserts that a missing-fence-table error's `message` names `table`, the table a lock was
+/// fenced in, and the call that creates exactly that one.
+pub fn assert_names_missing_fence_table(message: &str, table: &str) {
+    assert!(
+        message.contains(&format!("install_fencing_in function with \"{table}\"")),
+        "{message}"
+    );
+}
+
 /// The port of a URL like `scheme://user@host:port/db`.
 pub fn port_of(url: &str) -> u16 {
     let after_at = url.rsplit_once('@').map_or(url, |(_, rest)| rest);
