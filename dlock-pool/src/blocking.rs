@@ -87,21 +87,13 @@ type LockOf<M> = <<M as r2d2::ManageConnection>::Connection as BlockingConnectio
 
 #[cfg(feature = "postgres")]
 mod postgres_backend {
-    use std::borrow::{Borrow, BorrowMut};
-
-    use dlock_postgres::PgLock;
     use dlock_postgres::postgres::Client;
+    use dlock_postgres::{PgConnection, PgLock};
 
     use super::*;
 
-    impl<M: BlockingManager<Connection = Client>> Borrow<Client> for Pooled<M> {
-        fn borrow(&self) -> &Client {
-            self
-        }
-    }
-
-    impl<M: BlockingManager<Connection = Client>> BorrowMut<Client> for Pooled<M> {
-        fn borrow_mut(&mut self) -> &mut Client {
+    impl<M: BlockingManager<Connection = Client>> PgConnection for Pooled<M> {
+        fn client(&mut self) -> &mut Client {
             self
         }
     }

@@ -1,6 +1,5 @@
 //! Locks over the blocking `postgres` client.
 
-use std::borrow::BorrowMut;
 use std::fmt;
 use std::time::Duration;
 
@@ -10,17 +9,270 @@ use postgres::{Client, Transaction};
 
 use crate::deployment::{Check, CheckStep, On, Route};
 use crate::machine::{
-    self, Acquire, Failed, LockState, Operation, PayOwed, Release, Reply, Request, Step, Verify,
-    XactOptions, XactOutcome,
+    self, Acquire, Failed, LockState, Operation, PayOwed, Release, Reply, Request, SessionFacts,
+    Step, Verify, XactOptions, XactOutcome,
 };
 use crate::sql::{self, Hold, Holder, Mode};
 
+/// A connection a [`PgLock`] can run on: the driver's [`Client`], a box of it, a [`PgSession`],
+/// or a `&mut` to any of them. For an r2d2 pooled connection pass `&mut *conn`, or use
+/// dlock-pool, which manages the connection for you.
+pub trait PgConnection {
+    /// The client the lock sends its statements through.
+    fn client(&mut self) -> &mut Client;
+
+    /// What dlock knows of the session this value is or borrows (a [`PgSession`] answers).
+    #[doc(hidden)]
+    fn session_facts(&mut self) -> Option<&mut SessionFacts> {
+        None
+    }
+}
+
+impl PgConnection for Client {
+    fn client(&mut self) -> &mut Client {
+        self
+    }
+}
+
+impl PgConnection for Box<Client> {
+    fn client(&mut self) -> &mut Client {
+        self
+    }
+}
+
+impl<T: PgConnection + ?Sized> PgConnection for &mut T {
+    fn client(&mut self) -> &mut Client {
+        (**self).client()
+    }
+
+    fn session_facts(&mut self) -> Option<&mut SessionFacts> {
+        (**self).session_facts()
+    }
+}
+
+/// A PostgreSQL server session over a blocking [`Client`] (owned or borrowed), as dlock knows
+/// it: it holds locks on any number of keys, released in any order, and keeps what outlives
+/// any one lock object on it.
+///
+/// - **Many keys.** [`acquire`](PgSession::acquire), [`try_acquire`](PgSession::try_acquire)
+///   and [`acquire_timeout`](PgSession::acquire_timeout) take a key's lock for the session,
+///   [`release`](PgSession::release) gives back any of them, in any order. Taking a key the
+///   session holds already takes a second hold (PostgreSQL counts them), and each release
+///   gives back one. For a shared or fenced lock, use a one-key lock on the session
+///   ([`lock`](PgSession::lock)).
+/// - **Holds owed by dropped locks.** A lock dropped holding whose release the server refused
+///   (its session was inside a transaction you had aborted) leaves its hold owed to the
+///   session, which releases it before its next statement through dlock, after your
+///   `ROLLBACK`: exactly that hold, never another of the same key. On a bare client nothing
+///   outlives the lock object, and such a hold stays until the session ends.
+/// - **Prepared statements**, shared by the locks made on it one after another.
+///
+/// Dropping the session releases what it holds and pays what it owes (failures are logged
+/// with `tracing`); [`into_inner`](PgSession::into_inner) does the same and says how it went.
+///
+/// # Examples
+///
+/// ```no_run
+/// use dlock_postgres::{Lock, PgSession};
+/// use postgres::{Client, NoTls};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let mut client = Client::connect("postgres://postgres@localhost/postgres", NoTls)?;
+/// let mut session = PgSession::new(&mut client);
+/// session.acquire("accounts/1")?;
+/// session.acquire("accounts/2")?;
+/// session.release("accounts/1")?; // In any order.
+/// session.client().execute("UPDATE accounts SET frozen = true WHERE id = 2", &[])?;
+/// session.release("accounts/2")?;
+/// // One-key locks on the session share what it knows.
+/// let mut lock = session.lock("nightly-report").shared();
+/// if lock.try_acquire()? {
+///     lock.release()?;
+/// }
+/// # Ok(())
+/// # }
+/// ```
+pub struct PgSession<C: PgConnection> {
+    /// Always `Some` until `into_inner` takes it.
+    conn: Option<C>,
+    facts: SessionFacts,
+    policy: KeyPolicy,
+    /// What the session holds through its own methods, oldest first.
+    holds: Vec<LockState>,
+}
+
+impl<C: PgConnection> PgSession<C> {
+    /// The session of `conn`, holding nothing.
+    pub fn new(conn: C) -> Self {
+        PgSession {
+            conn: Some(conn),
+            facts: SessionFacts::default(),
+            policy: KeyPolicy::default(),
+            holds: Vec::new(),
+        }
+    }
+
+    /// Uses `policy` to turn the keys of the session's own methods into PostgreSQL keys.
+    pub fn policy(mut self, policy: KeyPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// A one-key lock on this session, unlocked, under the default key policy; it shares
+    /// what the session knows and owes.
+    pub fn lock(&mut self, key: impl Into<Key>) -> PgLock<&mut Self> {
+        PgLock::new(self, key)
+    }
+
+    /// The client, for work of your own. Do not release locks through it with raw SQL: the
+    /// session would no longer know what it holds.
+    pub fn client(&mut self) -> &mut Client {
+        self.conn
+            .as_mut()
+            .expect("the connection is only taken by into_inner")
+            .client()
+    }
+
+    /// Waits, in the server, until the session holds `key`'s lock (exclusive).
+    ///
+    /// # Errors
+    ///
+    /// As [`Lock::acquire`].
+    pub fn acquire(&mut self, key: impl Into<Key>) -> Result<()> {
+        self.take(key.into(), Wait::Forever).map(drop)
+    }
+
+    /// Takes `key`'s lock if it is free: `Ok(false)` when another session holds it.
+    ///
+    /// # Errors
+    ///
+    /// As [`Lock::try_acquire`].
+    pub fn try_acquire(&mut self, key: impl Into<Key>) -> Result<bool> {
+        self.take(key.into(), Wait::Never)
+    }
+
+    /// Waits at most `timeout` for `key`'s lock.
+    ///
+    /// # Errors
+    ///
+    /// As [`Lock::acquire_timeout`].
+    pub fn acquire_timeout(&mut self, key: impl Into<Key>, timeout: Duration) -> Result<bool> {
+        self.take(key.into(), Wait::for_timeout(timeout))
+    }
+
+    /// Gives back one hold of `key` that the session's own methods took (the latest).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotAcquired`](dlock_core::Error::NotAcquired) when the session's methods hold
+    /// no such key; otherwise as [`Lock::release`]. A release the server refused (an aborted
+    /// transaction) keeps the key held: release it again after your `ROLLBACK`.
+    pub fn release(&mut self, key: impl Into<Key>) -> Result<()> {
+        let key = key.into();
+        let at = self
+            .holds
+            .iter()
+            .rposition(|state| state.key == key)
+            .ok_or(dlock_core::Error::NotAcquired)?;
+        let state = self.holds.remove(at);
+        let mut lock = PgLock {
+            conn: Some(&mut *self),
+            state,
+        };
+        let released = lock.release();
+        if lock.is_acquired() {
+            let state = lock.detach();
+            drop(lock);
+            self.holds.insert(at, state);
+        }
+        released
+    }
+
+    /// The keys the session's own methods hold, oldest first (a key held twice twice).
+    pub fn held(&self) -> impl Iterator<Item = &Key> {
+        self.holds.iter().map(|state| &state.key)
+    }
+
+    /// Releases everything the session's own methods hold and pays what it owes, then gives
+    /// the connection back with the first failure, if any.
+    pub fn into_inner(mut self) -> (C, Result<()>) {
+        let settled = self.settle();
+        let conn = self
+            .conn
+            .take()
+            .expect("the connection is only taken by into_inner");
+        (conn, settled)
+    }
+
+    fn take(&mut self, key: Key, wait: Wait) -> Result<bool> {
+        let policy = self.policy.clone();
+        let mut lock = PgLock::new(&mut *self, key).policy(policy);
+        let taken = lock.take(wait)?;
+        if taken {
+            let state = lock.detach();
+            drop(lock);
+            self.holds.push(state);
+        }
+        Ok(taken)
+    }
+
+    /// Releases the holds, newest first, then pays what is owed.
+    fn settle(&mut self) -> Result<()> {
+        let mut outcome = Ok(());
+        while let Some(state) = self.holds.pop() {
+            let mut lock = PgLock {
+                conn: Some(&mut *self),
+                state,
+            };
+            let released = lock.release();
+            // A refused release leaves the hold to the session, owed.
+            drop(lock);
+            outcome = outcome.and(released);
+        }
+        if self.facts.owes() {
+            let mut lock = PgLock::new(&mut *self, Key::from(0_i64));
+            outcome = outcome.and(lock.settle());
+        }
+        outcome
+    }
+}
+
+impl<C: PgConnection> PgConnection for PgSession<C> {
+    fn client(&mut self) -> &mut Client {
+        PgSession::client(self)
+    }
+
+    fn session_facts(&mut self) -> Option<&mut SessionFacts> {
+        Some(&mut self.facts)
+    }
+}
+
+impl<C: PgConnection> Drop for PgSession<C> {
+    fn drop(&mut self) {
+        if self.conn.is_none() || (self.holds.is_empty() && !self.facts.owes()) {
+            return;
+        }
+        if let Err(error) = self.settle() {
+            tracing::warn!(%error, "dropping a PostgreSQL session: a release failed; its locks stay held until the session ends");
+        }
+    }
+}
+
+impl<C: PgConnection> fmt::Debug for PgSession<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgSession")
+            .field("held", &self.held().collect::<Vec<_>>())
+            .field("facts", &self.facts)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A PostgreSQL session-level advisory lock over the blocking [`postgres::Client`].
 ///
-/// `C` is the client itself, a `&mut Client`, or anything else that lends one mutably
-/// (`Box<Client>`; for an r2d2 pooled connection pass `&mut *conn`, or use dlock-pool,
-/// which manages the connection for you). The lock holds on to its connection from
-/// creation to drop: a session lock lives in exactly one session.
+/// `C` is the client itself, a `&mut Client`, or anything else that implements
+/// [`PgConnection`] (a [`PgSession`], whose locks share what it knows and owes). The lock
+/// holds on to its connection from creation to drop: a session lock lives in exactly one
+/// session.
 ///
 /// Every operation is one round trip; waiting happens in the server. The contract is the
 /// [`Lock`] trait's; in short: created unlocked, `acquire` waits, `try_acquire` never
@@ -52,13 +304,13 @@ use crate::sql::{self, Hold, Holder, Mode};
 /// # }
 /// ```
 #[must_use = "a lock does nothing until it is acquired"]
-pub struct PgLock<C: BorrowMut<Client>> {
+pub struct PgLock<C: PgConnection> {
     /// Always `Some` until `into_inner` takes it.
     conn: Option<C>,
     state: LockState,
 }
 
-impl<C: BorrowMut<Client>> PgLock<C> {
+impl<C: PgConnection> PgLock<C> {
     /// An exclusive lock on `key` over `conn`, unlocked, under the default key policy.
     pub fn new(conn: C, key: impl Into<Key>) -> Self {
         PgLock {
@@ -71,7 +323,7 @@ impl<C: BorrowMut<Client>> PgLock<C> {
 
     /// The client, for work inside the critical section.
     pub fn client(&mut self) -> &mut Client {
-        self.get_mut().borrow_mut()
+        self.get_mut().client()
     }
 
     /// Every session of this database that holds this lock's key, with its mode, from
@@ -96,33 +348,52 @@ impl<C: BorrowMut<Client>> PgLock<C> {
         (conn, released)
     }
 
-    /// Releases what is held and pays what is owed.
+    /// Releases what is held and pays what is owed. On a session, a hold whose release the
+    /// server refused is left owed to it.
     fn settle(&mut self) -> Result<()> {
-        if self.state.held().is_some() {
+        let outcome = if self.state.held().is_some() {
             self.release()
         } else {
             let mut op = PayOwed::start();
             self.drive(|state, reply| op.step(state, reply))
+        };
+        if let Some(facts) = self.conn.as_mut().and_then(PgConnection::session_facts) {
+            self.state.hand_back(facts, true);
         }
+        outcome
     }
 
-    /// Sends what the machine asks until it is done.
+    /// Takes the state out, holds and all, leaving an empty one whose drop does nothing.
+    fn detach(&mut self) -> LockState {
+        let empty = LockState::new(self.state.key.clone());
+        std::mem::replace(&mut self.state, empty)
+    }
+
+    /// Sends what the machine asks until it is done, with what the session knows and owes
+    /// taken over for the operation.
     fn drive<T>(
         &mut self,
         mut step: impl FnMut(&mut LockState, Option<Reply>) -> Step<T>,
     ) -> Result<T> {
-        let client = self
+        let conn = self
             .conn
             .as_mut()
-            .expect("the connection is only taken by into_inner")
-            .borrow_mut();
+            .expect("the connection is only taken by into_inner");
+        if let Some(facts) = conn.session_facts() {
+            self.state.adopt(facts);
+        }
+        let client = conn.client();
         let mut reply = None;
-        loop {
+        let outcome = loop {
             match step(&mut self.state, reply.take()) {
-                Step::Done(outcome) => return outcome,
+                Step::Done(outcome) => break outcome,
                 Step::Send(request) => reply = Some(send(client, &mut self.state, request)),
             }
+        };
+        if let Some(facts) = conn.session_facts() {
+            self.state.hand_back(facts, false);
         }
+        outcome
     }
 
     fn take(&mut self, wait: Wait) -> Result<bool> {
@@ -162,9 +433,9 @@ fn send(client: &mut Client, state: &mut LockState, request: Request) -> Reply {
     }
 }
 
-dlock_core::__connection_lock!(PgLock, BorrowMut<Client>, KeyPolicy::pg_key, blocking);
+dlock_core::__connection_lock!(PgLock, PgConnection, KeyPolicy::pg_key, blocking);
 
-impl<C: BorrowMut<Client>> Lock for PgLock<C> {
+impl<C: PgConnection> Lock for PgLock<C> {
     fn key(&self) -> &Key {
         &self.state.key
     }
@@ -215,7 +486,7 @@ impl<C: BorrowMut<Client>> Lock for PgLock<C> {
     }
 }
 
-impl<C: BorrowMut<Client>> Drop for PgLock<C> {
+impl<C: PgConnection> Drop for PgLock<C> {
     fn drop(&mut self) {
         if self.conn.is_none() || (self.state.held().is_none() && self.state.owes().is_none()) {
             return;
@@ -228,7 +499,7 @@ impl<C: BorrowMut<Client>> Drop for PgLock<C> {
     }
 }
 
-impl<C: BorrowMut<Client>> fmt::Debug for PgLock<C> {
+impl<C: PgConnection> fmt::Debug for PgLock<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PgLock")
             .field("key", &self.state.key)

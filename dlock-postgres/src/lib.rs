@@ -25,8 +25,8 @@ pub use sql::{Holder, Mode};
 #[cfg(feature = "blocking")]
 #[cfg_attr(docsrs, doc(cfg(feature = "blocking")))]
 pub use blocking::{
-    PgLock, PgXactLock, check_deployment, holders, install_fencing, install_fencing_in, session,
-    still_held,
+    PgConnection, PgLock, PgSession, PgXactLock, check_deployment, holders, install_fencing,
+    install_fencing_in, session, still_held,
 };
 
 #[cfg(feature = "tokio")]

@@ -144,9 +144,10 @@ pub(crate) struct LockState {
     /// What this object holds, as taken: the key and mode may be changed by the builder
     /// methods afterwards, but release must undo exactly what acquire did.
     held: Option<Hold>,
-    /// A cleanup owed by an attempt whose outcome was never read: sent before the object's
-    /// next operation, until it is known to have run.
-    owed: Option<Hold>,
+    /// Cleanups owed: by attempts whose outcome was never read, and (on a [`SessionFacts`]'
+    /// session) by holds of dropped locks. Sent before the next operation, until each is
+    /// known to have run.
+    owed: Vec<Hold>,
     statements: Statements,
     /// How a wait is sent: whole (blocking), tagged for a side connection, or in slices.
     pub(crate) waits: Waits,
@@ -163,6 +164,8 @@ pub(crate) struct LockState {
     pub(crate) fence: Option<String>,
     /// The fencing token of the lock this object holds, when fenced.
     token: Option<u64>,
+    /// Whether a deployment check passed on this object's connection.
+    checked: bool,
 }
 
 /// A lock object's prepared statements, handed to the next lock on the same connection: the
@@ -243,7 +246,7 @@ impl LockState {
             policy: KeyPolicy::default(),
             mode: Mode::Exclusive,
             held: None,
-            owed: None,
+            owed: Vec::new(),
             statements: Statements::default(),
             waits: Waits::Whole,
             check_deployment: true,
@@ -251,7 +254,14 @@ impl LockState {
             session: None,
             fence: None,
             token: None,
+            checked: false,
         }
+    }
+
+    /// A deployment check passed on this object's connection.
+    fn passed_check(&mut self) {
+        self.check_deployment = false;
+        self.checked = true;
     }
 
     /// The hold this object's key and mode name now, under its policy.
@@ -266,8 +276,35 @@ impl LockState {
         self.held
     }
 
+    /// The first cleanup owed, if any.
     pub(crate) fn owes(&self) -> Option<Hold> {
-        self.owed
+        self.owed.first().copied()
+    }
+
+    /// Takes over what `facts`' session knows and owes, for one operation on it.
+    #[cfg_attr(not(feature = "blocking"), allow(dead_code))]
+    pub(crate) fn adopt(&mut self, facts: &mut SessionFacts) {
+        self.owed.append(&mut facts.owed);
+        // The session's connection is this object's for good: a check passed there holds.
+        if facts.checked {
+            self.check_deployment = false;
+        }
+        if let Some(statements) = facts.statements.take() {
+            self.with_session_state(statements);
+        }
+    }
+
+    /// Hands what the session knows and owes back to `facts` after an operation; `dropped`
+    /// adds this object's hold to what the session owes, for a lock that goes away holding.
+    #[cfg_attr(not(feature = "blocking"), allow(dead_code))]
+    pub(crate) fn hand_back(&mut self, facts: &mut SessionFacts, dropped: bool) {
+        facts.owed.append(&mut self.owed);
+        facts.checked |= self.checked;
+        if dropped {
+            facts.owed.extend(self.held.take());
+            self.token = None;
+        }
+        facts.statements = self.take_session_state();
     }
 
     /// The fencing token of the lock held now, when this object is fenced.
@@ -328,7 +365,7 @@ impl LockState {
         match in_flight {
             InFlight::Nothing => Abandon::Nothing,
             InFlight::Lock { hold, waiting } => {
-                self.owed = Some(hold);
+                self.owed.push(hold);
                 Abandon::Queue {
                     fence: waiting,
                     cleanup: sql::cleanup(hold),
@@ -344,10 +381,10 @@ impl LockState {
     /// Reads the reply of a statement a dropped future left behind.
     pub(crate) fn settle(&mut self, settles: Settles, reply: Reply) {
         match (settles, reply) {
-            (Settles::Cleanup(_), Ok(_)) => self.owed = None,
+            (Settles::Cleanup(hold), Ok(_)) => self.paid(hold),
             // The session is gone, and every lock it held with it.
             (Settles::Cleanup(_), Err(failed)) if failed.failure == Failure::ConnectionLost => {
-                self.owed = None;
+                self.owed.clear();
             }
             // Not run: it stays owed, and is sent again before the next operation.
             (Settles::Cleanup(_), Err(failed)) => {
@@ -368,13 +405,50 @@ impl LockState {
     }
 }
 
-/// The step shared by every operation: the owed cleanup goes first.
+impl LockState {
+    /// One owed cleanup of `hold` ran.
+    fn paid(&mut self, hold: Hold) {
+        if let Some(at) = self.owed.iter().position(|owed| *owed == hold) {
+            self.owed.remove(at);
+        }
+    }
+}
+
+/// What dlock knows of one server session beyond any lock object on it: the holds dropped
+/// locks left owed, and the statements prepared there. A session type keeps it; each
+/// operation of a lock on that session takes it over ([`LockState::adopt`]) and hands it
+/// back ([`LockState::hand_back`]).
+#[doc(hidden)]
+#[derive(Default)]
+pub struct SessionFacts {
+    owed: Vec<Hold>,
+    /// Whether a deployment check passed on the session's connection.
+    checked: bool,
+    statements: Option<dlock_core::SessionState>,
+}
+
+impl SessionFacts {
+    /// Whether a cleanup is owed.
+    pub(crate) fn owes(&self) -> bool {
+        !self.owed.is_empty()
+    }
+}
+
+impl std::fmt::Debug for SessionFacts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionFacts")
+            .field("owed", &self.owed.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The step shared by every operation: the owed cleanups go first.
 #[derive(Debug)]
 enum Owed {
     /// Not checked yet.
     Unchecked,
     /// The cleanup is sent.
-    Sent(#[cfg_attr(not(feature = "tokio"), allow(dead_code))] Hold),
+    Sent(Hold),
     /// Nothing is owed.
     Clear,
 }
@@ -385,23 +459,25 @@ impl Owed {
         loop {
             match *self {
                 Owed::Clear => return None,
-                Owed::Unchecked => match state.owed {
+                Owed::Unchecked => match state.owes() {
                     Some(hold) => {
-                        tracing::debug!(target: "dlock", "the cleanup owed by a dropped acquire runs");
+                        tracing::debug!(target: "dlock", "an owed cleanup runs");
                         *self = Owed::Sent(hold);
                         return Some(Step::Send(Request::Simple(sql::cleanup(hold))));
                     }
                     None => *self = Owed::Clear,
                 },
-                Owed::Sent(_) => {
+                Owed::Sent(hold) => {
                     let reply = reply.take().expect("the owed cleanup's reply");
-                    *self = Owed::Clear;
+                    // The next owed cleanup, if any, goes next.
+                    *self = Owed::Unchecked;
                     match reply {
-                        Ok(_) => state.owed = None,
+                        Ok(_) => state.paid(hold),
                         Err(failed) => {
+                            *self = Owed::Clear;
                             // A lost session freed every lock it held: nothing is owed.
                             if failed.failure == Failure::ConnectionLost {
-                                state.owed = None;
+                                state.owed.clear();
                             }
                             return Some(Step::Done(Err(failed.error)));
                         }
@@ -639,7 +715,7 @@ impl Acquire {
                 }
                 CheckStep::Done(Err(error)) => return self.done(Err(error)),
                 CheckStep::Done(Ok(())) => {
-                    state.check_deployment = false;
+                    state.passed_check();
                     state.session = check.session();
                     self.phase = AcquirePhase::Owed;
                 }
@@ -707,7 +783,7 @@ impl Acquire {
                             }
                         };
                     }
-                    state.check_deployment = false;
+                    state.passed_check();
                     if let Route::CancelKey(pid) = state.route {
                         state.session = Some(pid.to_string());
                     }
@@ -773,7 +849,7 @@ impl Acquire {
                     // The lock could not be given back: the session holds it until it ends,
                     // and the cleanup is owed until it runs.
                     if failed.failure != Failure::ConnectionLost {
-                        state.owed = Some(self.hold);
+                        state.owed.push(self.hold);
                     }
                 }
                 self.done(Err(error))
@@ -803,7 +879,7 @@ impl Acquire {
                         // Typically 25P02: the failed lock statement aborted the user's
                         // transaction. The lock may have come with the failure; the cleanup
                         // is owed and runs before the object's next operation.
-                        state.owed = Some(self.hold);
+                        state.owed.push(self.hold);
                         match (failure, self.wait) {
                             (Failure::LockTimeout, Wait::For(_)) => self.done(Ok(false)),
                             _ => self.done(Err(error)),
@@ -867,6 +943,8 @@ enum ReleasePhase {
 #[derive(Debug)]
 pub(crate) struct Release {
     hold: Hold,
+    /// What the session owes goes first.
+    owed: Owed,
     phase: ReleasePhase,
 }
 
@@ -878,6 +956,7 @@ impl Release {
         let hold = state.held.ok_or(Error::NotAcquired)?;
         Ok(Release {
             hold,
+            owed: Owed::Unchecked,
             phase: ReleasePhase::Start,
         })
     }
@@ -897,9 +976,12 @@ impl Release {
 impl Operation for Release {
     type Output = ();
 
-    fn step(&mut self, state: &mut LockState, reply: Option<Reply>) -> Step<()> {
+    fn step(&mut self, state: &mut LockState, mut reply: Option<Reply>) -> Step<()> {
         match self.phase {
-            ReleasePhase::Start => self.unlock(state),
+            ReleasePhase::Start => match self.owed.step(state, &mut reply) {
+                Some(step) => step,
+                None => self.unlock(state),
+            },
             ReleasePhase::Done => unreachable!("a release is stepped after it is done"),
             ReleasePhase::Unlocking => {
                 self.phase = ReleasePhase::Done;
@@ -947,7 +1029,8 @@ impl Operation for Release {
     fn in_flight(&self) -> InFlight {
         match self.phase {
             ReleasePhase::Unlocking => InFlight::Unlock(self.hold),
-            ReleasePhase::Start | ReleasePhase::Done => InFlight::Nothing,
+            ReleasePhase::Start => self.owed.in_flight(),
+            ReleasePhase::Done => InFlight::Nothing,
         }
     }
 }
@@ -1752,6 +1835,77 @@ mod tests {
         let lock = simple(sent(next.step(&mut state, Some(row(&["t"])))));
         assert_eq!(state.owes(), None);
         assert_eq!(lock, "SELECT pg_try_advisory_lock(7)");
+    }
+
+    #[test]
+    fn a_session_keeps_what_dropped_locks_owe_and_the_next_operation_pays_it_first() {
+        let mut facts = SessionFacts::default();
+        // A lock on the session got its release refused (25P02), then was dropped.
+        let mut dropped = state();
+        dropped.held = Some(HOLD);
+        dropped.hand_back(&mut facts, true);
+        assert!(facts.owes());
+        assert_eq!(dropped.held(), None);
+        // A cleanup an interrupted acquire of another lock left owed joins it.
+        let other = Hold {
+            key: PgKey::BigInt(8),
+            mode: Mode::Exclusive,
+        };
+        let mut interrupted = state();
+        interrupted.owed.push(other);
+        interrupted.hand_back(&mut facts, false);
+        // The session's next operation, a release of a third lock, pays both first, in turn.
+        let mut next = state();
+        next.key = Key::from(9_i64);
+        next.held = Some(next.hold().unwrap());
+        next.adopt(&mut facts);
+        assert!(!facts.owes(), "taken over for the operation");
+        let mut op = Release::start(&next).unwrap();
+        assert_eq!(simple(sent(op.step(&mut next, None))), sql::cleanup(HOLD));
+        assert_eq!(op.in_flight(), InFlight::Cleanup(HOLD));
+        assert_eq!(
+            simple(sent(op.step(&mut next, Some(row(&["t"]))))),
+            sql::cleanup(other)
+        );
+        let unlock = simple(sent(op.step(&mut next, Some(row(&["t"])))));
+        assert_eq!(unlock, "SELECT pg_advisory_unlock(9), pg_backend_pid()");
+        done(op.step(&mut next, Some(row(&["t", "1"])))).unwrap();
+        next.hand_back(&mut facts, false);
+        assert!(!facts.owes(), "paid exactly once");
+        // Refused again (the transaction still aborted): the release fails, and the session
+        // still owes it.
+        let mut again = state();
+        again.owed.push(HOLD);
+        again.held = Some(HOLD);
+        let mut op = Release::start(&again).unwrap();
+        sent(op.step(&mut again, None));
+        let refused = done(op.step(&mut again, Some(failed(Failure::TransactionAborted))));
+        assert!(matches!(refused, Err(Error::TransactionAborted { .. })));
+        again.hand_back(&mut facts, false);
+        assert!(facts.owes());
+        assert_eq!(again.held(), Some(HOLD), "the release did not run");
+    }
+
+    #[test]
+    fn a_check_passed_on_a_session_holds_for_every_lock_on_it() {
+        let mut facts = SessionFacts::default();
+        let mut first = state();
+        first.check_deployment = true;
+        first.passed_check();
+        first.hand_back(&mut facts, false);
+        let mut later = state();
+        later.check_deployment = true;
+        later.adopt(&mut facts);
+        assert!(!later.check_deployment);
+        // A lock that skipped the check proves nothing about the session.
+        let mut facts = SessionFacts::default();
+        let mut skipped = state();
+        skipped.check_deployment = false;
+        skipped.hand_back(&mut facts, false);
+        let mut later = state();
+        later.check_deployment = true;
+        later.adopt(&mut facts);
+        assert!(later.check_deployment);
     }
 
     #[test]

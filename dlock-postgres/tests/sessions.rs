@@ -1,0 +1,145 @@
+//! `PgSession`: many keys over one server session, released in any order, and the holds
+//! dropped locks leave owed paid exactly, against a real PostgreSQL server.
+
+use dlock_testkit::postgres as common;
+
+use common::{backend_pid, connect, holder_pids};
+use dlock_postgres::{Error, Key, KeyPolicy, Lock, PgLock, PgSession};
+
+fn pg_key(name: &str) -> dlock_postgres::PgKey {
+    KeyPolicy::default().pg_key(&Key::from(name)).unwrap()
+}
+
+#[test]
+fn a_session_holds_many_keys_and_releases_them_in_any_order() {
+    let names = ["sessions/many-1", "sessions/many-2", "sessions/many-3"];
+    let mut observer = connect();
+    let mut client = connect();
+    let pid = backend_pid(&mut client);
+    let mut session = PgSession::new(&mut client);
+    for name in names {
+        session.acquire(name).unwrap();
+    }
+    assert_eq!(session.held().count(), 3);
+    session.release(names[0]).unwrap();
+    assert!(holder_pids(&mut observer, pg_key(names[0])).is_empty());
+    assert_eq!(holder_pids(&mut observer, pg_key(names[1])), vec![pid]);
+    session.release(names[2]).unwrap();
+    assert_eq!(holder_pids(&mut observer, pg_key(names[1])), vec![pid]);
+    assert!(holder_pids(&mut observer, pg_key(names[2])).is_empty());
+    assert!(matches!(session.release(names[2]), Err(Error::NotAcquired)));
+    // Another session is excluded from what this one holds, and gets what it gave back.
+    let mut other = PgSession::new(connect());
+    assert!(!other.try_acquire(names[1]).unwrap());
+    assert!(other.try_acquire(names[0]).unwrap());
+    // Dropping a session releases what it holds.
+    drop(session);
+    assert!(holder_pids(&mut observer, pg_key(names[1])).is_empty());
+    let (_, released) = other.into_inner();
+    released.unwrap();
+    assert!(holder_pids(&mut observer, pg_key(names[0])).is_empty());
+}
+
+#[test]
+fn a_key_taken_twice_by_a_session_is_held_until_both_holds_are_given_back() {
+    let name = "sessions/twice";
+    let mut observer = connect();
+    let mut session = PgSession::new(connect());
+    session.acquire(name).unwrap();
+    assert!(
+        session.try_acquire(name).unwrap(),
+        "a session's second hold"
+    );
+    session.release(name).unwrap();
+    assert_eq!(holder_pids(&mut observer, pg_key(name)).len(), 1);
+    session.release(name).unwrap();
+    assert!(holder_pids(&mut observer, pg_key(name)).is_empty());
+}
+
+#[test]
+fn a_lock_dropped_inside_an_aborted_transaction_is_released_after_the_rollback() {
+    // The server refuses the dropped lock's unlock (25P02); the session owes the hold and
+    // pays exactly it before its next statement through dlock: the session's other hold of
+    // the same key stays.
+    let name = "sessions/aborted-drop";
+    let mut observer = connect();
+    let mut session = PgSession::new(connect());
+    session.acquire(name).unwrap();
+    {
+        let mut lock = session.lock(name);
+        lock.acquire().unwrap();
+        lock.client().batch_execute("BEGIN").unwrap();
+        assert!(lock.client().batch_execute("SELECT 1/0").is_err());
+    }
+    session.client().batch_execute("ROLLBACK").unwrap();
+    // The next statement through dlock pays what is owed.
+    assert!(session.try_acquire("sessions/aborted-drop-other").unwrap());
+    let mut check = PgLock::new(&mut session, name);
+    assert!(check.verify().unwrap(), "the session's own hold stays");
+    drop(check);
+    session.release(name).unwrap();
+    assert!(
+        holder_pids(&mut observer, pg_key(name)).is_empty(),
+        "the dropped hold was released, and no other"
+    );
+    session.release("sessions/aborted-drop-other").unwrap();
+}
+
+#[test]
+fn a_release_refused_inside_an_aborted_transaction_keeps_the_key_releasable() {
+    let name = "sessions/aborted-release";
+    let mut observer = connect();
+    let mut session = PgSession::new(connect());
+    session.acquire(name).unwrap();
+    session.client().batch_execute("BEGIN").unwrap();
+    assert!(session.client().batch_execute("SELECT 1/0").is_err());
+    let refused = session.release(name);
+    assert!(
+        matches!(refused, Err(Error::TransactionAborted { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(session.held().count(), 1, "still held, and known to be");
+    session.client().batch_execute("ROLLBACK").unwrap();
+    session.release(name).unwrap();
+    assert!(holder_pids(&mut observer, pg_key(name)).is_empty());
+}
+
+#[test]
+fn a_session_dropped_inside_an_aborted_transaction_leaves_its_holds_to_its_client() {
+    // Owned client: dropping the session closes the connection, which frees every lock.
+    // Borrowed client: the drop cannot release inside the aborted transaction, and says so;
+    // the session's holds end with the client's session.
+    let name = "sessions/aborted-session-drop";
+    let mut observer = connect();
+    let mut session = PgSession::new(connect());
+    session.acquire(name).unwrap();
+    session.client().batch_execute("BEGIN").unwrap();
+    assert!(session.client().batch_execute("SELECT 1/0").is_err());
+    drop(session);
+    // The server notices the closed connection at once on a local socket, but not
+    // necessarily before this query: ask until it has.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !holder_pids(&mut observer, pg_key(name)).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the closed session's lock is freed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn locks_made_per_use_on_a_session_share_its_check_and_statements() {
+    // Made per use, each lock on the session excludes as a reused lock does.
+    let name = "sessions/per-use";
+    let mut session = PgSession::new(connect());
+    let mut other = PgLock::new(connect(), name);
+    for round in 0..5 {
+        let mut lock = session.lock(name);
+        assert!(lock.try_acquire().unwrap(), "round {round}");
+        assert!(!other.try_acquire().unwrap(), "round {round}: excluded");
+        lock.release().unwrap();
+    }
+    assert!(other.try_acquire().unwrap());
+    other.release().unwrap();
+}
