@@ -15,7 +15,7 @@ use tracing::Instrument;
 use crate::deployment::{Check, CheckStep, On, Route};
 use crate::machine::{
     self, Abandon, Acquire, Failed, LockState, Operation, PayOwed, Release, Reply, Request,
-    Settles, Step, Verify, Waits, XactOptions, XactOutcome, XactSlices,
+    SessionFacts, Settles, Step, Verify, Waits, XactOptions, XactOutcome, XactSlices,
 };
 use crate::sql::{self, Failure, Hold, Holder, Mode};
 
@@ -44,6 +44,13 @@ pub trait AsyncPgConnection: Send {
     /// themselves broken (dlock-pool's do); the default is `false`.
     fn discard(&mut self) -> bool {
         false
+    }
+
+    /// What dlock knows of the session this value is or borrows (an [`AsyncPgSession`]
+    /// answers).
+    #[doc(hidden)]
+    fn session_facts(&mut self) -> Option<&mut AsyncSessionFacts> {
+        None
     }
 }
 
@@ -74,6 +81,298 @@ impl<T: AsyncPgConnection + ?Sized> AsyncPgConnection for &mut T {
 
     fn discard(&mut self) -> bool {
         (**self).discard()
+    }
+
+    fn session_facts(&mut self) -> Option<&mut AsyncSessionFacts> {
+        (**self).session_facts()
+    }
+}
+
+/// What dlock knows of one server session, as an [`AsyncPgSession`] keeps it: the replies
+/// dropped locks left in flight there, beside what the machine keeps.
+#[doc(hidden)]
+#[derive(Default)]
+pub struct AsyncSessionFacts {
+    facts: SessionFacts,
+    pending: Vec<Pending>,
+}
+
+impl fmt::Debug for AsyncSessionFacts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AsyncSessionFacts")
+            .field("facts", &self.facts)
+            .field("in_flight", &self.pending.len())
+            .finish()
+    }
+}
+
+/// A PostgreSQL server session over a tokio-postgres [`Client`] (owned, borrowed or pooled),
+/// as dlock knows it: it holds locks on any number of keys, released in any order, and keeps
+/// what outlives any one lock object on it.
+///
+/// - **Many keys.** [`acquire`](AsyncPgSession::acquire),
+///   [`try_acquire`](AsyncPgSession::try_acquire) and
+///   [`acquire_timeout`](AsyncPgSession::acquire_timeout) take a key's lock for the session,
+///   [`release`](AsyncPgSession::release) gives back any of them, in any order. Taking a key
+///   the session holds already takes a second hold (PostgreSQL counts them), and each release
+///   gives back one. For a shared, fenced or side-connection lock, use a one-key lock on the
+///   session ([`lock`](AsyncPgSession::lock)).
+/// - **Holds owed by dropped locks.** A lock on the session dropped while it holds queues its
+///   unlock at once; the session reads the reply before its next statement through dlock, and
+///   if the server refused it (a transaction of yours was aborted), releases that hold again
+///   then, after your `ROLLBACK`: exactly that hold, never another of the same key.
+/// - **Prepared statements and the deployment check's verdict**, shared by the locks made
+///   on it one after another.
+///
+/// Dropping the session cannot wait: it queues the unlocks of what it holds and owes on the
+/// client (an owned client then closes, which ends the session and frees every lock; a pooled
+/// one is discarded). Call [`into_inner`](AsyncPgSession::into_inner) to know the outcome.
+///
+/// # Cancel Safety
+///
+/// Every method's future can be dropped: what it leaves in flight is the session's to read
+/// and settle before its next statement, as for [`AsyncPgLock`].
+///
+/// # Examples
+///
+/// ```no_run
+/// use dlock_postgres::AsyncPgSession;
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let (client, connection) =
+///     tokio_postgres::connect("postgres://postgres@localhost/postgres", tokio_postgres::NoTls)
+///         .await?;
+/// tokio::spawn(connection);
+/// let mut session = AsyncPgSession::new(client);
+/// session.acquire("accounts/1").await?;
+/// session.acquire("accounts/2").await?;
+/// session.release("accounts/1").await?; // In any order.
+/// session.client().execute("UPDATE accounts SET frozen = true WHERE id = 2", &[]).await?;
+/// session.release("accounts/2").await?;
+/// # Ok(())
+/// # }
+/// ```
+pub struct AsyncPgSession<C: AsyncPgConnection> {
+    /// Always `Some` until `into_inner` or drop takes it.
+    conn: Option<C>,
+    facts: AsyncSessionFacts,
+    policy: KeyPolicy,
+    /// What the session holds through its own methods, oldest first.
+    holds: Vec<LockState>,
+}
+
+impl<C: AsyncPgConnection> AsyncPgSession<C> {
+    /// The session of `conn`, holding nothing.
+    pub fn new(conn: C) -> Self {
+        AsyncPgSession {
+            conn: Some(conn),
+            facts: AsyncSessionFacts::default(),
+            policy: KeyPolicy::default(),
+            holds: Vec::new(),
+        }
+    }
+
+    /// Uses `policy` to turn the keys of the session's own methods into PostgreSQL keys.
+    pub fn policy(mut self, policy: KeyPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// A one-key lock on this session, unlocked, under the default key policy; it shares
+    /// what the session knows and owes.
+    pub fn lock(&mut self, key: impl Into<Key>) -> AsyncPgLock<&mut Self> {
+        AsyncPgLock::new(self, key)
+    }
+
+    /// The client, for work of your own. Do not release locks through it with raw SQL: the
+    /// session would no longer know what it holds.
+    pub fn client(&mut self) -> &mut Client {
+        self.conn
+            .as_mut()
+            .expect("the connection is only taken by into_inner and drop")
+            .client()
+    }
+
+    /// Waits, in the server, until the session holds `key`'s lock (exclusive).
+    ///
+    /// # Errors
+    ///
+    /// As [`AsyncLock::acquire`].
+    ///
+    /// # Cancel Safety
+    ///
+    /// Cancel safe, as [`AsyncPgLock`]'s acquire: a dropped wait holds nothing afterwards.
+    pub async fn acquire(&mut self, key: impl Into<Key>) -> Result<()> {
+        self.take(key.into(), None).await.map(drop)
+    }
+
+    /// Takes `key`'s lock if it is free: `Ok(false)` when another session holds it.
+    ///
+    /// # Errors
+    ///
+    /// As [`AsyncLock::try_acquire`].
+    ///
+    /// # Cancel Safety
+    ///
+    /// Cancel safe, as [`AsyncPgLock`]'s.
+    pub async fn try_acquire(&mut self, key: impl Into<Key>) -> Result<bool> {
+        self.take(key.into(), Some(Duration::ZERO)).await
+    }
+
+    /// Waits at most `timeout` for `key`'s lock.
+    ///
+    /// # Errors
+    ///
+    /// As [`AsyncLock::acquire_timeout`].
+    ///
+    /// # Cancel Safety
+    ///
+    /// Cancel safe, as [`AsyncPgLock`]'s.
+    pub async fn acquire_timeout(
+        &mut self,
+        key: impl Into<Key>,
+        timeout: Duration,
+    ) -> Result<bool> {
+        self.take(key.into(), Some(timeout)).await
+    }
+
+    /// Gives back one hold of `key` that the session's own methods took (the latest).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotAcquired`] when the session's methods hold no such key; otherwise as
+    /// [`AsyncLock::release`]. A release the server refused (an aborted transaction) keeps
+    /// the key held: release it again after your `ROLLBACK`.
+    ///
+    /// # Cancel Safety
+    ///
+    /// Once polled, the hold counts as given back and its unlock is on its way; a refused
+    /// unlock is owed by the session and paid before its next statement.
+    pub async fn release(&mut self, key: impl Into<Key>) -> Result<()> {
+        let key = key.into();
+        let at = self
+            .holds
+            .iter()
+            .rposition(|state| state.key == key)
+            .ok_or(Error::NotAcquired)?;
+        let state = self.holds.remove(at);
+        let mut lock = AsyncPgLock {
+            conn: Some(&mut *self),
+            state,
+            pending: None,
+            side: None,
+        };
+        let released = lock.release().await;
+        if lock.is_acquired() {
+            let state = lock.detach();
+            drop(lock);
+            self.holds.insert(at, state);
+        }
+        released
+    }
+
+    /// The keys the session's own methods hold, oldest first (a key held twice twice).
+    pub fn held(&self) -> impl Iterator<Item = &Key> {
+        self.holds.iter().map(|state| &state.key)
+    }
+
+    /// Releases everything the session's own methods hold and pays what it owes, then gives
+    /// the connection back with the first failure, if any.
+    ///
+    /// # Cancel Safety
+    ///
+    /// Dropping this future drops the session, with the guarantees of drop.
+    pub async fn into_inner(mut self) -> (C, Result<()>) {
+        let mut outcome = Ok(());
+        while let Some(state) = self.holds.pop() {
+            let lock = AsyncPgLock {
+                conn: Some(&mut self),
+                state,
+                pending: None,
+                side: None,
+            };
+            // A refused release leaves the hold owed to the session.
+            let (_, released) = lock.into_inner().await;
+            outcome = outcome.and(released);
+        }
+        let (_, paid) = AsyncPgLock::new(&mut self, Key::from(0_i64))
+            .into_inner()
+            .await;
+        outcome = outcome.and(paid);
+        let conn = self
+            .conn
+            .take()
+            .expect("the connection is only taken by into_inner and drop");
+        (conn, outcome)
+    }
+
+    async fn take(&mut self, key: Key, wait: Option<Duration>) -> Result<bool> {
+        let policy = self.policy.clone();
+        let mut lock = AsyncPgLock::new(&mut *self, key).policy(policy);
+        let taken = match wait {
+            None => lock.acquire().await.map(|()| true)?,
+            Some(Duration::ZERO) => lock.try_acquire().await?,
+            Some(timeout) => lock.acquire_timeout(timeout).await?,
+        };
+        if taken {
+            let state = lock.detach();
+            drop(lock);
+            self.holds.push(state);
+        }
+        Ok(taken)
+    }
+}
+
+impl<C: AsyncPgConnection> AsyncPgConnection for AsyncPgSession<C> {
+    fn client(&mut self) -> &mut Client {
+        AsyncPgSession::client(self)
+    }
+
+    fn discard(&mut self) -> bool {
+        self.conn.as_mut().is_some_and(AsyncPgConnection::discard)
+    }
+
+    fn session_facts(&mut self) -> Option<&mut AsyncSessionFacts> {
+        Some(&mut self.facts)
+    }
+}
+
+impl<C: AsyncPgConnection> Drop for AsyncPgSession<C> {
+    fn drop(&mut self) {
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
+        let owed = self.facts.facts.owed();
+        if self.holds.is_empty() && owed.is_empty() && self.facts.pending.is_empty() {
+            return;
+        }
+        let client = conn.client();
+        if client.is_closed() {
+            return;
+        }
+        // Queued behind whatever is in flight, in order: an unlock the server refused in
+        // flight is owed, but cannot be known refused before the drop returns.
+        for state in &self.holds {
+            if let Some(hold) = state.held() {
+                drop(send_now(client, &sql::unlock(hold)));
+            }
+        }
+        for hold in owed {
+            drop(send_now(client, &sql::cleanup(*hold)));
+        }
+        // A pooled connection is closed rather than trusted; an owned client closes as it
+        // drops, after what it queued, which ends the session and frees every lock.
+        conn.discard();
+    }
+}
+
+impl<C: AsyncPgConnection> fmt::Debug for AsyncPgSession<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AsyncPgSession")
+            .field("held", &self.held().collect::<Vec<_>>())
+            .field("owed", &self.facts.facts.owed().len())
+            .field("in_flight", &self.facts.pending.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -398,8 +697,16 @@ impl<C: AsyncPgConnection> AsyncPgLock<C> {
         let released = if self.state.held().is_some() {
             self.release().await
         } else {
-            self.run(PayOwed::start()).await
+            self.run(|_| Ok(PayOwed::start())).await
         };
+        // On a session, a hold whose release the server refused is left owed to it.
+        if let Some(session) = self
+            .conn
+            .as_mut()
+            .and_then(AsyncPgConnection::session_facts)
+        {
+            self.state.hand_back(&mut session.facts, true);
+        }
         let conn = self
             .conn
             .take()
@@ -407,8 +714,9 @@ impl<C: AsyncPgConnection> AsyncPgLock<C> {
         (conn, released)
     }
 
-    /// Reads the reply a dropped future left in flight, and settles what it was for. The
-    /// reply stays kept until it is read, whatever happens to this future.
+    /// Reads the replies dropped futures (of this lock, and of dropped locks on its session)
+    /// left in flight, and settles what they were for. A reply stays kept until it is read,
+    /// whatever happens to this future.
     async fn settle_pending(&mut self) {
         if let Some(pending) = self.pending.as_mut() {
             let reply = pending.reply.as_mut().await;
@@ -416,37 +724,84 @@ impl<C: AsyncPgConnection> AsyncPgLock<C> {
             self.pending = None;
             self.state.settle(settles, reply);
         }
+        while let Some(session) = self
+            .conn
+            .as_mut()
+            .and_then(AsyncPgConnection::session_facts)
+        {
+            let Some(pending) = session.pending.first_mut() else {
+                break;
+            };
+            let reply = pending.reply.as_mut().await;
+            let settles = pending.settles;
+            session.pending.remove(0);
+            session.facts.settle(settles, reply);
+        }
     }
 
-    /// Runs one operation of the machine on this lock's connection.
-    async fn run<O: Operation>(&mut self, op: O) -> Result<O::Output> {
+    /// Takes over what the session knows and owes, once what was left in flight is read.
+    async fn adopt_session(&mut self) {
         self.settle_pending().await;
+        if let Some(session) = self
+            .conn
+            .as_mut()
+            .and_then(AsyncPgConnection::session_facts)
+        {
+            self.state.adopt(&mut session.facts);
+        }
+    }
+
+    /// Runs one operation of the machine on this lock's connection, started from the lock's
+    /// state once it has taken over what the session knows and owes.
+    async fn run<O: Operation>(
+        &mut self,
+        start: impl FnOnce(&LockState) -> Result<O>,
+    ) -> Result<O::Output> {
+        self.adopt_session().await;
         let conn = self
             .conn
             .as_mut()
             .expect("the connection is only taken by into_inner and drop");
-        Driver {
-            client: conn.client(),
-            state: &mut self.state,
-            pending: &mut self.pending,
-            side: self.side.as_ref(),
-            op,
-            in_flight: None,
-            sent: false,
+        let outcome = match start(&self.state) {
+            Ok(op) => {
+                Driver {
+                    client: conn.client(),
+                    state: &mut self.state,
+                    pending: &mut self.pending,
+                    side: self.side.as_ref(),
+                    op,
+                    in_flight: None,
+                    sent: false,
+                }
+                .run()
+                .await
+            }
+            Err(error) => Err(error),
+        };
+        // A future dropped before this point leaves the facts with the lock, which hands them
+        // back at its next operation or its drop.
+        if let Some(session) = conn.session_facts() {
+            self.state.hand_back(&mut session.facts, false);
         }
-        .run()
-        .await
+        outcome
+    }
+
+    /// Takes the state out, holds and all, leaving an empty one whose drop does nothing.
+    fn detach(&mut self) -> LockState {
+        let mut empty = LockState::new(self.state.key.clone());
+        empty.waits = self.state.waits;
+        std::mem::replace(&mut self.state, empty)
     }
 
     async fn take(&mut self, wait: Wait) -> Result<bool> {
         let (mode, key) = self.traced();
         let traced = Traced::acquire("postgres", mode, wait, key);
         let outcome = async {
+            self.adopt_session().await;
             if self.state.check_deployment && self.state.route == Route::Unknown {
                 self.state.route = route_of(self.client()).await;
             }
-            let op = Acquire::start(&self.state, wait)?;
-            self.run(op).await
+            self.run(|state| Acquire::start(state, wait)).await
         }
         .instrument(traced.span().clone())
         .await;
@@ -499,7 +854,12 @@ impl<C: AsyncPgConnection> AsyncLock for AsyncPgLock<C> {
     /// Cancel safe, as [`acquire`](AsyncLock::acquire).
     async fn acquire_timeout(&mut self, timeout: Duration) -> Result<bool> {
         let started = Instant::now();
-        if self.pending.is_some()
+        let session_pending = self
+            .conn
+            .as_mut()
+            .and_then(AsyncPgConnection::session_facts)
+            .is_some_and(|session| !session.pending.is_empty());
+        if (self.pending.is_some() || session_pending)
             && tokio::time::timeout(timeout, self.settle_pending())
                 .await
                 .is_err()
@@ -527,12 +887,10 @@ impl<C: AsyncPgConnection> AsyncLock for AsyncPgLock<C> {
     async fn release(&mut self) -> Result<()> {
         let (mode, key) = self.traced();
         let traced = Traced::release("postgres", mode, key);
-        let outcome = async {
-            let op = Release::start(&self.state)?;
-            self.run(op).await
-        }
-        .instrument(traced.span().clone())
-        .await;
+        let outcome = self
+            .run(Release::start)
+            .instrument(traced.span().clone())
+            .await;
         traced.finish(outcome.as_ref().map(|()| true));
         outcome
     }
@@ -552,10 +910,9 @@ impl<C: AsyncPgConnection> AsyncLock for AsyncPgLock<C> {
         let traced = Traced::verify("postgres", mode, key);
         let outcome = async {
             if self.client().is_closed() {
-                return Ok(false);
+                return Verify::start(&self.state).map(|_| false);
             }
-            let op = Verify::start(&self.state)?;
-            self.run(op).await
+            self.run(Verify::start).await
         }
         .instrument(traced.span().clone())
         .await;
@@ -569,10 +926,27 @@ impl<C: AsyncPgConnection> Drop for AsyncPgLock<C> {
         let Some(mut conn) = self.conn.take() else {
             return;
         };
-        let client = conn.client();
-        if client.is_closed() {
+        if conn.client().is_closed() {
             return;
         }
+        if conn.session_facts().is_some() {
+            // The session outlives this lock: what is in flight is read, and what is owed paid,
+            // before its next statement through dlock.
+            let mut queued: Vec<Pending> = self.pending.take().into_iter().collect();
+            if let Some(hold) = self.state.held() {
+                tracing::debug!(key = %self.state.key, "dropping a held PostgreSQL lock: unlock queued");
+                queued.push(Pending {
+                    settles: Settles::Unlock(hold),
+                    reply: send_now(conn.client(), &sql::unlock(hold)),
+                });
+            }
+            if let Some(session) = conn.session_facts() {
+                session.pending.extend(queued);
+                self.state.hand_back(&mut session.facts, false);
+            }
+            return;
+        }
+        let client = conn.client();
         // A reply that is already there settles what it was for; one still on its way means a
         // statement a dropped future left running may still occupy the session.
         let mut busy = false;

@@ -354,8 +354,7 @@ impl<C: PgConnection> PgLock<C> {
         let outcome = if self.state.held().is_some() {
             self.release()
         } else {
-            let mut op = PayOwed::start();
-            self.drive(|state, reply| op.step(state, reply))
+            self.operate(|_| Ok(PayOwed::start()))
         };
         if let Some(facts) = self.conn.as_mut().and_then(PgConnection::session_facts) {
             self.state.hand_back(facts, true);
@@ -369,12 +368,12 @@ impl<C: PgConnection> PgLock<C> {
         std::mem::replace(&mut self.state, empty)
     }
 
-    /// Sends what the machine asks until it is done, with what the session knows and owes
-    /// taken over for the operation.
-    fn drive<T>(
+    /// Runs one operation of the machine, started from the lock's state once it has taken
+    /// over what the session knows and owes, and sends what it asks until it is done.
+    fn operate<O: Operation>(
         &mut self,
-        mut step: impl FnMut(&mut LockState, Option<Reply>) -> Step<T>,
-    ) -> Result<T> {
+        start: impl FnOnce(&LockState) -> Result<O>,
+    ) -> Result<O::Output> {
         let conn = self
             .conn
             .as_mut()
@@ -382,14 +381,16 @@ impl<C: PgConnection> PgLock<C> {
         if let Some(facts) = conn.session_facts() {
             self.state.adopt(facts);
         }
-        let client = conn.client();
-        let mut reply = None;
-        let outcome = loop {
-            match step(&mut self.state, reply.take()) {
-                Step::Done(outcome) => break outcome,
-                Step::Send(request) => reply = Some(send(client, &mut self.state, request)),
+        let outcome = start(&self.state).and_then(|mut op| {
+            let client = conn.client();
+            let mut reply = None;
+            loop {
+                match op.step(&mut self.state, reply.take()) {
+                    Step::Done(outcome) => return outcome,
+                    Step::Send(request) => reply = Some(send(client, &mut self.state, request)),
+                }
             }
-        };
+        });
         if let Some(facts) = conn.session_facts() {
             self.state.hand_back(facts, false);
         }
@@ -400,8 +401,7 @@ impl<C: PgConnection> PgLock<C> {
         let (mode, key) = self.traced();
         let traced = Traced::acquire("postgres", mode, wait, key);
         let _entered = traced.span().enter();
-        let outcome = Acquire::start(&self.state, wait)
-            .and_then(|mut op| self.drive(|state, reply| op.step(state, reply)));
+        let outcome = self.operate(|state| Acquire::start(state, wait));
         traced.finish(outcome.as_ref().copied());
         outcome
     }
@@ -459,8 +459,7 @@ impl<C: PgConnection> Lock for PgLock<C> {
         let (mode, key) = self.traced();
         let traced = Traced::release("postgres", mode, key);
         let _entered = traced.span().enter();
-        let outcome = Release::start(&self.state)
-            .and_then(|mut op| self.drive(|state, reply| op.step(state, reply)));
+        let outcome = self.operate(Release::start);
         traced.finish(outcome.as_ref().map(|()| true));
         outcome
     }
@@ -475,12 +474,11 @@ impl<C: PgConnection> Lock for PgLock<C> {
         let (mode, key) = self.traced();
         let traced = Traced::verify("postgres", mode, key);
         let _entered = traced.span().enter();
-        let outcome = Verify::start(&self.state).and_then(|mut op| {
-            if self.client().is_closed() {
-                return Ok(false);
-            }
-            self.drive(|state, reply| op.step(state, reply))
-        });
+        let outcome = if self.client().is_closed() {
+            Verify::start(&self.state).map(|_| false)
+        } else {
+            self.operate(Verify::start)
+        };
         traced.finish(outcome.as_ref().copied());
         outcome
     }

@@ -32,7 +32,7 @@ pub use blocking::{
 #[cfg(feature = "tokio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub use asynchronous::{
-    AsyncPgConnection, AsyncPgLock, AsyncPgXactLock, check_deployment_async,
+    AsyncPgConnection, AsyncPgLock, AsyncPgSession, AsyncPgXactLock, check_deployment_async,
     check_session_pooler_async, holders_async, install_fencing_async, install_fencing_in_async,
     session_async, still_held_async,
 };

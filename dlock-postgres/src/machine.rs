@@ -282,7 +282,6 @@ impl LockState {
     }
 
     /// Takes over what `facts`' session knows and owes, for one operation on it.
-    #[cfg_attr(not(feature = "blocking"), allow(dead_code))]
     pub(crate) fn adopt(&mut self, facts: &mut SessionFacts) {
         self.owed.append(&mut facts.owed);
         // The session's connection is this object's for good: a check passed there holds.
@@ -296,7 +295,6 @@ impl LockState {
 
     /// Hands what the session knows and owes back to `facts` after an operation; `dropped`
     /// adds this object's hold to what the session owes, for a lock that goes away holding.
-    #[cfg_attr(not(feature = "blocking"), allow(dead_code))]
     pub(crate) fn hand_back(&mut self, facts: &mut SessionFacts, dropped: bool) {
         facts.owed.append(&mut self.owed);
         facts.checked |= self.checked;
@@ -431,6 +429,33 @@ impl SessionFacts {
     /// Whether a cleanup is owed.
     pub(crate) fn owes(&self) -> bool {
         !self.owed.is_empty()
+    }
+
+    /// The cleanups owed, one per hold.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn owed(&self) -> &[Hold] {
+        &self.owed
+    }
+
+    /// Reads the reply of a statement a dropped lock left in flight on the session: a
+    /// cleanup that ran is paid, an unlock the server refused is owed.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn settle(&mut self, settles: Settles, reply: Reply) {
+        match (settles, reply) {
+            // The session is gone, and every lock it held with it.
+            (_, Err(failed)) if failed.failure == Failure::ConnectionLost => self.owed.clear(),
+            (Settles::Cleanup(hold), Ok(_)) => {
+                if let Some(at) = self.owed.iter().position(|owed| *owed == hold) {
+                    self.owed.remove(at);
+                }
+            }
+            // Not run: it stays owed.
+            (Settles::Cleanup(_), Err(_)) | (Settles::Unlock(_), Ok(_)) => {}
+            (Settles::Unlock(hold), Err(failed)) => {
+                tracing::debug!(error = %failed.error, "a dropped lock's unlock was refused; the session owes it");
+                self.owed.push(hold);
+            }
+        }
     }
 }
 

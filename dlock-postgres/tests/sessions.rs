@@ -143,3 +143,131 @@ fn locks_made_per_use_on_a_session_share_its_check_and_statements() {
     assert!(other.try_acquire().unwrap());
     other.release().unwrap();
 }
+
+mod tokio_flavour {
+    use super::pg_key;
+    use dlock_testkit::postgres::{backend_pid_async, connect_async};
+    use std::time::Duration;
+
+    use dlock_postgres::{AsyncLock, AsyncPgLock, AsyncPgSession, Error, holders_async};
+    use tokio_postgres::Client;
+
+    async fn holder_pids(observer: &Client, name: &str) -> Vec<i32> {
+        holders_async(observer, pg_key(name))
+            .await
+            .unwrap()
+            .iter()
+            .map(|holder| holder.pid)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_session_holds_many_keys_and_releases_them_in_any_order() {
+        let names = ["sessions/tokio-many-1", "sessions/tokio-many-2"];
+        let observer = connect_async().await;
+        let client = connect_async().await;
+        let pid = backend_pid_async(&client).await;
+        let mut session = AsyncPgSession::new(client);
+        session.acquire(names[0]).await.unwrap();
+        assert!(session.try_acquire(names[1]).await.unwrap());
+        session.release(names[0]).await.unwrap();
+        assert!(holder_pids(&observer, names[0]).await.is_empty());
+        assert_eq!(holder_pids(&observer, names[1]).await, vec![pid]);
+        assert!(matches!(
+            session.release(names[0]).await,
+            Err(Error::NotAcquired)
+        ));
+        let mut other = AsyncPgSession::new(connect_async().await);
+        assert!(
+            !other
+                .acquire_timeout(names[1], Duration::from_millis(50))
+                .await
+                .unwrap()
+        );
+        let (_, released) = session.into_inner().await;
+        released.unwrap();
+        assert!(holder_pids(&observer, names[1]).await.is_empty());
+        assert!(other.try_acquire(names[1]).await.unwrap());
+        other.release(names[1]).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_lock_dropped_inside_an_aborted_transaction_is_released_after_the_rollback() {
+        let name = "sessions/tokio-aborted-drop";
+        let observer = connect_async().await;
+        let mut session = AsyncPgSession::new(connect_async().await);
+        session.acquire(name).await.unwrap();
+        {
+            let mut lock = session.lock(name);
+            lock.acquire().await.unwrap();
+            lock.client().batch_execute("BEGIN").await.unwrap();
+            assert!(lock.client().batch_execute("SELECT 1/0").await.is_err());
+            // Dropped holding: its unlock is queued, and refused.
+        }
+        session.client().batch_execute("ROLLBACK").await.unwrap();
+        assert_eq!(holder_pids(&observer, name).await.len(), 1);
+        // The next statement through dlock reads the refusal and pays the hold, exactly.
+        let mut check = AsyncPgLock::new(&mut session, name);
+        assert!(
+            check.verify().await.unwrap(),
+            "the session's own hold stays"
+        );
+        drop(check);
+        session.release(name).await.unwrap();
+        assert!(
+            holder_pids(&observer, name).await.is_empty(),
+            "the dropped hold was released, and no other"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_second_lock_on_a_session_dropped_while_held_takes_only_its_own_hold() {
+        let name = "sessions/tokio-second";
+        let observer = connect_async().await;
+        let mut session = AsyncPgSession::new(connect_async().await);
+        let mut first = session.lock(name);
+        first.acquire().await.unwrap();
+        {
+            let mut second = AsyncPgLock::new(first.get_mut(), name);
+            assert!(second.try_acquire().await.unwrap());
+        }
+        assert!(first.verify().await.unwrap(), "the first hold stays");
+        first.release().await.unwrap();
+        drop(first);
+        // Nothing leaked: the session's next statement settled the dropped hold.
+        assert!(
+            session
+                .try_acquire("sessions/tokio-second-other")
+                .await
+                .unwrap()
+        );
+        assert!(holder_pids(&observer, name).await.is_empty());
+        session
+            .release("sessions/tokio-second-other")
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_session_acquire_dropped_mid_wait_leaves_nothing_held() {
+        let name = "sessions/tokio-dropped-wait";
+        let observer = connect_async().await;
+        let mut holder = AsyncPgSession::new(connect_async().await);
+        holder.acquire(name).await.unwrap();
+        let mut session = AsyncPgSession::new(connect_async().await);
+        let dropped = tokio::time::timeout(Duration::from_millis(120), session.acquire(name)).await;
+        assert!(dropped.is_err(), "still waiting when dropped");
+        holder.release(name).await.unwrap();
+        // Whatever the dropped wait was granted, the session's next statement undid it.
+        assert!(
+            session
+                .try_acquire("sessions/tokio-dropped-wait-other")
+                .await
+                .unwrap()
+        );
+        assert_eq!(session.held().count(), 1);
+        assert!(holder_pids(&observer, name).await.is_empty());
+        let (_, released) = session.into_inner().await;
+        released.unwrap();
+    }
+}
