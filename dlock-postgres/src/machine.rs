@@ -418,6 +418,7 @@ impl LockState {
 /// back ([`LockState::hand_back`]).
 #[doc(hidden)]
 #[derive(Default)]
+#[cfg_attr(not(feature = "blocking"), allow(unreachable_pub))]
 pub struct SessionFacts {
     owed: Vec<Hold>,
     /// Whether a deployment check passed on the session's connection.
@@ -427,6 +428,7 @@ pub struct SessionFacts {
 
 impl SessionFacts {
     /// Whether a cleanup is owed.
+    #[cfg_attr(not(feature = "blocking"), allow(dead_code))]
     pub(crate) fn owes(&self) -> bool {
         !self.owed.is_empty()
     }
