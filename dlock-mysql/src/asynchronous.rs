@@ -175,6 +175,9 @@ pub struct AsyncMySqlSession<C: AsyncMySqlConnection> {
     /// Always `Some` until a lock consumes its session or the drop takes it.
     conn: Option<C>,
     facts: SessionFacts,
+    policy: KeyPolicy,
+    /// What the session holds through its own methods, oldest first.
+    holds: Vec<LockState>,
 }
 
 impl<C: AsyncMySqlConnection> AsyncMySqlSession<C> {
@@ -183,12 +186,143 @@ impl<C: AsyncMySqlConnection> AsyncMySqlSession<C> {
         AsyncMySqlSession {
             conn: Some(conn),
             facts: SessionFacts::default(),
+            policy: KeyPolicy::default(),
+            holds: Vec::new(),
         }
+    }
+
+    /// Uses `policy` to turn the keys of the session's own methods into lock names.
+    pub fn policy(mut self, policy: KeyPolicy) -> Self {
+        self.policy = policy;
+        self
     }
 
     /// A lock on `key` on this session, unlocked, under the default key policy.
     pub fn lock(&mut self, key: impl Into<Key>) -> AsyncMySqlLock<&mut Self> {
         AsyncMySqlLock::new(self, key)
+    }
+
+    /// Waits, in the server, until the session holds `key`'s lock.
+    ///
+    /// # Errors
+    ///
+    /// As [`AsyncLock::acquire`].
+    ///
+    /// # Cancel Safety
+    ///
+    /// As [`AsyncMySqlLock`]'s: a dropped wait gives the connection up.
+    pub async fn acquire(&mut self, key: impl Into<Key>) -> Result<()> {
+        self.take(key.into(), None).await.map(drop)
+    }
+
+    /// Takes `key`'s lock if it is free: `Ok(false)` when another session holds it.
+    ///
+    /// # Errors
+    ///
+    /// As [`AsyncLock::try_acquire`].
+    ///
+    /// # Cancel Safety
+    ///
+    /// As [`AsyncMySqlLock`]'s.
+    pub async fn try_acquire(&mut self, key: impl Into<Key>) -> Result<bool> {
+        self.take(key.into(), Some(Duration::ZERO)).await
+    }
+
+    /// Waits at most `timeout` for `key`'s lock.
+    ///
+    /// # Errors
+    ///
+    /// As [`AsyncLock::acquire_timeout`].
+    ///
+    /// # Cancel Safety
+    ///
+    /// As [`AsyncMySqlLock`]'s.
+    pub async fn acquire_timeout(
+        &mut self,
+        key: impl Into<Key>,
+        timeout: Duration,
+    ) -> Result<bool> {
+        self.take(key.into(), Some(timeout)).await
+    }
+
+    /// Gives back one hold of `key` that the session's own methods took (the latest); the
+    /// session's other holds, of this key or others, stay.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotAcquired`] when the session's methods hold no such key; otherwise as
+    /// [`AsyncLock::release`].
+    ///
+    /// # Cancel Safety
+    ///
+    /// As [`AsyncMySqlLock`]'s: a drop before the reply gives the connection up.
+    pub async fn release(&mut self, key: impl Into<Key>) -> Result<()> {
+        let key = key.into();
+        let at = self
+            .holds
+            .iter()
+            .rposition(|state| state.key == key)
+            .ok_or(Error::NotAcquired)?;
+        let state = self.holds.remove(at);
+        let mut lock = AsyncMySqlLock {
+            conn: Some(AsyncMySqlSession::new(&mut *self)),
+            state,
+        };
+        let released = lock.release().await;
+        if lock.is_acquired() {
+            let state = lock.detach();
+            drop(lock);
+            self.holds.insert(at, state);
+        }
+        released
+    }
+
+    /// The keys the session's own methods hold, oldest first (a key held twice twice).
+    pub fn held(&self) -> impl Iterator<Item = &Key> {
+        self.holds.iter().map(|state| &state.key)
+    }
+
+    /// Releases everything the session's own methods hold and pays what it owes, then gives
+    /// the connection back with the first failure, if any (a pooled connection is then
+    /// closed by its pool).
+    ///
+    /// # Cancel Safety
+    ///
+    /// Dropping this future drops the session, with the guarantees of drop.
+    pub async fn into_inner(mut self) -> (C, Result<()>) {
+        let mut outcome = Ok(());
+        while let Some(state) = self.holds.pop() {
+            let lock = AsyncMySqlLock {
+                conn: Some(AsyncMySqlSession::new(&mut self)),
+                state,
+            };
+            let (_, released) = lock.into_inner().await;
+            outcome = outcome.and(released);
+        }
+        let (_, paid) = AsyncMySqlLock::new(&mut self, Key::from(0_i64))
+            .into_inner()
+            .await;
+        outcome = outcome.and(paid);
+        if outcome.is_err() {
+            self.get_mut().discard();
+        }
+        (self.take_connection(), outcome)
+    }
+
+    async fn take(&mut self, key: Key, wait: Option<Duration>) -> Result<bool> {
+        let policy = self.policy.clone();
+        let mut lock = AsyncMySqlLock::new(&mut *self, key).policy(policy);
+        let taken = match wait {
+            None => lock.acquire().await.map(|()| true)?,
+            Some(Duration::ZERO) => lock.try_acquire().await?,
+            Some(timeout) => lock.acquire_timeout(timeout).await?,
+        };
+        if taken {
+            let state = lock.detach();
+            drop(lock);
+            self.holds.push(state);
+        }
+        Ok(taken)
     }
 
     /// The connection as it was given.
@@ -271,6 +405,14 @@ impl<C: AsyncMySqlConnection> Drop for AsyncMySqlSession<C> {
         let Some(mut conn) = self.conn.take() else {
             return;
         };
+        // What the session's own methods hold is settled as dropped locks' holds are.
+        let facts = match conn.kept_session_facts() {
+            Some(kept) => kept,
+            None => &mut self.facts,
+        };
+        for mut state in self.holds.drain(..) {
+            state.leave_to(facts);
+        }
         if conn.kept_session_facts().is_some() {
             // What is owed is the borrowed session's, which pays it.
             return;
@@ -322,6 +464,7 @@ impl<C: AsyncMySqlConnection> Drop for AsyncMySqlSession<C> {
 impl<C: AsyncMySqlConnection> fmt::Debug for AsyncMySqlSession<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AsyncMySqlSession")
+            .field("held", &self.held().collect::<Vec<_>>())
             .field("owed", &self.facts.owed.len())
             .field("abandoned", &self.facts.abandoned)
             .field("checked", &self.facts.checked)
@@ -501,6 +644,12 @@ impl<C: AsyncMySqlConnection> AsyncMySqlLock<C> {
         self.conn
             .as_mut()
             .expect("the connection is only taken when the lock is consumed")
+    }
+
+    /// Takes the state out, holds and all, leaving an empty one whose drop leaves nothing.
+    fn detach(&mut self) -> LockState {
+        let empty = LockState::new(self.state.key.clone(), true);
+        std::mem::replace(&mut self.state, empty)
     }
 
     /// Takes the connection out, so that the lock's drop finds none and sends nothing. What

@@ -8,7 +8,9 @@ use dlock_core::{Error, Key, KeyPolicy, Lock, Result, SessionId, Wait};
 use mysql::prelude::Queryable;
 use mysql::{Conn, PooledConn};
 
-use crate::machine::{self, Acquire, LockState, Operation, Release, Reply, Step, Verify};
+use crate::machine::{
+    self, Acquire, LockState, Operation, Release, Reply, SessionFacts, Step, Verify,
+};
 use crate::sql::{self, Failed, Failure};
 
 /// A connection a [`MySqlLock`] can run on: the driver's [`Conn`], a [`PooledConn`] of a
@@ -19,6 +21,12 @@ use crate::sql::{self, Failed, Failure};
 pub trait MySqlConnection {
     /// The connection the lock sends its statements through.
     fn connection(&mut self) -> &mut Conn;
+
+    /// What dlock knows of the session this value is or borrows (a [`MySqlSession`] answers).
+    #[doc(hidden)]
+    fn session_facts(&mut self) -> Option<&mut SessionFacts> {
+        None
+    }
 }
 
 impl MySqlConnection for Conn {
@@ -37,11 +45,218 @@ impl<T: MySqlConnection + ?Sized> MySqlConnection for &mut T {
     fn connection(&mut self) -> &mut Conn {
         (**self).connection()
     }
+
+    fn session_facts(&mut self) -> Option<&mut SessionFacts> {
+        (**self).session_facts()
+    }
 }
 
 impl<T: MySqlConnection + ?Sized> MySqlConnection for Box<T> {
     fn connection(&mut self) -> &mut Conn {
         (**self).connection()
+    }
+}
+
+/// A MySQL or MariaDB server session over a blocking [`Conn`] (owned, borrowed or pooled),
+/// as dlock knows it: it holds locks on any number of names, released in any order, and
+/// keeps what outlives any one lock object on it (the deployment check's verdict, so that
+/// locks made per use on it run the check once).
+///
+/// [`acquire`](MySqlSession::acquire), [`try_acquire`](MySqlSession::try_acquire) and
+/// [`acquire_timeout`](MySqlSession::acquire_timeout) take a key's lock for the session,
+/// [`release`](MySqlSession::release) gives back any of them, in any order. Taking a key the
+/// session holds already takes a second hold (the server counts them), and each release
+/// gives back one. Dropping the session releases what it holds (failures are logged with
+/// `tracing`); [`into_inner`](MySqlSession::into_inner) does the same and says how it went.
+///
+/// # Examples
+///
+/// ```no_run
+/// use dlock_mysql::{Lock, MySqlSession};
+/// use mysql::{Conn, Opts};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let conn = Conn::new(Opts::from_url("mysql://app:secret@localhost/app")?)?;
+/// let mut session = MySqlSession::new(conn);
+/// session.acquire("accounts/1")?;
+/// session.acquire("accounts/2")?;
+/// session.release("accounts/1")?; // In any order.
+/// session.release("accounts/2")?;
+/// for job in ["a", "b"] {
+///     // Per use: the deployment check ran once, for the whole session.
+///     let mut lock = session.lock(format!("jobs/{job}"));
+///     if lock.try_acquire()? {
+///         lock.release()?;
+///     }
+/// }
+/// # Ok(())
+/// # }
+/// ```
+pub struct MySqlSession<C: MySqlConnection> {
+    /// Always `Some` until `into_inner` takes it.
+    conn: Option<C>,
+    facts: SessionFacts,
+    policy: KeyPolicy,
+    /// What the session holds through its own methods, oldest first.
+    holds: Vec<LockState>,
+}
+
+impl<C: MySqlConnection> MySqlSession<C> {
+    /// The session of `conn`, holding nothing.
+    pub fn new(conn: C) -> Self {
+        MySqlSession {
+            conn: Some(conn),
+            facts: SessionFacts::default(),
+            policy: KeyPolicy::default(),
+            holds: Vec::new(),
+        }
+    }
+
+    /// Uses `policy` to turn the keys of the session's own methods into lock names.
+    pub fn policy(mut self, policy: KeyPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// A one-key lock on this session, unlocked, under the default key policy; it shares
+    /// what the session knows.
+    pub fn lock(&mut self, key: impl Into<Key>) -> MySqlLock<&mut Self> {
+        MySqlLock::new(self, key)
+    }
+
+    /// The connection, for work of your own. Do not release locks through it with raw SQL:
+    /// the session would no longer know what it holds.
+    pub fn conn(&mut self) -> &mut Conn {
+        self.conn
+            .as_mut()
+            .expect("the connection is only taken by into_inner")
+            .connection()
+    }
+
+    /// Waits, in the server, until the session holds `key`'s lock.
+    ///
+    /// # Errors
+    ///
+    /// As [`Lock::acquire`].
+    pub fn acquire(&mut self, key: impl Into<Key>) -> Result<()> {
+        self.take(key.into(), Wait::Forever).map(drop)
+    }
+
+    /// Takes `key`'s lock if it is free: `Ok(false)` when another session holds it.
+    ///
+    /// # Errors
+    ///
+    /// As [`Lock::try_acquire`].
+    pub fn try_acquire(&mut self, key: impl Into<Key>) -> Result<bool> {
+        self.take(key.into(), Wait::Never)
+    }
+
+    /// Waits at most `timeout` for `key`'s lock.
+    ///
+    /// # Errors
+    ///
+    /// As [`Lock::acquire_timeout`].
+    pub fn acquire_timeout(&mut self, key: impl Into<Key>, timeout: Duration) -> Result<bool> {
+        self.take(key.into(), Wait::for_timeout(timeout))
+    }
+
+    /// Gives back one hold of `key` that the session's own methods took (the latest).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotAcquired`] when the session's methods hold no such key; otherwise as
+    /// [`Lock::release`].
+    pub fn release(&mut self, key: impl Into<Key>) -> Result<()> {
+        let key = key.into();
+        let at = self
+            .holds
+            .iter()
+            .rposition(|state| state.key == key)
+            .ok_or(Error::NotAcquired)?;
+        let state = self.holds.remove(at);
+        let mut lock = MySqlLock {
+            conn: Some(&mut *self),
+            state,
+        };
+        let released = lock.release();
+        if lock.is_acquired() {
+            let state = lock.detach();
+            drop(lock);
+            self.holds.insert(at, state);
+        }
+        released
+    }
+
+    /// The keys the session's own methods hold, oldest first (a key held twice twice).
+    pub fn held(&self) -> impl Iterator<Item = &Key> {
+        self.holds.iter().map(|state| &state.key)
+    }
+
+    /// Releases everything the session's own methods hold, then gives the connection back
+    /// with the first failure, if any.
+    pub fn into_inner(mut self) -> (C, Result<()>) {
+        let released = self.release_all();
+        let conn = self
+            .conn
+            .take()
+            .expect("the connection is only taken by into_inner");
+        (conn, released)
+    }
+
+    fn take(&mut self, key: Key, wait: Wait) -> Result<bool> {
+        let policy = self.policy.clone();
+        let mut lock = MySqlLock::new(&mut *self, key).policy(policy);
+        let taken = lock.take(wait)?;
+        if taken {
+            let state = lock.detach();
+            drop(lock);
+            self.holds.push(state);
+        }
+        Ok(taken)
+    }
+
+    /// Releases the holds, newest first.
+    fn release_all(&mut self) -> Result<()> {
+        let mut outcome = Ok(());
+        while let Some(state) = self.holds.pop() {
+            let (_, released) = MySqlLock {
+                conn: Some(&mut *self),
+                state,
+            }
+            .into_inner();
+            outcome = outcome.and(released);
+        }
+        outcome
+    }
+}
+
+impl<C: MySqlConnection> MySqlConnection for MySqlSession<C> {
+    fn connection(&mut self) -> &mut Conn {
+        MySqlSession::conn(self)
+    }
+
+    fn session_facts(&mut self) -> Option<&mut SessionFacts> {
+        Some(&mut self.facts)
+    }
+}
+
+impl<C: MySqlConnection> Drop for MySqlSession<C> {
+    fn drop(&mut self) {
+        if self.conn.is_none() || self.holds.is_empty() {
+            return;
+        }
+        if let Err(error) = self.release_all() {
+            tracing::warn!(%error, "dropping a MySQL session: a release failed; its locks stay held until the session ends");
+        }
+    }
+}
+
+impl<C: MySqlConnection> fmt::Debug for MySqlSession<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MySqlSession")
+            .field("held", &self.held().collect::<Vec<_>>())
+            .field("checked", &self.facts.checked)
+            .finish_non_exhaustive()
     }
 }
 
@@ -137,25 +352,38 @@ impl<C: MySqlConnection> MySqlLock<C> {
         (conn, released)
     }
 
-    /// Sends what the machine asks until it is done.
+    /// Takes the state out, holds and all, leaving an empty one whose drop does nothing.
+    fn detach(&mut self) -> LockState {
+        let empty = LockState::new(self.state.key.clone(), false);
+        std::mem::replace(&mut self.state, empty)
+    }
+
+    /// Sends what the machine asks until it is done; then tells the session what the
+    /// operation learned.
     fn run<O: Operation>(&mut self, mut op: O) -> Result<O::Output> {
         let conn = self
             .conn
             .as_mut()
-            .expect("the connection is only taken by into_inner")
-            .connection();
+            .expect("the connection is only taken by into_inner");
         let mut reply = None;
-        loop {
+        let outcome = loop {
             match op.step(&mut self.state, reply.take()) {
-                Step::Done(outcome) => return outcome,
-                Step::Send(statement) => reply = Some(query(conn, &statement)),
+                Step::Done(outcome) => break outcome,
+                Step::Send(statement) => reply = Some(query(conn.connection(), &statement)),
             }
+        };
+        if let Some(facts) = conn.session_facts() {
+            self.state.teach(facts);
         }
+        outcome
     }
 
     fn take(&mut self, wait: Wait) -> Result<bool> {
         let traced = Traced::acquire("mysql", "exclusive", wait, self.traced());
         let _entered = traced.span().enter();
+        if let Some(facts) = self.conn.as_mut().and_then(MySqlConnection::session_facts) {
+            self.state.learn_from(facts);
+        }
         let version = self.conn().server_version();
         let outcome = Acquire::start(&self.state, version, wait).and_then(|op| self.run(op));
         traced.finish(outcome.as_ref().copied());

@@ -19,8 +19,8 @@ pub use dlock_core::*;
 #[cfg(feature = "blocking")]
 #[cfg_attr(docsrs, doc(cfg(feature = "blocking")))]
 pub use blocking::{
-    MySqlConnection, MySqlLock, check_deployment, holder, install_fencing, install_fencing_in,
-    session, still_held,
+    MySqlConnection, MySqlLock, MySqlSession, check_deployment, holder, install_fencing,
+    install_fencing_in, session, still_held,
 };
 
 #[cfg(feature = "tokio")]
