@@ -996,8 +996,9 @@ impl<C: AsyncPgConnection> fmt::Debug for AsyncPgLock<C> {
     }
 }
 
-/// Creates the table of fencing tokens, the default one (`public.dlock_fence`), if it does not exist: the async form
-/// of the blocking `install_fencing`. Idempotent.
+/// Creates the table of fencing tokens, the default one (`public.dlock_fence`), and its clock
+/// (the sequence `public.dlock_fence_clock`), if they do not exist: the async form of the
+/// blocking `install_fencing`. Idempotent.
 ///
 /// Cancel safety: `CREATE TABLE IF NOT EXISTS` either ran or did not; run it again.
 ///
@@ -1008,8 +1009,8 @@ pub async fn install_fencing_async(client: &Client) -> Result<()> {
     install_fencing_in_async(client, crate::sql::DEFAULT_FENCE_TABLE).await
 }
 
-/// Creates the table of fencing tokens `table` (`name` or `schema.name`) if it does not
-/// exist, for locks made `fenced_in` it.
+/// Creates the table of fencing tokens `table` (`name` or `schema.name`) and its clock (the
+/// sequence `<table>_clock`) if they do not exist, for locks made `fenced_in` it.
 ///
 /// Cancel safety: as [`install_fencing_async`].
 ///

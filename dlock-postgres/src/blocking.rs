@@ -598,7 +598,8 @@ pub fn check_deployment(client: &mut Client, mut second: Option<&mut Client>) ->
     }
 }
 
-/// Creates the table of fencing tokens, the default one (`public.dlock_fence`), if it does not exist: what
+/// Creates the table of fencing tokens, the default one (`public.dlock_fence`), and its clock
+/// (the sequence `public.dlock_fence_clock`), if they do not exist: what
 /// [`fenced`](PgLock::fenced) locks need. Idempotent; run it once per database, with a role
 /// that may create tables. The table has one row per key, never deleted.
 ///
@@ -609,8 +610,9 @@ pub fn install_fencing(client: &mut Client) -> Result<()> {
     install_fencing_in(client, crate::sql::DEFAULT_FENCE_TABLE)
 }
 
-/// Creates the table of fencing tokens `table` (`name` or `schema.name`) if it does not
-/// exist, for locks made [`fenced_in`](PgLock::fenced_in) it.
+/// Creates the table of fencing tokens `table` (`name` or `schema.name`) and its clock (the
+/// sequence `<table>_clock`) if they do not exist, for locks made
+/// [`fenced_in`](PgLock::fenced_in) it.
 ///
 /// # Errors
 ///

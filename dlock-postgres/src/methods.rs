@@ -50,9 +50,10 @@ macro_rules! lock_methods {
         ///
         /// The token commits with the statement that takes the lock, durably even where the
         /// session's `synchronous_commit` is off (the statement turns it on for its own
-        /// transaction). Inside a transaction of yours it commits with that transaction, and
-        /// a rollback would let the next holder get the same token: take fenced locks outside
-        /// transactions.
+        /// transaction). Each token is also drawn from the table's clock, a sequence that no
+        /// rollback takes back: a lock taken inside a transaction of yours that rolls back
+        /// still used its token up, and the next holder's is higher. Tokens are therefore not
+        /// consecutive per key, only increasing.
         pub fn fenced(mut self) -> Self {
             self.state.set_fence(Some(
                 crate::sql::fence_table(crate::sql::DEFAULT_FENCE_TABLE)
@@ -149,10 +150,9 @@ macro_rules! xact_methods {
         /// by `install_fencing`), bumped in the lock's own statement: read it with
         /// [`fencing_token`](Self::fencing_token).
         ///
-        /// A transaction lock's token commits with the transaction. If it rolls back, the
-        /// next holder can get the same token; so the token fences writes made inside the
-        /// same transaction, which roll back with it. For a resource outside the database,
-        /// fence with a session lock.
+        /// A transaction lock's token commits with the transaction, and is drawn from the
+        /// table's clock, a sequence that no rollback takes back: if the transaction rolls
+        /// back, its token is still used up, and the next holder's is higher.
         pub fn fenced(mut self) -> Self {
             self.options.fence = Some(
                 crate::sql::fence_table(crate::sql::DEFAULT_FENCE_TABLE)

@@ -357,14 +357,33 @@ pub(crate) fn fence_table(name: &str) -> Result<String, Error> {
         .join("."))
 }
 
-/// The statement that creates the fence table if it is missing: one counter row per key,
-/// never deleted, so tokens grow across holders, processes and restarts.
+/// The statements that create the fence table and its clock if they are missing: one
+/// counter row per key, never deleted, so tokens grow across holders, processes and
+/// restarts; and a sequence ([`fence_clock`]) that no rollback takes back.
 pub(crate) fn install_fencing(table: &str) -> String {
     format!(
         "CREATE TABLE IF NOT EXISTS {table} (\
          key_space smallint NOT NULL, lock_key bigint NOT NULL, token bigint NOT NULL, \
-         PRIMARY KEY (key_space, lock_key))"
+         PRIMARY KEY (key_space, lock_key)); \
+         CREATE SEQUENCE IF NOT EXISTS {}",
+        fence_clock(table)
     )
+}
+
+/// The fence table's clock (the table's name with `_clock`, as SQL): a sequence every token
+/// is drawn from besides its key's row. `nextval` is never rolled back, so a token handed out
+/// inside a transaction that then rolls back (the row's bump undone with it) is still used
+/// up: the next token of the key is higher. The row keeps tokens growing where a crash could
+/// set the sequence back.
+fn fence_clock(table: &str) -> String {
+    // The table's SQL name ends with its quoted last part.
+    let quoted = table.strip_suffix('"').unwrap_or(table);
+    format!("{quoted}_clock\"")
+}
+
+/// The next token a key's row would get, from the clock: `nextval` of [`fence_clock`].
+fn next_tick(table: &str) -> String {
+    format!("nextval('{}')", fence_clock(table))
 }
 
 /// Whether an `install_fencing` statement failed only because another session created the
@@ -398,12 +417,17 @@ fn fence_row(key: PgKey) -> (i16, i64) {
 const DURABLE_COMMIT: &str = "CASE WHEN current_setting('synchronous_commit') = 'off' \
      THEN set_config('synchronous_commit', 'on', true) END";
 
-/// The upsert that bumps a key's token, returning it: the first token of a key is 1.
+/// How a key's row takes its next token: one above the row's last, and no lower than the
+/// clock's tick the insert drew (`EXCLUDED.token`), which a rollback never gives back.
+const NEXT_TOKEN: &str = "token = GREATEST(fence.token + 1, EXCLUDED.token)";
+
+/// The upsert that bumps a key's token, returning it.
 fn bump_token(key: PgKey, table: &str) -> String {
     let (space, key) = fence_row(key);
+    let tick = next_tick(table);
     format!(
-        "INSERT INTO {table} AS fence (key_space, lock_key, token) VALUES ({space}, {key}, 1) \
-         ON CONFLICT (key_space, lock_key) DO UPDATE SET token = fence.token + 1 RETURNING token"
+        "INSERT INTO {table} AS fence (key_space, lock_key, token) VALUES ({space}, {key}, {tick}) \
+         ON CONFLICT (key_space, lock_key) DO UPDATE SET {NEXT_TOKEN} RETURNING token"
     )
 }
 
@@ -434,9 +458,10 @@ fn fenced_with(query: &str, (space, key): (&str, &str), table: &str, is_try: boo
         "{before}WITH d AS MATERIALIZED (SELECT {DURABLE_COMMIT}), \
          l AS MATERIALIZED ({last}{granted}), \
          f AS (INSERT INTO {table} AS fence (key_space, lock_key, token) \
-         SELECT {space}, {key}, 1 FROM l{condition} \
-         ON CONFLICT (key_space, lock_key) DO UPDATE SET token = fence.token + 1 RETURNING token) \
-         SELECT {answer}, (SELECT token FROM f) FROM d"
+         SELECT {space}, {key}, {tick} FROM l{condition} \
+         ON CONFLICT (key_space, lock_key) DO UPDATE SET {NEXT_TOKEN} RETURNING token) \
+         SELECT {answer}, (SELECT token FROM f) FROM d",
+        tick = next_tick(table)
     )
 }
 

@@ -445,7 +445,8 @@ fn throughput(scale: Scale) -> Result<Vec<Throughput>> {
 
     // Fenced: the floor is the raw driver doing the same work by hand, a lock and a durable
     // bump of the key's token. On PostgreSQL that is one statement (the lock, then the
-    // upsert, committed with `synchronous_commit` on), and the unlock; on MySQL `GET_LOCK`,
+    // upsert, its token drawn from the fence clock too, committed with `synchronous_commit`
+    // on), and the unlock; on MySQL `GET_LOCK`,
     // the upsert, and `RELEASE_LOCK`. The durable write is the cost of a token that a crash
     // cannot hand out twice; the ratio is what dlock adds to it. Each sample builds its lock,
     // which prepares its statements on its second cycle.
@@ -456,8 +457,8 @@ fn throughput(scale: Scale) -> Result<Vec<Throughput>> {
          THEN set_config('synchronous_commit', 'on', true) END), \
          l AS MATERIALIZED (SELECT pg_advisory_lock({fence_key})), \
          f AS (INSERT INTO public.dlock_fence AS fence (key_space, lock_key, token) \
-         SELECT {fence_space}, {fence_key}, 1 FROM l \
-         ON CONFLICT (key_space, lock_key) DO UPDATE SET token = fence.token + 1 RETURNING token) \
+         SELECT {fence_space}, {fence_key}, nextval('\"public\".\"dlock_fence_clock\"') FROM l \
+         ON CONFLICT (key_space, lock_key) DO UPDATE SET token = GREATEST(fence.token + 1, EXCLUDED.token) RETURNING token) \
          SELECT true, (SELECT token FROM f) FROM d"
     );
     let pg_fenced_unlock_sql = format!("SELECT pg_advisory_unlock({fence_key})");
