@@ -40,6 +40,9 @@ pub enum Deployment {
     /// YugabyteDB before 2.25, or with the "advisory locks not supported" error silenced
     /// (`yb_silence_advisory_locks_not_supported_error`), where the lock functions do nothing.
     YugabyteDbWithoutLocks,
+    /// A Citus worker node (its `pg_dist_local_group` names a group other than the
+    /// coordinator's, 0): advisory locks there are local to the worker.
+    CitusWorker,
 }
 
 impl Deployment {
@@ -85,6 +88,10 @@ impl Deployment {
                  yb_silence_advisory_locks_not_supported_error on, where advisory lock \
                  functions do nothing"
             }
+            Deployment::CitusWorker => {
+                "the server is a Citus worker node (pg_dist_local_group is not the \
+                 coordinator's group 0), where advisory locks are local to the worker"
+            }
         }
     }
 
@@ -110,6 +117,7 @@ impl Deployment {
                 "use YugabyteDB 2.25 or later with advisory locks enabled \
                  (ysql_yb_enable_advisory_locks) and the error not silenced"
             }
+            Deployment::CitusWorker => "take locks on the Citus coordinator",
         }
     }
 }

@@ -18,6 +18,13 @@ use crate::sql::{self, Gate, Row};
 /// The setting that marks a server session with a checking connection's token.
 const MARK: &str = "dlock.deployment_probe";
 
+/// True on a Citus worker node: Citus keeps the node's group in `pg_dist_local_group`, 0 on
+/// the coordinator. The table is read through `query_to_xml` only where it exists, so that
+/// the statement still plans on a server without Citus.
+const CITUS_WORKER: &str = "CASE WHEN to_regclass('pg_catalog.pg_dist_local_group') IS NULL \
+     THEN false ELSE query_to_xml('SELECT groupid AS g FROM pg_catalog.pg_dist_local_group', \
+     false, true, '')::text NOT LIKE '%<g>0</g>%' END";
+
 /// YugabyteDB's setting that turns "advisory locks are not supported" into a silent no-op.
 const YB_SILENCE: &str = "yb_silence_advisory_locks_not_supported_error";
 
@@ -113,7 +120,7 @@ impl Probe {
         match self.session {
             None => format!(
                 "SELECT pg_is_in_recovery(), pg_backend_pid(), set_config('{MARK}', '{}', false), \
-                 version(), current_setting('{YB_SILENCE}', true)",
+                 version(), current_setting('{YB_SILENCE}', true), {CITUS_WORKER}",
                 self.token
             ),
             Some(_) => format!("SELECT pg_backend_pid(), current_setting('{MARK}', true)"),
@@ -178,6 +185,9 @@ impl Check {
                 }
                 if let Some(engine) = engine_without_locks(&column(&row, 3), &column(&row, 4)) {
                     return refused(engine);
+                }
+                if column(&row, 5) == "t" {
+                    return refused(Deployment::CitusWorker);
                 }
                 let session = column(&row, 1);
                 probe.session = Some(session.clone());
@@ -349,6 +359,23 @@ mod tests {
         let (outcome, sent) = run(true, "t", &["7"], &[], &[]);
         assert_eq!(refused_as(&outcome), Some(Deployment::HotStandby));
         assert_eq!(sent, [On::Checked]);
+    }
+
+    #[test]
+    fn a_citus_worker_is_refused_on_the_first_statement_and_its_coordinator_is_not() {
+        // Citus's pg_dist_local_group names the node's group: 0 on the coordinator.
+        let first = |citus_worker: &str| {
+            let mut check = Check::new(false, Route::CancelKey(7));
+            assert!(matches!(check.step(None), CheckStep::Send(On::Checked, _)));
+            check.step(row(&["f", "7", "", "PostgreSQL 16.4", "", citus_worker]))
+        };
+        assert!(matches!(
+            first("t"),
+            CheckStep::Done(Err(Error::CannotExclude {
+                deployment: Deployment::CitusWorker
+            }))
+        ));
+        assert!(matches!(first("f"), CheckStep::Done(Ok(()))));
     }
 
     #[test]

@@ -359,3 +359,28 @@ fn a_reused_lock_object_prepares_its_statements_and_keeps_its_semantics() {
     }
     assert_eq!(prepared_statements(pair.client()), 2);
 }
+
+#[test]
+fn a_citus_worker_is_refused_and_its_coordinator_is_not() {
+    // A stand-in whose catalogue answers as a Citus node's (see `citus_standin`).
+    let (url, set_group) = common::citus_standin("dlock_citus_blocking", 2);
+    let client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let mut lock = PgLock::new(client, "deployments/citus");
+    let refused = lock.try_acquire();
+    assert!(
+        matches!(
+            refused,
+            Err(Error::CannotExclude {
+                deployment: dlock_postgres::Deployment::CitusWorker
+            })
+        ),
+        "{refused:?}"
+    );
+    assert!(!lock.is_acquired());
+    set_group(0);
+    assert!(
+        lock.try_acquire().unwrap(),
+        "the coordinator's locks exclude"
+    );
+    lock.release().unwrap();
+}

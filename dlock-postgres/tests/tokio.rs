@@ -425,3 +425,31 @@ async fn a_reused_lock_object_prepares_its_statements_and_keeps_its_semantics() 
         .unwrap();
     assert!(matches!(lock.release().await, Err(Error::NotHeld)));
 }
+
+#[tokio::test]
+async fn a_citus_worker_is_refused_by_an_async_lock() {
+    let (url, set_group) =
+        tokio::task::spawn_blocking(|| common::citus_standin("dlock_citus_tokio", 1))
+            .await
+            .unwrap();
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let mut lock = AsyncPgLock::new(client, "deployments/citus");
+    let refused = lock.try_acquire().await;
+    assert!(
+        matches!(
+            refused,
+            Err(Error::CannotExclude {
+                deployment: dlock_postgres::Deployment::CitusWorker
+            })
+        ),
+        "{refused:?}"
+    );
+    tokio::task::spawn_blocking(move || set_group(0))
+        .await
+        .unwrap();
+    assert!(lock.try_acquire().await.unwrap());
+    lock.release().await.unwrap();
+}

@@ -121,6 +121,47 @@ pub mod postgres {
         }
     }
 
+    /// A stand-in for a Citus node: a fresh database `name` on the server under test whose
+    /// catalogue answers as a Citus node's does. Citus keeps the node's group in
+    /// `pg_catalog.pg_dist_local_group` (one row; group 0 is the coordinator, as Citus's
+    /// "Coordinator Metadata" reference describes). Returns the database's URL and a function
+    /// that sets the group.
+    pub fn citus_standin(name: &str, group: i32) -> (String, impl Fn(i32)) {
+        let mut admin = connect();
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .unwrap();
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .unwrap();
+        let base = pg_url();
+        let url = match base.rsplit_once('/') {
+            Some((server, _)) => format!("{server}/{name}"),
+            None => panic!("DLOCK_PG_URL names no database: {base}"),
+        };
+        let mut node = ::postgres::Client::connect(&url, ::postgres::NoTls).unwrap();
+        node.batch_execute(
+            "SET allow_system_table_mods = on; \
+             CREATE TABLE pg_catalog.pg_dist_local_group (groupid integer NOT NULL)",
+        )
+        .unwrap();
+        node.execute(
+            "INSERT INTO pg_catalog.pg_dist_local_group VALUES ($1)",
+            &[&group],
+        )
+        .unwrap();
+        let set_url = url.clone();
+        let set_group = move |group: i32| {
+            let mut node = ::postgres::Client::connect(&set_url, ::postgres::NoTls).unwrap();
+            node.execute(
+                "UPDATE pg_catalog.pg_dist_local_group SET groupid = $1",
+                &[&group],
+            )
+            .unwrap();
+        };
+        (url, set_group)
+    }
+
     /// A blocking client of the server under test.
     pub fn connect() -> ::postgres::Client {
         ::postgres::Client::connect(&pg_url(), ::postgres::NoTls).expect("connect to DLOCK_PG_URL")
