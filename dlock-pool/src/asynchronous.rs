@@ -566,17 +566,23 @@ where
 
     /// Acquires `key` (waiting as [`acquire`](AsyncLockPool::acquire) does), runs `work`
     /// with the guard (which derefs to the connection, and gives the fencing token), and
-    /// releases. If the lock is lost first, `work`'s future is dropped at once and the result
-    /// is [`Error::LockLost`].
+    /// releases, whatever `work` returned. If the lock is lost first, `work`'s future is
+    /// dropped at once and the result is [`Error::LockLost`].
+    ///
+    /// `work` returns `Result<T, E>` with an error type of yours that dlock's errors convert
+    /// into (`dlock_pool::Error` itself, `anyhow::Error`, or your own with a
+    /// `From<dlock_pool::Error>`), so the outcome is one `Result` to match: `work`'s error, or
+    /// dlock's.
     ///
     /// ```no_run
     /// # #[cfg(all(feature = "bb8", feature = "postgres"))]
     /// # async fn run(
     /// #     pool: dlock_pool::AsyncLockPool<bb8_postgres::PostgresConnectionManager<tokio_postgres::NoTls>>,
-    /// # ) -> Result<(), dlock_pool::Error> {
+    /// # ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     /// let rows = pool
     ///     .with_lock("nightly-report", async |guard| {
-    ///         guard.execute("UPDATE reports SET running = true", &[]).await
+    ///         let rows = guard.execute("UPDATE reports SET running = true", &[]).await?;
+    ///         Ok::<_, Box<dyn std::error::Error + Send + Sync>>(rows)
     ///     })
     ///     .await?;
     /// # Ok(())
@@ -585,18 +591,19 @@ where
     ///
     /// # Errors
     ///
-    /// As [`acquire`](AsyncLockPool::acquire); [`Error::LockLost`] when the lock was lost
-    /// before `work` finished, or its release found it lost; what the release reports.
+    /// `work`'s error; as [`acquire`](AsyncLockPool::acquire); [`Error::LockLost`] when the
+    /// lock was lost before `work` finished, or its release found it lost; what the release
+    /// reports.
     ///
     /// # Cancel Safety
     ///
     /// Dropping the future drops `work` and the guard, which closes the connection and so
     /// frees the lock.
-    pub async fn with_lock<T>(
+    pub async fn with_lock<T, E: From<Error>>(
         &self,
         key: impl Into<Key>,
-        work: impl AsyncFnOnce(&mut AsyncLockGuard<M>) -> T,
-    ) -> Result<T> {
+        work: impl AsyncFnOnce(&mut AsyncLockGuard<M>) -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E> {
         let guard = self.acquire(key).await?;
         run_locked(guard, work).await
     }
@@ -611,11 +618,11 @@ where
     /// # Cancel Safety
     ///
     /// As [`with_lock`](AsyncLockPool::with_lock).
-    pub async fn try_with_lock<T>(
+    pub async fn try_with_lock<T, E: From<Error>>(
         &self,
         key: impl Into<Key>,
-        work: impl AsyncFnOnce(&mut AsyncLockGuard<M>) -> T,
-    ) -> Result<Option<T>> {
+        work: impl AsyncFnOnce(&mut AsyncLockGuard<M>) -> std::result::Result<T, E>,
+    ) -> std::result::Result<Option<T>, E> {
         match self.try_acquire(key).await? {
             Some(guard) => run_locked(guard, work).await.map(Some),
             None => Ok(None),
@@ -632,12 +639,12 @@ where
     /// # Cancel Safety
     ///
     /// As [`with_lock`](AsyncLockPool::with_lock).
-    pub async fn with_lock_timeout<T>(
+    pub async fn with_lock_timeout<T, E: From<Error>>(
         &self,
         key: impl Into<Key>,
         timeout: Duration,
-        work: impl AsyncFnOnce(&mut AsyncLockGuard<M>) -> T,
-    ) -> Result<Option<T>> {
+        work: impl AsyncFnOnce(&mut AsyncLockGuard<M>) -> std::result::Result<T, E>,
+    ) -> std::result::Result<Option<T>, E> {
         match self.acquire_timeout(key, timeout).await? {
             Some(guard) => run_locked(guard, work).await.map(Some),
             None => Ok(None),
@@ -645,11 +652,12 @@ where
     }
 }
 
-/// Runs `work` under `guard`'s lock until it finishes or the lock is lost, then releases.
-async fn run_locked<M, T>(
+/// Runs `work` under `guard`'s lock until it finishes or the lock is lost, then releases:
+/// `work`'s error first, then the release's.
+async fn run_locked<M, T, E: From<Error>>(
     mut guard: AsyncLockGuard<M>,
-    work: impl AsyncFnOnce(&mut AsyncLockGuard<M>) -> T,
-) -> Result<T>
+    work: impl AsyncFnOnce(&mut AsyncLockGuard<M>) -> std::result::Result<T, E>,
+) -> std::result::Result<T, E>
 where
     M: AsyncManager,
     M::Connection: AsyncConnection,
@@ -667,12 +675,17 @@ where
         .await
     };
     match done {
-        Ok(done) => AsyncLockGuard::release(guard).await.map(|()| done),
+        Ok(done) => {
+            let released = AsyncLockGuard::release(guard).await;
+            let done = done?;
+            released?;
+            Ok(done)
+        }
         // The work is dropped; the lost signal marked the connection to be closed.
         Err(reason) => {
             let error = guard.signal.error(reason);
             drop(guard);
-            Err(error)
+            Err(error.into())
         }
     }
 }

@@ -443,21 +443,37 @@ where
     }
 
     /// Acquires `key` (waiting as [`acquire`](LockPool::acquire) does), runs `work` with the
-    /// guard, and releases.
+    /// guard, and releases, whatever `work` returned.
     ///
-    /// `work` should look at [`LockGuard::is_lost`] between steps: a blocking closure cannot
-    /// be stopped from outside.
+    /// `work` returns `Result<T, E>` with an error type of yours that dlock's errors convert
+    /// into (`dlock_pool::Error` itself, `anyhow::Error`, or your own with a
+    /// `From<dlock_pool::Error>`), so the outcome is one `Result` to match: `work`'s error, or
+    /// dlock's. `work` should look at [`LockGuard::is_lost`] between steps: a blocking closure
+    /// cannot be stopped from outside.
+    ///
+    /// ```no_run
+    /// # #[cfg(all(feature = "r2d2", feature = "postgres"))]
+    /// # fn run(
+    /// #     pool: &dlock_pool::LockPool<r2d2_postgres::PostgresConnectionManager<postgres::NoTls>>,
+    /// # ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// let updated = pool.with_lock("nightly-report", |guard| {
+    ///     let rows = guard.execute("UPDATE reports SET running = true", &[])?;
+    ///     Ok::<_, Box<dyn std::error::Error + Send + Sync>>(rows)
+    /// })?;
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     ///
-    /// As [`acquire`](LockPool::acquire); [`Error::LockLost`] when the lock was lost while
-    /// `work` ran, even if `work` finished (its result is then dropped: it was not done under
-    /// the lock); what the release reports.
-    pub fn with_lock<T>(
+    /// `work`'s error; as [`acquire`](LockPool::acquire); [`Error::LockLost`] when the lock
+    /// was lost while `work` ran, even if `work` finished (its result is then dropped: it was
+    /// not done under the lock); what the release reports.
+    pub fn with_lock<T, E: From<Error>>(
         &self,
         key: impl Into<Key>,
-        work: impl FnOnce(&mut LockGuard<M>) -> T,
-    ) -> Result<T> {
+        work: impl FnOnce(&mut LockGuard<M>) -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E> {
         let guard = self.acquire(key)?;
         run_locked(guard, work)
     }
@@ -468,11 +484,11 @@ where
     /// # Errors
     ///
     /// As [`with_lock`](LockPool::with_lock).
-    pub fn try_with_lock<T>(
+    pub fn try_with_lock<T, E: From<Error>>(
         &self,
         key: impl Into<Key>,
-        work: impl FnOnce(&mut LockGuard<M>) -> T,
-    ) -> Result<Option<T>> {
+        work: impl FnOnce(&mut LockGuard<M>) -> std::result::Result<T, E>,
+    ) -> std::result::Result<Option<T>, E> {
         self.try_acquire(key)?
             .map(|guard| run_locked(guard, work))
             .transpose()
@@ -484,26 +500,33 @@ where
     /// # Errors
     ///
     /// As [`with_lock`](LockPool::with_lock).
-    pub fn with_lock_timeout<T>(
+    pub fn with_lock_timeout<T, E: From<Error>>(
         &self,
         key: impl Into<Key>,
         timeout: Duration,
-        work: impl FnOnce(&mut LockGuard<M>) -> T,
-    ) -> Result<Option<T>> {
+        work: impl FnOnce(&mut LockGuard<M>) -> std::result::Result<T, E>,
+    ) -> std::result::Result<Option<T>, E> {
         self.acquire_timeout(key, timeout)?
             .map(|guard| run_locked(guard, work))
             .transpose()
     }
 }
 
-/// Runs `work` under `guard`'s lock, then releases it.
-fn run_locked<M, T>(mut guard: LockGuard<M>, work: impl FnOnce(&mut LockGuard<M>) -> T) -> Result<T>
+/// Runs `work` under `guard`'s lock, then releases it: `work`'s error first, then the
+/// release's.
+fn run_locked<M, T, E: From<Error>>(
+    mut guard: LockGuard<M>,
+    work: impl FnOnce(&mut LockGuard<M>) -> std::result::Result<T, E>,
+) -> std::result::Result<T, E>
 where
     M: BlockingManager,
     M::Connection: BlockingConnection,
 {
     let done = work(&mut guard);
-    LockGuard::release(guard).map(|()| done)
+    let released = LockGuard::release(guard);
+    let done = done?;
+    released?;
+    Ok(done)
 }
 
 /// The watcher of a pool, on a thread of its own: a round per interval, through a

@@ -135,8 +135,11 @@ async fn with_lock_gives_the_work_its_guard_and_token_in_both_pools() {
     let pool = AsyncLockPool::new(manager).await.unwrap().fenced();
     let (async_token, one) = pool
         .with_lock(key, async |guard| {
-            let row = guard.query_one("SELECT 1", &[]).await.unwrap();
-            (AsyncLockGuard::fencing_token(guard), row.get::<_, i32>(0))
+            let row = guard.query_one("SELECT 1", &[]).await?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>((
+                AsyncLockGuard::fencing_token(guard),
+                row.get::<_, i32>(0),
+            ))
         })
         .await
         .unwrap();
@@ -146,8 +149,8 @@ async fn with_lock_gives_the_work_its_guard_and_token_in_both_pools() {
         let manager = R2d2Pg::new(postgres::pg_url().parse().unwrap(), ::postgres::NoTls);
         let pool = LockPool::new(manager).unwrap().fenced();
         pool.with_lock(key, |guard| {
-            guard.query_one("SELECT 1", &[]).unwrap();
-            LockGuard::fencing_token(guard)
+            guard.query_one("SELECT 1", &[])?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(LockGuard::fencing_token(guard))
         })
         .unwrap()
     })
@@ -158,12 +161,16 @@ async fn with_lock_gives_the_work_its_guard_and_token_in_both_pools() {
     let manager = AsyncMySqlManager::from_url(&mysql::mysql_url()).unwrap();
     let pool = AsyncLockPool::new(manager).await.unwrap().fenced();
     let first = pool
-        .with_lock(key, async |guard| AsyncLockGuard::fencing_token(guard))
+        .with_lock(key, async |guard| {
+            Ok::<_, dlock_pool::Error>(AsyncLockGuard::fencing_token(guard))
+        })
         .await
         .unwrap()
         .expect("a fenced pool's guard has a token");
     let second = pool
-        .try_with_lock(key, async |guard| AsyncLockGuard::fencing_token(guard))
+        .try_with_lock(key, async |guard| {
+            Ok::<_, dlock_pool::Error>(AsyncLockGuard::fencing_token(guard))
+        })
         .await
         .unwrap()
         .expect("nobody else holds it");

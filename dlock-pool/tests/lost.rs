@@ -357,7 +357,12 @@ impl Drop for SetOnDrop {
 async fn with_lock_drops_the_work_of_a_lost_lock<B: Backend>() {
     let pool = async_pool::<B>(&B::url(), 2).await;
     let key = "lost/with-lock";
-    assert_eq!(pool.with_lock(key, async |_| 7).await.unwrap(), 7);
+    assert_eq!(
+        pool.with_lock(key, async |_| Ok::<_, Error>(7))
+            .await
+            .unwrap(),
+        7
+    );
 
     let dropped = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&dropped);
@@ -369,6 +374,7 @@ async fn with_lock_drops_the_work_of_a_lost_lock<B: Backend>() {
             off_runtime(move || B::kill(id)).await;
             // Work that would never end by itself.
             std::future::pending::<()>().await;
+            Ok(())
         })
         .await;
     assert!(
@@ -382,13 +388,15 @@ async fn with_lock_drops_the_work_of_a_lost_lock<B: Backend>() {
     let holder = pool.acquire(key).await.unwrap();
     let ran = AtomicUsize::new(0);
     let busy = pool
-        .try_with_lock(key, async |_| ran.fetch_add(1, Ordering::SeqCst))
+        .try_with_lock(key, async |_| {
+            Ok::<_, Error>(ran.fetch_add(1, Ordering::SeqCst))
+        })
         .await
         .unwrap();
     assert_eq!(busy, None);
     let timed_out = pool
         .with_lock_timeout(key, Duration::from_millis(50), async |_| {
-            ran.fetch_add(1, Ordering::SeqCst)
+            Ok::<_, Error>(ran.fetch_add(1, Ordering::SeqCst))
         })
         .await
         .unwrap();
@@ -396,34 +404,66 @@ async fn with_lock_drops_the_work_of_a_lost_lock<B: Backend>() {
     assert_eq!(ran.load(Ordering::SeqCst), 0);
     AsyncLockGuard::release(holder).await.unwrap();
     assert_eq!(
-        pool.try_with_lock(key, async |_| "done").await.unwrap(),
+        pool.try_with_lock(key, async |_| Ok::<_, Error>("done"))
+            .await
+            .unwrap(),
         Some("done")
     );
+    // The work's own error comes back as it is, in one level, and the lock is released.
+    let failed: Result<(), WorkFailed> = pool.with_lock(key, async |_| Err(WorkFailed::Work)).await;
+    assert!(matches!(failed, Err(WorkFailed::Work)));
+    let holder = pool.try_acquire(key).await.unwrap();
+    assert!(holder.is_some(), "released after the work failed");
 }
 
 fn blocking_with_lock_reports_a_lock_lost_while_the_work_ran<B: Backend>() {
     let pool = blocking_pool::<B>(&B::url(), 2);
     let key = "lost/with-lock-blocking";
-    assert_eq!(pool.with_lock(key, |_| 7).unwrap(), 7);
+    assert_eq!(pool.with_lock(key, |_| Ok::<_, Error>(7)).unwrap(), 7);
     let outcome = pool.with_lock(key, |guard| {
         B::kill(B::session(guard));
         // The work looks, as a long blocking job should between its steps.
         assert!(LockGuard::wait_lost(guard, PROMISED * 2));
-        "finished, but not under the lock"
+        Ok::<_, Error>("finished, but not under the lock")
     });
     assert!(
         matches!(outcome, Err(Error::LockLost { .. })),
         "{outcome:?}"
     );
     let holder = pool.acquire(key).unwrap();
-    assert_eq!(pool.try_with_lock(key, |_| 1).unwrap(), None);
     assert_eq!(
-        pool.with_lock_timeout(key, Duration::from_millis(50), |_| 1)
+        pool.try_with_lock(key, |_| Ok::<_, Error>(1)).unwrap(),
+        None
+    );
+    assert_eq!(
+        pool.with_lock_timeout(key, Duration::from_millis(50), |_| Ok::<_, Error>(1))
             .unwrap(),
         None
     );
     LockGuard::release(holder).unwrap();
-    assert_eq!(pool.try_with_lock(key, |_| 1).unwrap(), Some(1));
+    assert_eq!(
+        pool.try_with_lock(key, |_| Ok::<_, Error>(1)).unwrap(),
+        Some(1)
+    );
+    // The work's own error comes back as it is, in one level, and the lock is released.
+    let failed: Result<(), WorkFailed> = pool.with_lock(key, |_| Err(WorkFailed::Work));
+    assert!(matches!(failed, Err(WorkFailed::Work)));
+    let holder = pool.try_acquire(key).unwrap();
+    assert!(holder.is_some(), "released after the work failed");
+}
+
+/// A service's own error type, which dlock's errors convert into.
+#[derive(Debug)]
+enum WorkFailed {
+    Work,
+    #[allow(dead_code)]
+    Lock(Error),
+}
+
+impl From<Error> for WorkFailed {
+    fn from(error: Error) -> Self {
+        WorkFailed::Lock(error)
+    }
 }
 
 /// The mark of the sessions of the pool whose watcher a test kills.
