@@ -80,6 +80,12 @@ pub trait BlockingConnection: Sized + Send + 'static + sealed::Sealed {
     /// (the backend's `install_fencing` and `install_fencing_in`).
     #[doc(hidden)]
     fn install_fencing(conn: &mut Self, table: Option<&str>) -> Result<()>;
+
+    /// Refuses, before any checkout, a thread where the driver cannot block.
+    #[doc(hidden)]
+    fn usable_here() -> Result<()> {
+        Ok(())
+    }
 }
 
 /// The lock type of a pool of manager `M`.
@@ -102,6 +108,11 @@ mod postgres_backend {
 
     impl BlockingConnection for Client {
         type Lock<M: BlockingManager<Connection = Self>> = PgLock<Pooled<M>>;
+
+        /// The postgres client panics inside a tokio runtime's `block_on`.
+        fn usable_here() -> Result<()> {
+            dlock_postgres::refuse_inside_runtime()
+        }
 
         /// A transaction pooler shows when two connections share a server session.
         fn check_deployment<M: BlockingManager<Connection = Self>>(
@@ -190,6 +201,11 @@ mod mysql_backend {
 /// close a connection instead of reusing it. The pool never gets back a connection that
 /// holds a lock: when a release fails or its outcome is unknown, the connection is closed,
 /// which ends the session and frees its locks in the server.
+///
+/// It blocks its thread: from async code use `AsyncLockPool` (feature `bb8`), or this pool
+/// inside `tokio::task::spawn_blocking`. On PostgreSQL, in the body of `#[tokio::main]` or
+/// `#[tokio::test]`, an acquire returns [`Error::Unsupported`] saying so (the blocking client
+/// would panic there); inside a spawned task the driver itself panics.
 ///
 /// # Examples
 ///
@@ -328,6 +344,7 @@ where
     ///
     /// [`Error::Pool`] when no connection came; otherwise what the server reports.
     pub fn install_fencing(&self) -> Result<()> {
+        M::Connection::usable_here()?;
         let mut conn = self
             .pool
             .get()
@@ -345,6 +362,7 @@ where
         wait: Wait,
     ) -> Result<Option<LockGuard<M>>> {
         LockOf::<M>::check_key(&self.core.policy, &key)?;
+        M::Connection::usable_here()?;
         let mut retry = Retry::default();
         loop {
             let conn = match deadline {

@@ -379,3 +379,30 @@ async fn async_pools_and_locks_report_bad_input_the_same_way() {
         Expect::Unsupported,
     );
 }
+
+#[test]
+fn a_blocking_postgres_pool_inside_a_runtimes_block_on_says_so() {
+    // The body of `#[tokio::main]` or `#[tokio::test]`, where the postgres client would
+    // panic: the pool's acquire says what to do instead.
+    let pool = LockPool::new(pg_manager(&common::pg_url())).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let pool = runtime.block_on(async move {
+        check(
+            "a blocking PostgreSQL pool inside block_on",
+            pool.acquire("bad-input/inside-runtime").map(drop),
+            Expect::Unsupported,
+        );
+        pool
+    });
+    // Inside spawn_blocking it just works.
+    runtime.block_on(async move {
+        tokio::task::spawn_blocking(move || {
+            let guard = pool.acquire("bad-input/inside-runtime").unwrap();
+            dlock_pool::LockGuard::release(guard).unwrap();
+        })
+        .await
+        .unwrap();
+    });
+}

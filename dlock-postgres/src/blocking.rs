@@ -283,8 +283,13 @@ impl<C: PgConnection> fmt::Debug for PgSession<C> {
 /// Two lock objects with the same key on the same session both acquire (PostgreSQL counts
 /// the holds), and each must release its own.
 ///
-/// The blocking client runs its own tokio runtime: do not use it inside async code (the
-/// driver panics); use `AsyncPgLock` (feature `tokio`) there, or `spawn_blocking`.
+/// The blocking client runs its own tokio runtime, which tokio forbids inside another
+/// runtime's tasks: from async code use `AsyncPgLock` (feature `tokio`), or this lock inside
+/// `tokio::task::spawn_blocking`. In the body of `#[tokio::main]` or `#[tokio::test]` (a
+/// runtime's `block_on`) every operation returns
+/// [`Error::Unsupported`](dlock_core::Error::Unsupported) saying so; inside a spawned task the
+/// driver still panics, because tokio offers no way to tell such a task from
+/// `spawn_blocking`.
 ///
 /// # Examples
 ///
@@ -374,6 +379,7 @@ impl<C: PgConnection> PgLock<C> {
         &mut self,
         start: impl FnOnce(&LockState) -> Result<O>,
     ) -> Result<O::Output> {
+        refuse_inside_runtime()?;
         let conn = self
             .conn
             .as_mut()
@@ -405,6 +411,25 @@ impl<C: PgConnection> PgLock<C> {
         traced.finish(outcome.as_ref().copied());
         outcome
     }
+}
+
+/// Refuses blocking I/O on a thread inside a tokio runtime's `block_on` (the body of
+/// `#[tokio::main]` and `#[tokio::test]`), where the `postgres` client would panic: it blocks
+/// on a runtime of its own, which tokio forbids there. Inside `spawn_blocking` the client
+/// works; inside a spawned task it still panics, because nothing tokio offers tells such a
+/// task from `spawn_blocking` (both run under a task id), hence the docs' warning.
+#[doc(hidden)]
+pub fn refuse_inside_runtime() -> Result<()> {
+    if tokio::runtime::Handle::try_current().is_ok() && tokio::task::try_id().is_none() {
+        return Err(dlock_core::Error::Unsupported {
+            operation: "blocking I/O on a thread that runs a tokio runtime (inside block_on, \
+                        #[tokio::main] or #[tokio::test])",
+            backend: "the blocking postgres client",
+            hint: "call it inside tokio::task::spawn_blocking, or use AsyncPgLock (feature \
+                   tokio) from async code",
+        });
+    }
+    Ok(())
 }
 
 /// Sends one request of the machine and reads its reply.
@@ -516,6 +541,7 @@ impl<C: PgConnection> fmt::Debug for PgLock<C> {
 ///
 /// What the server or the connection reports.
 pub fn holders(client: &mut Client, key: PgKey) -> Result<Vec<Holder>> {
+    refuse_inside_runtime()?;
     let reply = client
         .simple_query(&sql::holders(key))
         .map_err(sql::error)?;
@@ -529,6 +555,7 @@ pub fn holders(client: &mut Client, key: PgKey) -> Result<Vec<Holder>> {
 ///
 /// What the server or the connection reports.
 pub fn session(client: &mut Client) -> Result<SessionId> {
+    refuse_inside_runtime()?;
     let reply = client.simple_query(&sql::session()).map_err(sql::error)?;
     sql::read_session(&reply)
 }
@@ -544,6 +571,7 @@ pub fn session(client: &mut Client) -> Result<SessionId> {
 ///
 /// What the server or the connection reports.
 pub fn still_held(client: &mut Client, locks: &[(SessionId, PgKey)]) -> Result<Vec<bool>> {
+    refuse_inside_runtime()?;
     let statement = sql::still_held(locks.iter().map(|(session, _)| session.id));
     let reply = client.simple_query(&statement).map_err(sql::error)?;
     Ok(sql::read_still_held(&reply, locks))
@@ -581,6 +609,7 @@ pub fn still_held(client: &mut Client, locks: &[(SessionId, PgKey)]) -> Result<V
 /// # }
 /// ```
 pub fn check_deployment(client: &mut Client, mut second: Option<&mut Client>) -> Result<()> {
+    refuse_inside_runtime()?;
     let mut check = Check::new(second.is_some(), Route::Unknown);
     let mut reply = None;
     loop {
@@ -619,6 +648,7 @@ pub fn install_fencing(client: &mut Client) -> Result<()> {
 /// [`Error::InvalidKey`](dlock_core::Error::InvalidKey) for a name that is not plain, or
 /// what the server reports.
 pub fn install_fencing_in(client: &mut Client, table: &str) -> Result<()> {
+    refuse_inside_runtime()?;
     let statement = crate::sql::install_fencing(&crate::sql::fence_table(table)?);
     match client.batch_execute(&statement) {
         Err(error) if sql::lost_the_create_race(&error) => client.batch_execute(&statement),
@@ -725,6 +755,7 @@ impl PgXactLock {
     }
 
     fn take_in(&self, tx: &mut Transaction<'_>, wait: Wait) -> Result<bool> {
+        refuse_inside_runtime()?;
         let statement = machine::xact_statement(self.hold()?, wait, None, &self.options);
         if !matches!(wait, Wait::For(_)) {
             let reply = tx

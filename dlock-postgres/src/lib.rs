@@ -26,7 +26,7 @@ pub use sql::{Holder, Mode};
 #[cfg_attr(docsrs, doc(cfg(feature = "blocking")))]
 pub use blocking::{
     PgConnection, PgLock, PgSession, PgXactLock, check_deployment, holders, install_fencing,
-    install_fencing_in, session, still_held,
+    install_fencing_in, refuse_inside_runtime, session, still_held,
 };
 
 #[cfg(feature = "tokio")]

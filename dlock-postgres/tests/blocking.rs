@@ -384,3 +384,30 @@ fn a_citus_worker_is_refused_and_its_coordinator_is_not() {
     );
     lock.release().unwrap();
 }
+
+#[test]
+fn inside_a_runtimes_block_on_a_blocking_lock_says_so_and_inside_spawn_blocking_it_works() {
+    // The postgres client would panic there; the lock says what to do instead.
+    let mut lock = PgLock::new(connect(), "blocking/inside-runtime");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let (lock, refused) = runtime.block_on(async move {
+        let refused = lock.try_acquire();
+        (lock, refused)
+    });
+    assert!(
+        matches!(refused, Err(Error::Unsupported { .. })),
+        "{refused:?}"
+    );
+    let released = runtime.block_on(async move {
+        tokio::task::spawn_blocking(move || {
+            let mut lock = lock;
+            assert!(lock.try_acquire().unwrap());
+            lock.release()
+        })
+        .await
+        .unwrap()
+    });
+    released.unwrap();
+}
