@@ -43,6 +43,10 @@ pub enum Deployment {
     /// A Citus worker node (its `pg_dist_local_group` names a group other than the
     /// coordinator's, 0): advisory locks there are local to the worker.
     CitusWorker,
+    /// TiDB (`VERSION()` carries `-TiDB-`): before 6.1, or with `tidb_enable_noop_functions`
+    /// on, `GET_LOCK` is a no-op that answers 1; from 6.1 it clamps every wait to 1-3600 s, so
+    /// a try can wait a second and a longer wait ends early, which dlock does not adapt to.
+    TiDb,
 }
 
 impl Deployment {
@@ -92,6 +96,10 @@ impl Deployment {
                 "the server is a Citus worker node (pg_dist_local_group is not the \
                  coordinator's group 0), where advisory locks are local to the worker"
             }
+            Deployment::TiDb => {
+                "the server is TiDB, whose GET_LOCK is a no-op before 6.1 or with \
+                 tidb_enable_noop_functions on, and clamps every wait to 1-3600 s from 6.1 on"
+            }
         }
     }
 
@@ -118,6 +126,11 @@ impl Deployment {
                  (ysql_yb_enable_advisory_locks) and the error not silenced"
             }
             Deployment::CitusWorker => "take locks on the Citus coordinator",
+            Deployment::TiDb => {
+                "take locks on MySQL, MariaDB or PostgreSQL; on TiDB 6.1 or later with \
+                 tidb_enable_noop_functions off, skip_deployment_check() accepts its waits \
+                 (a try may wait up to 1 s, and waits end after 3600 s)"
+            }
         }
     }
 }

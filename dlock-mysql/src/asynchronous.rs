@@ -1030,8 +1030,12 @@ pub async fn install_fencing_in_async(conn: &mut Conn, table: &str) -> Result<()
 /// correctly (a mysql_async limitation); discard the connection then.
 pub async fn check_deployment_async(conn: &mut Conn) -> Result<()> {
     let version = conn.server_version();
-    let [cluster, read_only] = machine::deployment_check(version)?;
-    let replies = [query(conn, &cluster).await, query(conn, &read_only).await];
+    let [tidb, cluster, read_only] = machine::deployment_check(version)?;
+    let replies = [
+        query(conn, &tidb).await,
+        query(conn, &cluster).await,
+        query(conn, &read_only).await,
+    ];
     machine::deployment_checked(version, replies)
 }
 

@@ -539,8 +539,12 @@ pub fn install_fencing_in(conn: &mut Conn, table: &str) -> Result<()> {
 /// nobody, or what the connection reports.
 pub fn check_deployment(conn: &mut Conn) -> Result<()> {
     let version = conn.server_version();
-    let [cluster, read_only] = machine::deployment_check(version)?;
-    let replies = [query(conn, &cluster), query(conn, &read_only)];
+    let [tidb, cluster, read_only] = machine::deployment_check(version)?;
+    let replies = [
+        query(conn, &tidb),
+        query(conn, &cluster),
+        query(conn, &read_only),
+    ];
     machine::deployment_checked(version, replies)
 }
 

@@ -324,6 +324,9 @@ enum AcquirePhase {
     Start,
     /// The deployment check is sent.
     Checking,
+    /// The deployment check in the lock statement failed (a server without one of the
+    /// variables it reads); whether the server is TiDB is asked on its own.
+    AskingEngine,
     /// The lock statement is sent.
     Locking,
     /// The lock statement was interrupted; `IS_USED_LOCK` is asked.
@@ -472,6 +475,25 @@ impl Acquire {
                     Err(error) => self.done(Err(error)),
                 }
             }
+            AcquirePhase::AskingEngine => match reply.expect("the engine check's reply") {
+                Ok(row) if first(&row) == Some(1) => self.done(Err(Error::CannotExclude {
+                    deployment: dlock_core::Deployment::TiDb,
+                })),
+                Err(failed) if failed.failure == Failure::ConnectionLost => {
+                    self.done(Err(failed.error))
+                }
+                // Not TiDB (or a server that cannot say): MySQL's cluster check has run, and
+                // MariaDB's goes on its own.
+                _ if self.server == Server::MySql => {
+                    state.check_deployment = false;
+                    state.check_passed = true;
+                    self.lock()
+                }
+                _ => {
+                    self.phase = AcquirePhase::Checking;
+                    Step::Send(sql::cluster_check(self.server))
+                }
+            },
             AcquirePhase::Done => unreachable!("an acquire is stepped after it is done"),
             AcquirePhase::Locking => match reply.expect("the lock statement's reply") {
                 Ok(row) => match sql::read_acquired(first(&row)) {
@@ -486,6 +508,9 @@ impl Acquire {
                     Ok(Acquired::RefusedReadOnly) => self.done(Err(Error::CannotExclude {
                         deployment: dlock_core::Deployment::ReadOnlyReplica,
                     })),
+                    Ok(Acquired::RefusedOnTiDb) => self.done(Err(Error::CannotExclude {
+                        deployment: dlock_core::Deployment::TiDb,
+                    })),
                     Err(error) => self.done(Err(error)),
                 },
                 Err(failed) => match failed.failure {
@@ -496,13 +521,8 @@ impl Acquire {
                     Failure::Other if self.checks_in_lock => {
                         tracing::debug!(target: "dlock", error = %failed.error, "the deployment check in the lock statement failed; checking on its own");
                         self.checks_in_lock = false;
-                        if self.server == Server::MySql {
-                            state.check_deployment = false;
-                            state.check_passed = true;
-                            return self.lock();
-                        }
-                        self.phase = AcquirePhase::Checking;
-                        Step::Send(sql::cluster_check(self.server))
+                        self.phase = AcquirePhase::AskingEngine;
+                        Step::Send(sql::tidb_check())
                     }
                     Failure::ConnectionLost | Failure::Other => self.done(Err(failed.error)),
                 },
@@ -582,7 +602,7 @@ impl Operation for Acquire {
                 holder: self.holder.clone(),
             },
             // A read, but its reply unread leaves the connection out of step all the same.
-            AcquirePhase::Checking => InFlight::Statement {
+            AcquirePhase::Checking | AcquirePhase::AskingEngine => InFlight::Statement {
                 token: None,
                 holder: None,
             },
@@ -594,13 +614,14 @@ impl Operation for Acquire {
 /// The standalone deployment check of a connection whose server has handshake version
 /// `version`: the refusal that needs no I/O, then the statements to send, whose replies go
 /// to [`deployment_checked`]. Locks run the same checks in their first acquire.
-pub(crate) fn deployment_check(version: (u16, u16, u16)) -> Result<[String; 2]> {
+pub(crate) fn deployment_check(version: (u16, u16, u16)) -> Result<[String; 3]> {
     if Server::one_named_lock_per_session(version) {
         return Err(Error::CannotExclude {
             deployment: dlock_core::Deployment::OneNamedLockPerSession,
         });
     }
     Ok([
+        sql::tidb_check(),
         sql::cluster_check(Server::from_version(version)),
         sql::read_only_check(),
     ])
@@ -609,8 +630,17 @@ pub(crate) fn deployment_check(version: (u16, u16, u16)) -> Result<[String; 2]> 
 /// What the replies to [`deployment_check`]'s statements mean.
 pub(crate) fn deployment_checked(
     version: (u16, u16, u16),
-    [cluster, read_only]: [Reply; 2],
+    [tidb, cluster, read_only]: [Reply; 3],
 ) -> Result<()> {
+    match tidb {
+        Ok(row) if first(&row) == Some(1) => {
+            return Err(Error::CannotExclude {
+                deployment: dlock_core::Deployment::TiDb,
+            });
+        }
+        Err(failed) if failed.failure == Failure::ConnectionLost => return Err(failed.error),
+        _ => {}
+    }
     checked(Server::from_version(version), cluster)?;
     match read_only {
         Ok(row) if first(&row) == Some(1) => Err(Error::CannotExclude {
@@ -938,7 +968,10 @@ mod tests {
         let mut op = Acquire::start(&state, MARIADB, Wait::Never).unwrap();
         sent(op.step(&mut state, None));
         let unknown = sql::server_failure(1193, "Unknown system variable 'wsrep_on'".into());
-        let check = sent(op.step(&mut state, Some(Err(unknown))));
+        // Whether it is TiDB is asked first, on its own: not TiDB.
+        let engine = sent(op.step(&mut state, Some(Err(unknown))));
+        assert_eq!(engine, sql::tidb_check());
+        let check = sent(op.step(&mut state, row(&[Some(0)])));
         assert!(check.starts_with("SELECT COUNT(*)"), "{check}");
         let lock = sent(op.step(&mut state, row(&[Some(0)])));
         assert!(
@@ -947,6 +980,49 @@ mod tests {
         );
         assert!(done(op.step(&mut state, row(&[Some(1)]))).unwrap());
         assert!(!state.check_deployment);
+    }
+
+    #[test]
+    fn tidb_is_refused_in_the_lock_statement_or_by_the_question_after_it_failed() {
+        // The lock statement answers TiDB's refusal.
+        let mut state = LockState::new(Key::from("jobs/x"), false);
+        let mut op = Acquire::start(&state, MARIADB, Wait::Never).unwrap();
+        sent(op.step(&mut state, None));
+        let refused = op.step(&mut state, row(&[Some(sql::REFUSED_ON_TIDB)]));
+        assert!(matches!(
+            refused,
+            Step::Done(Err(Error::CannotExclude {
+                deployment: dlock_core::Deployment::TiDb
+            }))
+        ));
+        assert!(state.check_deployment, "checked again next time");
+        // A TiDB without one of the variables the lock statement reads fails it; the
+        // question asked then finds TiDB, and nothing is locked.
+        for version in [MYSQL, MARIADB] {
+            let mut state = LockState::new(Key::from("jobs/x"), false);
+            let mut op = Acquire::start(&state, version, Wait::Never).unwrap();
+            let mut statement = sent(op.step(&mut state, None));
+            if statement.starts_with("SELECT COUNT(*)") {
+                // MySQL's cluster check, which TiDB cannot answer: taken as no cluster.
+                let missing = sql::server_failure(1146, "Table doesn't exist".into());
+                statement = sent(op.step(&mut state, Some(Err(missing))));
+            }
+            assert!(statement.contains("GET_LOCK"), "{statement}");
+            let unknown =
+                sql::server_failure(1193, "Unknown system variable 'innodb_read_only'".into());
+            assert_eq!(
+                sent(op.step(&mut state, Some(Err(unknown)))),
+                sql::tidb_check()
+            );
+            let refused = op.step(&mut state, row(&[Some(1)]));
+            assert!(matches!(
+                refused,
+                Step::Done(Err(Error::CannotExclude {
+                    deployment: dlock_core::Deployment::TiDb
+                }))
+            ));
+            assert!(state.held().is_none());
+        }
     }
 
     #[test]
@@ -1013,25 +1089,32 @@ mod tests {
                 deployment: dlock_core::Deployment::OneNamedLockPerSession
             })
         ));
-        let [cluster, read_only] = deployment_check(MARIADB).unwrap();
+        let [tidb, cluster, read_only] = deployment_check(MARIADB).unwrap();
+        assert!(tidb.contains("TiDB"), "{tidb}");
         assert!(cluster.starts_with("SELECT COUNT(*)"), "{cluster}");
         assert!(read_only.contains("@@global.read_only"), "{read_only}");
         let reply = |value| Ok(vec![Some(value)]);
-        assert!(deployment_checked(MARIADB, [reply(0), reply(0)]).is_ok());
+        assert!(deployment_checked(MARIADB, [reply(0), reply(0), reply(0)]).is_ok());
         assert!(matches!(
-            deployment_checked(MARIADB, [reply(0), reply(1)]),
+            deployment_checked(MYSQL, [reply(1), reply(0), reply(0)]),
+            Err(Error::CannotExclude {
+                deployment: dlock_core::Deployment::TiDb
+            })
+        ));
+        assert!(matches!(
+            deployment_checked(MARIADB, [reply(0), reply(0), reply(1)]),
             Err(Error::CannotExclude {
                 deployment: dlock_core::Deployment::ReadOnlyReplica
             })
         ));
         assert!(matches!(
-            deployment_checked(MARIADB, [reply(2), reply(0)]),
+            deployment_checked(MARIADB, [reply(0), reply(2), reply(0)]),
             Err(Error::CannotExclude {
                 deployment: dlock_core::Deployment::Galera
             })
         ));
         let unknown = sql::server_failure(1193, "Unknown system variable".into());
-        assert!(deployment_checked(MYSQL, [reply(0), Err(unknown)]).is_ok());
+        assert!(deployment_checked(MYSQL, [reply(0), reply(0), Err(unknown)]).is_ok());
     }
 
     #[test]

@@ -144,9 +144,10 @@ pub(crate) fn tag(token: u64) -> String {
 /// With a `holder` name, a granted lock also takes that (unique) lock, whose holder proves
 /// the session's identity to a `KILL` from elsewhere: the reply is then 2 when granted.
 ///
-/// With `check_deployment`, the statement locks only where a lock excludes: not on a
-/// read-only server (answering [`REFUSED_READ_ONLY`]), and on MariaDB not on a Galera node
-/// (answering [`REFUSED_ON_GALERA`]). The deployment check rides in the lock statement, at
+/// With `check_deployment`, the statement locks only where a lock excludes: not on TiDB
+/// (answering [`REFUSED_ON_TIDB`]), not on a read-only server (answering
+/// [`REFUSED_READ_ONLY`]), and on MariaDB not on a Galera node (answering
+/// [`REFUSED_ON_GALERA`]). The deployment check rides in the lock statement, at
 /// the cost of reading a few global variables. (MySQL's Group Replication check reads
 /// `performance_schema`, and goes on its own.)
 pub(crate) fn get_lock(
@@ -165,10 +166,13 @@ pub(crate) fn get_lock(
         (false, _) => sql.push_str("SELECT "),
     }
     let _ = write!(sql, "/* {} */ ", tag(token));
-    // IF evaluates only the branch it picks: on a Galera node or a read-only server GET_LOCK
-    // never runs.
+    // IF evaluates only the branch it picks: on TiDB, a Galera node or a read-only server
+    // GET_LOCK never runs.
     let refuse_galera = check_deployment && server == Server::MariaDb;
     let refuse_read_only = check_deployment;
+    if check_deployment {
+        let _ = write!(sql, "IF({TIDB}, {REFUSED_ON_TIDB}, ");
+    }
     if refuse_galera {
         let _ = write!(sql, "IF({GALERA_NODE}, {REFUSED_ON_GALERA}, ");
     }
@@ -194,7 +198,23 @@ pub(crate) fn get_lock(
     if refuse_galera {
         sql.push(')');
     }
+    if check_deployment {
+        sql.push(')');
+    }
     sql
+}
+
+/// True on TiDB, which answers `VERSION()` with its MySQL version, `-TiDB-`, and its own
+/// (`8.0.11-TiDB-v7.5.0`).
+const TIDB: &str = "VERSION() LIKE '%-TiDB-%'";
+
+/// What a lock statement with the deployment check answers on TiDB, where it took nothing.
+pub(crate) const REFUSED_ON_TIDB: i64 = -3;
+
+/// The statement that asks whether the server is TiDB: 1 when it is. Every server family
+/// answers it, whatever variables it lacks.
+pub(crate) fn tidb_check() -> String {
+    format!("SELECT {TIDB}")
 }
 
 /// True on a read-only server, as a replica is (both servers have both variables).
@@ -256,6 +276,8 @@ pub(crate) enum Acquired {
     RefusedOnGalera,
     /// [`REFUSED_READ_ONLY`]: the server is read-only, and nothing was locked.
     RefusedReadOnly,
+    /// [`REFUSED_ON_TIDB`]: the server is TiDB, and nothing was locked.
+    RefusedOnTiDb,
 }
 
 /// Reads the reply to [`get_lock`].
@@ -269,6 +291,7 @@ pub(crate) fn read_acquired(reply: Option<i64>) -> Result<Acquired> {
         None => Ok(Acquired::Interrupted),
         Some(REFUSED_ON_GALERA) => Ok(Acquired::RefusedOnGalera),
         Some(REFUSED_READ_ONLY) => Ok(Acquired::RefusedReadOnly),
+        Some(REFUSED_ON_TIDB) => Ok(Acquired::RefusedOnTiDb),
         Some(other) => Err(unexpected("GET_LOCK", other)),
     }
 }
@@ -836,9 +859,18 @@ mod tests {
             sql.ends_with(
                 "IF(@@global.wsrep_on AND @@global.wsrep_provider NOT IN ('none', ''), -1, \
                  IF(@@global.read_only OR @@global.innodb_read_only, -2, \
-                 CASE GET_LOCK('x', 0) WHEN 1 THEN 1 + GET_LOCK('dlock/h', 0) WHEN 0 THEN 0 END))"
+                 CASE GET_LOCK('x', 0) WHEN 1 THEN 1 + GET_LOCK('dlock/h', 0) WHEN 0 THEN 0 END)))"
             ),
             "{sql}"
+        );
+        // TiDB's refusal comes first, on both families.
+        assert!(
+            sql.contains("IF(VERSION() LIKE '%-TiDB-%', -3, IF(@@global.wsrep_on"),
+            "{sql}"
+        );
+        assert_eq!(
+            read_acquired(Some(REFUSED_ON_TIDB)).unwrap(),
+            Acquired::RefusedOnTiDb
         );
         assert_eq!(
             read_acquired(Some(REFUSED_ON_GALERA)).unwrap(),
@@ -853,7 +885,8 @@ mod tests {
         let mysql = get_lock(Server::MySql, "x", Wait::Never, false, TOKEN, None, true);
         assert!(
             mysql.ends_with(
-                "*/ IF(@@global.read_only OR @@global.innodb_read_only, -2, GET_LOCK('x', 0))"
+                "*/ IF(VERSION() LIKE '%-TiDB-%', -3, \
+                 IF(@@global.read_only OR @@global.innodb_read_only, -2, GET_LOCK('x', 0)))"
             ),
             "{mysql}"
         );

@@ -98,3 +98,28 @@ fn with_the_check_off_a_galera_node_grants_node_local_locks() {
     assert!(lock.try_acquire().unwrap());
     lock.release().unwrap();
 }
+
+/// TiDB, which cannot run here, by a stand-in that answers `VERSION()` as TiDB does: refused
+/// by every flavour and by the standalone check, with nothing locked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tidb_is_refused_by_every_flavour() {
+    let url = deployments::tidb_standin();
+    let mut lock = MySqlLock::new(connect(&url), "deployments/tidb");
+    let error = tokio::task::block_in_place(|| lock.try_acquire()).unwrap_err();
+    assert!(refused_as(&error, Deployment::TiDb), "{error:?}");
+    assert!(!lock.is_acquired());
+    assert!(error.to_string().contains("TiDB"), "{error}");
+    let error = tokio::task::block_in_place(|| check_deployment(lock.conn())).unwrap_err();
+    assert!(refused_as(&error, Deployment::TiDb), "{error:?}");
+    let holder = tokio::task::block_in_place(|| lock.holder()).unwrap();
+    assert_eq!(holder, None, "nothing locked");
+
+    let mut lock = AsyncMySqlLock::new(connect_async(&url).await, "deployments/tidb");
+    let error = lock.acquire().await.unwrap_err();
+    assert!(refused_as(&error, Deployment::TiDb), "{error:?}");
+    let error = check_deployment_async(lock.conn()).await.unwrap_err();
+    assert!(refused_as(&error, Deployment::TiDb), "{error:?}");
+    // Turned off, the lock is the stand-in's own GET_LOCK.
+    let mut lock = MySqlLock::new(connect(&url), "deployments/tidb").skip_deployment_check();
+    assert!(tokio::task::block_in_place(|| lock.try_acquire()).unwrap());
+}

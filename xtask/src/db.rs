@@ -702,7 +702,8 @@ impl RestartableServers {
 
 /// The deployments where a lock cannot exclude, beside the primary of a row's own
 /// PostgreSQL server: pgbouncer in each pooling mode in front of it, a streaming standby of
-/// it, and a one-node MariaDB Galera cluster. Each is named to the tests by a variable.
+/// it, a one-node MariaDB Galera cluster, and a MariaDB that answers `VERSION()` as TiDB does.
+/// Each is named to the tests by a variable.
 #[derive(Debug, Default)]
 pub(crate) struct Deployments {
     pub(crate) env: Vec<(&'static str, String)>,
@@ -742,7 +743,11 @@ impl Deployments {
         }
         let dir = unique_temp_dir()?.join("mariadb");
         let started = start_galera(&dir);
-        self.keep("DLOCK_GALERA_URL", dir, started)
+        self.keep("DLOCK_GALERA_URL", dir, started)?;
+        // A stand-in for TiDB, which cannot run here: a MariaDB whose version reads as TiDB's.
+        let dir = unique_temp_dir()?.join("mariadb");
+        let started = start_mariadb_with(&dir, &["--version=8.0.11-TiDB-v7.5.0".to_owned()]);
+        self.keep("DLOCK_TIDB_STANDIN_URL", dir, started)
     }
 
     /// Records a server whose start was tried in `dir`, so that it is stopped, and its URL

@@ -47,6 +47,13 @@ pub fn galera() -> String {
     url("DLOCK_GALERA_URL")
 }
 
+/// A stand-in for TiDB: a MariaDB server whose `version` (set at startup) reads as TiDB's
+/// does, `8.0.11-TiDB-v7.5.0` (TiDB's "SELECT VERSION()" reference: its MySQL version, then
+/// `-TiDB-` and its own).
+pub fn tidb_standin() -> String {
+    url("DLOCK_TIDB_STANDIN_URL")
+}
+
 /// Whether `error` is [`dlock_core::Error::CannotExclude`] for `deployment`.
 pub fn refused_as(error: &dlock_core::Error, deployment: dlock_core::Deployment) -> bool {
     matches!(error, dlock_core::Error::CannotExclude { deployment: found } if *found == deployment)
