@@ -270,4 +270,47 @@ mod tokio_flavour {
         let (_, released) = session.into_inner().await;
         released.unwrap();
     }
+
+    #[tokio::test]
+    async fn a_session_release_dropped_after_its_first_poll_gives_the_key_back() {
+        let name = "sessions/tokio-dropped-release";
+        let observer = connect_async().await;
+        let mut session = AsyncPgSession::new(connect_async().await);
+        session.acquire(name).await.unwrap();
+        {
+            let release = session.release(name);
+            dlock_testkit::postgres::poll_once_and_drop(release).await;
+        }
+        assert_eq!(
+            session.held().count(),
+            0,
+            "counts as given back once polled"
+        );
+        // The session's next statement reads what the dropped release left in flight.
+        assert!(
+            session
+                .try_acquire("sessions/tokio-dropped-release-other")
+                .await
+                .unwrap()
+        );
+        assert!(holder_pids(&observer, name).await.is_empty());
+        session
+            .release("sessions/tokio-dropped-release-other")
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_session_dropped_holding_on_a_borrowed_client_queues_its_unlocks() {
+        let name = "sessions/tokio-dropped-borrowed";
+        let observer = connect_async().await;
+        let mut client = connect_async().await;
+        let mut session = AsyncPgSession::new(&mut client);
+        session.acquire(name).await.unwrap();
+        assert!(session.try_acquire(name).await.unwrap(), "held twice");
+        drop(session);
+        // Queued on the client, ahead of anything sent after: this query runs after them.
+        client.simple_query("SELECT 1").await.unwrap();
+        assert!(holder_pids(&observer, name).await.is_empty());
+    }
 }
