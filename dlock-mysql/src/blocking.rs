@@ -1,4 +1,5 @@
-//! Locks over the blocking `mysql` client.
+//! The blocking flavour (feature `blocking`): locks, sessions and helpers over the `mysql`
+//! client, named as the tokio flavour's are.
 
 use std::fmt;
 use std::time::Duration;
@@ -518,7 +519,7 @@ pub fn install_fencing(conn: &mut Conn) -> Result<()> {
 ///
 /// # Errors
 ///
-/// [`Error::InvalidKey`](dlock_core::Error::InvalidKey) for a name that is not plain, or
+/// [`Error::InvalidKey`] for a name that is not plain, or
 /// what the server reports.
 pub fn install_fencing_in(conn: &mut Conn, table: &str) -> Result<()> {
     let table = sql::fence_table(table)?;
@@ -535,7 +536,7 @@ pub fn install_fencing_in(conn: &mut Conn, table: &str) -> Result<()> {
 ///
 /// # Errors
 ///
-/// [`Error::CannotExclude`](dlock_core::Error::CannotExclude) where a lock would exclude
+/// [`Error::CannotExclude`] where a lock would exclude
 /// nobody, or what the connection reports.
 pub fn check_deployment(conn: &mut Conn) -> Result<()> {
     let version = conn.server_version();

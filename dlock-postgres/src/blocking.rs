@@ -1,4 +1,5 @@
-//! Locks over the blocking `postgres` client.
+//! The blocking flavour (feature `blocking`): locks, sessions and helpers over the `postgres`
+//! client, named as the tokio flavour's are.
 
 use std::fmt;
 use std::time::Duration;

@@ -1,4 +1,15 @@
 #![doc = include_str!("../README.md")]
+//!
+//! # Modules
+//!
+//! - `blocking` (feature `blocking`): `PgLock`, `PgSession`, `PgXactLock` and the
+//!   helpers (`holders`, `session`, `still_held`, `check_deployment`, `install_fencing`) over
+//!   the `postgres` client.
+//! - `tokio` (feature `tokio`): `AsyncPgLock`, `AsyncPgSession`, `AsyncPgXactLock`
+//!   and the same helpers over `tokio-postgres`.
+//!
+//! The lock and session types are also at the crate root; the helpers live in their
+//! flavour's module, under the same names in both.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(any(feature = "blocking", feature = "tokio"))]
@@ -11,10 +22,26 @@ mod methods;
 mod sql;
 
 #[cfg(feature = "blocking")]
-mod blocking;
+#[cfg_attr(docsrs, doc(cfg(feature = "blocking")))]
+pub mod blocking;
 
 #[cfg(feature = "tokio")]
 mod asynchronous;
+
+/// The tokio flavour (feature `tokio`): locks, sessions and helpers over `tokio-postgres`,
+/// named as the blocking flavour's are.
+#[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+pub mod tokio {
+    pub use crate::asynchronous::{
+        AsyncPgConnection, AsyncPgLock, AsyncPgSession, AsyncPgXactLock,
+        check_deployment_async as check_deployment,
+        check_session_pooler_async as check_session_pooler, holders_async as holders,
+        install_fencing_async as install_fencing, install_fencing_in_async as install_fencing_in,
+        session_async as session, still_held_async as still_held,
+    };
+    pub use crate::sql::{Holder, Mode};
+}
 
 pub use dlock_core::*;
 
@@ -24,17 +51,25 @@ pub use sql::{Holder, Mode};
 
 #[cfg(feature = "blocking")]
 #[cfg_attr(docsrs, doc(cfg(feature = "blocking")))]
+pub use blocking::{PgConnection, PgLock, PgSession, PgXactLock};
+
+// The helpers' earlier paths, kept working but not shown: they live in `blocking` and `tokio`.
+#[cfg(feature = "blocking")]
+#[doc(hidden)]
 pub use blocking::{
-    PgConnection, PgLock, PgSession, PgXactLock, check_deployment, holders, install_fencing,
-    install_fencing_in, refuse_inside_runtime, session, still_held,
+    check_deployment, holders, install_fencing, install_fencing_in, refuse_inside_runtime, session,
+    still_held,
 };
 
 #[cfg(feature = "tokio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+pub use asynchronous::{AsyncPgConnection, AsyncPgLock, AsyncPgSession, AsyncPgXactLock};
+
+#[cfg(feature = "tokio")]
+#[doc(hidden)]
 pub use asynchronous::{
-    AsyncPgConnection, AsyncPgLock, AsyncPgSession, AsyncPgXactLock, check_deployment_async,
-    check_session_pooler_async, holders_async, install_fencing_async, install_fencing_in_async,
-    session_async, still_held_async,
+    check_deployment_async, check_session_pooler_async, holders_async, install_fencing_async,
+    install_fencing_in_async, session_async, still_held_async,
 };
 
 /// The blocking driver this crate's `blocking` feature uses, for matching versions.
