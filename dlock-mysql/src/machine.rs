@@ -13,7 +13,7 @@
 
 use dlock_core::{Error, Key, KeyPolicy, Result, Wait, attempt_token};
 
-use crate::sql::{self, Acquired, Failed, Failure, Proof, Server};
+use crate::sql::{self, Acquired, Checks, Failed, Failure, Proof, Server};
 
 /// A reply as the machine reads it: the values of the first row.
 pub(crate) type Reply = Result<Vec<Option<i64>>, Failed>;
@@ -324,6 +324,8 @@ enum AcquirePhase {
     Start,
     /// The deployment check is sent.
     Checking,
+    /// A full check passed with the grant: the session is marked so.
+    Marking,
     /// The deployment check in the lock statement failed (a server without one of the
     /// variables it reads); whether the server is TiDB is asked on its own.
     AskingEngine,
@@ -351,10 +353,13 @@ pub(crate) struct Acquire {
     guarded: bool,
     token: u64,
     holder: Option<String>,
-    /// Whether the lock statement carries the deployment check (until one check passed): it
-    /// then locks only where a lock excludes, with no round trip of its own. MySQL's Group
-    /// Replication check goes first on its own.
-    checks_in_lock: bool,
+    /// What the lock statement checks of the deployment (until one check passed): first the
+    /// session's mark of a passed check; where it is missing, the whole check, with which
+    /// the statement locks only where a lock excludes, at no round trip of its own (MySQL's
+    /// Group Replication check goes first on its own).
+    checks: Checks,
+    /// Whether a full check runs in this acquire, whose pass then marks the session.
+    marks: bool,
     phase: AcquirePhase,
 }
 
@@ -392,7 +397,12 @@ impl Acquire {
             guarded: matches!(wait, Wait::For(_)),
             token,
             holder: state.proves_holds.then(|| holder_name(token)),
-            checks_in_lock: state.check_deployment,
+            checks: if state.check_deployment {
+                Checks::Mark
+            } else {
+                Checks::None
+            },
+            marks: false,
             phase: AcquirePhase::Start,
         })
     }
@@ -406,7 +416,7 @@ impl Acquire {
             self.guarded,
             self.token,
             self.holder.as_deref(),
-            self.checks_in_lock,
+            self.checks,
         ))
     }
 
@@ -425,11 +435,22 @@ impl Acquire {
     }
 
     fn granted(&mut self, state: &mut LockState) -> Step<bool> {
-        if self.checks_in_lock {
-            // The statement that granted it found no cluster: the check passed.
+        if self.checks != Checks::None {
+            // The statement that granted it found the session marked, or no cluster: the
+            // check passed.
             state.check_deployment = false;
             state.check_passed = true;
         }
+        if self.marks && state.check_passed {
+            self.marks = false;
+            self.phase = AcquirePhase::Marking;
+            return Step::Send(sql::mark_checked());
+        }
+        self.fence_or_hold(state)
+    }
+
+    /// The lock is granted and the check done: the token is bumped, if fenced, then held.
+    fn fence_or_hold(&mut self, state: &mut LockState) -> Step<bool> {
         if let Some(table) = &state.fence {
             self.phase = AcquirePhase::Fencing;
             return Step::Send(sql::fence(table, &self.name));
@@ -456,16 +477,18 @@ impl Acquire {
     /// One step of the acquire, as [`Operation::step`] takes it.
     fn advance(&mut self, state: &mut LockState, reply: Option<Reply>) -> Step<bool> {
         match std::mem::replace(&mut self.phase, AcquirePhase::Done) {
-            // MariaDB's cluster check rides in the lock statement; MySQL's goes first.
-            AcquirePhase::Start if state.check_deployment && self.server == Server::MySql => {
-                self.phase = AcquirePhase::Checking;
-                Step::Send(sql::cluster_check(self.server))
-            }
             AcquirePhase::Start => self.lock(),
+            AcquirePhase::Marking => match reply.expect("the mark's reply") {
+                Err(failed) if failed.failure == Failure::ConnectionLost => {
+                    self.done(Err(failed.error))
+                }
+                // Unmarked, the session is only checked again by its next lock object.
+                _ => self.fence_or_hold(state),
+            },
             AcquirePhase::Checking => {
                 match checked(self.server, reply.expect("the deployment check's reply")) {
                     Ok(()) => {
-                        if !self.checks_in_lock {
+                        if self.checks == Checks::None {
                             // The lock statement checks nothing more: the check has passed.
                             state.check_deployment = false;
                             state.check_passed = true;
@@ -511,6 +534,18 @@ impl Acquire {
                     Ok(Acquired::RefusedOnTiDb) => self.done(Err(Error::CannotExclude {
                         deployment: dlock_core::Deployment::TiDb,
                     })),
+                    // No check passed on this session before: nothing was tried. The full
+                    // check runs (MariaDB's in the lock statement, MySQL's cluster check on
+                    // its own first), and its pass marks the session.
+                    Ok(Acquired::Unmarked) => {
+                        self.checks = Checks::Full;
+                        self.marks = true;
+                        if self.server == Server::MySql {
+                            self.phase = AcquirePhase::Checking;
+                            return Step::Send(sql::cluster_check(self.server));
+                        }
+                        self.lock()
+                    }
                     Err(error) => self.done(Err(error)),
                 },
                 Err(failed) => match failed.failure {
@@ -518,9 +553,9 @@ impl Acquire {
                     // A server without one of the variables (a MariaDB built without Galera,
                     // an engine that imitates MySQL) refuses the folded check; it took no
                     // lock, so the cluster check is sent on its own (MySQL's has run).
-                    Failure::Other if self.checks_in_lock => {
+                    Failure::Other if self.checks == Checks::Full => {
                         tracing::debug!(target: "dlock", error = %failed.error, "the deployment check in the lock statement failed; checking on its own");
-                        self.checks_in_lock = false;
+                        self.checks = Checks::None;
                         self.phase = AcquirePhase::AskingEngine;
                         Step::Send(sql::tidb_check())
                     }
@@ -596,6 +631,7 @@ impl Operation for Acquire {
         match self.phase {
             AcquirePhase::Locking
             | AcquirePhase::Asking { .. }
+            | AcquirePhase::Marking
             | AcquirePhase::Fencing
             | AcquirePhase::Undoing { .. } => InFlight::Statement {
                 token: Some(self.token),
@@ -787,6 +823,30 @@ mod tests {
         }
     }
 
+    /// Steps a fresh acquire past its first statement, which finds its session unmarked (no
+    /// check passed there before): what it sends next is the full check.
+    fn unmarked(op: &mut Acquire, state: &mut LockState) -> Step<bool> {
+        let gated = sent(op.step(state, None));
+        assert!(
+            gated.contains("IF(@dlock_deployment_checked = '"),
+            "{gated}"
+        );
+        assert!(!gated.contains("@@global"), "{gated}");
+        op.step(state, row(&[Some(sql::UNMARKED)]))
+    }
+
+    /// The outcome of a lock statement's `reply` after a full check, past the statement that
+    /// marks the session when the check passed with a grant.
+    fn marked(op: &mut Acquire, state: &mut LockState, reply: Option<Reply>) -> Result<bool> {
+        match op.step(state, reply) {
+            Step::Send(mark) => {
+                assert_eq!(mark, sql::mark_checked());
+                done(op.step(state, Some(Ok(Vec::new()))))
+            }
+            Step::Done(outcome) => outcome,
+        }
+    }
+
     fn done<T>(step: Step<T>) -> Result<T> {
         match step {
             Step::Done(outcome) => outcome,
@@ -935,7 +995,7 @@ mod tests {
         // On a Galera node the statement locks nothing and answers -1.
         let mut state = LockState::new(Key::from("jobs/x"), false);
         let mut op = Acquire::start(&state, MARIADB, Wait::Never).unwrap();
-        let lock = sent(op.step(&mut state, None));
+        let lock = sent(unmarked(&mut op, &mut state));
         assert!(lock.contains("IF(@@global.wsrep_on"), "{lock}");
         assert!(matches!(
             op.step(&mut state, row(&[Some(sql::REFUSED_ON_GALERA)])),
@@ -945,10 +1005,11 @@ mod tests {
         ));
         assert!(state.held.is_none());
         assert!(state.check_deployment, "checked again next time");
-        // Anywhere else it locks, and the check has passed for this object.
+        // Anywhere else it locks, the check has passed for this object, and the session is
+        // marked so.
         let mut op = Acquire::start(&state, MARIADB, Wait::Never).unwrap();
-        sent(op.step(&mut state, None));
-        assert!(done(op.step(&mut state, row(&[Some(1)]))).unwrap());
+        sent(unmarked(&mut op, &mut state));
+        assert!(marked(&mut op, &mut state, row(&[Some(1)])).unwrap());
         assert!(!state.check_deployment, "checked once per lock object");
         Release::start(&mut state).unwrap();
         let mut op = Acquire::start(&state, MARIADB, Wait::Never).unwrap();
@@ -957,16 +1018,23 @@ mod tests {
         // A busy lock says nothing of the deployment: the next statement checks again.
         let mut state = LockState::new(Key::from("jobs/x"), false);
         let mut op = Acquire::start(&state, MARIADB, Wait::Never).unwrap();
-        sent(op.step(&mut state, None));
+        sent(unmarked(&mut op, &mut state));
         assert!(!done(op.step(&mut state, row(&[Some(0)]))).unwrap());
         assert!(state.check_deployment);
+        // A lock made later on a marked session takes the mark for the check.
+        let mut state = LockState::new(Key::from("jobs/x"), false);
+        let mut op = Acquire::start(&state, MARIADB, Wait::Never).unwrap();
+        let gated = sent(op.step(&mut state, None));
+        assert!(!gated.contains("@@global"), "{gated}");
+        assert!(done(op.step(&mut state, row(&[Some(1)]))).unwrap());
+        assert!(!state.check_deployment, "the session's mark is its check");
     }
 
     #[test]
     fn a_mariadb_without_wsrep_variables_is_checked_on_its_own() {
         let mut state = LockState::new(Key::from("jobs/x"), false);
         let mut op = Acquire::start(&state, MARIADB, Wait::Never).unwrap();
-        sent(op.step(&mut state, None));
+        sent(unmarked(&mut op, &mut state));
         let unknown = sql::server_failure(1193, "Unknown system variable 'wsrep_on'".into());
         // Whether it is TiDB is asked first, on its own: not TiDB.
         let engine = sent(op.step(&mut state, Some(Err(unknown))));
@@ -978,7 +1046,7 @@ mod tests {
             lock.contains("GET_LOCK") && !lock.contains("wsrep"),
             "{lock}"
         );
-        assert!(done(op.step(&mut state, row(&[Some(1)]))).unwrap());
+        assert!(marked(&mut op, &mut state, row(&[Some(1)])).unwrap());
         assert!(!state.check_deployment);
     }
 
@@ -987,7 +1055,7 @@ mod tests {
         // The lock statement answers TiDB's refusal.
         let mut state = LockState::new(Key::from("jobs/x"), false);
         let mut op = Acquire::start(&state, MARIADB, Wait::Never).unwrap();
-        sent(op.step(&mut state, None));
+        sent(unmarked(&mut op, &mut state));
         let refused = op.step(&mut state, row(&[Some(sql::REFUSED_ON_TIDB)]));
         assert!(matches!(
             refused,
@@ -1001,7 +1069,7 @@ mod tests {
         for version in [MYSQL, MARIADB] {
             let mut state = LockState::new(Key::from("jobs/x"), false);
             let mut op = Acquire::start(&state, version, Wait::Never).unwrap();
-            let mut statement = sent(op.step(&mut state, None));
+            let mut statement = sent(unmarked(&mut op, &mut state));
             if statement.starts_with("SELECT COUNT(*)") {
                 // MySQL's cluster check, which TiDB cannot answer: taken as no cluster.
                 let missing = sql::server_failure(1146, "Table doesn't exist".into());
@@ -1033,7 +1101,7 @@ mod tests {
         ] {
             let mut state = LockState::new(Key::from("jobs/x"), false);
             let mut op = Acquire::start(&state, version, Wait::Never).unwrap();
-            let check = sent(op.step(&mut state, None));
+            let check = sent(unmarked(&mut op, &mut state));
             assert!(check.starts_with("SELECT COUNT(*)"), "{check}");
             let next = op.step(&mut state, Some(Ok(vec![Some(count)])));
             match refused {
@@ -1051,7 +1119,7 @@ mod tests {
                         state.check_deployment,
                         "the read-only check is still to pass"
                     );
-                    assert!(done(op.step(&mut state, row(&[Some(1)]))).unwrap());
+                    assert!(marked(&mut op, &mut state, row(&[Some(1)])).unwrap());
                     assert!(!state.check_deployment, "checked once per lock object");
                 }
             }
@@ -1063,7 +1131,7 @@ mod tests {
         for version in [MARIADB, MYSQL] {
             let mut state = LockState::new(Key::from("jobs/x"), false);
             let mut op = Acquire::start(&state, version, Wait::Never).unwrap();
-            let mut next = op.step(&mut state, None);
+            let mut next = unmarked(&mut op, &mut state);
             if version == MYSQL {
                 // No Group Replication member.
                 next = op.step(&mut state, row(&[Some(0)]));

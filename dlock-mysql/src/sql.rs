@@ -144,11 +144,13 @@ pub(crate) fn tag(token: u64) -> String {
 /// With a `holder` name, a granted lock also takes that (unique) lock, whose holder proves
 /// the session's identity to a `KILL` from elsewhere: the reply is then 2 when granted.
 ///
-/// With `check_deployment`, the statement locks only where a lock excludes: not on TiDB
+/// `checks` says what the statement checks of the deployment first ([`Checks`]): nothing,
+/// the session's mark of a passed check (answering [`UNMARKED`] without locking where it is
+/// missing), or the whole check, where it locks only where a lock excludes: not on TiDB
 /// (answering [`REFUSED_ON_TIDB`]), not on a read-only server (answering
 /// [`REFUSED_READ_ONLY`]), and on MariaDB not on a Galera node (answering
-/// [`REFUSED_ON_GALERA`]). The deployment check rides in the lock statement, at
-/// the cost of reading a few global variables. (MySQL's Group Replication check reads
+/// [`REFUSED_ON_GALERA`]). The whole check rides in the lock statement, at the cost of
+/// reading a few global variables. (MySQL's Group Replication check reads
 /// `performance_schema`, and goes on its own.)
 pub(crate) fn get_lock(
     server: Server,
@@ -157,7 +159,7 @@ pub(crate) fn get_lock(
     guarded: bool,
     token: u64,
     holder: Option<&str>,
-    check_deployment: bool,
+    checks: Checks,
 ) -> String {
     let mut sql = String::with_capacity(160 + 2 * name.len());
     match (guarded, server) {
@@ -166,18 +168,25 @@ pub(crate) fn get_lock(
         (false, _) => sql.push_str("SELECT "),
     }
     let _ = write!(sql, "/* {} */ ", tag(token));
-    // IF evaluates only the branch it picks: on TiDB, a Galera node or a read-only server
-    // GET_LOCK never runs.
-    let refuse_galera = check_deployment && server == Server::MariaDb;
-    let refuse_read_only = check_deployment;
-    if check_deployment {
+    // IF evaluates only the branch it picks: on an unmarked session, on TiDB, a Galera node
+    // or a read-only server GET_LOCK never runs.
+    let full = checks == Checks::Full;
+    let refuse_galera = full && server == Server::MariaDb;
+    let mut closing = 0;
+    if checks == Checks::Mark {
+        let _ = write!(sql, "IF({CHECKED_MARK} = '{}', ", process_mark());
+    }
+    if full {
         let _ = write!(sql, "IF({TIDB}, {REFUSED_ON_TIDB}, ");
+        closing += 1;
     }
     if refuse_galera {
         let _ = write!(sql, "IF({GALERA_NODE}, {REFUSED_ON_GALERA}, ");
+        closing += 1;
     }
-    if refuse_read_only {
+    if full {
         let _ = write!(sql, "IF({READ_ONLY}, {REFUSED_READ_ONLY}, ");
+        closing += 1;
     }
     if holder.is_some() {
         sql.push_str("CASE ");
@@ -192,16 +201,45 @@ pub(crate) fn get_lock(
         push_name(&mut sql, holder);
         sql.push_str(", 0) WHEN 0 THEN 0 END");
     }
-    if refuse_read_only {
+    for _ in 0..closing {
         sql.push(')');
     }
-    if refuse_galera {
-        sql.push(')');
-    }
-    if check_deployment {
-        sql.push(')');
+    if checks == Checks::Mark {
+        let _ = write!(sql, ", {UNMARKED})");
     }
     sql
+}
+
+/// What a lock statement checks of the deployment before it locks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Checks {
+    /// Nothing: a check passed on this object's session already.
+    None,
+    /// The session's mark, which the statement after a passed check leaves
+    /// ([`mark_checked`]): a lock made per use on a checked session pays one comparison.
+    Mark,
+    /// The whole check.
+    Full,
+}
+
+/// The session variable that marks a server session a full check passed on, with this
+/// process's [`process_mark`]. A session reset (a pool's `COM_RESET_CONNECTION`) clears it,
+/// and a value anybody else sets never matches: either only makes the next lock check again.
+const CHECKED_MARK: &str = "@dlock_deployment_checked";
+
+/// What a lock statement that reads the mark answers where it is missing: nothing was locked.
+pub(crate) const UNMARKED: i64 = -4;
+
+/// This process's mark for sessions its checks passed on: random, so no other process's
+/// check, and no user's variable, vouches for a session.
+fn process_mark() -> &'static str {
+    static MARK: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    MARK.get_or_init(|| format!("{:016x}", dlock_core::attempt_token()))
+}
+
+/// The statement that marks the session after a full check passed on it.
+pub(crate) fn mark_checked() -> String {
+    format!("SET {CHECKED_MARK} = '{}'", process_mark())
 }
 
 /// True on TiDB, which answers `VERSION()` with its MySQL version, `-TiDB-`, and its own
@@ -278,6 +316,8 @@ pub(crate) enum Acquired {
     RefusedReadOnly,
     /// [`REFUSED_ON_TIDB`]: the server is TiDB, and nothing was locked.
     RefusedOnTiDb,
+    /// [`UNMARKED`]: no check passed on the session yet, and nothing was locked.
+    Unmarked,
 }
 
 /// Reads the reply to [`get_lock`].
@@ -292,6 +332,7 @@ pub(crate) fn read_acquired(reply: Option<i64>) -> Result<Acquired> {
         Some(REFUSED_ON_GALERA) => Ok(Acquired::RefusedOnGalera),
         Some(REFUSED_READ_ONLY) => Ok(Acquired::RefusedReadOnly),
         Some(REFUSED_ON_TIDB) => Ok(Acquired::RefusedOnTiDb),
+        Some(UNMARKED) => Ok(Acquired::Unmarked),
         Some(other) => Err(unexpected("GET_LOCK", other)),
     }
 }
@@ -774,7 +815,7 @@ mod tests {
     const TOKEN: u64 = 0xabc;
 
     fn plain(server: Server, name: &str, wait: Wait) -> String {
-        get_lock(server, name, wait, false, TOKEN, None, false)
+        get_lock(server, name, wait, false, TOKEN, None, Checks::None)
     }
 
     #[test]
@@ -853,7 +894,7 @@ mod tests {
             false,
             TOKEN,
             Some("dlock/h"),
-            true,
+            Checks::Full,
         );
         assert!(
             sql.ends_with(
@@ -882,7 +923,15 @@ mod tests {
         );
         // MySQL's Group Replication check reads performance_schema: it is sent on its own,
         // and only the read-only check rides in the lock statement.
-        let mysql = get_lock(Server::MySql, "x", Wait::Never, false, TOKEN, None, true);
+        let mysql = get_lock(
+            Server::MySql,
+            "x",
+            Wait::Never,
+            false,
+            TOKEN,
+            None,
+            Checks::Full,
+        );
         assert!(
             mysql.ends_with(
                 "*/ IF(VERSION() LIKE '%-TiDB-%', -3, \
@@ -923,13 +972,21 @@ mod tests {
             true,
             TOKEN,
             None,
-            false,
+            Checks::None,
         );
         assert!(
             mariadb.starts_with("SET STATEMENT max_statement_time = 0 FOR SELECT /* dlock:"),
             "{mariadb}"
         );
-        let mysql = get_lock(Server::MySql, "x", Wait::Forever, true, TOKEN, None, false);
+        let mysql = get_lock(
+            Server::MySql,
+            "x",
+            Wait::Forever,
+            true,
+            TOKEN,
+            None,
+            Checks::None,
+        );
         assert!(
             mysql.starts_with("SELECT /*+ SET_VAR(max_execution_time = 0) */ /* dlock:"),
             "{mysql}"
@@ -945,7 +1002,7 @@ mod tests {
             false,
             TOKEN,
             Some("dlock/h"),
-            false,
+            Checks::None,
         );
         assert!(
             sql.ends_with(

@@ -193,3 +193,36 @@ fn shared_and_transaction_scoped_locks_are_unsupported_and_say_where_to_go() {
         assert_eq!(holder_of("blocking/shared"), None, "nothing was locked");
     }
 }
+
+#[test]
+fn locks_made_per_use_on_one_connection_check_once_per_session_and_again_after_a_reset() {
+    let name = "blocking/per-use";
+    let mut conn = connect();
+    let mut other = MySqlLock::new(connect(), name);
+    let mark = |conn: &mut mysql::Conn| -> Option<String> {
+        conn.query_first::<Option<String>, _>("SELECT @dlock_deployment_checked")
+            .unwrap()
+            .flatten()
+    };
+    assert_eq!(mark(&mut conn), None);
+    for round in 0..4 {
+        if round == 2 {
+            // A session reset clears the mark: the next lock checks again.
+            conn.reset().unwrap();
+            assert_eq!(mark(&mut conn), None);
+        }
+        let mut lock = MySqlLock::new(&mut conn, name);
+        assert!(lock.try_acquire().unwrap(), "round {round}");
+        assert!(!other.try_acquire().unwrap(), "round {round}: excluded");
+        lock.release().unwrap();
+    }
+    let checked = mark(&mut conn).expect("a passed check marks its session");
+    // A value anybody else sets is no check: the next lock checks, and marks the session anew.
+    conn.query_drop("SET @dlock_deployment_checked = 'forged'")
+        .unwrap();
+    let mut lock = MySqlLock::new(&mut conn, name);
+    assert!(lock.try_acquire().unwrap());
+    lock.release().unwrap();
+    drop(lock);
+    assert_eq!(mark(&mut conn), Some(checked));
+}
