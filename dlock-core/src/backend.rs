@@ -107,3 +107,192 @@ macro_rules! __connection_lock {
         }
     };
 }
+
+/// Expands, inside `impl<C> SomeSession<C>` of a session type whose one-key lock on it is
+/// `$lock` (`PgLock<&mut Self>`), to the methods through which it holds any number of keys: `policy`, `acquire`, `try_acquire`, `acquire_timeout`,
+/// `release` (any order) and `held`. The type has the fields `policy: KeyPolicy` and
+/// `holds: Vec<LockState>` (each state with a `key`), and the methods `lock(&mut self, key)`
+/// (a one-key lock on the session) and `with_state(&mut self, state)` (the same over a state
+/// the session holds); the lock type has `detach(&mut self) -> LockState`, which takes its
+/// state out and leaves one whose drop does nothing.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __session_methods {
+    (blocking, $lock:ty) => {
+        $crate::__session_methods!(@shared, $lock);
+
+        /// Waits, in the server, until the session holds `key`'s lock.
+        ///
+        /// # Errors
+        ///
+        /// As [`Lock::acquire`]($crate::Lock::acquire).
+        pub fn acquire(&mut self, key: impl Into<$crate::Key>) -> $crate::Result<()> {
+            self.take(key.into(), $crate::Wait::Forever).map(drop)
+        }
+
+        /// Takes `key`'s lock if it is free: `Ok(false)` when another session holds it.
+        ///
+        /// # Errors
+        ///
+        /// As [`Lock::try_acquire`]($crate::Lock::try_acquire).
+        pub fn try_acquire(&mut self, key: impl Into<$crate::Key>) -> $crate::Result<bool> {
+            self.take(key.into(), $crate::Wait::Never)
+        }
+
+        /// Waits at most `timeout` for `key`'s lock.
+        ///
+        /// # Errors
+        ///
+        /// As [`Lock::acquire_timeout`]($crate::Lock::acquire_timeout).
+        pub fn acquire_timeout(
+            &mut self,
+            key: impl Into<$crate::Key>,
+            timeout: ::std::time::Duration,
+        ) -> $crate::Result<bool> {
+            self.take(key.into(), $crate::Wait::for_timeout(timeout))
+        }
+
+        /// Gives back one hold of `key` that the session's own methods took (the latest);
+        /// the session's other holds, of this key or others, stay.
+        ///
+        /// # Errors
+        ///
+        /// [`Error::NotAcquired`]($crate::Error::NotAcquired) when the session's methods hold
+        /// no such key; otherwise as [`Lock::release`]($crate::Lock::release). A release the
+        /// server refused (an aborted transaction) keeps the key held: release it again after
+        /// your `ROLLBACK`.
+        pub fn release(&mut self, key: impl Into<$crate::Key>) -> $crate::Result<()> {
+            let (at, mut lock) = self.take_hold(key.into())?;
+            let released = $crate::Lock::release(&mut lock);
+            if $crate::Lock::is_acquired(&lock) {
+                let state = lock.detach();
+                drop(lock);
+                self.holds.insert(at, state);
+            }
+            released
+        }
+
+        fn take(&mut self, key: $crate::Key, wait: $crate::Wait) -> $crate::Result<bool> {
+            let policy = self.policy.clone();
+            let mut lock = self.lock(key).policy(policy);
+            let taken = lock.take(wait)?;
+            if taken {
+                let state = lock.detach();
+                drop(lock);
+                self.holds.push(state);
+            }
+            Ok(taken)
+        }
+    };
+    (async, $lock:ty) => {
+        $crate::__session_methods!(@shared, $lock);
+
+        /// Waits, in the server, until the session holds `key`'s lock.
+        ///
+        /// # Errors
+        ///
+        /// As [`AsyncLock::acquire`]($crate::AsyncLock::acquire).
+        ///
+        /// # Cancel Safety
+        ///
+        /// As the one-key lock's acquire: a dropped wait leaves nothing held that the session
+        /// does not settle.
+        pub async fn acquire(&mut self, key: impl Into<$crate::Key>) -> $crate::Result<()> {
+            self.take(key.into(), $crate::Wait::Forever).await.map(drop)
+        }
+
+        /// Takes `key`'s lock if it is free: `Ok(false)` when another session holds it.
+        ///
+        /// # Errors
+        ///
+        /// As [`AsyncLock::try_acquire`]($crate::AsyncLock::try_acquire).
+        ///
+        /// # Cancel Safety
+        ///
+        /// As the one-key lock's.
+        pub async fn try_acquire(&mut self, key: impl Into<$crate::Key>) -> $crate::Result<bool> {
+            self.take(key.into(), $crate::Wait::Never).await
+        }
+
+        /// Waits at most `timeout` for `key`'s lock.
+        ///
+        /// # Errors
+        ///
+        /// As [`AsyncLock::acquire_timeout`]($crate::AsyncLock::acquire_timeout).
+        ///
+        /// # Cancel Safety
+        ///
+        /// As the one-key lock's.
+        pub async fn acquire_timeout(
+            &mut self,
+            key: impl Into<$crate::Key>,
+            timeout: ::std::time::Duration,
+        ) -> $crate::Result<bool> {
+            self.take(key.into(), $crate::Wait::For(timeout)).await
+        }
+
+        /// Gives back one hold of `key` that the session's own methods took (the latest);
+        /// the session's other holds, of this key or others, stay.
+        ///
+        /// # Errors
+        ///
+        /// [`Error::NotAcquired`]($crate::Error::NotAcquired) when the session's methods hold
+        /// no such key; otherwise as [`AsyncLock::release`]($crate::AsyncLock::release).
+        ///
+        /// # Cancel Safety
+        ///
+        /// As the one-key lock's release: once polled, the hold counts as given back, and
+        /// what its unlock leaves is the session's to settle.
+        pub async fn release(&mut self, key: impl Into<$crate::Key>) -> $crate::Result<()> {
+            let (at, mut lock) = self.take_hold(key.into())?;
+            let released = $crate::AsyncLock::release(&mut lock).await;
+            if $crate::AsyncLock::is_acquired(&lock) {
+                let state = lock.detach();
+                drop(lock);
+                self.holds.insert(at, state);
+            }
+            released
+        }
+
+        async fn take(&mut self, key: $crate::Key, wait: $crate::Wait) -> $crate::Result<bool> {
+            let policy = self.policy.clone();
+            let mut lock = self.lock(key).policy(policy);
+            let taken = match wait {
+                $crate::Wait::Forever => $crate::AsyncLock::acquire(&mut lock).await.map(|()| true)?,
+                $crate::Wait::Never => $crate::AsyncLock::try_acquire(&mut lock).await?,
+                $crate::Wait::For(timeout) => {
+                    $crate::AsyncLock::acquire_timeout(&mut lock, timeout).await?
+                }
+            };
+            if taken {
+                let state = lock.detach();
+                drop(lock);
+                self.holds.push(state);
+            }
+            Ok(taken)
+        }
+    };
+    (@shared, $lock:ty) => {
+        /// Uses `policy` to turn the keys of the session's own methods into the backend's.
+        pub fn policy(mut self, policy: $crate::KeyPolicy) -> Self {
+            self.policy = policy;
+            self
+        }
+
+        /// The keys the session's own methods hold, oldest first (a key held twice twice).
+        pub fn held(&self) -> impl Iterator<Item = &$crate::Key> {
+            self.holds.iter().map(|state| &state.key)
+        }
+
+        /// The latest hold of `key` taken out of the session's holds, with a lock over it.
+        fn take_hold(&mut self, key: $crate::Key) -> $crate::Result<(usize, $lock)> {
+            let at = self
+                .holds
+                .iter()
+                .rposition(|state| state.key == key)
+                .ok_or($crate::Error::NotAcquired)?;
+            let state = self.holds.remove(at);
+            Ok((at, self.with_state(state)))
+        }
+    };
+}

@@ -191,95 +191,19 @@ impl<C: AsyncMySqlConnection> AsyncMySqlSession<C> {
         }
     }
 
-    /// Uses `policy` to turn the keys of the session's own methods into lock names.
-    pub fn policy(mut self, policy: KeyPolicy) -> Self {
-        self.policy = policy;
-        self
-    }
-
     /// A lock on `key` on this session, unlocked, under the default key policy.
     pub fn lock(&mut self, key: impl Into<Key>) -> AsyncMySqlLock<&mut Self> {
         AsyncMySqlLock::new(self, key)
     }
 
-    /// Waits, in the server, until the session holds `key`'s lock.
-    ///
-    /// # Errors
-    ///
-    /// As [`AsyncLock::acquire`].
-    ///
-    /// # Cancel Safety
-    ///
-    /// As [`AsyncMySqlLock`]'s: a dropped wait gives the connection up.
-    pub async fn acquire(&mut self, key: impl Into<Key>) -> Result<()> {
-        self.take(key.into(), None).await.map(drop)
-    }
+    dlock_core::__session_methods!(async, AsyncMySqlLock<&mut Self>);
 
-    /// Takes `key`'s lock if it is free: `Ok(false)` when another session holds it.
-    ///
-    /// # Errors
-    ///
-    /// As [`AsyncLock::try_acquire`].
-    ///
-    /// # Cancel Safety
-    ///
-    /// As [`AsyncMySqlLock`]'s.
-    pub async fn try_acquire(&mut self, key: impl Into<Key>) -> Result<bool> {
-        self.take(key.into(), Some(Duration::ZERO)).await
-    }
-
-    /// Waits at most `timeout` for `key`'s lock.
-    ///
-    /// # Errors
-    ///
-    /// As [`AsyncLock::acquire_timeout`].
-    ///
-    /// # Cancel Safety
-    ///
-    /// As [`AsyncMySqlLock`]'s.
-    pub async fn acquire_timeout(
-        &mut self,
-        key: impl Into<Key>,
-        timeout: Duration,
-    ) -> Result<bool> {
-        self.take(key.into(), Some(timeout)).await
-    }
-
-    /// Gives back one hold of `key` that the session's own methods took (the latest); the
-    /// session's other holds, of this key or others, stay.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::NotAcquired`] when the session's methods hold no such key; otherwise as
-    /// [`AsyncLock::release`].
-    ///
-    /// # Cancel Safety
-    ///
-    /// As [`AsyncMySqlLock`]'s: a drop before the reply gives the connection up.
-    pub async fn release(&mut self, key: impl Into<Key>) -> Result<()> {
-        let key = key.into();
-        let at = self
-            .holds
-            .iter()
-            .rposition(|state| state.key == key)
-            .ok_or(Error::NotAcquired)?;
-        let state = self.holds.remove(at);
-        let mut lock = AsyncMySqlLock {
-            conn: Some(AsyncMySqlSession::new(&mut *self)),
+    /// A lock on this session over a state the session holds.
+    fn with_state(&mut self, state: LockState) -> AsyncMySqlLock<&mut Self> {
+        AsyncMySqlLock {
+            conn: Some(AsyncMySqlSession::new(self)),
             state,
-        };
-        let released = lock.release().await;
-        if lock.is_acquired() {
-            let state = lock.detach();
-            drop(lock);
-            self.holds.insert(at, state);
         }
-        released
-    }
-
-    /// The keys the session's own methods hold, oldest first (a key held twice twice).
-    pub fn held(&self) -> impl Iterator<Item = &Key> {
-        self.holds.iter().map(|state| &state.key)
     }
 
     /// Releases everything the session's own methods hold and pays what it owes, then gives
@@ -292,10 +216,7 @@ impl<C: AsyncMySqlConnection> AsyncMySqlSession<C> {
     pub async fn into_inner(mut self) -> (C, Result<()>) {
         let mut outcome = Ok(());
         while let Some(state) = self.holds.pop() {
-            let lock = AsyncMySqlLock {
-                conn: Some(AsyncMySqlSession::new(&mut self)),
-                state,
-            };
+            let lock = self.with_state(state);
             let (_, released) = lock.into_inner().await;
             outcome = outcome.and(released);
         }
@@ -307,22 +228,6 @@ impl<C: AsyncMySqlConnection> AsyncMySqlSession<C> {
             self.get_mut().discard();
         }
         (self.take_connection(), outcome)
-    }
-
-    async fn take(&mut self, key: Key, wait: Option<Duration>) -> Result<bool> {
-        let policy = self.policy.clone();
-        let mut lock = AsyncMySqlLock::new(&mut *self, key).policy(policy);
-        let taken = match wait {
-            None => lock.acquire().await.map(|()| true)?,
-            Some(Duration::ZERO) => lock.try_acquire().await?,
-            Some(timeout) => lock.acquire_timeout(timeout).await?,
-        };
-        if taken {
-            let state = lock.detach();
-            drop(lock);
-            self.holds.push(state);
-        }
-        Ok(taken)
     }
 
     /// The connection as it was given.

@@ -172,12 +172,6 @@ impl<C: AsyncPgConnection> AsyncPgSession<C> {
         }
     }
 
-    /// Uses `policy` to turn the keys of the session's own methods into PostgreSQL keys.
-    pub fn policy(mut self, policy: KeyPolicy) -> Self {
-        self.policy = policy;
-        self
-    }
-
     /// A one-key lock on this session, unlocked, under the default key policy; it shares
     /// what the session knows and owes.
     pub fn lock(&mut self, key: impl Into<Key>) -> AsyncPgLock<&mut Self> {
@@ -193,87 +187,16 @@ impl<C: AsyncPgConnection> AsyncPgSession<C> {
             .client()
     }
 
-    /// Waits, in the server, until the session holds `key`'s lock (exclusive).
-    ///
-    /// # Errors
-    ///
-    /// As [`AsyncLock::acquire`].
-    ///
-    /// # Cancel Safety
-    ///
-    /// Cancel safe, as [`AsyncPgLock`]'s acquire: a dropped wait holds nothing afterwards.
-    pub async fn acquire(&mut self, key: impl Into<Key>) -> Result<()> {
-        self.take(key.into(), None).await.map(drop)
-    }
+    dlock_core::__session_methods!(async, AsyncPgLock<&mut Self>);
 
-    /// Takes `key`'s lock if it is free: `Ok(false)` when another session holds it.
-    ///
-    /// # Errors
-    ///
-    /// As [`AsyncLock::try_acquire`].
-    ///
-    /// # Cancel Safety
-    ///
-    /// Cancel safe, as [`AsyncPgLock`]'s.
-    pub async fn try_acquire(&mut self, key: impl Into<Key>) -> Result<bool> {
-        self.take(key.into(), Some(Duration::ZERO)).await
-    }
-
-    /// Waits at most `timeout` for `key`'s lock.
-    ///
-    /// # Errors
-    ///
-    /// As [`AsyncLock::acquire_timeout`].
-    ///
-    /// # Cancel Safety
-    ///
-    /// Cancel safe, as [`AsyncPgLock`]'s.
-    pub async fn acquire_timeout(
-        &mut self,
-        key: impl Into<Key>,
-        timeout: Duration,
-    ) -> Result<bool> {
-        self.take(key.into(), Some(timeout)).await
-    }
-
-    /// Gives back one hold of `key` that the session's own methods took (the latest).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::NotAcquired`] when the session's methods hold no such key; otherwise as
-    /// [`AsyncLock::release`]. A release the server refused (an aborted transaction) keeps
-    /// the key held: release it again after your `ROLLBACK`.
-    ///
-    /// # Cancel Safety
-    ///
-    /// Once polled, the hold counts as given back and its unlock is on its way; a refused
-    /// unlock is owed by the session and paid before its next statement.
-    pub async fn release(&mut self, key: impl Into<Key>) -> Result<()> {
-        let key = key.into();
-        let at = self
-            .holds
-            .iter()
-            .rposition(|state| state.key == key)
-            .ok_or(Error::NotAcquired)?;
-        let state = self.holds.remove(at);
-        let mut lock = AsyncPgLock {
-            conn: Some(&mut *self),
+    /// A lock on this session over a state the session holds.
+    fn with_state(&mut self, state: LockState) -> AsyncPgLock<&mut Self> {
+        AsyncPgLock {
+            conn: Some(self),
             state,
             pending: None,
             side: None,
-        };
-        let released = lock.release().await;
-        if lock.is_acquired() {
-            let state = lock.detach();
-            drop(lock);
-            self.holds.insert(at, state);
         }
-        released
-    }
-
-    /// The keys the session's own methods hold, oldest first (a key held twice twice).
-    pub fn held(&self) -> impl Iterator<Item = &Key> {
-        self.holds.iter().map(|state| &state.key)
     }
 
     /// Releases everything the session's own methods hold and pays what it owes, then gives
@@ -285,12 +208,7 @@ impl<C: AsyncPgConnection> AsyncPgSession<C> {
     pub async fn into_inner(mut self) -> (C, Result<()>) {
         let mut outcome = Ok(());
         while let Some(state) = self.holds.pop() {
-            let lock = AsyncPgLock {
-                conn: Some(&mut self),
-                state,
-                pending: None,
-                side: None,
-            };
+            let lock = self.with_state(state);
             // A refused release leaves the hold owed to the session.
             let (_, released) = lock.into_inner().await;
             outcome = outcome.and(released);
@@ -304,22 +222,6 @@ impl<C: AsyncPgConnection> AsyncPgSession<C> {
             .take()
             .expect("the connection is only taken by into_inner and drop");
         (conn, outcome)
-    }
-
-    async fn take(&mut self, key: Key, wait: Option<Duration>) -> Result<bool> {
-        let policy = self.policy.clone();
-        let mut lock = AsyncPgLock::new(&mut *self, key).policy(policy);
-        let taken = match wait {
-            None => lock.acquire().await.map(|()| true)?,
-            Some(Duration::ZERO) => lock.try_acquire().await?,
-            Some(timeout) => lock.acquire_timeout(timeout).await?,
-        };
-        if taken {
-            let state = lock.detach();
-            drop(lock);
-            self.holds.push(state);
-        }
-        Ok(taken)
     }
 }
 

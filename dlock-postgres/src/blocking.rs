@@ -113,12 +113,6 @@ impl<C: PgConnection> PgSession<C> {
         }
     }
 
-    /// Uses `policy` to turn the keys of the session's own methods into PostgreSQL keys.
-    pub fn policy(mut self, policy: KeyPolicy) -> Self {
-        self.policy = policy;
-        self
-    }
-
     /// A one-key lock on this session, unlocked, under the default key policy; it shares
     /// what the session knows and owes.
     pub fn lock(&mut self, key: impl Into<Key>) -> PgLock<&mut Self> {
@@ -134,64 +128,14 @@ impl<C: PgConnection> PgSession<C> {
             .client()
     }
 
-    /// Waits, in the server, until the session holds `key`'s lock (exclusive).
-    ///
-    /// # Errors
-    ///
-    /// As [`Lock::acquire`].
-    pub fn acquire(&mut self, key: impl Into<Key>) -> Result<()> {
-        self.take(key.into(), Wait::Forever).map(drop)
-    }
+    dlock_core::__session_methods!(blocking, PgLock<&mut Self>);
 
-    /// Takes `key`'s lock if it is free: `Ok(false)` when another session holds it.
-    ///
-    /// # Errors
-    ///
-    /// As [`Lock::try_acquire`].
-    pub fn try_acquire(&mut self, key: impl Into<Key>) -> Result<bool> {
-        self.take(key.into(), Wait::Never)
-    }
-
-    /// Waits at most `timeout` for `key`'s lock.
-    ///
-    /// # Errors
-    ///
-    /// As [`Lock::acquire_timeout`].
-    pub fn acquire_timeout(&mut self, key: impl Into<Key>, timeout: Duration) -> Result<bool> {
-        self.take(key.into(), Wait::for_timeout(timeout))
-    }
-
-    /// Gives back one hold of `key` that the session's own methods took (the latest).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::NotAcquired`](dlock_core::Error::NotAcquired) when the session's methods hold
-    /// no such key; otherwise as [`Lock::release`]. A release the server refused (an aborted
-    /// transaction) keeps the key held: release it again after your `ROLLBACK`.
-    pub fn release(&mut self, key: impl Into<Key>) -> Result<()> {
-        let key = key.into();
-        let at = self
-            .holds
-            .iter()
-            .rposition(|state| state.key == key)
-            .ok_or(dlock_core::Error::NotAcquired)?;
-        let state = self.holds.remove(at);
-        let mut lock = PgLock {
-            conn: Some(&mut *self),
+    /// A lock on this session over a state the session holds.
+    fn with_state(&mut self, state: LockState) -> PgLock<&mut Self> {
+        PgLock {
+            conn: Some(self),
             state,
-        };
-        let released = lock.release();
-        if lock.is_acquired() {
-            let state = lock.detach();
-            drop(lock);
-            self.holds.insert(at, state);
         }
-        released
-    }
-
-    /// The keys the session's own methods hold, oldest first (a key held twice twice).
-    pub fn held(&self) -> impl Iterator<Item = &Key> {
-        self.holds.iter().map(|state| &state.key)
     }
 
     /// Releases everything the session's own methods hold and pays what it owes, then gives
@@ -205,26 +149,11 @@ impl<C: PgConnection> PgSession<C> {
         (conn, settled)
     }
 
-    fn take(&mut self, key: Key, wait: Wait) -> Result<bool> {
-        let policy = self.policy.clone();
-        let mut lock = PgLock::new(&mut *self, key).policy(policy);
-        let taken = lock.take(wait)?;
-        if taken {
-            let state = lock.detach();
-            drop(lock);
-            self.holds.push(state);
-        }
-        Ok(taken)
-    }
-
     /// Releases the holds, newest first, then pays what is owed.
     fn settle(&mut self) -> Result<()> {
         let mut outcome = Ok(());
         while let Some(state) = self.holds.pop() {
-            let mut lock = PgLock {
-                conn: Some(&mut *self),
-                state,
-            };
+            let mut lock = self.with_state(state);
             let released = lock.release();
             // A refused release leaves the hold to the session, owed.
             drop(lock);
