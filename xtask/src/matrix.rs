@@ -244,8 +244,6 @@ fn rows() -> Result<Vec<Row>> {
             "test:key-properties",
             &["test", "-p", "dlock-core", "--test", "policy_properties"],
         ),
-        // The README's examples, each built as a new user's crate from its own toml block.
-        Row::new("readme", &["run", "--quiet", "-p", "xtask", "--", "readme"]),
         // Each crate's rust-version against its dependencies, resolved for that toolchain.
         Row::new("msrv", &["run", "--quiet", "-p", "xtask", "--", "msrv"]),
         // Every published crate packaged and built from its package, as crates.io would.
@@ -309,6 +307,15 @@ fn rows() -> Result<Vec<Row>> {
         )
         .needs_servers()
         .saturated(),
+    );
+    // The README's examples, each built as a new user's crate from its own toml block, and
+    // run against the row's servers.
+    rows.push(
+        Row::new(
+            "db:readme",
+            &["run", "--quiet", "-p", "xtask", "--", "readme", "--run"],
+        )
+        .needs_servers(),
     );
     // The demo's locked runs fail it when they lose an update: mutual exclusion across OS
     // processes, through every API path of both backends.

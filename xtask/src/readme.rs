@@ -5,8 +5,11 @@
 //! An example is a `rust` block that a `toml` block introduces (only blank lines between
 //! them). Its code runs inside `main`, which returns `Result<(), Box<dyn Error>>` so that `?`
 //! works as in the README; an example that awaits gets `#[tokio::main]`, so its `toml` block
-//! must list tokio, as the user's would have to. The examples are compiled, not run: they
-//! need servers at the README's addresses.
+//! must list tokio, as the user's would have to.
+//!
+//! `--run` also runs every example, against the servers `DLOCK_PG_URL` and `DLOCK_MYSQL_URL`
+//! name (the README's addresses are replaced by them), after a fixture step creates the
+//! tables the examples write to.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -21,11 +24,47 @@ struct Example {
     code: Vec<String>,
 }
 
-/// `cargo xtask readme`.
+/// The README's server addresses, and what `--run` puts in their place.
+const PG_ADDRESSES: [&str; 2] = [
+    "postgres://postgres@localhost/postgres",
+    "host=localhost user=postgres",
+];
+const MYSQL_ADDRESS: &str = "mysql://app:secret@localhost/app";
+
+/// The servers `--run` runs the examples against.
+struct Servers {
+    pg: String,
+    mysql: String,
+}
+
+/// `cargo xtask readme [--run]`.
 pub(crate) fn command(args: &[String]) -> Result<()> {
-    if let Some(other) = args.first() {
-        return Err(format!("unknown argument {other:?}; usage: cargo xtask readme").into());
-    }
+    let run = match args.first().map(String::as_str) {
+        None => false,
+        Some("--run") if args.len() == 1 => true,
+        Some(other) => {
+            return Err(
+                format!("unknown argument {other:?}; usage: cargo xtask readme [--run]").into(),
+            );
+        }
+    };
+    let servers = if run {
+        let var = |name: &str| {
+            std::env::var(name).map_err(|_| {
+                format!(
+                    "{name} is not set: `readme --run` runs the examples against the servers \
+                     that `cargo xtask test-matrix --only db:readme` starts, or that `cargo xtask \
+                     db up` and `eval \"$(cargo xtask db env)\"` name"
+                )
+            })
+        };
+        Some(Servers {
+            pg: var("DLOCK_PG_URL")?,
+            mysql: var("DLOCK_MYSQL_URL")?,
+        })
+    } else {
+        None
+    };
     let root = project_root();
     let readme = std::fs::read_to_string(root.join("README.md"))?;
     let examples = examples(&readme);
@@ -40,8 +79,12 @@ pub(crate) fn command(args: &[String]) -> Result<()> {
     let mut members = Vec::new();
     for example in &examples {
         let name = format!("example-line-{}", example.line);
-        write_example(&dir.join(&name), &name, example, &root)?;
+        write_example(&dir.join(&name), &name, example, &root, servers.as_ref())?;
         members.push(format!("\"{name}\""));
+    }
+    if let Some(servers) = &servers {
+        write_fixtures(&dir.join("readme-fixtures"), servers)?;
+        members.push("\"readme-fixtures\"".to_owned());
     }
     std::fs::write(
         dir.join("Cargo.toml"),
@@ -71,6 +114,70 @@ pub(crate) fn command(args: &[String]) -> Result<()> {
         );
     }
     eprintln!("xtask: every README example builds");
+    if servers.is_none() {
+        return Ok(());
+    }
+    let run = |package: &str| -> Result<()> {
+        let status = Command::new(cargo())
+            .current_dir(&dir)
+            .args(["run", "--quiet", "-p", package])
+            .env("CARGO_TARGET_DIR", target_dir())
+            .status()?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!("{package} failed (see above)").into())
+        }
+    };
+    run("readme-fixtures")?;
+    for example in &examples {
+        let name = format!("example-line-{}", example.line);
+        eprintln!("xtask: running the README example at line {}", example.line);
+        run(&name)?;
+    }
+    eprintln!("xtask: every README example runs");
+    Ok(())
+}
+
+/// A crate that creates the tables the examples write to, on both servers.
+fn write_fixtures(dir: &Path, servers: &Servers) -> Result<()> {
+    std::fs::create_dir_all(dir.join("src"))?;
+    // The workspace's own driver lines, so nothing new is built.
+    let manifest = std::fs::read_to_string(project_root().join("Cargo.toml"))?;
+    let line = |name: &str| -> Result<String> {
+        manifest
+            .lines()
+            .find(|line| line.starts_with(&format!("{name} = ")))
+            .map(str::to_owned)
+            .ok_or_else(|| format!("the workspace names no {name} dependency").into())
+    };
+    std::fs::write(
+        dir.join("Cargo.toml"),
+        format!(
+            "[package]\nname = \"readme-fixtures\"\nversion = \"0.0.0\"\nedition = \"2024\"\n\
+             publish = false\n\n[dependencies]\n{}\n{}\n",
+            line("postgres")?,
+            line("mysql")?
+        ),
+    )?;
+    std::fs::write(
+        dir.join("src/main.rs"),
+        format!(
+            "use mysql::prelude::Queryable;\n\n\
+             fn main() -> Result<(), Box<dyn std::error::Error>> {{\n\
+             \x20   let mut pg = postgres::Client::connect({:?}, postgres::NoTls)?;\n\
+             \x20   pg.batch_execute(\n\
+             \x20       \"CREATE TABLE IF NOT EXISTS reports (running boolean); \\\n\
+             \x20        CREATE TABLE IF NOT EXISTS accounts (id integer, frozen boolean); \\\n\
+             \x20        CREATE TABLE IF NOT EXISTS invoices (id integer, paid boolean)\",\n\
+             \x20   )?;\n\
+             \x20   let mut my = mysql::Conn::new(mysql::Opts::from_url({:?})?)?;\n\
+             \x20   my.query_drop(\"CREATE TABLE IF NOT EXISTS reports (running integer)\")?;\n\
+             \x20   Ok(())\n\
+             }}\n",
+            servers.pg, servers.mysql
+        ),
+    )?;
     Ok(())
 }
 
@@ -111,7 +218,13 @@ fn examples(readme: &str) -> Vec<Example> {
     examples
 }
 
-fn write_example(dir: &Path, name: &str, example: &Example, root: &Path) -> Result<()> {
+fn write_example(
+    dir: &Path,
+    name: &str,
+    example: &Example,
+    root: &Path,
+    servers: Option<&Servers>,
+) -> Result<()> {
     std::fs::create_dir_all(dir.join("src"))?;
     let mut manifest = format!(
         "[package]\nname = \"{name}\"\nversion = \"0.0.0\"\nedition = \"2024\"\npublish = false\n\n\
@@ -145,6 +258,13 @@ fn write_example(dir: &Path, name: &str, example: &Example, root: &Path) -> Resu
         main.push_str("fn main() -> Result<(), Box<dyn std::error::Error>> {\n");
     }
     for line in &example.code {
+        let mut line = line.clone();
+        if let Some(servers) = servers {
+            for address in PG_ADDRESSES {
+                line = line.replace(address, &servers.pg);
+            }
+            line = line.replace(MYSQL_ADDRESS, &servers.mysql);
+        }
         let _ = writeln!(main, "    {line}");
     }
     main.push_str("    Ok(())\n}\n");
