@@ -3,13 +3,15 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::{Pin, pin};
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use dlock_core::trace::Traced;
 use dlock_core::{AsyncLock, Error, Key, KeyPolicy, PgKey, Result, SessionId, Wait};
 use futures_util::TryStreamExt;
-use tokio_postgres::{Client, Config, NoTls, SimpleQueryMessage, Transaction};
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
+use tokio_postgres::{CancelToken, Client, Config, NoTls, SimpleQueryMessage, Socket, Transaction};
 use tracing::Instrument;
 
 use crate::deployment::{Check, CheckStep, On, Route};
@@ -196,6 +198,7 @@ impl<C: AsyncPgConnection> AsyncPgSession<C> {
             state,
             pending: None,
             side: None,
+            connector: None,
         }
     }
 
@@ -345,10 +348,74 @@ pub struct AsyncPgLock<C: AsyncPgConnection> {
     pending: Option<Pending>,
     /// Where a side connection that ends a dropped wait connects to, if the user gave it.
     side: Option<Config>,
+    /// How the side connection and a cancel request connect: plain text unless the user gave
+    /// a TLS connector.
+    connector: Option<Connector>,
 }
 
 /// A reply that outlives the future that sent its statement.
 type ReplyFuture = Pin<Box<dyn Future<Output = Reply> + Send>>;
+
+/// A future of the driver's that outlives what started it.
+type DriverFuture<T> =
+    Pin<Box<dyn Future<Output = std::result::Result<T, tokio_postgres::Error>> + Send>>;
+
+/// How a lock opens the connections it needs beside its own (the side connection, the cancel
+/// request after a dropped acquire): with the user's TLS connector, or, without one, in plain
+/// text. The connector's type is erased, so that a lock's type does not name it.
+#[derive(Clone)]
+struct Connector {
+    connect: Arc<dyn Fn(Config) -> DriverFuture<Client> + Send + Sync>,
+    cancel: Arc<dyn Fn(CancelToken) -> DriverFuture<()> + Send + Sync>,
+}
+
+impl Connector {
+    fn new<T>(tls: T) -> Connector
+    where
+        T: MakeTlsConnect<Socket> + Clone + Send + Sync + 'static,
+        T::Stream: Send + 'static,
+        T::TlsConnect: Send,
+        <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+    {
+        let for_cancel = tls.clone();
+        Connector {
+            connect: Arc::new(move |config: Config| {
+                let tls = tls.clone();
+                Box::pin(async move {
+                    let (client, connection) = config.connect(tls).await?;
+                    tokio::spawn(connection);
+                    Ok(client)
+                })
+            }),
+            cancel: Arc::new(move |token: CancelToken| {
+                let tls = for_cancel.clone();
+                Box::pin(async move { token.cancel_query(tls).await })
+            }),
+        }
+    }
+
+    /// Connects with `config`, the connection driven by a spawned task.
+    fn connect(&self, config: Config) -> DriverFuture<Client> {
+        (self.connect)(config)
+    }
+
+    /// Sends the cancel request of `token`'s session.
+    fn cancel(&self, token: CancelToken) -> DriverFuture<()> {
+        (self.cancel)(token)
+    }
+}
+
+impl Default for Connector {
+    fn default() -> Connector {
+        Connector::new(NoTls)
+    }
+}
+
+impl fmt::Debug for Connector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Connector")
+    }
+}
 
 /// The reply of a statement a dropped future left in flight, and what it settles.
 struct Pending {
@@ -385,8 +452,8 @@ struct Driver<'a, O: Operation> {
     client: &'a Client,
     state: &'a mut LockState,
     pending: &'a mut Option<Pending>,
-    /// Where a side connection that ends a dropped wait connects to.
-    side: Option<&'a Config>,
+    /// Where a side connection that ends a dropped wait connects to, and how.
+    side: Option<(&'a Config, Option<&'a Connector>)>,
     op: O,
     /// The reply of the simple query in flight, kept so that a drop can hand it on.
     in_flight: Option<ReplyFuture>,
@@ -453,8 +520,8 @@ impl<O: Operation> Drop for Driver<'_, O> {
                 cleanup,
                 settles,
             } => {
-                if let (Some(token), Some(config)) = (fence, self.side) {
-                    end_wait(self.client, config, token);
+                if let (Some(token), Some((config, connector))) = (fence, self.side) {
+                    end_wait(self.client, config, connector, token);
                 }
                 Some(Pending {
                     settles,
@@ -476,14 +543,14 @@ impl<O: Operation> Drop for Driver<'_, O> {
 /// waiting for it, seen after the request was made: a request still pending then is delivered
 /// to the fence before its wait, so nothing is left pending for a later statement. Without a
 /// tokio runtime nothing is queued, and the wait goes on until it ends.
-fn end_wait(client: &Client, config: &Config, token: u64) {
+fn end_wait(client: &Client, config: &Config, connector: Option<&Connector>, token: u64) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;
     };
     let fence = send_now(client, &sql::fence(token));
-    let config = config.clone();
+    let (config, connector) = (config.clone(), connector.cloned().unwrap_or_default());
     runtime.spawn(async move {
-        if let Err(error) = watch(config, token, fence).await {
+        if let Err(error) = watch(config, &connector, token, fence).await {
             tracing::warn!(%error, "the side connection could not end a dropped lock wait");
         }
     });
@@ -492,11 +559,11 @@ fn end_wait(client: &Client, config: &Config, token: u64) {
 /// The side connection's part of [`end_wait`].
 async fn watch(
     config: Config,
+    connector: &Connector,
     token: u64,
     mut fence: ReplyFuture,
 ) -> std::result::Result<(), tokio_postgres::Error> {
-    let (side, connection) = config.connect(NoTls).await?;
-    tokio::spawn(connection);
+    let side = connector.connect(config).await?;
     side.simple_query(&sql::side::take_gate(token)).await?;
     let mut canceled = false;
     loop {
@@ -535,6 +602,7 @@ impl<C: AsyncPgConnection> AsyncPgLock<C> {
             state,
             pending: None,
             side: None,
+            connector: None,
         }
     }
 
@@ -556,7 +624,8 @@ impl<C: AsyncPgConnection> AsyncPgLock<C> {
     }
 
     /// Lets a dropped acquire end its wait in the server at once, through a side connection
-    /// opened with `config` (without TLS) for the user the lock's own connection logs in as.
+    /// opened with `config` for the user the lock's own connection logs in as (in plain text,
+    /// unless [`tls`](AsyncPgLock::tls) gives a connector).
     ///
     /// Without it, a wait goes in slices of at most 400 ms, and statements sent on the client
     /// after a dropped acquire wait behind it for at most one slice. With it, a wait is one
@@ -567,6 +636,39 @@ impl<C: AsyncPgConnection> AsyncPgLock<C> {
     pub fn side_connection(mut self, config: Config) -> Self {
         self.state.waits = Waits::Tagged;
         self.side = Some(config);
+        self
+    }
+
+    /// Opens the connections this lock needs beside its own with `tls`, your TLS connector
+    /// (the one your own connection uses, `tokio-postgres-rustls`' or `postgres-native-tls`'):
+    /// the [`side_connection`](AsyncPgLock::side_connection), and the cancel request that
+    /// ends the wait of an acquire dropped while its connection closes. Without it they go in
+    /// plain text, which a server that takes only TLS refuses, and which shows the session's
+    /// cancel key to the network.
+    ///
+    /// ```no_run
+    /// # async fn run<T>(client: tokio_postgres::Client, tls: T, config: tokio_postgres::Config)
+    /// # where
+    /// #     T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket> + Clone + Send + Sync + 'static,
+    /// #     T::Stream: Send + 'static,
+    /// #     T::TlsConnect: Send,
+    /// #     <T::TlsConnect as tokio_postgres::tls::TlsConnect<tokio_postgres::Socket>>::Future: Send,
+    /// # {
+    /// use dlock_postgres::AsyncPgLock;
+    /// let lock = AsyncPgLock::new(client, "nightly-report")
+    ///     .side_connection(config)
+    ///     .tls(tls);
+    /// # drop(lock);
+    /// # }
+    /// ```
+    pub fn tls<T>(mut self, tls: T) -> Self
+    where
+        T: MakeTlsConnect<Socket> + Clone + Send + Sync + 'static,
+        T::Stream: Send + 'static,
+        T::TlsConnect: Send,
+        <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+    {
+        self.connector = Some(Connector::new(tls));
         self
     }
 
@@ -670,7 +772,10 @@ impl<C: AsyncPgConnection> AsyncPgLock<C> {
                     client: conn.client(),
                     state: &mut self.state,
                     pending: &mut self.pending,
-                    side: self.side.as_ref(),
+                    side: self
+                        .side
+                        .as_ref()
+                        .map(|config| (config, self.connector.as_ref())),
                     op,
                     in_flight: None,
                     sent: false,
@@ -870,10 +975,11 @@ impl<C: AsyncPgConnection> Drop for AsyncPgLock<C> {
         // request can end only the wait a dropped future left running.
         let token = client.cancel_token();
         if busy && (conn.discard() || conn.into_owned().is_some()) {
+            let cancel = self.connector.take().unwrap_or_default().cancel(token);
             match tokio::runtime::Handle::try_current() {
                 Ok(runtime) => {
                     runtime.spawn(async move {
-                        if let Err(error) = token.cancel_query(NoTls).await {
+                        if let Err(error) = cancel.await {
                             tracing::debug!(%error, "could not cancel the wait of a dropped acquire");
                         }
                     });
@@ -1110,6 +1216,8 @@ pub struct AsyncPgXactLock {
     options: XactOptions,
     /// Where a side connection that ends a dropped wait connects to, if the user gave it.
     side: Option<Config>,
+    /// How the side connection connects: plain text unless the user gave a TLS connector.
+    connector: Option<Connector>,
 }
 
 impl AsyncPgXactLock {
@@ -1121,11 +1229,26 @@ impl AsyncPgXactLock {
             mode: Mode::Exclusive,
             options: XactOptions::default(),
             side: None,
+            connector: None,
         }
     }
 
+    /// Opens the side connection with `tls`, your TLS connector, as
+    /// [`AsyncPgLock::tls`] does.
+    pub fn tls<T>(mut self, tls: T) -> Self
+    where
+        T: MakeTlsConnect<Socket> + Clone + Send + Sync + 'static,
+        T::Stream: Send + 'static,
+        T::TlsConnect: Send,
+        <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+    {
+        self.connector = Some(Connector::new(tls));
+        self
+    }
+
     /// Lets a dropped acquire end its wait in the server at once, through a side connection
-    /// opened with `config` (without TLS), as [`AsyncPgLock::side_connection`] does. A wait
+    /// opened with `config` (in plain text unless [`tls`](Self::tls) gives a connector), as
+    /// [`AsyncPgLock::side_connection`] does. A wait
     /// ended so fails the statement, which aborts the transaction unless the wait was inside
     /// a savepoint ([`acquire_timeout`](Self::acquire_timeout) waits in one, and a dropped
     /// one is rolled back to it).
@@ -1155,7 +1278,7 @@ impl AsyncPgXactLock {
         let statement = machine::xact_statement(hold, wait, Some(token), &self.options);
         let mut armed = XactWait {
             client: tx.client(),
-            side: Some((config, token)),
+            side: Some((config, self.connector.as_ref(), token)),
         };
         let reply = send_text(tx, &statement).await;
         armed.side = None;
@@ -1283,13 +1406,13 @@ async fn send_text(tx: &Transaction<'_>, statement: &str) -> Reply {
 /// dropped) ends the wait from the side connection, when there is one.
 struct XactWait<'a> {
     client: &'a Client,
-    side: Option<(&'a Config, u64)>,
+    side: Option<(&'a Config, Option<&'a Connector>, u64)>,
 }
 
 impl Drop for XactWait<'_> {
     fn drop(&mut self) {
-        if let Some((config, token)) = self.side {
-            end_wait(self.client, config, token);
+        if let Some((config, connector, token)) = self.side {
+            end_wait(self.client, config, connector, token);
         }
     }
 }

@@ -291,6 +291,66 @@ mod tokio_flavour {
         lock.release().await.unwrap();
     }
 
+    /// A TLS connector of the user's, as the lock sees it: plain text underneath, counting
+    /// the connections it makes.
+    #[derive(Clone, Default)]
+    struct Counting(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+    impl tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket> for Counting {
+        type Stream = tokio_postgres::tls::NoTlsStream;
+        type TlsConnect = tokio_postgres::NoTls;
+        type Error = std::convert::Infallible;
+
+        fn make_tls_connect(&mut self, _: &str) -> Result<tokio_postgres::NoTls, Self::Error> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(tokio_postgres::NoTls)
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_side_connection_and_the_cancel_go_through_the_users_tls_connector() {
+        let name = "interruption/side-tls";
+        let key = pg_key(name);
+        let observer = connect().await;
+        let mut holder = AsyncPgLock::new(connect().await, name);
+        holder.acquire().await.unwrap();
+        let tls = Counting::default();
+        // A dropped wait on a borrowed client: the side connection ends it.
+        let mut client = connect().await;
+        let mut lock = AsyncPgLock::new(&mut client, name)
+            .side_connection(side())
+            .tls(tls.clone());
+        let dropped = tokio::time::timeout(Duration::from_millis(100), lock.acquire()).await;
+        assert!(dropped.is_err(), "still waiting when dropped");
+        let started = Instant::now();
+        lock.client().simple_query("SELECT 1").await.unwrap();
+        assert!(started.elapsed() < Duration::from_secs(5), "the wait ended");
+        drop(lock);
+        let side_connections = tls.0.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            side_connections >= 1,
+            "the side connection used the connector"
+        );
+        // A dropped wait on an owned client, without a side connection: the client closes,
+        // and a cancel request through the connector ends the wait at once.
+        let mut lock = AsyncPgLock::new(connect().await, name).tls(tls.clone());
+        let waiter = pid(lock.client()).await;
+        let dropped = tokio::time::timeout(Duration::from_millis(100), lock.acquire()).await;
+        assert!(dropped.is_err(), "still waiting when dropped");
+        drop(lock);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tls.0.load(std::sync::atomic::Ordering::SeqCst) == side_connections {
+            assert!(Instant::now() < deadline, "the cancel used the connector");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        holder.release().await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while holders(&observer, key).await.contains(&waiter) {
+            assert!(Instant::now() < deadline, "nothing left held");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_dropped_transaction_lock_wait_ends_and_the_transaction_answers() {
         // Failure 4: a dropped AsyncPgXactLock acquire used to leave its wait running, and the
