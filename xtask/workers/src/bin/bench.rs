@@ -15,9 +15,9 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
 use dlock_pool::dlock_mysql::install_fencing as my_install_fencing;
-use dlock_pool::dlock_mysql::{AsyncMySqlLock, MySqlLock};
+use dlock_pool::dlock_mysql::{AsyncMySqlLock, AsyncMySqlSession, MySqlLock, MySqlSession};
 use dlock_pool::dlock_postgres::install_fencing as pg_install_fencing;
-use dlock_pool::dlock_postgres::{AsyncPgLock, PgLock, PgXactLock};
+use dlock_pool::dlock_postgres::{AsyncPgLock, AsyncPgSession, PgLock, PgSession, PgXactLock};
 use dlock_pool::{
     AsyncLock, AsyncLockGuard, AsyncLockPool, AsyncMySqlManager, Lock, LockGuard, LockPool,
 };
@@ -404,6 +404,57 @@ fn throughput(scale: Scale) -> Result<Vec<Throughput>> {
     )?);
     drop(conn);
 
+    // Locks made per use on a session (`session.lock(key)`): they take the session's passed
+    // check and its prepared statements. The same floor, the two statements as text.
+    let mut client = pg()?;
+    results.push(compare(
+        scale,
+        "PgLock, made per use on a PgSession",
+        "postgres, text",
+        |side, n| {
+            if side == Side::Dlock {
+                let mut session = PgSession::new(&mut client);
+                rate(n, || {
+                    let mut lock = session.lock(PG_KEY);
+                    lock.acquire()?;
+                    lock.release()?;
+                    Ok(())
+                })
+            } else {
+                rate(n, || {
+                    client.simple_query(&pg_lock_sql)?;
+                    client.simple_query(&pg_unlock_sql)?;
+                    Ok(())
+                })
+            }
+        },
+    )?);
+    drop(client);
+    let mut conn = my()?;
+    results.push(compare(
+        scale,
+        "MySqlLock, made per use on a MySqlSession",
+        "mysql, text",
+        |side, n| {
+            if side == Side::Dlock {
+                let mut session = MySqlSession::new(&mut conn);
+                rate(n, || {
+                    let mut lock = session.lock(MY_NAME);
+                    lock.acquire()?;
+                    lock.release()?;
+                    Ok(())
+                })
+            } else {
+                rate(n, || {
+                    let _: Option<Option<i64>> = conn.query_first(&get)?;
+                    let _: Option<Option<i64>> = conn.query_first(&release)?;
+                    Ok(())
+                })
+            }
+        },
+    )?);
+    drop(conn);
+
     // A transaction lock refuses a hot standby in its own query: the floor sends the same
     // lock statement without that guard, in the same transaction frame.
     let mut client = pg()?;
@@ -624,6 +675,60 @@ fn throughput(scale: Scale) -> Result<Vec<Throughput>> {
             .await?,
         );
         drop(client);
+        let mut client = pg_async().await?;
+        results.push(
+            compare_async(
+                scale,
+                "AsyncPgLock, made per use on an AsyncPgSession",
+                "tokio-postgres, text",
+                async |side, n| {
+                    let started = Instant::now();
+                    if side == Side::Dlock {
+                        let mut session = AsyncPgSession::new(&mut client);
+                        for _ in 0..n {
+                            let mut lock = session.lock(PG_KEY);
+                            lock.acquire().await?;
+                            lock.release().await?;
+                        }
+                    } else {
+                        for _ in 0..n {
+                            client.simple_query(&pg_lock_sql).await?;
+                            client.simple_query(&pg_unlock_sql).await?;
+                        }
+                    }
+                    Ok(per_second(n, started))
+                },
+            )
+            .await?,
+        );
+        drop(client);
+        let mut conn = my_async().await?;
+        results.push(
+            compare_async(
+                scale,
+                "AsyncMySqlLock, made per use on an AsyncMySqlSession",
+                "mysql_async, text",
+                async |side, n| {
+                    let started = Instant::now();
+                    if side == Side::Dlock {
+                        let mut session = AsyncMySqlSession::new(&mut conn);
+                        for _ in 0..n {
+                            let mut lock = session.lock(MY_NAME);
+                            lock.acquire().await?;
+                            lock.release().await?;
+                        }
+                    } else {
+                        for _ in 0..n {
+                            let _: Option<Option<i64>> = conn.query_first(&get).await?;
+                            let _: Option<Option<i64>> = conn.query_first(&release).await?;
+                        }
+                    }
+                    Ok(per_second(n, started))
+                },
+            )
+            .await?,
+        );
+        drop(conn);
         let mut conn = my_async().await?;
         results.push(
             compare_async(
