@@ -288,8 +288,10 @@ impl LockState {
         if facts.checked {
             self.check_deployment = false;
         }
-        if let Some(statements) = facts.statements.take() {
-            self.with_session_state(statements);
+        if let Some(kept) = facts.statements.take() {
+            if kept.fence == self.fence {
+                self.statements = kept.statements;
+            }
         }
     }
 
@@ -302,7 +304,10 @@ impl LockState {
             facts.owed.extend(self.held.take());
             self.token = None;
         }
-        facts.statements = self.take_session_state();
+        facts.statements = Some(SessionStatements {
+            fence: self.fence.clone(),
+            statements: std::mem::take(&mut self.statements),
+        });
     }
 
     /// The fencing token of the lock held now, when this object is fenced.
@@ -423,7 +428,7 @@ pub struct SessionFacts {
     owed: Vec<Hold>,
     /// Whether a deployment check passed on the session's connection.
     checked: bool,
-    statements: Option<dlock_core::SessionState>,
+    statements: Option<SessionStatements>,
 }
 
 impl SessionFacts {
