@@ -304,10 +304,14 @@ impl LockState {
             facts.owed.extend(self.held.take());
             self.token = None;
         }
-        facts.statements = Some(SessionStatements {
-            fence: self.fence.clone(),
-            statements: std::mem::take(&mut self.statements),
-        });
+        // The session's statements are this object's only while it has taken them over: a
+        // second hand-back (a drop after the operation's own) must not replace them.
+        if facts.statements.is_none() {
+            facts.statements = Some(SessionStatements {
+                fence: self.fence.clone(),
+                statements: std::mem::take(&mut self.statements),
+            });
+        }
     }
 
     /// The fencing token of the lock held now, when this object is fenced.
@@ -1916,6 +1920,34 @@ mod tests {
         again.hand_back(&mut facts, false);
         assert!(facts.owes());
         assert_eq!(again.held(), Some(HOLD), "the release did not run");
+    }
+
+    #[test]
+    fn a_lock_hands_the_sessions_statements_back_once() {
+        // After its operation a lock hands back what it took over; its drop hands back again,
+        // and must not replace the session's statements with its own, now empty, set.
+        let mut facts = SessionFacts::default();
+        let mut first = state();
+        first
+            .statements
+            .note_acquire(Kind::TryLock, Shape::of(HOLD));
+        first.hand_back(&mut facts, false);
+        let mut later = state();
+        later.adopt(&mut facts);
+        later
+            .statements
+            .note_acquire(Kind::TryLock, Shape::of(HOLD));
+        later.hand_back(&mut facts, false);
+        later.hand_back(&mut facts, false);
+        let mut third = state();
+        third.adopt(&mut facts);
+        assert_eq!(
+            third
+                .statements
+                .note_acquire(Kind::TryLock, Shape::of(HOLD)),
+            vec![Kind::TryLock, Kind::Unlock],
+            "the third acquire on the session counts the two before it"
+        );
     }
 
     #[test]
