@@ -881,7 +881,9 @@ pub async fn still_held_async(conn: &mut Conn, locks: &[(SessionId, String)]) ->
     Ok(held)
 }
 
-/// Creates the table of fencing tokens, the default one (`dlock.dlock_fence`, and its database), if it does not exist: the async form
+/// Creates the table of fencing tokens, the default one (`dlock.dlock_fence`, and its
+/// database; on MariaDB also its clock, the sequence `dlock.dlock_fence_clock`), if it does
+/// not exist: the async form
 /// of the blocking `install_fencing`. Idempotent.
 ///
 /// # Errors
@@ -899,8 +901,8 @@ pub async fn install_fencing_async(conn: &mut Conn) -> Result<()> {
     install_fencing_in_async(conn, crate::sql::DEFAULT_FENCE_TABLE).await
 }
 
-/// Creates the table of fencing tokens `table` (`name` or `database.name`) if it does not
-/// exist, for locks made `fenced_in` it.
+/// Creates the table of fencing tokens `table` (`name` or `database.name`), and on MariaDB
+/// its clock (the sequence `<table>_clock`), if it does not exist, for locks made `fenced_in` it.
 ///
 /// # Errors
 ///
@@ -912,9 +914,12 @@ pub async fn install_fencing_async(conn: &mut Conn) -> Result<()> {
 /// As [`install_fencing_async`].
 pub async fn install_fencing_in_async(conn: &mut Conn, table: &str) -> Result<()> {
     let table = sql::fence_table(table)?;
-    conn.query_drop(sql::install_fencing(&table))
-        .await
-        .map_err(|error| classify(error).error)
+    conn.query_drop(sql::install_fencing(
+        sql::Server::from_version(conn.server_version()),
+        &table,
+    ))
+    .await
+    .map_err(|error| classify(error).error)
 }
 
 /// Checks that a lock over `conn` excludes: that the server is no MariaDB Galera node, no

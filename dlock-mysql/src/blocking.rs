@@ -430,7 +430,9 @@ pub fn still_held(conn: &mut Conn, locks: &[(SessionId, String)]) -> Result<Vec<
     Ok(held)
 }
 
-/// Creates the table of fencing tokens, the default one (`dlock.dlock_fence`, and its database), if it does not exist: what
+/// Creates the table of fencing tokens, the default one (`dlock.dlock_fence`, and its
+/// database; on MariaDB also its clock, the sequence `dlock.dlock_fence_clock`), if it does
+/// not exist: what
 /// [`fenced`](MySqlLock::fenced) locks need. Idempotent; run it once per database. The table
 /// has one row per lock name, never deleted.
 ///
@@ -443,8 +445,8 @@ pub fn install_fencing(conn: &mut Conn) -> Result<()> {
     install_fencing_in(conn, crate::sql::DEFAULT_FENCE_TABLE)
 }
 
-/// Creates the table of fencing tokens `table` (`name` or `database.name`) if it does not
-/// exist, for locks made [`fenced_in`](MySqlLock::fenced_in) it.
+/// Creates the table of fencing tokens `table` (`name` or `database.name`), and on MariaDB
+/// its clock (the sequence `<table>_clock`), if it does not exist, for locks made [`fenced_in`](MySqlLock::fenced_in) it.
 ///
 /// # Errors
 ///
@@ -452,8 +454,11 @@ pub fn install_fencing(conn: &mut Conn) -> Result<()> {
 /// what the server reports.
 pub fn install_fencing_in(conn: &mut Conn, table: &str) -> Result<()> {
     let table = sql::fence_table(table)?;
-    conn.query_drop(sql::install_fencing(&table))
-        .map_err(|error| classify(error).error)
+    conn.query_drop(sql::install_fencing(
+        sql::Server::from_version(conn.server_version()),
+        &table,
+    ))
+    .map_err(|error| classify(error).error)
 }
 
 /// Checks that a lock over `conn` excludes: that the server is no MariaDB Galera node, no

@@ -453,7 +453,7 @@ impl Acquire {
     fn fence_or_hold(&mut self, state: &mut LockState) -> Step<bool> {
         if let Some(table) = &state.fence {
             self.phase = AcquirePhase::Fencing;
-            return Step::Send(sql::fence(table, &self.name));
+            return Step::Send(sql::fence(self.server, table, &self.name));
         }
         self.hold(state)
     }

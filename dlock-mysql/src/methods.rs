@@ -37,9 +37,12 @@ macro_rules! lock_methods {
         /// nothing.
         ///
         /// The token commits with its statement when the session autocommits (the default);
-        /// inside a transaction of yours it commits with that transaction, and a rollback
-        /// would let the next holder get the same token: take fenced locks outside
-        /// transactions. A token survives a crash only as far as the server's commits do:
+        /// inside a transaction of yours it commits with that transaction. On MariaDB (10.3
+        /// or later) it is also drawn from the table's clock, a sequence that no rollback
+        /// takes back, so a token handed out in a transaction that rolls back is used up and
+        /// the next holder's is higher (tokens increase, not by one). MySQL has no sequences:
+        /// there a rollback would let the next holder get the same token, so take fenced
+        /// locks outside transactions. A token survives a crash only as far as the server's commits do:
         /// with `innodb_flush_log_at_trx_commit` at 0 or 2 (global only; no session can
         /// raise it), a crash can take back the last second of tokens. Keep it at 1.
         pub fn fenced(mut self) -> Self {

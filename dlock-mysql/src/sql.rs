@@ -584,21 +584,50 @@ pub(crate) fn install_fence_database() -> String {
 }
 
 /// The statement that creates the fence table if it is missing: one counter row per lock
-/// name (compared byte for byte), never deleted.
-pub(crate) fn install_fencing(table: &str) -> String {
-    format!(
+/// name (compared byte for byte), never deleted; on MariaDB also its clock ([`fence_clock`]).
+pub(crate) fn install_fencing(server: Server, table: &str) -> String {
+    let create = format!(
         "CREATE TABLE IF NOT EXISTS {table} (lock_name VARBINARY(255) NOT NULL PRIMARY KEY, \
          token BIGINT UNSIGNED NOT NULL) ENGINE = InnoDB"
-    )
+    );
+    match server {
+        Server::MariaDb => format!(
+            "{create}; CREATE SEQUENCE IF NOT EXISTS {}",
+            fence_clock(table)
+        ),
+        Server::MySql => create,
+    }
+}
+
+/// The fence table's clock on MariaDB (the table's name with `_clock`, as SQL): a sequence
+/// each token is drawn from besides its name's row. `NEXTVAL` is never rolled back, so a token
+/// handed out inside a transaction of the user's that then rolls back (the row's bump undone
+/// with it) is still used up. MySQL has no sequences: there the row alone counts.
+fn fence_clock(table: &str) -> String {
+    let quoted = table.strip_suffix('`').unwrap_or(table);
+    format!("{quoted}_clock`")
 }
 
 /// The statement that bumps a name's token after its `GET_LOCK` succeeded, on the same
 /// session. `LAST_INSERT_ID(expr)` puts the token in the OK packet, so no SELECT follows: the
-/// flavours read it as the reply ([`is_fence`]).
-pub(crate) fn fence(table: &str, name: &str) -> String {
+/// flavours read it as the reply ([`is_fence`]). On MariaDB the token is also no lower than
+/// the clock's next tick (`VALUES(token)`, drawn once per statement).
+pub(crate) fn fence(server: Server, table: &str, name: &str) -> String {
     let mut sql = format!("INSERT INTO {table} (lock_name, token) VALUES (");
     push_name(&mut sql, name);
-    sql.push_str(", LAST_INSERT_ID(1)) ON DUPLICATE KEY UPDATE token = LAST_INSERT_ID(token + 1)");
+    match server {
+        Server::MariaDb => {
+            let _ = write!(
+                sql,
+                ", LAST_INSERT_ID(NEXTVAL({}))) ON DUPLICATE KEY UPDATE \
+                 token = LAST_INSERT_ID(GREATEST(token + 1, VALUES(token)))",
+                fence_clock(table)
+            );
+        }
+        Server::MySql => sql.push_str(
+            ", LAST_INSERT_ID(1)) ON DUPLICATE KEY UPDATE token = LAST_INSERT_ID(token + 1)",
+        ),
+    }
     sql
 }
 

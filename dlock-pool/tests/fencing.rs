@@ -174,7 +174,7 @@ async fn with_lock_gives_the_work_its_guard_and_token_in_both_pools() {
         .await
         .unwrap()
         .expect("nobody else holds it");
-    assert_eq!(second, Some(first + 1));
+    assert!(second.unwrap() > first, "{second:?} after {first}");
 }
 
 /// A pool installs its own fence table through one of its connections: the named one, on

@@ -541,9 +541,11 @@ fn throughput(scale: Scale) -> Result<Vec<Throughput>> {
     my_install_fencing(&mut my()?)?;
     let my_fenced_name = "dlock-bench/fenced";
     let my_fenced_get = format!("SELECT GET_LOCK('{my_fenced_name}', -1)");
+    // MariaDB draws the token from the fence clock too, as dlock does there.
     let my_fenced_bump = format!(
         "INSERT INTO dlock.dlock_fence (lock_name, token) VALUES ('{my_fenced_name}', \
-         LAST_INSERT_ID(1)) ON DUPLICATE KEY UPDATE token = LAST_INSERT_ID(token + 1)"
+         LAST_INSERT_ID(NEXTVAL(dlock.dlock_fence_clock))) ON DUPLICATE KEY UPDATE \
+         token = LAST_INSERT_ID(GREATEST(token + 1, VALUES(token)))"
     );
     let my_fenced_release = format!("SELECT RELEASE_LOCK('{my_fenced_name}')");
     let mut conn = my()?;
