@@ -262,8 +262,17 @@ impl<C: AsyncPgConnection> Drop for AsyncPgSession<C> {
                 drop(send_now(client, &sql::unlock(hold)));
             }
         }
-        for hold in owed {
-            drop(send_now(client, &sql::cleanup(*hold)));
+        // A cleanup already in flight runs once; sending it again could take another hold.
+        let mut unsent: Vec<Hold> = owed.to_vec();
+        for pending in &self.facts.pending {
+            if let Settles::Cleanup(hold) = pending.settles {
+                if let Some(at) = unsent.iter().position(|owed| *owed == hold) {
+                    unsent.remove(at);
+                }
+            }
+        }
+        for hold in unsent {
+            drop(send_now(client, &sql::cleanup(hold)));
         }
         // A pooled connection is closed rather than trusted; an owned client closes as it
         // drops, after what it queued, which ends the session and frees every lock.
