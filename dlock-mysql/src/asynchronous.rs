@@ -388,8 +388,9 @@ impl<C: AsyncMySqlConnection> fmt::Debug for AsyncMySqlSession<C> {
 ///   unusable afterwards ([`Error::ConnectionUnusable`]), and a spawned task ends the session
 ///   from a fresh connection (`KILL`) once it has proven that the session is still the one the
 ///   lock used: still running the statement tagged with the attempt's token (the process list
-///   shows it), or holding the unique holder lock every grant of this type takes beside its
-///   name. A connection id alone proves nothing: ids start again when the server restarts.
+///   shows it), or holding the unique holder lock a grant takes beside its name (every grant,
+///   except on a connection of its own that its pool closes in doubt, such as dlock-pool's,
+///   where closing the connection ends the session). A connection id alone proves nothing: ids start again when the server restarts.
 ///   A session with neither took nothing from the attempt, and its connection is closed by
 ///   its owner: when the lock drops if it owns it, by its pool if pooled, by you if borrowed
 ///   (the error says so). Use [`acquire_timeout`](AsyncLock::acquire_timeout) for a bounded
@@ -511,9 +512,14 @@ impl<C: AsyncMySqlConnection> AsyncMySqlLock<C> {
     /// A lock on `key` over `conn`, unlocked, under the default key policy (the key's text is
     /// the lock name, as in sqlalchemy-dlock).
     pub fn new(conn: C, key: impl Into<Key>) -> Self {
+        let mut conn = conn;
+        // A holder lock proves a grant's session to a KILL from elsewhere, and keeps a payment
+        // of what a shared session owes exact. A connection of its own that its pool closes
+        // when in doubt needs neither: closing it ends the session and frees its locks.
+        let proves_holds = !conn.is_discardable() || conn.kept_session_facts().is_some();
         AsyncMySqlLock {
             conn: Some(AsyncMySqlSession::new(conn)),
-            state: LockState::new(key.into(), true),
+            state: LockState::new(key.into(), proves_holds),
         }
     }
 
