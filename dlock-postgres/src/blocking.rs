@@ -66,7 +66,8 @@ impl<T: PgConnection + ?Sized> PgConnection for &mut T {
 ///   session, which releases it before its next statement through dlock, after your
 ///   `ROLLBACK`: exactly that hold, never another of the same key. On a bare client nothing
 ///   outlives the lock object, and such a hold stays until the session ends.
-/// - **Prepared statements**, shared by the locks made on it one after another.
+/// - **Prepared statements and the deployment check's verdict**, shared by the locks made on
+///   it one after another: a lock made per use on a session sends what a reused lock sends.
 ///
 /// Dropping the session releases what it holds and pays what it owes (failures are logged
 /// with `tracing`); [`into_inner`](PgSession::into_inner) does the same and says how it went.
