@@ -166,6 +166,13 @@ pub enum Error {
         reason: String,
     },
 
+    /// A database URL that names no backend dlock was built with, or that cannot be read.
+    #[error("invalid database URL: {reason}")]
+    InvalidUrl {
+        /// What is wrong with the URL and what to do about it.
+        reason: String,
+    },
+
     /// The backend does not support what was asked (for example a shared lock on MySQL).
     #[error("{operation} is not supported by {backend}: {hint}")]
     Unsupported {

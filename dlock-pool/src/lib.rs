@@ -45,6 +45,14 @@ cfg_if::cfg_if! {
     }
 }
 
+cfg_if::cfg_if! {
+    if #[cfg(feature = "url")] {
+        mod url;
+        #[cfg_attr(docsrs, doc(cfg(feature = "url")))]
+        pub use url::{AsyncAnyConnection, AsyncAnyLockGuard, AsyncAnyLockPool};
+    }
+}
+
 pub use dlock_core::*;
 
 /// The PostgreSQL backend (feature `postgres`), with the drivers it was built with

@@ -1,0 +1,173 @@
+//! `AsyncAnyLockPool`: one URL picks the backend, and its guards have one type, against real
+//! PostgreSQL and MariaDB servers.
+
+use std::time::Duration;
+
+use dlock_pool::dlock_mysql::{AsyncMySqlLock, MySqlLock};
+use dlock_pool::dlock_postgres::{AsyncPgLock, PgLock};
+use dlock_pool::{AsyncAnyConnection, AsyncAnyLockGuard, AsyncAnyLockPool, AsyncLock, Error, Lock};
+use dlock_testkit::{mysql, postgres};
+
+/// The pool a URL names, and a bare lock on the same server holding `key`, for exclusion.
+async fn exclusion_through(url: &str, backend: &str, key: &str) {
+    let pool = AsyncAnyLockPool::connect(url).await.unwrap();
+    assert_eq!(pool.backend(), backend);
+    let mut guard = pool.acquire(key).await.unwrap();
+    assert_eq!(AsyncAnyLockGuard::key(&guard).to_string(), key);
+    assert!(AsyncAnyLockGuard::verify(&mut guard).await.unwrap());
+    assert!(!AsyncAnyLockGuard::is_lost(&guard));
+    // The connection, for work under the lock.
+    match AsyncAnyLockGuard::connection(&mut guard) {
+        AsyncAnyConnection::Postgres(client) => {
+            client.simple_query("SELECT 1").await.unwrap();
+        }
+        AsyncAnyConnection::MySql(conn) => {
+            use dlock_pool::dlock_mysql::mysql_async::prelude::Queryable;
+            conn.query_drop("SELECT 1").await.unwrap();
+        }
+    }
+    // Another pool of the same URL, and a bare lock of the backend, are excluded.
+    let other = AsyncAnyLockPool::connect(url).await.unwrap();
+    assert!(other.try_acquire(key).await.unwrap().is_none());
+    assert!(
+        other
+            .acquire_timeout(key, Duration::from_millis(100))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let excluded = match backend {
+        "postgres" => {
+            let (client, connection) =
+                tokio_postgres::connect(&postgres::pg_url(), tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+            tokio::spawn(connection);
+            !AsyncPgLock::new(client, key).try_acquire().await.unwrap()
+        }
+        _ => !AsyncMySqlLock::new(mysql::connect_async().await, key)
+            .try_acquire()
+            .await
+            .unwrap(),
+    };
+    assert!(excluded, "a bare lock of the same key is excluded");
+    AsyncAnyLockGuard::release(guard).await.unwrap();
+    let guard = other.try_acquire(key).await.unwrap().expect("free again");
+    AsyncAnyLockGuard::release(guard).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_url_locks_on_postgres() {
+    exclusion_through(&postgres::pg_url(), "postgres", "url/pg").await;
+    // postgresql:// too.
+    let url = postgres::pg_url().replacen("postgres://", "postgresql://", 1);
+    exclusion_through(&url, "postgres", "url/pg-long").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mysql_or_mariadb_url_locks_on_mysql() {
+    exclusion_through(&mysql::mysql_url(), "mysql", "url/my").await;
+    let url = mysql::mysql_url().replacen("mysql://", "mariadb://", 1);
+    exclusion_through(&url, "mysql", "url/mariadb").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_lock_and_fencing_work_through_a_url_on_both_backends() {
+    for url in [postgres::pg_url(), mysql::mysql_url()] {
+        let pool = AsyncAnyLockPool::connect(&url).await.unwrap().fenced();
+        pool.install_fencing().await.unwrap();
+        let first = pool
+            .with_lock("url/fenced", async |guard| {
+                Ok::<_, Error>(AsyncAnyLockGuard::fencing_token(guard))
+            })
+            .await
+            .unwrap()
+            .expect("a fenced pool's guard has a token");
+        let second = pool
+            .try_with_lock("url/fenced", async |guard| {
+                Ok::<_, Error>(AsyncAnyLockGuard::fencing_token(guard))
+            })
+            .await
+            .unwrap()
+            .flatten()
+            .expect("free, and fenced");
+        assert!(second > first, "{url}: {second} after {first}");
+        // The work's own error comes back in one level, and the lock is released.
+        let failed: Result<(), WorkFailed> = pool
+            .with_lock("url/fenced", async |_| Err(WorkFailed::Work))
+            .await;
+        assert!(matches!(failed, Err(WorkFailed::Work)), "{url}: {failed:?}");
+        let guard = pool.try_acquire("url/fenced").await.unwrap();
+        assert!(guard.is_some(), "{url}: released after the work failed");
+    }
+}
+
+/// A service's own error type, which dlock's errors convert into.
+#[derive(Debug)]
+enum WorkFailed {
+    Work,
+    #[allow(dead_code)]
+    Lock(Error),
+}
+
+impl From<Error> for WorkFailed {
+    fn from(error: Error) -> Self {
+        WorkFailed::Lock(error)
+    }
+}
+
+#[tokio::test]
+async fn a_url_dlock_cannot_use_is_a_clear_error() {
+    for (url, says) in [
+        ("localhost/db", "no scheme"),
+        ("redis://localhost/0", "redis://"),
+        (
+            "sqlite://file.db",
+            "postgres://, postgresql://, mysql:// or mariadb://",
+        ),
+        (
+            "postgres://user@host:notaport/db",
+            "tokio-postgres cannot read",
+        ),
+        ("mysql://user@host:notaport/db", "mysql_async cannot read"),
+    ] {
+        let error = AsyncAnyLockPool::connect(url).await.unwrap_err();
+        assert!(
+            matches!(error, Error::InvalidUrl { .. }),
+            "{url}: {error:?}"
+        );
+        let message = error.to_string();
+        assert!(message.contains(says), "{url}: {message}");
+    }
+}
+
+/// Blocking locks of the same keys still exclude the URL pool's (one key space per server).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocking_locks_exclude_the_url_pools_locks() {
+    let pool = AsyncAnyLockPool::connect(&postgres::pg_url())
+        .await
+        .unwrap();
+    let guard = pool.acquire("url/blocking").await.unwrap();
+    let excluded = tokio::task::spawn_blocking(|| {
+        !PgLock::new(postgres::connect(), "url/blocking")
+            .try_acquire()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(excluded);
+    AsyncAnyLockGuard::release(guard).await.unwrap();
+    let pool = AsyncAnyLockPool::connect(&mysql::mysql_url())
+        .await
+        .unwrap();
+    let guard = pool.acquire("url/blocking").await.unwrap();
+    let excluded = tokio::task::spawn_blocking(|| {
+        !MySqlLock::new(mysql::connect(), "url/blocking")
+            .try_acquire()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(excluded);
+    AsyncAnyLockGuard::release(guard).await.unwrap();
+}
