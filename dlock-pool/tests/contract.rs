@@ -281,3 +281,117 @@ fn bb8_mysql() -> Bb8<AsyncMySqlManager, My> {
 
 dlock_testkit::async_contract!(async_lock_pool_postgres, bb8_postgres());
 dlock_testkit::async_contract!(async_lock_pool_mysql, bb8_mysql());
+
+/// The URL entry point: a lock object over an `AsyncAnyLockPool`, the guard of its acquire.
+#[cfg(feature = "url")]
+mod url {
+    use super::*;
+    use dlock_pool::{AsyncAnyLockGuard, AsyncAnyLockPool};
+
+    pub(super) struct UrlLock {
+        pool: Arc<AsyncAnyLockPool>,
+        key: Key,
+        guard: Option<AsyncAnyLockGuard>,
+    }
+
+    impl UrlLock {
+        fn unheld(&self) -> Result<()> {
+            match self.guard {
+                Some(_) => Err(Error::AlreadyAcquired),
+                None => Ok(()),
+            }
+        }
+    }
+
+    impl AsyncLock for UrlLock {
+        fn key(&self) -> &Key {
+            &self.key
+        }
+
+        async fn acquire(&mut self) -> Result<()> {
+            self.unheld()?;
+            self.guard = Some(self.pool.acquire(self.key.clone()).await?);
+            Ok(())
+        }
+
+        async fn try_acquire(&mut self) -> Result<bool> {
+            self.unheld()?;
+            self.guard = self.pool.try_acquire(self.key.clone()).await?;
+            Ok(self.guard.is_some())
+        }
+
+        async fn acquire_timeout(&mut self, timeout: Duration) -> Result<bool> {
+            self.unheld()?;
+            self.guard = self.pool.acquire_timeout(self.key.clone(), timeout).await?;
+            Ok(self.guard.is_some())
+        }
+
+        async fn release(&mut self) -> Result<()> {
+            AsyncAnyLockGuard::release(self.guard.take().ok_or(Error::NotAcquired)?).await
+        }
+
+        fn is_acquired(&self) -> bool {
+            self.guard.is_some()
+        }
+
+        async fn verify(&mut self) -> Result<bool> {
+            match self.guard.as_mut() {
+                Some(guard) => AsyncAnyLockGuard::verify(guard).await,
+                None => Ok(false),
+            }
+        }
+    }
+
+    /// The flavour of one URL pool, opened by the clause's first lock object.
+    pub(super) struct Url<B> {
+        url: String,
+        pool: Option<Arc<AsyncAnyLockPool>>,
+        backend: PhantomData<B>,
+    }
+
+    impl<B> Url<B> {
+        pub(super) fn new(url: String) -> Self {
+            Url {
+                url,
+                pool: None,
+                backend: PhantomData,
+            }
+        }
+    }
+
+    impl<B: Backend> AsyncFlavour for Url<B> {
+        type Lock = UrlLock;
+        const SERVER: Server = B::SERVER;
+
+        async fn lock(&mut self, key: &str) -> Self::Lock {
+            if self.pool.is_none() {
+                let pool = AsyncAnyLockPool::connect(&self.url).await.unwrap();
+                self.pool = Some(Arc::new(pool));
+            }
+            UrlLock {
+                pool: Arc::clone(self.pool.as_ref().unwrap()),
+                key: key.into(),
+                guard: None,
+            }
+        }
+
+        async fn reentrant(&mut self, _: &mut Self::Lock, _: &str) -> bool {
+            false
+        }
+    }
+}
+
+#[cfg(feature = "url")]
+fn url_postgres() -> url::Url<Pg> {
+    url::Url::new(common::pg_url())
+}
+
+#[cfg(feature = "url")]
+fn url_mysql() -> url::Url<My> {
+    url::Url::new(common::mysql_url().replacen("mysql://", "mariadb://", 1))
+}
+
+#[cfg(feature = "url")]
+dlock_testkit::async_contract!(async_any_lock_pool_postgres, url_postgres());
+#[cfg(feature = "url")]
+dlock_testkit::async_contract!(async_any_lock_pool_mysql, url_mysql());
