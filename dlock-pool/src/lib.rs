@@ -49,7 +49,10 @@ cfg_if::cfg_if! {
     if #[cfg(feature = "url")] {
         mod url;
         #[cfg_attr(docsrs, doc(cfg(feature = "url")))]
-        pub use url::{AsyncAnyConnection, AsyncAnyLockGuard, AsyncAnyLockPool};
+        pub use url::{
+            AnyConnection, AnyLockGuard, AnyLockPool, AsyncAnyConnection, AsyncAnyLockGuard,
+            AsyncAnyLockPool,
+        };
     }
 }
 

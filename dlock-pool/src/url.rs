@@ -1,5 +1,6 @@
-//! One URL, any backend: `AsyncAnyLockPool` picks PostgreSQL or MySQL/MariaDB by the URL's
-//! scheme and hands out guards of one type, forwarding to the backend's `AsyncLockPool`.
+//! One URL, any backend: `AsyncAnyLockPool` (and `AnyLockPool`, blocking) picks PostgreSQL or
+//! MySQL/MariaDB by the URL's scheme and hands out guards of one type, forwarding to the
+//! backend's `AsyncLockPool` (`LockPool`).
 
 use std::fmt;
 use std::time::Duration;
@@ -7,7 +8,7 @@ use std::time::Duration;
 use dlock_core::{Error, Key, KeyPolicy, LostReason, Result};
 use dlock_postgres::tokio_postgres::{self, NoTls};
 
-use crate::{AsyncLockGuard, AsyncLockPool, AsyncMySqlManager};
+use crate::{AsyncLockGuard, AsyncLockPool, AsyncMySqlManager, LockGuard, LockPool};
 
 /// The PostgreSQL manager a URL builds: bb8-postgres, without TLS.
 type PgManager = bb8_postgres::PostgresConnectionManager<NoTls>;
@@ -48,6 +49,41 @@ enum Pools {
     MySql(AsyncLockPool<AsyncMySqlManager>),
 }
 
+/// What a URL names: a PostgreSQL configuration, or a MySQL URL the drivers read.
+enum Parsed {
+    Postgres(Box<tokio_postgres::Config>),
+    MySql(String),
+}
+
+/// An [`Error::InvalidUrl`] with `reason`.
+fn invalid(reason: String) -> Error {
+    Error::InvalidUrl { reason }
+}
+
+/// Reads the backend a URL names by its scheme.
+fn parse(url: &str) -> Result<Parsed> {
+    let (scheme, rest) = url.split_once("://").ok_or_else(|| {
+        invalid(format!(
+            "it has no scheme; start it with {SCHEMES} (for example postgres://user@host/db)"
+        ))
+    })?;
+    match scheme {
+        "postgres" | "postgresql" => url
+            .parse()
+            .map(|config| Parsed::Postgres(Box::new(config)))
+            .map_err(|error| {
+                invalid(format!(
+                    "a PostgreSQL URL tokio-postgres cannot read: {error}"
+                ))
+            }),
+        // The drivers read mysql:// only; MariaDB speaks the same protocol.
+        "mysql" | "mariadb" => Ok(Parsed::MySql(format!("mysql://{rest}"))),
+        other => Err(invalid(format!(
+            "the scheme {other}:// names no backend dlock takes; use {SCHEMES}"
+        ))),
+    }
+}
+
 /// Forwards a pool method to the backend's pool, and wraps what it gives back.
 macro_rules! forward {
     ($self:expr, $pool:ident => $call:expr) => {
@@ -67,39 +103,22 @@ impl AsyncAnyLockPool {
     /// driver cannot read (the reason says which); [`Error::Pool`] when the pool cannot open
     /// its first connections.
     pub async fn connect(url: &str) -> Result<Self> {
-        let invalid = |reason: String| Error::InvalidUrl { reason };
-        let (scheme, rest) = url.split_once("://").ok_or_else(|| {
-            invalid(format!(
-                "it has no scheme; start it with {SCHEMES} (for example \
-                 postgres://user@host/db)"
-            ))
-        })?;
-        match scheme {
-            "postgres" | "postgresql" => {
-                let config: tokio_postgres::Config = url.parse().map_err(|error| {
-                    invalid(format!(
-                        "a PostgreSQL URL tokio-postgres cannot read: {error}"
-                    ))
-                })?;
-                let pool = AsyncLockPool::new(PgManager::new(config, NoTls)).await?;
+        match parse(url)? {
+            Parsed::Postgres(config) => {
+                let pool = AsyncLockPool::new(PgManager::new(*config, NoTls)).await?;
                 Ok(AsyncAnyLockPool(Pools::Postgres(pool)))
             }
-            "mysql" | "mariadb" => {
-                // The driver reads mysql:// only; MariaDB speaks the same protocol.
-                let manager =
-                    AsyncMySqlManager::from_url(&format!("mysql://{rest}")).map_err(|error| {
-                        invalid(format!(
-                            "a MySQL URL mysql_async cannot read: {}",
-                            std::error::Error::source(&error)
-                                .map_or_else(|| error.to_string(), ToString::to_string)
-                        ))
-                    })?;
+            Parsed::MySql(url) => {
+                let manager = AsyncMySqlManager::from_url(&url).map_err(|error| {
+                    invalid(format!(
+                        "a MySQL URL mysql_async cannot read: {}",
+                        std::error::Error::source(&error)
+                            .map_or_else(|| error.to_string(), ToString::to_string)
+                    ))
+                })?;
                 let pool = AsyncLockPool::new(manager).await?;
                 Ok(AsyncAnyLockPool(Pools::MySql(pool)))
             }
-            other => Err(invalid(format!(
-                "the scheme {other}:// names no backend dlock takes; use {SCHEMES}"
-            ))),
         }
     }
 
@@ -467,6 +486,319 @@ impl fmt::Debug for AsyncAnyLockGuard {
         match &self.0 {
             Guards::Postgres(guard) => f.debug_tuple("Postgres").field(guard).finish(),
             Guards::MySql(guard) => f.debug_tuple("MySql").field(guard).finish(),
+        }
+    }
+}
+
+/// The blocking PostgreSQL manager a URL builds: r2d2-postgres, without TLS.
+type BlockingPgManager = r2d2_postgres::PostgresConnectionManager<dlock_postgres::postgres::NoTls>;
+
+/// Blocking locks over a pool of the database a URL names, as [`AsyncAnyLockPool`] for
+/// async code: PostgreSQL (`postgres://`, `postgresql://`) or MySQL/MariaDB (`mysql://`,
+/// `mariadb://`), each through its default blocking driver (postgres without TLS, mysql) in
+/// an r2d2 pool built by [`LockPool::new`]. Every guard has one type, [`AnyLockGuard`].
+///
+/// It blocks its thread: from async code use [`AsyncAnyLockPool`], or this pool inside
+/// `tokio::task::spawn_blocking`.
+///
+/// # Examples
+///
+/// ```no_run
+/// # fn run() -> Result<(), dlock_pool::Error> {
+/// use dlock_pool::{AnyLockGuard, AnyLockPool};
+///
+/// let url = std::env::var("DATABASE_URL").unwrap_or_default();
+/// let pool = AnyLockPool::connect(&url)?;
+/// if let Some(guard) = pool.try_acquire("nightly-report")? {
+///     // Only one process anywhere gets here at a time.
+///     AnyLockGuard::release(guard)?;
+/// }
+/// # Ok(())
+/// # }
+/// ```
+pub struct AnyLockPool(BlockingPools);
+
+/// The backend's pool behind an [`AnyLockPool`].
+enum BlockingPools {
+    Postgres(LockPool<BlockingPgManager>),
+    MySql(LockPool<r2d2_mysql::MySqlConnectionManager>),
+}
+
+/// Forwards a blocking pool method to the backend's pool, and wraps what it gives back.
+macro_rules! forward_blocking {
+    ($self:expr, $pool:ident => $call:expr) => {
+        AnyLockPool(match $self.0 {
+            BlockingPools::Postgres($pool) => BlockingPools::Postgres($call),
+            BlockingPools::MySql($pool) => BlockingPools::MySql($call),
+        })
+    };
+}
+
+impl AnyLockPool {
+    /// A pool of the database `url` names, with r2d2's defaults, opened at once.
+    ///
+    /// # Errors
+    ///
+    /// As [`AsyncAnyLockPool::connect`].
+    pub fn connect(url: &str) -> Result<Self> {
+        match parse(url)? {
+            Parsed::Postgres(config) => {
+                let config: dlock_postgres::postgres::Config = (*config).into();
+                let manager = BlockingPgManager::new(config, dlock_postgres::postgres::NoTls);
+                Ok(AnyLockPool(BlockingPools::Postgres(LockPool::new(
+                    manager,
+                )?)))
+            }
+            Parsed::MySql(url) => {
+                let opts = dlock_mysql::mysql::Opts::from_url(&url)
+                    .map_err(|error| invalid(format!("a MySQL URL mysql cannot read: {error}")))?;
+                let manager = r2d2_mysql::MySqlConnectionManager::new(
+                    dlock_mysql::mysql::OptsBuilder::from_opts(opts),
+                );
+                Ok(AnyLockPool(BlockingPools::MySql(LockPool::new(manager)?)))
+            }
+        }
+    }
+
+    /// The backend the URL named: `"postgres"` or `"mysql"`.
+    pub fn backend(&self) -> &'static str {
+        match &self.0 {
+            BlockingPools::Postgres(_) => "postgres",
+            BlockingPools::MySql(_) => "mysql",
+        }
+    }
+
+    /// Uses `policy` to turn keys into the backend's keys.
+    pub fn policy(self, policy: KeyPolicy) -> Self {
+        forward_blocking!(self, pool => pool.policy(policy))
+    }
+
+    /// Makes every acquire issue a fencing token, in the backend's default table.
+    pub fn fenced(self) -> Self {
+        forward_blocking!(self, pool => pool.fenced())
+    }
+
+    /// Makes every acquire issue a fencing token in table `table`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidKey`] when `table` is not a plain table name.
+    pub fn fenced_in(self, table: &str) -> Result<Self> {
+        Ok(AnyLockPool(match self.0 {
+            BlockingPools::Postgres(pool) => BlockingPools::Postgres(pool.fenced_in(table)?),
+            BlockingPools::MySql(pool) => BlockingPools::MySql(pool.fenced_in(table)?),
+        }))
+    }
+
+    /// Turns off the deployment check, at the risk of two holders at once.
+    pub fn skip_deployment_check(self) -> Self {
+        forward_blocking!(self, pool => pool.skip_deployment_check())
+    }
+
+    /// The watcher's interval.
+    pub fn watch_interval(self, interval: Duration) -> Self {
+        forward_blocking!(self, pool => pool.watch_interval(interval))
+    }
+
+    /// How long a lock the watcher cannot confirm stays counted as held.
+    pub fn lost_after_unconfirmed(self, bound: Duration) -> Self {
+        forward_blocking!(self, pool => pool.lost_after_unconfirmed(bound))
+    }
+
+    /// Turns the lost-lock watcher off.
+    pub fn without_watcher(self) -> Self {
+        forward_blocking!(self, pool => pool.without_watcher())
+    }
+
+    /// Creates the fence table this pool's locks use, if it does not exist.
+    ///
+    /// # Errors
+    ///
+    /// As [`LockPool::install_fencing`].
+    pub fn install_fencing(&self) -> Result<()> {
+        match &self.0 {
+            BlockingPools::Postgres(pool) => pool.install_fencing(),
+            BlockingPools::MySql(pool) => pool.install_fencing(),
+        }
+    }
+
+    /// Checks out a connection and waits, in the server, until it holds `key`.
+    ///
+    /// # Errors
+    ///
+    /// As [`LockPool::acquire`].
+    pub fn acquire(&self, key: impl Into<Key>) -> Result<AnyLockGuard> {
+        Ok(AnyLockGuard(match &self.0 {
+            BlockingPools::Postgres(pool) => BlockingGuards::Postgres(Box::new(pool.acquire(key)?)),
+            BlockingPools::MySql(pool) => BlockingGuards::MySql(Box::new(pool.acquire(key)?)),
+        }))
+    }
+
+    /// Takes `key` if it is free: `Ok(None)` when it is busy.
+    ///
+    /// # Errors
+    ///
+    /// As [`LockPool::try_acquire`].
+    pub fn try_acquire(&self, key: impl Into<Key>) -> Result<Option<AnyLockGuard>> {
+        Ok(match &self.0 {
+            BlockingPools::Postgres(pool) => pool
+                .try_acquire(key)?
+                .map(|guard| AnyLockGuard(BlockingGuards::Postgres(Box::new(guard)))),
+            BlockingPools::MySql(pool) => pool
+                .try_acquire(key)?
+                .map(|guard| AnyLockGuard(BlockingGuards::MySql(Box::new(guard)))),
+        })
+    }
+
+    /// Checks out a connection and waits for `key`, both within `timeout`: `Ok(None)` when
+    /// the lock stayed busy.
+    ///
+    /// # Errors
+    ///
+    /// As [`LockPool::acquire_timeout`].
+    pub fn acquire_timeout(
+        &self,
+        key: impl Into<Key>,
+        timeout: Duration,
+    ) -> Result<Option<AnyLockGuard>> {
+        Ok(match &self.0 {
+            BlockingPools::Postgres(pool) => pool
+                .acquire_timeout(key, timeout)?
+                .map(|guard| AnyLockGuard(BlockingGuards::Postgres(Box::new(guard)))),
+            BlockingPools::MySql(pool) => pool
+                .acquire_timeout(key, timeout)?
+                .map(|guard| AnyLockGuard(BlockingGuards::MySql(Box::new(guard)))),
+        })
+    }
+
+    /// Acquires `key`, runs `work` with the guard, and releases, whatever `work` returned;
+    /// as [`LockPool::with_lock`].
+    ///
+    /// # Errors
+    ///
+    /// `work`'s error; as [`LockPool::with_lock`].
+    pub fn with_lock<T, E: From<Error>>(
+        &self,
+        key: impl Into<Key>,
+        work: impl FnOnce(&mut AnyLockGuard) -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E> {
+        let mut guard = self.acquire(key)?;
+        let done = work(&mut guard);
+        let released = AnyLockGuard::release(guard);
+        let done = done?;
+        released?;
+        Ok(done)
+    }
+}
+
+impl fmt::Debug for AnyLockPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            BlockingPools::Postgres(pool) => f.debug_tuple("Postgres").field(pool).finish(),
+            BlockingPools::MySql(pool) => f.debug_tuple("MySql").field(pool).finish(),
+        }
+    }
+}
+
+/// A held lock from an [`AnyLockPool`], on either backend. Dropping it releases the lock
+/// and returns the connection, as [`LockGuard`]'s drop does.
+#[must_use = "the lock is released when the guard is dropped"]
+pub struct AnyLockGuard(BlockingGuards);
+
+/// The backend's guard behind an [`AnyLockGuard`], boxed as [`Guards`] is.
+enum BlockingGuards {
+    Postgres(Box<LockGuard<BlockingPgManager>>),
+    MySql(Box<LockGuard<r2d2_mysql::MySqlConnectionManager>>),
+}
+
+/// The connection an [`AnyLockGuard`] holds its lock on.
+pub enum AnyConnection<'a> {
+    /// A postgres client.
+    Postgres(&'a mut dlock_postgres::postgres::Client),
+    /// A mysql connection.
+    MySql(&'a mut dlock_mysql::mysql::Conn),
+}
+
+impl AnyLockGuard {
+    /// Releases the lock, then returns the connection to the pool.
+    ///
+    /// # Errors
+    ///
+    /// As [`LockGuard::release`]: [`Error::LockLost`] when the lock was lost.
+    pub fn release(this: Self) -> Result<()> {
+        match this.0 {
+            BlockingGuards::Postgres(guard) => LockGuard::release(*guard),
+            BlockingGuards::MySql(guard) => LockGuard::release(*guard),
+        }
+    }
+
+    /// Asks the server whether this guard's session still holds the lock.
+    ///
+    /// # Errors
+    ///
+    /// What the server or the connection reports.
+    pub fn verify(this: &mut Self) -> Result<bool> {
+        match &mut this.0 {
+            BlockingGuards::Postgres(guard) => LockGuard::verify(guard),
+            BlockingGuards::MySql(guard) => LockGuard::verify(guard),
+        }
+    }
+
+    /// Whether the lock is known lost. No I/O.
+    pub fn is_lost(this: &Self) -> bool {
+        match &this.0 {
+            BlockingGuards::Postgres(guard) => LockGuard::is_lost(guard),
+            BlockingGuards::MySql(guard) => LockGuard::is_lost(guard),
+        }
+    }
+
+    /// Waits up to `timeout` for the lock to be lost: whether it was.
+    pub fn wait_lost(this: &Self, timeout: Duration) -> bool {
+        match &this.0 {
+            BlockingGuards::Postgres(guard) => LockGuard::wait_lost(guard, timeout),
+            BlockingGuards::MySql(guard) => LockGuard::wait_lost(guard, timeout),
+        }
+    }
+
+    /// The key of the held lock.
+    pub fn key(this: &Self) -> &Key {
+        match &this.0 {
+            BlockingGuards::Postgres(guard) => LockGuard::key(guard),
+            BlockingGuards::MySql(guard) => LockGuard::key(guard),
+        }
+    }
+
+    /// The fencing token of the held lock, when the pool is fenced.
+    pub fn fencing_token(this: &Self) -> Option<u64> {
+        match &this.0 {
+            BlockingGuards::Postgres(guard) => LockGuard::fencing_token(guard),
+            BlockingGuards::MySql(guard) => LockGuard::fencing_token(guard),
+        }
+    }
+
+    /// The connection the lock is held on, for work inside the critical section.
+    pub fn connection(this: &mut Self) -> AnyConnection<'_> {
+        match &mut this.0 {
+            BlockingGuards::Postgres(guard) => AnyConnection::Postgres(guard),
+            BlockingGuards::MySql(guard) => AnyConnection::MySql(guard),
+        }
+    }
+}
+
+impl fmt::Debug for AnyConnection<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AnyConnection::Postgres(_) => f.write_str("Postgres(..)"),
+            AnyConnection::MySql(conn) => f.debug_tuple("MySql").field(conn).finish(),
+        }
+    }
+}
+
+impl fmt::Debug for AnyLockGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            BlockingGuards::Postgres(guard) => f.debug_tuple("Postgres").field(guard).finish(),
+            BlockingGuards::MySql(guard) => f.debug_tuple("MySql").field(guard).finish(),
         }
     }
 }

@@ -171,3 +171,49 @@ async fn blocking_locks_exclude_the_url_pools_locks() {
     assert!(excluded);
     AsyncAnyLockGuard::release(guard).await.unwrap();
 }
+
+/// The blocking form: the same URLs, guards of one type, both backends.
+#[test]
+fn the_blocking_form_locks_on_the_backend_its_url_names() {
+    use dlock_pool::{AnyConnection, AnyLockGuard, AnyLockPool};
+    for (url, backend) in [
+        (postgres::pg_url(), "postgres"),
+        (
+            mysql::mysql_url().replacen("mysql://", "mariadb://", 1),
+            "mysql",
+        ),
+    ] {
+        let pool = AnyLockPool::connect(&url).unwrap().fenced();
+        assert_eq!(pool.backend(), backend);
+        pool.install_fencing().unwrap();
+        let mut guard = pool.acquire("url/blocking-form").unwrap();
+        assert!(AnyLockGuard::fencing_token(&guard).is_some());
+        assert!(AnyLockGuard::verify(&mut guard).unwrap());
+        match AnyLockGuard::connection(&mut guard) {
+            AnyConnection::Postgres(client) => {
+                client.simple_query("SELECT 1").unwrap();
+            }
+            AnyConnection::MySql(conn) => {
+                use dlock_pool::dlock_mysql::mysql::prelude::Queryable;
+                conn.query_drop("SELECT 1").unwrap();
+            }
+        }
+        let other = AnyLockPool::connect(&url).unwrap();
+        assert!(other.try_acquire("url/blocking-form").unwrap().is_none());
+        assert!(
+            other
+                .acquire_timeout("url/blocking-form", Duration::from_millis(100))
+                .unwrap()
+                .is_none()
+        );
+        AnyLockGuard::release(guard).unwrap();
+        let got = other
+            .with_lock("url/blocking-form", |guard| {
+                Ok::<_, Error>(AnyLockGuard::key(guard).to_string())
+            })
+            .unwrap();
+        assert_eq!(got, "url/blocking-form");
+    }
+    let error = AnyLockPool::connect("redis://localhost/0").unwrap_err();
+    assert!(matches!(error, Error::InvalidUrl { .. }), "{error:?}");
+}
