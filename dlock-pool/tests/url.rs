@@ -217,3 +217,66 @@ fn the_blocking_form_locks_on_the_backend_its_url_names() {
     let error = AnyLockPool::connect("redis://localhost/0").unwrap_err();
     assert!(matches!(error, Error::InvalidUrl { .. }), "{error:?}");
 }
+
+/// The watcher covers the URL pools' guards: a guard whose session is killed is reported
+/// lost, and `with_lock` drops work whose lock is gone, on both backends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_session_is_reported_lost_through_a_url_pool() {
+    for url in [postgres::pg_url(), mysql::mysql_url()] {
+        let pool = AsyncAnyLockPool::connect(&url)
+            .await
+            .unwrap()
+            .watch_interval(Duration::from_millis(100));
+        let mut guard = pool.acquire("url/lost").await.unwrap();
+        kill_session_of(&mut guard).await;
+        let reason = tokio::time::timeout(Duration::from_secs(10), AsyncAnyLockGuard::lost(&guard))
+            .await
+            .unwrap_or_else(|_| panic!("{url}: the lost lock was never reported"));
+        assert!(AsyncAnyLockGuard::is_lost(&guard), "{url}: {reason:?}");
+        let released = AsyncAnyLockGuard::release(guard).await;
+        assert!(
+            matches!(released, Err(Error::LockLost { .. })),
+            "{url}: {released:?}"
+        );
+        // with_lock: the work of a lock lost under it is dropped.
+        let outcome: Result<(), Error> = pool
+            .with_lock("url/lost", async |guard| {
+                kill_session_of(guard).await;
+                std::future::pending::<()>().await;
+                Ok(())
+            })
+            .await;
+        assert!(
+            matches!(outcome, Err(Error::LockLost { .. })),
+            "{url}: {outcome:?}"
+        );
+    }
+}
+
+/// Ends the session of `guard`'s connection from another connection.
+async fn kill_session_of(guard: &mut AsyncAnyLockGuard) {
+    match AsyncAnyLockGuard::connection(guard) {
+        AsyncAnyConnection::Postgres(client) => {
+            let pid: i32 = client
+                .query_one("SELECT pg_backend_pid()", &[])
+                .await
+                .unwrap()
+                .get(0);
+            let (killer, connection) =
+                tokio_postgres::connect(&postgres::pg_url(), tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+            tokio::spawn(connection);
+            killer
+                .execute("SELECT pg_terminate_backend($1)", &[&pid])
+                .await
+                .unwrap();
+        }
+        AsyncAnyConnection::MySql(conn) => {
+            let id = conn.id();
+            tokio::task::spawn_blocking(move || mysql::kill(id))
+                .await
+                .unwrap();
+        }
+    }
+}
