@@ -381,6 +381,108 @@ mod url {
     }
 }
 
+/// The URL entry point's blocking form: a lock object over an `AnyLockPool`.
+#[cfg(feature = "url")]
+mod blocking_url {
+    use super::*;
+    use dlock_pool::{AnyLockGuard, AnyLockPool};
+
+    pub(super) struct UrlLock {
+        pool: Arc<AnyLockPool>,
+        key: Key,
+        guard: Option<AnyLockGuard>,
+    }
+
+    impl UrlLock {
+        fn unheld(&self) -> Result<()> {
+            match self.guard {
+                Some(_) => Err(Error::AlreadyAcquired),
+                None => Ok(()),
+            }
+        }
+    }
+
+    impl Lock for UrlLock {
+        fn key(&self) -> &Key {
+            &self.key
+        }
+
+        fn acquire(&mut self) -> Result<()> {
+            self.unheld()?;
+            self.guard = Some(self.pool.acquire(self.key.clone())?);
+            Ok(())
+        }
+
+        fn try_acquire(&mut self) -> Result<bool> {
+            self.unheld()?;
+            self.guard = self.pool.try_acquire(self.key.clone())?;
+            Ok(self.guard.is_some())
+        }
+
+        fn acquire_timeout(&mut self, timeout: Duration) -> Result<bool> {
+            self.unheld()?;
+            self.guard = self.pool.acquire_timeout(self.key.clone(), timeout)?;
+            Ok(self.guard.is_some())
+        }
+
+        fn release(&mut self) -> Result<()> {
+            AnyLockGuard::release(self.guard.take().ok_or(Error::NotAcquired)?)
+        }
+
+        fn is_acquired(&self) -> bool {
+            self.guard.is_some()
+        }
+
+        fn verify(&mut self) -> Result<bool> {
+            match self.guard.as_mut() {
+                Some(guard) => AnyLockGuard::verify(guard),
+                None => Ok(false),
+            }
+        }
+    }
+
+    /// The flavour of one blocking URL pool, shared by a clause's lock objects.
+    pub(super) struct Url<B>(Arc<AnyLockPool>, PhantomData<B>);
+
+    impl<B> Url<B> {
+        pub(super) fn new(url: &str) -> Self {
+            Url(Arc::new(AnyLockPool::connect(url).unwrap()), PhantomData)
+        }
+    }
+
+    impl<B: Backend> Flavour for Url<B> {
+        type Lock = UrlLock;
+        const SERVER: Server = B::SERVER;
+
+        fn lock(&mut self, key: &str) -> Self::Lock {
+            UrlLock {
+                pool: Arc::clone(&self.0),
+                key: key.into(),
+                guard: None,
+            }
+        }
+
+        fn reentrant(&mut self, _: &mut Self::Lock, _: &str) -> bool {
+            false
+        }
+    }
+}
+
+#[cfg(feature = "url")]
+fn blocking_url_postgres() -> blocking_url::Url<Pg> {
+    blocking_url::Url::new(&common::pg_url())
+}
+
+#[cfg(feature = "url")]
+fn blocking_url_mysql() -> blocking_url::Url<My> {
+    blocking_url::Url::new(&common::mysql_url())
+}
+
+#[cfg(feature = "url")]
+dlock_testkit::blocking_contract!(any_lock_pool_postgres, blocking_url_postgres());
+#[cfg(feature = "url")]
+dlock_testkit::blocking_contract!(any_lock_pool_mysql, blocking_url_mysql());
+
 #[cfg(feature = "url")]
 fn url_postgres() -> url::Url<Pg> {
     url::Url::new(common::pg_url())
