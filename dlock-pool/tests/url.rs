@@ -280,3 +280,41 @@ async fn kill_session_of(guard: &mut AsyncAnyLockGuard) {
         }
     }
 }
+
+/// A URL pool's acquire dropped mid-wait leaves nothing held: its connection is closed, and
+/// a grant that lands after the drop goes with it, on both backends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_acquire_through_a_url_pool_leaves_nothing_held() {
+    for url in [postgres::pg_url(), mysql::mysql_url()] {
+        let key = "url/dropped-wait";
+        let holder = AsyncAnyLockPool::connect(&url).await.unwrap();
+        let pool = AsyncAnyLockPool::connect(&url).await.unwrap();
+        for round in 0..4 {
+            let held = holder.acquire(key).await.unwrap();
+            let (dropped, ()) = tokio::join!(
+                tokio::time::timeout(Duration::from_millis(50), pool.acquire(key)),
+                async {
+                    // In some rounds the release lands as the waiter is dropped.
+                    tokio::time::sleep(Duration::from_millis(40 + round * 5)).await;
+                    AsyncAnyLockGuard::release(held).await.unwrap();
+                }
+            );
+            if let Ok(granted) = dropped {
+                AsyncAnyLockGuard::release(granted.unwrap()).await.unwrap();
+            }
+            // Free again within the watcher-free bound of a closed connection.
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Some(guard) = holder.try_acquire(key).await.unwrap() {
+                    AsyncAnyLockGuard::release(guard).await.unwrap();
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{url}, round {round}: the dropped wait left the lock held"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
