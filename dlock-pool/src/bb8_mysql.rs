@@ -30,7 +30,7 @@ use dlock_mysql::mysql_async::{self, Conn, Opts, OptsBuilder};
 /// ```
 #[derive(Debug, Clone)]
 pub struct AsyncMySqlManager {
-    opts: Opts,
+    pub(crate) opts: Opts,
 }
 
 impl AsyncMySqlManager {

@@ -84,6 +84,69 @@ fn parse(url: &str) -> Result<Parsed> {
     }
 }
 
+/// Where a PostgreSQL configuration connects, as an error names it: `host:port`, or the
+/// Unix socket's directory.
+fn pg_address(config: &tokio_postgres::Config) -> String {
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .map(|host| match host {
+            tokio_postgres::config::Host::Tcp(name) => format!("{name}:{port}"),
+            #[cfg(unix)]
+            tokio_postgres::config::Host::Unix(dir) => format!("{}", dir.display()),
+        })
+        .collect();
+    if hosts.is_empty() {
+        format!("localhost:{port}")
+    } else {
+        hosts.join(", ")
+    }
+}
+
+/// Where a MySQL URL connects, as an error names it: `host:port`.
+fn mysql_address(opts: &dlock_mysql::mysql_async::Opts) -> String {
+    format!("{}:{}", opts.ip_or_hostname(), opts.tcp_port())
+}
+
+/// A first connection that failed: what `connect` says before it builds a pool, naming the
+/// backend, the address and the driver's error as the cause.
+#[derive(Debug)]
+struct Unreachable {
+    backend: &'static str,
+    address: String,
+    source: dlock_core::BoxError,
+}
+
+impl fmt::Display for Unreachable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "could not connect to {} at {}",
+            self.backend, self.address
+        )
+    }
+}
+
+impl std::error::Error for Unreachable {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.source)
+    }
+}
+
+/// The error of a first connection to `address` that failed with `source`.
+fn unreachable(
+    backend: &'static str,
+    address: String,
+    source: impl Into<dlock_core::BoxError>,
+) -> Error {
+    Error::pool(Unreachable {
+        backend,
+        address,
+        source: source.into(),
+    })
+}
+
 /// Forwards a pool method to the backend's pool, and wraps what it gives back.
 macro_rules! forward {
     ($self:expr, $pool:ident => $call:expr) => {
@@ -95,17 +158,31 @@ macro_rules! forward {
 }
 
 impl AsyncAnyLockPool {
-    /// A pool of the database `url` names, with bb8's defaults, opened at once.
+    /// A pool of the database `url` names, with bb8's defaults. One connection is opened
+    /// first, so that a server nobody answers at, a refused login or a missing database is
+    /// an error here, at once.
     ///
     /// # Errors
     ///
     /// [`Error::InvalidUrl`] for a scheme dlock does not take, or a URL the backend's
-    /// driver cannot read (the reason says which); [`Error::Pool`] when the pool cannot open
-    /// its first connections.
+    /// driver cannot read (the reason says which); [`Error::Pool`] when the first connection
+    /// fails, naming the backend and the address, with the driver's error (refused, DNS,
+    /// login, TLS) as its cause.
+    ///
+    /// # Cancel Safety
+    ///
+    /// Cancel safe: nothing is held until it returns.
     pub async fn connect(url: &str) -> Result<Self> {
         match parse(url)? {
             Parsed::Postgres(config) => {
-                let pool = AsyncLockPool::new(PgManager::new(*config, NoTls)).await?;
+                let address = pg_address(&config);
+                let manager = PgManager::new(*config, NoTls);
+                // One connection first: an unreachable server, a refused login or a bad
+                // database is an error now, naming the address, not a checkout's timeout.
+                bb8::ManageConnection::connect(&manager)
+                    .await
+                    .map_err(|error| unreachable("PostgreSQL", address, error))?;
+                let pool = AsyncLockPool::new(manager).await?;
                 Ok(AsyncAnyLockPool(Pools::Postgres(pool)))
             }
             Parsed::MySql(url) => {
@@ -116,6 +193,11 @@ impl AsyncAnyLockPool {
                             .map_or_else(|| error.to_string(), ToString::to_string)
                     ))
                 })?;
+                let address = mysql_address(&manager.opts);
+                let first = bb8::ManageConnection::connect(&manager)
+                    .await
+                    .map_err(|error| unreachable("MySQL", address, error))?;
+                drop(first.disconnect().await);
                 let pool = AsyncLockPool::new(manager).await?;
                 Ok(AsyncAnyLockPool(Pools::MySql(pool)))
             }
@@ -535,26 +617,37 @@ macro_rules! forward_blocking {
 }
 
 impl AnyLockPool {
-    /// A pool of the database `url` names, with r2d2's defaults, opened at once.
+    /// A pool of the database `url` names, with r2d2's defaults, after one connection was
+    /// opened as [`AsyncAnyLockPool::connect`] opens one.
     ///
     /// # Errors
     ///
-    /// As [`AsyncAnyLockPool::connect`].
+    /// As [`AsyncAnyLockPool::connect`]; on PostgreSQL, [`Error::Unsupported`] inside a
+    /// tokio runtime's `block_on`, where the blocking client cannot run.
     pub fn connect(url: &str) -> Result<Self> {
         match parse(url)? {
             Parsed::Postgres(config) => {
+                let address = pg_address(&config);
                 let config: dlock_postgres::postgres::Config = (*config).into();
                 let manager = BlockingPgManager::new(config, dlock_postgres::postgres::NoTls);
-                Ok(AnyLockPool(BlockingPools::Postgres(LockPool::new(
-                    manager,
-                )?)))
+                // One connection first, as the async form does: r2d2 would otherwise retry
+                // until its connection timeout before it says anything. The blocking client
+                // would panic inside a runtime's block_on: say so first.
+                dlock_postgres::refuse_inside_runtime()?;
+                r2d2::ManageConnection::connect(&manager)
+                    .map_err(|error| unreachable("PostgreSQL", address, error))?;
+                let pool = LockPool::new(manager)?;
+                Ok(AnyLockPool(BlockingPools::Postgres(pool)))
             }
             Parsed::MySql(url) => {
                 let opts = dlock_mysql::mysql::Opts::from_url(&url)
                     .map_err(|error| invalid(format!("a MySQL URL mysql cannot read: {error}")))?;
+                let address = format!("{}:{}", opts.get_ip_or_hostname(), opts.get_tcp_port());
                 let manager = r2d2_mysql::MySqlConnectionManager::new(
                     dlock_mysql::mysql::OptsBuilder::from_opts(opts),
                 );
+                r2d2::ManageConnection::connect(&manager)
+                    .map_err(|error| unreachable("MySQL", address, error))?;
                 Ok(AnyLockPool(BlockingPools::MySql(LockPool::new(manager)?)))
             }
         }

@@ -318,3 +318,38 @@ async fn a_dropped_acquire_through_a_url_pool_leaves_nothing_held() {
         }
     }
 }
+
+/// A server nobody answers at is an error from `connect` at once, naming the backend, the
+/// address and the driver's cause, in both forms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_server_is_named_at_connect() {
+    for (url, names) in [
+        (
+            "postgres://postgres@127.0.0.1:1/postgres",
+            "PostgreSQL at 127.0.0.1:1",
+        ),
+        ("mysql://root@127.0.0.1:1/db", "MySQL at 127.0.0.1:1"),
+    ] {
+        let started = std::time::Instant::now();
+        let error = AsyncAnyLockPool::connect(url).await.unwrap_err();
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{url}: at once"
+        );
+        assert!(matches!(error, Error::Pool(_)), "{url}: {error:?}");
+        let message = error.to_string();
+        assert!(message.contains(names), "{url}: {message}");
+        assert!(
+            message.to_lowercase().contains("refused"),
+            "{url}: {message}"
+        );
+        let url = url.to_owned();
+        let blocking = tokio::task::spawn_blocking(move || {
+            dlock_pool::AnyLockPool::connect(&url).unwrap_err()
+        })
+        .await
+        .unwrap();
+        let message = blocking.to_string();
+        assert!(message.contains(names), "blocking: {message}");
+    }
+}
