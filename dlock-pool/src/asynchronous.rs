@@ -278,7 +278,9 @@ where
     ///
     /// # Errors
     ///
-    /// [`Error::Pool`] when the pool cannot open its first connections.
+    /// [`Error::Pool`] when the pool cannot open the connections its builder asks for at
+    /// once (bb8's `min_idle`; none by default, so that an unreachable server shows at the
+    /// first acquire, as [`Error::Pool`] naming the last connect error).
     pub async fn new(manager: M) -> Result<Self> {
         // The most recently returned connection goes out first: a connection kept busy stays
         // warm in the server, where bb8's default order would turn through them all.
@@ -293,7 +295,9 @@ where
     ///
     /// # Errors
     ///
-    /// [`Error::Pool`] when the pool cannot open its first connections.
+    /// [`Error::Pool`] when the pool cannot open the connections its builder asks for at
+    /// once (bb8's `min_idle`; none by default, so that an unreachable server shows at the
+    /// first acquire, as [`Error::Pool`] naming the last connect error).
     pub async fn with_builder(builder: bb8::Builder<LockManager<M>>, manager: M) -> Result<Self> {
         Self::build(builder, LockManager::new(manager)).await
     }
