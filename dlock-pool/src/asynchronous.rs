@@ -656,41 +656,58 @@ where
     }
 }
 
-/// Runs `work` under `guard`'s lock until it finishes or the lock is lost, then releases:
-/// `work`'s error first, then the release's.
-async fn run_locked<M, T, E: From<Error>>(
-    mut guard: AsyncLockGuard<M>,
-    work: impl AsyncFnOnce(&mut AsyncLockGuard<M>) -> std::result::Result<T, E>,
-) -> std::result::Result<T, E>
+/// What [`run_locked`] needs of a guard: the future that resolves when its lock is lost, and
+/// its release (which, for a lost lock, sends nothing and says so).
+pub(crate) trait HeldGuard: Sized {
+    fn lost_signal(&self) -> impl Future<Output = LostReason> + Send + 'static;
+
+    fn release_guard(self) -> impl Future<Output = Result<()>>;
+}
+
+impl<M> HeldGuard for AsyncLockGuard<M>
 where
     M: AsyncManager,
     M::Connection: AsyncConnection,
 {
-    let lost = AsyncLockGuard::lost(&guard);
+    fn lost_signal(&self) -> impl Future<Output = LostReason> + Send + 'static {
+        AsyncLockGuard::lost(self)
+    }
+
+    fn release_guard(self) -> impl Future<Output = Result<()>> {
+        AsyncLockGuard::release(self)
+    }
+}
+
+/// Runs `work` under `guard`'s lock until it finishes or the lock is lost, then releases:
+/// `work`'s error first, then the release's. A lost lock drops `work` at once, and its
+/// release reports the loss without sending anything.
+pub(crate) async fn run_locked<G: HeldGuard, T, E: From<Error>>(
+    mut guard: G,
+    work: impl AsyncFnOnce(&mut G) -> std::result::Result<T, E>,
+) -> std::result::Result<T, E> {
+    let lost = guard.lost_signal();
     let done = {
         let mut work = std::pin::pin!(work(&mut guard));
         let mut lost = std::pin::pin!(lost);
         std::future::poll_fn(|cx| {
             if let std::task::Poll::Ready(done) = work.as_mut().poll(cx) {
-                return std::task::Poll::Ready(Ok(done));
+                return std::task::Poll::Ready(Some(done));
             }
-            lost.as_mut().poll(cx).map(Err)
+            lost.as_mut().poll(cx).map(|_| None)
         })
         .await
     };
+    let released = guard.release_guard().await;
     match done {
-        Ok(done) => {
-            let released = AsyncLockGuard::release(guard).await;
+        Some(done) => {
             let done = done?;
             released?;
             Ok(done)
         }
-        // The work is dropped; the lost signal marked the connection to be closed.
-        Err(reason) => {
-            let error = guard.signal.error(reason);
-            drop(guard);
-            Err(error.into())
-        }
+        None => Err(released
+            .err()
+            .unwrap_or_else(|| Error::backend("a lost lock's release succeeded"))
+            .into()),
     }
 }
 

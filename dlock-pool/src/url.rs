@@ -8,6 +8,7 @@ use std::time::Duration;
 use dlock_core::{Error, Key, KeyPolicy, LostReason, Result};
 use dlock_postgres::tokio_postgres::{self, NoTls};
 
+use crate::asynchronous::{HeldGuard, run_locked};
 use crate::{AsyncLockGuard, AsyncLockPool, AsyncMySqlManager, LockGuard, LockPool};
 
 /// The PostgreSQL manager a URL builds: bb8-postgres, without TLS.
@@ -407,38 +408,13 @@ impl AsyncAnyLockPool {
     }
 }
 
-/// Runs `work` under `guard`'s lock until it finishes or the lock is lost, then releases:
-/// `work`'s error first, then the release's.
-async fn run_locked<T, E: From<Error>>(
-    mut guard: AsyncAnyLockGuard,
-    work: impl AsyncFnOnce(&mut AsyncAnyLockGuard) -> std::result::Result<T, E>,
-) -> std::result::Result<T, E> {
-    let lost = AsyncAnyLockGuard::lost(&guard);
-    let done = {
-        let mut work = std::pin::pin!(work(&mut guard));
-        let mut lost = std::pin::pin!(lost);
-        std::future::poll_fn(|cx| {
-            if let std::task::Poll::Ready(done) = work.as_mut().poll(cx) {
-                return std::task::Poll::Ready(Ok(done));
-            }
-            lost.as_mut().poll(cx).map(Err)
-        })
-        .await
-    };
-    match done {
-        Ok(done) => {
-            let released = AsyncAnyLockGuard::release(guard).await;
-            let done = done?;
-            released?;
-            Ok(done)
-        }
-        // The work is dropped; the lost signal marked the connection to be closed, and the
-        // release says the lock was lost without sending anything.
-        Err(_) => Err(AsyncAnyLockGuard::release(guard)
-            .await
-            .err()
-            .unwrap_or_else(|| Error::backend("a lost lock's release succeeded"))
-            .into()),
+impl HeldGuard for AsyncAnyLockGuard {
+    fn lost_signal(&self) -> impl Future<Output = LostReason> + Send + 'static {
+        AsyncAnyLockGuard::lost(self)
+    }
+
+    fn release_guard(self) -> impl Future<Output = Result<()>> {
+        AsyncAnyLockGuard::release(self)
     }
 }
 

@@ -133,6 +133,8 @@ async fn with_lock_gives_the_work_its_guard_and_token_in_both_pools() {
     let key = "fencing/pool/with-lock";
     let manager = Bb8Pg::new(postgres::pg_url().parse().unwrap(), tokio_postgres::NoTls);
     let pool = AsyncLockPool::new(manager).await.unwrap().fenced();
+    // On fresh servers no other test may have installed the table yet.
+    pool.install_fencing().await.unwrap();
     let (async_token, one) = pool
         .with_lock(key, async |guard| {
             let row = guard.query_one("SELECT 1", &[]).await?;
@@ -160,6 +162,7 @@ async fn with_lock_gives_the_work_its_guard_and_token_in_both_pools() {
 
     let manager = AsyncMySqlManager::from_url(&mysql::mysql_url()).unwrap();
     let pool = AsyncLockPool::new(manager).await.unwrap().fenced();
+    pool.install_fencing().await.unwrap();
     let first = pool
         .with_lock(key, async |guard| {
             Ok::<_, dlock_pool::Error>(AsyncLockGuard::fencing_token(guard))

@@ -771,6 +771,14 @@ impl<C: AsyncPgConnection> AsyncPgLock<C> {
         start: impl FnOnce(&LockState) -> Result<O>,
     ) -> Result<O::Output> {
         self.adopt_session().await;
+        self.run_adopted(start).await
+    }
+
+    /// [`run`](Self::run), for an operation whose caller took over the session already.
+    async fn run_adopted<O: Operation>(
+        &mut self,
+        start: impl FnOnce(&LockState) -> Result<O>,
+    ) -> Result<O::Output> {
         let conn = self
             .conn
             .as_mut()
@@ -817,7 +825,7 @@ impl<C: AsyncPgConnection> AsyncPgLock<C> {
             if self.state.check_deployment && self.state.route == Route::Unknown {
                 self.state.route = route_of(self.client()).await;
             }
-            self.run(|state| Acquire::start(state, wait)).await
+            self.run_adopted(|state| Acquire::start(state, wait)).await
         }
         .instrument(traced.span().clone())
         .await;
