@@ -126,7 +126,7 @@ fn into_inner_releases_and_gives_the_connection_back() {
 
 #[test]
 fn pooled_connections_of_mysql_pools_hold_locks() {
-    let pool = mysql::Pool::new(mysql::Opts::from_url(&common::mysql_url()).unwrap()).unwrap();
+    let pool = mysql::Pool::new(dlock_testkit::mysql::opts()).unwrap();
     let mut lock = MySqlLock::new(pool.get_conn().unwrap(), "blocking/pooled");
     lock.acquire().unwrap();
     let mut boxed = MySqlLock::new(Box::new(connect()), "blocking/pooled");

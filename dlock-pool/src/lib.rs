@@ -48,6 +48,7 @@ cfg_if::cfg_if! {
 cfg_if::cfg_if! {
     if #[cfg(feature = "url")] {
         mod url;
+        mod url_tls;
         #[cfg_attr(docsrs, doc(cfg(feature = "url")))]
         pub use url::{
             AnyConnection, AnyLockGuard, AnyLockPool, AsyncAnyConnection, AsyncAnyLockGuard,

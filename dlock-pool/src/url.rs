@@ -6,22 +6,32 @@ use std::fmt;
 use std::time::Duration;
 
 use dlock_core::{Error, Key, KeyPolicy, LostReason, Result};
-use dlock_postgres::tokio_postgres::{self, NoTls};
+use dlock_postgres::tokio_postgres;
 
 use crate::asynchronous::{HeldGuard, run_locked};
+use crate::url_tls::{self, Tls};
 use crate::{AsyncLockGuard, AsyncLockPool, AsyncMySqlManager, LockGuard, LockPool};
 
-/// The PostgreSQL manager a URL builds: bb8-postgres, without TLS.
-type PgManager = bb8_postgres::PostgresConnectionManager<NoTls>;
+/// The PostgreSQL manager a URL builds: bb8-postgres, with TLS where the `native-tls` feature
+/// gives it.
+type PgManager = bb8_postgres::PostgresConnectionManager<url_tls::PgConnector>;
 
 /// The schemes a URL may have, as the error for another one lists them.
 const SCHEMES: &str = "postgres://, postgresql://, mysql:// or mariadb://";
 
 /// Async locks over a pool of the database a URL names: PostgreSQL (`postgres://`,
 /// `postgresql://`) or MySQL/MariaDB (`mysql://`, `mariadb://`), each through its default
-/// driver (tokio-postgres without TLS, mysql_async) in a bb8 pool built by
-/// [`AsyncLockPool::new`]. Every guard has one type, [`AsyncAnyLockGuard`], with the pooled
-/// API of either backend: waits and timeouts, `with_lock`, the lost-lock watcher, fencing.
+/// driver (tokio-postgres, mysql_async) in a bb8 pool built by [`AsyncLockPool::new`]. Every
+/// guard has one type, [`AsyncAnyLockGuard`], with the pooled API of either backend: waits and
+/// timeouts, `with_lock`, the lost-lock watcher, fencing.
+///
+/// TLS, with feature `native-tls`, is what the URL asks for, in the parameters libpq and the
+/// mysql client read: PostgreSQL's `sslmode` (`disable`, `allow`, `prefer` (the default),
+/// `require`, `verify-ca`, `verify-full`) and `sslrootcert=<file>`; MySQL's `ssl-mode`
+/// (`DISABLED`, `PREFERRED` (the default, which here means no TLS), `REQUIRED`, `VERIFY_CA`,
+/// `VERIFY_IDENTITY`) and `ssl-ca=<file>`. As in libpq and the mysql client, `require` and
+/// `REQUIRED` encrypt without checking the server's certificate unless a CA file is named.
+/// Without the feature, a URL that requires TLS is an [`Error::InvalidUrl`] naming it.
 ///
 /// The way a service configured by `DATABASE_URL` takes a lock, as sqlalchemy-dlock's
 /// `create_sadlock` picks its backend by the connection's dialect.
@@ -50,10 +60,11 @@ enum Pools {
     MySql(AsyncLockPool<AsyncMySqlManager>),
 }
 
-/// What a URL names: a PostgreSQL configuration, or a MySQL URL the drivers read.
+/// What a URL names: a PostgreSQL configuration, or a MySQL URL the drivers read; each with
+/// the TLS the URL asks for.
 enum Parsed {
-    Postgres(Box<tokio_postgres::Config>),
-    MySql(String),
+    Postgres(Box<tokio_postgres::Config>, Tls),
+    MySql(String, Tls),
 }
 
 /// An [`Error::InvalidUrl`] with `reason`.
@@ -69,16 +80,21 @@ fn parse(url: &str) -> Result<Parsed> {
         ))
     })?;
     match scheme {
-        "postgres" | "postgresql" => url
-            .parse()
-            .map(|config| Parsed::Postgres(Box::new(config)))
-            .map_err(|error| {
-                invalid(format!(
-                    "a PostgreSQL URL tokio-postgres cannot read: {error}"
-                ))
-            }),
+        "postgres" | "postgresql" => {
+            let (url, tls) = url_tls::postgres(url)?;
+            url.parse()
+                .map(|config| Parsed::Postgres(Box::new(config), tls))
+                .map_err(|error| {
+                    invalid(format!(
+                        "a PostgreSQL URL tokio-postgres cannot read: {error}"
+                    ))
+                })
+        }
         // The drivers read mysql:// only; MariaDB speaks the same protocol.
-        "mysql" | "mariadb" => Ok(Parsed::MySql(format!("mysql://{rest}"))),
+        "mysql" | "mariadb" => {
+            let (url, tls) = url_tls::mysql(&format!("mysql://{rest}"))?;
+            Ok(Parsed::MySql(url, tls))
+        }
         other => Err(invalid(format!(
             "the scheme {other}:// names no backend dlock takes; use {SCHEMES}"
         ))),
@@ -165,8 +181,8 @@ impl AsyncAnyLockPool {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidUrl`] for a scheme dlock does not take, or a URL the backend's
-    /// driver cannot read (the reason says which); [`Error::Pool`] when the first connection
+    /// [`Error::InvalidUrl`] for a scheme dlock does not take, a URL the backend's driver
+    /// cannot read, or TLS this build cannot give (the reason says which); [`Error::Pool`] when the first connection
     /// fails, naming the backend and the address, with the driver's error (refused, DNS,
     /// login, TLS) as its cause.
     ///
@@ -175,9 +191,9 @@ impl AsyncAnyLockPool {
     /// Cancel safe: nothing is held until it returns.
     pub async fn connect(url: &str) -> Result<Self> {
         match parse(url)? {
-            Parsed::Postgres(config) => {
+            Parsed::Postgres(config, tls) => {
                 let address = pg_address(&config);
-                let manager = PgManager::new(*config, NoTls);
+                let manager = PgManager::new(*config, url_tls::pg_connector(&tls)?);
                 // One connection first: an unreachable server, a refused login or a bad
                 // database is an error now, naming the address, not a checkout's timeout.
                 bb8::ManageConnection::connect(&manager)
@@ -186,14 +202,11 @@ impl AsyncAnyLockPool {
                 let pool = AsyncLockPool::new(manager).await?;
                 Ok(AsyncAnyLockPool(Pools::Postgres(pool)))
             }
-            Parsed::MySql(url) => {
-                let manager = AsyncMySqlManager::from_url(&url).map_err(|error| {
-                    invalid(format!(
-                        "a MySQL URL mysql_async cannot read: {}",
-                        std::error::Error::source(&error)
-                            .map_or_else(|| error.to_string(), ToString::to_string)
-                    ))
+            Parsed::MySql(url, tls) => {
+                let opts = dlock_mysql::mysql_async::Opts::from_url(&url).map_err(|error| {
+                    invalid(format!("a MySQL URL mysql_async cannot read: {error}"))
                 })?;
+                let manager = AsyncMySqlManager::new(url_tls::mysql_async_opts(opts, &tls)?);
                 let address = mysql_address(&manager.opts);
                 let first = bb8::ManageConnection::connect(&manager)
                     .await
@@ -548,13 +561,15 @@ impl fmt::Debug for AsyncAnyLockGuard {
     }
 }
 
-/// The blocking PostgreSQL manager a URL builds: r2d2-postgres, without TLS.
-type BlockingPgManager = r2d2_postgres::PostgresConnectionManager<dlock_postgres::postgres::NoTls>;
+/// The blocking PostgreSQL manager a URL builds: r2d2-postgres, with TLS where the
+/// `native-tls` feature gives it.
+type BlockingPgManager = r2d2_postgres::PostgresConnectionManager<url_tls::PgConnector>;
 
 /// Blocking locks over a pool of the database a URL names, as [`AsyncAnyLockPool`] for
 /// async code: PostgreSQL (`postgres://`, `postgresql://`) or MySQL/MariaDB (`mysql://`,
-/// `mariadb://`), each through its default blocking driver (postgres without TLS, mysql) in
-/// an r2d2 pool built by [`LockPool::new`]. Every guard has one type, [`AnyLockGuard`].
+/// `mariadb://`), each through its default blocking driver (postgres, mysql) in an r2d2 pool
+/// built by [`LockPool::new`], with TLS as [`AsyncAnyLockPool`] reads it from the URL. Every
+/// guard has one type, [`AnyLockGuard`].
 ///
 /// It blocks its thread: from async code use [`AsyncAnyLockPool`], or this pool inside
 /// `tokio::task::spawn_blocking`.
@@ -602,10 +617,10 @@ impl AnyLockPool {
     /// tokio runtime's `block_on`, where the blocking client cannot run.
     pub fn connect(url: &str) -> Result<Self> {
         match parse(url)? {
-            Parsed::Postgres(config) => {
+            Parsed::Postgres(config, tls) => {
                 let address = pg_address(&config);
                 let config: dlock_postgres::postgres::Config = (*config).into();
-                let manager = BlockingPgManager::new(config, dlock_postgres::postgres::NoTls);
+                let manager = BlockingPgManager::new(config, url_tls::pg_connector(&tls)?);
                 // One connection first, as the async form does: r2d2 would otherwise retry
                 // until its connection timeout before it says anything. The blocking client
                 // would panic inside a runtime's block_on: say so first.
@@ -615,13 +630,14 @@ impl AnyLockPool {
                 let pool = LockPool::new(manager)?;
                 Ok(AnyLockPool(BlockingPools::Postgres(pool)))
             }
-            Parsed::MySql(url) => {
+            Parsed::MySql(url, tls) => {
                 let opts = dlock_mysql::mysql::Opts::from_url(&url)
                     .map_err(|error| invalid(format!("a MySQL URL mysql cannot read: {error}")))?;
                 let address = format!("{}:{}", opts.get_ip_or_hostname(), opts.get_tcp_port());
-                let manager = r2d2_mysql::MySqlConnectionManager::new(
+                let manager = r2d2_mysql::MySqlConnectionManager::new(url_tls::mysql_opts(
                     dlock_mysql::mysql::OptsBuilder::from_opts(opts),
-                );
+                    &tls,
+                )?);
                 r2d2::ManageConnection::connect(&manager)
                     .map_err(|error| unreachable("MySQL", address, error))?;
                 Ok(AnyLockPool(BlockingPools::MySql(LockPool::new(manager)?)))

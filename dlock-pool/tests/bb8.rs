@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use bb8_postgres::PostgresConnectionManager;
 use dlock_pool::{AsyncConnection, AsyncLockGuard, AsyncLockPool, AsyncMySqlManager, Error};
 use mysql_async::prelude::Queryable;
-use tokio_postgres::NoTls;
 
 /// What a test needs to know about a backend to look at its sessions.
 trait Backend: 'static {
@@ -32,10 +31,10 @@ struct Pg;
 
 impl Backend for Pg {
     type Conn = tokio_postgres::Client;
-    type Manager = PostgresConnectionManager<NoTls>;
+    type Manager = PostgresConnectionManager<common::postgres::Tls>;
 
     fn manager() -> Self::Manager {
-        PostgresConnectionManager::new(common::pg_url().parse().unwrap(), NoTls)
+        PostgresConnectionManager::new(common::pg_url().parse().unwrap(), common::postgres::tls())
     }
 
     async fn session(conn: &mut tokio_postgres::Client) -> u64 {
@@ -88,7 +87,7 @@ impl Backend for My {
     type Manager = AsyncMySqlManager;
 
     fn manager() -> Self::Manager {
-        AsyncMySqlManager::from_url(&common::mysql_url()).unwrap()
+        AsyncMySqlManager::new(common::mysql::opts_async())
     }
 
     async fn session(conn: &mut mysql_async::Conn) -> u64 {

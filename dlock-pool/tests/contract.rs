@@ -201,17 +201,16 @@ where
     )
 }
 
-fn r2d2_postgres() -> R2d2<r2d2_postgres::PostgresConnectionManager<postgres::NoTls>, Pg> {
+fn r2d2_postgres() -> R2d2<r2d2_postgres::PostgresConnectionManager<common::postgres::Tls>, Pg> {
     r2d2_pool(r2d2_postgres::PostgresConnectionManager::new(
         common::pg_url().parse().unwrap(),
-        postgres::NoTls,
+        common::postgres::tls(),
     ))
 }
 
 fn r2d2_mysql() -> R2d2<r2d2_mysql::MySqlConnectionManager, My> {
-    let opts = mysql::Opts::from_url(&common::mysql_url()).unwrap();
     r2d2_pool(r2d2_mysql::MySqlConnectionManager::new(
-        mysql::OptsBuilder::from_opts(opts),
+        mysql::OptsBuilder::from_opts(common::mysql::opts()),
     ))
 }
 
@@ -268,15 +267,15 @@ where
     }
 }
 
-fn bb8_postgres() -> Bb8<bb8_postgres::PostgresConnectionManager<tokio_postgres::NoTls>, Pg> {
+fn bb8_postgres() -> Bb8<bb8_postgres::PostgresConnectionManager<common::postgres::Tls>, Pg> {
     Bb8::new(bb8_postgres::PostgresConnectionManager::new(
         common::pg_url().parse().unwrap(),
-        tokio_postgres::NoTls,
+        common::postgres::tls(),
     ))
 }
 
 fn bb8_mysql() -> Bb8<AsyncMySqlManager, My> {
-    Bb8::new(AsyncMySqlManager::from_url(&common::mysql_url()).unwrap())
+    Bb8::new(AsyncMySqlManager::new(common::mysql::opts_async()))
 }
 
 dlock_testkit::async_contract!(async_lock_pool_postgres, bb8_postgres());
@@ -470,12 +469,12 @@ mod blocking_url {
 
 #[cfg(feature = "url")]
 fn blocking_url_postgres() -> blocking_url::Url<Pg> {
-    blocking_url::Url::new(&common::pg_url())
+    blocking_url::Url::new(&common::postgres::url_with_its_tls())
 }
 
 #[cfg(feature = "url")]
 fn blocking_url_mysql() -> blocking_url::Url<My> {
-    blocking_url::Url::new(&common::mysql_url())
+    blocking_url::Url::new(&common::mysql::url_with_its_tls())
 }
 
 #[cfg(feature = "url")]
@@ -485,12 +484,12 @@ dlock_testkit::blocking_contract!(any_lock_pool_mysql, blocking_url_mysql());
 
 #[cfg(feature = "url")]
 fn url_postgres() -> url::Url<Pg> {
-    url::Url::new(common::pg_url())
+    url::Url::new(common::postgres::url_with_its_tls())
 }
 
 #[cfg(feature = "url")]
 fn url_mysql() -> url::Url<My> {
-    url::Url::new(common::mysql_url().replacen("mysql://", "mariadb://", 1))
+    url::Url::new(common::mysql::url_with_its_tls().replacen("mysql://", "mariadb://", 1))
 }
 
 #[cfg(feature = "url")]

@@ -31,10 +31,10 @@ struct Pg;
 
 impl Backend for Pg {
     type Conn = postgres::Client;
-    type Manager = PostgresConnectionManager<postgres::NoTls>;
+    type Manager = PostgresConnectionManager<common::postgres::Tls>;
 
     fn manager() -> Self::Manager {
-        PostgresConnectionManager::new(common::pg_url().parse().unwrap(), postgres::NoTls)
+        PostgresConnectionManager::new(common::pg_url().parse().unwrap(), common::postgres::tls())
     }
 
     fn session(conn: &mut postgres::Client) -> u64 {
@@ -63,8 +63,7 @@ impl Backend for My {
     type Manager = MySqlConnectionManager;
 
     fn manager() -> Self::Manager {
-        let opts = mysql::Opts::from_url(&common::mysql_url()).unwrap();
-        MySqlConnectionManager::new(mysql::OptsBuilder::from_opts(opts))
+        MySqlConnectionManager::new(mysql::OptsBuilder::from_opts(common::mysql::opts()))
     }
 
     fn session(conn: &mut mysql::Conn) -> u64 {

@@ -1092,26 +1092,84 @@ pub async fn check_session_pooler_async(client: &Client, second: Option<&Client>
 
 /// What the client knows of its route to the server: the process id in its cancel key, read
 /// by letting the key's cancel request write itself into an in-memory stream (no I/O to the
-/// server). A client whose TLS mode needs a handshake before the request gives none.
+/// server). A client whose TLS mode asks for TLS first sends its TLS request there; the
+/// stream accepts it, and the request follows as written, since no bytes leave the process.
 async fn route_of(client: &Client) -> Route {
-    use tokio::io::AsyncReadExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (mut ours, theirs) = tokio::io::duplex(64);
     let token = client.cancel_token();
     let read = async move {
         let mut request = [0u8; 16];
-        let read = ours.read_exact(&mut request).await;
+        ours.read_exact(&mut request[..8]).await.ok()?;
+        // An SSLRequest (length 8, code 80877103): say yes, and the cancel request follows.
+        if request[..8] == [0, 0, 0, 8, 4, 210, 22, 47] {
+            ours.write_all(b"S").await.ok()?;
+            ours.read_exact(&mut request[..8]).await.ok()?;
+        }
+        ours.read_exact(&mut request[8..]).await.ok()?;
         // Closing our end lets the token's write return.
         drop(ours);
-        read.ok().map(|_| request)
+        Some(request)
     };
     let (_, request) =
-        futures_util::future::join(token.cancel_query_raw(theirs, NoTls), read).await;
+        futures_util::future::join(token.cancel_query_raw(theirs, InMemory), read).await;
     // A CancelRequest: length 16, code 80877102, then the pid and the secret.
     match request {
         Some([0, 0, 0, 16, 4, 210, 22, 46, a, b, c, d, ..]) => {
             Route::CancelKey(i32::from_be_bytes([a, b, c, d]))
         }
         _ => Route::Unknown,
+    }
+}
+
+/// The "TLS" of [`route_of`]'s in-memory stream: the stream itself, as nothing on it leaves
+/// the process.
+struct InMemory;
+
+/// [`InMemory`]'s stream.
+struct InMemoryStream(tokio::io::DuplexStream);
+
+impl tokio_postgres::tls::TlsConnect<tokio::io::DuplexStream> for InMemory {
+    type Stream = InMemoryStream;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<std::result::Result<InMemoryStream, Self::Error>>;
+
+    fn connect(self, stream: tokio::io::DuplexStream) -> Self::Future {
+        std::future::ready(Ok(InMemoryStream(stream)))
+    }
+}
+
+impl tokio_postgres::tls::TlsStream for InMemoryStream {
+    fn channel_binding(&self) -> tokio_postgres::tls::ChannelBinding {
+        tokio_postgres::tls::ChannelBinding::none()
+    }
+}
+
+impl tokio::io::AsyncRead for InMemoryStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for InMemoryStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }
 

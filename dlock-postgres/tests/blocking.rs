@@ -364,7 +364,7 @@ fn a_reused_lock_object_prepares_its_statements_and_keeps_its_semantics() {
 fn a_citus_worker_is_refused_and_its_coordinator_is_not() {
     // A stand-in whose catalogue answers as a Citus node's (see `citus_standin`).
     let (url, set_group) = common::citus_standin("dlock_citus_blocking", 2);
-    let client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let client = postgres::Client::connect(&url, common::tls()).unwrap();
     let mut lock = PgLock::new(client, "deployments/citus");
     let refused = lock.try_acquire();
     assert!(

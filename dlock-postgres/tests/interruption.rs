@@ -236,7 +236,9 @@ mod tokio_flavour {
         let waiter = pid(&client).await;
         for round in 0..24_u64 {
             holder.acquire().await.unwrap();
-            let mut lock = AsyncPgLock::new(&mut client, name).side_connection(side());
+            let mut lock = AsyncPgLock::new(&mut client, name)
+                .side_connection(side())
+                .tls(dlock_testkit::postgres::tls());
             let patience = Duration::from_millis(20 + round % 6);
             let racing = round % 3 == 0;
             let (waited, ()) =
@@ -286,24 +288,44 @@ mod tokio_flavour {
             }
         }
         // The client is usable for locks again.
-        let mut lock = AsyncPgLock::new(&mut client, name).side_connection(side());
+        let mut lock = AsyncPgLock::new(&mut client, name)
+            .side_connection(side())
+            .tls(dlock_testkit::postgres::tls());
         assert!(lock.try_acquire().await.unwrap());
         lock.release().await.unwrap();
     }
 
-    /// A TLS connector of the user's, as the lock sees it: plain text underneath, counting
-    /// the connections it makes.
-    #[derive(Clone, Default)]
-    struct Counting(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+    /// A TLS connector of the user's, as the lock sees it: the suites' connector underneath
+    /// (TLS where the server asks for it), counting the connections it makes.
+    #[derive(Clone)]
+    struct Counting(
+        std::sync::Arc<std::sync::atomic::AtomicUsize>,
+        dlock_testkit::postgres::Tls,
+    );
+
+    impl Default for Counting {
+        fn default() -> Self {
+            Counting(std::sync::Arc::default(), dlock_testkit::postgres::tls())
+        }
+    }
 
     impl tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket> for Counting {
-        type Stream = tokio_postgres::tls::NoTlsStream;
-        type TlsConnect = tokio_postgres::NoTls;
-        type Error = std::convert::Infallible;
+        type Stream = <dlock_testkit::postgres::Tls as tokio_postgres::tls::MakeTlsConnect<
+            tokio_postgres::Socket,
+        >>::Stream;
+        type TlsConnect = <dlock_testkit::postgres::Tls as tokio_postgres::tls::MakeTlsConnect<
+            tokio_postgres::Socket,
+        >>::TlsConnect;
+        type Error = <dlock_testkit::postgres::Tls as tokio_postgres::tls::MakeTlsConnect<
+            tokio_postgres::Socket,
+        >>::Error;
 
-        fn make_tls_connect(&mut self, _: &str) -> Result<tokio_postgres::NoTls, Self::Error> {
+        fn make_tls_connect(&mut self, domain: &str) -> Result<Self::TlsConnect, Self::Error> {
             self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            Ok(tokio_postgres::NoTls)
+            tokio_postgres::tls::MakeTlsConnect::<tokio_postgres::Socket>::make_tls_connect(
+                &mut self.1,
+                domain,
+            )
         }
     }
 
@@ -362,7 +384,9 @@ mod tokio_flavour {
         holder.acquire().await.unwrap();
         let mut client = connect().await;
         let waiter = pid(&client).await;
-        let lock = AsyncPgXactLock::new(name).side_connection(side());
+        let lock = AsyncPgXactLock::new(name)
+            .side_connection(side())
+            .tls(dlock_testkit::postgres::tls());
 
         // Inside a savepoint (acquire_timeout): the transaction stays usable.
         let mut tx = client.transaction().await.unwrap();

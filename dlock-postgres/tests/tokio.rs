@@ -432,9 +432,7 @@ async fn a_citus_worker_is_refused_by_an_async_lock() {
         tokio::task::spawn_blocking(|| common::citus_standin("dlock_citus_tokio", 1))
             .await
             .unwrap();
-    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
+    let (client, connection) = tokio_postgres::connect(&url, common::tls()).await.unwrap();
     tokio::spawn(connection);
     let mut lock = AsyncPgLock::new(client, "deployments/citus");
     let refused = lock.try_acquire().await;

@@ -7,6 +7,7 @@
 use std::fs;
 use std::io::{self, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -511,6 +512,12 @@ pub(crate) fn start_postgres_from(bin: &Path) -> Result<OwnServer> {
 }
 
 fn start_postgres_with(bin: &Path, dir: &Path) -> Result<String> {
+    let port = init_postgres(bin, dir)?;
+    pg_ctl_start(bin, dir, port, "PostgreSQL", "")
+}
+
+/// Makes a PostgreSQL data directory in `dir/data`, and picks the port its server will take.
+fn init_postgres(bin: &Path, dir: &Path) -> Result<u16> {
     let data = dir.join("data");
     register("postgres", dir);
     fs::create_dir_all(dir)?;
@@ -533,16 +540,16 @@ fn start_postgres_with(bin: &Path, dir: &Path) -> Result<String> {
             "UTF8",
             "--locale=C",
         ]))?;
-    pg_ctl_start(bin, dir, port, "PostgreSQL")
+    Ok(port)
 }
 
-/// Starts the PostgreSQL data directory `dir/data` on `port` with the matrix's settings
-/// (`what` names it in an error), and gives its URL.
-fn pg_ctl_start(bin: &Path, dir: &Path, port: u16, what: &str) -> Result<String> {
+/// Starts the PostgreSQL data directory `dir/data` on `port` with the matrix's settings and
+/// `extra` server options (`what` names it in an error), and gives its URL.
+fn pg_ctl_start(bin: &Path, dir: &Path, port: u16, what: &str, extra: &str) -> Result<String> {
     let (data, log) = (dir.join("data"), dir.join("server.log"));
     // A standby needs max_connections at least the primary's: both take the same.
     let options = format!(
-        "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300",
+        "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300 {extra}",
         dir.display()
     );
     let started = run(command_as("postgres", &bin.join("pg_ctl"))
@@ -698,6 +705,176 @@ impl RestartableServers {
         self.pg.stop();
         self.mariadb.stop();
     }
+}
+
+/// A PostgreSQL and a MariaDB server that accept only TLS connections, with certificates of a
+/// throwaway certificate authority: PostgreSQL with `ssl = on` and only `hostssl` lines in its
+/// `pg_hba.conf`, MariaDB with `require_secure_transport = ON`. The tests find the authority's
+/// certificate in `DLOCK_TLS_CA`, and the servers under the usual URL variables.
+#[derive(Debug)]
+pub(crate) struct TlsServers {
+    certs: PathBuf,
+    pg: OwnServer,
+    mariadb: OwnServer,
+}
+
+impl TlsServers {
+    /// Makes the certificates and starts both; on failure, stops what was started.
+    pub(crate) fn start() -> Result<TlsServers> {
+        let certs = unique_temp_dir()?.join("certs");
+        make_certificates(&certs)?;
+        let pg_dir = unique_temp_dir()?.join("postgres");
+        let pg = match start_postgres_tls(&pg_dir, &certs) {
+            Ok(url) => OwnServer { url, dir: pg_dir },
+            Err(error) => {
+                OwnServer {
+                    url: String::new(),
+                    dir: pg_dir,
+                }
+                .stop();
+                let _ = fs::remove_dir_all(&certs);
+                return Err(error);
+            }
+        };
+        let my_dir = unique_temp_dir()?.join("mariadb");
+        let options = [
+            format!("--ssl-ca={}", certs.join("ca.pem").display()),
+            format!("--ssl-cert={}", certs.join("server.pem").display()),
+            format!("--ssl-key={}", certs.join("server.key").display()),
+            "--require-secure-transport=ON".to_owned(),
+        ];
+        match start_mariadb_with(&my_dir, &options) {
+            Ok(url) => Ok(TlsServers {
+                certs,
+                pg,
+                mariadb: OwnServer { url, dir: my_dir },
+            }),
+            Err(error) => {
+                OwnServer {
+                    url: String::new(),
+                    dir: my_dir,
+                }
+                .stop();
+                pg.stop();
+                let _ = fs::remove_dir_all(&certs);
+                Err(error)
+            }
+        }
+    }
+
+    /// The URLs, and where the authority's certificate is.
+    pub(crate) fn env(&self) -> [(&'static str, String); 3] {
+        [
+            (PG_URL_VAR, self.pg.url.clone()),
+            (MYSQL_URL_VAR, self.mariadb.url.clone()),
+            (
+                "DLOCK_TLS_CA",
+                self.certs.join("ca.pem").display().to_string(),
+            ),
+        ]
+    }
+
+    /// Stops both and deletes their files and the certificates.
+    pub(crate) fn stop(self) {
+        self.pg.stop();
+        self.mariadb.stop();
+        let _ = fs::remove_dir_all(&self.certs);
+    }
+}
+
+/// Writes a certificate authority (`ca.pem`) and a server certificate it signed for
+/// `127.0.0.1` and `localhost` (`server.pem`, `server.key`) into `dir`, with the `openssl`
+/// command. Every file is readable by every user: the servers run as users of their own.
+fn make_certificates(dir: &Path) -> Result<()> {
+    fs::create_dir_all(dir)?;
+    let openssl = find_on_path("openssl").ok_or(
+        "the TLS row makes its certificates with the openssl command, which is missing \
+         (apt-get install openssl)",
+    )?;
+    let path = |name: &str| dir.join(name).display().to_string();
+    run(Command::new(&openssl).args([
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=dlock test authority",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+        "-keyout",
+        &path("ca.key"),
+        "-out",
+        &path("ca.pem"),
+    ]))?;
+    run(Command::new(&openssl).args([
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        &path("server.key"),
+        "-out",
+        &path("server.csr"),
+    ]))?;
+    fs::write(
+        dir.join("server.ext"),
+        "subjectAltName = IP:127.0.0.1, DNS:localhost\n\
+         basicConstraints = CA:FALSE\n\
+         keyUsage = digitalSignature, keyEncipherment\n\
+         extendedKeyUsage = serverAuth\n",
+    )?;
+    run(Command::new(&openssl).args([
+        "x509",
+        "-req",
+        "-days",
+        "2",
+        "-in",
+        &path("server.csr"),
+        "-CA",
+        &path("ca.pem"),
+        "-CAkey",
+        &path("ca.key"),
+        "-CAcreateserial",
+        "-extfile",
+        &path("server.ext"),
+        "-out",
+        &path("server.pem"),
+    ]))?;
+    for name in ["ca.pem", "server.pem", "server.key"] {
+        fs::set_permissions(dir.join(name), fs::Permissions::from_mode(0o644))?;
+    }
+    Ok(())
+}
+
+/// Starts the system's PostgreSQL in `dir`, accepting only TLS connections with the
+/// certificate in `certs`.
+fn start_postgres_tls(dir: &Path, certs: &Path) -> Result<String> {
+    let bin = system_postgres_bin()?;
+    let port = init_postgres(&bin, dir)?;
+    // The server wants its key owned by its own user and readable by nobody else.
+    for name in ["server.pem", "server.key"] {
+        fs::copy(certs.join(name), dir.join(name))?;
+    }
+    fs::set_permissions(dir.join("server.key"), fs::Permissions::from_mode(0o600))?;
+    fs::write(
+        dir.join("pg_hba.conf"),
+        "hostssl all all 127.0.0.1/32 trust\n",
+    )?;
+    chown("postgres", dir)?;
+    let extra = format!(
+        "-c ssl=on -c ssl_cert_file={dir}/server.pem -c ssl_key_file={dir}/server.key \
+         -c hba_file={dir}/pg_hba.conf",
+        dir = dir.display()
+    );
+    let url = pg_ctl_start(&bin, dir, port, "PostgreSQL with TLS only", &extra)?;
+    Ok(format!("{url}?sslmode=require"))
 }
 
 /// The deployments where a lock cannot exclude, beside the primary of a row's own
@@ -872,7 +1049,7 @@ fn start_standby(bin: &Path, dir: &Path, primary_port: u16) -> Result<String> {
             "stream",
             "--no-sync",
         ]))?;
-    pg_ctl_start(bin, dir, port, "the standby")
+    pg_ctl_start(bin, dir, port, "the standby", "")
 }
 
 /// Starts MariaDB as the one node of a Galera cluster of its own.

@@ -31,6 +31,18 @@ const OWN_SERVER_TESTS: &[(&str, &str)] = &[
     ("dlock-pool", "deployments"),
 ];
 
+/// The test targets the `db:tls` row runs against servers that accept only TLS, in every
+/// featured crate that has them.
+const TLS_TESTS: &[&str] = &[
+    "blocking",
+    "contract",
+    "interruption",
+    "sessions",
+    "tokio",
+    "bb8",
+    "r2d2",
+];
+
 /// Feature sets checked beyond each feature alone: dlock-pool's code for a pool and a backend
 /// exists only when both are on, so each pair gets a row.
 const FEATURE_COMBINATIONS: &[(&str, &str)] = &[
@@ -69,6 +81,8 @@ struct Row {
     /// Whether the row runs while CPU hogs keep every core busy, so races that hide on an
     /// idle machine show.
     saturated: bool,
+    /// Whether the row gets servers of its own that accept only TLS ([`db::TlsServers`]).
+    tls_only: bool,
 }
 
 impl Row {
@@ -83,7 +97,13 @@ impl Row {
             deployments: false,
             starts_servers: false,
             saturated: false,
+            tls_only: false,
         }
+    }
+
+    fn tls_only(mut self) -> Row {
+        self.tls_only = true;
+        self
     }
 
     fn saturated(mut self) -> Row {
@@ -287,6 +307,17 @@ fn rows() -> Result<Vec<Row>> {
             row.own_servers().deployments()
         });
     }
+    // The lock suites of every flavour, bare and pooled, against servers that accept only TLS:
+    // every connection a lock opens (the side connection, a cancel, the watcher's, a second
+    // connection of a check) must go through TLS too.
+    let mut args = vec!["test", "--all-features"];
+    for krate in FEATURED_CRATES {
+        args.extend(["-p", krate]);
+    }
+    for target in TLS_TESTS {
+        args.extend(["--test", target]);
+    }
+    rows.push(Row::new("db:tls", &args).tls_only());
     // The cancel, race and interruption tests again, with every core kept busy: a timing bug
     // that hides on an idle machine shows here rather than at users.
     rows.push(
@@ -430,6 +461,7 @@ pub(crate) fn command(args: &[String]) -> Result<()> {
                 _ if row.deployments => {
                     "  [servers of its own, pgbouncer, standby, Galera]".to_owned()
                 }
+                _ if row.tls_only => "  [servers of its own, TLS only]".to_owned(),
                 _ if row.own_servers || row.starts_servers => "  [servers of its own]".to_owned(),
                 (true, _) if row.saturated => "  [servers, every core busy]".to_owned(),
                 (true, _) => "  [servers]".to_owned(),
@@ -525,6 +557,13 @@ fn run_row(row: &Row, servers: &mut Option<Servers>) -> Result<bool> {
         servers.stop();
         return Ok(passed?);
     }
+    if row.tls_only {
+        let servers = db::TlsServers::start()?;
+        command.envs(servers.env());
+        let passed = command.status().map(|status| status.success());
+        servers.stop();
+        return Ok(passed?);
+    }
     if let Some(major) = row.postgres_major {
         let bin = pg_versions::bin_dir(major)?;
         let server = db::start_postgres_from(&bin)?;
@@ -602,7 +641,8 @@ mod tests {
                 row.needs_servers
                     || row.postgres_major.is_some()
                     || row.own_servers
-                    || row.starts_servers,
+                    || row.starts_servers
+                    || row.tls_only,
                 row.name.starts_with("db:"),
                 "{}",
                 row.name

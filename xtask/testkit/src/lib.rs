@@ -99,6 +99,22 @@ pub fn my_kill(id: u32) {
     );
 }
 
+/// Where the certificate authority of the servers under test is, when they accept only TLS:
+/// `DLOCK_TLS_CA`, which the `db:tls` row sets.
+pub fn tls_ca_path() -> Option<std::path::PathBuf> {
+    std::env::var_os("DLOCK_TLS_CA")
+        .filter(|path| !path.is_empty())
+        .map(std::path::PathBuf::from)
+}
+
+/// The certificate authority of [`tls_ca_path`], read.
+fn tls_ca() -> Option<native_tls::Certificate> {
+    let path = tls_ca_path()?;
+    let pem = std::fs::read(&path)
+        .unwrap_or_else(|error| panic!("DLOCK_TLS_CA: {}: {error}", path.display()));
+    Some(native_tls::Certificate::from_pem(&pem).expect("DLOCK_TLS_CA holds a PEM certificate"))
+}
+
 /// The PostgreSQL server under test.
 pub mod postgres {
     pub use crate::poll_once_and_drop;
@@ -135,11 +151,13 @@ pub mod postgres {
             .batch_execute(&format!("CREATE DATABASE {name}"))
             .unwrap();
         let base = pg_url();
+        let (base, query) = base.split_once('?').unwrap_or((&base, ""));
         let url = match base.rsplit_once('/') {
-            Some((server, _)) => format!("{server}/{name}"),
+            Some((server, _)) if query.is_empty() => format!("{server}/{name}"),
+            Some((server, _)) => format!("{server}/{name}?{query}"),
             None => panic!("DLOCK_PG_URL names no database: {base}"),
         };
-        let mut node = ::postgres::Client::connect(&url, ::postgres::NoTls).unwrap();
+        let mut node = ::postgres::Client::connect(&url, tls()).unwrap();
         node.batch_execute(
             "SET allow_system_table_mods = on; \
              CREATE TABLE pg_catalog.pg_dist_local_group (groupid integer NOT NULL)",
@@ -152,7 +170,7 @@ pub mod postgres {
         .unwrap();
         let set_url = url.clone();
         let set_group = move |group: i32| {
-            let mut node = ::postgres::Client::connect(&set_url, ::postgres::NoTls).unwrap();
+            let mut node = ::postgres::Client::connect(&set_url, tls()).unwrap();
             node.execute(
                 "UPDATE pg_catalog.pg_dist_local_group SET groupid = $1",
                 &[&group],
@@ -162,14 +180,43 @@ pub mod postgres {
         (url, set_group)
     }
 
+    /// The TLS connector the suites connect with. It trusts the certificate authority in
+    /// `DLOCK_TLS_CA` when that is set (the `db:tls` row, whose servers accept only TLS).
+    /// Elsewhere the URLs leave `sslmode` at `prefer`, and a server without TLS answers in
+    /// plain text.
+    pub type Tls = postgres_native_tls::MakeTlsConnector;
+
+    /// A [`Tls`] connector.
+    pub fn tls() -> Tls {
+        let mut builder = native_tls::TlsConnector::builder();
+        if let Some(ca) = crate::tls_ca() {
+            builder.add_root_certificate(ca);
+        }
+        Tls::new(builder.build().expect("a TLS connector"))
+    }
+
+    /// `DLOCK_PG_URL` for the URL entry point, which reads its TLS from the URL: with
+    /// `DLOCK_TLS_CA` set, it asks for `verify-full` against that authority.
+    pub fn url_with_its_tls() -> String {
+        let url = pg_url();
+        match crate::tls_ca_path() {
+            Some(ca) => {
+                let url = url.replace("sslmode=require", "sslmode=verify-full");
+                let separator = if url.contains('?') { '&' } else { '?' };
+                format!("{url}{separator}sslrootcert={}", ca.display())
+            }
+            None => url,
+        }
+    }
+
     /// A blocking client of the server under test.
     pub fn connect() -> ::postgres::Client {
-        ::postgres::Client::connect(&pg_url(), ::postgres::NoTls).expect("connect to DLOCK_PG_URL")
+        ::postgres::Client::connect(&pg_url(), tls()).expect("connect to DLOCK_PG_URL")
     }
 
     /// An async client of the server under test, its connection driven by a spawned task.
     pub async fn connect_async() -> tokio_postgres::Client {
-        let (client, connection) = tokio_postgres::connect(&pg_url(), tokio_postgres::NoTls)
+        let (client, connection) = tokio_postgres::connect(&pg_url(), tls())
             .await
             .expect("connect to DLOCK_PG_URL");
         tokio::spawn(connection);
@@ -240,10 +287,49 @@ pub mod mysql {
         }
     }
 
+    /// How the blocking client connects to the server under test: `DLOCK_MYSQL_URL`, through
+    /// TLS trusting `DLOCK_TLS_CA` when that is set (the `db:tls` row).
+    pub fn opts() -> ::mysql::Opts {
+        let opts = ::mysql::Opts::from_url(&mysql_url()).expect("DLOCK_MYSQL_URL is a MySQL URL");
+        match crate::tls_ca_path() {
+            Some(ca) => ::mysql::OptsBuilder::from_opts(opts)
+                .ssl_opts(::mysql::SslOpts::default().with_root_cert_path(Some(ca)))
+                .into(),
+            None => opts,
+        }
+    }
+
+    /// As [`opts`], for the async client.
+    pub fn opts_async() -> mysql_async::Opts {
+        let opts =
+            mysql_async::Opts::from_url(&mysql_url()).expect("DLOCK_MYSQL_URL is a MySQL URL");
+        match crate::tls_ca_path() {
+            Some(ca) => mysql_async::OptsBuilder::from_opts(opts)
+                .ssl_opts(mysql_async::SslOpts::default().with_root_certs(vec![ca.into()]))
+                .into(),
+            None => opts,
+        }
+    }
+
+    /// `DLOCK_MYSQL_URL` for the URL entry point, which reads its TLS from the URL: with
+    /// `DLOCK_TLS_CA` set, it asks for `VERIFY_IDENTITY` against that authority.
+    pub fn url_with_its_tls() -> String {
+        let url = mysql_url();
+        match crate::tls_ca_path() {
+            Some(ca) => {
+                let separator = if url.contains('?') { '&' } else { '?' };
+                format!(
+                    "{url}{separator}ssl-mode=VERIFY_IDENTITY&ssl-ca={}",
+                    ca.display()
+                )
+            }
+            None => url,
+        }
+    }
+
     /// A blocking connection to the server under test.
     pub fn connect() -> ::mysql::Conn {
-        let opts = ::mysql::Opts::from_url(&mysql_url()).expect("DLOCK_MYSQL_URL is a MySQL URL");
-        ::mysql::Conn::new(opts).expect("connect to DLOCK_MYSQL_URL")
+        ::mysql::Conn::new(opts()).expect("connect to DLOCK_MYSQL_URL")
     }
 
     /// The connection id holding `name`, asked with the name bound as a parameter (the way other
@@ -285,9 +371,7 @@ pub mod mysql {
 
     /// An async connection to the server under test.
     pub async fn connect_async() -> mysql_async::Conn {
-        let opts =
-            mysql_async::Opts::from_url(&mysql_url()).expect("DLOCK_MYSQL_URL is a MySQL URL");
-        mysql_async::Conn::new(opts)
+        mysql_async::Conn::new(opts_async())
             .await
             .expect("connect to DLOCK_MYSQL_URL")
     }
