@@ -20,8 +20,10 @@ use crate::{Result, cargo, project_root};
 /// features (dlock-core, xtask) are covered by the whole-workspace rows.
 const FEATURED_CRATES: &[&str] = &["dlock-postgres", "dlock-mysql", "dlock-pool"];
 
-/// Test targets that freeze and restart their servers: the `db:faults` row runs them all,
-/// one test at a time, on servers of its own (each crate's fault tests live in that crate).
+/// Test targets that need servers of their own, so the shared-server rows leave them out:
+/// those that freeze and restart their servers (`db:faults`, one test at a time), those that
+/// need deployments where a lock cannot exclude (`db:deployments`), and those that need
+/// servers taking only TLS (`db:tls`). Each crate's such tests live in that crate.
 const OWN_SERVER_TESTS: &[(&str, &str)] = &[
     ("dlock-postgres", "faults"),
     ("dlock-mysql", "faults"),
@@ -29,6 +31,8 @@ const OWN_SERVER_TESTS: &[(&str, &str)] = &[
     ("dlock-postgres", "deployments"),
     ("dlock-mysql", "deployments"),
     ("dlock-pool", "deployments"),
+    // Only the `db:tls` row's servers, which take nothing but TLS, make these mean anything.
+    ("dlock-pool", "tls"),
 ];
 
 /// The test targets the `db:tls` row runs against servers that accept only TLS, in every
@@ -41,6 +45,7 @@ const TLS_TESTS: &[&str] = &[
     "tokio",
     "bb8",
     "r2d2",
+    "tls",
 ];
 
 /// Feature sets checked beyond each feature alone: dlock-pool's code for a pool and a backend

@@ -19,7 +19,8 @@ use dlock_pool::dlock_mysql::{AsyncMySqlLock, AsyncMySqlSession, MySqlLock, MySq
 use dlock_pool::dlock_postgres::install_fencing as pg_install_fencing;
 use dlock_pool::dlock_postgres::{AsyncPgLock, AsyncPgSession, PgLock, PgSession, PgXactLock};
 use dlock_pool::{
-    AsyncLock, AsyncLockGuard, AsyncLockPool, AsyncMySqlManager, Lock, LockGuard, LockPool,
+    AsyncAnyLockGuard, AsyncAnyLockPool, AsyncLock, AsyncLockGuard, AsyncLockPool,
+    AsyncMySqlManager, Lock, LockGuard, LockPool,
 };
 use mysql::prelude::Queryable;
 use mysql_async::prelude::Queryable as _;
@@ -1016,6 +1017,54 @@ fn pooled_beside_bare(scale: Scale) -> Result<Vec<Throughput>> {
             })
             .await?,
         );
+        drop((pool, tested));
+
+        // The URL entry point beside the backend's pool it forwards to: what one guard type
+        // for both backends costs.
+        const BACKENDS_POOL: &str = "the backend's AsyncLockPool (one CPU)";
+        for (path, url, key) in [
+            (
+                "AsyncAnyLockPool, PostgreSQL",
+                pg_url()?,
+                PG_KEY.to_string(),
+            ),
+            ("AsyncAnyLockPool, MySQL", mysql_url()?, MY_NAME.to_owned()),
+        ] {
+            let any = AsyncAnyLockPool::connect(&url).await?;
+            if url.starts_with("postgres") {
+                let pool = AsyncLockPool::new(bb8_postgres::PostgresConnectionManager::new(
+                    url.parse()?,
+                    tokio_postgres::NoTls,
+                ))
+                .await?;
+                let key = PG_KEY;
+                results.push(
+                    compare_interleaved_async(scale, path, BACKENDS_POOL, async |side| {
+                        if side == Side::Dlock {
+                            AsyncAnyLockGuard::release(any.acquire(key).await?).await?;
+                        } else {
+                            AsyncLockGuard::release(pool.acquire(key).await?).await?;
+                        }
+                        Ok(())
+                    })
+                    .await?,
+                );
+            } else {
+                let pool = AsyncLockPool::new(AsyncMySqlManager::from_url(&url)?).await?;
+                let key = key.as_str();
+                results.push(
+                    compare_interleaved_async(scale, path, BACKENDS_POOL, async |side| {
+                        if side == Side::Dlock {
+                            AsyncAnyLockGuard::release(any.acquire(key).await?).await?;
+                        } else {
+                            AsyncLockGuard::release(pool.acquire(key).await?).await?;
+                        }
+                        Ok(())
+                    })
+                    .await?,
+                );
+            }
+        }
         Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
     })?;
     Ok(results)
