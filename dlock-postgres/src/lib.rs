@@ -7,6 +7,7 @@
 //!   the `postgres` client.
 //! - `tokio` (feature `tokio`): `AsyncPgLock`, `AsyncPgSession`, `AsyncPgXactLock`
 //!   and the same helpers over `tokio-postgres`.
+//! - `sqlx` (feature `sqlx`): `SqlxPgLock`, a session lock that owns a sqlx connection.
 //!
 //! The lock and session types are also at the crate root; the helpers live in their
 //! flavour's module, under the same names in both.
@@ -27,6 +28,21 @@ pub mod blocking;
 
 #[cfg(feature = "tokio")]
 mod asynchronous;
+
+#[cfg(feature = "sqlx")]
+mod over_sqlx;
+
+/// The sqlx flavour (feature `sqlx`): [`SqlxPgLock`], a session lock that owns a sqlx
+/// connection.
+#[cfg(feature = "sqlx")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlx")))]
+pub mod sqlx {
+    pub use crate::over_sqlx::{SqlxPgConnection, SqlxPgLock};
+}
+
+#[cfg(feature = "sqlx")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlx")))]
+pub use over_sqlx::{SqlxPgConnection, SqlxPgLock};
 
 /// The tokio flavour (feature `tokio`): locks, sessions and helpers over `tokio-postgres`,
 /// named as the blocking flavour's are.

@@ -959,26 +959,23 @@ pub(crate) fn failure(error: &driver::Error) -> Failure {
             Failure::Other
         };
     };
-    if *code == SqlState::LOCK_NOT_AVAILABLE {
-        Failure::LockTimeout
-    } else if *code == SqlState::QUERY_CANCELED {
-        let by_request = error
-            .as_db_error()
-            .is_some_and(|db| db.message() == "canceling statement due to user request");
-        Failure::Canceled { by_request }
-    } else if *code == SqlState::IN_FAILED_SQL_TRANSACTION {
-        Failure::TransactionAborted
-    } else if *code == SqlState::INVALID_SQL_STATEMENT_NAME {
-        Failure::StatementMissing
-    } else if *code == SqlState::ADMIN_SHUTDOWN
-        || *code == SqlState::CRASH_SHUTDOWN
-        || *code == SqlState::CANNOT_CONNECT_NOW
-        || code.code().starts_with("08")
-    {
+    failure_of_code(code.code(), error.as_db_error().map(|db| db.message()))
+}
+
+/// Sorts a server error by its SQLSTATE `code` and, for a cancel, its `message`: what every
+/// driver's errors come down to.
+pub(crate) fn failure_of_code(code: &str, message: Option<&str>) -> Failure {
+    match code {
+        "55P03" => Failure::LockTimeout,
+        "57014" => Failure::Canceled {
+            by_request: message == Some("canceling statement due to user request"),
+        },
+        "25P02" => Failure::TransactionAborted,
+        "26000" => Failure::StatementMissing,
         // The server ended the session (pg_terminate_backend, shutdown): its locks are gone.
-        Failure::ConnectionLost
-    } else {
-        Failure::Other
+        "57P01" | "57P02" | "57P03" => Failure::ConnectionLost,
+        code if code.starts_with("08") => Failure::ConnectionLost,
+        _ => Failure::Other,
     }
 }
 
@@ -995,19 +992,30 @@ fn session_ended(error: &driver::Error) -> bool {
 }
 
 /// dlock's error for a driver error.
-/// The server's own message of an error, or the error's text.
-fn error_message(error: &BoxError) -> String {
-    error
-        .downcast_ref::<driver::Error>()
-        .and_then(driver::Error::as_db_error)
-        .map_or_else(|| error.to_string(), |db| db.message().to_owned())
-}
-
 pub(crate) fn error(error: driver::Error) -> Error {
-    let code = error.code().cloned();
+    let code = error.code().map(|code| code.code().to_owned());
+    let message = error.as_db_error().map(|db| db.message().to_owned());
     let kind = failure(&error);
     let ended = session_ended(&error);
-    let source: BoxError = Box::new(error);
+    error_of(
+        kind,
+        code.as_deref(),
+        message.as_deref(),
+        ended,
+        Box::new(error),
+    )
+}
+
+/// dlock's error for a failed statement of any driver: sorted as `kind`, with the server's
+/// SQLSTATE `code` and `message` where it sent them, `ended` when the session is proven
+/// gone, and the driver's error as `source`.
+pub(crate) fn error_of(
+    kind: Failure,
+    code: Option<&str>,
+    message: Option<&str>,
+    ended: bool,
+    source: BoxError,
+) -> Error {
     match kind {
         Failure::ConnectionLost if ended => Error::session_ended_by(source),
         Failure::ConnectionLost => Error::ConnectionLost {
@@ -1020,24 +1028,21 @@ pub(crate) fn error(error: driver::Error) -> Error {
             source: Some(source),
         },
         Failure::LockTimeout | Failure::StatementMissing | Failure::Other => match code {
-            Some(code) if code == SqlState::T_R_DEADLOCK_DETECTED => Error::Deadlock {
+            Some("40P01") => Error::Deadlock {
                 source: Some(source),
             },
             // dlock's statements name no table but the fence table.
-            Some(code) if code == SqlState::UNDEFINED_TABLE => Error::FencingNotInstalled {
+            Some("42P01") => Error::FencingNotInstalled {
                 table: String::new(),
                 source: Some(source),
             },
-            Some(code)
-                if code == SqlState::UNDEFINED_OBJECT
-                    && error_message(&source).contains(STANDBY_MARKER) =>
-            {
+            Some("42704") if message.is_some_and(|message| message.contains(STANDBY_MARKER)) => {
                 Error::CannotExclude {
                     deployment: dlock_core::Deployment::HotStandby,
                 }
             }
             // PostgreSQL reports a full lock table as 53200, "out of shared memory".
-            Some(code) if code == SqlState::OUT_OF_MEMORY => Error::LockTableFull {
+            Some("53200") => Error::LockTableFull {
                 setting: "max_locks_per_transaction",
                 source: Some(source),
             },

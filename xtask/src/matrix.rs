@@ -42,6 +42,7 @@ const TLS_TESTS: &[&str] = &[
     "contract",
     "interruption",
     "sessions",
+    "sqlx",
     "tokio",
     "bb8",
     "r2d2",

@@ -1,0 +1,428 @@
+//! The sqlx flavour (feature `sqlx`): a session lock that owns a sqlx connection (a
+//! `PgConnection` or a `PoolConnection<Postgres>`). It is a transport: the machine decides,
+//! and this only sends what it asks for and hands back what it read.
+//!
+//! sqlx has no query cancel, keeps no reply for later, and sends nothing while a statement
+//! whose future was dropped is unanswered: it finishes that statement itself before the
+//! connection's next one, reading its reply and throwing it away. So:
+//! - waits go in slices (`lock_timeout` per slice): a dropped wait ends in the server within
+//!   one slice, and holds up the connection's next statement no longer than that;
+//! - what a dropped attempt leaves owed (unlock the key if that attempt got it) stays with the
+//!   lock, and its next operation pays it first;
+//! - a lock dropped holding or owing hands its connection and its state to a task on the
+//!   current tokio runtime, which pays and releases (after sqlx has finished what was in
+//!   flight) and then lets the connection go; a borrowed connection could not be moved there,
+//!   which is why the lock owns its connection. Without a runtime, or when the task fails, the
+//!   connection is closed, which ends its session and every lock it held.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use ::sqlx::pool::PoolConnection;
+use ::sqlx::postgres::{PgConnection, PgRow, Postgres};
+use ::sqlx::{Column as _, Row as _, TypeInfo as _, ValueRef as _};
+use dlock_core::trace::Traced;
+use dlock_core::{AsyncLock, Error, Key, KeyPolicy, PgKey, Result, Wait};
+use tracing::Instrument as _;
+
+use crate::machine::{
+    Abandon, Acquire, Failed, LockState, Operation, PayOwed, Release, Request, Step, Verify, Waits,
+};
+use crate::sql::{self, Failure, Mode, Row};
+
+/// A PostgreSQL session lock that owns a sqlx connection `C`: a `PgConnection`, or a
+/// `PoolConnection<Postgres>` from your `PgPool` ([`SqlxPgConnection`]). Keys, policies,
+/// modes, fencing and the contract are those of [`AsyncPgLock`](crate::AsyncPgLock); what
+/// differs is what sqlx allows:
+///
+/// - **Dropped futures.** sqlx cannot cancel a statement, so a wait goes in slices (each
+///   sets `lock_timeout` for its one statement): an acquire dropped mid-wait ends in the
+///   server within a slice (400 ms), and the lock keeps the cleanup that attempt owes (unlock
+///   the key if it got it), which its next operation sends first.
+/// - **Dropping a lock** that holds or owes hands its connection to a task on the current
+///   tokio runtime, which releases and pays, then lets the connection go (back to its pool);
+///   release on drop is not immediate. Without a runtime, or if that fails, the connection is
+///   closed instead, which ends its session and frees its locks. A lock that holds and owes
+///   nothing gives its connection back as it came.
+/// - **Owned, not borrowed**: the drop must be able to move the connection into that task.
+///   [`into_inner`](Self::into_inner) releases and gives the connection back.
+/// - **Deployment check**: sqlx hides the connection's cancel key, so, as the blocking
+///   flavour, this infers a pooler from statements that move between server sessions, and
+///   cannot see one that never moves them.
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use dlock_postgres::{AsyncLock, SqlxPgLock};
+/// use sqlx::postgres::PgPoolOptions;
+///
+/// let pool = PgPoolOptions::new().connect("postgres://postgres@localhost/postgres").await?;
+/// let mut lock = SqlxPgLock::new(pool.acquire().await?, "nightly-report");
+/// if lock.try_acquire().await? {
+///     // Only one session anywhere gets here at a time.
+///     sqlx::query("UPDATE reports SET started = now()").execute(lock.connection()).await?;
+///     lock.release().await?;
+/// }
+/// # Ok(())
+/// # }
+/// ```
+pub struct SqlxPgLock<C: SqlxPgConnection> {
+    /// Always `Some` until `into_inner` takes it.
+    conn: Option<C>,
+    state: LockState,
+}
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// A sqlx connection a [`SqlxPgLock`] can own: `PgConnection`, or a
+/// `PoolConnection<Postgres>` (closed instead of returned to its pool when its lock cannot
+/// prove it clean). Sealed.
+pub trait SqlxPgConnection: Send + 'static + sealed::Sealed {
+    /// The connection the lock sends its statements through.
+    fn connection(&mut self) -> &mut PgConnection;
+
+    /// Makes sure the connection is closed, not reused, once dropped.
+    #[doc(hidden)]
+    fn discard(&mut self) {}
+}
+
+impl sealed::Sealed for PgConnection {}
+
+/// Dropping it closes it.
+impl SqlxPgConnection for PgConnection {
+    fn connection(&mut self) -> &mut PgConnection {
+        self
+    }
+}
+
+impl sealed::Sealed for PoolConnection<Postgres> {}
+
+impl SqlxPgConnection for PoolConnection<Postgres> {
+    fn connection(&mut self) -> &mut PgConnection {
+        self
+    }
+
+    fn discard(&mut self) {
+        self.close_on_drop();
+    }
+}
+
+impl<C: SqlxPgConnection> SqlxPgLock<C> {
+    /// An exclusive lock on `key` over `conn`, unlocked, under the default key policy.
+    pub fn new(conn: C, key: impl Into<Key>) -> Self {
+        let mut state = LockState::new(key.into());
+        state.waits = Waits::Sliced;
+        SqlxPgLock {
+            conn: Some(conn),
+            state,
+        }
+    }
+
+    crate::methods::lock_methods!();
+
+    /// The sqlx connection, for work under the lock.
+    pub fn connection(&mut self) -> &mut PgConnection {
+        self.get_mut().connection()
+    }
+
+    /// Releases the lock if held, and gives the connection back.
+    ///
+    /// # Errors
+    ///
+    /// As [`release`](AsyncLock::release); the connection is given back either way.
+    ///
+    /// # Cancel Safety
+    ///
+    /// Cancel safe: a dropped call leaves the lock to its drop, which queues the unlock.
+    pub async fn into_inner(mut self) -> (C, Result<()>) {
+        let released = if self.state.held().is_some() {
+            self.release().await
+        } else {
+            Ok(())
+        };
+        (self.disown_connection(), released)
+    }
+
+    /// Runs one operation of the machine on this lock's connection.
+    async fn run<O: Operation>(
+        &mut self,
+        start: impl FnOnce(&LockState) -> Result<O>,
+    ) -> Result<O::Output> {
+        let op = start(&self.state)?;
+        let conn = self
+            .conn
+            .as_mut()
+            .expect("the connection is only taken by into_inner and drop")
+            .connection();
+        Driver {
+            conn,
+            state: &mut self.state,
+            op,
+            sent: false,
+        }
+        .run()
+        .await
+    }
+
+    async fn take(&mut self, wait: Wait) -> Result<bool> {
+        let (mode, key) = self.traced();
+        let traced = Traced::acquire("postgres", mode, wait, key);
+        let outcome = self
+            .run(|state| Acquire::start(state, wait))
+            .instrument(traced.span().clone())
+            .await;
+        traced.finish(outcome.as_ref().copied());
+        outcome
+    }
+}
+
+/// Drives one operation over a sqlx connection; if its future is dropped with a statement in
+/// flight, leaves what that attempt owes with the lock.
+struct Driver<'a, O: Operation> {
+    conn: &'a mut PgConnection,
+    state: &'a mut LockState,
+    op: O,
+    /// Set while a statement is in flight.
+    sent: bool,
+}
+
+impl<O: Operation> Driver<'_, O> {
+    async fn run(mut self) -> Result<O::Output> {
+        let mut reply = None;
+        loop {
+            let request = match self.op.step(self.state, reply.take()) {
+                Step::Done(outcome) => return outcome,
+                Step::Send(request) => request,
+            };
+            reply = Some(match request {
+                Request::Simple(statement) => {
+                    self.sent = true;
+                    let rows = ::sqlx::raw_sql(::sqlx::AssertSqlSafe(statement))
+                        .fetch_all(&mut *self.conn)
+                        .await;
+                    self.sent = false;
+                    rows.map(|rows| last_row(&rows)).map_err(failed)
+                }
+                // sqlx prepares and caches statements by itself; the machine, finding none
+                // kept, goes on with simple queries.
+                Request::Prepare(..) => Ok(None),
+                Request::Prepared(..) => Err(Failed::from_error(Error::backend(
+                    "the sqlx flavour keeps no prepared statements, yet one was asked for",
+                ))),
+            });
+        }
+    }
+}
+
+impl<O: Operation> Drop for Driver<'_, O> {
+    fn drop(&mut self) {
+        if !self.sent {
+            return;
+        }
+        match self.state.abandon(self.op.in_flight()) {
+            // An attempt's cleanup stays owed (`abandon` noted it): nothing can go out before
+            // sqlx has the dropped statement's reply, and the lock's next operation, or its
+            // drop's task, sends it first.
+            Abandon::Nothing | Abandon::Queue { .. } => {}
+            // A cleanup or an unlock was written before its future was dropped, and sqlx
+            // sends it before anything else; sqlx reads its reply and throws it away, so it
+            // counts as run (a lost connection takes its locks with it anyway).
+            Abandon::Keep(settles) => {
+                self.state
+                    .settle(settles, Ok(Some(vec![Some("t".to_owned())])));
+            }
+        }
+    }
+}
+
+/// The last row of a simple query's reply, as text (the simple protocol returns text).
+fn last_row(rows: &[PgRow]) -> Row {
+    rows.last().map(|row| {
+        (0..row.len())
+            .map(|index| {
+                let value = row.try_get_raw(index).ok()?;
+                if value.is_null() {
+                    return None;
+                }
+                // A void column (a plain lock's) reads as empty text.
+                if row.column(index).type_info().name() == "VOID" {
+                    return Some(String::new());
+                }
+                value.as_str().ok().map(str::to_owned)
+            })
+            .collect()
+    })
+}
+
+/// A failed statement as the machine reads it: its SQLSTATE sorted as the other flavours'
+/// are, a broken connection as a lost session.
+fn failed(error: ::sqlx::Error) -> Failed {
+    let (failure, code, message) = match &error {
+        ::sqlx::Error::Database(database) => {
+            let code = database.code().map(|code| code.into_owned());
+            let message = database.message().to_owned();
+            let failure = code.as_deref().map_or(Failure::Other, |code| {
+                sql::failure_of_code(code, Some(&message))
+            });
+            (failure, code, Some(message))
+        }
+        ::sqlx::Error::Io(_) | ::sqlx::Error::Protocol(_) | ::sqlx::Error::Tls(_) => {
+            (Failure::ConnectionLost, None, None)
+        }
+        _ => (Failure::Other, None, None),
+    };
+    // The server said why it ended the session, or the connection closed: proof either way.
+    let ended = code.is_some()
+        || matches!(&error, ::sqlx::Error::Io(io) if io.kind() != std::io::ErrorKind::TimedOut);
+    let error = sql::error_of(
+        failure,
+        code.as_deref(),
+        message.as_deref(),
+        ended,
+        Box::new(error),
+    );
+    Failed { failure, error }
+}
+
+impl<C: SqlxPgConnection> AsyncLock for SqlxPgLock<C> {
+    fn key(&self) -> &Key {
+        &self.state.key
+    }
+
+    /// Waits, in the server, until this session holds the lock.
+    ///
+    /// # Cancel Safety
+    ///
+    /// Cancel safe: a dropped acquire's wait ends in the server within one slice, and its
+    /// cleanup, queued behind it, unlocks the key if that attempt got it.
+    async fn acquire(&mut self) -> Result<()> {
+        self.take(Wait::Forever).await.map(drop)
+    }
+
+    /// Takes the lock if it is free, without waiting.
+    ///
+    /// # Cancel Safety
+    ///
+    /// Cancel safe: if the future is dropped after the statement was sent, a queued cleanup
+    /// unlocks the key if it was granted.
+    async fn try_acquire(&mut self) -> Result<bool> {
+        self.take(Wait::Never).await
+    }
+
+    /// Waits at most `timeout` in the server, in slices that each set `lock_timeout` for
+    /// their one wait; `Ok(false)` comes no earlier. If the server has not answered
+    /// [`REPLY_GRACE`](dlock_core::REPLY_GRACE) after the timeout, this returns
+    /// [`Error::no_reply`], leaving the attempt as a dropped acquire does.
+    ///
+    /// # Cancel Safety
+    ///
+    /// Cancel safe, as [`acquire`](AsyncLock::acquire).
+    async fn acquire_timeout(&mut self, timeout: Duration) -> Result<bool> {
+        let started = Instant::now();
+        let left = timeout.saturating_sub(started.elapsed());
+        let limit = left.saturating_add(dlock_core::REPLY_GRACE);
+        match tokio::time::timeout(limit, self.take(Wait::for_timeout(left))).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(Error::no_reply(limit)),
+        }
+    }
+
+    /// Releases the lock.
+    ///
+    /// # Cancel Safety
+    ///
+    /// Cancel safe: once polled, the unlock is written to the connection, and sqlx sends it
+    /// before the connection's next statement whether or not the future completes.
+    async fn release(&mut self) -> Result<()> {
+        let (mode, key) = self.traced();
+        let traced = Traced::release("postgres", mode, key);
+        let outcome = self
+            .run(Release::start)
+            .instrument(traced.span().clone())
+            .await;
+        traced.finish(outcome.as_ref().map(|()| true));
+        outcome
+    }
+
+    fn is_acquired(&self) -> bool {
+        self.state.held().is_some()
+    }
+
+    /// Asks `pg_locks` whether this session holds the lock in this lock's mode.
+    ///
+    /// # Cancel Safety
+    ///
+    /// Cancel safe: it only reads.
+    async fn verify(&mut self) -> Result<bool> {
+        let (mode, key) = self.traced();
+        let traced = Traced::verify("postgres", mode, key);
+        let outcome = self
+            .run(Verify::start)
+            .instrument(traced.span().clone())
+            .await;
+        traced.finish(outcome.as_ref().copied());
+        outcome
+    }
+}
+
+impl<C: SqlxPgConnection> Drop for SqlxPgLock<C> {
+    fn drop(&mut self) {
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
+        if self.state.held().is_none() && self.state.owes().is_none() {
+            return;
+        }
+        let empty = LockState::new(self.state.key.clone());
+        let mut state = std::mem::replace(&mut self.state, empty);
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(key = %state.key, "a sqlx lock dropped outside a tokio runtime: its connection is closed, which frees its locks");
+            conn.discard();
+            return;
+        };
+        tracing::debug!(key = %state.key, "dropping a held or owing PostgreSQL lock: a task releases it");
+        runtime.spawn(async move {
+            let held = state.held().is_some();
+            let mut settled = Driver {
+                conn: conn.connection(),
+                state: &mut state,
+                op: PayOwed::start(),
+                sent: false,
+            }
+            .run()
+            .await;
+            if settled.is_ok() && held {
+                settled = match Release::start(&state) {
+                    Ok(op) => {
+                        Driver {
+                            conn: conn.connection(),
+                            state: &mut state,
+                            op,
+                            sent: false,
+                        }
+                        .run()
+                        .await
+                    }
+                    Err(error) => Err(error),
+                };
+            }
+            if let Err(error) = settled {
+                tracing::warn!(%error, key = %state.key, "a dropped sqlx lock could not be released: its connection is closed, which frees its locks");
+                conn.discard();
+            }
+        });
+    }
+}
+
+impl<C: SqlxPgConnection> fmt::Debug for SqlxPgLock<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqlxPgLock")
+            .field("key", &self.state.key)
+            .field("mode", &self.state.mode)
+            .field("held", &self.state.held().is_some())
+            .finish_non_exhaustive()
+    }
+}

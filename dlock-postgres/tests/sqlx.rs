@@ -1,0 +1,223 @@
+//! `SqlxPgLock`, the sqlx transport, against a real server: the lock contract, exclusion
+//! with the other flavours and with sqlx's own `PgAdvisoryLock`, and what a drop leaves
+//! (nothing) when sqlx can neither cancel nor keep a reply.
+
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use dlock_postgres::{AsyncLock, AsyncPgLock, KeyPolicy, SqlxPgLock};
+use dlock_testkit::contract::{AsyncFlavour, Server};
+use dlock_testkit::postgres as common;
+use sqlx::Connection as _;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgSslMode};
+
+/// A sqlx connection to the server under test, through TLS checked against `DLOCK_TLS_CA`
+/// where that is set (the `db:tls` row).
+async fn connect() -> PgConnection {
+    let mut options = PgConnectOptions::from_str(&common::pg_url()).expect("a PostgreSQL URL");
+    if let Some(ca) = dlock_testkit::tls_ca_path() {
+        options = options.ssl_mode(PgSslMode::VerifyFull).ssl_root_cert(ca);
+    }
+    PgConnection::connect_with(&options)
+        .await
+        .expect("connect to DLOCK_PG_URL")
+}
+
+/// A sqlx pool of one connection: whatever a lock leaves on its session, the next checkout
+/// finds.
+async fn one_connection_pool() -> sqlx::PgPool {
+    let mut options = PgConnectOptions::from_str(&common::pg_url()).expect("a PostgreSQL URL");
+    if let Some(ca) = dlock_testkit::tls_ca_path() {
+        options = options.ssl_mode(PgSslMode::VerifyFull).ssl_root_cert(ca);
+    }
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+        .unwrap()
+}
+
+async fn backend_pid(conn: &mut PgConnection) -> i32 {
+    sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(conn)
+        .await
+        .unwrap()
+}
+
+/// The sessions holding `name` (default key policy), seen from a session of the test's own.
+async fn holders(name: &str) -> Vec<i32> {
+    let key = KeyPolicy::default().pg_key(&name.into()).unwrap();
+    tokio::task::spawn_blocking(move || common::holder_pids(&mut common::connect(), key))
+        .await
+        .unwrap()
+}
+
+/// Waits up to ten seconds until `pid`'s holding of `name` is `held`.
+async fn until_held_by(name: &str, pid: i32, held: bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if holders(name).await.contains(&pid) == held {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
+struct Sqlx;
+
+impl AsyncFlavour for Sqlx {
+    type Lock = SqlxPgLock<PgConnection>;
+    const SERVER: Server = Server::Postgres;
+
+    async fn lock(&mut self, key: &str) -> Self::Lock {
+        SqlxPgLock::new(connect().await, key)
+    }
+
+    /// A lock owns its connection: there is no second lock object on its session.
+    async fn reentrant(&mut self, _: &mut Self::Lock, _: &str) -> bool {
+        false
+    }
+}
+
+dlock_testkit::async_contract!(sqlx_pg_lock, Sqlx);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlx_holder_excludes_a_tokio_postgres_holder_and_the_other_way_round() {
+    let name = "sqlx/exclusion";
+    let mut sqlx_lock = SqlxPgLock::new(connect().await, name);
+    let mut tokio_lock = AsyncPgLock::new(common::connect_async().await, name);
+    assert!(sqlx_lock.try_acquire().await.unwrap());
+    assert!(!tokio_lock.try_acquire().await.unwrap());
+    assert!(
+        !tokio_lock
+            .acquire_timeout(Duration::from_millis(50))
+            .await
+            .unwrap()
+    );
+    sqlx_lock.release().await.unwrap();
+    assert!(tokio_lock.try_acquire().await.unwrap());
+    assert!(!sqlx_lock.try_acquire().await.unwrap());
+    let started = Instant::now();
+    assert!(
+        !sqlx_lock
+            .acquire_timeout(Duration::from_millis(150))
+            .await
+            .unwrap()
+    );
+    assert!(started.elapsed() >= Duration::from_millis(150));
+    tokio_lock.release().await.unwrap();
+    assert!(
+        sqlx_lock
+            .acquire_timeout(Duration::from_secs(5))
+            .await
+            .unwrap()
+    );
+    sqlx_lock.release().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlx_s_own_advisory_lock_and_dlock_s_sqlx_policy_exclude_each_other() {
+    let name = "sqlx/own-policy";
+    let mut theirs = connect().await;
+    let advisory = sqlx::postgres::PgAdvisoryLock::new(name);
+    let guard = advisory.acquire(&mut theirs).await.unwrap();
+    let mut ours = SqlxPgLock::new(connect().await, name).policy(KeyPolicy::Sqlx);
+    assert!(!ours.try_acquire().await.unwrap(), "sqlx's holder excludes");
+    guard.release_now().await.unwrap();
+    assert!(ours.try_acquire().await.unwrap());
+    let mut other = connect().await;
+    let left = advisory.try_acquire(&mut other).await.unwrap();
+    assert!(left.is_right(), "dlock's holder excludes sqlx's");
+    ours.release().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_lock_dropped_is_released_by_a_task_and_its_pooled_connection_comes_back_clean() {
+    let name = "sqlx/dropped-held";
+    let pool = one_connection_pool().await;
+    let pid = backend_pid(&mut pool.acquire().await.unwrap()).await;
+    for round in 0..10 {
+        let mut lock = SqlxPgLock::new(pool.acquire().await.unwrap(), name);
+        assert!(lock.try_acquire().await.unwrap(), "round {round}");
+        drop(lock);
+        // The pool's one connection comes back once the task released the lock on it.
+        let mut conn = pool.acquire().await.unwrap();
+        assert_eq!(
+            backend_pid(&mut conn).await,
+            pid,
+            "round {round}: the same session"
+        );
+        assert!(
+            !holders(name).await.contains(&pid),
+            "round {round}: released"
+        );
+    }
+    // Dropped where no runtime runs: the connection is closed, and its session ends.
+    let mut lock = SqlxPgLock::new(connect().await, name);
+    assert!(lock.try_acquire().await.unwrap());
+    let pid = backend_pid(lock.connection()).await;
+    std::thread::spawn(move || drop(lock)).join().unwrap();
+    assert!(until_held_by(name, pid, false).await, "closed: released");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_wait_leaves_nothing_held_once_its_lock_is_used_again_or_dropped() {
+    let name = "sqlx/dropped-wait";
+    let mut holder = SqlxPgLock::new(connect().await, name);
+    // The waiter's connections come from a pool of one: a dropped lock's connection goes back
+    // to it, and the next checkout is the same session.
+    let pool = one_connection_pool().await;
+    for round in 0..8_u64 {
+        holder.acquire().await.unwrap();
+        let mut lock = SqlxPgLock::new(pool.acquire().await.unwrap(), name);
+        let pid = backend_pid(lock.connection()).await;
+        let patience = Duration::from_millis(30 + 7 * round);
+        let racing = round % 2 == 1;
+        let (waited, ()) = tokio::join!(tokio::time::timeout(patience, lock.acquire()), async {
+            if racing {
+                // The holder lets go near the drop: the grant lands before or after it.
+                tokio::time::sleep(patience).await;
+                holder.release().await.unwrap();
+            }
+        });
+        if let Ok(acquired) = waited {
+            // The grant beat the timeout: nothing was dropped this round.
+            assert!(racing, "round {round}: granted while the holder held");
+            acquired.unwrap();
+            lock.release().await.unwrap();
+            continue;
+        }
+        if !racing {
+            holder.release().await.unwrap();
+        }
+        if round % 4 < 2 {
+            // Used again: what the dropped attempt owes goes first, then the try.
+            let started = Instant::now();
+            assert!(lock.try_acquire().await.unwrap(), "round {round}: free");
+            assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "round {round}: the connection answered within a slice"
+            );
+            assert_eq!(
+                holders(name).await,
+                [pid],
+                "round {round}: one hold, this one"
+            );
+            lock.release().await.unwrap();
+            assert!(
+                !holders(name).await.contains(&pid),
+                "round {round}: released"
+            );
+        } else {
+            drop(lock);
+            // The connection comes back after the task paid what the attempt owed.
+            let mut conn = pool.acquire().await.unwrap();
+            assert_eq!(backend_pid(&mut conn).await, pid);
+            assert!(
+                !holders(name).await.contains(&pid),
+                "round {round}: the dropped lock's task paid what the attempt owed"
+            );
+        }
+    }
+}
