@@ -705,6 +705,69 @@ fn throughput(scale: Scale) -> Result<Vec<Throughput>> {
             .await?,
         );
         drop(client);
+
+        // The sqlx transport, beside sqlx sending the same two statements as text on the
+        // same connection.
+        use sqlx::Connection as _;
+        let conn = sqlx::PgConnection::connect(&pg_url()?).await?;
+        let mut lock = dlock_postgres::SqlxPgLock::new(conn, PG_KEY);
+        results.push(
+            compare_async(scale, "SqlxPgLock", "sqlx, text", async |side, n| {
+                let started = Instant::now();
+                for _ in 0..n {
+                    if side == Side::Dlock {
+                        lock.acquire().await?;
+                        lock.release().await?;
+                    } else {
+                        let conn = lock.connection();
+                        sqlx::raw_sql(sqlx::AssertSqlSafe(pg_lock_sql.clone()))
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::raw_sql(sqlx::AssertSqlSafe(pg_unlock_sql.clone()))
+                            .execute(&mut *conn)
+                            .await?;
+                    }
+                }
+                Ok(per_second(n, started))
+            })
+            .await?,
+        );
+        let (conn, released) = lock.into_inner().await;
+        released?;
+        // Made per use: a lock takes the connection, and gives it back on into_inner.
+        let mut conn = Some(conn);
+        results.push(
+            compare_async(
+                scale,
+                "SqlxPgLock, made per use",
+                "sqlx, text",
+                async |side, n| {
+                    let started = Instant::now();
+                    for _ in 0..n {
+                        let taken = conn.take().expect("the connection is given back");
+                        if side == Side::Dlock {
+                            let mut lock = dlock_postgres::SqlxPgLock::new(taken, PG_KEY);
+                            lock.acquire().await?;
+                            let (back, released) = lock.into_inner().await;
+                            released?;
+                            conn = Some(back);
+                        } else {
+                            let mut taken = taken;
+                            sqlx::raw_sql(sqlx::AssertSqlSafe(pg_lock_sql.clone()))
+                                .execute(&mut taken)
+                                .await?;
+                            sqlx::raw_sql(sqlx::AssertSqlSafe(pg_unlock_sql.clone()))
+                                .execute(&mut taken)
+                                .await?;
+                            conn = Some(taken);
+                        }
+                    }
+                    Ok(per_second(n, started))
+                },
+            )
+            .await?,
+        );
+        drop(conn);
         let mut conn = my_async().await?;
         results.push(
             compare_async(
