@@ -7,6 +7,7 @@
 //!   `mysql` client.
 //! - `tokio` (feature `tokio`): `AsyncMySqlLock`, `AsyncMySqlSession` and the same
 //!   helpers over `mysql_async`.
+//! - `sqlx` (feature `sqlx`): `SqlxMySqlLock`, a named lock that owns a sqlx connection.
 //!
 //! The lock and session types are also at the crate root; the helpers live in their
 //! flavour's module, under the same names in both.
@@ -25,6 +26,21 @@ pub mod blocking;
 
 #[cfg(feature = "tokio")]
 mod asynchronous;
+
+#[cfg(feature = "sqlx")]
+mod over_sqlx;
+
+/// The sqlx flavour (feature `sqlx`): [`SqlxMySqlLock`], a named lock that owns a sqlx
+/// connection.
+#[cfg(feature = "sqlx")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlx")))]
+pub mod sqlx {
+    pub use crate::over_sqlx::{SqlxMySqlConnection, SqlxMySqlLock};
+}
+
+#[cfg(feature = "sqlx")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlx")))]
+pub use over_sqlx::{SqlxMySqlConnection, SqlxMySqlLock};
 
 /// The tokio flavour (feature `tokio`): locks, sessions and helpers over `mysql_async`, named
 /// as the blocking flavour's are.

@@ -29,8 +29,10 @@ const UNDECLARED: &[(&str, &str, &str, &str)] = &[(
 /// Features that need a newer Rust than their crate, as the README's table says: crate,
 /// feature, the Rust it needs, and why. The crate is probed without them at its own
 /// `rust-version`, and once more with every feature at theirs.
-const NEWER_FEATURES: &[(&str, &str, &str, &str)] =
-    &[("dlock-postgres", "sqlx", "1.94", "sqlx 0.9 declares 1.94")];
+const NEWER_FEATURES: &[(&str, &str, &str, &str)] = &[
+    ("dlock-postgres", "sqlx", "1.94", "sqlx 0.9 declares 1.94"),
+    ("dlock-mysql", "sqlx", "1.94", "sqlx 0.9 declares 1.94"),
+];
 
 /// The pins the README tells users below a dependency's needs (README, "Minimum Rust
 /// versions"): package and version.

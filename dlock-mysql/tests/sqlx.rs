@@ -1,0 +1,162 @@
+//! `SqlxMySqlLock`, the sqlx transport, against a real server: the lock contract, exclusion
+//! with the other flavours, and what a drop leaves (nothing).
+
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use dlock_mysql::{AsyncLock, AsyncMySqlLock, SqlxMySqlLock};
+use dlock_testkit::contract::{AsyncFlavour, Server};
+use dlock_testkit::mysql as common;
+use sqlx::Connection as _;
+use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlSslMode};
+
+/// The options of the server under test, through TLS checked against `DLOCK_TLS_CA` where
+/// that is set (the `db:tls` row).
+fn options() -> MySqlConnectOptions {
+    let mut options = MySqlConnectOptions::from_str(&common::mysql_url()).expect("a MySQL URL");
+    if let Some(ca) = dlock_testkit::tls_ca_path() {
+        options = options.ssl_mode(MySqlSslMode::VerifyIdentity).ssl_ca(ca);
+    }
+    options
+}
+
+async fn connect() -> MySqlConnection {
+    MySqlConnection::connect_with(&options())
+        .await
+        .expect("connect to DLOCK_MYSQL_URL")
+}
+
+async fn connection_id(conn: &mut MySqlConnection) -> u64 {
+    sqlx::query_scalar("SELECT CONNECTION_ID()")
+        .fetch_one(conn)
+        .await
+        .unwrap()
+}
+
+/// The connection holding `name`, seen from a session of the test's own.
+async fn holder(name: &str) -> Option<u64> {
+    let name = name.to_owned();
+    tokio::task::spawn_blocking(move || common::holder_of(&name).map(u64::from))
+        .await
+        .unwrap()
+}
+
+/// Waits up to ten seconds until `name` is held by `id` (or by nobody, for `None`).
+async fn until_holder(name: &str, id: Option<u64>) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if holder(name).await == id {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
+struct Sqlx;
+
+impl AsyncFlavour for Sqlx {
+    type Lock = SqlxMySqlLock<MySqlConnection>;
+    const SERVER: Server = Server::MySql;
+
+    async fn lock(&mut self, key: &str) -> Self::Lock {
+        SqlxMySqlLock::new(connect().await, key)
+    }
+
+    /// A lock owns its connection: there is no second lock object on its session.
+    async fn reentrant(&mut self, _: &mut Self::Lock, _: &str) -> bool {
+        false
+    }
+}
+
+dlock_testkit::async_contract!(sqlx_mysql_lock, Sqlx);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlx_holder_excludes_a_mysql_async_holder_and_the_other_way_round() {
+    let name = "sqlx/exclusion";
+    let mut sqlx_lock = SqlxMySqlLock::new(connect().await, name);
+    let mut async_lock = AsyncMySqlLock::new(common::connect_async().await, name);
+    assert!(sqlx_lock.try_acquire().await.unwrap());
+    assert!(!async_lock.try_acquire().await.unwrap());
+    sqlx_lock.release().await.unwrap();
+    assert!(async_lock.try_acquire().await.unwrap());
+    let started = Instant::now();
+    assert!(
+        !sqlx_lock
+            .acquire_timeout(Duration::from_millis(150))
+            .await
+            .unwrap()
+    );
+    assert!(started.elapsed() >= Duration::from_millis(150));
+    async_lock.release().await.unwrap();
+    assert!(
+        sqlx_lock
+            .acquire_timeout(Duration::from_secs(5))
+            .await
+            .unwrap()
+    );
+    sqlx_lock.release().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_lock_dropped_is_released_by_a_task_and_its_pooled_connection_comes_back_clean() {
+    let name = "sqlx/dropped-held";
+    let pool = sqlx::mysql::MySqlPoolOptions::new()
+        .max_connections(1)
+        .connect_with(options())
+        .await
+        .unwrap();
+    let id = connection_id(&mut pool.acquire().await.unwrap()).await;
+    for round in 0..10 {
+        let mut lock = SqlxMySqlLock::new(pool.acquire().await.unwrap(), name);
+        assert!(lock.try_acquire().await.unwrap(), "round {round}");
+        assert_eq!(holder(name).await, Some(id));
+        drop(lock);
+        // The pool's one connection comes back once the task released the lock on it.
+        let mut conn = pool.acquire().await.unwrap();
+        assert_eq!(
+            connection_id(&mut conn).await,
+            id,
+            "round {round}: the same session"
+        );
+        assert_eq!(holder(name).await, None, "round {round}: released");
+    }
+    // Dropped where no runtime runs: the connection is closed, and its session ends.
+    let mut lock = SqlxMySqlLock::new(connect().await, name);
+    assert!(lock.try_acquire().await.unwrap());
+    std::thread::spawn(move || drop(lock)).join().unwrap();
+    assert!(until_holder(name, None).await, "closed: released");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_wait_gives_its_connection_up_and_leaves_nothing_held() {
+    let name = "sqlx/dropped-wait";
+    let mut holder_lock = SqlxMySqlLock::new(connect().await, name);
+    holder_lock.acquire().await.unwrap();
+    let pool = sqlx::mysql::MySqlPoolOptions::new()
+        .max_connections(1)
+        .connect_with(options())
+        .await
+        .unwrap();
+    let mut lock = SqlxMySqlLock::new(pool.acquire().await.unwrap(), name);
+    let id = connection_id(lock.connection()).await;
+    let dropped = tokio::time::timeout(Duration::from_millis(100), lock.acquire()).await;
+    assert!(dropped.is_err(), "still waiting when dropped");
+    // The lock gave its connection up: it refuses to go on.
+    assert!(matches!(
+        lock.try_acquire().await,
+        Err(dlock_mysql::Error::ConnectionUnusable { .. })
+    ));
+    drop(lock);
+    // Its pool closed that connection instead of reusing it: a new session comes.
+    let mut next = pool.acquire().await.unwrap();
+    assert_ne!(connection_id(&mut next).await, id, "a fresh session");
+    drop(next);
+    // The given-up session may still wait in the server; once the holder lets go, whatever
+    // it was granted goes with its end, and the key is free.
+    holder_lock.release().await.unwrap();
+    assert!(until_holder(name, None).await, "nothing left held");
+    let mut again = SqlxMySqlLock::new(connect().await, name);
+    assert!(again.try_acquire().await.unwrap());
+    again.release().await.unwrap();
+}
