@@ -339,6 +339,8 @@ fn rows() -> Result<Vec<Row>> {
                 "--test",
                 "interruption",
                 "--test",
+                "sqlx",
+                "--test",
                 "tokio",
             ],
         )

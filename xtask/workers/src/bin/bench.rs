@@ -820,6 +820,33 @@ fn throughput(scale: Scale) -> Result<Vec<Throughput>> {
         );
         drop(conn);
 
+        // The sqlx transport on MySQL, beside sqlx sending the same two statements as text on
+        // the same connection.
+        let conn = sqlx::MySqlConnection::connect(&mysql_url()?).await?;
+        let mut lock = dlock_mysql::SqlxMySqlLock::new(conn, MY_NAME);
+        results.push(
+            compare_async(scale, "SqlxMySqlLock", "sqlx, text", async |side, n| {
+                let started = Instant::now();
+                for _ in 0..n {
+                    if side == Side::Dlock {
+                        lock.acquire().await?;
+                        lock.release().await?;
+                    } else {
+                        let conn = lock.connection();
+                        sqlx::raw_sql(sqlx::AssertSqlSafe(get.clone()))
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::raw_sql(sqlx::AssertSqlSafe(release.clone()))
+                            .execute(&mut *conn)
+                            .await?;
+                    }
+                }
+                Ok(per_second(n, started))
+            })
+            .await?,
+        );
+        drop(lock);
+
         let mut lock = AsyncMySqlLock::new(my_async().await?, MY_NAME);
         results.push(
             compare_async(
