@@ -18,7 +18,7 @@ use crate::{Result, cargo, project_root};
 
 /// The workspace members whose feature combinations are checked one by one. Members without
 /// features (dlock-core, xtask) are covered by the whole-workspace rows.
-const FEATURED_CRATES: &[&str] = &["dlock-postgres", "dlock-mysql", "dlock-pool"];
+const FEATURED_CRATES: &[&str] = &["dlock-postgres", "dlock-mysql", "dlock-pool", "dlock-cli"];
 
 /// Test targets that need servers of their own, so the shared-server rows leave them out:
 /// those that freeze and restart their servers (`db:faults`, one test at a time), those that
@@ -66,6 +66,7 @@ const DATABASE_ROWS: &[(&str, &str)] = &[
     ("dlock-mysql", "blocking"),
     ("dlock-mysql", "tokio"),
     ("dlock-pool", ""),
+    ("dlock-cli", ""),
 ];
 
 /// One check: a cargo command, its extra environment, and the servers it needs.
@@ -317,7 +318,7 @@ fn rows() -> Result<Vec<Row>> {
     // every connection a lock opens (the side connection, a cancel, the watcher's, a second
     // connection of a check) must go through TLS too.
     let mut args = vec!["test", "--all-features"];
-    for krate in FEATURED_CRATES {
+    for krate in ["dlock-postgres", "dlock-mysql", "dlock-pool"] {
         args.extend(["-p", krate]);
     }
     for target in TLS_TESTS {

@@ -15,7 +15,13 @@ use std::process::Command;
 use crate::{Result, cargo, project_root, target_dir};
 
 /// The published crates.
-const CRATES: &[&str] = &["dlock-core", "dlock-postgres", "dlock-mysql", "dlock-pool"];
+const CRATES: &[&str] = &[
+    "dlock-core",
+    "dlock-postgres",
+    "dlock-mysql",
+    "dlock-pool",
+    "dlock-cli",
+];
 
 /// Packages that need a newer Rust than they declare: name, version prefix, the Rust they
 /// need, and why.
