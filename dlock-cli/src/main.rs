@@ -9,7 +9,7 @@ use std::process::ExitStatus;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use dlock_pool::{AsyncAnyLockGuard, AsyncAnyLockPool, Error, KeyPolicy, PgKey};
+use dlock_pool::{AnyHolder, AsyncAnyLockGuard, AsyncAnyLockPool, Error, KeyPolicy, PgKey};
 use tokio::signal::unix::{SignalKind, signal};
 
 /// The lock was held elsewhere (`-n`), or the wait ran out (`-w`): the default of `-E`.
@@ -53,6 +53,16 @@ struct Cli {
 enum Command {
     /// Runs a command while holding a lock, and releases it once the command has exited.
     Run(Run),
+    /// Shows who holds KEY: exit 0 when someone does, 1 when it is free.
+    Holders {
+        #[command(flatten)]
+        database: Database,
+        /// The key policy (see `dlock run --help`).
+        #[arg(long, default_value = "default", value_parser = parse_policy)]
+        policy: KeyPolicy,
+        /// The lock's key, as `dlock run` takes it.
+        key: String,
+    },
     /// Shows the PostgreSQL key and the MySQL name a key policy gives KEY.
     Key {
         /// The lock's key, as `dlock run` takes it.
@@ -159,6 +169,30 @@ fn run(cli: Cli) -> i32 {
             }
         }),
         Command::Run(args) => on_runtime(run_locked(args)),
+        Command::Holders {
+            database,
+            policy,
+            key,
+        } => on_runtime(async move {
+            let pool = match connect(&database).await {
+                Ok(pool) => pool.policy(policy),
+                Err(code) => return code,
+            };
+            match pool.holders(key.as_str()).await {
+                Ok(holders) if holders.is_empty() => {
+                    println!("{key} is free");
+                    1
+                }
+                Ok(holders) => {
+                    for holder in holders {
+                        println!("{}", describe(&holder));
+                    }
+                    0
+                }
+                Err(error @ Error::InvalidKey { .. }) => fail(EXIT_USAGE, &error),
+                Err(error) => fail(EXIT_UNAVAILABLE, &error),
+            }
+        }),
     }
 }
 
@@ -402,6 +436,28 @@ fn exit_code(status: ExitStatus) -> i32 {
         .code()
         .or_else(|| status.signal().map(|signal| 128 + signal))
         .unwrap_or(EXIT_CANNOT_EXECUTE)
+}
+
+/// One line about a holding session.
+fn describe(holder: &AnyHolder) -> String {
+    let mut line = format!(
+        "session {}{}",
+        holder.session,
+        if holder.shared { " (shared)" } else { "" }
+    );
+    if let Some(client) = &holder.client {
+        line.push_str(&format!(" from {client}"));
+    }
+    if let Some(application) = &holder.application {
+        line.push_str(&format!(" as {application}"));
+    }
+    if let Some(since) = &holder.since {
+        line.push_str(&format!(" since {since}"));
+    }
+    if let Some(seconds) = holder.state_seconds {
+        line.push_str(&format!(", {seconds} s in its current state"));
+    }
+    line
 }
 
 /// `dlock key`: what the server sees of `key` under `policy`.

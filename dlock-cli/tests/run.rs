@@ -315,6 +315,31 @@ fn usage_and_reachability_errors_have_their_documented_codes() {
 }
 
 #[test]
+fn holders_says_who_holds_a_key_and_exits_1_when_it_is_free() {
+    for (server, url) in servers() {
+        let key = "cli/holders";
+        let out = output(&["holders", "--url", &url, key]);
+        assert_eq!(out.status.code(), Some(1), "{server:?}: free");
+        let mut run = dlock(&["run", "--url", &url, key, "--", "sleep", "3"])
+            .spawn()
+            .unwrap();
+        until_holders(server, key, 1);
+        let out = output(&["holders", "--url", &url, key]);
+        assert_eq!(out.status.code(), Some(0), "{server:?}: held");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.starts_with("session "), "{server:?}: {text}");
+        if server == Server::Postgres {
+            // The holding dlock names its session after its host and pid.
+            assert!(
+                text.contains(&format!(":{}", run.id())),
+                "{server:?}: the holder's pid in its name: {text}"
+            );
+        }
+        assert!(wait_with_deadline(&mut run, Duration::from_secs(20)).success());
+    }
+}
+
+#[test]
 fn key_shows_what_each_server_sees() {
     let out = output(&["key", "user/001"]);
     assert!(out.status.success());

@@ -846,6 +846,34 @@ pub async fn holder_async(conn: &mut Conn, name: &str) -> Result<Option<u64>> {
     sql::read_holder(row.first().copied().flatten())
 }
 
+/// The session holding the lock named `name`, with its client host, user and the seconds in
+/// its current state (`information_schema.PROCESSLIST`): `None` when nobody holds it.
+///
+/// # Errors
+///
+/// What the server or the connection reports.
+///
+/// # Cancel Safety
+///
+/// Not cancel safe, as [`holder_async`].
+pub async fn holder_session_async(
+    conn: &mut Conn,
+    name: &str,
+) -> Result<Option<sql::HolderSession>> {
+    /// `ID`, `HOST`, `USER`, `TIME`.
+    type Process = (u64, Option<String>, Option<String>, Option<u64>);
+    let row: Option<Process> = conn
+        .query_first(sql::holder_session(name))
+        .await
+        .map_err(|error| classify(error).error)?;
+    Ok(row.map(|(id, host, user, seconds)| sql::HolderSession {
+        id,
+        host,
+        user,
+        seconds,
+    }))
+}
+
 /// The session of `conn` as a lock watcher names it, for [`still_held_async`]: the async
 /// form of the blocking `session`. One round trip.
 ///

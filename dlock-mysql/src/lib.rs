@@ -50,8 +50,9 @@ pub mod tokio {
     pub use crate::asynchronous::{
         AsyncMySqlConnection, AsyncMySqlLock, AsyncMySqlSession,
         check_deployment_async as check_deployment, holder_async as holder,
-        install_fencing_async as install_fencing, install_fencing_in_async as install_fencing_in,
-        session_async as session, still_held_async as still_held,
+        holder_session_async as holder_session, install_fencing_async as install_fencing,
+        install_fencing_in_async as install_fencing_in, session_async as session,
+        still_held_async as still_held,
     };
 }
 
@@ -71,6 +72,10 @@ pub use blocking::{
 #[cfg(feature = "tokio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub use asynchronous::{AsyncMySqlConnection, AsyncMySqlLock, AsyncMySqlSession};
+
+#[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+pub use sql::HolderSession;
 
 #[cfg(feature = "tokio")]
 #[doc(hidden)]

@@ -419,6 +419,32 @@ pub(crate) fn holder(name: &str) -> String {
     sql
 }
 
+/// The statement that asks who holds `name`, with what the process list says of that
+/// session: its id, client host, user, and how long its current state has lasted.
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+pub(crate) fn holder_session(name: &str) -> String {
+    let mut sql = String::from(
+        "SELECT ID, HOST, USER, TIME FROM information_schema.PROCESSLIST WHERE ID = IS_USED_LOCK(",
+    );
+    push_name(&mut sql, name);
+    sql.push(')');
+    sql
+}
+
+/// The session that holds a named lock, with what the server's process list says of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(not(feature = "tokio"), allow(dead_code, unreachable_pub))]
+pub struct HolderSession {
+    /// The holding connection's id (`CONNECTION_ID()`; `KILL` it to free its locks).
+    pub id: u64,
+    /// The client's host and port, as the server saw it connect.
+    pub host: Option<String>,
+    /// The account the session logged in as.
+    pub user: Option<String>,
+    /// How long, in seconds, the session has been in its current state.
+    pub seconds: Option<u64>,
+}
+
 /// Reads the reply to [`holder`].
 pub(crate) fn read_holder(reply: Option<i64>) -> Result<Option<u64>, Error> {
     reply

@@ -333,6 +333,12 @@ where
         &self.pool
     }
 
+    /// The key policy the pool's locks take keys under.
+    #[cfg_attr(not(feature = "url"), allow(dead_code))]
+    pub(crate) fn key_policy(&self) -> &KeyPolicy {
+        &self.core.policy
+    }
+
     /// Creates the table of fencing tokens that this pool's locks use, if it does not exist:
     /// the one [`fenced_in`](AsyncLockPool::fenced_in) named, else the backend's default. It
     /// runs on a connection of the pool, which goes back to the pool afterwards. Run it once

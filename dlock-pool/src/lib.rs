@@ -51,8 +51,8 @@ cfg_if::cfg_if! {
         mod url_tls;
         #[cfg_attr(docsrs, doc(cfg(feature = "url")))]
         pub use url::{
-            AnyConnection, AnyLockGuard, AnyLockPool, AsyncAnyConnection, AsyncAnyLockGuard,
-            AsyncAnyLockPool,
+            AnyConnection, AnyHolder, AnyLockGuard, AnyLockPool, AsyncAnyConnection,
+            AsyncAnyLockGuard, AsyncAnyLockPool,
         };
     }
 }

@@ -54,6 +54,25 @@ const SCHEMES: &str = "postgres://, postgresql://, mysql:// or mariadb://";
 /// ```
 pub struct AsyncAnyLockPool(Pools);
 
+/// A session holding a lock, as [`AsyncAnyLockPool::holders`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AnyHolder {
+    /// The session: PostgreSQL's backend pid, MySQL's connection id.
+    pub session: u64,
+    /// Whether it holds the lock shared (PostgreSQL only).
+    pub shared: bool,
+    /// Where the session connects from, as the server saw it.
+    pub client: Option<String>,
+    /// PostgreSQL: the session's `application_name` (`dlock:<host>:<pid>` for the `dlock`
+    /// command). MySQL: the account it logged in as.
+    pub application: Option<String>,
+    /// PostgreSQL: when the session started.
+    pub since: Option<String>,
+    /// MySQL: how many seconds the session has spent in its current state.
+    pub state_seconds: Option<u64>,
+}
+
 /// The backend's pool behind an [`AsyncAnyLockPool`].
 enum Pools {
     Postgres(AsyncLockPool<PgManager>),
@@ -285,6 +304,64 @@ impl AsyncAnyLockPool {
         match &self.0 {
             Pools::Postgres(pool) => pool.install_fencing().await,
             Pools::MySql(pool) => pool.install_fencing().await,
+        }
+    }
+
+    /// Who holds `key` under the pool's policy, from anywhere, with what the server says of
+    /// each holding session. Asked on a connection of its own, opened for the question and
+    /// closed after it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidKey`] for a key the policy refuses; what the connection or the server
+    /// reports.
+    ///
+    /// # Cancel Safety
+    ///
+    /// Cancel safe: it only reads, on a connection nobody else uses.
+    pub async fn holders(&self, key: impl Into<Key>) -> Result<Vec<AnyHolder>> {
+        let key = key.into();
+        match &self.0 {
+            Pools::Postgres(pool) => {
+                let pg_key = pool.key_policy().pg_key(&key)?;
+                let client = pool
+                    .pool()
+                    .dedicated_connection()
+                    .await
+                    .map_err(Error::pool)?;
+                let sessions = dlock_postgres::tokio::holder_sessions(&client, pg_key).await?;
+                Ok(sessions
+                    .into_iter()
+                    .map(|session| AnyHolder {
+                        session: u64::try_from(session.holder.pid).unwrap_or_default(),
+                        shared: session.holder.mode == dlock_postgres::Mode::Shared,
+                        client: session.client,
+                        application: session.application,
+                        since: session.since,
+                        state_seconds: None,
+                    })
+                    .collect())
+            }
+            Pools::MySql(pool) => {
+                let name = pool.key_policy().mysql_name(&key)?;
+                let mut conn = pool
+                    .pool()
+                    .dedicated_connection()
+                    .await
+                    .map_err(Error::pool)?;
+                let session = dlock_mysql::tokio::holder_session(&mut conn, &name).await;
+                Ok(session?
+                    .into_iter()
+                    .map(|session| AnyHolder {
+                        session: session.id,
+                        shared: false,
+                        client: session.host,
+                        application: session.user,
+                        since: None,
+                        state_seconds: session.seconds,
+                    })
+                    .collect())
+            }
         }
     }
 

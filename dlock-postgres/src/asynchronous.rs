@@ -19,7 +19,7 @@ use crate::machine::{
     self, Abandon, Acquire, Failed, LockState, Operation, PayOwed, Release, Reply, Request,
     SessionFacts, Settles, Step, Verify, Waits, XactOptions, XactOutcome, XactSlices,
 };
-use crate::sql::{self, Failure, Hold, Holder, Mode};
+use crate::sql::{self, Failure, Hold, Holder, HolderSession, Mode};
 
 /// A connection an [`AsyncPgLock`] can run on: the driver's [`Client`], a box of it, or a
 /// `&mut` to either. For a bb8 pooled connection pass `&mut *conn`, or use dlock-pool, which
@@ -1207,6 +1207,25 @@ pub async fn holders_async(client: &Client, key: PgKey) -> Result<Vec<Holder>> {
         .await
         .map_err(sql::error)?;
     sql::read_holders(&reply)
+}
+
+/// Every session holding the lock on `key`, as [`holders_async`] finds them, with where each
+/// connects from, its application name and when it started (`pg_stat_activity`). One round
+/// trip.
+///
+/// # Errors
+///
+/// What the server or the connection reports.
+///
+/// # Cancel Safety
+///
+/// Cancel safe: it only reads.
+pub async fn holder_sessions_async(client: &Client, key: PgKey) -> Result<Vec<HolderSession>> {
+    let reply = client
+        .simple_query(&sql::holder_sessions(key))
+        .await
+        .map_err(sql::error)?;
+    sql::read_holder_sessions(&reply)
 }
 
 /// The session of `client` as a lock watcher names it, for [`still_held_async`]: the async

@@ -52,18 +52,19 @@ pub mod tokio {
     pub use crate::asynchronous::{
         AsyncPgConnection, AsyncPgLock, AsyncPgSession, AsyncPgXactLock,
         check_deployment_async as check_deployment,
-        check_session_pooler_async as check_session_pooler, holders_async as holders,
+        check_session_pooler_async as check_session_pooler,
+        holder_sessions_async as holder_sessions, holders_async as holders,
         install_fencing_async as install_fencing, install_fencing_in_async as install_fencing_in,
         session_async as session, still_held_async as still_held,
     };
-    pub use crate::sql::{Holder, Mode};
+    pub use crate::sql::{Holder, HolderSession, Mode};
 }
 
 pub use dlock_core::*;
 
 #[cfg(any(feature = "blocking", feature = "tokio"))]
 #[cfg_attr(docsrs, doc(cfg(any(feature = "blocking", feature = "tokio"))))]
-pub use sql::{Holder, Mode};
+pub use sql::{Holder, HolderSession, Mode};
 
 #[cfg(feature = "blocking")]
 #[cfg_attr(docsrs, doc(cfg(feature = "blocking")))]

@@ -744,6 +744,61 @@ pub struct Holder {
     pub mode: Mode,
 }
 
+/// Every session of this database holding the lock, with what `pg_stat_activity` says of it:
+/// where it connects from, its application name, and when it started.
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+pub(crate) fn holder_sessions(key: PgKey) -> String {
+    format!(
+        "SELECT l.pid, l.mode, host(a.client_addr), a.application_name, \
+         to_char(a.backend_start, 'YYYY-MM-DD HH24:MI:SSOF') \
+         FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid WHERE {} AND l.database = \
+         (SELECT oid FROM pg_database WHERE datname = current_database()) ORDER BY l.pid",
+        pg_locks_filter(key)
+    )
+}
+
+/// A session holding an advisory lock, with what the server says of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HolderSession {
+    /// The session and the mode it holds the lock in.
+    pub holder: Holder,
+    /// The client's address (`None` over a Unix socket).
+    pub client: Option<String>,
+    /// The session's `application_name` (`dlock` names its own `dlock:<host>:<pid>`).
+    pub application: Option<String>,
+    /// When the session started, as the server prints it.
+    pub since: Option<String>,
+}
+
+/// Reads the reply to [`holder_sessions`].
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+pub(crate) fn read_holder_sessions(
+    reply: &[SimpleQueryMessage],
+) -> Result<Vec<HolderSession>, Error> {
+    let holders = read_holders(reply)?;
+    let rows = reply.iter().filter_map(|message| match message {
+        SimpleQueryMessage::Row(row) => Some(row),
+        _ => None,
+    });
+    Ok(holders
+        .into_iter()
+        .zip(rows)
+        .map(|(holder, row)| {
+            let text = |index: usize| {
+                row.get(index)
+                    .filter(|text| !text.is_empty())
+                    .map(str::to_owned)
+            };
+            HolderSession {
+                holder,
+                client: text(2),
+                application: text(3),
+                since: text(4),
+            }
+        })
+        .collect())
+}
+
 /// Reads the reply to [`holders`].
 pub(crate) fn read_holders(reply: &[SimpleQueryMessage]) -> Result<Vec<Holder>, Error> {
     let mut holders = Vec::new();
