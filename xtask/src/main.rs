@@ -10,6 +10,7 @@
 //! - `bench [--quick] [--json PATH]`: dlock's speed beside the raw driver floor.
 //! - `readme`: the README's examples, built as a new user would.
 //! - `msrv`: each crate's `rust-version` against what its dependencies need.
+//! - `publish-check`: every package built from its tarball, as crates.io would.
 
 mod bench;
 mod db;
@@ -18,6 +19,7 @@ mod matrix;
 mod msrv;
 mod nemesis;
 mod pg_versions;
+mod publish;
 mod readme;
 
 use std::path::{Path, PathBuf};
@@ -43,6 +45,8 @@ commands:
                  and restarts; with fencing tokens and without; --quick (a matrix row)
   msrv           check each crate's rust-version against what its dependencies need,
                  resolved as for a user on that toolchain (a matrix row)
+  publish-check  cargo publish --dry-run --workspace, after clearing the copies of this
+                 workspace's packages an earlier dry run left (a matrix row)
   readme         build the README's examples as a new user would, each a crate of its own
                  with exactly the dependency lines its toml block shows (a matrix row)
   test-matrix    run every check (fmt, clippy, docs, tests with servers); --list, --only PREFIX
@@ -59,6 +63,7 @@ fn main() -> ExitCode {
         Some("nemesis") => nemesis::command(&args[1..]),
         Some("readme") => readme::command(&args[1..]),
         Some("msrv") => msrv::command(&args[1..]),
+        Some("publish-check") => publish::command(&args[1..]),
         Some("help" | "--help" | "-h") => {
             print!("{USAGE}");
             Ok(())
