@@ -376,11 +376,13 @@ async fn supervise(
     }
     let lost = AsyncAnyLockGuard::lost(guard);
     tokio::pin!(lost);
-    let mut lost_at: Option<tokio::time::Instant> = None;
+    let mut lost_once = false;
+    // When the command gets KILL, once the lock was lost and it outlived its grace.
+    let mut kill_at: Option<tokio::time::Instant> = None;
     loop {
         let grace = async {
-            match lost_at {
-                Some(at) => tokio::time::sleep_until(at + args.kill_after).await,
+            match kill_at {
+                Some(at) => tokio::time::sleep_until(at).await,
                 None => std::future::pending().await,
             }
         };
@@ -394,7 +396,7 @@ async fn supervise(
                         EXIT_CANNOT_EXECUTE
                     }
                 };
-                return if lost_at.is_some() { EXIT_LOST } else { code };
+                return if lost_once { EXIT_LOST } else { code };
             }
             (number, from_terminal) = received => {
                 // A terminal's signal reached a command in dlock's group already.
@@ -402,15 +404,16 @@ async fn supervise(
                     sys::kill(target, number);
                 }
             }
-            reason = &mut lost, if lost_at.is_none() => {
+            reason = &mut lost, if !lost_once => {
                 eprintln!("dlock: lost the lock on {} ({reason}); stopping the command", args.key);
                 sys::kill(target, args.kill_signal);
-                lost_at = Some(tokio::time::Instant::now());
+                lost_once = true;
+                kill_at = Some(tokio::time::Instant::now() + args.kill_after);
             }
             () = grace => {
                 eprintln!("dlock: the command outlived its grace of {:?}; killing it", args.kill_after);
                 sys::kill(target, libc::SIGKILL);
-                lost_at = Some(tokio::time::Instant::now() + Duration::from_secs(3600 * 24 * 365));
+                kill_at = None;
             }
         }
     }

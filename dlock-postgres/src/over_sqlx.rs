@@ -16,7 +16,7 @@
 //!   connection is closed, which ends its session and every lock it held.
 
 use std::fmt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ::sqlx::pool::PoolConnection;
 use ::sqlx::postgres::{PgConnection, PgRow, Postgres};
@@ -128,11 +128,13 @@ impl<C: SqlxPgConnection> SqlxPgLock<C> {
         self.get_mut().connection()
     }
 
-    /// Releases the lock if held, and gives the connection back.
+    /// Releases the lock if held, pays what a dropped attempt left owed, and gives the
+    /// connection back.
     ///
     /// # Errors
     ///
-    /// As [`release`](AsyncLock::release); the connection is given back either way.
+    /// As [`release`](AsyncLock::release); the connection is given back either way, marked
+    /// to be closed (not reused by its pool) when it may still hold something.
     ///
     /// # Cancel Safety
     ///
@@ -140,10 +142,16 @@ impl<C: SqlxPgConnection> SqlxPgLock<C> {
     pub async fn into_inner(mut self) -> (C, Result<()>) {
         let released = if self.state.held().is_some() {
             self.release().await
+        } else if self.state.owes().is_some() {
+            self.run(|_| Ok(PayOwed::start())).await
         } else {
             Ok(())
         };
-        (self.disown_connection(), released)
+        let mut conn = self.disown_connection();
+        if released.is_err() {
+            conn.discard();
+        }
+        (conn, released)
     }
 
     /// Runs one operation of the machine on this lock's connection.
@@ -321,10 +329,8 @@ impl<C: SqlxPgConnection> AsyncLock for SqlxPgLock<C> {
     ///
     /// Cancel safe, as [`acquire`](AsyncLock::acquire).
     async fn acquire_timeout(&mut self, timeout: Duration) -> Result<bool> {
-        let started = Instant::now();
-        let left = timeout.saturating_sub(started.elapsed());
-        let limit = left.saturating_add(dlock_core::REPLY_GRACE);
-        match tokio::time::timeout(limit, self.take(Wait::for_timeout(left))).await {
+        let limit = timeout.saturating_add(dlock_core::REPLY_GRACE);
+        match tokio::time::timeout(limit, self.take(Wait::for_timeout(timeout))).await {
             Ok(outcome) => outcome,
             Err(_) => Err(Error::no_reply(limit)),
         }
