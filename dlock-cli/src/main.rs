@@ -38,8 +38,9 @@ Examples:
 
 Exit codes: the command's own (128 + N when it died of signal N); 1, or -E's, when the lock
 was busy or the wait ran out; 75 when the lock was lost while the command ran; 64 for a usage
-error; 69 when the database is unreachable or cannot hold a lock that excludes; 126 when the
-command cannot be run; 127 when it is not found.";
+error or what the backend cannot do (-s on MySQL); 69 when the database is unreachable or
+cannot hold a lock that excludes; 126 when the command cannot be run; 127 when it is not
+found.";
 
 /// flock(1) for a cluster: locks held by the PostgreSQL or MySQL/MariaDB server you run.
 #[derive(Debug, Parser)]
@@ -53,15 +54,19 @@ struct Cli {
 enum Command {
     /// Runs a command while holding a lock, and releases it once the command has exited.
     Run(Run),
-    /// Shows who holds KEY: exit 0 when someone does, 1 when it is free.
+    /// Shows who holds KEY, or every lock when no KEY is given: exit 0 when someone holds
+    /// one, 1 when none is held.
     Holders {
         #[command(flatten)]
         database: Database,
         /// The key policy (see `dlock run --help`).
         #[arg(long, default_value = "default", value_parser = parse_policy)]
         policy: KeyPolicy,
-        /// The lock's key, as `dlock run` takes it.
-        key: String,
+        /// The lock's key, as `dlock run` takes it. Without it: every advisory lock of the
+        /// PostgreSQL database, or every named lock of the MySQL server (MySQL needs its
+        /// performance schema, MariaDB its metadata_lock_info plugin), each line led by the
+        /// lock as the server names it.
+        key: Option<String>,
     },
     /// Shows the PostgreSQL key and the MySQL name a key policy gives KEY.
     Key {
@@ -107,6 +112,10 @@ struct Run {
     /// The exit code when the lock is busy (-n) or the wait runs out (-w).
     #[arg(short = 'E', long = "conflict-exit-code", value_name = "N", default_value_t = EXIT_CONFLICT)]
     conflict_exit_code: u8,
+    /// Takes the lock shared (PostgreSQL only): any number of `dlock run -s` of a key run
+    /// together, while a run without -s waits for them all and keeps them all out.
+    #[arg(short = 's', long)]
+    shared: bool,
     /// Issues a fencing token with the lock, given to the command as $DLOCK_FENCE (create its
     /// table once with `dlock fencing install`).
     #[arg(long)]
@@ -178,18 +187,30 @@ fn run(cli: Cli) -> i32 {
                 Ok(pool) => pool.policy(policy),
                 Err(code) => return code,
             };
-            match pool.holders(key.as_str()).await {
+            let holders = match &key {
+                Some(key) => pool.holders(key.as_str()).await,
+                None => pool.every_holder().await,
+            };
+            match holders {
                 Ok(holders) if holders.is_empty() => {
-                    println!("{key} is free");
+                    match key {
+                        Some(key) => println!("{key} is free"),
+                        None => println!("no lock is held"),
+                    }
                     1
                 }
                 Ok(holders) => {
                     for holder in holders {
-                        println!("{}", describe(&holder));
+                        match key {
+                            Some(_) => println!("{}", describe(&holder)),
+                            None => println!("{}  {}", holder.lock, describe(&holder)),
+                        }
                     }
                     0
                 }
-                Err(error @ Error::InvalidKey { .. }) => fail(EXIT_USAGE, &error),
+                Err(error @ (Error::InvalidKey { .. } | Error::Unsupported { .. })) => {
+                    fail(EXIT_USAGE, &error)
+                }
                 Err(error) => fail(EXIT_UNAVAILABLE, &error),
             }
         }),
@@ -293,6 +314,9 @@ async fn run_locked(args: Run) -> i32 {
     if args.fence {
         pool = pool.fenced();
     }
+    if args.shared {
+        pool = pool.shared();
+    }
     if let Some(interval) = args.watch_interval {
         pool = pool.watch_interval(interval);
     }
@@ -314,7 +338,9 @@ async fn run_locked(args: Run) -> i32 {
             }
             return i32::from(args.conflict_exit_code);
         }
-        Err(error @ Error::InvalidKey { .. }) => return fail(EXIT_USAGE, &error),
+        Err(error @ (Error::InvalidKey { .. } | Error::Unsupported { .. })) => {
+            return fail(EXIT_USAGE, &error);
+        }
         Err(error) => return fail(EXIT_UNAVAILABLE, &error),
     };
     let code = supervise(&args, program, &guard).await;

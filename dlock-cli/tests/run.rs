@@ -115,6 +115,58 @@ fn two_runs_exclude_each_other_on_both_backends() {
     }
 }
 
+/// `-s` on PostgreSQL: shared runs of a key run together, an exclusive run waits for them all;
+/// on MySQL `-s` is a usage error, before any command runs.
+#[test]
+fn shared_runs_run_together_and_keep_exclusive_runs_out() {
+    let url = postgres::pg_url();
+    let key = "cli/shared";
+    let mut readers: Vec<Child> = (0..2)
+        .map(|_| {
+            dlock(&["run", "-s", "--url", &url, key, "--", "sleep", "3"])
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    until_holders(Server::Postgres, key, 2);
+    let out = output(&["holders", "--url", &url, key]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.matches("(shared)").count(), 2, "{text}");
+    assert_eq!(
+        status(&["run", "-n", "--url", &url, key, "--", "true"]).code(),
+        Some(1),
+        "an exclusive run is kept out"
+    );
+    assert_eq!(
+        status(&["run", "-s", "-n", "--url", &url, key, "--", "true"]).code(),
+        Some(0),
+        "a third reader joins"
+    );
+    for reader in &mut readers {
+        assert!(wait_with_deadline(reader, Duration::from_secs(20)).success());
+    }
+    until_holders(Server::Postgres, key, 0);
+
+    let marker = scratch("shared-mysql");
+    let out = output(&[
+        "run",
+        "-s",
+        "--url",
+        &mysql::mysql_url(),
+        key,
+        "--",
+        "touch",
+        marker.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("shared lock"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!marker.exists(), "the command never ran");
+}
+
 #[test]
 fn the_command_s_exit_status_comes_back() {
     let url = postgres::pg_url();
@@ -336,6 +388,50 @@ fn holders_says_who_holds_a_key_and_exits_1_when_it_is_free() {
             );
         }
         assert!(wait_with_deadline(&mut run, Duration::from_secs(20)).success());
+    }
+}
+
+/// `holders` without a key lists every lock, each line led by the lock as the server names
+/// it, on both backends (the matrix's MariaDB loads its `metadata_lock_info` plugin).
+#[test]
+fn holders_without_a_key_lists_every_lock() {
+    for (server, url) in servers() {
+        let keys = ["cli/every-a", "cli/every-b"];
+        let mut runs: Vec<Child> = keys
+            .iter()
+            .map(|key| {
+                dlock(&["run", "--url", &url, key, "--", "sleep", "3"])
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for key in keys {
+            until_holders(server, key, 1);
+        }
+        let out = output(&["holders", "--url", &url]);
+        assert_eq!(out.status.code(), Some(0), "{server:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        for key in keys {
+            let lock = match server {
+                // The server's key for it, as `dlock key` shows it.
+                Server::Postgres => {
+                    let shown = output(&["key", key]);
+                    let shown = String::from_utf8_lossy(&shown.stdout).into_owned();
+                    let start = shown.find("pg_advisory_lock(").unwrap() + 17;
+                    let end = start + shown[start..].find(')').unwrap();
+                    shown[start..end].to_owned()
+                }
+                Server::MySql => key.to_owned(),
+            };
+            assert!(
+                text.lines()
+                    .any(|line| line.starts_with(&format!("{lock}  session "))),
+                "{server:?}: {lock} in {text}"
+            );
+        }
+        for run in &mut runs {
+            assert!(wait_with_deadline(run, Duration::from_secs(20)).success());
+        }
     }
 }
 

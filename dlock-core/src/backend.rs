@@ -92,6 +92,10 @@ macro_rules! __connection_lock {
                 $lock::fencing_token(self)
             }
 
+            fn shared(self) -> Self {
+                $lock::shared(self)
+            }
+
             fn take_session_state(&mut self) -> Option<$crate::SessionState> {
                 self.state.take_session_state()
             }

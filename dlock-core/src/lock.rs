@@ -206,6 +206,11 @@ pub trait ConnectionLock<C>: Sized {
     /// [`Error::InvalidKey`](crate::Error::InvalidKey) when `table` is not a plain table name.
     fn fenced_in(self, table: &str) -> Result<Self>;
 
+    /// Makes the lock shared (the lock type's `shared`): any number of shared holders at
+    /// once, no exclusive one. On a backend without shared locks (MySQL), every acquire then
+    /// fails with [`Error::Unsupported`](crate::Error::Unsupported).
+    fn shared(self) -> Self;
+
     /// The fencing token of the lock while held, when fenced (the lock type's
     /// `fencing_token`).
     fn fencing_token(&self) -> Option<u64>;

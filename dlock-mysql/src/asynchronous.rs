@@ -846,32 +846,56 @@ pub async fn holder_async(conn: &mut Conn, name: &str) -> Result<Option<u64>> {
     sql::read_holder(row.first().copied().flatten())
 }
 
-/// The session holding the lock named `name`, with its client host, user and the seconds in
-/// its current state (`information_schema.PROCESSLIST`): `None` when nobody holds it.
+/// The session holding the lock named `name` (or, for `None`, every session holding any
+/// named lock, ordered by name), with its client host, user and the seconds in its current
+/// state (`information_schema.PROCESSLIST`). One round trip for a name; two for every lock,
+/// which needs MySQL's performance schema, or MariaDB's `metadata_lock_info` plugin.
 ///
 /// # Errors
 ///
-/// What the server or the connection reports.
+/// [`Error::Unsupported`](dlock_core::Error::Unsupported) for every lock on a server that
+/// cannot list them (the error says what to install or switch on); what the server or the
+/// connection reports.
 ///
 /// # Cancel Safety
 ///
 /// Not cancel safe, as [`holder_async`].
-pub async fn holder_session_async(
+pub async fn holder_sessions_async(
     conn: &mut Conn,
-    name: &str,
-) -> Result<Option<sql::HolderSession>> {
-    /// `ID`, `HOST`, `USER`, `TIME`.
-    type Process = (u64, Option<String>, Option<String>, Option<u64>);
-    let row: Option<Process> = conn
-        .query_first(sql::holder_session(name))
-        .await
-        .map_err(|error| classify(error).error)?;
-    Ok(row.map(|(id, host, user, seconds)| sql::HolderSession {
-        id,
-        host,
-        user,
-        seconds,
-    }))
+    name: Option<&str>,
+) -> Result<Vec<sql::HolderSession>> {
+    /// The lock's name, and the process list's `ID`, `HOST`, `USER`, `TIME`.
+    type Held = (String, u64, Option<String>, Option<String>, Option<u64>);
+    let rows: Vec<Held> = match name {
+        Some(name) => {
+            type Process = (u64, Option<String>, Option<String>, Option<u64>);
+            let row: Option<Process> = conn
+                .query_first(sql::holder_session(name))
+                .await
+                .map_err(|error| classify(error).error)?;
+            row.map(|(id, host, user, seconds)| (name.to_owned(), id, host, user, seconds))
+                .into_iter()
+                .collect()
+        }
+        None => {
+            let lists = query(conn, sql::LOCK_LISTS)
+                .await
+                .map_err(|failed| failed.error)?;
+            conn.query(sql::every_holder_session(&lists)?)
+                .await
+                .map_err(|error| classify(error).error)?
+        }
+    };
+    Ok(rows
+        .into_iter()
+        .map(|(name, id, host, user, seconds)| sql::HolderSession {
+            name,
+            id,
+            host,
+            user,
+            seconds,
+        })
+        .collect())
 }
 
 /// The session of `conn` as a lock watcher names it, for [`still_held_async`]: the async

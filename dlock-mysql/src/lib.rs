@@ -50,7 +50,7 @@ pub mod tokio {
     pub use crate::asynchronous::{
         AsyncMySqlConnection, AsyncMySqlLock, AsyncMySqlSession,
         check_deployment_async as check_deployment, holder_async as holder,
-        holder_session_async as holder_session, install_fencing_async as install_fencing,
+        holder_sessions_async as holder_sessions, install_fencing_async as install_fencing,
         install_fencing_in_async as install_fencing_in, session_async as session,
         still_held_async as still_held,
     };

@@ -431,10 +431,60 @@ pub(crate) fn holder_session(name: &str) -> String {
     sql
 }
 
+/// What listing every named lock depends on: whether the server is MariaDB, whether it runs
+/// the performance schema (MySQL lists named locks there), and whether MariaDB's
+/// `metadata_lock_info` plugin is active (MariaDB lists them there). Three integers.
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+pub(crate) const LOCK_LISTS: &str = "SELECT VERSION() LIKE '%MariaDB%', @@performance_schema, \
+     (SELECT COUNT(*) FROM information_schema.PLUGINS \
+     WHERE PLUGIN_NAME = 'METADATA_LOCK_INFO' AND PLUGIN_STATUS = 'ACTIVE')";
+
+/// The statement that lists every session holding a named lock, with the lock's name first
+/// and then what [`holder_session`] reads, by what [`LOCK_LISTS`] answered: MariaDB's
+/// `metadata_lock_info` table, or MySQL's performance schema. Neither is there by default
+/// on every server, and a list that silently misses holders would say a held lock is free.
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+pub(crate) fn every_holder_session(lists: &[Option<i64>]) -> Result<&'static str, Error> {
+    match lists {
+        [Some(1), _, Some(active)] if *active > 0 => {
+            Ok("SELECT m.TABLE_SCHEMA, p.ID, p.HOST, p.USER, p.TIME \
+             FROM information_schema.METADATA_LOCK_INFO m \
+             JOIN information_schema.PROCESSLIST p ON p.ID = m.THREAD_ID \
+             WHERE m.LOCK_TYPE = 'User lock' ORDER BY m.TABLE_SCHEMA, p.ID")
+        }
+        [Some(1), _, _] => Err(Error::Unsupported {
+            operation: "listing every named lock",
+            backend: "MariaDB without its metadata_lock_info plugin",
+            hint: "name the key, or have an administrator run \
+                   INSTALL SONAME 'metadata_lock_info' once",
+        }),
+        [Some(0), Some(1), _] => Ok(
+            "SELECT m.OBJECT_NAME, t.PROCESSLIST_ID, p.HOST, p.USER, p.TIME \
+             FROM performance_schema.metadata_locks m \
+             JOIN performance_schema.threads t ON t.THREAD_ID = m.OWNER_THREAD_ID \
+             JOIN information_schema.PROCESSLIST p ON p.ID = t.PROCESSLIST_ID \
+             WHERE m.OBJECT_TYPE = 'USER LEVEL LOCK' AND m.LOCK_STATUS = 'GRANTED' \
+             ORDER BY m.OBJECT_NAME, p.ID",
+        ),
+        [Some(0), _, _] => Err(Error::Unsupported {
+            operation: "listing every named lock",
+            backend: "MySQL without its performance schema",
+            hint: "name the key, or start the server with performance_schema = ON",
+        }),
+        _ => Err(Error::backend(
+            "the server did not say whether it is MariaDB, runs the performance schema \
+             and the metadata_lock_info plugin"
+                .to_owned(),
+        )),
+    }
+}
+
 /// The session that holds a named lock, with what the server's process list says of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(not(feature = "tokio"), allow(dead_code, unreachable_pub))]
 pub struct HolderSession {
+    /// The lock's name, as the server has it.
+    pub name: String,
     /// The holding connection's id (`CONNECTION_ID()`; `KILL` it to free its locks).
     pub id: u64,
     /// The client's host and port, as the server saw it connect.
@@ -1136,6 +1186,26 @@ mod tests {
             assert!(failed.error.is_connection_error(), "{code}");
         }
         assert!(matches!(failed(1064).error, Error::Backend(_)));
+    }
+
+    #[test]
+    fn every_lock_is_listed_where_the_server_keeps_the_list_or_refused() {
+        let mariadb = every_holder_session(&[Some(1), Some(0), Some(1)]).unwrap();
+        assert!(mariadb.contains("METADATA_LOCK_INFO"), "{mariadb}");
+        let mysql = every_holder_session(&[Some(0), Some(1), Some(0)]).unwrap();
+        assert!(
+            mysql.contains("performance_schema.metadata_locks"),
+            "{mysql}"
+        );
+        assert!(mysql.contains("LOCK_STATUS = 'GRANTED'"), "{mysql}");
+        // A list that would miss holders is refused, saying what to do: MariaDB's own
+        // performance schema does not count (its lock instrument is off by default).
+        for lists in [[Some(1), Some(1), Some(0)], [Some(0), Some(0), Some(0)]] {
+            let error = every_holder_session(&lists).unwrap_err();
+            assert!(matches!(error, Error::Unsupported { .. }), "{error:?}");
+            assert!(error.to_string().contains("name the key"), "{error}");
+        }
+        assert!(every_holder_session(&[None]).is_err());
     }
 
     #[test]

@@ -261,6 +261,17 @@ pub struct AsyncLockPool<M: AsyncManager> {
     core: PoolCore<M>,
 }
 
+/// A clone shares the connections, the watcher and the options; change the clone's options
+/// (`shared`, `fenced`) to acquire differently over the same connections.
+impl<M: AsyncManager> Clone for AsyncLockPool<M> {
+    fn clone(&self) -> Self {
+        AsyncLockPool {
+            pool: self.pool.clone(),
+            core: self.core.clone(),
+        }
+    }
+}
+
 impl<M> AsyncLockPool<M>
 where
     M: AsyncManager,

@@ -236,6 +236,17 @@ pub struct LockPool<M: BlockingManager> {
     core: PoolCore<M>,
 }
 
+/// A clone shares the connections, the watcher and the options; change the clone's options
+/// (`shared`, `fenced`) to acquire differently over the same connections.
+impl<M: BlockingManager> Clone for LockPool<M> {
+    fn clone(&self) -> Self {
+        LockPool {
+            pool: self.pool.clone(),
+            core: self.core.clone(),
+        }
+    }
+}
+
 impl<M> LockPool<M>
 where
     M: BlockingManager,

@@ -20,6 +20,8 @@ pub(crate) struct PoolCore<M> {
     /// plain timeout, so the pool names it as the cause of a checkout that failed.
     connect_errors: Arc<Mutex<Option<ConnectError>>>,
     pub(crate) check_deployment: bool,
+    /// Whether acquires take shared locks ([`AsyncLockPool::shared`](crate::AsyncLockPool)).
+    pub(crate) shared: bool,
     /// Whether the user vouches for a pooler in session mode ([`AsyncLockPool::trust_session_pooler`](crate::AsyncLockPool)).
     #[cfg_attr(not(feature = "bb8"), allow(dead_code))]
     pub(crate) trust_session_pooler: bool,
@@ -39,6 +41,7 @@ impl<M> PoolCore<M> {
             doubt: manager.doubt(),
             connect_errors: manager.connect_errors(),
             check_deployment: true,
+            shared: false,
             trust_session_pooler: false,
             fence: None,
             manager: manager.shared_inner(),
@@ -89,6 +92,9 @@ impl<M> PoolCore<M> {
         let mut lock = L::on_connection(conn, key, self.policy.clone());
         if let Some(table) = &self.fence {
             lock = table.apply(lock)?;
+        }
+        if self.shared {
+            lock = lock.shared();
         }
         if let Some(state) = session_state {
             lock = lock.with_session_state(state);
@@ -170,11 +176,29 @@ impl std::error::Error for CheckoutTimedOut {
     }
 }
 
+// Not derived: the manager needs no `Clone`, as it is shared.
+impl<M> Clone for PoolCore<M> {
+    fn clone(&self) -> Self {
+        PoolCore {
+            policy: self.policy.clone(),
+            doubt: Arc::clone(&self.doubt),
+            connect_errors: Arc::clone(&self.connect_errors),
+            check_deployment: self.check_deployment,
+            shared: self.shared,
+            trust_session_pooler: self.trust_session_pooler,
+            fence: self.fence.clone(),
+            manager: Arc::clone(&self.manager),
+            watch: Arc::clone(&self.watch),
+        }
+    }
+}
+
 impl<M> fmt::Debug for PoolCore<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PoolCore")
             .field("policy", &self.policy)
             .field("check_deployment", &self.check_deployment)
+            .field("shared", &self.shared)
             .field("fence", &self.fence)
             .finish_non_exhaustive()
     }

@@ -111,6 +111,17 @@ macro_rules! pool_options {
             self
         }
 
+        /// Makes every acquire take a shared lock (PostgreSQL's `pg_advisory_lock_shared`):
+        /// any number of sessions hold a key shared at once, while an exclusive holder waits
+        /// for them all and keeps them all out. For readers beside writers, keep one pool
+        /// for each over the same connections: `pool.clone().shared()`. MySQL and MariaDB
+        /// have no shared named locks: there every acquire then fails with
+        /// [`Error::Unsupported`].
+        pub fn shared(mut self) -> Self {
+            self.core.shared = true;
+            self
+        }
+
         /// Makes every acquire issue a fencing token, kept in the backend's default table
         /// (`public.dlock_fence` on PostgreSQL, `dlock.dlock_fence` on MySQL; create it once
         /// with the backend's `install_fencing`): read it with `fencing_token(&guard)` and hand

@@ -52,12 +52,16 @@ const SCHEMES: &str = "postgres://, postgresql://, mysql:// or mariadb://";
 /// # Ok(())
 /// # }
 /// ```
+#[derive(Clone)]
 pub struct AsyncAnyLockPool(Pools);
 
 /// A session holding a lock, as [`AsyncAnyLockPool::holders`] reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct AnyHolder {
+    /// The lock as the server names it: PostgreSQL's key (`pg_advisory_lock`'s argument, or
+    /// its two as `(a, b)`), MySQL's lock name.
+    pub lock: String,
     /// The session: PostgreSQL's backend pid, MySQL's connection id.
     pub session: u64,
     /// Whether it holds the lock shared (PostgreSQL only).
@@ -74,6 +78,7 @@ pub struct AnyHolder {
 }
 
 /// The backend's pool behind an [`AsyncAnyLockPool`].
+#[derive(Clone)]
 enum Pools {
     Postgres(AsyncLockPool<PgManager>),
     MySql(AsyncLockPool<AsyncMySqlManager>),
@@ -250,6 +255,13 @@ impl AsyncAnyLockPool {
         forward!(self, pool => pool.policy(policy))
     }
 
+    /// Makes every acquire take a shared lock (see [`AsyncLockPool::shared`]); on MySQL every
+    /// acquire then fails with [`Error::Unsupported`]. A clone shares the connections:
+    /// `pool.clone().shared()` for readers beside writers.
+    pub fn shared(self) -> Self {
+        forward!(self, pool => pool.shared())
+    }
+
     /// Makes every acquire issue a fencing token, in the backend's default table (see
     /// [`AsyncLockPool::fenced`]).
     pub fn fenced(self) -> Self {
@@ -320,10 +332,29 @@ impl AsyncAnyLockPool {
     ///
     /// Cancel safe: it only reads, on a connection nobody else uses.
     pub async fn holders(&self, key: impl Into<Key>) -> Result<Vec<AnyHolder>> {
-        let key = key.into();
+        self.holders_of(Some(key.into())).await
+    }
+
+    /// Every session holding a lock of this database (PostgreSQL: any advisory lock) or
+    /// server (MySQL: any named lock), by lock, as [`holders`](Self::holders) reports them.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unsupported`] on a MySQL server that cannot list its named locks (MySQL
+    /// without its performance schema, MariaDB without its `metadata_lock_info` plugin: the
+    /// error says what to do); what the connection or the server reports.
+    ///
+    /// # Cancel Safety
+    ///
+    /// Cancel safe, as [`holders`](Self::holders).
+    pub async fn every_holder(&self) -> Result<Vec<AnyHolder>> {
+        self.holders_of(None).await
+    }
+
+    async fn holders_of(&self, key: Option<Key>) -> Result<Vec<AnyHolder>> {
         match &self.0 {
             Pools::Postgres(pool) => {
-                let pg_key = pool.key_policy().pg_key(&key)?;
+                let pg_key = key.map(|key| pool.key_policy().pg_key(&key)).transpose()?;
                 let client = pool
                     .pool()
                     .dedicated_connection()
@@ -333,6 +364,7 @@ impl AsyncAnyLockPool {
                 Ok(sessions
                     .into_iter()
                     .map(|session| AnyHolder {
+                        lock: session.key.to_string(),
                         session: u64::try_from(session.holder.pid).unwrap_or_default(),
                         shared: session.holder.mode == dlock_postgres::Mode::Shared,
                         client: session.client,
@@ -343,16 +375,20 @@ impl AsyncAnyLockPool {
                     .collect())
             }
             Pools::MySql(pool) => {
-                let name = pool.key_policy().mysql_name(&key)?;
+                let name = key
+                    .map(|key| pool.key_policy().mysql_name(&key))
+                    .transpose()?;
                 let mut conn = pool
                     .pool()
                     .dedicated_connection()
                     .await
                     .map_err(Error::pool)?;
-                let session = dlock_mysql::tokio::holder_session(&mut conn, &name).await;
-                Ok(session?
+                let sessions =
+                    dlock_mysql::tokio::holder_sessions(&mut conn, name.as_deref()).await;
+                Ok(sessions?
                     .into_iter()
                     .map(|session| AnyHolder {
+                        lock: session.name,
                         session: session.id,
                         shared: false,
                         client: session.host,
@@ -666,9 +702,11 @@ type BlockingPgManager = r2d2_postgres::PostgresConnectionManager<url_tls::PgCon
 /// # Ok(())
 /// # }
 /// ```
+#[derive(Clone)]
 pub struct AnyLockPool(BlockingPools);
 
 /// The backend's pool behind an [`AnyLockPool`].
+#[derive(Clone)]
 enum BlockingPools {
     Postgres(LockPool<BlockingPgManager>),
     MySql(LockPool<r2d2_mysql::MySqlConnectionManager>),
@@ -733,6 +771,12 @@ impl AnyLockPool {
     /// Uses `policy` to turn keys into the backend's keys.
     pub fn policy(self, policy: KeyPolicy) -> Self {
         forward_blocking!(self, pool => pool.policy(policy))
+    }
+
+    /// Makes every acquire take a shared lock (see [`LockPool::shared`]); on MySQL every
+    /// acquire then fails with [`Error::Unsupported`].
+    pub fn shared(self) -> Self {
+        forward_blocking!(self, pool => pool.shared())
     }
 
     /// Makes every acquire issue a fencing token, in the backend's default table.

@@ -353,3 +353,76 @@ async fn an_unreachable_server_is_named_at_connect() {
         assert!(message.contains(names), "blocking: {message}");
     }
 }
+
+/// A pool's shared clone lets readers hold a key together over the same connections, while
+/// a writer waits for them all and keeps them all out; the watcher and `verify` see shared
+/// holds. MySQL has no shared named locks, and says so instead of taking an exclusive one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_pool_lets_readers_in_together_and_keeps_writers_out() {
+    let key = "url/shared";
+    let writers = AsyncAnyLockPool::connect(&postgres::pg_url())
+        .await
+        .unwrap()
+        .watch_interval(Duration::from_millis(50));
+    let readers = writers.clone().shared();
+    let mut first = readers.acquire(key).await.unwrap();
+    let second = readers
+        .try_acquire(key)
+        .await
+        .unwrap()
+        .expect("readers hold a key together");
+    assert!(writers.try_acquire(key).await.unwrap().is_none());
+    let holders = readers.holders(key).await.unwrap();
+    assert_eq!(holders.len(), 2, "{holders:?}");
+    assert!(holders.iter().all(|holder| holder.shared), "{holders:?}");
+    // Held shared, as the guard's own check and the watcher see it.
+    assert!(AsyncAnyLockGuard::verify(&mut first).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!AsyncAnyLockGuard::is_lost(&first));
+    AsyncAnyLockGuard::release(first).await.unwrap();
+    assert!(
+        writers.try_acquire(key).await.unwrap().is_none(),
+        "one reader left is enough to keep a writer out"
+    );
+    AsyncAnyLockGuard::release(second).await.unwrap();
+    let writer = writers.try_acquire(key).await.unwrap().expect("free");
+    assert!(
+        readers.try_acquire(key).await.unwrap().is_none(),
+        "a writer keeps readers out"
+    );
+    AsyncAnyLockGuard::release(writer).await.unwrap();
+
+    let mysql = AsyncAnyLockPool::connect(&mysql::mysql_url())
+        .await
+        .unwrap();
+    let error = mysql.clone().shared().try_acquire(key).await.unwrap_err();
+    assert!(matches!(error, Error::Unsupported { .. }), "{error:?}");
+    let guard = mysql
+        .try_acquire(key)
+        .await
+        .unwrap()
+        .expect("the pool goes on");
+    AsyncAnyLockGuard::release(guard).await.unwrap();
+}
+
+/// The blocking form of the shared pool, on both backends.
+#[test]
+fn a_shared_blocking_pool_lets_readers_in_together() {
+    use dlock_pool::{AnyLockGuard, AnyLockPool};
+    let key = "url/shared-blocking";
+    let writers = AnyLockPool::connect(&postgres::pg_url()).unwrap();
+    let readers = writers.clone().shared();
+    let mut first = readers.acquire(key).unwrap();
+    let second = readers.try_acquire(key).unwrap().expect("shared");
+    assert!(AnyLockGuard::verify(&mut first).unwrap());
+    assert!(writers.try_acquire(key).unwrap().is_none());
+    AnyLockGuard::release(first).unwrap();
+    AnyLockGuard::release(second).unwrap();
+    let writer = writers.try_acquire(key).unwrap().expect("free");
+    assert!(readers.try_acquire(key).unwrap().is_none());
+    AnyLockGuard::release(writer).unwrap();
+
+    let mysql = AnyLockPool::connect(&mysql::mysql_url()).unwrap().shared();
+    let error = mysql.try_acquire(key).unwrap_err();
+    assert!(matches!(error, Error::Unsupported { .. }), "{error:?}");
+}

@@ -1209,9 +1209,9 @@ pub async fn holders_async(client: &Client, key: PgKey) -> Result<Vec<Holder>> {
     sql::read_holders(&reply)
 }
 
-/// Every session holding the lock on `key`, as [`holders_async`] finds them, with where each
-/// connects from, its application name and when it started (`pg_stat_activity`). One round
-/// trip.
+/// Every session holding the lock on `key` (or, for `None`, any advisory lock of this
+/// database, ordered by key), as [`holders_async`] finds them, with where each connects from,
+/// its application name and when it started (`pg_stat_activity`). One round trip.
 ///
 /// # Errors
 ///
@@ -1220,7 +1220,10 @@ pub async fn holders_async(client: &Client, key: PgKey) -> Result<Vec<Holder>> {
 /// # Cancel Safety
 ///
 /// Cancel safe: it only reads.
-pub async fn holder_sessions_async(client: &Client, key: PgKey) -> Result<Vec<HolderSession>> {
+pub async fn holder_sessions_async(
+    client: &Client,
+    key: Option<PgKey>,
+) -> Result<Vec<HolderSession>> {
     let reply = client
         .simple_query(&sql::holder_sessions(key))
         .await

@@ -744,22 +744,44 @@ pub struct Holder {
     pub mode: Mode,
 }
 
-/// Every session of this database holding the lock, with what `pg_stat_activity` says of it:
-/// where it connects from, its application name, and when it started.
+/// Every session of this database holding the lock on `key`, or any advisory lock when
+/// `None`, with what `pg_stat_activity` says of it: where it connects from, its application
+/// name, and when it started; then the lock's ids in `pg_locks`.
 #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
-pub(crate) fn holder_sessions(key: PgKey) -> String {
+pub(crate) fn holder_sessions(key: Option<PgKey>) -> String {
+    let filter = key.map_or_else(
+        || "locktype = 'advisory' AND granted".to_owned(),
+        pg_locks_filter,
+    );
     format!(
         "SELECT l.pid, l.mode, host(a.client_addr), a.application_name, \
-         to_char(a.backend_start, 'YYYY-MM-DD HH24:MI:SSOF') \
-         FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid WHERE {} AND l.database = \
-         (SELECT oid FROM pg_database WHERE datname = current_database()) ORDER BY l.pid",
-        pg_locks_filter(key)
+         to_char(a.backend_start, 'YYYY-MM-DD HH24:MI:SSOF'), l.classid, l.objid, l.objsubid \
+         FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid WHERE {filter} AND \
+         l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+         ORDER BY l.classid, l.objid, l.objsubid, l.pid"
     )
+}
+
+/// The key of an advisory lock from its ids in `pg_locks`: the inverse of [`pg_locks_ids`].
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+fn pg_key_of_ids(classid: u32, objid: u32, objsubid: i16) -> Option<PgKey> {
+    match objsubid {
+        1 => Some(PgKey::BigInt(i64::from_be_bytes(
+            ((u64::from(classid) << 32) | u64::from(objid)).to_be_bytes(),
+        ))),
+        2 => Some(PgKey::Pair(
+            i32::from_ne_bytes(classid.to_ne_bytes()),
+            i32::from_ne_bytes(objid.to_ne_bytes()),
+        )),
+        _ => None,
+    }
 }
 
 /// A session holding an advisory lock, with what the server says of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HolderSession {
+    /// The lock's key.
+    pub key: PgKey,
     /// The session and the mode it holds the lock in.
     pub holder: Holder,
     /// The client's address (`None` over a Unix socket).
@@ -780,7 +802,7 @@ pub(crate) fn read_holder_sessions(
         SimpleQueryMessage::Row(row) => Some(row),
         _ => None,
     });
-    Ok(holders
+    holders
         .into_iter()
         .zip(rows)
         .map(|(holder, row)| {
@@ -789,14 +811,23 @@ pub(crate) fn read_holder_sessions(
                     .filter(|text| !text.is_empty())
                     .map(str::to_owned)
             };
-            HolderSession {
+            let id = |index: usize| row.get(index).and_then(|text| text.parse::<u32>().ok());
+            let key = match (id(5), id(6), row.get(7).and_then(|text| text.parse().ok())) {
+                (Some(classid), Some(objid), Some(objsubid)) => {
+                    pg_key_of_ids(classid, objid, objsubid)
+                }
+                _ => None,
+            }
+            .ok_or_else(|| unexpected_reply("an advisory lock's classid, objid and objsubid"))?;
+            Ok(HolderSession {
+                key,
                 holder,
                 client: text(2),
                 application: text(3),
                 since: text(4),
-            }
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// Reads the reply to [`holders`].
@@ -1213,6 +1244,18 @@ mod tests {
             (0x1234_5678, 0x9abc_def0, 1)
         );
         assert_eq!(pg_locks_ids(PgKey::Pair(-2, 3)), (u32::MAX - 1, 3, 2));
+        for key in [
+            PgKey::BigInt(0),
+            PgKey::BigInt(-1),
+            PgKey::BigInt(i64::MIN),
+            PgKey::BigInt(-8_875_347_467_275_493_450),
+            PgKey::Pair(-2, 3),
+            PgKey::Pair(i32::MIN, i32::MAX),
+        ] {
+            let (classid, objid, objsubid) = pg_locks_ids(key);
+            assert_eq!(pg_key_of_ids(classid, objid, objsubid), Some(key));
+        }
+        assert_eq!(pg_key_of_ids(1, 2, 3), None);
         let query = held_by_session(Hold {
             key: PgKey::Pair(5, 6),
             mode: Mode::Shared,
