@@ -31,11 +31,13 @@ mod asynchronous;
 mod over_sqlx;
 
 /// The sqlx flavour (feature `sqlx`): [`SqlxMySqlLock`], a named lock that owns a sqlx
-/// connection.
+/// connection, and helpers named as the tokio flavour's are.
 #[cfg(feature = "sqlx")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlx")))]
 pub mod sqlx {
-    pub use crate::over_sqlx::{SqlxMySqlConnection, SqlxMySqlLock};
+    pub use crate::over_sqlx::{
+        SqlxMySqlConnection, SqlxMySqlLock, install_fencing, session, still_held,
+    };
 }
 
 #[cfg(feature = "sqlx")]

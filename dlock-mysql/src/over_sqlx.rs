@@ -17,7 +17,7 @@ use ::sqlx::mysql::{MySql, MySqlConnection, MySqlDatabaseError, MySqlRow};
 use ::sqlx::pool::PoolConnection;
 use ::sqlx::{Row as _, ValueRef as _};
 use dlock_core::trace::Traced;
-use dlock_core::{AsyncLock, Error, Key, KeyPolicy, Result, Wait};
+use dlock_core::{AsyncLock, Error, Key, KeyPolicy, Result, SessionId, Wait};
 use tracing::Instrument as _;
 
 use crate::machine::{Acquire, LockState, Operation, Release, Reply, Step, Verify};
@@ -115,6 +115,8 @@ impl<C: SqlxMySqlConnection> SqlxMySqlLock<C> {
 
     crate::methods::lock_methods!();
 
+    dlock_core::__connection_accessors!();
+
     /// The sqlx connection, for work under the lock. After a dropped future gave it up (see
     /// the type's docs) it must not be used.
     pub fn connection(&mut self) -> &mut MySqlConnection {
@@ -155,18 +157,7 @@ impl<C: SqlxMySqlConnection> SqlxMySqlLock<C> {
         if self.state.is_unusable() {
             return Err(sql::unusable());
         }
-        let text: String = ::sqlx::query_scalar("SELECT VERSION()")
-            .fetch_one(self.connection())
-            .await
-            .map_err(|error| failed(error).error)?;
-        let mut parts = text
-            .split(|c: char| !c.is_ascii_digit())
-            .map(|part| part.parse::<u16>().unwrap_or(0));
-        let version = (
-            parts.next().unwrap_or(0),
-            parts.next().unwrap_or(0),
-            parts.next().unwrap_or(0),
-        );
+        let version = server_version(self.connection()).await?;
         self.version = Some(version);
         Ok(version)
     }
@@ -239,6 +230,95 @@ impl<O: Operation> Drop for Driver<'_, O> {
     }
 }
 
+/// The server's version as the handshake gives it to the other drivers (sqlx keeps it
+/// private): one round trip.
+async fn server_version(conn: &mut MySqlConnection) -> Result<(u16, u16, u16)> {
+    let text: String = ::sqlx::query_scalar("SELECT VERSION()")
+        .fetch_one(conn)
+        .await
+        .map_err(|error| failed(error).error)?;
+    let mut parts = text
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|part| part.parse::<u16>().unwrap_or(0));
+    Ok((
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+    ))
+}
+
+/// The session of `conn` as a lock watcher names it, for [`still_held`]: the sqlx form of
+/// the tokio flavour's `session` (the session also takes its unique marker lock). One round
+/// trip.
+///
+/// # Errors
+///
+/// What the server or the connection reports.
+///
+/// # Cancel Safety
+///
+/// Not cancel safe: a drop before the reply may leave the marker taken without its name
+/// known; close the connection then.
+pub async fn session(conn: &mut MySqlConnection) -> Result<SessionId> {
+    let tag = dlock_core::attempt_token();
+    let row = query(conn, sql::session(tag))
+        .await
+        .map_err(|failed| failed.error)?;
+    sql::read_session(&row, tag)
+}
+
+/// Whether each of `locks` (a session from [`session`], and a lock name it took) is still
+/// held by that session, asked through `conn` from another session: the sqlx form of the
+/// tokio flavour's `still_held`.
+///
+/// # Errors
+///
+/// What the server or the connection reports.
+///
+/// # Cancel Safety
+///
+/// Cancel safe: it only reads.
+pub async fn still_held(
+    conn: &mut MySqlConnection,
+    locks: &[(SessionId, String)],
+) -> Result<Vec<bool>> {
+    let mut held = Vec::with_capacity(locks.len());
+    for chunk in locks.chunks(sql::WATCHED_PER_STATEMENT) {
+        let row = query(conn, sql::still_held(chunk))
+            .await
+            .map_err(|failed| failed.error)?;
+        held.extend(sql::read_still_held(&row, chunk));
+    }
+    Ok(held)
+}
+
+/// Creates the table of fencing tokens `table` (`name` or `database.name`; `None`: the
+/// default, `dlock.dlock_fence`, and its database), and on MariaDB its clock, if they do not
+/// exist: the sqlx form of the tokio flavour's `install_fencing_in`. Idempotent.
+///
+/// # Errors
+///
+/// [`Error::InvalidKey`] for a name that is not plain, or what the server reports.
+///
+/// # Cancel Safety
+///
+/// Cancel safe: every statement is idempotent.
+pub async fn install_fencing(conn: &mut MySqlConnection, table: Option<&str>) -> Result<()> {
+    let execute = async |conn: &mut MySqlConnection, statement: String| {
+        ::sqlx::raw_sql(::sqlx::AssertSqlSafe(statement))
+            .execute(conn)
+            .await
+            .map(drop)
+            .map_err(|error| failed(error).error)
+    };
+    if table.is_none() {
+        execute(&mut *conn, sql::install_fence_database()).await?;
+    }
+    let table = sql::fence_table(table.unwrap_or(sql::DEFAULT_FENCE_TABLE))?;
+    let server = sql::Server::from_version(server_version(&mut *conn).await?);
+    execute(conn, sql::install_fencing(server, &table)).await
+}
+
 /// Sends `statement` and reads its reply as the machine does: the first row's integers, or
 /// for a fencing upsert the id it generated.
 async fn query(conn: &mut MySqlConnection, statement: String) -> Reply {
@@ -298,6 +378,13 @@ fn failed(error: ::sqlx::Error) -> Failed {
         },
     }
 }
+
+dlock_core::__connection_lock!(
+    SqlxMySqlLock,
+    SqlxMySqlConnection,
+    KeyPolicy::mysql_name,
+    async
+);
 
 impl<C: SqlxMySqlConnection> AsyncLock for SqlxMySqlLock<C> {
     fn key(&self) -> &Key {

@@ -1246,7 +1246,7 @@ pub async fn session_async(client: &Client) -> Result<SessionId> {
         .simple_query(&sql::session())
         .await
         .map_err(sql::error)?;
-    sql::read_session(&reply)
+    sql::read_session(sql::rows(&reply))
 }
 
 /// Whether each of `locks` (a session from [`session_async`], and a key it took) is still
@@ -1263,7 +1263,7 @@ pub async fn session_async(client: &Client) -> Result<SessionId> {
 pub async fn still_held_async(client: &Client, locks: &[(SessionId, PgKey)]) -> Result<Vec<bool>> {
     let statement = sql::still_held(locks.iter().map(|(session, _)| session.id));
     let reply = client.simple_query(&statement).await.map_err(sql::error)?;
-    Ok(sql::read_still_held(&reply, locks))
+    Ok(sql::read_still_held(sql::rows(&reply), locks))
 }
 
 /// A PostgreSQL transaction-level advisory lock taken through a

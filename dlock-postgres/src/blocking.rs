@@ -488,7 +488,7 @@ pub fn holders(client: &mut Client, key: PgKey) -> Result<Vec<Holder>> {
 pub fn session(client: &mut Client) -> Result<SessionId> {
     refuse_inside_runtime()?;
     let reply = client.simple_query(&sql::session()).map_err(sql::error)?;
-    sql::read_session(&reply)
+    sql::read_session(sql::rows(&reply))
 }
 
 /// Whether each of `locks` (a session from [`session`], and a key it took) is still held by
@@ -505,7 +505,7 @@ pub fn still_held(client: &mut Client, locks: &[(SessionId, PgKey)]) -> Result<V
     refuse_inside_runtime()?;
     let statement = sql::still_held(locks.iter().map(|(session, _)| session.id));
     let reply = client.simple_query(&statement).map_err(sql::error)?;
-    Ok(sql::read_still_held(&reply, locks))
+    Ok(sql::read_still_held(sql::rows(&reply), locks))
 }
 
 /// Checks that a session lock over `client` excludes: that the server is no hot standby, and

@@ -33,11 +33,13 @@ mod asynchronous;
 mod over_sqlx;
 
 /// The sqlx flavour (feature `sqlx`): [`SqlxPgLock`], a session lock that owns a sqlx
-/// connection.
+/// connection, and helpers named as the tokio flavour's are.
 #[cfg(feature = "sqlx")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlx")))]
 pub mod sqlx {
-    pub use crate::over_sqlx::{SqlxPgConnection, SqlxPgLock};
+    pub use crate::over_sqlx::{
+        SqlxPgConnection, SqlxPgLock, install_fencing, session, still_held,
+    };
 }
 
 #[cfg(feature = "sqlx")]

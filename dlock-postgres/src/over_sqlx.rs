@@ -22,7 +22,7 @@ use ::sqlx::pool::PoolConnection;
 use ::sqlx::postgres::{PgConnection, PgRow, Postgres};
 use ::sqlx::{Column as _, Row as _, TypeInfo as _, ValueRef as _};
 use dlock_core::trace::Traced;
-use dlock_core::{AsyncLock, Error, Key, KeyPolicy, PgKey, Result, Wait};
+use dlock_core::{AsyncLock, Error, Key, KeyPolicy, PgKey, Result, SessionId, Wait};
 use tracing::Instrument as _;
 
 use crate::machine::{
@@ -248,21 +248,102 @@ impl<O: Operation> Drop for Driver<'_, O> {
 
 /// The last row of a simple query's reply, as text (the simple protocol returns text).
 fn last_row(rows: &[PgRow]) -> Row {
-    rows.last().map(|row| {
-        (0..row.len())
-            .map(|index| {
-                let value = row.try_get_raw(index).ok()?;
-                if value.is_null() {
-                    return None;
-                }
-                // A void column (a plain lock's) reads as empty text.
-                if row.column(index).type_info().name() == "VOID" {
-                    return Some(String::new());
-                }
-                value.as_str().ok().map(str::to_owned)
-            })
-            .collect()
-    })
+    rows.last().map(text_row)
+}
+
+/// A row of a simple query's reply, as text.
+fn text_row(row: &PgRow) -> Vec<Option<String>> {
+    (0..row.len())
+        .map(|index| {
+            let value = row.try_get_raw(index).ok()?;
+            if value.is_null() {
+                return None;
+            }
+            // A void column (a plain lock's) reads as empty text.
+            if row.column(index).type_info().name() == "VOID" {
+                return Some(String::new());
+            }
+            value.as_str().ok().map(str::to_owned)
+        })
+        .collect()
+}
+
+/// Every row of `statement`'s reply, as text.
+async fn text_rows(conn: &mut PgConnection, statement: String) -> Result<Vec<Vec<Option<String>>>> {
+    let rows = ::sqlx::raw_sql(::sqlx::AssertSqlSafe(statement))
+        .fetch_all(conn)
+        .await
+        .map_err(|error| failed(error).error)?;
+    Ok(rows.iter().map(text_row).collect())
+}
+
+/// The session of `conn` as a lock watcher names it, for [`still_held`]: the sqlx form of
+/// the tokio flavour's `session`. One round trip.
+///
+/// # Errors
+///
+/// What the server or the connection reports.
+///
+/// # Cancel Safety
+///
+/// Cancel safe: it only reads (sqlx finishes a dropped statement before the next one).
+pub async fn session(conn: &mut PgConnection) -> Result<SessionId> {
+    sql::read_session(&text_rows(conn, sql::session()).await?)
+}
+
+/// Whether each of `locks` (a session from [`session`], and a key it took) is still held by
+/// that session, asked through `conn` from another session in one statement: the sqlx form
+/// of the tokio flavour's `still_held`.
+///
+/// # Errors
+///
+/// What the server or the connection reports.
+///
+/// # Cancel Safety
+///
+/// Cancel safe: it only reads.
+pub async fn still_held(
+    conn: &mut PgConnection,
+    locks: &[(SessionId, PgKey)],
+) -> Result<Vec<bool>> {
+    let statement = sql::still_held(locks.iter().map(|(session, _)| session.id));
+    Ok(sql::read_still_held(
+        &text_rows(conn, statement).await?,
+        locks,
+    ))
+}
+
+/// Creates the table of fencing tokens `table` (`name` or `schema.name`; `None`: the
+/// default, `public.dlock_fence`) and its clock, if they do not exist: the sqlx form of the
+/// tokio flavour's `install_fencing_in`. Idempotent, and safe against a concurrent install.
+///
+/// # Errors
+///
+/// [`Error::InvalidKey`] for a name that is not plain, or what the server reports.
+///
+/// # Cancel Safety
+///
+/// Cancel safe: every statement is idempotent.
+pub async fn install_fencing(conn: &mut PgConnection, table: Option<&str>) -> Result<()> {
+    let table = sql::fence_table(table.unwrap_or(sql::DEFAULT_FENCE_TABLE))?;
+    let statement = sql::install_fencing(&table);
+    let install = async |conn: &mut PgConnection| {
+        ::sqlx::raw_sql(::sqlx::AssertSqlSafe(statement.clone()))
+            .execute(conn)
+            .await
+    };
+    match install(&mut *conn).await {
+        Err(::sqlx::Error::Database(error))
+            if error
+                .code()
+                .is_some_and(|code| sql::CREATE_RACE_CODES.contains(&&*code)) =>
+        {
+            install(conn).await
+        }
+        outcome => outcome,
+    }
+    .map(drop)
+    .map_err(|error| failed(error).error)
 }
 
 /// A failed statement as the machine reads it: its SQLSTATE sorted as the other flavours'
@@ -294,6 +375,8 @@ fn failed(error: ::sqlx::Error) -> Failed {
     );
     Failed { failure, error }
 }
+
+dlock_core::__connection_lock!(SqlxPgLock, SqlxPgConnection, KeyPolicy::pg_key, async);
 
 impl<C: SqlxPgConnection> AsyncLock for SqlxPgLock<C> {
     fn key(&self) -> &Key {

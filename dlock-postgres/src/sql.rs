@@ -15,7 +15,6 @@ use postgres as driver;
 use tokio_postgres as driver;
 
 use driver::SimpleQueryMessage;
-use driver::error::SqlState;
 use driver::types::{ToSql, Type};
 
 /// Whether a lock excludes everyone else or only exclusive holders.
@@ -391,15 +390,13 @@ fn next_tick(table: &str) -> String {
 /// one (23505 on `pg_type`, 42710 for its type, or 42P07). Running it again then finds the
 /// table, which the other session has committed by the time this one fails.
 pub(crate) fn lost_the_create_race(error: &driver::Error) -> bool {
-    error.code().is_some_and(|code| {
-        [
-            SqlState::UNIQUE_VIOLATION,
-            SqlState::DUPLICATE_OBJECT,
-            SqlState::DUPLICATE_TABLE,
-        ]
-        .contains(code)
-    })
+    error
+        .code()
+        .is_some_and(|code| CREATE_RACE_CODES.contains(&code.code()))
 }
+
+/// The SQLSTATEs of [`lost_the_create_race`].
+pub(crate) const CREATE_RACE_CODES: [&str; 3] = ["23505", "42710", "42P07"];
 
 /// A key's row in the fence table: 1 and the bigint, or 2 and the pair as one bigint.
 fn fence_row(key: PgKey) -> (i16, i64) {
@@ -864,23 +861,48 @@ pub(crate) fn session() -> String {
     format!("SELECT pid, {SESSION_STARTED} FROM pg_stat_activity s WHERE pid = pg_backend_pid()")
 }
 
+/// A row of a simple query's reply, read as text: what the readers of replies with many rows
+/// take, whichever driver read them.
+pub(crate) trait TextRow {
+    /// Column `index`, or `None` for NULL or a column the row does not have.
+    fn text(&self, index: usize) -> Option<&str>;
+}
+
+impl TextRow for driver::SimpleQueryRow {
+    fn text(&self, index: usize) -> Option<&str> {
+        self.get(index)
+    }
+}
+
+impl TextRow for Vec<Option<String>> {
+    fn text(&self, index: usize) -> Option<&str> {
+        self.get(index)?.as_deref()
+    }
+}
+
+/// The rows of a simple query's reply.
+pub(crate) fn rows(reply: &[SimpleQueryMessage]) -> impl Iterator<Item = &driver::SimpleQueryRow> {
+    reply.iter().filter_map(|message| match message {
+        SimpleQueryMessage::Row(row) => Some(row),
+        _ => None,
+    })
+}
+
 /// Reads the `(pid, started)` columns that begin a row of [`session`] or [`still_held`].
-fn read_session_row(row: &driver::SimpleQueryRow) -> Option<SessionId> {
-    let number = |index: usize| row.get(index)?.parse::<i64>().ok();
+fn read_session_row(row: &impl TextRow) -> Option<SessionId> {
+    let number = |index: usize| row.text(index)?.parse::<i64>().ok();
     Some(SessionId {
         id: number(0)?.unsigned_abs(),
         tag: u64::from_ne_bytes(number(1)?.to_ne_bytes()),
     })
 }
 
-/// Reads the reply to [`session`].
-pub(crate) fn read_session(reply: &[SimpleQueryMessage]) -> Result<SessionId, Error> {
-    reply
-        .iter()
-        .find_map(|message| match message {
-            SimpleQueryMessage::Row(row) => read_session_row(row),
-            _ => None,
-        })
+/// Reads the reply to [`session`], given as its rows.
+pub(crate) fn read_session<'a, R: TextRow + 'a>(
+    rows: impl IntoIterator<Item = &'a R>,
+) -> Result<SessionId, Error> {
+    rows.into_iter()
+        .find_map(read_session_row)
         .ok_or_else(|| unexpected_reply("this session's pid and start in pg_stat_activity"))
 }
 
@@ -921,23 +943,20 @@ pub(crate) fn still_held(pids: impl IntoIterator<Item = u64>) -> String {
 
 /// Reads the reply to [`still_held`]: for each of `locks`, whether its session (the same
 /// one: pid and start) holds its key, in any mode.
-pub(crate) fn read_still_held(
-    reply: &[SimpleQueryMessage],
+pub(crate) fn read_still_held<'a, R: TextRow + 'a>(
+    rows: impl IntoIterator<Item = &'a R>,
     locks: &[(SessionId, PgKey)],
 ) -> Vec<bool> {
-    let holds: std::collections::HashSet<(SessionId, (u32, u32, i16))> = reply
-        .iter()
-        .filter_map(|message| match message {
-            SimpleQueryMessage::Row(row) => {
-                let session = read_session_row(row)?;
-                let ids = (
-                    row.get(2)?.parse().ok()?,
-                    row.get(3)?.parse().ok()?,
-                    row.get(4)?.parse().ok()?,
-                );
-                Some((session, ids))
-            }
-            _ => None,
+    let holds: std::collections::HashSet<(SessionId, (u32, u32, i16))> = rows
+        .into_iter()
+        .filter_map(|row| {
+            let session = read_session_row(row)?;
+            let ids = (
+                row.text(2)?.parse().ok()?,
+                row.text(3)?.parse().ok()?,
+                row.text(4)?.parse().ok()?,
+            );
+            Some((session, ids))
         })
         .collect();
     locks
