@@ -160,3 +160,45 @@ async fn a_dropped_wait_gives_its_connection_up_and_leaves_nothing_held() {
     assert!(again.try_acquire().await.unwrap());
     again.release().await.unwrap();
 }
+
+/// The helpers a pool's watcher and fencing use, over sqlx: a session's name, the question
+/// whether it still holds a name (asked from another session), and the fence table's install.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sqlx_helpers_name_a_session_see_its_holds_and_install_fencing() {
+    use dlock_mysql::sqlx::{install_fencing, session, still_held};
+    let mut watcher = connect().await;
+    let mut lock = SqlxMySqlLock::new(connect().await, "sqlx/helpers");
+    let holder = session(lock.connection()).await.unwrap();
+    assert_eq!(holder.id, connection_id(lock.connection()).await);
+    let name = |name: &str| (holder, name.to_owned());
+    lock.acquire().await.unwrap();
+    assert_eq!(
+        still_held(
+            &mut watcher,
+            &[name("sqlx/helpers"), name("sqlx/helpers-other")]
+        )
+        .await
+        .unwrap(),
+        [true, false]
+    );
+    lock.release().await.unwrap();
+    assert_eq!(
+        still_held(&mut watcher, &[name("sqlx/helpers")])
+            .await
+            .unwrap(),
+        [false]
+    );
+    install_fencing(&mut watcher, None).await.unwrap();
+    install_fencing(&mut watcher, None).await.unwrap();
+    let mut fenced = SqlxMySqlLock::new(connect().await, "sqlx/helpers").fenced();
+    fenced.acquire().await.unwrap();
+    assert!(fenced.fencing_token().is_some());
+    fenced.release().await.unwrap();
+    let error = install_fencing(&mut watcher, Some("no such; table"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, dlock_mysql::Error::InvalidKey { .. }),
+        "{error:?}"
+    );
+}

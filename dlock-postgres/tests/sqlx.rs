@@ -228,3 +228,52 @@ async fn a_dropped_wait_leaves_nothing_held_once_its_lock_is_used_again_or_dropp
         }
     }
 }
+
+/// The helpers a pool's watcher and fencing use, over sqlx: a session's name, the question
+/// whether it still holds a key (asked from another session), and the fence table's install.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sqlx_helpers_name_a_session_see_its_holds_and_install_fencing() {
+    use dlock_postgres::sqlx::{install_fencing, session, still_held};
+    let mut watcher = connect().await;
+    let mut lock = SqlxPgLock::new(connect().await, "sqlx/helpers");
+    let holder = session(lock.connection()).await.unwrap();
+    assert_eq!(
+        i64::try_from(holder.id).unwrap(),
+        i64::from(backend_pid(lock.connection()).await)
+    );
+    assert_ne!(
+        session(&mut watcher).await.unwrap(),
+        holder,
+        "two sessions, two names"
+    );
+    let key = KeyPolicy::default().pg_key(&"sqlx/helpers".into()).unwrap();
+    let other = KeyPolicy::default()
+        .pg_key(&"sqlx/helpers-other".into())
+        .unwrap();
+    lock.acquire().await.unwrap();
+    assert_eq!(
+        still_held(&mut watcher, &[(holder, key), (holder, other)])
+            .await
+            .unwrap(),
+        [true, false]
+    );
+    lock.release().await.unwrap();
+    assert_eq!(
+        still_held(&mut watcher, &[(holder, key)]).await.unwrap(),
+        [false]
+    );
+    // Twice, as a second service starting at the same time would.
+    install_fencing(&mut watcher, None).await.unwrap();
+    install_fencing(&mut watcher, None).await.unwrap();
+    let mut fenced = SqlxPgLock::new(connect().await, "sqlx/helpers").fenced();
+    fenced.acquire().await.unwrap();
+    assert!(fenced.fencing_token().is_some());
+    fenced.release().await.unwrap();
+    let error = install_fencing(&mut watcher, Some("no such; table"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, dlock_postgres::Error::InvalidKey { .. }),
+        "{error:?}"
+    );
+}
