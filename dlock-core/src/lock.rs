@@ -168,7 +168,7 @@ pub trait AsyncLock: Send {
 /// What a lock learned about its connection's server session that outlives the lock (its
 /// prepared statements): a pool keeps it with the connection and hands it to the next lock
 /// built on that connection. Opaque; only the backend that made it reads it.
-pub type SessionState = Box<dyn std::any::Any + Send>;
+pub type SessionState = Box<dyn std::any::Any + Send + Sync>;
 
 /// A lock type that lives on a connection it is given: what a pool needs from a backend
 /// (build a lock on a checked-out connection, reach the connection, give it back).

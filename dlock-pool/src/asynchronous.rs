@@ -102,6 +102,11 @@ pub trait AsyncConnection: Sized + Send + 'static + sealed::Sealed {
 type LockOf<M> = <<M as bb8::ManageConnection>::Connection as AsyncConnection>::Lock<M>;
 
 #[cfg(feature = "postgres")]
+mod multiplexed;
+#[cfg(feature = "postgres")]
+pub use multiplexed::{AsyncMultiplexedGuard, AsyncMultiplexedPool};
+
+#[cfg(feature = "postgres")]
 mod postgres_backend {
     use dlock_postgres::tokio_postgres::Client;
     use dlock_postgres::{AsyncPgConnection, AsyncPgLock};
@@ -493,22 +498,9 @@ where
         wait: Wait,
     ) -> Result<Option<AsyncLockGuard<M>>> {
         let mark = conn.close_mark();
-        if self.core.check_deployment && !conn.0.deployment_checked() {
-            // A check whose future is dropped with its reply unread closes the connection:
-            // this guard is dropped before `conn`, a parameter, goes back.
-            let checking = mark.armed();
-            AsyncConnection::check_deployment(
-                &mut *conn,
-                &self.pool,
-                self.core.trust_session_pooler,
-            )
-            .await
-            .map_err(|error| core::refused(&mark, error))?;
-            checking.disarm();
-            conn.0.set_deployment_checked();
-        }
+        self.check_deployment(&mut conn, &mark).await?;
         let held = if self.core.watch.is_on() {
-            Some(self.held(&mut conn, &key, &mark).await?)
+            Some((self.session(&mut conn, &mark).await?, key.clone()))
         } else {
             None
         };
@@ -550,26 +542,34 @@ where
         }
     }
 
-    /// The lock on `key` over `conn` as the watcher will ask about it; the first time on a
-    /// connection, this asks the server for the session's name (a failure, or a future
-    /// dropped before the reply, closes the connection).
-    async fn held(
-        &self,
-        conn: &mut AsyncPooled<M>,
-        key: &Key,
-        mark: &CloseMark,
-    ) -> Result<WatchedLock> {
-        let session = match conn.0.session() {
-            Some(session) => session,
-            None => {
-                let asking = mark.armed();
-                let session = AsyncConnection::session(&mut **conn).await?;
-                asking.disarm();
-                conn.0.set_session(session);
-                session
-            }
-        };
-        Ok((session, key.clone()))
+    /// Checks, once per connection, that a lock on `conn` excludes (unless the pool skips
+    /// the check); a refusal closes the connection.
+    async fn check_deployment(&self, conn: &mut AsyncPooled<M>, mark: &CloseMark) -> Result<()> {
+        if !self.core.check_deployment || conn.0.deployment_checked() {
+            return Ok(());
+        }
+        // A check whose future is dropped with its reply unread closes the connection.
+        let checking = mark.armed();
+        AsyncConnection::check_deployment(&mut **conn, &self.pool, self.core.trust_session_pooler)
+            .await
+            .map_err(|error| core::refused(mark, error))?;
+        checking.disarm();
+        conn.0.set_deployment_checked();
+        Ok(())
+    }
+
+    /// The session of `conn` as the watcher names it; the first time on a connection, this
+    /// asks the server (a failure, or a future dropped before the reply, closes the
+    /// connection).
+    async fn session(&self, conn: &mut AsyncPooled<M>, mark: &CloseMark) -> Result<SessionId> {
+        if let Some(session) = conn.0.session() {
+            return Ok(session);
+        }
+        let asking = mark.armed();
+        let session = AsyncConnection::session(&mut **conn).await?;
+        asking.disarm();
+        conn.0.set_session(session);
+        Ok(session)
     }
 
     /// Starts the pool's watcher task on the current runtime. It stops when the pool and

@@ -1266,6 +1266,112 @@ pub async fn still_held_async(client: &Client, locks: &[(SessionId, PgKey)]) -> 
     Ok(sql::read_still_held(sql::rows(&reply), locks))
 }
 
+/// One try of `key`'s exclusive session lock through a client that many tasks share
+/// (tokio-postgres pipelines their statements on the one connection): one statement, never a
+/// wait. `Ok(true)` when granted.
+///
+/// Unlike a lock object, nothing is checked or remembered: no deployment check, and no guard
+/// against a second hold of a key this session already holds (advisory locks count per
+/// session, so a second try of such a key succeeds). The caller keeps that account, as
+/// dlock-pool's multiplexed pool does.
+///
+/// # Errors
+///
+/// What the server or the connection reports.
+///
+/// # Cancel Safety
+///
+/// Not cancel safe: once sent, the statement runs even if the future is dropped, and may
+/// grant the lock. After a drop, send [`unlock_if_held_async`] for the key, which the
+/// connection runs after it.
+pub async fn try_lock_async(client: &Client, key: PgKey) -> Result<bool> {
+    let statement = sql::try_lock(exclusive(key), sql::Scope::Session);
+    let reply = client.simple_query(&statement).await.map_err(sql::error)?;
+    sql::read_bool(&sql::last_row(&reply), 0)
+}
+
+/// [`try_lock_async`] that also takes the key's next fencing token when granted, in the same
+/// statement, from `table` (`schema.name`; `None`: `public.dlock_fence`). `Ok(Some(token))`
+/// when granted.
+///
+/// # Errors
+///
+/// [`Error::InvalidKey`](dlock_core::Error::InvalidKey) for a table name that is not plain;
+/// [`Error::FencingNotInstalled`](dlock_core::Error::FencingNotInstalled); what the server or
+/// the connection reports.
+///
+/// # Cancel Safety
+///
+/// As [`try_lock_async`].
+pub async fn try_lock_fenced_async(
+    client: &Client,
+    key: PgKey,
+    table: Option<&str>,
+) -> Result<Option<u64>> {
+    let hold = exclusive(key);
+    let table = sql::fence_table(table.unwrap_or(sql::DEFAULT_FENCE_TABLE))?;
+    let statement = sql::fenced(
+        &sql::try_lock(hold, sql::Scope::Session),
+        hold,
+        &table,
+        true,
+    );
+    let reply = client.simple_query(&statement).await.map_err(sql::error)?;
+    let row = sql::last_row(&reply);
+    if !sql::read_bool(&row, 0)? {
+        return Ok(None);
+    }
+    sql::read_token(&row, 1)
+        .map(Some)
+        .ok_or_else(|| Error::backend("a fenced grant came without its token"))
+}
+
+/// An exclusive hold of `key`.
+fn exclusive(key: PgKey) -> Hold {
+    Hold {
+        key,
+        mode: Mode::Exclusive,
+    }
+}
+
+/// Releases one hold of `key`'s exclusive session lock through a shared client: `true` when
+/// the session held it, `false` when it did not (the lock was lost). The counterpart of
+/// [`try_lock_async`].
+///
+/// # Errors
+///
+/// What the server or the connection reports.
+///
+/// # Cancel Safety
+///
+/// Not cancel safe: once sent, the unlock runs even if the future is dropped.
+pub async fn unlock_async(client: &Client, key: PgKey) -> Result<bool> {
+    let reply = client
+        .simple_query(&sql::unlock(exclusive(key)))
+        .await
+        .map_err(sql::error)?;
+    sql::read_bool(&sql::last_row(&reply), 0)
+}
+
+/// Releases `key`'s exclusive session lock through a shared client if the session holds it:
+/// what a [`try_lock_async`] whose future was dropped owes, sent after it on the same client
+/// (so it runs after it).
+///
+/// # Errors
+///
+/// What the server or the connection reports.
+///
+/// # Cancel Safety
+///
+/// Not cancel safe: once sent, it runs even if the future is dropped.
+pub async fn unlock_if_held_async(client: &Client, key: PgKey) -> Result<()> {
+    client
+        .simple_query(&sql::cleanup(exclusive(key)))
+        .await
+        .map(drop)
+        .map_err(sql::error)
+}
+
 /// A PostgreSQL transaction-level advisory lock taken through a
 /// [`tokio_postgres::Transaction`], held until it commits or rolls back. There is no
 /// release: the transaction's end is the release.

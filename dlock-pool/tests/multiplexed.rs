@@ -1,0 +1,293 @@
+//! `AsyncMultiplexedPool`: many PostgreSQL locks over a few shared sessions, against a real
+//! server. Exclusion across pools (as across processes), no reentrancy within one, sessions
+//! that go back to the pool, lost sessions, dropped futures, fencing.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bb8_postgres::PostgresConnectionManager;
+use dlock_pool::dlock_postgres::tokio::holder_sessions;
+use dlock_pool::{
+    AsyncLockPool, AsyncMultiplexedGuard, AsyncMultiplexedPool, Error, KeyPolicy, PgKey,
+};
+use dlock_testkit as common;
+
+type Manager = PostgresConnectionManager<common::postgres::Tls>;
+
+fn manager() -> Manager {
+    PostgresConnectionManager::new(common::pg_url().parse().unwrap(), common::postgres::tls())
+}
+
+async fn multiplexed() -> AsyncMultiplexedPool<Manager> {
+    AsyncLockPool::new(manager())
+        .await
+        .unwrap()
+        .watch_interval(Duration::from_millis(50))
+        .multiplexed()
+}
+
+/// The sessions that hold an advisory lock on any of `keys`, and how many of them each holds.
+async fn holders_of(keys: &[String]) -> HashMap<i32, usize> {
+    let wanted: HashSet<PgKey> = keys
+        .iter()
+        .map(|key| KeyPolicy::default().pg_key(&key.as_str().into()).unwrap())
+        .collect();
+    let observer = common::postgres::connect_async().await;
+    let mut holders = HashMap::new();
+    for session in holder_sessions(&observer, None).await.unwrap() {
+        if wanted.contains(&session.key) {
+            *holders.entry(session.holder.pid).or_insert(0) += 1;
+        }
+    }
+    holders
+}
+
+/// Ends session `pid` from the side.
+async fn terminate(pid: i32) {
+    let observer = common::postgres::connect_async().await;
+    observer
+        .execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap();
+}
+
+fn keys(prefix: &str, count: usize) -> Vec<String> {
+    (0..count)
+        .map(|index| format!("{prefix}/{index}"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_locks_ride_on_a_few_sessions_and_exclude_another_pool() {
+    let locks = multiplexed().await;
+    let keys = keys("mux/thousand", 1000);
+    let mut held = Vec::new();
+    for key in &keys {
+        held.push(
+            locks
+                .try_acquire(key.as_str())
+                .await
+                .unwrap()
+                .expect("free"),
+        );
+    }
+    assert!(locks.shared_sessions() <= 4, "{}", locks.shared_sessions());
+    let holders = holders_of(&keys).await;
+    assert!(holders.len() <= 4, "{holders:?}");
+    assert_eq!(holders.values().sum::<usize>(), 1000);
+    // Another pool, as another process would, is kept out of every one of them.
+    let other = multiplexed().await;
+    for key in keys.iter().step_by(97) {
+        assert!(other.try_acquire(key.as_str()).await.unwrap().is_none());
+    }
+    // Released concurrently: pipelined on the shared sessions.
+    let releases: Vec<_> = held
+        .into_iter()
+        .map(|guard| tokio::spawn(AsyncMultiplexedGuard::release(guard)))
+        .collect();
+    for release in releases {
+        release.await.unwrap().unwrap();
+    }
+    assert_eq!(
+        locks.shared_sessions(),
+        0,
+        "sessions that hold nothing go back"
+    );
+    assert!(holders_of(&keys).await.is_empty());
+    let guard = other
+        .try_acquire(keys[0].as_str())
+        .await
+        .unwrap()
+        .expect("free");
+    AsyncMultiplexedGuard::release(guard).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_key_twice_from_one_pool_waits_as_from_another_process() {
+    let locks = Arc::new(multiplexed().await);
+    let key = "mux/twice";
+    let first = locks.try_acquire(key).await.unwrap().expect("free");
+    // Its session would grant a second hold by reentrancy: the pool refuses it instead.
+    assert!(locks.try_acquire(key).await.unwrap().is_none());
+    assert!(
+        locks
+            .acquire_timeout(key, Duration::from_millis(200))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let waiter = tokio::spawn({
+        let locks = Arc::clone(&locks);
+        async move { locks.acquire(key).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiter.is_finished(), "the second acquire waits");
+    AsyncMultiplexedGuard::release(first).await.unwrap();
+    let second = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("granted once the first let go")
+        .unwrap()
+        .unwrap();
+    // The waiting session joined the shared set, and tries ride on it now.
+    assert_eq!(locks.shared_sessions(), 1);
+    let other = locks.try_acquire("mux/twice-other").await.unwrap().unwrap();
+    assert_eq!(locks.shared_sessions(), 1);
+    assert_eq!(
+        holders_of(&[key.to_owned(), "mux/twice-other".to_owned()])
+            .await
+            .len(),
+        1
+    );
+    AsyncMultiplexedGuard::release(second).await.unwrap();
+    AsyncMultiplexedGuard::release(other).await.unwrap();
+    assert_eq!(locks.shared_sessions(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_shared_session_reports_every_lock_on_it_lost() {
+    let locks = multiplexed().await;
+    let keys = keys("mux/lost", 20);
+    let mut held = Vec::new();
+    for key in &keys {
+        held.push(locks.try_acquire(key.as_str()).await.unwrap().unwrap());
+    }
+    let holders = holders_of(&keys).await;
+    assert_eq!(holders.len(), 1);
+    for pid in holders.keys() {
+        terminate(*pid).await;
+    }
+    for guard in &held {
+        tokio::time::timeout(Duration::from_secs(5), AsyncMultiplexedGuard::lost(guard))
+            .await
+            .expect("every lock of the session is reported lost");
+    }
+    for guard in held {
+        let error = AsyncMultiplexedGuard::release(guard).await.unwrap_err();
+        assert!(matches!(error, Error::LockLost { .. }), "{error:?}");
+    }
+    assert_eq!(locks.shared_sessions(), 0);
+    // The pool goes on, on a new session.
+    let guard = locks.try_acquire(keys[0].as_str()).await.unwrap().unwrap();
+    let mut guard = guard;
+    assert!(AsyncMultiplexedGuard::verify(&mut guard).await.unwrap());
+    AsyncMultiplexedGuard::release(guard).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_tries_and_guards_leave_nothing_held() {
+    let locks = multiplexed().await;
+    let keys = keys("mux/dropped", 200);
+    // A shared session to ride on, so that a try's first poll sends its statement.
+    let anchor = locks.try_acquire("mux/dropped-anchor").await.unwrap().unwrap();
+    // Tries dropped in flight: sent, and granted in the server after the drop.
+    for key in &keys[..100] {
+        common::poll_once_and_drop(locks.try_acquire(key.as_str())).await;
+    }
+    // And at other points: before sending, or after the reply.
+    for (index, key) in keys[100..].iter().enumerate() {
+        let delay = Duration::from_micros(u64::try_from(index % 7).unwrap() * 150);
+        let _ = tokio::time::timeout(delay, locks.try_acquire(key.as_str())).await;
+    }
+    AsyncMultiplexedGuard::release(anchor).await.unwrap();
+    // Guards dropped without release: a task releases each.
+    for key in keys.iter().take(20) {
+        if let Ok(Some(guard)) = locks.try_acquire(key.as_str()).await {
+            drop(guard);
+        }
+    }
+    let mut settled = false;
+    for _ in 0..500 {
+        if locks.shared_sessions() == 0 && holders_of(&keys).await.is_empty() {
+            settled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(settled, "still held: {:?}", holders_of(&keys).await);
+    let other = multiplexed().await;
+    for key in &keys {
+        let guard = other
+            .try_acquire(key.as_str())
+            .await
+            .unwrap()
+            .expect("free");
+        AsyncMultiplexedGuard::release(guard).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_tasks_over_a_thousand_keys_never_overlap() {
+    // Two pools, as two processes: each key's holders are counted across both.
+    let pools = [Arc::new(multiplexed().await), Arc::new(multiplexed().await)];
+    let holders: Arc<Vec<AtomicUsize>> = Arc::new((0..1000).map(|_| AtomicUsize::new(0)).collect());
+    let overlaps = Arc::new(AtomicUsize::new(0));
+    let grants = Arc::new(AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..64_usize)
+        .map(|task| {
+            let locks = Arc::clone(&pools[task % 2]);
+            let (holders, overlaps, grants) = (
+                Arc::clone(&holders),
+                Arc::clone(&overlaps),
+                Arc::clone(&grants),
+            );
+            tokio::spawn(async move {
+                for round in 0..40_usize {
+                    let index = (task * 7919 + round * 104_729) % 1000;
+                    let key = format!("mux/stress/{index}");
+                    let guard = if round % 4 == 0 {
+                        locks
+                            .acquire_timeout(key.as_str(), Duration::from_secs(5))
+                            .await
+                            .unwrap()
+                    } else {
+                        locks.try_acquire(key.as_str()).await.unwrap()
+                    };
+                    let Some(guard) = guard else { continue };
+                    grants.fetch_add(1, Ordering::Relaxed);
+                    if holders[index].fetch_add(1, Ordering::SeqCst) != 0 {
+                        overlaps.fetch_add(1, Ordering::SeqCst);
+                    }
+                    tokio::task::yield_now().await;
+                    holders[index].fetch_sub(1, Ordering::SeqCst);
+                    AsyncMultiplexedGuard::release(guard).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(overlaps.load(Ordering::SeqCst), 0);
+    assert!(grants.load(Ordering::Relaxed) > 1000);
+    for locks in &pools {
+        assert_eq!(locks.shared_sessions(), 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fenced_multiplexed_locks_hand_out_increasing_tokens() {
+    let pool = AsyncLockPool::new(manager()).await.unwrap().fenced();
+    pool.install_fencing().await.unwrap();
+    let locks = pool.multiplexed();
+    let mut last = 0;
+    for _ in 0..3 {
+        let token = locks
+            .with_lock("mux/fenced", async |guard| {
+                Ok::<_, Error>(AsyncMultiplexedGuard::fencing_token(guard).expect("fenced"))
+            })
+            .await
+            .unwrap();
+        assert!(token > last, "{token} after {last}");
+        last = token;
+    }
+    // A shared pool's locks cannot ride on shared sessions: said plainly.
+    let shared = AsyncLockPool::new(manager())
+        .await
+        .unwrap()
+        .shared()
+        .multiplexed();
+    let error = shared.try_acquire("mux/fenced").await.unwrap_err();
+    assert!(matches!(error, Error::Unsupported { .. }), "{error:?}");
+}
