@@ -68,6 +68,9 @@ use crate::core::FenceTable;
 pub struct AsyncMultiplexedPool<M: AsyncManager<Connection = Client>> {
     pool: AsyncLockPool<M>,
     shared: Arc<Mutex<Shared<M>>>,
+    /// Held while a session is opened for tries, so that tries which find none wait for that
+    /// one instead of each taking a connection of the pool.
+    opening: tokio::sync::Mutex<()>,
 }
 
 /// The shared sessions, and the keys this process holds or tries on them.
@@ -214,6 +217,7 @@ impl<M: AsyncManager<Connection = Client>> AsyncLockPool<M> {
                 sessions: Vec::new(),
                 keys: HashMap::new(),
             })),
+            opening: tokio::sync::Mutex::new(()),
         }
     }
 }
@@ -376,7 +380,13 @@ impl<M: AsyncManager<Connection = Client>> AsyncMultiplexedPool<M> {
         };
         let rider = match self.ride() {
             Some(rider) => rider,
-            None => self.open_shared().await?,
+            None => {
+                let _opening = self.opening.lock().await;
+                match self.ride() {
+                    Some(rider) => rider,
+                    None => self.open_shared().await?,
+                }
+            }
         };
         let session = Arc::clone(&rider.session);
         let attempt = InFlight {

@@ -20,7 +20,7 @@ use dlock_pool::dlock_postgres::install_fencing as pg_install_fencing;
 use dlock_pool::dlock_postgres::{AsyncPgLock, AsyncPgSession, PgLock, PgSession, PgXactLock};
 use dlock_pool::{
     AsyncAnyLockGuard, AsyncAnyLockPool, AsyncLock, AsyncLockGuard, AsyncLockPool,
-    AsyncMySqlManager, Lock, LockGuard, LockPool,
+    AsyncMultiplexedGuard, AsyncMySqlManager, Lock, LockGuard, LockPool,
 };
 use mysql::prelude::Queryable;
 use mysql_async::prelude::Queryable as _;
@@ -1601,6 +1601,127 @@ fn contention(scale: Scale) -> Result<Vec<Contention>> {
     Ok(results)
 }
 
+/// Holding many locks at once through an `AsyncMultiplexedPool`, from 64 tasks.
+#[derive(Debug)]
+struct MultiplexedHold {
+    locks: usize,
+    sessions: usize,
+    acquires_per_second: f64,
+    releases_per_second: f64,
+}
+
+/// Try + release cycles per second: 64 tasks on the shared sessions of an
+/// `AsyncMultiplexedPool`, beside one `AsyncPgLock` cycling on a connection of its own.
+#[derive(Debug)]
+struct MultiplexedCycles {
+    shared_per_second: f64,
+    sessions: usize,
+    dedicated_per_second: f64,
+}
+
+const MULTIPLEXED_TASKS: usize = 64;
+
+fn multiplexed(scale: Scale) -> Result<(Vec<MultiplexedHold>, MultiplexedCycles)> {
+    let runtime = multi_thread_runtime()?;
+    let results = runtime.block_on(async {
+        let manager =
+            bb8_postgres::PostgresConnectionManager::new(pg_url()?.parse()?, tokio_postgres::NoTls);
+        let locks = Arc::new(AsyncLockPool::new(manager).await?.multiplexed());
+        let sizes: &[usize] = if scale.quick {
+            &[100]
+        } else {
+            &[100, 1_000, 5_000]
+        };
+        let mut holds = Vec::new();
+        for &size in sizes {
+            let started = Instant::now();
+            let tasks: Vec<_> = (0..MULTIPLEXED_TASKS)
+                .map(|task| {
+                    let locks = Arc::clone(&locks);
+                    tokio::spawn(async move {
+                        let mut held = Vec::new();
+                        for key in (task..size).step_by(MULTIPLEXED_TASKS) {
+                            let key = format!("dlock-bench/mux/{key}");
+                            held.push(locks.try_acquire(key.as_str()).await?.ok_or("busy")?);
+                        }
+                        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(held)
+                    })
+                })
+                .collect();
+            let mut held = Vec::new();
+            for task in tasks {
+                held.push(task.await??);
+            }
+            let acquires_per_second = per_second(size, started);
+            let sessions = locks.shared_sessions();
+            let started = Instant::now();
+            let tasks: Vec<_> = held
+                .into_iter()
+                .map(|guards| {
+                    tokio::spawn(async move {
+                        for guard in guards {
+                            AsyncMultiplexedGuard::release(guard).await?;
+                        }
+                        Ok::<_, dlock_pool::Error>(())
+                    })
+                })
+                .collect();
+            for task in tasks {
+                task.await??;
+            }
+            holds.push(MultiplexedHold {
+                locks: size,
+                sessions,
+                acquires_per_second,
+                releases_per_second: per_second(size, started),
+            });
+        }
+        let duration = scale.contention;
+        let stop = Arc::new(AtomicUsize::new(0));
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..MULTIPLEXED_TASKS)
+            .map(|task| {
+                let (locks, stop) = (Arc::clone(&locks), Arc::clone(&stop));
+                tokio::spawn(async move {
+                    let key = format!("dlock-bench/mux-cycle/{task}");
+                    let mut cycles = 0_usize;
+                    while stop.load(Ordering::Relaxed) == 0 {
+                        let guard = locks.try_acquire(key.as_str()).await?.ok_or("busy")?;
+                        AsyncMultiplexedGuard::release(guard).await?;
+                        cycles += 1;
+                    }
+                    Ok::<usize, Box<dyn std::error::Error + Send + Sync>>(cycles)
+                })
+            })
+            .collect();
+        tokio::time::sleep(duration / 2).await;
+        let sessions = locks.shared_sessions();
+        tokio::time::sleep(duration / 2).await;
+        stop.store(1, Ordering::Relaxed);
+        let mut cycles = 0;
+        for task in tasks {
+            cycles += task.await??;
+        }
+        let shared_per_second = per_second(cycles, started);
+        let mut lock = AsyncPgLock::new(pg_async().await?, "dlock-bench/mux-dedicated");
+        let started = Instant::now();
+        let mut cycles = 0;
+        while started.elapsed() < duration {
+            lock.acquire().await?;
+            lock.release().await?;
+            cycles += 1;
+        }
+        let cycles = MultiplexedCycles {
+            shared_per_second,
+            sessions,
+            dedicated_per_second: per_second(cycles, started),
+        };
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>((holds, cycles))
+    })?;
+    eprintln!("bench: multiplexed done");
+    Ok(results)
+}
+
 fn server_versions() -> Result<(String, String)> {
     let pg_version: String = pg()?.query_one("SHOW server_version", &[])?.get(0);
     let my_version: String = my()?.query_first("SELECT VERSION()")?.unwrap_or_default();
@@ -1647,6 +1768,7 @@ struct Report {
     precision: Vec<Precision>,
     many_keys: Vec<ManyKeys>,
     contention: Vec<Contention>,
+    multiplexed: (Vec<MultiplexedHold>, MultiplexedCycles),
 }
 
 fn wide(stats: &Stats) -> &'static str {
@@ -1786,6 +1908,33 @@ impl Report {
                 c.per_task.spread()
             );
         }
+        let (holds, cycles) = &self.multiplexed;
+        let _ = writeln!(
+            out,
+            "\n## Many locks, few connections: AsyncMultiplexedPool, PostgreSQL, {MULTIPLEXED_TASKS} tasks\n"
+        );
+        let _ = writeln!(
+            out,
+            "| locks held at once | sessions used | acquires/s | releases/s |"
+        );
+        let _ = writeln!(out, "|---:|---:|---:|---:|");
+        for hold in holds {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {:.0} | {:.0} |",
+                hold.locks, hold.sessions, hold.acquires_per_second, hold.releases_per_second
+            );
+        }
+        let ratio = cycles.shared_per_second / cycles.dedicated_per_second;
+        let _ = writeln!(
+            out,
+            "\nTry + release cycles/s: {:.0} on {} shared session(s), beside {:.0} for one lock on a dedicated connection: {:.1}x (target 5x: {})",
+            cycles.shared_per_second,
+            cycles.sessions,
+            cycles.dedicated_per_second,
+            ratio,
+            if ratio >= 5.0 { "met" } else { "missed" }
+        );
         out
     }
 
@@ -1844,6 +1993,17 @@ impl Report {
                 "per_lock_us": number(m.per_lock_us),
                 "limit": m.limit,
             })).collect::<Vec<_>>(),
+            "multiplexed": {
+                "holds": self.multiplexed.0.iter().map(|h| json!({
+                    "locks": h.locks,
+                    "sessions": h.sessions,
+                    "acquires_per_second": number(h.acquires_per_second),
+                    "releases_per_second": number(h.releases_per_second),
+                })).collect::<Vec<_>>(),
+                "shared_cycles_per_second": number(self.multiplexed.1.shared_per_second),
+                "shared_sessions": self.multiplexed.1.sessions,
+                "dedicated_cycles_per_second": number(self.multiplexed.1.dedicated_per_second),
+            },
             "contention": self.contention.iter().map(|c| json!({
                 "backend": c.backend,
                 "tasks": TASKS,
@@ -1897,6 +2057,7 @@ fn main() -> Result<()> {
         precision: precision(scale)?,
         many_keys: many_keys(scale)?,
         contention: contention(scale)?,
+        multiplexed: multiplexed(scale)?,
     };
     print!("{}", report.markdown());
     if let Some(path) = json_path {
