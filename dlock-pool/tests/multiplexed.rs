@@ -300,3 +300,33 @@ async fn fenced_multiplexed_locks_hand_out_increasing_tokens() {
     let error = shared.try_acquire("mux/fenced").await.unwrap_err();
     assert!(matches!(error, Error::Unsupported { .. }), "{error:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tries_that_start_together_share_one_new_session() {
+    // A pool of two connections, and 64 tries before any session is shared: they wait for
+    // the one being opened instead of each asking the pool for a connection of its own.
+    let pool = AsyncLockPool::with_builder(
+        bb8::Pool::builder()
+            .max_size(2)
+            .connection_timeout(Duration::from_secs(3)),
+        manager(),
+    )
+    .await
+    .unwrap();
+    let locks = Arc::new(pool.multiplexed());
+    let tries: Vec<_> = (0..64)
+        .map(|task| {
+            let locks = Arc::clone(&locks);
+            tokio::spawn(async move { locks.try_acquire(format!("mux/together/{task}")).await })
+        })
+        .collect();
+    let mut held = Vec::new();
+    for attempt in tries {
+        held.push(attempt.await.unwrap().unwrap().expect("free"));
+    }
+    assert_eq!(locks.shared_sessions(), 1);
+    for guard in held {
+        AsyncMultiplexedGuard::release(guard).await.unwrap();
+    }
+    assert_eq!(locks.shared_sessions(), 0);
+}
