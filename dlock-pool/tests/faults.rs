@@ -535,3 +535,55 @@ async fn killed_sessions_are_reported_lost_within_an_interval_and_a_second() {
     );
     assert!(p99 <= within, "p99 {p99:?}");
 }
+
+/// Multiplexed locks (many locks on one shared session) under a restart and a freeze: every
+/// lock of the shared session is reported lost together, and the pool goes on afterwards on
+/// a new session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multiplexed_locks_are_all_reported_lost_to_a_restart_or_a_freeze() {
+    use dlock_pool::AsyncMultiplexedGuard;
+    for fault in ["restart", "freeze"] {
+        let locks = pg_pool(4)
+            .await
+            .watch_interval(WATCH_INTERVAL)
+            .multiplexed();
+        let mut held = Vec::new();
+        for index in 0..50 {
+            let key = format!("faults/mux-{fault}/{index}");
+            held.push(locks.try_acquire(key.as_str()).await.unwrap().unwrap());
+        }
+        assert_eq!(locks.shared_sessions(), 1);
+        let frozen = match fault {
+            "restart" => {
+                tokio::task::spawn_blocking(restart_postgres).await.unwrap();
+                None
+            }
+            _ => Some(Frozen::new(pg_pid(), true)),
+        };
+        for guard in &held {
+            tokio::time::timeout(
+                WATCH_INTERVAL * 4 + SLACK,
+                AsyncMultiplexedGuard::lost(guard),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("{fault}: every lock is reported lost"));
+        }
+        drop(frozen);
+        for guard in held {
+            let error = AsyncMultiplexedGuard::release(guard).await.unwrap_err();
+            assert!(
+                matches!(error, Error::LockLost { .. }),
+                "{fault}: {error:?}"
+            );
+        }
+        assert_eq!(locks.shared_sessions(), 0, "{fault}");
+        let guard = tokio::time::timeout(
+            Duration::from_secs(15),
+            locks.acquire(format!("faults/mux-{fault}/0")),
+        )
+        .await
+        .expect("the pool goes on")
+        .unwrap();
+        AsyncMultiplexedGuard::release(guard).await.unwrap();
+    }
+}
