@@ -7,8 +7,14 @@ use dlock_testkit::postgres as common;
 use common::connect;
 use dlock_postgres::{Error, Lock, PgLock};
 
+/// The tests here fill the one table in turn.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn a_full_lock_table_is_lock_table_full_naming_max_locks_per_transaction() {
+    let _turn = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let mut filler = connect();
     // A full table refuses new sessions too (they need locks to start), so connect first.
     let mut lock = PgLock::new(connect(), "lock-table-full");
@@ -35,4 +41,38 @@ fn a_full_lock_table_is_lock_table_full_naming_max_locks_per_transaction() {
         lock.try_acquire().unwrap(),
         "room again once the filler let go"
     );
+}
+
+/// The one-statement try a shared client sends (dlock-pool's multiplexed locks) says the same.
+#[cfg(feature = "tokio")]
+#[test]
+fn a_full_lock_table_is_lock_table_full_for_a_shared_client_s_try_too() {
+    let _turn = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let shared = common::connect_async().await;
+        let filler = common::connect_async().await;
+        let key = dlock_postgres::PgKey::BigInt(-4243);
+        let filled = filler
+            .batch_execute(
+                "SELECT pg_advisory_lock(-4242, g) FROM generate_series(1, 10000000) AS g",
+            )
+            .await
+            .expect_err("ten million locks do not fit in the lock table");
+        assert_eq!(filled.code().map(|code| code.code()), Some("53200"));
+        let outcome = dlock_postgres::tokio::try_lock(&shared, key).await;
+        filler
+            .batch_execute("SELECT pg_advisory_unlock_all()")
+            .await
+            .unwrap();
+        let error = outcome.expect_err("no room for another lock");
+        assert!(matches!(error, Error::LockTableFull { .. }), "{error:?}");
+        assert!(dlock_postgres::tokio::try_lock(&shared, key).await.unwrap());
+        assert!(dlock_postgres::tokio::unlock(&shared, key).await.unwrap());
+    });
 }
