@@ -898,6 +898,103 @@ pub async fn holder_sessions_async(
         .collect())
 }
 
+/// One try of the lock named `name` on `conn`, never a wait: `Ok(true)` when granted. With
+/// `fence`, a grant also takes the name's next fencing token from that table (`database.name`;
+/// `Some(None)`: `dlock.dlock_fence`), one statement more: `Ok(Some(token))` then. Nothing is
+/// checked or remembered (no deployment check, and the session's reentrancy grants a name it
+/// holds again): for a session that dlock-pool's multiplexed pool shares, which keeps that
+/// account.
+///
+/// # Errors
+///
+/// [`Error::FencingNotInstalled`](dlock_core::Error::FencingNotInstalled) (the grant is
+/// released first); what the server or the connection reports.
+///
+/// # Cancel Safety
+///
+/// Not cancel safe: a drop before the reply leaves `conn` unable to read the next reply
+/// correctly (a mysql_async limitation), and may leave the name granted; run it to the end
+/// (in a task of its own), or close the connection.
+pub async fn try_lock_async(
+    conn: &mut Conn,
+    name: &str,
+    fence: Option<Option<&str>>,
+) -> Result<Option<Option<u64>>> {
+    let granted = query(conn, &sql::try_get_lock(name))
+        .await
+        .map_err(|failed| failed.error)?;
+    match granted.first().copied().flatten() {
+        Some(1) => {}
+        Some(0) => return Ok(None),
+        other => {
+            return Err(Error::backend(format!(
+                "GET_LOCK(name, 0) answered {other:?}, which no MySQL or MariaDB version documents"
+            )));
+        }
+    }
+    let Some(table) = fence else {
+        return Ok(Some(None));
+    };
+    let fenced = async {
+        let table = sql::fence_table(table.unwrap_or(sql::DEFAULT_FENCE_TABLE))?;
+        let server = sql::Server::from_version(conn.server_version());
+        let token = query(conn, &sql::fence(server, &table, name))
+            .await
+            .map_err(|failed| failed.error.naming_fence_table(Some(&table)))?;
+        token
+            .first()
+            .copied()
+            .flatten()
+            .and_then(|token| u64::try_from(token).ok())
+            .ok_or_else(|| Error::backend("a fence upsert gave no token"))
+    }
+    .await;
+    match fenced {
+        Ok(token) => Ok(Some(Some(token))),
+        Err(error) => {
+            // No token, no lock: the grant goes back before the error does.
+            query(conn, &sql::release_if_held(name))
+                .await
+                .map_err(|failed| failed.error)?;
+            Err(error)
+        }
+    }
+}
+
+/// Releases one hold of the lock named `name` on `conn`: `true` when the session held it,
+/// `false` when it did not (the lock was lost). The counterpart of [`try_lock_async`].
+///
+/// # Errors
+///
+/// What the server or the connection reports.
+///
+/// # Cancel Safety
+///
+/// Not cancel safe, as [`try_lock_async`].
+pub async fn unlock_async(conn: &mut Conn, name: &str) -> Result<bool> {
+    let released = query(conn, &sql::release_lock(name, None))
+        .await
+        .map_err(|failed| failed.error)?;
+    Ok(released.first().copied().flatten() == Some(1))
+}
+
+/// Releases the lock named `name` if `conn`'s session holds it: what a [`try_lock_async`]
+/// whose outcome was never read owes.
+///
+/// # Errors
+///
+/// What the server or the connection reports.
+///
+/// # Cancel Safety
+///
+/// Not cancel safe, as [`try_lock_async`].
+pub async fn unlock_if_held_async(conn: &mut Conn, name: &str) -> Result<()> {
+    query(conn, &sql::release_if_held(name))
+        .await
+        .map(drop)
+        .map_err(|failed| failed.error)
+}
+
 /// The session of `conn` as a lock watcher names it, for [`still_held_async`]: the async
 /// form of the blocking `session`. One round trip.
 ///

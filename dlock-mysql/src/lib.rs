@@ -54,7 +54,8 @@ pub mod tokio {
         check_deployment_async as check_deployment, holder_async as holder,
         holder_sessions_async as holder_sessions, install_fencing_async as install_fencing,
         install_fencing_in_async as install_fencing_in, session_async as session,
-        still_held_async as still_held,
+        still_held_async as still_held, try_lock_async as try_lock, unlock_async as unlock,
+        unlock_if_held_async as unlock_if_held,
     };
 }
 

@@ -495,6 +495,27 @@ pub struct HolderSession {
     pub seconds: Option<u64>,
 }
 
+/// The statement that tries the lock named `name` once, without waiting: 1 granted, 0 busy.
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+pub(crate) fn try_get_lock(name: &str) -> String {
+    let mut sql = String::from("SELECT GET_LOCK(");
+    push_name(&mut sql, name);
+    sql.push_str(", 0)");
+    sql
+}
+
+/// The statement that releases the lock named `name` if this session holds it (1), and
+/// otherwise does nothing (0).
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+pub(crate) fn release_if_held(name: &str) -> String {
+    let mut sql = String::from("SELECT IF(IS_USED_LOCK(");
+    push_name(&mut sql, name);
+    sql.push_str(") = CONNECTION_ID(), RELEASE_LOCK(");
+    push_name(&mut sql, name);
+    sql.push_str("), 0)");
+    sql
+}
+
 /// Reads the reply to [`holder`].
 pub(crate) fn read_holder(reply: Option<i64>) -> Result<Option<u64>, Error> {
     reply

@@ -96,15 +96,62 @@ pub trait AsyncConnection: Sized + Send + 'static + sealed::Sealed {
         conn: &mut Self,
         table: Option<&str>,
     ) -> impl Future<Output = Result<()>> + Send;
+
+    /// A connection as a session that many guards share keeps it
+    /// ([`AsyncMultiplexedPool`]).
+    #[doc(hidden)]
+    type Shared<M: AsyncManager<Connection = Self>>: Send + Sync + 'static;
+
+    /// A key as the server names it.
+    #[doc(hidden)]
+    type ServerKey: Clone + Eq + std::hash::Hash + fmt::Debug + Send + Sync + 'static;
+
+    /// `key` as the server names it, under `policy`.
+    #[doc(hidden)]
+    fn server_key(policy: &KeyPolicy, key: &Key) -> Result<Self::ServerKey>;
+
+    /// Makes `conn` a shared session's.
+    #[doc(hidden)]
+    fn share<M: AsyncManager<Connection = Self>>(conn: AsyncPooled<M>) -> Self::Shared<M>;
+
+    /// One try of `key` on a shared session, with a fencing token from `fence` (`Some(None)`:
+    /// the default table): `Ok(Some(token))` when granted. It runs to its end even if the
+    /// future is dropped.
+    #[doc(hidden)]
+    fn try_lock_shared<M: AsyncManager<Connection = Self>>(
+        shared: &Self::Shared<M>,
+        key: &Self::ServerKey,
+        fence: Option<Option<&str>>,
+    ) -> impl Future<Output = Result<Option<Option<u64>>>> + Send;
+
+    /// Releases one hold of `key` on a shared session: whether it held it.
+    #[doc(hidden)]
+    fn unlock_shared<M: AsyncManager<Connection = Self>>(
+        shared: &Self::Shared<M>,
+        key: &Self::ServerKey,
+    ) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Releases `key` on a shared session if the session holds it.
+    #[doc(hidden)]
+    fn unlock_shared_if_held<M: AsyncManager<Connection = Self>>(
+        shared: &Self::Shared<M>,
+        key: &Self::ServerKey,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Whether shared session `session` still holds `key`, asked on it.
+    #[doc(hidden)]
+    fn still_held_shared<M: AsyncManager<Connection = Self>>(
+        shared: &Self::Shared<M>,
+        session: SessionId,
+        key: &Self::ServerKey,
+    ) -> impl Future<Output = Result<bool>> + Send;
 }
 
 /// The lock type of a pool of manager `M`.
 type LockOf<M> = <<M as bb8::ManageConnection>::Connection as AsyncConnection>::Lock<M>;
 
-#[cfg(feature = "postgres")]
 mod multiplexed;
-#[cfg(feature = "postgres")]
-pub use multiplexed::{AsyncMultiplexedGuard, AsyncMultiplexedPool};
+pub use multiplexed::{AsyncMultiplexedGuard, AsyncMultiplexedPool, MultiplexedManager};
 
 #[cfg(feature = "postgres")]
 mod postgres_backend {
@@ -163,6 +210,55 @@ mod postgres_backend {
                 Some(table) => dlock_postgres::install_fencing_in_async(conn, table).await,
                 None => dlock_postgres::install_fencing_async(conn).await,
             }
+        }
+
+        /// tokio-postgres pipelines the statements of every task on one client: a shared
+        /// session is the pooled client itself. A statement, once sent, runs to its end.
+        type Shared<M: AsyncManager<Connection = Self>> = AsyncPooled<M>;
+
+        type ServerKey = dlock_core::PgKey;
+
+        fn server_key(policy: &KeyPolicy, key: &Key) -> Result<dlock_core::PgKey> {
+            policy.pg_key(key)
+        }
+
+        fn share<M: AsyncManager<Connection = Self>>(conn: AsyncPooled<M>) -> AsyncPooled<M> {
+            conn
+        }
+
+        async fn try_lock_shared<M: AsyncManager<Connection = Self>>(
+            shared: &AsyncPooled<M>,
+            key: &dlock_core::PgKey,
+            fence: Option<Option<&str>>,
+        ) -> Result<Option<Option<u64>>> {
+            use dlock_postgres::tokio as pg;
+            match fence {
+                None => Ok(pg::try_lock(shared, *key).await?.then_some(None)),
+                Some(table) => Ok(pg::try_lock_fenced(shared, *key, table).await?.map(Some)),
+            }
+        }
+
+        async fn unlock_shared<M: AsyncManager<Connection = Self>>(
+            shared: &AsyncPooled<M>,
+            key: &dlock_core::PgKey,
+        ) -> Result<bool> {
+            dlock_postgres::tokio::unlock(shared, *key).await
+        }
+
+        async fn unlock_shared_if_held<M: AsyncManager<Connection = Self>>(
+            shared: &AsyncPooled<M>,
+            key: &dlock_core::PgKey,
+        ) -> Result<()> {
+            dlock_postgres::tokio::unlock_if_held(shared, *key).await
+        }
+
+        async fn still_held_shared<M: AsyncManager<Connection = Self>>(
+            shared: &AsyncPooled<M>,
+            session: SessionId,
+            key: &dlock_core::PgKey,
+        ) -> Result<bool> {
+            let held = dlock_postgres::tokio::still_held(shared, &[(session, *key)]).await?;
+            Ok(held.first().copied().unwrap_or(false))
         }
     }
 }
@@ -227,6 +323,88 @@ mod mysql_backend {
                 None => dlock_mysql::install_fencing_async(conn).await,
             }
         }
+
+        /// mysql_async sends one statement at a time, and a statement whose future is dropped
+        /// before its reply leaves the connection unable to read the next one: a shared
+        /// session takes its statements in turn, each in a task of its own that runs to its
+        /// end whatever happens to the future that asked for it.
+        type Shared<M: AsyncManager<Connection = Self>> = Arc<tokio::sync::Mutex<AsyncPooled<M>>>;
+
+        type ServerKey = String;
+
+        fn server_key(policy: &KeyPolicy, key: &Key) -> Result<String> {
+            policy.mysql_name(key)
+        }
+
+        fn share<M: AsyncManager<Connection = Self>>(
+            conn: AsyncPooled<M>,
+        ) -> Arc<tokio::sync::Mutex<AsyncPooled<M>>> {
+            Arc::new(tokio::sync::Mutex::new(conn))
+        }
+
+        async fn try_lock_shared<M: AsyncManager<Connection = Self>>(
+            shared: &Arc<tokio::sync::Mutex<AsyncPooled<M>>>,
+            key: &String,
+            fence: Option<Option<&str>>,
+        ) -> Result<Option<Option<u64>>> {
+            let (shared, name) = (Arc::clone(shared), key.clone());
+            let fence = fence.map(|table| table.map(str::to_owned));
+            let (reply, replied) = tokio::sync::oneshot::channel();
+            tokio::spawn(async move {
+                let mut conn = shared.lock().await;
+                let fence = fence.as_ref().map(|table| table.as_deref());
+                let outcome = dlock_mysql::tokio::try_lock(&mut conn, &name, fence).await;
+                if let Err(Ok(Some(_))) = reply.send(outcome) {
+                    // Nobody waits for this grant any more: it goes back at once.
+                    let _ = dlock_mysql::tokio::unlock(&mut conn, &name).await;
+                }
+            });
+            replied.await.unwrap_or_else(|_| Err(task_ended()))
+        }
+
+        async fn unlock_shared<M: AsyncManager<Connection = Self>>(
+            shared: &Arc<tokio::sync::Mutex<AsyncPooled<M>>>,
+            key: &String,
+        ) -> Result<bool> {
+            let (shared, name) = (Arc::clone(shared), key.clone());
+            tokio::spawn(async move {
+                dlock_mysql::tokio::unlock(&mut *shared.lock().await, &name).await
+            })
+            .await
+            .unwrap_or_else(|_| Err(task_ended()))
+        }
+
+        async fn unlock_shared_if_held<M: AsyncManager<Connection = Self>>(
+            shared: &Arc<tokio::sync::Mutex<AsyncPooled<M>>>,
+            key: &String,
+        ) -> Result<()> {
+            let (shared, name) = (Arc::clone(shared), key.clone());
+            tokio::spawn(async move {
+                dlock_mysql::tokio::unlock_if_held(&mut *shared.lock().await, &name).await
+            })
+            .await
+            .unwrap_or_else(|_| Err(task_ended()))
+        }
+
+        async fn still_held_shared<M: AsyncManager<Connection = Self>>(
+            shared: &Arc<tokio::sync::Mutex<AsyncPooled<M>>>,
+            session: SessionId,
+            key: &String,
+        ) -> Result<bool> {
+            let (shared, locks) = (Arc::clone(shared), [(session, key.clone())]);
+            let held = tokio::spawn(async move {
+                dlock_mysql::tokio::still_held(&mut *shared.lock().await, &locks).await
+            })
+            .await
+            .unwrap_or_else(|_| Err(task_ended()))?;
+            Ok(held.first().copied().unwrap_or(false))
+        }
+    }
+
+    /// The error of a shared session's statement whose task ended without an answer (its
+    /// runtime shut down).
+    fn task_ended() -> Error {
+        Error::backend("the task that ran a shared session's statement ended without an answer")
     }
 }
 

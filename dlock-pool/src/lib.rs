@@ -29,9 +29,8 @@ cfg_if::cfg_if! {
         mod asynchronous;
         #[cfg_attr(docsrs, doc(cfg(feature = "bb8")))]
         pub use asynchronous::{AsyncConnection, AsyncLockGuard, AsyncLockPool, AsyncPooled};
-        #[cfg(feature = "postgres")]
-        #[cfg_attr(docsrs, doc(cfg(all(feature = "bb8", feature = "postgres"))))]
-        pub use asynchronous::{AsyncMultiplexedGuard, AsyncMultiplexedPool};
+        #[cfg_attr(docsrs, doc(cfg(feature = "bb8")))]
+        pub use asynchronous::{AsyncMultiplexedGuard, AsyncMultiplexedPool, MultiplexedManager};
         #[cfg_attr(docsrs, doc(cfg(feature = "bb8")))]
         pub use manager::AsyncManager;
         /// The bb8 crate this crate's async pools are built on, for matching versions.

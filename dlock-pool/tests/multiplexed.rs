@@ -1,6 +1,6 @@
-//! `AsyncMultiplexedPool`: many PostgreSQL locks over a few shared sessions, against a real
-//! server. Exclusion across pools (as across processes), no reentrancy within one, sessions
-//! that go back to the pool, lost sessions, dropped futures, fencing.
+//! `AsyncMultiplexedPool`: many locks over a few shared sessions, on PostgreSQL and MariaDB,
+//! against real servers. Exclusion across pools (as across processes), no reentrancy within
+//! one, sessions that go back to the pool, lost sessions, dropped futures, fencing.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -8,20 +8,93 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bb8_postgres::PostgresConnectionManager;
-use dlock_pool::dlock_postgres::tokio::holder_sessions;
 use dlock_pool::{
-    AsyncLockPool, AsyncMultiplexedGuard, AsyncMultiplexedPool, Error, KeyPolicy, PgKey,
+    AsyncLockPool, AsyncMultiplexedGuard, AsyncMultiplexedPool, AsyncMySqlManager, Error,
+    KeyPolicy, MultiplexedManager,
 };
 use dlock_testkit as common;
+use mysql_async::prelude::Queryable;
 
-type Manager = PostgresConnectionManager<common::postgres::Tls>;
-
-fn manager() -> Manager {
-    PostgresConnectionManager::new(common::pg_url().parse().unwrap(), common::postgres::tls())
+/// What a test needs of a backend: its pool, and a look at its sessions from the side.
+trait Backend: 'static {
+    type Manager: MultiplexedManager;
+    fn manager() -> Self::Manager;
+    /// The sessions that hold a lock on any of `keys`, and how many of them each holds.
+    async fn holders_of(keys: &[String]) -> HashMap<u64, usize>;
+    /// Ends session `id` from the side.
+    async fn terminate(id: u64);
 }
 
-async fn multiplexed() -> AsyncMultiplexedPool<Manager> {
-    AsyncLockPool::new(manager())
+struct Pg;
+
+impl Backend for Pg {
+    type Manager = PostgresConnectionManager<common::postgres::Tls>;
+
+    fn manager() -> Self::Manager {
+        PostgresConnectionManager::new(common::pg_url().parse().unwrap(), common::postgres::tls())
+    }
+
+    async fn holders_of(keys: &[String]) -> HashMap<u64, usize> {
+        let wanted: HashSet<_> = keys
+            .iter()
+            .map(|key| KeyPolicy::default().pg_key(&key.as_str().into()).unwrap())
+            .collect();
+        let observer = common::postgres::connect_async().await;
+        let mut holders = HashMap::new();
+        let sessions = dlock_pool::dlock_postgres::tokio::holder_sessions(&observer, None);
+        for session in sessions.await.unwrap() {
+            if wanted.contains(&session.key) {
+                let pid = u64::from(session.holder.pid.unsigned_abs());
+                *holders.entry(pid).or_insert(0) += 1;
+            }
+        }
+        holders
+    }
+
+    async fn terminate(id: u64) {
+        let observer = common::postgres::connect_async().await;
+        let pid = i32::try_from(id).unwrap();
+        observer
+            .execute("SELECT pg_terminate_backend($1)", &[&pid])
+            .await
+            .unwrap();
+    }
+}
+
+struct My;
+
+impl Backend for My {
+    type Manager = AsyncMySqlManager;
+
+    fn manager() -> Self::Manager {
+        AsyncMySqlManager::new(common::mysql::opts_async())
+    }
+
+    /// Through MariaDB's `metadata_lock_info` plugin, which the matrix's servers load.
+    async fn holders_of(keys: &[String]) -> HashMap<u64, usize> {
+        let wanted: HashSet<&str> = keys.iter().map(String::as_str).collect();
+        let mut observer = common::mysql::connect_async().await;
+        let mut holders = HashMap::new();
+        let sessions = dlock_pool::dlock_mysql::tokio::holder_sessions(&mut observer, None);
+        for session in sessions.await.unwrap() {
+            if wanted.contains(session.name.as_str()) {
+                *holders.entry(session.id).or_insert(0) += 1;
+            }
+        }
+        holders
+    }
+
+    async fn terminate(id: u64) {
+        let mut observer = common::mysql::connect_async().await;
+        observer
+            .query_drop(format!("KILL CONNECTION {id}"))
+            .await
+            .unwrap();
+    }
+}
+
+async fn multiplexed<B: Backend>() -> AsyncMultiplexedPool<B::Manager> {
+    AsyncLockPool::new(B::manager())
         .await
         .unwrap()
         .watch_interval(Duration::from_millis(50))
@@ -31,40 +104,47 @@ async fn multiplexed() -> AsyncMultiplexedPool<Manager> {
         .multiplexed()
 }
 
-/// The sessions that hold an advisory lock on any of `keys`, and how many of them each holds.
-async fn holders_of(keys: &[String]) -> HashMap<i32, usize> {
-    let wanted: HashSet<PgKey> = keys
-        .iter()
-        .map(|key| KeyPolicy::default().pg_key(&key.as_str().into()).unwrap())
-        .collect();
-    let observer = common::postgres::connect_async().await;
-    let mut holders = HashMap::new();
-    for session in holder_sessions(&observer, None).await.unwrap() {
-        if wanted.contains(&session.key) {
-            *holders.entry(session.holder.pid).or_insert(0) += 1;
-        }
-    }
-    holders
-}
-
-/// Ends session `pid` from the side.
-async fn terminate(pid: i32) {
-    let observer = common::postgres::connect_async().await;
-    observer
-        .execute("SELECT pg_terminate_backend($1)", &[&pid])
-        .await
-        .unwrap();
-}
-
+/// `count` keys under `prefix` (the backends' servers are apart, so their tests share names).
 fn keys(prefix: &str, count: usize) -> Vec<String> {
     (0..count)
         .map(|index| format!("{prefix}/{index}"))
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_thousand_locks_ride_on_a_few_sessions_and_exclude_another_pool() {
-    let locks = multiplexed().await;
+/// Runs a test on both backends, each as a test of its own.
+macro_rules! on_both_backends {
+    ($($test:ident),* $(,)?) => {
+        mod on_postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test::<super::Pg>().await;
+                }
+            )*
+        }
+        mod on_mariadb {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test::<super::My>().await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    a_thousand_locks_ride_on_a_few_sessions_and_exclude_another_pool,
+    the_same_key_twice_from_one_pool_waits_as_from_another_process,
+    a_killed_shared_session_reports_every_lock_on_it_lost,
+    dropped_tries_and_guards_leave_nothing_held,
+    sixty_four_tasks_over_a_thousand_keys_never_overlap,
+    fenced_multiplexed_locks_hand_out_increasing_tokens,
+    tries_that_start_together_share_one_new_session,
+);
+
+async fn a_thousand_locks_ride_on_a_few_sessions_and_exclude_another_pool<B: Backend>() {
+    let locks = multiplexed::<B>().await;
     let keys = keys("mux/thousand", 1000);
     let mut held = Vec::new();
     for key in &keys {
@@ -77,11 +157,11 @@ async fn a_thousand_locks_ride_on_a_few_sessions_and_exclude_another_pool() {
         );
     }
     assert!(locks.shared_sessions() <= 4, "{}", locks.shared_sessions());
-    let holders = holders_of(&keys).await;
+    let holders = B::holders_of(&keys).await;
     assert!(holders.len() <= 4, "{holders:?}");
     assert_eq!(holders.values().sum::<usize>(), 1000);
     // Another pool, as another process would, is kept out of every one of them.
-    let other = multiplexed().await;
+    let other = multiplexed::<B>().await;
     for key in keys.iter().step_by(97) {
         assert!(other.try_acquire(key.as_str()).await.unwrap().is_none());
     }
@@ -100,7 +180,7 @@ async fn a_thousand_locks_ride_on_a_few_sessions_and_exclude_another_pool() {
         0,
         "sessions that hold nothing go back"
     );
-    assert!(holders_of(&keys).await.is_empty());
+    assert!(B::holders_of(&keys).await.is_empty());
     let guard = other
         .try_acquire(keys[0].as_str())
         .await
@@ -109,9 +189,8 @@ async fn a_thousand_locks_ride_on_a_few_sessions_and_exclude_another_pool() {
     AsyncMultiplexedGuard::release(guard).await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_same_key_twice_from_one_pool_waits_as_from_another_process() {
-    let locks = Arc::new(multiplexed().await);
+async fn the_same_key_twice_from_one_pool_waits_as_from_another_process<B: Backend>() {
+    let locks = Arc::new(multiplexed::<B>().await);
     let key = "mux/twice";
     let first = locks.try_acquire(key).await.unwrap().expect("free");
     // Its session would grant a second hold by reentrancy: the pool refuses it instead.
@@ -140,7 +219,7 @@ async fn the_same_key_twice_from_one_pool_waits_as_from_another_process() {
     let other = locks.try_acquire("mux/twice-other").await.unwrap().unwrap();
     assert_eq!(locks.shared_sessions(), 1);
     assert_eq!(
-        holders_of(&[key.to_owned(), "mux/twice-other".to_owned()])
+        B::holders_of(&[key.to_owned(), "mux/twice-other".to_owned()])
             .await
             .len(),
         1
@@ -150,18 +229,17 @@ async fn the_same_key_twice_from_one_pool_waits_as_from_another_process() {
     assert_eq!(locks.shared_sessions(), 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_shared_session_reports_every_lock_on_it_lost() {
-    let locks = multiplexed().await;
+async fn a_killed_shared_session_reports_every_lock_on_it_lost<B: Backend>() {
+    let locks = multiplexed::<B>().await;
     let keys = keys("mux/lost", 20);
     let mut held = Vec::new();
     for key in &keys {
         held.push(locks.try_acquire(key.as_str()).await.unwrap().unwrap());
     }
-    let holders = holders_of(&keys).await;
+    let holders = B::holders_of(&keys).await;
     assert_eq!(holders.len(), 1);
     for pid in holders.keys() {
-        terminate(*pid).await;
+        B::terminate(*pid).await;
     }
     for guard in &held {
         tokio::time::timeout(Duration::from_secs(5), AsyncMultiplexedGuard::lost(guard))
@@ -180,9 +258,8 @@ async fn a_killed_shared_session_reports_every_lock_on_it_lost() {
     AsyncMultiplexedGuard::release(guard).await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dropped_tries_and_guards_leave_nothing_held() {
-    let locks = multiplexed().await;
+async fn dropped_tries_and_guards_leave_nothing_held<B: Backend>() {
+    let locks = multiplexed::<B>().await;
     let keys = keys("mux/dropped", 200);
     // A shared session to ride on, so that a try's first poll sends its statement.
     let anchor = locks
@@ -208,14 +285,14 @@ async fn dropped_tries_and_guards_leave_nothing_held() {
     }
     let mut settled = false;
     for _ in 0..500 {
-        if locks.shared_sessions() == 0 && holders_of(&keys).await.is_empty() {
+        if locks.shared_sessions() == 0 && B::holders_of(&keys).await.is_empty() {
             settled = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(settled, "still held: {:?}", holders_of(&keys).await);
-    let other = multiplexed().await;
+    assert!(settled, "still held: {:?}", B::holders_of(&keys).await);
+    let other = multiplexed::<B>().await;
     for key in &keys {
         let guard = other
             .try_acquire(key.as_str())
@@ -226,10 +303,12 @@ async fn dropped_tries_and_guards_leave_nothing_held() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sixty_four_tasks_over_a_thousand_keys_never_overlap() {
+async fn sixty_four_tasks_over_a_thousand_keys_never_overlap<B: Backend>() {
     // Two pools, as two processes: each key's holders are counted across both.
-    let pools = [Arc::new(multiplexed().await), Arc::new(multiplexed().await)];
+    let pools = [
+        Arc::new(multiplexed::<B>().await),
+        Arc::new(multiplexed::<B>().await),
+    ];
     let holders: Arc<Vec<AtomicUsize>> = Arc::new((0..1000).map(|_| AtomicUsize::new(0)).collect());
     let overlaps = Arc::new(AtomicUsize::new(0));
     let grants = Arc::new(AtomicUsize::new(0));
@@ -275,9 +354,8 @@ async fn sixty_four_tasks_over_a_thousand_keys_never_overlap() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fenced_multiplexed_locks_hand_out_increasing_tokens() {
-    let pool = AsyncLockPool::new(manager()).await.unwrap().fenced();
+async fn fenced_multiplexed_locks_hand_out_increasing_tokens<B: Backend>() {
+    let pool = AsyncLockPool::new(B::manager()).await.unwrap().fenced();
     pool.install_fencing().await.unwrap();
     let locks = pool.multiplexed();
     let mut last = 0;
@@ -292,7 +370,7 @@ async fn fenced_multiplexed_locks_hand_out_increasing_tokens() {
         last = token;
     }
     // A shared pool's locks cannot ride on shared sessions: said plainly.
-    let shared = AsyncLockPool::new(manager())
+    let shared = AsyncLockPool::new(B::manager())
         .await
         .unwrap()
         .shared()
@@ -301,15 +379,14 @@ async fn fenced_multiplexed_locks_hand_out_increasing_tokens() {
     assert!(matches!(error, Error::Unsupported { .. }), "{error:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tries_that_start_together_share_one_new_session() {
+async fn tries_that_start_together_share_one_new_session<B: Backend>() {
     // A pool of two connections, and 64 tries before any session is shared: they wait for
     // the one being opened instead of each asking the pool for a connection of its own.
     let pool = AsyncLockPool::with_builder(
         bb8::Pool::builder()
             .max_size(2)
             .connection_timeout(Duration::from_secs(3)),
-        manager(),
+        B::manager(),
     )
     .await
     .unwrap();

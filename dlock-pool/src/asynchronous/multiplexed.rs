@@ -1,10 +1,11 @@
-//! `AsyncMultiplexedPool`: PostgreSQL locks that share a few server sessions, so that a
-//! service can hold many locks at once over a handful of connections (.NET DistributedLock's
-//! optimistic multiplexing, Que's locker connection).
+//! `AsyncMultiplexedPool`: locks that share a few server sessions, so that a service can hold
+//! many locks at once over a handful of connections (.NET DistributedLock's optimistic
+//! multiplexing, Que's locker connection).
 //!
-//! A try lands on a session already shared, where tokio-postgres pipelines it with the other
-//! tasks' statements: it never waits behind another operation's wait, because no statement
-//! that waits ever runs on a shared session. A lock that must wait waits on a session of its
+//! A try lands on a session already shared (tokio-postgres pipelines it with the other tasks'
+//! statements; on mysql_async the statements take turns, each run to its end by a task of its
+//! own): it never waits behind another operation's wait, because no statement that waits ever
+//! runs on a shared session. A lock that must wait waits on a session of its
 //! own, checked out of the pool as any pooled lock's; once granted, that session joins the
 //! shared set. A session that holds nothing and carries no try goes back to the pool.
 //!
@@ -16,19 +17,29 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use dlock_core::PgKey;
-use dlock_postgres::tokio as pg;
-use dlock_postgres::tokio_postgres::Client;
-
 use super::*;
 use crate::core::FenceTable;
 
-/// PostgreSQL session locks that share a few server sessions, over an [`AsyncLockPool`]
-/// ([`AsyncLockPool::multiplexed`]): hold thousands of locks over a handful of connections.
+/// A bb8 manager whose connections [`AsyncMultiplexedPool`] shares: one of
+/// [`AsyncConnection`]'s (tokio-postgres `Client`, mysql_async `Conn`). Implemented for every
+/// such manager.
+pub trait MultiplexedManager: AsyncManager<Connection: AsyncConnection> {}
+
+impl<M: AsyncManager<Connection: AsyncConnection>> MultiplexedManager for M {}
+
+/// A key as the server of pool manager `M` names it.
+type ServerKey<M> = <<M as bb8::ManageConnection>::Connection as AsyncConnection>::ServerKey;
+
+/// Session locks that share a few server sessions, over an [`AsyncLockPool`]
+/// ([`AsyncLockPool::multiplexed`]), on PostgreSQL and MySQL/MariaDB: hold thousands of locks
+/// over a handful of connections.
 ///
-/// - `try_acquire` sends `pg_try_advisory_lock` on a session the pool already shares (one
-///   round trip, pipelined with other tasks' statements), or on a new one from the pool
-///   when none is shared yet.
+/// - `try_acquire` sends one statement (`pg_try_advisory_lock`, `GET_LOCK(name, 0)`) on a
+///   session the pool already shares, or on a new one from the pool when none is shared yet.
+///   On PostgreSQL it is pipelined with the other tasks' statements (tokio-postgres writes
+///   them one after the other without waiting for replies); mysql_async sends one statement
+///   at a time, so on MySQL the shared session's statements take turns, one round trip each,
+///   and a busy service holds its locks over more than one shared session sooner.
 /// - `acquire` and `acquire_timeout` try first; when the key is busy, they wait on a session
 ///   of their own from the pool, which joins the shared set once it holds the lock. A shared
 ///   session never carries a wait, so releases and tries never queue behind one.
@@ -45,6 +56,8 @@ use crate::core::FenceTable;
 /// PostgreSQL's lock table is the limit: about `max_locks_per_transaction x (max_connections
 /// + max_prepared_transactions)` entries for the whole server (6,400 with the defaults),
 /// shared with every other lock; beyond it an acquire fails with [`Error::LockTableFull`].
+/// MySQL and MariaDB keep named locks in memory with no such table. A fenced MySQL try takes
+/// its token in a second statement, as a fenced `AsyncMySqlLock` does.
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -65,7 +78,7 @@ use crate::core::FenceTable;
 /// # Ok(())
 /// # }
 /// ```
-pub struct AsyncMultiplexedPool<M: AsyncManager<Connection = Client>> {
+pub struct AsyncMultiplexedPool<M: MultiplexedManager> {
     pool: AsyncLockPool<M>,
     shared: Arc<Mutex<Shared<M>>>,
     /// Held while a session is opened for tries, so that tries which find none wait for that
@@ -74,36 +87,30 @@ pub struct AsyncMultiplexedPool<M: AsyncManager<Connection = Client>> {
 }
 
 /// The shared sessions, and the keys this process holds or tries on them.
-struct Shared<M: AsyncManager> {
+struct Shared<M: MultiplexedManager> {
     /// Each shared session, with how many holds and tries it carries.
     sessions: Vec<(Arc<SharedSession<M>>, usize)>,
     /// How many holds and tries of each key ride on shared sessions (more than one only for
     /// a moment, while a release and a new grant cross).
-    keys: HashMap<PgKey, usize>,
+    keys: HashMap<ServerKey<M>, usize>,
 }
 
 /// A server session that carries the locks of many guards.
-struct SharedSession<M: AsyncManager> {
-    conn: AsyncPooled<M>,
+struct SharedSession<M: MultiplexedManager> {
+    conn: <M::Connection as AsyncConnection>::Shared<M>,
     id: SessionId,
     /// Closes the connection when it goes back, instead of letting it be reused.
     mark: CloseMark,
 }
 
-impl<M: AsyncManager> SharedSession<M> {
-    fn client(&self) -> &M::Connection {
-        &self.conn
-    }
-}
-
 /// One hold or try riding on a shared session: dropped, the session carries one less, and
 /// goes back to the pool when it carries nothing.
-struct Rider<M: AsyncManager> {
+struct Rider<M: MultiplexedManager> {
     shared: Arc<Mutex<Shared<M>>>,
     session: Arc<SharedSession<M>>,
 }
 
-impl<M: AsyncManager> Drop for Rider<M> {
+impl<M: MultiplexedManager> Drop for Rider<M> {
     fn drop(&mut self) {
         let mut shared = lock(&self.shared);
         if let Some(index) = shared
@@ -123,19 +130,19 @@ impl<M: AsyncManager> Drop for Rider<M> {
 
 /// A key held or tried on a shared session by this process: dropped, it is free again for
 /// this process's tries.
-struct Claim<M: AsyncManager> {
+struct Claim<M: MultiplexedManager> {
     shared: Arc<Mutex<Shared<M>>>,
-    key: PgKey,
+    key: ServerKey<M>,
 }
 
-impl<M: AsyncManager> Claim<M> {
+impl<M: MultiplexedManager> Claim<M> {
     /// Claims `key` unless this process holds or tries it on a shared session already.
-    fn take(shared: &Arc<Mutex<Shared<M>>>, key: PgKey) -> Option<Self> {
+    fn take(shared: &Arc<Mutex<Shared<M>>>, key: ServerKey<M>) -> Option<Self> {
         let mut state = lock(shared);
         if state.keys.contains_key(&key) {
             return None;
         }
-        state.keys.insert(key, 1);
+        state.keys.insert(key.clone(), 1);
         Some(Claim {
             shared: Arc::clone(shared),
             key,
@@ -143,8 +150,8 @@ impl<M: AsyncManager> Claim<M> {
     }
 
     /// Claims `key`, which this process now holds on a session of its own.
-    fn add(shared: &Arc<Mutex<Shared<M>>>, key: PgKey) -> Self {
-        *lock(shared).keys.entry(key).or_insert(0) += 1;
+    fn add(shared: &Arc<Mutex<Shared<M>>>, key: ServerKey<M>) -> Self {
+        *lock(shared).keys.entry(key.clone()).or_insert(0) += 1;
         Claim {
             shared: Arc::clone(shared),
             key,
@@ -152,7 +159,7 @@ impl<M: AsyncManager> Claim<M> {
     }
 }
 
-impl<M: AsyncManager> Drop for Claim<M> {
+impl<M: MultiplexedManager> Drop for Claim<M> {
     fn drop(&mut self) {
         let mut state = lock(&self.shared);
         if let Some(count) = state.keys.get_mut(&self.key) {
@@ -173,20 +180,22 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// A try in flight on a shared session: if its future is dropped, or it fails, before its
 /// outcome is known, the session may hold the key for nobody. A task then sends the unlock
-/// the session owes (it runs after the try, on the same connection), and only then lets the
-/// claim and the ride go; a session whose unlock fails is closed once it carries nothing.
-struct InFlight<M: AsyncManager<Connection = Client>> {
+/// the session owes, and only then lets the claim and the ride go; a session whose unlock
+/// fails is closed once it carries nothing. On PostgreSQL the unlock runs after the try on
+/// the same connection; on MySQL the try's own task also gives back a grant nobody awaits,
+/// and the session's reentrant counts make the two agree in either order.
+struct InFlight<M: MultiplexedManager> {
     owed: Option<(Rider<M>, Claim<M>)>,
 }
 
-impl<M: AsyncManager<Connection = Client>> InFlight<M> {
+impl<M: MultiplexedManager> InFlight<M> {
     /// The outcome is known: the ride and the claim, for the guard or to let go.
     fn settled(mut self) -> (Rider<M>, Claim<M>) {
         self.owed.take().expect("settled once")
     }
 }
 
-impl<M: AsyncManager<Connection = Client>> Drop for InFlight<M> {
+impl<M: MultiplexedManager> Drop for InFlight<M> {
     fn drop(&mut self) {
         let Some((rider, claim)) = self.owed.take() else {
             return;
@@ -198,7 +207,9 @@ impl<M: AsyncManager<Connection = Client>> Drop for InFlight<M> {
             return;
         };
         runtime.spawn(async move {
-            if let Err(error) = pg::unlock_if_held(rider.session.client(), claim.key).await {
+            let unlocked =
+                M::Connection::unlock_shared_if_held(&rider.session.conn, &claim.key).await;
+            if let Err(error) = unlocked {
                 tracing::warn!(target: "dlock", %error, "a dropped try's unlock failed: its shared session is closed once it carries nothing");
                 rider.session.mark.set();
             }
@@ -207,7 +218,7 @@ impl<M: AsyncManager<Connection = Client>> Drop for InFlight<M> {
     }
 }
 
-impl<M: AsyncManager<Connection = Client>> AsyncLockPool<M> {
+impl<M: MultiplexedManager> AsyncLockPool<M> {
     /// Locks that share a few of this pool's sessions instead of taking one each: see
     /// [`AsyncMultiplexedPool`].
     pub fn multiplexed(self) -> AsyncMultiplexedPool<M> {
@@ -222,7 +233,7 @@ impl<M: AsyncManager<Connection = Client>> AsyncLockPool<M> {
     }
 }
 
-impl<M: AsyncManager<Connection = Client>> AsyncMultiplexedPool<M> {
+impl<M: MultiplexedManager> AsyncMultiplexedPool<M> {
     /// The pool the sessions come from, for the work the locks guard: a held lock lends no
     /// connection.
     pub fn pool(&self) -> &AsyncLockPool<M> {
@@ -235,7 +246,7 @@ impl<M: AsyncManager<Connection = Client>> AsyncMultiplexedPool<M> {
     }
 
     /// Takes `key` if it is free: `Ok(None)` when another session holds it, or this process
-    /// holds or tries it already. One round trip on a shared session (opened from the pool
+    /// holds or tries it already. One statement on a shared session (opened from the pool
     /// when none is shared yet).
     ///
     /// # Errors
@@ -334,8 +345,8 @@ impl<M: AsyncManager<Connection = Client>> AsyncMultiplexedPool<M> {
         }
     }
 
-    /// The key in PostgreSQL's form, under the pool's policy; refused for a shared pool.
-    fn server_key(&self, key: &Key) -> Result<PgKey> {
+    /// The key in the server's form, under the pool's policy; refused for a shared pool.
+    fn server_key(&self, key: &Key) -> Result<ServerKey<M>> {
         if self.pool.core.shared {
             return Err(Error::Unsupported {
                 operation: "a shared lock on a multiplexed pool",
@@ -343,7 +354,7 @@ impl<M: AsyncManager<Connection = Client>> AsyncMultiplexedPool<M> {
                 hint: "multiplexed locks are exclusive; take shared locks from the pool itself",
             });
         }
-        self.pool.core.policy.pg_key(key)
+        M::Connection::server_key(&self.pool.core.policy, key)
     }
 
     /// A try on a shared session, then (with `wait`) a wait on a session of its own.
@@ -353,7 +364,7 @@ impl<M: AsyncManager<Connection = Client>> AsyncMultiplexedPool<M> {
         deadline: Option<Instant>,
     ) -> Result<Option<AsyncMultiplexedGuard<M>>> {
         let server_key = self.server_key(&key)?;
-        if let Some(guard) = self.try_shared(key.clone(), server_key).await? {
+        if let Some(guard) = self.try_shared(key.clone(), server_key.clone()).await? {
             return Ok(Some(guard));
         }
         let wait = match deadline {
@@ -373,9 +384,9 @@ impl<M: AsyncManager<Connection = Client>> AsyncMultiplexedPool<M> {
     async fn try_shared(
         &self,
         key: Key,
-        server_key: PgKey,
+        server_key: ServerKey<M>,
     ) -> Result<Option<AsyncMultiplexedGuard<M>>> {
-        let Some(claim) = Claim::take(&self.shared, server_key) else {
+        let Some(claim) = Claim::take(&self.shared, server_key.clone()) else {
             return Ok(None);
         };
         let rider = match self.ride() {
@@ -392,20 +403,11 @@ impl<M: AsyncManager<Connection = Client>> AsyncMultiplexedPool<M> {
         let attempt = InFlight {
             owed: Some((rider, claim)),
         };
-        let granted = match &self.pool.core.fence {
-            None => pg::try_lock(session.client(), server_key)
-                .await
-                .map(|granted| granted.then_some(None)),
-            Some(table) => {
-                let table = match table {
-                    FenceTable::Default => None,
-                    FenceTable::Named(table) => Some(table.as_str()),
-                };
-                pg::try_lock_fenced(session.client(), server_key, table)
-                    .await
-                    .map(|token| token.map(Some))
-            }
-        };
+        let fence = self.pool.core.fence.as_ref().map(|table| match table {
+            FenceTable::Default => None,
+            FenceTable::Named(table) => Some(table.as_str()),
+        });
+        let granted = M::Connection::try_lock_shared(&session.conn, &server_key, fence).await;
         // A failed try may have been granted before it failed: the attempt's drop unlocks.
         let granted = granted?;
         let (rider, claim) = attempt.settled();
@@ -438,6 +440,7 @@ impl<M: AsyncManager<Connection = Client>> AsyncMultiplexedPool<M> {
         let mark = conn.close_mark();
         self.pool.check_deployment(&mut conn, &mark).await?;
         let id = self.pool.session(&mut conn, &mark).await?;
+        let conn = M::Connection::share(conn);
         Ok(self.share(SharedSession { conn, id, mark }))
     }
 
@@ -483,7 +486,7 @@ impl<M: AsyncManager<Connection = Client>> AsyncMultiplexedPool<M> {
     async fn join(
         &self,
         mut guard: AsyncLockGuard<M>,
-        server_key: PgKey,
+        server_key: ServerKey<M>,
     ) -> Result<AsyncMultiplexedGuard<M>> {
         let lock = guard.lock.take().expect("a granted guard holds its lock");
         let key = lock.key().clone();
@@ -498,6 +501,7 @@ impl<M: AsyncManager<Connection = Client>> AsyncMultiplexedPool<M> {
         let mut conn = lock.disown();
         let id = self.pool.session(&mut conn, &mark).await?;
         let claim = Claim::add(&self.shared, server_key);
+        let conn = M::Connection::share(conn);
         let rider = self.share(SharedSession { conn, id, mark });
         Ok(AsyncMultiplexedGuard {
             hold: Some(Hold { rider, claim }),
@@ -509,7 +513,7 @@ impl<M: AsyncManager<Connection = Client>> AsyncMultiplexedPool<M> {
     }
 }
 
-impl<M: AsyncManager<Connection = Client>> fmt::Debug for AsyncMultiplexedPool<M> {
+impl<M: MultiplexedManager> fmt::Debug for AsyncMultiplexedPool<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AsyncMultiplexedPool")
             .field("pool", &self.pool)
@@ -520,7 +524,7 @@ impl<M: AsyncManager<Connection = Client>> fmt::Debug for AsyncMultiplexedPool<M
 
 /// What a held lock of an [`AsyncMultiplexedPool`] keeps: its ride on the shared session,
 /// and its claim on the key.
-struct Hold<M: AsyncManager> {
+struct Hold<M: MultiplexedManager> {
     rider: Rider<M>,
     claim: Claim<M>,
 }
@@ -529,7 +533,7 @@ struct Hold<M: AsyncManager> {
 /// lends no connection. Release it with [`release`](Self::release); dropped, a task releases
 /// it.
 #[must_use = "the lock is released when the guard is dropped"]
-pub struct AsyncMultiplexedGuard<M: AsyncManager<Connection = Client>> {
+pub struct AsyncMultiplexedGuard<M: MultiplexedManager> {
     /// `Some` until released.
     hold: Option<Hold<M>>,
     key: Key,
@@ -538,7 +542,7 @@ pub struct AsyncMultiplexedGuard<M: AsyncManager<Connection = Client>> {
     watched: Option<Watched<WatchedLock>>,
 }
 
-impl<M: AsyncManager<Connection = Client>> AsyncMultiplexedGuard<M> {
+impl<M: MultiplexedManager> AsyncMultiplexedGuard<M> {
     /// Releases the lock: one statement on the shared session, pipelined with the others.
     ///
     /// # Errors
@@ -558,8 +562,8 @@ impl<M: AsyncManager<Connection = Client>> AsyncMultiplexedGuard<M> {
         if let Some(reason) = this.signal.lost_now() {
             return Err(this.signal.error(reason));
         }
-        let server_key = hold.claim.key;
-        let unlocked = pg::unlock(hold.rider.session.client(), server_key).await;
+        let unlocked =
+            M::Connection::unlock_shared(&hold.rider.session.conn, &hold.claim.key).await;
         match unlocked {
             Ok(true) => Ok(()),
             Ok(false) => {
@@ -592,9 +596,8 @@ impl<M: AsyncManager<Connection = Client>> AsyncMultiplexedGuard<M> {
             .as_ref()
             .expect("the hold is only taken on release");
         let session = &hold.rider.session;
-        let verified = pg::still_held(session.client(), &[(session.id, hold.claim.key)])
-            .await
-            .map(|held| held.first().copied().unwrap_or(false));
+        let verified =
+            M::Connection::still_held_shared(&session.conn, session.id, &hold.claim.key).await;
         crate::watch::note_verified(&this.signal, &verified);
         verified
     }
@@ -624,7 +627,7 @@ impl<M: AsyncManager<Connection = Client>> AsyncMultiplexedGuard<M> {
     }
 }
 
-impl<M: AsyncManager<Connection = Client>> HeldGuard for AsyncMultiplexedGuard<M> {
+impl<M: MultiplexedManager> HeldGuard for AsyncMultiplexedGuard<M> {
     fn lost_signal(&self) -> impl Future<Output = LostReason> + Send + 'static {
         AsyncMultiplexedGuard::lost(self)
     }
@@ -634,7 +637,7 @@ impl<M: AsyncManager<Connection = Client>> HeldGuard for AsyncMultiplexedGuard<M
     }
 }
 
-impl<M: AsyncManager<Connection = Client>> Drop for AsyncMultiplexedGuard<M> {
+impl<M: MultiplexedManager> Drop for AsyncMultiplexedGuard<M> {
     fn drop(&mut self) {
         let Some(hold) = self.hold.take() else {
             return;
@@ -649,7 +652,8 @@ impl<M: AsyncManager<Connection = Client>> Drop for AsyncMultiplexedGuard<M> {
             return;
         };
         runtime.spawn(async move {
-            let unlocked = pg::unlock(hold.rider.session.client(), hold.claim.key).await;
+            let unlocked =
+                M::Connection::unlock_shared(&hold.rider.session.conn, &hold.claim.key).await;
             if !matches!(unlocked, Ok(true)) {
                 hold.rider.session.mark.set();
             }
@@ -658,7 +662,7 @@ impl<M: AsyncManager<Connection = Client>> Drop for AsyncMultiplexedGuard<M> {
     }
 }
 
-impl<M: AsyncManager<Connection = Client>> fmt::Debug for AsyncMultiplexedGuard<M> {
+impl<M: MultiplexedManager> fmt::Debug for AsyncMultiplexedGuard<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AsyncMultiplexedGuard")
             .field("key", &self.key)
