@@ -1604,6 +1604,7 @@ fn contention(scale: Scale) -> Result<Vec<Contention>> {
 /// Holding many locks at once through an `AsyncMultiplexedPool`, from 64 tasks.
 #[derive(Debug)]
 struct MultiplexedHold {
+    backend: &'static str,
     locks: usize,
     sessions: usize,
     acquires_per_second: f64,
@@ -1611,9 +1612,10 @@ struct MultiplexedHold {
 }
 
 /// Try + release cycles per second: 64 tasks on the shared sessions of an
-/// `AsyncMultiplexedPool`, beside one `AsyncPgLock` cycling on a connection of its own.
+/// `AsyncMultiplexedPool`, beside one bare lock cycling on a connection of its own.
 #[derive(Debug)]
 struct MultiplexedCycles {
+    backend: &'static str,
     shared_per_second: f64,
     sessions: usize,
     dedicated_per_second: f64,
@@ -1621,102 +1623,123 @@ struct MultiplexedCycles {
 
 const MULTIPLEXED_TASKS: usize = 64;
 
-fn multiplexed(scale: Scale) -> Result<(Vec<MultiplexedHold>, MultiplexedCycles)> {
+type BenchResult<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// The multiplexed pool's figures on one backend, beside `dedicated`, a bare lock on a
+/// connection of its own.
+async fn multiplexed_on<M: dlock_pool::MultiplexedManager>(
+    backend: &'static str,
+    scale: Scale,
+    pool: AsyncLockPool<M>,
+    mut dedicated: impl AsyncLock,
+) -> BenchResult<(Vec<MultiplexedHold>, MultiplexedCycles)> {
+    let locks = Arc::new(pool.multiplexed());
+    let sizes: &[usize] = if scale.quick {
+        &[100]
+    } else {
+        &[100, 1_000, 5_000]
+    };
+    let mut holds = Vec::new();
+    for &size in sizes {
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..MULTIPLEXED_TASKS)
+            .map(|task| {
+                let locks = Arc::clone(&locks);
+                tokio::spawn(async move {
+                    let mut held = Vec::new();
+                    for key in (task..size).step_by(MULTIPLEXED_TASKS) {
+                        let key = format!("dlock-bench/mux/{key}");
+                        held.push(locks.try_acquire(key.as_str()).await?.ok_or("busy")?);
+                    }
+                    BenchResult::Ok(held)
+                })
+            })
+            .collect();
+        let mut held = Vec::new();
+        for task in tasks {
+            held.push(task.await??);
+        }
+        let acquires_per_second = per_second(size, started);
+        let sessions = locks.shared_sessions();
+        let started = Instant::now();
+        let tasks: Vec<_> = held
+            .into_iter()
+            .map(|guards| {
+                tokio::spawn(async move {
+                    for guard in guards {
+                        AsyncMultiplexedGuard::release(guard).await?;
+                    }
+                    Ok::<_, dlock_pool::Error>(())
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await??;
+        }
+        holds.push(MultiplexedHold {
+            backend,
+            locks: size,
+            sessions,
+            acquires_per_second,
+            releases_per_second: per_second(size, started),
+        });
+    }
+    let duration = scale.contention;
+    let stop = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..MULTIPLEXED_TASKS)
+        .map(|task| {
+            let (locks, stop) = (Arc::clone(&locks), Arc::clone(&stop));
+            tokio::spawn(async move {
+                let key = format!("dlock-bench/mux-cycle/{task}");
+                let mut cycles = 0_usize;
+                while stop.load(Ordering::Relaxed) == 0 {
+                    let guard = locks.try_acquire(key.as_str()).await?.ok_or("busy")?;
+                    AsyncMultiplexedGuard::release(guard).await?;
+                    cycles += 1;
+                }
+                BenchResult::Ok(cycles)
+            })
+        })
+        .collect();
+    tokio::time::sleep(duration / 2).await;
+    let sessions = locks.shared_sessions();
+    tokio::time::sleep(duration / 2).await;
+    stop.store(1, Ordering::Relaxed);
+    let mut cycles = 0;
+    for task in tasks {
+        cycles += task.await??;
+    }
+    let shared_per_second = per_second(cycles, started);
+    let started = Instant::now();
+    let mut cycles = 0;
+    while started.elapsed() < duration {
+        dedicated.acquire().await?;
+        dedicated.release().await?;
+        cycles += 1;
+    }
+    let cycles = MultiplexedCycles {
+        backend,
+        shared_per_second,
+        sessions,
+        dedicated_per_second: per_second(cycles, started),
+    };
+    Ok((holds, cycles))
+}
+
+fn multiplexed(scale: Scale) -> Result<(Vec<MultiplexedHold>, Vec<MultiplexedCycles>)> {
     let runtime = multi_thread_runtime()?;
     let results = runtime.block_on(async {
         let manager =
             bb8_postgres::PostgresConnectionManager::new(pg_url()?.parse()?, tokio_postgres::NoTls);
-        let locks = Arc::new(AsyncLockPool::new(manager).await?.multiplexed());
-        let sizes: &[usize] = if scale.quick {
-            &[100]
-        } else {
-            &[100, 1_000, 5_000]
-        };
-        let mut holds = Vec::new();
-        for &size in sizes {
-            let started = Instant::now();
-            let tasks: Vec<_> = (0..MULTIPLEXED_TASKS)
-                .map(|task| {
-                    let locks = Arc::clone(&locks);
-                    tokio::spawn(async move {
-                        let mut held = Vec::new();
-                        for key in (task..size).step_by(MULTIPLEXED_TASKS) {
-                            let key = format!("dlock-bench/mux/{key}");
-                            held.push(locks.try_acquire(key.as_str()).await?.ok_or("busy")?);
-                        }
-                        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(held)
-                    })
-                })
-                .collect();
-            let mut held = Vec::new();
-            for task in tasks {
-                held.push(task.await??);
-            }
-            let acquires_per_second = per_second(size, started);
-            let sessions = locks.shared_sessions();
-            let started = Instant::now();
-            let tasks: Vec<_> = held
-                .into_iter()
-                .map(|guards| {
-                    tokio::spawn(async move {
-                        for guard in guards {
-                            AsyncMultiplexedGuard::release(guard).await?;
-                        }
-                        Ok::<_, dlock_pool::Error>(())
-                    })
-                })
-                .collect();
-            for task in tasks {
-                task.await??;
-            }
-            holds.push(MultiplexedHold {
-                locks: size,
-                sessions,
-                acquires_per_second,
-                releases_per_second: per_second(size, started),
-            });
-        }
-        let duration = scale.contention;
-        let stop = Arc::new(AtomicUsize::new(0));
-        let started = Instant::now();
-        let tasks: Vec<_> = (0..MULTIPLEXED_TASKS)
-            .map(|task| {
-                let (locks, stop) = (Arc::clone(&locks), Arc::clone(&stop));
-                tokio::spawn(async move {
-                    let key = format!("dlock-bench/mux-cycle/{task}");
-                    let mut cycles = 0_usize;
-                    while stop.load(Ordering::Relaxed) == 0 {
-                        let guard = locks.try_acquire(key.as_str()).await?.ok_or("busy")?;
-                        AsyncMultiplexedGuard::release(guard).await?;
-                        cycles += 1;
-                    }
-                    Ok::<usize, Box<dyn std::error::Error + Send + Sync>>(cycles)
-                })
-            })
-            .collect();
-        tokio::time::sleep(duration / 2).await;
-        let sessions = locks.shared_sessions();
-        tokio::time::sleep(duration / 2).await;
-        stop.store(1, Ordering::Relaxed);
-        let mut cycles = 0;
-        for task in tasks {
-            cycles += task.await??;
-        }
-        let shared_per_second = per_second(cycles, started);
-        let mut lock = AsyncPgLock::new(pg_async().await?, "dlock-bench/mux-dedicated");
-        let started = Instant::now();
-        let mut cycles = 0;
-        while started.elapsed() < duration {
-            lock.acquire().await?;
-            lock.release().await?;
-            cycles += 1;
-        }
-        let cycles = MultiplexedCycles {
-            shared_per_second,
-            sessions,
-            dedicated_per_second: per_second(cycles, started),
-        };
-        Ok::<_, Box<dyn std::error::Error + Send + Sync>>((holds, cycles))
+        let pool = AsyncLockPool::new(manager).await?;
+        let dedicated = AsyncPgLock::new(pg_async().await?, "dlock-bench/mux-dedicated");
+        let (mut holds, pg_cycles) = multiplexed_on("postgres", scale, pool, dedicated).await?;
+        let pool = AsyncLockPool::new(AsyncMySqlManager::from_url(&mysql_url()?)?).await?;
+        let dedicated = AsyncMySqlLock::new(my_async().await?, "dlock-bench/mux-dedicated");
+        let (my_holds, my_cycles) = multiplexed_on("mysql", scale, pool, dedicated).await?;
+        holds.extend(my_holds);
+        BenchResult::Ok((holds, vec![pg_cycles, my_cycles]))
     })?;
     eprintln!("bench: multiplexed done");
     Ok(results)
@@ -1768,7 +1791,7 @@ struct Report {
     precision: Vec<Precision>,
     many_keys: Vec<ManyKeys>,
     contention: Vec<Contention>,
-    multiplexed: (Vec<MultiplexedHold>, MultiplexedCycles),
+    multiplexed: (Vec<MultiplexedHold>, Vec<MultiplexedCycles>),
 }
 
 fn wide(stats: &Stats) -> &'static str {
@@ -1911,30 +1934,46 @@ impl Report {
         let (holds, cycles) = &self.multiplexed;
         let _ = writeln!(
             out,
-            "\n## Many locks, few connections: AsyncMultiplexedPool, PostgreSQL, {MULTIPLEXED_TASKS} tasks\n"
+            "\n## Many locks, few connections: AsyncMultiplexedPool, {MULTIPLEXED_TASKS} tasks\n"
         );
         let _ = writeln!(
             out,
-            "| locks held at once | sessions used | acquires/s | releases/s |"
+            "| backend | locks held at once | sessions used | acquires/s | releases/s |"
         );
-        let _ = writeln!(out, "|---:|---:|---:|---:|");
+        let _ = writeln!(out, "|---|---:|---:|---:|---:|");
         for hold in holds {
             let _ = writeln!(
                 out,
-                "| {} | {} | {:.0} | {:.0} |",
-                hold.locks, hold.sessions, hold.acquires_per_second, hold.releases_per_second
+                "| {} | {} | {} | {:.0} | {:.0} |",
+                hold.backend,
+                hold.locks,
+                hold.sessions,
+                hold.acquires_per_second,
+                hold.releases_per_second
             );
         }
-        let ratio = cycles.shared_per_second / cycles.dedicated_per_second;
         let _ = writeln!(
             out,
-            "\nTry + release cycles/s: {:.0} on {} shared session(s), beside {:.0} for one lock on a dedicated connection: {:.1}x (target 5x: {})",
-            cycles.shared_per_second,
-            cycles.sessions,
-            cycles.dedicated_per_second,
-            ratio,
-            if ratio >= 5.0 { "met" } else { "missed" }
+            "\n| backend | try + release cycles/s, shared | sessions | one dedicated connection | ratio | target 5x (PostgreSQL) |"
         );
+        let _ = writeln!(out, "|---|---:|---:|---:|---:|---|");
+        for cycle in cycles {
+            let ratio = cycle.shared_per_second / cycle.dedicated_per_second;
+            let verdict = match (cycle.backend, ratio >= 5.0) {
+                ("postgres", true) => "met",
+                ("postgres", false) => "missed",
+                _ => "none: statements take turns",
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {:.0} | {} | {:.0} | {:.1} | {verdict} |",
+                cycle.backend,
+                cycle.shared_per_second,
+                cycle.sessions,
+                cycle.dedicated_per_second,
+                ratio
+            );
+        }
         out
     }
 
@@ -1995,14 +2034,18 @@ impl Report {
             })).collect::<Vec<_>>(),
             "multiplexed": {
                 "holds": self.multiplexed.0.iter().map(|h| json!({
+                    "backend": h.backend,
                     "locks": h.locks,
                     "sessions": h.sessions,
                     "acquires_per_second": number(h.acquires_per_second),
                     "releases_per_second": number(h.releases_per_second),
                 })).collect::<Vec<_>>(),
-                "shared_cycles_per_second": number(self.multiplexed.1.shared_per_second),
-                "shared_sessions": self.multiplexed.1.sessions,
-                "dedicated_cycles_per_second": number(self.multiplexed.1.dedicated_per_second),
+                "cycles": self.multiplexed.1.iter().map(|c| json!({
+                    "backend": c.backend,
+                    "shared_per_second": number(c.shared_per_second),
+                    "sessions": c.sessions,
+                    "dedicated_per_second": number(c.dedicated_per_second),
+                })).collect::<Vec<_>>(),
             },
             "contention": self.contention.iter().map(|c| json!({
                 "backend": c.backend,
