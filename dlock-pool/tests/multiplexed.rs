@@ -369,6 +369,13 @@ async fn fenced_multiplexed_locks_hand_out_increasing_tokens<B: Backend>() {
         assert!(token > last, "{token} after {last}");
         last = token;
     }
+    let ran = locks
+        .with_lock_timeout("mux/fenced", Duration::from_secs(5), async |guard| {
+            Ok::<_, Error>(AsyncMultiplexedGuard::fencing_token(guard).expect("fenced") > last)
+        })
+        .await
+        .unwrap();
+    assert_eq!(ran, Some(true));
     // A shared pool's locks cannot ride on shared sessions: said plainly.
     let shared = AsyncLockPool::new(B::manager())
         .await
