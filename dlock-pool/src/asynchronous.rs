@@ -155,8 +155,11 @@ pub use multiplexed::{AsyncMultiplexedGuard, AsyncMultiplexedPool, MultiplexedMa
 
 #[cfg(feature = "postgres")]
 mod postgres_backend {
+    use dlock_core::PgKey;
+    use dlock_postgres::tokio::SharedOp;
     use dlock_postgres::tokio_postgres::Client;
     use dlock_postgres::{AsyncPgConnection, AsyncPgLock};
+    use tokio::sync::oneshot;
 
     use super::*;
 
@@ -212,53 +215,155 @@ mod postgres_backend {
             }
         }
 
-        /// tokio-postgres pipelines the statements of every task on one client: a shared
-        /// session is the pooled client itself. A statement, once sent, runs to its end.
-        type Shared<M: AsyncManager<Connection = Self>> = AsyncPooled<M>;
+        /// A shared session batches: the tries and releases that many tasks ask for while a
+        /// statement is out go together in the next one (tokio-postgres would pipeline them
+        /// one by one, but the server runs a session's statements one at a time, so one
+        /// statement for many costs it far less). A statement, once sent, runs to its end.
+        type Shared<M: AsyncManager<Connection = Self>> = Arc<PgShared<M>>;
 
-        type ServerKey = dlock_core::PgKey;
+        type ServerKey = PgKey;
 
-        fn server_key(policy: &KeyPolicy, key: &Key) -> Result<dlock_core::PgKey> {
+        fn server_key(policy: &KeyPolicy, key: &Key) -> Result<PgKey> {
             policy.pg_key(key)
         }
 
-        fn share<M: AsyncManager<Connection = Self>>(conn: AsyncPooled<M>) -> AsyncPooled<M> {
-            conn
+        fn share<M: AsyncManager<Connection = Self>>(conn: AsyncPooled<M>) -> Arc<PgShared<M>> {
+            Arc::new(PgShared {
+                conn,
+                batch: std::sync::Mutex::new(Batch::default()),
+            })
         }
 
         async fn try_lock_shared<M: AsyncManager<Connection = Self>>(
-            shared: &AsyncPooled<M>,
-            key: &dlock_core::PgKey,
+            shared: &Arc<PgShared<M>>,
+            key: &PgKey,
             fence: Option<Option<&str>>,
         ) -> Result<Option<Option<u64>>> {
-            use dlock_postgres::tokio as pg;
             match fence {
-                None => Ok(pg::try_lock(shared, *key).await?.then_some(None)),
-                Some(table) => Ok(pg::try_lock_fenced(shared, *key, table).await?.map(Some)),
+                // A fenced try bumps its key's token in its own statement.
+                Some(table) => {
+                    Ok(
+                        dlock_postgres::tokio::try_lock_fenced(&shared.conn, *key, table)
+                            .await?
+                            .map(Some),
+                    )
+                }
+                None => Ok(shared.send(SharedOp::TryLock, *key).await?.then_some(None)),
             }
         }
 
         async fn unlock_shared<M: AsyncManager<Connection = Self>>(
-            shared: &AsyncPooled<M>,
-            key: &dlock_core::PgKey,
+            shared: &Arc<PgShared<M>>,
+            key: &PgKey,
         ) -> Result<bool> {
-            dlock_postgres::tokio::unlock(shared, *key).await
+            shared.send(SharedOp::Unlock, *key).await
         }
 
         async fn unlock_shared_if_held<M: AsyncManager<Connection = Self>>(
-            shared: &AsyncPooled<M>,
-            key: &dlock_core::PgKey,
+            shared: &Arc<PgShared<M>>,
+            key: &PgKey,
         ) -> Result<()> {
-            dlock_postgres::tokio::unlock_if_held(shared, *key).await
+            shared.send(SharedOp::UnlockIfHeld, *key).await.map(drop)
         }
 
         async fn still_held_shared<M: AsyncManager<Connection = Self>>(
-            shared: &AsyncPooled<M>,
+            shared: &Arc<PgShared<M>>,
             session: SessionId,
-            key: &dlock_core::PgKey,
+            key: &PgKey,
         ) -> Result<bool> {
-            let held = dlock_postgres::tokio::still_held(shared, &[(session, *key)]).await?;
+            let held = dlock_postgres::tokio::still_held(&shared.conn, &[(session, *key)]).await?;
             Ok(held.first().copied().unwrap_or(false))
+        }
+    }
+
+    /// A PostgreSQL session that many guards of an [`AsyncMultiplexedPool`] share: the pooled
+    /// client, and the tries and releases waiting to go out together.
+    #[allow(unreachable_pub)] // Named by `AsyncConnection::Shared`, which users never name.
+    pub struct PgShared<M: AsyncManager<Connection = Client>> {
+        conn: AsyncPooled<M>,
+        batch: std::sync::Mutex<Batch>,
+    }
+
+    impl<M: AsyncManager<Connection = Client>> fmt::Debug for PgShared<M> {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.debug_struct("PgShared").finish_non_exhaustive()
+        }
+    }
+
+    /// What waits for the next statement of a shared session.
+    #[derive(Default)]
+    struct Batch {
+        waiting: Vec<(SharedOp, PgKey, oneshot::Sender<Result<bool>>)>,
+        /// Whether a task is sending the session's statements now.
+        sending: bool,
+    }
+
+    impl<M: AsyncManager<Connection = Client>> PgShared<M> {
+        /// Does `op` on `key` in the session's next statement: a task sends statements while
+        /// any operation waits, each with everything that waited for it.
+        async fn send(self: &Arc<Self>, op: SharedOp, key: PgKey) -> Result<bool> {
+            let (answer, answered) = oneshot::channel();
+            let start = {
+                let mut batch = self
+                    .batch
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                batch.waiting.push((op, key, answer));
+                !std::mem::replace(&mut batch.sending, true)
+            };
+            if start {
+                tokio::spawn(Arc::clone(self).send_batches());
+            }
+            answered.await.unwrap_or_else(|_| {
+                Err(Error::backend(
+                    "the task that sends a shared session's statements ended without an answer",
+                ))
+            })
+        }
+
+        /// Sends what waits, one statement at a time, until nothing does.
+        async fn send_batches(self: Arc<Self>) {
+            loop {
+                let waiting = {
+                    let mut batch = self
+                        .batch
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                    if batch.waiting.is_empty() {
+                        batch.sending = false;
+                        return;
+                    }
+                    std::mem::take(&mut batch.waiting)
+                };
+                let ops: Vec<(SharedOp, PgKey)> =
+                    waiting.iter().map(|(op, key, _)| (*op, *key)).collect();
+                // An answer nobody waits for any more is dropped: the pool settles what a
+                // dropped try may have got (its own release if held).
+                match dlock_postgres::tokio::batch(&self.conn, &ops).await {
+                    Ok(answers) => {
+                        for ((_, _, answer), granted) in waiting.into_iter().zip(answers) {
+                            let _ = answer.send(Ok(granted));
+                        }
+                    }
+                    Err(error) => {
+                        for (_, _, answer) in waiting {
+                            let _ = answer.send(Err(each(&error)));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// `error`, for each of the operations of a statement that failed with it.
+    fn each(error: &Error) -> Error {
+        match error {
+            Error::LockTableFull { setting, .. } => Error::LockTableFull {
+                setting,
+                source: None,
+            },
+            Error::ConnectionLost { .. } => Error::ConnectionLost { source: None },
+            other => Error::backend(other.to_string()),
         }
     }
 }

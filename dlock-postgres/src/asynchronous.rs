@@ -1326,6 +1326,31 @@ pub async fn try_lock_fenced_async(
         .ok_or_else(|| Error::backend("a fenced grant came without its token"))
 }
 
+/// Does each of `ops` (a try, a release, or a release if held, of a key's exclusive session
+/// lock) through a client that many tasks share, in one statement: one boolean each, in
+/// order. Many tasks' operations on a shared session cost the server one statement together.
+/// Nothing is checked or remembered, as for [`try_lock_async`].
+///
+/// # Errors
+///
+/// What the server or the connection reports; a failed statement may have done some of its
+/// entries (advisory session locks ignore the statement's failure), so after an error the
+/// caller releases what its tries may hold ([`SharedOp::UnlockIfHeld`](crate::tokio::SharedOp::UnlockIfHeld)).
+///
+/// # Cancel Safety
+///
+/// Not cancel safe: once sent, the statement runs even if the future is dropped.
+pub async fn batch_async(client: &Client, ops: &[(sql::SharedOp, PgKey)]) -> Result<Vec<bool>> {
+    if ops.is_empty() {
+        return Ok(Vec::new());
+    }
+    let reply = client
+        .simple_query(&sql::shared_batch(ops))
+        .await
+        .map_err(sql::error)?;
+    sql::read_shared_batch(&sql::last_row(&reply), ops.len())
+}
+
 /// An exclusive hold of `key`.
 fn exclusive(key: PgKey) -> Hold {
     Hold {

@@ -52,7 +52,7 @@ pub use over_sqlx::{SqlxPgConnection, SqlxPgLock};
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub mod tokio {
     pub use crate::asynchronous::{
-        AsyncPgConnection, AsyncPgLock, AsyncPgSession, AsyncPgXactLock,
+        AsyncPgConnection, AsyncPgLock, AsyncPgSession, AsyncPgXactLock, batch_async as batch,
         check_deployment_async as check_deployment,
         check_session_pooler_async as check_session_pooler,
         holder_sessions_async as holder_sessions, holders_async as holders,
@@ -61,7 +61,7 @@ pub mod tokio {
         try_lock_fenced_async as try_lock_fenced, unlock_async as unlock,
         unlock_if_held_async as unlock_if_held,
     };
-    pub use crate::sql::{Holder, HolderSession, Mode};
+    pub use crate::sql::{Holder, HolderSession, Mode, SharedOp};
 }
 
 pub use dlock_core::*;

@@ -493,6 +493,53 @@ pub(crate) fn standby_check() -> String {
 /// Where a slice's block leaves its answer for the query's last statement.
 const SLICE_GRANTED: &str = "dlock.slice_granted";
 
+/// What one entry of a shared client's batch (`tokio::batch`) does with its key's
+/// exclusive session lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(feature = "tokio"), allow(dead_code, unreachable_pub))]
+pub enum SharedOp {
+    /// Takes it if it is free: `true` when granted.
+    TryLock,
+    /// Releases one hold: `true` when the session held it.
+    Unlock,
+    /// Releases it if the session holds it: `true` when it did.
+    UnlockIfHeld,
+}
+
+/// One statement that does each of `ops` in turn, one boolean column each: many tasks' tries
+/// and releases on a shared session cost the server one statement, not one each.
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+pub(crate) fn shared_batch(ops: &[(SharedOp, PgKey)]) -> String {
+    let mut sql = String::from("SELECT ");
+    for (index, (op, key)) in ops.iter().enumerate() {
+        if index > 0 {
+            sql.push_str(", ");
+        }
+        let hold = Hold {
+            key: *key,
+            mode: Mode::Exclusive,
+        };
+        let args = key_args(*key);
+        // Writing to a String cannot fail.
+        let _ = match op {
+            SharedOp::TryLock => write!(sql, "pg_try_advisory_lock({args})"),
+            SharedOp::Unlock => write!(sql, "pg_advisory_unlock({args})"),
+            SharedOp::UnlockIfHeld => write!(
+                sql,
+                "CASE WHEN {} THEN pg_advisory_unlock({args}) ELSE false END",
+                session_holds(hold)
+            ),
+        };
+    }
+    sql
+}
+
+/// Reads the reply to [`shared_batch`] of `count` entries.
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+pub(crate) fn read_shared_batch(row: &Row, count: usize) -> Result<Vec<bool>, Error> {
+    (0..count).map(|index| read_bool(row, index)).collect()
+}
+
 /// The statement that releases a session lock: `true` if the session held it, and the
 /// session that ran it, which must be the lock's (see `Release`).
 pub(crate) fn unlock(hold: Hold) -> String {
@@ -1251,6 +1298,36 @@ mod tests {
         assert!(
             !cleanup.contains("set_config"),
             "no record kept in the session"
+        );
+    }
+
+    #[test]
+    fn a_shared_batch_is_one_statement_with_a_boolean_per_operation() {
+        let ops = [
+            (SharedOp::TryLock, PgKey::BigInt(7)),
+            (SharedOp::Unlock, PgKey::Pair(1, -2)),
+            (SharedOp::UnlockIfHeld, PgKey::BigInt(9)),
+        ];
+        let sql = shared_batch(&ops);
+        assert!(
+            sql.starts_with(
+                "SELECT pg_try_advisory_lock(7), pg_advisory_unlock(1, -2), CASE WHEN EXISTS"
+            ),
+            "{sql}"
+        );
+        assert!(
+            sql.ends_with("THEN pg_advisory_unlock(9) ELSE false END"),
+            "{sql}"
+        );
+        let row = Some(vec![
+            Some("t".to_owned()),
+            Some("f".to_owned()),
+            Some("t".to_owned()),
+        ]);
+        assert_eq!(read_shared_batch(&row, 3).unwrap(), [true, false, true]);
+        assert!(
+            read_shared_batch(&row, 4).is_err(),
+            "a missing answer is an error"
         );
     }
 

@@ -66,11 +66,18 @@ fn a_full_lock_table_is_lock_table_full_for_a_shared_client_s_try_too() {
             .expect_err("ten million locks do not fit in the lock table");
         assert_eq!(filled.code().map(|code| code.code()), Some("53200"));
         let outcome = dlock_postgres::tokio::try_lock(&shared, key).await;
+        let batched = dlock_postgres::tokio::batch(
+            &shared,
+            &[(dlock_postgres::tokio::SharedOp::TryLock, key)],
+        )
+        .await;
         filler
             .batch_execute("SELECT pg_advisory_unlock_all()")
             .await
             .unwrap();
         let error = outcome.expect_err("no room for another lock");
+        assert!(matches!(error, Error::LockTableFull { .. }), "{error:?}");
+        let error = batched.expect_err("no room in a batch either");
         assert!(matches!(error, Error::LockTableFull { .. }), "{error:?}");
         assert!(dlock_postgres::tokio::try_lock(&shared, key).await.unwrap());
         assert!(dlock_postgres::tokio::unlock(&shared, key).await.unwrap());

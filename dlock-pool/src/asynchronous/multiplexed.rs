@@ -2,9 +2,9 @@
 //! many locks at once over a handful of connections (.NET DistributedLock's optimistic
 //! multiplexing, Que's locker connection).
 //!
-//! A try lands on a session already shared (tokio-postgres pipelines it with the other tasks'
-//! statements; on mysql_async the statements take turns, each run to its end by a task of its
-//! own): it never waits behind another operation's wait, because no statement that waits ever
+//! A try lands on a session already shared (on PostgreSQL batched with the other tasks'
+//! tries and releases into one statement; on mysql_async the statements take turns, each run
+//! to its end by a task of its own): it never waits behind another operation's wait, because no statement that waits ever
 //! runs on a shared session. A lock that must wait waits on a session of its
 //! own, checked out of the pool as any pooled lock's; once granted, that session joins the
 //! shared set. A session that holds nothing and carries no try goes back to the pool.
@@ -36,10 +36,9 @@ type ServerKey<M> = <<M as bb8::ManageConnection>::Connection as AsyncConnection
 ///
 /// - `try_acquire` sends one statement (`pg_try_advisory_lock`, `GET_LOCK(name, 0)`) on a
 ///   session the pool already shares, or on a new one from the pool when none is shared yet.
-///   On PostgreSQL it is pipelined with the other tasks' statements (tokio-postgres writes
-///   them one after the other without waiting for replies); mysql_async sends one statement
-///   at a time, so on MySQL the shared session's statements take turns, one round trip each,
-///   and a busy service holds its locks over more than one shared session sooner.
+///   On PostgreSQL the tries and releases that many tasks ask for while a statement is out
+///   go together in the next one; mysql_async sends one statement at a time, so on MySQL the
+///   shared session's statements take turns, one round trip each.
 /// - `acquire` and `acquire_timeout` try first; when the key is busy, they wait on a session
 ///   of their own from the pool, which joins the shared set once it holds the lock. A shared
 ///   session never carries a wait, so releases and tries never queue behind one.
@@ -181,9 +180,9 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// A try in flight on a shared session: if its future is dropped, or it fails, before its
 /// outcome is known, the session may hold the key for nobody. A task then sends the unlock
 /// the session owes, and only then lets the claim and the ride go; a session whose unlock
-/// fails is closed once it carries nothing. On PostgreSQL the unlock runs after the try on
-/// the same connection; on MySQL the try's own task also gives back a grant nobody awaits,
-/// and the session's reentrant counts make the two agree in either order.
+/// fails is closed once it carries nothing. On PostgreSQL the unlock goes out after the try
+/// (in its batch, or a later one); on MySQL the try's own task also gives back a grant
+/// nobody awaits, and the session's reentrant counts make the two agree in either order.
 struct InFlight<M: MultiplexedManager> {
     owed: Option<(Rider<M>, Claim<M>)>,
 }
@@ -565,7 +564,8 @@ pub struct AsyncMultiplexedGuard<M: MultiplexedManager> {
 }
 
 impl<M: MultiplexedManager> AsyncMultiplexedGuard<M> {
-    /// Releases the lock: one statement on the shared session, pipelined with the others.
+    /// Releases the lock on the shared session (on PostgreSQL in one statement with the
+    /// other tasks' tries and releases).
     ///
     /// # Errors
     ///
