@@ -150,6 +150,59 @@ pub trait AsyncConnection: Sized + Send + 'static + sealed::Sealed {
 /// The lock type of a pool of manager `M`.
 type LockOf<M> = <<M as bb8::ManageConnection>::Connection as AsyncConnection>::Lock<M>;
 
+/// Expands, inside an async pool's `impl` whose `with_lock` runs work with `$guard`, to its
+/// `try_with_lock` and `with_lock_timeout`: `with_lock` without the wait, and with a bounded
+/// one. The pool has `try_acquire` and `acquire_timeout` giving `Option<$guard>`.
+macro_rules! bounded_with_lock {
+    ($guard:ty) => {
+        /// Like [`with_lock`](Self::with_lock), without waiting: `Ok(None)` when the lock is
+        /// busy, and `work` does not run.
+        ///
+        /// # Errors
+        ///
+        /// As [`with_lock`](Self::with_lock).
+        ///
+        /// # Cancel Safety
+        ///
+        /// As [`with_lock`](Self::with_lock).
+        pub async fn try_with_lock<T, E: From<Error>>(
+            &self,
+            key: impl Into<Key>,
+            work: impl AsyncFnOnce(&mut $guard) -> std::result::Result<T, E>,
+        ) -> std::result::Result<Option<T>, E> {
+            match self.try_acquire(key).await? {
+                Some(guard) => crate::asynchronous::run_locked(guard, work).await.map(Some),
+                None => Ok(None),
+            }
+        }
+
+        /// Like [`with_lock`](Self::with_lock), waiting up to `timeout`: `Ok(None)` when the
+        /// lock stayed busy, and `work` does not run.
+        ///
+        /// # Errors
+        ///
+        /// As [`with_lock`](Self::with_lock).
+        ///
+        /// # Cancel Safety
+        ///
+        /// As [`with_lock`](Self::with_lock).
+        pub async fn with_lock_timeout<T, E: From<Error>>(
+            &self,
+            key: impl Into<Key>,
+            timeout: std::time::Duration,
+            work: impl AsyncFnOnce(&mut $guard) -> std::result::Result<T, E>,
+        ) -> std::result::Result<Option<T>, E> {
+            match self.acquire_timeout(key, timeout).await? {
+                Some(guard) => crate::asynchronous::run_locked(guard, work).await.map(Some),
+                None => Ok(None),
+            }
+        }
+    };
+}
+
+#[cfg(feature = "url")]
+pub(crate) use bounded_with_lock;
+
 mod multiplexed;
 pub use multiplexed::{AsyncMultiplexedGuard, AsyncMultiplexedPool, MultiplexedManager};
 
@@ -912,48 +965,7 @@ where
         run_locked(guard, work).await
     }
 
-    /// Like [`with_lock`](AsyncLockPool::with_lock), without waiting for the lock:
-    /// `Ok(None)` when it is busy, and `work` does not run.
-    ///
-    /// # Errors
-    ///
-    /// As [`with_lock`](AsyncLockPool::with_lock).
-    ///
-    /// # Cancel Safety
-    ///
-    /// As [`with_lock`](AsyncLockPool::with_lock).
-    pub async fn try_with_lock<T, E: From<Error>>(
-        &self,
-        key: impl Into<Key>,
-        work: impl AsyncFnOnce(&mut AsyncLockGuard<M>) -> std::result::Result<T, E>,
-    ) -> std::result::Result<Option<T>, E> {
-        match self.try_acquire(key).await? {
-            Some(guard) => run_locked(guard, work).await.map(Some),
-            None => Ok(None),
-        }
-    }
-
-    /// Like [`with_lock`](AsyncLockPool::with_lock), waiting for the lock up to `timeout`:
-    /// `Ok(None)` when it stayed busy, and `work` does not run.
-    ///
-    /// # Errors
-    ///
-    /// As [`with_lock`](AsyncLockPool::with_lock).
-    ///
-    /// # Cancel Safety
-    ///
-    /// As [`with_lock`](AsyncLockPool::with_lock).
-    pub async fn with_lock_timeout<T, E: From<Error>>(
-        &self,
-        key: impl Into<Key>,
-        timeout: Duration,
-        work: impl AsyncFnOnce(&mut AsyncLockGuard<M>) -> std::result::Result<T, E>,
-    ) -> std::result::Result<Option<T>, E> {
-        match self.acquire_timeout(key, timeout).await? {
-            Some(guard) => run_locked(guard, work).await.map(Some),
-            None => Ok(None),
-        }
-    }
+    bounded_with_lock!(AsyncLockGuard<M>);
 }
 
 /// What [`run_locked`] needs of a guard: the future that resolves when its lock is lost, and

@@ -490,48 +490,7 @@ impl AsyncAnyLockPool {
         run_locked(guard, work).await
     }
 
-    /// Like [`with_lock`](Self::with_lock), without waiting: `Ok(None)` when the lock is
-    /// busy, and `work` does not run.
-    ///
-    /// # Errors
-    ///
-    /// As [`with_lock`](Self::with_lock).
-    ///
-    /// # Cancel Safety
-    ///
-    /// As [`with_lock`](Self::with_lock).
-    pub async fn try_with_lock<T, E: From<Error>>(
-        &self,
-        key: impl Into<Key>,
-        work: impl AsyncFnOnce(&mut AsyncAnyLockGuard) -> std::result::Result<T, E>,
-    ) -> std::result::Result<Option<T>, E> {
-        match self.try_acquire(key).await? {
-            Some(guard) => run_locked(guard, work).await.map(Some),
-            None => Ok(None),
-        }
-    }
-
-    /// Like [`with_lock`](Self::with_lock), waiting up to `timeout`: `Ok(None)` when the
-    /// lock stayed busy, and `work` does not run.
-    ///
-    /// # Errors
-    ///
-    /// As [`with_lock`](Self::with_lock).
-    ///
-    /// # Cancel Safety
-    ///
-    /// As [`with_lock`](Self::with_lock).
-    pub async fn with_lock_timeout<T, E: From<Error>>(
-        &self,
-        key: impl Into<Key>,
-        timeout: Duration,
-        work: impl AsyncFnOnce(&mut AsyncAnyLockGuard) -> std::result::Result<T, E>,
-    ) -> std::result::Result<Option<T>, E> {
-        match self.acquire_timeout(key, timeout).await? {
-            Some(guard) => run_locked(guard, work).await.map(Some),
-            None => Ok(None),
-        }
-    }
+    crate::asynchronous::bounded_with_lock!(AsyncAnyLockGuard);
 }
 
 impl HeldGuard for AsyncAnyLockGuard {

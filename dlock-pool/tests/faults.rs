@@ -539,14 +539,15 @@ async fn killed_sessions_are_reported_lost_within_an_interval_and_a_second() {
 /// Multiplexed locks (many locks on one shared session) under a restart and a freeze: every
 /// lock of the shared session is reported lost together, and the pool goes on afterwards on
 /// a new session.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn multiplexed_locks_are_all_reported_lost_to_a_restart_or_a_freeze() {
+async fn multiplexed_locks_lost_to_faults<M: dlock_pool::MultiplexedManager>(
+    backend: &str,
+    pool: impl AsyncFn() -> AsyncLockPool<M>,
+    restart: fn(),
+    freeze: fn() -> Frozen,
+) {
     use dlock_pool::AsyncMultiplexedGuard;
     for fault in ["restart", "freeze"] {
-        let locks = pg_pool(4)
-            .await
-            .watch_interval(WATCH_INTERVAL)
-            .multiplexed();
+        let locks = pool().await.watch_interval(WATCH_INTERVAL).multiplexed();
         let mut held = Vec::new();
         for index in 0..50 {
             let key = format!("faults/mux-{fault}/{index}");
@@ -555,10 +556,10 @@ async fn multiplexed_locks_are_all_reported_lost_to_a_restart_or_a_freeze() {
         assert_eq!(locks.shared_sessions(), 1);
         let frozen = match fault {
             "restart" => {
-                tokio::task::spawn_blocking(restart_postgres).await.unwrap();
+                tokio::task::spawn_blocking(restart).await.unwrap();
                 None
             }
-            _ => Some(Frozen::new(pg_pid(), true)),
+            _ => Some(freeze()),
         };
         for guard in &held {
             tokio::time::timeout(
@@ -566,17 +567,17 @@ async fn multiplexed_locks_are_all_reported_lost_to_a_restart_or_a_freeze() {
                 AsyncMultiplexedGuard::lost(guard),
             )
             .await
-            .unwrap_or_else(|_| panic!("{fault}: every lock is reported lost"));
+            .unwrap_or_else(|_| panic!("{backend}, {fault}: every lock is reported lost"));
         }
         drop(frozen);
         for guard in held {
             let error = AsyncMultiplexedGuard::release(guard).await.unwrap_err();
             assert!(
                 matches!(error, Error::LockLost { .. }),
-                "{fault}: {error:?}"
+                "{backend}, {fault}: {error:?}"
             );
         }
-        assert_eq!(locks.shared_sessions(), 0, "{fault}");
+        assert_eq!(locks.shared_sessions(), 0, "{backend}, {fault}");
         let guard = tokio::time::timeout(
             Duration::from_secs(15),
             locks.acquire(format!("faults/mux-{fault}/0")),
@@ -586,4 +587,22 @@ async fn multiplexed_locks_are_all_reported_lost_to_a_restart_or_a_freeze() {
         .unwrap();
         AsyncMultiplexedGuard::release(guard).await.unwrap();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multiplexed_locks_are_all_reported_lost_to_a_restart_or_a_freeze() {
+    multiplexed_locks_lost_to_faults(
+        "PostgreSQL",
+        async || pg_pool(4).await,
+        restart_postgres,
+        || Frozen::new(pg_pid(), true),
+    )
+    .await;
+    multiplexed_locks_lost_to_faults(
+        "MariaDB",
+        async || my_pool(4).await,
+        restart_mariadb,
+        || Frozen::new(my_pid(), false),
+    )
+    .await;
 }

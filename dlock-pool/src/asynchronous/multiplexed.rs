@@ -323,48 +323,7 @@ impl<M: MultiplexedManager> AsyncMultiplexedPool<M> {
         run_locked(guard, work).await
     }
 
-    /// Like [`with_lock`](Self::with_lock), when the key is free: `Ok(None)` when it is
-    /// busy, and `work` does not run.
-    ///
-    /// # Errors
-    ///
-    /// As [`with_lock`](Self::with_lock).
-    ///
-    /// # Cancel Safety
-    ///
-    /// As [`with_lock`](Self::with_lock).
-    pub async fn try_with_lock<T, E: From<Error>>(
-        &self,
-        key: impl Into<Key>,
-        work: impl AsyncFnOnce(&mut AsyncMultiplexedGuard<M>) -> std::result::Result<T, E>,
-    ) -> std::result::Result<Option<T>, E> {
-        match self.try_acquire(key).await? {
-            Some(guard) => run_locked(guard, work).await.map(Some),
-            None => Ok(None),
-        }
-    }
-
-    /// Like [`with_lock`](Self::with_lock), waiting for the lock up to `timeout`: `Ok(None)`
-    /// when it stayed busy, and `work` does not run.
-    ///
-    /// # Errors
-    ///
-    /// As [`with_lock`](Self::with_lock).
-    ///
-    /// # Cancel Safety
-    ///
-    /// As [`with_lock`](Self::with_lock).
-    pub async fn with_lock_timeout<T, E: From<Error>>(
-        &self,
-        key: impl Into<Key>,
-        timeout: Duration,
-        work: impl AsyncFnOnce(&mut AsyncMultiplexedGuard<M>) -> std::result::Result<T, E>,
-    ) -> std::result::Result<Option<T>, E> {
-        match self.acquire_timeout(key, timeout).await? {
-            Some(guard) => run_locked(guard, work).await.map(Some),
-            None => Ok(None),
-        }
-    }
+    bounded_with_lock!(AsyncMultiplexedGuard<M>);
 
     /// The key in the server's form, under the pool's policy; refused for a shared pool.
     fn server_key(&self, key: &Key) -> Result<ServerKey<M>> {
