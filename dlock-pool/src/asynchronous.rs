@@ -376,6 +376,10 @@ mod postgres_backend {
 
         /// Sends what waits, one statement at a time, until nothing does.
         async fn send_batches(self: Arc<Self>) {
+            // Dropped with its runtime (it shuts down with a statement out), the task must not
+            // leave the session thinking it still sends: what waits is answered with an error,
+            // and the next operation starts a task of its own.
+            let mut sending = StillSending(Some(&self.batch));
             loop {
                 let waiting = {
                     let mut batch = self
@@ -384,6 +388,7 @@ mod postgres_backend {
                         .unwrap_or_else(|poisoned| poisoned.into_inner());
                     if batch.waiting.is_empty() {
                         batch.sending = false;
+                        sending.0 = None;
                         return;
                     }
                     std::mem::take(&mut batch.waiting)
@@ -404,6 +409,23 @@ mod postgres_backend {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// Set while a task sends a shared session's statements; if the task is dropped before
+    /// it is done, the session stops counting on it.
+    struct StillSending<'a>(Option<&'a std::sync::Mutex<Batch>>);
+
+    impl Drop for StillSending<'_> {
+        fn drop(&mut self) {
+            if let Some(batch) = self.0 {
+                let mut batch = batch
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                batch.sending = false;
+                // Their answers are dropped: each waiting caller gets an error.
+                batch.waiting.clear();
             }
         }
     }

@@ -414,3 +414,70 @@ async fn tries_that_start_together_share_one_new_session<B: Backend>() {
     }
     assert_eq!(locks.shared_sessions(), 0);
 }
+
+/// A pool whose statements were being sent by a task of a runtime that shut down under it
+/// goes on from another runtime: nothing waits forever for a task that is gone.
+fn a_pool_outlives_the_runtime_that_sent_its_statements<B: Backend>() {
+    let runtime = |workers| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let first = runtime(1);
+    let locks = Arc::new(first.block_on(multiplexed::<B>()));
+    let anchor = first
+        .block_on(locks.try_acquire("mux/runtimes-anchor"))
+        .unwrap()
+        .unwrap();
+    for task in 0..64 {
+        let locks = Arc::clone(&locks);
+        first.spawn(async move {
+            let _ = locks.try_acquire(format!("mux/runtimes/{task}")).await;
+        });
+    }
+    // Under the tries, some of them out as statements.
+    std::thread::sleep(Duration::from_millis(5));
+    first.shutdown_background();
+    let second = runtime(2);
+    second.block_on(async {
+        // The anchor's session is still shared: the next try rides on it first.
+        let mut granted = false;
+        for _ in 0..20 {
+            let attempt = tokio::time::timeout(
+                Duration::from_secs(10),
+                locks.try_acquire("mux/runtimes-after"),
+            )
+            .await
+            .expect("an answer, not a wait for a task that is gone");
+            if let Ok(Some(guard)) = attempt {
+                AsyncMultiplexedGuard::release(guard).await.unwrap();
+                granted = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            granted,
+            "the pool goes on on sessions of the second runtime"
+        );
+        // Its session died with the first runtime's tasks, or lives on: either way the
+        // release answers.
+        let released = tokio::time::timeout(
+            Duration::from_secs(10),
+            AsyncMultiplexedGuard::release(anchor),
+        );
+        let _ = released.await.expect("an answer");
+    });
+}
+
+#[test]
+fn on_postgres_a_pool_outlives_the_runtime_that_sent_its_statements() {
+    a_pool_outlives_the_runtime_that_sent_its_statements::<Pg>();
+}
+
+#[test]
+fn on_mariadb_a_pool_outlives_the_runtime_that_sent_its_statements() {
+    a_pool_outlives_the_runtime_that_sent_its_statements::<My>();
+}
