@@ -41,7 +41,15 @@ const LOAD: Plan = Plan {
     processes: 3,
     tasks: 4,
     increments: 12,
-    paths: &["blocking", "async", "r2d2", "bb8", "shared", "unlocked"],
+    paths: &[
+        "blocking",
+        "async",
+        "r2d2",
+        "bb8",
+        "multiplexed",
+        "shared",
+        "unlocked",
+    ],
 };
 
 /// One run's figures.

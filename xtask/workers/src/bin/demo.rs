@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 use dlock_pool::dlock_mysql::{AsyncMySqlLock, MySqlLock};
 use dlock_pool::dlock_postgres::{AsyncPgLock, PgLock};
 use dlock_pool::{
-    AsyncLock, AsyncLockGuard, AsyncLockPool, AsyncMySqlManager, Lock, LockGuard, LockPool,
+    AsyncLock, AsyncLockGuard, AsyncLockPool, AsyncMultiplexedGuard, AsyncMySqlManager, Lock,
+    LockGuard, LockPool,
 };
 use mysql::prelude::Queryable;
 use mysql_async::prelude::Queryable as _;
@@ -388,6 +389,59 @@ async fn run_async(
                 }));
             }
         }
+        // Locks sharing a few sessions: a try on a shared session, else a wait on a session
+        // of its own that joins them. The work goes through a connection of its own, since
+        // such a lock lends none; the pool has room for every task's wait and one shared
+        // session.
+        ("postgres", "multiplexed") => {
+            let manager = bb8_postgres::PostgresConnectionManager::new(
+                pg_url()?.parse()?,
+                tokio_postgres::NoTls,
+            );
+            let builder = bb8::Pool::builder().max_size(size + 1);
+            let locks = Arc::new(
+                AsyncLockPool::with_builder(builder, manager)
+                    .await?
+                    .multiplexed(),
+            );
+            for _ in 0..tasks {
+                let (waits, locks) = (Arc::clone(&waits), Arc::clone(&locks));
+                handles.push(tokio::spawn(async move {
+                    let client = pg_client_async().await?;
+                    for _ in 0..count {
+                        let started = Instant::now();
+                        let guard = locks.acquire(KEY).await?;
+                        record(&waits, started);
+                        bump_pg_async(&client).await?;
+                        AsyncMultiplexedGuard::release(guard).await?;
+                    }
+                    Ok(())
+                }));
+            }
+        }
+        ("mysql", "multiplexed") => {
+            let manager = AsyncMySqlManager::from_url(&mysql_url()?)?;
+            let builder = bb8::Pool::builder().max_size(size + 1);
+            let locks = Arc::new(
+                AsyncLockPool::with_builder(builder, manager)
+                    .await?
+                    .multiplexed(),
+            );
+            for _ in 0..tasks {
+                let (waits, locks) = (Arc::clone(&waits), Arc::clone(&locks));
+                handles.push(tokio::spawn(async move {
+                    let mut conn = mysql_conn_async().await?;
+                    for _ in 0..count {
+                        let started = Instant::now();
+                        let guard = locks.acquire(KEY).await?;
+                        record(&waits, started);
+                        bump_mysql_async(&mut conn).await?;
+                        AsyncMultiplexedGuard::release(guard).await?;
+                    }
+                    Ok(())
+                }));
+            }
+        }
         _ => return Err(format!("unknown backend or path {backend:?} {path:?}").into()),
     }
     for handle in handles {
@@ -398,7 +452,7 @@ async fn run_async(
 }
 
 fn run(backend: &'static str, path: &str, count: usize, tasks: usize) -> Result<Vec<u128>> {
-    if matches!(path, "async" | "bb8") {
+    if matches!(path, "async" | "bb8" | "multiplexed") {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
