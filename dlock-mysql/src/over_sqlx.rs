@@ -115,8 +115,6 @@ impl<C: SqlxMySqlConnection> SqlxMySqlLock<C> {
 
     crate::methods::lock_methods!();
 
-    dlock_core::__connection_accessors!();
-
     /// The sqlx connection, for work under the lock. After a dropped future gave it up (see
     /// the type's docs) it must not be used.
     pub fn connection(&mut self) -> &mut MySqlConnection {
@@ -378,13 +376,6 @@ fn failed(error: ::sqlx::Error) -> Failed {
         },
     }
 }
-
-dlock_core::__connection_lock!(
-    SqlxMySqlLock,
-    SqlxMySqlConnection,
-    KeyPolicy::mysql_name,
-    async
-);
 
 impl<C: SqlxMySqlConnection> AsyncLock for SqlxMySqlLock<C> {
     fn key(&self) -> &Key {

@@ -1266,33 +1266,12 @@ pub async fn still_held_async(client: &Client, locks: &[(SessionId, PgKey)]) -> 
     Ok(sql::read_still_held(sql::rows(&reply), locks))
 }
 
-/// One try of `key`'s exclusive session lock through a client that many tasks share
-/// (tokio-postgres pipelines their statements on the one connection): one statement, never a
-/// wait. `Ok(true)` when granted.
-///
-/// Unlike a lock object, nothing is checked or remembered: no deployment check, and no guard
-/// against a second hold of a key this session already holds (advisory locks count per
-/// session, so a second try of such a key succeeds). The caller keeps that account, as
-/// dlock-pool's multiplexed pool does.
-///
-/// # Errors
-///
-/// What the server or the connection reports.
-///
-/// # Cancel Safety
-///
-/// Not cancel safe: once sent, the statement runs even if the future is dropped, and may
-/// grant the lock. After a drop, send [`unlock_if_held_async`] for the key, which the
-/// connection runs after it.
-pub async fn try_lock_async(client: &Client, key: PgKey) -> Result<bool> {
-    let statement = sql::try_lock(exclusive(key), sql::Scope::Session);
-    let reply = client.simple_query(&statement).await.map_err(sql::error)?;
-    sql::read_bool(&sql::last_row(&reply), 0)
-}
-
-/// [`try_lock_async`] that also takes the key's next fencing token when granted, in the same
-/// statement, from `table` (`schema.name`; `None`: `public.dlock_fence`). `Ok(Some(token))`
-/// when granted.
+/// One try of `key`'s exclusive session lock through a client that many tasks share, that
+/// also takes the key's next fencing token when granted, in the same statement, from `table`
+/// (`schema.name`; `None`: `public.dlock_fence`): `Ok(Some(token))` when granted. Unfenced
+/// tries and releases on such a client go through [`batch_async`]. Nothing is checked or
+/// remembered (no deployment check, and the session's reentrancy grants a key it holds
+/// again): for dlock-pool's multiplexed pool, which keeps that account.
 ///
 /// # Errors
 ///
@@ -1302,7 +1281,9 @@ pub async fn try_lock_async(client: &Client, key: PgKey) -> Result<bool> {
 ///
 /// # Cancel Safety
 ///
-/// As [`try_lock_async`].
+/// Not cancel safe: once sent, the statement runs even if the future is dropped, and may
+/// grant the lock. After a drop, send [`SharedOp::UnlockIfHeld`](crate::tokio::SharedOp) for
+/// the key through [`batch_async`], which the connection runs after it.
 pub async fn try_lock_fenced_async(
     client: &Client,
     key: PgKey,
@@ -1329,7 +1310,7 @@ pub async fn try_lock_fenced_async(
 /// Does each of `ops` (a try, a release, or a release if held, of a key's exclusive session
 /// lock) through a client that many tasks share, in one statement: one boolean each, in
 /// order. Many tasks' operations on a shared session cost the server one statement together.
-/// Nothing is checked or remembered, as for [`try_lock_async`].
+/// Nothing is checked or remembered, as for [`try_lock_fenced_async`].
 ///
 /// # Errors
 ///
@@ -1357,44 +1338,6 @@ fn exclusive(key: PgKey) -> Hold {
         key,
         mode: Mode::Exclusive,
     }
-}
-
-/// Releases one hold of `key`'s exclusive session lock through a shared client: `true` when
-/// the session held it, `false` when it did not (the lock was lost). The counterpart of
-/// [`try_lock_async`].
-///
-/// # Errors
-///
-/// What the server or the connection reports.
-///
-/// # Cancel Safety
-///
-/// Not cancel safe: once sent, the unlock runs even if the future is dropped.
-pub async fn unlock_async(client: &Client, key: PgKey) -> Result<bool> {
-    let reply = client
-        .simple_query(&sql::unlock(exclusive(key)))
-        .await
-        .map_err(sql::error)?;
-    sql::read_bool(&sql::last_row(&reply), 0)
-}
-
-/// Releases `key`'s exclusive session lock through a shared client if the session holds it:
-/// what a [`try_lock_async`] whose future was dropped owes, sent after it on the same client
-/// (so it runs after it).
-///
-/// # Errors
-///
-/// What the server or the connection reports.
-///
-/// # Cancel Safety
-///
-/// Not cancel safe: once sent, it runs even if the future is dropped.
-pub async fn unlock_if_held_async(client: &Client, key: PgKey) -> Result<()> {
-    client
-        .simple_query(&sql::cleanup(exclusive(key)))
-        .await
-        .map(drop)
-        .map_err(sql::error)
 }
 
 /// A PostgreSQL transaction-level advisory lock taken through a

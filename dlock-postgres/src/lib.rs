@@ -57,9 +57,8 @@ pub mod tokio {
         check_session_pooler_async as check_session_pooler,
         holder_sessions_async as holder_sessions, holders_async as holders,
         install_fencing_async as install_fencing, install_fencing_in_async as install_fencing_in,
-        session_async as session, still_held_async as still_held, try_lock_async as try_lock,
-        try_lock_fenced_async as try_lock_fenced, unlock_async as unlock,
-        unlock_if_held_async as unlock_if_held,
+        session_async as session, still_held_async as still_held,
+        try_lock_fenced_async as try_lock_fenced,
     };
     pub use crate::sql::{Holder, HolderSession, Mode, SharedOp};
 }

@@ -376,8 +376,6 @@ fn failed(error: ::sqlx::Error) -> Failed {
     Failed { failure, error }
 }
 
-dlock_core::__connection_lock!(SqlxPgLock, SqlxPgConnection, KeyPolicy::pg_key, async);
-
 impl<C: SqlxPgConnection> AsyncLock for SqlxPgLock<C> {
     fn key(&self) -> &Key {
         &self.state.key
