@@ -111,7 +111,7 @@ fn keys(prefix: &str, count: usize) -> Vec<String> {
         .collect()
 }
 
-/// Runs a test on both backends, each as a test of its own.
+/// Runs a test on each backend that multiplexes, each as a test of its own.
 macro_rules! on_both_backends {
     ($($test:ident),* $(,)?) => {
         mod on_postgres {
@@ -119,14 +119,6 @@ macro_rules! on_both_backends {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $test() {
                     super::$test::<super::Pg>().await;
-                }
-            )*
-        }
-        mod on_mariadb {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    super::$test::<super::My>().await;
                 }
             )*
         }
@@ -477,7 +469,14 @@ fn on_postgres_a_pool_outlives_the_runtime_that_sent_its_statements() {
     a_pool_outlives_the_runtime_that_sent_its_statements::<Pg>();
 }
 
-#[test]
-fn on_mariadb_a_pool_outlives_the_runtime_that_sent_its_statements() {
-    a_pool_outlives_the_runtime_that_sent_its_statements::<My>();
+/// Multiplexed MySQL locks are refused for now (the load row saw two holders at once through
+/// them, cause not yet found): said plainly, before anything is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multiplexed_mysql_locks_are_refused_for_now() {
+    let locks = multiplexed::<My>().await;
+    let error = locks.try_acquire("mux/refused").await.unwrap_err();
+    assert!(matches!(error, Error::Unsupported { .. }), "{error:?}");
+    let error = locks.acquire("mux/refused").await.unwrap_err();
+    assert!(matches!(error, Error::Unsupported { .. }), "{error:?}");
+    assert_eq!(locks.shared_sessions(), 0);
 }

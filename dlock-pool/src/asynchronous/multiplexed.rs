@@ -31,8 +31,9 @@ impl<M: AsyncManager<Connection: AsyncConnection>> MultiplexedManager for M {}
 type ServerKey<M> = <<M as bb8::ManageConnection>::Connection as AsyncConnection>::ServerKey;
 
 /// Session locks that share a few server sessions, over an [`AsyncLockPool`]
-/// ([`AsyncLockPool::multiplexed`]), on PostgreSQL and MySQL/MariaDB: hold thousands of locks
-/// over a handful of connections.
+/// ([`AsyncLockPool::multiplexed`]): hold thousands of locks over a handful of connections.
+/// PostgreSQL only for now: on MySQL and MariaDB every acquire is [`Error::Unsupported`],
+/// since a load run saw two holders at once through a multiplexed MySQL pool.
 ///
 /// - `try_acquire` sends one statement (`pg_try_advisory_lock`, `GET_LOCK(name, 0)`) on a
 ///   session the pool already shares, or on a new one from the pool when none is shared yet.
