@@ -512,15 +512,8 @@ mod mysql_backend {
 
         type ServerKey = String;
 
-        /// Refused for now: the load row saw two holders at once through a multiplexed
-        /// MySQL pool (1 run in 3), and the cause is not found yet.
         fn server_key(policy: &KeyPolicy, key: &Key) -> Result<String> {
-            policy.mysql_name(key)?;
-            Err(Error::Unsupported {
-                operation: "multiplexed locks",
-                backend: "MySQL and MariaDB (for now)",
-                hint: "use the pool's own acquire, one connection per held lock",
-            })
+            policy.mysql_name(key)
         }
 
         fn share<M: AsyncManager<Connection = Self>>(

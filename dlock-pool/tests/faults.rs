@@ -598,4 +598,11 @@ async fn multiplexed_locks_are_all_reported_lost_to_a_restart_or_a_freeze() {
         || Frozen::new(pg_pid(), true),
     )
     .await;
+    multiplexed_locks_lost_to_faults(
+        "MariaDB",
+        async || my_pool(4).await,
+        restart_mariadb,
+        || Frozen::new(my_pid(), false),
+    )
+    .await;
 }

@@ -19,6 +19,10 @@ use mysql_async::prelude::Queryable;
 trait Backend: 'static {
     type Manager: MultiplexedManager;
     fn manager() -> Self::Manager;
+    /// The manager, connecting to the server through a proxy on `port`.
+    fn manager_via(port: u16) -> Self::Manager;
+    /// The server's port.
+    fn server_port() -> u16;
     /// The sessions that hold a lock on any of `keys`, and how many of them each holds.
     async fn holders_of(keys: &[String]) -> HashMap<u64, usize>;
     /// Ends session `id` from the side.
@@ -32,6 +36,17 @@ impl Backend for Pg {
 
     fn manager() -> Self::Manager {
         PostgresConnectionManager::new(common::pg_url().parse().unwrap(), common::postgres::tls())
+    }
+
+    fn manager_via(port: u16) -> Self::Manager {
+        let url = common::pg_url();
+        let server = format!(":{}/", Self::server_port());
+        let url = url.replacen(&server, &format!(":{port}/"), 1);
+        PostgresConnectionManager::new(url.parse().unwrap(), common::postgres::tls())
+    }
+
+    fn server_port() -> u16 {
+        common::port_of(&common::pg_url())
     }
 
     async fn holders_of(keys: &[String]) -> HashMap<u64, usize> {
@@ -68,6 +83,19 @@ impl Backend for My {
 
     fn manager() -> Self::Manager {
         AsyncMySqlManager::new(common::mysql::opts_async())
+    }
+
+    fn manager_via(port: u16) -> Self::Manager {
+        // On a loopback address mysql_async would move to the server's Unix socket, past
+        // the proxy.
+        let opts = mysql_async::OptsBuilder::from_opts(common::mysql::opts_async())
+            .tcp_port(port)
+            .prefer_socket(false);
+        AsyncMySqlManager::new(opts.into())
+    }
+
+    fn server_port() -> u16 {
+        common::port_of(&common::mysql::mysql_url())
     }
 
     /// Through MariaDB's `metadata_lock_info` plugin, which the matrix's servers load.
@@ -122,6 +150,14 @@ macro_rules! on_both_backends {
                 }
             )*
         }
+        mod on_mysql {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test::<super::My>().await;
+                }
+            )*
+        }
     };
 }
 
@@ -129,8 +165,10 @@ on_both_backends!(
     a_thousand_locks_ride_on_a_few_sessions_and_exclude_another_pool,
     the_same_key_twice_from_one_pool_waits_as_from_another_process,
     a_killed_shared_session_reports_every_lock_on_it_lost,
+    a_reset_connection_reports_every_lock_on_it_lost,
     dropped_tries_and_guards_leave_nothing_held,
     sixty_four_tasks_over_a_thousand_keys_never_overlap,
+    one_key_under_contention_never_has_two_holders,
     fenced_multiplexed_locks_hand_out_increasing_tokens,
     tries_that_start_together_share_one_new_session,
 );
@@ -250,6 +288,53 @@ async fn a_killed_shared_session_reports_every_lock_on_it_lost<B: Backend>() {
     AsyncMultiplexedGuard::release(guard).await.unwrap();
 }
 
+/// A connection reset on the way (a NAT or a middlebox forgetting the flow): the server ends
+/// the shared session, freeing its locks, and every lock on it is reported lost; another
+/// pool then takes the keys, and the reset pool goes on over a new connection.
+async fn a_reset_connection_reports_every_lock_on_it_lost<B: Backend>() {
+    let proxy = common::proxy::ResettingProxy::start(B::server_port()).await;
+    let locks = AsyncLockPool::new(B::manager_via(proxy.port()))
+        .await
+        .unwrap()
+        .watch_interval(Duration::from_millis(50))
+        .multiplexed();
+    let keys = keys("mux/reset", 20);
+    let mut held = Vec::new();
+    for key in &keys {
+        held.push(locks.try_acquire(key.as_str()).await.unwrap().unwrap());
+    }
+    proxy.reset_all();
+    for guard in &held {
+        tokio::time::timeout(Duration::from_secs(5), AsyncMultiplexedGuard::lost(guard))
+            .await
+            .expect("every lock of the reset session is reported lost");
+    }
+    let other = multiplexed::<B>().await;
+    let mut taken = Vec::new();
+    for key in &keys {
+        // The server notices the reset when it next reads from the session: soon, not at once.
+        let mut guard = None;
+        for _ in 0..100 {
+            guard = other.try_acquire(key.as_str()).await.unwrap();
+            if guard.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        taken.push(guard.expect("the reset session's locks are free"));
+    }
+    for guard in held {
+        let error = AsyncMultiplexedGuard::release(guard).await.unwrap_err();
+        assert!(matches!(error, Error::LockLost { .. }), "{error:?}");
+    }
+    assert_eq!(locks.shared_sessions(), 0);
+    for guard in taken {
+        AsyncMultiplexedGuard::release(guard).await.unwrap();
+    }
+    let guard = locks.try_acquire(keys[0].as_str()).await.unwrap().unwrap();
+    AsyncMultiplexedGuard::release(guard).await.unwrap();
+}
+
 async fn dropped_tries_and_guards_leave_nothing_held<B: Backend>() {
     let locks = multiplexed::<B>().await;
     let keys = keys("mux/dropped", 200);
@@ -341,6 +426,58 @@ async fn sixty_four_tasks_over_a_thousand_keys_never_overlap<B: Backend>() {
     }
     assert_eq!(overlaps.load(Ordering::SeqCst), 0);
     assert!(grants.load(Ordering::Relaxed) > 1000);
+    for locks in &pools {
+        assert_eq!(locks.shared_sessions(), 0);
+    }
+}
+
+/// One key, many tasks in two pools (as in two processes), every acquire likely to wait:
+/// each grant on a waiting session joins the shared set while tries of the key are under
+/// way, and a try must never ride the joined session, whose reentrancy would grant it.
+async fn one_key_under_contention_never_has_two_holders<B: Backend>() {
+    let pools = [
+        Arc::new(multiplexed::<B>().await),
+        Arc::new(multiplexed::<B>().await),
+    ];
+    let holders = Arc::new(AtomicUsize::new(0));
+    let overlaps = Arc::new(AtomicUsize::new(0));
+    let key = "mux/contended";
+    let tasks: Vec<_> = (0..12_usize)
+        .map(|task| {
+            let locks = Arc::clone(&pools[task % 2]);
+            let (holders, overlaps) = (Arc::clone(&holders), Arc::clone(&overlaps));
+            tokio::spawn(async move {
+                let mut grants = 0;
+                while grants < 25 {
+                    // Half the tasks wait in the server; the others keep trying, so that some
+                    // try is under way whenever a waiting session is granted and joins.
+                    let guard = if task % 4 < 2 {
+                        locks.acquire(key).await.unwrap()
+                    } else {
+                        match locks.try_acquire(key).await.unwrap() {
+                            Some(guard) => guard,
+                            None => {
+                                tokio::task::yield_now().await;
+                                continue;
+                            }
+                        }
+                    };
+                    grants += 1;
+                    if holders.fetch_add(1, Ordering::SeqCst) != 0 {
+                        overlaps.fetch_add(1, Ordering::SeqCst);
+                    }
+                    tokio::time::sleep(Duration::from_micros(300)).await;
+                    holders.fetch_sub(1, Ordering::SeqCst);
+                    AsyncMultiplexedGuard::release(guard).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(overlaps.load(Ordering::SeqCst), 0, "two holders at once");
+    assert!(B::holders_of(&[key.to_owned()]).await.is_empty());
     for locks in &pools {
         assert_eq!(locks.shared_sessions(), 0);
     }
@@ -469,14 +606,7 @@ fn on_postgres_a_pool_outlives_the_runtime_that_sent_its_statements() {
     a_pool_outlives_the_runtime_that_sent_its_statements::<Pg>();
 }
 
-/// Multiplexed MySQL locks are refused for now (the load row saw two holders at once through
-/// them, cause not yet found): said plainly, before anything is taken.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn multiplexed_mysql_locks_are_refused_for_now() {
-    let locks = multiplexed::<My>().await;
-    let error = locks.try_acquire("mux/refused").await.unwrap_err();
-    assert!(matches!(error, Error::Unsupported { .. }), "{error:?}");
-    let error = locks.acquire("mux/refused").await.unwrap_err();
-    assert!(matches!(error, Error::Unsupported { .. }), "{error:?}");
-    assert_eq!(locks.shared_sessions(), 0);
+#[test]
+fn on_mysql_a_pool_outlives_the_runtime_that_sent_its_statements() {
+    a_pool_outlives_the_runtime_that_sent_its_statements::<My>();
 }

@@ -134,9 +134,7 @@ fn demo(servers: &Servers, plan: Plan) -> Result<()> {
         let mut runs = Vec::new();
         for path in plan.paths {
             // Shared locks are PostgreSQL's.
-            // Shared locks are PostgreSQL's; multiplexed MySQL locks are refused for now
-            // (this row saw two holders at once through them).
-            if matches!(*path, "shared" | "multiplexed") && backend != "postgres" {
+            if *path == "shared" && backend != "postgres" {
                 continue;
             }
             let run = run(servers, plan, backend, path)?;

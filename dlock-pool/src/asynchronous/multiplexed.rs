@@ -4,15 +4,18 @@
 //!
 //! A try lands on a session already shared (on PostgreSQL batched with the other tasks'
 //! tries and releases into one statement; on mysql_async the statements take turns, each run
-//! to its end by a task of its own): it never waits behind another operation's wait, because no statement that waits ever
-//! runs on a shared session. A lock that must wait waits on a session of its
-//! own, checked out of the pool as any pooled lock's; once granted, that session joins the
-//! shared set. A session that holds nothing and carries no try goes back to the pool.
+//! to its end by a task of its own): it never waits behind another operation's wait,
+//! because no statement that waits ever runs on a shared session. A lock that must wait
+//! waits on a session of its own, checked out of the pool as any pooled lock's; once
+//! granted, that session joins the shared set. A session that holds nothing and carries no try goes back to the pool.
 //!
-//! Advisory locks count per session, so a second try of a key on the session that holds it
-//! would succeed. The pool keeps the keys this process holds or tries on shared sessions, and
-//! a try of one of them fails at once, as it would from another process; an acquire of one
-//! waits in the server on a session of its own, which the holder's session keeps out.
+//! Advisory locks and named locks count per session, so a second try of a key on the
+//! session that holds it would succeed. The pool keeps the keys this process holds or tries
+//! on shared sessions, and a try of one of them fails at once, as it would from another
+//! process; an acquire of one waits in the server on a session of its own, which the holder's
+//! session keeps out. A session that joins the set holding a key claims it in the same step
+//! as it joins, and a try picks its session in the same step as it looks at the key's
+//! claims, so no try ever lands on the session that holds its key.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -32,8 +35,6 @@ type ServerKey<M> = <<M as bb8::ManageConnection>::Connection as AsyncConnection
 
 /// Session locks that share a few server sessions, over an [`AsyncLockPool`]
 /// ([`AsyncLockPool::multiplexed`]): hold thousands of locks over a handful of connections.
-/// PostgreSQL only for now: on MySQL and MariaDB every acquire is [`Error::Unsupported`],
-/// since a load run saw two holders at once through a multiplexed MySQL pool.
 ///
 /// - `try_acquire` sends one statement (`pg_try_advisory_lock`, `GET_LOCK(name, 0)`) on a
 ///   session the pool already shares, or on a new one from the pool when none is shared yet.
@@ -148,15 +149,6 @@ impl<M: MultiplexedManager> Claim<M> {
             key,
         })
     }
-
-    /// Claims `key`, which this process now holds on a session of its own.
-    fn add(shared: &Arc<Mutex<Shared<M>>>, key: ServerKey<M>) -> Self {
-        *lock(shared).keys.entry(key.clone()).or_insert(0) += 1;
-        Claim {
-            shared: Arc::clone(shared),
-            key,
-        }
-    }
 }
 
 impl<M: MultiplexedManager> Drop for Claim<M> {
@@ -169,6 +161,17 @@ impl<M: MultiplexedManager> Drop for Claim<M> {
             }
         }
     }
+}
+
+/// Where a try on a shared session goes.
+enum Ride<M: MultiplexedManager> {
+    /// On this session.
+    On(Rider<M>),
+    /// Nowhere: a lock of the key, granted on a session of its own, joined the set since
+    /// the try claimed the key, so the key is held.
+    KeyJoined,
+    /// No session is shared yet.
+    NoSession,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -370,13 +373,15 @@ impl<M: MultiplexedManager> AsyncMultiplexedPool<M> {
         let Some(claim) = Claim::take(&self.shared, server_key.clone()) else {
             return Ok(None);
         };
-        let rider = match self.ride() {
-            Some(rider) => rider,
-            None => {
+        let rider = match self.ride(&claim) {
+            Ride::On(rider) => rider,
+            Ride::KeyJoined => return Ok(None),
+            Ride::NoSession => {
                 let _opening = self.opening.lock().await;
-                match self.ride() {
-                    Some(rider) => rider,
-                    None => self.open_shared().await?,
+                match self.ride(&claim) {
+                    Ride::On(rider) => rider,
+                    Ride::KeyJoined => return Ok(None),
+                    Ride::NoSession => self.open_shared().await?,
                 }
             }
         };
@@ -400,15 +405,29 @@ impl<M: MultiplexedManager> AsyncMultiplexedPool<M> {
 
     /// A ride on the shared session that carries the most, if any: packing the locks onto
     /// few sessions lets the others drain back to the pool.
-    fn ride(&self) -> Option<Rider<M>> {
+    ///
+    /// A lock granted on a session of its own may have joined the set since `claim` was
+    /// taken, holding the claimed key: a try on that session would be granted by the
+    /// session's reentrancy, a second holder. The choice of session and the look at the
+    /// key's claims are one step under the state's mutex, and a join adds its claim and its
+    /// session in one step too, so a try either sees the joined holder's claim and gives up
+    /// or rides a session that was shared before the holder joined, where the server
+    /// refuses it.
+    fn ride(&self, claim: &Claim<M>) -> Ride<M> {
         let mut shared = lock(&self.shared);
-        let (session, riders) = shared
+        if shared.keys.get(&claim.key) != Some(&1) {
+            return Ride::KeyJoined;
+        }
+        let Some((session, riders)) = shared
             .sessions
             .iter_mut()
             .filter(|(session, _)| !session.mark.is_set())
-            .max_by_key(|(_, riders)| *riders)?;
+            .max_by_key(|(_, riders)| *riders)
+        else {
+            return Ride::NoSession;
+        };
         *riders += 1;
-        Some(Rider {
+        Ride::On(Rider {
             shared: Arc::clone(&self.shared),
             session: Arc::clone(session),
         })
@@ -422,17 +441,31 @@ impl<M: MultiplexedManager> AsyncMultiplexedPool<M> {
         self.pool.check_deployment(&mut conn, &mark).await?;
         let id = self.pool.session(&mut conn, &mark).await?;
         let conn = M::Connection::share(conn);
-        Ok(self.share(SharedSession { conn, id, mark }))
+        Ok(self.share(SharedSession { conn, id, mark }, None).0)
     }
 
-    /// Adds `session` to the shared set, with one rider: the caller.
-    fn share(&self, session: SharedSession<M>) -> Rider<M> {
+    /// Adds `session` to the shared set, with one rider: the caller; with `holding`, a key
+    /// the session holds, claimed in the same step (see [`ride`](Self::ride)).
+    fn share(
+        &self,
+        session: SharedSession<M>,
+        holding: Option<ServerKey<M>>,
+    ) -> (Rider<M>, Option<Claim<M>>) {
         let session = Arc::new(session);
-        lock(&self.shared).sessions.push((Arc::clone(&session), 1));
-        Rider {
+        let mut state = lock(&self.shared);
+        let claim = holding.map(|key| {
+            *state.keys.entry(key.clone()).or_insert(0) += 1;
+            Claim {
+                shared: Arc::clone(&self.shared),
+                key,
+            }
+        });
+        state.sessions.push((Arc::clone(&session), 1));
+        let rider = Rider {
             shared: Arc::clone(&self.shared),
             session,
-        }
+        };
+        (rider, claim)
     }
 
     /// The guard of a lock granted by a try on a shared session.
@@ -481,9 +514,9 @@ impl<M: MultiplexedManager> AsyncMultiplexedPool<M> {
         // which frees the lock.
         let mut conn = lock.disown();
         let id = self.pool.session(&mut conn, &mark).await?;
-        let claim = Claim::add(&self.shared, server_key);
         let conn = M::Connection::share(conn);
-        let rider = self.share(SharedSession { conn, id, mark });
+        let (rider, claim) = self.share(SharedSession { conn, id, mark }, Some(server_key));
+        let claim = claim.expect("a held key is claimed");
         Ok(AsyncMultiplexedGuard {
             hold: Some(Hold { rider, claim }),
             key,

@@ -10,6 +10,7 @@ use ::mysql::prelude::Queryable as _;
 pub mod contract;
 pub mod deployments;
 pub mod faults;
+pub mod proxy;
 pub mod spans;
 
 /// Waits up to ten seconds for `condition`, checking every 10 ms; whether it came true.

@@ -1609,6 +1609,11 @@ struct MultiplexedHold {
     sessions: usize,
     acquires_per_second: f64,
     releases_per_second: f64,
+    /// How much the process's resident memory grew while the locks were held.
+    memory_kib: i64,
+    /// One watcher round over this many locks of one session: the statement the watcher
+    /// sends, and the matching of its reply, from a connection of its own.
+    watcher_round: Duration,
 }
 
 /// Try + release cycles per second: 64 tasks on the shared sessions of an
@@ -1632,6 +1637,7 @@ async fn multiplexed_on<M: dlock_pool::MultiplexedManager>(
     scale: Scale,
     pool: AsyncLockPool<M>,
     mut dedicated: impl AsyncLock,
+    watcher_round: impl AsyncFn(usize) -> BenchResult<Duration>,
 ) -> BenchResult<(Vec<MultiplexedHold>, MultiplexedCycles)> {
     let locks = Arc::new(pool.multiplexed());
     let sizes: &[usize] = if scale.quick {
@@ -1641,6 +1647,7 @@ async fn multiplexed_on<M: dlock_pool::MultiplexedManager>(
     };
     let mut holds = Vec::new();
     for &size in sizes {
+        let resident_before = resident_kib();
         let started = Instant::now();
         let tasks: Vec<_> = (0..MULTIPLEXED_TASKS)
             .map(|task| {
@@ -1660,6 +1667,7 @@ async fn multiplexed_on<M: dlock_pool::MultiplexedManager>(
             held.push(task.await??);
         }
         let acquires_per_second = per_second(size, started);
+        let memory_kib = resident_kib() - resident_before;
         let sessions = locks.shared_sessions();
         let started = Instant::now();
         let tasks: Vec<_> = held
@@ -1682,6 +1690,8 @@ async fn multiplexed_on<M: dlock_pool::MultiplexedManager>(
             sessions,
             acquires_per_second,
             releases_per_second: per_second(size, started),
+            memory_kib,
+            watcher_round: watcher_round(size).await?,
         });
     }
     let duration = scale.contention;
@@ -1734,12 +1744,83 @@ fn multiplexed(scale: Scale) -> Result<(Vec<MultiplexedHold>, Vec<MultiplexedCyc
             bb8_postgres::PostgresConnectionManager::new(pg_url()?.parse()?, tokio_postgres::NoTls);
         let pool = AsyncLockPool::new(manager).await?;
         let dedicated = AsyncPgLock::new(pg_async().await?, "dlock-bench/mux-dedicated");
-        // Multiplexed MySQL locks are refused for now: PostgreSQL only.
-        let (holds, pg_cycles) = multiplexed_on("postgres", scale, pool, dedicated).await?;
-        BenchResult::Ok((holds, vec![pg_cycles]))
+        let (mut holds, pg_cycles) =
+            multiplexed_on("postgres", scale, pool, dedicated, pg_watcher_round).await?;
+        let pool = AsyncLockPool::new(AsyncMySqlManager::from_url(&mysql_url()?)?).await?;
+        let dedicated = AsyncMySqlLock::new(my_async().await?, "dlock-bench/mux-dedicated");
+        let (my_holds, my_cycles) =
+            multiplexed_on("mysql", scale, pool, dedicated, my_watcher_round).await?;
+        holds.extend(my_holds);
+        BenchResult::Ok((holds, vec![pg_cycles, my_cycles]))
     })?;
     eprintln!("bench: multiplexed done");
     Ok(results)
+}
+
+/// The process's resident memory, in KiB (0 where /proc cannot tell).
+fn resident_kib() -> i64 {
+    let pages = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|statm| statm.split_whitespace().nth(1)?.parse::<i64>().ok());
+    pages.map_or(0, |pages| pages * 4)
+}
+
+/// The median of five PostgreSQL watcher rounds over `size` locks held by one session.
+async fn pg_watcher_round(size: usize) -> BenchResult<Duration> {
+    use dlock_pool::dlock_postgres::tokio as pg_tokio;
+    let (holder, observer) = (pg_async().await?, pg_async().await?);
+    let session = pg_tokio::session(&holder).await?;
+    let size_i32 = i32::try_from(size)?;
+    holder
+        .execute(
+            "SELECT pg_advisory_lock(-7, n) FROM generate_series(1, $1) AS n",
+            &[&size_i32],
+        )
+        .await?;
+    let locks: Vec<_> = (1..=size_i32)
+        .map(|n| (session, dlock_pool::PgKey::Pair(-7, n)))
+        .collect();
+    let mut rounds = Vec::new();
+    for _ in 0..5 {
+        let started = Instant::now();
+        let held = pg_tokio::still_held(&observer, &locks).await?;
+        rounds.push(started.elapsed());
+        if held.iter().any(|held| !held) {
+            return Err("the watcher's statement missed a held lock".into());
+        }
+    }
+    rounds.sort();
+    Ok(rounds[2])
+}
+
+/// As [`pg_watcher_round`], on MySQL or MariaDB.
+async fn my_watcher_round(size: usize) -> BenchResult<Duration> {
+    let (mut holder, mut observer) = (my_async().await?, my_async().await?);
+    let session = dlock_pool::dlock_mysql::tokio::session(&mut holder).await?;
+    let names: Vec<String> = (0..size)
+        .map(|n| format!("dlock-bench/round/{n}"))
+        .collect();
+    for chunk in names.chunks(500) {
+        let takes: Vec<String> = chunk
+            .iter()
+            .map(|name| format!("GET_LOCK('{name}', 0)"))
+            .collect();
+        holder
+            .query_drop(format!("SELECT {}", takes.join(", ")))
+            .await?;
+    }
+    let locks: Vec<_> = names.into_iter().map(|name| (session, name)).collect();
+    let mut rounds = Vec::new();
+    for _ in 0..5 {
+        let started = Instant::now();
+        let held = dlock_pool::dlock_mysql::tokio::still_held(&mut observer, &locks).await?;
+        rounds.push(started.elapsed());
+        if held.iter().any(|held| !held) {
+            return Err("the watcher's statement missed a held lock".into());
+        }
+    }
+    rounds.sort();
+    Ok(rounds[2])
 }
 
 fn server_versions() -> Result<(String, String)> {
@@ -1935,18 +2016,20 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "| backend | locks held at once | sessions used | acquires/s | releases/s |"
+            "| backend | locks held at once | sessions used | acquires/s | releases/s | memory held | watcher round |"
         );
-        let _ = writeln!(out, "|---|---:|---:|---:|---:|");
+        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|");
         for hold in holds {
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {:.0} | {:.0} |",
+                "| {} | {} | {} | {:.0} | {:.0} | {} KiB | {:.2} ms |",
                 hold.backend,
                 hold.locks,
                 hold.sessions,
                 hold.acquires_per_second,
-                hold.releases_per_second
+                hold.releases_per_second,
+                hold.memory_kib,
+                hold.watcher_round.as_secs_f64() * 1000.0
             );
         }
         let _ = writeln!(
@@ -2036,6 +2119,8 @@ impl Report {
                     "sessions": h.sessions,
                     "acquires_per_second": number(h.acquires_per_second),
                     "releases_per_second": number(h.releases_per_second),
+                    "memory_kib": h.memory_kib,
+                    "watcher_round_ms": number(h.watcher_round.as_secs_f64() * 1000.0),
                 })).collect::<Vec<_>>(),
                 "cycles": self.multiplexed.1.iter().map(|c| json!({
                     "backend": c.backend,
