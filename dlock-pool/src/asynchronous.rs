@@ -80,6 +80,16 @@ pub trait AsyncConnection: Sized + Send + 'static + sealed::Sealed {
     #[doc(hidden)]
     fn session(conn: &mut Self) -> impl Future<Output = Result<SessionId>> + Send;
 
+    /// Gives a new lock what the pool keeps for this backend's locks (on PostgreSQL, the
+    /// TLS of the cancel request a dropped acquire sends).
+    #[doc(hidden)]
+    fn prepare<M: AsyncManager<Connection = Self>>(
+        lock: Self::Lock<M>,
+        _options: &BackendOptions,
+    ) -> Self::Lock<M> {
+        lock
+    }
+
     /// Whether each of `locks` is still held, asked through `conn` (the backend's
     /// `still_held_async`).
     #[doc(hidden)]
@@ -210,7 +220,8 @@ pub use multiplexed::{AsyncMultiplexedGuard, AsyncMultiplexedPool, MultiplexedMa
 mod postgres_backend {
     use dlock_core::PgKey;
     use dlock_postgres::tokio::SharedOp;
-    use dlock_postgres::tokio_postgres::Client;
+    use dlock_postgres::tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
+    use dlock_postgres::tokio_postgres::{Client, Socket};
     use dlock_postgres::{AsyncPgConnection, AsyncPgLock};
     use tokio::sync::oneshot;
 
@@ -225,6 +236,38 @@ mod postgres_backend {
         fn discard(&mut self) -> bool {
             self.mark_broken();
             true
+        }
+    }
+
+    impl<M: AsyncManager<Connection = Client>> AsyncLockPool<M> {
+        /// Sends the cancel request that ends a dropped acquire's wait through `tls`: give
+        /// it the connector your manager connects with. Without it the cancel goes in plain
+        /// text, which shows the session's cancel key to the network (PostgreSQL does not
+        /// ask a cancel request to log in, so it works even where the server takes only TLS
+        /// logins). The URL pools do this themselves.
+        ///
+        /// ```no_run
+        /// # async fn run<T>(manager: bb8_postgres::PostgresConnectionManager<T>, tls: T) -> dlock_pool::Result<()>
+        /// # where
+        /// #     T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket> + Clone + Send + Sync + 'static,
+        /// #     T::Stream: Send + 'static,
+        /// #     T::TlsConnect: Send,
+        /// #     <T::TlsConnect as tokio_postgres::tls::TlsConnect<tokio_postgres::Socket>>::Future: Send,
+        /// # {
+        /// let pool = dlock_pool::AsyncLockPool::new(manager).await?.tls(tls);
+        /// # drop(pool);
+        /// # Ok(())
+        /// # }
+        /// ```
+        pub fn tls<T>(mut self, tls: T) -> Self
+        where
+            T: MakeTlsConnect<Socket> + Clone + Send + Sync + 'static,
+            T::Stream: Send + 'static,
+            T::TlsConnect: Send,
+            <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+        {
+            self.backend.pg_side_tls = Some(dlock_postgres::tokio::SideTls::new(tls));
+            self
         }
     }
 
@@ -250,6 +293,16 @@ mod postgres_backend {
 
         async fn session(conn: &mut Self) -> Result<SessionId> {
             dlock_postgres::session_async(conn).await
+        }
+
+        fn prepare<M: AsyncManager<Connection = Self>>(
+            lock: AsyncPgLock<AsyncPooled<M>>,
+            options: &BackendOptions,
+        ) -> AsyncPgLock<AsyncPooled<M>> {
+            match &options.pg_side_tls {
+                Some(tls) => lock.side_tls(tls.clone()),
+                None => lock,
+            }
         }
 
         async fn still_held(
@@ -622,6 +675,16 @@ mod mysql_backend {
 pub struct AsyncLockPool<M: AsyncManager> {
     pool: bb8::Pool<LockManager<M>>,
     core: PoolCore<M>,
+    backend: BackendOptions,
+}
+
+/// What an [`AsyncLockPool`] keeps for one backend's locks only.
+#[doc(hidden)]
+#[derive(Clone, Debug, Default)]
+pub struct BackendOptions {
+    /// The TLS of the cancel request that ends a dropped acquire's wait.
+    #[cfg(feature = "postgres")]
+    pg_side_tls: Option<dlock_postgres::tokio::SideTls>,
 }
 
 /// A clone shares the connections, the watcher and the options; change the clone's options
@@ -631,6 +694,7 @@ impl<M: AsyncManager> Clone for AsyncLockPool<M> {
         AsyncLockPool {
             pool: self.pool.clone(),
             core: self.core.clone(),
+            backend: self.backend.clone(),
         }
     }
 }
@@ -679,7 +743,11 @@ where
     async fn build(builder: bb8::Builder<LockManager<M>>, manager: LockManager<M>) -> Result<Self> {
         let core = PoolCore::new(&manager);
         let pool = builder.build(manager).await.map_err(Error::pool)?;
-        Ok(AsyncLockPool { pool, core })
+        Ok(AsyncLockPool {
+            pool,
+            core,
+            backend: BackendOptions::default(),
+        })
     }
 
     crate::manager::pool_options!();
@@ -863,7 +931,8 @@ where
             None
         };
         let session_state = conn.0.take_session_state();
-        let mut lock: LockOf<M> = (self.core).lock_on(conn, key, session_state)?;
+        let lock: LockOf<M> = (self.core).lock_on(conn, key, session_state)?;
+        let mut lock = M::Connection::prepare(lock, &self.backend);
         // Declared after the lock, so it is dropped first, and sets the mark before the lock
         // gives the connection back.
         let armed = mark.armed();

@@ -217,13 +217,19 @@ impl AsyncAnyLockPool {
         match parse(url)? {
             Parsed::Postgres(config, tls) => {
                 let address = pg_address(&config);
-                let manager = PgManager::new(*config, url_tls::pg_connector(&tls)?);
+                let connector = url_tls::pg_connector(&tls)?;
+                #[allow(
+                    clippy::clone_on_copy,
+                    reason = "the connector is Copy only without the native-tls feature"
+                )]
+                let manager = PgManager::new(*config, connector.clone());
                 // One connection first: an unreachable server, a refused login or a bad
                 // database is an error now, naming the address, not a checkout's timeout.
                 bb8::ManageConnection::connect(&manager)
                     .await
                     .map_err(|error| unreachable("PostgreSQL", address, error))?;
-                let pool = AsyncLockPool::new(manager).await?;
+                // The cancel a dropped acquire sends goes through the URL's TLS too.
+                let pool = AsyncLockPool::new(manager).await?.tls(connector);
                 Ok(AsyncAnyLockPool(Pools::Postgres(pool)))
             }
             Parsed::MySql(url, tls) => {

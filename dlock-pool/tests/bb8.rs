@@ -411,3 +411,54 @@ async fn postgres_pooled_locks_reuse_their_connections_prepared_statements() {
         AsyncLockGuard::release(guard).await.unwrap();
     }
 }
+
+/// A dropped acquire's wait is ended by a cancel request, sent through the TLS connector
+/// the pool was given (the manager's own), never in plain text beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_postgres_acquire_cancels_through_the_pools_tls() {
+    let key = "bb8/cancel-tls";
+    // The manager connects through the suites' connector; the pool is given a counting one
+    // of the same kind, so that only what the pool's locks open beside their connections
+    // counts.
+    let tls = common::postgres::CountingTls::default();
+    let manager = Pg::manager();
+    let builder = bb8::Pool::builder()
+        .max_size(2)
+        .connection_timeout(Duration::from_secs(5));
+    let pool = AsyncLockPool::with_builder(builder, manager)
+        .await
+        .unwrap()
+        .without_watcher()
+        .tls(tls.clone());
+    let holder = pool_of::<Pg>(1).await;
+    let mut held = holder.acquire(key).await.unwrap();
+    let holder_pid = i32::try_from(Pg::session(&mut held).await).unwrap();
+    // The sessions waiting for a lock the holder holds.
+    let waiting = move || {
+        common::pg()
+            .query_one(
+                "SELECT count(*) FROM pg_locks w JOIN pg_locks h ON h.locktype = 'advisory' \
+                 AND h.granted AND h.pid = $1 AND w.classid = h.classid \
+                 AND w.objid = h.objid AND w.objsubid = h.objsubid \
+                 WHERE w.locktype = 'advisory' AND NOT w.granted",
+                &[&holder_pid],
+            )
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    let waiter = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.acquire(key).await.map(drop) }
+    });
+    let seen = blocking(move || common::eventually(|| waiting() == 1)).await;
+    assert!(seen, "the acquire waits in the server");
+    waiter.abort();
+    assert!(waiter.await.unwrap_err().is_cancelled());
+    let ended = blocking(move || common::eventually(|| waiting() == 0)).await;
+    assert!(ended, "the dropped wait ended while the holder still held");
+    assert!(
+        tls.made() >= 1,
+        "the cancel request went through the pool's connector"
+    );
+    AsyncLockGuard::release(held).await.unwrap();
+}

@@ -359,7 +359,7 @@ pub struct AsyncPgLock<C: AsyncPgConnection> {
     side: Option<Config>,
     /// How the side connection and a cancel request connect: plain text unless the user gave
     /// a TLS connector.
-    connector: Option<Connector>,
+    connector: Option<SideTls>,
 }
 
 /// A reply that outlives the future that sent its statement.
@@ -370,16 +370,34 @@ type DriverFuture<T> =
     Pin<Box<dyn Future<Output = std::result::Result<T, tokio_postgres::Error>> + Send>>;
 
 /// How a lock opens the connections it needs beside its own (the side connection, the cancel
-/// request after a dropped acquire): with the user's TLS connector, or, without one, in plain
-/// text. The connector's type is erased, so that a lock's type does not name it.
+/// request after a dropped acquire): through your TLS connector, or, by default, in plain
+/// text. The connector's type is erased, so that a lock's type does not name it; clones share
+/// the connector.
+///
+/// Build it once from the connector your own connections use, and hand it to each lock
+/// ([`AsyncPgLock::side_tls`]) or to a pool, which hands it to each of its locks.
+///
+/// ```no_run
+/// # fn run<T>(tls: T)
+/// # where
+/// #     T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket> + Clone + Send + Sync + 'static,
+/// #     T::Stream: Send + 'static,
+/// #     T::TlsConnect: Send,
+/// #     <T::TlsConnect as tokio_postgres::tls::TlsConnect<tokio_postgres::Socket>>::Future: Send,
+/// # {
+/// let side = dlock_postgres::tokio::SideTls::new(tls);
+/// # drop(side);
+/// # }
+/// ```
 #[derive(Clone)]
-struct Connector {
+pub struct SideTls {
     connect: Arc<dyn Fn(Config) -> DriverFuture<Client> + Send + Sync>,
     cancel: Arc<dyn Fn(CancelToken) -> DriverFuture<()> + Send + Sync>,
 }
 
-impl Connector {
-    fn new<T>(tls: T) -> Connector
+impl SideTls {
+    /// Opens side connections and sends cancel requests through `tls`.
+    pub fn new<T>(tls: T) -> SideTls
     where
         T: MakeTlsConnect<Socket> + Clone + Send + Sync + 'static,
         T::Stream: Send + 'static,
@@ -387,7 +405,7 @@ impl Connector {
         <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
     {
         let for_cancel = tls.clone();
-        Connector {
+        SideTls {
             connect: Arc::new(move |config: Config| {
                 let tls = tls.clone();
                 Box::pin(async move {
@@ -414,15 +432,16 @@ impl Connector {
     }
 }
 
-impl Default for Connector {
-    fn default() -> Connector {
-        Connector::new(NoTls)
+/// Plain text, as without a connector.
+impl Default for SideTls {
+    fn default() -> SideTls {
+        SideTls::new(NoTls)
     }
 }
 
-impl fmt::Debug for Connector {
+impl fmt::Debug for SideTls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Connector")
+        f.write_str("SideTls")
     }
 }
 
@@ -462,7 +481,7 @@ struct Driver<'a, O: Operation> {
     state: &'a mut LockState,
     pending: &'a mut Option<Pending>,
     /// Where a side connection that ends a dropped wait connects to, and how.
-    side: Option<(&'a Config, Option<&'a Connector>)>,
+    side: Option<(&'a Config, Option<&'a SideTls>)>,
     op: O,
     /// The reply of the simple query in flight, kept so that a drop can hand it on.
     in_flight: Option<ReplyFuture>,
@@ -552,7 +571,7 @@ impl<O: Operation> Drop for Driver<'_, O> {
 /// waiting for it, seen after the request was made: a request still pending then is delivered
 /// to the fence before its wait, so nothing is left pending for a later statement. Without a
 /// tokio runtime nothing is queued, and the wait goes on until it ends.
-fn end_wait(client: &Client, config: &Config, connector: Option<&Connector>, token: u64) {
+fn end_wait(client: &Client, config: &Config, connector: Option<&SideTls>, token: u64) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;
     };
@@ -568,7 +587,7 @@ fn end_wait(client: &Client, config: &Config, connector: Option<&Connector>, tok
 /// The side connection's part of [`end_wait`].
 async fn watch(
     config: Config,
-    connector: &Connector,
+    connector: &SideTls,
     token: u64,
     mut fence: ReplyFuture,
 ) -> std::result::Result<(), tokio_postgres::Error> {
@@ -670,14 +689,20 @@ impl<C: AsyncPgConnection> AsyncPgLock<C> {
     /// # drop(lock);
     /// # }
     /// ```
-    pub fn tls<T>(mut self, tls: T) -> Self
+    pub fn tls<T>(self, tls: T) -> Self
     where
         T: MakeTlsConnect<Socket> + Clone + Send + Sync + 'static,
         T::Stream: Send + 'static,
         T::TlsConnect: Send,
         <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
     {
-        self.connector = Some(Connector::new(tls));
+        self.side_tls(SideTls::new(tls))
+    }
+
+    /// As [`tls`](AsyncPgLock::tls), with a connector already erased: what a pool hands to
+    /// each of its locks.
+    pub fn side_tls(mut self, tls: SideTls) -> Self {
+        self.connector = Some(tls);
         self
     }
 
@@ -1388,7 +1413,7 @@ pub struct AsyncPgXactLock {
     /// Where a side connection that ends a dropped wait connects to, if the user gave it.
     side: Option<Config>,
     /// How the side connection connects: plain text unless the user gave a TLS connector.
-    connector: Option<Connector>,
+    connector: Option<SideTls>,
 }
 
 impl AsyncPgXactLock {
@@ -1413,7 +1438,7 @@ impl AsyncPgXactLock {
         T::TlsConnect: Send,
         <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
     {
-        self.connector = Some(Connector::new(tls));
+        self.connector = Some(SideTls::new(tls));
         self
     }
 
@@ -1577,7 +1602,7 @@ async fn send_text(tx: &Transaction<'_>, statement: &str) -> Reply {
 /// dropped) ends the wait from the side connection, when there is one.
 struct XactWait<'a> {
     client: &'a Client,
-    side: Option<(&'a Config, Option<&'a Connector>, u64)>,
+    side: Option<(&'a Config, Option<&'a SideTls>, u64)>,
 }
 
 impl Drop for XactWait<'_> {

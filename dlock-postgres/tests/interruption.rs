@@ -295,40 +295,6 @@ mod tokio_flavour {
         lock.release().await.unwrap();
     }
 
-    /// A TLS connector of the user's, as the lock sees it: the suites' connector underneath
-    /// (TLS where the server asks for it), counting the connections it makes.
-    #[derive(Clone)]
-    struct Counting(
-        std::sync::Arc<std::sync::atomic::AtomicUsize>,
-        dlock_testkit::postgres::Tls,
-    );
-
-    impl Default for Counting {
-        fn default() -> Self {
-            Counting(std::sync::Arc::default(), dlock_testkit::postgres::tls())
-        }
-    }
-
-    impl tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket> for Counting {
-        type Stream = <dlock_testkit::postgres::Tls as tokio_postgres::tls::MakeTlsConnect<
-            tokio_postgres::Socket,
-        >>::Stream;
-        type TlsConnect = <dlock_testkit::postgres::Tls as tokio_postgres::tls::MakeTlsConnect<
-            tokio_postgres::Socket,
-        >>::TlsConnect;
-        type Error = <dlock_testkit::postgres::Tls as tokio_postgres::tls::MakeTlsConnect<
-            tokio_postgres::Socket,
-        >>::Error;
-
-        fn make_tls_connect(&mut self, domain: &str) -> Result<Self::TlsConnect, Self::Error> {
-            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            tokio_postgres::tls::MakeTlsConnect::<tokio_postgres::Socket>::make_tls_connect(
-                &mut self.1,
-                domain,
-            )
-        }
-    }
-
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_side_connection_and_the_cancel_go_through_the_users_tls_connector() {
         let name = "interruption/side-tls";
@@ -336,7 +302,7 @@ mod tokio_flavour {
         let observer = connect().await;
         let mut holder = AsyncPgLock::new(connect().await, name);
         holder.acquire().await.unwrap();
-        let tls = Counting::default();
+        let tls = dlock_testkit::postgres::CountingTls::default();
         // A dropped wait on a borrowed client: the side connection ends it.
         let mut client = connect().await;
         let mut lock = AsyncPgLock::new(&mut client, name)
@@ -348,7 +314,7 @@ mod tokio_flavour {
         lock.client().simple_query("SELECT 1").await.unwrap();
         assert!(started.elapsed() < Duration::from_secs(5), "the wait ended");
         drop(lock);
-        let side_connections = tls.0.load(std::sync::atomic::Ordering::SeqCst);
+        let side_connections = tls.made();
         assert!(
             side_connections >= 1,
             "the side connection used the connector"
@@ -361,7 +327,7 @@ mod tokio_flavour {
         assert!(dropped.is_err(), "still waiting when dropped");
         drop(lock);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while tls.0.load(std::sync::atomic::Ordering::SeqCst) == side_connections {
+        while tls.made() == side_connections {
             assert!(Instant::now() < deadline, "the cancel used the connector");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }

@@ -196,6 +196,53 @@ pub mod postgres {
         Tls::new(builder.build().expect("a TLS connector"))
     }
 
+    /// A TLS connector of the user's, as a lock or a pool sees it: [`tls`] underneath (TLS
+    /// where the server asks for it), counting the connections made through it.
+    #[derive(Clone)]
+    pub struct CountingTls {
+        made: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+        inner: Tls,
+    }
+
+    impl Default for CountingTls {
+        fn default() -> Self {
+            CountingTls {
+                made: std::sync::Arc::default(),
+                inner: tls(),
+            }
+        }
+    }
+
+    impl std::fmt::Debug for CountingTls {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("CountingTls")
+                .field("made", &self.made())
+                .finish_non_exhaustive()
+        }
+    }
+
+    impl CountingTls {
+        /// How many connections went through it (clones count together).
+        pub fn made(&self) -> usize {
+            self.made.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    impl tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket> for CountingTls {
+        type Stream = <Tls as tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>>::Stream;
+        type TlsConnect =
+            <Tls as tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>>::TlsConnect;
+        type Error = <Tls as tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>>::Error;
+
+        fn make_tls_connect(&mut self, domain: &str) -> Result<Self::TlsConnect, Self::Error> {
+            self.made.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio_postgres::tls::MakeTlsConnect::<tokio_postgres::Socket>::make_tls_connect(
+                &mut self.inner,
+                domain,
+            )
+        }
+    }
+
     /// `DLOCK_PG_URL` for the URL entry point, which reads its TLS from the URL: with
     /// `DLOCK_TLS_CA` set, it asks for `verify-full` against that authority.
     pub fn url_with_its_tls() -> String {
