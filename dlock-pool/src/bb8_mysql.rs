@@ -62,16 +62,64 @@ impl AsyncMySqlManager {
     }
 }
 
-impl bb8::ManageConnection for AsyncMySqlManager {
-    type Connection = Conn;
-    type Error = mysql_async::Error;
+impl AsyncMySqlManager {
+    /// The address the manager connects to, as `host:port`.
+    pub fn address(&self) -> String {
+        format!("{}:{}", self.opts.ip_or_hostname(), self.opts.tcp_port())
+    }
+}
 
-    async fn connect(&self) -> Result<Conn, mysql_async::Error> {
-        Conn::new(self.opts.clone()).await
+/// A connection [`AsyncMySqlManager`] could not open: the message names the server's
+/// address, and the source is the driver's error (a refused connection, a failed lookup, a
+/// refused login, a TLS failure).
+#[derive(Debug)]
+pub struct MySqlConnectError {
+    address: String,
+    source: mysql_async::Error,
+}
+
+impl MySqlConnectError {
+    /// The address the connection was for, as `host:port`.
+    pub fn address(&self) -> &str {
+        &self.address
     }
 
-    async fn is_valid(&self, conn: &mut Conn) -> Result<(), mysql_async::Error> {
-        conn.ping().await
+    /// The driver's error.
+    pub fn driver_error(&self) -> &mysql_async::Error {
+        &self.source
+    }
+}
+
+impl std::fmt::Display for MySqlConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "could not connect to MySQL at {}", self.address)
+    }
+}
+
+impl std::error::Error for MySqlConnectError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+impl bb8::ManageConnection for AsyncMySqlManager {
+    type Connection = Conn;
+    type Error = MySqlConnectError;
+
+    async fn connect(&self) -> Result<Conn, MySqlConnectError> {
+        Conn::new(self.opts.clone())
+            .await
+            .map_err(|source| MySqlConnectError {
+                address: self.address(),
+                source,
+            })
+    }
+
+    async fn is_valid(&self, conn: &mut Conn) -> Result<(), MySqlConnectError> {
+        conn.ping().await.map_err(|source| MySqlConnectError {
+            address: self.address(),
+            source,
+        })
     }
 
     fn has_broken(&self, _conn: &mut Conn) -> bool {

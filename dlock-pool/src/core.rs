@@ -160,7 +160,7 @@ pub(crate) fn released(signal: &Signal, outcome: Result<()>) -> Result<()> {
 }
 
 /// A checkout that timed out while connecting failed: the source is the last connect error,
-/// as the user's manager gave it (a `postgres::Error`, a `mysql_async::Error`).
+/// as the user's manager gave it (a `postgres::Error`, a `MySqlConnectError`).
 #[derive(Debug)]
 struct CheckoutTimedOut(ConnectError);
 

@@ -43,7 +43,7 @@ cfg_if::cfg_if! {
     if #[cfg(all(feature = "bb8", feature = "mysql"))] {
         mod bb8_mysql;
         #[cfg_attr(docsrs, doc(cfg(all(feature = "bb8", feature = "mysql"))))]
-        pub use bb8_mysql::AsyncMySqlManager;
+        pub use bb8_mysql::{AsyncMySqlManager, MySqlConnectError};
     }
 }
 

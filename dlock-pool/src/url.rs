@@ -145,11 +145,6 @@ fn pg_address(config: &tokio_postgres::Config) -> String {
     }
 }
 
-/// Where a MySQL URL connects, as an error names it: `host:port`.
-fn mysql_address(opts: &dlock_mysql::mysql_async::Opts) -> String {
-    format!("{}:{}", opts.ip_or_hostname(), opts.tcp_port())
-}
-
 /// A first connection that failed: what `connect` says before it builds a pool, naming the
 /// backend, the address and the driver's error as the cause.
 #[derive(Debug)]
@@ -237,10 +232,10 @@ impl AsyncAnyLockPool {
                     invalid(format!("a MySQL URL mysql_async cannot read: {error}"))
                 })?;
                 let manager = AsyncMySqlManager::new(url_tls::mysql_async_opts(opts, &tls)?);
-                let address = mysql_address(&manager.opts);
+                // The manager's error names the address.
                 let first = bb8::ManageConnection::connect(&manager)
                     .await
-                    .map_err(|error| unreachable("MySQL", address, error))?;
+                    .map_err(Error::pool)?;
                 drop(first.disconnect().await);
                 let pool = AsyncLockPool::new(manager).await?;
                 Ok(AsyncAnyLockPool(Pools::MySql(pool)))
