@@ -8,6 +8,7 @@ mod key;
 mod lock;
 mod lost;
 mod policy;
+mod shared;
 mod token;
 #[doc(hidden)]
 pub mod trace;
@@ -24,6 +25,7 @@ pub use lock::{
 };
 pub use lost::{LostReason, SessionId};
 pub use policy::{CustomPolicy, KeyPolicy, MYSQL_NAME_MAX_CHARS};
+pub use shared::SharedOp;
 #[doc(hidden)]
 pub use token::attempt_token;
 pub use wait::Wait;

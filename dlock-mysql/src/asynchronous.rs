@@ -4,7 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 use dlock_core::trace::Traced;
-use dlock_core::{AsyncLock, Error, Key, KeyPolicy, Result, SessionId, Wait};
+use dlock_core::{AsyncLock, Error, Key, KeyPolicy, Result, SessionId, SharedOp, Wait};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts};
 use tracing::Instrument;
@@ -953,7 +953,7 @@ pub async fn try_lock_async(
         Ok(token) => Ok(Some(Some(token))),
         Err(error) => {
             // No token, no lock: the grant goes back before the error does.
-            query(conn, &sql::release_if_held(name))
+            query(conn, &sql::shared_batch(&[(SharedOp::UnlockIfHeld, name)]))
                 .await
                 .map_err(|failed| failed.error)?;
             Err(error)
@@ -961,38 +961,29 @@ pub async fn try_lock_async(
     }
 }
 
-/// Releases one hold of the lock named `name` on `conn`: `true` when the session held it,
-/// `false` when it did not (the lock was lost). The counterpart of [`try_lock_async`].
+/// Does each of `ops` (a try, a release, or a release if held, of the lock named by each)
+/// through `conn` in one statement: whether each was granted or released, in order. Many
+/// tasks' operations on a shared session cost the server one statement together. Nothing
+/// is checked or remembered, as for [`try_lock_async`]. Give a name at most once per batch:
+/// the server evaluates the entries in order, but dlock does not lean on it.
 ///
 /// # Errors
 ///
-/// What the server or the connection reports.
+/// What the server or the connection reports; a failed statement may have done some of its
+/// entries (named locks ignore the statement's failure), so after an error the caller
+/// releases what its tries may hold ([`SharedOp::UnlockIfHeld`]), or closes the connection.
 ///
 /// # Cancel Safety
 ///
 /// Not cancel safe, as [`try_lock_async`].
-pub async fn unlock_async(conn: &mut Conn, name: &str) -> Result<bool> {
-    let released = query(conn, &sql::release_lock(name, None))
+pub async fn batch_async(conn: &mut Conn, ops: &[(SharedOp, &str)]) -> Result<Vec<bool>> {
+    if ops.is_empty() {
+        return Ok(Vec::new());
+    }
+    let row = query(conn, &sql::shared_batch(ops))
         .await
         .map_err(|failed| failed.error)?;
-    Ok(released.first().copied().flatten() == Some(1))
-}
-
-/// Releases the lock named `name` if `conn`'s session holds it: what a [`try_lock_async`]
-/// whose outcome was never read owes.
-///
-/// # Errors
-///
-/// What the server or the connection reports.
-///
-/// # Cancel Safety
-///
-/// Not cancel safe, as [`try_lock_async`].
-pub async fn unlock_if_held_async(conn: &mut Conn, name: &str) -> Result<()> {
-    query(conn, &sql::release_if_held(name))
-        .await
-        .map(drop)
-        .map_err(|failed| failed.error)
+    sql::read_shared_batch(&row, ops)
 }
 
 /// The session of `conn` as a lock watcher names it, for [`still_held_async`]: the async

@@ -49,14 +49,15 @@ pub use over_sqlx::{SqlxMySqlConnection, SqlxMySqlLock};
 #[cfg(feature = "tokio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub mod tokio {
+    pub use crate::asynchronous::batch_async as batch;
     pub use crate::asynchronous::{
         AsyncMySqlConnection, AsyncMySqlLock, AsyncMySqlSession,
         check_deployment_async as check_deployment, holder_async as holder,
         holder_sessions_async as holder_sessions, install_fencing_async as install_fencing,
         install_fencing_in_async as install_fencing_in, session_async as session,
-        still_held_async as still_held, try_lock_async as try_lock, unlock_async as unlock,
-        unlock_if_held_async as unlock_if_held,
+        still_held_async as still_held, try_lock_async as try_lock,
     };
+    pub use dlock_core::SharedOp;
 }
 
 pub use dlock_core::*;

@@ -12,7 +12,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use dlock_core::{BoxError, Error, Result, SessionId, Wait};
+use dlock_core::{BoxError, Error, Result, SessionId, SharedOp, Wait};
 
 use crate::machine::Held;
 
@@ -504,16 +504,64 @@ pub(crate) fn try_get_lock(name: &str) -> String {
     sql
 }
 
-/// The statement that releases the lock named `name` if this session holds it (1), and
-/// otherwise does nothing (0).
+/// One statement that does each of `ops` in turn, one column each: many tasks' tries and
+/// releases on a shared session cost the server one statement, not one each.
 #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
-pub(crate) fn release_if_held(name: &str) -> String {
-    let mut sql = String::from("SELECT IF(IS_USED_LOCK(");
-    push_name(&mut sql, name);
-    sql.push_str(") = CONNECTION_ID(), RELEASE_LOCK(");
-    push_name(&mut sql, name);
-    sql.push_str("), 0)");
+pub(crate) fn shared_batch(ops: &[(SharedOp, &str)]) -> String {
+    let mut sql = String::from("SELECT ");
+    for (index, (op, name)) in ops.iter().enumerate() {
+        if index > 0 {
+            sql.push_str(", ");
+        }
+        match op {
+            SharedOp::TryLock => {
+                sql.push_str("GET_LOCK(");
+                push_name(&mut sql, name);
+                sql.push_str(", 0)");
+            }
+            SharedOp::Unlock => {
+                sql.push_str("RELEASE_LOCK(");
+                push_name(&mut sql, name);
+                sql.push(')');
+            }
+            SharedOp::UnlockIfHeld => {
+                sql.push_str("IF(IS_USED_LOCK(");
+                push_name(&mut sql, name);
+                sql.push_str(") = CONNECTION_ID(), RELEASE_LOCK(");
+                push_name(&mut sql, name);
+                sql.push_str("), 0)");
+            }
+        }
+    }
     sql
+}
+
+/// Reads the reply to [`shared_batch`]: whether each entry was granted or released.
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+pub(crate) fn read_shared_batch(
+    row: &[Option<i64>],
+    ops: &[(SharedOp, &str)],
+) -> Result<Vec<bool>> {
+    if row.len() != ops.len() {
+        return Err(Error::backend(format!(
+            "a batch of {} entries was answered with {} columns",
+            ops.len(),
+            row.len()
+        )));
+    }
+    ops.iter()
+        .zip(row)
+        .map(|((op, _), answer)| match (op, answer) {
+            (_, Some(1)) => Ok(true),
+            (_, Some(0)) => Ok(false),
+            // RELEASE_LOCK answers NULL for a name nobody holds.
+            (SharedOp::Unlock | SharedOp::UnlockIfHeld, None) => Ok(false),
+            (SharedOp::TryLock, other) => Err(Error::backend(format!(
+                "GET_LOCK(name, 0) answered {other:?}, which no MySQL or MariaDB version documents"
+            ))),
+            (_, Some(other)) => Err(unexpected("RELEASE_LOCK", *other)),
+        })
+        .collect()
 }
 
 /// Reads the reply to [`holder`].
@@ -1165,6 +1213,34 @@ mod tests {
         assert_eq!(read_acquired(Some(0)).unwrap(), Acquired::TimedOut);
         assert_eq!(read_acquired(None).unwrap(), Acquired::Interrupted);
         assert!(matches!(read_acquired(Some(7)), Err(Error::Backend(_))));
+    }
+
+    #[test]
+    fn a_shared_batch_is_one_statement_answered_in_order() {
+        let ops = [
+            (SharedOp::TryLock, "a"),
+            (SharedOp::Unlock, "b"),
+            (SharedOp::UnlockIfHeld, "it's"),
+        ];
+        assert_eq!(
+            shared_batch(&ops),
+            "SELECT GET_LOCK('a', 0), RELEASE_LOCK('b'), \
+             IF(IS_USED_LOCK(_utf8mb4 X'69742773') = CONNECTION_ID(), \
+             RELEASE_LOCK(_utf8mb4 X'69742773'), 0)"
+        );
+        assert_eq!(
+            read_shared_batch(&[Some(1), None, Some(0)], &ops).unwrap(),
+            [true, false, false]
+        );
+        assert!(
+            read_shared_batch(&[None, Some(1), Some(1)], &ops).is_err(),
+            "a try answers"
+        );
+        assert!(
+            read_shared_batch(&[Some(1)], &ops).is_err(),
+            "one column each"
+        );
+        assert!(read_shared_batch(&[Some(1), Some(2), Some(1)], &ops).is_err());
     }
 
     #[test]

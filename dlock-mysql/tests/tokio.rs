@@ -336,3 +336,56 @@ async fn invalid_names_and_unsupported_modes_are_refused_before_any_io() {
         "{outcome:?}"
     );
 }
+
+/// `tokio::batch` does many tries and releases in one statement, each answered in order,
+/// and what it takes excludes other sessions as any lock does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_tries_and_releases_many_names_in_one_statement() {
+    use dlock_mysql::tokio::{SharedOp, batch};
+    let (a, b, c) = ("tokio/batch-a", "tokio/batch-b", "tokio/batch-c");
+    let mut shared = connect_async().await;
+    let mut other = connect_async().await;
+    other
+        .query_drop(format!("DO GET_LOCK('{c}', 0)"))
+        .await
+        .unwrap();
+    let answers = batch(
+        &mut shared,
+        &[
+            (SharedOp::TryLock, a),
+            (SharedOp::TryLock, b),
+            (SharedOp::TryLock, c),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(answers, [true, true, false], "c is another session's");
+    let (a_owned, b_owned) = (a.to_owned(), b.to_owned());
+    assert!(
+        tokio::task::spawn_blocking(
+            move || holder_of(&a_owned).is_some() && holder_of(&b_owned).is_some()
+        )
+        .await
+        .unwrap()
+    );
+    let answers = batch(
+        &mut shared,
+        &[
+            (SharedOp::Unlock, a),
+            (SharedOp::UnlockIfHeld, b),
+            (SharedOp::UnlockIfHeld, c),
+            (SharedOp::Unlock, "tokio/batch-never"),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(answers, [true, true, false, false]);
+    let answers = batch(
+        &mut other,
+        &[(SharedOp::TryLock, a), (SharedOp::TryLock, b)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(answers, [true, true], "released for everyone");
+    assert!(batch(&mut shared, &[]).await.unwrap().is_empty());
+}

@@ -213,17 +213,19 @@ macro_rules! bounded_with_lock {
 #[cfg(feature = "url")]
 pub(crate) use bounded_with_lock;
 
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+mod batch;
 mod multiplexed;
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+use batch::{BatchTransport, Batched};
 pub use multiplexed::{AsyncMultiplexedGuard, AsyncMultiplexedPool, MultiplexedManager};
 
 #[cfg(feature = "postgres")]
 mod postgres_backend {
-    use dlock_core::PgKey;
-    use dlock_postgres::tokio::SharedOp;
+    use dlock_core::{PgKey, SharedOp};
     use dlock_postgres::tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
     use dlock_postgres::tokio_postgres::{Client, Socket};
     use dlock_postgres::{AsyncPgConnection, AsyncPgLock};
-    use tokio::sync::oneshot;
 
     use super::*;
 
@@ -250,10 +252,11 @@ mod postgres_backend {
         /// # async fn run<T>(manager: bb8_postgres::PostgresConnectionManager<T>, tls: T) -> dlock_pool::Result<()>
         /// # where
         /// #     T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket> + Clone + Send + Sync + 'static,
-        /// #     T::Stream: Send + 'static,
+        /// #     T::Stream: Send + Sync + 'static,
         /// #     T::TlsConnect: Send,
         /// #     <T::TlsConnect as tokio_postgres::tls::TlsConnect<tokio_postgres::Socket>>::Future: Send,
         /// # {
+        /// // `tls` is the connector the manager was built with.
         /// let pool = dlock_pool::AsyncLockPool::new(manager).await?.tls(tls);
         /// # drop(pool);
         /// # Ok(())
@@ -321,11 +324,9 @@ mod postgres_backend {
             }
         }
 
-        /// A shared session batches: the tries and releases that many tasks ask for while a
-        /// statement is out go together in the next one (tokio-postgres would pipeline them
-        /// one by one, but the server runs a session's statements one at a time, so one
-        /// statement for many costs it far less). A statement, once sent, runs to its end.
-        type Shared<M: AsyncManager<Connection = Self>> = Arc<PgShared<M>>;
+        /// A shared session batches ([`batch`]): tokio-postgres would pipeline the entries
+        /// one by one, but one statement for many costs the server far less.
+        type Shared<M: AsyncManager<Connection = Self>> = Arc<Batched<AsyncPooled<M>>>;
 
         type ServerKey = PgKey;
 
@@ -333,15 +334,14 @@ mod postgres_backend {
             policy.pg_key(key)
         }
 
-        fn share<M: AsyncManager<Connection = Self>>(conn: AsyncPooled<M>) -> Arc<PgShared<M>> {
-            Arc::new(PgShared {
-                conn,
-                batch: std::sync::Mutex::new(Batch::default()),
-            })
+        fn share<M: AsyncManager<Connection = Self>>(
+            conn: AsyncPooled<M>,
+        ) -> Arc<Batched<AsyncPooled<M>>> {
+            Arc::new(Batched::new(conn))
         }
 
         async fn try_lock_shared<M: AsyncManager<Connection = Self>>(
-            shared: &Arc<PgShared<M>>,
+            shared: &Arc<Batched<AsyncPooled<M>>>,
             key: &PgKey,
             fence: Option<Option<&str>>,
         ) -> Result<Option<Option<u64>>> {
@@ -349,7 +349,7 @@ mod postgres_backend {
                 // A fenced try bumps its key's token in its own statement.
                 Some(table) => {
                     Ok(
-                        dlock_postgres::tokio::try_lock_fenced(&shared.conn, *key, table)
+                        dlock_postgres::tokio::try_lock_fenced(&shared.transport, *key, table)
                             .await?
                             .map(Some),
                     )
@@ -359,145 +359,45 @@ mod postgres_backend {
         }
 
         async fn unlock_shared<M: AsyncManager<Connection = Self>>(
-            shared: &Arc<PgShared<M>>,
+            shared: &Arc<Batched<AsyncPooled<M>>>,
             key: &PgKey,
         ) -> Result<bool> {
             shared.send(SharedOp::Unlock, *key).await
         }
 
         async fn unlock_shared_if_held<M: AsyncManager<Connection = Self>>(
-            shared: &Arc<PgShared<M>>,
+            shared: &Arc<Batched<AsyncPooled<M>>>,
             key: &PgKey,
         ) -> Result<()> {
             shared.send(SharedOp::UnlockIfHeld, *key).await.map(drop)
         }
 
         async fn still_held_shared<M: AsyncManager<Connection = Self>>(
-            shared: &Arc<PgShared<M>>,
+            shared: &Arc<Batched<AsyncPooled<M>>>,
             session: SessionId,
             key: &PgKey,
         ) -> Result<bool> {
-            let held = dlock_postgres::tokio::still_held(&shared.conn, &[(session, *key)]).await?;
+            let locks = [(session, *key)];
+            let held = dlock_postgres::tokio::still_held(&shared.transport, &locks).await?;
             Ok(held.first().copied().unwrap_or(false))
         }
     }
 
-    /// A PostgreSQL session that many guards of an [`AsyncMultiplexedPool`] share: the pooled
-    /// client, and the tries and releases waiting to go out together.
-    #[allow(unreachable_pub)] // Named by `AsyncConnection::Shared`, which users never name.
-    pub struct PgShared<M: AsyncManager<Connection = Client>> {
-        conn: AsyncPooled<M>,
-        batch: std::sync::Mutex<Batch>,
-    }
+    impl<M: AsyncManager<Connection = Client>> BatchTransport for AsyncPooled<M> {
+        type Key = PgKey;
 
-    impl<M: AsyncManager<Connection = Client>> fmt::Debug for PgShared<M> {
-        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.debug_struct("PgShared").finish_non_exhaustive()
-        }
-    }
+        /// PostgreSQL takes at most 1,664 columns in a statement.
+        const MAX_BATCH: usize = 1_000;
 
-    /// What waits for the next statement of a shared session.
-    #[derive(Default)]
-    struct Batch {
-        waiting: Vec<(SharedOp, PgKey, oneshot::Sender<Result<bool>>)>,
-        /// Whether a task is sending the session's statements now.
-        sending: bool,
-    }
-
-    impl<M: AsyncManager<Connection = Client>> PgShared<M> {
-        /// Does `op` on `key` in the session's next statement: a task sends statements while
-        /// any operation waits, each with everything that waited for it.
-        async fn send(self: &Arc<Self>, op: SharedOp, key: PgKey) -> Result<bool> {
-            let (answer, answered) = oneshot::channel();
-            let start = {
-                let mut batch = self
-                    .batch
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
-                batch.waiting.push((op, key, answer));
-                !std::mem::replace(&mut batch.sending, true)
-            };
-            if start {
-                tokio::spawn(Arc::clone(self).send_batches());
-            }
-            answered.await.unwrap_or_else(|_| {
-                Err(Error::backend(
-                    "the task that sends a shared session's statements ended without an answer",
-                ))
-            })
-        }
-
-        /// Sends what waits, one statement at a time, until nothing does.
-        async fn send_batches(self: Arc<Self>) {
-            // Dropped with its runtime (it shuts down with a statement out), the task must not
-            // leave the session thinking it still sends: what waits is answered with an error,
-            // and the next operation starts a task of its own.
-            let mut sending = StillSending(Some(&self.batch));
-            loop {
-                let waiting = {
-                    let mut batch = self
-                        .batch
-                        .lock()
-                        .unwrap_or_else(|poisoned| poisoned.into_inner());
-                    if batch.waiting.is_empty() {
-                        batch.sending = false;
-                        sending.0 = None;
-                        return;
-                    }
-                    std::mem::take(&mut batch.waiting)
-                };
-                let ops: Vec<(SharedOp, PgKey)> =
-                    waiting.iter().map(|(op, key, _)| (*op, *key)).collect();
-                // An answer nobody waits for any more is dropped: the pool settles what a
-                // dropped try may have got (its own release if held).
-                match dlock_postgres::tokio::batch(&self.conn, &ops).await {
-                    Ok(answers) => {
-                        for ((_, _, answer), granted) in waiting.into_iter().zip(answers) {
-                            let _ = answer.send(Ok(granted));
-                        }
-                    }
-                    Err(error) => {
-                        for (_, _, answer) in waiting {
-                            let _ = answer.send(Err(each(&error)));
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// Set while a task sends a shared session's statements; if the task is dropped before
-    /// it is done, the session stops counting on it.
-    struct StillSending<'a>(Option<&'a std::sync::Mutex<Batch>>);
-
-    impl Drop for StillSending<'_> {
-        fn drop(&mut self) {
-            if let Some(batch) = self.0 {
-                let mut batch = batch
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
-                batch.sending = false;
-                // Their answers are dropped: each waiting caller gets an error.
-                batch.waiting.clear();
-            }
-        }
-    }
-
-    /// `error`, for each of the operations of a statement that failed with it.
-    fn each(error: &Error) -> Error {
-        match error {
-            Error::LockTableFull { setting, .. } => Error::LockTableFull {
-                setting,
-                source: None,
-            },
-            Error::ConnectionLost { .. } => Error::ConnectionLost { source: None },
-            other => Error::backend(other.to_string()),
+        async fn run(&self, ops: &[(SharedOp, PgKey)]) -> Result<Vec<bool>> {
+            dlock_postgres::tokio::batch(self, ops).await
         }
     }
 }
 
 #[cfg(feature = "mysql")]
 mod mysql_backend {
+    use dlock_core::SharedOp;
     use dlock_mysql::mysql_async::Conn;
     use dlock_mysql::{AsyncMySqlConnection, AsyncMySqlLock};
 
@@ -557,11 +457,13 @@ mod mysql_backend {
             }
         }
 
-        /// mysql_async sends one statement at a time, and a statement whose future is dropped
-        /// before its reply leaves the connection unable to read the next one: a shared
-        /// session takes its statements in turn, each in a task of its own that runs to its
-        /// end whatever happens to the future that asked for it.
-        type Shared<M: AsyncManager<Connection = Self>> = Arc<tokio::sync::Mutex<AsyncPooled<M>>>;
+        /// A shared session batches ([`batch`]): mysql_async sends one statement at a time
+        /// and cannot pipeline, so the entries that many tasks ask for while a statement is
+        /// out go together in the next one. The connection sits behind a mutex for the
+        /// statements that are not batched (a fenced try, a verify), each run to its end by a
+        /// task of its own: a statement whose future is dropped before its reply leaves
+        /// mysql_async unable to read the next one.
+        type Shared<M: AsyncManager<Connection = Self>> = Arc<Batched<MySqlShared<M>>>;
 
         type ServerKey = String;
 
@@ -571,66 +473,103 @@ mod mysql_backend {
 
         fn share<M: AsyncManager<Connection = Self>>(
             conn: AsyncPooled<M>,
-        ) -> Arc<tokio::sync::Mutex<AsyncPooled<M>>> {
-            Arc::new(tokio::sync::Mutex::new(conn))
+        ) -> Arc<Batched<MySqlShared<M>>> {
+            Arc::new(Batched::new(MySqlShared(Arc::new(
+                tokio::sync::Mutex::new(conn),
+            ))))
         }
 
         async fn try_lock_shared<M: AsyncManager<Connection = Self>>(
-            shared: &Arc<tokio::sync::Mutex<AsyncPooled<M>>>,
+            shared: &Arc<Batched<MySqlShared<M>>>,
             key: &String,
             fence: Option<Option<&str>>,
         ) -> Result<Option<Option<u64>>> {
-            let (shared, name) = (Arc::clone(shared), key.clone());
-            let fence = fence.map(|table| table.map(str::to_owned));
+            let Some(table) = fence else {
+                return Ok(shared
+                    .send(SharedOp::TryLock, key.clone())
+                    .await?
+                    .then_some(None));
+            };
+            // A fenced try takes its token in a second statement, on the connection alone.
+            let (conn, name) = (Arc::clone(&shared.transport.0), key.clone());
+            let table = table.map(str::to_owned);
             let (reply, replied) = tokio::sync::oneshot::channel();
             tokio::spawn(async move {
-                let mut conn = shared.lock().await;
-                let fence = fence.as_ref().map(|table| table.as_deref());
-                let outcome = dlock_mysql::tokio::try_lock(&mut conn, &name, fence).await;
+                let mut conn = conn.lock().await;
+                let outcome =
+                    dlock_mysql::tokio::try_lock(&mut conn, &name, Some(table.as_deref())).await;
                 if let Err(Ok(Some(_))) = reply.send(outcome) {
                     // Nobody waits for this grant any more: it goes back at once.
-                    let _ = dlock_mysql::tokio::unlock(&mut conn, &name).await;
+                    let _ =
+                        dlock_mysql::tokio::batch(&mut conn, &[(SharedOp::Unlock, name.as_str())])
+                            .await;
                 }
             });
             replied.await.unwrap_or_else(|_| Err(task_ended()))
         }
 
         async fn unlock_shared<M: AsyncManager<Connection = Self>>(
-            shared: &Arc<tokio::sync::Mutex<AsyncPooled<M>>>,
+            shared: &Arc<Batched<MySqlShared<M>>>,
             key: &String,
         ) -> Result<bool> {
-            let (shared, name) = (Arc::clone(shared), key.clone());
-            tokio::spawn(async move {
-                dlock_mysql::tokio::unlock(&mut *shared.lock().await, &name).await
-            })
-            .await
-            .unwrap_or_else(|_| Err(task_ended()))
+            shared.send(SharedOp::Unlock, key.clone()).await
         }
 
         async fn unlock_shared_if_held<M: AsyncManager<Connection = Self>>(
-            shared: &Arc<tokio::sync::Mutex<AsyncPooled<M>>>,
+            shared: &Arc<Batched<MySqlShared<M>>>,
             key: &String,
         ) -> Result<()> {
-            let (shared, name) = (Arc::clone(shared), key.clone());
-            tokio::spawn(async move {
-                dlock_mysql::tokio::unlock_if_held(&mut *shared.lock().await, &name).await
-            })
-            .await
-            .unwrap_or_else(|_| Err(task_ended()))
+            shared
+                .send(SharedOp::UnlockIfHeld, key.clone())
+                .await
+                .map(drop)
         }
 
         async fn still_held_shared<M: AsyncManager<Connection = Self>>(
-            shared: &Arc<tokio::sync::Mutex<AsyncPooled<M>>>,
+            shared: &Arc<Batched<MySqlShared<M>>>,
             session: SessionId,
             key: &String,
         ) -> Result<bool> {
-            let (shared, locks) = (Arc::clone(shared), [(session, key.clone())]);
+            let (conn, locks) = (Arc::clone(&shared.transport.0), [(session, key.clone())]);
             let held = tokio::spawn(async move {
-                dlock_mysql::tokio::still_held(&mut *shared.lock().await, &locks).await
+                dlock_mysql::tokio::still_held(&mut *conn.lock().await, &locks).await
             })
             .await
             .unwrap_or_else(|_| Err(task_ended()))?;
             Ok(held.first().copied().unwrap_or(false))
+        }
+    }
+
+    /// A MySQL session that many guards of an [`AsyncMultiplexedPool`] share: its connection,
+    /// which one statement at a time uses.
+    #[allow(unreachable_pub)] // Named by `AsyncConnection::Shared`, which users never name.
+    pub struct MySqlShared<M: AsyncManager<Connection = Conn>>(
+        Arc<tokio::sync::Mutex<AsyncPooled<M>>>,
+    );
+
+    impl<M: AsyncManager<Connection = Conn>> fmt::Debug for MySqlShared<M> {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.debug_struct("MySqlShared").finish_non_exhaustive()
+        }
+    }
+
+    impl<M: AsyncManager<Connection = Conn>> BatchTransport for MySqlShared<M> {
+        type Key = String;
+
+        /// MySQL takes at most 4,096 columns in a statement.
+        const MAX_BATCH: usize = 1_000;
+
+        /// In a task of its own, so that the statement runs to its end and its reply is read
+        /// whatever happens to the batch's task.
+        async fn run(&self, ops: &[(SharedOp, String)]) -> Result<Vec<bool>> {
+            let (conn, ops) = (Arc::clone(&self.0), ops.to_vec());
+            tokio::spawn(async move {
+                let ops: Vec<(SharedOp, &str)> =
+                    ops.iter().map(|(op, name)| (*op, name.as_str())).collect();
+                dlock_mysql::tokio::batch(&mut *conn.lock().await, &ops).await
+            })
+            .await
+            .unwrap_or_else(|_| Err(task_ended()))
         }
     }
 

@@ -8,7 +8,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use dlock_core::trace::Traced;
-use dlock_core::{AsyncLock, Error, Key, KeyPolicy, PgKey, Result, SessionId, Wait};
+use dlock_core::{AsyncLock, Error, Key, KeyPolicy, PgKey, Result, SessionId, SharedOp, Wait};
 use futures_util::TryStreamExt;
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::{CancelToken, Client, Config, NoTls, SimpleQueryMessage, Socket, Transaction};
@@ -1346,7 +1346,7 @@ pub async fn try_lock_fenced_async(
 /// # Cancel Safety
 ///
 /// Not cancel safe: once sent, the statement runs even if the future is dropped.
-pub async fn batch_async(client: &Client, ops: &[(sql::SharedOp, PgKey)]) -> Result<Vec<bool>> {
+pub async fn batch_async(client: &Client, ops: &[(SharedOp, PgKey)]) -> Result<Vec<bool>> {
     if ops.is_empty() {
         return Ok(Vec::new());
     }

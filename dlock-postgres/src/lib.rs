@@ -60,7 +60,8 @@ pub mod tokio {
         session_async as session, still_held_async as still_held,
         try_lock_fenced_async as try_lock_fenced,
     };
-    pub use crate::sql::{Holder, HolderSession, Mode, SharedOp};
+    pub use crate::sql::{Holder, HolderSession, Mode};
+    pub use dlock_core::SharedOp;
 }
 
 pub use dlock_core::*;

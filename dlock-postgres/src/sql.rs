@@ -7,7 +7,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use dlock_core::{BoxError, Error, PgKey, SessionId};
+use dlock_core::{BoxError, Error, PgKey, SessionId, SharedOp};
 
 #[cfg(all(feature = "blocking", not(feature = "tokio")))]
 use postgres as driver;
@@ -492,19 +492,6 @@ pub(crate) fn standby_check() -> String {
 
 /// Where a slice's block leaves its answer for the query's last statement.
 const SLICE_GRANTED: &str = "dlock.slice_granted";
-
-/// What one entry of a shared client's batch (`tokio::batch`) does with its key's
-/// exclusive session lock.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(not(feature = "tokio"), allow(dead_code, unreachable_pub))]
-pub enum SharedOp {
-    /// Takes it if it is free: `true` when granted.
-    TryLock,
-    /// Releases one hold: `true` when the session held it.
-    Unlock,
-    /// Releases it if the session holds it: `true` when it did.
-    UnlockIfHeld,
-}
 
 /// One statement that does each of `ops` in turn, one boolean column each: many tasks' tries
 /// and releases on a shared session cost the server one statement, not one each.

@@ -2,12 +2,12 @@
 //! many locks at once over a handful of connections (.NET DistributedLock's optimistic
 //! multiplexing, Que's locker connection).
 //!
-//! A try lands on a session already shared (on PostgreSQL batched with the other tasks'
-//! tries and releases into one statement; on mysql_async the statements take turns, each run
-//! to its end by a task of its own): it never waits behind another operation's wait,
+//! A try lands on a session already shared, batched with the other tasks' tries and
+//! releases into one statement (`batch`): it never waits behind another operation's wait,
 //! because no statement that waits ever runs on a shared session. A lock that must wait
 //! waits on a session of its own, checked out of the pool as any pooled lock's; once
-//! granted, that session joins the shared set. A session that holds nothing and carries no try goes back to the pool.
+//! granted, that session joins the shared set. A session that holds nothing and carries no
+//! try goes back to the pool.
 //!
 //! Advisory locks and named locks count per session, so a second try of a key on the
 //! session that holds it would succeed. The pool keeps the keys this process holds or tries
@@ -38,9 +38,9 @@ type ServerKey<M> = <<M as bb8::ManageConnection>::Connection as AsyncConnection
 ///
 /// - `try_acquire` sends one statement (`pg_try_advisory_lock`, `GET_LOCK(name, 0)`) on a
 ///   session the pool already shares, or on a new one from the pool when none is shared yet.
-///   On PostgreSQL the tries and releases that many tasks ask for while a statement is out
-///   go together in the next one; mysql_async sends one statement at a time, so on MySQL the
-///   shared session's statements take turns, one round trip each.
+///   The tries and releases that many tasks ask for while a statement is out go together
+///   in the next one, on both backends (tokio-postgres could pipeline them one by one, and
+///   mysql_async cannot pipeline at all: one statement for many costs the server far less).
 /// - `acquire` and `acquire_timeout` try first; when the key is busy, they wait on a session
 ///   of their own from the pool, which joins the shared set once it holds the lock. A shared
 ///   session never carries a wait, so releases and tries never queue behind one.

@@ -2042,7 +2042,7 @@ impl Report {
             let verdict = match (cycle.backend, ratio >= 5.0) {
                 ("postgres", true) => "met",
                 ("postgres", false) => "missed",
-                _ => "none: statements take turns",
+                _ => "none",
             };
             let _ = writeln!(
                 out,
