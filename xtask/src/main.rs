@@ -7,6 +7,7 @@
 //!   without one.
 //! - `load`: the demo with several tasks per process and a shared-lock run; fails on any
 //!   lost update or overlapping holders.
+//! - `interop`: dlock and sqlalchemy-dlock (Python) excluding each other on the same keys.
 //! - `bench [--quick] [--json PATH]`: dlock's speed beside the raw driver floor.
 //! - `readme`: the README's examples, built as a new user would.
 //! - `msrv`: each crate's `rust-version` against what its dependencies need.
@@ -15,6 +16,7 @@
 mod bench;
 mod db;
 mod demo;
+mod interop;
 mod matrix;
 mod msrv;
 mod nemesis;
@@ -39,6 +41,8 @@ commands:
   db down        stop the servers `db up` started and delete their files
   load           the demo under load: several tasks per process, a shared-lock run, and a
                  check that no two holders ever overlap (a matrix row)
+  interop        dlock's flavours and sqlalchemy-dlock (the Python library it ports) take
+                 the same keys on the same servers and exclude each other (a matrix row)
   bench          measure dlock beside the raw driver (release build); --quick proves it
                  runs, --json PATH (default target/dlock-bench.json)
   nemesis        processes increment a counter under a lock while a nemesis kills, freezes
@@ -59,6 +63,7 @@ fn main() -> ExitCode {
         Some("test-matrix") => matrix::command(&args[1..]),
         Some("demo") => demo::command(&args[1..]),
         Some("load") => demo::load_command(&args[1..]),
+        Some("interop") => interop::command(&args[1..]),
         Some("bench") => bench::command(&args[1..]),
         Some("nemesis") => nemesis::command(&args[1..]),
         Some("readme") => readme::command(&args[1..]),

@@ -366,6 +366,15 @@ fn rows() -> Result<Vec<Row>> {
     rows.push(
         Row::new("db:load", &["run", "--quiet", "-p", "xtask", "--", "load"]).needs_servers(),
     );
+    // dlock and sqlalchemy-dlock, the Python library it ports, on the same keys: each
+    // excludes the other, through every flavour, on both backends.
+    rows.push(
+        Row::new(
+            "db:interop",
+            &["run", "--quiet", "-p", "xtask", "--", "interop"],
+        )
+        .needs_servers(),
+    );
     // Fencing under a nemesis: with tokens, no update is lost, whatever the nemesis does. It
     // starts servers of its own, which it restarts.
     rows.push(

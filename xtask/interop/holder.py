@@ -1,0 +1,46 @@
+"""The Python side of `cargo xtask interop`: sqlalchemy-dlock, the library dlock ports,
+holding or trying a lock, so that dlock's flavours can be shown to exclude it and be
+excluded by it.
+
+    holder.py URL KEY hold   take KEY (waiting up to 30 s), print "held", wait for a line
+                             on standard input, release, print "released"
+    holder.py URL KEY try    try KEY once without waiting: print "acquired" (and release)
+                             or "busy"
+
+URL is a SQLAlchemy URL (postgresql+psycopg2://..., mysql+pymysql://...).
+"""
+
+import sys
+
+from sqlalchemy import create_engine
+from sqlalchemy.pool import NullPool
+from sqlalchemy_dlock import create_sadlock
+
+
+def main() -> int:
+    url, key, mode = sys.argv[1:4]
+    engine = create_engine(url, poolclass=NullPool)
+    with engine.connect() as conn:
+        lock = create_sadlock(conn, key)
+        if mode == "hold":
+            if not lock.acquire(timeout=30):
+                print("timed out", flush=True)
+                return 1
+            print("held", flush=True)
+            sys.stdin.readline()
+            lock.release()
+            print("released", flush=True)
+        elif mode == "try":
+            if lock.acquire(block=False):
+                print("acquired", flush=True)
+                lock.release()
+            else:
+                print("busy", flush=True)
+        else:
+            print(f"unknown mode {mode!r}", file=sys.stderr)
+            return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

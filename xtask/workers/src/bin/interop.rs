@@ -1,0 +1,278 @@
+//! The dlock side of `cargo xtask interop`: one of dlock's flavours holding or trying a lock,
+//! beside sqlalchemy-dlock (the library dlock ports) doing the same in another process.
+//!
+//! ```text
+//! interop <postgres|mysql> <flavour> <key> hold   take the key, print "held", wait for a
+//!                                                  line on standard input, release, print
+//!                                                  "released"
+//! interop <postgres|mysql> <flavour> <key> try    try once: print "acquired" (and release)
+//!                                                  or "busy"
+//! ```
+//!
+//! `<flavour>` is one of [`FLAVOURS`]. Servers come from `DLOCK_PG_URL` and `DLOCK_MYSQL_URL`;
+//! every flavour takes keys under the default key policy, the one sqlalchemy-dlock's keys
+//! match.
+
+use std::io::BufRead;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use dlock_pool::dlock_mysql::{AsyncMySqlLock, MySqlLock, SqlxMySqlLock};
+use dlock_pool::dlock_postgres::{AsyncPgLock, PgLock, SqlxPgLock};
+use dlock_pool::{
+    AsyncAnyLockGuard, AsyncAnyLockPool, AsyncLock, AsyncLockGuard, AsyncLockPool,
+    AsyncMultiplexedGuard, AsyncMySqlManager, Lock, LockGuard, LockPool,
+};
+
+type Result<T, E = Box<dyn std::error::Error + Send + Sync>> = std::result::Result<T, E>;
+
+/// Every flavour the worker takes locks through.
+const FLAVOURS: [&str; 7] = [
+    "blocking",
+    "tokio",
+    "sqlx",
+    "r2d2",
+    "bb8",
+    "url",
+    "multiplexed",
+];
+
+/// How long a hold waits for the key.
+const WAIT: Duration = Duration::from_secs(30);
+
+fn url(backend: &str) -> Result<String> {
+    let variable = match backend {
+        "postgres" => "DLOCK_PG_URL",
+        _ => "DLOCK_MYSQL_URL",
+    };
+    Ok(std::env::var(variable).map_err(|_| format!("{variable} is not set"))?)
+}
+
+/// What the holder prints, and when a hold lets go.
+fn held() {
+    println!("held");
+    let mut line = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut line);
+}
+
+/// A bare blocking lock's hold or try; the hold waits for stdin between.
+fn bare(lock: &mut impl Lock, hold: bool) -> Result<&'static str> {
+    if hold {
+        if !lock.acquire_timeout(WAIT)? {
+            return Err("the key stayed busy".into());
+        }
+        held();
+        lock.release()?;
+        return Ok("released");
+    }
+    if lock.try_acquire()? {
+        lock.release()?;
+        Ok("acquired")
+    } else {
+        Ok("busy")
+    }
+}
+
+/// As [`bare`], for an async lock.
+async fn bare_async(lock: &mut impl AsyncLock, hold: bool) -> Result<&'static str> {
+    if hold {
+        if !lock.acquire_timeout(WAIT).await? {
+            return Err("the key stayed busy".into());
+        }
+        tokio::task::spawn_blocking(held).await?;
+        lock.release().await?;
+        return Ok("released");
+    }
+    if lock.try_acquire().await? {
+        lock.release().await?;
+        Ok("acquired")
+    } else {
+        Ok("busy")
+    }
+}
+
+fn blocking(backend: &str, flavour: &str, key: &str, hold: bool) -> Result<&'static str> {
+    let url = url(backend)?;
+    match (backend, flavour) {
+        ("postgres", "blocking") => {
+            let mut client = postgres::Client::connect(&url, postgres::NoTls)?;
+            bare(&mut PgLock::new(&mut client, key), hold)
+        }
+        ("mysql", "blocking") => {
+            let mut conn = mysql::Conn::new(mysql::Opts::from_url(&url)?)?;
+            bare(&mut MySqlLock::new(&mut conn, key), hold)
+        }
+        ("postgres", "r2d2") => {
+            let manager =
+                r2d2_postgres::PostgresConnectionManager::new(url.parse()?, postgres::NoTls);
+            pooled(&LockPool::new(manager)?, key, hold)
+        }
+        ("mysql", "r2d2") => {
+            let opts = mysql::OptsBuilder::from_opts(mysql::Opts::from_url(&url)?);
+            let manager = r2d2_mysql::MySqlConnectionManager::new(opts);
+            pooled(&LockPool::new(manager)?, key, hold)
+        }
+        _ => Err(format!("unknown flavour {flavour:?}").into()),
+    }
+}
+
+/// A blocking pool's hold or try.
+fn pooled<M: dlock_pool::BlockingManager>(
+    pool: &LockPool<M>,
+    key: &str,
+    hold: bool,
+) -> Result<&'static str>
+where
+    M::Connection: dlock_pool::BlockingConnection,
+{
+    if hold {
+        let guard = pool
+            .acquire_timeout(key, WAIT)?
+            .ok_or("the key stayed busy")?;
+        held();
+        LockGuard::release(guard)?;
+        return Ok("released");
+    }
+    match pool.try_acquire(key)? {
+        Some(guard) => {
+            LockGuard::release(guard)?;
+            Ok("acquired")
+        }
+        None => Ok("busy"),
+    }
+}
+
+async fn asynchronous(backend: &str, flavour: &str, key: &str, hold: bool) -> Result<&'static str> {
+    let url = url(backend)?;
+    match (backend, flavour) {
+        ("postgres", "tokio") => {
+            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+            tokio::spawn(connection);
+            bare_async(&mut AsyncPgLock::new(client, key), hold).await
+        }
+        ("mysql", "tokio") => {
+            let conn = mysql_async::Conn::new(mysql_async::Opts::from_url(&url)?).await?;
+            bare_async(&mut AsyncMySqlLock::new(conn, key), hold).await
+        }
+        ("postgres", "sqlx") => {
+            let conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await?;
+            bare_async(&mut SqlxPgLock::new(conn, key), hold).await
+        }
+        ("mysql", "sqlx") => {
+            let conn = <sqlx::MySqlConnection as sqlx::Connection>::connect(&url).await?;
+            bare_async(&mut SqlxMySqlLock::new(conn, key), hold).await
+        }
+        ("postgres", "bb8" | "multiplexed") => {
+            let manager =
+                bb8_postgres::PostgresConnectionManager::new(url.parse()?, tokio_postgres::NoTls);
+            pooled_async(AsyncLockPool::new(manager).await?, flavour, key, hold).await
+        }
+        ("mysql", "bb8" | "multiplexed") => {
+            let pool = AsyncLockPool::new(AsyncMySqlManager::from_url(&url)?).await?;
+            pooled_async(pool, flavour, key, hold).await
+        }
+        (_, "url") => {
+            let pool = AsyncAnyLockPool::connect(&url).await?;
+            if hold {
+                let guard = pool
+                    .acquire_timeout(key, WAIT)
+                    .await?
+                    .ok_or("the key stayed busy")?;
+                tokio::task::spawn_blocking(held).await?;
+                AsyncAnyLockGuard::release(guard).await?;
+                return Ok("released");
+            }
+            match pool.try_acquire(key).await? {
+                Some(guard) => {
+                    AsyncAnyLockGuard::release(guard).await?;
+                    Ok("acquired")
+                }
+                None => Ok("busy"),
+            }
+        }
+        _ => Err(format!("unknown flavour {flavour:?}").into()),
+    }
+}
+
+/// An async pool's hold or try, through the pool itself (`bb8`) or its multiplexed locks.
+async fn pooled_async<M: dlock_pool::MultiplexedManager>(
+    pool: AsyncLockPool<M>,
+    flavour: &str,
+    key: &str,
+    hold: bool,
+) -> Result<&'static str> {
+    if flavour == "multiplexed" {
+        let locks = pool.multiplexed();
+        if hold {
+            let guard = locks
+                .acquire_timeout(key, WAIT)
+                .await?
+                .ok_or("the key stayed busy")?;
+            tokio::task::spawn_blocking(held).await?;
+            AsyncMultiplexedGuard::release(guard).await?;
+            return Ok("released");
+        }
+        return match locks.try_acquire(key).await? {
+            Some(guard) => {
+                AsyncMultiplexedGuard::release(guard).await?;
+                Ok("acquired")
+            }
+            None => Ok("busy"),
+        };
+    }
+    if hold {
+        let guard = pool
+            .acquire_timeout(key, WAIT)
+            .await?
+            .ok_or("the key stayed busy")?;
+        tokio::task::spawn_blocking(held).await?;
+        AsyncLockGuard::release(guard).await?;
+        return Ok("released");
+    }
+    match pool.try_acquire(key).await? {
+        Some(guard) => {
+            AsyncLockGuard::release(guard).await?;
+            Ok("acquired")
+        }
+        None => Ok("busy"),
+    }
+}
+
+fn run(args: &[String]) -> Result<&'static str> {
+    let [backend, flavour, key, mode] = args else {
+        return Err("usage: interop <postgres|mysql> <flavour> <key> <hold|try>".into());
+    };
+    if !matches!(backend.as_str(), "postgres" | "mysql") {
+        return Err(format!("unknown backend {backend:?}").into());
+    }
+    if !FLAVOURS.contains(&flavour.as_str()) {
+        return Err(format!("unknown flavour {flavour:?}; one of {FLAVOURS:?}").into());
+    }
+    let hold = match mode.as_str() {
+        "hold" => true,
+        "try" => false,
+        other => return Err(format!("unknown mode {other:?}").into()),
+    };
+    if matches!(flavour.as_str(), "blocking" | "r2d2") {
+        return blocking(backend, flavour, key, hold);
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(asynchronous(backend, flavour, key, hold))
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(said) => {
+            println!("{said}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("interop: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
