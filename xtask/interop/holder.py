@@ -7,6 +7,8 @@ excluded by it.
     holder.py URL KEY try    try KEY once without waiting: print "acquired" (and release)
                              or "busy"
 
+A mode ending in "-shared" (hold-shared, try-shared) takes a shared lock (PostgreSQL).
+
 URL is a SQLAlchemy URL (postgresql+psycopg2://..., mysql+pymysql://...).
 """
 
@@ -19,9 +21,11 @@ from sqlalchemy_dlock import create_sadlock
 
 def main() -> int:
     url, key, mode = sys.argv[1:4]
+    shared = mode.endswith("-shared")
+    mode = mode.removesuffix("-shared")
     engine = create_engine(url, poolclass=NullPool)
     with engine.connect() as conn:
-        lock = create_sadlock(conn, key)
+        lock = create_sadlock(conn, key, shared=True) if shared else create_sadlock(conn, key)
         if mode == "hold":
             if not lock.acquire(timeout=30):
                 print("timed out", flush=True)

@@ -4,7 +4,9 @@
 //! (pinned versions, from PyPI) under the target directory, once.
 //!
 //! For each backend, flavour and key: Python holds and dlock's try finds the key busy, then
-//! free once Python let go; dlock holds and Python's try finds it busy, then free.
+//! free once Python let go; dlock holds and Python's try finds it busy, then free. On
+//! PostgreSQL, shared locks too: a shared holder on one side lets the other side's shared try
+//! in and keeps its exclusive try out.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -119,10 +121,19 @@ fn interop(servers: &Servers, python: &Path) -> Result<()> {
                     key,
                     python_url: &url,
                 };
-                for (what, outcome) in [
+                let mut outcomes = vec![
                     ("sqlalchemy-dlock holds", sides.python_holds(&case)),
                     ("dlock holds", sides.dlock_holds(&case)),
-                ] {
+                ];
+                // Shared locks are PostgreSQL's; the multiplexed pool takes exclusive ones.
+                if backend == "postgres" && flavour != "multiplexed" {
+                    outcomes.push((
+                        "sqlalchemy-dlock holds shared",
+                        sides.shared_holds(&case, Side::Python),
+                    ));
+                    outcomes.push(("dlock holds shared", sides.shared_holds(&case, Side::Dlock)));
+                }
+                for (what, outcome) in outcomes {
                     checked += 1;
                     if let Err(error) = outcome {
                         failures.push(format!("{backend} {flavour} {key:?}, {what}: {error}"));
@@ -134,8 +145,8 @@ fn interop(servers: &Servers, python: &Path) -> Result<()> {
     if failures.is_empty() {
         println!(
             "interop: {checked} cases; sqlalchemy-dlock and every dlock flavour excluded each \
-             other on PostgreSQL and MySQL/MariaDB, and each found the key free once the \
-             other let go"
+             other on PostgreSQL and MySQL/MariaDB, each found the key free once the other \
+             let go, and shared holders on either side let the other's shared tries in"
         );
         Ok(())
     } else {
@@ -157,6 +168,13 @@ struct Case<'a> {
     flavour: &'static str,
     key: &'static str,
     python_url: &'a str,
+}
+
+/// Which library holds.
+#[derive(Clone, Copy)]
+enum Side {
+    Python,
+    Dlock,
 }
 
 /// How each side is started.
@@ -213,6 +231,31 @@ impl Sides<'_> {
             &said(self.sqlalchemy(case, "try"))?,
             "acquired",
         )
+    }
+}
+
+impl Sides<'_> {
+    /// One side holds a shared lock: the other's shared try gets in, its exclusive try not.
+    fn shared_holds(&self, case: &Case<'_>, holder: Side) -> Result<()> {
+        let (hold, other): (Command, &dyn Fn(&str) -> Command) = match holder {
+            Side::Python => (self.sqlalchemy(case, "hold-shared"), &|mode| {
+                self.dlock(case, mode)
+            }),
+            Side::Dlock => (self.dlock(case, "hold-shared"), &|mode| {
+                self.sqlalchemy(case, mode)
+            }),
+        };
+        let holder = Holder::start(hold)?;
+        let shared = said(other("try-shared"))?;
+        let exclusive = said(other("try"))?;
+        let released = holder.release()?;
+        expect("a shared try beside a shared holder", &shared, "acquired")?;
+        expect(
+            "an exclusive try beside a shared holder",
+            &exclusive,
+            "busy",
+        )?;
+        expect("the shared holder's release", &released, "released")
     }
 }
 

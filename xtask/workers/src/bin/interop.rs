@@ -9,6 +9,8 @@
 //!                                                  or "busy"
 //! ```
 //!
+//! A mode ending in `-shared` (`hold-shared`, `try-shared`) takes a shared lock (PostgreSQL).
+//!
 //! `<flavour>` is one of [`FLAVOURS`]. Servers come from `DLOCK_PG_URL` and `DLOCK_MYSQL_URL`;
 //! every flavour takes keys under the default key policy, the one sqlalchemy-dlock's keys
 //! match.
@@ -91,12 +93,19 @@ async fn bare_async(lock: &mut impl AsyncLock, hold: bool) -> Result<&'static st
     }
 }
 
-fn blocking(backend: &str, flavour: &str, key: &str, hold: bool) -> Result<&'static str> {
+fn blocking(
+    backend: &str,
+    flavour: &str,
+    key: &str,
+    hold: bool,
+    shared: bool,
+) -> Result<&'static str> {
     let url = url(backend)?;
     match (backend, flavour) {
         ("postgres", "blocking") => {
             let mut client = postgres::Client::connect(&url, postgres::NoTls)?;
-            bare(&mut PgLock::new(&mut client, key), hold)
+            let lock = PgLock::new(&mut client, key);
+            bare(&mut if shared { lock.shared() } else { lock }, hold)
         }
         ("mysql", "blocking") => {
             let mut conn = mysql::Conn::new(mysql::Opts::from_url(&url)?)?;
@@ -105,7 +114,8 @@ fn blocking(backend: &str, flavour: &str, key: &str, hold: bool) -> Result<&'sta
         ("postgres", "r2d2") => {
             let manager =
                 r2d2_postgres::PostgresConnectionManager::new(url.parse()?, postgres::NoTls);
-            pooled(&LockPool::new(manager)?, key, hold)
+            let pool = LockPool::new(manager)?;
+            pooled(&if shared { pool.shared() } else { pool }, key, hold)
         }
         ("mysql", "r2d2") => {
             let opts = mysql::OptsBuilder::from_opts(mysql::Opts::from_url(&url)?);
@@ -142,13 +152,20 @@ where
     }
 }
 
-async fn asynchronous(backend: &str, flavour: &str, key: &str, hold: bool) -> Result<&'static str> {
+async fn asynchronous(
+    backend: &str,
+    flavour: &str,
+    key: &str,
+    hold: bool,
+    shared: bool,
+) -> Result<&'static str> {
     let url = url(backend)?;
     match (backend, flavour) {
         ("postgres", "tokio") => {
             let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
             tokio::spawn(connection);
-            bare_async(&mut AsyncPgLock::new(client, key), hold).await
+            let lock = AsyncPgLock::new(client, key);
+            bare_async(&mut if shared { lock.shared() } else { lock }, hold).await
         }
         ("mysql", "tokio") => {
             let conn = mysql_async::Conn::new(mysql_async::Opts::from_url(&url)?).await?;
@@ -156,7 +173,8 @@ async fn asynchronous(backend: &str, flavour: &str, key: &str, hold: bool) -> Re
         }
         ("postgres", "sqlx") => {
             let conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await?;
-            bare_async(&mut SqlxPgLock::new(conn, key), hold).await
+            let lock = SqlxPgLock::new(conn, key);
+            bare_async(&mut if shared { lock.shared() } else { lock }, hold).await
         }
         ("mysql", "sqlx") => {
             let conn = <sqlx::MySqlConnection as sqlx::Connection>::connect(&url).await?;
@@ -165,7 +183,9 @@ async fn asynchronous(backend: &str, flavour: &str, key: &str, hold: bool) -> Re
         ("postgres", "bb8" | "multiplexed") => {
             let manager =
                 bb8_postgres::PostgresConnectionManager::new(url.parse()?, tokio_postgres::NoTls);
-            pooled_async(AsyncLockPool::new(manager).await?, flavour, key, hold).await
+            let pool = AsyncLockPool::new(manager).await?;
+            let pool = if shared { pool.shared() } else { pool };
+            pooled_async(pool, flavour, key, hold).await
         }
         ("mysql", "bb8" | "multiplexed") => {
             let pool = AsyncLockPool::new(AsyncMySqlManager::from_url(&url)?).await?;
@@ -173,6 +193,7 @@ async fn asynchronous(backend: &str, flavour: &str, key: &str, hold: bool) -> Re
         }
         (_, "url") => {
             let pool = AsyncAnyLockPool::connect(&url).await?;
+            let pool = if shared { pool.shared() } else { pool };
             if hold {
                 let guard = pool
                     .acquire_timeout(key, WAIT)
@@ -248,19 +269,23 @@ fn run(args: &[String]) -> Result<&'static str> {
     if !FLAVOURS.contains(&flavour.as_str()) {
         return Err(format!("unknown flavour {flavour:?}; one of {FLAVOURS:?}").into());
     }
-    let hold = match mode.as_str() {
+    let shared = mode.ends_with("-shared");
+    let hold = match mode.trim_end_matches("-shared") {
         "hold" => true,
         "try" => false,
         other => return Err(format!("unknown mode {other:?}").into()),
     };
+    if shared && (backend != "postgres" || flavour == "multiplexed") {
+        return Err(format!("no shared locks through {backend} {flavour}").into());
+    }
     if matches!(flavour.as_str(), "blocking" | "r2d2") {
-        return blocking(backend, flavour, key, hold);
+        return blocking(backend, flavour, key, hold, shared);
     }
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?
-        .block_on(asynchronous(backend, flavour, key, hold))
+        .block_on(asynchronous(backend, flavour, key, hold, shared))
 }
 
 fn main() -> ExitCode {
