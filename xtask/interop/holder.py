@@ -7,7 +7,9 @@ excluded by it.
     holder.py URL KEY try    try KEY once without waiting: print "acquired" (and release)
                              or "busy"
 
-A mode ending in "-shared" (hold-shared, try-shared) takes a shared lock (PostgreSQL).
+A mode ending in "-shared" (hold-shared, try-shared) takes a shared lock, and one ending in
+"-xact" (hold-xact, try-xact) a transaction lock, held until the transaction ends
+(PostgreSQL).
 
 URL is a SQLAlchemy URL (postgresql+psycopg2://..., mysql+pymysql://...).
 """
@@ -22,22 +24,31 @@ from sqlalchemy_dlock import create_sadlock
 def main() -> int:
     url, key, mode = sys.argv[1:4]
     shared = mode.endswith("-shared")
-    mode = mode.removesuffix("-shared")
+    xact = mode.endswith("-xact")
+    mode = mode.removesuffix("-shared").removesuffix("-xact")
     engine = create_engine(url, poolclass=NullPool)
     with engine.connect() as conn:
-        lock = create_sadlock(conn, key, shared=True) if shared else create_sadlock(conn, key)
+        options = {"shared": True} if shared else {"xact": True} if xact else {}
+        lock = create_sadlock(conn, key, **options)
         if mode == "hold":
             if not lock.acquire(timeout=30):
                 print("timed out", flush=True)
                 return 1
             print("held", flush=True)
             sys.stdin.readline()
-            lock.release()
+            if xact:
+                # A transaction lock has no release: it ends with its transaction.
+                conn.commit()
+            else:
+                lock.release()
             print("released", flush=True)
         elif mode == "try":
             if lock.acquire(block=False):
                 print("acquired", flush=True)
-                lock.release()
+                if xact:
+                    conn.commit()
+                else:
+                    lock.release()
             else:
                 print("busy", flush=True)
         else:

@@ -5,8 +5,8 @@
 //!
 //! For each backend, flavour and key: Python holds and dlock's try finds the key busy, then
 //! free once Python let go; dlock holds and Python's try finds it busy, then free. On
-//! PostgreSQL, shared locks too: a shared holder on one side lets the other side's shared try
-//! in and keeps its exclusive try out.
+//! PostgreSQL, shared locks too (a shared holder on one side lets the other side's shared try
+//! in and keeps its exclusive try out), and transaction locks (held until the commit).
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -23,8 +23,9 @@ const PYTHON_PACKAGES: [&str; 3] = [
 ];
 
 /// The worker's flavours, as `interop.rs` of the workers names them.
-const FLAVOURS: [&str; 7] = [
+const FLAVOURS: [&str; 8] = [
     "blocking",
+    "xact",
     "tokio",
     "sqlx",
     "r2d2",
@@ -114,6 +115,10 @@ fn interop(servers: &Servers, python: &Path) -> Result<()> {
         ("mysql", python_url(&servers.mysql_url, "mysql+pymysql")),
     ] {
         for flavour in FLAVOURS {
+            // Transaction locks are PostgreSQL's.
+            if flavour == "xact" && backend != "postgres" {
+                continue;
+            }
             for key in KEYS {
                 let case = Case {
                     backend,
@@ -125,8 +130,15 @@ fn interop(servers: &Servers, python: &Path) -> Result<()> {
                     ("sqlalchemy-dlock holds", sides.python_holds(&case)),
                     ("dlock holds", sides.dlock_holds(&case)),
                 ];
+                // Transaction locks on both sides.
+                if flavour == "xact" {
+                    outcomes.push((
+                        "both take transaction locks",
+                        sides.transaction_locks(&case),
+                    ));
+                }
                 // Shared locks are PostgreSQL's; the multiplexed pool takes exclusive ones.
-                if backend == "postgres" && flavour != "multiplexed" {
+                if backend == "postgres" && !matches!(flavour, "multiplexed" | "xact") {
                     outcomes.push((
                         "sqlalchemy-dlock holds shared",
                         sides.shared_holds(&case, Side::Python),
@@ -235,6 +247,34 @@ impl Sides<'_> {
 }
 
 impl Sides<'_> {
+    /// sqlalchemy-dlock holds a transaction lock: dlock's transaction lock is kept out until
+    /// the transaction commits; then the other way round.
+    fn transaction_locks(&self, case: &Case<'_>) -> Result<()> {
+        let holder = Holder::start(self.sqlalchemy(case, "hold-xact"))?;
+        let busy = said(self.dlock(case, "try"))?;
+        let released = holder.release()?;
+        expect(
+            "dlock's try while sqlalchemy-dlock's transaction held",
+            &busy,
+            "busy",
+        )?;
+        expect("sqlalchemy-dlock's commit", &released, "released")?;
+        let holder = Holder::start(self.dlock(case, "hold"))?;
+        let busy = said(self.sqlalchemy(case, "try-xact"))?;
+        let released = holder.release()?;
+        expect(
+            "sqlalchemy-dlock's transaction try while dlock's transaction held",
+            &busy,
+            "busy",
+        )?;
+        expect("dlock's commit", &released, "released")?;
+        expect(
+            "sqlalchemy-dlock's transaction try after the commit",
+            &said(self.sqlalchemy(case, "try-xact"))?,
+            "acquired",
+        )
+    }
+
     /// One side holds a shared lock: the other's shared try gets in, its exclusive try not.
     fn shared_holds(&self, case: &Case<'_>, holder: Side) -> Result<()> {
         let (hold, other): (Command, &dyn Fn(&str) -> Command) = match holder {

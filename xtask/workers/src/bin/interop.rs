@@ -10,6 +10,8 @@
 //! ```
 //!
 //! A mode ending in `-shared` (`hold-shared`, `try-shared`) takes a shared lock (PostgreSQL).
+//! The flavour `xact` is a transaction lock (`PgXactLock`, PostgreSQL): its hold ends with a
+//! commit.
 //!
 //! `<flavour>` is one of [`FLAVOURS`]. Servers come from `DLOCK_PG_URL` and `DLOCK_MYSQL_URL`;
 //! every flavour takes keys under the default key policy, the one sqlalchemy-dlock's keys
@@ -20,7 +22,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use dlock_pool::dlock_mysql::{AsyncMySqlLock, MySqlLock, SqlxMySqlLock};
-use dlock_pool::dlock_postgres::{AsyncPgLock, PgLock, SqlxPgLock};
+use dlock_pool::dlock_postgres::{AsyncPgLock, PgLock, PgXactLock, SqlxPgLock};
 use dlock_pool::{
     AsyncAnyLockGuard, AsyncAnyLockPool, AsyncLock, AsyncLockGuard, AsyncLockPool,
     AsyncMultiplexedGuard, AsyncMySqlManager, Lock, LockGuard, LockPool,
@@ -29,8 +31,9 @@ use dlock_pool::{
 type Result<T, E = Box<dyn std::error::Error + Send + Sync>> = std::result::Result<T, E>;
 
 /// Every flavour the worker takes locks through.
-const FLAVOURS: [&str; 7] = [
+const FLAVOURS: [&str; 8] = [
     "blocking",
+    "xact",
     "tokio",
     "sqlx",
     "r2d2",
@@ -106,6 +109,22 @@ fn blocking(
             let mut client = postgres::Client::connect(&url, postgres::NoTls)?;
             let lock = PgLock::new(&mut client, key);
             bare(&mut if shared { lock.shared() } else { lock }, hold)
+        }
+        ("postgres", "xact") => {
+            let mut client = postgres::Client::connect(&url, postgres::NoTls)?;
+            let mut tx = client.transaction()?;
+            let lock = PgXactLock::new(key);
+            if hold {
+                if !lock.acquire_timeout(&mut tx, WAIT)? {
+                    return Err("the key stayed busy".into());
+                }
+                held();
+                tx.commit()?;
+                return Ok("released");
+            }
+            let acquired = lock.try_acquire(&mut tx)?;
+            tx.commit()?;
+            Ok(if acquired { "acquired" } else { "busy" })
         }
         ("mysql", "blocking") => {
             let mut conn = mysql::Conn::new(mysql::Opts::from_url(&url)?)?;
@@ -275,10 +294,10 @@ fn run(args: &[String]) -> Result<&'static str> {
         "try" => false,
         other => return Err(format!("unknown mode {other:?}").into()),
     };
-    if shared && (backend != "postgres" || flavour == "multiplexed") {
+    if shared && (backend != "postgres" || matches!(flavour.as_str(), "multiplexed" | "xact")) {
         return Err(format!("no shared locks through {backend} {flavour}").into());
     }
-    if matches!(flavour.as_str(), "blocking" | "r2d2") {
+    if matches!(flavour.as_str(), "blocking" | "r2d2" | "xact") {
         return blocking(backend, flavour, key, hold, shared);
     }
     tokio::runtime::Builder::new_multi_thread()
