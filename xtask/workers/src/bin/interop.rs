@@ -13,7 +13,7 @@
 //! The flavour `xact` is a transaction lock (`PgXactLock`, PostgreSQL): its hold ends with a
 //! commit.
 //!
-//! `<flavour>` is one of [`FLAVOURS`]. Servers come from `DLOCK_PG_URL` and `DLOCK_MYSQL_URL`;
+//! `<flavour>` is one of [`FLAVOURS`], which `interop flavours` prints. Servers come from `DLOCK_PG_URL` and `DLOCK_MYSQL_URL`;
 //! every flavour takes keys under the default key policy, the one sqlalchemy-dlock's keys
 //! match.
 
@@ -171,6 +171,31 @@ where
     }
 }
 
+/// An async pool's hold or try: `$pool`'s `acquire_timeout` and `try_acquire`, and `$guard`'s
+/// `release` (the pools' guards are different types with the same shape).
+macro_rules! pooled_hold_or_try {
+    ($pool:expr, $guard:ident, $key:expr, $hold:expr) => {{
+        let (pool, key) = (&$pool, $key);
+        if $hold {
+            let guard = pool
+                .acquire_timeout(key, WAIT)
+                .await?
+                .ok_or("the key stayed busy")?;
+            tokio::task::spawn_blocking(held).await?;
+            $guard::release(guard).await?;
+            Ok("released")
+        } else {
+            match pool.try_acquire(key).await? {
+                Some(guard) => {
+                    $guard::release(guard).await?;
+                    Ok("acquired")
+                }
+                None => Ok("busy"),
+            }
+        }
+    }};
+}
+
 async fn asynchronous(
     backend: &str,
     flavour: &str,
@@ -213,22 +238,7 @@ async fn asynchronous(
         (_, "url") => {
             let pool = AsyncAnyLockPool::connect(&url).await?;
             let pool = if shared { pool.shared() } else { pool };
-            if hold {
-                let guard = pool
-                    .acquire_timeout(key, WAIT)
-                    .await?
-                    .ok_or("the key stayed busy")?;
-                tokio::task::spawn_blocking(held).await?;
-                AsyncAnyLockGuard::release(guard).await?;
-                return Ok("released");
-            }
-            match pool.try_acquire(key).await? {
-                Some(guard) => {
-                    AsyncAnyLockGuard::release(guard).await?;
-                    Ok("acquired")
-                }
-                None => Ok("busy"),
-            }
+            pooled_hold_or_try!(pool, AsyncAnyLockGuard, key, hold)
         }
         _ => Err(format!("unknown flavour {flavour:?}").into()),
     }
@@ -242,43 +252,18 @@ async fn pooled_async<M: dlock_pool::MultiplexedManager>(
     hold: bool,
 ) -> Result<&'static str> {
     if flavour == "multiplexed" {
-        let locks = pool.multiplexed();
-        if hold {
-            let guard = locks
-                .acquire_timeout(key, WAIT)
-                .await?
-                .ok_or("the key stayed busy")?;
-            tokio::task::spawn_blocking(held).await?;
-            AsyncMultiplexedGuard::release(guard).await?;
-            return Ok("released");
-        }
-        return match locks.try_acquire(key).await? {
-            Some(guard) => {
-                AsyncMultiplexedGuard::release(guard).await?;
-                Ok("acquired")
-            }
-            None => Ok("busy"),
-        };
-    }
-    if hold {
-        let guard = pool
-            .acquire_timeout(key, WAIT)
-            .await?
-            .ok_or("the key stayed busy")?;
-        tokio::task::spawn_blocking(held).await?;
-        AsyncLockGuard::release(guard).await?;
-        return Ok("released");
-    }
-    match pool.try_acquire(key).await? {
-        Some(guard) => {
-            AsyncLockGuard::release(guard).await?;
-            Ok("acquired")
-        }
-        None => Ok("busy"),
+        pooled_hold_or_try!(pool.multiplexed(), AsyncMultiplexedGuard, key, hold)
+    } else {
+        pooled_hold_or_try!(pool, AsyncLockGuard, key, hold)
     }
 }
 
 fn run(args: &[String]) -> Result<&'static str> {
+    if matches!(args, [only] if only == "flavours") {
+        // What `cargo xtask interop` runs through.
+        println!("{}", FLAVOURS.join(" "));
+        return Ok("");
+    }
     let [backend, flavour, key, mode] = args else {
         return Err("usage: interop <postgres|mysql> <flavour> <key> <hold|try>".into());
     };
@@ -311,7 +296,9 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match run(&args) {
         Ok(said) => {
-            println!("{said}");
+            if !said.is_empty() {
+                println!("{said}");
+            }
             ExitCode::SUCCESS
         }
         Err(error) => {
