@@ -210,7 +210,7 @@ macro_rules! bounded_with_lock {
     };
 }
 
-#[cfg(feature = "url")]
+#[cfg(any(feature = "url", feature = "deadpool"))]
 pub(crate) use bounded_with_lock;
 
 #[cfg(any(feature = "postgres", feature = "mysql"))]
@@ -1053,16 +1053,55 @@ pub(crate) async fn run_locked<G: HeldGuard, T, E: From<Error>>(
     }
 }
 
-/// The watcher of a pool, as a task: a round per interval, through a connection from
-/// `manager` that it opens again after a failure. Connecting and checking each get the
-/// bound at most; a connection that does not answer by then is closed.
-async fn watch_from_task<M>(watch: Weak<Watch<WatchedLock>>, manager: Arc<M>, policy: KeyPolicy)
+/// Where an async pool's watcher gets its connection, and how it asks through it: a bb8
+/// manager, or a pool of the user's.
+pub(crate) trait WatchSource: Send + Sync + 'static {
+    /// The watcher's connection.
+    type Conn: Send + 'static;
+
+    /// A new connection for the watcher, of its own.
+    fn connect(&self) -> impl Future<Output = Result<Self::Conn>> + Send;
+
+    /// Whether each of `locks` is still held, asked through `conn`.
+    fn still_held(
+        conn: &mut Self::Conn,
+        policy: &KeyPolicy,
+        locks: &[WatchedLock],
+    ) -> impl Future<Output = Result<Vec<bool>>> + Send;
+}
+
+impl<M> WatchSource for M
 where
     M: AsyncManager,
     M::Connection: AsyncConnection,
 {
+    type Conn = M::Connection;
+
+    async fn connect(&self) -> Result<M::Connection> {
+        bb8::ManageConnection::connect(self)
+            .await
+            .map_err(Error::pool)
+    }
+
+    async fn still_held(
+        conn: &mut M::Connection,
+        policy: &KeyPolicy,
+        locks: &[WatchedLock],
+    ) -> Result<Vec<bool>> {
+        AsyncConnection::still_held(conn, policy, locks).await
+    }
+}
+
+/// The watcher of a pool, as a task: a round per interval, through a connection from
+/// `source` that it opens again after a failure. Connecting and checking each get the
+/// bound at most; a connection that does not answer by then is closed.
+pub(crate) async fn watch_from_task<S: WatchSource>(
+    watch: Weak<Watch<WatchedLock>>,
+    source: Arc<S>,
+    policy: KeyPolicy,
+) {
     let mut rounds = Rounds::new(watch);
-    let mut conn: Option<M::Connection> = None;
+    let mut conn: Option<S::Conn> = None;
     while let Some((pause, patience)) = rounds.pause() {
         tokio::time::sleep(pause).await;
         let round = match rounds.next() {
@@ -1078,14 +1117,9 @@ where
         let check = async {
             let conn = match conn.as_mut() {
                 Some(conn) => conn,
-                None => {
-                    let connected = bb8::ManageConnection::connect(&*manager)
-                        .await
-                        .map_err(Error::pool)?;
-                    conn.insert(connected)
-                }
+                None => conn.insert(source.connect().await?),
             };
-            AsyncConnection::still_held(conn, &policy, &round.held).await
+            S::still_held(conn, &policy, &round.held).await
         };
         let answer = tokio::time::timeout(patience, check)
             .await

@@ -49,6 +49,23 @@ impl<M> PoolCore<M> {
         }
     }
 
+    /// The core of a pool over a pool of the user's, which dlock does not wrap: `source` is
+    /// where the watcher connects.
+    #[cfg_attr(not(feature = "deadpool"), allow(dead_code))]
+    pub(crate) fn over(source: Arc<M>) -> Self {
+        PoolCore {
+            policy: KeyPolicy::default(),
+            doubt: Arc::new(crate::manager::Doubt::new(false)),
+            connect_errors: Arc::default(),
+            check_deployment: true,
+            shared: false,
+            trust_session_pooler: false,
+            fence: None,
+            manager: source,
+            watch: Watch::new(WatchSettings::default()),
+        }
+    }
+
     /// Uses `policy`; the watcher turns keys into the backend's under the policy it started
     /// with, so a new watch starts.
     pub(crate) fn set_policy(&mut self, policy: KeyPolicy) {

@@ -48,6 +48,17 @@ cfg_if::cfg_if! {
 }
 
 cfg_if::cfg_if! {
+    if #[cfg(feature = "deadpool")] {
+        mod over_deadpool;
+        #[cfg_attr(docsrs, doc(cfg(feature = "deadpool")))]
+        pub use over_deadpool::{DeadpoolLockGuard, DeadpoolLockPool};
+        /// deadpool-postgres, the pool [`DeadpoolLockPool`] takes connections from.
+        #[cfg_attr(docsrs, doc(cfg(feature = "deadpool")))]
+        pub use deadpool_postgres;
+    }
+}
+
+cfg_if::cfg_if! {
     if #[cfg(feature = "url")] {
         mod url;
         mod url_tls;

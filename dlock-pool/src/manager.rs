@@ -166,7 +166,7 @@ pub(crate) struct Doubt {
 }
 
 impl Doubt {
-    fn new(always: bool) -> Doubt {
+    pub(crate) fn new(always: bool) -> Doubt {
         Doubt {
             always,
             generation: AtomicU64::new(0),

@@ -281,65 +281,75 @@ fn bb8_mysql() -> Bb8<AsyncMySqlManager, My> {
 dlock_testkit::async_contract!(async_lock_pool_postgres, bb8_postgres());
 dlock_testkit::async_contract!(async_lock_pool_mysql, bb8_mysql());
 
+/// A lock object over an async pool whose guards have the pooled shape (`acquire`,
+/// `try_acquire`, `acquire_timeout` on the pool; `release` and `verify` on the guard type):
+/// the guard of its acquire, if it holds.
+#[cfg(any(feature = "url", feature = "deadpool"))]
+macro_rules! async_pool_lock {
+    ($name:ident, $pool:ty, $guard:ident) => {
+        pub(super) struct $name {
+            pool: Arc<$pool>,
+            key: Key,
+            guard: Option<$guard>,
+        }
+
+        impl $name {
+            fn unheld(&self) -> Result<()> {
+                match self.guard {
+                    Some(_) => Err(Error::AlreadyAcquired),
+                    None => Ok(()),
+                }
+            }
+        }
+
+        impl AsyncLock for $name {
+            fn key(&self) -> &Key {
+                &self.key
+            }
+
+            async fn acquire(&mut self) -> Result<()> {
+                self.unheld()?;
+                self.guard = Some(self.pool.acquire(self.key.clone()).await?);
+                Ok(())
+            }
+
+            async fn try_acquire(&mut self) -> Result<bool> {
+                self.unheld()?;
+                self.guard = self.pool.try_acquire(self.key.clone()).await?;
+                Ok(self.guard.is_some())
+            }
+
+            async fn acquire_timeout(&mut self, timeout: Duration) -> Result<bool> {
+                self.unheld()?;
+                self.guard = self.pool.acquire_timeout(self.key.clone(), timeout).await?;
+                Ok(self.guard.is_some())
+            }
+
+            async fn release(&mut self) -> Result<()> {
+                $guard::release(self.guard.take().ok_or(Error::NotAcquired)?).await
+            }
+
+            fn is_acquired(&self) -> bool {
+                self.guard.is_some()
+            }
+
+            async fn verify(&mut self) -> Result<bool> {
+                match self.guard.as_mut() {
+                    Some(guard) => $guard::verify(guard).await,
+                    None => Ok(false),
+                }
+            }
+        }
+    };
+}
+
 /// The URL entry point: a lock object over an `AsyncAnyLockPool`, the guard of its acquire.
 #[cfg(feature = "url")]
 mod url {
     use super::*;
     use dlock_pool::{AsyncAnyLockGuard, AsyncAnyLockPool};
 
-    pub(super) struct UrlLock {
-        pool: Arc<AsyncAnyLockPool>,
-        key: Key,
-        guard: Option<AsyncAnyLockGuard>,
-    }
-
-    impl UrlLock {
-        fn unheld(&self) -> Result<()> {
-            match self.guard {
-                Some(_) => Err(Error::AlreadyAcquired),
-                None => Ok(()),
-            }
-        }
-    }
-
-    impl AsyncLock for UrlLock {
-        fn key(&self) -> &Key {
-            &self.key
-        }
-
-        async fn acquire(&mut self) -> Result<()> {
-            self.unheld()?;
-            self.guard = Some(self.pool.acquire(self.key.clone()).await?);
-            Ok(())
-        }
-
-        async fn try_acquire(&mut self) -> Result<bool> {
-            self.unheld()?;
-            self.guard = self.pool.try_acquire(self.key.clone()).await?;
-            Ok(self.guard.is_some())
-        }
-
-        async fn acquire_timeout(&mut self, timeout: Duration) -> Result<bool> {
-            self.unheld()?;
-            self.guard = self.pool.acquire_timeout(self.key.clone(), timeout).await?;
-            Ok(self.guard.is_some())
-        }
-
-        async fn release(&mut self) -> Result<()> {
-            AsyncAnyLockGuard::release(self.guard.take().ok_or(Error::NotAcquired)?).await
-        }
-
-        fn is_acquired(&self) -> bool {
-            self.guard.is_some()
-        }
-
-        async fn verify(&mut self) -> Result<bool> {
-            match self.guard.as_mut() {
-                Some(guard) => AsyncAnyLockGuard::verify(guard).await,
-                None => Ok(false),
-            }
-        }
-    }
+    async_pool_lock!(UrlLock, AsyncAnyLockPool, AsyncAnyLockGuard);
 
     /// The flavour of one URL pool, opened by the clause's first lock object.
     pub(super) struct Url<B> {
@@ -496,3 +506,51 @@ fn url_mysql() -> url::Url<My> {
 dlock_testkit::async_contract!(async_any_lock_pool_postgres, url_postgres());
 #[cfg(feature = "url")]
 dlock_testkit::async_contract!(async_any_lock_pool_mysql, url_mysql());
+
+/// Your deadpool-postgres pool: a lock object over a `DeadpoolLockPool`, the guard of its
+/// acquire.
+#[cfg(feature = "deadpool")]
+mod deadpool {
+    use super::*;
+    use dlock_pool::deadpool_postgres::{Config, Runtime};
+    use dlock_pool::{DeadpoolLockGuard, DeadpoolLockPool};
+
+    async_pool_lock!(DeadpoolLock, DeadpoolLockPool, DeadpoolLockGuard);
+
+    /// The flavour of one deadpool pool, made by the clause's first lock object.
+    pub(super) struct Deadpool {
+        pool: Option<Arc<DeadpoolLockPool>>,
+    }
+
+    pub(super) fn deadpool() -> Deadpool {
+        Deadpool { pool: None }
+    }
+
+    impl AsyncFlavour for Deadpool {
+        type Lock = DeadpoolLock;
+        const SERVER: Server = Server::Postgres;
+
+        async fn lock(&mut self, key: &str) -> Self::Lock {
+            if self.pool.is_none() {
+                let mut config = Config::new();
+                config.url = Some(common::pg_url());
+                let pool = config
+                    .create_pool(Some(Runtime::Tokio1), common::postgres::tls())
+                    .unwrap();
+                self.pool = Some(Arc::new(DeadpoolLockPool::new(pool)));
+            }
+            DeadpoolLock {
+                pool: Arc::clone(self.pool.as_ref().unwrap()),
+                key: key.into(),
+                guard: None,
+            }
+        }
+
+        async fn reentrant(&mut self, _: &mut Self::Lock, _: &str) -> bool {
+            false
+        }
+    }
+}
+
+#[cfg(feature = "deadpool")]
+dlock_testkit::async_contract!(deadpool_lock_pool, deadpool::deadpool());

@@ -1115,11 +1115,44 @@ pub async fn check_session_pooler_async(client: &Client, second: Option<&Client>
     check_route(client, second, Route::TrustedSessionPooler).await
 }
 
-/// What the client knows of its route to the server: the process id in its cancel key, read
-/// by letting the key's cancel request write itself into an in-memory stream (no I/O to the
-/// server). A client whose TLS mode asks for TLS first sends its TLS request there; the
-/// stream accepts it, and the request follows as written, since no bytes leave the process.
+/// What the client knows of its route to the server: the process id in its cancel key (see
+/// [`cancel_key_async`]).
 async fn route_of(client: &Client) -> Route {
+    match cancel_key_async(client).await {
+        Some(key) => Route::CancelKey(key.pid),
+        None => Route::Unknown,
+    }
+}
+
+/// The cancel key the server (or a pooler) gave `client` as it connected: the process id and
+/// the secret a cancel request carries. It names the client's server session (on a direct
+/// connection) or its pooler connection, for as long as the connection lives: two clients
+/// with equal keys are one connection. Its `Debug` shows the process id, never the secret.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CancelKey {
+    /// The process id of the key: the server session's on a direct connection.
+    pub pid: i32,
+    secret: i32,
+}
+
+impl fmt::Debug for CancelKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CancelKey")
+            .field("pid", &self.pid)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The cancel key of `client`, read by letting the key's cancel request write itself into an
+/// in-memory stream: no I/O to the server. `None` when the request cannot be read (a TLS mode
+/// the reader does not follow). A client whose TLS mode asks for TLS first sends its TLS
+/// request there; the stream accepts it, and the request follows as written, since no bytes
+/// leave the process.
+///
+/// # Cancel Safety
+///
+/// Cancel safe: nothing leaves the process.
+pub async fn cancel_key_async(client: &Client) -> Option<CancelKey> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (mut ours, theirs) = tokio::io::duplex(64);
     let token = client.cancel_token();
@@ -1140,10 +1173,11 @@ async fn route_of(client: &Client) -> Route {
         futures_util::future::join(token.cancel_query_raw(theirs, InMemory), read).await;
     // A CancelRequest: length 16, code 80877102, then the pid and the secret.
     match request {
-        Some([0, 0, 0, 16, 4, 210, 22, 46, a, b, c, d, ..]) => {
-            Route::CancelKey(i32::from_be_bytes([a, b, c, d]))
-        }
-        _ => Route::Unknown,
+        Some([0, 0, 0, 16, 4, 210, 22, 46, a, b, c, d, e, f, g, h]) => Some(CancelKey {
+            pid: i32::from_be_bytes([a, b, c, d]),
+            secret: i32::from_be_bytes([e, f, g, h]),
+        }),
+        _ => None,
     }
 }
 

@@ -52,8 +52,9 @@ pub use over_sqlx::{SqlxPgConnection, SqlxPgLock};
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub mod tokio {
     pub use crate::asynchronous::{
-        AsyncPgConnection, AsyncPgLock, AsyncPgSession, AsyncPgXactLock, SideTls,
-        batch_async as batch, check_deployment_async as check_deployment,
+        AsyncPgConnection, AsyncPgLock, AsyncPgSession, AsyncPgXactLock, CancelKey, SideTls,
+        batch_async as batch, cancel_key_async as cancel_key,
+        check_deployment_async as check_deployment,
         check_session_pooler_async as check_session_pooler,
         holder_sessions_async as holder_sessions, holders_async as holders,
         install_fencing_async as install_fencing, install_fencing_in_async as install_fencing_in,

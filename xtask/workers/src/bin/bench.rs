@@ -897,6 +897,39 @@ fn throughput(scale: Scale) -> Result<Vec<Throughput>> {
         );
         drop(pool);
 
+        // Your deadpool-postgres pool, beside the same checkout and statements by hand.
+        let mut config = dlock_pool::deadpool_postgres::Config::new();
+        config.url = Some(pg_url()?);
+        config.pool = Some(dlock_pool::deadpool_postgres::PoolConfig::new(1));
+        let user_pool = config.create_pool(
+            Some(dlock_pool::deadpool_postgres::Runtime::Tokio1),
+            tokio_postgres::NoTls,
+        )?;
+        let locks = dlock_pool::DeadpoolLockPool::new(user_pool.clone());
+        results.push(
+            compare_async(
+                scale,
+                "DeadpoolLockPool, PostgreSQL",
+                "deadpool checkout, tokio-postgres simple query",
+                async |side, n| {
+                    let started = Instant::now();
+                    for _ in 0..n {
+                        if side == Side::Dlock {
+                            dlock_pool::DeadpoolLockGuard::release(locks.acquire(PG_KEY).await?)
+                                .await?;
+                        } else {
+                            let conn = user_pool.get().await?;
+                            conn.simple_query(&pg_lock_sql).await?;
+                            conn.simple_query(&pg_unlock_sql).await?;
+                        }
+                    }
+                    Ok(per_second(n, started))
+                },
+            )
+            .await?,
+        );
+        drop(locks);
+
         let manager = AsyncMySqlManager::from_url(&mysql_url()?)?;
         let pool = AsyncLockPool::with_builder(bb8::Pool::builder().max_size(1), manager).await?;
         results.push(
