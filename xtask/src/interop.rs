@@ -93,7 +93,6 @@ fn interop(servers: &Servers, python: &Path) -> Result<()> {
         return Err("building the interop worker failed".into());
     }
     let sides = Sides { servers, python };
-    let flavours = said(sides.worker(&["flavours"]))?;
     let mut failures = Vec::new();
     let mut checked = 0;
     for (backend, url) in [
@@ -103,11 +102,8 @@ fn interop(servers: &Servers, python: &Path) -> Result<()> {
         ),
         ("mysql", python_url(&servers.mysql_url, "mysql+pymysql")),
     ] {
+        let flavours = said(sides.worker(&["flavours", backend]))?;
         for flavour in flavours.split_whitespace() {
-            // Transaction locks are PostgreSQL's.
-            if flavour == "xact" && backend != "postgres" {
-                continue;
-            }
             for key in KEYS {
                 let case = Case {
                     backend,

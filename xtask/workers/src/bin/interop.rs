@@ -13,7 +13,7 @@
 //! The flavour `xact` is a transaction lock (`PgXactLock`, PostgreSQL): its hold ends with a
 //! commit.
 //!
-//! `<flavour>` is one of [`FLAVOURS`], which `interop flavours` prints. Servers come from `DLOCK_PG_URL` and `DLOCK_MYSQL_URL`;
+//! `<flavour>` is one of [`FLAVOURS`]; `interop flavours <backend>` prints a backend's. Servers come from `DLOCK_PG_URL` and `DLOCK_MYSQL_URL`;
 //! every flavour takes keys under the default key policy, the one sqlalchemy-dlock's keys
 //! match.
 
@@ -25,22 +25,27 @@ use dlock_pool::dlock_mysql::{AsyncMySqlLock, MySqlLock, SqlxMySqlLock};
 use dlock_pool::dlock_postgres::{AsyncPgLock, PgLock, PgXactLock, SqlxPgLock};
 use dlock_pool::{
     AsyncAnyLockGuard, AsyncAnyLockPool, AsyncLock, AsyncLockGuard, AsyncLockPool,
-    AsyncMultiplexedGuard, AsyncMySqlManager, Lock, LockGuard, LockPool,
+    AsyncMultiplexedGuard, AsyncMySqlManager, DeadpoolLockGuard, DeadpoolLockPool, Lock, LockGuard,
+    LockPool,
 };
 
 type Result<T, E = Box<dyn std::error::Error + Send + Sync>> = std::result::Result<T, E>;
 
 /// Every flavour the worker takes locks through.
-const FLAVOURS: [&str; 8] = [
+const FLAVOURS: [&str; 9] = [
     "blocking",
     "xact",
     "tokio",
     "sqlx",
     "r2d2",
     "bb8",
+    "deadpool",
     "url",
     "multiplexed",
 ];
+
+/// The flavours that take PostgreSQL locks only.
+const POSTGRES_ONLY: [&str; 2] = ["xact", "deadpool"];
 
 /// How long a hold waits for the key.
 const WAIT: Duration = Duration::from_secs(30);
@@ -235,6 +240,17 @@ async fn asynchronous(
             let pool = AsyncLockPool::new(AsyncMySqlManager::from_url(&url)?).await?;
             pooled_async(pool, flavour, key, hold).await
         }
+        ("postgres", "deadpool") => {
+            let mut config = dlock_pool::deadpool_postgres::Config::new();
+            config.url = Some(url);
+            let pool = config.create_pool(
+                Some(dlock_pool::deadpool_postgres::Runtime::Tokio1),
+                tokio_postgres::NoTls,
+            )?;
+            let locks = DeadpoolLockPool::new(pool);
+            let locks = if shared { locks.shared() } else { locks };
+            pooled_hold_or_try!(locks, DeadpoolLockGuard, key, hold)
+        }
         (_, "url") => {
             let pool = AsyncAnyLockPool::connect(&url).await?;
             let pool = if shared { pool.shared() } else { pool };
@@ -259,9 +275,15 @@ async fn pooled_async<M: dlock_pool::MultiplexedManager>(
 }
 
 fn run(args: &[String]) -> Result<&'static str> {
-    if matches!(args, [only] if only == "flavours") {
-        // What `cargo xtask interop` runs through.
-        println!("{}", FLAVOURS.join(" "));
+    if let [command, backend] = args
+        && command == "flavours"
+    {
+        // What `cargo xtask interop` runs through on `backend`.
+        let flavours: Vec<&str> = FLAVOURS
+            .into_iter()
+            .filter(|flavour| backend == "postgres" || !POSTGRES_ONLY.contains(flavour))
+            .collect();
+        println!("{}", flavours.join(" "));
         return Ok("");
     }
     let [backend, flavour, key, mode] = args else {
