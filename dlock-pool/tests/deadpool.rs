@@ -156,3 +156,56 @@ async fn a_deadpool_lock_and_a_bare_lock_exclude_each_other() {
     assert!(!bare.try_acquire().await.unwrap());
     DeadpoolLockGuard::release(guard).await.unwrap();
 }
+
+/// A session that lives on without its lock (released behind the guard's back, as `DISCARD
+/// ALL` or a pooler's reset does) is reported lost: the watcher asks for the hold itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_alive_without_its_lock_is_reported_lost() {
+    let locks = DeadpoolLockPool::new(user_pool(2)).watch_interval(Duration::from_millis(50));
+    let key = "deadpool/released-behind";
+    let guard = locks.acquire(key).await.unwrap();
+    guard
+        .batch_execute("SELECT pg_advisory_unlock_all()")
+        .await
+        .unwrap();
+    let reason = tokio::time::timeout(Duration::from_secs(5), DeadpoolLockGuard::lost(&guard))
+        .await
+        .expect("reported lost");
+    assert_eq!(reason, LostReason::NotHeld);
+    assert!(free(key).await);
+    let error = DeadpoolLockGuard::release(guard).await.unwrap_err();
+    assert!(matches!(error, Error::LockLost { .. }), "{error:?}");
+}
+
+/// A pool used from one runtime, then from another after the first shut down, keeps
+/// watching: its watcher starts again on the runtime of the next grant.
+#[test]
+fn the_watcher_outlives_the_runtime_of_the_first_grant() {
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let first = runtime();
+    let (pool, locks) = first.block_on(async {
+        let pool = user_pool(2);
+        let locks = DeadpoolLockPool::new(pool.clone()).watch_interval(Duration::from_millis(50));
+        let guard = locks.acquire("deadpool/runtimes").await.unwrap();
+        DeadpoolLockGuard::release(guard).await.unwrap();
+        (pool, locks)
+    });
+    drop(first);
+    drop(pool);
+    runtime().block_on(async {
+        let guard = locks.acquire("deadpool/runtimes").await.unwrap();
+        let holder = pid(&guard).await;
+        tokio::task::spawn_blocking(move || common::pg_terminate(holder))
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), DeadpoolLockGuard::lost(&guard))
+            .await
+            .expect("the second runtime's watcher reports the loss");
+    });
+}
