@@ -209,3 +209,28 @@ fn the_watcher_outlives_the_runtime_of_the_first_grant() {
             .expect("the second runtime's watcher reports the loss");
     });
 }
+
+/// Your own work on a connection between locks may throw away what dlock prepared there
+/// (`DISCARD ALL`, `DEALLOCATE ALL`): the next lock on it still locks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_after_your_discard_all_on_the_connection_still_locks() {
+    let pool = user_pool(1);
+    let locks = DeadpoolLockPool::new(pool.clone());
+    let key = "deadpool/discarded";
+    for _ in 0..3 {
+        let guard = locks.acquire(key).await.unwrap();
+        DeadpoolLockGuard::release(guard).await.unwrap();
+    }
+    pool.get()
+        .await
+        .unwrap()
+        .batch_execute("DISCARD ALL")
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let guard = locks.acquire(key).await.unwrap();
+        assert!(!free(key).await);
+        DeadpoolLockGuard::release(guard).await.unwrap();
+    }
+    assert!(free(key).await);
+}
