@@ -571,9 +571,14 @@ fn a_pool_outlives_the_runtime_that_sent_its_statements<B: Backend>() {
     first.shutdown_background();
     let second = runtime(2);
     second.block_on(async {
-        // The anchor's session is still shared: the next try rides on it first.
+        // The anchor's session is still shared: the next try rides on it first. Until the
+        // first runtime has dropped its tasks (its threads may not run for a while on a busy
+        // machine), a statement that one of them was sending holds up the session, and the
+        // key of a try whose settlement waits behind it stays claimed: the pool goes on once
+        // they are gone.
         let mut granted = false;
-        for _ in 0..20 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while !granted && std::time::Instant::now() < deadline {
             let attempt = tokio::time::timeout(
                 Duration::from_secs(10),
                 locks.try_acquire("mux/runtimes-after"),
@@ -583,9 +588,9 @@ fn a_pool_outlives_the_runtime_that_sent_its_statements<B: Backend>() {
             if let Ok(Some(guard)) = attempt {
                 AsyncMultiplexedGuard::release(guard).await.unwrap();
                 granted = true;
-                break;
+            } else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert!(
             granted,
