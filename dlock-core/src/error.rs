@@ -143,6 +143,21 @@ pub enum Error {
         source: Option<BoxError>,
     },
 
+    /// A fenced acquire on a server whose commits are not durable: a token written there
+    /// could be lost in a crash and handed out again after the restart, so none was handed
+    /// out, and the grant was given back (nothing is held). MySQL and MariaDB flush their
+    /// redo log at each commit only with `innodb_flush_log_at_trx_commit = 1`, a global
+    /// setting no session can override. Set it to 1, or lock without fencing.
+    #[error(
+        "fencing tokens here could be handed out twice: the server's {setting} is not 1, so a \
+         crash could lose a token already handed out; set it to 1 (SET GLOBAL {setting} = 1, \
+         and in the server's configuration) or lock without fencing (nothing is held)"
+    )]
+    FencingNotDurable {
+        /// The server setting that makes commits durable.
+        setting: &'static str,
+    },
+
     /// A pooled lock was lost while its guard held it, so the critical section may not have
     /// been exclusive: its session ended or gave it up, or nothing could confirm it for longer
     /// than the pool's bound. Its connection is closed, never reused.
@@ -353,6 +368,9 @@ mod tests {
             Error::FencingNotInstalled {
                 table: "\"public\".\"dlock_fence\"".to_owned(),
                 source: Some(io_error()),
+            },
+            Error::FencingNotDurable {
+                setting: "innodb_flush_log_at_trx_commit",
             },
             Error::CannotExclude {
                 deployment: Deployment::TransactionPooler,

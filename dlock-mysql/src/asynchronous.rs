@@ -941,12 +941,7 @@ pub async fn try_lock_async(
         let token = query(conn, &sql::fence(server, &table, name))
             .await
             .map_err(|failed| failed.error.naming_fence_table(Some(&table)))?;
-        token
-            .first()
-            .copied()
-            .flatten()
-            .and_then(|token| u64::try_from(token).ok())
-            .ok_or_else(|| Error::backend("a fence upsert gave no token"))
+        sql::read_token(&token)
     }
     .await;
     match fenced {
@@ -1101,6 +1096,7 @@ async fn query(conn: &mut Conn, statement: &str) -> Reply {
         return match conn.query_drop(statement).await {
             Ok(()) => Ok(vec![
                 conn.last_insert_id().and_then(|id| i64::try_from(id).ok()),
+                i64::try_from(conn.affected_rows()).ok(),
             ]),
             Err(error) => Err(classify(error)),
         };

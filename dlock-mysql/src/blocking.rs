@@ -487,7 +487,10 @@ pub fn check_deployment(conn: &mut Conn) -> Result<()> {
 fn query(conn: &mut Conn, statement: &str) -> Reply {
     if sql::is_fence(statement) {
         return match conn.query_drop(statement) {
-            Ok(()) => Ok(vec![i64::try_from(conn.last_insert_id()).ok()]),
+            Ok(()) => Ok(vec![
+                i64::try_from(conn.last_insert_id()).ok(),
+                i64::try_from(conn.affected_rows()).ok(),
+            ]),
             Err(error) => Err(classify(error)),
         };
     }

@@ -563,12 +563,12 @@ impl Acquire {
                 },
             },
             AcquirePhase::Fencing => match reply.expect("the token bump's reply") {
-                Ok(row) => match first(&row).and_then(|token| u64::try_from(token).ok()) {
-                    Some(token) if token > 0 => {
+                Ok(row) => match sql::read_token(&row) {
+                    Ok(token) => {
                         state.token = Some(token);
                         self.hold(state)
                     }
-                    _ => self.undo(Error::backend("the token bump returned no token")),
+                    Err(error) => self.undo(error),
                 },
                 Err(failed) if failed.failure == Failure::ConnectionLost => {
                     self.done(Err(failed.error))
@@ -969,7 +969,7 @@ mod tests {
         assert!(bump.starts_with("INSERT INTO `dlock_fence`"), "{bump}");
         assert!(sql::is_fence(&bump));
         assert!(matches!(
-            op.step(&mut state, Some(Ok(vec![Some(7)]))),
+            op.step(&mut state, Some(Ok(vec![Some(7), Some(1)]))),
             Step::Done(Ok(true))
         ));
         assert_eq!(state.token(), Some(7));
@@ -988,6 +988,26 @@ mod tests {
             Step::Done(Err(Error::FencingNotInstalled { .. }))
         ));
         assert!(state.held.is_none());
+
+        // A server whose commits are not durable: the bump changes nothing, and the grant is
+        // given back with an error that names the setting.
+        let mut op = Acquire::start(&state, MARIADB, Wait::Never).unwrap();
+        sent(op.step(&mut state, None));
+        let bump = sent(op.step(&mut state, Some(Ok(vec![Some(1)]))));
+        assert!(
+            bump.contains("WHERE @@global.innodb_flush_log_at_trx_commit = 1"),
+            "{bump}"
+        );
+        let give_back = sent(op.step(&mut state, Some(Ok(vec![Some(0), Some(0)]))));
+        assert!(give_back.starts_with("SELECT RELEASE_LOCK("), "{give_back}");
+        assert!(matches!(
+            op.step(&mut state, Some(Ok(vec![Some(1)]))),
+            Step::Done(Err(Error::FencingNotDurable {
+                setting: "innodb_flush_log_at_trx_commit"
+            }))
+        ));
+        assert!(state.held.is_none());
+        assert_eq!(state.token(), None);
     }
 
     #[test]

@@ -42,9 +42,12 @@ macro_rules! lock_methods {
         /// takes back, so a token handed out in a transaction that rolls back is used up and
         /// the next holder's is higher (tokens increase, not by one). MySQL has no sequences:
         /// there a rollback would let the next holder get the same token, so take fenced
-        /// locks outside transactions. A token survives a crash only as far as the server's commits do:
-        /// with `innodb_flush_log_at_trx_commit` at 0 or 2 (global only; no session can
-        /// raise it), a crash can take back the last second of tokens. Keep it at 1.
+        /// locks outside transactions.
+        ///
+        /// A token is handed out only where a crash cannot take it back: the upsert writes
+        /// only where `innodb_flush_log_at_trx_commit` is 1 (global only; no session can raise
+        /// it), and elsewhere the grant is given back and the acquire fails with
+        /// [`Error::FencingNotDurable`](dlock_core::Error::FencingNotDurable).
         pub fn fenced(mut self) -> Self {
             self.state.fence = Some(
                 crate::sql::fence_table(crate::sql::DEFAULT_FENCE_TABLE)

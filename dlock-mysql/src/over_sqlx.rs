@@ -325,7 +325,10 @@ async fn query(conn: &mut MySqlConnection, statement: String) -> Reply {
             .execute(conn)
             .await
             .map_err(failed)?;
-        return Ok(vec![i64::try_from(done.last_insert_id()).ok()]);
+        return Ok(vec![
+            i64::try_from(done.last_insert_id()).ok(),
+            i64::try_from(done.rows_affected()).ok(),
+        ]);
     }
     let row = ::sqlx::raw_sql(::sqlx::AssertSqlSafe(statement.clone()))
         .fetch_optional(conn)

@@ -755,28 +755,57 @@ fn fence_clock(table: &str) -> String {
 
 /// The statement that bumps a name's token after its `GET_LOCK` succeeded, on the same
 /// session. `LAST_INSERT_ID(expr)` puts the token in the OK packet, so no SELECT follows: the
-/// flavours read it as the reply ([`is_fence`]). On MariaDB the token is also no lower than
-/// the clock's next tick (`VALUES(token)`, drawn once per statement).
+/// flavours read it as the reply ([`is_fence`]), with the rows it changed. On MariaDB the token
+/// is also no lower than the clock's next tick (`VALUES(token)`, drawn once per statement).
+///
+/// The row is written only where the server makes a commit durable before it answers
+/// ([`DURABLE_COMMITS`]); elsewhere the statement changes no row (and draws no tick), and the
+/// grant is given back: a token a crash could take back is never handed out.
 pub(crate) fn fence(server: Server, table: &str, name: &str) -> String {
-    let mut sql = format!("INSERT INTO {table} (lock_name, token) VALUES (");
+    let mut sql = format!("INSERT INTO {table} (lock_name, token) SELECT ");
     push_name(&mut sql, name);
     match server {
         Server::MariaDb => {
             let _ = write!(
                 sql,
-                ", LAST_INSERT_ID(NEXTVAL({}))) ON DUPLICATE KEY UPDATE \
-                 token = LAST_INSERT_ID(GREATEST(token + 1, VALUES(token)))",
+                ", LAST_INSERT_ID(NEXTVAL({})) FROM DUAL WHERE {DURABLE_COMMITS} \
+                 ON DUPLICATE KEY UPDATE token = LAST_INSERT_ID(GREATEST(token + 1, VALUES(token)))",
                 fence_clock(table)
             );
         }
-        Server::MySql => sql.push_str(
-            ", LAST_INSERT_ID(1)) ON DUPLICATE KEY UPDATE token = LAST_INSERT_ID(token + 1)",
-        ),
+        Server::MySql => {
+            let _ = write!(
+                sql,
+                ", LAST_INSERT_ID(1) FROM DUAL WHERE {DURABLE_COMMITS} \
+                 ON DUPLICATE KEY UPDATE token = LAST_INSERT_ID(token + 1)"
+            );
+        }
     }
     sql
 }
 
-/// Whether `statement` is a [`fence`], whose reply is the OK packet's last insert id.
+/// True where InnoDB flushes its redo log at every commit, so a committed token survives a
+/// crash of the server or of its machine. The setting is global only (`SET SESSION` is error
+/// 1229), so a fenced grant reads it each time instead of setting it, as PostgreSQL's does.
+const DURABLE_COMMITS: &str = "@@global.innodb_flush_log_at_trx_commit = 1";
+
+/// Reads the reply to [`fence`] as the flavours give it: the token (the OK packet's last
+/// insert id) and the rows the statement changed, none where the server's commits are not
+/// durable.
+pub(crate) fn read_token(reply: &[Option<i64>]) -> Result<u64> {
+    match reply {
+        [_, Some(0)] => Err(Error::FencingNotDurable {
+            setting: "innodb_flush_log_at_trx_commit",
+        }),
+        [Some(token), _] if *token > 0 => Ok(token.unsigned_abs()),
+        _ => Err(Error::backend(format!(
+            "the fencing token's upsert answered {reply:?}, where it gives a token"
+        ))),
+    }
+}
+
+/// Whether `statement` is a [`fence`], whose reply is the OK packet's last insert id and the
+/// rows it changed.
 pub(crate) fn is_fence(statement: &str) -> bool {
     statement.starts_with("INSERT INTO ")
 }

@@ -7,7 +7,7 @@ use dlock_testkit as common;
 use std::time::{Duration, Instant};
 
 use dlock_mysql::{AsyncLock, AsyncMySqlLock, Error, Lock, MySqlLock};
-use dlock_testkit::faults::{Frozen, SLACK, TIMEOUT, my_pid, restart_mariadb};
+use dlock_testkit::faults::{Frozen, SLACK, TIMEOUT, crash_mariadb, my_pid, restart_mariadb};
 
 #[test]
 fn a_read_timeout_bounds_a_blocking_mysql_lock_on_a_frozen_server() {
@@ -90,20 +90,126 @@ async fn a_session_id_repeated_after_a_restart_is_never_taken_for_the_old_sessio
     new_holder.release().await.unwrap();
 }
 
+/// A token is handed out only once a crash cannot take it back: each round grants tokens in
+/// quick succession on both flavours, then kills the server (SIGKILL) and starts it again;
+/// the next holder's token is higher than every one handed out before. (Before dlock checked
+/// `innodb_flush_log_at_trx_commit`, this failed on a server with it at 0.)
 #[test]
-fn fencing_tokens_keep_growing_across_a_restart() {
-    let name = "faults/fenced-restart";
+fn fencing_tokens_survive_a_crash() {
+    let name = "faults/fenced-crash";
     dlock_mysql::install_fencing(&mut common::my()).unwrap();
-    let mut lock = MySqlLock::new(common::my(), name).fenced();
-    lock.acquire().unwrap();
-    let before = lock.fencing_token().unwrap();
-    lock.release().unwrap();
-    drop(lock);
-    restart_mariadb();
-    let mut lock = MySqlLock::new(common::my(), name).fenced();
-    lock.acquire().unwrap();
-    let after = lock.fencing_token().unwrap();
-    assert!(after > before, "{after} after {before}, across a restart");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for round in 0..3 {
+        let mut handed_out = Vec::new();
+        let mut lock = MySqlLock::new(common::my(), name).fenced();
+        for _ in 0..3 {
+            lock.acquire().unwrap();
+            handed_out.push(lock.fencing_token().unwrap());
+            lock.release().unwrap();
+        }
+        drop(lock);
+        runtime.block_on(async {
+            let conn = mysql_async::Conn::from_url(common::mysql_url())
+                .await
+                .unwrap();
+            let mut lock = AsyncMySqlLock::new(conn, name).fenced();
+            lock.acquire().await.unwrap();
+            handed_out.push(lock.fencing_token().unwrap());
+            lock.release().await.unwrap();
+        });
+        crash_mariadb();
+        let mut lock = MySqlLock::new(common::my(), name).fenced();
+        lock.acquire().unwrap();
+        let after = lock.fencing_token().unwrap();
+        let highest = handed_out.iter().max().copied().unwrap();
+        assert!(
+            after > highest,
+            "round {round}: token {after} after a crash, but {handed_out:?} were handed out"
+        );
+    }
+}
+
+/// Sets the fault row's server's `innodb_flush_log_at_trx_commit` (global only) until dropped.
+struct CommitFlush;
+
+impl CommitFlush {
+    fn set(value: u8) {
+        use mysql::prelude::Queryable;
+        common::my()
+            .query_drop(format!(
+                "SET GLOBAL innodb_flush_log_at_trx_commit = {value}"
+            ))
+            .unwrap();
+    }
+
+    fn at(value: u8) -> CommitFlush {
+        CommitFlush::set(value);
+        CommitFlush
+    }
+}
+
+impl Drop for CommitFlush {
+    fn drop(&mut self) {
+        CommitFlush::set(1);
+    }
+}
+
+/// Where commits are not flushed at once (`innodb_flush_log_at_trx_commit` 0 or 2), a crash
+/// can take back a token already handed out: no flavour hands one out there. The grant is
+/// given back, the error names the setting, and the same lock object locks once the server
+/// flushes its commits again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_grant_where_commits_are_not_durable_is_refused_and_nothing_is_held() {
+    use mysql::prelude::Queryable;
+    let name = "faults/not-durable";
+    tokio::task::block_in_place(|| dlock_mysql::install_fencing(&mut common::my())).unwrap();
+    let held = || -> Option<u64> {
+        tokio::task::block_in_place(|| {
+            common::my()
+                .exec_first::<Option<u64>, _, _>("SELECT IS_USED_LOCK(?)", (name,))
+                .unwrap()
+                .flatten()
+        })
+    };
+    let refused = |outcome: &Result<bool, Error>| {
+        matches!(
+            outcome,
+            Err(Error::FencingNotDurable {
+                setting: "innodb_flush_log_at_trx_commit"
+            })
+        )
+    };
+    for value in [0, 2] {
+        let flush = CommitFlush::at(value);
+        let mut blocking = MySqlLock::new(common::my(), name).fenced();
+        let outcome = tokio::task::block_in_place(|| blocking.try_acquire());
+        assert!(refused(&outcome), "{value}: {outcome:?}");
+        let message = outcome.unwrap_err().to_string();
+        assert!(
+            message.contains("SET GLOBAL innodb_flush_log_at_trx_commit = 1"),
+            "{message}"
+        );
+        assert_eq!(held(), None, "a refused grant left the name held");
+        let conn = mysql_async::Conn::from_url(common::mysql_url())
+            .await
+            .unwrap();
+        let mut tokio_lock = AsyncMySqlLock::new(conn, name).fenced();
+        let outcome = tokio_lock.acquire_timeout(Duration::from_millis(100)).await;
+        assert!(refused(&outcome), "{value}: {outcome:?}");
+        assert_eq!(tokio_lock.fencing_token(), None);
+        assert_eq!(held(), None, "a refused grant left the name held");
+        drop(flush);
+        // Durable again: the same objects lock, with a token.
+        assert!(tokio_lock.try_acquire().await.unwrap());
+        assert!(tokio_lock.fencing_token().is_some());
+        tokio_lock.release().await.unwrap();
+        assert!(tokio::task::block_in_place(|| blocking.try_acquire()).unwrap());
+        assert!(blocking.fencing_token().is_some());
+        tokio::task::block_in_place(|| blocking.release()).unwrap();
+    }
 }
 
 /// Sets the fault row's server read-only (as a replica is) until dropped.

@@ -635,7 +635,8 @@ fn start_mariadb_with(dir: &Path, extra: &[String]) -> Result<String> {
             // key); shipped with the server, not loaded by default.
             "--plugin-load-add=metadata_lock_info",
             "--max-connections=500",
-            "--innodb-flush-log-at-trx-commit=0",
+            // Fencing tokens are handed out only where commits are durable.
+            "--innodb-flush-log-at-trx-commit=1",
             "--innodb-buffer-pool-size=64M",
         ])
         .args(extra)

@@ -123,9 +123,21 @@ fn pg_ctl_restart(mode: &str) {
 
 /// Restarts MariaDB: SIGTERM, wait for it to exit, start it again as the matrix did.
 pub fn restart_mariadb() {
+    stop_and_start_mariadb("-TERM");
+}
+
+/// Crashes MariaDB and starts it again: SIGKILL ends the server at once, with nothing
+/// flushed that was not already, so the restart recovers from its redo log, as after a crash.
+pub fn crash_mariadb() {
+    stop_and_start_mariadb("-KILL");
+}
+
+/// Sends the fault row's MariaDB `signal`, waits for it to exit, and starts it again as the
+/// matrix did.
+fn stop_and_start_mariadb(signal: &str) {
     let dir = server_dir("DLOCK_FAULT_MYSQL_DIR");
     let pid = my_pid();
-    run(Command::new("kill").args(["-TERM", &pid.to_string()]));
+    run(Command::new("kill").args([signal, &pid.to_string()]));
     let deadline = Instant::now() + Duration::from_secs(60);
     while PathBuf::from(format!("/proc/{pid}")).exists() {
         // A zombie of ours would linger here; the server is the matrix's child, not ours.
