@@ -1,8 +1,13 @@
 //! The nemesis run of `cargo xtask nemesis`: worker processes increment one counter in the
 //! database under a dlock lock, while a nemesis kills holders' sessions in their critical
 //! sections, freezes holder processes (SIGSTOP) past the loss of their lock and thaws them,
-//! and restarts the server. Each backend runs twice: with fencing (every read and write of the
-//! counter carries the holder's token, as the README shows) and without.
+//! and crashes the server once (PostgreSQL's immediate shutdown, SIGKILL of MariaDB), with
+//! the lock sessions committing asynchronously where the server allows it per session
+//! (PostgreSQL's `synchronous_commit = off`). Every few critical sections a holder's own
+//! session is reset under it (`pg_advisory_unlock_all()`, `RELEASE_ALL_LOCKS()`), as a
+//! pooler's reset does, and the holder goes on as if it still held the lock. Each backend
+//! runs twice: with fencing (every read and write of the counter carries the holder's token,
+//! as the README shows) and without.
 //!
 //! Started without arguments it coordinates and prints the table; `worker BACKEND FENCED
 //! MILLIS` is one worker process. With fencing, a lost update fails the run.
@@ -22,6 +27,8 @@ const WORKERS: usize = 4;
 /// How long a holder stays in its critical section, between reading and writing the counter:
 /// the window the nemesis aims at.
 const CRITICAL_SECTION: Duration = Duration::from_millis(20);
+/// Every this many critical sections, a worker resets its lock's session in the middle of one.
+const RESET_EVERY: u64 = 5;
 
 fn pg_url() -> Result<String> {
     Ok(std::env::var("DLOCK_PG_URL")?)
@@ -50,6 +57,8 @@ struct Counts {
     accepted: u64,
     /// Reads or writes the counter refused because a newer token had touched it.
     refused: u64,
+    /// Critical sections whose lock session was reset under them.
+    resets: u64,
 }
 
 fn main() {
@@ -165,11 +174,12 @@ fn signal(pid: u32, signal: &str) {
         .status();
 }
 
-fn restart(backend: &str) {
+/// Crashes the server and starts it again: nothing is flushed that was not already.
+fn crash(backend: &str) {
     if backend == "postgres" {
-        dlock_testkit::faults::restart_postgres();
+        dlock_testkit::faults::crash_postgres();
     } else {
-        dlock_testkit::faults::restart_mariadb();
+        dlock_testkit::faults::crash_mariadb();
     }
 }
 
@@ -178,7 +188,7 @@ fn restart(backend: &str) {
 struct Faults {
     killed: u32,
     frozen: u32,
-    restarts: u32,
+    crashes: u32,
 }
 
 /// Runs the workers for `run` and hits them until they are done.
@@ -204,11 +214,11 @@ fn nemesis(backend: &str, fenced: bool, run: Duration) -> Result<(Counts, Faults
     while started.elapsed() < run {
         std::thread::sleep(Duration::from_millis(150));
         round += 1;
-        // Halfway through, the server restarts once; otherwise the nemesis kills or freezes
+        // Halfway through, the server crashes once; otherwise the nemesis kills or freezes
         // whoever holds the lock, in turn.
-        if faults.restarts == 0 && started.elapsed() >= run / 2 {
-            restart(backend);
-            faults.restarts += 1;
+        if faults.crashes == 0 && started.elapsed() >= run / 2 {
+            crash(backend);
+            faults.crashes += 1;
             continue;
         }
         let Ok(Some((session, pid))) = holder(backend) else {
@@ -241,12 +251,13 @@ fn nemesis(backend: &str, fenced: bool, run: Duration) -> Result<(Counts, Faults
             .split_whitespace()
             .map(str::parse)
             .collect::<Result<_, _>>()?;
-        let [attempted, accepted, refused] = numbers[..] else {
+        let [attempted, accepted, refused, resets] = numbers[..] else {
             return Err(format!("a worker printed {text:?}").into());
         };
         total.attempted += attempted;
         total.accepted += accepted;
         total.refused += refused;
+        total.resets += resets;
         for token in lines.next().unwrap_or_default().split_whitespace() {
             total.tokens.push(token.parse()?);
         }
@@ -264,15 +275,17 @@ fn coordinate(quick: bool) -> Result<()> {
     println!(
         "{WORKERS} processes increment one counter under one lock for {} s per row, each critical \
          section {} ms long, while the nemesis kills the holder's session, freezes the holder \
-         past the loss of its lock (SIGSTOP, 200 ms, SIGCONT), and restarts the server once.\n",
+         past the loss of its lock (SIGSTOP, 200 ms, SIGCONT), and crashes the server once \
+         (lock sessions on PostgreSQL commit asynchronously); every {RESET_EVERY}th critical \
+         section a worker resets its own lock session and goes on as if it held the lock.\n",
         run.as_secs(),
         CRITICAL_SECTION.as_millis()
     );
     println!(
-        "| backend | fencing | sessions killed | holders frozen | restarts | writes attempted | \
-         accepted | stale refused | lost updates | counter / accepted |"
+        "| backend | fencing | sessions killed | holders frozen | sessions reset | crashes | \
+         writes attempted | accepted | stale refused | lost updates | counter / accepted |"
     );
-    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---|");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     let mut failures = Vec::new();
     for backend in ["postgres", "mysql"] {
         for fenced in [true, false] {
@@ -282,16 +295,17 @@ fn coordinate(quick: bool) -> Result<()> {
             let accepted = i64::try_from(counts.accepted)?;
             let lost = accepted - value;
             println!(
-                "| {backend} | {} | {} | {} | {} | {} | {} | {} | {lost} | {value} / {accepted} |",
+                "| {backend} | {} | {} | {} | {} | {} | {} | {} | {} | {lost} | {value} / {accepted} |",
                 if fenced { "on" } else { "off" },
                 faults.killed,
                 faults.frozen,
-                faults.restarts,
+                counts.resets,
+                faults.crashes,
                 counts.attempted,
                 counts.accepted,
                 counts.refused,
             );
-            // A write whose reply a restart cut off may have committed unseen: the counter
+            // A write whose reply a crash cut off may have committed unseen: the counter
             // can only run ahead of the accepted writes then, never behind.
             if fenced && lost > 0 {
                 failures.push(format!("{backend} with fencing lost {lost} updates"));
@@ -299,7 +313,7 @@ fn coordinate(quick: bool) -> Result<()> {
             if fenced && counts.accepted == 0 {
                 failures.push(format!("{backend} with fencing accepted no write"));
             }
-            // Every grant of the key, in every process and across the restart, got a token
+            // Every grant of the key, in every process and across the crash, got a token
             // of its own.
             let mut tokens = counts.tokens.clone();
             tokens.sort_unstable();
@@ -341,8 +355,8 @@ fn worker(args: &[String]) -> Result<()> {
         }
     }
     println!(
-        "{} {} {}",
-        counts.attempted, counts.accepted, counts.refused
+        "{} {} {} {}",
+        counts.attempted, counts.accepted, counts.refused, counts.resets
     );
     let tokens: Vec<String> = counts.tokens.iter().map(u64::to_string).collect();
     println!("{}", tokens.join(" "));
@@ -356,7 +370,11 @@ fn os_pid() -> i32 {
 /// Lock cycles on one pair of connections until `deadline`, or until one fails.
 fn pg_cycle(fenced: bool, deadline: Instant, counts: &mut Counts) -> Result<()> {
     let mut resource = pg()?;
-    let lock = PgLock::new(pg()?, KEY);
+    // The lock's session commits asynchronously: its tokens must survive the crash all the
+    // same. The counter's session commits as the server's default has it, durably.
+    let mut session = pg()?;
+    session.batch_execute("SET synchronous_commit = off")?;
+    let lock = PgLock::new(session, KEY);
     let mut lock = if fenced { lock.fenced() } else { lock };
     let session: i32 = lock
         .client()
@@ -389,6 +407,12 @@ fn pg_cycle(fenced: bool, deadline: Instant, counts: &mut Counts) -> Result<()> 
             continue;
         };
         let value: i64 = row.get(0);
+        let reset = counts.attempted % RESET_EVERY == 0;
+        if reset {
+            lock.client()
+                .batch_execute("SELECT pg_advisory_unlock_all()")?;
+            counts.resets += 1;
+        }
         std::thread::sleep(CRITICAL_SECTION);
         let written = match token {
             Some(token) => resource.execute(
@@ -404,6 +428,11 @@ fn pg_cycle(fenced: bool, deadline: Instant, counts: &mut Counts) -> Result<()> 
             counts.accepted += 1;
         } else {
             counts.refused += 1;
+        }
+        if reset {
+            // The release finds the lock gone; the worker starts again on new sessions.
+            let _ = lock.release();
+            return Err("the lock's session was reset".into());
         }
         lock.release()?;
     }
@@ -442,6 +471,11 @@ fn my_cycle(fenced: bool, deadline: Instant, counts: &mut Counts) -> Result<()> 
         let value: i64 = resource
             .query_first("SELECT value FROM nemesis_counter WHERE id = 1")?
             .ok_or("no counter row")?;
+        let reset = counts.attempted % RESET_EVERY == 0;
+        if reset {
+            lock.conn().query_drop("SELECT RELEASE_ALL_LOCKS()")?;
+            counts.resets += 1;
+        }
         std::thread::sleep(CRITICAL_SECTION);
         // MySQL counts a row changed to its own value as not affected: without a token, a
         // stale holder's write of the value already there is taken all the same.
@@ -465,6 +499,10 @@ fn my_cycle(fenced: bool, deadline: Instant, counts: &mut Counts) -> Result<()> 
             counts.accepted += 1;
         } else {
             counts.refused += 1;
+        }
+        if reset {
+            let _ = lock.release();
+            return Err("the lock's session was reset".into());
         }
         lock.release()?;
     }
