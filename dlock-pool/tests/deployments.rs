@@ -35,11 +35,42 @@ async fn bb8_pool(url: &str) -> AsyncLockPool<Bb8Pg> {
     AsyncLockPool::with_builder(builder, manager).await.unwrap()
 }
 
-/// The poolers where a session lock cannot exclude.
+/// A deadpool-postgres pool of two connections to `url`.
+fn deadpool_pool(url: &str) -> dlock_pool::deadpool_postgres::Pool {
+    use dlock_pool::deadpool_postgres::{Config, PoolConfig, Runtime};
+    let mut config = Config::new();
+    config.url = Some(url.to_owned());
+    config.pool = Some(PoolConfig::new(2));
+    config
+        .create_pool(
+            Some(Runtime::Tokio1),
+            dlock_pool::dlock_postgres::tokio_postgres::NoTls,
+        )
+        .unwrap()
+}
+
+/// The poolers where a session lock cannot exclude, with default settings.
 fn transaction_poolers() -> [(&'static str, String); 2] {
     [
         ("transaction", deployments::transaction_pooler()),
         ("statement", deployments::statement_pooler()),
+    ]
+}
+
+/// Transaction poolers whose reuse order or process layout hides them from an inference:
+/// pgbouncer taking its server connections in turn (`server_round_robin`), and two
+/// processes on one port (`so_reuseport`). Only the cancel key's proof sees them, which the
+/// blocking client hides (the README's "Where a lock cannot exclude" says so).
+fn hidden_transaction_poolers() -> [(&'static str, String); 2] {
+    [
+        (
+            "transaction, round robin",
+            deployments::round_robin_pooler(),
+        ),
+        (
+            "transaction, two processes on one port",
+            deployments::reuseport_pooler(),
+        ),
     ]
 }
 
@@ -67,10 +98,32 @@ fn r2d2_pools_refuse_a_transaction_or_statement_pooler_every_time() {
 }
 
 /// A bb8 pool proves each connection direct by its cancel key, so any pooler is refused at
-/// once; one that the user vouches for as a session pooler is checked with a second
-/// connection, which a transaction pooler lets share a server session.
+/// once, whatever its reuse order or processes; one that the user vouches for as a session
+/// pooler is checked with a second connection, which a transaction pooler lets share a
+/// server session.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bb8_pools_refuse_a_transaction_or_statement_pooler_every_time() {
+    for (mode, url) in hidden_transaction_poolers() {
+        for run in 0..RUNS {
+            let error = bb8_pool(&url)
+                .await
+                .acquire("deployments/pool")
+                .await
+                .expect_err("a bb8 pool through a transaction pooler must refuse");
+            assert!(
+                refused_as(&error, Deployment::UnprovenPooler),
+                "{mode}, run {run}: {error:?}"
+            );
+            let error = dlock_pool::DeadpoolLockPool::new(deadpool_pool(&url))
+                .acquire("deployments/pool")
+                .await
+                .expect_err("a deadpool pool through a transaction pooler must refuse");
+            assert!(
+                refused_as(&error, Deployment::UnprovenPooler),
+                "deadpool, {mode}, run {run}: {error:?}"
+            );
+        }
+    }
     for (mode, url) in transaction_poolers() {
         for run in 0..RUNS {
             let error = bb8_pool(&url)

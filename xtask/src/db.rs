@@ -912,8 +912,40 @@ impl Deployments {
             ("DLOCK_PGBOUNCER_STATEMENT_URL", "statement"),
         ] {
             let dir = unique_temp_dir()?.join("pgbouncer");
-            let started = start_pgbouncer(&dir, primary_port, mode);
+            let started = start_pgbouncer(&dir, primary_port, mode, None, "");
             self.keep(variable, dir, started)?;
+        }
+        // Transaction pooling whose reuse order defeats an inference: server connections
+        // taken in turn, and at least four of them open.
+        let dir = unique_temp_dir()?.join("pgbouncer");
+        let started = start_pgbouncer(
+            &dir,
+            primary_port,
+            "transaction",
+            None,
+            "server_round_robin = 1\nmin_pool_size = 4\n",
+        );
+        self.keep("DLOCK_PGBOUNCER_ROUND_ROBIN_URL", dir, started)?;
+        // Two pgbouncer processes sharing one port (the kernel spreads connections over
+        // them), each with server sessions of its own.
+        let shared_port = free_port()?;
+        for process in 0..2 {
+            let dir = unique_temp_dir()?.join("pgbouncer");
+            let started = start_pgbouncer(
+                &dir,
+                primary_port,
+                "transaction",
+                Some(shared_port),
+                "so_reuseport = 1\n",
+            );
+            let url = started?;
+            self.servers.push(OwnServer {
+                url: url.clone(),
+                dir,
+            });
+            if process == 0 {
+                self.env.push(("DLOCK_PGBOUNCER_REUSEPORT_URL", url));
+            }
         }
         // Two standbys: one stays a standby, the other is promoted by the test that shows a
         // promoted server accepts locks.
@@ -973,14 +1005,24 @@ fn pgbouncer_program() -> Result<PathBuf> {
     find_on_path("pgbouncer").ok_or_else(|| "pgbouncer was installed but is still missing".into())
 }
 
-/// Starts pgbouncer in `mode` in front of the PostgreSQL server on `primary_port`. It
-/// refuses to run as root, so it runs as `postgres`; its pool is larger than any test's
-/// concurrency, so no client waits for a server connection.
-fn start_pgbouncer(dir: &Path, primary_port: u16, mode: &str) -> Result<String> {
+/// Starts pgbouncer in `mode` in front of the PostgreSQL server on `primary_port`, on `port`
+/// (a free one when `None`), with `extra` settings. It refuses to run as root, so it runs as
+/// `postgres`; its pool is larger than any test's concurrency, so no client waits for a
+/// server connection.
+fn start_pgbouncer(
+    dir: &Path,
+    primary_port: u16,
+    mode: &str,
+    port: Option<u16>,
+    extra: &str,
+) -> Result<String> {
     let program = pgbouncer_program()?;
     register("pgbouncer", dir);
     fs::create_dir_all(dir)?;
-    let port = free_port()?;
+    let port = match port {
+        Some(port) => port,
+        None => free_port()?,
+    };
     let users = dir.join("users.txt");
     // pgbouncer needs an auth file even when it trusts every login.
     fs::write(&users, "\"postgres\" \"\"\n")?;
@@ -1000,14 +1042,18 @@ fn start_pgbouncer(dir: &Path, primary_port: u16, mode: &str) -> Result<String> 
              default_pool_size = 40\n\
              max_client_conn = 1000\n\
              logfile = {log}\n\
-             pidfile = {pid}\n",
+             pidfile = {pid}\n\
+             {extra}",
             users = users.display(),
             log = dir.join("pgbouncer.log").display(),
             pid = dir.join("pgbouncer.pid").display(),
         ),
     )?;
     chown("postgres", dir)?;
-    eprintln!("xtask: starting pgbouncer ({mode} pooling) on port {port}");
+    eprintln!(
+        "xtask: starting pgbouncer ({mode} pooling) on port {port} {}",
+        extra.replace('\n', " ")
+    );
     let mut command = Command::new(&program);
     if is_root() {
         // pgbouncer refuses to run as root; it switches to this user itself.
@@ -1026,7 +1072,20 @@ fn start_pgbouncer(dir: &Path, primary_port: u16, mode: &str) -> Result<String> 
     if let Some(entry) = started().iter_mut().find(|entry| entry.dir == dir) {
         entry.child = Some(child);
     }
-    wait_for_port(port, pid, &dir.join("pgbouncer.log"), "pgbouncer")?;
+    let log = dir.join("pgbouncer.log");
+    wait_for_port(port, pid, &log, "pgbouncer")?;
+    // Another process on a shared port answers before this one listens: wait for its log.
+    let deadline = Instant::now() + START_TIMEOUT;
+    while !fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("listening on")
+    {
+        if !is_running(pid) || Instant::now() > deadline {
+            let log = fs::read_to_string(&log).unwrap_or_default();
+            return Err(format!("pgbouncer did not start; its log says:\n{log}").into());
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
     Ok(format!("postgres://postgres@127.0.0.1:{port}/postgres"))
 }
 

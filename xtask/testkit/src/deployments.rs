@@ -27,6 +27,18 @@ pub fn statement_pooler() -> String {
     url("DLOCK_PGBOUNCER_STATEMENT_URL")
 }
 
+/// pgbouncer in transaction pooling mode that takes its server connections in turn
+/// (`server_round_robin = 1`), with at least four of them open.
+pub fn round_robin_pooler() -> String {
+    url("DLOCK_PGBOUNCER_ROUND_ROBIN_URL")
+}
+
+/// Two pgbouncer processes in transaction pooling mode on one port (`so_reuseport = 1`):
+/// the kernel hands each connection to one of them, and each has server sessions of its own.
+pub fn reuseport_pooler() -> String {
+    url("DLOCK_PGBOUNCER_REUSEPORT_URL")
+}
+
 /// pgbouncer in session pooling mode, where locks exclude.
 pub fn session_pooler() -> String {
     url("DLOCK_PGBOUNCER_SESSION_URL")
