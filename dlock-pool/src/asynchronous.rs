@@ -215,9 +215,11 @@ pub(crate) use bounded_with_lock;
 
 #[cfg(any(feature = "postgres", feature = "mysql"))]
 mod batch;
+mod held;
 mod multiplexed;
 #[cfg(any(feature = "postgres", feature = "mysql"))]
 use batch::{BatchTransport, Batched};
+pub(crate) use held::{Held, Settled};
 pub use multiplexed::{AsyncMultiplexedGuard, AsyncMultiplexedPool, MultiplexedManager};
 
 #[cfg(feature = "postgres")]
@@ -888,10 +890,7 @@ where
                         self.start_watcher(running);
                     });
                 Ok(Some(AsyncLockGuard {
-                    lock: Some(lock),
-                    mark,
-                    signal,
-                    watched,
+                    held: Held::new(lock, mark, signal, watched),
                 }))
             }
             // Not held: dropping the lock sends the connection straight back.
@@ -1163,13 +1162,7 @@ where
     M: AsyncManager,
     M::Connection: AsyncConnection,
 {
-    /// Always `Some` until `release` or drop takes it.
-    lock: Option<LockOf<M>>,
-    mark: CloseMark,
-    /// Whether the lock is lost, and why.
-    signal: Arc<Signal>,
-    /// The watcher's registration, dropped as a release begins.
-    watched: Option<Watched<WatchedLock>>,
+    held: Held<LockOf<M>, AsyncPooled<M>>,
 }
 
 impl<M> AsyncLockGuard<M>
@@ -1177,18 +1170,6 @@ where
     M: AsyncManager,
     M::Connection: AsyncConnection,
 {
-    fn lock(&self) -> &LockOf<M> {
-        self.lock
-            .as_ref()
-            .expect("the lock is only taken on release")
-    }
-
-    fn lock_mut(&mut self) -> &mut LockOf<M> {
-        self.lock
-            .as_mut()
-            .expect("the lock is only taken on release")
-    }
-
     /// Releases the lock, then returns the connection to the pool (or closes it when the
     /// release failed, which frees the lock in the server).
     ///
@@ -1202,32 +1183,13 @@ where
     ///
     /// Dropping the future before it completes closes the connection, which frees the lock.
     pub async fn release(mut this: Self) -> Result<()> {
-        let lock = this.lock.take().expect("the lock is only taken on release");
-        // The watcher stops watching first, so that it cannot take this unlock for a loss.
-        drop(this.watched.take());
-        if let Some(reason) = this.signal.lost_now() {
-            // The lost signal marked the connection: closing it frees whatever is left, and
-            // an unlock could hang on a frozen server.
-            drop(lock.disown());
-            return Err(this.signal.error(reason));
-        }
-        let armed = this.mark.armed();
-        let mut lock = lock;
-        let released = AsyncLock::release(&mut lock).await;
-        // What the lock learned of the session (prepared statements) stays with the connection.
-        let session_state = match released {
-            Ok(()) => lock.take_session_state(),
-            Err(_) => None,
-        };
-        let (mut conn, rest) = lock.into_connection().await;
-        armed.disarm();
-        let released = released.and(rest);
-        match released {
-            Ok(()) => conn.0.set_session_state(session_state),
-            Err(_) => conn.mark_broken(),
-        }
-        drop(conn);
-        let released = core::released(&this.signal, released);
+        let released = this
+            .held
+            .release(|mut conn: AsyncPooled<M>, settled| match settled {
+                Settled::Clean(state) => conn.0.set_session_state(state),
+                Settled::InDoubt => conn.mark_broken(),
+            })
+            .await;
         // bb8 wakes a task waiting for a connection but leaves the connection idle, so a
         // caller that loops straight back into `acquire` would take it first, every time:
         // measured, a few of 256 contending tasks then made nearly every acquisition. One
@@ -1247,20 +1209,13 @@ where
     ///
     /// Dropping the future before it completes closes the connection when the guard drops.
     pub async fn verify(this: &mut Self) -> Result<bool> {
-        if this.signal.lost_now().is_some() {
-            return Ok(false);
-        }
-        let armed = this.mark.armed();
-        let verified = this.lock_mut().verify().await;
-        armed.disarm();
-        crate::watch::note_verified(&this.signal, &verified);
-        verified
+        this.held.verify().await
     }
 
     /// Whether the lock is known lost: the watcher found it no longer held, or could not
     /// confirm it for longer than the pool's bound, or a verify found it gone. No I/O.
     pub fn is_lost(this: &Self) -> bool {
-        this.signal.lost_now().is_some()
+        this.held.is_lost()
     }
 
     /// Resolves, with the reason, once the lock is known lost; never while it is held. The
@@ -1271,17 +1226,17 @@ where
     ///
     /// Cancel safe: it only waits.
     pub fn lost(this: &Self) -> impl Future<Output = LostReason> + Send + 'static {
-        watch::lost(Arc::clone(&this.signal))
+        this.held.lost()
     }
 
     /// The key of the held lock.
     pub fn key(this: &Self) -> &Key {
-        this.lock().key()
+        this.held.lock().key()
     }
 
     /// The fencing token of the held lock, when the pool is fenced; `None` otherwise.
     pub fn fencing_token(this: &Self) -> Option<u64> {
-        this.lock().fencing_token()
+        this.held.lock().fencing_token()
     }
 }
 
@@ -1293,7 +1248,7 @@ where
     type Target = M::Connection;
 
     fn deref(&self) -> &M::Connection {
-        self.lock().connection()
+        self.held.lock().connection()
     }
 }
 
@@ -1303,21 +1258,7 @@ where
     M::Connection: AsyncConnection,
 {
     fn deref_mut(&mut self) -> &mut M::Connection {
-        self.lock_mut().connection_mut()
-    }
-}
-
-impl<M> Drop for AsyncLockGuard<M>
-where
-    M: AsyncManager,
-    M::Connection: AsyncConnection,
-{
-    fn drop(&mut self) {
-        if self.lock.is_some() {
-            // Drop cannot wait for an unlock: close the connection, which frees the lock.
-            tracing::debug!("dropping a pooled async lock without release: connection closed");
-            self.mark.set();
-        }
+        self.held.lock_mut().connection_mut()
     }
 }
 
@@ -1328,7 +1269,7 @@ where
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AsyncLockGuard")
-            .field("key", &self.lock.as_ref().map(|lock| lock.key()))
+            .field("key", &self.held.key())
             .finish_non_exhaustive()
     }
 }

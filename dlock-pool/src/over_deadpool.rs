@@ -15,19 +15,21 @@ use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Object, Pool};
 use dlock_core::{
-    AsyncLock, ConnectionLock, Error, IntoConnectionAsync, Key, KeyPolicy, LostReason, Result,
-    SessionId, SessionState, Wait,
+    AsyncLock, ConnectionLock, Error, Key, KeyPolicy, LostReason, Result, SessionId, SessionState,
+    Wait,
 };
 use dlock_postgres::tokio::{CancelKey, SideTls};
 use dlock_postgres::tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use dlock_postgres::tokio_postgres::{Client, Socket};
 use dlock_postgres::{AsyncPgConnection, AsyncPgLock};
 
-use crate::asynchronous::{HeldGuard, WatchSource, bounded_with_lock, run_locked, watch_from_task};
+use crate::asynchronous::{
+    Held, HeldGuard, Settled, WatchSource, bounded_with_lock, run_locked, watch_from_task,
+};
 use crate::core::{self, PoolCore};
 use crate::deadline;
 use crate::manager::{self, CloseMark, Retry};
-use crate::watch::{self, Running, Signal, Watched, WatchedLock};
+use crate::watch::{Running, WatchedLock};
 
 /// Pooled PostgreSQL locks over your `deadpool_postgres::Pool`: the guard, watcher, fencing,
 /// retry and deployment check of [`AsyncLockPool`](crate::AsyncLockPool), with connections
@@ -360,10 +362,7 @@ impl DeadpoolLockPool {
                         self.start_watcher(running);
                     });
                 Ok(Some(DeadpoolLockGuard {
-                    lock: Some(lock),
-                    mark,
-                    signal,
-                    watched,
+                    held: Held::new(lock, mark, signal, watched),
                     remember: Some(remember),
                 }))
             }
@@ -502,27 +501,12 @@ impl fmt::Debug for DeadpoolConnection {
 /// it, which ends the session and frees the lock in the server.
 #[must_use = "the lock is released when the guard is dropped"]
 pub struct DeadpoolLockGuard {
-    /// Always `Some` until `release` or drop takes it.
-    lock: Option<AsyncPgLock<DeadpoolConnection>>,
-    mark: CloseMark,
-    signal: Arc<Signal>,
-    watched: Option<Watched<WatchedLock>>,
+    held: Held<AsyncPgLock<DeadpoolConnection>, DeadpoolConnection>,
+    /// What goes back beside the pool with a clean release.
     remember: Option<Remember>,
 }
 
 impl DeadpoolLockGuard {
-    fn lock(&self) -> &AsyncPgLock<DeadpoolConnection> {
-        self.lock
-            .as_ref()
-            .expect("the lock is only taken on release")
-    }
-
-    fn lock_mut(&mut self) -> &mut AsyncPgLock<DeadpoolConnection> {
-        self.lock
-            .as_mut()
-            .expect("the lock is only taken on release")
-    }
-
     /// Releases the lock, then gives the connection back to your pool (or closes it when the
     /// release failed, which frees the lock in the server).
     ///
@@ -535,32 +519,20 @@ impl DeadpoolLockGuard {
     ///
     /// Dropping the future before it completes closes the connection, which frees the lock.
     pub async fn release(mut this: Self) -> Result<()> {
-        let lock = this.lock.take().expect("the lock is only taken on release");
-        drop(this.watched.take());
-        if let Some(reason) = this.signal.lost_now() {
-            drop(lock.disown());
-            return Err(this.signal.error(reason));
-        }
-        let armed = this.mark.armed();
-        let mut lock = lock;
-        let released = AsyncLock::release(&mut lock).await;
-        let state = match released {
-            Ok(()) => lock.take_session_state(),
-            Err(_) => None,
-        };
-        let (conn, rest) = IntoConnectionAsync::into_connection(lock).await;
-        armed.disarm();
-        let released = released.and(rest);
-        match released {
-            Ok(()) => {
-                if let Some(remember) = this.remember.take() {
-                    remember.keep(state);
+        let remember = this.remember.take();
+        this.held
+            .release(|conn: DeadpoolConnection, settled| {
+                match settled {
+                    Settled::Clean(state) => {
+                        if let Some(remember) = remember {
+                            remember.keep(state);
+                        }
+                    }
+                    Settled::InDoubt => conn.mark.set(),
                 }
-            }
-            Err(_) => this.mark.set(),
-        }
-        drop(conn);
-        core::released(&this.signal, released)
+                drop(conn);
+            })
+            .await
     }
 
     /// Asks the server whether this guard's session still holds the lock. A lock known lost
@@ -574,19 +546,12 @@ impl DeadpoolLockGuard {
     ///
     /// Dropping the future before it completes closes the connection when the guard drops.
     pub async fn verify(this: &mut Self) -> Result<bool> {
-        if this.signal.lost_now().is_some() {
-            return Ok(false);
-        }
-        let armed = this.mark.armed();
-        let verified = this.lock_mut().verify().await;
-        armed.disarm();
-        crate::watch::note_verified(&this.signal, &verified);
-        verified
+        this.held.verify().await
     }
 
     /// Whether the lock is known lost. No I/O.
     pub fn is_lost(this: &Self) -> bool {
-        this.signal.lost_now().is_some()
+        this.held.is_lost()
     }
 
     /// Resolves, with the reason, once the lock is known lost. `Send + 'static`.
@@ -595,17 +560,17 @@ impl DeadpoolLockGuard {
     ///
     /// Cancel safe: it only waits.
     pub fn lost(this: &Self) -> impl Future<Output = LostReason> + Send + 'static {
-        watch::lost(Arc::clone(&this.signal))
+        this.held.lost()
     }
 
     /// The key of the held lock.
     pub fn key(this: &Self) -> &Key {
-        this.lock().key()
+        this.held.lock().key()
     }
 
     /// The fencing token of the held lock, when the pool is fenced.
     pub fn fencing_token(this: &Self) -> Option<u64> {
-        this.lock().fencing_token()
+        this.held.lock().fencing_token()
     }
 }
 
@@ -613,13 +578,13 @@ impl Deref for DeadpoolLockGuard {
     type Target = Client;
 
     fn deref(&self) -> &Client {
-        self.lock().get_ref()
+        self.held.lock().get_ref()
     }
 }
 
 impl DerefMut for DeadpoolLockGuard {
     fn deref_mut(&mut self) -> &mut Client {
-        self.lock_mut().get_mut().client()
+        self.held.lock_mut().get_mut().client()
     }
 }
 
@@ -633,21 +598,10 @@ impl HeldGuard for DeadpoolLockGuard {
     }
 }
 
-impl Drop for DeadpoolLockGuard {
-    fn drop(&mut self) {
-        if self.lock.is_some() {
-            // Drop cannot wait for an unlock: close the connection, which frees the lock.
-            tracing::debug!("dropping a deadpool lock without release: connection closed");
-            self.mark.set();
-        }
-    }
-}
-
 impl fmt::Debug for DeadpoolLockGuard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DeadpoolLockGuard")
-            .field("key", DeadpoolLockGuard::key(self))
-            .field("fencing_token", &DeadpoolLockGuard::fencing_token(self))
+            .field("key", &self.held.key())
             .finish_non_exhaustive()
     }
 }

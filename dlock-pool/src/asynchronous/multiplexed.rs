@@ -499,16 +499,12 @@ impl<M: MultiplexedManager> AsyncMultiplexedPool<M> {
     /// session joins the set, holding the lock, with the pool guard's watch.
     async fn join(
         &self,
-        mut guard: AsyncLockGuard<M>,
+        guard: AsyncLockGuard<M>,
         server_key: ServerKey<M>,
     ) -> Result<AsyncMultiplexedGuard<M>> {
-        let lock = guard.lock.take().expect("a granted guard holds its lock");
+        let (lock, mark, signal, watched) = guard.held.into_parts();
         let key = lock.key().clone();
         let token = lock.fencing_token();
-        let signal = Arc::clone(&guard.signal);
-        let watched = guard.watched.take();
-        let mark = guard.mark.clone();
-        drop(guard);
         // Nothing is sent: the session keeps holding the lock, now for the shared set. If
         // naming it fails, or its future is dropped, the armed mark closes the connection,
         // which frees the lock.
