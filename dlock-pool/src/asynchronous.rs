@@ -219,7 +219,7 @@ mod held;
 mod multiplexed;
 #[cfg(any(feature = "postgres", feature = "mysql"))]
 use batch::{BatchTransport, Batched};
-pub(crate) use held::{Held, Settled};
+pub(crate) use held::{Held, Settled, held_guard_functions};
 pub use multiplexed::{AsyncMultiplexedGuard, AsyncMultiplexedPool, MultiplexedManager};
 
 #[cfg(feature = "postgres")]
@@ -823,9 +823,7 @@ where
         self.take(key.into(), deadline, Wait::Forever).await
     }
 
-    /// Checks out a connection and takes `key` on it: within `deadline` for both when there
-    /// is one, else as `wait` says. Once more on another connection if the server had ended
-    /// the first one's session.
+    /// Checks out a connection and takes `key` on it ([`take_on_checkouts`]).
     async fn take(
         &self,
         key: Key,
@@ -833,29 +831,14 @@ where
         wait: Wait,
     ) -> Result<Option<AsyncLockGuard<M>>> {
         LockOf::<M>::check_key(&self.core.policy, &key)?;
-        let mut retry = Retry::default();
-        loop {
-            let conn = self.checkout(deadline).await?;
-            let wait = match deadline {
-                Some(_) => deadline::lock_wait(deadline, Instant::now()),
-                None => wait,
-            };
-            let outcome = match wait {
-                // The server times the wait; a server that does not answer by then plus the
-                // grace is stalled, and the armed guard closes the connection as the attempt
-                // is dropped.
-                Wait::For(left) => {
-                    let limit = left.saturating_add(dlock_core::REPLY_GRACE);
-                    tokio::time::timeout(limit, self.lock_on(conn, key.clone(), wait))
-                        .await
-                        .unwrap_or_else(|_| Err(Error::no_reply(limit)))
-                }
-                Wait::Forever | Wait::Never => self.lock_on(conn, key.clone(), wait).await,
-            };
-            if !retry.again(&outcome, &self.core.doubt) {
-                return outcome;
-            }
-        }
+        take_on_checkouts(
+            &self.core.doubt,
+            deadline,
+            wait,
+            |deadline| self.checkout(deadline),
+            |conn, wait| self.lock_on(conn, key.clone(), wait),
+        )
+        .await
     }
 
     async fn lock_on(
@@ -1016,6 +999,43 @@ where
 
     fn release_guard(self) -> impl Future<Output = Result<()>> {
         AsyncLockGuard::release(self)
+    }
+}
+
+/// Checks out a connection and takes a lock on it with `lock_on`: within `deadline` for both
+/// when there is one, else as `wait` says. Once more on another connection if the server had
+/// ended the first one's session. A server that does not answer a timed wait by its end plus
+/// the grace is stalled: the attempt is dropped, and its armed mark closes the connection.
+pub(crate) async fn take_on_checkouts<C, G, Checkout, Locking>(
+    doubt: &crate::manager::Doubt,
+    deadline: Option<Instant>,
+    wait: Wait,
+    checkout: impl Fn(Option<Instant>) -> Checkout,
+    lock_on: impl Fn(C, Wait) -> Locking,
+) -> Result<Option<G>>
+where
+    Checkout: Future<Output = Result<C>>,
+    Locking: Future<Output = Result<Option<G>>>,
+{
+    let mut retry = Retry::default();
+    loop {
+        let conn = checkout(deadline).await?;
+        let wait = match deadline {
+            Some(_) => deadline::lock_wait(deadline, Instant::now()),
+            None => wait,
+        };
+        let outcome = match wait {
+            Wait::For(left) => {
+                let limit = left.saturating_add(dlock_core::REPLY_GRACE);
+                tokio::time::timeout(limit, lock_on(conn, wait))
+                    .await
+                    .unwrap_or_else(|_| Err(Error::no_reply(limit)))
+            }
+            Wait::Forever | Wait::Never => lock_on(conn, wait).await,
+        };
+        if !retry.again(&outcome, doubt) {
+            return outcome;
+        }
     }
 }
 
@@ -1198,46 +1218,7 @@ where
         released
     }
 
-    /// Asks the server whether this guard's session still holds the lock. A lock known lost
-    /// is `Ok(false)` without asking: it stays lost.
-    ///
-    /// # Errors
-    ///
-    /// What the server or the connection reports.
-    ///
-    /// # Cancel Safety
-    ///
-    /// Dropping the future before it completes closes the connection when the guard drops.
-    pub async fn verify(this: &mut Self) -> Result<bool> {
-        this.held.verify().await
-    }
-
-    /// Whether the lock is known lost: the watcher found it no longer held, or could not
-    /// confirm it for longer than the pool's bound, or a verify found it gone. No I/O.
-    pub fn is_lost(this: &Self) -> bool {
-        this.held.is_lost()
-    }
-
-    /// Resolves, with the reason, once the lock is known lost; never while it is held. The
-    /// future borrows nothing (`Send + 'static`): spawn it, or race it against the work
-    /// (`tokio::select!`), to stop work whose lock is gone.
-    ///
-    /// # Cancel Safety
-    ///
-    /// Cancel safe: it only waits.
-    pub fn lost(this: &Self) -> impl Future<Output = LostReason> + Send + 'static {
-        this.held.lost()
-    }
-
-    /// The key of the held lock.
-    pub fn key(this: &Self) -> &Key {
-        this.held.lock().key()
-    }
-
-    /// The fencing token of the held lock, when the pool is fenced; `None` otherwise.
-    pub fn fencing_token(this: &Self) -> Option<u64> {
-        this.held.lock().fencing_token()
-    }
+    held_guard_functions!();
 }
 
 impl<M> Deref for AsyncLockGuard<M>

@@ -24,11 +24,12 @@ use dlock_postgres::tokio_postgres::{Client, Socket};
 use dlock_postgres::{AsyncPgConnection, AsyncPgLock};
 
 use crate::asynchronous::{
-    Held, HeldGuard, Settled, WatchSource, bounded_with_lock, run_locked, watch_from_task,
+    Held, HeldGuard, Settled, WatchSource, bounded_with_lock, held_guard_functions, run_locked,
+    take_on_checkouts, watch_from_task,
 };
 use crate::core::{self, PoolCore};
 use crate::deadline;
-use crate::manager::{self, CloseMark, Retry};
+use crate::manager::{self, CloseMark};
 use crate::watch::{Running, WatchedLock};
 
 /// Pooled PostgreSQL locks over your `deadpool_postgres::Pool`: the guard, watcher, fencing,
@@ -275,28 +276,14 @@ impl DeadpoolLockPool {
         wait: Wait,
     ) -> Result<Option<DeadpoolLockGuard>> {
         KeyPolicy::pg_key(&self.core.policy, &key)?;
-        let mut retry = Retry::default();
-        loop {
-            let conn = self.checkout(deadline).await?;
-            let wait = match deadline {
-                Some(_) => deadline::lock_wait(deadline, Instant::now()),
-                None => wait,
-            };
-            let outcome = match wait {
-                // A server that does not answer by the timeout plus the grace is stalled: the
-                // armed mark closes the connection as the attempt is dropped.
-                Wait::For(left) => {
-                    let limit = left.saturating_add(dlock_core::REPLY_GRACE);
-                    tokio::time::timeout(limit, self.lock_on(conn, key.clone(), wait))
-                        .await
-                        .unwrap_or_else(|_| Err(Error::no_reply(limit)))
-                }
-                Wait::Forever | Wait::Never => self.lock_on(conn, key.clone(), wait).await,
-            };
-            if !retry.again(&outcome, &self.core.doubt) {
-                return outcome;
-            }
-        }
+        take_on_checkouts(
+            &self.core.doubt,
+            deadline,
+            wait,
+            |deadline| self.checkout(deadline),
+            |object, wait| self.lock_on(object, key.clone(), wait),
+        )
+        .await
     }
 
     async fn lock_on(
@@ -535,43 +522,7 @@ impl DeadpoolLockGuard {
             .await
     }
 
-    /// Asks the server whether this guard's session still holds the lock. A lock known lost
-    /// is `Ok(false)` without asking.
-    ///
-    /// # Errors
-    ///
-    /// What the server or the connection reports.
-    ///
-    /// # Cancel Safety
-    ///
-    /// Dropping the future before it completes closes the connection when the guard drops.
-    pub async fn verify(this: &mut Self) -> Result<bool> {
-        this.held.verify().await
-    }
-
-    /// Whether the lock is known lost. No I/O.
-    pub fn is_lost(this: &Self) -> bool {
-        this.held.is_lost()
-    }
-
-    /// Resolves, with the reason, once the lock is known lost. `Send + 'static`.
-    ///
-    /// # Cancel Safety
-    ///
-    /// Cancel safe: it only waits.
-    pub fn lost(this: &Self) -> impl Future<Output = LostReason> + Send + 'static {
-        this.held.lost()
-    }
-
-    /// The key of the held lock.
-    pub fn key(this: &Self) -> &Key {
-        this.held.lock().key()
-    }
-
-    /// The fencing token of the held lock, when the pool is fenced.
-    pub fn fencing_token(this: &Self) -> Option<u64> {
-        this.held.lock().fencing_token()
-    }
+    held_guard_functions!();
 }
 
 impl Deref for DeadpoolLockGuard {

@@ -150,3 +150,53 @@ impl<L, C> Drop for Held<L, C> {
         }
     }
 }
+
+/// The guard functions every async pool's guard has, over its `held` field: written once, so
+/// that they say and do the same in every pool.
+macro_rules! held_guard_functions {
+    () => {
+        /// Asks the server whether this guard's session still holds the lock. A lock known
+        /// lost is `Ok(false)` without asking: it stays lost.
+        ///
+        /// # Errors
+        ///
+        /// What the server or the connection reports.
+        ///
+        /// # Cancel Safety
+        ///
+        /// Dropping the future before it completes closes the connection when the guard
+        /// drops.
+        pub async fn verify(this: &mut Self) -> Result<bool> {
+            this.held.verify().await
+        }
+
+        /// Whether the lock is known lost: the watcher found it no longer held, or could not
+        /// confirm it for longer than the pool's bound, or a verify found it gone. No I/O.
+        pub fn is_lost(this: &Self) -> bool {
+            this.held.is_lost()
+        }
+
+        /// Resolves, with the reason, once the lock is known lost; never while it is held.
+        /// The future borrows nothing (`Send + 'static`): spawn it, or race it against the
+        /// work (`tokio::select!`), to stop work whose lock is gone.
+        ///
+        /// # Cancel Safety
+        ///
+        /// Cancel safe: it only waits.
+        pub fn lost(this: &Self) -> impl Future<Output = LostReason> + Send + 'static {
+            this.held.lost()
+        }
+
+        /// The key of the held lock.
+        pub fn key(this: &Self) -> &Key {
+            this.held.lock().key()
+        }
+
+        /// The fencing token of the held lock, when the pool is fenced; `None` otherwise.
+        pub fn fencing_token(this: &Self) -> Option<u64> {
+            this.held.lock().fencing_token()
+        }
+    };
+}
+
+pub(crate) use held_guard_functions;
