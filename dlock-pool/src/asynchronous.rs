@@ -12,7 +12,7 @@ use dlock_core::{
 
 use crate::core::{self, PoolCore};
 use crate::deadline;
-use crate::manager::{self, AsyncManager, CloseMark, ConnectError, LockManager, Retry};
+use crate::manager::{AsyncManager, CloseMark, ConnectError, LockManager, Retry};
 use crate::watch::{self, Next, Rounds, Running, Signal, Watch, Watched, WatchedLock};
 
 /// A bb8 connection checked out for one lock, lent to the backend's lock type.
@@ -219,7 +219,7 @@ mod held;
 mod multiplexed;
 #[cfg(any(feature = "postgres", feature = "mysql"))]
 use batch::{BatchTransport, Batched};
-pub(crate) use held::{Held, Settled, held_guard_functions};
+pub(crate) use held::{Held, Settled, acquire_pooled, held_guard_functions};
 pub use multiplexed::{AsyncMultiplexedGuard, AsyncMultiplexedPool, MultiplexedManager};
 
 #[cfg(feature = "postgres")]
@@ -857,37 +857,16 @@ where
         let session_state = conn.0.take_session_state();
         let lock: LockOf<M> = (self.core).lock_on(conn, key, session_state)?;
         let mut lock = M::Connection::prepare(lock, &self.backend);
-        // Declared after the lock, so it is dropped first, and sets the mark before the lock
-        // gives the connection back.
-        let armed = mark.armed();
-        let outcome = match wait {
-            Wait::Forever => lock.acquire().await.map(|()| true),
-            Wait::Never => lock.try_acquire().await,
-            Wait::For(timeout) => lock.acquire_timeout(timeout).await,
-        };
-        match outcome {
-            Ok(true) => {
-                armed.disarm();
-                let (signal, watched) =
-                    (self.core).granted(held, lock.key(), mark.clone(), |running| {
-                        self.start_watcher(running);
-                    });
-                Ok(Some(AsyncLockGuard {
-                    held: Held::new(lock, mark, signal, watched),
-                }))
-            }
+        if !acquire_pooled(&mut lock, wait, &mark).await? {
             // Not held: dropping the lock sends the connection straight back.
-            Ok(false) => {
-                armed.disarm();
-                Ok(None)
-            }
-            // A failed acquire can leave the session holding the lock (a cancel that lands as
-            // the lock is granted): the armed guard closes the connection.
-            Err(error) => {
-                manager::discarded_in_doubt(&error);
-                Err(error)
-            }
+            return Ok(None);
         }
+        let (signal, watched) = (self.core).granted(held, lock.key(), mark.clone(), |running| {
+            self.start_watcher(running);
+        });
+        Ok(Some(AsyncLockGuard {
+            held: Held::new(lock, mark, signal, watched),
+        }))
     }
 
     /// Checks, once per connection, that a lock on `conn` excludes (unless the pool skips

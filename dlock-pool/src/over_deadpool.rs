@@ -24,12 +24,12 @@ use dlock_postgres::tokio_postgres::{Client, Socket};
 use dlock_postgres::{AsyncPgConnection, AsyncPgLock};
 
 use crate::asynchronous::{
-    Held, HeldGuard, Settled, WatchSource, bounded_with_lock, held_guard_functions, run_locked,
-    take_on_checkouts, watch_from_task,
+    Held, HeldGuard, Settled, WatchSource, acquire_pooled, bounded_with_lock, held_guard_functions,
+    run_locked, take_on_checkouts, watch_from_task,
 };
 use crate::core::{self, PoolCore};
 use crate::deadline;
-use crate::manager::{self, CloseMark};
+use crate::manager::CloseMark;
 use crate::watch::{Running, WatchedLock};
 
 /// Pooled PostgreSQL locks over your `deadpool_postgres::Pool`: the guard, watcher, fencing,
@@ -333,40 +333,18 @@ impl DeadpoolLockPool {
             known,
             pool_size: self.pool.status().max_size,
         };
-        // Declared after the lock, so it is dropped first, and sets the mark before the lock
-        // gives the connection back.
-        let armed = mark.armed();
-        let outcome = match wait {
-            Wait::Forever => lock.acquire().await.map(|()| true),
-            Wait::Never => lock.try_acquire().await,
-            Wait::For(timeout) => lock.acquire_timeout(timeout).await,
-        };
-        match outcome {
-            Ok(true) => {
-                armed.disarm();
-                let (signal, watched) =
-                    (self.core).granted(held, lock.key(), mark.clone(), |running| {
-                        self.start_watcher(running);
-                    });
-                Ok(Some(DeadpoolLockGuard {
-                    held: Held::new(lock, mark, signal, watched),
-                    remember: Some(remember),
-                }))
-            }
+        if !acquire_pooled(&mut lock, wait, &mark).await? {
             // Not held: the connection goes straight back, and what was learned is kept.
-            Ok(false) => {
-                armed.disarm();
-                let state = lock.take_session_state();
-                remember.keep(state);
-                Ok(None)
-            }
-            // A failed acquire can leave the session holding the lock: the armed mark closes
-            // the connection.
-            Err(error) => {
-                manager::discarded_in_doubt(&error);
-                Err(error)
-            }
+            remember.keep(lock.take_session_state());
+            return Ok(None);
         }
+        let (signal, watched) = (self.core).granted(held, lock.key(), mark.clone(), |running| {
+            self.start_watcher(running);
+        });
+        Ok(Some(DeadpoolLockGuard {
+            held: Held::new(lock, mark, signal, watched),
+            remember: Some(remember),
+        }))
     }
 
     fn sessions(&self) -> std::sync::MutexGuard<'_, Sessions> {

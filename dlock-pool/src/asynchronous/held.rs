@@ -6,7 +6,7 @@
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use dlock_core::{AsyncLock, IntoConnectionAsync, Key, LostReason, Result, SessionState};
+use dlock_core::{AsyncLock, IntoConnectionAsync, Key, LostReason, Result, SessionState, Wait};
 
 use crate::core;
 use crate::manager::CloseMark;
@@ -23,6 +23,34 @@ pub(crate) struct Held<L, C> {
     /// The watcher's registration, dropped as a release begins.
     watched: Option<Watched<WatchedLock>>,
     connection: PhantomData<fn() -> C>,
+}
+
+/// One acquire of `lock` on a pooled connection marked by `mark`, as `wait` says: whether it
+/// was granted. The mark stays armed through it: a future dropped mid-attempt, or an attempt
+/// that failed (a cancel that lands as the lock is granted leaves the session holding it),
+/// closes the connection. The armed mark lives in this future, which borrows the lock, so it
+/// is dropped, and sets the mark, before the lock gives the connection back.
+pub(crate) async fn acquire_pooled<L: AsyncLock>(
+    lock: &mut L,
+    wait: Wait,
+    mark: &CloseMark,
+) -> Result<bool> {
+    let armed = mark.armed();
+    let outcome = match wait {
+        Wait::Forever => lock.acquire().await.map(|()| true),
+        Wait::Never => lock.try_acquire().await,
+        Wait::For(timeout) => lock.acquire_timeout(timeout).await,
+    };
+    match outcome {
+        Ok(granted) => {
+            armed.disarm();
+            Ok(granted)
+        }
+        Err(error) => {
+            crate::manager::discarded_in_doubt(&error);
+            Err(error)
+        }
+    }
 }
 
 /// How a release went, for the pool to settle its connection: a connection that released
