@@ -114,6 +114,7 @@ impl<C: SqlxMySqlConnection> SqlxMySqlLock<C> {
     }
 
     crate::methods::lock_methods!();
+    dlock_core::__connection_accessors!();
 
     /// The sqlx connection, for work under the lock. After a dropped future gave it up (see
     /// the type's docs) it must not be used.
@@ -263,6 +264,39 @@ pub async fn session(conn: &mut MySqlConnection) -> Result<SessionId> {
         .await
         .map_err(|failed| failed.error)?;
     sql::read_session(&row, tag)
+}
+
+/// [`session`] for a connection a pool hands out again and again: the marker lock one call
+/// took on the session is kept there and named again by later calls, instead of one more
+/// marker per call. One round trip; two more the first time on a session.
+///
+/// # Errors
+///
+/// What the server or the connection reports.
+///
+/// # Cancel Safety
+///
+/// Not cancel safe: a drop before the reply may leave a marker taken without its name kept;
+/// close the connection then.
+#[doc(hidden)]
+pub async fn pooled_session(conn: &mut MySqlConnection) -> Result<SessionId> {
+    let row = query(conn, sql::known_session())
+        .await
+        .map_err(|failed| failed.error)?;
+    if let Some(session) = sql::read_known_session(&row) {
+        return Ok(session);
+    }
+    // User variables hold signed integers: the tag keeps 63 bits.
+    let tag = dlock_core::attempt_token() >> 1;
+    let row = query(conn, sql::session(tag))
+        .await
+        .map_err(|failed| failed.error)?;
+    let session = sql::read_session(&row, tag)?;
+    ::sqlx::raw_sql(::sqlx::AssertSqlSafe(sql::remember_session(tag)))
+        .execute(conn)
+        .await
+        .map_err(|error| failed(error).error)?;
+    Ok(session)
 }
 
 /// Whether each of `locks` (a session from [`session`], and a lock name it took) is still
@@ -448,6 +482,13 @@ impl<C: SqlxMySqlConnection> AsyncLock for SqlxMySqlLock<C> {
         outcome
     }
 }
+
+dlock_core::__connection_lock!(
+    SqlxMySqlLock,
+    SqlxMySqlConnection,
+    KeyPolicy::mysql_name,
+    async
+);
 
 impl<C: SqlxMySqlConnection> Drop for SqlxMySqlLock<C> {
     fn drop(&mut self) {

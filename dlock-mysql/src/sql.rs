@@ -586,6 +586,42 @@ pub(crate) fn session(tag: u64) -> String {
     sql
 }
 
+/// The user variable that keeps, on a session a pool hands out again and again, the tag of
+/// the marker lock [`session`] took there, so that later locks on it reuse the marker instead
+/// of taking one each. A session reset clears it and frees the marker alike.
+#[cfg_attr(not(feature = "sqlx"), allow(dead_code))]
+const SESSION_TAG: &str = "@dlock_session_tag";
+
+/// The statement that names this session by the marker an earlier [`session`] took on it:
+/// its connection id, and the marker's tag where this session still holds that marker (NULL
+/// otherwise: take one with [`session`], then [`remember_session`]).
+#[cfg_attr(not(feature = "sqlx"), allow(dead_code))]
+pub(crate) fn known_session() -> String {
+    format!(
+        "SELECT CONNECTION_ID(), IF(IS_USED_LOCK(CONCAT('dlock/session/', \
+         LPAD(LOWER(HEX({SESSION_TAG})), 16, '0'))) = CONNECTION_ID(), {SESSION_TAG}, NULL)"
+    )
+}
+
+/// The statement that keeps a marker's `tag` on its session for [`known_session`]. The tag
+/// must fit a signed 64-bit integer, as user variables hold.
+#[cfg_attr(not(feature = "sqlx"), allow(dead_code))]
+pub(crate) fn remember_session(tag: u64) -> String {
+    format!("SET {SESSION_TAG} = {tag}")
+}
+
+/// Reads the reply to [`known_session`]: the session, when it holds its marker.
+#[cfg_attr(not(feature = "sqlx"), allow(dead_code))]
+pub(crate) fn read_known_session(row: &[Option<i64>]) -> Option<SessionId> {
+    match row {
+        [Some(id), Some(tag)] if *tag > 0 => Some(SessionId {
+            id: id.unsigned_abs(),
+            tag: tag.unsigned_abs(),
+        }),
+        _ => None,
+    }
+}
+
 /// Reads the reply to [`session`].
 pub(crate) fn read_session(row: &[Option<i64>], tag: u64) -> Result<SessionId> {
     match row {
@@ -1043,6 +1079,24 @@ mod tests {
             "SELECT IS_USED_LOCK(_utf8mb4 X'5c') = CONNECTION_ID()"
         );
         assert_eq!(holder("x"), "SELECT IS_USED_LOCK('x')");
+    }
+
+    #[test]
+    fn a_pooled_session_is_named_by_the_marker_it_keeps() {
+        let tag: u64 = 0x0123_4567_89ab_cdef;
+        assert_eq!(session_marker(tag), "dlock/session/0123456789abcdef");
+        // The statement rebuilds the marker's name from the variable as session_marker does.
+        assert!(known_session().contains("LPAD(LOWER(HEX(@dlock_session_tag)), 16, '0')"));
+        assert_eq!(
+            remember_session(tag),
+            format!("SET @dlock_session_tag = {tag}")
+        );
+        let tag_value = i64::try_from(tag).unwrap();
+        assert_eq!(
+            read_known_session(&[Some(7), Some(tag_value)]),
+            Some(SessionId { id: 7, tag })
+        );
+        assert_eq!(read_known_session(&[Some(7), None]), None);
     }
 
     #[test]

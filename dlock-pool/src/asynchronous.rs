@@ -210,7 +210,7 @@ macro_rules! bounded_with_lock {
     };
 }
 
-#[cfg(any(feature = "url", feature = "deadpool"))]
+#[cfg(any(feature = "url", feature = "deadpool", feature = "sqlx"))]
 pub(crate) use bounded_with_lock;
 
 #[cfg(any(feature = "postgres", feature = "mysql"))]

@@ -51,7 +51,7 @@ impl<M> PoolCore<M> {
 
     /// The core of a pool over a pool of the user's, which dlock does not wrap: `source` is
     /// where the watcher connects.
-    #[cfg_attr(not(feature = "deadpool"), allow(dead_code))]
+    #[cfg_attr(not(any(feature = "deadpool", feature = "sqlx")), allow(dead_code))]
     pub(crate) fn over(source: Arc<M>) -> Self {
         PoolCore {
             policy: KeyPolicy::default(),

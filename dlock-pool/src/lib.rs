@@ -59,6 +59,17 @@ cfg_if::cfg_if! {
 }
 
 cfg_if::cfg_if! {
+    if #[cfg(feature = "sqlx")] {
+        mod over_sqlx;
+        #[cfg_attr(docsrs, doc(cfg(feature = "sqlx")))]
+        pub use over_sqlx::{SqlxBackend, SqlxLockGuard, SqlxLockPool};
+        /// sqlx, as dlock-pool builds on it.
+        #[cfg_attr(docsrs, doc(cfg(feature = "sqlx")))]
+        pub use sqlx;
+    }
+}
+
+cfg_if::cfg_if! {
     if #[cfg(feature = "url")] {
         mod url;
         mod url_tls;

@@ -284,7 +284,7 @@ dlock_testkit::async_contract!(async_lock_pool_mysql, bb8_mysql());
 /// A lock object over an async pool whose guards have the pooled shape (`acquire`,
 /// `try_acquire`, `acquire_timeout` on the pool; `release` and `verify` on the guard type):
 /// the guard of its acquire, if it holds.
-#[cfg(any(feature = "url", feature = "deadpool"))]
+#[cfg(any(feature = "url", feature = "deadpool", feature = "sqlx"))]
 macro_rules! async_pool_lock {
     ($name:ident, $pool:ty, $guard:ident) => {
         pub(super) struct $name {
@@ -554,3 +554,77 @@ mod deadpool {
 
 #[cfg(feature = "deadpool")]
 dlock_testkit::async_contract!(deadpool_lock_pool, deadpool::deadpool());
+
+#[cfg(feature = "sqlx")]
+#[path = "support/sqlx_options.rs"]
+mod sqlx_options;
+
+/// Your sqlx pool: a lock object over a `SqlxLockPool`, the guard of its acquire, if it
+/// holds; on both backends.
+#[cfg(feature = "sqlx")]
+mod over_sqlx {
+    use super::*;
+    use dlock_pool::{SqlxBackend, SqlxLockGuard, SqlxLockPool};
+    use sqlx_options as options;
+
+    async_pool_lock!(SqlxPgLock, SqlxLockPool<sqlx::Postgres>, SqlxPgGuard);
+    async_pool_lock!(SqlxMyLock, SqlxLockPool<sqlx::MySql>, SqlxMyGuard);
+    type SqlxPgGuard = SqlxLockGuard<sqlx::Postgres>;
+    type SqlxMyGuard = SqlxLockGuard<sqlx::MySql>;
+
+    /// The flavour of one sqlx pool, made by the clause's first lock object.
+    pub(super) struct Sqlx<DB: SqlxBackend> {
+        pool: Option<Arc<SqlxLockPool<DB>>>,
+    }
+
+    pub(super) fn sqlx<DB: SqlxBackend>() -> Sqlx<DB> {
+        Sqlx { pool: None }
+    }
+
+    impl AsyncFlavour for Sqlx<sqlx::Postgres> {
+        type Lock = SqlxPgLock;
+        const SERVER: Server = Server::Postgres;
+
+        async fn lock(&mut self, key: &str) -> Self::Lock {
+            if self.pool.is_none() {
+                let pool = sqlx::PgPool::connect_lazy_with(options::postgres());
+                self.pool = Some(Arc::new(SqlxLockPool::new(pool)));
+            }
+            SqlxPgLock {
+                pool: Arc::clone(self.pool.as_ref().unwrap()),
+                key: key.into(),
+                guard: None,
+            }
+        }
+
+        async fn reentrant(&mut self, _: &mut Self::Lock, _: &str) -> bool {
+            false
+        }
+    }
+
+    impl AsyncFlavour for Sqlx<sqlx::MySql> {
+        type Lock = SqlxMyLock;
+        const SERVER: Server = Server::MySql;
+
+        async fn lock(&mut self, key: &str) -> Self::Lock {
+            if self.pool.is_none() {
+                let pool = sqlx::MySqlPool::connect_lazy_with(options::mysql());
+                self.pool = Some(Arc::new(SqlxLockPool::new(pool)));
+            }
+            SqlxMyLock {
+                pool: Arc::clone(self.pool.as_ref().unwrap()),
+                key: key.into(),
+                guard: None,
+            }
+        }
+
+        async fn reentrant(&mut self, _: &mut Self::Lock, _: &str) -> bool {
+            false
+        }
+    }
+}
+
+#[cfg(feature = "sqlx")]
+dlock_testkit::async_contract!(sqlx_lock_pool_postgres, over_sqlx::sqlx::<sqlx::Postgres>());
+#[cfg(feature = "sqlx")]
+dlock_testkit::async_contract!(sqlx_lock_pool_mysql, over_sqlx::sqlx::<sqlx::MySql>());

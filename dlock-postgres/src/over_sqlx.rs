@@ -455,6 +455,8 @@ impl<C: SqlxPgConnection> AsyncLock for SqlxPgLock<C> {
     }
 }
 
+dlock_core::__connection_lock!(SqlxPgLock, SqlxPgConnection, KeyPolicy::pg_key, async);
+
 impl<C: SqlxPgConnection> Drop for SqlxPgLock<C> {
     fn drop(&mut self) {
         let Some(mut conn) = self.conn.take() else {

@@ -101,14 +101,14 @@ where
 
     /// Releases the lock and hands its connection to `settle` with how the release went.
     /// A lock known lost sends nothing (an unlock could hang on a frozen server): its
-    /// connection was marked to close when the loss was found. Dropped before it completes,
-    /// the armed mark closes the connection.
+    /// connection is settled in doubt. Dropped before it completes, the armed mark closes the
+    /// connection.
     pub(crate) async fn release(&mut self, settle: impl FnOnce(C, Settled)) -> Result<()> {
         let mut lock = self.lock.take().expect("the lock is only taken on release");
         // The watcher stops watching first, so that it cannot take this unlock for a loss.
         drop(self.watched.take());
         if let Some(reason) = self.signal.lost_now() {
-            drop(lock.disown());
+            settle(lock.disown(), Settled::InDoubt);
             return Err(self.signal.error(reason));
         }
         let armed = self.mark.armed();

@@ -1,0 +1,537 @@
+//! `SqlxLockPool`: pooled locks over the user's own sqlx pool (feature `sqlx`), PostgreSQL
+//! (`sqlx::PgPool`) and MySQL/MariaDB (`sqlx::MySqlPool`). Each lock checks a connection out
+//! of that pool for as long as it holds, and gives it back when it released cleanly; a
+//! connection that may still hold anything is closed instead (`close_on_drop`), which ends
+//! its session.
+//!
+//! sqlx gives a connection no identity dlock could key what it learns by, so each acquire
+//! with the watcher on names its server session with one statement of its own before it
+//! locks (MySQL keeps the session's marker lock on the session and names it again).
+
+use std::fmt;
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dlock_core::{
+    AsyncLock, ConnectionLock, Error, IntoConnectionAsync, Key, KeyPolicy, LostReason, Result,
+    SessionId, Wait,
+};
+use sqlx::pool::PoolConnection;
+use sqlx::{Database, Pool};
+
+use crate::asynchronous::{
+    Held, HeldGuard, Settled, WatchSource, acquire_pooled, bounded_with_lock, held_guard_functions,
+    run_locked, take_on_checkouts, watch_from_task,
+};
+use crate::core::PoolCore;
+use crate::deadline;
+use crate::manager::CloseMark;
+use crate::watch::{Running, WatchedLock};
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// A database a [`SqlxLockPool`] locks on: `sqlx::Postgres` (feature `postgres`) or
+/// `sqlx::MySql` (feature `mysql`). Sealed.
+pub trait SqlxBackend: Database + sealed::Sealed {
+    /// The backend's sqlx lock over a connection of the pool.
+    #[doc(hidden)]
+    type Lock: IntoConnectionAsync<PoolConnection<Self>> + Send + 'static;
+
+    /// The connection a guard derefs to (`PgConnection`, `MySqlConnection`).
+    #[doc(hidden)]
+    fn connection_of(lock: &Self::Lock) -> &Self::Connection;
+
+    /// The same, mutably.
+    #[doc(hidden)]
+    fn connection_of_mut(lock: &mut Self::Lock) -> &mut Self::Connection;
+
+    /// A lock on `key` over `conn`, under `policy`, with its own deployment check (once per
+    /// server session) unless `check` is off.
+    #[doc(hidden)]
+    fn lock_on(conn: PoolConnection<Self>, key: Key, policy: KeyPolicy, check: bool) -> Self::Lock;
+
+    /// The name a watcher knows the connection's session by.
+    #[doc(hidden)]
+    fn session(conn: &mut Self::Connection) -> impl Future<Output = Result<SessionId>> + Send;
+
+    /// Whether each of `locks` is still held, asked through `conn`.
+    #[doc(hidden)]
+    fn still_held(
+        conn: &mut Self::Connection,
+        policy: &KeyPolicy,
+        locks: &[WatchedLock],
+    ) -> impl Future<Output = Result<Vec<bool>>> + Send;
+
+    /// Creates the fence table `table` (`None`: the backend's default) if it is missing.
+    #[doc(hidden)]
+    fn install_fencing(
+        conn: &mut Self::Connection,
+        table: Option<&str>,
+    ) -> impl Future<Output = Result<()>> + Send;
+}
+
+#[cfg(feature = "postgres")]
+mod postgres_backend {
+    use super::*;
+    use dlock_postgres::SqlxPgLock;
+    use sqlx::postgres::{PgConnection, Postgres};
+
+    impl sealed::Sealed for Postgres {}
+
+    impl SqlxBackend for Postgres {
+        type Lock = SqlxPgLock<PoolConnection<Postgres>>;
+
+        fn connection_of(lock: &Self::Lock) -> &PgConnection {
+            lock.get_ref()
+        }
+
+        fn connection_of_mut(lock: &mut Self::Lock) -> &mut PgConnection {
+            lock.connection()
+        }
+
+        fn lock_on(
+            conn: PoolConnection<Self>,
+            key: Key,
+            policy: KeyPolicy,
+            check: bool,
+        ) -> Self::Lock {
+            let lock = SqlxPgLock::new(conn, key).policy(policy);
+            if check {
+                lock
+            } else {
+                lock.skip_deployment_check()
+            }
+        }
+
+        async fn session(conn: &mut PgConnection) -> Result<SessionId> {
+            dlock_postgres::sqlx::session(conn).await
+        }
+
+        async fn still_held(
+            conn: &mut PgConnection,
+            policy: &KeyPolicy,
+            locks: &[WatchedLock],
+        ) -> Result<Vec<bool>> {
+            let locks = crate::watch::in_backend_form(policy, locks, KeyPolicy::pg_key)?;
+            dlock_postgres::sqlx::still_held(conn, &locks).await
+        }
+
+        async fn install_fencing(conn: &mut PgConnection, table: Option<&str>) -> Result<()> {
+            dlock_postgres::sqlx::install_fencing(conn, table).await
+        }
+    }
+}
+
+#[cfg(feature = "mysql")]
+mod mysql_backend {
+    use super::*;
+    use dlock_mysql::SqlxMySqlLock;
+    use sqlx::mysql::{MySql, MySqlConnection};
+
+    impl sealed::Sealed for MySql {}
+
+    impl SqlxBackend for MySql {
+        type Lock = SqlxMySqlLock<PoolConnection<MySql>>;
+
+        fn connection_of(lock: &Self::Lock) -> &MySqlConnection {
+            lock.get_ref()
+        }
+
+        fn connection_of_mut(lock: &mut Self::Lock) -> &mut MySqlConnection {
+            lock.connection()
+        }
+
+        fn lock_on(
+            conn: PoolConnection<Self>,
+            key: Key,
+            policy: KeyPolicy,
+            check: bool,
+        ) -> Self::Lock {
+            let lock = SqlxMySqlLock::new(conn, key).policy(policy);
+            if check {
+                lock
+            } else {
+                lock.skip_deployment_check()
+            }
+        }
+
+        async fn session(conn: &mut MySqlConnection) -> Result<SessionId> {
+            dlock_mysql::sqlx::pooled_session(conn).await
+        }
+
+        async fn still_held(
+            conn: &mut MySqlConnection,
+            policy: &KeyPolicy,
+            locks: &[WatchedLock],
+        ) -> Result<Vec<bool>> {
+            let locks = crate::watch::in_backend_form(policy, locks, KeyPolicy::mysql_name)?;
+            dlock_mysql::sqlx::still_held(conn, &locks).await
+        }
+
+        async fn install_fencing(conn: &mut MySqlConnection, table: Option<&str>) -> Result<()> {
+            dlock_mysql::sqlx::install_fencing(conn, table).await
+        }
+    }
+}
+
+/// Pooled locks over your sqlx pool (`sqlx::PgPool` or `sqlx::MySqlPool`): the guard,
+/// watcher, fencing, retry and deployment check of [`AsyncLockPool`](crate::AsyncLockPool),
+/// with connections from your pool.
+///
+/// - An acquire checks a connection out of your pool and keeps it until release; a guard
+///   derefs to its `PgConnection` or `MySqlConnection` for the work the lock guards.
+/// - A released guard gives the connection back to your pool. One that may still hold
+///   anything (a failed release, a lost lock) is closed instead of returned. A guard dropped
+///   without release hands its lock to a task that releases it, as the sqlx locks do, and
+///   its connection is then closed.
+/// - The pool's watcher takes one connection of your pool for good (`detach`) when the
+///   first lock is held. With the watcher on, each acquire names its server session with
+///   one statement of its own first (sqlx keeps nothing dlock could key that by): a round
+///   trip more than the deadpool pool pays. On MySQL the session's marker lock stays on the
+///   session for the next acquire to name again.
+/// - sqlx keeps the cancel key private, so the deployment check infers as the blocking
+///   flavour does, once per server session (see the README's "Where a lock cannot exclude").
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use dlock_pool::{SqlxLockGuard, SqlxLockPool};
+///
+/// let pool = dlock_pool::sqlx::PgPool::connect("postgres://postgres@localhost/postgres").await?;
+/// let locks = SqlxLockPool::new(pool);
+/// let mut guard = locks.acquire("nightly-report").await?;
+/// dlock_pool::sqlx::query("UPDATE reports SET running = true").execute(&mut *guard).await?;
+/// SqlxLockGuard::release(guard).await?;
+/// # Ok(())
+/// # }
+/// ```
+pub struct SqlxLockPool<DB: SqlxBackend> {
+    pool: Pool<DB>,
+    core: PoolCore<SqlxSource<DB>>,
+}
+
+/// Where the watcher of a [`SqlxLockPool`] connects: your pool, which gives up one
+/// connection for good.
+pub(crate) struct SqlxSource<DB: Database>(Pool<DB>);
+
+impl<DB: SqlxBackend> WatchSource for SqlxSource<DB> {
+    type Conn = DB::Connection;
+
+    async fn connect(&self) -> Result<DB::Connection> {
+        let conn = self.0.acquire().await.map_err(Error::pool)?;
+        Ok(conn.detach())
+    }
+
+    async fn still_held(
+        conn: &mut DB::Connection,
+        policy: &KeyPolicy,
+        locks: &[WatchedLock],
+    ) -> Result<Vec<bool>> {
+        DB::still_held(conn, policy, locks).await
+    }
+}
+
+impl<DB: SqlxBackend> SqlxLockPool<DB> {
+    /// Locks over `pool`, under the default key policy, with the watcher on.
+    pub fn new(pool: Pool<DB>) -> Self {
+        SqlxLockPool {
+            core: PoolCore::over(Arc::new(SqlxSource(pool.clone()))),
+            pool,
+        }
+    }
+
+    crate::manager::pool_options!();
+
+    /// Uses `policy` to turn keys into the backend's.
+    pub fn policy(mut self, policy: KeyPolicy) -> Self {
+        self.core.set_policy(policy);
+        self
+    }
+
+    /// Your pool.
+    pub fn pool(&self) -> &Pool<DB> {
+        &self.pool
+    }
+
+    /// Creates the table of fencing tokens that this pool's locks use, if it does not exist,
+    /// through a connection of the pool. Run it once per database.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Pool`] when no connection came; otherwise what the server reports.
+    ///
+    /// # Cancel Safety
+    ///
+    /// Cancel safe: every statement is idempotent.
+    pub async fn install_fencing(&self) -> Result<()> {
+        let mut conn = self.checkout(None).await?;
+        DB::install_fencing(&mut conn, self.core.fence_table_name()).await
+    }
+
+    /// Checks a connection out of your pool and waits, in the server, until it holds `key`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidKey`] before any checkout; [`Error::Pool`] when no connection came;
+    /// otherwise what the lock reports.
+    ///
+    /// # Cancel Safety
+    ///
+    /// Dropping the future while it waits hands the lock to a task that ends the wait (sqlx
+    /// cannot cancel a statement: its waits go in slices of 400 ms) and releases anything
+    /// granted; the connection is then closed.
+    pub async fn acquire(&self, key: impl Into<Key>) -> Result<SqlxLockGuard<DB>> {
+        let guard = self.take(key.into(), None, Wait::Forever).await?;
+        guard.ok_or_else(|| Error::backend("an unbounded lock wait returned without the lock"))
+    }
+
+    /// Takes `key` if it is free: `Ok(None)` when it is busy, and the connection goes back
+    /// to your pool at once.
+    ///
+    /// # Errors
+    ///
+    /// As [`acquire`](Self::acquire).
+    ///
+    /// # Cancel Safety
+    ///
+    /// As [`acquire`](Self::acquire).
+    pub async fn try_acquire(&self, key: impl Into<Key>) -> Result<Option<SqlxLockGuard<DB>>> {
+        self.take(key.into(), None, Wait::Never).await
+    }
+
+    /// Checks out a connection and waits for `key`, both within `timeout`: `Ok(None)` when
+    /// the lock was busy until then.
+    ///
+    /// # Errors
+    ///
+    /// As [`acquire`](Self::acquire).
+    ///
+    /// # Cancel Safety
+    ///
+    /// As [`acquire`](Self::acquire).
+    pub async fn acquire_timeout(
+        &self,
+        key: impl Into<Key>,
+        timeout: Duration,
+    ) -> Result<Option<SqlxLockGuard<DB>>> {
+        let deadline = deadline::deadline(Instant::now(), timeout);
+        self.take(key.into(), deadline, Wait::Forever).await
+    }
+
+    /// Acquires `key`, runs `work` with the guard and releases, whatever `work` returned; if
+    /// the lock is lost first, `work`'s future is dropped at once and the result is
+    /// [`Error::LockLost`]. As [`AsyncLockPool::with_lock`](crate::AsyncLockPool::with_lock).
+    ///
+    /// # Errors
+    ///
+    /// `work`'s error; as [`acquire`](Self::acquire); [`Error::LockLost`].
+    ///
+    /// # Cancel Safety
+    ///
+    /// Dropping the future drops `work` and the guard, whose lock a task then releases.
+    pub async fn with_lock<T, E: From<Error>>(
+        &self,
+        key: impl Into<Key>,
+        work: impl AsyncFnOnce(&mut SqlxLockGuard<DB>) -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E> {
+        let guard = self.acquire(key).await?;
+        run_locked(guard, work).await
+    }
+
+    bounded_with_lock!(SqlxLockGuard<DB>);
+
+    /// A connection of your pool, within `deadline`.
+    async fn checkout(&self, deadline: Option<Instant>) -> Result<PoolConnection<DB>> {
+        let checkout = self.pool.acquire();
+        let checked_out = match deadline {
+            None => checkout.await,
+            Some(deadline) => {
+                let mut left = deadline::remaining(deadline, Instant::now());
+                let at_hand = self.pool.num_idle() > 0
+                    || self.pool.size() < self.pool.options().get_max_connections();
+                if at_hand {
+                    // A connection is at hand without waiting for another lock, but sqlx
+                    // pings it, or opens it, before handing it out (and returns a dropped one
+                    // from a task of its own): that gets a reply's grace, so that no time left
+                    // still means "at least a try".
+                    left = left.max(dlock_core::REPLY_GRACE);
+                }
+                match tokio::time::timeout(left, checkout).await {
+                    Ok(checked_out) => checked_out,
+                    Err(_) => {
+                        return Err(Error::pool(
+                            "timed out waiting for a connection of the sqlx pool",
+                        ));
+                    }
+                }
+            }
+        };
+        checked_out.map_err(Error::pool)
+    }
+
+    /// Checks out a connection and takes `key` on it ([`take_on_checkouts`]).
+    async fn take(
+        &self,
+        key: Key,
+        deadline: Option<Instant>,
+        wait: Wait,
+    ) -> Result<Option<SqlxLockGuard<DB>>> {
+        DB::Lock::check_key(&self.core.policy, &key)?;
+        take_on_checkouts(
+            &self.core.doubt,
+            deadline,
+            wait,
+            |deadline| self.checkout(deadline),
+            |conn, wait| self.lock_on(conn, key.clone(), wait),
+        )
+        .await
+    }
+
+    async fn lock_on(
+        &self,
+        mut conn: PoolConnection<DB>,
+        key: Key,
+        wait: Wait,
+    ) -> Result<Option<SqlxLockGuard<DB>>> {
+        let held = if self.core.watch.is_on() {
+            match DB::session(&mut conn).await {
+                Ok(session) => Some((session, key.clone())),
+                Err(error) => {
+                    // The statement may have been cut off mid-reply: never reuse it.
+                    conn.close_on_drop();
+                    return Err(error);
+                }
+            }
+        } else {
+            None
+        };
+        let mut lock = DB::lock_on(
+            conn,
+            key,
+            self.core.policy.clone(),
+            self.core.check_deployment,
+        );
+        if let Some(table) = &self.core.fence {
+            lock = table.apply(lock)?;
+        }
+        if self.core.shared {
+            lock = lock.shared();
+        }
+        // sqlx connections carry no mark of their own: the lock closes its connection when
+        // in doubt, and a lost or failed release closes it when the guard settles.
+        let mark = CloseMark::default();
+        if !acquire_pooled(&mut lock, wait, &mark).await? {
+            // Not held: dropping the lock sends the connection straight back.
+            return Ok(None);
+        }
+        let (signal, watched) = (self.core).granted(held, lock.key(), mark.clone(), |running| {
+            self.start_watcher(running);
+        });
+        Ok(Some(SqlxLockGuard {
+            held: Held::new(lock, mark, signal, watched),
+        }))
+    }
+
+    /// Starts the pool's watcher task on the current runtime (see
+    /// [`AsyncLockPool`](crate::AsyncLockPool)'s).
+    fn start_watcher(&self, running: Running) {
+        let watch = Arc::downgrade(&self.core.watch);
+        let source = Arc::clone(&self.core.manager);
+        let policy = self.core.policy.clone();
+        tokio::spawn(async move {
+            let _running = running;
+            watch_from_task(watch, source, policy).await;
+        });
+    }
+}
+
+impl<DB: SqlxBackend> Clone for SqlxLockPool<DB> {
+    fn clone(&self) -> Self {
+        SqlxLockPool {
+            pool: self.pool.clone(),
+            core: self.core.clone(),
+        }
+    }
+}
+
+impl<DB: SqlxBackend> fmt::Debug for SqlxLockPool<DB> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqlxLockPool")
+            .field("connections", &self.pool.size())
+            .field("core", &self.core)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A held lock of a [`SqlxLockPool`] and the connection it holds it on. It derefs to the
+/// `PgConnection` or `MySqlConnection` (pass `&mut *guard` as sqlx's executor); its own
+/// functions are associated functions.
+///
+/// Release on drop is not immediate: a guard dropped without
+/// [`release`](SqlxLockGuard::release) hands its lock to a task that releases it, and its
+/// connection is then closed.
+#[must_use = "the lock is released when the guard is dropped"]
+pub struct SqlxLockGuard<DB: SqlxBackend> {
+    held: Held<DB::Lock, PoolConnection<DB>>,
+}
+
+impl<DB: SqlxBackend> SqlxLockGuard<DB> {
+    /// Releases the lock, then gives the connection back to your pool (or closes it when the
+    /// release failed, which frees the lock in the server).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::LockLost`] when the lock was lost while held; a connection error when the
+    /// session is gone.
+    ///
+    /// # Cancel Safety
+    ///
+    /// Dropping the future before it completes leaves the lock to a task that releases it,
+    /// and the connection is closed.
+    pub async fn release(mut this: Self) -> Result<()> {
+        this.held
+            .release(|mut conn: PoolConnection<DB>, settled| {
+                if let Settled::InDoubt = settled {
+                    conn.close_on_drop();
+                }
+                drop(conn);
+            })
+            .await
+    }
+
+    held_guard_functions!();
+}
+
+impl<DB: SqlxBackend> Deref for SqlxLockGuard<DB> {
+    type Target = DB::Connection;
+
+    fn deref(&self) -> &DB::Connection {
+        DB::connection_of(self.held.lock())
+    }
+}
+
+impl<DB: SqlxBackend> DerefMut for SqlxLockGuard<DB> {
+    fn deref_mut(&mut self) -> &mut DB::Connection {
+        DB::connection_of_mut(self.held.lock_mut())
+    }
+}
+
+impl<DB: SqlxBackend> HeldGuard for SqlxLockGuard<DB> {
+    fn lost_signal(&self) -> impl Future<Output = LostReason> + Send + 'static {
+        SqlxLockGuard::lost(self)
+    }
+
+    fn release_guard(self) -> impl Future<Output = Result<()>> {
+        SqlxLockGuard::release(self)
+    }
+}
+
+impl<DB: SqlxBackend> fmt::Debug for SqlxLockGuard<DB> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqlxLockGuard")
+            .field("key", &self.held.key())
+            .finish_non_exhaustive()
+    }
+}
