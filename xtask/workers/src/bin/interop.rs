@@ -26,13 +26,13 @@ use dlock_pool::dlock_postgres::{AsyncPgLock, PgLock, PgXactLock, SqlxPgLock};
 use dlock_pool::{
     AsyncAnyLockGuard, AsyncAnyLockPool, AsyncLock, AsyncLockGuard, AsyncLockPool,
     AsyncMultiplexedGuard, AsyncMySqlManager, DeadpoolLockGuard, DeadpoolLockPool, Lock, LockGuard,
-    LockPool,
+    LockPool, SqlxLockGuard, SqlxLockPool,
 };
 
 type Result<T, E = Box<dyn std::error::Error + Send + Sync>> = std::result::Result<T, E>;
 
 /// Every flavour the worker takes locks through.
-const FLAVOURS: [&str; 9] = [
+const FLAVOURS: [&str; 10] = [
     "blocking",
     "xact",
     "tokio",
@@ -40,6 +40,7 @@ const FLAVOURS: [&str; 9] = [
     "r2d2",
     "bb8",
     "deadpool",
+    "sqlx-pool",
     "url",
     "multiplexed",
 ];
@@ -250,6 +251,15 @@ async fn asynchronous(
             let locks = DeadpoolLockPool::new(pool);
             let locks = if shared { locks.shared() } else { locks };
             pooled_hold_or_try!(locks, DeadpoolLockGuard, key, hold)
+        }
+        ("postgres", "sqlx-pool") => {
+            let locks = SqlxLockPool::new(sqlx::PgPool::connect(&url).await?);
+            let locks = if shared { locks.shared() } else { locks };
+            pooled_hold_or_try!(locks, SqlxLockGuard, key, hold)
+        }
+        ("mysql", "sqlx-pool") => {
+            let locks = SqlxLockPool::new(sqlx::MySqlPool::connect(&url).await?);
+            pooled_hold_or_try!(locks, SqlxLockGuard, key, hold)
         }
         (_, "url") => {
             let pool = AsyncAnyLockPool::connect(&url).await?;
