@@ -107,7 +107,7 @@ mod postgres_backend {
         }
 
         async fn session(conn: &mut PgConnection) -> Result<SessionId> {
-            dlock_postgres::sqlx::session(conn).await
+            dlock_postgres::sqlx::pooled_session(conn).await
         }
 
         async fn still_held(

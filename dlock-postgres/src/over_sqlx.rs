@@ -291,6 +291,22 @@ pub async fn session(conn: &mut PgConnection) -> Result<SessionId> {
     sql::read_session(&text_rows(conn, sql::session()).await?)
 }
 
+/// [`session`] for a connection a pool hands out again and again: the session keeps its
+/// start in a setting the first time, so that later calls read no `pg_stat_activity`. One
+/// round trip.
+///
+/// # Errors
+///
+/// What the server or the connection reports.
+///
+/// # Cancel Safety
+///
+/// Cancel safe: the setting it may leave names the session truly.
+#[doc(hidden)]
+pub async fn pooled_session(conn: &mut PgConnection) -> Result<SessionId> {
+    sql::read_session(&text_rows(conn, sql::pooled_session()).await?)
+}
+
 /// Whether each of `locks` (a session from [`session`], and a key it took) is still held by
 /// that session, asked through `conn` from another session in one statement: the sqlx form
 /// of the tokio flavour's `still_held`.

@@ -895,6 +895,25 @@ pub(crate) fn session() -> String {
     format!("SELECT pid, {SESSION_STARTED} FROM pg_stat_activity s WHERE pid = pg_backend_pid()")
 }
 
+/// The setting that keeps, on a session a pool hands out again and again, its start as
+/// [`session`] reads it, so that later locks on it name it without reading
+/// `pg_stat_activity`. A session reset clears it, and the next lock reads the start again.
+#[cfg_attr(not(feature = "sqlx"), allow(dead_code))]
+const SESSION_STARTED_SETTING: &str = "dlock.session_started";
+
+/// [`session`] for a connection a pool hands out again and again: the same two columns, the
+/// start read from `pg_stat_activity` only where the session does not keep it yet (the
+/// uncorrelated subquery is an init plan, which runs only when `COALESCE` reaches it), and
+/// kept there for the next time. Read by [`read_session`].
+#[cfg_attr(not(feature = "sqlx"), allow(dead_code))]
+pub(crate) fn pooled_session() -> String {
+    format!(
+        "SELECT pg_backend_pid(), COALESCE(NULLIF(current_setting('{SESSION_STARTED_SETTING}', \
+         true), ''), (SELECT set_config('{SESSION_STARTED_SETTING}', {SESSION_STARTED}::text, \
+         false) FROM pg_stat_activity s WHERE pid = pg_backend_pid()))"
+    )
+}
+
 /// A row of a simple query's reply, read as text: what the readers of replies with many rows
 /// take, whichever driver read them.
 pub(crate) trait TextRow {

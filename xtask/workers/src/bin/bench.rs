@@ -930,6 +930,72 @@ fn throughput(scale: Scale) -> Result<Vec<Throughput>> {
         );
         drop(locks);
 
+        // Your sqlx pools, beside the same checkout and statements by hand.
+        let user_pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&pg_url()?)
+            .await?;
+        let locks = dlock_pool::SqlxLockPool::new(user_pool.clone());
+        results.push(
+            compare_async(
+                scale,
+                "SqlxLockPool, PostgreSQL",
+                "sqlx checkout, sqlx text",
+                async |side, n| {
+                    let started = Instant::now();
+                    for _ in 0..n {
+                        if side == Side::Dlock {
+                            dlock_pool::SqlxLockGuard::release(locks.acquire(PG_KEY).await?)
+                                .await?;
+                        } else {
+                            let mut conn = user_pool.acquire().await?;
+                            sqlx::raw_sql(sqlx::AssertSqlSafe(pg_lock_sql.clone()))
+                                .execute(&mut *conn)
+                                .await?;
+                            sqlx::raw_sql(sqlx::AssertSqlSafe(pg_unlock_sql.clone()))
+                                .execute(&mut *conn)
+                                .await?;
+                        }
+                    }
+                    Ok(per_second(n, started))
+                },
+            )
+            .await?,
+        );
+        drop(locks);
+        let user_pool = sqlx::mysql::MySqlPoolOptions::new()
+            .max_connections(1)
+            .connect(&mysql_url()?)
+            .await?;
+        let locks = dlock_pool::SqlxLockPool::new(user_pool.clone());
+        results.push(
+            compare_async(
+                scale,
+                "SqlxLockPool, MySQL",
+                "sqlx checkout, sqlx text",
+                async |side, n| {
+                    let started = Instant::now();
+                    for _ in 0..n {
+                        if side == Side::Dlock {
+                            dlock_pool::SqlxLockGuard::release(locks.acquire(MY_NAME).await?)
+                                .await?;
+                        } else {
+                            let mut conn = user_pool.acquire().await?;
+                            sqlx::raw_sql(sqlx::AssertSqlSafe(get.clone()))
+                                .execute(&mut *conn)
+                                .await?;
+                            sqlx::raw_sql(sqlx::AssertSqlSafe(release.clone()))
+                                .execute(&mut *conn)
+                                .await?;
+                        }
+                    }
+                    Ok(per_second(n, started))
+                },
+            )
+            .await?,
+        );
+        drop(locks);
+
         let manager = AsyncMySqlManager::from_url(&mysql_url()?)?;
         let pool = AsyncLockPool::with_builder(bb8::Pool::builder().max_size(1), manager).await?;
         results.push(
