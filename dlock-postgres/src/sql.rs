@@ -902,15 +902,17 @@ pub(crate) fn session() -> String {
 const SESSION_STARTED_SETTING: &str = "dlock.session_started";
 
 /// [`session`] for a connection a pool hands out again and again: the same two columns, the
-/// start read from `pg_stat_activity` only where the session does not keep it yet (the
-/// uncorrelated subquery is an init plan, which runs only when `COALESCE` reaches it), and
-/// kept there for the next time. Read by [`read_session`].
+/// start read only where the session does not keep it yet (the uncorrelated subquery is an
+/// init plan, which runs only when `COALESCE` reaches it), and kept there for the next time.
+/// Read by [`read_session`]. It reads this session's row through
+/// `pg_stat_get_activity(pid)`, not the `pg_stat_activity` view: planning the view costs
+/// the server about 0.2 ms per statement, more than the round trip (measured, PostgreSQL 15).
 #[cfg_attr(not(feature = "sqlx"), allow(dead_code))]
 pub(crate) fn pooled_session() -> String {
     format!(
         "SELECT pg_backend_pid(), COALESCE(NULLIF(current_setting('{SESSION_STARTED_SETTING}', \
          true), ''), (SELECT set_config('{SESSION_STARTED_SETTING}', {SESSION_STARTED}::text, \
-         false) FROM pg_stat_activity s WHERE pid = pg_backend_pid()))"
+         false) FROM pg_stat_get_activity(pg_backend_pid()) s))"
     )
 }
 
