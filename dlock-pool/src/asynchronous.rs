@@ -213,6 +213,91 @@ macro_rules! bounded_with_lock {
 #[cfg(any(feature = "url", feature = "deadpool", feature = "sqlx"))]
 pub(crate) use bounded_with_lock;
 
+/// Expands, inside the `impl` of a pool over the user's own pool (deadpool, sqlx) whose
+/// guard is `$guard` and whose `take(key, deadline, wait)` checks out and locks, to its entry
+/// points: `acquire`, `try_acquire`, `acquire_timeout`, `with_lock` and the bounded forms.
+/// `$dropped` says what a dropped acquire leaves, `$dropped_work` what dropping `with_lock`
+/// does.
+#[cfg(any(feature = "deadpool", feature = "sqlx"))]
+macro_rules! user_pool_entry_points {
+    ($guard:ty, $dropped:literal, $dropped_work:literal) => {
+        /// Checks a connection out of your pool and waits, in the server, until it holds
+        /// `key`.
+        ///
+        /// # Errors
+        ///
+        /// [`Error::InvalidKey`] before any checkout; [`Error::Pool`] when no connection came;
+        /// otherwise what the lock reports.
+        ///
+        /// # Cancel Safety
+        ///
+        #[doc = $dropped]
+        pub async fn acquire(&self, key: impl Into<Key>) -> Result<$guard> {
+            let guard = self.take(key.into(), None, Wait::Forever).await?;
+            guard.ok_or_else(|| Error::backend("an unbounded lock wait returned without the lock"))
+        }
+
+        /// Takes `key` if it is free: `Ok(None)` when it is busy, and the connection goes
+        /// back to your pool at once.
+        ///
+        /// # Errors
+        ///
+        /// As [`acquire`](Self::acquire).
+        ///
+        /// # Cancel Safety
+        ///
+        /// As [`acquire`](Self::acquire).
+        pub async fn try_acquire(&self, key: impl Into<Key>) -> Result<Option<$guard>> {
+            self.take(key.into(), None, Wait::Never).await
+        }
+
+        /// Checks out a connection and waits for `key`, both within `timeout`: `Ok(None)`
+        /// when the lock was busy until then.
+        ///
+        /// # Errors
+        ///
+        /// As [`acquire`](Self::acquire).
+        ///
+        /// # Cancel Safety
+        ///
+        /// As [`acquire`](Self::acquire).
+        pub async fn acquire_timeout(
+            &self,
+            key: impl Into<Key>,
+            timeout: Duration,
+        ) -> Result<Option<$guard>> {
+            let deadline = deadline::deadline(Instant::now(), timeout);
+            self.take(key.into(), deadline, Wait::Forever).await
+        }
+
+        /// Acquires `key`, runs `work` with the guard and releases, whatever `work` returned;
+        /// if the lock is lost first, `work`'s future is dropped at once and the result is
+        /// [`Error::LockLost`]. As
+        /// [`AsyncLockPool::with_lock`](crate::AsyncLockPool::with_lock).
+        ///
+        /// # Errors
+        ///
+        /// `work`'s error; as [`acquire`](Self::acquire); [`Error::LockLost`].
+        ///
+        /// # Cancel Safety
+        ///
+        #[doc = $dropped_work]
+        pub async fn with_lock<T, E: From<Error>>(
+            &self,
+            key: impl Into<Key>,
+            work: impl AsyncFnOnce(&mut $guard) -> std::result::Result<T, E>,
+        ) -> std::result::Result<T, E> {
+            let guard = self.acquire(key).await?;
+            run_locked(guard, work).await
+        }
+
+        bounded_with_lock!($guard);
+    };
+}
+
+#[cfg(any(feature = "deadpool", feature = "sqlx"))]
+pub(crate) use user_pool_entry_points;
+
 #[cfg(any(feature = "postgres", feature = "mysql"))]
 mod batch;
 mod held;

@@ -25,7 +25,7 @@ use dlock_postgres::{AsyncPgConnection, AsyncPgLock};
 
 use crate::asynchronous::{
     Held, HeldGuard, Settled, WatchSource, acquire_pooled, bounded_with_lock, held_guard_functions,
-    run_locked, take_on_checkouts, watch_from_task,
+    run_locked, take_on_checkouts, user_pool_entry_points, watch_from_task,
 };
 use crate::core::{self, PoolCore};
 use crate::deadline;
@@ -174,77 +174,13 @@ impl DeadpoolLockPool {
         }
     }
 
-    /// Checks a connection out of your pool and waits, in the server, until it holds `key`.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidKey`] before any checkout; [`Error::Pool`] when no connection came;
-    /// otherwise what the lock reports.
-    ///
-    /// # Cancel Safety
-    ///
-    /// Dropping the future while it waits closes the connection instead of returning it to
-    /// your pool, which ends the session's wait and frees anything granted.
-    pub async fn acquire(&self, key: impl Into<Key>) -> Result<DeadpoolLockGuard> {
-        let guard = self.take(key.into(), None, Wait::Forever).await?;
-        guard.ok_or_else(|| Error::backend("an unbounded lock wait returned without the lock"))
-    }
-
-    /// Takes `key` if it is free: `Ok(None)` when it is busy, and the connection goes back
-    /// to your pool at once.
-    ///
-    /// # Errors
-    ///
-    /// As [`acquire`](Self::acquire).
-    ///
-    /// # Cancel Safety
-    ///
-    /// As [`acquire`](Self::acquire).
-    pub async fn try_acquire(&self, key: impl Into<Key>) -> Result<Option<DeadpoolLockGuard>> {
-        self.take(key.into(), None, Wait::Never).await
-    }
-
-    /// Checks out a connection and waits for `key`, both within `timeout`: `Ok(None)` when
-    /// the lock was busy until then.
-    ///
-    /// # Errors
-    ///
-    /// As [`acquire`](Self::acquire).
-    ///
-    /// # Cancel Safety
-    ///
-    /// As [`acquire`](Self::acquire).
-    pub async fn acquire_timeout(
-        &self,
-        key: impl Into<Key>,
-        timeout: Duration,
-    ) -> Result<Option<DeadpoolLockGuard>> {
-        let deadline = deadline::deadline(Instant::now(), timeout);
-        self.take(key.into(), deadline, Wait::Forever).await
-    }
-
-    /// Acquires `key`, runs `work` with the guard and releases, whatever `work` returned; if
-    /// the lock is lost first, `work`'s future is dropped at once and the result is
-    /// [`Error::LockLost`]. As [`AsyncLockPool::with_lock`](crate::AsyncLockPool::with_lock).
-    ///
-    /// # Errors
-    ///
-    /// `work`'s error; as [`acquire`](Self::acquire); [`Error::LockLost`].
-    ///
-    /// # Cancel Safety
-    ///
-    /// Dropping the future drops `work` and the guard, which closes the connection and so
-    /// frees the lock.
-    pub async fn with_lock<T, E: From<Error>>(
-        &self,
-        key: impl Into<Key>,
-        work: impl AsyncFnOnce(&mut DeadpoolLockGuard) -> std::result::Result<T, E>,
-    ) -> std::result::Result<T, E> {
-        let guard = self.acquire(key).await?;
-        run_locked(guard, work).await
-    }
-
-    bounded_with_lock!(DeadpoolLockGuard);
+    user_pool_entry_points!(
+        DeadpoolLockGuard,
+        "Dropping the future while it waits closes the connection instead of returning it to \
+         your pool, which ends the session's wait and frees anything granted.",
+        "Dropping the future drops `work` and the guard, which closes the connection and so \
+         frees the lock."
+    );
 
     /// A connection of your pool, within `deadline`.
     async fn checkout(&self, deadline: Option<Instant>) -> Result<Object> {

@@ -22,7 +22,7 @@ use sqlx::{Database, Pool};
 
 use crate::asynchronous::{
     Held, HeldGuard, Settled, WatchSource, acquire_pooled, bounded_with_lock, held_guard_functions,
-    run_locked, take_on_checkouts, watch_from_task,
+    run_locked, take_on_checkouts, user_pool_entry_points, watch_from_task,
 };
 use crate::core::PoolCore;
 use crate::deadline;
@@ -270,77 +270,13 @@ impl<DB: SqlxBackend> SqlxLockPool<DB> {
         DB::install_fencing(&mut conn, self.core.fence_table_name()).await
     }
 
-    /// Checks a connection out of your pool and waits, in the server, until it holds `key`.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidKey`] before any checkout; [`Error::Pool`] when no connection came;
-    /// otherwise what the lock reports.
-    ///
-    /// # Cancel Safety
-    ///
-    /// Dropping the future while it waits hands the lock to a task that ends the wait (sqlx
-    /// cannot cancel a statement: its waits go in slices of 400 ms) and releases anything
-    /// granted; the connection is then closed.
-    pub async fn acquire(&self, key: impl Into<Key>) -> Result<SqlxLockGuard<DB>> {
-        let guard = self.take(key.into(), None, Wait::Forever).await?;
-        guard.ok_or_else(|| Error::backend("an unbounded lock wait returned without the lock"))
-    }
-
-    /// Takes `key` if it is free: `Ok(None)` when it is busy, and the connection goes back
-    /// to your pool at once.
-    ///
-    /// # Errors
-    ///
-    /// As [`acquire`](Self::acquire).
-    ///
-    /// # Cancel Safety
-    ///
-    /// As [`acquire`](Self::acquire).
-    pub async fn try_acquire(&self, key: impl Into<Key>) -> Result<Option<SqlxLockGuard<DB>>> {
-        self.take(key.into(), None, Wait::Never).await
-    }
-
-    /// Checks out a connection and waits for `key`, both within `timeout`: `Ok(None)` when
-    /// the lock was busy until then.
-    ///
-    /// # Errors
-    ///
-    /// As [`acquire`](Self::acquire).
-    ///
-    /// # Cancel Safety
-    ///
-    /// As [`acquire`](Self::acquire).
-    pub async fn acquire_timeout(
-        &self,
-        key: impl Into<Key>,
-        timeout: Duration,
-    ) -> Result<Option<SqlxLockGuard<DB>>> {
-        let deadline = deadline::deadline(Instant::now(), timeout);
-        self.take(key.into(), deadline, Wait::Forever).await
-    }
-
-    /// Acquires `key`, runs `work` with the guard and releases, whatever `work` returned; if
-    /// the lock is lost first, `work`'s future is dropped at once and the result is
-    /// [`Error::LockLost`]. As [`AsyncLockPool::with_lock`](crate::AsyncLockPool::with_lock).
-    ///
-    /// # Errors
-    ///
-    /// `work`'s error; as [`acquire`](Self::acquire); [`Error::LockLost`].
-    ///
-    /// # Cancel Safety
-    ///
-    /// Dropping the future drops `work` and the guard, whose lock a task then releases.
-    pub async fn with_lock<T, E: From<Error>>(
-        &self,
-        key: impl Into<Key>,
-        work: impl AsyncFnOnce(&mut SqlxLockGuard<DB>) -> std::result::Result<T, E>,
-    ) -> std::result::Result<T, E> {
-        let guard = self.acquire(key).await?;
-        run_locked(guard, work).await
-    }
-
-    bounded_with_lock!(SqlxLockGuard<DB>);
+    user_pool_entry_points!(
+        SqlxLockGuard<DB>,
+        "Dropping the future while it waits hands the lock to a task that ends the wait (sqlx \
+         cannot cancel a statement: its waits go in slices of 400 ms) and releases anything \
+         granted before the connection goes back to your pool.",
+        "Dropping the future drops `work` and the guard, whose lock a task then releases."
+    );
 
     /// A connection of your pool, within `deadline`.
     async fn checkout(&self, deadline: Option<Instant>) -> Result<PoolConnection<DB>> {
