@@ -38,6 +38,7 @@ const UNDECLARED: &[(&str, &str, &str, &str)] = &[(
 const NEWER_FEATURES: &[(&str, &str, &str, &str)] = &[
     ("dlock-postgres", "sqlx", "1.94", "sqlx 0.9 declares 1.94"),
     ("dlock-mysql", "sqlx", "1.94", "sqlx 0.9 declares 1.94"),
+    ("dlock-pool", "sqlx", "1.94", "sqlx 0.9 declares 1.94"),
 ];
 
 /// The pins the README tells users below a dependency's needs (README, "Minimum Rust
