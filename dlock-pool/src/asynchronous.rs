@@ -1103,6 +1103,38 @@ where
     }
 }
 
+/// A checkout from a pool of the user's (`checkout`), within `deadline` when there is one.
+/// Where a connection can be had without waiting for another lock (`at_hand`: one is idle,
+/// or the pool may open one), the pool may still ping or open it first, so the checkout gets
+/// at least a reply's grace: no time left still means "at least a try". `pool` names the
+/// pool in the timeout's error.
+#[cfg(any(feature = "deadpool", feature = "sqlx"))]
+pub(crate) async fn checkout_within<C, E>(
+    deadline: Option<Instant>,
+    at_hand: bool,
+    pool: &str,
+    checkout: impl Future<Output = std::result::Result<C, E>>,
+) -> Result<C>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let checked_out = match deadline {
+        None => checkout.await,
+        Some(deadline) => {
+            let mut left = deadline::remaining(deadline, Instant::now());
+            if at_hand {
+                left = left.max(dlock_core::REPLY_GRACE);
+            }
+            tokio::time::timeout(left, checkout).await.map_err(|_| {
+                Error::pool(format!(
+                    "timed out waiting for a connection of the {pool} pool"
+                ))
+            })?
+        }
+    };
+    checked_out.map_err(Error::pool)
+}
+
 /// Runs `work` under `guard`'s lock until it finishes or the lock is lost, then releases:
 /// `work`'s error first, then the release's. A lost lock drops `work` at once, and its
 /// release reports the loss without sending anything.

@@ -24,8 +24,8 @@ use dlock_postgres::tokio_postgres::{Client, Socket};
 use dlock_postgres::{AsyncPgConnection, AsyncPgLock};
 
 use crate::asynchronous::{
-    Held, HeldGuard, Settled, WatchSource, acquire_pooled, bounded_with_lock, held_guard_functions,
-    run_locked, take_on_checkouts, user_pool_entry_points, watch_from_task,
+    Held, HeldGuard, Settled, WatchSource, acquire_pooled, bounded_with_lock, checkout_within,
+    held_guard_functions, run_locked, take_on_checkouts, user_pool_entry_points, watch_from_task,
 };
 use crate::core::{self, PoolCore};
 use crate::deadline;
@@ -184,22 +184,9 @@ impl DeadpoolLockPool {
 
     /// A connection of your pool, within `deadline`.
     async fn checkout(&self, deadline: Option<Instant>) -> Result<Object> {
-        let checkout = self.pool.get();
-        let checked_out = match deadline {
-            None => checkout.await,
-            Some(deadline) => {
-                let left = deadline::remaining(deadline, Instant::now());
-                match tokio::time::timeout(left, checkout).await {
-                    Ok(checked_out) => checked_out,
-                    Err(_) => {
-                        return Err(Error::pool(
-                            "timed out waiting for a connection of the deadpool pool",
-                        ));
-                    }
-                }
-            }
-        };
-        checked_out.map_err(Error::pool)
+        let status = self.pool.status();
+        let at_hand = status.available > 0 || status.size < status.max_size;
+        checkout_within(deadline, at_hand, "deadpool", self.pool.get()).await
     }
 
     /// Checks out a connection and takes `key` on it, within `deadline` for both when there

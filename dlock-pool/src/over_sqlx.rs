@@ -21,8 +21,8 @@ use sqlx::pool::PoolConnection;
 use sqlx::{Database, Pool};
 
 use crate::asynchronous::{
-    Held, HeldGuard, Settled, WatchSource, acquire_pooled, bounded_with_lock, held_guard_functions,
-    run_locked, take_on_checkouts, user_pool_entry_points, watch_from_task,
+    Held, HeldGuard, Settled, WatchSource, acquire_pooled, bounded_with_lock, checkout_within,
+    held_guard_functions, run_locked, take_on_checkouts, user_pool_entry_points, watch_from_task,
 };
 use crate::core::PoolCore;
 use crate::deadline;
@@ -280,31 +280,11 @@ impl<DB: SqlxBackend> SqlxLockPool<DB> {
 
     /// A connection of your pool, within `deadline`.
     async fn checkout(&self, deadline: Option<Instant>) -> Result<PoolConnection<DB>> {
-        let checkout = self.pool.acquire();
-        let checked_out = match deadline {
-            None => checkout.await,
-            Some(deadline) => {
-                let mut left = deadline::remaining(deadline, Instant::now());
-                let at_hand = self.pool.num_idle() > 0
-                    || self.pool.size() < self.pool.options().get_max_connections();
-                if at_hand {
-                    // A connection is at hand without waiting for another lock, but sqlx
-                    // pings it, or opens it, before handing it out (and returns a dropped one
-                    // from a task of its own): that gets a reply's grace, so that no time left
-                    // still means "at least a try".
-                    left = left.max(dlock_core::REPLY_GRACE);
-                }
-                match tokio::time::timeout(left, checkout).await {
-                    Ok(checked_out) => checked_out,
-                    Err(_) => {
-                        return Err(Error::pool(
-                            "timed out waiting for a connection of the sqlx pool",
-                        ));
-                    }
-                }
-            }
-        };
-        checked_out.map_err(Error::pool)
+        // sqlx pings a connection, or opens it, before handing it out, and returns a dropped
+        // one from a task of its own.
+        let at_hand = self.pool.num_idle() > 0
+            || self.pool.size() < self.pool.options().get_max_connections();
+        checkout_within(deadline, at_hand, "sqlx", self.pool.acquire()).await
     }
 
     /// Checks out a connection and takes `key` on it ([`take_on_checkouts`]).
