@@ -676,6 +676,11 @@ impl<C: AsyncMySqlConnection> AsyncMySqlLock<C> {
                     reply = Some(query(conn, &statement).await);
                     driver.sent = false;
                 }
+                Step::Execute(statement) => {
+                    driver.sent = true;
+                    reply = Some(execute(conn, &statement).await);
+                    driver.sent = false;
+                }
             }
         }
     }
@@ -938,7 +943,7 @@ pub async fn try_lock_async(
     let fenced = async {
         let table = sql::fence_table(table.unwrap_or(sql::DEFAULT_FENCE_TABLE))?;
         let server = sql::Server::from_version(conn.server_version());
-        let token = query(conn, &sql::fence(server, &table, name))
+        let token = execute(conn, &sql::fence(server, &table, name))
             .await
             .map_err(|failed| failed.error.naming_fence_table(Some(&table)))?;
         sql::read_token(&token)
@@ -1090,17 +1095,20 @@ pub async fn check_deployment_async(conn: &mut Conn) -> Result<()> {
     machine::deployment_checked(version, replies)
 }
 
+/// Sends `statement`, which returns no rows, and reads its OK packet as
+/// `[last insert id, rows changed]`.
+async fn execute(conn: &mut Conn, statement: &str) -> Reply {
+    match conn.query_drop(statement).await {
+        Ok(()) => Ok(vec![
+            conn.last_insert_id().and_then(|id| i64::try_from(id).ok()),
+            i64::try_from(conn.affected_rows()).ok(),
+        ]),
+        Err(error) => Err(classify(error)),
+    }
+}
+
 /// Sends `statement` and reads the values of its first row.
 async fn query(conn: &mut Conn, statement: &str) -> Reply {
-    if sql::is_fence(statement) {
-        return match conn.query_drop(statement).await {
-            Ok(()) => Ok(vec![
-                conn.last_insert_id().and_then(|id| i64::try_from(id).ok()),
-                i64::try_from(conn.affected_rows()).ok(),
-            ]),
-            Err(error) => Err(classify(error)),
-        };
-    }
     match conn.query_first::<mysql_async::Row, _>(statement).await {
         Ok(row) => sql::read_row(row, statement),
         Err(error) => Err(classify(error)),

@@ -300,6 +300,7 @@ impl<C: MySqlConnection> MySqlLock<C> {
             match op.step(&mut self.state, reply.take()) {
                 Step::Done(outcome) => break outcome,
                 Step::Send(statement) => reply = Some(query(conn.connection(), &statement)),
+                Step::Execute(statement) => reply = Some(execute(conn.connection(), &statement)),
             }
         };
         if let Some(facts) = conn.session_facts() {
@@ -483,17 +484,20 @@ pub fn check_deployment(conn: &mut Conn) -> Result<()> {
     machine::deployment_checked(version, replies)
 }
 
+/// Sends `statement`, which returns no rows, and reads its OK packet as
+/// `[last insert id, rows changed]`.
+fn execute(conn: &mut Conn, statement: &str) -> Reply {
+    match conn.query_drop(statement) {
+        Ok(()) => Ok(vec![
+            i64::try_from(conn.last_insert_id()).ok(),
+            i64::try_from(conn.affected_rows()).ok(),
+        ]),
+        Err(error) => Err(classify(error)),
+    }
+}
+
 /// Sends `statement` and reads the values of its first row.
 fn query(conn: &mut Conn, statement: &str) -> Reply {
-    if sql::is_fence(statement) {
-        return match conn.query_drop(statement) {
-            Ok(()) => Ok(vec![
-                i64::try_from(conn.last_insert_id()).ok(),
-                i64::try_from(conn.affected_rows()).ok(),
-            ]),
-            Err(error) => Err(classify(error)),
-        };
-    }
     match conn.query_first::<mysql::Row, _>(statement) {
         Ok(row) => sql::read_row(row, statement),
         Err(error) => Err(classify(error)),

@@ -35,8 +35,6 @@ mod over_sqlx;
 #[cfg(feature = "sqlx")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlx")))]
 pub mod sqlx {
-    #[doc(hidden)]
-    pub use crate::over_sqlx::pooled_session;
     pub use crate::over_sqlx::{
         SqlxMySqlConnection, SqlxMySqlLock, install_fencing, session, still_held,
     };

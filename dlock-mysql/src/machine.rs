@@ -11,7 +11,7 @@
 //!   resynchronize it), and its session is ended only with a proof that it is still the
 //!   session the lock used: a connection id alone is no proof, ids restart with the server.
 
-use dlock_core::{Error, Key, KeyPolicy, Result, Wait, attempt_token};
+use dlock_core::{Error, Key, KeyPolicy, Result, SessionId, Wait, attempt_token};
 
 use crate::sql::{self, Acquired, Checks, Failed, Failure, Proof, Server};
 
@@ -21,8 +21,11 @@ pub(crate) type Reply = Result<Vec<Option<i64>>, Failed>;
 /// What an operation wants next.
 #[derive(Debug)]
 pub(crate) enum Step<T> {
-    /// Send this statement and hand its reply to the next `step`.
+    /// Send this query and hand its first row to the next `step`.
     Send(String),
+    /// Send this statement, which returns no rows (an upsert, a `SET`), and hand its OK
+    /// packet to the next `step` as `[last insert id, rows changed]`.
+    Execute(String),
     /// The operation is over.
     Done(Result<T>),
 }
@@ -66,6 +69,11 @@ pub(crate) struct LockState {
     pub(crate) fence: Option<String>,
     /// The fencing token of the lock this object holds, when fenced.
     token: Option<u64>,
+    /// Whether a grant names its server session ([`named`](Self::named)), for a watcher: a
+    /// pool's lock over a connection that carries no identity of its own (sqlx).
+    pub(crate) names_session: bool,
+    /// The server session's name, once a statement of this object read it.
+    named: Option<SessionId>,
 }
 
 impl LockState {
@@ -82,7 +90,16 @@ impl LockState {
             check_passed: false,
             fence: None,
             token: None,
+            names_session: false,
+            named: None,
         }
+    }
+
+    /// The server session's name as a watcher knows it, once a grant read it
+    /// ([`names_session`](Self::names_session)).
+    #[cfg_attr(not(feature = "sqlx"), allow(dead_code))]
+    pub(crate) fn named(&self) -> Option<SessionId> {
+        self.named
     }
 
     /// The fencing token of the lock held now, when this object is fenced.
@@ -337,6 +354,13 @@ enum AcquirePhase {
     },
     /// The lock is held; its fencing token is bumped.
     Fencing,
+    /// The lock is held; the session takes the marker of `tag` it will be known by.
+    Naming {
+        tag: u64,
+    },
+    /// The session holds its new marker; the marker's tag is kept on the session for the
+    /// next lock statement to name it by.
+    Remembering,
     /// The token could not be bumped: the lock is given back, then `error` returned.
     Undoing {
         error: Error,
@@ -360,6 +384,8 @@ pub(crate) struct Acquire {
     checks: Checks,
     /// Whether a full check runs in this acquire, whose pass then marks the session.
     marks: bool,
+    /// Whether the lock statement names its session ([`LockState::names_session`]).
+    names_session: bool,
     phase: AcquirePhase,
 }
 
@@ -403,21 +429,23 @@ impl Acquire {
                 Checks::None
             },
             marks: false,
+            names_session: state.names_session,
             phase: AcquirePhase::Start,
         })
     }
 
     fn lock(&mut self) -> Step<bool> {
         self.phase = AcquirePhase::Locking;
-        Step::Send(sql::get_lock(
-            self.server,
-            &self.name,
-            self.wait,
-            self.guarded,
-            self.token,
-            self.holder.as_deref(),
-            self.checks,
-        ))
+        Step::Send(sql::get_lock(&sql::LockStatement {
+            server: self.server,
+            name: &self.name,
+            wait: self.wait,
+            guarded: self.guarded,
+            token: self.token,
+            holder: self.holder.as_deref(),
+            checks: self.checks,
+            names_session: self.names_session,
+        }))
     }
 
     fn ask(&mut self, error: Error) -> Step<bool> {
@@ -444,7 +472,7 @@ impl Acquire {
         if self.marks && state.check_passed {
             self.marks = false;
             self.phase = AcquirePhase::Marking;
-            return Step::Send(sql::mark_checked());
+            return Step::Execute(sql::mark_checked());
         }
         self.fence_or_hold(state)
     }
@@ -453,12 +481,20 @@ impl Acquire {
     fn fence_or_hold(&mut self, state: &mut LockState) -> Step<bool> {
         if let Some(table) = &state.fence {
             self.phase = AcquirePhase::Fencing;
-            return Step::Send(sql::fence(self.server, table, &self.name));
+            return Step::Execute(sql::fence(self.server, table, &self.name));
         }
         self.hold(state)
     }
 
     fn hold(&mut self, state: &mut LockState) -> Step<bool> {
+        if self.names_session && state.named.is_none() {
+            // The session holds no marker it is known by yet: it takes one now, before
+            // anybody is told the lock is held (user variables hold signed integers: the tag
+            // keeps 63 bits).
+            let tag = attempt_token() >> 1;
+            self.phase = AcquirePhase::Naming { tag };
+            return Step::Send(sql::session(tag));
+        }
         state.held = Some(Held {
             name: self.name.clone(),
             holder: self.holder.clone(),
@@ -474,10 +510,49 @@ impl Acquire {
 }
 
 impl Acquire {
+    /// What the lock statement's reply `row` means.
+    fn read_lock_reply(&mut self, state: &mut LockState, row: &[Option<i64>]) -> Step<bool> {
+        match sql::read_acquired(first(row)) {
+            Ok(Acquired::Granted) => self.granted(state),
+            // MariaDB's "forever" is a year: wait again in the unlikely case it ran out.
+            Ok(Acquired::TimedOut) if self.wait == Wait::Forever => self.lock(),
+            Ok(Acquired::TimedOut) => self.done(Ok(false)),
+            Ok(Acquired::Interrupted) => self.ask(sql::canceled_by_null()),
+            Ok(Acquired::RefusedOnGalera) => self.done(Err(Error::CannotExclude {
+                deployment: dlock_core::Deployment::Galera,
+            })),
+            Ok(Acquired::RefusedReadOnly) => self.done(Err(Error::CannotExclude {
+                deployment: dlock_core::Deployment::ReadOnlyReplica,
+            })),
+            Ok(Acquired::RefusedOnTiDb) => self.done(Err(Error::CannotExclude {
+                deployment: dlock_core::Deployment::TiDb,
+            })),
+            // No check passed on this session before: nothing was tried. The full
+            // check runs (MariaDB's in the lock statement, MySQL's cluster check on
+            // its own first), and its pass marks the session.
+            Ok(Acquired::Unmarked) => {
+                self.checks = Checks::Full;
+                self.marks = true;
+                if self.server == Server::MySql {
+                    self.phase = AcquirePhase::Checking;
+                    return Step::Send(sql::cluster_check(self.server));
+                }
+                self.lock()
+            }
+            Err(error) => self.done(Err(error)),
+        }
+    }
+
     /// One step of the acquire, as [`Operation::step`] takes it.
     fn advance(&mut self, state: &mut LockState, reply: Option<Reply>) -> Step<bool> {
         match std::mem::replace(&mut self.phase, AcquirePhase::Done) {
-            AcquirePhase::Start => self.lock(),
+            AcquirePhase::Start => {
+                if self.names_session {
+                    // Named again by each grant: a reset since the last one took the marker.
+                    state.named = None;
+                }
+                self.lock()
+            }
             AcquirePhase::Marking => match reply.expect("the mark's reply") {
                 Err(failed) if failed.failure == Failure::ConnectionLost => {
                     self.done(Err(failed.error))
@@ -519,35 +594,12 @@ impl Acquire {
             },
             AcquirePhase::Done => unreachable!("an acquire is stepped after it is done"),
             AcquirePhase::Locking => match reply.expect("the lock statement's reply") {
-                Ok(row) => match sql::read_acquired(first(&row)) {
-                    Ok(Acquired::Granted) => self.granted(state),
-                    // MariaDB's "forever" is a year: wait again in the unlikely case it ran out.
-                    Ok(Acquired::TimedOut) if self.wait == Wait::Forever => self.lock(),
-                    Ok(Acquired::TimedOut) => self.done(Ok(false)),
-                    Ok(Acquired::Interrupted) => self.ask(sql::canceled_by_null()),
-                    Ok(Acquired::RefusedOnGalera) => self.done(Err(Error::CannotExclude {
-                        deployment: dlock_core::Deployment::Galera,
-                    })),
-                    Ok(Acquired::RefusedReadOnly) => self.done(Err(Error::CannotExclude {
-                        deployment: dlock_core::Deployment::ReadOnlyReplica,
-                    })),
-                    Ok(Acquired::RefusedOnTiDb) => self.done(Err(Error::CannotExclude {
-                        deployment: dlock_core::Deployment::TiDb,
-                    })),
-                    // No check passed on this session before: nothing was tried. The full
-                    // check runs (MariaDB's in the lock statement, MySQL's cluster check on
-                    // its own first), and its pass marks the session.
-                    Ok(Acquired::Unmarked) => {
-                        self.checks = Checks::Full;
-                        self.marks = true;
-                        if self.server == Server::MySql {
-                            self.phase = AcquirePhase::Checking;
-                            return Step::Send(sql::cluster_check(self.server));
-                        }
-                        self.lock()
+                Ok(row) => {
+                    if self.names_session {
+                        state.named = sql::read_named_session(&row);
                     }
-                    Err(error) => self.done(Err(error)),
-                },
+                    self.read_lock_reply(state, &row)
+                }
                 Err(failed) => match failed.failure {
                     Failure::Interrupted => self.ask(failed.error),
                     // A server without one of the variables (a MariaDB built without Galera,
@@ -574,6 +626,28 @@ impl Acquire {
                     self.done(Err(failed.error))
                 }
                 Err(failed) => self.undo(failed.error),
+            },
+            AcquirePhase::Naming { tag } => match reply.expect("the session's marker") {
+                Ok(row) => match sql::read_session(&row, tag) {
+                    Ok(session) => {
+                        state.named = Some(session);
+                        self.phase = AcquirePhase::Remembering;
+                        Step::Execute(sql::remember_session(tag))
+                    }
+                    Err(error) => self.undo(error),
+                },
+                Err(failed) if failed.failure == Failure::ConnectionLost => {
+                    self.done(Err(failed.error))
+                }
+                Err(failed) => self.undo(failed.error),
+            },
+            AcquirePhase::Remembering => match reply.expect("the kept marker's reply") {
+                Err(failed) if failed.failure == Failure::ConnectionLost => {
+                    self.done(Err(failed.error))
+                }
+                // Not kept, the next lock statement finds no marker and this session takes
+                // another: this grant's name holds all the same.
+                _ => self.hold(state),
             },
             AcquirePhase::Undoing { error } => {
                 if let Some(Err(failed)) = reply {
@@ -631,6 +705,8 @@ impl Operation for Acquire {
         match self.phase {
             AcquirePhase::Locking
             | AcquirePhase::Asking { .. }
+            | AcquirePhase::Naming { .. }
+            | AcquirePhase::Remembering
             | AcquirePhase::Marking
             | AcquirePhase::Fencing
             | AcquirePhase::Undoing { .. } => InFlight::Statement {
@@ -819,6 +895,16 @@ mod tests {
     fn sent<T: std::fmt::Debug>(step: Step<T>) -> String {
         match step {
             Step::Send(sql) => sql,
+            Step::Execute(sql) => panic!("expected a query, got a statement without rows: {sql}"),
+            Step::Done(outcome) => panic!("expected a statement, got {outcome:?}"),
+        }
+    }
+
+    /// The statement without rows that `step` sends.
+    fn executed<T: std::fmt::Debug>(step: Step<T>) -> String {
+        match step {
+            Step::Execute(sql) => sql,
+            Step::Send(sql) => panic!("expected a statement without rows, got a query: {sql}"),
             Step::Done(outcome) => panic!("expected a statement, got {outcome:?}"),
         }
     }
@@ -839,10 +925,11 @@ mod tests {
     /// marks the session when the check passed with a grant.
     fn marked(op: &mut Acquire, state: &mut LockState, reply: Option<Reply>) -> Result<bool> {
         match op.step(state, reply) {
-            Step::Send(mark) => {
+            Step::Execute(mark) => {
                 assert_eq!(mark, sql::mark_checked());
-                done(op.step(state, Some(Ok(Vec::new()))))
+                done(op.step(state, Some(Ok(vec![Some(0), Some(0)]))))
             }
+            Step::Send(sql) => panic!("expected the mark, got {sql}"),
             Step::Done(outcome) => outcome,
         }
     }
@@ -850,7 +937,7 @@ mod tests {
     fn done<T>(step: Step<T>) -> Result<T> {
         match step {
             Step::Done(outcome) => outcome,
-            Step::Send(sql) => panic!("expected an outcome, got {sql}"),
+            Step::Send(sql) | Step::Execute(sql) => panic!("expected an outcome, got {sql}"),
         }
     }
 
@@ -965,9 +1052,8 @@ mod tests {
         state.fence = Some("`dlock_fence`".to_owned());
         let mut op = Acquire::start(&state, MARIADB, Wait::Never).unwrap();
         sent(op.step(&mut state, None));
-        let bump = sent(op.step(&mut state, Some(Ok(vec![Some(1)]))));
+        let bump = executed(op.step(&mut state, Some(Ok(vec![Some(1)]))));
         assert!(bump.starts_with("INSERT INTO `dlock_fence`"), "{bump}");
-        assert!(sql::is_fence(&bump));
         assert!(matches!(
             op.step(&mut state, Some(Ok(vec![Some(7), Some(1)]))),
             Step::Done(Ok(true))
@@ -979,7 +1065,7 @@ mod tests {
         // No table: the grant is given back, and the error says what to do.
         let mut op = Acquire::start(&state, MARIADB, Wait::Never).unwrap();
         sent(op.step(&mut state, None));
-        sent(op.step(&mut state, Some(Ok(vec![Some(1)]))));
+        executed(op.step(&mut state, Some(Ok(vec![Some(1)]))));
         let missing = sql::server_failure(1146, "Table 'dlock.dlock_fence' doesn't exist".into());
         let give_back = sent(op.step(&mut state, Some(Err(missing))));
         assert!(give_back.starts_with("SELECT RELEASE_LOCK("), "{give_back}");
@@ -993,7 +1079,7 @@ mod tests {
         // given back with an error that names the setting.
         let mut op = Acquire::start(&state, MARIADB, Wait::Never).unwrap();
         sent(op.step(&mut state, None));
-        let bump = sent(op.step(&mut state, Some(Ok(vec![Some(1)]))));
+        let bump = executed(op.step(&mut state, Some(Ok(vec![Some(1)]))));
         assert!(
             bump.contains("WHERE @@global.innodb_flush_log_at_trx_commit = 1"),
             "{bump}"
@@ -1008,6 +1094,50 @@ mod tests {
         ));
         assert!(state.held.is_none());
         assert_eq!(state.token(), None);
+    }
+
+    #[test]
+    fn a_lock_that_names_its_session_reads_its_kept_marker_or_takes_one() {
+        let mut state = state();
+        state.names_session = true;
+        // The session keeps its marker: the lock statement names it.
+        let mut op = Acquire::start(&state, MARIADB, Wait::Never).unwrap();
+        let lock = sent(op.step(&mut state, None));
+        assert!(
+            lock.ends_with("= CONNECTION_ID(), @dlock_session_tag, NULL)"),
+            "{lock}"
+        );
+        assert!(done(op.step(&mut state, row(&[Some(1), Some(9), Some(77)]))).unwrap());
+        assert_eq!(state.named(), Some(SessionId { id: 9, tag: 77 }));
+        Release::start(&mut state).unwrap();
+
+        // No marker (a new session, or a reset): the grant takes one and keeps its tag,
+        // before the lock counts as held.
+        let mut op = Acquire::start(&state, MARIADB, Wait::Never).unwrap();
+        sent(op.step(&mut state, None));
+        let take = sent(op.step(&mut state, row(&[Some(1), Some(9), None])));
+        assert!(
+            take.starts_with("SELECT CONNECTION_ID(), GET_LOCK('dlock/session/"),
+            "{take}"
+        );
+        assert!(state.held().is_none());
+        let marker = take.find("dlock/session/").unwrap() + "dlock/session/".len();
+        let tag = u64::from_str_radix(&take[marker..marker + 16], 16).unwrap();
+        let keep = executed(op.step(&mut state, row(&[Some(9), Some(1)])));
+        assert_eq!(keep, sql::remember_session(tag));
+        assert!(done(op.step(&mut state, Some(Ok(vec![Some(0), Some(0)])))).unwrap());
+        assert_eq!(state.named(), Some(SessionId { id: 9, tag }));
+        assert!(state.held().is_some());
+        Release::start(&mut state).unwrap();
+
+        // A marker that cannot be taken: the grant goes back with the error.
+        let mut op = Acquire::start(&state, MARIADB, Wait::Never).unwrap();
+        sent(op.step(&mut state, None));
+        sent(op.step(&mut state, row(&[Some(1), Some(9), None])));
+        let give_back = sent(op.step(&mut state, row(&[Some(9), Some(0)])));
+        assert!(give_back.starts_with("SELECT RELEASE_LOCK("), "{give_back}");
+        assert!(done(op.step(&mut state, row(&[Some(1)]))).is_err());
+        assert!(state.held().is_none());
     }
 
     #[test]

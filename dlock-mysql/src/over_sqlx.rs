@@ -114,6 +114,25 @@ impl<C: SqlxMySqlConnection> SqlxMySqlLock<C> {
     }
 
     crate::methods::lock_methods!();
+
+    /// Makes each grant name its server session for a watcher ([`named_session`]), by a
+    /// marker lock the session keeps: the lock statement reads it at no round trip of its
+    /// own, and the first grant on a session takes it (two statements more). For pools over
+    /// connections that carry no identity.
+    ///
+    /// [`named_session`]: SqlxMySqlLock::named_session
+    #[doc(hidden)]
+    pub fn naming_session(mut self) -> Self {
+        self.state.names_session = true;
+        self
+    }
+
+    /// The server session's name, once a grant of a lock made with
+    /// [`naming_session`](SqlxMySqlLock::naming_session) read it.
+    #[doc(hidden)]
+    pub fn named_session(&self) -> Option<SessionId> {
+        self.state.named()
+    }
     dlock_core::__connection_accessors!();
 
     /// The sqlx connection, for work under the lock. After a dropped future gave it up (see
@@ -180,6 +199,11 @@ impl<C: SqlxMySqlConnection> SqlxMySqlLock<C> {
                 Step::Send(statement) => {
                     driver.sent = true;
                     reply = Some(query(conn, statement).await);
+                    driver.sent = false;
+                }
+                Step::Execute(statement) => {
+                    driver.sent = true;
+                    reply = Some(execute(conn, statement).await);
                     driver.sent = false;
                 }
             }
@@ -266,39 +290,6 @@ pub async fn session(conn: &mut MySqlConnection) -> Result<SessionId> {
     sql::read_session(&row, tag)
 }
 
-/// [`session`] for a connection a pool hands out again and again: the marker lock one call
-/// took on the session is kept there and named again by later calls, instead of one more
-/// marker per call. One round trip; two more the first time on a session.
-///
-/// # Errors
-///
-/// What the server or the connection reports.
-///
-/// # Cancel Safety
-///
-/// Not cancel safe: a drop before the reply may leave a marker taken without its name kept;
-/// close the connection then.
-#[doc(hidden)]
-pub async fn pooled_session(conn: &mut MySqlConnection) -> Result<SessionId> {
-    let row = query(conn, sql::known_session())
-        .await
-        .map_err(|failed| failed.error)?;
-    if let Some(session) = sql::read_known_session(&row) {
-        return Ok(session);
-    }
-    // User variables hold signed integers: the tag keeps 63 bits.
-    let tag = dlock_core::attempt_token() >> 1;
-    let row = query(conn, sql::session(tag))
-        .await
-        .map_err(|failed| failed.error)?;
-    let session = sql::read_session(&row, tag)?;
-    ::sqlx::raw_sql(::sqlx::AssertSqlSafe(sql::remember_session(tag)))
-        .execute(conn)
-        .await
-        .map_err(|error| failed(error).error)?;
-    Ok(session)
-}
-
 /// Whether each of `locks` (a session from [`session`], and a lock name it took) is still
 /// held by that session, asked through `conn` from another session: the sqlx form of the
 /// tokio flavour's `still_held`.
@@ -353,17 +344,20 @@ pub async fn install_fencing(conn: &mut MySqlConnection, table: Option<&str>) ->
 
 /// Sends `statement` and reads its reply as the machine does: the first row's integers, or
 /// for a fencing upsert the id it generated.
+/// Sends `statement`, which returns no rows, and reads its OK packet as
+/// `[last insert id, rows changed]`.
+async fn execute(conn: &mut MySqlConnection, statement: String) -> Reply {
+    let done = ::sqlx::raw_sql(::sqlx::AssertSqlSafe(statement))
+        .execute(conn)
+        .await
+        .map_err(failed)?;
+    Ok(vec![
+        i64::try_from(done.last_insert_id()).ok(),
+        i64::try_from(done.rows_affected()).ok(),
+    ])
+}
+
 async fn query(conn: &mut MySqlConnection, statement: String) -> Reply {
-    if sql::is_fence(&statement) {
-        let done = ::sqlx::raw_sql(::sqlx::AssertSqlSafe(statement))
-            .execute(conn)
-            .await
-            .map_err(failed)?;
-        return Ok(vec![
-            i64::try_from(done.last_insert_id()).ok(),
-            i64::try_from(done.rows_affected()).ok(),
-        ]);
-    }
     let row = ::sqlx::raw_sql(::sqlx::AssertSqlSafe(statement.clone()))
         .fetch_optional(conn)
         .await

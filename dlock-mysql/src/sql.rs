@@ -152,15 +152,17 @@ pub(crate) fn tag(token: u64) -> String {
 /// [`REFUSED_ON_GALERA`]). The whole check rides in the lock statement, at the cost of
 /// reading a few global variables. (MySQL's Group Replication check reads
 /// `performance_schema`, and goes on its own.)
-pub(crate) fn get_lock(
-    server: Server,
-    name: &str,
-    wait: Wait,
-    guarded: bool,
-    token: u64,
-    holder: Option<&str>,
-    checks: Checks,
-) -> String {
+pub(crate) fn get_lock(statement: &LockStatement<'_>) -> String {
+    let &LockStatement {
+        server,
+        name,
+        wait,
+        guarded,
+        token,
+        holder,
+        checks,
+        names_session,
+    } = statement;
     let mut sql = String::with_capacity(160 + 2 * name.len());
     match (guarded, server) {
         (true, Server::MariaDb) => sql.push_str("SET STATEMENT max_statement_time = 0 FOR SELECT "),
@@ -207,7 +209,36 @@ pub(crate) fn get_lock(
     if checks == Checks::Mark {
         let _ = write!(sql, ", {UNMARKED})");
     }
+    if names_session {
+        // The session's name rides along (read by [`read_named_session`]): a lock made per
+        // use on a pooled session names it at no round trip of its own.
+        sql.push_str(", ");
+        sql.push_str(KNOWN_SESSION_COLUMNS);
+    }
     sql
+}
+
+/// Reads the session's name from the reply of a lock statement that carried it
+/// ([`get_lock`]): the session, where it still holds the marker it was named by.
+pub(crate) fn read_named_session(row: &[Option<i64>]) -> Option<SessionId> {
+    read_known_session(row.get(1..)?)
+}
+
+/// What a lock statement ([`get_lock`]) does.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LockStatement<'a> {
+    pub(crate) server: Server,
+    pub(crate) name: &'a str,
+    pub(crate) wait: Wait,
+    /// Whether the session's statement time limit is off for it.
+    pub(crate) guarded: bool,
+    /// The attempt's tag, which a side connection finds the statement by.
+    pub(crate) token: u64,
+    /// The holder lock a grant takes too, if any.
+    pub(crate) holder: Option<&'a str>,
+    pub(crate) checks: Checks,
+    /// Whether its reply names the session ([`read_named_session`]).
+    pub(crate) names_session: bool,
 }
 
 /// What a lock statement checks of the deployment before it locks.
@@ -589,29 +620,22 @@ pub(crate) fn session(tag: u64) -> String {
 /// The user variable that keeps, on a session a pool hands out again and again, the tag of
 /// the marker lock [`session`] took there, so that later locks on it reuse the marker instead
 /// of taking one each. A session reset clears it and frees the marker alike.
-#[cfg_attr(not(feature = "sqlx"), allow(dead_code))]
 const SESSION_TAG: &str = "@dlock_session_tag";
 
-/// The statement that names this session by the marker an earlier [`session`] took on it:
-/// its connection id, and the marker's tag where this session still holds that marker (NULL
-/// otherwise: take one with [`session`], then [`remember_session`]).
-#[cfg_attr(not(feature = "sqlx"), allow(dead_code))]
-pub(crate) fn known_session() -> String {
-    format!(
-        "SELECT CONNECTION_ID(), IF(IS_USED_LOCK(CONCAT('dlock/session/', \
-         LPAD(LOWER(HEX({SESSION_TAG})), 16, '0'))) = CONNECTION_ID(), {SESSION_TAG}, NULL)"
-    )
-}
+/// The columns that name this session by the marker an earlier [`session`] took on it: its
+/// connection id, and the marker's tag where this session still holds that marker (NULL
+/// otherwise: take one with [`session`], then [`remember_session`]). They rebuild the
+/// marker's name from [`SESSION_TAG`] as [`session_marker`] does.
+const KNOWN_SESSION_COLUMNS: &str = "CONNECTION_ID(), IF(IS_USED_LOCK(CONCAT('dlock/session/', \
+     LPAD(LOWER(HEX(@dlock_session_tag)), 16, '0'))) = CONNECTION_ID(), @dlock_session_tag, NULL)";
 
-/// The statement that keeps a marker's `tag` on its session for [`known_session`]. The tag
+/// The statement that keeps a marker's `tag` on its session for [`KNOWN_SESSION_COLUMNS`]. The tag
 /// must fit a signed 64-bit integer, as user variables hold.
-#[cfg_attr(not(feature = "sqlx"), allow(dead_code))]
 pub(crate) fn remember_session(tag: u64) -> String {
     format!("SET {SESSION_TAG} = {tag}")
 }
 
-/// Reads the reply to [`known_session`]: the session, when it holds its marker.
-#[cfg_attr(not(feature = "sqlx"), allow(dead_code))]
+/// Reads [`KNOWN_SESSION_COLUMNS`]: the session, when it holds its marker.
 pub(crate) fn read_known_session(row: &[Option<i64>]) -> Option<SessionId> {
     match row {
         [Some(id), Some(tag)] if *tag > 0 => Some(SessionId {
@@ -791,7 +815,8 @@ fn fence_clock(table: &str) -> String {
 
 /// The statement that bumps a name's token after its `GET_LOCK` succeeded, on the same
 /// session. `LAST_INSERT_ID(expr)` puts the token in the OK packet, so no SELECT follows: the
-/// flavours read it as the reply ([`is_fence`]), with the rows it changed. On MariaDB the token
+/// flavours read it as the reply (the machine sends it as a statement without rows), with the
+/// rows it changed. On MariaDB the token
 /// is also no lower than the clock's next tick (`VALUES(token)`, drawn once per statement).
 ///
 /// The row is written only where the server makes a commit durable before it answers
@@ -838,12 +863,6 @@ pub(crate) fn read_token(reply: &[Option<i64>]) -> Result<u64> {
             "the fencing token's upsert answered {reply:?}, where it gives a token"
         ))),
     }
-}
-
-/// Whether `statement` is a [`fence`], whose reply is the OK packet's last insert id and the
-/// rows it changed.
-pub(crate) fn is_fence(statement: &str) -> bool {
-    statement.starts_with("INSERT INTO ")
 }
 
 /// The deployment check of a server family: one row, one count, that says whether the server
@@ -1054,7 +1073,16 @@ mod tests {
     const TOKEN: u64 = 0xabc;
 
     fn plain(server: Server, name: &str, wait: Wait) -> String {
-        get_lock(server, name, wait, false, TOKEN, None, Checks::None)
+        get_lock(&LockStatement {
+            server,
+            name,
+            wait,
+            guarded: false,
+            token: TOKEN,
+            holder: None,
+            checks: Checks::None,
+            names_session: false,
+        })
     }
 
     #[test]
@@ -1086,7 +1114,22 @@ mod tests {
         let tag: u64 = 0x0123_4567_89ab_cdef;
         assert_eq!(session_marker(tag), "dlock/session/0123456789abcdef");
         // The statement rebuilds the marker's name from the variable as session_marker does.
-        assert!(known_session().contains("LPAD(LOWER(HEX(@dlock_session_tag)), 16, '0')"));
+        assert!(
+            KNOWN_SESSION_COLUMNS.contains(&format!("LPAD(LOWER(HEX({SESSION_TAG})), 16, '0')"))
+        );
+        assert!(
+            get_lock(&LockStatement {
+                server: Server::MariaDb,
+                name: "x",
+                wait: Wait::Never,
+                guarded: false,
+                token: 1,
+                holder: None,
+                checks: Checks::None,
+                names_session: true
+            })
+            .ends_with(&format!("GET_LOCK('x', 0), {KNOWN_SESSION_COLUMNS}"))
+        );
         assert_eq!(
             remember_session(tag),
             format!("SET @dlock_session_tag = {tag}")
@@ -1097,6 +1140,12 @@ mod tests {
             Some(SessionId { id: 7, tag })
         );
         assert_eq!(read_known_session(&[Some(7), None]), None);
+        // A lock statement's reply: the lock's answer, then the name.
+        assert_eq!(
+            read_named_session(&[Some(1), Some(7), Some(tag_value)]),
+            Some(SessionId { id: 7, tag })
+        );
+        assert_eq!(read_named_session(&[Some(1), Some(7), None]), None);
     }
 
     #[test]
@@ -1144,15 +1193,16 @@ mod tests {
 
     #[test]
     fn the_galera_refusal_rides_in_the_mariadb_lock_statement_only() {
-        let sql = get_lock(
-            Server::MariaDb,
-            "x",
-            Wait::Never,
-            false,
-            TOKEN,
-            Some("dlock/h"),
-            Checks::Full,
-        );
+        let sql = get_lock(&LockStatement {
+            server: Server::MariaDb,
+            name: "x",
+            wait: Wait::Never,
+            guarded: false,
+            token: TOKEN,
+            holder: Some("dlock/h"),
+            checks: Checks::Full,
+            names_session: false,
+        });
         assert!(
             sql.ends_with(
                 "IF(@@global.wsrep_on AND @@global.wsrep_provider NOT IN ('none', ''), -1, \
@@ -1180,15 +1230,16 @@ mod tests {
         );
         // MySQL's Group Replication check reads performance_schema: it is sent on its own,
         // and only the read-only check rides in the lock statement.
-        let mysql = get_lock(
-            Server::MySql,
-            "x",
-            Wait::Never,
-            false,
-            TOKEN,
-            None,
-            Checks::Full,
-        );
+        let mysql = get_lock(&LockStatement {
+            server: Server::MySql,
+            name: "x",
+            wait: Wait::Never,
+            guarded: false,
+            token: TOKEN,
+            holder: None,
+            checks: Checks::Full,
+            names_session: false,
+        });
         assert!(
             mysql.ends_with(
                 "*/ IF(VERSION() LIKE '%-TiDB-%', -3, \
@@ -1222,28 +1273,30 @@ mod tests {
 
     #[test]
     fn a_guarded_lock_turns_the_statement_time_limit_off_on_either_server() {
-        let mariadb = get_lock(
-            Server::MariaDb,
-            "x",
-            Wait::Forever,
-            true,
-            TOKEN,
-            None,
-            Checks::None,
-        );
+        let mariadb = get_lock(&LockStatement {
+            server: Server::MariaDb,
+            name: "x",
+            wait: Wait::Forever,
+            guarded: true,
+            token: TOKEN,
+            holder: None,
+            checks: Checks::None,
+            names_session: false,
+        });
         assert!(
             mariadb.starts_with("SET STATEMENT max_statement_time = 0 FOR SELECT /* dlock:"),
             "{mariadb}"
         );
-        let mysql = get_lock(
-            Server::MySql,
-            "x",
-            Wait::Forever,
-            true,
-            TOKEN,
-            None,
-            Checks::None,
-        );
+        let mysql = get_lock(&LockStatement {
+            server: Server::MySql,
+            name: "x",
+            wait: Wait::Forever,
+            guarded: true,
+            token: TOKEN,
+            holder: None,
+            checks: Checks::None,
+            names_session: false,
+        });
         assert!(
             mysql.starts_with("SELECT /*+ SET_VAR(max_execution_time = 0) */ /* dlock:"),
             "{mysql}"
@@ -1252,15 +1305,16 @@ mod tests {
 
     #[test]
     fn a_holder_lock_is_taken_only_with_a_grant_and_released_with_the_lock() {
-        let sql = get_lock(
-            Server::MariaDb,
-            "x",
-            Wait::Never,
-            false,
-            TOKEN,
-            Some("dlock/h"),
-            Checks::None,
-        );
+        let sql = get_lock(&LockStatement {
+            server: Server::MariaDb,
+            name: "x",
+            wait: Wait::Never,
+            guarded: false,
+            token: TOKEN,
+            holder: Some("dlock/h"),
+            checks: Checks::None,
+            names_session: false,
+        });
         assert!(
             sql.ends_with(
                 "CASE GET_LOCK('x', 0) WHEN 1 THEN 1 + GET_LOCK('dlock/h', 0) WHEN 0 THEN 0 END"

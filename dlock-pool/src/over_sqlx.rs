@@ -53,9 +53,14 @@ pub trait SqlxBackend: Database + sealed::Sealed {
     #[doc(hidden)]
     fn lock_on(conn: PoolConnection<Self>, key: Key, policy: KeyPolicy, check: bool) -> Self::Lock;
 
-    /// The name a watcher knows the connection's session by.
+    /// `lock`, made to name its server session with each grant.
     #[doc(hidden)]
-    fn session(conn: &mut Self::Connection) -> impl Future<Output = Result<SessionId>> + Send;
+    fn naming_session(lock: Self::Lock) -> Self::Lock;
+
+    /// The name a watcher knows the session of a granted `lock` made by
+    /// [`naming_session`](SqlxBackend::naming_session) by.
+    #[doc(hidden)]
+    fn named_session(lock: &Self::Lock) -> Option<SessionId>;
 
     /// Whether each of `locks` is still held, asked through `conn`.
     #[doc(hidden)]
@@ -106,8 +111,12 @@ mod postgres_backend {
             }
         }
 
-        async fn session(conn: &mut PgConnection) -> Result<SessionId> {
-            dlock_postgres::sqlx::pooled_session(conn).await
+        fn naming_session(lock: Self::Lock) -> Self::Lock {
+            lock.naming_session()
+        }
+
+        fn named_session(lock: &Self::Lock) -> Option<SessionId> {
+            lock.named_session()
         }
 
         async fn still_held(
@@ -158,8 +167,12 @@ mod mysql_backend {
             }
         }
 
-        async fn session(conn: &mut MySqlConnection) -> Result<SessionId> {
-            dlock_mysql::sqlx::pooled_session(conn).await
+        fn naming_session(lock: Self::Lock) -> Self::Lock {
+            lock.naming_session()
+        }
+
+        fn named_session(lock: &Self::Lock) -> Option<SessionId> {
+            lock.named_session()
         }
 
         async fn still_held(
@@ -307,28 +320,20 @@ impl<DB: SqlxBackend> SqlxLockPool<DB> {
 
     async fn lock_on(
         &self,
-        mut conn: PoolConnection<DB>,
+        conn: PoolConnection<DB>,
         key: Key,
         wait: Wait,
     ) -> Result<Option<SqlxLockGuard<DB>>> {
-        let held = if self.core.watch.is_on() {
-            match DB::session(&mut conn).await {
-                Ok(session) => Some((session, key.clone())),
-                Err(error) => {
-                    // The statement may have been cut off mid-reply: never reuse it.
-                    conn.close_on_drop();
-                    return Err(error);
-                }
-            }
-        } else {
-            None
-        };
         let mut lock = DB::lock_on(
             conn,
-            key,
+            key.clone(),
             self.core.policy.clone(),
             self.core.check_deployment,
         );
+        let watched = self.core.watch.is_on();
+        if watched {
+            lock = DB::naming_session(lock);
+        }
         if let Some(table) = &self.core.fence {
             lock = table.apply(lock)?;
         }
@@ -342,6 +347,18 @@ impl<DB: SqlxBackend> SqlxLockPool<DB> {
             // Not held: dropping the lock sends the connection straight back.
             return Ok(None);
         }
+        let held = match (watched, DB::named_session(&lock)) {
+            (false, _) => None,
+            (true, Some(session)) => Some((session, key)),
+            // A lock made to name its session is granted only with the name read; were it
+            // not, an unwatched guard would be a silent loss of the watcher's promise. The
+            // dropped lock gives the grant back.
+            (true, None) => {
+                return Err(Error::backend(
+                    "a lock was granted without its session's name, which the watcher needs",
+                ));
+            }
+        };
         let (signal, watched) = (self.core).granted(held, lock.key(), mark.clone(), |running| {
             self.start_watcher(running);
         });

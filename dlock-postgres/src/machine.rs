@@ -17,7 +17,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use dlock_core::{Error, Key, KeyPolicy, Result, Wait};
+use dlock_core::{Error, Key, KeyPolicy, Result, SessionId, Wait};
 
 use crate::deployment::{self, CheckStep, Route};
 use crate::sql::{self, Failure, Gate, Hold, Kind, Mode, Row, Scope, Shape, Statements};
@@ -166,6 +166,11 @@ pub(crate) struct LockState {
     token: Option<u64>,
     /// Whether a deployment check passed on this object's connection.
     checked: bool,
+    /// Whether a grant names its server session ([`named`](Self::named)), for a watcher: a
+    /// pool's lock over a connection that carries no identity of its own (sqlx).
+    pub(crate) names_session: bool,
+    /// The server session's name, once a statement of this object read it.
+    named: Option<SessionId>,
 }
 
 /// A lock object's prepared statements, handed to the next lock on the same connection: the
@@ -255,7 +260,16 @@ impl LockState {
             fence: None,
             token: None,
             checked: false,
+            names_session: false,
+            named: None,
         }
+    }
+
+    /// The server session's name as a watcher knows it, once a grant read it
+    /// ([`names_session`](Self::names_session)).
+    #[cfg_attr(not(feature = "sqlx"), allow(dead_code))]
+    pub(crate) fn named(&self) -> Option<SessionId> {
+        self.named
     }
 
     /// A deployment check passed on this object's connection.
@@ -562,6 +576,8 @@ enum AcquirePhase {
     },
     /// The lock is held without a token (it came with an error): the token is bumped alone.
     Fencing,
+    /// The lock is held and its session is named by a statement of its own.
+    Naming,
     /// A fenced grant could get no token: the lock is given back, then `error` returned.
     Undoing {
         error: Error,
@@ -640,7 +656,12 @@ impl Acquire {
             // statements are gated, so only they are ever marked.
             Form::Plain(kind) if self.mark_checked.is_some() => {
                 let checked = self.mark_checked.unwrap_or(Gate::Checked);
-                sql::marking_checked(&kind.simple(self.hold, None), checked)
+                let statement = kind.simple(self.hold, None);
+                if state.names_session {
+                    sql::marking_checked(&sql::naming_session(&statement), checked)
+                } else {
+                    sql::marking_checked(&statement, checked)
+                }
             }
             Form::Plain(kind)
                 if self.token.is_none()
@@ -672,6 +693,12 @@ impl Acquire {
     }
 
     fn granted(&mut self, state: &mut LockState) -> Step<bool> {
+        if state.names_session && state.named.is_none() {
+            // No statement of this grant named the session (a timed or fenced form): one
+            // more does, before anybody is told the lock is held.
+            self.phase = AcquirePhase::Naming;
+            return Step::Send(Request::Simple(sql::pooled_session()));
+        }
         self.phase = AcquirePhase::Done;
         state.held = Some(self.hold);
         Step::Done(Ok(true))
@@ -693,6 +720,12 @@ impl Acquire {
                 Step::Send(Request::Simple(sql::fence_upsert(self.hold, table)))
             }
         }
+    }
+
+    /// Whether the lock statement sent now marks its session as checked (and so, where the
+    /// object names its session, names it too).
+    fn marks_session(&self) -> bool {
+        self.mark_checked.is_some() && matches!(self.form, Form::Plain(_))
     }
 
     /// A fenced grant got no token: unlock, then fail with `error`.
@@ -763,7 +796,7 @@ impl Acquire {
             }
             if let (Some(gate), Form::Plain(kind)) = (self.gate, self.form) {
                 self.phase = AcquirePhase::Gated;
-                let statement = sql::gated_lock(self.hold, kind, gate);
+                let statement = sql::gated_lock(self.hold, kind, gate, state.names_session);
                 return Step::Send(Request::Simple(match self.token {
                     Some(token) => sql::wait_tag(token) + &statement,
                     None => statement,
@@ -823,6 +856,9 @@ impl Acquire {
                     if let Route::CancelKey(pid) = state.route {
                         state.session = Some(pid.to_string());
                     }
+                    if state.names_session {
+                        state.named = row.as_ref().and_then(sql::read_named_session);
+                    }
                 }
                 // The answer, or its failure, reads as the plain statement's.
                 self.phase = AcquirePhase::Locking;
@@ -830,6 +866,9 @@ impl Acquire {
             }
             AcquirePhase::Locking => match reply.expect("the lock statement's reply") {
                 Ok(row) => {
+                    if state.names_session && self.marks_session() {
+                        state.named = row.as_ref().and_then(sql::read_named_session);
+                    }
                     let granted = match self.form {
                         Form::Plain(Kind::TryLock) | Form::Slice(_) => sql::read_bool(&row, 0),
                         Form::Plain(_) | Form::Guarded(_) => sql::read_granted(&row),
@@ -874,6 +913,21 @@ impl Acquire {
                 Ok(row) => match sql::read_token(&row, 0) {
                     Some(token) => self.granted_with(state, Some(token)),
                     None => self.undo(Error::backend("the token bump returned no token")),
+                },
+                Err(failed) if failed.failure == Failure::ConnectionLost => {
+                    self.done(Err(failed.error))
+                }
+                Err(failed) => self.undo(failed.error),
+            },
+            AcquirePhase::Naming => match reply.expect("the session's name") {
+                Ok(row) => match row.as_ref().and_then(sql::read_named_session_row) {
+                    Some(named) => {
+                        state.named = Some(named);
+                        self.granted(state)
+                    }
+                    None => self.undo(sql::unexpected_reply(
+                        "this session's pid and start in pg_stat_activity",
+                    )),
                 },
                 Err(failed) if failed.failure == Failure::ConnectionLost => {
                     self.done(Err(failed.error))
@@ -954,12 +1008,13 @@ impl Operation for Acquire {
             },
             // The wait is over: only its outcome is unknown. The lock may be held while its
             // token is bumped or it is given back.
-            AcquirePhase::Asking { .. } | AcquirePhase::Fencing | AcquirePhase::Undoing { .. } => {
-                InFlight::Lock {
-                    hold: self.hold,
-                    waiting: None,
-                }
-            }
+            AcquirePhase::Asking { .. }
+            | AcquirePhase::Fencing
+            | AcquirePhase::Naming
+            | AcquirePhase::Undoing { .. } => InFlight::Lock {
+                hold: self.hold,
+                waiting: None,
+            },
             // The check only reads.
             AcquirePhase::Check(_) | AcquirePhase::Prepare(_) | AcquirePhase::Done => {
                 InFlight::Nothing
@@ -1618,6 +1673,103 @@ mod tests {
         let first = simple(sent(op.step(&mut state, None)));
         assert!(first.starts_with("SELECT pg_is_in_recovery()"), "{first}");
         assert_eq!(op.in_flight(), InFlight::Nothing);
+    }
+
+    #[test]
+    fn a_lock_that_names_its_session_reads_the_name_from_its_lock_statement_or_asks() {
+        let named = SessionId { id: 42, tag: 1234 };
+        // Gated: the name rides in the lock statement, whether or not the lock is free.
+        let mut state = LockState::new(Key::Int(7));
+        state.names_session = true;
+        let mut op = Acquire::start(&state, Wait::Never).unwrap();
+        let gated = simple(sent(op.step(&mut state, None)));
+        assert!(
+            gated.contains(
+                "pg_try_advisory_lock(7), pg_backend_pid(), \
+                 current_setting('dlock.session_started', true)"
+            ),
+            "{gated}"
+        );
+        assert!(gated.contains(" WHERE current_setting("), "{gated}");
+        assert!(!done(op.step(&mut state, Some(row(&["f", "42", "1234"])))).unwrap());
+        assert_eq!(state.named(), Some(named));
+
+        // Unmarked: after the full check, the statement that marks the session names it.
+        let mut state = LockState::new(Key::Int(7));
+        state.names_session = true;
+        state.route = Route::CancelKey(42);
+        let mut op = Acquire::start(&state, Wait::Never).unwrap();
+        sent(op.step(&mut state, None));
+        let mut reply = not_gated();
+        let marking = loop {
+            let sql = simple(sent(op.step(&mut state, reply.take())));
+            if sql.contains("pg_try_advisory_lock") {
+                break sql;
+            }
+            // The check's statements, answered as a direct connection's.
+            reply = Some(row(&["f", "42", "", "42"]));
+        };
+        assert!(
+            marking.contains("pg_try_advisory_lock(7), pg_backend_pid(), current_setting("),
+            "{marking}"
+        );
+        assert!(
+            marking.contains("set_config('dlock.deployment_checked'"),
+            "{marking}"
+        );
+        assert!(done(op.step(&mut state, Some(row(&["t", "42", "1234", "m"])))).unwrap());
+        assert_eq!(state.named(), Some(named));
+
+        // A session that does not keep its start yet (new, or reset): the lock statement's
+        // name is incomplete, and one statement after the grant reads and keeps it.
+        let mut state = LockState::new(Key::Int(7));
+        state.names_session = true;
+        state.route = Route::CancelKey(42);
+        let mut op = Acquire::start(&state, Wait::Never).unwrap();
+        sent(op.step(&mut state, None));
+        let naming = simple(sent(op.step(&mut state, Some(row(&["t", "42", ""])))));
+        assert_eq!(naming, sql::pooled_session());
+        assert!(
+            naming.contains("set_config('dlock.session_started'"),
+            "{naming}"
+        );
+        assert!(done(op.step(&mut state, Some(row(&["42", "1234"])))).unwrap());
+        assert_eq!(state.named(), Some(named));
+
+        // A form that cannot carry it (timed): one more statement after the grant, before
+        // the lock counts as held; a failure there gives the grant back.
+        let mut state = naming_state();
+        let mut op = Acquire::start(&state, Wait::For(Duration::from_millis(250))).unwrap();
+        sent(op.step(&mut state, None));
+        let naming = simple(sent(op.step(&mut state, Some(row(&["", "", ""])))));
+        assert_eq!(naming, sql::pooled_session());
+        assert_eq!(state.held(), None);
+        assert_eq!(
+            op.in_flight(),
+            InFlight::Lock {
+                hold: HOLD,
+                waiting: None
+            }
+        );
+        assert!(done(op.step(&mut state, Some(row(&["42", "1234"])))).unwrap());
+        assert_eq!(state.named(), Some(named));
+        assert_eq!(state.held(), Some(HOLD));
+
+        let mut state = naming_state();
+        let mut op = Acquire::start(&state, Wait::For(Duration::from_millis(250))).unwrap();
+        sent(op.step(&mut state, None));
+        sent(op.step(&mut state, Some(row(&["", "", ""]))));
+        let give_back = simple(sent(op.step(&mut state, Some(failed(Failure::Other)))));
+        assert_eq!(give_back, sql::unlock(HOLD));
+        assert!(done(op.step(&mut state, Some(row(&["t"])))).is_err());
+        assert_eq!(state.held(), None);
+    }
+
+    /// [`state`], naming its session.
+    fn naming_state() -> LockState {
+        let mut state = state();
+        state.names_session = true;
+        state
     }
 
     #[test]

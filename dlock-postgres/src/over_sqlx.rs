@@ -123,6 +123,24 @@ impl<C: SqlxPgConnection> SqlxPgLock<C> {
 
     crate::methods::lock_methods!();
 
+    /// Makes each grant name its server session for a watcher ([`named_session`]), in the
+    /// lock statement where it can (no round trip of its own), else in one more statement
+    /// before the acquire returns. For pools over connections that carry no identity.
+    ///
+    /// [`named_session`]: SqlxPgLock::named_session
+    #[doc(hidden)]
+    pub fn naming_session(mut self) -> Self {
+        self.state.names_session = true;
+        self
+    }
+
+    /// The server session's name, once a grant of a lock made with
+    /// [`naming_session`](SqlxPgLock::naming_session) read it.
+    #[doc(hidden)]
+    pub fn named_session(&self) -> Option<SessionId> {
+        self.state.named()
+    }
+
     /// The sqlx connection, for work under the lock.
     pub fn connection(&mut self) -> &mut PgConnection {
         self.get_mut().connection()
@@ -289,22 +307,6 @@ async fn text_rows(conn: &mut PgConnection, statement: String) -> Result<Vec<Vec
 /// Cancel safe: it only reads (sqlx finishes a dropped statement before the next one).
 pub async fn session(conn: &mut PgConnection) -> Result<SessionId> {
     sql::read_session(&text_rows(conn, sql::session()).await?)
-}
-
-/// [`session`] for a connection a pool hands out again and again: the session keeps its
-/// start in a setting the first time, so that later calls read no `pg_stat_activity`. One
-/// round trip.
-///
-/// # Errors
-///
-/// What the server or the connection reports.
-///
-/// # Cancel Safety
-///
-/// Cancel safe: the setting it may leave names the session truly.
-#[doc(hidden)]
-pub async fn pooled_session(conn: &mut PgConnection) -> Result<SessionId> {
-    sql::read_session(&text_rows(conn, sql::pooled_session()).await?)
 }
 
 /// Whether each of `locks` (a session from [`session`], and a key it took) is still held by

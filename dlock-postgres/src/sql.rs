@@ -108,10 +108,15 @@ pub(crate) fn lock_timeout_millis(timeout: Duration) -> u32 {
 /// that check left, [`marking_checked`]), and answers no row without locking anywhere else
 /// (the full check then runs). The mark is read before the lock function runs: a one-time
 /// filter of the statement, which costs the server almost nothing.
-pub(crate) fn gated_lock(hold: Hold, kind: Kind, gate: Gate) -> String {
+pub(crate) fn gated_lock(hold: Hold, kind: Kind, gate: Gate, names_session: bool) -> String {
+    let statement = kind.simple(hold, None);
     format!(
         "{} WHERE current_setting('{CHECKED_MARK}', true) = '{}'",
-        kind.simple(hold, None),
+        if names_session {
+            naming_session(&statement)
+        } else {
+            statement
+        },
         mark(gate)
     )
 }
@@ -901,19 +906,41 @@ pub(crate) fn session() -> String {
 #[cfg_attr(not(feature = "sqlx"), allow(dead_code))]
 const SESSION_STARTED_SETTING: &str = "dlock.session_started";
 
-/// [`session`] for a connection a pool hands out again and again: the same two columns, the
-/// start read only where the session does not keep it yet (the uncorrelated subquery is an
-/// init plan, which runs only when `COALESCE` reaches it), and kept there for the next time.
-/// Read by [`read_session`]. It reads this session's row through
-/// `pg_stat_get_activity(pid)`, not the `pg_stat_activity` view: planning the view costs
-/// the server about 0.2 ms per statement, more than the round trip (measured, PostgreSQL 15).
+/// [`session`] for a lock that names its session ([`naming_session`]) where the session does
+/// not keep its start yet: the same two columns, and the start kept in
+/// [`SESSION_STARTED_SETTING`] for the lock statements after it. It reads this session's row
+/// through `pg_stat_get_activity(pid)`, not the `pg_stat_activity` view: planning the view
+/// costs the server about 0.2 ms per statement, more than the round trip (measured,
+/// PostgreSQL 15). Read by [`read_named_session_row`].
 #[cfg_attr(not(feature = "sqlx"), allow(dead_code))]
 pub(crate) fn pooled_session() -> String {
     format!(
-        "SELECT pg_backend_pid(), COALESCE(NULLIF(current_setting('{SESSION_STARTED_SETTING}', \
-         true), ''), (SELECT set_config('{SESSION_STARTED_SETTING}', {SESSION_STARTED}::text, \
-         false) FROM pg_stat_get_activity(pg_backend_pid()) s))"
+        "SELECT pg_backend_pid(), set_config('{SESSION_STARTED_SETTING}', {SESSION_STARTED}::text, \
+         false) FROM pg_stat_get_activity(pg_backend_pid()) s"
     )
+}
+
+/// `statement` (one `SELECT` whose lock column comes first) with the session's name in its
+/// second and third columns, read by [`read_named_session`]: a lock statement that names its
+/// session at no round trip of its own. Only where the session keeps its start already (from
+/// a [`pooled_session`] before): a subquery here would cost every statement its planning,
+/// about a fifth of a round trip (measured, PostgreSQL 15); where the start is missing, the
+/// column is NULL, and one [`pooled_session`] follows the grant.
+#[cfg_attr(not(feature = "sqlx"), allow(dead_code))]
+pub(crate) fn naming_session(statement: &str) -> String {
+    format!("{statement}, pg_backend_pid(), current_setting('{SESSION_STARTED_SETTING}', true)")
+}
+
+/// Reads the reply to [`pooled_session`], given as its row.
+#[cfg_attr(not(feature = "sqlx"), allow(dead_code))]
+pub(crate) fn read_named_session_row(row: &Vec<Option<String>>) -> Option<SessionId> {
+    read_session_row(row)
+}
+
+/// Reads the session's name from a row of a statement [`naming_session`] made.
+#[cfg_attr(not(feature = "sqlx"), allow(dead_code))]
+pub(crate) fn read_named_session(row: &Vec<Option<String>>) -> Option<SessionId> {
+    read_session_columns(row, 1)
 }
 
 /// A row of a simple query's reply, read as text: what the readers of replies with many rows
@@ -945,10 +972,15 @@ pub(crate) fn rows(reply: &[SimpleQueryMessage]) -> impl Iterator<Item = &driver
 
 /// Reads the `(pid, started)` columns that begin a row of [`session`] or [`still_held`].
 fn read_session_row(row: &impl TextRow) -> Option<SessionId> {
+    read_session_columns(row, 0)
+}
+
+/// Reads a session's `(pid, started)` from columns `first` and `first + 1` of `row`.
+fn read_session_columns(row: &impl TextRow, first: usize) -> Option<SessionId> {
     let number = |index: usize| row.text(index)?.parse::<i64>().ok();
     Some(SessionId {
-        id: number(0)?.unsigned_abs(),
-        tag: u64::from_ne_bytes(number(1)?.to_ne_bytes()),
+        id: number(first)?.unsigned_abs(),
+        tag: u64::from_ne_bytes(number(first + 1)?.to_ne_bytes()),
     })
 }
 
@@ -1082,7 +1114,7 @@ pub(crate) fn read_granted(row: &Row) -> Result<bool, Error> {
         .ok_or_else(|| unexpected_reply("a row"))
 }
 
-fn unexpected_reply(expected: &str) -> Error {
+pub(crate) fn unexpected_reply(expected: &str) -> Error {
     Error::backend(format!("the server's reply did not hold {expected}"))
 }
 

@@ -12,15 +12,18 @@ use crate::{Result, cargo, project_root, target_dir};
 /// `cargo xtask bench [--quick] [--json PATH]`.
 pub(crate) fn command(args: &[String]) -> Result<()> {
     let mut quick = false;
+    let mut only = None;
     let mut json = target_dir().join("dlock-bench.json");
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--quick" => quick = true,
             "--json" => json = args.next().ok_or("--json needs a path")?.into(),
+            "--only" => only = Some(args.next().ok_or("--only needs a path's text")?.clone()),
             other => {
                 return Err(format!(
-                    "unknown argument {other:?}; usage: cargo xtask bench [--quick] [--json PATH]"
+                    "unknown argument {other:?}; usage: cargo xtask bench [--quick] [--json PATH] \
+                     [--only TEXT]"
                 )
                 .into());
             }
@@ -31,12 +34,12 @@ pub(crate) fn command(args: &[String]) -> Result<()> {
         db::stop_all_and_exit(130);
     })?;
     let servers = Servers::from_env_or_start()?;
-    let outcome = bench(&servers, quick, &json);
+    let outcome = bench(&servers, quick, only.as_deref(), &json);
     Servers::stop();
     outcome
 }
 
-fn bench(servers: &Servers, quick: bool, json: &std::path::Path) -> Result<()> {
+fn bench(servers: &Servers, quick: bool, only: Option<&str>, json: &std::path::Path) -> Result<()> {
     // A quick run only proves the benchmark works, so it reuses the debug build the tests
     // made; real figures need the release build.
     let profile = if quick { "debug" } else { "release" };
@@ -68,6 +71,9 @@ fn bench(servers: &Servers, quick: bool, json: &std::path::Path) -> Result<()> {
     run.env("DLOCK_BENCH_SERVER_PIDS", pids.join(" "));
     if quick {
         run.arg("--quick");
+    }
+    if let Some(only) = only {
+        run.args(["--only", only]);
     }
     if !run.status()?.success() {
         return Err("the benchmark failed".into());

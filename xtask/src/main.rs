@@ -8,7 +8,7 @@
 //! - `load`: the demo with several tasks per process and a shared-lock run; fails on any
 //!   lost update or overlapping holders.
 //! - `interop`: dlock and sqlalchemy-dlock (Python) excluding each other on the same keys.
-//! - `bench [--quick] [--json PATH]`: dlock's speed beside the raw driver floor.
+//! - `bench [--quick] [--json PATH] [--only TEXT]`: dlock's speed beside the raw driver floor.
 //! - `readme`: the README's examples, built as a new user would.
 //! - `msrv`: each crate's `rust-version` against what its dependencies need.
 //! - `publish-check`: every package built from its tarball, as crates.io would.
@@ -44,7 +44,8 @@ commands:
   interop        dlock's flavours and sqlalchemy-dlock (the Python library it ports) take
                  the same keys on the same servers and exclude each other (a matrix row)
   bench          measure dlock beside the raw driver (release build); --quick proves it
-                 runs, --json PATH (default target/dlock-bench.json)
+                 runs, --json PATH (default target/dlock-bench.json), --only TEXT
+                 measures only the throughput paths whose name contains TEXT
   nemesis        processes increment a counter under a lock while a nemesis kills, freezes
                  and restarts; with fencing tokens and without; --quick (a matrix row)
   msrv           check each crate's rust-version against what its dependencies need,

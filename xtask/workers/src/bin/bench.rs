@@ -32,6 +32,9 @@ type Result<T, E = Box<dyn std::error::Error + Send + Sync>> = std::result::Resu
 #[derive(Debug, Clone, Copy)]
 struct Scale {
     quick: bool,
+    /// Only the throughput paths whose name contains this (`--only`); the other sections
+    /// are left out then.
+    only: Option<&'static str>,
     /// Cycles per throughput sample, and samples per path.
     cycles: usize,
     repeats: usize,
@@ -43,10 +46,11 @@ struct Scale {
 }
 
 impl Scale {
-    fn new(quick: bool) -> Scale {
+    fn new(quick: bool, only: Option<&'static str>) -> Scale {
         if quick {
             Scale {
                 quick,
+                only,
                 cycles: 50,
                 repeats: 1,
                 handoff_rounds: [3, 1, 1],
@@ -57,6 +61,7 @@ impl Scale {
         } else {
             Scale {
                 quick,
+                only,
                 cycles: 200,
                 repeats: 25,
                 handoff_rounds: [60, 12, 3],
@@ -65,6 +70,13 @@ impl Scale {
                 contention: Duration::from_secs(3),
             }
         }
+    }
+}
+
+impl Scale {
+    /// Whether the throughput path `path` is measured in this run.
+    fn wants(self, path: &str) -> bool {
+        self.only.is_none_or(|only| path.contains(only))
     }
 }
 
@@ -173,6 +185,17 @@ struct Throughput {
 }
 
 impl Throughput {
+    /// A path `--only` leaves out: no samples, and left out of the report.
+    fn skipped(path: &'static str, floor: &'static str) -> Throughput {
+        Throughput {
+            path,
+            floor,
+            dlock: Stats::new(Vec::new()),
+            raw: Stats::new(Vec::new()),
+            ratios: Stats::new(Vec::new()),
+        }
+    }
+
     fn ratio(&self) -> f64 {
         self.ratios.median()
     }
@@ -207,6 +230,9 @@ fn compare(
     floor: &'static str,
     mut sample: impl FnMut(Side, usize) -> Result<f64>,
 ) -> Result<Throughput> {
+    if !scale.wants(path) {
+        return Ok(Throughput::skipped(path, floor));
+    }
     // One warm-up of each: statement caches and the server's plans.
     sample(Side::Dlock, scale.cycles / 5 + 1)?;
     sample(Side::Floor, scale.cycles / 5 + 1)?;
@@ -236,6 +262,9 @@ async fn compare_async(
     floor: &'static str,
     mut sample: impl AsyncFnMut(Side, usize) -> Result<f64>,
 ) -> Result<Throughput> {
+    if !scale.wants(path) {
+        return Ok(Throughput::skipped(path, floor));
+    }
     sample(Side::Dlock, scale.cycles / 5 + 1).await?;
     sample(Side::Floor, scale.cycles / 5 + 1).await?;
     let (mut dlock, mut raw) = (Vec::new(), Vec::new());
@@ -265,6 +294,9 @@ fn compare_interleaved(
     floor: &'static str,
     mut cycle: impl FnMut(Side) -> Result<()>,
 ) -> Result<Throughput> {
+    if !scale.wants(path) {
+        return Ok(Throughput::skipped(path, floor));
+    }
     for _ in 0..=scale.cycles / 5 {
         cycle(Side::Dlock)?;
         cycle(Side::Floor)?;
@@ -294,6 +326,9 @@ async fn compare_interleaved_async(
     floor: &'static str,
     mut cycle: impl AsyncFnMut(Side) -> Result<()>,
 ) -> Result<Throughput> {
+    if !scale.wants(path) {
+        return Ok(Throughput::skipped(path, floor));
+    }
     for _ in 0..=scale.cycles / 5 {
         cycle(Side::Dlock).await?;
         cycle(Side::Floor).await?;
@@ -2247,23 +2282,46 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut quick = false;
     let mut json_path = None;
+    let mut only: Option<&'static str> = None;
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--quick" => quick = true,
             "--json" => json_path = Some(args.next().ok_or("--json needs a path")?.clone()),
+            // The filter lives as long as the process: leaking it keeps `Scale` `Copy`.
+            "--only" => {
+                only = Some(String::leak(
+                    args.next().ok_or("--only needs a path's text")?.clone(),
+                ));
+            }
             other => {
                 return Err(format!(
-                    "unknown argument {other:?}; usage: bench [--quick] [--json PATH]"
+                    "unknown argument {other:?}; usage: bench [--quick] [--json PATH] [--only TEXT]"
                 )
                 .into());
             }
         }
     }
-    let scale = Scale::new(quick);
+    let scale = Scale::new(quick, only);
     let (postgres_version, mysql_version) = server_versions()?;
     let mut throughput = throughput(scale)?;
     throughput.extend(pooled_beside_bare(scale)?);
+    if only.is_some() {
+        // A filtered run is for looking at a few paths: their rows, nothing else.
+        for t in throughput.iter().filter(|t| scale.wants(t.path)) {
+            println!(
+                "| {} | {:.0} | {:.0} | {} | {:.2} | {:.2}-{:.2} |",
+                t.path,
+                t.dlock.median(),
+                t.raw.median(),
+                t.floor,
+                t.ratio(),
+                t.ratios.quantile(0.1),
+                t.ratios.quantile(0.9)
+            );
+        }
+        return Ok(());
+    }
     let report = Report {
         scale,
         machine: machine(),
