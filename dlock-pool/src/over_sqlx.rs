@@ -4,9 +4,10 @@
 //! connection that may still hold anything is closed instead (`close_on_drop`), which ends
 //! its session.
 //!
-//! sqlx gives a connection no identity dlock could key what it learns by, so each acquire
-//! with the watcher on names its server session with one statement of its own before it
-//! locks (MySQL keeps the session's marker lock on the session and names it again).
+//! sqlx gives a connection no identity dlock could key what it learns by, so with the watcher
+//! on each lock statement names its server session too, from what the session keeps (its
+//! start in a setting on PostgreSQL, a marker lock on MySQL); a session's first lock takes
+//! that with one statement more.
 
 use std::fmt;
 use std::ops::{Deref, DerefMut};
@@ -201,10 +202,11 @@ mod mysql_backend {
 ///   without release hands its lock to a task that releases it, as the sqlx locks do, and
 ///   its connection is then closed.
 /// - The pool's watcher takes one connection of your pool for good (`detach`) when the
-///   first lock is held. With the watcher on, each acquire names its server session with
-///   one statement of its own first (sqlx keeps nothing dlock could key that by): a round
-///   trip more than the deadpool pool pays. On MySQL the session's marker lock stays on the
-///   session for the next acquire to name again.
+///   first lock is held. With the watcher on, the lock statement also names its server
+///   session (sqlx keeps nothing dlock could key that by), from what the session keeps: on
+///   PostgreSQL its start in the setting `dlock.session_started`, on MySQL a marker lock
+///   and the variable `@dlock_session_tag`. A session's first lock pays one statement more
+///   (two on MySQL) to keep them.
 /// - sqlx keeps the cancel key private, so the deployment check infers as the blocking
 ///   flavour does, once per server session (see the README's "Where a lock cannot exclude").
 ///
