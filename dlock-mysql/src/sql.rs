@@ -1072,8 +1072,9 @@ mod tests {
 
     const TOKEN: u64 = 0xabc;
 
-    fn plain(server: Server, name: &str, wait: Wait) -> String {
-        get_lock(&LockStatement {
+    /// A lock statement's description with nothing but its lock.
+    fn statement(server: Server, name: &str, wait: Wait) -> LockStatement<'_> {
+        LockStatement {
             server,
             name,
             wait,
@@ -1082,7 +1083,11 @@ mod tests {
             holder: None,
             checks: Checks::None,
             names_session: false,
-        })
+        }
+    }
+
+    fn plain(server: Server, name: &str, wait: Wait) -> String {
+        get_lock(&statement(server, name, wait))
     }
 
     #[test]
@@ -1119,14 +1124,9 @@ mod tests {
         );
         assert!(
             get_lock(&LockStatement {
-                server: Server::MariaDb,
-                name: "x",
-                wait: Wait::Never,
-                guarded: false,
                 token: 1,
-                holder: None,
-                checks: Checks::None,
-                names_session: true
+                names_session: true,
+                ..statement(Server::MariaDb, "x", Wait::Never)
             })
             .ends_with(&format!("GET_LOCK('x', 0), {KNOWN_SESSION_COLUMNS}"))
         );
@@ -1194,14 +1194,9 @@ mod tests {
     #[test]
     fn the_galera_refusal_rides_in_the_mariadb_lock_statement_only() {
         let sql = get_lock(&LockStatement {
-            server: Server::MariaDb,
-            name: "x",
-            wait: Wait::Never,
-            guarded: false,
-            token: TOKEN,
             holder: Some("dlock/h"),
             checks: Checks::Full,
-            names_session: false,
+            ..statement(Server::MariaDb, "x", Wait::Never)
         });
         assert!(
             sql.ends_with(
@@ -1231,14 +1226,8 @@ mod tests {
         // MySQL's Group Replication check reads performance_schema: it is sent on its own,
         // and only the read-only check rides in the lock statement.
         let mysql = get_lock(&LockStatement {
-            server: Server::MySql,
-            name: "x",
-            wait: Wait::Never,
-            guarded: false,
-            token: TOKEN,
-            holder: None,
             checks: Checks::Full,
-            names_session: false,
+            ..statement(Server::MySql, "x", Wait::Never)
         });
         assert!(
             mysql.ends_with(
@@ -1274,28 +1263,16 @@ mod tests {
     #[test]
     fn a_guarded_lock_turns_the_statement_time_limit_off_on_either_server() {
         let mariadb = get_lock(&LockStatement {
-            server: Server::MariaDb,
-            name: "x",
-            wait: Wait::Forever,
             guarded: true,
-            token: TOKEN,
-            holder: None,
-            checks: Checks::None,
-            names_session: false,
+            ..statement(Server::MariaDb, "x", Wait::Forever)
         });
         assert!(
             mariadb.starts_with("SET STATEMENT max_statement_time = 0 FOR SELECT /* dlock:"),
             "{mariadb}"
         );
         let mysql = get_lock(&LockStatement {
-            server: Server::MySql,
-            name: "x",
-            wait: Wait::Forever,
             guarded: true,
-            token: TOKEN,
-            holder: None,
-            checks: Checks::None,
-            names_session: false,
+            ..statement(Server::MySql, "x", Wait::Forever)
         });
         assert!(
             mysql.starts_with("SELECT /*+ SET_VAR(max_execution_time = 0) */ /* dlock:"),
@@ -1306,14 +1283,8 @@ mod tests {
     #[test]
     fn a_holder_lock_is_taken_only_with_a_grant_and_released_with_the_lock() {
         let sql = get_lock(&LockStatement {
-            server: Server::MariaDb,
-            name: "x",
-            wait: Wait::Never,
-            guarded: false,
-            token: TOKEN,
             holder: Some("dlock/h"),
-            checks: Checks::None,
-            names_session: false,
+            ..statement(Server::MariaDb, "x", Wait::Never)
         });
         assert!(
             sql.ends_with(

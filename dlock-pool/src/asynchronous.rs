@@ -13,7 +13,7 @@ use dlock_core::{
 use crate::core::{self, PoolCore};
 use crate::deadline;
 use crate::manager::{AsyncManager, CloseMark, ConnectError, LockManager, Retry};
-use crate::watch::{self, Next, Rounds, Running, Signal, Watch, Watched, WatchedLock};
+use crate::watch::{self, Next, Rounds, Signal, Watch, Watched, WatchedLock};
 
 /// A bb8 connection checked out for one lock, lent to the backend's lock type.
 ///
@@ -946,9 +946,7 @@ where
             // Not held: dropping the lock sends the connection straight back.
             return Ok(None);
         }
-        let (signal, watched) = (self.core).granted(held, lock.key(), mark.clone(), |running| {
-            self.start_watcher(running);
-        });
+        let (signal, watched) = (self.core).granted_async(held, lock.key(), mark.clone());
         Ok(Some(AsyncLockGuard {
             held: Held::new(lock, mark, signal, watched),
         }))
@@ -982,19 +980,6 @@ where
         asking.disarm();
         conn.0.set_session(session);
         Ok(session)
-    }
-
-    /// Starts the pool's watcher task on the current runtime. It stops when the pool and
-    /// all its guards are gone; if that runtime shuts down first, the task is dropped with
-    /// `running`, and the pool's next grant starts another on the runtime it runs on.
-    fn start_watcher(&self, running: Running) {
-        let watch = Arc::downgrade(&self.core.watch);
-        let manager = Arc::clone(&self.core.manager);
-        let policy = self.core.policy.clone();
-        tokio::spawn(async move {
-            let _running = running;
-            watch_from_task::<M>(watch, manager, policy).await;
-        });
     }
 
     /// Acquires `key` (waiting as [`acquire`](AsyncLockPool::acquire) does), runs `work`
@@ -1207,10 +1192,33 @@ where
     }
 }
 
+impl<S: WatchSource> PoolCore<S> {
+    /// [`PoolCore::granted`] for the async pools: the watcher is a task on the current
+    /// runtime. It stops when the pool and all its guards are gone; if that runtime shuts
+    /// down first, the task is dropped with its `Running`, and the pool's next grant starts
+    /// another on the runtime it runs on.
+    pub(crate) fn granted_async(
+        &self,
+        held: Option<WatchedLock>,
+        key: &Key,
+        mark: CloseMark,
+    ) -> (Arc<Signal>, Option<Watched<WatchedLock>>) {
+        self.granted(held, key, mark, |running| {
+            let watch = Arc::downgrade(&self.watch);
+            let source = Arc::clone(&self.manager);
+            let policy = self.policy.clone();
+            tokio::spawn(async move {
+                let _running = running;
+                watch_from_task(watch, source, policy).await;
+            });
+        })
+    }
+}
+
 /// The watcher of a pool, as a task: a round per interval, through a connection from
 /// `source` that it opens again after a failure. Connecting and checking each get the
 /// bound at most; a connection that does not answer by then is closed.
-pub(crate) async fn watch_from_task<S: WatchSource>(
+async fn watch_from_task<S: WatchSource>(
     watch: Weak<Watch<WatchedLock>>,
     source: Arc<S>,
     policy: KeyPolicy,

@@ -106,7 +106,19 @@ impl<M> PoolCore<M> {
         key: Key,
         session_state: Option<dlock_core::SessionState>,
     ) -> Result<L> {
-        let mut lock = L::on_connection(conn, key, self.policy.clone());
+        self.configure(
+            L::on_connection(conn, key, self.policy.clone()),
+            session_state,
+        )
+    }
+
+    /// `lock` with the pool's fence table and mode, and what the connection's last lock
+    /// learned of its session.
+    pub(crate) fn configure<C, L: dlock_core::ConnectionLock<C>>(
+        &self,
+        mut lock: L,
+        session_state: Option<dlock_core::SessionState>,
+    ) -> Result<L> {
         if let Some(table) = &self.fence {
             lock = table.apply(lock)?;
         }

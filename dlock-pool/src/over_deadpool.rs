@@ -25,12 +25,12 @@ use dlock_postgres::{AsyncPgConnection, AsyncPgLock};
 
 use crate::asynchronous::{
     Held, HeldGuard, Settled, WatchSource, acquire_pooled, bounded_with_lock, checkout_within,
-    held_guard_functions, run_locked, take_on_checkouts, user_pool_entry_points, watch_from_task,
+    held_guard_functions, run_locked, take_on_checkouts, user_pool_entry_points,
 };
 use crate::core::{self, PoolCore};
 use crate::deadline;
 use crate::manager::CloseMark;
-use crate::watch::{Running, WatchedLock};
+use crate::watch::WatchedLock;
 
 /// Pooled PostgreSQL locks over your `deadpool_postgres::Pool`: the guard, watcher, fencing,
 /// retry and deployment check of [`AsyncLockPool`](crate::AsyncLockPool), with connections
@@ -261,9 +261,7 @@ impl DeadpoolLockPool {
             remember.keep(lock.take_session_state());
             return Ok(None);
         }
-        let (signal, watched) = (self.core).granted(held, lock.key(), mark.clone(), |running| {
-            self.start_watcher(running);
-        });
+        let (signal, watched) = (self.core).granted_async(held, lock.key(), mark.clone());
         Ok(Some(DeadpoolLockGuard {
             held: Held::new(lock, mark, signal, watched),
             remember: Some(remember),
@@ -272,18 +270,6 @@ impl DeadpoolLockPool {
 
     fn sessions(&self) -> std::sync::MutexGuard<'_, Sessions> {
         lock(&self.sessions)
-    }
-
-    /// Starts the pool's watcher task on the current runtime (see
-    /// [`AsyncLockPool`](crate::AsyncLockPool)'s).
-    fn start_watcher(&self, running: Running) {
-        let watch = Arc::downgrade(&self.core.watch);
-        let source = Arc::clone(&self.core.manager);
-        let policy = self.core.policy.clone();
-        tokio::spawn(async move {
-            let _running = running;
-            watch_from_task(watch, source, policy).await;
-        });
     }
 }
 

@@ -23,12 +23,12 @@ use sqlx::{Database, Pool};
 
 use crate::asynchronous::{
     Held, HeldGuard, Settled, WatchSource, acquire_pooled, bounded_with_lock, checkout_within,
-    held_guard_functions, run_locked, take_on_checkouts, user_pool_entry_points, watch_from_task,
+    held_guard_functions, run_locked, take_on_checkouts, user_pool_entry_points,
 };
 use crate::core::PoolCore;
 use crate::deadline;
 use crate::manager::CloseMark;
-use crate::watch::{Running, WatchedLock};
+use crate::watch::WatchedLock;
 
 mod sealed {
     pub trait Sealed {}
@@ -50,16 +50,18 @@ pub trait SqlxBackend: Database + sealed::Sealed {
     fn connection_of_mut(lock: &mut Self::Lock) -> &mut Self::Connection;
 
     /// A lock on `key` over `conn`, under `policy`, with its own deployment check (once per
-    /// server session) unless `check` is off.
+    /// server session) unless `check` is off, naming its server session with each grant
+    /// when `names_session`.
     #[doc(hidden)]
-    fn lock_on(conn: PoolConnection<Self>, key: Key, policy: KeyPolicy, check: bool) -> Self::Lock;
+    fn lock_on(
+        conn: PoolConnection<Self>,
+        key: Key,
+        policy: KeyPolicy,
+        check: bool,
+        names_session: bool,
+    ) -> Self::Lock;
 
-    /// `lock`, made to name its server session with each grant.
-    #[doc(hidden)]
-    fn naming_session(lock: Self::Lock) -> Self::Lock;
-
-    /// The name a watcher knows the session of a granted `lock` made by
-    /// [`naming_session`](SqlxBackend::naming_session) by.
+    /// The name a watcher knows the session of a granted `lock` made to name it by.
     #[doc(hidden)]
     fn named_session(lock: &Self::Lock) -> Option<SessionId>;
 
@@ -79,117 +81,79 @@ pub trait SqlxBackend: Database + sealed::Sealed {
     ) -> impl Future<Output = Result<()>> + Send;
 }
 
-#[cfg(feature = "postgres")]
-mod postgres_backend {
-    use super::*;
-    use dlock_postgres::SqlxPgLock;
-    use sqlx::postgres::{PgConnection, Postgres};
+/// Implements [`SqlxBackend`] for sqlx's database `$db`, whose connection is `$conn`, with the
+/// sqlx lock `$lock` and the helpers of `$backend`'s sqlx module; `$server_key` turns keys
+/// into the backend's.
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+macro_rules! sqlx_backend {
+    ($db:ty, $conn:ty, $lock:ident, $backend:ident, $server_key:path) => {
+        impl sealed::Sealed for $db {}
 
-    impl sealed::Sealed for Postgres {}
+        impl SqlxBackend for $db {
+            type Lock = $backend::$lock<PoolConnection<$db>>;
 
-    impl SqlxBackend for Postgres {
-        type Lock = SqlxPgLock<PoolConnection<Postgres>>;
+            fn connection_of(lock: &Self::Lock) -> &$conn {
+                lock.get_ref()
+            }
 
-        fn connection_of(lock: &Self::Lock) -> &PgConnection {
-            lock.get_ref()
-        }
+            fn connection_of_mut(lock: &mut Self::Lock) -> &mut $conn {
+                lock.connection()
+            }
 
-        fn connection_of_mut(lock: &mut Self::Lock) -> &mut PgConnection {
-            lock.connection()
-        }
-
-        fn lock_on(
-            conn: PoolConnection<Self>,
-            key: Key,
-            policy: KeyPolicy,
-            check: bool,
-        ) -> Self::Lock {
-            let lock = SqlxPgLock::new(conn, key).policy(policy);
-            if check {
+            fn lock_on(
+                conn: PoolConnection<Self>,
+                key: Key,
+                policy: KeyPolicy,
+                check: bool,
+                names_session: bool,
+            ) -> Self::Lock {
+                let mut lock = $backend::$lock::new(conn, key).policy(policy);
+                if !check {
+                    lock = lock.skip_deployment_check();
+                }
+                if names_session {
+                    lock = lock.naming_session();
+                }
                 lock
-            } else {
-                lock.skip_deployment_check()
+            }
+
+            fn named_session(lock: &Self::Lock) -> Option<SessionId> {
+                lock.named_session()
+            }
+
+            async fn still_held(
+                conn: &mut $conn,
+                policy: &KeyPolicy,
+                locks: &[WatchedLock],
+            ) -> Result<Vec<bool>> {
+                let locks = crate::watch::in_backend_form(policy, locks, $server_key)?;
+                $backend::sqlx::still_held(conn, &locks).await
+            }
+
+            async fn install_fencing(conn: &mut $conn, table: Option<&str>) -> Result<()> {
+                $backend::sqlx::install_fencing(conn, table).await
             }
         }
-
-        fn naming_session(lock: Self::Lock) -> Self::Lock {
-            lock.naming_session()
-        }
-
-        fn named_session(lock: &Self::Lock) -> Option<SessionId> {
-            lock.named_session()
-        }
-
-        async fn still_held(
-            conn: &mut PgConnection,
-            policy: &KeyPolicy,
-            locks: &[WatchedLock],
-        ) -> Result<Vec<bool>> {
-            let locks = crate::watch::in_backend_form(policy, locks, KeyPolicy::pg_key)?;
-            dlock_postgres::sqlx::still_held(conn, &locks).await
-        }
-
-        async fn install_fencing(conn: &mut PgConnection, table: Option<&str>) -> Result<()> {
-            dlock_postgres::sqlx::install_fencing(conn, table).await
-        }
-    }
+    };
 }
+
+#[cfg(feature = "postgres")]
+sqlx_backend!(
+    sqlx::postgres::Postgres,
+    sqlx::postgres::PgConnection,
+    SqlxPgLock,
+    dlock_postgres,
+    KeyPolicy::pg_key
+);
 
 #[cfg(feature = "mysql")]
-mod mysql_backend {
-    use super::*;
-    use dlock_mysql::SqlxMySqlLock;
-    use sqlx::mysql::{MySql, MySqlConnection};
-
-    impl sealed::Sealed for MySql {}
-
-    impl SqlxBackend for MySql {
-        type Lock = SqlxMySqlLock<PoolConnection<MySql>>;
-
-        fn connection_of(lock: &Self::Lock) -> &MySqlConnection {
-            lock.get_ref()
-        }
-
-        fn connection_of_mut(lock: &mut Self::Lock) -> &mut MySqlConnection {
-            lock.connection()
-        }
-
-        fn lock_on(
-            conn: PoolConnection<Self>,
-            key: Key,
-            policy: KeyPolicy,
-            check: bool,
-        ) -> Self::Lock {
-            let lock = SqlxMySqlLock::new(conn, key).policy(policy);
-            if check {
-                lock
-            } else {
-                lock.skip_deployment_check()
-            }
-        }
-
-        fn naming_session(lock: Self::Lock) -> Self::Lock {
-            lock.naming_session()
-        }
-
-        fn named_session(lock: &Self::Lock) -> Option<SessionId> {
-            lock.named_session()
-        }
-
-        async fn still_held(
-            conn: &mut MySqlConnection,
-            policy: &KeyPolicy,
-            locks: &[WatchedLock],
-        ) -> Result<Vec<bool>> {
-            let locks = crate::watch::in_backend_form(policy, locks, KeyPolicy::mysql_name)?;
-            dlock_mysql::sqlx::still_held(conn, &locks).await
-        }
-
-        async fn install_fencing(conn: &mut MySqlConnection, table: Option<&str>) -> Result<()> {
-            dlock_mysql::sqlx::install_fencing(conn, table).await
-        }
-    }
-}
+sqlx_backend!(
+    sqlx::mysql::MySql,
+    sqlx::mysql::MySqlConnection,
+    SqlxMySqlLock,
+    dlock_mysql,
+    KeyPolicy::mysql_name
+);
 
 /// Pooled locks over your sqlx pool (`sqlx::PgPool` or `sqlx::MySqlPool`): the guard,
 /// watcher, fencing, retry and deployment check of [`AsyncLockPool`](crate::AsyncLockPool),
@@ -326,22 +290,15 @@ impl<DB: SqlxBackend> SqlxLockPool<DB> {
         key: Key,
         wait: Wait,
     ) -> Result<Option<SqlxLockGuard<DB>>> {
-        let mut lock = DB::lock_on(
+        let watched = self.core.watch.is_on();
+        let lock = DB::lock_on(
             conn,
             key.clone(),
             self.core.policy.clone(),
             self.core.check_deployment,
+            watched,
         );
-        let watched = self.core.watch.is_on();
-        if watched {
-            lock = DB::naming_session(lock);
-        }
-        if let Some(table) = &self.core.fence {
-            lock = table.apply(lock)?;
-        }
-        if self.core.shared {
-            lock = lock.shared();
-        }
+        let mut lock = self.core.configure(lock, None)?;
         // sqlx connections carry no mark of their own: the lock closes its connection when
         // in doubt, and a lost or failed release closes it when the guard settles.
         let mark = CloseMark::default();
@@ -361,24 +318,10 @@ impl<DB: SqlxBackend> SqlxLockPool<DB> {
                 ));
             }
         };
-        let (signal, watched) = (self.core).granted(held, lock.key(), mark.clone(), |running| {
-            self.start_watcher(running);
-        });
+        let (signal, watched) = (self.core).granted_async(held, lock.key(), mark.clone());
         Ok(Some(SqlxLockGuard {
             held: Held::new(lock, mark, signal, watched),
         }))
-    }
-
-    /// Starts the pool's watcher task on the current runtime (see
-    /// [`AsyncLockPool`](crate::AsyncLockPool)'s).
-    fn start_watcher(&self, running: Running) {
-        let watch = Arc::downgrade(&self.core.watch);
-        let source = Arc::clone(&self.core.manager);
-        let policy = self.core.policy.clone();
-        tokio::spawn(async move {
-            let _running = running;
-            watch_from_task(watch, source, policy).await;
-        });
     }
 }
 

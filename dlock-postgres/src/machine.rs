@@ -656,12 +656,11 @@ impl Acquire {
             // statements are gated, so only they are ever marked.
             Form::Plain(kind) if self.mark_checked.is_some() => {
                 let checked = self.mark_checked.unwrap_or(Gate::Checked);
-                let statement = kind.simple(self.hold, None);
+                let mut statement = kind.simple(self.hold, None);
                 if state.names_session {
-                    sql::marking_checked(&sql::naming_session(&statement), checked)
-                } else {
-                    sql::marking_checked(&statement, checked)
+                    sql::push_session_name(&mut statement);
                 }
+                sql::marking_checked(&statement, checked)
             }
             Form::Plain(kind)
                 if self.token.is_none()
@@ -920,14 +919,12 @@ impl Acquire {
                 Err(failed) => self.undo(failed.error),
             },
             AcquirePhase::Naming => match reply.expect("the session's name") {
-                Ok(row) => match row.as_ref().and_then(sql::read_named_session_row) {
-                    Some(named) => {
+                Ok(row) => match sql::read_session(row.iter()) {
+                    Ok(named) => {
                         state.named = Some(named);
                         self.granted(state)
                     }
-                    None => self.undo(sql::unexpected_reply(
-                        "this session's pid and start in pg_stat_activity",
-                    )),
+                    Err(error) => self.undo(error),
                 },
                 Err(failed) if failed.failure == Failure::ConnectionLost => {
                     self.done(Err(failed.error))

@@ -109,18 +109,17 @@ pub(crate) fn lock_timeout_millis(timeout: Duration) -> u32 {
 /// (the full check then runs). The mark is read before the lock function runs: a one-time
 /// filter of the statement, which costs the server almost nothing.
 pub(crate) fn gated_lock(hold: Hold, kind: Kind, gate: Gate, names_session: bool) -> String {
-    let statement = kind.simple(hold, None);
-    format!(
-        "{} WHERE current_setting('{CHECKED_MARK}', true) = '{}'",
-        if names_session {
-            naming_session(&statement)
-        } else {
-            statement
-        },
+    let mut sql = kind.simple(hold, None);
+    if names_session {
+        push_session_name(&mut sql);
+    }
+    let _ = write!(
+        sql,
+        " WHERE current_setting('{CHECKED_MARK}', true) = '{}'",
         mark(gate)
-    )
+    );
+    sql
 }
-
 /// Which check a lock statement accepts as done on its session ([`gated_lock`]), and which
 /// mark a passed check leaves ([`marking_checked`]). A connection's checks are always of one
 /// kind (its route decides), so a session is marked by the kind its own client accepts.
@@ -906,12 +905,12 @@ pub(crate) fn session() -> String {
 #[cfg_attr(not(feature = "sqlx"), allow(dead_code))]
 const SESSION_STARTED_SETTING: &str = "dlock.session_started";
 
-/// [`session`] for a lock that names its session ([`naming_session`]) where the session does
+/// [`session`] for a lock that names its session ([`push_session_name`]) where the session does
 /// not keep its start yet: the same two columns, and the start kept in
 /// [`SESSION_STARTED_SETTING`] for the lock statements after it. It reads this session's row
 /// through `pg_stat_get_activity(pid)`, not the `pg_stat_activity` view: planning the view
 /// costs the server about 0.2 ms per statement, more than the round trip (measured,
-/// PostgreSQL 15). Read by [`read_named_session_row`].
+/// PostgreSQL 15). Read by [`read_session`].
 #[cfg_attr(not(feature = "sqlx"), allow(dead_code))]
 pub(crate) fn pooled_session() -> String {
     format!(
@@ -920,24 +919,21 @@ pub(crate) fn pooled_session() -> String {
     )
 }
 
-/// `statement` (one `SELECT` whose lock column comes first) with the session's name in its
+/// Appends to `sql` (one `SELECT` whose lock column comes first) the session's name, as its
 /// second and third columns, read by [`read_named_session`]: a lock statement that names its
 /// session at no round trip of its own. Only where the session keeps its start already (from
 /// a [`pooled_session`] before): a subquery here would cost every statement its planning,
 /// about a fifth of a round trip (measured, PostgreSQL 15); where the start is missing, the
 /// column is NULL, and one [`pooled_session`] follows the grant.
 #[cfg_attr(not(feature = "sqlx"), allow(dead_code))]
-pub(crate) fn naming_session(statement: &str) -> String {
-    format!("{statement}, pg_backend_pid(), current_setting('{SESSION_STARTED_SETTING}', true)")
+pub(crate) fn push_session_name(sql: &mut String) {
+    let _ = write!(
+        sql,
+        ", pg_backend_pid(), current_setting('{SESSION_STARTED_SETTING}', true)"
+    );
 }
 
-/// Reads the reply to [`pooled_session`], given as its row.
-#[cfg_attr(not(feature = "sqlx"), allow(dead_code))]
-pub(crate) fn read_named_session_row(row: &Vec<Option<String>>) -> Option<SessionId> {
-    read_session_row(row)
-}
-
-/// Reads the session's name from a row of a statement [`naming_session`] made.
+/// Reads the session's name from a row of a statement [`push_session_name`] extended.
 #[cfg_attr(not(feature = "sqlx"), allow(dead_code))]
 pub(crate) fn read_named_session(row: &Vec<Option<String>>) -> Option<SessionId> {
     read_session_columns(row, 1)
@@ -1114,7 +1110,7 @@ pub(crate) fn read_granted(row: &Row) -> Result<bool, Error> {
         .ok_or_else(|| unexpected_reply("a row"))
 }
 
-pub(crate) fn unexpected_reply(expected: &str) -> Error {
+fn unexpected_reply(expected: &str) -> Error {
     Error::backend(format!("the server's reply did not hold {expected}"))
 }
 

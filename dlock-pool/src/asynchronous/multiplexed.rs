@@ -483,9 +483,7 @@ impl<M: MultiplexedManager> AsyncMultiplexedPool<M> {
             .is_on()
             .then(|| (rider.session.id, key.clone()));
         let (signal, watched) =
-            (self.pool.core).granted(held, &key, rider.session.mark.clone(), |running| {
-                self.pool.start_watcher(running);
-            });
+            (self.pool.core).granted_async(held, &key, rider.session.mark.clone());
         AsyncMultiplexedGuard {
             hold: Some(Hold { rider, claim }),
             key,

@@ -966,70 +966,49 @@ fn throughput(scale: Scale) -> Result<Vec<Throughput>> {
         drop(locks);
 
         // Your sqlx pools, beside the same checkout and statements by hand.
-        let user_pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(1)
-            .connect(&pg_url()?)
-            .await?;
-        let locks = dlock_pool::SqlxLockPool::new(user_pool.clone());
-        results.push(
-            compare_async(
-                scale,
-                "SqlxLockPool, PostgreSQL",
-                "sqlx checkout, sqlx text",
-                async |side, n| {
+        macro_rules! sqlx_pool_path {
+            ($path:expr, $user_pool:expr, $key:expr, $lock_sql:expr, $unlock_sql:expr) => {{
+                let user_pool = $user_pool;
+                let locks = dlock_pool::SqlxLockPool::new(user_pool.clone());
+                compare_async(scale, $path, "sqlx checkout, sqlx text", async |side, n| {
                     let started = Instant::now();
                     for _ in 0..n {
                         if side == Side::Dlock {
-                            dlock_pool::SqlxLockGuard::release(locks.acquire(PG_KEY).await?)
-                                .await?;
+                            dlock_pool::SqlxLockGuard::release(locks.acquire($key).await?).await?;
                         } else {
                             let mut conn = user_pool.acquire().await?;
-                            sqlx::raw_sql(sqlx::AssertSqlSafe(pg_lock_sql.clone()))
-                                .execute(&mut *conn)
-                                .await?;
-                            sqlx::raw_sql(sqlx::AssertSqlSafe(pg_unlock_sql.clone()))
-                                .execute(&mut *conn)
-                                .await?;
+                            for statement in [$lock_sql, $unlock_sql] {
+                                sqlx::raw_sql(sqlx::AssertSqlSafe(statement.clone()))
+                                    .execute(&mut *conn)
+                                    .await?;
+                            }
                         }
                     }
                     Ok(per_second(n, started))
-                },
-            )
-            .await?,
-        );
-        drop(locks);
-        let user_pool = sqlx::mysql::MySqlPoolOptions::new()
-            .max_connections(1)
-            .connect(&mysql_url()?)
-            .await?;
-        let locks = dlock_pool::SqlxLockPool::new(user_pool.clone());
-        results.push(
-            compare_async(
-                scale,
-                "SqlxLockPool, MySQL",
-                "sqlx checkout, sqlx text",
-                async |side, n| {
-                    let started = Instant::now();
-                    for _ in 0..n {
-                        if side == Side::Dlock {
-                            dlock_pool::SqlxLockGuard::release(locks.acquire(MY_NAME).await?)
-                                .await?;
-                        } else {
-                            let mut conn = user_pool.acquire().await?;
-                            sqlx::raw_sql(sqlx::AssertSqlSafe(get.clone()))
-                                .execute(&mut *conn)
-                                .await?;
-                            sqlx::raw_sql(sqlx::AssertSqlSafe(release.clone()))
-                                .execute(&mut *conn)
-                                .await?;
-                        }
-                    }
-                    Ok(per_second(n, started))
-                },
-            )
-            .await?,
-        );
-        drop(locks);
+                })
+                .await?
+            }};
+        }
+        results.push(sqlx_pool_path!(
+            "SqlxLockPool, PostgreSQL",
+            sqlx::postgres::PgPoolOptions::new()
+                .max_connections(1)
+                .connect(&pg_url()?)
+                .await?,
+            PG_KEY,
+            &pg_lock_sql,
+            &pg_unlock_sql
+        ));
+        results.push(sqlx_pool_path!(
+            "SqlxLockPool, MySQL",
+            sqlx::mysql::MySqlPoolOptions::new()
+                .max_connections(1)
+                .connect(&mysql_url()?)
+                .await?,
+            MY_NAME,
+            &get,
+            &release
+        ));
 
         let manager = AsyncMySqlManager::from_url(&mysql_url()?)?;
         let pool = AsyncLockPool::with_builder(bb8::Pool::builder().max_size(1), manager).await?;
