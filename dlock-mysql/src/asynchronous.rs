@@ -699,7 +699,7 @@ impl<C: AsyncMySqlConnection> AsyncMySqlLock<C> {
         let traced = Traced::acquire("mysql", "exclusive", wait, self.traced());
         let outcome = async {
             let version = self.conn().server_version();
-            let op = Acquire::start(&self.state, version, wait)?;
+            let op = Acquire::start(&self.state, Some(version), wait)?;
             self.run(op).await
         }
         .instrument(traced.span().clone())
@@ -755,7 +755,7 @@ impl<C: AsyncMySqlConnection> AsyncLock for AsyncMySqlLock<C> {
         let traced = Traced::acquire("mysql", "exclusive", wait, self.traced());
         let outcome = async {
             let version = self.conn().server_version();
-            let op = Acquire::start(&self.state, version, wait)?;
+            let op = Acquire::start(&self.state, Some(version), wait)?;
             let asked = sql::server_wait(Server::from_version(version), wait).unwrap_or(timeout);
             let limit = asked.saturating_add(dlock_core::REPLY_GRACE);
             match tokio::time::timeout(limit, self.run(op)).await {

@@ -316,7 +316,7 @@ impl<C: MySqlConnection> MySqlLock<C> {
             self.state.learn_from(facts);
         }
         let version = self.conn().server_version();
-        let outcome = Acquire::start(&self.state, version, wait).and_then(|op| self.run(op));
+        let outcome = Acquire::start(&self.state, Some(version), wait).and_then(|op| self.run(op));
         traced.finish(outcome.as_ref().copied());
         outcome
     }

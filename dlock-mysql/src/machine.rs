@@ -74,6 +74,8 @@ pub(crate) struct LockState {
     pub(crate) names_session: bool,
     /// The server session's name, once a statement of this object read it.
     named: Option<SessionId>,
+    /// The server's version, once asked, for a flavour whose driver does not give it (sqlx).
+    version: Option<(u16, u16, u16)>,
 }
 
 impl LockState {
@@ -92,7 +94,14 @@ impl LockState {
             token: None,
             names_session: false,
             named: None,
+            version: None,
         }
+    }
+
+    /// The server, where its version is known to this object.
+    #[cfg_attr(not(feature = "sqlx"), allow(dead_code))]
+    pub(crate) fn server(&self) -> Option<Server> {
+        self.version.map(Server::from_version)
     }
 
     /// The server session's name as a watcher knows it, once a grant read it
@@ -346,6 +355,10 @@ enum AcquirePhase {
     /// The deployment check in the lock statement failed (a server without one of the
     /// variables it reads); whether the server is TiDB is asked on its own.
     AskingEngine,
+    /// The server's version is asked (sqlx does not give the handshake's), then `next`.
+    AskingVersion {
+        next: AfterVersion,
+    },
     /// The lock statement is sent.
     Locking,
     /// The lock statement was interrupted; `IS_USED_LOCK` is asked.
@@ -368,10 +381,25 @@ enum AcquirePhase {
     Done,
 }
 
+/// What an acquire does once it knows the server's version.
+#[derive(Debug)]
+enum AfterVersion {
+    /// Sends the lock statement: nothing was sent yet.
+    Lock,
+    /// Runs the whole deployment check: the session was not marked, nothing was locked.
+    Check,
+    /// Asks whether the interrupted lock statement granted the lock, then fails with
+    /// `error` if it did not.
+    Ask { error: Error },
+}
+
 /// `acquire`, `try_acquire` and `acquire_timeout`.
 #[derive(Debug)]
 pub(crate) struct Acquire {
-    server: Server,
+    /// The server, once known: a lock object that was not given the handshake's version
+    /// (sqlx) locks on a marked session without it, and asks only where the form depends on
+    /// it.
+    server: Option<Server>,
     name: String,
     wait: Wait,
     guarded: bool,
@@ -391,10 +419,13 @@ pub(crate) struct Acquire {
 
 impl Acquire {
     /// Starts an acquire on a server of handshake version `version`, after the checks that
-    /// need no I/O.
+    /// need no I/O. A flavour whose driver hides the version passes `None`: the acquire
+    /// asks for it where the statement's form depends on it (a timed wait, a fenced lock, a
+    /// session no check marked), and otherwise locks by the session's mark, which says which
+    /// server the check that left it saw.
     pub(crate) fn start(
         state: &LockState,
-        version: (u16, u16, u16),
+        version: Option<(u16, u16, u16)>,
         wait: Wait,
     ) -> Result<Acquire> {
         if state.unusable {
@@ -406,14 +437,19 @@ impl Acquire {
         if let Some(unsupported) = state.unsupported {
             return Err(unsupported());
         }
-        if state.check_deployment && Server::one_named_lock_per_session(version) {
-            return Err(Error::CannotExclude {
-                deployment: dlock_core::Deployment::OneNamedLockPerSession,
-            });
+        let version = version.or(state.version);
+        if let Some(version) = version {
+            refuse_old(state, version)?;
         }
         let name = state.name()?;
         let token = attempt_token();
-        let server = Server::from_version(version);
+        let server = version.map(Server::from_version);
+        // An unknown server is locked by the session's mark where a check is expected (on a
+        // session whose check passed, or before the first), which proves the version too.
+        let by_mark = server.is_none()
+            && !matches!(wait, Wait::For(_))
+            && state.fence.is_none()
+            && (state.check_deployment || state.check_passed);
         Ok(Acquire {
             server,
             name,
@@ -423,15 +459,40 @@ impl Acquire {
             guarded: matches!(wait, Wait::For(_)),
             token,
             holder: state.proves_holds.then(|| holder_name(token)),
-            checks: if state.check_deployment {
+            checks: if state.check_deployment || by_mark {
                 Checks::Mark
             } else {
                 Checks::None
             },
             marks: false,
             names_session: state.names_session,
-            phase: AcquirePhase::Start,
+            phase: if server.is_some() || by_mark {
+                AcquirePhase::Start
+            } else {
+                AcquirePhase::AskingVersion {
+                    next: AfterVersion::Lock,
+                }
+            },
         })
+    }
+
+    /// The first step: the lock statement, or the version question where the statement's
+    /// form needs the server.
+    fn begin(&mut self, state: &mut LockState) -> Step<bool> {
+        if self.names_session {
+            // Named again by each grant: a reset since the last one took the marker.
+            state.named = None;
+        }
+        match self.phase {
+            AcquirePhase::AskingVersion { .. } => Step::Send(sql::server_version()),
+            _ => self.lock(),
+        }
+    }
+
+    /// The server's version is needed from here on (and `next` follows it).
+    fn ask_version(&mut self, next: AfterVersion) -> Step<bool> {
+        self.phase = AcquirePhase::AskingVersion { next };
+        Step::Send(sql::server_version())
     }
 
     fn lock(&mut self) -> Step<bool> {
@@ -449,12 +510,17 @@ impl Acquire {
     }
 
     fn ask(&mut self, error: Error) -> Step<bool> {
+        let Some(server) = self.server else {
+            return self.ask_version(AfterVersion::Ask { error });
+        };
         self.phase = AcquirePhase::Asking { error };
-        Step::Send(sql::interrupted(
-            self.server,
-            &self.name,
-            self.holder.as_deref(),
-        ))
+        Step::Send(sql::interrupted(server, &self.name, self.holder.as_deref()))
+    }
+
+    /// The server, in a phase that only follows a statement sent in its known form.
+    fn known_server(&self) -> Server {
+        self.server
+            .expect("the deployment check runs only once the server is known")
     }
 
     fn done(&mut self, outcome: Result<bool>) -> Step<bool> {
@@ -469,10 +535,13 @@ impl Acquire {
             state.check_deployment = false;
             state.check_passed = true;
         }
-        if self.marks && state.check_passed {
+        if self.marks
+            && state.check_passed
+            && let Some(server) = self.server
+        {
             self.marks = false;
             self.phase = AcquirePhase::Marking;
-            return Step::Execute(sql::mark_checked());
+            return Step::Execute(sql::mark_checked(server));
         }
         self.fence_or_hold(state)
     }
@@ -480,8 +549,9 @@ impl Acquire {
     /// The lock is granted and the check done: the token is bumped, if fenced, then held.
     fn fence_or_hold(&mut self, state: &mut LockState) -> Step<bool> {
         if let Some(table) = &state.fence {
+            let server = self.server.expect("a fenced acquire knows its server first");
             self.phase = AcquirePhase::Fencing;
-            return Step::Execute(sql::fence(self.server, table, &self.name));
+            return Step::Execute(sql::fence(server, table, &self.name));
         }
         self.hold(state)
     }
@@ -530,28 +600,65 @@ impl Acquire {
             // No check passed on this session before: nothing was tried. The full
             // check runs (MariaDB's in the lock statement, MySQL's cluster check on
             // its own first), and its pass marks the session.
-            Ok(Acquired::Unmarked) => {
-                self.checks = Checks::Full;
-                self.marks = true;
-                if self.server == Server::MySql {
-                    self.phase = AcquirePhase::Checking;
-                    return Step::Send(sql::cluster_check(self.server));
-                }
-                self.lock()
-            }
+            Ok(Acquired::Unmarked) => self.check(),
             Err(error) => self.done(Err(error)),
+        }
+    }
+
+    /// Runs the whole check: MariaDB's in the lock statement, MySQL's cluster check on its
+    /// own first. Its pass marks the session.
+    fn check(&mut self) -> Step<bool> {
+        let Some(server) = self.server else {
+            return self.ask_version(AfterVersion::Check);
+        };
+        self.checks = Checks::Full;
+        self.marks = true;
+        if server == Server::MySql {
+            self.phase = AcquirePhase::Checking;
+            return Step::Send(sql::cluster_check(server));
+        }
+        self.lock()
+    }
+
+    /// What the version's reply `reply` means, and what follows it.
+    fn read_version(&mut self, state: &mut LockState, reply: Reply, next: AfterVersion) -> Step<bool> {
+        let version = match reply.map_err(|failed| failed.error).and_then(|row| sql::read_version(&row)) {
+            Ok(version) => version,
+            Err(error) => {
+                if let AfterVersion::Ask { .. } = next {
+                    // The session may hold the lock and dlock cannot tell: the connection is
+                    // in doubt and must not be used for locks again.
+                    state.unusable = true;
+                }
+                return self.done(Err(error));
+            }
+        };
+        state.version = Some(version);
+        self.server = Some(Server::from_version(version));
+        match next {
+            AfterVersion::Ask { error } => self.ask(error),
+            AfterVersion::Lock | AfterVersion::Check => {
+                if let Err(error) = refuse_old(state, version) {
+                    return self.done(Err(error));
+                }
+                match next {
+                    AfterVersion::Check => self.check(),
+                    _ => self.lock(),
+                }
+            }
         }
     }
 
     /// One step of the acquire, as [`Operation::step`] takes it.
     fn advance(&mut self, state: &mut LockState, reply: Option<Reply>) -> Step<bool> {
         match std::mem::replace(&mut self.phase, AcquirePhase::Done) {
-            AcquirePhase::Start => {
-                if self.names_session {
-                    // Named again by each grant: a reset since the last one took the marker.
-                    state.named = None;
-                }
-                self.lock()
+            phase @ (AcquirePhase::Start | AcquirePhase::AskingVersion { .. }) if reply.is_none() => {
+                self.phase = phase;
+                self.begin(state)
+            }
+            AcquirePhase::Start => unreachable!("an acquire's start has no reply"),
+            AcquirePhase::AskingVersion { next } => {
+                self.read_version(state, reply.expect("the version's reply"), next)
             }
             AcquirePhase::Marking => match reply.expect("the mark's reply") {
                 Err(failed) if failed.failure == Failure::ConnectionLost => {
@@ -561,7 +668,7 @@ impl Acquire {
                 _ => self.fence_or_hold(state),
             },
             AcquirePhase::Checking => {
-                match checked(self.server, reply.expect("the deployment check's reply")) {
+                match checked(self.known_server(), reply.expect("the deployment check's reply")) {
                     Ok(()) => {
                         if self.checks == Checks::None {
                             // The lock statement checks nothing more: the check has passed.
@@ -582,14 +689,14 @@ impl Acquire {
                 }
                 // Not TiDB (or a server that cannot say): MySQL's cluster check has run, and
                 // MariaDB's goes on its own.
-                _ if self.server == Server::MySql => {
+                _ if self.known_server() == Server::MySql => {
                     state.check_deployment = false;
                     state.check_passed = true;
                     self.lock()
                 }
                 _ => {
                     self.phase = AcquirePhase::Checking;
-                    Step::Send(sql::cluster_check(self.server))
+                    Step::Send(sql::cluster_check(self.known_server()))
                 }
             },
             AcquirePhase::Done => unreachable!("an acquire is stepped after it is done"),
@@ -713,14 +820,34 @@ impl Operation for Acquire {
                 token: Some(self.token),
                 holder: self.holder.clone(),
             },
+            // The lock statement was interrupted, and may have granted.
+            AcquirePhase::AskingVersion {
+                next: AfterVersion::Ask { .. },
+            } => InFlight::Statement {
+                token: Some(self.token),
+                holder: self.holder.clone(),
+            },
             // A read, but its reply unread leaves the connection out of step all the same.
-            AcquirePhase::Checking | AcquirePhase::AskingEngine => InFlight::Statement {
+            AcquirePhase::Checking
+            | AcquirePhase::AskingEngine
+            | AcquirePhase::AskingVersion { .. } => InFlight::Statement {
                 token: None,
                 holder: None,
             },
             AcquirePhase::Start | AcquirePhase::Done => InFlight::Nothing,
         }
     }
+}
+
+/// Refuses a server that keeps one named lock per session at most (taking a second frees
+/// the first), unless the user turned the check off.
+fn refuse_old(state: &LockState, version: (u16, u16, u16)) -> Result<()> {
+    if state.check_deployment && Server::one_named_lock_per_session(version) {
+        return Err(Error::CannotExclude {
+            deployment: dlock_core::Deployment::OneNamedLockPerSession,
+        });
+    }
+    Ok(())
 }
 
 /// The standalone deployment check of a connection whose server has handshake version
@@ -926,7 +1053,7 @@ mod tests {
     fn marked(op: &mut Acquire, state: &mut LockState, reply: Option<Reply>) -> Result<bool> {
         match op.step(state, reply) {
             Step::Execute(mark) => {
-                assert_eq!(mark, sql::mark_checked());
+                assert_eq!(mark, sql::mark_checked(op.known_server()));
                 done(op.step(state, Some(Ok(vec![Some(0), Some(0)]))))
             }
             Step::Send(sql) => panic!("expected the mark, got {sql}"),
@@ -967,7 +1094,7 @@ mod tests {
     fn a_hold_left_to_a_shared_session_is_paid_once_and_only_while_its_holder_lock_is_there() {
         let mut state = LockState::new(Key::from("jobs/x"), true);
         state.check_deployment = false;
-        let mut op = Acquire::start(&state, MARIADB, Wait::Never).unwrap();
+        let mut op = Acquire::start(&state, Some(MARIADB), Wait::Never).unwrap();
         sent(op.step(&mut state, None));
         assert!(done(op.step(&mut state, row(&[Some(2)]))).unwrap());
         let holder = state.held().unwrap().holder.clone().unwrap();
@@ -1050,7 +1177,7 @@ mod tests {
     fn a_fenced_grant_bumps_its_token_and_gives_the_lock_back_if_it_cannot() {
         let mut state = state();
         state.fence = Some("`dlock_fence`".to_owned());
-        let mut op = Acquire::start(&state, MARIADB, Wait::Never).unwrap();
+        let mut op = Acquire::start(&state, Some(MARIADB), Wait::Never).unwrap();
         sent(op.step(&mut state, None));
         let bump = executed(op.step(&mut state, Some(Ok(vec![Some(1)]))));
         assert!(bump.starts_with("INSERT INTO `dlock_fence`"), "{bump}");
@@ -1063,7 +1190,7 @@ mod tests {
         assert_eq!(state.token(), None);
 
         // No table: the grant is given back, and the error says what to do.
-        let mut op = Acquire::start(&state, MARIADB, Wait::Never).unwrap();
+        let mut op = Acquire::start(&state, Some(MARIADB), Wait::Never).unwrap();
         sent(op.step(&mut state, None));
         executed(op.step(&mut state, Some(Ok(vec![Some(1)]))));
         let missing = sql::server_failure(1146, "Table 'dlock.dlock_fence' doesn't exist".into());
@@ -1077,7 +1204,7 @@ mod tests {
 
         // A server whose commits are not durable: the bump changes nothing, and the grant is
         // given back with an error that names the setting.
-        let mut op = Acquire::start(&state, MARIADB, Wait::Never).unwrap();
+        let mut op = Acquire::start(&state, Some(MARIADB), Wait::Never).unwrap();
         sent(op.step(&mut state, None));
         let bump = executed(op.step(&mut state, Some(Ok(vec![Some(1)]))));
         assert!(
@@ -1101,7 +1228,7 @@ mod tests {
         let mut state = state();
         state.names_session = true;
         // The session keeps its marker: the lock statement names it.
-        let mut op = Acquire::start(&state, MARIADB, Wait::Never).unwrap();
+        let mut op = Acquire::start(&state, Some(MARIADB), Wait::Never).unwrap();
         let lock = sent(op.step(&mut state, None));
         assert!(
             lock.ends_with("= CONNECTION_ID(), @dlock_session_tag, NULL)"),
@@ -1113,7 +1240,7 @@ mod tests {
 
         // No marker (a new session, or a reset): the grant takes one and keeps its tag,
         // before the lock counts as held.
-        let mut op = Acquire::start(&state, MARIADB, Wait::Never).unwrap();
+        let mut op = Acquire::start(&state, Some(MARIADB), Wait::Never).unwrap();
         sent(op.step(&mut state, None));
         let take = sent(op.step(&mut state, row(&[Some(1), Some(9), None])));
         assert!(
@@ -1131,7 +1258,7 @@ mod tests {
         Release::start(&mut state).unwrap();
 
         // A marker that cannot be taken: the grant goes back with the error.
-        let mut op = Acquire::start(&state, MARIADB, Wait::Never).unwrap();
+        let mut op = Acquire::start(&state, Some(MARIADB), Wait::Never).unwrap();
         sent(op.step(&mut state, None));
         sent(op.step(&mut state, row(&[Some(1), Some(9), None])));
         let give_back = sent(op.step(&mut state, row(&[Some(9), Some(0)])));
@@ -1140,11 +1267,131 @@ mod tests {
         assert!(state.held().is_none());
     }
 
+    /// A lock whose deployment check has not run yet.
+    fn checked() -> LockState {
+        LockState::new(Key::from("jobs/x"), false)
+    }
+
+    /// The reply to [`sql::server_version`] for `version`.
+    fn version_reply(version: (u16, u16, u16)) -> Option<Reply> {
+        let (major, minor, patch) = version;
+        row(&[
+            Some(i64::from(major)),
+            Some(i64::from(minor)),
+            Some(i64::from(patch)),
+        ])
+    }
+
+    #[test]
+    fn a_lock_that_does_not_know_its_server_locks_by_the_marks_server_family() {
+        // A marked session: one statement, in the form of the server the mark names, for a
+        // try and for a wait without timeout, and the version is never asked.
+        for wait in [Wait::Never, Wait::Forever] {
+            let mut state = checked();
+            let mut op = Acquire::start(&state, None, wait).unwrap();
+            let lock = sent(op.step(&mut state, None));
+            assert!(lock.contains("CASE @dlock_deployment_checked WHEN '"), "{lock}");
+            let (mariadb, mysql) = match wait {
+                Wait::Never => (", 0)", ", 0)"),
+                _ => (", 31536000)", ", -1)"),
+            };
+            for (server, timeout) in [(Server::MariaDb, mariadb), (Server::MySql, mysql)] {
+                let mark = sql::checked_mark(server);
+                let branch = format!("WHEN '{mark}' THEN GET_LOCK('jobs/x'{timeout}");
+                assert!(lock.contains(&branch), "{lock}");
+            }
+            assert!(lock.ends_with(&format!("ELSE {} END", sql::UNMARKED)), "{lock}");
+            assert!(done(op.step(&mut state, row(&[Some(1)]))).unwrap());
+            assert!(state.held().is_some());
+            assert!(!state.check_deployment, "the mark proves the check passed");
+            assert_eq!(state.server(), None);
+            Release::start(&mut state).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_lock_that_does_not_know_its_server_asks_its_version_where_the_form_needs_it() {
+        // An unmarked session: the version is asked, then the whole check runs and marks the
+        // session for the server it found.
+        for version in [MARIADB, (11, 4, 2), MYSQL] {
+            let mut state = checked();
+            let mut op = Acquire::start(&state, None, Wait::Never).unwrap();
+            sent(op.step(&mut state, None));
+            let asked = sent(op.step(&mut state, row(&[Some(sql::UNMARKED)])));
+            assert_eq!(asked, sql::server_version());
+            let mut next = sent(op.step(&mut state, version_reply(version)));
+            if Server::from_version(version) == Server::MySql {
+                assert!(next.contains("replication_group_members"), "{next}");
+                next = sent(op.step(&mut state, row(&[Some(0)])));
+            }
+            assert!(next.contains("@@global"), "the whole check: {next}");
+            assert!(marked(&mut op, &mut state, row(&[Some(1)])).unwrap());
+            assert_eq!(state.server(), Some(Server::from_version(version)));
+        }
+
+        // A server that keeps one named lock per session, found only now: refused, nothing
+        // locked.
+        let mut state = checked();
+        let mut op = Acquire::start(&state, None, Wait::Never).unwrap();
+        sent(op.step(&mut state, None));
+        sent(op.step(&mut state, row(&[Some(sql::UNMARKED)])));
+        assert!(matches!(
+            op.step(&mut state, version_reply((5, 7, 4))),
+            Step::Done(Err(Error::CannotExclude {
+                deployment: dlock_core::Deployment::OneNamedLockPerSession
+            }))
+        ));
+        assert!(state.held().is_none());
+
+        // A timed wait and a fenced lock need the server first, as does a lock whose checks
+        // the user turned off (no mark to go by); once known, it is not asked again.
+        let mut timed = checked();
+        let mut fenced = checked();
+        fenced.fence = Some("dlock.dlock_fence".to_owned());
+        let mut unchecked = checked();
+        unchecked.check_deployment = false;
+        for (state, wait) in [
+            (&mut timed, Wait::For(Duration::from_secs(2))),
+            (&mut fenced, Wait::Never),
+            (&mut unchecked, Wait::Forever),
+        ] {
+            let mut op = Acquire::start(state, None, wait).unwrap();
+            assert_eq!(sent(op.step(state, None)), sql::server_version());
+            let lock = sent(op.step(state, version_reply(MARIADB)));
+            assert!(lock.contains("GET_LOCK('jobs/x'"), "{lock}");
+            assert!(!lock.contains("CASE @dlock"), "{lock}");
+            assert_eq!(state.server(), Some(Server::MariaDb));
+            let op = Acquire::start(state, None, wait).unwrap();
+            assert!(matches!(op.phase, AcquirePhase::Start));
+        }
+
+        // An interrupted statement: the version is asked, then whether it granted.
+        let mut state = checked();
+        let mut op = Acquire::start(&state, None, Wait::Forever).unwrap();
+        sent(op.step(&mut state, None));
+        assert_eq!(
+            sent(op.step(&mut state, row(&[None]))),
+            sql::server_version()
+        );
+        assert!(matches!(op.in_flight(), InFlight::Statement { token: Some(_), .. }));
+        let asked = sent(op.step(&mut state, version_reply(MARIADB)));
+        assert_eq!(asked, sql::interrupted(Server::MariaDb, "jobs/x", None));
+        assert!(done(op.step(&mut state, row(&[Some(1), Some(0)]))).unwrap());
+
+        // A version that cannot be read after an interruption leaves the connection in doubt.
+        let mut state = checked();
+        let mut op = Acquire::start(&state, None, Wait::Forever).unwrap();
+        sent(op.step(&mut state, None));
+        sent(op.step(&mut state, row(&[None])));
+        assert!(done(op.step(&mut state, row(&[None, None, None]))).is_err());
+        assert!(state.is_unusable());
+    }
+
     #[test]
     fn mariadbs_first_lock_statement_carries_the_galera_check() {
         // On a Galera node the statement locks nothing and answers -1.
         let mut state = LockState::new(Key::from("jobs/x"), false);
-        let mut op = Acquire::start(&state, MARIADB, Wait::Never).unwrap();
+        let mut op = Acquire::start(&state, Some(MARIADB), Wait::Never).unwrap();
         let lock = sent(unmarked(&mut op, &mut state));
         assert!(lock.contains("IF(@@global.wsrep_on"), "{lock}");
         assert!(matches!(
@@ -1157,23 +1404,23 @@ mod tests {
         assert!(state.check_deployment, "checked again next time");
         // Anywhere else it locks, the check has passed for this object, and the session is
         // marked so.
-        let mut op = Acquire::start(&state, MARIADB, Wait::Never).unwrap();
+        let mut op = Acquire::start(&state, Some(MARIADB), Wait::Never).unwrap();
         sent(unmarked(&mut op, &mut state));
         assert!(marked(&mut op, &mut state, row(&[Some(1)])).unwrap());
         assert!(!state.check_deployment, "checked once per lock object");
         Release::start(&mut state).unwrap();
-        let mut op = Acquire::start(&state, MARIADB, Wait::Never).unwrap();
+        let mut op = Acquire::start(&state, Some(MARIADB), Wait::Never).unwrap();
         let lock = sent(op.step(&mut state, None));
         assert!(!lock.contains("wsrep"), "{lock}");
         // A busy lock says nothing of the deployment: the next statement checks again.
         let mut state = LockState::new(Key::from("jobs/x"), false);
-        let mut op = Acquire::start(&state, MARIADB, Wait::Never).unwrap();
+        let mut op = Acquire::start(&state, Some(MARIADB), Wait::Never).unwrap();
         sent(unmarked(&mut op, &mut state));
         assert!(!done(op.step(&mut state, row(&[Some(0)]))).unwrap());
         assert!(state.check_deployment);
         // A lock made later on a marked session takes the mark for the check.
         let mut state = LockState::new(Key::from("jobs/x"), false);
-        let mut op = Acquire::start(&state, MARIADB, Wait::Never).unwrap();
+        let mut op = Acquire::start(&state, Some(MARIADB), Wait::Never).unwrap();
         let gated = sent(op.step(&mut state, None));
         assert!(!gated.contains("@@global"), "{gated}");
         assert!(done(op.step(&mut state, row(&[Some(1)]))).unwrap());
@@ -1183,7 +1430,7 @@ mod tests {
     #[test]
     fn a_mariadb_without_wsrep_variables_is_checked_on_its_own() {
         let mut state = LockState::new(Key::from("jobs/x"), false);
-        let mut op = Acquire::start(&state, MARIADB, Wait::Never).unwrap();
+        let mut op = Acquire::start(&state, Some(MARIADB), Wait::Never).unwrap();
         sent(unmarked(&mut op, &mut state));
         let unknown = sql::server_failure(1193, "Unknown system variable 'wsrep_on'".into());
         // Whether it is TiDB is asked first, on its own: not TiDB.
@@ -1204,7 +1451,7 @@ mod tests {
     fn tidb_is_refused_in_the_lock_statement_or_by_the_question_after_it_failed() {
         // The lock statement answers TiDB's refusal.
         let mut state = LockState::new(Key::from("jobs/x"), false);
-        let mut op = Acquire::start(&state, MARIADB, Wait::Never).unwrap();
+        let mut op = Acquire::start(&state, Some(MARIADB), Wait::Never).unwrap();
         sent(unmarked(&mut op, &mut state));
         let refused = op.step(&mut state, row(&[Some(sql::REFUSED_ON_TIDB)]));
         assert!(matches!(
@@ -1218,7 +1465,7 @@ mod tests {
         // question asked then finds TiDB, and nothing is locked.
         for version in [MYSQL, MARIADB] {
             let mut state = LockState::new(Key::from("jobs/x"), false);
-            let mut op = Acquire::start(&state, version, Wait::Never).unwrap();
+            let mut op = Acquire::start(&state, Some(version), Wait::Never).unwrap();
             let mut statement = sent(unmarked(&mut op, &mut state));
             if statement.starts_with("SELECT COUNT(*)") {
                 // MySQL's cluster check, which TiDB cannot answer: taken as no cluster.
@@ -1250,7 +1497,7 @@ mod tests {
             (MYSQL, 0, None),
         ] {
             let mut state = LockState::new(Key::from("jobs/x"), false);
-            let mut op = Acquire::start(&state, version, Wait::Never).unwrap();
+            let mut op = Acquire::start(&state, Some(version), Wait::Never).unwrap();
             let check = sent(unmarked(&mut op, &mut state));
             assert!(check.starts_with("SELECT COUNT(*)"), "{check}");
             let next = op.step(&mut state, Some(Ok(vec![Some(count)])));
@@ -1280,7 +1527,7 @@ mod tests {
     fn a_read_only_server_is_refused_by_the_lock_statement_on_either_server() {
         for version in [MARIADB, MYSQL] {
             let mut state = LockState::new(Key::from("jobs/x"), false);
-            let mut op = Acquire::start(&state, version, Wait::Never).unwrap();
+            let mut op = Acquire::start(&state, Some(version), Wait::Never).unwrap();
             let mut next = unmarked(&mut op, &mut state);
             if version == MYSQL {
                 // No Group Replication member.
@@ -1340,14 +1587,14 @@ mod tests {
         let unchecked = LockState::new(Key::from("jobs/x"), false);
         for version in [(5, 7, 4), (5, 5, 62), (10, 0, 1)] {
             assert!(matches!(
-                Acquire::start(&unchecked, version, Wait::Never),
+                Acquire::start(&unchecked, Some(version), Wait::Never),
                 Err(Error::CannotExclude {
                     deployment: dlock_core::Deployment::OneNamedLockPerSession
                 })
             ));
         }
         // Turned off, the user takes the risk.
-        assert!(Acquire::start(&state(), (5, 7, 4), Wait::Never).is_ok());
+        assert!(Acquire::start(&state(), Some((5, 7, 4)), Wait::Never).is_ok());
     }
 
     #[test]
@@ -1370,7 +1617,7 @@ mod tests {
     #[test]
     fn an_acquire_sends_one_tagged_statement_and_holds_on_1() {
         let mut state = state();
-        let mut op = Acquire::start(&state, MARIADB, Wait::Forever).unwrap();
+        let mut op = Acquire::start(&state, Some(MARIADB), Wait::Forever).unwrap();
         let sql = sent(op.step(&mut state, None));
         assert!(sql.starts_with("SELECT /* dlock:"), "{sql}");
         assert!(sql.ends_with("GET_LOCK('jobs/x', 31536000)"), "{sql}");
@@ -1384,7 +1631,7 @@ mod tests {
         assert!(done(op.step(&mut state, row(&[Some(1)]))).unwrap());
         assert_eq!(state.held().unwrap().name, "jobs/x");
         assert!(matches!(
-            Acquire::start(&state, MARIADB, Wait::Never),
+            Acquire::start(&state, Some(MARIADB), Wait::Never),
             Err(Error::AlreadyAcquired)
         ));
     }
@@ -1392,14 +1639,14 @@ mod tests {
     #[test]
     fn a_timeout_is_false_and_a_forever_wait_that_ran_its_year_waits_again() {
         let mut state = state();
-        let mut op = Acquire::start(&state, MARIADB, Wait::For(Duration::from_millis(5))).unwrap();
+        let mut op = Acquire::start(&state, Some(MARIADB), Wait::For(Duration::from_millis(5))).unwrap();
         let sql = sent(op.step(&mut state, None));
         assert!(
             sql.starts_with("SET STATEMENT max_statement_time = 0 FOR"),
             "{sql}"
         );
         assert!(!done(op.step(&mut state, row(&[Some(0)]))).unwrap());
-        let mut op = Acquire::start(&state, MARIADB, Wait::Forever).unwrap();
+        let mut op = Acquire::start(&state, Some(MARIADB), Wait::Forever).unwrap();
         let first = sent(op.step(&mut state, None));
         assert_eq!(sent(op.step(&mut state, row(&[Some(0)]))), first);
     }
@@ -1408,7 +1655,7 @@ mod tests {
     fn an_interrupted_wait_that_was_granted_is_held() {
         for reply in [row(&[None]), failed(Failure::Interrupted)] {
             let mut state = state();
-            let mut op = Acquire::start(&state, MYSQL, Wait::Forever).unwrap();
+            let mut op = Acquire::start(&state, Some(MYSQL), Wait::Forever).unwrap();
             sent(op.step(&mut state, None));
             let ask = sent(op.step(&mut state, reply));
             assert!(
@@ -1424,7 +1671,7 @@ mod tests {
     #[test]
     fn an_interrupted_wait_not_granted_is_canceled_unless_a_statement_limit_cut_it_short() {
         let mut state = state();
-        let mut op = Acquire::start(&state, MARIADB, Wait::Forever).unwrap();
+        let mut op = Acquire::start(&state, Some(MARIADB), Wait::Forever).unwrap();
         sent(op.step(&mut state, None));
         sent(op.step(&mut state, row(&[None])));
         let outcome = done(op.step(&mut state, row(&[Some(0), Some(0)])));
@@ -1433,7 +1680,7 @@ mod tests {
             "{outcome:?}"
         );
         // The session has max_statement_time: the plain wait waits again, guarded.
-        let mut op = Acquire::start(&state, MARIADB, Wait::Forever).unwrap();
+        let mut op = Acquire::start(&state, Some(MARIADB), Wait::Forever).unwrap();
         sent(op.step(&mut state, None));
         sent(op.step(&mut state, row(&[None])));
         let again = sent(op.step(&mut state, row(&[Some(0), Some(1)])));
@@ -1446,7 +1693,7 @@ mod tests {
         let outcome = done(op.step(&mut state, row(&[Some(0), Some(1)])));
         assert!(matches!(outcome, Err(Error::Canceled { .. })));
         // The same for a timed wait, which is always guarded.
-        let mut op = Acquire::start(&state, MYSQL, Wait::For(Duration::from_secs(1))).unwrap();
+        let mut op = Acquire::start(&state, Some(MYSQL), Wait::For(Duration::from_secs(1))).unwrap();
         let sql = sent(op.step(&mut state, None));
         assert!(
             sql.starts_with("SELECT /*+ SET_VAR(max_execution_time = 0) */"),
@@ -1460,12 +1707,12 @@ mod tests {
     #[test]
     fn a_question_that_fails_leaves_the_connection_in_doubt() {
         let mut state = state();
-        let mut op = Acquire::start(&state, MARIADB, Wait::Forever).unwrap();
+        let mut op = Acquire::start(&state, Some(MARIADB), Wait::Forever).unwrap();
         sent(op.step(&mut state, None));
         sent(op.step(&mut state, row(&[None])));
         assert!(done(op.step(&mut state, failed(Failure::Other))).is_err());
         assert!(state.is_unusable());
-        let refused = Acquire::start(&state, MARIADB, Wait::Never).unwrap_err();
+        let refused = Acquire::start(&state, Some(MARIADB), Wait::Never).unwrap_err();
         assert!(matches!(refused, Error::ConnectionUnusable { .. }));
         let mut verify = Verify::start(&state).unwrap();
         assert!(!done(verify.step(&mut state, None)).unwrap());
@@ -1475,7 +1722,7 @@ mod tests {
     fn a_holder_lock_comes_with_the_grant_and_goes_with_the_release() {
         let mut state = LockState::new(Key::from("jobs/x"), true);
         state.check_deployment = false;
-        let mut op = Acquire::start(&state, MARIADB, Wait::Never).unwrap();
+        let mut op = Acquire::start(&state, Some(MARIADB), Wait::Never).unwrap();
         let sql = sent(op.step(&mut state, None));
         assert!(
             sql.contains("WHEN 1 THEN 1 + GET_LOCK('dlock/holder/"),
@@ -1500,7 +1747,7 @@ mod tests {
     fn a_dropped_statement_makes_the_connection_unusable_and_names_its_proofs() {
         let mut state = LockState::new(Key::from("jobs/x"), true);
         state.check_deployment = false;
-        let mut op = Acquire::start(&state, MARIADB, Wait::Forever).unwrap();
+        let mut op = Acquire::start(&state, Some(MARIADB), Wait::Forever).unwrap();
         sent(op.step(&mut state, None));
         let proofs = state.abandon(op.in_flight());
         assert!(
@@ -1525,7 +1772,7 @@ mod tests {
     #[test]
     fn an_owned_held_lock_is_released_by_a_task_and_a_pooled_one_discarded() {
         let mut state = state();
-        let mut op = Acquire::start(&state, MARIADB, Wait::Never).unwrap();
+        let mut op = Acquire::start(&state, Some(MARIADB), Wait::Never).unwrap();
         sent(op.step(&mut state, None));
         done(op.step(&mut state, row(&[Some(1)]))).unwrap();
         assert!(matches!(
@@ -1543,7 +1790,7 @@ mod tests {
             (row(&[Some(0)]), false),
         ] {
             let mut state = state();
-            let mut op = Acquire::start(&state, MARIADB, Wait::Never).unwrap();
+            let mut op = Acquire::start(&state, Some(MARIADB), Wait::Never).unwrap();
             sent(op.step(&mut state, None));
             done(op.step(&mut state, row(&[Some(1)]))).unwrap();
             let mut release = Release::start(&mut state).unwrap();

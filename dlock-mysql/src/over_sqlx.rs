@@ -7,8 +7,9 @@
 //! drop closes the connection (a pooled one is closed by its pool, not reused), which ends its
 //! session and frees its locks. A lock dropped holding, on a connection it can still trust,
 //! hands the connection to a task on the current tokio runtime, which releases and then lets it
-//! go. sqlx hides the server version it read from the handshake, so a lock asks the server for
-//! it once, before its first statement.
+//! go. sqlx hides the server version it read from the handshake: the machine locks by the
+//! session's mark of a passed check, which names the server family, and asks the version only
+//! where it needs it.
 
 use std::fmt;
 use std::time::Duration;
@@ -73,8 +74,11 @@ impl SqlxMySqlConnection for PoolConnection<MySql> {
 /// - **Dropping a lock** that holds hands its connection to a task on the current tokio
 ///   runtime, which releases and then lets the connection go (back to its pool); release on
 ///   drop is not immediate. Without a runtime, or if that fails, the connection is closed.
-/// - **One more round trip**, once per lock: sqlx hides the server version, which says how
-///   the server counts a wait (MariaDB in microseconds, MySQL in whole seconds).
+/// - **The server's version** is hidden by sqlx, and it says how the server counts a wait
+///   (MariaDB in microseconds, MySQL in whole seconds). A try or a wait without a timeout on
+///   a session a check passed on needs none: the session's mark says which server it is. A
+///   lock's first timed or fenced acquire, and the first lock on a new session, ask it once
+///   (one round trip more).
 ///
 /// # Examples
 ///
@@ -96,8 +100,6 @@ pub struct SqlxMySqlLock<C: SqlxMySqlConnection> {
     /// Always `Some` until `into_inner` or drop takes it.
     conn: Option<C>,
     state: LockState,
-    /// The server's version, once asked.
-    version: Option<(u16, u16, u16)>,
 }
 
 impl<C: SqlxMySqlConnection> SqlxMySqlLock<C> {
@@ -109,7 +111,6 @@ impl<C: SqlxMySqlConnection> SqlxMySqlLock<C> {
             // The lock owns its connection, and closes it when in doubt: closing ends the
             // session, so no holder lock needs to prove a grant's session to anyone.
             state: LockState::new(key.into(), false),
-            version: None,
         }
     }
 
@@ -167,19 +168,6 @@ impl<C: SqlxMySqlConnection> SqlxMySqlLock<C> {
         (conn, released)
     }
 
-    /// The server's version, asked once.
-    async fn version(&mut self) -> Result<(u16, u16, u16)> {
-        if let Some(version) = self.version {
-            return Ok(version);
-        }
-        if self.state.is_unusable() {
-            return Err(sql::unusable());
-        }
-        let version = server_version(self.connection()).await?;
-        self.version = Some(version);
-        Ok(version)
-    }
-
     /// Steps one operation of the machine on this lock's connection.
     async fn run<O: Operation>(&mut self, op: O) -> Result<O::Output> {
         let conn = self
@@ -213,12 +201,12 @@ impl<C: SqlxMySqlConnection> SqlxMySqlLock<C> {
     async fn take(&mut self, wait: Wait) -> Result<bool> {
         let traced = Traced::acquire("mysql", "exclusive", wait, self.traced());
         let outcome = async {
-            let version = self.version().await?;
-            let op = Acquire::start(&self.state, version, wait)?;
+            let op = Acquire::start(&self.state, None, wait)?;
             match wait {
                 Wait::For(timeout) => {
-                    let asked =
-                        sql::server_wait(Server::from_version(version), wait).unwrap_or(timeout);
+                    // A server not known yet is asked first; MySQL's rounding is the longer.
+                    let server = self.state.server().unwrap_or(Server::MySql);
+                    let asked = sql::server_wait(server, wait).unwrap_or(timeout);
                     let limit = asked.saturating_add(dlock_core::REPLY_GRACE);
                     match tokio::time::timeout(limit, self.run(op)).await {
                         Ok(outcome) => outcome,
@@ -251,23 +239,6 @@ impl<O: Operation> Drop for Driver<'_, O> {
             let _ = self.state.abandon(self.op.in_flight());
         }
     }
-}
-
-/// The server's version as the handshake gives it to the other drivers (sqlx keeps it
-/// private): one round trip.
-async fn server_version(conn: &mut MySqlConnection) -> Result<(u16, u16, u16)> {
-    let text: String = ::sqlx::query_scalar("SELECT VERSION()")
-        .fetch_one(conn)
-        .await
-        .map_err(|error| failed(error).error)?;
-    let mut parts = text
-        .split(|c: char| !c.is_ascii_digit())
-        .map(|part| part.parse::<u16>().unwrap_or(0));
-    Ok((
-        parts.next().unwrap_or(0),
-        parts.next().unwrap_or(0),
-        parts.next().unwrap_or(0),
-    ))
 }
 
 /// The session of `conn` as a lock watcher names it, for [`still_held`]: the sqlx form of
@@ -338,7 +309,10 @@ pub async fn install_fencing(conn: &mut MySqlConnection, table: Option<&str>) ->
         execute(&mut *conn, sql::install_fence_database()).await?;
     }
     let table = sql::fence_table(table.unwrap_or(sql::DEFAULT_FENCE_TABLE))?;
-    let server = sql::Server::from_version(server_version(&mut *conn).await?);
+    let version = query(&mut *conn, sql::server_version())
+        .await
+        .map_err(|failed| failed.error)?;
+    let server = sql::Server::from_version(sql::read_version(&version)?);
     execute(conn, sql::install_fencing(server, &table)).await
 }
 
@@ -509,7 +483,6 @@ impl<C: SqlxMySqlConnection> Drop for SqlxMySqlLock<C> {
                     let mut lock = SqlxMySqlLock {
                         conn: Some(conn),
                         state,
-                        version: None,
                     };
                     let outcome = lock.run(op).await;
                     let conn = lock.conn.take();

@@ -33,11 +33,6 @@ pub(crate) enum Server {
 }
 
 impl Server {
-    /// The server family for the version a driver read from the handshake.
-    ///
-    /// MariaDB 10 reports `5.5.5-10.x.y-MariaDB`, which the drivers read as 5.5.5, so that
-    /// old replication clients accept it; MariaDB 11 and later report their own version.
-    /// MySQL has never released a version 10 or a 5.5.5 that anyone runs.
     /// Whether a server of handshake version `version` holds one named lock per session at
     /// most (MySQL before 5.7.5, MariaDB before 10.0.2): taking a second releases the first.
     /// MariaDB 5.5 reports itself as 5.5, and is as old as MySQL 5.5 here; (5, 5, 5) is the
@@ -50,6 +45,11 @@ impl Server {
         }
     }
 
+    /// The server family for the version a driver read from the handshake.
+    ///
+    /// MariaDB 10 reports `5.5.5-10.x.y-MariaDB`, which the drivers read as 5.5.5, so that
+    /// old replication clients accept it; MariaDB 11 and later report their own version.
+    /// MySQL has never released a version 10 or a 5.5.5 that anyone runs.
     pub(crate) fn from_version(version: (u16, u16, u16)) -> Server {
         if version == (5, 5, 5) || version.0 >= 10 {
             Server::MariaDb
@@ -165,18 +165,37 @@ pub(crate) fn get_lock(statement: &LockStatement<'_>) -> String {
     } = statement;
     let mut sql = String::with_capacity(160 + 2 * name.len());
     match (guarded, server) {
-        (true, Server::MariaDb) => sql.push_str("SET STATEMENT max_statement_time = 0 FOR SELECT "),
-        (true, Server::MySql) => sql.push_str("SELECT /*+ SET_VAR(max_execution_time = 0) */ "),
+        (true, Some(Server::MariaDb)) => {
+            sql.push_str("SET STATEMENT max_statement_time = 0 FOR SELECT ");
+        }
+        (true, Some(Server::MySql)) => {
+            sql.push_str("SELECT /*+ SET_VAR(max_execution_time = 0) */ ");
+        }
+        (true, None) => unreachable!("a guarded lock statement is only sent to a known server"),
         (false, _) => sql.push_str("SELECT "),
     }
     let _ = write!(sql, "/* {} */ ", tag(token));
+    let Some(server) = server else {
+        // The server is unknown, and only the session's mark can say which it is: the
+        // statement locks in the form of the server whose check marked the session.
+        debug_assert!(checks == Checks::Mark, "an unknown server is only locked on a mark");
+        let _ = write!(sql, "CASE {CHECKED_MARK} ");
+        for server in [Server::MariaDb, Server::MySql] {
+            let _ = write!(sql, "WHEN '{}' THEN ", checked_mark(server));
+            push_lock_call(&mut sql, server, name, wait, holder);
+            sql.push(' ');
+        }
+        let _ = write!(sql, "ELSE {UNMARKED} END");
+        push_named_session(&mut sql, names_session);
+        return sql;
+    };
     // IF evaluates only the branch it picks: on an unmarked session, on TiDB, a Galera node
     // or a read-only server GET_LOCK never runs.
     let full = checks == Checks::Full;
     let refuse_galera = full && server == Server::MariaDb;
     let mut closing = 0;
     if checks == Checks::Mark {
-        let _ = write!(sql, "IF({CHECKED_MARK} = '{}', ", process_mark());
+        let _ = write!(sql, "IF({CHECKED_MARK} = '{}', ", checked_mark(server));
     }
     if full {
         let _ = write!(sql, "IF({TIDB}, {REFUSED_ON_TIDB}, ");
@@ -190,32 +209,42 @@ pub(crate) fn get_lock(statement: &LockStatement<'_>) -> String {
         let _ = write!(sql, "IF({READ_ONLY}, {REFUSED_READ_ONLY}, ");
         closing += 1;
     }
-    if holder.is_some() {
-        sql.push_str("CASE ");
-    }
-    sql.push_str("GET_LOCK(");
-    push_name(&mut sql, name);
-    sql.push_str(", ");
-    sql.push_str(&timeout_argument(server, wait));
-    sql.push(')');
-    if let Some(holder) = holder {
-        sql.push_str(" WHEN 1 THEN 1 + GET_LOCK(");
-        push_name(&mut sql, holder);
-        sql.push_str(", 0) WHEN 0 THEN 0 END");
-    }
+    push_lock_call(&mut sql, server, name, wait, holder);
     for _ in 0..closing {
         sql.push(')');
     }
     if checks == Checks::Mark {
         let _ = write!(sql, ", {UNMARKED})");
     }
+    push_named_session(&mut sql, names_session);
+    sql
+}
+
+/// Writes the `GET_LOCK` call of [`get_lock`], with its holder lock if any.
+fn push_lock_call(sql: &mut String, server: Server, name: &str, wait: Wait, holder: Option<&str>) {
+    if holder.is_some() {
+        sql.push_str("CASE ");
+    }
+    sql.push_str("GET_LOCK(");
+    push_name(sql, name);
+    sql.push_str(", ");
+    sql.push_str(&timeout_argument(server, wait));
+    sql.push(')');
+    if let Some(holder) = holder {
+        sql.push_str(" WHEN 1 THEN 1 + GET_LOCK(");
+        push_name(sql, holder);
+        sql.push_str(", 0) WHEN 0 THEN 0 END");
+    }
+}
+
+/// Appends the session's name to a lock statement that names it (read by
+/// [`read_named_session`]): a lock made per use on a pooled session names it at no round
+/// trip of its own.
+fn push_named_session(sql: &mut String, names_session: bool) {
     if names_session {
-        // The session's name rides along (read by [`read_named_session`]): a lock made per
-        // use on a pooled session names it at no round trip of its own.
         sql.push_str(", ");
         sql.push_str(KNOWN_SESSION_COLUMNS);
     }
-    sql
 }
 
 /// Reads the session's name from the reply of a lock statement that carried it
@@ -227,7 +256,10 @@ pub(crate) fn read_named_session(row: &[Option<i64>]) -> Option<SessionId> {
 /// What a lock statement ([`get_lock`]) does.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct LockStatement<'a> {
-    pub(crate) server: Server,
+    /// The server, where known. Unknown, the statement can only be an unguarded try or
+    /// forever gated by the session's mark ([`Checks::Mark`]), which says which server a
+    /// check saw.
+    pub(crate) server: Option<Server>,
     pub(crate) name: &'a str,
     pub(crate) wait: Wait,
     /// Whether the session's statement time limit is off for it.
@@ -261,16 +293,45 @@ const CHECKED_MARK: &str = "@dlock_deployment_checked";
 /// What a lock statement that reads the mark answers where it is missing: nothing was locked.
 pub(crate) const UNMARKED: i64 = -4;
 
-/// This process's mark for sessions its checks passed on: random, so no other process's
-/// check, and no user's variable, vouches for a session.
-fn process_mark() -> &'static str {
+/// This process's mark for sessions its checks passed on, on `server`: random, so no other
+/// process's check, and no user's variable, vouches for a session. It names the server
+/// family the check saw, so that a lock object that does not know its server (sqlx hides
+/// the handshake's version) can lock in the right form on a marked session without asking:
+/// a check passes only on a server whose version keeps more than one named lock a session.
+pub(crate) fn checked_mark(server: Server) -> String {
     static MARK: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    MARK.get_or_init(|| format!("{:016x}", dlock_core::attempt_token()))
+    let mark = MARK.get_or_init(|| format!("{:016x}", dlock_core::attempt_token()));
+    let family = match server {
+        Server::MariaDb => "mariadb",
+        Server::MySql => "mysql",
+    };
+    format!("{mark}:{family}")
 }
 
-/// The statement that marks the session after a full check passed on it.
-pub(crate) fn mark_checked() -> String {
-    format!("SET {CHECKED_MARK} = '{}'", process_mark())
+/// The statement that marks the session after a full check passed on it, on `server`.
+pub(crate) fn mark_checked(server: Server) -> String {
+    format!("SET {CHECKED_MARK} = '{}'", checked_mark(server))
+}
+
+/// Asks the server's version as three integers (major, minor, patch), for a lock object
+/// that was not given the handshake's ([`read_version`]). The patch part of
+/// `11.4.2-MariaDB-log` is cast from `2-MariaDB-log`, which reads as 2 (with a warning).
+pub(crate) fn server_version() -> String {
+    "SELECT CAST(SUBSTRING_INDEX(VERSION(), '.', 1) AS UNSIGNED), \
+     CAST(SUBSTRING_INDEX(SUBSTRING_INDEX(VERSION(), '.', 2), '.', -1) AS UNSIGNED), \
+     CAST(SUBSTRING_INDEX(SUBSTRING_INDEX(VERSION(), '.', 3), '.', -1) AS UNSIGNED)"
+        .to_owned()
+}
+
+/// Reads the reply to [`server_version`].
+pub(crate) fn read_version(row: &[Option<i64>]) -> Result<(u16, u16, u16)> {
+    let part = |index: usize| row.get(index).copied().flatten().and_then(|part| u16::try_from(part).ok());
+    match (part(0), part(1), part(2)) {
+        (Some(major), Some(minor), Some(patch)) => Ok((major, minor, patch)),
+        _ => Err(Error::backend(format!(
+            "the server's VERSION() did not read as major.minor.patch (read {row:?})"
+        ))),
+    }
 }
 
 /// True on TiDB, which answers `VERSION()` with its MySQL version, `-TiDB-`, and its own
@@ -1075,7 +1136,7 @@ mod tests {
     /// A lock statement's description with nothing but its lock.
     fn statement(server: Server, name: &str, wait: Wait) -> LockStatement<'_> {
         LockStatement {
-            server,
+            server: Some(server),
             name,
             wait,
             guarded: false,

@@ -202,3 +202,58 @@ async fn the_sqlx_helpers_name_a_session_see_its_holds_and_install_fencing() {
         "{error:?}"
     );
 }
+
+/// The statements `conn`'s session has run so far (`SELECT`s and `SET`s), as the server
+/// counts them.
+async fn statements_run(conn: &mut MySqlConnection) -> u64 {
+    let mut run = 0;
+    for counter in ["Com_select", "Com_set_option"] {
+        let (_, value): (String, String) =
+            sqlx::query_as(sqlx::AssertSqlSafe(format!("SHOW SESSION STATUS LIKE '{counter}'")))
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap();
+        run += value.parse::<u64>().unwrap();
+    }
+    run
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_made_per_use_on_a_checked_session_sends_only_its_lock_and_release() {
+    let name = "sqlx/per-use";
+    // The first lock on the session asks the server's version and checks the deployment,
+    // which marks the session.
+    let mut lock = SqlxMySqlLock::new(connect().await, name);
+    assert!(lock.try_acquire().await.unwrap());
+    let (mut conn, released) = lock.into_inner().await;
+    released.unwrap();
+
+    // Later locks made per use on it send their lock and release statements, nothing more,
+    // for a try and for a wait without timeout.
+    let before = statements_run(&mut conn).await;
+    let mut lock = SqlxMySqlLock::new(conn, name);
+    assert!(lock.try_acquire().await.unwrap());
+    let (mut conn, released) = lock.into_inner().await;
+    released.unwrap();
+    assert_eq!(statements_run(&mut conn).await - before, 2, "try and release");
+
+    // The wait without timeout waits in the server (MariaDB's in its year-long form), and
+    // is granted once the other holder lets go.
+    let mut other = AsyncMySqlLock::new(common::connect_async().await, name);
+    assert!(other.try_acquire().await.unwrap());
+    let id = connection_id(&mut conn).await;
+    let before = statements_run(&mut conn).await;
+    let mut lock = SqlxMySqlLock::new(conn, name);
+    let waiter = tokio::spawn(async move {
+        lock.acquire().await.unwrap();
+        lock
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiter.is_finished(), "waits while the other session holds");
+    other.release().await.unwrap();
+    let lock = waiter.await.unwrap();
+    assert_eq!(holder(name).await, Some(id));
+    let (mut conn, released) = lock.into_inner().await;
+    released.unwrap();
+    assert_eq!(statements_run(&mut conn).await - before, 2, "acquire and release");
+}
