@@ -420,9 +420,8 @@ pub(crate) struct Acquire {
 impl Acquire {
     /// Starts an acquire on a server of handshake version `version`, after the checks that
     /// need no I/O. A flavour whose driver hides the version passes `None`: the acquire
-    /// asks for it where the statement's form depends on it (a timed wait, a fenced lock, a
-    /// session no check marked), and otherwise locks by the session's mark, which says which
-    /// server the check that left it saw.
+    /// asks for it only where the statement's form depends on it (a timed wait, a fenced
+    /// lock, the whole deployment check on a session no check marked, an interrupted wait).
     pub(crate) fn start(
         state: &LockState,
         version: Option<(u16, u16, u16)>,
@@ -444,12 +443,10 @@ impl Acquire {
         let name = state.name()?;
         let token = attempt_token();
         let server = version.map(Server::from_version);
-        // An unknown server is locked by the session's mark where a check is expected (on a
-        // session whose check passed, or before the first), which proves the version too.
-        let by_mark = server.is_none()
-            && !matches!(wait, Wait::For(_))
-            && state.fence.is_none()
-            && (state.check_deployment || state.check_passed);
+        // A try and a wait without timeout lock in a form both servers read alike; the
+        // session's mark of a passed check, where one is expected, proves the version.
+        let asks_version =
+            server.is_none() && (matches!(wait, Wait::For(_)) || state.fence.is_some());
         Ok(Acquire {
             server,
             name,
@@ -459,19 +456,19 @@ impl Acquire {
             guarded: matches!(wait, Wait::For(_)),
             token,
             holder: state.proves_holds.then(|| holder_name(token)),
-            checks: if state.check_deployment || by_mark {
+            checks: if state.check_deployment {
                 Checks::Mark
             } else {
                 Checks::None
             },
             marks: false,
             names_session: state.names_session,
-            phase: if server.is_some() || by_mark {
-                AcquirePhase::Start
-            } else {
+            phase: if asks_version {
                 AcquirePhase::AskingVersion {
                     next: AfterVersion::Lock,
                 }
+            } else {
+                AcquirePhase::Start
             },
         })
     }
@@ -535,13 +532,10 @@ impl Acquire {
             state.check_deployment = false;
             state.check_passed = true;
         }
-        if self.marks
-            && state.check_passed
-            && let Some(server) = self.server
-        {
+        if self.marks && state.check_passed {
             self.marks = false;
             self.phase = AcquirePhase::Marking;
-            return Step::Execute(sql::mark_checked(server));
+            return Step::Execute(sql::mark_checked());
         }
         self.fence_or_hold(state)
     }
@@ -1053,7 +1047,7 @@ mod tests {
     fn marked(op: &mut Acquire, state: &mut LockState, reply: Option<Reply>) -> Result<bool> {
         match op.step(state, reply) {
             Step::Execute(mark) => {
-                assert_eq!(mark, sql::mark_checked(op.known_server()));
+                assert_eq!(mark, sql::mark_checked());
                 done(op.step(state, Some(Ok(vec![Some(0), Some(0)]))))
             }
             Step::Send(sql) => panic!("expected the mark, got {sql}"),
@@ -1283,29 +1277,27 @@ mod tests {
     }
 
     #[test]
-    fn a_lock_that_does_not_know_its_server_locks_by_the_marks_server_family() {
-        // A marked session: one statement, in the form of the server the mark names, for a
-        // try and for a wait without timeout, and the version is never asked.
-        for wait in [Wait::Never, Wait::Forever] {
-            let mut state = checked();
-            let mut op = Acquire::start(&state, None, wait).unwrap();
-            let lock = sent(op.step(&mut state, None));
-            assert!(lock.contains("CASE @dlock_deployment_checked WHEN '"), "{lock}");
-            let (mariadb, mysql) = match wait {
-                Wait::Never => (", 0)", ", 0)"),
-                _ => (", 31536000)", ", -1)"),
-            };
-            for (server, timeout) in [(Server::MariaDb, mariadb), (Server::MySql, mysql)] {
-                let mark = sql::checked_mark(server);
-                let branch = format!("WHEN '{mark}' THEN GET_LOCK('jobs/x'{timeout}");
-                assert!(lock.contains(&branch), "{lock}");
+    fn a_lock_that_does_not_know_its_server_tries_and_waits_in_a_form_both_servers_read() {
+        // One statement, and the version is never asked: a try is the same on both servers,
+        // and a wait without timeout picks its form by the version the server reports. The
+        // session's mark, where a check is expected, proves the version was checked.
+        for check in [true, false] {
+            for (wait, timeout) in [
+                (Wait::Never, "0"),
+                (Wait::Forever, "IF(VERSION() LIKE '%MariaDB%', 31536000, -1)"),
+            ] {
+                let mut state = checked();
+                state.check_deployment = check;
+                let mut op = Acquire::start(&state, None, wait).unwrap();
+                let lock = sent(op.step(&mut state, None));
+                assert!(lock.contains(&format!("GET_LOCK('jobs/x', {timeout})")), "{lock}");
+                assert_eq!(lock.contains("IF(@dlock_deployment_checked = '"), check, "{lock}");
+                assert!(done(op.step(&mut state, row(&[Some(1)]))).unwrap());
+                assert!(state.held().is_some());
+                assert!(!state.check_deployment, "the mark proves the check passed");
+                assert_eq!(state.server(), None);
+                Release::start(&mut state).unwrap();
             }
-            assert!(lock.ends_with(&format!("ELSE {} END", sql::UNMARKED)), "{lock}");
-            assert!(done(op.step(&mut state, row(&[Some(1)]))).unwrap());
-            assert!(state.held().is_some());
-            assert!(!state.check_deployment, "the mark proves the check passed");
-            assert_eq!(state.server(), None);
-            Release::start(&mut state).unwrap();
         }
     }
 
@@ -1343,23 +1335,20 @@ mod tests {
         ));
         assert!(state.held().is_none());
 
-        // A timed wait and a fenced lock need the server first, as does a lock whose checks
-        // the user turned off (no mark to go by); once known, it is not asked again.
+        // A timed wait and a fenced lock need the server first; once known, it is not asked
+        // again.
         let mut timed = checked();
         let mut fenced = checked();
         fenced.fence = Some("dlock.dlock_fence".to_owned());
-        let mut unchecked = checked();
-        unchecked.check_deployment = false;
         for (state, wait) in [
             (&mut timed, Wait::For(Duration::from_secs(2))),
             (&mut fenced, Wait::Never),
-            (&mut unchecked, Wait::Forever),
         ] {
             let mut op = Acquire::start(state, None, wait).unwrap();
             assert_eq!(sent(op.step(state, None)), sql::server_version());
             let lock = sent(op.step(state, version_reply(MARIADB)));
             assert!(lock.contains("GET_LOCK('jobs/x'"), "{lock}");
-            assert!(!lock.contains("CASE @dlock"), "{lock}");
+            assert!(!lock.contains("VERSION()"), "{lock}");
             assert_eq!(state.server(), Some(Server::MariaDb));
             let op = Acquire::start(state, None, wait).unwrap();
             assert!(matches!(op.phase, AcquirePhase::Start));

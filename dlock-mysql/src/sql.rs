@@ -91,8 +91,19 @@ fn push_name(sql: &mut String, name: &str) {
     sql.push('\'');
 }
 
-/// The timeout argument of `GET_LOCK` for `wait` on `server`.
-fn timeout_argument(server: Server, wait: Wait) -> String {
+/// The timeout argument of `GET_LOCK` for `wait` on `server`. Where the server is not known
+/// (sqlx hides the handshake's version), a try is the same on both, and a wait without
+/// timeout picks its form by the version the server reports (every MariaDB release names
+/// itself there); a timed wait is only sent to a known server.
+fn timeout_argument(server: Option<Server>, wait: Wait) -> String {
+    let server = match (server, wait) {
+        (_, Wait::Never) => return "0".to_owned(),
+        (None, Wait::Forever) => {
+            return format!("IF(VERSION() LIKE '%MariaDB%', {MARIADB_FOREVER_SECONDS}, -1)");
+        }
+        (Some(server), _) => server,
+        (None, Wait::For(_)) => unreachable!("a timed wait is only sent to a known server"),
+    };
     match (server, wait) {
         (_, Wait::Never) => "0".to_owned(),
         (Server::MySql, Wait::Forever) => "-1".to_owned(),
@@ -175,27 +186,14 @@ pub(crate) fn get_lock(statement: &LockStatement<'_>) -> String {
         (false, _) => sql.push_str("SELECT "),
     }
     let _ = write!(sql, "/* {} */ ", tag(token));
-    let Some(server) = server else {
-        // The server is unknown, and only the session's mark can say which it is: the
-        // statement locks in the form of the server whose check marked the session.
-        debug_assert!(checks == Checks::Mark, "an unknown server is only locked on a mark");
-        let _ = write!(sql, "CASE {CHECKED_MARK} ");
-        for server in [Server::MariaDb, Server::MySql] {
-            let _ = write!(sql, "WHEN '{}' THEN ", checked_mark(server));
-            push_lock_call(&mut sql, server, name, wait, holder);
-            sql.push(' ');
-        }
-        let _ = write!(sql, "ELSE {UNMARKED} END");
-        push_named_session(&mut sql, names_session);
-        return sql;
-    };
     // IF evaluates only the branch it picks: on an unmarked session, on TiDB, a Galera node
     // or a read-only server GET_LOCK never runs.
     let full = checks == Checks::Full;
-    let refuse_galera = full && server == Server::MariaDb;
+    debug_assert!(!full || server.is_some(), "the whole check is sent to a known server");
+    let refuse_galera = full && server == Some(Server::MariaDb);
     let mut closing = 0;
     if checks == Checks::Mark {
-        let _ = write!(sql, "IF({CHECKED_MARK} = '{}', ", checked_mark(server));
+        let _ = write!(sql, "IF({CHECKED_MARK} = '{}', ", process_mark());
     }
     if full {
         let _ = write!(sql, "IF({TIDB}, {REFUSED_ON_TIDB}, ");
@@ -209,42 +207,32 @@ pub(crate) fn get_lock(statement: &LockStatement<'_>) -> String {
         let _ = write!(sql, "IF({READ_ONLY}, {REFUSED_READ_ONLY}, ");
         closing += 1;
     }
-    push_lock_call(&mut sql, server, name, wait, holder);
+    if holder.is_some() {
+        sql.push_str("CASE ");
+    }
+    sql.push_str("GET_LOCK(");
+    push_name(&mut sql, name);
+    sql.push_str(", ");
+    sql.push_str(&timeout_argument(server, wait));
+    sql.push(')');
+    if let Some(holder) = holder {
+        sql.push_str(" WHEN 1 THEN 1 + GET_LOCK(");
+        push_name(&mut sql, holder);
+        sql.push_str(", 0) WHEN 0 THEN 0 END");
+    }
     for _ in 0..closing {
         sql.push(')');
     }
     if checks == Checks::Mark {
         let _ = write!(sql, ", {UNMARKED})");
     }
-    push_named_session(&mut sql, names_session);
-    sql
-}
-
-/// Writes the `GET_LOCK` call of [`get_lock`], with its holder lock if any.
-fn push_lock_call(sql: &mut String, server: Server, name: &str, wait: Wait, holder: Option<&str>) {
-    if holder.is_some() {
-        sql.push_str("CASE ");
-    }
-    sql.push_str("GET_LOCK(");
-    push_name(sql, name);
-    sql.push_str(", ");
-    sql.push_str(&timeout_argument(server, wait));
-    sql.push(')');
-    if let Some(holder) = holder {
-        sql.push_str(" WHEN 1 THEN 1 + GET_LOCK(");
-        push_name(sql, holder);
-        sql.push_str(", 0) WHEN 0 THEN 0 END");
-    }
-}
-
-/// Appends the session's name to a lock statement that names it (read by
-/// [`read_named_session`]): a lock made per use on a pooled session names it at no round
-/// trip of its own.
-fn push_named_session(sql: &mut String, names_session: bool) {
     if names_session {
+        // The session's name rides along (read by [`read_named_session`]): a lock made per
+        // use on a pooled session names it at no round trip of its own.
         sql.push_str(", ");
         sql.push_str(KNOWN_SESSION_COLUMNS);
     }
+    sql
 }
 
 /// Reads the session's name from the reply of a lock statement that carried it
@@ -257,8 +245,7 @@ pub(crate) fn read_named_session(row: &[Option<i64>]) -> Option<SessionId> {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct LockStatement<'a> {
     /// The server, where known. Unknown, the statement can only be an unguarded try or
-    /// forever gated by the session's mark ([`Checks::Mark`]), which says which server a
-    /// check saw.
+    /// wait without timeout, without the whole check ([`timeout_argument`]).
     pub(crate) server: Option<Server>,
     pub(crate) name: &'a str,
     pub(crate) wait: Wait,
@@ -293,24 +280,18 @@ const CHECKED_MARK: &str = "@dlock_deployment_checked";
 /// What a lock statement that reads the mark answers where it is missing: nothing was locked.
 pub(crate) const UNMARKED: i64 = -4;
 
-/// This process's mark for sessions its checks passed on, on `server`: random, so no other
-/// process's check, and no user's variable, vouches for a session. It names the server
-/// family the check saw, so that a lock object that does not know its server (sqlx hides
-/// the handshake's version) can lock in the right form on a marked session without asking:
-/// a check passes only on a server whose version keeps more than one named lock a session.
-pub(crate) fn checked_mark(server: Server) -> String {
+/// This process's mark for sessions its checks passed on: random, so no other process's
+/// check, and no user's variable, vouches for a session. A check passes only where the
+/// server's version keeps more than one named lock a session, so the mark proves that too,
+/// to a lock object that does not know the version (sqlx hides the handshake's).
+fn process_mark() -> &'static str {
     static MARK: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let mark = MARK.get_or_init(|| format!("{:016x}", dlock_core::attempt_token()));
-    let family = match server {
-        Server::MariaDb => "mariadb",
-        Server::MySql => "mysql",
-    };
-    format!("{mark}:{family}")
+    MARK.get_or_init(|| format!("{:016x}", dlock_core::attempt_token()))
 }
 
-/// The statement that marks the session after a full check passed on it, on `server`.
-pub(crate) fn mark_checked(server: Server) -> String {
-    format!("SET {CHECKED_MARK} = '{}'", checked_mark(server))
+/// The statement that marks the session after a full check passed on it.
+pub(crate) fn mark_checked() -> String {
+    format!("SET {CHECKED_MARK} = '{}'", process_mark())
 }
 
 /// Asks the server's version as three integers (major, minor, patch), for a lock object

@@ -256,4 +256,20 @@ async fn a_lock_made_per_use_on_a_checked_session_sends_only_its_lock_and_releas
     let (mut conn, released) = lock.into_inner().await;
     released.unwrap();
     assert_eq!(statements_run(&mut conn).await - before, 2, "acquire and release");
+
+    // With the check turned off, the first lock on a session sends nothing more either.
+    let mut conn = connect().await;
+    for round in 0..2 {
+        let before = statements_run(&mut conn).await;
+        let mut lock = SqlxMySqlLock::new(conn, name).skip_deployment_check();
+        if round == 0 {
+            assert!(lock.try_acquire().await.unwrap());
+        } else {
+            lock.acquire().await.unwrap();
+        }
+        let released;
+        (conn, released) = lock.into_inner().await;
+        released.unwrap();
+        assert_eq!(statements_run(&mut conn).await - before, 2, "round {round}");
+    }
 }
