@@ -144,7 +144,7 @@ impl<T: AsyncMySqlConnection + ?Sized> AsyncMySqlConnection for &mut T {
 ///   session, by other lock objects, stay held (the server counts them). When the session
 ///   itself ends with holds owed, its connection is released from a spawned task (owned),
 ///   closed by its pool (pooled), or its session ended from another connection, proven by
-///   the holds' unique holder locks (borrowed), as [`AsyncMySqlLock`] describes.
+///   the session's unique marker lock (borrowed), as [`AsyncMySqlLock`] describes.
 /// - **The deployment check's verdict**: locks made per use on a long-lived session run it
 ///   once, not per lock object.
 /// - **An abandoned reply**: after a future was dropped mid-statement, no lock on the session
@@ -388,9 +388,11 @@ impl<C: AsyncMySqlConnection> fmt::Debug for AsyncMySqlSession<C> {
 ///   unusable afterwards ([`Error::ConnectionUnusable`]), and a spawned task ends the session
 ///   from a fresh connection (`KILL`) once it has proven that the session is still the one the
 ///   lock used: still running the statement tagged with the attempt's token (the process list
-///   shows it), or holding the unique holder lock a grant takes beside its name (every grant,
-///   except on a connection of its own that its pool closes in doubt, such as dlock-pool's,
-///   where closing the connection ends the session). A connection id alone proves nothing: ids start again when the server restarts.
+///   shows it), or holding its unique marker lock: the first grant on a session through dlock
+///   takes one in its lock statement and the session keeps it for its life (not on a
+///   connection of its own that its pool closes in doubt, such as dlock-pool's, where closing
+///   the connection ends the session). A connection id alone proves nothing: ids start again
+///   when the server restarts.
 ///   A session with neither took nothing from the attempt, and its connection is closed by
 ///   its owner: when the lock drops if it owns it, by its pool if pooled, by you if borrowed
 ///   (the error says so). Use [`acquire_timeout`](AsyncLock::acquire_timeout) for a bounded
@@ -400,7 +402,7 @@ impl<C: AsyncMySqlConnection> fmt::Debug for AsyncMySqlSession<C> {
 ///   runtime when the lock owns its connection ([`AsyncMySqlConnection::into_owned`]); a
 ///   pooled connection is closed by its pool. On a borrowed connection (`&mut Conn`) the lock
 ///   can neither release without waiting nor close the connection, so its session is ended,
-///   proven by the holder lock: call `release().await` (or `into_inner().await`) to keep a
+///   proven by the session's marker: call `release().await` (or `into_inner().await`) to keep a
 ///   borrowed connection.
 ///
 /// One residual window: a statement sent just before its future was dropped, which the
@@ -513,9 +515,10 @@ impl<C: AsyncMySqlConnection> AsyncMySqlLock<C> {
     /// the lock name, as in sqlalchemy-dlock).
     pub fn new(conn: C, key: impl Into<Key>) -> Self {
         let mut conn = conn;
-        // A holder lock proves a grant's session to a KILL from elsewhere, and keeps a payment
-        // of what a shared session owes exact. A connection of its own that its pool closes
-        // when in doubt needs neither: closing it ends the session and frees its locks.
+        // A session marker proves a grant's session to a KILL from elsewhere, here and on a
+        // session a pool shares between lock objects (it keeps the session's facts). A
+        // connection of its own that its pool closes when in doubt needs none: closing it
+        // ends the session and frees its locks.
         let proves_holds = !conn.is_discardable() || conn.kept_session_facts().is_some();
         AsyncMySqlLock {
             conn: Some(AsyncMySqlSession::new(conn)),

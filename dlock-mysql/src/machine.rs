@@ -30,17 +30,11 @@ pub(crate) enum Step<T> {
     Done(Result<T>),
 }
 
-/// The name of an attempt's holder lock.
-fn holder_name(token: u64) -> String {
-    format!("dlock/holder/{token:016x}")
-}
-
 /// What this object holds: the name as taken (the policy may change afterwards, but release
-/// must undo exactly what acquire did) and its holder lock, if it took one.
+/// must undo exactly what acquire did).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Held {
     pub(crate) name: String,
-    pub(crate) holder: Option<String>,
 }
 
 /// One lock object's state: what it locks, what it holds, whether its connection can still
@@ -55,10 +49,12 @@ pub(crate) struct LockState {
     /// Set once a statement's reply was left unread: the connection's replies can no longer be
     /// trusted.
     unusable: bool,
-    /// Whether a grant also takes a holder lock, which proves from another session which
-    /// session holds the lock: the tokio flavour needs it, because its futures can be dropped
-    /// with a grant on the way, and its drop can neither wait for a release nor close a
-    /// borrowed connection.
+    /// Whether grants keep their session marked by a unique marker lock, which proves from
+    /// another session which session holds the lock: the tokio flavour needs it, because its
+    /// futures can be dropped with a grant on the way, and its drop can neither wait for a
+    /// release nor close a borrowed connection. The session's first grant through dlock
+    /// takes the marker in its lock statement and keeps its tag on the session; later lock
+    /// statements find it there, at no cost of their own ([`named`](Self::named)).
     proves_holds: bool,
     /// Whether the next acquire checks first that the server is no cluster node whose locks
     /// are local to it: until one check passed, unless the user turned it off.
@@ -70,16 +66,19 @@ pub(crate) struct LockState {
     /// The fencing token of the lock this object holds, when fenced.
     token: Option<u64>,
     /// Whether a grant names its server session ([`named`](Self::named)), for a watcher: a
-    /// pool's lock over a connection that carries no identity of its own (sqlx).
+    /// pool's lock over a connection that carries no identity of its own (sqlx). It marks
+    /// the session as [`proves_holds`](Self::proves_holds) does.
     pub(crate) names_session: bool,
-    /// The server session's name, once a statement of this object read it.
+    /// The server session's name, its connection id and marker, as the last lock statement
+    /// of a lock that marks its session read it.
     named: Option<SessionId>,
     /// The server's version, once asked, for a flavour whose driver does not give it (sqlx).
     version: Option<(u16, u16, u16)>,
 }
 
 impl LockState {
-    /// A lock on `key`; `proves_holds` makes every grant take a holder lock too.
+    /// A lock on `key`; `proves_holds` makes grants keep their session marked
+    /// ([`proves_holds`](Self::proves_holds)).
     pub(crate) fn new(key: Key, proves_holds: bool) -> LockState {
         LockState {
             key,
@@ -96,6 +95,11 @@ impl LockState {
             named: None,
             version: None,
         }
+    }
+
+    /// Whether grants keep their session marked by a unique marker lock, and read its name.
+    fn marks_session(&self) -> bool {
+        self.proves_holds || self.names_session
     }
 
     /// The server, where its version is known to this object.
@@ -157,12 +161,15 @@ impl LockState {
         {
             proofs.push(Proof::Running(token));
         }
-        let holder = match in_flight {
-            InFlight::Statement { holder, .. } => holder,
-            InFlight::Nothing => None,
-        };
-        if let Some(holder) = holder.or_else(|| self.held.as_ref()?.holder.clone()) {
-            proofs.push(Proof::Holds(holder));
+        // A marker the statement in flight may have taken, then the one the session held.
+        if let InFlight::Statement {
+            marker: Some(tag), ..
+        } = in_flight
+        {
+            proofs.push(Proof::Holds(sql::session_marker(tag)));
+        }
+        if let Some(named) = self.named {
+            proofs.push(Proof::Holds(sql::session_marker(named.tag)));
         }
         proofs
     }
@@ -174,6 +181,7 @@ impl LockState {
         if self.unusable {
             facts.abandoned = true;
         }
+        self.teach(facts);
         facts.owed.extend(self.held.take());
     }
 
@@ -188,12 +196,19 @@ impl LockState {
         if facts.checked {
             self.check_deployment = false;
         }
+        if self.named.is_none() {
+            self.named = facts.named;
+        }
     }
 
-    /// Tells the session what this object learned: that the deployment check passed on it.
+    /// Tells the session what this object learned: that the deployment check passed on it,
+    /// and the marker it is known by.
     #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub(crate) fn teach(&self, facts: &mut SessionFacts) {
         facts.checked |= self.check_passed;
+        if self.named.is_some() {
+            facts.named = self.named;
+        }
     }
 }
 
@@ -207,6 +222,9 @@ pub struct SessionFacts {
     pub(crate) owed: Vec<Held>,
     pub(crate) abandoned: bool,
     pub(crate) checked: bool,
+    /// The session's connection id and marker lock, once a grant named them: the proof a
+    /// `KILL` from elsewhere needs.
+    pub(crate) named: Option<SessionId>,
 }
 
 impl SessionFacts {
@@ -234,22 +252,17 @@ impl SessionFacts {
             // The session is being ended already, if it could be proven.
             return OnDrop::Nothing;
         }
-        let proofs: Vec<Proof> = owed
-            .into_iter()
-            .filter_map(|held| held.holder.map(Proof::Holds))
-            .collect();
-        if proofs.is_empty() {
-            OnDrop::Nothing
-        } else {
-            OnDrop::End(proofs)
+        match self.named {
+            Some(named) => OnDrop::End(vec![Proof::Holds(sql::session_marker(named.tag))]),
+            None => OnDrop::Nothing,
         }
     }
 }
 
 /// Pays what a session owes ([`SessionFacts`]) in one statement, before anything else is
-/// sent on it. Each release is conditional on the hold's unique holder lock, so a payment
-/// sent twice (its first reply lost) never takes away another object's hold of the same
-/// name: the server counts holds of one name per session, not per object.
+/// sent on it. A payment is never sent twice, which could take away another object's hold of
+/// the same name (the server counts holds of one name per session, not per object): one that
+/// may not have run leaves the session unusable.
 #[derive(Debug)]
 pub(crate) struct PayOwed {
     /// What is still owed: empty once paid, or once the session is gone (its locks with it).
@@ -267,7 +280,7 @@ impl PayOwed {
 impl Operation for PayOwed {
     type Output = ();
 
-    fn step(&mut self, _state: &mut LockState, reply: Option<Reply>) -> Step<()> {
+    fn step(&mut self, state: &mut LockState, reply: Option<Reply>) -> Step<()> {
         if !self.sent {
             self.sent = true;
             return Step::Send(sql::pay_owed(&self.owed));
@@ -282,8 +295,9 @@ impl Operation for PayOwed {
                     // The session ended, and its locks with it: nothing is owed any more.
                     self.owed.clear();
                 }
-                // Otherwise the payment may not have run: it stays owed, and is sent again
-                // before the next statement, which is safe (see the type's docs).
+                // Otherwise the payment may not have run, and cannot be sent again (see the
+                // type's docs): the session is given up, which its end pays.
+                state.unusable = true;
                 Err(failed.error)
             }
         })
@@ -292,7 +306,7 @@ impl Operation for PayOwed {
     fn in_flight(&self) -> InFlight {
         InFlight::Statement {
             token: None,
-            holder: self.owed.first().and_then(|held| held.holder.clone()),
+            marker: None,
         }
     }
 }
@@ -327,10 +341,11 @@ pub(crate) enum OnDrop {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum InFlight {
     Nothing,
-    /// A statement, with the tag of a lock statement and the holder lock it may have taken.
+    /// A statement, with the tag of a lock statement and the new session marker it may
+    /// have taken.
     Statement {
         token: Option<u64>,
-        holder: Option<String>,
+        marker: Option<u64>,
     },
 }
 
@@ -350,7 +365,8 @@ enum AcquirePhase {
     Start,
     /// The deployment check is sent.
     Checking,
-    /// A full check passed with the grant: the session is marked so.
+    /// The grant passed a full check, or took a new session marker: the session is marked
+    /// so.
     Marking,
     /// The deployment check in the lock statement failed (a server without one of the
     /// variables it reads); whether the server is TiDB is asked on its own.
@@ -367,13 +383,6 @@ enum AcquirePhase {
     },
     /// The lock is held; its fencing token is bumped.
     Fencing,
-    /// The lock is held; the session takes the marker of `tag` it will be known by.
-    Naming {
-        tag: u64,
-    },
-    /// The session holds its new marker; the marker's tag is kept on the session for the
-    /// next lock statement to name it by.
-    Remembering,
     /// The token could not be bumped: the lock is given back, then `error` returned.
     Undoing {
         error: Error,
@@ -404,7 +413,11 @@ pub(crate) struct Acquire {
     wait: Wait,
     guarded: bool,
     token: u64,
-    holder: Option<String>,
+    /// For a lock that marks its session, the tag of the marker a grant takes where the
+    /// session holds none ([`LockState::proves_holds`]).
+    marker: Option<u64>,
+    /// Whether the grant took that marker, which the session is then marked with.
+    took_marker: bool,
     /// What the lock statement checks of the deployment (until one check passed): first the
     /// session's mark of a passed check; where it is missing, the whole check, with which
     /// the statement locks only where a lock excludes, at no round trip of its own (MySQL's
@@ -412,8 +425,6 @@ pub(crate) struct Acquire {
     checks: Checks,
     /// Whether a full check runs in this acquire, whose pass then marks the session.
     marks: bool,
-    /// Whether the lock statement names its session ([`LockState::names_session`]).
-    names_session: bool,
     phase: AcquirePhase,
 }
 
@@ -455,14 +466,15 @@ impl Acquire {
             // the limit cut it short, since the override costs parsing on every cycle.
             guarded: matches!(wait, Wait::For(_)),
             token,
-            holder: state.proves_holds.then(|| holder_name(token)),
+            // User variables hold signed integers: the tag keeps 63 bits, and is never 0.
+            marker: state.marks_session().then(|| (attempt_token() >> 1).max(1)),
+            took_marker: false,
             checks: if state.check_deployment {
                 Checks::Mark
             } else {
                 Checks::None
             },
             marks: false,
-            names_session: state.names_session,
             phase: if asks_version {
                 AcquirePhase::AskingVersion {
                     next: AfterVersion::Lock,
@@ -475,11 +487,7 @@ impl Acquire {
 
     /// The first step: the lock statement, or the version question where the statement's
     /// form needs the server.
-    fn begin(&mut self, state: &mut LockState) -> Step<bool> {
-        if self.names_session {
-            // Named again by each grant: a reset since the last one took the marker.
-            state.named = None;
-        }
+    fn begin(&mut self) -> Step<bool> {
         match self.phase {
             AcquirePhase::AskingVersion { .. } => Step::Send(sql::server_version()),
             _ => self.lock(),
@@ -500,9 +508,8 @@ impl Acquire {
             wait: self.wait,
             guarded: self.guarded,
             token: self.token,
-            holder: self.holder.as_deref(),
+            marker: self.marker,
             checks: self.checks,
-            names_session: self.names_session,
         }))
     }
 
@@ -511,7 +518,7 @@ impl Acquire {
             return self.ask_version(AfterVersion::Ask { error });
         };
         self.phase = AcquirePhase::Asking { error };
-        Step::Send(sql::interrupted(server, &self.name, self.holder.as_deref()))
+        Step::Send(sql::interrupted(server, &self.name, self.marker))
     }
 
     /// The server, in a phase that only follows a statement sent in its known form.
@@ -532,10 +539,13 @@ impl Acquire {
             state.check_deployment = false;
             state.check_passed = true;
         }
-        if self.marks && state.check_passed {
+        let checked = self.marks && state.check_passed;
+        if checked || self.took_marker {
+            let marker = self.marker.filter(|_| self.took_marker);
             self.marks = false;
+            self.took_marker = false;
             self.phase = AcquirePhase::Marking;
-            return Step::Execute(sql::mark_checked());
+            return Step::Execute(sql::mark_session(checked, marker));
         }
         self.fence_or_hold(state)
     }
@@ -543,7 +553,9 @@ impl Acquire {
     /// The lock is granted and the check done: the token is bumped, if fenced, then held.
     fn fence_or_hold(&mut self, state: &mut LockState) -> Step<bool> {
         if let Some(table) = &state.fence {
-            let server = self.server.expect("a fenced acquire knows its server first");
+            let server = self
+                .server
+                .expect("a fenced acquire knows its server first");
             self.phase = AcquirePhase::Fencing;
             return Step::Execute(sql::fence(server, table, &self.name));
         }
@@ -551,17 +563,8 @@ impl Acquire {
     }
 
     fn hold(&mut self, state: &mut LockState) -> Step<bool> {
-        if self.names_session && state.named.is_none() {
-            // The session holds no marker it is known by yet: it takes one now, before
-            // anybody is told the lock is held (user variables hold signed integers: the tag
-            // keeps 63 bits).
-            let tag = attempt_token() >> 1;
-            self.phase = AcquirePhase::Naming { tag };
-            return Step::Send(sql::session(tag));
-        }
         state.held = Some(Held {
             name: self.name.clone(),
-            holder: self.holder.clone(),
         });
         self.done(Ok(true))
     }
@@ -569,7 +572,7 @@ impl Acquire {
     /// A grant whose token could not be bumped: give the lock back, then fail with `error`.
     fn undo(&mut self, error: Error) -> Step<bool> {
         self.phase = AcquirePhase::Undoing { error };
-        Step::Send(sql::release_lock(&self.name, self.holder.as_deref()))
+        Step::Send(sql::release_lock(&self.name))
     }
 }
 
@@ -615,8 +618,16 @@ impl Acquire {
     }
 
     /// What the version's reply `reply` means, and what follows it.
-    fn read_version(&mut self, state: &mut LockState, reply: Reply, next: AfterVersion) -> Step<bool> {
-        let version = match reply.map_err(|failed| failed.error).and_then(|row| sql::read_version(&row)) {
+    fn read_version(
+        &mut self,
+        state: &mut LockState,
+        reply: Reply,
+        next: AfterVersion,
+    ) -> Step<bool> {
+        let version = match reply
+            .map_err(|failed| failed.error)
+            .and_then(|row| sql::read_version(&row))
+        {
             Ok(version) => version,
             Err(error) => {
                 if let AfterVersion::Ask { .. } = next {
@@ -646,9 +657,11 @@ impl Acquire {
     /// One step of the acquire, as [`Operation::step`] takes it.
     fn advance(&mut self, state: &mut LockState, reply: Option<Reply>) -> Step<bool> {
         match std::mem::replace(&mut self.phase, AcquirePhase::Done) {
-            phase @ (AcquirePhase::Start | AcquirePhase::AskingVersion { .. }) if reply.is_none() => {
+            phase @ (AcquirePhase::Start | AcquirePhase::AskingVersion { .. })
+                if reply.is_none() =>
+            {
                 self.phase = phase;
-                self.begin(state)
+                self.begin()
             }
             AcquirePhase::Start => unreachable!("an acquire's start has no reply"),
             AcquirePhase::AskingVersion { next } => {
@@ -658,11 +671,16 @@ impl Acquire {
                 Err(failed) if failed.failure == Failure::ConnectionLost => {
                     self.done(Err(failed.error))
                 }
-                // Unmarked, the session is only checked again by its next lock object.
+                // Unmarked, the session is only checked again by its next lock object, and
+                // takes another marker with its next grant: this grant's name and proof hold
+                // all the same.
                 _ => self.fence_or_hold(state),
             },
             AcquirePhase::Checking => {
-                match checked(self.known_server(), reply.expect("the deployment check's reply")) {
+                match checked(
+                    self.known_server(),
+                    reply.expect("the deployment check's reply"),
+                ) {
                     Ok(()) => {
                         if self.checks == Checks::None {
                             // The lock statement checks nothing more: the check has passed.
@@ -696,8 +714,11 @@ impl Acquire {
             AcquirePhase::Done => unreachable!("an acquire is stepped after it is done"),
             AcquirePhase::Locking => match reply.expect("the lock statement's reply") {
                 Ok(row) => {
-                    if self.names_session {
-                        state.named = sql::read_named_session(&row);
+                    if let Some(tag) = self.marker {
+                        let granted = first(&row);
+                        state.named =
+                            sql::read_named_session(granted, row.get(1..).unwrap_or_default(), tag);
+                        self.took_marker = granted == Some(2);
                     }
                     self.read_lock_reply(state, &row)
                 }
@@ -728,28 +749,6 @@ impl Acquire {
                 }
                 Err(failed) => self.undo(failed.error),
             },
-            AcquirePhase::Naming { tag } => match reply.expect("the session's marker") {
-                Ok(row) => match sql::read_session(&row, tag) {
-                    Ok(session) => {
-                        state.named = Some(session);
-                        self.phase = AcquirePhase::Remembering;
-                        Step::Execute(sql::remember_session(tag))
-                    }
-                    Err(error) => self.undo(error),
-                },
-                Err(failed) if failed.failure == Failure::ConnectionLost => {
-                    self.done(Err(failed.error))
-                }
-                Err(failed) => self.undo(failed.error),
-            },
-            AcquirePhase::Remembering => match reply.expect("the kept marker's reply") {
-                Err(failed) if failed.failure == Failure::ConnectionLost => {
-                    self.done(Err(failed.error))
-                }
-                // Not kept, the next lock statement finds no marker and this session takes
-                // another: this grant's name holds all the same.
-                _ => self.hold(state),
-            },
             AcquirePhase::Undoing { error } => {
                 if let Some(Err(failed)) = reply {
                     // The lock could not be given back, and this session may hold it: the
@@ -764,6 +763,12 @@ impl Acquire {
                 Ok(row) => {
                     let held = matches!(row.first(), Some(Some(1 | 2)));
                     let limited = matches!(row.get(1), Some(Some(1)));
+                    if let Some(tag) = self.marker {
+                        let granted = first(&row);
+                        state.named =
+                            sql::read_named_session(granted, row.get(2..).unwrap_or_default(), tag);
+                        self.took_marker = granted == Some(2);
+                    }
                     if held {
                         self.granted(state)
                     } else if limited && !self.guarded && self.wait == Wait::Forever {
@@ -806,27 +811,22 @@ impl Operation for Acquire {
         match self.phase {
             AcquirePhase::Locking
             | AcquirePhase::Asking { .. }
-            | AcquirePhase::Naming { .. }
-            | AcquirePhase::Remembering
             | AcquirePhase::Marking
             | AcquirePhase::Fencing
-            | AcquirePhase::Undoing { .. } => InFlight::Statement {
-                token: Some(self.token),
-                holder: self.holder.clone(),
-            },
+            | AcquirePhase::Undoing { .. }
             // The lock statement was interrupted, and may have granted.
-            AcquirePhase::AskingVersion {
+            | AcquirePhase::AskingVersion {
                 next: AfterVersion::Ask { .. },
             } => InFlight::Statement {
                 token: Some(self.token),
-                holder: self.holder.clone(),
+                marker: self.marker,
             },
             // A read, but its reply unread leaves the connection out of step all the same.
             AcquirePhase::Checking
             | AcquirePhase::AskingEngine
             | AcquirePhase::AskingVersion { .. } => InFlight::Statement {
                 token: None,
-                holder: None,
+                marker: None,
             },
             AcquirePhase::Start | AcquirePhase::Done => InFlight::Nothing,
         }
@@ -937,10 +937,7 @@ impl Operation for Release {
     fn step(&mut self, state: &mut LockState, reply: Option<Reply>) -> Step<()> {
         if !self.sent {
             self.sent = true;
-            return Step::Send(sql::release_lock(
-                &self.held.name,
-                self.held.holder.as_deref(),
-            ));
+            return Step::Send(sql::release_lock(&self.held.name));
         }
         Step::Done(match reply.expect("the release's reply") {
             Ok(row) => sql::read_released(first(&row)),
@@ -956,7 +953,7 @@ impl Operation for Release {
     fn in_flight(&self) -> InFlight {
         InFlight::Statement {
             token: None,
-            holder: self.held.holder.clone(),
+            marker: None,
         }
     }
 }
@@ -1000,7 +997,7 @@ impl Operation for Verify {
     fn in_flight(&self) -> InFlight {
         InFlight::Statement {
             token: None,
-            holder: None,
+            marker: None,
         }
     }
 }
@@ -1047,7 +1044,7 @@ mod tests {
     fn marked(op: &mut Acquire, state: &mut LockState, reply: Option<Reply>) -> Result<bool> {
         match op.step(state, reply) {
             Step::Execute(mark) => {
-                assert_eq!(mark, sql::mark_checked());
+                assert!(mark.starts_with(&sql::mark_session(true, None)), "{mark}");
                 done(op.step(state, Some(Ok(vec![Some(0), Some(0)]))))
             }
             Step::Send(sql) => panic!("expected the mark, got {sql}"),
@@ -1085,38 +1082,37 @@ mod tests {
     }
 
     #[test]
-    fn a_hold_left_to_a_shared_session_is_paid_once_and_only_while_its_holder_lock_is_there() {
+    fn a_hold_left_to_a_shared_session_is_paid_once_and_a_payment_in_doubt_gives_the_session_up() {
         let mut state = LockState::new(Key::from("jobs/x"), true);
         state.check_deployment = false;
         let mut op = Acquire::start(&state, Some(MARIADB), Wait::Never).unwrap();
         sent(op.step(&mut state, None));
-        assert!(done(op.step(&mut state, row(&[Some(2)]))).unwrap());
-        let holder = state.held().unwrap().holder.clone().unwrap();
+        assert!(done(op.step(&mut state, row(&[Some(1), Some(9), Some(77)]))).unwrap());
         let mut facts = SessionFacts::default();
         state.leave_to(&mut facts);
         assert!(state.held().is_none());
         assert_eq!(facts.owed.len(), 1);
-        // The next statement through dlock pays first; a payment whose reply was refused
-        // stays owed, and is safe to send again: each release hangs on its holder lock.
+        assert_eq!(facts.named, Some(SessionId { id: 9, tag: 77 }));
+        // The next statement through dlock pays first, one hold of each name.
         let mut next = LockState::new(Key::from("jobs/y"), true);
+        next.learn_from(&facts);
         let mut payment = PayOwed::new(std::mem::take(&mut facts.owed));
         let sql = sent(payment.step(&mut next, None));
-        assert_eq!(
-            sql,
-            format!(
-                "SELECT IF(IS_USED_LOCK('{holder}') = CONNECTION_ID(), RELEASE_LOCK('jobs/x') + RELEASE_LOCK('{holder}'), 0)"
-            )
-        );
-        assert!(done(payment.step(&mut next, failed(Failure::Interrupted))).is_err());
-        assert_eq!(payment.owed.len(), 1, "kept for the next statement");
-        let mut payment = PayOwed::new(payment.owed);
-        sent(payment.step(&mut next, None));
-        done(payment.step(&mut next, row(&[Some(2)]))).unwrap();
+        assert_eq!(sql, "SELECT RELEASE_LOCK('jobs/x')");
+        done(payment.step(&mut next, row(&[Some(1)]))).unwrap();
         assert!(payment.owed.is_empty());
-        // A lost connection took the holds with it: nothing is owed any more.
+        // A payment the server refused may have run in part, and another hold of the same
+        // name must not go with a second one: the session is given up.
         let mut payment = PayOwed::new(vec![Held {
             name: "jobs/x".into(),
-            holder: Some(holder),
+        }]);
+        sent(payment.step(&mut next, None));
+        assert!(done(payment.step(&mut next, failed(Failure::Interrupted))).is_err());
+        assert!(next.is_unusable());
+        // A lost connection took the holds with it: nothing is owed any more.
+        let mut next = LockState::new(Key::from("jobs/y"), true);
+        let mut payment = PayOwed::new(vec![Held {
+            name: "jobs/x".into(),
         }]);
         sent(payment.step(&mut next, None));
         assert!(done(payment.step(&mut next, failed(Failure::ConnectionLost))).is_err());
@@ -1128,19 +1124,21 @@ mod tests {
         let owed = || {
             vec![Held {
                 name: "jobs/x".into(),
-                holder: Some("dlock/holder/1".into()),
             }]
         };
+        let named = SessionId { id: 9, tag: 1 };
         let facts = |abandoned| SessionFacts {
             owed: owed(),
             abandoned,
             checked: false,
+            named: Some(named),
         };
         assert_eq!(facts(false).on_drop(true, false), OnDrop::Release(owed()));
         assert_eq!(facts(false).on_drop(false, true), OnDrop::Discard);
+        // A borrowed connection's session is ended, proven by its marker.
         assert_eq!(
             facts(false).on_drop(false, false),
-            OnDrop::End(vec![Proof::Holds("dlock/holder/1".into())])
+            OnDrop::End(vec![Proof::Holds("dlock/session/0000000000000001".into())])
         );
         assert_eq!(facts(true).on_drop(true, false), OnDrop::Close);
         assert_eq!(facts(true).on_drop(false, false), OnDrop::Nothing);
@@ -1149,15 +1147,20 @@ mod tests {
             OnDrop::Nothing
         );
         // Another object on an abandoned session cannot trust its replies either; a passed
-        // check is not run again.
+        // check is not run again; the session's marker proves it for this one too.
         let mut state = LockState::new(Key::from("jobs/y"), true);
         state.learn_from(&SessionFacts {
             owed: Vec::new(),
             abandoned: true,
             checked: true,
+            named: Some(named),
         });
         assert!(state.is_unusable());
         assert!(!state.check_deployment);
+        assert_eq!(
+            state.abandon(InFlight::Nothing),
+            vec![Proof::Holds("dlock/session/0000000000000001".into())]
+        );
     }
 
     /// A lock's state past its deployment check, which its own test covers.
@@ -1218,47 +1221,61 @@ mod tests {
     }
 
     #[test]
-    fn a_lock_that_names_its_session_reads_its_kept_marker_or_takes_one() {
-        let mut state = state();
-        state.names_session = true;
-        // The session keeps its marker: the lock statement names it.
-        let mut op = Acquire::start(&state, Some(MARIADB), Wait::Never).unwrap();
-        let lock = sent(op.step(&mut state, None));
-        assert!(
-            lock.ends_with("= CONNECTION_ID(), @dlock_session_tag, NULL)"),
-            "{lock}"
-        );
-        assert!(done(op.step(&mut state, row(&[Some(1), Some(9), Some(77)]))).unwrap());
-        assert_eq!(state.named(), Some(SessionId { id: 9, tag: 77 }));
-        Release::start(&mut state).unwrap();
+    fn a_lock_that_names_its_session_reads_its_kept_marker_or_takes_one_in_its_lock_statement() {
+        for proves_holds in [false, true] {
+            let mut state = LockState::new(Key::from("jobs/x"), proves_holds);
+            state.check_deployment = false;
+            state.names_session = !proves_holds;
+            // The session keeps its marker: the lock statement names it, and takes none.
+            let mut op = Acquire::start(&state, Some(MARIADB), Wait::Never).unwrap();
+            let lock = sent(op.step(&mut state, None));
+            assert!(
+                lock.ends_with("= CONNECTION_ID(), @dlock_session_tag, NULL)"),
+                "{lock}"
+            );
+            assert!(lock.contains("GET_LOCK('dlock/session/"), "{lock}");
+            assert!(done(op.step(&mut state, row(&[Some(1), Some(9), Some(77)]))).unwrap());
+            assert_eq!(state.named(), Some(SessionId { id: 9, tag: 77 }));
+            Release::start(&mut state).unwrap();
 
-        // No marker (a new session, or a reset): the grant takes one and keeps its tag,
-        // before the lock counts as held.
+            // No marker (a new session, or a reset): the grant took the new one in the same
+            // statement (2), and its tag is kept on the session before the lock counts as
+            // held.
+            let mut op = Acquire::start(&state, Some(MARIADB), Wait::Never).unwrap();
+            let lock = sent(op.step(&mut state, None));
+            let marker = lock.find("GET_LOCK('dlock/session/").unwrap() + 24;
+            let tag = u64::from_str_radix(&lock[marker..marker + 16], 16).unwrap();
+            let keep = executed(op.step(&mut state, row(&[Some(2), Some(9), None])));
+            assert_eq!(keep, sql::mark_session(false, Some(tag)));
+            assert!(state.held().is_none());
+            assert!(matches!(
+                op.in_flight(),
+                InFlight::Statement { marker: Some(t), .. } if t == tag
+            ));
+            assert!(done(op.step(&mut state, Some(Ok(vec![Some(0), Some(0)])))).unwrap());
+            assert_eq!(state.named(), Some(SessionId { id: 9, tag }));
+            assert!(state.held().is_some());
+            // Released, the session keeps its marker.
+            let mut release = Release::start(&mut state).unwrap();
+            assert_eq!(
+                sent(release.step(&mut state, None)),
+                "SELECT RELEASE_LOCK('jobs/x')"
+            );
+        }
+    }
+
+    #[test]
+    fn the_first_grant_on_a_session_marks_it_checked_and_named_in_one_statement() {
+        let mut state = LockState::new(Key::from("jobs/x"), true);
         let mut op = Acquire::start(&state, Some(MARIADB), Wait::Never).unwrap();
-        sent(op.step(&mut state, None));
-        let take = sent(op.step(&mut state, row(&[Some(1), Some(9), None])));
-        assert!(
-            take.starts_with("SELECT CONNECTION_ID(), GET_LOCK('dlock/session/"),
-            "{take}"
-        );
-        assert!(state.held().is_none());
-        let marker = take.find("dlock/session/").unwrap() + "dlock/session/".len();
-        let tag = u64::from_str_radix(&take[marker..marker + 16], 16).unwrap();
-        let keep = executed(op.step(&mut state, row(&[Some(9), Some(1)])));
-        assert_eq!(keep, sql::remember_session(tag));
+        let lock = sent(unmarked(&mut op, &mut state));
+        assert!(lock.contains("GET_LOCK('dlock/session/"), "{lock}");
+        let marker = lock.find("GET_LOCK('dlock/session/").unwrap() + 24;
+        let tag = u64::from_str_radix(&lock[marker..marker + 16], 16).unwrap();
+        let mark = executed(op.step(&mut state, row(&[Some(2), Some(9), None])));
+        assert_eq!(mark, sql::mark_session(true, Some(tag)));
         assert!(done(op.step(&mut state, Some(Ok(vec![Some(0), Some(0)])))).unwrap());
         assert_eq!(state.named(), Some(SessionId { id: 9, tag }));
-        assert!(state.held().is_some());
-        Release::start(&mut state).unwrap();
-
-        // A marker that cannot be taken: the grant goes back with the error.
-        let mut op = Acquire::start(&state, Some(MARIADB), Wait::Never).unwrap();
-        sent(op.step(&mut state, None));
-        sent(op.step(&mut state, row(&[Some(1), Some(9), None])));
-        let give_back = sent(op.step(&mut state, row(&[Some(9), Some(0)])));
-        assert!(give_back.starts_with("SELECT RELEASE_LOCK("), "{give_back}");
-        assert!(done(op.step(&mut state, row(&[Some(1)]))).is_err());
-        assert!(state.held().is_none());
     }
 
     /// A lock whose deployment check has not run yet.
@@ -1284,14 +1301,24 @@ mod tests {
         for check in [true, false] {
             for (wait, timeout) in [
                 (Wait::Never, "0"),
-                (Wait::Forever, "IF(VERSION() LIKE '%MariaDB%', 31536000, -1)"),
+                (
+                    Wait::Forever,
+                    "IF(VERSION() LIKE '%MariaDB%', 31536000, -1)",
+                ),
             ] {
                 let mut state = checked();
                 state.check_deployment = check;
                 let mut op = Acquire::start(&state, None, wait).unwrap();
                 let lock = sent(op.step(&mut state, None));
-                assert!(lock.contains(&format!("GET_LOCK('jobs/x', {timeout})")), "{lock}");
-                assert_eq!(lock.contains("IF(@dlock_deployment_checked = '"), check, "{lock}");
+                assert!(
+                    lock.contains(&format!("GET_LOCK('jobs/x', {timeout})")),
+                    "{lock}"
+                );
+                assert_eq!(
+                    lock.contains("IF(@dlock_deployment_checked = '"),
+                    check,
+                    "{lock}"
+                );
                 assert!(done(op.step(&mut state, row(&[Some(1)]))).unwrap());
                 assert!(state.held().is_some());
                 assert!(!state.check_deployment, "the mark proves the check passed");
@@ -1362,7 +1389,10 @@ mod tests {
             sent(op.step(&mut state, row(&[None]))),
             sql::server_version()
         );
-        assert!(matches!(op.in_flight(), InFlight::Statement { token: Some(_), .. }));
+        assert!(matches!(
+            op.in_flight(),
+            InFlight::Statement { token: Some(_), .. }
+        ));
         let asked = sent(op.step(&mut state, version_reply(MARIADB)));
         assert_eq!(asked, sql::interrupted(Server::MariaDb, "jobs/x", None));
         assert!(done(op.step(&mut state, row(&[Some(1), Some(0)]))).unwrap());
@@ -1614,7 +1644,7 @@ mod tests {
             op.in_flight(),
             InFlight::Statement {
                 token: Some(_),
-                holder: None
+                marker: None
             }
         ));
         assert!(done(op.step(&mut state, row(&[Some(1)]))).unwrap());
@@ -1628,7 +1658,8 @@ mod tests {
     #[test]
     fn a_timeout_is_false_and_a_forever_wait_that_ran_its_year_waits_again() {
         let mut state = state();
-        let mut op = Acquire::start(&state, Some(MARIADB), Wait::For(Duration::from_millis(5))).unwrap();
+        let mut op =
+            Acquire::start(&state, Some(MARIADB), Wait::For(Duration::from_millis(5))).unwrap();
         let sql = sent(op.step(&mut state, None));
         assert!(
             sql.starts_with("SET STATEMENT max_statement_time = 0 FOR"),
@@ -1682,7 +1713,8 @@ mod tests {
         let outcome = done(op.step(&mut state, row(&[Some(0), Some(1)])));
         assert!(matches!(outcome, Err(Error::Canceled { .. })));
         // The same for a timed wait, which is always guarded.
-        let mut op = Acquire::start(&state, Some(MYSQL), Wait::For(Duration::from_secs(1))).unwrap();
+        let mut op =
+            Acquire::start(&state, Some(MYSQL), Wait::For(Duration::from_secs(1))).unwrap();
         let sql = sent(op.step(&mut state, None));
         assert!(
             sql.starts_with("SELECT /*+ SET_VAR(max_execution_time = 0) */"),
@@ -1708,27 +1740,21 @@ mod tests {
     }
 
     #[test]
-    fn a_holder_lock_comes_with_the_grant_and_goes_with_the_release() {
+    fn a_held_lock_on_a_borrowed_connection_is_proven_by_its_sessions_marker() {
         let mut state = LockState::new(Key::from("jobs/x"), true);
         state.check_deployment = false;
         let mut op = Acquire::start(&state, Some(MARIADB), Wait::Never).unwrap();
-        let sql = sent(op.step(&mut state, None));
-        assert!(
-            sql.contains("WHEN 1 THEN 1 + GET_LOCK('dlock/holder/"),
-            "{sql}"
-        );
-        assert!(done(op.step(&mut state, row(&[Some(2)]))).unwrap());
-        let holder = state.held().unwrap().holder.clone().unwrap();
+        sent(op.step(&mut state, None));
+        assert!(done(op.step(&mut state, row(&[Some(1), Some(9), Some(5)]))).unwrap());
         // Dropped while held, on a borrowed connection: end the session, proven by the
-        // holder lock.
+        // session's marker.
         assert_eq!(
             dropped(&mut state, false, false),
-            OnDrop::End(vec![Proof::Holds(holder.clone())])
+            OnDrop::End(vec![Proof::Holds("dlock/session/0000000000000005".into())])
         );
         let mut release = Release::start(&mut state).unwrap();
-        let sql = sent(release.step(&mut state, None));
-        assert!(sql.ends_with(&format!("RELEASE_LOCK('{holder}')")), "{sql}");
-        done(release.step(&mut state, row(&[Some(1), Some(1)]))).unwrap();
+        sent(release.step(&mut state, None));
+        done(release.step(&mut state, row(&[Some(1)]))).unwrap();
         assert_eq!(dropped(&mut state, false, false), OnDrop::Nothing);
     }
 

@@ -109,7 +109,7 @@ impl<C: SqlxMySqlConnection> SqlxMySqlLock<C> {
         SqlxMySqlLock {
             conn: Some(conn),
             // The lock owns its connection, and closes it when in doubt: closing ends the
-            // session, so no holder lock needs to prove a grant's session to anyone.
+            // session, so no marker needs to prove a grant's session to anyone.
             state: LockState::new(key.into(), false),
         }
     }

@@ -170,9 +170,8 @@ pub(crate) fn get_lock(statement: &LockStatement<'_>) -> String {
         wait,
         guarded,
         token,
-        holder,
+        marker,
         checks,
-        names_session,
     } = statement;
     let mut sql = String::with_capacity(160 + 2 * name.len());
     match (guarded, server) {
@@ -189,7 +188,10 @@ pub(crate) fn get_lock(statement: &LockStatement<'_>) -> String {
     // IF evaluates only the branch it picks: on an unmarked session, on TiDB, a Galera node
     // or a read-only server GET_LOCK never runs.
     let full = checks == Checks::Full;
-    debug_assert!(!full || server.is_some(), "the whole check is sent to a known server");
+    debug_assert!(
+        !full || server.is_some(),
+        "the whole check is sent to a known server"
+    );
     let refuse_galera = full && server == Some(Server::MariaDb);
     let mut closing = 0;
     if checks == Checks::Mark {
@@ -207,7 +209,7 @@ pub(crate) fn get_lock(statement: &LockStatement<'_>) -> String {
         let _ = write!(sql, "IF({READ_ONLY}, {REFUSED_READ_ONLY}, ");
         closing += 1;
     }
-    if holder.is_some() {
+    if marker.is_some() {
         sql.push_str("CASE ");
     }
     sql.push_str("GET_LOCK(");
@@ -215,10 +217,10 @@ pub(crate) fn get_lock(statement: &LockStatement<'_>) -> String {
     sql.push_str(", ");
     sql.push_str(&timeout_argument(server, wait));
     sql.push(')');
-    if let Some(holder) = holder {
-        sql.push_str(" WHEN 1 THEN 1 + GET_LOCK(");
-        push_name(&mut sql, holder);
-        sql.push_str(", 0) WHEN 0 THEN 0 END");
+    if let Some(marker) = marker {
+        sql.push_str(" WHEN 1 THEN 1 + ");
+        push_take_marker(&mut sql, marker);
+        sql.push_str(" WHEN 0 THEN 0 END");
     }
     for _ in 0..closing {
         sql.push(')');
@@ -226,19 +228,42 @@ pub(crate) fn get_lock(statement: &LockStatement<'_>) -> String {
     if checks == Checks::Mark {
         let _ = write!(sql, ", {UNMARKED})");
     }
-    if names_session {
+    if marker.is_some() {
         // The session's name rides along (read by [`read_named_session`]): a lock made per
-        // use on a pooled session names it at no round trip of its own.
+        // use on a long-lived or pooled session names it at no round trip of its own.
         sql.push_str(", ");
         sql.push_str(KNOWN_SESSION_COLUMNS);
     }
     sql
 }
 
-/// Reads the session's name from the reply of a lock statement that carried it
-/// ([`get_lock`]): the session, where it still holds the marker it was named by.
-pub(crate) fn read_named_session(row: &[Option<i64>]) -> Option<SessionId> {
-    read_known_session(row.get(1..)?)
+/// Writes an expression that takes the marker lock `tag` unless the session holds the
+/// marker [`SESSION_TAG`] names: 0 where it does, 1 where the new marker was taken.
+fn push_take_marker(sql: &mut String, tag: u64) {
+    sql.push_str("IF(");
+    sql.push_str(MARKER_HELD);
+    sql.push_str(", 0, GET_LOCK(");
+    push_name(sql, &session_marker(tag));
+    sql.push_str(", 0))");
+}
+
+/// Reads the session's name from the reply of a statement that marks its session: its first
+/// value `granted`, and the `columns` it appended ([`KNOWN_SESSION_COLUMNS`]; from the second
+/// column of [`get_lock`]'s reply, the third of [`interrupted`]'s). The name is the new
+/// marker `tag` where the grant took it (2), or the marker the session held before.
+pub(crate) fn read_named_session(
+    granted: Option<i64>,
+    columns: &[Option<i64>],
+    tag: u64,
+) -> Option<SessionId> {
+    match (granted, columns) {
+        (Some(2), [Some(id), ..]) => Some(SessionId {
+            id: id.unsigned_abs(),
+            tag,
+        }),
+        (_, [id, known]) => read_known_session(&[*id, *known]),
+        _ => None,
+    }
 }
 
 /// What a lock statement ([`get_lock`]) does.
@@ -253,11 +278,11 @@ pub(crate) struct LockStatement<'a> {
     pub(crate) guarded: bool,
     /// The attempt's tag, which a side connection finds the statement by.
     pub(crate) token: u64,
-    /// The holder lock a grant takes too, if any.
-    pub(crate) holder: Option<&'a str>,
+    /// For a lock that marks its session: the tag of the marker lock a grant takes where the
+    /// session holds no marker yet. The reply then names the session
+    /// ([`read_named_session`]).
+    pub(crate) marker: Option<u64>,
     pub(crate) checks: Checks,
-    /// Whether its reply names the session ([`read_named_session`]).
-    pub(crate) names_session: bool,
 }
 
 /// What a lock statement checks of the deployment before it locks.
@@ -289,9 +314,20 @@ fn process_mark() -> &'static str {
     MARK.get_or_init(|| format!("{:016x}", dlock_core::attempt_token()))
 }
 
-/// The statement that marks the session after a full check passed on it.
-pub(crate) fn mark_checked() -> String {
-    format!("SET {CHECKED_MARK} = '{}'", process_mark())
+/// The statement that marks the session after a full check passed on it (`checked`), and
+/// keeps the tag of the marker lock a grant took on it (`marker`), at least one of them.
+pub(crate) fn mark_session(checked: bool, marker: Option<u64>) -> String {
+    let mut sql = String::from("SET ");
+    if checked {
+        let _ = write!(sql, "{CHECKED_MARK} = '{}'", process_mark());
+    }
+    if let Some(tag) = marker {
+        if checked {
+            sql.push_str(", ");
+        }
+        let _ = write!(sql, "{SESSION_TAG} = {tag}");
+    }
+    sql
 }
 
 /// Asks the server's version as three integers (major, minor, patch), for a lock object
@@ -306,7 +342,12 @@ pub(crate) fn server_version() -> String {
 
 /// Reads the reply to [`server_version`].
 pub(crate) fn read_version(row: &[Option<i64>]) -> Result<(u16, u16, u16)> {
-    let part = |index: usize| row.get(index).copied().flatten().and_then(|part| u16::try_from(part).ok());
+    let part = |index: usize| {
+        row.get(index)
+            .copied()
+            .flatten()
+            .and_then(|part| u16::try_from(part).ok())
+    };
     match (part(0), part(1), part(2)) {
         (Some(major), Some(minor), Some(patch)) => Ok((major, minor, patch)),
         _ => Err(Error::backend(format!(
@@ -340,7 +381,7 @@ pub(crate) const REFUSED_READ_ONLY: i64 = -2;
 const GALERA_NODE: &str = "@@global.wsrep_on AND @@global.wsrep_provider NOT IN ('none', '')";
 
 /// What a lock statement built with `refuse_galera` answers on a Galera node, where it took
-/// nothing: `GET_LOCK` itself only answers 1, 0 or NULL (2 with a holder lock).
+/// nothing: `GET_LOCK` itself only answers 1, 0 or NULL (2 with a new session marker).
 pub(crate) const REFUSED_ON_GALERA: i64 = -1;
 
 /// The session variable that can end a statement early on `server`.
@@ -352,32 +393,34 @@ fn statement_limit(server: Server) -> &'static str {
 }
 
 /// The question after a lock statement was interrupted (NULL, `KILL QUERY`, a statement time
-/// limit): whether this session holds the lock now (taking the `holder` lock if it does),
-/// and whether the session has a statement time limit that could have been the cause.
+/// limit): whether this session holds the lock now (1; 2 where it also took the new session
+/// marker `marker`, as [`get_lock`] does), and whether the session has a statement time limit
+/// that could have been the cause; with a `marker`, then the columns that name the session
+/// ([`read_named_session`] reads them past the first column).
 ///
 /// The answer is exact: an interrupted statement waited, and a session's own holds never make
 /// it wait, so a hold found now is the one the interrupted statement was granted.
-pub(crate) fn interrupted(server: Server, name: &str, holder: Option<&str>) -> String {
+pub(crate) fn interrupted(server: Server, name: &str, marker: Option<u64>) -> String {
     let mut sql = String::with_capacity(96 + 2 * name.len());
     sql.push_str("SELECT CASE WHEN IS_USED_LOCK(");
     push_name(&mut sql, name);
-    sql.push_str(") = CONNECTION_ID() THEN ");
-    match holder {
-        Some(holder) => {
-            sql.push_str("1 + GET_LOCK(");
-            push_name(&mut sql, holder);
-            sql.push_str(", 0)");
-        }
-        None => sql.push('1'),
+    sql.push_str(") = CONNECTION_ID() THEN 1");
+    if let Some(marker) = marker {
+        sql.push_str(" + ");
+        push_take_marker(&mut sql, marker);
     }
     let _ = write!(sql, " ELSE 0 END, {} > 0", statement_limit(server));
+    if marker.is_some() {
+        sql.push_str(", ");
+        sql.push_str(KNOWN_SESSION_COLUMNS);
+    }
     sql
 }
 
 /// What a `GET_LOCK` reply (or the answer to [`interrupted`]) means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Acquired {
-    /// The session holds the lock (and the holder lock, when one was asked for).
+    /// The session holds the lock (1; 2 where it also took a new session marker).
     Granted,
     /// The wait ran out.
     TimedOut,
@@ -410,46 +453,28 @@ pub(crate) fn read_acquired(reply: Option<i64>) -> Result<Acquired> {
     }
 }
 
-/// The statement that releases one hold of the lock named `name`, and the holder lock with
-/// it. Its first value is read by [`read_released`].
-pub(crate) fn release_lock(name: &str, holder: Option<&str>) -> String {
+/// The statement that releases one hold of the lock named `name` (never the session's
+/// marker). Its first value is read by [`read_released`].
+pub(crate) fn release_lock(name: &str) -> String {
     let mut sql = String::with_capacity(32 + 2 * name.len());
     sql.push_str("SELECT RELEASE_LOCK(");
     push_name(&mut sql, name);
     sql.push(')');
-    if let Some(holder) = holder {
-        sql.push_str(", RELEASE_LOCK(");
-        push_name(&mut sql, holder);
-        sql.push(')');
-    }
     sql
 }
 
-/// The statement that pays releases owed by dropped lock objects, all at once: each name is
-/// released only while its hold's unique holder lock is still this session's, so sending it
-/// again after a lost reply releases nothing twice.
+/// The statement that pays releases owed by dropped lock objects, all at once, one hold of
+/// each. It must not be sent twice: the server counts holds of one name per session, not
+/// per object.
 pub(crate) fn pay_owed(owed: &[Held]) -> String {
     let mut sql = String::from("SELECT ");
     for (index, held) in owed.iter().enumerate() {
         if index > 0 {
             sql.push_str(", ");
         }
-        match &held.holder {
-            Some(holder) => {
-                sql.push_str("IF(IS_USED_LOCK(");
-                push_name(&mut sql, holder);
-                sql.push_str(") = CONNECTION_ID(), RELEASE_LOCK(");
-                push_name(&mut sql, &held.name);
-                sql.push_str(") + RELEASE_LOCK(");
-                push_name(&mut sql, holder);
-                sql.push_str("), 0)");
-            }
-            None => {
-                sql.push_str("RELEASE_LOCK(");
-                push_name(&mut sql, &held.name);
-                sql.push(')');
-            }
-        }
+        sql.push_str("RELEASE_LOCK(");
+        push_name(&mut sql, &held.name);
+        sql.push(')');
     }
     sql
 }
@@ -646,7 +671,7 @@ pub(crate) fn read_holder(reply: Option<i64>) -> Result<Option<u64>, Error> {
 
 /// The unique lock a session takes to be told apart, by a watcher, from a later session
 /// with the same connection id (ids start again at 1 when the server restarts).
-fn session_marker(tag: u64) -> String {
+pub(crate) fn session_marker(tag: u64) -> String {
     format!("dlock/session/{tag:016x}")
 }
 
@@ -664,18 +689,24 @@ pub(crate) fn session(tag: u64) -> String {
 /// of taking one each. A session reset clears it and frees the marker alike.
 const SESSION_TAG: &str = "@dlock_session_tag";
 
-/// The columns that name this session by the marker an earlier [`session`] took on it: its
-/// connection id, and the marker's tag where this session still holds that marker (NULL
-/// otherwise: take one with [`session`], then [`remember_session`]). They rebuild the
-/// marker's name from [`SESSION_TAG`] as [`session_marker`] does.
-const KNOWN_SESSION_COLUMNS: &str = "CONNECTION_ID(), IF(IS_USED_LOCK(CONCAT('dlock/session/', \
-     LPAD(LOWER(HEX(@dlock_session_tag)), 16, '0'))) = CONNECTION_ID(), @dlock_session_tag, NULL)";
-
-/// The statement that keeps a marker's `tag` on its session for [`KNOWN_SESSION_COLUMNS`]. The tag
-/// must fit a signed 64-bit integer, as user variables hold.
-pub(crate) fn remember_session(tag: u64) -> String {
-    format!("SET {SESSION_TAG} = {tag}")
+/// True where this session holds the marker lock whose tag [`SESSION_TAG`] keeps (the
+/// marker's name rebuilt as [`session_marker`] writes it). NULL, not false, where the
+/// variable is unset: `IF` reads both alike.
+macro_rules! marker_held {
+    () => {
+        "IS_USED_LOCK(CONCAT('dlock/session/', LPAD(LOWER(HEX(@dlock_session_tag)), 16, '0'))) \
+         = CONNECTION_ID()"
+    };
 }
+const MARKER_HELD: &str = marker_held!();
+
+/// The columns that name this session by the marker a grant took on it: its connection id,
+/// and the marker's tag where this session still holds that marker (NULL otherwise).
+const KNOWN_SESSION_COLUMNS: &str = concat!(
+    "CONNECTION_ID(), IF(",
+    marker_held!(),
+    ", @dlock_session_tag, NULL)"
+);
 
 /// Reads [`KNOWN_SESSION_COLUMNS`]: the session, when it holds its marker.
 pub(crate) fn read_known_session(row: &[Option<i64>]) -> Option<SessionId> {
@@ -742,7 +773,7 @@ pub(crate) fn read_still_held(row: &[Option<i64>], locks: &[(SessionId, String)]
 pub(crate) enum Proof {
     /// The session is still running the statement tagged with this token.
     Running(u64),
-    /// The session holds this (unique) holder lock.
+    /// The session holds this (unique) marker lock.
     Holds(String),
 }
 
@@ -1122,9 +1153,8 @@ mod tests {
             wait,
             guarded: false,
             token: TOKEN,
-            holder: None,
+            marker: None,
             checks: Checks::None,
-            names_session: false,
         }
     }
 
@@ -1142,13 +1172,10 @@ mod tests {
             plain(Server::MariaDb, "a'b", Wait::Never).ends_with("GET_LOCK(_utf8mb4 X'612762', 0)")
         );
         assert_eq!(
-            release_lock("tab\there", None),
+            release_lock("tab\there"),
             "SELECT RELEASE_LOCK(_utf8mb4 X'7461620968657265')"
         );
-        assert_eq!(
-            release_lock("é", None),
-            "SELECT RELEASE_LOCK(_utf8mb4 X'c3a9')"
-        );
+        assert_eq!(release_lock("é"), "SELECT RELEASE_LOCK(_utf8mb4 X'c3a9')");
         assert_eq!(
             held_by_session("\\"),
             "SELECT IS_USED_LOCK(_utf8mb4 X'5c') = CONNECTION_ID()"
@@ -1157,37 +1184,53 @@ mod tests {
     }
 
     #[test]
-    fn a_pooled_session_is_named_by_the_marker_it_keeps() {
+    fn a_session_is_named_by_the_marker_it_keeps() {
         let tag: u64 = 0x0123_4567_89ab_cdef;
         assert_eq!(session_marker(tag), "dlock/session/0123456789abcdef");
         // The statement rebuilds the marker's name from the variable as session_marker does.
         assert!(
             KNOWN_SESSION_COLUMNS.contains(&format!("LPAD(LOWER(HEX({SESSION_TAG})), 16, '0')"))
         );
+        assert!(KNOWN_SESSION_COLUMNS.contains(MARKER_HELD));
+        // A lock statement that marks its session takes the new marker only where the
+        // session holds none, and names the session in its reply.
+        let sql = get_lock(&LockStatement {
+            marker: Some(tag),
+            ..statement(Server::MariaDb, "x", Wait::Never)
+        });
         assert!(
-            get_lock(&LockStatement {
-                token: 1,
-                names_session: true,
-                ..statement(Server::MariaDb, "x", Wait::Never)
-            })
-            .ends_with(&format!("GET_LOCK('x', 0), {KNOWN_SESSION_COLUMNS}"))
+            sql.ends_with(&format!(
+                "CASE GET_LOCK('x', 0) WHEN 1 THEN 1 + IF({MARKER_HELD}, 0, \
+                 GET_LOCK('dlock/session/0123456789abcdef', 0)) WHEN 0 THEN 0 END, \
+                 {KNOWN_SESSION_COLUMNS}"
+            )),
+            "{sql}"
         );
         assert_eq!(
-            remember_session(tag),
+            mark_session(false, Some(tag)),
             format!("SET @dlock_session_tag = {tag}")
         );
+        assert!(mark_session(true, None).starts_with("SET @dlock_deployment_checked = '"));
+        assert!(mark_session(true, Some(tag)).ends_with(&format!("', @dlock_session_tag = {tag}")));
         let tag_value = i64::try_from(tag).unwrap();
         assert_eq!(
             read_known_session(&[Some(7), Some(tag_value)]),
             Some(SessionId { id: 7, tag })
         );
         assert_eq!(read_known_session(&[Some(7), None]), None);
-        // A lock statement's reply: the lock's answer, then the name.
+        // A lock statement's reply: the lock's answer, then the name; a grant that took the
+        // new marker (2) is named by it.
+        let known = [Some(7), Some(tag_value)];
         assert_eq!(
-            read_named_session(&[Some(1), Some(7), Some(tag_value)]),
+            read_named_session(Some(1), &known, 5),
             Some(SessionId { id: 7, tag })
         );
-        assert_eq!(read_named_session(&[Some(1), Some(7), None]), None);
+        assert_eq!(read_named_session(Some(1), &[Some(7), None], 5), None);
+        assert_eq!(
+            read_named_session(Some(2), &[Some(7), None], 5),
+            Some(SessionId { id: 7, tag: 5 })
+        );
+        assert_eq!(read_named_session(None, &[], 5), None);
     }
 
     #[test]
@@ -1236,15 +1279,13 @@ mod tests {
     #[test]
     fn the_galera_refusal_rides_in_the_mariadb_lock_statement_only() {
         let sql = get_lock(&LockStatement {
-            holder: Some("dlock/h"),
             checks: Checks::Full,
             ..statement(Server::MariaDb, "x", Wait::Never)
         });
         assert!(
             sql.ends_with(
                 "IF(@@global.wsrep_on AND @@global.wsrep_provider NOT IN ('none', ''), -1, \
-                 IF(@@global.read_only OR @@global.innodb_read_only, -2, \
-                 CASE GET_LOCK('x', 0) WHEN 1 THEN 1 + GET_LOCK('dlock/h', 0) WHEN 0 THEN 0 END)))"
+                 IF(@@global.read_only OR @@global.innodb_read_only, -2, GET_LOCK('x', 0))))"
             ),
             "{sql}"
         );
@@ -1323,27 +1364,17 @@ mod tests {
     }
 
     #[test]
-    fn a_holder_lock_is_taken_only_with_a_grant_and_released_with_the_lock() {
-        let sql = get_lock(&LockStatement {
-            holder: Some("dlock/h"),
-            ..statement(Server::MariaDb, "x", Wait::Never)
-        });
+    fn an_interrupted_lock_is_asked_about_with_the_marker_it_would_have_taken() {
+        // The release gives back the name only: the session keeps its marker.
+        assert_eq!(release_lock("x"), "SELECT RELEASE_LOCK('x')");
+        let ask = interrupted(Server::MariaDb, "x", Some(1));
         assert!(
-            sql.ends_with(
-                "CASE GET_LOCK('x', 0) WHEN 1 THEN 1 + GET_LOCK('dlock/h', 0) WHEN 0 THEN 0 END"
-            ),
-            "{sql}"
-        );
-        assert_eq!(
-            release_lock("x", Some("dlock/h")),
-            "SELECT RELEASE_LOCK('x'), RELEASE_LOCK('dlock/h')"
-        );
-        let ask = interrupted(Server::MariaDb, "x", Some("dlock/h"));
-        assert!(
-            ask.contains("THEN 1 + GET_LOCK('dlock/h', 0) ELSE 0 END"),
+            ask.contains(&format!(
+                "THEN 1 + IF({MARKER_HELD}, 0, GET_LOCK('dlock/session/0000000000000001', 0)) \
+                 ELSE 0 END, @@max_statement_time > 0, {KNOWN_SESSION_COLUMNS}"
+            )),
             "{ask}"
         );
-        assert!(ask.ends_with("@@max_statement_time > 0"));
         assert!(interrupted(Server::MySql, "x", None).ends_with("@@max_execution_time > 0"));
     }
 

@@ -208,11 +208,12 @@ async fn the_sqlx_helpers_name_a_session_see_its_holds_and_install_fencing() {
 async fn statements_run(conn: &mut MySqlConnection) -> u64 {
     let mut run = 0;
     for counter in ["Com_select", "Com_set_option"] {
-        let (_, value): (String, String) =
-            sqlx::query_as(sqlx::AssertSqlSafe(format!("SHOW SESSION STATUS LIKE '{counter}'")))
-                .fetch_one(&mut *conn)
-                .await
-                .unwrap();
+        let (_, value): (String, String) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SHOW SESSION STATUS LIKE '{counter}'"
+        )))
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
         run += value.parse::<u64>().unwrap();
     }
     run
@@ -235,7 +236,11 @@ async fn a_lock_made_per_use_on_a_checked_session_sends_only_its_lock_and_releas
     assert!(lock.try_acquire().await.unwrap());
     let (mut conn, released) = lock.into_inner().await;
     released.unwrap();
-    assert_eq!(statements_run(&mut conn).await - before, 2, "try and release");
+    assert_eq!(
+        statements_run(&mut conn).await - before,
+        2,
+        "try and release"
+    );
 
     // The wait without timeout waits in the server (MariaDB's in its year-long form), and
     // is granted once the other holder lets go.
@@ -255,7 +260,11 @@ async fn a_lock_made_per_use_on_a_checked_session_sends_only_its_lock_and_releas
     assert_eq!(holder(name).await, Some(id));
     let (mut conn, released) = lock.into_inner().await;
     released.unwrap();
-    assert_eq!(statements_run(&mut conn).await - before, 2, "acquire and release");
+    assert_eq!(
+        statements_run(&mut conn).await - before,
+        2,
+        "acquire and release"
+    );
 
     // With the check turned off, the first lock on a session sends nothing more either.
     let mut conn = connect().await;
