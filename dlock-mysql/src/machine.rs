@@ -1230,7 +1230,7 @@ mod tests {
             let mut op = Acquire::start(&state, Some(MARIADB), Wait::Never).unwrap();
             let lock = sent(op.step(&mut state, None));
             assert!(
-                lock.ends_with("= CONNECTION_ID(), @dlock_session_tag, NULL)"),
+                lock.ends_with("CONNECTION_ID(), @dlock_session_tag"),
                 "{lock}"
             );
             assert!(lock.contains("GET_LOCK('dlock/session/"), "{lock}");

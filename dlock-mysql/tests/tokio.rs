@@ -389,3 +389,44 @@ async fn a_batch_tries_and_releases_many_names_in_one_statement() {
     assert_eq!(answers, [true, true], "released for everyone");
     assert!(batch(&mut shared, &[]).await.unwrap().is_empty());
 }
+
+/// The statements `conn`'s session has run so far (`SELECT`s and `SET`s), as the server
+/// counts them.
+async fn statements_run(conn: &mut mysql_async::Conn) -> u64 {
+    let mut run = 0;
+    for counter in ["Com_select", "Com_set_option"] {
+        let row: Option<(String, u64)> = conn
+            .query_first(format!("SHOW SESSION STATUS LIKE '{counter}'"))
+            .await
+            .unwrap();
+        run += row.unwrap().1;
+    }
+    run
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_costs_its_lock_and_release_statements_once_its_session_is_known() {
+    let name = "tokio/per-use";
+    let mut conn = connect_async().await;
+    // The first lock on the session checks the deployment and takes the session's marker.
+    let mut lock = AsyncMySqlLock::new(&mut conn, name);
+    assert!(lock.try_acquire().await.unwrap());
+    lock.release().await.unwrap();
+    // Reused, and made per use on the same connection: two statements a cycle, the marker
+    // found where it was left.
+    for _ in 0..3 {
+        let before = statements_run(lock.conn()).await;
+        assert!(lock.try_acquire().await.unwrap());
+        lock.release().await.unwrap();
+        assert_eq!(statements_run(lock.conn()).await - before, 2, "reused");
+    }
+    drop(lock);
+    for _ in 0..3 {
+        let before = statements_run(&mut conn).await;
+        let mut lock = AsyncMySqlLock::new(&mut conn, name);
+        assert!(lock.try_acquire().await.unwrap());
+        lock.release().await.unwrap();
+        drop(lock);
+        assert_eq!(statements_run(&mut conn).await - before, 2, "made per use");
+    }
+}
