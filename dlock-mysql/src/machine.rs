@@ -365,9 +365,11 @@ enum AcquirePhase {
     Start,
     /// The deployment check is sent.
     Checking,
-    /// The grant passed a full check, or took a new session marker: the session is marked
-    /// so.
+    /// The grant passed a full check, or the session took a new marker: the session is
+    /// marked so.
     Marking,
+    /// The lock is held on a session that keeps no marker: it takes the new one.
+    Naming,
     /// The deployment check in the lock statement failed (a server without one of the
     /// variables it reads); whether the server is TiDB is asked on its own.
     AskingEngine,
@@ -414,9 +416,13 @@ pub(crate) struct Acquire {
     guarded: bool,
     token: u64,
     /// For a lock that marks its session, the tag of the marker a grant takes where the
-    /// session holds none ([`LockState::proves_holds`]).
+    /// session keeps none ([`LockState::proves_holds`]).
     marker: Option<u64>,
-    /// Whether the grant took that marker, which the session is then marked with.
+    /// Whether the lock statement takes that marker with its grant: a lock that proves its
+    /// holds, on a session it knows no marker of. Elsewhere a statement of its own takes it
+    /// after the grant.
+    marker_with_grant: bool,
+    /// Whether the session took that marker, whose tag it is then to keep.
     took_marker: bool,
     /// What the lock statement checks of the deployment (until one check passed): first the
     /// session's mark of a passed check; where it is missing, the whole check, with which
@@ -468,6 +474,7 @@ impl Acquire {
             token,
             // User variables hold signed integers: the tag keeps 63 bits, and is never 0.
             marker: state.marks_session().then(|| (attempt_token() >> 1).max(1)),
+            marker_with_grant: state.proves_holds && state.named.is_none(),
             took_marker: false,
             checks: if state.check_deployment {
                 Checks::Mark
@@ -508,7 +515,8 @@ impl Acquire {
             wait: self.wait,
             guarded: self.guarded,
             token: self.token,
-            marker: self.marker,
+            names_session: self.marker.is_some(),
+            takes_marker: self.marker.filter(|_| self.marker_with_grant),
             checks: self.checks,
         }))
     }
@@ -518,7 +526,7 @@ impl Acquire {
             return self.ask_version(AfterVersion::Ask { error });
         };
         self.phase = AcquirePhase::Asking { error };
-        Step::Send(sql::interrupted(server, &self.name, self.marker))
+        Step::Send(sql::interrupted(server, &self.name, self.marker.is_some()))
     }
 
     /// The server, in a phase that only follows a statement sent in its known form.
@@ -539,6 +547,23 @@ impl Acquire {
             state.check_deployment = false;
             state.check_passed = true;
         }
+        if let Some(tag) = self.marker
+            && !self.took_marker
+            && state.named.is_none()
+        {
+            // The session keeps no marker (its first grant through dlock, or after a reset):
+            // it takes one now, before anybody is told the lock is held. Sent right after
+            // the grant, the marker proves the session by the time a side connection could
+            // look, should this future be dropped.
+            self.phase = AcquirePhase::Naming;
+            return Step::Send(sql::session(tag));
+        }
+        self.mark(state)
+    }
+
+    /// Marks the session as a passed check and as keeping its new marker, where either is
+    /// new, then goes on to the fence.
+    fn mark(&mut self, state: &mut LockState) -> Step<bool> {
         let checked = self.marks && state.check_passed;
         if checked || self.took_marker {
             let marker = self.marker.filter(|_| self.took_marker);
@@ -600,6 +625,19 @@ impl Acquire {
             Ok(Acquired::Unmarked) => self.check(),
             Err(error) => self.done(Err(error)),
         }
+    }
+
+    /// Reads the session's name from a statement's reply: its first value `granted`, and the
+    /// `columns` that name the session.
+    fn read_name(
+        &mut self,
+        state: &mut LockState,
+        granted: Option<i64>,
+        columns: Option<&[Option<i64>]>,
+    ) {
+        let taken = self.marker.filter(|_| self.marker_with_grant);
+        state.named = sql::read_named_session(granted, columns.unwrap_or_default(), taken);
+        self.took_marker = taken.is_some() && granted == Some(2);
     }
 
     /// Runs the whole check: MariaDB's in the lock statement, MySQL's cluster check on its
@@ -714,11 +752,8 @@ impl Acquire {
             AcquirePhase::Done => unreachable!("an acquire is stepped after it is done"),
             AcquirePhase::Locking => match reply.expect("the lock statement's reply") {
                 Ok(row) => {
-                    if let Some(tag) = self.marker {
-                        let granted = first(&row);
-                        state.named =
-                            sql::read_named_session(granted, row.get(1..).unwrap_or_default(), tag);
-                        self.took_marker = granted == Some(2);
+                    if self.marker.is_some() {
+                        self.read_name(state, first(&row), row.get(1..));
                     }
                     self.read_lock_reply(state, &row)
                 }
@@ -749,6 +784,20 @@ impl Acquire {
                 }
                 Err(failed) => self.undo(failed.error),
             },
+            AcquirePhase::Naming => match reply.expect("the session's marker") {
+                Ok(row) => match sql::read_session(&row, self.marker.unwrap_or_default()) {
+                    Ok(session) => {
+                        state.named = Some(session);
+                        self.took_marker = true;
+                        self.mark(state)
+                    }
+                    Err(error) => self.undo(error),
+                },
+                Err(failed) if failed.failure == Failure::ConnectionLost => {
+                    self.done(Err(failed.error))
+                }
+                Err(failed) => self.undo(failed.error),
+            },
             AcquirePhase::Undoing { error } => {
                 if let Some(Err(failed)) = reply {
                     // The lock could not be given back, and this session may hold it: the
@@ -763,11 +812,8 @@ impl Acquire {
                 Ok(row) => {
                     let held = matches!(row.first(), Some(Some(1 | 2)));
                     let limited = matches!(row.get(1), Some(Some(1)));
-                    if let Some(tag) = self.marker {
-                        let granted = first(&row);
-                        state.named =
-                            sql::read_named_session(granted, row.get(2..).unwrap_or_default(), tag);
-                        self.took_marker = granted == Some(2);
+                    if self.marker.is_some() {
+                        self.read_name(state, first(&row), row.get(2..));
                     }
                     if held {
                         self.granted(state)
@@ -812,6 +858,7 @@ impl Operation for Acquire {
             AcquirePhase::Locking
             | AcquirePhase::Asking { .. }
             | AcquirePhase::Marking
+            | AcquirePhase::Naming
             | AcquirePhase::Fencing
             | AcquirePhase::Undoing { .. }
             // The lock statement was interrupted, and may have granted.
@@ -1221,58 +1268,86 @@ mod tests {
     }
 
     #[test]
-    fn a_lock_that_names_its_session_reads_its_kept_marker_or_takes_one_in_its_lock_statement() {
+    fn a_lock_that_names_its_session_reads_its_kept_marker_or_takes_one_after_the_grant() {
         for proves_holds in [false, true] {
             let mut state = LockState::new(Key::from("jobs/x"), proves_holds);
             state.check_deployment = false;
             state.names_session = !proves_holds;
-            // The session keeps its marker: the lock statement names it, and takes none.
+            // The session keeps its marker: the lock statement names it, and that is all. (A
+            // lock that proves its holds, on a session it knows no marker of, would have taken
+            // one with the grant.)
             let mut op = Acquire::start(&state, Some(MARIADB), Wait::Never).unwrap();
             let lock = sent(op.step(&mut state, None));
+            assert!(
+                lock.ends_with(" END, CONNECTION_ID(), @dlock_session_tag") == proves_holds,
+                "{lock}"
+            );
             assert!(
                 lock.ends_with("CONNECTION_ID(), @dlock_session_tag"),
                 "{lock}"
             );
-            assert!(lock.contains("GET_LOCK('dlock/session/"), "{lock}");
             assert!(done(op.step(&mut state, row(&[Some(1), Some(9), Some(77)]))).unwrap());
             assert_eq!(state.named(), Some(SessionId { id: 9, tag: 77 }));
-            Release::start(&mut state).unwrap();
-
-            // No marker (a new session, or a reset): the grant took the new one in the same
-            // statement (2), and its tag is kept on the session before the lock counts as
-            // held.
-            let mut op = Acquire::start(&state, Some(MARIADB), Wait::Never).unwrap();
-            let lock = sent(op.step(&mut state, None));
-            let marker = lock.find("GET_LOCK('dlock/session/").unwrap() + 24;
-            let tag = u64::from_str_radix(&lock[marker..marker + 16], 16).unwrap();
-            let keep = executed(op.step(&mut state, row(&[Some(2), Some(9), None])));
-            assert_eq!(keep, sql::mark_session(false, Some(tag)));
-            assert!(state.held().is_none());
-            assert!(matches!(
-                op.in_flight(),
-                InFlight::Statement { marker: Some(t), .. } if t == tag
-            ));
-            assert!(done(op.step(&mut state, Some(Ok(vec![Some(0), Some(0)])))).unwrap());
-            assert_eq!(state.named(), Some(SessionId { id: 9, tag }));
-            assert!(state.held().is_some());
             // Released, the session keeps its marker.
             let mut release = Release::start(&mut state).unwrap();
             assert_eq!(
                 sent(release.step(&mut state, None)),
                 "SELECT RELEASE_LOCK('jobs/x')"
             );
+            done(release.step(&mut state, row(&[Some(1)]))).unwrap();
+
+            // No marker (after a reset the lock did not see): the grant takes one, and keeps
+            // its tag on the session, before the lock counts as held.
+            let mut op = Acquire::start(&state, Some(MARIADB), Wait::Never).unwrap();
+            let lock = sent(op.step(&mut state, None));
+            assert!(
+                lock.ends_with("GET_LOCK('jobs/x', 0), CONNECTION_ID(), @dlock_session_tag"),
+                "{lock}"
+            );
+            let take = sent(op.step(&mut state, row(&[Some(1), Some(9), None])));
+            assert!(
+                take.starts_with("SELECT CONNECTION_ID(), GET_LOCK('dlock/session/"),
+                "{take}"
+            );
+            let marker = take.find("dlock/session/").unwrap() + "dlock/session/".len();
+            let tag = u64::from_str_radix(&take[marker..marker + 16], 16).unwrap();
+            // A future dropped now is proven by the marker the statement in flight takes.
+            assert!(matches!(
+                op.in_flight(),
+                InFlight::Statement { marker: Some(t), .. } if t == tag
+            ));
+            let keep = executed(op.step(&mut state, row(&[Some(9), Some(1)])));
+            assert_eq!(keep, sql::mark_session(false, Some(tag)));
+            assert!(state.held().is_none());
+            assert!(done(op.step(&mut state, Some(Ok(vec![Some(0), Some(0)])))).unwrap());
+            assert_eq!(state.named(), Some(SessionId { id: 9, tag }));
+            assert!(state.held().is_some());
+            Release::start(&mut state).unwrap();
+
+            // A marker that cannot be taken: the grant goes back with the error.
+            let mut op = Acquire::start(&state, Some(MARIADB), Wait::Never).unwrap();
+            sent(op.step(&mut state, None));
+            sent(op.step(&mut state, row(&[Some(1), Some(9), None])));
+            let give_back = sent(op.step(&mut state, row(&[Some(9), Some(0)])));
+            assert_eq!(give_back, "SELECT RELEASE_LOCK('jobs/x')");
+            assert!(done(op.step(&mut state, row(&[Some(1)]))).is_err());
+            assert!(state.held().is_none());
         }
     }
 
     #[test]
-    fn the_first_grant_on_a_session_marks_it_checked_and_named_in_one_statement() {
+    fn the_first_grant_on_a_session_takes_its_marker_and_marks_it_checked_and_named_at_once() {
         let mut state = LockState::new(Key::from("jobs/x"), true);
         let mut op = Acquire::start(&state, Some(MARIADB), Wait::Never).unwrap();
         let lock = sent(unmarked(&mut op, &mut state));
-        assert!(lock.contains("GET_LOCK('dlock/session/"), "{lock}");
         let marker = lock.find("GET_LOCK('dlock/session/").unwrap() + 24;
         let tag = u64::from_str_radix(&lock[marker..marker + 16], 16).unwrap();
+        // Taken with the grant (2): a future dropped now is proven by it.
         let mark = executed(op.step(&mut state, row(&[Some(2), Some(9), None])));
+        assert!(matches!(
+            op.in_flight(),
+            InFlight::Statement { marker: Some(t), .. } if t == tag
+        ));
         assert_eq!(mark, sql::mark_session(true, Some(tag)));
         assert!(done(op.step(&mut state, Some(Ok(vec![Some(0), Some(0)])))).unwrap());
         assert_eq!(state.named(), Some(SessionId { id: 9, tag }));
@@ -1394,7 +1469,7 @@ mod tests {
             InFlight::Statement { token: Some(_), .. }
         ));
         let asked = sent(op.step(&mut state, version_reply(MARIADB)));
-        assert_eq!(asked, sql::interrupted(Server::MariaDb, "jobs/x", None));
+        assert_eq!(asked, sql::interrupted(Server::MariaDb, "jobs/x", false));
         assert!(done(op.step(&mut state, row(&[Some(1), Some(0)]))).unwrap());
 
         // A version that cannot be read after an interruption leaves the connection in doubt.
@@ -1679,7 +1754,7 @@ mod tests {
             sent(op.step(&mut state, None));
             let ask = sent(op.step(&mut state, reply));
             assert!(
-                ask.contains("IS_USED_LOCK('jobs/x') = CONNECTION_ID()"),
+                ask.contains("IS_USED_LOCK('jobs/x') <=> CONNECTION_ID()"),
                 "{ask}"
             );
             assert!(ask.ends_with("@@max_execution_time > 0"), "{ask}");

@@ -170,7 +170,8 @@ pub(crate) fn get_lock(statement: &LockStatement<'_>) -> String {
         wait,
         guarded,
         token,
-        marker,
+        names_session,
+        takes_marker,
         checks,
     } = statement;
     let mut sql = String::with_capacity(160 + 2 * name.len());
@@ -209,7 +210,7 @@ pub(crate) fn get_lock(statement: &LockStatement<'_>) -> String {
         let _ = write!(sql, "IF({READ_ONLY}, {REFUSED_READ_ONLY}, ");
         closing += 1;
     }
-    if marker.is_some() {
+    if takes_marker.is_some() {
         sql.push_str("CASE ");
     }
     sql.push_str("GET_LOCK(");
@@ -217,10 +218,11 @@ pub(crate) fn get_lock(statement: &LockStatement<'_>) -> String {
     sql.push_str(", ");
     sql.push_str(&timeout_argument(server, wait));
     sql.push(')');
-    if let Some(marker) = marker {
-        sql.push_str(" WHEN 1 THEN 1 + ");
-        push_take_marker(&mut sql, marker);
-        sql.push_str(" WHEN 0 THEN 0 END");
+    if let Some(tag) = takes_marker {
+        // The marker is taken only with a grant, and only where the session keeps none.
+        let _ = write!(sql, " WHEN 1 THEN 1 + IF({SESSION_TAG} IS NULL, GET_LOCK(");
+        push_name(&mut sql, &session_marker(tag));
+        sql.push_str(", 0), 0) WHEN 0 THEN 0 END");
     }
     for _ in 0..closing {
         sql.push(')');
@@ -228,7 +230,7 @@ pub(crate) fn get_lock(statement: &LockStatement<'_>) -> String {
     if checks == Checks::Mark {
         let _ = write!(sql, ", {UNMARKED})");
     }
-    if marker.is_some() {
+    if names_session {
         // The session's name rides along (read by [`read_named_session`]): a lock made per
         // use on a long-lived or pooled session names it at no round trip of its own.
         sql.push_str(", ");
@@ -237,32 +239,21 @@ pub(crate) fn get_lock(statement: &LockStatement<'_>) -> String {
     sql
 }
 
-/// Writes an expression that takes the marker lock `tag` where the session keeps no
-/// marker's tag in [`SESSION_TAG`]: 0 where it does, 1 where the new marker was taken. The
-/// variable stands for the marker: only the statement that keeps a taken marker's tag sets
-/// it, and a session reset clears it and frees the marker alike. (Asking `IS_USED_LOCK`
-/// instead cost about 7% of a lock and release cycle on MariaDB, measured.)
-fn push_take_marker(sql: &mut String, tag: u64) {
-    let _ = write!(sql, "IF({SESSION_TAG} IS NULL, GET_LOCK(");
-    push_name(sql, &session_marker(tag));
-    sql.push_str(", 0), 0)");
-}
-
-/// Reads the session's name from the reply of a statement that marks its session: its first
-/// value `granted`, and the `columns` it appended ([`KNOWN_SESSION_COLUMNS`]; from the second
-/// column of [`get_lock`]'s reply, the third of [`interrupted`]'s). The name is the new
-/// marker `tag` where the grant took it (2), or the marker the session held before.
+/// Reads the session's name from the reply of a statement of a lock that marks its session:
+/// its first value `granted`, and the `columns` it appended ([`KNOWN_SESSION_COLUMNS`]; from
+/// the second column of [`get_lock`]'s reply, the third of [`interrupted`]'s). The name is
+/// the new marker `taken` where the grant took it (2), or the marker the session keeps.
 pub(crate) fn read_named_session(
     granted: Option<i64>,
     columns: &[Option<i64>],
-    tag: u64,
+    taken: Option<u64>,
 ) -> Option<SessionId> {
-    match (granted, columns) {
-        (Some(2), [Some(id), ..]) => Some(SessionId {
+    match (granted, columns, taken) {
+        (Some(2), [Some(id), ..], Some(tag)) => Some(SessionId {
             id: id.unsigned_abs(),
             tag,
         }),
-        (_, [id, known]) => read_known_session(&[*id, *known]),
+        (_, [id, known, ..], _) => read_known_session(&[*id, *known]),
         _ => None,
     }
 }
@@ -279,10 +270,14 @@ pub(crate) struct LockStatement<'a> {
     pub(crate) guarded: bool,
     /// The attempt's tag, which a side connection finds the statement by.
     pub(crate) token: u64,
-    /// For a lock that marks its session: the tag of the marker lock a grant takes where the
-    /// session holds no marker yet. The reply then names the session
+    /// Whether the reply names the session by the marker it keeps, if any
     /// ([`read_named_session`]).
-    pub(crate) marker: Option<u64>,
+    pub(crate) names_session: bool,
+    /// The marker a grant takes in the same statement where the session keeps none: the
+    /// reply is then 2. For a lock whose grant must be provable from the moment it lands,
+    /// on a session it does not know (a `CASE` around `GET_LOCK` costs about 10% of a cycle
+    /// through mysql_async, measured, so only then).
+    pub(crate) takes_marker: Option<u64>,
     pub(crate) checks: Checks,
 }
 
@@ -394,24 +389,22 @@ fn statement_limit(server: Server) -> &'static str {
 }
 
 /// The question after a lock statement was interrupted (NULL, `KILL QUERY`, a statement time
-/// limit): whether this session holds the lock now (1; 2 where it also took the new session
-/// marker `marker`, as [`get_lock`] does), and whether the session has a statement time limit
-/// that could have been the cause; with a `marker`, then the columns that name the session
-/// ([`read_named_session`] reads them past the first column).
+/// limit): whether this session holds the lock now (1), and whether the session has a
+/// statement time limit that could have been the cause; for a lock that marks its session
+/// (`marks`), then the columns that name the session ([`read_named_session`]).
 ///
 /// The answer is exact: an interrupted statement waited, and a session's own holds never make
 /// it wait, so a hold found now is the one the interrupted statement was granted.
-pub(crate) fn interrupted(server: Server, name: &str, marker: Option<u64>) -> String {
+pub(crate) fn interrupted(server: Server, name: &str, marks: bool) -> String {
     let mut sql = String::with_capacity(96 + 2 * name.len());
-    sql.push_str("SELECT CASE WHEN IS_USED_LOCK(");
+    sql.push_str("SELECT IS_USED_LOCK(");
     push_name(&mut sql, name);
-    sql.push_str(") = CONNECTION_ID() THEN 1");
-    if let Some(marker) = marker {
-        sql.push_str(" + ");
-        push_take_marker(&mut sql, marker);
-    }
-    let _ = write!(sql, " ELSE 0 END, {} > 0", statement_limit(server));
-    if marker.is_some() {
+    let _ = write!(
+        sql,
+        ") <=> CONNECTION_ID(), {} > 0",
+        statement_limit(server)
+    );
+    if marks {
         sql.push_str(", ");
         sql.push_str(KNOWN_SESSION_COLUMNS);
     }
@@ -691,7 +684,11 @@ pub(crate) fn session(tag: u64) -> String {
 const SESSION_TAG: &str = "@dlock_session_tag";
 
 /// The columns that name this session by the marker a grant took on it: its connection id,
-/// and the marker's tag the session keeps (NULL where it keeps none).
+/// and the marker's tag the session keeps (NULL where it keeps none). The variable stands
+/// for the marker: only the statement that keeps a taken marker's tag sets it, and a session
+/// reset clears it and frees the marker alike. (Asking `IS_USED_LOCK` in every lock
+/// statement instead cost about 7% of a lock and release cycle on MariaDB, and a `CASE`
+/// around `GET_LOCK` about 10% through mysql_async: measured.)
 const KNOWN_SESSION_COLUMNS: &str = "CONNECTION_ID(), @dlock_session_tag";
 
 /// Reads [`KNOWN_SESSION_COLUMNS`]: the session, when it holds its marker.
@@ -1139,7 +1136,8 @@ mod tests {
             wait,
             guarded: false,
             token: TOKEN,
-            marker: None,
+            names_session: false,
+            takes_marker: None,
             checks: Checks::None,
         }
     }
@@ -1177,7 +1175,18 @@ mod tests {
         // A lock statement that marks its session takes the new marker only where the
         // session holds none, and names the session in its reply.
         let sql = get_lock(&LockStatement {
-            marker: Some(tag),
+            names_session: true,
+            ..statement(Server::MariaDb, "x", Wait::Never)
+        });
+        assert!(
+            sql.ends_with(&format!("GET_LOCK('x', 0), {KNOWN_SESSION_COLUMNS}")),
+            "{sql}"
+        );
+        // A lock that must prove its grant from the moment it lands takes a marker with it
+        // where the session keeps none.
+        let sql = get_lock(&LockStatement {
+            names_session: true,
+            takes_marker: Some(tag),
             ..statement(Server::MariaDb, "x", Wait::Never)
         });
         assert!(
@@ -1187,6 +1196,10 @@ mod tests {
                  {KNOWN_SESSION_COLUMNS}"
             )),
             "{sql}"
+        );
+        assert_eq!(
+            session(tag),
+            "SELECT CONNECTION_ID(), GET_LOCK('dlock/session/0123456789abcdef', 0)"
         );
         assert_eq!(
             mark_session(false, Some(tag)),
@@ -1204,15 +1217,15 @@ mod tests {
         // new marker (2) is named by it.
         let known = [Some(7), Some(tag_value)];
         assert_eq!(
-            read_named_session(Some(1), &known, 5),
+            read_named_session(Some(1), &known, Some(5)),
             Some(SessionId { id: 7, tag })
         );
-        assert_eq!(read_named_session(Some(1), &[Some(7), None], 5), None);
+        assert_eq!(read_named_session(Some(1), &[Some(7), None], None), None);
         assert_eq!(
-            read_named_session(Some(2), &[Some(7), None], 5),
+            read_named_session(Some(2), &[Some(7), None], Some(5)),
             Some(SessionId { id: 7, tag: 5 })
         );
-        assert_eq!(read_named_session(None, &[], 5), None);
+        assert_eq!(read_named_session(None, &[], None), None);
     }
 
     #[test]
@@ -1346,19 +1359,17 @@ mod tests {
     }
 
     #[test]
-    fn an_interrupted_lock_is_asked_about_with_the_marker_it_would_have_taken() {
+    fn an_interrupted_lock_is_asked_whether_it_holds_and_what_names_its_session() {
         // The release gives back the name only: the session keeps its marker.
         assert_eq!(release_lock("x"), "SELECT RELEASE_LOCK('x')");
-        let ask = interrupted(Server::MariaDb, "x", Some(1));
-        assert!(
-            ask.contains(&format!(
-                "THEN 1 + IF(@dlock_session_tag IS NULL, \
-                 GET_LOCK('dlock/session/0000000000000001', 0), 0) \
-                 ELSE 0 END, @@max_statement_time > 0, {KNOWN_SESSION_COLUMNS}"
-            )),
-            "{ask}"
+        assert_eq!(
+            interrupted(Server::MariaDb, "x", true),
+            format!(
+                "SELECT IS_USED_LOCK('x') <=> CONNECTION_ID(), @@max_statement_time > 0, \
+                 {KNOWN_SESSION_COLUMNS}"
+            )
         );
-        assert!(interrupted(Server::MySql, "x", None).ends_with("@@max_execution_time > 0"));
+        assert!(interrupted(Server::MySql, "x", false).ends_with("@@max_execution_time > 0"));
     }
 
     #[test]
