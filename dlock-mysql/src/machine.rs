@@ -474,7 +474,10 @@ impl Acquire {
             token,
             // User variables hold signed integers: the tag keeps 63 bits, and is never 0.
             marker: state.marks_session().then(|| (attempt_token() >> 1).max(1)),
-            marker_with_grant: state.proves_holds && state.named.is_none(),
+            // Gated by the mark, the session keeps a marker already.
+            marker_with_grant: state.proves_holds
+                && state.named.is_none()
+                && !state.check_deployment,
             took_marker: false,
             checks: if state.check_deployment {
                 Checks::Mark
@@ -570,7 +573,8 @@ impl Acquire {
             self.marks = false;
             self.took_marker = false;
             self.phase = AcquirePhase::Marking;
-            return Step::Execute(sql::mark_session(checked, marker));
+            let named = self.marker.is_some();
+            return Step::Execute(sql::mark_session(checked, named, marker));
         }
         self.fence_or_hold(state)
     }
@@ -622,7 +626,7 @@ impl Acquire {
             // No check passed on this session before: nothing was tried. The full
             // check runs (MariaDB's in the lock statement, MySQL's cluster check on
             // its own first), and its pass marks the session.
-            Ok(Acquired::Unmarked) => self.check(),
+            Ok(Acquired::Unmarked) => self.check(state),
             Err(error) => self.done(Err(error)),
         }
     }
@@ -642,11 +646,14 @@ impl Acquire {
 
     /// Runs the whole check: MariaDB's in the lock statement, MySQL's cluster check on its
     /// own first. Its pass marks the session.
-    fn check(&mut self) -> Step<bool> {
+    fn check(&mut self, state: &LockState) -> Step<bool> {
         let Some(server) = self.server else {
             return self.ask_version(AfterVersion::Check);
         };
         self.checks = Checks::Full;
+        // The session was not marked: whether it keeps a marker, its reply said.
+        self.marker_with_grant =
+            self.marker.is_some() && state.proves_holds && state.named.is_none();
         self.marks = true;
         if server == Server::MySql {
             self.phase = AcquirePhase::Checking;
@@ -685,7 +692,7 @@ impl Acquire {
                     return self.done(Err(error));
                 }
                 match next {
-                    AfterVersion::Check => self.check(),
+                    AfterVersion::Check => self.check(state),
                     _ => self.lock(),
                 }
             }
@@ -1091,7 +1098,10 @@ mod tests {
     fn marked(op: &mut Acquire, state: &mut LockState, reply: Option<Reply>) -> Result<bool> {
         match op.step(state, reply) {
             Step::Execute(mark) => {
-                assert!(mark.starts_with(&sql::mark_session(true, None)), "{mark}");
+                assert!(
+                    mark.starts_with(&sql::mark_session(true, false, None)),
+                    "{mark}"
+                );
                 done(op.step(state, Some(Ok(vec![Some(0), Some(0)]))))
             }
             Step::Send(sql) => panic!("expected the mark, got {sql}"),
@@ -1317,7 +1327,7 @@ mod tests {
                 InFlight::Statement { marker: Some(t), .. } if t == tag
             ));
             let keep = executed(op.step(&mut state, row(&[Some(9), Some(1)])));
-            assert_eq!(keep, sql::mark_session(false, Some(tag)));
+            assert_eq!(keep, sql::mark_session(false, true, Some(tag)));
             assert!(state.held().is_none());
             assert!(done(op.step(&mut state, Some(Ok(vec![Some(0), Some(0)])))).unwrap());
             assert_eq!(state.named(), Some(SessionId { id: 9, tag }));
@@ -1348,7 +1358,7 @@ mod tests {
             op.in_flight(),
             InFlight::Statement { marker: Some(t), .. } if t == tag
         ));
-        assert_eq!(mark, sql::mark_session(true, Some(tag)));
+        assert_eq!(mark, sql::mark_session(true, true, Some(tag)));
         assert!(done(op.step(&mut state, Some(Ok(vec![Some(0), Some(0)])))).unwrap());
         assert_eq!(state.named(), Some(SessionId { id: 9, tag }));
     }

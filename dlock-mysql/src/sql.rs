@@ -196,7 +196,11 @@ pub(crate) fn get_lock(statement: &LockStatement<'_>) -> String {
     let refuse_galera = full && server == Some(Server::MariaDb);
     let mut closing = 0;
     if checks == Checks::Mark {
-        let _ = write!(sql, "IF({CHECKED_MARK} = '{}', ", process_mark());
+        let _ = write!(
+            sql,
+            "IF({CHECKED_MARK} = '{}', ",
+            checked_mark(names_session)
+        );
     }
     if full {
         let _ = write!(sql, "IF({TIDB}, {REFUSED_ON_TIDB}, ");
@@ -310,12 +314,22 @@ fn process_mark() -> &'static str {
     MARK.get_or_init(|| format!("{:016x}", dlock_core::attempt_token()))
 }
 
-/// The statement that marks the session after a full check passed on it (`checked`), and
-/// keeps the tag of the marker lock a grant took on it (`marker`), at least one of them.
-pub(crate) fn mark_session(checked: bool, marker: Option<u64>) -> String {
+/// The value of [`CHECKED_MARK`] on a session a check passed on: for locks that mark their
+/// session (`named`), it also says that the session took its marker before the mark was
+/// set, and keeps it as long as the mark (a reset clears both): a lock statement gated by
+/// it needs no way of its own to take a marker with its grant.
+fn checked_mark(named: bool) -> String {
+    let suffix = if named { "m" } else { "" };
+    format!("{}{suffix}", process_mark())
+}
+
+/// The statement that marks the session after a full check passed on it (`checked`, by a
+/// lock that marks its session where `named`: the session keeps a marker), and keeps the tag
+/// of the marker lock a grant took on it (`marker`); at least one of them.
+pub(crate) fn mark_session(checked: bool, named: bool, marker: Option<u64>) -> String {
     let mut sql = String::from("SET ");
     if checked {
-        let _ = write!(sql, "{CHECKED_MARK} = '{}'", process_mark());
+        let _ = write!(sql, "{CHECKED_MARK} = '{}'", checked_mark(named));
     }
     if let Some(tag) = marker {
         if checked {
@@ -1202,11 +1216,34 @@ mod tests {
             "SELECT CONNECTION_ID(), GET_LOCK('dlock/session/0123456789abcdef', 0)"
         );
         assert_eq!(
-            mark_session(false, Some(tag)),
+            mark_session(false, true, Some(tag)),
             format!("SET @dlock_session_tag = {tag}")
         );
-        assert!(mark_session(true, None).starts_with("SET @dlock_deployment_checked = '"));
-        assert!(mark_session(true, Some(tag)).ends_with(&format!("', @dlock_session_tag = {tag}")));
+        let plain = mark_session(true, false, None);
+        assert_eq!(
+            plain,
+            format!("SET @dlock_deployment_checked = '{}'", process_mark())
+        );
+        assert_eq!(
+            mark_session(true, true, Some(tag)),
+            format!(
+                "SET @dlock_deployment_checked = '{}m', @dlock_session_tag = {tag}",
+                process_mark()
+            )
+        );
+        // A lock that marks its session is gated by the mark that says it keeps a marker.
+        let gated = get_lock(&LockStatement {
+            names_session: true,
+            checks: Checks::Mark,
+            ..statement(Server::MariaDb, "x", Wait::Never)
+        });
+        assert!(
+            gated.contains(&format!(
+                "IF(@dlock_deployment_checked = '{}m', ",
+                process_mark()
+            )),
+            "{gated}"
+        );
         let tag_value = i64::try_from(tag).unwrap();
         assert_eq!(
             read_known_session(&[Some(7), Some(tag_value)]),
