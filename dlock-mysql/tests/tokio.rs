@@ -29,10 +29,10 @@ async fn a_lock_lost_behind_the_objects_back_is_not_held_at_release() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_borrowed_lock_dropped_while_held_ends_its_session_proven_by_its_holder_lock() {
+async fn a_borrowed_lock_dropped_while_held_ends_its_session_proven_by_its_marker() {
     // Drop cannot wait for a release, and a borrowed connection can be neither taken nor
-    // closed: the session is ended from another connection, once the holder lock each grant
-    // takes on a borrowed connection proves it is still this session (ids repeat after a
+    // closed: the session is ended from another connection, once the marker lock the session
+    // took with its first grant proves it is still this session (ids repeat after a
     // restart; a process-wide record of owed releases keyed by id once paid a debt on a new
     // session that got the same id).
     let mut conn = connect_async().await;
@@ -130,10 +130,11 @@ async fn a_session_keeps_what_dropped_locks_owe_and_pays_it_before_its_next_lock
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_grant_that_lands_after_its_future_stopped_is_found_by_its_holder_lock() {
+async fn a_grant_that_lands_after_its_future_stopped_is_found_by_its_sessions_marker() {
     // The wait is granted while nobody reads its reply, and the future is dropped only then:
-    // the statement is over by the time anyone looks, and the holder lock the grant took
-    // proves the session, which is ended although its owned lock object lives on.
+    // the statement is over by the time anyone looks, and the marker lock the session took
+    // with that grant (its first) proves the session, which is ended although its owned
+    // lock object lives on.
     for round in 0..5 {
         let name = "tokio/late-grant";
         let (mut holder, _) = held(name).await;
