@@ -53,8 +53,10 @@ pub(crate) struct LockState {
     /// another session which session holds the lock: the tokio flavour needs it, because its
     /// futures can be dropped with a grant on the way, and its drop can neither wait for a
     /// release nor close a borrowed connection. The session's first grant through dlock
-    /// takes the marker in its lock statement and keeps its tag on the session; later lock
-    /// statements find it there, at no cost of their own ([`named`](Self::named)).
+    /// takes the marker in its lock statement (the one with the whole deployment check, or
+    /// the first of a lock that knows nothing of its session), and the session keeps its tag
+    /// with the check's mark; later lock statements read it there at no cost of their own
+    /// ([`named`](Self::named)), and the mark they are gated by says the marker is there.
     proves_holds: bool,
     /// Whether the next acquire checks first that the server is no cluster node whose locks
     /// are local to it: until one check passed, unless the user turned it off.
