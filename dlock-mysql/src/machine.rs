@@ -372,6 +372,9 @@ enum AcquirePhase {
     Marking,
     /// The lock is held on a session that keeps no marker: it takes the new one.
     Naming,
+    /// The lock was granted on a session no check marked ([`Checks::MarkColumn`]): it is
+    /// given back, and the whole check runs.
+    Regating,
     /// The deployment check in the lock statement failed (a server without one of the
     /// variables it reads); whether the server is TiDB is asked on its own.
     AskingEngine,
@@ -426,6 +429,9 @@ pub(crate) struct Acquire {
     marker_with_grant: bool,
     /// Whether the session took that marker, whose tag it is then to keep.
     took_marker: bool,
+    /// Whether the session may not be marked as checked: until a reply to a statement that
+    /// reads the mark in a column of its own says it is ([`Checks::MarkColumn`]).
+    unmarked: bool,
     /// What the lock statement checks of the deployment (until one check passed): first the
     /// session's mark of a passed check; where it is missing, the whole check, with which
     /// the statement locks only where a lock excludes, at no round trip of its own (MySQL's
@@ -481,11 +487,16 @@ impl Acquire {
                 && state.named.is_none()
                 && !state.check_deployment,
             took_marker: false,
-            checks: if state.check_deployment {
-                Checks::Mark
-            } else {
+            checks: if !state.check_deployment {
                 Checks::None
+            } else if server.is_some() && !state.proves_holds && !matches!(wait, Wait::For(_)) {
+                // Locking first costs nothing where a grant on an unmarked session can be given
+                // back before anybody is told (a timed wait would wait twice).
+                Checks::MarkColumn
+            } else {
+                Checks::Mark
             },
+            unmarked: true,
             marks: false,
             phase: if asks_version {
                 AcquirePhase::AskingVersion {
@@ -546,6 +557,12 @@ impl Acquire {
     }
 
     fn granted(&mut self, state: &mut LockState) -> Step<bool> {
+        if self.checks == Checks::MarkColumn && self.unmarked {
+            // The session was not checked: nobody is told of this grant, which goes back
+            // before the whole check locks again.
+            self.phase = AcquirePhase::Regating;
+            return Step::Send(sql::release_lock(&self.name));
+        }
         if self.checks != Checks::None {
             // The statement that granted it found the session marked, or no cluster: the
             // check passed.
@@ -764,6 +781,9 @@ impl Acquire {
                     if self.marker.is_some() {
                         self.read_name(state, first(&row), row.get(1..));
                     }
+                    if self.checks == Checks::MarkColumn {
+                        self.unmarked = row.last() != Some(&Some(1));
+                    }
                     self.read_lock_reply(state, &row)
                 }
                 Err(failed) => match failed.failure {
@@ -806,6 +826,24 @@ impl Acquire {
                     self.done(Err(failed.error))
                 }
                 Err(failed) => self.undo(failed.error),
+            },
+            AcquirePhase::Regating => match reply.expect("the given back grant's reply") {
+                Ok(_) => self.check(state),
+                // A `KILL QUERY` meant for the wait can land on the release instead: it ends
+                // one statement, so the release goes again (a second one that finds the lock
+                // given back answers NULL, which is as good).
+                Err(failed) if failed.failure == Failure::Interrupted => {
+                    self.phase = AcquirePhase::Regating;
+                    Step::Send(sql::release_lock(&self.name))
+                }
+                Err(failed) => {
+                    // The session may still hold the lock, and nobody knows of it: the
+                    // connection must not be used for locks again.
+                    if failed.failure != Failure::ConnectionLost {
+                        state.unusable = true;
+                    }
+                    self.done(Err(failed.error))
+                }
             },
             AcquirePhase::Undoing { error } => {
                 if let Some(Err(failed)) = reply {
@@ -868,6 +906,7 @@ impl Operation for Acquire {
             | AcquirePhase::Asking { .. }
             | AcquirePhase::Marking
             | AcquirePhase::Naming
+            | AcquirePhase::Regating
             | AcquirePhase::Fencing
             | AcquirePhase::Undoing { .. }
             // The lock statement was interrupted, and may have granted.
@@ -1087,12 +1126,18 @@ mod tests {
     /// check passed there before): what it sends next is the full check.
     fn unmarked(op: &mut Acquire, state: &mut LockState) -> Step<bool> {
         let gated = sent(op.step(state, None));
+        assert!(!gated.contains("@@global"), "{gated}");
+        if gated.contains("IF(@dlock_deployment_checked = '") {
+            return op.step(state, row(&[Some(sql::UNMARKED)]));
+        }
+        // Locked first, the mark read beside: the grant goes back, then the check runs.
         assert!(
-            gated.contains("IF(@dlock_deployment_checked = '"),
+            gated.contains(", @dlock_deployment_checked <=> '"),
             "{gated}"
         );
-        assert!(!gated.contains("@@global"), "{gated}");
-        op.step(state, row(&[Some(sql::UNMARKED)]))
+        let give_back = sent(op.step(state, row(&[Some(1), Some(0)])));
+        assert_eq!(give_back, "SELECT RELEASE_LOCK('jobs/x')");
+        op.step(state, row(&[Some(1)]))
     }
 
     /// The outcome of a lock statement's `reply` after a full check, past the statement that
@@ -1363,6 +1408,62 @@ mod tests {
         assert_eq!(mark, sql::mark_session(true, true, Some(tag)));
         assert!(done(op.step(&mut state, Some(Ok(vec![Some(0), Some(0)])))).unwrap());
         assert_eq!(state.named(), Some(SessionId { id: 9, tag }));
+    }
+
+    #[test]
+    fn a_lock_that_needs_no_proof_locks_first_and_reads_the_mark_beside() {
+        // A marked session: one plain statement, the mark in its last column.
+        let mut state = checked();
+        let mut op = Acquire::start(&state, Some(MARIADB), Wait::Forever).unwrap();
+        let lock = sent(op.step(&mut state, None));
+        assert!(
+            lock.ends_with(&format!(
+                "GET_LOCK('jobs/x', 31536000), @dlock_deployment_checked <=> '{}'",
+                sql::mark_session(true, false, None)
+                    .trim_start_matches("SET @dlock_deployment_checked = '")
+                    .trim_end_matches('\'')
+            )),
+            "{lock}"
+        );
+        assert!(done(op.step(&mut state, row(&[Some(1), Some(1)]))).unwrap());
+        assert!(!state.check_deployment, "the mark proves the check passed");
+        Release::start(&mut state).unwrap();
+
+        // Busy on an unmarked session: not acquired, and nothing checked yet.
+        let mut state = checked();
+        let mut op = Acquire::start(&state, Some(MARIADB), Wait::Never).unwrap();
+        sent(op.step(&mut state, None));
+        assert!(!done(op.step(&mut state, row(&[Some(0), Some(0)]))).unwrap());
+        assert!(state.check_deployment);
+
+        // A release a KILL QUERY cut short goes again; one the server refused leaves the
+        // connection in doubt.
+        let mut op = Acquire::start(&state, Some(MARIADB), Wait::Never).unwrap();
+        sent(op.step(&mut state, None));
+        let give_back = sent(op.step(&mut state, row(&[Some(1), Some(0)])));
+        let again = sent(op.step(&mut state, failed(Failure::Interrupted)));
+        assert_eq!(again, give_back);
+        assert!(done(op.step(&mut state, failed(Failure::Other))).is_err());
+        assert!(state.is_unusable());
+        assert!(state.held().is_none());
+
+        // A timed wait, a lock that proves its holds, and a server not known yet are gated
+        // by the mark instead.
+        for (proves_holds, version, wait) in [
+            (false, Some(MARIADB), Wait::For(Duration::from_secs(1))),
+            (true, Some(MARIADB), Wait::Never),
+            (false, None, Wait::Never),
+        ] {
+            let mut state = LockState::new(Key::from("jobs/x"), proves_holds);
+            let mut op = Acquire::start(&state, version, wait).unwrap();
+            let lock = sent(op.step(&mut state, None));
+            let lock = if lock == sql::server_version() {
+                sent(op.step(&mut state, version_reply(MARIADB)))
+            } else {
+                lock
+            };
+            assert!(lock.contains("IF(@dlock_deployment_checked = '"), "{lock}");
+        }
     }
 
     /// A lock whose deployment check has not run yet.

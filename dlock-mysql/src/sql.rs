@@ -240,6 +240,13 @@ pub(crate) fn get_lock(statement: &LockStatement<'_>) -> String {
         sql.push_str(", ");
         sql.push_str(KNOWN_SESSION_COLUMNS);
     }
+    if checks == Checks::MarkColumn {
+        let _ = write!(
+            sql,
+            ", {CHECKED_MARK} <=> '{}'",
+            checked_mark(names_session)
+        );
+    }
     sql
 }
 
@@ -291,8 +298,16 @@ pub(crate) enum Checks {
     /// Nothing: a check passed on this object's session already.
     None,
     /// The session's mark, which the statement after a passed check leaves
-    /// ([`mark_checked`]): a lock made per use on a checked session pays one comparison.
+    /// ([`mark_session`]): a lock made per use on a checked session pays one comparison.
+    /// Where it is missing the statement answers [`UNMARKED`] and locks nothing.
     Mark,
+    /// The session's mark, read in a last column of its own beside a plain `GET_LOCK`
+    /// (1 where it is there): a grant on an unmarked session is given back before the whole
+    /// check runs. Cheaper than [`Checks::Mark`] (an `IF` around `GET_LOCK` costs about 20%
+    /// of a cycle through mysql_async, a second column nothing measurable), for a lock whose
+    /// server is known (an old server's `GET_LOCK` would free the session's other lock) and
+    /// whose grant needs no proof from the moment it lands.
+    MarkColumn,
     /// The whole check.
     Full,
 }
