@@ -2,6 +2,31 @@
 //! connection a lock lives on, and the [`ConnectionLock`](crate::ConnectionLock) impl a pool
 //! builds locks through. Backends expand these inside their own code; they are not for users.
 
+/// The hidden pair a pool over connections without identity (sqlx) names a lock's server
+/// session by: `naming_session()` makes each grant read the session's name, which
+/// `named_session()` then gives. The lock's state has `names_session` and `named()`.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __naming_session {
+    () => {
+        /// Makes each grant name its server session for a watcher (`named_session`), in the
+        /// lock statement where it can (no round trip of its own), else in a statement
+        /// before the acquire returns. For pools over connections that carry no identity.
+        #[doc(hidden)]
+        pub fn naming_session(mut self) -> Self {
+            self.state.names_session = true;
+            self
+        }
+
+        /// The server session's name, once a grant of a lock made with `naming_session`
+        /// read it.
+        #[doc(hidden)]
+        pub fn named_session(&self) -> Option<$crate::SessionId> {
+            self.state.named()
+        }
+    };
+}
+
 /// Expands, inside `impl<C> SomeLock<C>` of a type with a field `conn: Option<C>` (taken
 /// only when the lock is consumed), to its `get_ref`, `get_mut` and `disown_connection`.
 #[doc(hidden)]

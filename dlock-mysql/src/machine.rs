@@ -480,8 +480,9 @@ impl Acquire {
             // the limit cut it short, since the override costs parsing on every cycle.
             guarded: matches!(wait, Wait::For(_)),
             token,
-            // User variables hold signed integers: the tag keeps 63 bits, and is never 0.
-            marker: state.marks_session().then(|| (attempt_token() >> 1).max(1)),
+            // The attempt's token is random and unique: its 63 bits (user variables hold
+            // signed integers), never 0, name the marker too.
+            marker: state.marks_session().then(|| (token >> 1).max(1)),
             // Gated by the mark, the session keeps a marker already.
             marker_with_grant: state.proves_holds
                 && state.named.is_none()

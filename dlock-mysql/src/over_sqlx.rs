@@ -116,24 +116,7 @@ impl<C: SqlxMySqlConnection> SqlxMySqlLock<C> {
 
     crate::methods::lock_methods!();
 
-    /// Makes each grant name its server session for a watcher ([`named_session`]), by a
-    /// marker lock the session keeps: the lock statement reads it at no round trip of its
-    /// own, and the first grant on a session takes it (two statements more). For pools over
-    /// connections that carry no identity.
-    ///
-    /// [`named_session`]: SqlxMySqlLock::named_session
-    #[doc(hidden)]
-    pub fn naming_session(mut self) -> Self {
-        self.state.names_session = true;
-        self
-    }
-
-    /// The server session's name, once a grant of a lock made with
-    /// [`naming_session`](SqlxMySqlLock::naming_session) read it.
-    #[doc(hidden)]
-    pub fn named_session(&self) -> Option<SessionId> {
-        self.state.named()
-    }
+    dlock_core::__naming_session!();
     dlock_core::__connection_accessors!();
 
     /// The sqlx connection, for work under the lock. After a dropped future gave it up (see

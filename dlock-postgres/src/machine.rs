@@ -1672,12 +1672,19 @@ mod tests {
         assert_eq!(op.in_flight(), InFlight::Nothing);
     }
 
+    /// A lock on key 7 that names its session, every check on, on a connection of `route`.
+    fn naming(route: Route) -> LockState {
+        let mut state = LockState::new(Key::Int(7));
+        state.names_session = true;
+        state.route = route;
+        state
+    }
+
     #[test]
     fn a_lock_that_names_its_session_reads_the_name_from_its_lock_statement_or_asks() {
         let named = SessionId { id: 42, tag: 1234 };
         // Gated: the name rides in the lock statement, whether or not the lock is free.
-        let mut state = LockState::new(Key::Int(7));
-        state.names_session = true;
+        let mut state = naming(Route::Unknown);
         let mut op = Acquire::start(&state, Wait::Never).unwrap();
         let gated = simple(sent(op.step(&mut state, None)));
         assert!(
@@ -1692,9 +1699,7 @@ mod tests {
         assert_eq!(state.named(), Some(named));
 
         // Unmarked: after the full check, the statement that marks the session names it.
-        let mut state = LockState::new(Key::Int(7));
-        state.names_session = true;
-        state.route = Route::CancelKey(42);
+        let mut state = naming(Route::CancelKey(42));
         let mut op = Acquire::start(&state, Wait::Never).unwrap();
         sent(op.step(&mut state, None));
         let mut reply = not_gated();
@@ -1719,9 +1724,7 @@ mod tests {
 
         // A session that does not keep its start yet (new, or reset): the lock statement's
         // name is incomplete, and one statement after the grant reads and keeps it.
-        let mut state = LockState::new(Key::Int(7));
-        state.names_session = true;
-        state.route = Route::CancelKey(42);
+        let mut state = naming(Route::CancelKey(42));
         let mut op = Acquire::start(&state, Wait::Never).unwrap();
         sent(op.step(&mut state, None));
         let naming = simple(sent(op.step(&mut state, Some(row(&["t", "42", ""])))));

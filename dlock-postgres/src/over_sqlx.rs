@@ -123,23 +123,7 @@ impl<C: SqlxPgConnection> SqlxPgLock<C> {
 
     crate::methods::lock_methods!();
 
-    /// Makes each grant name its server session for a watcher ([`named_session`]), in the
-    /// lock statement where it can (no round trip of its own), else in one more statement
-    /// before the acquire returns. For pools over connections that carry no identity.
-    ///
-    /// [`named_session`]: SqlxPgLock::named_session
-    #[doc(hidden)]
-    pub fn naming_session(mut self) -> Self {
-        self.state.names_session = true;
-        self
-    }
-
-    /// The server session's name, once a grant of a lock made with
-    /// [`naming_session`](SqlxPgLock::naming_session) read it.
-    #[doc(hidden)]
-    pub fn named_session(&self) -> Option<SessionId> {
-        self.state.named()
-    }
+    dlock_core::__naming_session!();
 
     /// The sqlx connection, for work under the lock.
     pub fn connection(&mut self) -> &mut PgConnection {
