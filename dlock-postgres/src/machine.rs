@@ -664,11 +664,18 @@ impl Acquire {
             }
             Form::Plain(kind)
                 if self.token.is_none()
+                    && !state.names_session
                     && state.prepared(kind.fenced_if(fence), self.hold).is_some() =>
             {
                 return Request::Prepared(kind.fenced_if(fence), self.hold);
             }
-            Form::Plain(kind) => kind.fenced_if(fence).simple(self.hold, fence),
+            Form::Plain(kind) => {
+                let mut statement = kind.fenced_if(fence).simple(self.hold, fence);
+                if self.names_in_statement(state) {
+                    sql::push_session_name(&mut statement);
+                }
+                statement
+            }
             Form::Guarded(millis) => {
                 let statement = sql::guarded_lock(self.hold, Scope::Session, millis);
                 match fence {
@@ -721,10 +728,12 @@ impl Acquire {
         }
     }
 
-    /// Whether the lock statement sent now marks its session as checked (and so, where the
-    /// object names its session, names it too).
-    fn marks_session(&self) -> bool {
-        self.mark_checked.is_some() && matches!(self.form, Form::Plain(_))
+    /// Whether the lock statement sent now names its session in the columns after its lock
+    /// column: a plain statement of an object that names its session, unless a fencing token
+    /// takes those columns (only unfenced statements are gated or marked). Any other form
+    /// names it with a statement after the grant.
+    fn names_in_statement(&self, state: &LockState) -> bool {
+        state.names_session && matches!(self.form, Form::Plain(_)) && state.fence.is_none()
     }
 
     /// A fenced grant got no token: unlock, then fail with `error`.
@@ -865,7 +874,7 @@ impl Acquire {
             }
             AcquirePhase::Locking => match reply.expect("the lock statement's reply") {
                 Ok(row) => {
-                    if state.names_session && self.marks_session() {
+                    if self.names_in_statement(state) {
                         state.named = row.as_ref().and_then(sql::read_named_session);
                     }
                     let granted = match self.form {
@@ -1763,6 +1772,39 @@ mod tests {
         assert_eq!(give_back, sql::unlock(HOLD));
         assert!(done(op.step(&mut state, Some(row(&["t"])))).is_err());
         assert_eq!(state.held(), None);
+    }
+
+    #[test]
+    fn a_lock_without_checks_names_its_session_in_its_lock_statement() {
+        let named = SessionId { id: 42, tag: 1234 };
+        for wait in [Wait::Never, Wait::Forever] {
+            let mut state = naming(Route::Unknown);
+            state.check_deployment = false;
+            let mut op = Acquire::start(&state, wait).unwrap();
+            let lock = simple(sent(op.step(&mut state, None)));
+            assert!(
+                lock.contains(", pg_backend_pid(), current_setting('dlock.session_started', true)"),
+                "{lock}"
+            );
+            assert!(!lock.contains(" WHERE "), "{lock}");
+            // Granted with the name read: no statement more.
+            let granted = if wait == Wait::Never { "t" } else { "" };
+            assert!(done(op.step(&mut state, Some(row(&[granted, "42", "1234"])))).unwrap());
+            assert_eq!(state.named(), Some(named));
+        }
+
+        // Fenced, the token takes the columns: the name comes from a statement after.
+        let mut state = naming(Route::Unknown);
+        state.check_deployment = false;
+        state.fence = Some("dlock_fence".to_owned());
+        let mut op = Acquire::start(&state, Wait::Never).unwrap();
+        let lock = simple(sent(op.step(&mut state, None)));
+        assert!(!lock.contains("pg_backend_pid()"), "{lock}");
+        let naming = simple(sent(op.step(&mut state, Some(row(&["t", "9"])))));
+        assert_eq!(naming, sql::pooled_session());
+        assert!(done(op.step(&mut state, Some(row(&["42", "1234"])))).unwrap());
+        assert_eq!(state.named(), Some(named));
+        assert_eq!(state.token, Some(9));
     }
 
     /// [`state`], naming its session.
