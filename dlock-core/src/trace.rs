@@ -4,9 +4,10 @@
 
 use std::time::Instant;
 
+use tracing::Instrument as _;
 use tracing::field::{Empty, display};
 
-use crate::{Error, Wait};
+use crate::{Error, Result, Wait};
 
 /// One lock operation's span: `acquire`, `release` or `verify`, with target `dlock` at level
 /// `debug`, and the fields `backend`, `name` (the key as the user named it, at most
@@ -36,6 +37,38 @@ pub fn traced_name(key: &crate::Key) -> String {
     }
 }
 
+/// A lock operation a span is for.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy)]
+pub enum TracedOperation {
+    /// An acquire with its wait.
+    Acquire(Wait),
+    /// A release.
+    Release,
+    /// A verify.
+    Verify,
+}
+
+/// What an operation's outcome tells its span: whether it acquired, or found held (a
+/// release that returned released).
+#[doc(hidden)]
+pub trait TracedOutcome {
+    /// `true` for acquired, held or released.
+    fn succeeded(&self) -> bool;
+}
+
+impl TracedOutcome for bool {
+    fn succeeded(&self) -> bool {
+        *self
+    }
+}
+
+impl TracedOutcome for () {
+    fn succeeded(&self) -> bool {
+        true
+    }
+}
+
 impl Traced {
     fn new(
         span: tracing::Span,
@@ -52,6 +85,20 @@ impl Traced {
             span,
             started,
             words,
+        }
+    }
+
+    /// The span of `operation` on `backend`'s lock in `mode`, whose key `key` describes.
+    pub fn of(
+        operation: TracedOperation,
+        backend: &'static str,
+        mode: &'static str,
+        key: impl FnOnce() -> (String, String),
+    ) -> Traced {
+        match operation {
+            TracedOperation::Acquire(wait) => Traced::acquire(backend, mode, wait, key),
+            TracedOperation::Release => Traced::release(backend, mode, key),
+            TracedOperation::Verify => Traced::verify(backend, mode, key),
         }
     }
 
@@ -97,6 +144,26 @@ impl Traced {
     /// The span, to enter around blocking work or to instrument a future with.
     pub fn span(&self) -> &tracing::Span {
         &self.span
+    }
+
+    /// Runs `operation` in this span, then records how it ended ([`finish`](Self::finish)).
+    pub async fn around<T: TracedOutcome>(
+        self,
+        operation: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let outcome = operation.instrument(self.span.clone()).await;
+        self.finish(outcome.as_ref().map(TracedOutcome::succeeded));
+        outcome
+    }
+
+    /// [`around`](Self::around) for blocking work.
+    pub fn around_blocking<T: TracedOutcome>(
+        self,
+        operation: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        let outcome = self.span.in_scope(operation);
+        self.finish(outcome.as_ref().map(TracedOutcome::succeeded));
+        outcome
     }
 
     /// Records how the operation ended: for an acquire `acquired` or `busy`, for a verify

@@ -3,11 +3,10 @@
 use std::fmt;
 use std::time::Duration;
 
-use dlock_core::trace::Traced;
+use dlock_core::trace::TracedOperation;
 use dlock_core::{AsyncLock, Error, Key, KeyPolicy, Result, SessionId, SharedOp, Wait};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts};
-use tracing::Instrument;
 
 use crate::machine::{
     self, Acquire, LockState, OnDrop, Operation, PayOwed, Release, Reply, SessionFacts, Step,
@@ -460,6 +459,19 @@ impl<O: Operation> Drop for Driver<'_, O> {
 /// Ends session `id` from a fresh connection, once one of `proofs` shows it is still the
 /// session a lock used. Spawned on the current runtime; without one the session ends when its
 /// connection closes.
+/// `reply`, or [`Error::no_reply`] when the server has not answered
+/// [`REPLY_GRACE`](dlock_core::REPLY_GRACE) after the wait it was asked for (`asked`): a
+/// dropped reply future, which leaves the attempt as a dropped acquire does.
+pub(crate) async fn within_grace<T>(
+    asked: Duration,
+    reply: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    let limit = asked.saturating_add(dlock_core::REPLY_GRACE);
+    tokio::time::timeout(limit, reply)
+        .await
+        .unwrap_or_else(|_| Err(Error::no_reply(limit)))
+}
+
 fn end_session(opts: Opts, id: u32, proofs: Vec<Proof>) {
     if proofs.is_empty() {
         return;
@@ -699,16 +711,13 @@ impl<C: AsyncMySqlConnection> AsyncMySqlLock<C> {
 
     async fn take(&mut self, wait: Wait) -> Result<bool> {
         self.learn();
-        let traced = Traced::acquire("mysql", "exclusive", wait, self.traced());
-        let outcome = async {
-            let version = self.conn().server_version();
-            let op = Acquire::start(&self.state, Some(version), wait)?;
-            self.run(op).await
-        }
-        .instrument(traced.span().clone())
-        .await;
-        traced.finish(outcome.as_ref().copied());
-        outcome
+        self.traced(TracedOperation::Acquire(wait))
+            .around(async {
+                let version = self.conn().server_version();
+                let op = Acquire::start(&self.state, Some(version), wait)?;
+                self.run(op).await
+            })
+            .await
     }
 }
 
@@ -755,21 +764,15 @@ impl<C: AsyncMySqlConnection> AsyncLock for AsyncMySqlLock<C> {
     async fn acquire_timeout(&mut self, timeout: Duration) -> Result<bool> {
         let wait = Wait::for_timeout(timeout);
         self.learn();
-        let traced = Traced::acquire("mysql", "exclusive", wait, self.traced());
-        let outcome = async {
-            let version = self.conn().server_version();
-            let op = Acquire::start(&self.state, Some(version), wait)?;
-            let asked = sql::server_wait(Server::from_version(version), wait).unwrap_or(timeout);
-            let limit = asked.saturating_add(dlock_core::REPLY_GRACE);
-            match tokio::time::timeout(limit, self.run(op)).await {
-                Ok(outcome) => outcome,
-                Err(_) => Err(Error::no_reply(limit)),
-            }
-        }
-        .instrument(traced.span().clone())
-        .await;
-        traced.finish(outcome.as_ref().copied());
-        outcome
+        self.traced(TracedOperation::Acquire(wait))
+            .around(async {
+                let version = self.conn().server_version();
+                let op = Acquire::start(&self.state, Some(version), wait)?;
+                let asked =
+                    sql::server_wait(Server::from_version(version), wait).unwrap_or(timeout);
+                within_grace(asked, self.run(op)).await
+            })
+            .await
     }
 
     /// # Cancel Safety
@@ -778,15 +781,12 @@ impl<C: AsyncMySqlConnection> AsyncLock for AsyncMySqlLock<C> {
     /// the lock.
     async fn release(&mut self) -> Result<()> {
         self.learn();
-        let traced = Traced::release("mysql", "exclusive", self.traced());
-        let outcome = async {
-            let op = Release::start(&mut self.state)?;
-            self.run(op).await
-        }
-        .instrument(traced.span().clone())
-        .await;
-        traced.finish(outcome.as_ref().map(|()| true));
-        outcome
+        self.traced(TracedOperation::Release)
+            .around(async {
+                let op = Release::start(&mut self.state)?;
+                self.run(op).await
+            })
+            .await
     }
 
     fn is_acquired(&self) -> bool {
@@ -801,15 +801,12 @@ impl<C: AsyncMySqlConnection> AsyncLock for AsyncMySqlLock<C> {
     /// A drop before the reply gives the connection up.
     async fn verify(&mut self) -> Result<bool> {
         self.learn();
-        let traced = Traced::verify("mysql", "exclusive", self.traced());
-        let outcome = async {
-            let op = Verify::start(&self.state)?;
-            self.run(op).await
-        }
-        .instrument(traced.span().clone())
-        .await;
-        traced.finish(outcome.as_ref().copied());
-        outcome
+        self.traced(TracedOperation::Verify)
+            .around(async {
+                let op = Verify::start(&self.state)?;
+                self.run(op).await
+            })
+            .await
     }
 }
 

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use dlock_core::trace::Traced;
+use dlock_core::trace::TracedOperation;
 use dlock_core::{Error, Key, KeyPolicy, Lock, Result, SessionId, Wait};
 use mysql::prelude::Queryable;
 use mysql::{Conn, PooledConn};
@@ -310,15 +310,15 @@ impl<C: MySqlConnection> MySqlLock<C> {
     }
 
     fn take(&mut self, wait: Wait) -> Result<bool> {
-        let traced = Traced::acquire("mysql", "exclusive", wait, self.traced());
-        let _entered = traced.span().enter();
-        if let Some(facts) = self.conn.as_mut().and_then(MySqlConnection::session_facts) {
-            self.state.learn_from(facts);
-        }
-        let version = self.conn().server_version();
-        let outcome = Acquire::start(&self.state, Some(version), wait).and_then(|op| self.run(op));
-        traced.finish(outcome.as_ref().copied());
-        outcome
+        self.traced(TracedOperation::Acquire(wait))
+            .around_blocking(|| {
+                if let Some(facts) = self.conn.as_mut().and_then(MySqlConnection::session_facts) {
+                    self.state.learn_from(facts);
+                }
+                let version = self.conn().server_version();
+
+                Acquire::start(&self.state, Some(version), wait).and_then(|op| self.run(op))
+            })
     }
 }
 
@@ -345,11 +345,8 @@ impl<C: MySqlConnection> Lock for MySqlLock<C> {
     }
 
     fn release(&mut self) -> Result<()> {
-        let traced = Traced::release("mysql", "exclusive", self.traced());
-        let _entered = traced.span().enter();
-        let outcome = Release::start(&mut self.state).and_then(|op| self.run(op));
-        traced.finish(outcome.as_ref().map(|()| true));
-        outcome
+        self.traced(TracedOperation::Release)
+            .around_blocking(|| Release::start(&mut self.state).and_then(|op| self.run(op)))
     }
 
     fn is_acquired(&self) -> bool {
@@ -360,11 +357,8 @@ impl<C: MySqlConnection> Lock for MySqlLock<C> {
     /// CONNECTION_ID()`). After the connection was lost this is `Ok(false)`: the server freed
     /// the session's locks.
     fn verify(&mut self) -> Result<bool> {
-        let traced = Traced::verify("mysql", "exclusive", self.traced());
-        let _entered = traced.span().enter();
-        let outcome = Verify::start(&self.state).and_then(|op| self.run(op));
-        traced.finish(outcome.as_ref().copied());
-        outcome
+        self.traced(TracedOperation::Verify)
+            .around_blocking(|| Verify::start(&self.state).and_then(|op| self.run(op)))
     }
 }
 

@@ -103,13 +103,16 @@ macro_rules! lock_methods {
         }
 
         /// The key as the user named it and the lock name, as this lock's spans show them.
-        fn traced(&self) -> impl FnOnce() -> (String, String) + use<'_, C> {
-            move || {
+        fn traced(
+            &self,
+            operation: dlock_core::trace::TracedOperation,
+        ) -> dlock_core::trace::Traced {
+            dlock_core::trace::Traced::of(operation, "mysql", "exclusive", || {
                 let name = self
                     .name()
                     .unwrap_or_else(|error| format!("unusable: {error}"));
                 (dlock_core::trace::traced_name(&self.state.key), name)
-            }
+            })
         }
     };
 }

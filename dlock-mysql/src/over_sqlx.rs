@@ -17,10 +17,10 @@ use std::time::Duration;
 use ::sqlx::mysql::{MySql, MySqlConnection, MySqlDatabaseError, MySqlRow};
 use ::sqlx::pool::PoolConnection;
 use ::sqlx::{Row as _, ValueRef as _};
-use dlock_core::trace::Traced;
+use dlock_core::trace::TracedOperation;
 use dlock_core::{AsyncLock, Error, Key, KeyPolicy, Result, SessionId, Wait};
-use tracing::Instrument as _;
 
+use crate::asynchronous::within_grace;
 use crate::machine::{Acquire, LockState, Operation, Release, Reply, Step, Verify};
 use crate::sql::{self, Failed, Failure, Server};
 
@@ -182,27 +182,20 @@ impl<C: SqlxMySqlConnection> SqlxMySqlLock<C> {
     }
 
     async fn take(&mut self, wait: Wait) -> Result<bool> {
-        let traced = Traced::acquire("mysql", "exclusive", wait, self.traced());
-        let outcome = async {
-            let op = Acquire::start(&self.state, None, wait)?;
-            match wait {
-                Wait::For(timeout) => {
-                    // A server not known yet is asked first; MySQL's rounding is the longer.
-                    let server = self.state.server().unwrap_or(Server::MySql);
-                    let asked = sql::server_wait(server, wait).unwrap_or(timeout);
-                    let limit = asked.saturating_add(dlock_core::REPLY_GRACE);
-                    match tokio::time::timeout(limit, self.run(op)).await {
-                        Ok(outcome) => outcome,
-                        Err(_) => Err(Error::no_reply(limit)),
+        self.traced(TracedOperation::Acquire(wait))
+            .around(async {
+                let op = Acquire::start(&self.state, None, wait)?;
+                match wait {
+                    Wait::For(timeout) => {
+                        // A server not known yet is asked first; MySQL's rounding is the longer.
+                        let server = self.state.server().unwrap_or(Server::MySql);
+                        let asked = sql::server_wait(server, wait).unwrap_or(timeout);
+                        within_grace(asked, self.run(op)).await
                     }
+                    _ => self.run(op).await,
                 }
-                _ => self.run(op).await,
-            }
-        }
-        .instrument(traced.span().clone())
-        .await;
-        traced.finish(outcome.as_ref().copied());
-        outcome
+            })
+            .await
     }
 }
 
@@ -401,15 +394,12 @@ impl<C: SqlxMySqlConnection> AsyncLock for SqlxMySqlLock<C> {
     ///
     /// A drop before the reply gives the connection up; closing it frees the lock.
     async fn release(&mut self) -> Result<()> {
-        let traced = Traced::release("mysql", "exclusive", self.traced());
-        let outcome = async {
-            let op = Release::start(&mut self.state)?;
-            self.run(op).await
-        }
-        .instrument(traced.span().clone())
-        .await;
-        traced.finish(outcome.as_ref().map(|()| true));
-        outcome
+        self.traced(TracedOperation::Release)
+            .around(async {
+                let op = Release::start(&mut self.state)?;
+                self.run(op).await
+            })
+            .await
     }
 
     fn is_acquired(&self) -> bool {
@@ -422,15 +412,12 @@ impl<C: SqlxMySqlConnection> AsyncLock for SqlxMySqlLock<C> {
     ///
     /// A drop before the reply gives the connection up.
     async fn verify(&mut self) -> Result<bool> {
-        let traced = Traced::verify("mysql", "exclusive", self.traced());
-        let outcome = async {
-            let op = Verify::start(&self.state)?;
-            self.run(op).await
-        }
-        .instrument(traced.span().clone())
-        .await;
-        traced.finish(outcome.as_ref().copied());
-        outcome
+        self.traced(TracedOperation::Verify)
+            .around(async {
+                let op = Verify::start(&self.state)?;
+                self.run(op).await
+            })
+            .await
     }
 }
 

@@ -7,12 +7,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use dlock_core::trace::Traced;
+use dlock_core::trace::{Traced, TracedOperation};
 use dlock_core::{AsyncLock, Error, Key, KeyPolicy, PgKey, Result, SessionId, SharedOp, Wait};
 use futures_util::TryStreamExt;
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::{CancelToken, Client, Config, NoTls, SimpleQueryMessage, Socket, Transaction};
-use tracing::Instrument;
 
 use crate::deployment::{Check, CheckStep, On, Route};
 use crate::machine::{
@@ -454,6 +453,19 @@ struct Pending {
 /// Sends a simple query at once, and returns its reply as a future of its own that does not
 /// borrow the client: tokio-postgres hands a query to its connection task on the first poll
 /// of `simple_query_raw`, which completes then.
+/// `reply`, or [`Error::no_reply`] when the server has not answered
+/// [`REPLY_GRACE`](dlock_core::REPLY_GRACE) after the wait it was asked for (`asked`): a
+/// dropped reply future, which leaves the attempt as a dropped acquire does.
+pub(crate) async fn within_grace<T>(
+    asked: Duration,
+    reply: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    let limit = asked.saturating_add(dlock_core::REPLY_GRACE);
+    tokio::time::timeout(limit, reply)
+        .await
+        .unwrap_or_else(|_| Err(Error::no_reply(limit)))
+}
+
 fn send_now(client: &Client, statement: &str) -> ReplyFuture {
     let mut sending = pin!(client.simple_query_raw(statement));
     match sending
@@ -843,19 +855,15 @@ impl<C: AsyncPgConnection> AsyncPgLock<C> {
     }
 
     async fn take(&mut self, wait: Wait) -> Result<bool> {
-        let (mode, key) = self.traced();
-        let traced = Traced::acquire("postgres", mode, wait, key);
-        let outcome = async {
-            self.adopt_session().await;
-            if self.state.check_deployment && self.state.route == Route::Unknown {
-                self.state.route = route_of(self.client()).await;
-            }
-            self.run_adopted(|state| Acquire::start(state, wait)).await
-        }
-        .instrument(traced.span().clone())
-        .await;
-        traced.finish(outcome.as_ref().copied());
-        outcome
+        self.traced(TracedOperation::Acquire(wait))
+            .around(async {
+                self.adopt_session().await;
+                if self.state.check_deployment && self.state.route == Route::Unknown {
+                    self.state.route = route_of(self.client()).await;
+                }
+                self.run_adopted(|state| Acquire::start(state, wait)).await
+            })
+            .await
     }
 }
 
@@ -918,11 +926,7 @@ impl<C: AsyncPgConnection> AsyncLock for AsyncPgLock<C> {
         }
         let left = timeout.saturating_sub(started.elapsed());
         // The grace is counted from the wait the server is asked for.
-        let limit = left.saturating_add(dlock_core::REPLY_GRACE);
-        match tokio::time::timeout(limit, self.take(Wait::for_timeout(left))).await {
-            Ok(outcome) => outcome,
-            Err(_) => Err(Error::no_reply(limit)),
-        }
+        within_grace(left, self.take(Wait::for_timeout(left))).await
     }
 
     /// Releases the lock.
@@ -934,14 +938,9 @@ impl<C: AsyncPgConnection> AsyncLock for AsyncPgLock<C> {
     /// refuses it (an aborted transaction), the lock counts as held again at its next
     /// operation.
     async fn release(&mut self) -> Result<()> {
-        let (mode, key) = self.traced();
-        let traced = Traced::release("postgres", mode, key);
-        let outcome = self
-            .run(Release::start)
-            .instrument(traced.span().clone())
-            .await;
-        traced.finish(outcome.as_ref().map(|()| true));
-        outcome
+        self.traced(TracedOperation::Release)
+            .around(self.run(Release::start))
+            .await
     }
 
     fn is_acquired(&self) -> bool {
@@ -955,18 +954,14 @@ impl<C: AsyncPgConnection> AsyncLock for AsyncPgLock<C> {
     ///
     /// Cancel safe: it only reads (an owed cleanup it started still runs).
     async fn verify(&mut self) -> Result<bool> {
-        let (mode, key) = self.traced();
-        let traced = Traced::verify("postgres", mode, key);
-        let outcome = async {
-            if self.client().is_closed() {
-                return Verify::start(&self.state).map(|_| false);
-            }
-            self.run(Verify::start).await
-        }
-        .instrument(traced.span().clone())
-        .await;
-        traced.finish(outcome.as_ref().copied());
-        outcome
+        self.traced(TracedOperation::Verify)
+            .around(async {
+                if self.client().is_closed() {
+                    return Verify::start(&self.state).map(|_| false);
+                }
+                self.run(Verify::start).await
+            })
+            .await
     }
 }
 
@@ -1540,12 +1535,11 @@ impl AsyncPgXactLock {
         wait: Wait,
         acquire: impl Future<Output = Result<bool>>,
     ) -> Result<bool> {
-        let traced = Traced::acquire("postgres", self.mode.traced(), wait, || {
+        Traced::acquire("postgres", self.mode.traced(), wait, || {
             sql::traced_key(&self.policy, &self.key)
-        });
-        let outcome = acquire.instrument(traced.span().clone()).await;
-        traced.finish(outcome.as_ref().copied());
-        outcome
+        })
+        .around(acquire)
+        .await
     }
 
     /// Takes the lock if it is free: `Ok(true)` held until the transaction ends.

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use dlock_core::trace::Traced;
+use dlock_core::trace::{Traced, TracedOperation};
 use dlock_core::{Key, KeyPolicy, Lock, PgKey, Result, SessionId, Wait};
 use postgres::{Client, Transaction};
 
@@ -335,12 +335,8 @@ impl<C: PgConnection> PgLock<C> {
     }
 
     fn take(&mut self, wait: Wait) -> Result<bool> {
-        let (mode, key) = self.traced();
-        let traced = Traced::acquire("postgres", mode, wait, key);
-        let _entered = traced.span().enter();
-        let outcome = self.operate(|state| Acquire::start(state, wait));
-        traced.finish(outcome.as_ref().copied());
-        outcome
+        self.traced(TracedOperation::Acquire(wait))
+            .around_blocking(|| self.operate(|state| Acquire::start(state, wait)))
     }
 }
 
@@ -412,12 +408,8 @@ impl<C: PgConnection> Lock for PgLock<C> {
     }
 
     fn release(&mut self) -> Result<()> {
-        let (mode, key) = self.traced();
-        let traced = Traced::release("postgres", mode, key);
-        let _entered = traced.span().enter();
-        let outcome = self.operate(Release::start);
-        traced.finish(outcome.as_ref().map(|()| true));
-        outcome
+        self.traced(TracedOperation::Release)
+            .around_blocking(|| self.operate(Release::start))
     }
 
     fn is_acquired(&self) -> bool {
@@ -427,16 +419,13 @@ impl<C: PgConnection> Lock for PgLock<C> {
     /// Asks `pg_locks` whether this session holds the lock in this lock's mode. After the
     /// connection was lost this is `Ok(false)`: the server freed the session's locks.
     fn verify(&mut self) -> Result<bool> {
-        let (mode, key) = self.traced();
-        let traced = Traced::verify("postgres", mode, key);
-        let _entered = traced.span().enter();
-        let outcome = if self.client().is_closed() {
-            Verify::start(&self.state).map(|_| false)
-        } else {
-            self.operate(Verify::start)
-        };
-        traced.finish(outcome.as_ref().copied());
-        outcome
+        self.traced(TracedOperation::Verify).around_blocking(|| {
+            if self.client().is_closed() {
+                Verify::start(&self.state).map(|_| false)
+            } else {
+                self.operate(Verify::start)
+            }
+        })
     }
 }
 
@@ -676,13 +665,10 @@ impl PgXactLock {
     }
 
     fn take(&self, tx: &mut Transaction<'_>, wait: Wait) -> Result<bool> {
-        let traced = Traced::acquire("postgres", self.mode.traced(), wait, || {
+        Traced::acquire("postgres", self.mode.traced(), wait, || {
             sql::traced_key(&self.policy, &self.key)
-        });
-        let _entered = traced.span().enter();
-        let outcome = self.take_in(tx, wait);
-        traced.finish(outcome.as_ref().copied());
-        outcome
+        })
+        .around_blocking(|| self.take_in(tx, wait))
     }
 
     fn take_in(&self, tx: &mut Transaction<'_>, wait: Wait) -> Result<bool> {

@@ -99,9 +99,13 @@ macro_rules! lock_methods {
         dlock_core::__connection_accessors!();
 
         /// The key and mode as this lock's spans show them.
-        fn traced(&self) -> (&'static str, impl FnOnce() -> (String, String) + use<'_, C>) {
-            let key = move || crate::sql::traced_key(&self.state.policy, &self.state.key);
-            (self.state.mode.traced(), key)
+        fn traced(
+            &self,
+            operation: dlock_core::trace::TracedOperation,
+        ) -> dlock_core::trace::Traced {
+            dlock_core::trace::Traced::of(operation, "postgres", self.state.mode.traced(), || {
+                crate::sql::traced_key(&self.state.policy, &self.state.key)
+            })
         }
     };
 }

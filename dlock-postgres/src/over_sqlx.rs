@@ -21,10 +21,10 @@ use std::time::Duration;
 use ::sqlx::pool::PoolConnection;
 use ::sqlx::postgres::{PgConnection, PgRow, Postgres};
 use ::sqlx::{Column as _, Row as _, TypeInfo as _, ValueRef as _};
-use dlock_core::trace::Traced;
+use dlock_core::trace::TracedOperation;
 use dlock_core::{AsyncLock, Error, Key, KeyPolicy, PgKey, Result, SessionId, Wait};
-use tracing::Instrument as _;
 
+use crate::asynchronous::within_grace;
 use crate::machine::{
     Abandon, Acquire, Failed, LockState, Operation, PayOwed, Release, Request, Step, Verify, Waits,
 };
@@ -178,14 +178,9 @@ impl<C: SqlxPgConnection> SqlxPgLock<C> {
     }
 
     async fn take(&mut self, wait: Wait) -> Result<bool> {
-        let (mode, key) = self.traced();
-        let traced = Traced::acquire("postgres", mode, wait, key);
-        let outcome = self
-            .run(|state| Acquire::start(state, wait))
-            .instrument(traced.span().clone())
-            .await;
-        traced.finish(outcome.as_ref().copied());
-        outcome
+        self.traced(TracedOperation::Acquire(wait))
+            .around(self.run(|state| Acquire::start(state, wait)))
+            .await
     }
 }
 
@@ -412,11 +407,7 @@ impl<C: SqlxPgConnection> AsyncLock for SqlxPgLock<C> {
     ///
     /// Cancel safe, as [`acquire`](AsyncLock::acquire).
     async fn acquire_timeout(&mut self, timeout: Duration) -> Result<bool> {
-        let limit = timeout.saturating_add(dlock_core::REPLY_GRACE);
-        match tokio::time::timeout(limit, self.take(Wait::for_timeout(timeout))).await {
-            Ok(outcome) => outcome,
-            Err(_) => Err(Error::no_reply(limit)),
-        }
+        within_grace(timeout, self.take(Wait::for_timeout(timeout))).await
     }
 
     /// Releases the lock.
@@ -426,14 +417,9 @@ impl<C: SqlxPgConnection> AsyncLock for SqlxPgLock<C> {
     /// Cancel safe: once polled, the unlock is written to the connection, and sqlx sends it
     /// before the connection's next statement whether or not the future completes.
     async fn release(&mut self) -> Result<()> {
-        let (mode, key) = self.traced();
-        let traced = Traced::release("postgres", mode, key);
-        let outcome = self
-            .run(Release::start)
-            .instrument(traced.span().clone())
-            .await;
-        traced.finish(outcome.as_ref().map(|()| true));
-        outcome
+        self.traced(TracedOperation::Release)
+            .around(self.run(Release::start))
+            .await
     }
 
     fn is_acquired(&self) -> bool {
@@ -446,14 +432,9 @@ impl<C: SqlxPgConnection> AsyncLock for SqlxPgLock<C> {
     ///
     /// Cancel safe: it only reads.
     async fn verify(&mut self) -> Result<bool> {
-        let (mode, key) = self.traced();
-        let traced = Traced::verify("postgres", mode, key);
-        let outcome = self
-            .run(Verify::start)
-            .instrument(traced.span().clone())
-            .await;
-        traced.finish(outcome.as_ref().copied());
-        outcome
+        self.traced(TracedOperation::Verify)
+            .around(self.run(Verify::start))
+            .await
     }
 }
 
