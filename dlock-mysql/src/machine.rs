@@ -76,6 +76,13 @@ pub(crate) struct LockState {
     named: Option<SessionId>,
     /// The server's version, once asked, for a flavour whose driver does not give it (sqlx).
     version: Option<(u16, u16, u16)>,
+    /// Whether a whole check passed on another session of the pool this lock's connection
+    /// came from (sqlx's pools, whose connections carry no version): its server keeps more
+    /// than one named lock a session, so a lock may take its name before it reads its own
+    /// session's mark ([`Checks::MarkColumn`](crate::sql::Checks::MarkColumn)), as where the
+    /// version is known. Only a pool whose connections reach servers of different versions
+    /// could meet an old one then, and the missing mark gives that grant back.
+    pub(crate) checked_elsewhere: bool,
 }
 
 impl LockState {
@@ -96,6 +103,7 @@ impl LockState {
             names_session: false,
             named: None,
             version: None,
+            checked_elsewhere: false,
         }
     }
 
@@ -490,7 +498,10 @@ impl Acquire {
             took_marker: false,
             checks: if !state.check_deployment {
                 Checks::None
-            } else if server.is_some() && !state.proves_holds && !matches!(wait, Wait::For(_)) {
+            } else if (server.is_some() || state.checked_elsewhere)
+                && !state.proves_holds
+                && !matches!(wait, Wait::For(_))
+            {
                 // Locking first costs nothing where a grant on an unmarked session can be given
                 // back before anybody is told (a timed wait would wait twice).
                 Checks::MarkColumn
@@ -1467,6 +1478,58 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_lock_whose_pool_passed_a_check_elsewhere_locks_first_without_its_server() {
+        for (wait, timeout) in [(Wait::Never, "0"), (Wait::Forever, "31536000")] {
+            // A marked session: one plain statement in the form both servers read, the mark
+            // beside it; the version is never asked.
+            let mut state = checked();
+            state.checked_elsewhere = true;
+            let mut op = Acquire::start(&state, None, wait).unwrap();
+            let lock = sent(op.step(&mut state, None));
+            assert!(
+                lock.contains(&format!(
+                    "GET_LOCK('jobs/x', {timeout}), @dlock_deployment_checked <=> '"
+                )),
+                "{lock}"
+            );
+            assert!(!lock.contains("IF(@dlock_deployment_checked"), "{lock}");
+            assert!(done(op.step(&mut state, row(&[Some(1), Some(1)]))).unwrap());
+            assert!(!state.check_deployment, "the mark proves the check passed");
+            assert_eq!(state.server(), None);
+            Release::start(&mut state).unwrap();
+        }
+
+        // An unmarked session (a new one, or one of another server): the grant goes back,
+        // and the whole check asks this session's version before it runs; an old server
+        // is refused there.
+        let mut state = checked();
+        state.checked_elsewhere = true;
+        let mut op = Acquire::start(&state, None, Wait::Never).unwrap();
+        sent(op.step(&mut state, None));
+        let give_back = sent(op.step(&mut state, row(&[Some(1), Some(0)])));
+        assert_eq!(give_back, sql::release_lock("jobs/x"));
+        assert_eq!(
+            sent(op.step(&mut state, row(&[Some(1)]))),
+            sql::server_version()
+        );
+        assert!(matches!(
+            done(op.step(&mut state, version_reply((5, 7, 4)))),
+            Err(Error::CannotExclude {
+                deployment: dlock_core::Deployment::OneNamedLockPerSession
+            })
+        ));
+        assert!(state.held().is_none());
+
+        // A timed wait still asks the version for its form, gated by the mark.
+        let mut state = checked();
+        state.checked_elsewhere = true;
+        let mut op = Acquire::start(&state, None, Wait::For(Duration::from_secs(1))).unwrap();
+        assert_eq!(sent(op.step(&mut state, None)), sql::server_version());
+        let lock = sent(op.step(&mut state, version_reply(MARIADB)));
+        assert!(lock.contains("IF(@dlock_deployment_checked = '"), "{lock}");
+    }
+
     /// A lock whose deployment check has not run yet.
     fn checked() -> LockState {
         LockState::new(Key::from("jobs/x"), false)
@@ -1488,13 +1551,7 @@ mod tests {
         // and a wait without timeout picks its form by the version the server reports. The
         // session's mark, where a check is expected, proves the version was checked.
         for check in [true, false] {
-            for (wait, timeout) in [
-                (Wait::Never, "0"),
-                (
-                    Wait::Forever,
-                    "IF(VERSION() LIKE '%MariaDB%', 31536000, -1)",
-                ),
-            ] {
+            for (wait, timeout) in [(Wait::Never, "0"), (Wait::Forever, "31536000")] {
                 let mut state = checked();
                 state.check_deployment = check;
                 let mut op = Acquire::start(&state, None, wait).unwrap();

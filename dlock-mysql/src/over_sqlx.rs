@@ -119,6 +119,17 @@ impl<C: SqlxMySqlConnection> SqlxMySqlLock<C> {
     dlock_core::__naming_session!();
     dlock_core::__connection_accessors!();
 
+    /// Says that a whole deployment check passed on another session of the pool `conn` came
+    /// from, so its server keeps more than one named lock a session: the lock then reads
+    /// its own session's mark beside its `GET_LOCK` instead of around it, as where the
+    /// server's version is known (an unmarked session gives the grant back and checks).
+    /// For [`SqlxLockPool`](https://docs.rs/dlock-pool), whose locks are made per acquire.
+    #[doc(hidden)]
+    pub fn checked_elsewhere(mut self, checked: bool) -> Self {
+        self.state.checked_elsewhere = checked;
+        self
+    }
+
     /// The sqlx connection, for work under the lock. After a dropped future gave it up (see
     /// the type's docs) it must not be used.
     pub fn connection(&mut self) -> &mut MySqlConnection {

@@ -12,6 +12,7 @@
 use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use dlock_core::{
@@ -51,7 +52,8 @@ pub trait SqlxBackend: Database + sealed::Sealed {
 
     /// A lock on `key` over `conn`, under `policy`, with its own deployment check (once per
     /// server session) unless `check` is off, naming its server session with each grant
-    /// when `names_session`.
+    /// when `names_session`; `checked_elsewhere` where a check passed on another session of
+    /// the pool (a MySQL lock then locks before it reads its session's mark).
     #[doc(hidden)]
     fn lock_on(
         conn: PoolConnection<Self>,
@@ -59,6 +61,7 @@ pub trait SqlxBackend: Database + sealed::Sealed {
         policy: KeyPolicy,
         check: bool,
         names_session: bool,
+        checked_elsewhere: bool,
     ) -> Self::Lock;
 
     /// The name a watcher knows the session of a granted `lock` made to name it by.
@@ -83,10 +86,11 @@ pub trait SqlxBackend: Database + sealed::Sealed {
 
 /// Implements [`SqlxBackend`] for sqlx's database `$db`, whose connection is `$conn`, with the
 /// sqlx lock `$lock` and the helpers of `$backend`'s sqlx module; `$server_key` turns keys
-/// into the backend's.
+/// into the backend's; `$checked_elsewhere` tells a lock that a check passed on another
+/// session of the pool.
 #[cfg(any(feature = "postgres", feature = "mysql"))]
 macro_rules! sqlx_backend {
-    ($db:ty, $conn:ty, $lock:ident, $backend:ident, $server_key:path) => {
+    ($db:ty, $conn:ty, $lock:ident, $backend:ident, $server_key:path, $checked_elsewhere:expr) => {
         impl sealed::Sealed for $db {}
 
         impl SqlxBackend for $db {
@@ -106,8 +110,10 @@ macro_rules! sqlx_backend {
                 policy: KeyPolicy,
                 check: bool,
                 names_session: bool,
+                checked_elsewhere: bool,
             ) -> Self::Lock {
                 let mut lock = $backend::$lock::new(conn, key).policy(policy);
+                lock = ($checked_elsewhere)(lock, checked_elsewhere);
                 if !check {
                     lock = lock.skip_deployment_check();
                 }
@@ -143,7 +149,9 @@ sqlx_backend!(
     sqlx::postgres::PgConnection,
     SqlxPgLock,
     dlock_postgres,
-    KeyPolicy::pg_key
+    KeyPolicy::pg_key,
+    // A PostgreSQL lock's gate costs the same whatever the pool learned.
+    |lock, _| lock
 );
 
 #[cfg(feature = "mysql")]
@@ -152,7 +160,8 @@ sqlx_backend!(
     sqlx::mysql::MySqlConnection,
     SqlxMySqlLock,
     dlock_mysql,
-    KeyPolicy::mysql_name
+    KeyPolicy::mysql_name,
+    dlock_mysql::SqlxMySqlLock::checked_elsewhere
 );
 
 /// Pooled locks over your sqlx pool (`sqlx::PgPool` or `sqlx::MySqlPool`): the guard,
@@ -189,6 +198,9 @@ sqlx_backend!(
 pub struct SqlxLockPool<DB: SqlxBackend> {
     pool: Pool<DB>,
     core: PoolCore<SqlxSource<DB>>,
+    /// Set once a lock of this pool was granted with its deployment check on: a check
+    /// passed on one of the pool's sessions.
+    checked: Arc<AtomicBool>,
 }
 
 /// Where the watcher of a [`SqlxLockPool`] connects: your pool, which gives up one
@@ -218,6 +230,7 @@ impl<DB: SqlxBackend> SqlxLockPool<DB> {
         SqlxLockPool {
             core: PoolCore::over(Arc::new(SqlxSource(pool.clone()))),
             pool,
+            checked: Arc::default(),
         }
     }
 
@@ -291,12 +304,14 @@ impl<DB: SqlxBackend> SqlxLockPool<DB> {
         wait: Wait,
     ) -> Result<Option<SqlxLockGuard<DB>>> {
         let watched = self.core.watch.is_on();
+        let check = self.core.check_deployment;
         let lock = DB::lock_on(
             conn,
             key.clone(),
             self.core.policy.clone(),
-            self.core.check_deployment,
+            check,
             watched,
+            check && self.checked.load(Ordering::Relaxed),
         );
         let mut lock = self.core.configure(lock, None)?;
         // sqlx connections carry no mark of their own: the lock closes its connection when
@@ -305,6 +320,10 @@ impl<DB: SqlxBackend> SqlxLockPool<DB> {
         if !acquire_pooled(&mut lock, wait, &mark).await? {
             // Not held: dropping the lock sends the connection straight back.
             return Ok(None);
+        }
+        if check {
+            // Granted with the check on: the check passed on this session, now or before.
+            self.checked.store(true, Ordering::Relaxed);
         }
         let held = match (watched, DB::named_session(&lock)) {
             (false, _) => None,
@@ -330,6 +349,7 @@ impl<DB: SqlxBackend> Clone for SqlxLockPool<DB> {
         SqlxLockPool {
             pool: self.pool.clone(),
             core: self.core.clone(),
+            checked: Arc::clone(&self.checked),
         }
     }
 }

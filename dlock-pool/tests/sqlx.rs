@@ -355,3 +355,57 @@ async fn a_pooled_mysql_session_keeps_one_marker_lock() {
         "one marker lock on the session, and nothing else held"
     );
 }
+
+/// The statements a MySQL session has run that a lock sends (`Com_select`, `Com_set_option`).
+async fn my_statements(conn: &mut sqlx::MySqlConnection) -> u64 {
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SHOW SESSION STATUS WHERE Variable_name IN ('Com_select', 'Com_set_option')",
+    )
+    .fetch_all(conn)
+    .await
+    .unwrap();
+    rows.iter()
+        .map(|(_, count)| count.parse::<u64>().unwrap())
+        .sum()
+}
+
+/// Once a check passed on one of the pool's sessions, a MySQL lock sends one statement, its
+/// `GET_LOCK` with the session's mark beside it; on a session that lost its mark the grant
+/// goes back and the whole check runs before the lock counts as held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_mysql_lock_locks_first_and_checks_a_session_without_its_mark() {
+    let pool = MySql::user_pool(1);
+    let locks = SqlxLockPool::new(pool.clone());
+    let key = key::<MySql>("mark-beside");
+    SqlxLockGuard::release(locks.acquire(key.as_str()).await.unwrap())
+        .await
+        .unwrap();
+    assert!(idle_soon(&pool, 1).await);
+
+    let before = my_statements(&mut pool.acquire().await.unwrap()).await;
+    let mut guard = locks.acquire(key.as_str()).await.unwrap();
+    assert_eq!(
+        my_statements(&mut guard).await - before,
+        1,
+        "one lock statement"
+    );
+    assert!(!MySql::free(&key).await, "held");
+    SqlxLockGuard::release(guard).await.unwrap();
+    assert!(idle_soon(&pool, 1).await);
+
+    // The mark gone (as a reset would take it): the lock statement, its give-back, the
+    // version, the whole check with the lock, and the mark.
+    let mut conn = pool.acquire().await.unwrap();
+    sqlx::query("SET @dlock_deployment_checked = NULL")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let before = my_statements(&mut conn).await;
+    drop(conn);
+    assert!(idle_soon(&pool, 1).await);
+    let mut guard = locks.acquire(key.as_str()).await.unwrap();
+    assert_eq!(my_statements(&mut guard).await - before, 5, "checked again");
+    assert!(!MySql::free(&key).await, "held");
+    SqlxLockGuard::release(guard).await.unwrap();
+    assert!(MySql::free(&key).await, "released");
+}
