@@ -150,8 +150,12 @@ sqlx_backend!(
     SqlxPgLock,
     dlock_postgres,
     KeyPolicy::pg_key,
-    // A PostgreSQL lock's gate costs the same whatever the pool learned.
-    |lock, _| lock
+    // A sqlx pool hands its connections out outside any transaction block (it rolls back
+    // its own `Transaction`s); a raw `BEGIN` a user left open on one is aborted by the gate's
+    // failure on an unchecked session, and that acquire fails and closes the connection.
+    |lock: dlock_postgres::SqlxPgLock<PoolConnection<sqlx::postgres::Postgres>>, _| {
+        lock.gated_by_prepared_statement()
+    }
 );
 
 #[cfg(feature = "mysql")]

@@ -409,3 +409,44 @@ async fn a_pooled_mysql_lock_locks_first_and_checks_a_session_without_its_mark()
     SqlxLockGuard::release(guard).await.unwrap();
     assert!(MySql::free(&key).await, "released");
 }
+
+/// The dlock gates prepared on the guard's PostgreSQL session.
+async fn pg_gates(guard: &mut SqlxLockGuard<Postgres>) -> Vec<String> {
+    sqlx::query_scalar("SELECT name FROM pg_prepared_statements WHERE name LIKE 'dlock\\_%'")
+        .fetch_all(&mut **guard)
+        .await
+        .unwrap()
+}
+
+/// On PostgreSQL a pooled lock goes through its session's prepared gate: prepared once on a
+/// checked session, and again after it was deallocated; locks exclude either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_postgres_lock_prepares_its_sessions_gate_once_and_again_when_it_is_gone() {
+    let pool = Postgres::user_pool(1);
+    let locks = SqlxLockPool::new(pool.clone());
+    let key = key::<Postgres>("prepared-gate");
+    let mut guard = locks.acquire(key.as_str()).await.unwrap();
+    assert!(pg_gates(&mut guard).await.is_empty(), "the first grant checks");
+    SqlxLockGuard::release(guard).await.unwrap();
+    for _ in 0..3 {
+        let mut guard = locks.acquire(key.as_str()).await.unwrap();
+        assert_eq!(pg_gates(&mut guard).await.len(), 1, "one gate, prepared once");
+        assert!(!Postgres::free(&key).await, "held");
+        SqlxLockGuard::release(guard).await.unwrap();
+        assert!(Postgres::free(&key).await, "released");
+    }
+
+    let mut guard = locks.acquire(key.as_str()).await.unwrap();
+    for gate in pg_gates(&mut guard).await {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DEALLOCATE {gate}")))
+            .execute(&mut *guard)
+            .await
+            .unwrap();
+    }
+    SqlxLockGuard::release(guard).await.unwrap();
+    let mut guard = locks.acquire(key.as_str()).await.unwrap();
+    assert!(!Postgres::free(&key).await, "held without its gate");
+    assert_eq!(pg_gates(&mut guard).await.len(), 1, "prepared again");
+    SqlxLockGuard::release(guard).await.unwrap();
+    assert!(Postgres::free(&key).await, "released");
+}

@@ -171,6 +171,11 @@ pub(crate) struct LockState {
     pub(crate) names_session: bool,
     /// The server session's name, once a statement of this object read it.
     named: Option<SessionId>,
+    /// Whether the first lock statement goes through the session's prepared gate
+    /// ([`sql::execute_gate`]): for a pool's connections, which are outside any transaction
+    /// block as they are handed out, so the gate's failure on an unchecked session aborts
+    /// nothing.
+    pub(crate) gate_statements: bool,
 }
 
 /// A lock object's prepared statements, handed to the next lock on the same connection: the
@@ -262,6 +267,7 @@ impl LockState {
             checked: false,
             names_session: false,
             named: None,
+            gate_statements: false,
         }
     }
 
@@ -567,6 +573,13 @@ enum AcquirePhase {
     /// The first lock statement of an object whose deployment is not checked yet, which
     /// carries the check ([`sql::gated_lock`]).
     Gated,
+    /// The same through the session's prepared gate ([`sql::execute_gate`]).
+    ExecutingGate,
+    /// The gate is prepared on a session the gated statement found checked; then `reply`,
+    /// that statement's, is read.
+    PreparingGate {
+        reply: Reply,
+    },
     /// The lock statement is sent.
     Locking,
     /// The lock statement failed with `failure`; `pg_locks` is asked.
@@ -602,6 +615,9 @@ pub(crate) struct Acquire {
     /// The mark the lock statement leaves on its session: a full check of this kind just
     /// passed there.
     mark_checked: Option<Gate>,
+    /// Set when the session's prepared gate was missing: a gated statement that finds the
+    /// session checked prepares it.
+    prepares_gate: bool,
     phase: AcquirePhase,
 }
 
@@ -640,6 +656,7 @@ impl Acquire {
             owed: Owed::Unchecked,
             gate,
             mark_checked: None,
+            prepares_gate: false,
             phase: if state.check_deployment && gate.is_none() {
                 AcquirePhase::Check(deployment::Check::new(false, state.route))
             } else {
@@ -803,6 +820,15 @@ impl Acquire {
                 return step;
             }
             if let (Some(gate), Form::Plain(kind)) = (self.gate, self.form) {
+                if state.gate_statements && self.token.is_none() && !self.prepares_gate {
+                    self.phase = AcquirePhase::ExecutingGate;
+                    return Step::Send(Request::Simple(sql::execute_gate(
+                        self.hold,
+                        kind,
+                        gate,
+                        state.names_session,
+                    )));
+                }
                 self.phase = AcquirePhase::Gated;
                 let statement = sql::gated_lock(self.hold, kind, gate, state.names_session);
                 return Step::Send(Request::Simple(match self.token {
@@ -841,6 +867,32 @@ impl Acquire {
                     None => self.lock(state, self.form),
                 }
             }
+            AcquirePhase::ExecutingGate => match reply.expect("the gate's reply") {
+                // Not prepared on this session (a new one, a reset one, or one no check
+                // passed on): the filtered statement decides, and prepares the gate where the
+                // session's mark is found.
+                Err(failed) if failed.failure == Failure::StatementMissing => {
+                    self.prepares_gate = true;
+                    self.phase = AcquirePhase::Owed;
+                    self.advance(state, None)
+                }
+                // A row: the session is checked, and the lock statement ran.
+                reply => {
+                    self.phase = AcquirePhase::Gated;
+                    self.advance(state, Some(reply))
+                }
+            },
+            AcquirePhase::PreparingGate { reply: lock_reply } => match reply {
+                Some(Err(failed)) if failed.failure == Failure::ConnectionLost => {
+                    self.done(Err(failed.error))
+                }
+                // Prepared, or not (the next acquire tries again): the lock statement's
+                // answer decides.
+                _ => {
+                    self.phase = AcquirePhase::Locking;
+                    self.advance(state, Some(lock_reply))
+                }
+            },
             AcquirePhase::Gated => {
                 let gate = self.gate.take();
                 let reply = reply.expect("the gated lock statement's reply");
@@ -866,6 +918,17 @@ impl Acquire {
                     }
                     if state.names_session {
                         state.named = row.as_ref().and_then(sql::read_named_session);
+                    }
+                    if let (true, Some(gate), Form::Plain(kind)) =
+                        (self.prepares_gate, gate, self.form)
+                        && (!state.names_session || state.named.is_some())
+                    {
+                        self.prepares_gate = false;
+                        let named = state.named.filter(|_| state.names_session);
+                        self.phase = AcquirePhase::PreparingGate { reply };
+                        return Step::Send(Request::Simple(sql::prepare_gate(
+                            self.hold, kind, gate, named,
+                        )));
                     }
                 }
                 // The answer, or its failure, reads as the plain statement's.
@@ -1004,7 +1067,7 @@ impl Operation for Acquire {
     fn in_flight(&self) -> InFlight {
         match self.phase {
             AcquirePhase::Owed => self.owed.in_flight(),
-            AcquirePhase::Gated => InFlight::Lock {
+            AcquirePhase::Gated | AcquirePhase::ExecutingGate => InFlight::Lock {
                 hold: self.hold,
                 waiting: self.token,
             },
@@ -1017,6 +1080,7 @@ impl Operation for Acquire {
             AcquirePhase::Asking { .. }
             | AcquirePhase::Fencing
             | AcquirePhase::Naming
+            | AcquirePhase::PreparingGate { .. }
             | AcquirePhase::Undoing { .. } => InFlight::Lock {
                 hold: self.hold,
                 waiting: None,
@@ -1805,6 +1869,70 @@ mod tests {
         assert!(done(op.step(&mut state, Some(row(&["42", "1234"])))).unwrap());
         assert_eq!(state.named(), Some(named));
         assert_eq!(state.token, Some(9));
+    }
+
+    #[test]
+    fn a_pooled_lock_goes_through_its_sessions_prepared_gate_and_prepares_it_where_missing() {
+        let named = SessionId { id: 42, tag: 1234 };
+        // Prepared: one statement, whose row says the lock, the pid and the start.
+        let mut state = naming(Route::Unknown);
+        state.gate_statements = true;
+        let mut op = Acquire::start(&state, Wait::Never).unwrap();
+        let gate = simple(sent(op.step(&mut state, None)));
+        assert!(gate.starts_with("EXECUTE dlock_"), "{gate}");
+        assert!(gate.ends_with("_tryx1n(7)"), "{gate}");
+        assert_eq!(
+            op.in_flight(),
+            InFlight::Lock {
+                hold: HOLD,
+                waiting: None
+            }
+        );
+        assert!(done(op.step(&mut state, Some(row(&["t", "42", "1234"])))).unwrap());
+        assert_eq!(state.named(), Some(named));
+        assert!(!state.check_deployment, "the gate proves the check passed");
+        Release::start(&state).unwrap();
+
+        // Missing on a checked session: the filtered statement locks, then the gate is
+        // prepared with the session's name, before the lock counts as held.
+        let mut state = naming(Route::Unknown);
+        state.gate_statements = true;
+        let mut op = Acquire::start(&state, Wait::Never).unwrap();
+        let first = simple(sent(op.step(&mut state, None)));
+        let gated = simple(sent(
+            op.step(&mut state, Some(failed(Failure::StatementMissing))),
+        ));
+        assert!(gated.contains(" WHERE current_setting("), "{gated}");
+        let prepare = simple(sent(op.step(&mut state, Some(row(&["t", "42", "1234"])))));
+        let name = first.trim_start_matches("EXECUTE ").trim_end_matches("(7)");
+        assert_eq!(
+            prepare,
+            format!("PREPARE {name}(int8) AS SELECT pg_try_advisory_lock($1), 42, '1234'::text")
+        );
+        assert_eq!(state.held(), None);
+        assert!(matches!(op.in_flight(), InFlight::Lock { .. }));
+        // A failed prepare leaves the gate for the next acquire to prepare: the lock holds.
+        assert!(done(op.step(&mut state, Some(failed(Failure::Other)))).unwrap());
+        assert_eq!(state.held(), Some(HOLD));
+        assert_eq!(state.named(), Some(named));
+
+        // Missing on a session no check passed on: nothing is prepared, the whole check
+        // runs as for the filtered statement alone.
+        let mut state = naming(Route::Unknown);
+        state.gate_statements = true;
+        let mut op = Acquire::start(&state, Wait::Never).unwrap();
+        sent(op.step(&mut state, None));
+        sent(op.step(&mut state, Some(failed(Failure::StatementMissing))));
+        let check = simple(sent(op.step(&mut state, not_gated())));
+        assert!(check.starts_with("SELECT pg_is_in_recovery()"), "{check}");
+
+        // Any other failure of the gate reads as the lock statement's.
+        let mut state = naming(Route::Unknown);
+        state.gate_statements = true;
+        let mut op = Acquire::start(&state, Wait::Never).unwrap();
+        sent(op.step(&mut state, None));
+        assert!(done(op.step(&mut state, Some(failed(Failure::ConnectionLost)))).is_err());
+        assert_eq!(state.held(), None);
     }
 
     /// [`state`], naming its session.

@@ -125,6 +125,18 @@ impl<C: SqlxPgConnection> SqlxPgLock<C> {
 
     dlock_core::__naming_session!();
 
+    /// Sends the first lock statement through the server session's prepared gate, which a
+    /// statement after the first checked grant on that session prepares: it costs the server
+    /// less than the gate in the statement's text. Its failure on a session no check passed
+    /// on would abort a transaction block the connection is in, so this is for pools whose
+    /// connections are handed out outside any
+    /// ([`SqlxLockPool`](https://docs.rs/dlock-pool)).
+    #[doc(hidden)]
+    pub fn gated_by_prepared_statement(mut self) -> Self {
+        self.state.gate_statements = true;
+        self
+    }
+
     /// The sqlx connection, for work under the lock.
     pub fn connection(&mut self) -> &mut PgConnection {
         self.get_mut().connection()
