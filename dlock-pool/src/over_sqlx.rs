@@ -184,6 +184,12 @@ sqlx_backend!(
 ///   PostgreSQL its start in the setting `dlock.session_started`, on MySQL a marker lock
 ///   and the variable `@dlock_session_tag`. A session's first lock pays one statement more
 ///   (two on MySQL) to keep them.
+/// - On PostgreSQL a lock's first statement goes through a statement prepared on its server
+///   session after the first checked grant there (`EXECUTE`), which proves the check and
+///   returns the session's name for less than the same in the statement's text; a
+///   session's second lock prepares it. On MySQL a lock takes its name first and reads the
+///   session's mark of a passed check beside it, once a check passed on one of the pool's
+///   sessions; a grant on an unmarked session goes back before the whole check runs.
 /// - sqlx keeps the cancel key private, so the deployment check infers as the blocking
 ///   flavour does, once per server session (see the README's "Where a lock cannot exclude").
 ///

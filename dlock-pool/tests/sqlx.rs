@@ -426,11 +426,18 @@ async fn a_pooled_postgres_lock_prepares_its_sessions_gate_once_and_again_when_i
     let locks = SqlxLockPool::new(pool.clone());
     let key = key::<Postgres>("prepared-gate");
     let mut guard = locks.acquire(key.as_str()).await.unwrap();
-    assert!(pg_gates(&mut guard).await.is_empty(), "the first grant checks");
+    assert!(
+        pg_gates(&mut guard).await.is_empty(),
+        "the first grant checks"
+    );
     SqlxLockGuard::release(guard).await.unwrap();
     for _ in 0..3 {
         let mut guard = locks.acquire(key.as_str()).await.unwrap();
-        assert_eq!(pg_gates(&mut guard).await.len(), 1, "one gate, prepared once");
+        assert_eq!(
+            pg_gates(&mut guard).await.len(),
+            1,
+            "one gate, prepared once"
+        );
         assert!(!Postgres::free(&key).await, "held");
         SqlxLockGuard::release(guard).await.unwrap();
         assert!(Postgres::free(&key).await, "released");

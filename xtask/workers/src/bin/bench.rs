@@ -709,22 +709,19 @@ fn throughput(scale: Scale) -> Result<Vec<Throughput>> {
                 .await?,
         );
         results.push(
-            compare_async(
+            compare_async_cycles(
                 scale,
                 "AsyncPgLock",
                 "tokio-postgres, prepared",
-                async |side, n| {
-                    let started = Instant::now();
-                    for _ in 0..n {
-                        if side == Side::Dlock {
-                            lock.acquire().await?;
-                            lock.release().await?;
-                        } else {
-                            lock.client().execute(&lock_stmt, &[&PG_KEY]).await?;
-                            lock.client().execute(&unlock_stmt, &[&PG_KEY]).await?;
-                        }
+                async |side| {
+                    if side == Side::Dlock {
+                        lock.acquire().await?;
+                        lock.release().await?;
+                    } else {
+                        lock.client().execute(&lock_stmt, &[&PG_KEY]).await?;
+                        lock.client().execute(&unlock_stmt, &[&PG_KEY]).await?;
                     }
-                    Ok(per_second(n, started))
+                    Ok(())
                 },
             )
             .await?,
@@ -786,23 +783,20 @@ fn throughput(scale: Scale) -> Result<Vec<Throughput>> {
         let conn = sqlx::PgConnection::connect(&pg_url()?).await?;
         let mut lock = dlock_postgres::SqlxPgLock::new(conn, PG_KEY);
         results.push(
-            compare_async(scale, "SqlxPgLock", "sqlx, text", async |side, n| {
-                let started = Instant::now();
-                for _ in 0..n {
-                    if side == Side::Dlock {
-                        lock.acquire().await?;
-                        lock.release().await?;
-                    } else {
-                        let conn = lock.connection();
-                        sqlx::raw_sql(sqlx::AssertSqlSafe(pg_lock_sql.clone()))
-                            .execute(&mut *conn)
-                            .await?;
-                        sqlx::raw_sql(sqlx::AssertSqlSafe(pg_unlock_sql.clone()))
-                            .execute(&mut *conn)
-                            .await?;
-                    }
+            compare_async_cycles(scale, "SqlxPgLock", "sqlx, text", async |side| {
+                if side == Side::Dlock {
+                    lock.acquire().await?;
+                    lock.release().await?;
+                } else {
+                    let conn = lock.connection();
+                    sqlx::raw_sql(sqlx::AssertSqlSafe(pg_lock_sql.clone()))
+                        .execute(&mut *conn)
+                        .await?;
+                    sqlx::raw_sql(sqlx::AssertSqlSafe(pg_unlock_sql.clone()))
+                        .execute(&mut *conn)
+                        .await?;
                 }
-                Ok(per_second(n, started))
+                Ok(())
             })
             .await?,
         );
@@ -893,23 +887,20 @@ fn throughput(scale: Scale) -> Result<Vec<Throughput>> {
         let conn = sqlx::MySqlConnection::connect(&mysql_url()?).await?;
         let mut lock = dlock_mysql::SqlxMySqlLock::new(conn, MY_NAME);
         results.push(
-            compare_async(scale, "SqlxMySqlLock", "sqlx, text", async |side, n| {
-                let started = Instant::now();
-                for _ in 0..n {
-                    if side == Side::Dlock {
-                        lock.acquire().await?;
-                        lock.release().await?;
-                    } else {
-                        let conn = lock.connection();
-                        sqlx::raw_sql(sqlx::AssertSqlSafe(get.clone()))
-                            .execute(&mut *conn)
-                            .await?;
-                        sqlx::raw_sql(sqlx::AssertSqlSafe(release.clone()))
-                            .execute(&mut *conn)
-                            .await?;
-                    }
+            compare_async_cycles(scale, "SqlxMySqlLock", "sqlx, text", async |side| {
+                if side == Side::Dlock {
+                    lock.acquire().await?;
+                    lock.release().await?;
+                } else {
+                    let conn = lock.connection();
+                    sqlx::raw_sql(sqlx::AssertSqlSafe(get.clone()))
+                        .execute(&mut *conn)
+                        .await?;
+                    sqlx::raw_sql(sqlx::AssertSqlSafe(release.clone()))
+                        .execute(&mut *conn)
+                        .await?;
                 }
-                Ok(per_second(n, started))
+                Ok(())
             })
             .await?,
         );
@@ -917,24 +908,16 @@ fn throughput(scale: Scale) -> Result<Vec<Throughput>> {
 
         let mut lock = AsyncMySqlLock::new(my_async().await?, MY_NAME);
         results.push(
-            compare_async(
-                scale,
-                "AsyncMySqlLock",
-                "mysql_async, text",
-                async |side, n| {
-                    let started = Instant::now();
-                    for _ in 0..n {
-                        if side == Side::Dlock {
-                            lock.acquire().await?;
-                            lock.release().await?;
-                        } else {
-                            let _: Option<Option<i64>> = lock.conn().query_first(&get).await?;
-                            let _: Option<Option<i64>> = lock.conn().query_first(&release).await?;
-                        }
-                    }
-                    Ok(per_second(n, started))
-                },
-            )
+            compare_async_cycles(scale, "AsyncMySqlLock", "mysql_async, text", async |side| {
+                if side == Side::Dlock {
+                    lock.acquire().await?;
+                    lock.release().await?;
+                } else {
+                    let _: Option<Option<i64>> = lock.conn().query_first(&get).await?;
+                    let _: Option<Option<i64>> = lock.conn().query_first(&release).await?;
+                }
+                Ok(())
+            })
             .await?,
         );
         drop(lock);
