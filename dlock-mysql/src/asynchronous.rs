@@ -456,9 +456,6 @@ impl<O: Operation> Drop for Driver<'_, O> {
     }
 }
 
-/// Ends session `id` from a fresh connection, once one of `proofs` shows it is still the
-/// session a lock used. Spawned on the current runtime; without one the session ends when its
-/// connection closes.
 /// `reply`, or [`Error::no_reply`] when the server has not answered
 /// [`REPLY_GRACE`](dlock_core::REPLY_GRACE) after the wait it was asked for (`asked`): a
 /// dropped reply future, which leaves the attempt as a dropped acquire does.
@@ -472,6 +469,9 @@ pub(crate) async fn within_grace<T>(
         .unwrap_or_else(|_| Err(Error::no_reply(limit)))
 }
 
+/// Ends session `id` from a fresh connection, once one of `proofs` shows it is still the
+/// session a lock used. Spawned on the current runtime; without one the session ends when its
+/// connection closes.
 fn end_session(opts: Opts, id: u32, proofs: Vec<Proof>) {
     if proofs.is_empty() {
         return;

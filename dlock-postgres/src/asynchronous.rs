@@ -450,9 +450,6 @@ struct Pending {
     reply: ReplyFuture,
 }
 
-/// Sends a simple query at once, and returns its reply as a future of its own that does not
-/// borrow the client: tokio-postgres hands a query to its connection task on the first poll
-/// of `simple_query_raw`, which completes then.
 /// `reply`, or [`Error::no_reply`] when the server has not answered
 /// [`REPLY_GRACE`](dlock_core::REPLY_GRACE) after the wait it was asked for (`asked`): a
 /// dropped reply future, which leaves the attempt as a dropped acquire does.
@@ -466,6 +463,9 @@ pub(crate) async fn within_grace<T>(
         .unwrap_or_else(|_| Err(Error::no_reply(limit)))
 }
 
+/// Sends a simple query at once, and returns its reply as a future of its own that does not
+/// borrow the client: tokio-postgres hands a query to its connection task on the first poll
+/// of `simple_query_raw`, which completes then.
 fn send_now(client: &Client, statement: &str) -> ReplyFuture {
     let mut sending = pin!(client.simple_query_raw(statement));
     match sending
