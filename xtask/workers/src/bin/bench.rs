@@ -832,6 +832,50 @@ fn throughput(scale: Scale) -> Result<Vec<Throughput>> {
             )
             .await?,
         );
+        // The same, beside the very statements the lock sends: its lock statement carries the
+        // mark of the session's passed check, which the floor reads from the session once.
+        let mut gated: Option<String> = None;
+        results.push(
+            compare_async_cycles(
+                scale,
+                "SqlxPgLock, made per use",
+                "sqlx, the same SQL",
+                async |side| {
+                    let mut taken = conn.take().expect("the connection is given back");
+                    if side == Side::Dlock {
+                        let mut lock = dlock_postgres::SqlxPgLock::new(taken, PG_KEY);
+                        lock.acquire().await?;
+                        let (back, released) = lock.into_inner().await;
+                        released?;
+                        conn = Some(back);
+                        return Ok(());
+                    }
+                    if gated.is_none() {
+                        let mark: String = sqlx::query_scalar(
+                            "SELECT current_setting('dlock.deployment_checked', true)",
+                        )
+                        .fetch_one(&mut taken)
+                        .await?;
+                        gated = Some(format!(
+                            "SELECT pg_try_advisory_lock({PG_KEY}) WHERE \
+                             current_setting('dlock.deployment_checked', true) = '{mark}'"
+                        ));
+                    }
+                    let statements = [
+                        gated.clone().unwrap_or_default(),
+                        format!("SELECT pg_advisory_unlock({PG_KEY}), pg_backend_pid()"),
+                    ];
+                    for statement in statements {
+                        sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
+                            .execute(&mut taken)
+                            .await?;
+                    }
+                    conn = Some(taken);
+                    Ok(())
+                },
+            )
+            .await?,
+        );
         drop(conn);
         let mut conn = my_async().await?;
         results.push(
@@ -920,6 +964,25 @@ fn throughput(scale: Scale) -> Result<Vec<Throughput>> {
             })
             .await?,
         );
+        // The same, beside the very statements it sends: its tag, and its session's name
+        // for a kill that must prove the session.
+        let tagged = format!(
+            "SELECT /* dlock:0123456789abcdef */ GET_LOCK('{MY_NAME}', 31536000), \
+             CONNECTION_ID(), @dlock_session_tag"
+        );
+        results.push(
+            compare_async_cycles(scale, "AsyncMySqlLock", "mysql_async, the same SQL", async |side| {
+                if side == Side::Dlock {
+                    lock.acquire().await?;
+                    lock.release().await?;
+                } else {
+                    let _: Option<mysql_async::Row> = lock.conn().query_first(&tagged).await?;
+                    let _: Option<Option<i64>> = lock.conn().query_first(&release).await?;
+                }
+                Ok(())
+            })
+            .await?,
+        );
         drop(lock);
 
         let manager =
@@ -975,20 +1038,42 @@ fn throughput(scale: Scale) -> Result<Vec<Throughput>> {
         );
         drop(locks);
 
-        // Your sqlx pools, beside the same checkout and statements by hand.
+        // Your sqlx pools, beside the same checkout and statements by hand: the plain lock
+        // statements, and the very statements a pooled lock sends (DESIGN's floor, "the raw
+        // driver sending the same SQL"), which carry the proof of the session's check and its
+        // name for the watcher. The first ratio says what dlock costs over a bare lock, the
+        // second what its client costs over its SQL.
         macro_rules! sqlx_pool_path {
-            ($path:expr, $user_pool:expr, $key:expr, $lock_sql:expr, $unlock_sql:expr) => {{
+            ($path:expr, $floor:expr, $user_pool:expr, $key:expr, $statements:expr, $prepare:expr) => {{
                 let user_pool = $user_pool;
                 let locks = dlock_pool::SqlxLockPool::new(user_pool.clone());
-                compare_async_cycles(scale, $path, "sqlx checkout, sqlx text", async |side| {
+                let statements: Vec<String> = $statements;
+                let prepare: Option<String> = $prepare;
+                compare_async_cycles(scale, $path, $floor, async |side| {
                     if side == Side::Dlock {
                         dlock_pool::SqlxLockGuard::release(locks.acquire($key).await?).await?;
                     } else {
                         let mut conn = user_pool.acquire().await?;
-                        for statement in [$lock_sql, $unlock_sql] {
-                            sqlx::raw_sql(sqlx::AssertSqlSafe(statement.clone()))
+                        for statement in &statements {
+                            let sent = sqlx::raw_sql(sqlx::AssertSqlSafe(statement.clone()))
                                 .execute(&mut *conn)
-                                .await?;
+                                .await;
+                            match (sent, &prepare) {
+                                // A connection of the pool not seen yet (the watcher took the
+                                // first for good): the statement is prepared once, as dlock
+                                // prepares its gate.
+                                (Err(_), Some(prepare)) => {
+                                    sqlx::raw_sql(sqlx::AssertSqlSafe(prepare.clone()))
+                                        .execute(&mut *conn)
+                                        .await?;
+                                    sqlx::raw_sql(sqlx::AssertSqlSafe(statement.clone()))
+                                        .execute(&mut *conn)
+                                        .await?;
+                                }
+                                (sent, _) => {
+                                    sent?;
+                                }
+                            }
                         }
                     }
                     Ok(())
@@ -996,25 +1081,65 @@ fn throughput(scale: Scale) -> Result<Vec<Throughput>> {
                 .await?
             }};
         }
-        results.push(sqlx_pool_path!(
-            "SqlxLockPool, PostgreSQL",
+        let pg_pool = async || {
             sqlx::postgres::PgPoolOptions::new()
                 .max_connections(1)
                 .connect(&pg_url()?)
-                .await?,
-            PG_KEY,
-            &pg_lock_sql,
-            &pg_unlock_sql
-        ));
-        results.push(sqlx_pool_path!(
-            "SqlxLockPool, MySQL",
+                .await
+                .map_err(Box::<dyn std::error::Error + Send + Sync>::from)
+        };
+        let my_pool = async || {
             sqlx::mysql::MySqlPoolOptions::new()
                 .max_connections(1)
                 .connect(&mysql_url()?)
-                .await?,
+                .await
+                .map_err(Box::<dyn std::error::Error + Send + Sync>::from)
+        };
+        results.push(sqlx_pool_path!(
+            "SqlxLockPool, PostgreSQL",
+            "sqlx checkout, sqlx text",
+            pg_pool().await?,
+            PG_KEY,
+            vec![pg_lock_sql.clone(), pg_unlock_sql.clone()],
+            None
+        ));
+        results.push(sqlx_pool_path!(
+            "SqlxLockPool, PostgreSQL",
+            "sqlx checkout, the same SQL",
+            pg_pool().await?,
+            PG_KEY,
+            vec![
+                format!("EXECUTE dlock_bench_gate({PG_KEY})"),
+                format!("SELECT pg_advisory_unlock({PG_KEY}), pg_backend_pid()"),
+            ],
+            Some(
+                "PREPARE dlock_bench_gate(int8) AS SELECT pg_try_advisory_lock($1), 123456, \
+                 '1796645871234567'::text"
+                    .to_owned()
+            )
+        ));
+        results.push(sqlx_pool_path!(
+            "SqlxLockPool, MySQL",
+            "sqlx checkout, sqlx text",
+            my_pool().await?,
             MY_NAME,
-            &get,
-            &release
+            vec![get.clone(), release.clone()],
+            None
+        ));
+        results.push(sqlx_pool_path!(
+            "SqlxLockPool, MySQL",
+            "sqlx checkout, the same SQL",
+            my_pool().await?,
+            MY_NAME,
+            vec![
+                format!(
+                    "SELECT /* dlock:0123456789abcdef */ GET_LOCK('{MY_NAME}', 31536000), \
+                     CONNECTION_ID(), @dlock_session_tag, \
+                     @dlock_deployment_checked <=> '0123456789abcdefm'"
+                ),
+                release.clone(),
+            ],
+            None
         ));
 
         let manager = AsyncMySqlManager::from_url(&mysql_url()?)?;
