@@ -7,7 +7,8 @@
 //!   the `postgres` client.
 //! - `tokio` (feature `tokio`): `AsyncPgLock`, `AsyncPgSession`, `AsyncPgXactLock`
 //!   and the same helpers over `tokio-postgres`.
-//! - `sqlx` (feature `sqlx`): `SqlxPgLock`, a session lock that owns a sqlx connection.
+//! - `sqlx` (feature `sqlx`): `SqlxPgLock`, a session lock that owns a sqlx connection, and
+//!   `SqlxPgXactLock`, a transaction lock taken through a sqlx transaction.
 //!
 //! The lock and session types are also at the crate root; the helpers live in their
 //! flavour's module, under the same names in both.
@@ -33,18 +34,19 @@ mod asynchronous;
 mod over_sqlx;
 
 /// The sqlx flavour (feature `sqlx`): [`SqlxPgLock`], a session lock that owns a sqlx
-/// connection, and helpers named as the tokio flavour's are.
+/// connection, [`SqlxPgXactLock`], a transaction lock taken through a sqlx transaction, and
+/// helpers named as the tokio flavour's are.
 #[cfg(feature = "sqlx")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlx")))]
 pub mod sqlx {
     pub use crate::over_sqlx::{
-        SqlxPgConnection, SqlxPgLock, install_fencing, session, still_held,
+        SqlxPgConnection, SqlxPgLock, SqlxPgXactLock, install_fencing, session, still_held,
     };
 }
 
 #[cfg(feature = "sqlx")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlx")))]
-pub use over_sqlx::{SqlxPgConnection, SqlxPgLock};
+pub use over_sqlx::{SqlxPgConnection, SqlxPgLock, SqlxPgXactLock};
 
 /// The tokio flavour (feature `tokio`): locks, sessions and helpers over `tokio-postgres`,
 /// named as the blocking flavour's are.

@@ -26,9 +26,10 @@ use dlock_core::{AsyncLock, Error, Key, KeyPolicy, PgKey, Result, SessionId, Wai
 
 use crate::asynchronous::within_grace;
 use crate::machine::{
-    Abandon, Acquire, Failed, LockState, Operation, PayOwed, Release, Request, Step, Verify, Waits,
+    self, Abandon, Acquire, Failed, LockState, Operation, PayOwed, Release, Request, Step, Verify,
+    Waits, XactOptions, XactOutcome, XactSlices,
 };
-use crate::sql::{self, Failure, Mode, Row};
+use crate::sql::{self, Failure, Hold, Mode, Row};
 
 /// A PostgreSQL session lock that owns a sqlx connection `C`: a `PgConnection`, or a
 /// `PoolConnection<Postgres>` from your `PgPool` ([`SqlxPgConnection`]). Keys, policies,
@@ -253,6 +254,187 @@ impl<O: Operation> Drop for Driver<'_, O> {
             }
         }
     }
+}
+
+/// A PostgreSQL transaction lock taken through a sqlx transaction (feature `sqlx`): it is
+/// held until that transaction commits or rolls back, and never released by hand. Pass the
+/// transaction itself (`&mut tx`), or anything else that gives a `PgConnection` inside a
+/// transaction block (sqlx's `AsMut` convention); outside one each statement is its own
+/// transaction, and the lock would end with it. Keys, policies, modes, fencing and the
+/// standby check are those of [`AsyncPgXactLock`](crate::AsyncPgXactLock).
+///
+/// A lock taken by a dropped acquire future belongs to the transaction, so it ends with the
+/// transaction like every lock this type takes. sqlx cannot cancel a statement, so a wait
+/// goes in slices (each sets `lock_timeout` for its one statement): a dropped wait ends in
+/// the server within a slice (400 ms), and a slice that runs out neither aborts the
+/// transaction nor logs an error.
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use dlock_postgres::SqlxPgXactLock;
+///
+/// let pool = sqlx::PgPool::connect("postgres://postgres@localhost/postgres").await?;
+/// let mut tx = pool.begin().await?;
+/// if SqlxPgXactLock::new("invoice/42").try_acquire(&mut tx).await? {
+///     sqlx::query("UPDATE invoices SET paid = true WHERE id = 42").execute(&mut *tx).await?;
+/// }
+/// tx.commit().await?; // Releases the lock.
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+#[must_use = "a lock does nothing until it is acquired"]
+pub struct SqlxPgXactLock {
+    key: Key,
+    policy: KeyPolicy,
+    mode: Mode,
+    /// The standby check, the fence table and the last token.
+    options: XactOptions,
+}
+
+impl SqlxPgXactLock {
+    /// An exclusive transaction lock on `key`, under the default key policy.
+    pub fn new(key: impl Into<Key>) -> Self {
+        SqlxPgXactLock {
+            key: key.into(),
+            policy: KeyPolicy::default(),
+            mode: Mode::Exclusive,
+            options: XactOptions::default(),
+        }
+    }
+
+    crate::methods::xact_methods!();
+
+    /// Waits, in the server, until the transaction holds the lock. No session setting
+    /// (`lock_timeout`, `statement_timeout`) cuts the wait short.
+    ///
+    /// # Errors
+    ///
+    /// What the server reports (a deadlock aborts the transaction).
+    ///
+    /// # Cancel Safety
+    ///
+    /// See the type's docs: a late grant ends with the transaction.
+    pub async fn acquire(&self, tx: &mut (impl AsMut<PgConnection> + Send)) -> Result<()> {
+        self.traced(Wait::Forever, self.wait(tx.as_mut(), Wait::Forever))
+            .await
+            .map(drop)
+    }
+
+    /// Takes the lock if it is free: `Ok(true)` held until the transaction ends.
+    ///
+    /// # Errors
+    ///
+    /// What the server reports.
+    ///
+    /// # Cancel Safety
+    ///
+    /// See the type's docs.
+    pub async fn try_acquire(&self, tx: &mut (impl AsMut<PgConnection> + Send)) -> Result<bool> {
+        self.traced(Wait::Never, self.wait(tx.as_mut(), Wait::Never))
+            .await
+    }
+
+    /// Waits at most `timeout` for the lock, inside a savepoint: on a timeout or a failure the
+    /// savepoint is rolled back, so the transaction stays usable and no lock is left behind.
+    ///
+    /// # Errors
+    ///
+    /// What the server reports.
+    ///
+    /// # Cancel Safety
+    ///
+    /// Dropping the future leaves the savepoint open: a late grant is then the transaction's,
+    /// and ends with it.
+    pub async fn acquire_timeout(
+        &self,
+        tx: &mut (impl AsMut<PgConnection> + Send),
+        timeout: Duration,
+    ) -> Result<bool> {
+        let wait = Wait::for_timeout(timeout);
+        let conn = tx.as_mut();
+        if wait == Wait::Never {
+            return self.traced(wait, self.wait(conn, wait)).await;
+        }
+        self.traced(wait, async {
+            text_rows(conn, "SAVEPOINT dlock_acquire".to_owned()).await?;
+            let outcome = self.slices(conn, wait).await;
+            // Rolling the savepoint back also frees a lock granted with a failure.
+            let (end, answer) = match outcome {
+                XactOutcome::Answered(granted, _) => ("RELEASE", Ok(granted)),
+                XactOutcome::TimedOut => ("ROLLBACK TO", Ok(false)),
+                XactOutcome::Failed(error) => ("ROLLBACK TO", Err(error)),
+            };
+            let ended = text_rows(conn, format!("{end} SAVEPOINT dlock_acquire")).await;
+            let granted = answer?;
+            ended.map(|_| granted)
+        })
+        .await
+    }
+
+    /// Asks `pg_locks` whether the transaction's session holds the lock in this mode.
+    ///
+    /// # Errors
+    ///
+    /// What the server reports.
+    ///
+    /// # Cancel Safety
+    ///
+    /// Cancel safe: it only reads.
+    pub async fn verify(&self, tx: &mut (impl AsMut<PgConnection> + Send)) -> Result<bool> {
+        let rows = text_rows(tx.as_mut(), sql::held_by_session(self.hold()?)).await?;
+        sql::read_bool(&rows.last().cloned(), 0)
+    }
+
+    /// Runs an acquire with `wait` in its span.
+    async fn traced(
+        &self,
+        wait: Wait,
+        acquire: impl Future<Output = Result<bool>>,
+    ) -> Result<bool> {
+        dlock_core::trace::Traced::acquire("postgres", self.mode.traced(), wait, || {
+            sql::traced_key(&self.policy, &self.key)
+        })
+        .around(acquire)
+        .await
+    }
+
+    /// Takes or waits for the lock through `conn`, without a savepoint.
+    async fn wait(&self, conn: &mut PgConnection, wait: Wait) -> Result<bool> {
+        self.slices(conn, wait).await.into_result()
+    }
+
+    /// Sends the lock statement, or the slices of a wait, through `conn`.
+    async fn slices(&self, conn: &mut PgConnection, wait: Wait) -> XactOutcome {
+        let hold: Hold = match self.hold() {
+            Ok(hold) => hold,
+            Err(error) => return XactOutcome::Failed(error),
+        };
+        if wait == Wait::Never {
+            let statement = machine::xact_statement(hold, wait, None, &self.options);
+            let reply = send(conn, statement).await;
+            return self.options.noted(machine::xact_outcome(wait, reply));
+        }
+        let mut slices = XactSlices::new(hold, wait, &self.options);
+        while let Some(statement) = slices.next_statement() {
+            match slices.read(send(conn, statement).await) {
+                XactOutcome::Answered(false, _) => {}
+                outcome => return self.options.noted(outcome),
+            }
+        }
+        XactOutcome::Answered(false, None)
+    }
+}
+
+/// Sends one simple query and reads its last row.
+async fn send(conn: &mut PgConnection, statement: String) -> machine::Reply {
+    ::sqlx::raw_sql(::sqlx::AssertSqlSafe(statement))
+        .fetch_all(conn)
+        .await
+        .map(|rows| last_row(&rows))
+        .map_err(failed)
 }
 
 /// The last row of a simple query's reply, as text (the simple protocol returns text).

@@ -277,3 +277,92 @@ async fn the_sqlx_helpers_name_a_session_see_its_holds_and_install_fencing() {
         "{error:?}"
     );
 }
+
+/// A transaction lock through a sqlx transaction: held until the transaction ends, excluding
+/// a tokio-postgres holder meanwhile; a timed wait on a busy key leaves the transaction usable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_lock_through_a_sqlx_transaction_holds_until_it_ends() {
+    use sqlx::Connection as _;
+    let name = "sqlx/xact";
+    let lock = dlock_postgres::SqlxPgXactLock::new(name);
+    let mut tokio_lock = AsyncPgLock::new(common::connect_async().await, name);
+
+    let mut conn = connect().await;
+    let mut tx = conn.begin().await.unwrap();
+    assert!(lock.try_acquire(&mut tx).await.unwrap());
+    assert!(lock.verify(&mut tx).await.unwrap());
+    assert!(
+        !tokio_lock.try_acquire().await.unwrap(),
+        "held by the transaction"
+    );
+    tx.commit().await.unwrap();
+    assert!(
+        tokio_lock.try_acquire().await.unwrap(),
+        "the commit released it"
+    );
+
+    // Busy: the timed wait runs out, and the transaction goes on.
+    let mut tx = conn.begin().await.unwrap();
+    let started = Instant::now();
+    assert!(
+        !lock
+            .acquire_timeout(&mut tx, Duration::from_millis(150))
+            .await
+            .unwrap()
+    );
+    assert!(started.elapsed() >= Duration::from_millis(150));
+    let one: i32 = sqlx::query_scalar("SELECT 1")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(one, 1, "the transaction is still usable");
+    assert!(!lock.verify(&mut tx).await.unwrap());
+
+    // A wait without timeout is granted when the other holder lets go; a rollback ends it.
+    let release = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio_lock.release().await.unwrap();
+    };
+    let (acquired, ()) = tokio::join!(lock.acquire(&mut tx), release);
+    acquired.unwrap();
+    assert!(!tokio_lock.try_acquire().await.unwrap());
+    tx.rollback().await.unwrap();
+    assert!(
+        tokio_lock.try_acquire().await.unwrap(),
+        "the rollback released it"
+    );
+    tokio_lock.release().await.unwrap();
+}
+
+/// A transaction lock's wait dropped mid-way ends in the server within a slice, and what it
+/// may have been granted ends with the transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_transaction_lock_wait_ends_with_its_transaction() {
+    use sqlx::Connection as _;
+    let name = "sqlx/xact-dropped";
+    let lock = dlock_postgres::SqlxPgXactLock::new(name);
+    let mut holder = AsyncPgLock::new(common::connect_async().await, name);
+    assert!(holder.try_acquire().await.unwrap());
+    let mut conn = connect().await;
+    let pid = backend_pid(&mut conn).await;
+    let mut tx = conn.begin().await.unwrap();
+    let waited = tokio::time::timeout(Duration::from_millis(100), lock.acquire(&mut tx)).await;
+    assert!(waited.is_err(), "still waiting when dropped");
+    holder.release().await.unwrap();
+    // The slice in flight may be granted now; the transaction holds that until it ends.
+    let one: i32 = sqlx::query_scalar("SELECT 1")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(
+        one, 1,
+        "the transaction is usable once the slice's reply is read"
+    );
+    tx.rollback().await.unwrap();
+    assert!(
+        until_held_by(name, pid, false).await,
+        "nothing left with the session"
+    );
+    assert!(holder.try_acquire().await.unwrap());
+    holder.release().await.unwrap();
+}
