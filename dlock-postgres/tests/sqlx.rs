@@ -366,3 +366,23 @@ async fn a_dropped_transaction_lock_wait_ends_with_its_transaction() {
     assert!(holder.try_acquire().await.unwrap());
     holder.release().await.unwrap();
 }
+
+/// A fenced transaction lock through sqlx: each grant's token is larger than the last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_transaction_lock_through_sqlx_hands_out_growing_tokens() {
+    use sqlx::Connection as _;
+    let mut conn = connect().await;
+    dlock_postgres::sqlx::install_fencing(&mut conn, None)
+        .await
+        .unwrap();
+    let lock = dlock_postgres::SqlxPgXactLock::new("sqlx/xact-fenced").fenced();
+    let mut last = 0;
+    for _ in 0..3 {
+        let mut tx = conn.begin().await.unwrap();
+        assert!(lock.try_acquire(&mut tx).await.unwrap());
+        let token = lock.fencing_token().expect("a fenced grant's token");
+        assert!(token > last, "{token} after {last}");
+        last = token;
+        tx.commit().await.unwrap();
+    }
+}
