@@ -285,48 +285,6 @@ async fn compare_async(
     Ok(paired(path, floor, dlock, raw))
 }
 
-/// [`compare_async`] for paths whose cycle stands alone (a lock made per use, a pooled
-/// acquire): the two sides alternate cycle by cycle, each cycle timed on its own. Blocks of
-/// cycles let the VM's drift (scheduling, the server's background work) land on one side of a
-/// pair: the ratios of these paths spread from 0.75 to 1.1 that way, and from 0.9 to 0.95
-/// interleaved (measured on the sqlx pools).
-async fn compare_async_cycles(
-    scale: Scale,
-    path: &'static str,
-    floor: &'static str,
-    mut cycle: impl AsyncFnMut(Side) -> Result<()>,
-) -> Result<Throughput> {
-    if !scale.wants(path) {
-        return Ok(Throughput::skipped(path, floor));
-    }
-    for _ in 0..=scale.cycles / 5 {
-        cycle(Side::Dlock).await?;
-        cycle(Side::Floor).await?;
-    }
-    let (mut dlock, mut raw) = (Vec::new(), Vec::new());
-    for repeat in 0..scale.repeats {
-        let mut took = [Duration::ZERO; 2];
-        // Alternate which runs first, so neither always meets the other's leftovers.
-        let order = if repeat % 2 == 0 {
-            [(0, Side::Dlock), (1, Side::Floor)]
-        } else {
-            [(1, Side::Floor), (0, Side::Dlock)]
-        };
-        for _ in 0..scale.cycles {
-            for (slot, side) in order {
-                let started = Instant::now();
-                cycle(side).await?;
-                took[slot] += started.elapsed();
-            }
-        }
-        #[allow(clippy::cast_precision_loss)]
-        let cycles = scale.cycles as f64;
-        dlock.push(cycles / took[0].as_secs_f64());
-        raw.push(cycles / took[1].as_secs_f64());
-    }
-    Ok(paired(path, floor, dlock, raw))
-}
-
 /// [`compare`] with the two sides alternating cycle by cycle, each cycle timed on its own:
 /// for paths on different connections (so different server processes), whose speeds drift
 /// apart within a block of cycles on this VM.
@@ -361,7 +319,11 @@ fn compare_interleaved(
     Ok(paired(path, floor, dlock, raw))
 }
 
-/// [`compare_interleaved`] for async paths.
+/// [`compare_interleaved`] for async paths: also for any path whose cycle stands alone (a
+/// lock reused or made per use, a pooled acquire) on one connection. Blocks of cycles let
+/// the VM's drift (scheduling, the server's background work) land on one side of a pair:
+/// the sqlx pools' ratios spread from 0.75 to 1.1 that way, and by a few hundredths
+/// interleaved.
 async fn compare_interleaved_async(
     scale: Scale,
     path: &'static str,
@@ -709,7 +671,7 @@ fn throughput(scale: Scale) -> Result<Vec<Throughput>> {
                 .await?,
         );
         results.push(
-            compare_async_cycles(
+            compare_interleaved_async(
                 scale,
                 "AsyncPgLock",
                 "tokio-postgres, prepared",
@@ -730,7 +692,7 @@ fn throughput(scale: Scale) -> Result<Vec<Throughput>> {
 
         let mut client = pg_async().await?;
         results.push(
-            compare_async_cycles(
+            compare_interleaved_async(
                 scale,
                 "AsyncPgLock, made per use",
                 "tokio-postgres, text",
@@ -783,7 +745,7 @@ fn throughput(scale: Scale) -> Result<Vec<Throughput>> {
         let conn = sqlx::PgConnection::connect(&pg_url()?).await?;
         let mut lock = dlock_postgres::SqlxPgLock::new(conn, PG_KEY);
         results.push(
-            compare_async_cycles(scale, "SqlxPgLock", "sqlx, text", async |side| {
+            compare_interleaved_async(scale, "SqlxPgLock", "sqlx, text", async |side| {
                 if side == Side::Dlock {
                     lock.acquire().await?;
                     lock.release().await?;
@@ -805,7 +767,7 @@ fn throughput(scale: Scale) -> Result<Vec<Throughput>> {
         // Made per use: a lock takes the connection, and gives it back on into_inner.
         let mut conn = Some(conn);
         results.push(
-            compare_async_cycles(
+            compare_interleaved_async(
                 scale,
                 "SqlxPgLock, made per use",
                 "sqlx, text",
@@ -836,7 +798,7 @@ fn throughput(scale: Scale) -> Result<Vec<Throughput>> {
         // mark of the session's passed check, which the floor reads from the session once.
         let mut gated: Option<String> = None;
         results.push(
-            compare_async_cycles(
+            compare_interleaved_async(
                 scale,
                 "SqlxPgLock, made per use",
                 "sqlx, the same SQL",
@@ -906,7 +868,7 @@ fn throughput(scale: Scale) -> Result<Vec<Throughput>> {
         drop(conn);
         let mut conn = my_async().await?;
         results.push(
-            compare_async_cycles(
+            compare_interleaved_async(
                 scale,
                 "AsyncMySqlLock, made per use",
                 "mysql_async, text",
@@ -931,7 +893,7 @@ fn throughput(scale: Scale) -> Result<Vec<Throughput>> {
         let conn = sqlx::MySqlConnection::connect(&mysql_url()?).await?;
         let mut lock = dlock_mysql::SqlxMySqlLock::new(conn, MY_NAME);
         results.push(
-            compare_async_cycles(scale, "SqlxMySqlLock", "sqlx, text", async |side| {
+            compare_interleaved_async(scale, "SqlxMySqlLock", "sqlx, text", async |side| {
                 if side == Side::Dlock {
                     lock.acquire().await?;
                     lock.release().await?;
@@ -952,7 +914,7 @@ fn throughput(scale: Scale) -> Result<Vec<Throughput>> {
 
         let mut lock = AsyncMySqlLock::new(my_async().await?, MY_NAME);
         results.push(
-            compare_async_cycles(scale, "AsyncMySqlLock", "mysql_async, text", async |side| {
+            compare_interleaved_async(scale, "AsyncMySqlLock", "mysql_async, text", async |side| {
                 if side == Side::Dlock {
                     lock.acquire().await?;
                     lock.release().await?;
@@ -971,7 +933,7 @@ fn throughput(scale: Scale) -> Result<Vec<Throughput>> {
              CONNECTION_ID(), @dlock_session_tag"
         );
         results.push(
-            compare_async_cycles(scale, "AsyncMySqlLock", "mysql_async, the same SQL", async |side| {
+            compare_interleaved_async(scale, "AsyncMySqlLock", "mysql_async, the same SQL", async |side| {
                 if side == Side::Dlock {
                     lock.acquire().await?;
                     lock.release().await?;
@@ -989,7 +951,7 @@ fn throughput(scale: Scale) -> Result<Vec<Throughput>> {
             bb8_postgres::PostgresConnectionManager::new(pg_url()?.parse()?, tokio_postgres::NoTls);
         let pool = AsyncLockPool::with_builder(bb8::Pool::builder().max_size(1), manager).await?;
         results.push(
-            compare_async_cycles(
+            compare_interleaved_async(
                 scale,
                 "AsyncLockPool, PostgreSQL",
                 "bb8 checkout, tokio-postgres simple query",
@@ -1018,7 +980,7 @@ fn throughput(scale: Scale) -> Result<Vec<Throughput>> {
         )?;
         let locks = dlock_pool::DeadpoolLockPool::new(user_pool.clone());
         results.push(
-            compare_async_cycles(
+            compare_interleaved_async(
                 scale,
                 "DeadpoolLockPool, PostgreSQL",
                 "deadpool checkout, tokio-postgres simple query",
@@ -1049,7 +1011,7 @@ fn throughput(scale: Scale) -> Result<Vec<Throughput>> {
                 let locks = dlock_pool::SqlxLockPool::new(user_pool.clone());
                 let statements: Vec<String> = $statements;
                 let prepare: Option<String> = $prepare;
-                compare_async_cycles(scale, $path, $floor, async |side| {
+                compare_interleaved_async(scale, $path, $floor, async |side| {
                     if side == Side::Dlock {
                         dlock_pool::SqlxLockGuard::release(locks.acquire($key).await?).await?;
                     } else {
@@ -1145,7 +1107,7 @@ fn throughput(scale: Scale) -> Result<Vec<Throughput>> {
         let manager = AsyncMySqlManager::from_url(&mysql_url()?)?;
         let pool = AsyncLockPool::with_builder(bb8::Pool::builder().max_size(1), manager).await?;
         results.push(
-            compare_async_cycles(
+            compare_interleaved_async(
                 scale,
                 "AsyncLockPool, MySQL",
                 "bb8 checkout, mysql_async text",
