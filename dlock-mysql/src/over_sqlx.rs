@@ -7,9 +7,9 @@
 //! drop closes the connection (a pooled one is closed by its pool, not reused), which ends its
 //! session and frees its locks. A lock dropped holding, on a connection it can still trust,
 //! hands the connection to a task on the current tokio runtime, which releases and then lets it
-//! go. sqlx hides the server version it read from the handshake: the machine locks by the
-//! session's mark of a passed check, which names the server family, and asks the version only
-//! where it needs it.
+//! go. sqlx hides the server version it read from the handshake: a try and a wait without
+//! timeout go in forms both server families read alike, the session's mark of a passed check
+//! proves the version was checked, and the version is asked only where a form needs it.
 
 use std::fmt;
 use std::time::Duration;
