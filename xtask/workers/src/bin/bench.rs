@@ -355,6 +355,20 @@ async fn compare_interleaved_async(
     Ok(paired(path, floor, dlock, raw))
 }
 
+/// Sends `statements` as text through the sqlx connection `conn`, one after another: a floor
+/// of the sqlx paths.
+async fn sqlx_text<C>(conn: &mut C, statements: &[&str]) -> std::result::Result<(), sqlx::Error>
+where
+    for<'e> &'e mut C: sqlx::Executor<'e>,
+{
+    for statement in statements {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(statement.to_string()))
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
 const PG_KEY: i64 = 0x0064_6c6f_636b; // "dlock"
 const MY_NAME: &str = "dlock-bench/cycle";
 
@@ -750,12 +764,7 @@ fn throughput(scale: Scale) -> Result<Vec<Throughput>> {
                     lock.acquire().await?;
                     lock.release().await?;
                 } else {
-                    let conn = lock.connection();
-                    sqlx::raw_sql(sqlx::AssertSqlSafe(pg_lock_sql.clone()))
-                        .execute(&mut *conn)
-                        .await?;
-                    sqlx::raw_sql(sqlx::AssertSqlSafe(pg_unlock_sql.clone()))
-                        .execute(&mut *conn)
+                    sqlx_text(lock.connection(), &[&pg_lock_sql, &pg_unlock_sql])
                         .await?;
                 }
                 Ok(())
@@ -781,11 +790,7 @@ fn throughput(scale: Scale) -> Result<Vec<Throughput>> {
                         conn = Some(back);
                     } else {
                         let mut taken = taken;
-                        sqlx::raw_sql(sqlx::AssertSqlSafe(pg_lock_sql.clone()))
-                            .execute(&mut taken)
-                            .await?;
-                        sqlx::raw_sql(sqlx::AssertSqlSafe(pg_unlock_sql.clone()))
-                            .execute(&mut taken)
+                        sqlx_text(&mut taken, &[&pg_lock_sql, &pg_unlock_sql])
                             .await?;
                         conn = Some(taken);
                     }
@@ -823,15 +828,9 @@ fn throughput(scale: Scale) -> Result<Vec<Throughput>> {
                              current_setting('dlock.deployment_checked', true) = '{mark}'"
                         ));
                     }
-                    let statements = [
-                        gated.clone().unwrap_or_default(),
-                        format!("SELECT pg_advisory_unlock({PG_KEY}), pg_backend_pid()"),
-                    ];
-                    for statement in statements {
-                        sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
-                            .execute(&mut taken)
-                            .await?;
-                    }
+                    let unlock = format!("SELECT pg_advisory_unlock({PG_KEY}), pg_backend_pid()");
+                    let gated = gated.as_deref().unwrap_or_default();
+                    sqlx_text(&mut taken, &[gated, &unlock]).await?;
                     conn = Some(taken);
                     Ok(())
                 },
@@ -898,13 +897,7 @@ fn throughput(scale: Scale) -> Result<Vec<Throughput>> {
                     lock.acquire().await?;
                     lock.release().await?;
                 } else {
-                    let conn = lock.connection();
-                    sqlx::raw_sql(sqlx::AssertSqlSafe(get.clone()))
-                        .execute(&mut *conn)
-                        .await?;
-                    sqlx::raw_sql(sqlx::AssertSqlSafe(release.clone()))
-                        .execute(&mut *conn)
-                        .await?;
+                    sqlx_text(lock.connection(), &[&get, &release]).await?;
                 }
                 Ok(())
             })
@@ -1017,24 +1010,15 @@ fn throughput(scale: Scale) -> Result<Vec<Throughput>> {
                     } else {
                         let mut conn = user_pool.acquire().await?;
                         for statement in &statements {
-                            let sent = sqlx::raw_sql(sqlx::AssertSqlSafe(statement.clone()))
-                                .execute(&mut *conn)
-                                .await;
+                            let sent = sqlx_text(&mut *conn, &[statement]).await;
                             match (sent, &prepare) {
                                 // A connection of the pool not seen yet (the watcher took the
                                 // first for good): the statement is prepared once, as dlock
                                 // prepares its gate.
                                 (Err(_), Some(prepare)) => {
-                                    sqlx::raw_sql(sqlx::AssertSqlSafe(prepare.clone()))
-                                        .execute(&mut *conn)
-                                        .await?;
-                                    sqlx::raw_sql(sqlx::AssertSqlSafe(statement.clone()))
-                                        .execute(&mut *conn)
-                                        .await?;
+                                    sqlx_text(&mut *conn, &[prepare, statement]).await?;
                                 }
-                                (sent, _) => {
-                                    sent?;
-                                }
+                                (sent, _) => sent?,
                             }
                         }
                     }
