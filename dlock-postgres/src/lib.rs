@@ -7,8 +7,9 @@
 //!   the `postgres` client.
 //! - `tokio` (feature `tokio`): `AsyncPgLock`, `AsyncPgSession`, `AsyncPgXactLock`
 //!   and the same helpers over `tokio-postgres`.
-//! - `sqlx` (feature `sqlx`): `SqlxPgLock`, a session lock that owns a sqlx connection, and
-//!   `SqlxPgXactLock`, a transaction lock taken through a sqlx transaction.
+//! - `sqlx` (feature `sqlx`): `SqlxPgLock`, a session lock over a sqlx connection,
+//!   `SqlxPgSession`, a session holding any number of keys, and `SqlxPgXactLock`, a
+//!   transaction lock taken through a sqlx transaction.
 //!
 //! The lock and session types are also at the crate root; the helpers live in their
 //! flavour's module, under the same names in both.
@@ -33,20 +34,22 @@ mod asynchronous;
 #[cfg(feature = "sqlx")]
 mod over_sqlx;
 
-/// The sqlx flavour (feature `sqlx`): [`SqlxPgLock`], a session lock that owns a sqlx
-/// connection, [`SqlxPgXactLock`], a transaction lock taken through a sqlx transaction, and
+/// The sqlx flavour (feature `sqlx`): [`SqlxPgLock`], a session lock over a sqlx
+/// connection, [`SqlxPgSession`], a session holding any number of keys, [`SqlxPgXactLock`],
+/// a transaction lock taken through a sqlx transaction, and
 /// helpers named as the tokio flavour's are.
 #[cfg(feature = "sqlx")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlx")))]
 pub mod sqlx {
     pub use crate::over_sqlx::{
-        SqlxPgConnection, SqlxPgLock, SqlxPgXactLock, install_fencing, session, still_held,
+        SqlxPgConnection, SqlxPgLock, SqlxPgSession, SqlxPgXactLock, install_fencing, session,
+        still_held,
     };
 }
 
 #[cfg(feature = "sqlx")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlx")))]
-pub use over_sqlx::{SqlxPgConnection, SqlxPgLock, SqlxPgXactLock};
+pub use over_sqlx::{SqlxPgConnection, SqlxPgLock, SqlxPgSession, SqlxPgXactLock};
 
 /// The tokio flavour (feature `tokio`): locks, sessions and helpers over `tokio-postgres`,
 /// named as the blocking flavour's are.

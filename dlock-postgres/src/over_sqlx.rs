@@ -1,6 +1,7 @@
-//! The sqlx flavour (feature `sqlx`): a session lock that owns a sqlx connection (a
-//! `PgConnection` or a `PoolConnection<Postgres>`). It is a transport: the machine decides,
-//! and this only sends what it asks for and hands back what it read.
+//! The sqlx flavour (feature `sqlx`): a session lock and a session over a sqlx connection (a
+//! `PgConnection` or a `PoolConnection<Postgres>`, owned, or a `&mut PoolConnection`), and a
+//! transaction lock through a sqlx transaction. It is a transport: the machine decides, and
+//! this only sends what it asks for and hands back what it read.
 //!
 //! sqlx has no query cancel, keeps no reply for later, and sends nothing while a statement
 //! whose future was dropped is unanswered: it finishes that statement itself before the
@@ -8,12 +9,13 @@
 //! - waits go in slices (`lock_timeout` per slice): a dropped wait ends in the server within
 //!   one slice, and holds up the connection's next statement no longer than that;
 //! - what a dropped attempt leaves owed (unlock the key if that attempt got it) stays with the
-//!   lock, and its next operation pays it first;
-//! - a lock dropped holding or owing hands its connection and its state to a task on the
-//!   current tokio runtime, which pays and releases (after sqlx has finished what was in
-//!   flight) and then lets the connection go; a borrowed connection could not be moved there,
-//!   which is why the lock owns its connection. Without a runtime, or when the task fails, the
-//!   connection is closed, which ends its session and every lock it held.
+//!   lock, or with its session, and the next operation there pays it first;
+//! - a lock or session dropped holding or owing hands its connection and its state to a task
+//!   on the current tokio runtime, which pays and releases (after sqlx has finished what was
+//!   in flight) and then lets the connection go. A borrowed pooled connection cannot be moved
+//!   there: it is marked to be closed by its pool, as is any connection without a runtime or
+//!   whose task fails, which ends its session and every lock it held. A bare borrowed
+//!   `&mut PgConnection` allows neither, which is why it is not accepted.
 
 use std::fmt;
 use std::time::Duration;
@@ -26,13 +28,14 @@ use dlock_core::{AsyncLock, Error, Key, KeyPolicy, PgKey, Result, SessionId, Wai
 
 use crate::asynchronous::within_grace;
 use crate::machine::{
-    self, Abandon, Acquire, Failed, LockState, Operation, PayOwed, Release, Request, Step, Verify,
-    Waits, XactOptions, XactOutcome, XactSlices,
+    self, Abandon, Acquire, Failed, LockState, Operation, PayOwed, Release, Request, SessionFacts,
+    Step, Verify, Waits, XactOptions, XactOutcome, XactSlices,
 };
 use crate::sql::{self, Failure, Hold, Mode, Row};
 
-/// A PostgreSQL session lock that owns a sqlx connection `C`: a `PgConnection`, or a
-/// `PoolConnection<Postgres>` from your `PgPool` ([`SqlxPgConnection`]). Keys, policies,
+/// A PostgreSQL session lock over a sqlx connection `C`: a `PgConnection` or a
+/// `PoolConnection<Postgres>` from your `PgPool` that it owns, a `&mut PoolConnection`, or a
+/// [`SqlxPgSession`] ([`SqlxPgConnection`]). Keys, policies,
 /// modes, fencing and the contract are those of [`AsyncPgLock`](crate::AsyncPgLock); what
 /// differs is what sqlx allows:
 ///
@@ -45,8 +48,12 @@ use crate::sql::{self, Failure, Hold, Mode, Row};
 ///   release on drop is not immediate. Without a runtime, or if that fails, the connection is
 ///   closed instead, which ends its session and frees its locks. A lock that holds and owes
 ///   nothing gives its connection back as it came.
-/// - **Owned, not borrowed**: the drop must be able to move the connection into that task.
-///   [`into_inner`](Self::into_inner) releases and gives the connection back.
+/// - **Owned, or borrowed from a pool or a session**: the drop must be able to move the
+///   connection into that task, close it, or leave what it owes to its session. A lock on a
+///   `&mut PoolConnection` dropped holding marks the connection to be closed by its pool; a
+///   lock on a [`SqlxPgSession`] leaves its hold owed to the session, which pays it before
+///   its next statement. [`into_inner`](Self::into_inner) releases and gives the connection
+///   back.
 /// - **Deployment check**: sqlx hides the connection's cancel key, so, as the blocking
 ///   flavour, this infers a pooler from statements that move between server sessions, and
 ///   cannot see one that never moves them.
@@ -78,16 +85,34 @@ mod sealed {
     pub trait Sealed {}
 }
 
-/// A sqlx connection a [`SqlxPgLock`] can own: `PgConnection`, or a
-/// `PoolConnection<Postgres>` (closed instead of returned to its pool when its lock cannot
-/// prove it clean). Sealed.
-pub trait SqlxPgConnection: Send + 'static + sealed::Sealed {
+/// A sqlx connection a [`SqlxPgLock`] or a [`SqlxPgSession`] can run on: a `PgConnection`
+/// or a `PoolConnection<Postgres>` it owns, a `&mut PoolConnection<Postgres>`, or a
+/// `&mut SqlxPgSession` (a lock on that session). Sealed.
+///
+/// A bare `&mut PgConnection` (or a transaction's) is not one: a lock dropped while it holds
+/// must either pay its unlock later, from a task that owns the connection, or close the
+/// connection, which a bare borrow allows neither. Take a session lock over the connection
+/// itself, or a [`SqlxPgXactLock`] through the transaction.
+pub trait SqlxPgConnection: Send + sealed::Sealed {
     /// The connection the lock sends its statements through.
     fn connection(&mut self) -> &mut PgConnection;
 
     /// Makes sure the connection is closed, not reused, once dropped.
     #[doc(hidden)]
     fn discard(&mut self) {}
+
+    /// What the server session is known to hold and owe, when the connection is a
+    /// [`SqlxPgSession`]'s: it outlives each lock object on it.
+    #[doc(hidden)]
+    fn session_facts(&mut self) -> Option<&mut SessionFacts> {
+        None
+    }
+
+    /// The connection as a task can own it, or, when it is borrowed, itself back.
+    #[doc(hidden)]
+    fn into_owned(self) -> std::result::Result<Box<dyn SqlxPgConnection>, Self>
+    where
+        Self: Sized;
 }
 
 impl sealed::Sealed for PgConnection {}
@@ -96,6 +121,10 @@ impl sealed::Sealed for PgConnection {}
 impl SqlxPgConnection for PgConnection {
     fn connection(&mut self) -> &mut PgConnection {
         self
+    }
+
+    fn into_owned(self) -> std::result::Result<Box<dyn SqlxPgConnection>, Self> {
+        Ok(Box::new(self))
     }
 }
 
@@ -108,6 +137,48 @@ impl SqlxPgConnection for PoolConnection<Postgres> {
 
     fn discard(&mut self) {
         self.close_on_drop();
+    }
+
+    fn into_owned(self) -> std::result::Result<Box<dyn SqlxPgConnection>, Self> {
+        Ok(Box::new(self))
+    }
+}
+
+impl sealed::Sealed for &mut PoolConnection<Postgres> {}
+
+/// Borrowed: a lock dropped while it holds cannot move the connection into a task, so it
+/// marks it to be closed, not reused, once its owner drops it.
+impl SqlxPgConnection for &mut PoolConnection<Postgres> {
+    fn connection(&mut self) -> &mut PgConnection {
+        self
+    }
+
+    fn discard(&mut self) {
+        self.close_on_drop();
+    }
+
+    fn into_owned(self) -> std::result::Result<Box<dyn SqlxPgConnection>, Self> {
+        Err(self)
+    }
+}
+
+impl sealed::Sealed for Box<dyn SqlxPgConnection> {}
+
+impl SqlxPgConnection for Box<dyn SqlxPgConnection> {
+    fn connection(&mut self) -> &mut PgConnection {
+        (**self).connection()
+    }
+
+    fn discard(&mut self) {
+        (**self).discard();
+    }
+
+    fn session_facts(&mut self) -> Option<&mut SessionFacts> {
+        (**self).session_facts()
+    }
+
+    fn into_owned(self) -> std::result::Result<Box<dyn SqlxPgConnection>, Self> {
+        Ok(self)
     }
 }
 
@@ -157,43 +228,247 @@ impl<C: SqlxPgConnection> SqlxPgLock<C> {
     pub async fn into_inner(mut self) -> (C, Result<()>) {
         let released = if self.state.held().is_some() {
             self.release().await
-        } else if self.state.owes().is_some() {
-            self.run(|_| Ok(PayOwed::start())).await
         } else {
-            Ok(())
+            // Sends nothing unless a dropped attempt (of this lock or, on a session, of
+            // another) left a cleanup owed.
+            self.run(|_| Ok(PayOwed::start())).await
         };
         let mut conn = self.disown_connection();
-        if released.is_err() {
+        if let Some(facts) = conn.session_facts() {
+            // A hold whose release the server refused is the session's to pay.
+            self.state.hand_back(facts, true);
+        } else if released.is_err() {
             conn.discard();
         }
         (conn, released)
     }
 
-    /// Runs one operation of the machine on this lock's connection.
+    /// Runs one operation of the machine on this lock's connection, with what its session
+    /// knows and owes taken over for it.
     async fn run<O: Operation>(
         &mut self,
         start: impl FnOnce(&LockState) -> Result<O>,
     ) -> Result<O::Output> {
-        let op = start(&self.state)?;
         let conn = self
             .conn
             .as_mut()
-            .expect("the connection is only taken by into_inner and drop")
-            .connection();
-        Driver {
-            conn,
-            state: &mut self.state,
-            op,
-            sent: false,
+            .expect("the connection is only taken by into_inner and drop");
+        if let Some(facts) = conn.session_facts() {
+            self.state.adopt(facts);
         }
-        .run()
-        .await
+        let outcome = match start(&self.state) {
+            Ok(op) => {
+                Driver {
+                    conn: conn.connection(),
+                    state: &mut self.state,
+                    op,
+                    sent: false,
+                }
+                .run()
+                .await
+            }
+            Err(error) => Err(error),
+        };
+        // A future dropped before this point leaves what it took over with the lock, which
+        // hands it back at its next operation or its drop.
+        if let Some(facts) = conn.session_facts() {
+            self.state.hand_back(facts, false);
+        }
+        outcome
+    }
+
+    /// Takes the state out, holds and all, leaving an empty one whose drop does nothing.
+    fn detach(&mut self) -> LockState {
+        let mut empty = LockState::new(self.state.key.clone());
+        empty.waits = self.state.waits;
+        std::mem::replace(&mut self.state, empty)
     }
 
     async fn take(&mut self, wait: Wait) -> Result<bool> {
         self.traced(TracedOperation::Acquire(wait))
             .around(self.run(|state| Acquire::start(state, wait)))
             .await
+    }
+}
+
+/// A PostgreSQL server session over a sqlx connection `C` ([`SqlxPgConnection`]: a
+/// `PgConnection` or a `PoolConnection<Postgres>` it owns, or a `&mut PoolConnection`), as
+/// dlock knows it: it holds locks on any number of keys, released in any order, and keeps
+/// what outlives any one lock object on it.
+///
+/// - **Many keys.** [`acquire`](SqlxPgSession::acquire),
+///   [`try_acquire`](SqlxPgSession::try_acquire) and
+///   [`acquire_timeout`](SqlxPgSession::acquire_timeout) take a key's lock for the session,
+///   [`release`](SqlxPgSession::release) gives back any of them, in any order. Taking a key
+///   the session holds already takes a second hold (PostgreSQL counts them), and each release
+///   gives back one. For a shared or fenced lock, use a one-key lock on the session
+///   ([`lock`](SqlxPgSession::lock)).
+/// - **What dropped locks and futures owe.** A lock on the session dropped while it holds,
+///   or an acquire dropped mid-wait, leaves its hold owed to the session, which releases it
+///   before its next statement through dlock: exactly that hold, never another of the same
+///   key.
+/// - **The deployment check's verdict**, shared by the locks made on it one after another:
+///   locks made per use check once per session, not once per lock object.
+///
+/// Dropping the session cannot wait: when it holds or owes anything, it hands its connection
+/// to a task on the current tokio runtime, which releases and pays and then lets the
+/// connection go (back to its pool). A borrowed `&mut PoolConnection` cannot move into that
+/// task, so it is marked to be closed by its pool instead, as is any connection dropped
+/// outside a runtime; closing ends the session and frees every lock. Call
+/// [`into_inner`](SqlxPgSession::into_inner) to know the outcome.
+///
+/// # Cancel Safety
+///
+/// Every method's future can be dropped: sqlx finishes a dropped statement before the
+/// connection's next one, and what that statement may have left held is the session's to pay
+/// before its next statement, as for [`SqlxPgLock`].
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use dlock_postgres::SqlxPgSession;
+///
+/// let pool = sqlx::PgPool::connect("postgres://postgres@localhost/postgres").await?;
+/// let mut session = SqlxPgSession::new(pool.acquire().await?);
+/// session.acquire("accounts/1").await?;
+/// session.acquire("accounts/2").await?;
+/// session.release("accounts/1").await?; // In any order.
+/// sqlx::query("UPDATE accounts SET frozen = true WHERE id = 2")
+///     .execute(session.connection())
+///     .await?;
+/// session.release("accounts/2").await?;
+/// # Ok(())
+/// # }
+/// ```
+pub struct SqlxPgSession<C: SqlxPgConnection> {
+    /// Always `Some` until `into_inner` or drop takes it.
+    conn: Option<C>,
+    facts: SessionFacts,
+    policy: KeyPolicy,
+    /// What the session holds through its own methods, oldest first.
+    holds: Vec<LockState>,
+}
+
+impl<C: SqlxPgConnection> SqlxPgSession<C> {
+    /// The session of `conn`, holding nothing.
+    pub fn new(conn: C) -> Self {
+        SqlxPgSession {
+            conn: Some(conn),
+            facts: SessionFacts::default(),
+            policy: KeyPolicy::default(),
+            holds: Vec::new(),
+        }
+    }
+
+    /// A one-key lock on this session, unlocked, under the default key policy; it shares
+    /// what the session knows and owes.
+    pub fn lock(&mut self, key: impl Into<Key>) -> SqlxPgLock<&mut Self> {
+        SqlxPgLock::new(self, key)
+    }
+
+    /// The sqlx connection, for work of your own. Do not release locks through it with raw
+    /// SQL: the session would no longer know what it holds.
+    pub fn connection(&mut self) -> &mut PgConnection {
+        self.conn
+            .as_mut()
+            .expect("the connection is only taken by into_inner and drop")
+            .connection()
+    }
+
+    dlock_core::__session_methods!(async, SqlxPgLock<&mut Self>);
+
+    /// A lock on this session over a state the session holds.
+    fn with_state(&mut self, state: LockState) -> SqlxPgLock<&mut Self> {
+        SqlxPgLock {
+            conn: Some(self),
+            state,
+        }
+    }
+
+    /// Releases everything the session's own methods hold and pays what it owes, then gives
+    /// the connection back with the first failure, if any (a pooled connection is then
+    /// marked to be closed, not reused).
+    ///
+    /// # Cancel Safety
+    ///
+    /// Dropping this future drops the session, with the guarantees of drop.
+    pub async fn into_inner(mut self) -> (C, Result<()>) {
+        let mut outcome = Ok(());
+        while let Some(state) = self.holds.pop() {
+            // A refused release leaves the hold owed to the session.
+            let (_, released) = self.with_state(state).into_inner().await;
+            outcome = outcome.and(released);
+        }
+        let (_, paid) = SqlxPgLock::new(&mut self, Key::from(0_i64))
+            .into_inner()
+            .await;
+        outcome = outcome.and(paid);
+        let mut conn = self
+            .conn
+            .take()
+            .expect("the connection is only taken by into_inner and drop");
+        if outcome.is_err() {
+            conn.discard();
+        }
+        (conn, outcome)
+    }
+}
+
+impl<C: SqlxPgConnection> sealed::Sealed for &mut SqlxPgSession<C> {}
+
+impl<C: SqlxPgConnection> SqlxPgConnection for &mut SqlxPgSession<C> {
+    fn connection(&mut self) -> &mut PgConnection {
+        SqlxPgSession::connection(self)
+    }
+
+    fn discard(&mut self) {
+        if let Some(conn) = self.conn.as_mut() {
+            conn.discard();
+        }
+    }
+
+    fn session_facts(&mut self) -> Option<&mut SessionFacts> {
+        Some(&mut self.facts)
+    }
+
+    fn into_owned(self) -> std::result::Result<Box<dyn SqlxPgConnection>, Self> {
+        Err(self)
+    }
+}
+
+impl<C: SqlxPgConnection> Drop for SqlxPgSession<C> {
+    fn drop(&mut self) {
+        let Some(conn) = self.conn.take() else {
+            return;
+        };
+        // What the session's own methods hold is settled as dropped locks' holds are.
+        for mut state in self.holds.drain(..) {
+            state.hand_back(&mut self.facts, true);
+        }
+        if !self.facts.owes() {
+            return;
+        }
+        let facts = std::mem::take(&mut self.facts);
+        settle_in_task(conn, &"a sqlx session", async move |owned| {
+            SqlxPgSession {
+                conn: Some(owned),
+                facts,
+                policy: KeyPolicy::default(),
+                holds: Vec::new(),
+            }
+            .into_inner()
+            .await
+        });
+    }
+}
+
+impl<C: SqlxPgConnection> fmt::Debug for SqlxPgSession<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqlxPgSession")
+            .field("held", &self.held().collect::<Vec<_>>())
+            .field("owes", &self.facts.owes())
+            .finish_non_exhaustive()
     }
 }
 
@@ -639,48 +914,60 @@ impl<C: SqlxPgConnection> Drop for SqlxPgLock<C> {
         let Some(mut conn) = self.conn.take() else {
             return;
         };
+        if let Some(facts) = conn.session_facts() {
+            // The session outlives this lock: what it holds or owes is the session's to pay
+            // before its next statement, or its drop's.
+            self.state.hand_back(facts, true);
+            return;
+        }
         if self.state.held().is_none() && self.state.owes().is_none() {
             return;
         }
-        let empty = LockState::new(self.state.key.clone());
-        let mut state = std::mem::replace(&mut self.state, empty);
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            tracing::warn!(key = %state.key, "a sqlx lock dropped outside a tokio runtime: its connection is closed, which frees its locks");
-            conn.discard();
-            return;
-        };
-        tracing::debug!(key = %state.key, "dropping a held or owing PostgreSQL lock: a task releases it");
-        runtime.spawn(async move {
-            let held = state.held().is_some();
-            let mut settled = Driver {
-                conn: conn.connection(),
-                state: &mut state,
-                op: PayOwed::start(),
-                sent: false,
+        let state = self.detach();
+        let key = state.key.clone();
+        settle_in_task(conn, &key, async move |owned| {
+            SqlxPgLock {
+                conn: Some(owned),
+                state,
             }
-            .run()
-            .await;
-            if settled.is_ok() && held {
-                settled = match Release::start(&state) {
-                    Ok(op) => {
-                        Driver {
-                            conn: conn.connection(),
-                            state: &mut state,
-                            op,
-                            sent: false,
-                        }
-                        .run()
-                        .await
-                    }
-                    Err(error) => Err(error),
-                };
-            }
-            if let Err(error) = settled {
-                tracing::warn!(%error, key = %state.key, "a dropped sqlx lock could not be released: its connection is closed, which frees its locks");
-                conn.discard();
-            }
+            .into_inner()
+            .await
         });
     }
+}
+
+/// Hands a connection with something held or owed to a task on the current tokio runtime,
+/// which runs `settle` on it (releasing and paying, and marking the connection to be closed
+/// where that fails) and then lets it go. A borrowed connection, or one outside a runtime, is
+/// marked to be closed instead, which ends its session and frees its locks.
+fn settle_in_task<C, F>(
+    conn: C,
+    what: &dyn fmt::Display,
+    settle: impl FnOnce(Box<dyn SqlxPgConnection>) -> F,
+) where
+    C: SqlxPgConnection,
+    F: Future<Output = (Box<dyn SqlxPgConnection>, Result<()>)> + Send + 'static,
+{
+    let mut owned = match conn.into_owned() {
+        Ok(owned) => owned,
+        Err(mut borrowed) => {
+            tracing::debug!(%what, "dropped holding or owing on a borrowed pooled connection: the connection is closed when its owner lets it go");
+            borrowed.discard();
+            return;
+        }
+    };
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        tracing::warn!(%what, "dropped holding or owing outside a tokio runtime: the sqlx connection is closed, which frees its locks");
+        owned.discard();
+        return;
+    };
+    tracing::debug!(%what, "dropped holding or owing: a task releases and pays");
+    let settled = settle(owned);
+    runtime.spawn(async move {
+        if let (_, Err(error)) = settled.await {
+            tracing::warn!(%error, "what a dropped sqlx lock or session held could not be released: its connection is closed, which frees its locks");
+        }
+    });
 }
 
 impl<C: SqlxPgConnection> fmt::Debug for SqlxPgLock<C> {

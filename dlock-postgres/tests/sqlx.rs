@@ -5,7 +5,7 @@
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use dlock_postgres::{AsyncLock, AsyncPgLock, KeyPolicy, SqlxPgLock};
+use dlock_postgres::{AsyncLock, AsyncPgLock, Error, KeyPolicy, SqlxPgLock, SqlxPgSession};
 use dlock_testkit::contract::{AsyncFlavour, Server};
 use dlock_testkit::postgres as common;
 use sqlx::Connection as _;
@@ -227,6 +227,217 @@ async fn a_dropped_wait_leaves_nothing_held_once_its_lock_is_used_again_or_dropp
             );
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlx_session_holds_many_keys_and_releases_them_in_any_order() {
+    let names = ["sqlx/session-many-1", "sqlx/session-many-2"];
+    let mut conn = connect().await;
+    let pid = backend_pid(&mut conn).await;
+    let mut session = SqlxPgSession::new(conn);
+    session.acquire(names[0]).await.unwrap();
+    assert!(session.try_acquire(names[1]).await.unwrap());
+    session.release(names[0]).await.unwrap();
+    assert!(holders(names[0]).await.is_empty());
+    assert_eq!(holders(names[1]).await, [pid]);
+    assert!(matches!(
+        session.release(names[0]).await,
+        Err(Error::NotAcquired)
+    ));
+    let mut other = SqlxPgSession::new(connect().await);
+    assert!(
+        !other
+            .acquire_timeout(names[1], Duration::from_millis(50))
+            .await
+            .unwrap()
+    );
+    // A key taken twice is held until both holds are given back.
+    assert!(session.try_acquire(names[1]).await.unwrap());
+    session.release(names[1]).await.unwrap();
+    assert_eq!(holders(names[1]).await, [pid], "one hold left");
+    let (_, released) = session.into_inner().await;
+    released.unwrap();
+    assert!(holders(names[1]).await.is_empty());
+    assert!(other.try_acquire(names[1]).await.unwrap());
+    other.release(names[1]).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_on_a_sqlx_session_dropped_while_held_gives_back_only_its_own_hold() {
+    let name = "sqlx/session-second";
+    let mut conn = connect().await;
+    let pid = backend_pid(&mut conn).await;
+    let mut session = SqlxPgSession::new(conn);
+    session.acquire(name).await.unwrap();
+    {
+        let mut second = session.lock(name);
+        assert!(second.try_acquire().await.unwrap());
+        // Dropped holding: its hold is owed to the session.
+    }
+    // The session's next statement through dlock pays it, exactly.
+    assert!(
+        session.lock(name).verify().await.unwrap(),
+        "the first hold stays"
+    );
+    assert_eq!(holders(name).await, [pid]);
+    session.release(name).await.unwrap();
+    assert!(holders(name).await.is_empty(), "and no hold leaked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_dropped_inside_an_aborted_transaction_on_a_sqlx_session_is_released_after_the_rollback()
+ {
+    let name = "sqlx/session-aborted";
+    let mut session = SqlxPgSession::new(connect().await);
+    let pid = backend_pid(session.connection()).await;
+    session.acquire(name).await.unwrap();
+    {
+        let mut lock = session.lock(name);
+        lock.acquire().await.unwrap();
+        sqlx::raw_sql("BEGIN")
+            .execute(lock.connection())
+            .await
+            .unwrap();
+        assert!(
+            sqlx::raw_sql("SELECT 1/0")
+                .execute(lock.connection())
+                .await
+                .is_err()
+        );
+        // A release now would be refused (25P02): the drop leaves the hold owed.
+    }
+    // Paying inside the aborted transaction is refused too, and the hold stays owed.
+    assert!(
+        session
+            .lock("sqlx/session-aborted-other")
+            .try_acquire()
+            .await
+            .is_err()
+    );
+    sqlx::raw_sql("ROLLBACK")
+        .execute(session.connection())
+        .await
+        .unwrap();
+    assert_eq!(holders(name).await, [pid]);
+    assert!(
+        session.lock(name).verify().await.unwrap(),
+        "the session's own hold stays"
+    );
+    assert_eq!(holders(name).await, [pid]);
+    session.release(name).await.unwrap();
+    assert!(
+        holders(name).await.is_empty(),
+        "the dropped hold was paid, and the session's own released"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlx_session_acquire_dropped_mid_wait_leaves_nothing_held() {
+    let name = "sqlx/session-dropped-wait";
+    let mut holder = SqlxPgSession::new(connect().await);
+    holder.acquire(name).await.unwrap();
+    let mut session = SqlxPgSession::new(connect().await);
+    let pid = backend_pid(session.connection()).await;
+    for round in 0..4_u64 {
+        let patience = Duration::from_millis(40 + 30 * round);
+        let dropped = tokio::time::timeout(patience, session.acquire(name)).await;
+        assert!(
+            dropped.is_err(),
+            "round {round}: still waiting when dropped"
+        );
+        if round % 2 == 1 {
+            // The holder lets go while the dropped wait's slice may still run: a grant it
+            // gets is owed.
+            holder.release(name).await.unwrap();
+        }
+        // Whatever the dropped wait was granted, the session's next statement undid it.
+        assert!(
+            session
+                .try_acquire("sqlx/session-dropped-wait-other")
+                .await
+                .unwrap()
+        );
+        assert!(!holders(name).await.contains(&pid), "round {round}");
+        session
+            .release("sqlx/session-dropped-wait-other")
+            .await
+            .unwrap();
+        assert_eq!(session.held().count(), 0);
+        if round % 2 == 1 {
+            holder.acquire(name).await.unwrap();
+        }
+    }
+    holder.release(name).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlx_session_dropped_holding_is_released_by_a_task_and_its_connection_comes_back() {
+    let names = ["sqlx/session-dropped-1", "sqlx/session-dropped-2"];
+    let pool = one_connection_pool().await;
+    let pid = backend_pid(&mut pool.acquire().await.unwrap()).await;
+    for round in 0..5 {
+        let mut session = SqlxPgSession::new(pool.acquire().await.unwrap());
+        session.acquire(names[0]).await.unwrap();
+        session.acquire(names[1]).await.unwrap();
+        {
+            // And a lock dropped holding on it, owed to the session.
+            let mut lock = session.lock(names[0]);
+            lock.acquire().await.unwrap();
+        }
+        drop(session);
+        let mut conn = pool.acquire().await.unwrap();
+        assert_eq!(
+            backend_pid(&mut conn).await,
+            pid,
+            "round {round}: the same session"
+        );
+        assert!(holders(names[0]).await.is_empty(), "round {round}");
+        assert!(holders(names[1]).await.is_empty(), "round {round}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_on_a_borrowed_pool_connection_dropped_holding_closes_the_connection() {
+    let name = "sqlx/borrowed-pooled";
+    let pool = one_connection_pool().await;
+    let mut conn = pool.acquire().await.unwrap();
+    let pid = backend_pid(&mut conn).await;
+    {
+        let mut lock = SqlxPgLock::new(&mut conn, name);
+        assert!(lock.try_acquire().await.unwrap());
+        lock.release().await.unwrap();
+        // Released: the connection stays the pool's.
+    }
+    {
+        let mut session = SqlxPgSession::new(&mut conn);
+        session.acquire(name).await.unwrap();
+        let (_, released) = session.into_inner().await;
+        released.unwrap();
+    }
+    drop(conn);
+    let mut conn = pool.acquire().await.unwrap();
+    assert_eq!(
+        backend_pid(&mut conn).await,
+        pid,
+        "clean: given back to the pool"
+    );
+    {
+        let mut lock = SqlxPgLock::new(&mut conn, name);
+        assert!(lock.try_acquire().await.unwrap());
+        // Dropped holding: it cannot move the connection into a task.
+    }
+    assert_eq!(
+        holders(name).await,
+        [pid],
+        "held while the connection is out"
+    );
+    drop(conn);
+    assert!(
+        until_held_by(name, pid, false).await,
+        "closed by the pool: released"
+    );
+    let mut conn = pool.acquire().await.unwrap();
+    assert_ne!(backend_pid(&mut conn).await, pid, "a new session");
 }
 
 /// The helpers a pool's watcher and fencing use, over sqlx: a session's name, the question
