@@ -7,7 +7,8 @@
 //!   `mysql` client.
 //! - `tokio` (feature `tokio`): `AsyncMySqlLock`, `AsyncMySqlSession` and the same
 //!   helpers over `mysql_async`.
-//! - `sqlx` (feature `sqlx`): `SqlxMySqlLock`, a named lock that owns a sqlx connection.
+//! - `sqlx` (feature `sqlx`): `SqlxMySqlLock`, a named lock over a sqlx connection, and
+//!   `SqlxMySqlSession`, a session holding any number of names.
 //!
 //! The lock and session types are also at the crate root; the helpers live in their
 //! flavour's module, under the same names in both.
@@ -30,19 +31,20 @@ mod asynchronous;
 #[cfg(feature = "sqlx")]
 mod over_sqlx;
 
-/// The sqlx flavour (feature `sqlx`): [`SqlxMySqlLock`], a named lock that owns a sqlx
-/// connection, and helpers named as the tokio flavour's are.
+/// The sqlx flavour (feature `sqlx`): [`SqlxMySqlLock`], a named lock over a sqlx
+/// connection, [`SqlxMySqlSession`], a session holding any number of names, and helpers named
+/// as the tokio flavour's are.
 #[cfg(feature = "sqlx")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlx")))]
 pub mod sqlx {
     pub use crate::over_sqlx::{
-        SqlxMySqlConnection, SqlxMySqlLock, install_fencing, session, still_held,
+        SqlxMySqlConnection, SqlxMySqlLock, SqlxMySqlSession, install_fencing, session, still_held,
     };
 }
 
 #[cfg(feature = "sqlx")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlx")))]
-pub use over_sqlx::{SqlxMySqlConnection, SqlxMySqlLock};
+pub use over_sqlx::{SqlxMySqlConnection, SqlxMySqlLock, SqlxMySqlSession};
 
 /// The tokio flavour (feature `tokio`): locks, sessions and helpers over `mysql_async`, named
 /// as the blocking flavour's are.

@@ -209,6 +209,9 @@ impl LockState {
         if self.named.is_none() {
             self.named = facts.named;
         }
+        if self.version.is_none() {
+            self.version = facts.version;
+        }
     }
 
     /// Tells the session what this object learned: that the deployment check passed on it,
@@ -219,13 +222,17 @@ impl LockState {
         if self.named.is_some() {
             facts.named = self.named;
         }
+        if self.version.is_some() {
+            facts.version = self.version;
+        }
     }
 }
 
 /// What dlock knows of one server session beyond any one lock object on it: holds left owed
 /// by lock objects dropped while they held (a drop cannot wait for the server), paid before
 /// the session's next statement through dlock; whether a statement's reply was abandoned;
-/// and whether the deployment check passed on it. Opaque: it lives in `AsyncMySqlSession`.
+/// and whether the deployment check passed on it. Opaque: it lives in `AsyncMySqlSession` and
+/// `SqlxMySqlSession`.
 #[derive(Debug, Default)]
 #[cfg_attr(not(feature = "tokio"), allow(unreachable_pub, dead_code))]
 pub struct SessionFacts {
@@ -235,6 +242,9 @@ pub struct SessionFacts {
     /// The session's connection id and marker lock, once a grant named them: the proof a
     /// `KILL` from elsewhere needs.
     pub(crate) named: Option<SessionId>,
+    /// The server's version, once a lock on the session asked it (sqlx hides the one its
+    /// handshake read).
+    pub(crate) version: Option<(u16, u16, u16)>,
 }
 
 impl SessionFacts {
@@ -1248,6 +1258,7 @@ mod tests {
             abandoned,
             checked: false,
             named: Some(named),
+            version: None,
         };
         assert_eq!(facts(false).on_drop(true, false), OnDrop::Release(owed()));
         assert_eq!(facts(false).on_drop(false, true), OnDrop::Discard);
@@ -1270,9 +1281,15 @@ mod tests {
             abandoned: true,
             checked: true,
             named: Some(named),
+            version: Some((11, 4, 0)),
         });
         assert!(state.is_unusable());
         assert!(!state.check_deployment);
+        assert_eq!(
+            state.server(),
+            Some(Server::MariaDb),
+            "the version asked by another"
+        );
         assert_eq!(
             state.abandon(InFlight::Nothing),
             vec![Proof::Holds("dlock/session/0000000000000001".into())]

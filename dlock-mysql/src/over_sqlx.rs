@@ -1,13 +1,15 @@
-//! The sqlx flavour (feature `sqlx`): a named lock that owns a sqlx connection (a
-//! `MySqlConnection` or a `PoolConnection<MySql>`). It is a transport: the machine decides,
-//! and this only sends what it asks for and hands back what it read.
+//! The sqlx flavour (feature `sqlx`): a named lock and a session over a sqlx connection (a
+//! `MySqlConnection` or a `PoolConnection<MySql>`, owned, or a `&mut PoolConnection`). It is a
+//! transport: the machine decides, and this only sends what it asks for and hands back what it
+//! read.
 //!
 //! A statement whose future was dropped leaves the connection given up, as the tokio flavour
 //! leaves its own (the machine's rule for replies nobody read): the lock is unusable, and its
 //! drop closes the connection (a pooled one is closed by its pool, not reused), which ends its
-//! session and frees its locks. A lock dropped holding, on a connection it can still trust,
-//! hands the connection to a task on the current tokio runtime, which releases and then lets it
-//! go. sqlx hides the server version it read from the handshake: a try and a wait without
+//! session and frees its locks. A lock or session dropped holding, on a connection it can still
+//! trust, hands the connection to a task on the current tokio runtime, which releases and then
+//! lets it go; a lock on a session leaves its hold to the session instead, and a borrowed pooled
+//! connection, which cannot move into a task, is marked to be closed by its pool. sqlx hides the server version it read from the handshake: a try and a wait without
 //! timeout go in forms both server families read alike, the session's mark of a passed check
 //! proves the version was checked, and the version is asked only where a form needs it.
 
@@ -21,23 +23,42 @@ use dlock_core::trace::TracedOperation;
 use dlock_core::{AsyncLock, Error, Key, KeyPolicy, Result, SessionId, Wait};
 
 use crate::asynchronous::within_grace;
-use crate::machine::{Acquire, LockState, Operation, Release, Reply, Step, Verify};
+use crate::machine::{
+    Acquire, LockState, Operation, PayOwed, Release, Reply, SessionFacts, Step, Verify,
+};
 use crate::sql::{self, Failed, Failure, Server};
 
 mod sealed {
     pub trait Sealed {}
 }
 
-/// A sqlx connection a [`SqlxMySqlLock`] can own: `MySqlConnection`, or a
-/// `PoolConnection<MySql>` (closed instead of returned to its pool when its lock cannot prove
-/// it clean). Sealed.
-pub trait SqlxMySqlConnection: Send + 'static + sealed::Sealed {
+/// A sqlx connection a [`SqlxMySqlLock`] or a [`SqlxMySqlSession`] can run on: a
+/// `MySqlConnection` or a `PoolConnection<MySql>` it owns, a `&mut PoolConnection<MySql>`, or
+/// a `&mut SqlxMySqlSession` (a lock on that session). Sealed.
+///
+/// A bare `&mut MySqlConnection` (or a transaction's) is not one: a lock dropped while it
+/// holds must either release from a task that owns the connection, or close the connection,
+/// which a bare borrow allows neither.
+pub trait SqlxMySqlConnection: Send + sealed::Sealed {
     /// The connection the lock sends its statements through.
     fn connection(&mut self) -> &mut MySqlConnection;
 
     /// Makes sure the connection is closed, not reused, once dropped.
     #[doc(hidden)]
     fn discard(&mut self) {}
+
+    /// What the server session is known to hold and owe, when the connection is a
+    /// [`SqlxMySqlSession`]'s: it outlives each lock object on it.
+    #[doc(hidden)]
+    fn session_facts(&mut self) -> Option<&mut SessionFacts> {
+        None
+    }
+
+    /// The connection as a task can own it, or, when it is borrowed, itself back.
+    #[doc(hidden)]
+    fn into_owned(self) -> std::result::Result<Box<dyn SqlxMySqlConnection>, Self>
+    where
+        Self: Sized;
 }
 
 impl sealed::Sealed for MySqlConnection {}
@@ -46,6 +67,10 @@ impl sealed::Sealed for MySqlConnection {}
 impl SqlxMySqlConnection for MySqlConnection {
     fn connection(&mut self) -> &mut MySqlConnection {
         self
+    }
+
+    fn into_owned(self) -> std::result::Result<Box<dyn SqlxMySqlConnection>, Self> {
+        Ok(Box::new(self))
     }
 }
 
@@ -59,10 +84,53 @@ impl SqlxMySqlConnection for PoolConnection<MySql> {
     fn discard(&mut self) {
         self.close_on_drop();
     }
+
+    fn into_owned(self) -> std::result::Result<Box<dyn SqlxMySqlConnection>, Self> {
+        Ok(Box::new(self))
+    }
 }
 
-/// A MySQL or MariaDB named lock that owns a sqlx connection `C`: a `MySqlConnection`, or a
-/// `PoolConnection<MySql>` from your `MySqlPool` ([`SqlxMySqlConnection`]). Names, policies,
+impl sealed::Sealed for &mut PoolConnection<MySql> {}
+
+/// Borrowed: a lock dropped while it holds cannot move the connection into a task, so it
+/// marks it to be closed, not reused, once its owner drops it.
+impl SqlxMySqlConnection for &mut PoolConnection<MySql> {
+    fn connection(&mut self) -> &mut MySqlConnection {
+        self
+    }
+
+    fn discard(&mut self) {
+        self.close_on_drop();
+    }
+
+    fn into_owned(self) -> std::result::Result<Box<dyn SqlxMySqlConnection>, Self> {
+        Err(self)
+    }
+}
+
+impl sealed::Sealed for Box<dyn SqlxMySqlConnection> {}
+
+impl SqlxMySqlConnection for Box<dyn SqlxMySqlConnection> {
+    fn connection(&mut self) -> &mut MySqlConnection {
+        (**self).connection()
+    }
+
+    fn discard(&mut self) {
+        (**self).discard();
+    }
+
+    fn session_facts(&mut self) -> Option<&mut SessionFacts> {
+        (**self).session_facts()
+    }
+
+    fn into_owned(self) -> std::result::Result<Box<dyn SqlxMySqlConnection>, Self> {
+        Ok(self)
+    }
+}
+
+/// A MySQL or MariaDB named lock over a sqlx connection `C`: a `MySqlConnection` or a
+/// `PoolConnection<MySql>` from your `MySqlPool` that it owns, a `&mut PoolConnection`, or a
+/// [`SqlxMySqlSession`] ([`SqlxMySqlConnection`]). Names, policies,
 /// fencing, the deployment check and the contract are those of
 /// [`AsyncMySqlLock`](crate::AsyncMySqlLock); what differs is what sqlx allows:
 ///
@@ -74,6 +142,9 @@ impl SqlxMySqlConnection for PoolConnection<MySql> {
 /// - **Dropping a lock** that holds hands its connection to a task on the current tokio
 ///   runtime, which releases and then lets the connection go (back to its pool); release on
 ///   drop is not immediate. Without a runtime, or if that fails, the connection is closed.
+///   A lock on a `&mut PoolConnection` dropped holding marks the connection to be closed by
+///   its pool; a lock on a [`SqlxMySqlSession`] leaves its hold owed to the session, which
+///   releases it before its next statement.
 /// - **The server's version** is hidden by sqlx, and it says how the server counts a wait
 ///   (MariaDB in microseconds, MySQL in whole seconds). A try or a wait without a timeout on
 ///   a session a check passed on needs none: the session's mark says which server it is. A
@@ -150,20 +221,72 @@ impl<C: SqlxMySqlConnection> SqlxMySqlLock<C> {
         let released = if self.state.held().is_some() {
             self.release().await
         } else {
-            Ok(())
+            self.learn();
+            self.pay_owed().await
         };
         let mut conn = self
             .conn
             .take()
             .expect("the connection is only taken when the lock is consumed");
-        if released.is_err() || self.state.is_unusable() {
+        if let Some(facts) = conn.session_facts() {
+            // What is still held or owed is the session's to settle.
+            self.state.leave_to(facts);
+        } else if released.is_err() || self.state.is_unusable() {
             conn.discard();
         }
         (conn, released)
     }
 
-    /// Steps one operation of the machine on this lock's connection.
+    /// Runs one operation of the machine on this lock's connection, after paying what its
+    /// session owes, and tells the session what the lock learned.
     async fn run<O: Operation>(&mut self, op: O) -> Result<O::Output> {
+        self.pay_owed().await?;
+        let outcome = self.step(op).await;
+        let Self { conn, state } = self;
+        if let Some(facts) = conn.as_mut().and_then(SqlxMySqlConnection::session_facts) {
+            state.teach(facts);
+        }
+        outcome
+    }
+
+    /// Releases what lock objects dropped while they held on this lock's session left owed.
+    async fn pay_owed(&mut self) -> Result<()> {
+        if self.state.is_unusable() {
+            return Ok(());
+        }
+        let Some(facts) = self.session_facts() else {
+            return Ok(());
+        };
+        if facts.owed.is_empty() || facts.abandoned {
+            return Ok(());
+        }
+        let mut payment = PayOwed::new(std::mem::take(&mut facts.owed));
+        let paid = self.step(&mut payment).await;
+        // Whatever was not paid (the statement may not have run) is the session's still.
+        if let Some(facts) = self.session_facts() {
+            payment.owed.append(&mut facts.owed);
+            facts.owed = payment.owed;
+        }
+        paid
+    }
+
+    /// What the session this lock is on knows, if it is on one.
+    fn session_facts(&mut self) -> Option<&mut SessionFacts> {
+        self.conn
+            .as_mut()
+            .and_then(SqlxMySqlConnection::session_facts)
+    }
+
+    /// Takes on what the session knows (see [`LockState::learn_from`]).
+    fn learn(&mut self) {
+        let Self { conn, state } = self;
+        if let Some(facts) = conn.as_mut().and_then(SqlxMySqlConnection::session_facts) {
+            state.learn_from(facts);
+        }
+    }
+
+    /// Steps one operation of the machine on this lock's connection.
+    async fn step<O: Operation>(&mut self, op: O) -> Result<O::Output> {
         let conn = self
             .conn
             .as_mut()
@@ -193,6 +316,7 @@ impl<C: SqlxMySqlConnection> SqlxMySqlLock<C> {
     }
 
     async fn take(&mut self, wait: Wait) -> Result<bool> {
+        self.learn();
         self.traced(TracedOperation::Acquire(wait))
             .around(async {
                 let op = Acquire::start(&self.state, None, wait)?;
@@ -207,6 +331,196 @@ impl<C: SqlxMySqlConnection> SqlxMySqlLock<C> {
                 }
             })
             .await
+    }
+
+    /// Takes the state out, holds and all, leaving an empty one whose drop does nothing.
+    fn detach(&mut self) -> LockState {
+        let empty = LockState::new(self.state.key.clone(), false);
+        std::mem::replace(&mut self.state, empty)
+    }
+}
+
+/// A MySQL or MariaDB server session over a sqlx connection `C` ([`SqlxMySqlConnection`]: a
+/// `MySqlConnection` or a `PoolConnection<MySql>` it owns, or a `&mut PoolConnection`), as
+/// dlock knows it: it holds locks on any number of names, released in any order, and keeps
+/// what outlives any one lock object on it.
+///
+/// - **Many names.** [`acquire`](SqlxMySqlSession::acquire),
+///   [`try_acquire`](SqlxMySqlSession::try_acquire) and
+///   [`acquire_timeout`](SqlxMySqlSession::acquire_timeout) take a name's lock for the
+///   session, [`release`](SqlxMySqlSession::release) gives back any of them, in any order.
+///   Taking a name the session holds already takes a second hold (the server counts them),
+///   and each release gives back one. For a fenced lock, use a one-name lock on the session
+///   ([`lock`](SqlxMySqlSession::lock)).
+/// - **Holds owed by dropped locks.** A lock on the session dropped while it holds leaves
+///   its hold owed to the session, which releases it before its next statement through
+///   dlock: exactly that hold, never another of the same name.
+/// - **The deployment check's verdict and the server's version**, shared by the locks made
+///   on it one after another: locks made per use check once per session, not once per lock
+///   object.
+/// - **A dropped future** gives the whole session up, as for [`SqlxMySqlLock`]: no lock on
+///   it can be used afterwards, and its drop closes the connection, which frees its locks.
+///
+/// Dropping the session cannot wait: when it holds or owes anything, it hands its connection
+/// to a task on the current tokio runtime, which releases and then lets the connection go
+/// (back to its pool). A borrowed `&mut PoolConnection` cannot move into that task, so it is
+/// marked to be closed by its pool instead, as is any connection dropped outside a runtime;
+/// closing ends the session and frees every lock. Call
+/// [`into_inner`](SqlxMySqlSession::into_inner) to know the outcome.
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use dlock_mysql::SqlxMySqlSession;
+///
+/// let pool = sqlx::MySqlPool::connect("mysql://app:secret@localhost/app").await?;
+/// let mut session = SqlxMySqlSession::new(pool.acquire().await?);
+/// session.acquire("accounts/1").await?;
+/// session.acquire("accounts/2").await?;
+/// session.release("accounts/1").await?; // In any order.
+/// sqlx::query("UPDATE accounts SET frozen = 1 WHERE id = 2")
+///     .execute(session.connection())
+///     .await?;
+/// session.release("accounts/2").await?;
+/// # Ok(())
+/// # }
+/// ```
+pub struct SqlxMySqlSession<C: SqlxMySqlConnection> {
+    /// Always `Some` until `into_inner` or drop takes it.
+    conn: Option<C>,
+    facts: SessionFacts,
+    policy: KeyPolicy,
+    /// What the session holds through its own methods, oldest first.
+    holds: Vec<LockState>,
+}
+
+impl<C: SqlxMySqlConnection> SqlxMySqlSession<C> {
+    /// The session of `conn`, of which dlock knows nothing yet.
+    pub fn new(conn: C) -> Self {
+        SqlxMySqlSession {
+            conn: Some(conn),
+            facts: SessionFacts::default(),
+            policy: KeyPolicy::default(),
+            holds: Vec::new(),
+        }
+    }
+
+    /// A lock on `key` on this session, unlocked, under the default key policy; it shares
+    /// what the session knows and owes.
+    pub fn lock(&mut self, key: impl Into<Key>) -> SqlxMySqlLock<&mut Self> {
+        SqlxMySqlLock::new(self, key)
+    }
+
+    /// The sqlx connection, for work of your own. Do not release locks through it with raw
+    /// SQL: the session would no longer know what it holds. After a dropped future gave the
+    /// session up, it must not be used.
+    pub fn connection(&mut self) -> &mut MySqlConnection {
+        self.conn
+            .as_mut()
+            .expect("the connection is only taken by into_inner and drop")
+            .connection()
+    }
+
+    dlock_core::__session_methods!(async, SqlxMySqlLock<&mut Self>);
+
+    /// A lock on this session over a state the session holds.
+    fn with_state(&mut self, state: LockState) -> SqlxMySqlLock<&mut Self> {
+        SqlxMySqlLock {
+            conn: Some(self),
+            state,
+        }
+    }
+
+    /// Releases everything the session's own methods hold and pays what it owes, then gives
+    /// the connection back with the first failure, if any (the connection is then marked to
+    /// be closed, not reused).
+    ///
+    /// # Cancel Safety
+    ///
+    /// Dropping this future drops the session, with the guarantees of drop.
+    pub async fn into_inner(mut self) -> (C, Result<()>) {
+        let mut outcome = Ok(());
+        while let Some(state) = self.holds.pop() {
+            let (_, released) = self.with_state(state).into_inner().await;
+            outcome = outcome.and(released);
+        }
+        let (_, paid) = SqlxMySqlLock::new(&mut self, Key::from(0_i64))
+            .into_inner()
+            .await;
+        outcome = outcome.and(paid);
+        let abandoned = self.facts.abandoned;
+        let mut conn = self
+            .conn
+            .take()
+            .expect("the connection is only taken by into_inner and drop");
+        if outcome.is_err() || abandoned {
+            conn.discard();
+        }
+        (conn, outcome)
+    }
+}
+
+impl<C: SqlxMySqlConnection> sealed::Sealed for &mut SqlxMySqlSession<C> {}
+
+impl<C: SqlxMySqlConnection> SqlxMySqlConnection for &mut SqlxMySqlSession<C> {
+    fn connection(&mut self) -> &mut MySqlConnection {
+        SqlxMySqlSession::connection(self)
+    }
+
+    fn discard(&mut self) {
+        if let Some(conn) = self.conn.as_mut() {
+            conn.discard();
+        }
+    }
+
+    fn session_facts(&mut self) -> Option<&mut SessionFacts> {
+        Some(&mut self.facts)
+    }
+
+    fn into_owned(self) -> std::result::Result<Box<dyn SqlxMySqlConnection>, Self> {
+        Err(self)
+    }
+}
+
+impl<C: SqlxMySqlConnection> Drop for SqlxMySqlSession<C> {
+    fn drop(&mut self) {
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
+        // What the session's own methods hold is settled as dropped locks' holds are.
+        for mut state in self.holds.drain(..) {
+            state.leave_to(&mut self.facts);
+        }
+        if self.facts.abandoned {
+            // Replies that cannot be trusted cannot confirm a release: closing ends the session.
+            conn.discard();
+            return;
+        }
+        if self.facts.owed.is_empty() {
+            return;
+        }
+        let facts = std::mem::take(&mut self.facts);
+        settle_in_task(conn, &"a sqlx session", async move |owned| {
+            SqlxMySqlSession {
+                conn: Some(owned),
+                facts,
+                policy: KeyPolicy::default(),
+                holds: Vec::new(),
+            }
+            .into_inner()
+            .await
+        });
+    }
+}
+
+impl<C: SqlxMySqlConnection> fmt::Debug for SqlxMySqlSession<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqlxMySqlSession")
+            .field("held", &self.held().collect::<Vec<_>>())
+            .field("owed", &self.facts.owed.len())
+            .field("abandoned", &self.facts.abandoned)
+            .finish_non_exhaustive()
     }
 }
 
@@ -405,6 +719,7 @@ impl<C: SqlxMySqlConnection> AsyncLock for SqlxMySqlLock<C> {
     ///
     /// A drop before the reply gives the connection up; closing it frees the lock.
     async fn release(&mut self) -> Result<()> {
+        self.learn();
         self.traced(TracedOperation::Release)
             .around(async {
                 let op = Release::start(&mut self.state)?;
@@ -423,6 +738,7 @@ impl<C: SqlxMySqlConnection> AsyncLock for SqlxMySqlLock<C> {
     ///
     /// A drop before the reply gives the connection up.
     async fn verify(&mut self) -> Result<bool> {
+        self.learn();
         self.traced(TracedOperation::Verify)
             .around(async {
                 let op = Verify::start(&self.state)?;
@@ -444,6 +760,12 @@ impl<C: SqlxMySqlConnection> Drop for SqlxMySqlLock<C> {
         let Some(mut conn) = self.conn.take() else {
             return;
         };
+        if let Some(facts) = conn.session_facts() {
+            // The session outlives this lock: it settles the hold (or the abandoned reply)
+            // at its next statement, or as it ends.
+            self.state.leave_to(facts);
+            return;
+        }
         if self.state.is_unusable() {
             conn.discard();
             return;
@@ -451,32 +773,51 @@ impl<C: SqlxMySqlConnection> Drop for SqlxMySqlLock<C> {
         if self.state.held().is_none() {
             return;
         }
-        let mut state = std::mem::replace(&mut self.state, LockState::new(Key::from(""), false));
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            tracing::warn!(key = %state.key, "a sqlx lock dropped outside a tokio runtime: its connection is closed, which frees its locks");
-            conn.discard();
-            return;
-        };
-        tracing::debug!(key = %state.key, "dropping a held MySQL lock: a task releases it");
-        runtime.spawn(async move {
-            let released = match Release::start(&mut state) {
-                Ok(op) => {
-                    let mut lock = SqlxMySqlLock {
-                        conn: Some(conn),
-                        state,
-                    };
-                    let outcome = lock.run(op).await;
-                    let conn = lock.conn.take();
-                    (conn, outcome)
-                }
-                Err(error) => (Some(conn), Err(error)),
-            };
-            if let (Some(mut conn), Err(error)) = released {
-                tracing::warn!(%error, "a dropped sqlx lock could not be released: its connection is closed, which frees its locks");
-                conn.discard();
+        let state = self.detach();
+        let key = state.key.clone();
+        settle_in_task(conn, &key, async move |owned| {
+            SqlxMySqlLock {
+                conn: Some(owned),
+                state,
             }
+            .into_inner()
+            .await
         });
     }
+}
+
+/// Hands a connection with something held or owed to a task on the current tokio runtime,
+/// which runs `settle` on it (releasing and paying, and marking the connection to be closed
+/// where that fails) and then lets it go. A borrowed connection, or one outside a runtime, is
+/// marked to be closed instead, which ends its session and frees its locks.
+fn settle_in_task<C, F>(
+    conn: C,
+    what: &dyn fmt::Display,
+    settle: impl FnOnce(Box<dyn SqlxMySqlConnection>) -> F,
+) where
+    C: SqlxMySqlConnection,
+    F: Future<Output = (Box<dyn SqlxMySqlConnection>, Result<()>)> + Send + 'static,
+{
+    let mut owned = match conn.into_owned() {
+        Ok(owned) => owned,
+        Err(mut borrowed) => {
+            tracing::debug!(%what, "dropped holding on a borrowed pooled connection: the connection is closed when its owner lets it go");
+            borrowed.discard();
+            return;
+        }
+    };
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        tracing::warn!(%what, "dropped holding outside a tokio runtime: the sqlx connection is closed, which frees its locks");
+        owned.discard();
+        return;
+    };
+    tracing::debug!(%what, "dropped holding: a task releases");
+    let settled = settle(owned);
+    runtime.spawn(async move {
+        if let (_, Err(error)) = settled.await {
+            tracing::warn!(%error, "what a dropped sqlx lock or session held could not be released: its connection is closed, which frees its locks");
+        }
+    });
 }
 
 impl<C: SqlxMySqlConnection> fmt::Debug for SqlxMySqlLock<C> {

@@ -4,7 +4,7 @@
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use dlock_mysql::{AsyncLock, AsyncMySqlLock, SqlxMySqlLock};
+use dlock_mysql::{AsyncLock, AsyncMySqlLock, Error, SqlxMySqlLock, SqlxMySqlSession};
 use dlock_testkit::contract::{AsyncFlavour, Server};
 use dlock_testkit::mysql as common;
 use sqlx::Connection as _;
@@ -145,7 +145,7 @@ async fn a_dropped_wait_gives_its_connection_up_and_leaves_nothing_held() {
     // The lock gave its connection up: it refuses to go on.
     assert!(matches!(
         lock.try_acquire().await,
-        Err(dlock_mysql::Error::ConnectionUnusable { .. })
+        Err(Error::ConnectionUnusable { .. })
     ));
     drop(lock);
     // Its pool closed that connection instead of reusing it: a new session comes.
@@ -197,10 +197,7 @@ async fn the_sqlx_helpers_name_a_session_see_its_holds_and_install_fencing() {
     let error = install_fencing(&mut watcher, Some("no such; table"))
         .await
         .unwrap_err();
-    assert!(
-        matches!(error, dlock_mysql::Error::InvalidKey { .. }),
-        "{error:?}"
-    );
+    assert!(matches!(error, Error::InvalidKey { .. }), "{error:?}");
 }
 
 /// The statements `conn`'s session has run so far (`SELECT`s and `SET`s), as the server
@@ -281,4 +278,196 @@ async fn a_lock_made_per_use_on_a_checked_session_sends_only_its_lock_and_releas
         released.unwrap();
         assert_eq!(statements_run(&mut conn).await - before, 2, "round {round}");
     }
+}
+
+/// A sqlx pool of one connection: whatever a lock leaves on its session, the next checkout
+/// finds.
+async fn one_connection_pool() -> sqlx::MySqlPool {
+    sqlx::mysql::MySqlPoolOptions::new()
+        .max_connections(1)
+        .connect_with(options())
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlx_session_holds_many_names_and_releases_them_in_any_order() {
+    let names = ["sqlx/session-many-1", "sqlx/session-many-2"];
+    let mut session = SqlxMySqlSession::new(connect().await);
+    let id = connection_id(session.connection()).await;
+    session.acquire(names[0]).await.unwrap();
+    assert!(session.try_acquire(names[1]).await.unwrap());
+    session.release(names[0]).await.unwrap();
+    assert_eq!(holder(names[0]).await, None);
+    assert_eq!(holder(names[1]).await, Some(id));
+    assert!(matches!(
+        session.release(names[0]).await,
+        Err(Error::NotAcquired)
+    ));
+    let mut other = SqlxMySqlSession::new(connect().await);
+    assert!(
+        !other
+            .acquire_timeout(names[1], Duration::from_millis(50))
+            .await
+            .unwrap()
+    );
+    // A name taken twice is held until both holds are given back.
+    assert!(session.try_acquire(names[1]).await.unwrap());
+    session.release(names[1]).await.unwrap();
+    assert_eq!(holder(names[1]).await, Some(id), "one hold left");
+    let (_, released) = session.into_inner().await;
+    released.unwrap();
+    assert_eq!(holder(names[1]).await, None);
+    assert!(other.try_acquire(names[1]).await.unwrap());
+    other.release(names[1]).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_on_a_sqlx_session_dropped_while_held_gives_back_only_its_own_hold() {
+    let name = "sqlx/session-second";
+    let mut session = SqlxMySqlSession::new(connect().await);
+    let id = connection_id(session.connection()).await;
+    session.acquire(name).await.unwrap();
+    {
+        let mut second = session.lock(name);
+        assert!(second.try_acquire().await.unwrap());
+        // Dropped holding: its hold is owed to the session.
+    }
+    // The session's next statement through dlock pays it, exactly.
+    assert!(
+        session.lock(name).verify().await.unwrap(),
+        "the first hold stays"
+    );
+    assert_eq!(holder(name).await, Some(id));
+    session.release(name).await.unwrap();
+    assert_eq!(holder(name).await, None, "and no hold leaked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locks_made_per_use_on_a_sqlx_session_learn_the_server_once() {
+    let name = "sqlx/session-per-use";
+    let mut session = SqlxMySqlSession::new(connect().await);
+    // The first timed acquire asks the version and checks the deployment.
+    assert!(
+        session
+            .acquire_timeout(name, Duration::from_millis(100))
+            .await
+            .unwrap()
+    );
+    session.release(name).await.unwrap();
+    for round in 0..3 {
+        let before = statements_run(session.connection()).await;
+        let mut lock = session.lock(name);
+        assert!(
+            lock.acquire_timeout(Duration::from_millis(100))
+                .await
+                .unwrap()
+        );
+        lock.release().await.unwrap();
+        drop(lock);
+        assert_eq!(
+            statements_run(session.connection()).await - before,
+            2,
+            "round {round}: its lock and release, nothing asked again"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlx_session_dropped_holding_is_released_by_a_task_and_its_connection_comes_back() {
+    let names = ["sqlx/session-dropped-1", "sqlx/session-dropped-2"];
+    let pool = one_connection_pool().await;
+    let id = connection_id(&mut pool.acquire().await.unwrap()).await;
+    for round in 0..5 {
+        let mut session = SqlxMySqlSession::new(pool.acquire().await.unwrap());
+        session.acquire(names[0]).await.unwrap();
+        session.acquire(names[1]).await.unwrap();
+        {
+            // And a lock dropped holding on it, owed to the session.
+            let mut lock = session.lock(names[0]);
+            lock.acquire().await.unwrap();
+        }
+        drop(session);
+        let mut conn = pool.acquire().await.unwrap();
+        assert_eq!(
+            connection_id(&mut conn).await,
+            id,
+            "round {round}: the same session"
+        );
+        assert_eq!(holder(names[0]).await, None, "round {round}");
+        assert_eq!(holder(names[1]).await, None, "round {round}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_wait_on_a_sqlx_session_gives_the_session_up_and_its_drop_closes_it() {
+    let name = "sqlx/session-dropped-wait";
+    let mut holder_lock = SqlxMySqlLock::new(connect().await, name);
+    holder_lock.acquire().await.unwrap();
+    let pool = one_connection_pool().await;
+    let mut session = SqlxMySqlSession::new(pool.acquire().await.unwrap());
+    let id = connection_id(session.connection()).await;
+    session
+        .acquire("sqlx/session-dropped-wait-other")
+        .await
+        .unwrap();
+    let dropped = tokio::time::timeout(Duration::from_millis(100), session.acquire(name)).await;
+    assert!(dropped.is_err(), "still waiting when dropped");
+    // No lock on the session can trust its replies any more.
+    assert!(matches!(
+        session.lock(name).try_acquire().await,
+        Err(Error::ConnectionUnusable { .. })
+    ));
+    drop(session);
+    let mut next = pool.acquire().await.unwrap();
+    assert_ne!(connection_id(&mut next).await, id, "closed by its pool");
+    drop(next);
+    holder_lock.release().await.unwrap();
+    assert!(until_holder(name, None).await, "nothing left held");
+    assert!(
+        until_holder("sqlx/session-dropped-wait-other", None).await,
+        "the session's own hold ended with it"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_on_a_borrowed_pool_connection_dropped_holding_closes_the_connection() {
+    let name = "sqlx/borrowed-pooled";
+    let pool = one_connection_pool().await;
+    let mut conn = pool.acquire().await.unwrap();
+    let id = connection_id(&mut conn).await;
+    {
+        let mut session = SqlxMySqlSession::new(&mut conn);
+        session.acquire(name).await.unwrap();
+        let mut lock = session.lock("sqlx/borrowed-pooled-2");
+        assert!(lock.try_acquire().await.unwrap());
+        lock.release().await.unwrap();
+        drop(lock);
+        let (_, released) = session.into_inner().await;
+        released.unwrap();
+    }
+    drop(conn);
+    let mut conn = pool.acquire().await.unwrap();
+    assert_eq!(
+        connection_id(&mut conn).await,
+        id,
+        "clean: given back to the pool"
+    );
+    {
+        let mut lock = SqlxMySqlLock::new(&mut conn, name);
+        assert!(lock.try_acquire().await.unwrap());
+        // Dropped holding: it cannot move the connection into a task.
+    }
+    assert_eq!(
+        holder(name).await,
+        Some(id),
+        "held while the connection is out"
+    );
+    drop(conn);
+    assert!(
+        until_holder(name, None).await,
+        "closed by the pool: released"
+    );
+    let mut conn = pool.acquire().await.unwrap();
+    assert_ne!(connection_id(&mut conn).await, id, "a new session");
 }
