@@ -222,6 +222,7 @@ impl<C: SqlxMySqlConnection> SqlxMySqlLock<C> {
             self.release().await
         } else {
             self.learn();
+            self.ready().await;
             self.pay_owed().await
         };
         let mut conn = self
@@ -268,6 +269,25 @@ impl<C: SqlxMySqlConnection> SqlxMySqlLock<C> {
             facts.owed = payment.owed;
         }
         paid
+    }
+
+    /// Reads what a dropped statement of yours left unanswered, before an operation starts.
+    ///
+    /// sqlx reads it before it writes the next statement, inside that one's future: dropped
+    /// there, the statement would not have been sent, while the machine counts a release as
+    /// sent from its start. Reading it first (no I/O when nothing is left) makes each
+    /// statement written on the poll that sends it.
+    async fn ready(&mut self) {
+        // A statement of ours left unanswered gave the connection up: its reply may never
+        // come (a wait), and the operation refuses to go on anyway.
+        if self.state.is_unusable() {
+            return;
+        }
+        if let Some(conn) = self.conn.as_mut() {
+            // A connection that fails here fails the statement as well, whose failure the
+            // machine reads as it reads any lost connection.
+            let _ = ::sqlx::Connection::flush(conn.connection()).await;
+        }
     }
 
     /// What the session this lock is on knows, if it is on one.
@@ -319,6 +339,7 @@ impl<C: SqlxMySqlConnection> SqlxMySqlLock<C> {
         self.learn();
         self.traced(TracedOperation::Acquire(wait))
             .around(async {
+                self.ready().await;
                 let op = Acquire::start(&self.state, None, wait)?;
                 match wait {
                     Wait::For(timeout) => {
@@ -722,6 +743,7 @@ impl<C: SqlxMySqlConnection> AsyncLock for SqlxMySqlLock<C> {
         self.learn();
         self.traced(TracedOperation::Release)
             .around(async {
+                self.ready().await;
                 let op = Release::start(&mut self.state)?;
                 self.run(op).await
             })
@@ -741,6 +763,7 @@ impl<C: SqlxMySqlConnection> AsyncLock for SqlxMySqlLock<C> {
         self.learn();
         self.traced(TracedOperation::Verify)
             .around(async {
+                self.ready().await;
                 let op = Verify::start(&self.state)?;
                 self.run(op).await
             })

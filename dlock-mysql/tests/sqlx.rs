@@ -471,3 +471,25 @@ async fn a_lock_on_a_borrowed_pool_connection_dropped_holding_closes_the_connect
     let mut conn = pool.acquire().await.unwrap();
     assert_ne!(connection_id(&mut conn).await, id, "a new session");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_dropped_while_sqlx_reads_an_earlier_reply_counts_as_not_sent() {
+    // sqlx reads the reply of a dropped statement of the user's before it writes the next
+    // one, inside that one's future: a release dropped there was never sent, and must not
+    // count as sent.
+    let name = "sqlx/unsent-release";
+    let mut lock = SqlxMySqlLock::new(connect().await, name);
+    let id = connection_id(lock.connection()).await;
+    for round in 0..4 {
+        lock.acquire().await.unwrap();
+        dlock_testkit::poll_once_and_drop(
+            sqlx::raw_sql("SELECT SLEEP(0.2)").execute(lock.connection()),
+        )
+        .await;
+        dlock_testkit::poll_once_and_drop(lock.release()).await;
+        assert!(lock.is_acquired(), "round {round}: nothing was sent");
+        assert_eq!(holder(name).await, Some(id), "round {round}");
+        lock.release().await.unwrap();
+        assert_eq!(holder(name).await, None, "round {round}: released");
+    }
+}

@@ -484,6 +484,15 @@ struct Driver<'a, O: Operation> {
 
 impl<O: Operation> Driver<'_, O> {
     async fn run(mut self) -> Result<O::Output> {
+        // sqlx reads what a dropped statement (ours or yours) left unanswered before it
+        // writes the next one, inside that one's future: dropped there, the statement would
+        // not have been sent, while the machine counts an unlock or a cleanup as sent from the
+        // step that asks for it. Reading it here, before the machine's first step (no I/O
+        // when nothing is left), makes each statement written on the poll that sends it: the
+        // statements after the first follow replies read to their end.
+        // A connection that fails here fails the statement as well, whose failure the
+        // machine reads as it reads any lost connection.
+        let _ = ::sqlx::Connection::flush(&mut *self.conn).await;
         let mut reply = None;
         loop {
             let request = match self.op.step(self.state, reply.take()) {

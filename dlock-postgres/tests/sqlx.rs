@@ -597,3 +597,302 @@ async fn a_fenced_transaction_lock_through_sqlx_hands_out_growing_tokens() {
         tx.commit().await.unwrap();
     }
 }
+
+/// The interruption tests of the other flavours, over sqlx: errors that come with a grant,
+/// session settings that would cut a wait short, aborted transactions, and dropped attempts
+/// beside other holds of the same session.
+mod interruption {
+    use super::*;
+    use dlock_testkit::postgres::poll_once_and_drop;
+
+    /// Waits until `pid` waits for a lock in the server.
+    async fn until_waiting(pid: i32) {
+        let mut observer = connect().await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let waiting: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE pid = $1 AND NOT granted)",
+            )
+            .bind(pid)
+            .fetch_one(&mut observer)
+            .await
+            .unwrap();
+            if waiting {
+                return;
+            }
+            assert!(Instant::now() < deadline, "pid {pid} never waited");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cancel_that_lands_with_the_grant_leaves_the_lock_held_and_tracked() {
+        // The holder unlocks and cancels the waiter's statement in one statement of its own:
+        // whatever the acquire answers, the server agrees.
+        let name = "sqlx/interruption-cancel-with-grant";
+        let key = KeyPolicy::default().pg_key(&name.into()).unwrap();
+        let args = match key {
+            dlock_postgres::PgKey::BigInt(key) => key.to_string(),
+            dlock_postgres::PgKey::Pair(high, low) => format!("{high}, {low}"),
+        };
+        let mut holder = connect().await;
+        let (mut granted, mut canceled) = (0, 0);
+        for round in 0..30 {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "SELECT pg_advisory_lock({args})"
+            )))
+            .execute(&mut holder)
+            .await
+            .unwrap();
+            let mut conn = connect().await;
+            let pid = backend_pid(&mut conn).await;
+            let waiter = tokio::spawn(async move {
+                let mut lock = SqlxPgLock::new(conn, name);
+                let outcome = lock.acquire().await;
+                (outcome, lock)
+            });
+            until_waiting(pid).await;
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "SELECT pg_advisory_unlock({args}), pg_cancel_backend({pid})"
+            )))
+            .execute(&mut holder)
+            .await
+            .unwrap();
+            let (outcome, mut lock) = waiter.await.unwrap();
+            let holds = holders(name).await.contains(&pid);
+            match outcome {
+                Ok(()) => {
+                    granted += 1;
+                    assert!(lock.is_acquired() && holds, "round {round}");
+                    lock.release().await.unwrap();
+                }
+                Err(error) => {
+                    canceled += 1;
+                    assert!(matches!(error, Error::Canceled { .. }), "{error}");
+                    assert!(
+                        !holds && !lock.is_acquired(),
+                        "round {round}: {error}, yet the session holds the lock"
+                    );
+                }
+            }
+        }
+        println!("cancel with grant: {granted} granted, {canceled} canceled");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slice_that_runs_out_as_the_lock_is_granted_tells_the_truth() {
+        let name = "sqlx/interruption-slice-race";
+        let mut holder = SqlxPgLock::new(connect().await, name);
+        let mut waiter = SqlxPgLock::new(connect().await, name);
+        let waiter_pid = backend_pid(waiter.connection()).await;
+        let (mut granted, mut refused) = (0, 0);
+        for round in 0..60_u64 {
+            holder.acquire().await.unwrap();
+            let timeout = Duration::from_millis(40 + round % 20);
+            let (outcome, ()) = tokio::join!(waiter.acquire_timeout(timeout), async {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                holder.release().await.unwrap();
+            });
+            let holds = holders(name).await.contains(&waiter_pid);
+            if outcome.unwrap() {
+                granted += 1;
+                assert!(holds, "round {round}: true without the lock");
+                waiter.release().await.unwrap();
+            } else {
+                refused += 1;
+                assert!(!holds, "round {round}: false with an untracked lock");
+            }
+        }
+        println!("slice race: {granted} granted, {refused} timed out");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dropped_attempts_never_release_another_hold_of_the_session() {
+        // An outer hold of K; on the same session, an inner try on K is dropped and an
+        // attempt on another (busy) key is dropped. The outer hold survives every cleanup,
+        // inside a transaction the user rolls back afterwards too.
+        let name = "sqlx/interruption-outer-hold";
+        let other = "sqlx/interruption-outer-hold-other";
+        let mut other_holder = SqlxPgLock::new(connect().await, other);
+        let mut session = SqlxPgSession::new(connect().await);
+        let pid = backend_pid(session.connection()).await;
+        session.acquire(name).await.unwrap();
+        for round in 0..20 {
+            let in_transaction = round % 2 == 1;
+            if in_transaction {
+                sqlx::raw_sql("BEGIN")
+                    .execute(session.connection())
+                    .await
+                    .unwrap();
+            }
+            other_holder.acquire().await.unwrap();
+            {
+                let mut inner = session.lock(name);
+                poll_once_and_drop(inner.try_acquire()).await;
+            }
+            {
+                let mut waiting = session.lock(other);
+                poll_once_and_drop(waiting.acquire()).await;
+            }
+            other_holder.release().await.unwrap();
+            {
+                let mut inner = session.lock(name);
+                assert!(inner.try_acquire().await.unwrap(), "round {round}");
+                inner.release().await.unwrap();
+            }
+            if in_transaction {
+                sqlx::raw_sql("ROLLBACK")
+                    .execute(session.connection())
+                    .await
+                    .unwrap();
+            }
+            // The session's next statement settles what the dropped attempts owe.
+            assert!(session.lock(name).verify().await.unwrap(), "round {round}");
+            assert_eq!(holders(name).await, [pid], "round {round}");
+            assert!(!holders(other).await.contains(&pid), "round {round}");
+        }
+        session
+            .release(name)
+            .await
+            .expect("the server still counts the outer hold");
+        assert!(holders(name).await.is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_operation_dropped_while_sqlx_reads_an_earlier_reply_counts_nothing_as_sent() {
+        // sqlx reads the reply of a dropped statement before it writes the next one, inside
+        // that one's future: a release or a cleanup dropped there was never sent, and must
+        // not count as sent.
+        let name = "sqlx/interruption-unsent";
+        let mut holder = SqlxPgLock::new(connect().await, name);
+        let mut lock = SqlxPgLock::new(connect().await, name);
+        let pid = backend_pid(lock.connection()).await;
+        for round in 0..6 {
+            // A release, behind a statement of the user's that was dropped.
+            lock.acquire().await.unwrap();
+            poll_once_and_drop(sqlx::raw_sql("SELECT pg_sleep(0.2)").execute(lock.connection()))
+                .await;
+            poll_once_and_drop(lock.release()).await;
+            if lock.is_acquired() {
+                lock.release().await.unwrap();
+            } else {
+                assert!(!lock.verify().await.unwrap(), "round {round}");
+            }
+            assert!(
+                !holders(name).await.contains(&pid),
+                "round {round}: released"
+            );
+
+            // A dropped wait's cleanup, behind the reply of that wait.
+            holder.acquire().await.unwrap();
+            let dropped = tokio::time::timeout(Duration::from_millis(30), lock.acquire()).await;
+            assert!(
+                dropped.is_err(),
+                "round {round}: still waiting when dropped"
+            );
+            holder.release().await.unwrap();
+            // The dropped slice may be granted now; the cleanup it owes is dropped before
+            // it could be written.
+            poll_once_and_drop(lock.try_acquire()).await;
+            assert!(!lock.verify().await.unwrap(), "round {round}: nothing held");
+            assert!(
+                !holders(name).await.contains(&pid),
+                "round {round}: the late grant was undone"
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_release_refused_by_an_aborted_transaction_keeps_the_lock_releasable() {
+        let name = "sqlx/interruption-aborted-release";
+        let mut lock = SqlxPgLock::new(connect().await, name);
+        lock.acquire().await.unwrap();
+        sqlx::raw_sql("BEGIN")
+            .execute(lock.connection())
+            .await
+            .unwrap();
+        assert!(
+            sqlx::raw_sql("SELECT 1/0")
+                .execute(lock.connection())
+                .await
+                .is_err()
+        );
+        let refused = lock.release().await;
+        assert!(
+            matches!(refused, Err(Error::TransactionAborted { .. })),
+            "{refused:?}"
+        );
+        assert!(lock.is_acquired());
+        sqlx::raw_sql("ROLLBACK")
+            .execute(lock.connection())
+            .await
+            .unwrap();
+        lock.release().await.unwrap();
+        assert!(holders(name).await.is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn session_timeouts_neither_end_a_wait_nor_change_the_timeout_contract() {
+        let name = "sqlx/interruption-statement-timeout";
+        let mut holder = SqlxPgLock::new(connect().await, name);
+        holder.acquire().await.unwrap();
+        let mut conn = connect().await;
+        sqlx::raw_sql("SET statement_timeout = 300; SET lock_timeout = 200")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let mut lock = SqlxPgLock::new(conn, name);
+        let started = Instant::now();
+        assert!(
+            !lock
+                .acquire_timeout(Duration::from_millis(900))
+                .await
+                .unwrap()
+        );
+        assert!(started.elapsed() >= Duration::from_millis(900));
+        let started = Instant::now();
+        let (acquired, ()) = tokio::join!(lock.acquire(), async {
+            tokio::time::sleep(Duration::from_millis(800)).await;
+            holder.release().await.unwrap();
+        });
+        acquired.unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(700));
+        let settings: (String, String) = sqlx::query_as(
+            "SELECT current_setting('statement_timeout'), current_setting('lock_timeout')",
+        )
+        .fetch_one(lock.connection())
+        .await
+        .unwrap();
+        assert_eq!(settings, ("300ms".to_owned(), "200ms".to_owned()));
+        lock.release().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_timed_out_acquire_leaves_the_users_own_transaction_usable() {
+        let name = "sqlx/interruption-raw-transaction";
+        let mut holder = SqlxPgLock::new(connect().await, name);
+        holder.acquire().await.unwrap();
+        let mut lock = SqlxPgLock::new(connect().await, name);
+        sqlx::raw_sql("BEGIN")
+            .execute(lock.connection())
+            .await
+            .unwrap();
+        let started = Instant::now();
+        assert!(
+            !lock
+                .acquire_timeout(Duration::from_millis(150))
+                .await
+                .unwrap()
+        );
+        assert!(started.elapsed() >= Duration::from_millis(150));
+        sqlx::raw_sql("SELECT 1")
+            .execute(lock.connection())
+            .await
+            .unwrap();
+        sqlx::raw_sql("COMMIT")
+            .execute(lock.connection())
+            .await
+            .unwrap();
+        holder.release().await.unwrap();
+    }
+}
