@@ -493,3 +493,93 @@ async fn a_release_dropped_while_sqlx_reads_an_earlier_reply_counts_as_not_sent(
         assert_eq!(holder(name).await, None, "round {round}: released");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_statement_time_neither_ends_a_wait_nor_changes_the_timeout_contract() {
+    let name = "sqlx/interruption-max-statement-time";
+    let mut holder = SqlxMySqlLock::new(connect().await, name);
+    holder.acquire().await.unwrap();
+    let mut conn = connect().await;
+    sqlx::raw_sql("SET max_statement_time = 0.3")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let mut lock = SqlxMySqlLock::new(conn, name);
+    let started = Instant::now();
+    assert!(
+        !lock
+            .acquire_timeout(Duration::from_millis(900))
+            .await
+            .unwrap()
+    );
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    let started = Instant::now();
+    let (acquired, ()) = tokio::join!(lock.acquire(), async {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        holder.release().await.unwrap();
+    });
+    acquired.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(700));
+    let setting: f64 = sqlx::query_scalar("SELECT @@max_statement_time")
+        .fetch_one(lock.connection())
+        .await
+        .unwrap();
+    assert!(
+        (setting - 0.3).abs() < 1e-9,
+        "the session's setting is unchanged"
+    );
+    lock.release().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_query_racing_the_grant_never_leaves_an_untracked_lock() {
+    let name = "sqlx/interruption-kill-with-grant";
+    let mut holding = connect().await;
+    let mut killer = connect().await;
+    let (mut granted, mut canceled) = (0, 0);
+    for round in 0..20 {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SELECT GET_LOCK('{name}', 0)")))
+            .execute(&mut holding)
+            .await
+            .unwrap();
+        let mut conn = connect().await;
+        let id = connection_id(&mut conn).await;
+        let waiter = tokio::spawn(async move {
+            let mut lock = SqlxMySqlLock::new(conn, name);
+            let outcome = lock.acquire().await;
+            (outcome, lock)
+        });
+        let waiting = u32::try_from(id).unwrap();
+        tokio::task::spawn_blocking(move || common::wait_until_waiting(waiting))
+            .await
+            .unwrap();
+        // Both orders, so the grant and the kill land together in some rounds.
+        let release = format!("SELECT RELEASE_LOCK('{name}')");
+        let kill = format!("KILL QUERY {id}");
+        let statements = if round % 2 == 0 {
+            [(&mut holding, release), (&mut killer, kill)]
+        } else {
+            [(&mut killer, kill), (&mut holding, release)]
+        };
+        for (conn, statement) in statements {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
+                .execute(conn)
+                .await
+                .unwrap();
+        }
+        let (outcome, mut lock) = waiter.await.unwrap();
+        let holds = holder(name).await == Some(id);
+        match outcome {
+            Ok(()) => {
+                granted += 1;
+                assert!(lock.is_acquired() && holds, "round {round}");
+                lock.release().await.unwrap();
+            }
+            Err(error) => {
+                canceled += 1;
+                assert!(!holds && !lock.is_acquired(), "round {round}: {error}");
+            }
+        }
+    }
+    println!("KILL QUERY with grant: {granted} granted, {canceled} canceled");
+}
