@@ -583,3 +583,34 @@ async fn a_kill_query_racing_the_grant_never_leaves_an_untracked_lock() {
     }
     println!("KILL QUERY with grant: {granted} granted, {canceled} canceled");
 }
+
+/// Fenced sqlx locks, bare and on a session, beside a mysql_async holder of the same name:
+/// each grant's token is larger than every earlier one, whoever took it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fenced_sqlx_locks_hand_out_growing_tokens_beside_the_other_flavours() {
+    let name = "sqlx/fenced-growing";
+    dlock_mysql::sqlx::install_fencing(&mut connect().await, None)
+        .await
+        .unwrap();
+    let mut bare = SqlxMySqlLock::new(connect().await, name).fenced();
+    let mut session = SqlxMySqlSession::new(connect().await);
+    let mut other = AsyncMySqlLock::new(common::connect_async().await, name).fenced();
+    let mut last = 0;
+    for round in 0..4 {
+        bare.acquire().await.unwrap();
+        let token = bare.fencing_token().expect("a fenced grant's token");
+        assert!(token > last, "round {round}: {token} after {last}");
+        bare.release().await.unwrap();
+        assert_eq!(bare.fencing_token(), None, "no token once released");
+        let mut on_session = session.lock(name).fenced();
+        assert!(on_session.try_acquire().await.unwrap());
+        let next = on_session.fencing_token().expect("a fenced grant's token");
+        assert!(next > token, "round {round}: {next} after {token}");
+        on_session.release().await.unwrap();
+        drop(on_session);
+        other.acquire().await.unwrap();
+        last = other.fencing_token().expect("a fenced grant's token");
+        assert!(last > next, "round {round}: {last} after {next}");
+        other.release().await.unwrap();
+    }
+}

@@ -896,3 +896,34 @@ mod interruption {
         holder.release().await.unwrap();
     }
 }
+
+/// Fenced sqlx locks, bare and on a session, beside a tokio-postgres holder of the same key:
+/// each grant's token is larger than every earlier one, whoever took it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fenced_sqlx_locks_hand_out_growing_tokens_beside_the_other_flavours() {
+    let name = "sqlx/fenced-growing";
+    dlock_postgres::sqlx::install_fencing(&mut connect().await, None)
+        .await
+        .unwrap();
+    let mut bare = SqlxPgLock::new(connect().await, name).fenced();
+    let mut session = SqlxPgSession::new(connect().await);
+    let mut other = AsyncPgLock::new(common::connect_async().await, name).fenced();
+    let mut last = 0;
+    for round in 0..4 {
+        bare.acquire().await.unwrap();
+        let token = bare.fencing_token().expect("a fenced grant's token");
+        assert!(token > last, "round {round}: {token} after {last}");
+        bare.release().await.unwrap();
+        assert_eq!(bare.fencing_token(), None, "no token once released");
+        let mut on_session = session.lock(name).fenced();
+        assert!(on_session.try_acquire().await.unwrap());
+        let next = on_session.fencing_token().expect("a fenced grant's token");
+        assert!(next > token, "round {round}: {next} after {token}");
+        on_session.release().await.unwrap();
+        drop(on_session);
+        other.acquire().await.unwrap();
+        last = other.fencing_token().expect("a fenced grant's token");
+        assert!(last > next, "round {round}: {last} after {next}");
+        other.release().await.unwrap();
+    }
+}
