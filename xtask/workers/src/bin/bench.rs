@@ -837,7 +837,28 @@ fn throughput(scale: Scale) -> Result<Vec<Throughput>> {
             )
             .await?,
         );
-        drop(conn);
+        // Made per use on a session, which keeps the check's verdict for every lock on it.
+        let mut session =
+            dlock_postgres::SqlxPgSession::new(conn.take().expect("the connection is given back"));
+        results.push(
+            compare_interleaved_async(
+                scale,
+                "SqlxPgLock, made per use on a SqlxPgSession",
+                "sqlx, text",
+                async |side| {
+                    if side == Side::Dlock {
+                        let mut lock = session.lock(PG_KEY);
+                        lock.acquire().await?;
+                        lock.release().await?;
+                    } else {
+                        sqlx_text(session.connection(), &[&pg_lock_sql, &pg_unlock_sql]).await?;
+                    }
+                    Ok(())
+                },
+            )
+            .await?,
+        );
+        drop(session);
         let mut conn = my_async().await?;
         results.push(
             compare_async(
@@ -903,7 +924,28 @@ fn throughput(scale: Scale) -> Result<Vec<Throughput>> {
             })
             .await?,
         );
-        drop(lock);
+        let (conn, released) = lock.into_inner().await;
+        released?;
+        let mut session = dlock_mysql::SqlxMySqlSession::new(conn);
+        results.push(
+            compare_interleaved_async(
+                scale,
+                "SqlxMySqlLock, made per use on a SqlxMySqlSession",
+                "sqlx, text",
+                async |side| {
+                    if side == Side::Dlock {
+                        let mut lock = session.lock(MY_NAME);
+                        lock.acquire().await?;
+                        lock.release().await?;
+                    } else {
+                        sqlx_text(session.connection(), &[&get, &release]).await?;
+                    }
+                    Ok(())
+                },
+            )
+            .await?,
+        );
+        drop(session);
 
         let mut lock = AsyncMySqlLock::new(my_async().await?, MY_NAME);
         results.push(
