@@ -21,8 +21,8 @@ use std::io::BufRead;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use dlock_pool::dlock_mysql::{AsyncMySqlLock, MySqlLock, SqlxMySqlLock};
-use dlock_pool::dlock_postgres::{AsyncPgLock, PgLock, PgXactLock, SqlxPgLock};
+use dlock_pool::dlock_mysql::{AsyncMySqlLock, MySqlLock, SqlxMySqlLock, SqlxMySqlSession};
+use dlock_pool::dlock_postgres::{AsyncPgLock, PgLock, PgXactLock, SqlxPgLock, SqlxPgSession};
 use dlock_pool::{
     AsyncAnyLockGuard, AsyncAnyLockPool, AsyncLock, AsyncLockGuard, AsyncLockPool,
     AsyncMultiplexedGuard, AsyncMySqlManager, DeadpoolLockGuard, DeadpoolLockPool, Lock, LockGuard,
@@ -32,11 +32,12 @@ use dlock_pool::{
 type Result<T, E = Box<dyn std::error::Error + Send + Sync>> = std::result::Result<T, E>;
 
 /// Every flavour the worker takes locks through.
-const FLAVOURS: [&str; 10] = [
+const FLAVOURS: [&str; 11] = [
     "blocking",
     "xact",
     "tokio",
     "sqlx",
+    "sqlx-session",
     "r2d2",
     "bb8",
     "deadpool",
@@ -229,6 +230,18 @@ async fn asynchronous(
         ("mysql", "sqlx") => {
             let conn = <sqlx::MySqlConnection as sqlx::Connection>::connect(&url).await?;
             bare_async(&mut SqlxMySqlLock::new(conn, key), hold).await
+        }
+        // A lock made on a session over a connection of the user's sqlx pool.
+        ("postgres", "sqlx-session") => {
+            let pool = sqlx::PgPool::connect(&url).await?;
+            let mut session = SqlxPgSession::new(pool.acquire().await?);
+            let lock = session.lock(key);
+            bare_async(&mut if shared { lock.shared() } else { lock }, hold).await
+        }
+        ("mysql", "sqlx-session") => {
+            let pool = sqlx::MySqlPool::connect(&url).await?;
+            let mut session = SqlxMySqlSession::new(pool.acquire().await?);
+            bare_async(&mut session.lock(key), hold).await
         }
         ("postgres", "bb8" | "multiplexed") => {
             let manager =
