@@ -27,6 +27,55 @@ macro_rules! __naming_session {
     };
 }
 
+/// Expands to `settle_in_task`, through which a sqlx lock or session dropped holding (or
+/// owing) settles: the connection, as `$connection` (the backend's sealed sqlx connection
+/// trait, with `into_owned` and `discard`), goes to a task on the current tokio runtime that
+/// runs `settle` on it and then lets it go; a borrowed connection, or one outside a runtime,
+/// is marked to be closed instead, which ends its session and frees its locks. The expanding
+/// crate depends on tokio and tracing.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __sqlx_settle_in_task {
+    ($connection:ident) => {
+        /// Hands a connection with something held or owed to a task on the current tokio
+        /// runtime, which runs `settle` on it (releasing and paying, and marking the
+        /// connection to be closed where that fails) and then lets it go. A borrowed
+        /// connection, or one outside a runtime, is marked to be closed instead, which ends
+        /// its session and frees its locks.
+        fn settle_in_task<C, F>(
+            conn: C,
+            what: &dyn ::std::fmt::Display,
+            settle: impl FnOnce(Box<dyn $connection>) -> F,
+        ) where
+            C: $connection,
+            F: ::std::future::Future<Output = (Box<dyn $connection>, $crate::Result<()>)>
+                + Send
+                + 'static,
+        {
+            let mut owned = match conn.into_owned() {
+                Ok(owned) => owned,
+                Err(mut borrowed) => {
+                    ::tracing::debug!(%what, "dropped holding or owing on a borrowed pooled connection: the connection is closed when its owner lets it go");
+                    borrowed.discard();
+                    return;
+                }
+            };
+            let Ok(runtime) = ::tokio::runtime::Handle::try_current() else {
+                ::tracing::warn!(%what, "dropped holding or owing outside a tokio runtime: the sqlx connection is closed, which frees its locks");
+                owned.discard();
+                return;
+            };
+            ::tracing::debug!(%what, "dropped holding or owing: a task releases and pays");
+            let settled = settle(owned);
+            runtime.spawn(async move {
+                if let (_, Err(error)) = settled.await {
+                    ::tracing::warn!(%error, "what a dropped sqlx lock or session held could not be released: its connection is closed, which frees its locks");
+                }
+            });
+        }
+    };
+}
+
 /// Expands, inside `impl<C> SomeLock<C>` of a type with a field `conn: Option<C>` (taken
 /// only when the lock is consumed), to its `get_ref`, `get_mut` and `disown_connection`.
 #[doc(hidden)]

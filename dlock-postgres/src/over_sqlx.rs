@@ -945,39 +945,7 @@ impl<C: SqlxPgConnection> Drop for SqlxPgLock<C> {
     }
 }
 
-/// Hands a connection with something held or owed to a task on the current tokio runtime,
-/// which runs `settle` on it (releasing and paying, and marking the connection to be closed
-/// where that fails) and then lets it go. A borrowed connection, or one outside a runtime, is
-/// marked to be closed instead, which ends its session and frees its locks.
-fn settle_in_task<C, F>(
-    conn: C,
-    what: &dyn fmt::Display,
-    settle: impl FnOnce(Box<dyn SqlxPgConnection>) -> F,
-) where
-    C: SqlxPgConnection,
-    F: Future<Output = (Box<dyn SqlxPgConnection>, Result<()>)> + Send + 'static,
-{
-    let mut owned = match conn.into_owned() {
-        Ok(owned) => owned,
-        Err(mut borrowed) => {
-            tracing::debug!(%what, "dropped holding or owing on a borrowed pooled connection: the connection is closed when its owner lets it go");
-            borrowed.discard();
-            return;
-        }
-    };
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        tracing::warn!(%what, "dropped holding or owing outside a tokio runtime: the sqlx connection is closed, which frees its locks");
-        owned.discard();
-        return;
-    };
-    tracing::debug!(%what, "dropped holding or owing: a task releases and pays");
-    let settled = settle(owned);
-    runtime.spawn(async move {
-        if let (_, Err(error)) = settled.await {
-            tracing::warn!(%error, "what a dropped sqlx lock or session held could not be released: its connection is closed, which frees its locks");
-        }
-    });
-}
+dlock_core::__sqlx_settle_in_task!(SqlxPgConnection);
 
 impl<C: SqlxPgConnection> fmt::Debug for SqlxPgLock<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
