@@ -27,6 +27,108 @@ macro_rules! __naming_session {
     };
 }
 
+/// Expands to the impls of a backend's sealed sqlx connection trait `$connection` (with
+/// `connection`, `discard`, `session_facts` and `into_owned`) for the driver's connection
+/// `$driver` of database `$database` owned, pooled and borrowed from its pool, for the boxed
+/// connection a drop's task owns, and for a `&mut $session` (fields `conn: Option<C>` and
+/// `facts: $facts`, method `connection`). The expanding module has `mod sealed` with the trait
+/// `Sealed`, and depends on sqlx.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __sqlx_connections {
+    ($connection:ident, $driver:ty, $database:ty, $session:ident, $facts:ty) => {
+        impl sealed::Sealed for $driver {}
+
+        /// Dropping it closes it.
+        impl $connection for $driver {
+            fn connection(&mut self) -> &mut $driver {
+                self
+            }
+
+            fn into_owned(self) -> ::std::result::Result<Box<dyn $connection>, Self> {
+                Ok(Box::new(self))
+            }
+        }
+
+        impl sealed::Sealed for ::sqlx::pool::PoolConnection<$database> {}
+
+        impl $connection for ::sqlx::pool::PoolConnection<$database> {
+            fn connection(&mut self) -> &mut $driver {
+                self
+            }
+
+            fn discard(&mut self) {
+                self.close_on_drop();
+            }
+
+            fn into_owned(self) -> ::std::result::Result<Box<dyn $connection>, Self> {
+                Ok(Box::new(self))
+            }
+        }
+
+        impl sealed::Sealed for &mut ::sqlx::pool::PoolConnection<$database> {}
+
+        /// Borrowed: a lock dropped while it holds cannot move the connection into a task, so
+        /// it marks it to be closed, not reused, once its owner drops it.
+        impl $connection for &mut ::sqlx::pool::PoolConnection<$database> {
+            fn connection(&mut self) -> &mut $driver {
+                self
+            }
+
+            fn discard(&mut self) {
+                self.close_on_drop();
+            }
+
+            fn into_owned(self) -> ::std::result::Result<Box<dyn $connection>, Self> {
+                Err(self)
+            }
+        }
+
+        impl sealed::Sealed for Box<dyn $connection> {}
+
+        impl $connection for Box<dyn $connection> {
+            fn connection(&mut self) -> &mut $driver {
+                (**self).connection()
+            }
+
+            fn discard(&mut self) {
+                (**self).discard();
+            }
+
+            fn session_facts(&mut self) -> Option<&mut $facts> {
+                (**self).session_facts()
+            }
+
+            fn into_owned(self) -> ::std::result::Result<Box<dyn $connection>, Self> {
+                Ok(self)
+            }
+        }
+
+        impl<C: $connection> sealed::Sealed for &mut $session<C> {}
+
+        /// A lock on the session: what it leaves owed is the session's.
+        impl<C: $connection> $connection for &mut $session<C> {
+            fn connection(&mut self) -> &mut $driver {
+                $session::connection(self)
+            }
+
+            fn discard(&mut self) {
+                if let Some(conn) = self.conn.as_mut() {
+                    conn.discard();
+                }
+            }
+
+            fn session_facts(&mut self) -> Option<&mut $facts> {
+                Some(&mut self.facts)
+            }
+
+            fn into_owned(self) -> ::std::result::Result<Box<dyn $connection>, Self> {
+                Err(self)
+            }
+        }
+    };
+}
+
 /// Expands to `settle_in_task`, through which a sqlx lock or session dropped holding (or
 /// owing) settles: the connection, as `$connection` (the backend's sealed sqlx connection
 /// trait, with `into_owned` and `discard`), goes to a task on the current tokio runtime that

@@ -17,7 +17,6 @@ use std::fmt;
 use std::time::Duration;
 
 use ::sqlx::mysql::{MySql, MySqlConnection, MySqlDatabaseError, MySqlRow};
-use ::sqlx::pool::PoolConnection;
 use ::sqlx::{Row as _, ValueRef as _};
 use dlock_core::trace::TracedOperation;
 use dlock_core::{AsyncLock, Error, Key, KeyPolicy, Result, SessionId, Wait};
@@ -61,72 +60,13 @@ pub trait SqlxMySqlConnection: Send + sealed::Sealed {
         Self: Sized;
 }
 
-impl sealed::Sealed for MySqlConnection {}
-
-/// Dropping it closes it.
-impl SqlxMySqlConnection for MySqlConnection {
-    fn connection(&mut self) -> &mut MySqlConnection {
-        self
-    }
-
-    fn into_owned(self) -> std::result::Result<Box<dyn SqlxMySqlConnection>, Self> {
-        Ok(Box::new(self))
-    }
-}
-
-impl sealed::Sealed for PoolConnection<MySql> {}
-
-impl SqlxMySqlConnection for PoolConnection<MySql> {
-    fn connection(&mut self) -> &mut MySqlConnection {
-        self
-    }
-
-    fn discard(&mut self) {
-        self.close_on_drop();
-    }
-
-    fn into_owned(self) -> std::result::Result<Box<dyn SqlxMySqlConnection>, Self> {
-        Ok(Box::new(self))
-    }
-}
-
-impl sealed::Sealed for &mut PoolConnection<MySql> {}
-
-/// Borrowed: a lock dropped while it holds cannot move the connection into a task, so it
-/// marks it to be closed, not reused, once its owner drops it.
-impl SqlxMySqlConnection for &mut PoolConnection<MySql> {
-    fn connection(&mut self) -> &mut MySqlConnection {
-        self
-    }
-
-    fn discard(&mut self) {
-        self.close_on_drop();
-    }
-
-    fn into_owned(self) -> std::result::Result<Box<dyn SqlxMySqlConnection>, Self> {
-        Err(self)
-    }
-}
-
-impl sealed::Sealed for Box<dyn SqlxMySqlConnection> {}
-
-impl SqlxMySqlConnection for Box<dyn SqlxMySqlConnection> {
-    fn connection(&mut self) -> &mut MySqlConnection {
-        (**self).connection()
-    }
-
-    fn discard(&mut self) {
-        (**self).discard();
-    }
-
-    fn session_facts(&mut self) -> Option<&mut SessionFacts> {
-        (**self).session_facts()
-    }
-
-    fn into_owned(self) -> std::result::Result<Box<dyn SqlxMySqlConnection>, Self> {
-        Ok(self)
-    }
-}
+dlock_core::__sqlx_connections!(
+    SqlxMySqlConnection,
+    MySqlConnection,
+    MySql,
+    SqlxMySqlSession,
+    SessionFacts
+);
 
 /// A MySQL or MariaDB named lock over a sqlx connection `C`: a `MySqlConnection` or a
 /// `PoolConnection<MySql>` from your `MySqlPool` that it owns, a `&mut PoolConnection`, or a
@@ -479,28 +419,6 @@ impl<C: SqlxMySqlConnection> SqlxMySqlSession<C> {
             conn.discard();
         }
         (conn, outcome)
-    }
-}
-
-impl<C: SqlxMySqlConnection> sealed::Sealed for &mut SqlxMySqlSession<C> {}
-
-impl<C: SqlxMySqlConnection> SqlxMySqlConnection for &mut SqlxMySqlSession<C> {
-    fn connection(&mut self) -> &mut MySqlConnection {
-        SqlxMySqlSession::connection(self)
-    }
-
-    fn discard(&mut self) {
-        if let Some(conn) = self.conn.as_mut() {
-            conn.discard();
-        }
-    }
-
-    fn session_facts(&mut self) -> Option<&mut SessionFacts> {
-        Some(&mut self.facts)
-    }
-
-    fn into_owned(self) -> std::result::Result<Box<dyn SqlxMySqlConnection>, Self> {
-        Err(self)
     }
 }
 

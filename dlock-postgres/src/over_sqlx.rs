@@ -20,7 +20,6 @@
 use std::fmt;
 use std::time::Duration;
 
-use ::sqlx::pool::PoolConnection;
 use ::sqlx::postgres::{PgConnection, PgRow, Postgres};
 use ::sqlx::{Column as _, Row as _, TypeInfo as _, ValueRef as _};
 use dlock_core::trace::TracedOperation;
@@ -115,72 +114,13 @@ pub trait SqlxPgConnection: Send + sealed::Sealed {
         Self: Sized;
 }
 
-impl sealed::Sealed for PgConnection {}
-
-/// Dropping it closes it.
-impl SqlxPgConnection for PgConnection {
-    fn connection(&mut self) -> &mut PgConnection {
-        self
-    }
-
-    fn into_owned(self) -> std::result::Result<Box<dyn SqlxPgConnection>, Self> {
-        Ok(Box::new(self))
-    }
-}
-
-impl sealed::Sealed for PoolConnection<Postgres> {}
-
-impl SqlxPgConnection for PoolConnection<Postgres> {
-    fn connection(&mut self) -> &mut PgConnection {
-        self
-    }
-
-    fn discard(&mut self) {
-        self.close_on_drop();
-    }
-
-    fn into_owned(self) -> std::result::Result<Box<dyn SqlxPgConnection>, Self> {
-        Ok(Box::new(self))
-    }
-}
-
-impl sealed::Sealed for &mut PoolConnection<Postgres> {}
-
-/// Borrowed: a lock dropped while it holds cannot move the connection into a task, so it
-/// marks it to be closed, not reused, once its owner drops it.
-impl SqlxPgConnection for &mut PoolConnection<Postgres> {
-    fn connection(&mut self) -> &mut PgConnection {
-        self
-    }
-
-    fn discard(&mut self) {
-        self.close_on_drop();
-    }
-
-    fn into_owned(self) -> std::result::Result<Box<dyn SqlxPgConnection>, Self> {
-        Err(self)
-    }
-}
-
-impl sealed::Sealed for Box<dyn SqlxPgConnection> {}
-
-impl SqlxPgConnection for Box<dyn SqlxPgConnection> {
-    fn connection(&mut self) -> &mut PgConnection {
-        (**self).connection()
-    }
-
-    fn discard(&mut self) {
-        (**self).discard();
-    }
-
-    fn session_facts(&mut self) -> Option<&mut SessionFacts> {
-        (**self).session_facts()
-    }
-
-    fn into_owned(self) -> std::result::Result<Box<dyn SqlxPgConnection>, Self> {
-        Ok(self)
-    }
-}
+dlock_core::__sqlx_connections!(
+    SqlxPgConnection,
+    PgConnection,
+    Postgres,
+    SqlxPgSession,
+    SessionFacts
+);
 
 impl<C: SqlxPgConnection> SqlxPgLock<C> {
     /// An exclusive lock on `key` over `conn`, unlocked, under the default key policy.
@@ -412,28 +352,6 @@ impl<C: SqlxPgConnection> SqlxPgSession<C> {
             conn.discard();
         }
         (conn, outcome)
-    }
-}
-
-impl<C: SqlxPgConnection> sealed::Sealed for &mut SqlxPgSession<C> {}
-
-impl<C: SqlxPgConnection> SqlxPgConnection for &mut SqlxPgSession<C> {
-    fn connection(&mut self) -> &mut PgConnection {
-        SqlxPgSession::connection(self)
-    }
-
-    fn discard(&mut self) {
-        if let Some(conn) = self.conn.as_mut() {
-            conn.discard();
-        }
-    }
-
-    fn session_facts(&mut self) -> Option<&mut SessionFacts> {
-        Some(&mut self.facts)
-    }
-
-    fn into_owned(self) -> std::result::Result<Box<dyn SqlxPgConnection>, Self> {
-        Err(self)
     }
 }
 
