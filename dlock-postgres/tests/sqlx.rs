@@ -792,9 +792,19 @@ mod interruption {
             );
             holder.release().await.unwrap();
             // The dropped slice may be granted now; the cleanup it owes is dropped before
-            // it could be written.
+            // it could be written, or runs.
             poll_once_and_drop(lock.try_acquire()).await;
-            assert!(!lock.verify().await.unwrap(), "round {round}: nothing held");
+            // On a busy machine every reply may be there before the try reads it, and the try
+            // completes in its one poll: then the lock holds the key, tracked.
+            let tracked = lock.is_acquired();
+            assert_eq!(
+                lock.verify().await.unwrap(),
+                tracked,
+                "round {round}: the server agrees with the lock"
+            );
+            if tracked {
+                lock.release().await.unwrap();
+            }
             assert!(
                 !holders(name).await.contains(&pid),
                 "round {round}: the late grant was undone"
