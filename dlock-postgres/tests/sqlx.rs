@@ -637,7 +637,7 @@ mod interruption {
         };
         let mut holder = connect().await;
         let (mut granted, mut canceled) = (0, 0);
-        for round in 0..30 {
+        for round in 0..20 {
             sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
                 "SELECT pg_advisory_lock({args})"
             )))
@@ -686,7 +686,7 @@ mod interruption {
         let mut waiter = SqlxPgLock::new(connect().await, name);
         let waiter_pid = backend_pid(waiter.connection()).await;
         let (mut granted, mut refused) = (0, 0);
-        for round in 0..60_u64 {
+        for round in 0..40_u64 {
             holder.acquire().await.unwrap();
             let timeout = Duration::from_millis(40 + round % 20);
             let (outcome, ()) = tokio::join!(waiter.acquire_timeout(timeout), async {
