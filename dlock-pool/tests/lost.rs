@@ -668,8 +668,8 @@ async fn a_partition_reports_every_lock_lost_within_the_bound_async<B: Backend>(
     }
 }
 
-/// How long the guards of the no-false-positive test are held.
-const HELD_FOR: Duration = Duration::from_secs(30);
+/// How long the guards of the no-false-positive test are held: 150 watcher rounds per pool.
+const HELD_FOR: Duration = Duration::from_secs(15);
 
 /// How often the no-false-positive test's watchers check: ten times a second.
 const FAST: Duration = Duration::from_millis(100);
