@@ -906,6 +906,34 @@ fn throughput(scale: Scale) -> Result<Vec<Throughput>> {
             )
             .await?,
         );
+        // The same, beside the very statements a lock made per use on a borrowed connection
+        // sends: the session's mark of a passed check gates the grant, and the session's name
+        // rides along for a kill that must prove the session.
+        let mark: Option<String> = conn.query_first("SELECT @dlock_deployment_checked").await?;
+        let gated = format!(
+            "SELECT /* dlock:0123456789abcdef */ IF(@dlock_deployment_checked = '{}', \
+             GET_LOCK('{MY_NAME}', 31536000), -4), CONNECTION_ID(), @dlock_session_tag",
+            mark.unwrap_or_default()
+        );
+        results.push(
+            compare_interleaved_async(
+                scale,
+                "AsyncMySqlLock, made per use",
+                "mysql_async, the same SQL",
+                async |side| {
+                    if side == Side::Dlock {
+                        let mut lock = AsyncMySqlLock::new(&mut conn, MY_NAME);
+                        lock.acquire().await?;
+                        lock.release().await?;
+                    } else {
+                        let _: Option<mysql_async::Row> = conn.query_first(&gated).await?;
+                        let _: Option<Option<i64>> = conn.query_first(&release).await?;
+                    }
+                    Ok(())
+                },
+            )
+            .await?,
+        );
         drop(conn);
 
         // The sqlx transport on MySQL, beside sqlx sending the same two statements as text on
