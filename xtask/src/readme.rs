@@ -119,12 +119,12 @@ pub(crate) fn command(args: &[String]) -> Result<()> {
     if servers.is_none() {
         return Ok(());
     }
+    // The binaries the build above made, run as they are: `cargo run -p` would resolve each
+    // example's features alone, unlike the workspace's build, and build its dependencies
+    // again for every example.
     let run = |package: &str| -> Result<()> {
-        let status = Command::new(cargo())
-            .current_dir(&dir)
-            .args(["run", "--quiet", "-p", package])
-            .env("CARGO_TARGET_DIR", target_dir())
-            .status()?;
+        let binary = std::path::absolute(target_dir().join("debug").join(package))?;
+        let status = Command::new(binary).current_dir(&dir).status()?;
         if status.success() {
             Ok(())
         } else {
