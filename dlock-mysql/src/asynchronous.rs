@@ -9,8 +9,7 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts};
 
 use crate::machine::{
-    self, Acquire, LockState, OnDrop, Operation, PayOwed, Release, Reply, SessionFacts, Step,
-    Verify,
+    self, Acquire, LockState, OnDrop, Operation, Release, Reply, SessionFacts, Step, Verify,
 };
 use crate::sql::{self, Failed, Failure, Proof, Server};
 
@@ -572,12 +571,6 @@ impl<C: AsyncMySqlConnection> AsyncMySqlLock<C> {
             .expect("the connection is only taken when the lock is consumed")
     }
 
-    /// Takes the state out, holds and all, leaving an empty one whose drop leaves nothing.
-    fn detach(&mut self) -> LockState {
-        let empty = LockState::new(self.state.key.clone(), true);
-        std::mem::replace(&mut self.state, empty)
-    }
-
     /// Takes the connection out, so that the lock's drop finds none and sends nothing. What
     /// the session still owes then goes with the connection only if the pool can close it.
     fn disown_connection(&mut self) -> C {
@@ -653,19 +646,15 @@ impl<C: AsyncMySqlConnection> AsyncMySqlLock<C> {
 
     /// Releases what lock objects dropped while they held on this session left owed.
     async fn pay_owed(&mut self) -> Result<()> {
-        if self.state.is_unusable() {
+        let Self { conn, state } = self;
+        let session = conn
+            .as_mut()
+            .expect("the connection is only taken when the lock is consumed");
+        let Some(mut payment) = session.facts().payment(state) else {
             return Ok(());
-        }
-        let facts = self.session().facts();
-        if facts.owed.is_empty() || facts.abandoned {
-            return Ok(());
-        }
-        let mut payment = PayOwed::new(std::mem::take(&mut facts.owed));
+        };
         let paid = self.step(&mut payment).await;
-        // Whatever was not paid (the statement may not have run) is sent again, first.
-        let facts = self.session().facts();
-        payment.owed.append(&mut facts.owed);
-        facts.owed = payment.owed;
+        self.session().facts().unpaid(payment);
         paid
     }
 

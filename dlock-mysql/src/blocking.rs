@@ -282,12 +282,6 @@ impl<C: MySqlConnection> MySqlLock<C> {
         (conn, released)
     }
 
-    /// Takes the state out, holds and all, leaving an empty one whose drop does nothing.
-    fn detach(&mut self) -> LockState {
-        let empty = LockState::new(self.state.key.clone(), false);
-        std::mem::replace(&mut self.state, empty)
-    }
-
     /// Sends what the machine asks until it is done; then tells the session what the
     /// operation learned.
     fn run<O: Operation>(&mut self, mut op: O) -> Result<O::Output> {

@@ -107,6 +107,13 @@ impl LockState {
         }
     }
 
+    /// Takes the state out, holds and all, leaving an empty one of the same key whose lock's
+    /// drop does nothing: for a session that keeps a lock's hold.
+    pub(crate) fn detach(&mut self) -> LockState {
+        let empty = LockState::new(self.key.clone(), self.proves_holds);
+        std::mem::replace(self, empty)
+    }
+
     /// Whether grants keep their session marked by a unique marker lock, and read its name.
     fn marks_session(&self) -> bool {
         self.proves_holds || self.names_session
@@ -248,6 +255,26 @@ pub struct SessionFacts {
 }
 
 impl SessionFacts {
+    /// The payment of what the session owes, to run before the next statement of `state`'s
+    /// lock on it: `None` when nothing is owed, or when the lock or the session cannot trust
+    /// replies (their end pays then). What it does not pay goes back with
+    /// [`unpaid`](Self::unpaid).
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn payment(&mut self, state: &LockState) -> Option<PayOwed> {
+        if state.unusable || self.abandoned || self.owed.is_empty() {
+            return None;
+        }
+        Some(PayOwed::new(std::mem::take(&mut self.owed)))
+    }
+
+    /// Takes back what `payment` did not pay (its statement may not have run): it goes
+    /// first, next time.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn unpaid(&mut self, mut payment: PayOwed) {
+        payment.owed.append(&mut self.owed);
+        self.owed = payment.owed;
+    }
+
     /// What the end of the session's last handle must do with what is owed, for a
     /// connection that it owns (`owned`), that its pool can close (`discardable`), or
     /// neither (borrowed).
@@ -1222,11 +1249,32 @@ mod tests {
         // The next statement through dlock pays first, one hold of each name.
         let mut next = LockState::new(Key::from("jobs/y"), true);
         next.learn_from(&facts);
-        let mut payment = PayOwed::new(std::mem::take(&mut facts.owed));
+        let mut payment = facts.payment(&next).expect("a hold is owed");
+        assert!(facts.owed.is_empty(), "taken for the payment");
         let sql = sent(payment.step(&mut next, None));
         assert_eq!(sql, "SELECT RELEASE_LOCK('jobs/x')");
         done(payment.step(&mut next, row(&[Some(1)]))).unwrap();
         assert!(payment.owed.is_empty());
+        facts.unpaid(payment);
+        assert!(facts.payment(&next).is_none(), "paid: nothing is owed");
+        // What a payment did not pay goes back, first; an untrusted lock or session pays
+        // nothing.
+        facts.owed.push(Held {
+            name: "later".into(),
+        });
+        facts.unpaid(PayOwed::new(vec![Held {
+            name: "first".into(),
+        }]));
+        let names: Vec<&str> = facts.owed.iter().map(|held| held.name.as_str()).collect();
+        assert_eq!(names, ["first", "later"]);
+        facts.abandoned = true;
+        assert!(facts.payment(&next).is_none());
+        facts.abandoned = false;
+        let mut untrusted = LockState::new(Key::from("jobs/z"), true);
+        untrusted.unusable = true;
+        assert!(facts.payment(&untrusted).is_none());
+        assert_eq!(facts.owed.len(), 2, "nothing taken");
+        facts.owed.clear();
         // A payment the server refused may have run in part, and another hold of the same
         // name must not go with a second one: the session is given up.
         let mut payment = PayOwed::new(vec![Held {

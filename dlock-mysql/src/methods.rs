@@ -5,6 +5,11 @@
 /// both types have. Each type has the fields `conn: Option<C>` and `state: LockState`.
 macro_rules! lock_methods {
     () => {
+        /// Takes the state out, holds and all, leaving an empty one whose drop does nothing.
+        fn detach(&mut self) -> LockState {
+            self.state.detach()
+        }
+
         /// Uses `policy` to turn the key into a lock name (for example
         /// [`KeyPolicy::HashedMySqlName`] for keys longer than MySQL's 64 characters).
         /// Affects the next acquire.

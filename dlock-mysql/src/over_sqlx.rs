@@ -22,9 +22,7 @@ use dlock_core::trace::TracedOperation;
 use dlock_core::{AsyncLock, Error, Key, KeyPolicy, Result, SessionId, Wait};
 
 use crate::asynchronous::within_grace;
-use crate::machine::{
-    Acquire, LockState, Operation, PayOwed, Release, Reply, SessionFacts, Step, Verify,
-};
+use crate::machine::{Acquire, LockState, Operation, Release, Reply, SessionFacts, Step, Verify};
 use crate::sql::{self, Failed, Failure, Server};
 
 mod sealed {
@@ -192,21 +190,17 @@ impl<C: SqlxMySqlConnection> SqlxMySqlLock<C> {
 
     /// Releases what lock objects dropped while they held on this lock's session left owed.
     async fn pay_owed(&mut self) -> Result<()> {
-        if self.state.is_unusable() {
-            return Ok(());
-        }
-        let Some(facts) = self.session_facts() else {
+        let Self { conn, state } = self;
+        let Some(mut payment) = conn
+            .as_mut()
+            .and_then(SqlxMySqlConnection::session_facts)
+            .and_then(|facts| facts.payment(state))
+        else {
             return Ok(());
         };
-        if facts.owed.is_empty() || facts.abandoned {
-            return Ok(());
-        }
-        let mut payment = PayOwed::new(std::mem::take(&mut facts.owed));
         let paid = self.step(&mut payment).await;
-        // Whatever was not paid (the statement may not have run) is the session's still.
         if let Some(facts) = self.session_facts() {
-            payment.owed.append(&mut facts.owed);
-            facts.owed = payment.owed;
+            facts.unpaid(payment);
         }
         paid
     }
@@ -292,12 +286,6 @@ impl<C: SqlxMySqlConnection> SqlxMySqlLock<C> {
                 }
             })
             .await
-    }
-
-    /// Takes the state out, holds and all, leaving an empty one whose drop does nothing.
-    fn detach(&mut self) -> LockState {
-        let empty = LockState::new(self.state.key.clone(), false);
-        std::mem::replace(&mut self.state, empty)
     }
 }
 

@@ -298,12 +298,6 @@ impl<C: PgConnection> PgLock<C> {
         outcome
     }
 
-    /// Takes the state out, holds and all, leaving an empty one whose drop does nothing.
-    fn detach(&mut self) -> LockState {
-        let empty = LockState::new(self.state.key.clone());
-        std::mem::replace(&mut self.state, empty)
-    }
-
     /// Runs one operation of the machine, started from the lock's state once it has taken
     /// over what the session knows and owes, and sends what it asks until it is done.
     fn operate<O: Operation>(

@@ -271,6 +271,14 @@ impl LockState {
         }
     }
 
+    /// Takes the state out, holds and all, leaving an empty one of the same key and waits
+    /// whose lock's drop does nothing: for a session that keeps a lock's hold.
+    pub(crate) fn detach(&mut self) -> LockState {
+        let mut empty = LockState::new(self.key.clone());
+        empty.waits = self.waits;
+        std::mem::replace(self, empty)
+    }
+
     /// The server session's name as a watcher knows it, once a grant read it
     /// ([`names_session`](Self::names_session)).
     #[cfg_attr(not(feature = "sqlx"), allow(dead_code))]

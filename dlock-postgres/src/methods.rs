@@ -5,6 +5,11 @@
 /// types have. Each type has the fields `conn: Option<C>` and `state: LockState`.
 macro_rules! lock_methods {
     () => {
+        /// Takes the state out, holds and all, leaving an empty one whose drop does nothing.
+        fn detach(&mut self) -> LockState {
+            self.state.detach()
+        }
+
         /// Makes this a shared lock: any number of shared holders, no exclusive one. Affects
         /// the next acquire.
         pub fn shared(mut self) -> Self {

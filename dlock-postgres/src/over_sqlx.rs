@@ -217,13 +217,6 @@ impl<C: SqlxPgConnection> SqlxPgLock<C> {
         outcome
     }
 
-    /// Takes the state out, holds and all, leaving an empty one whose drop does nothing.
-    fn detach(&mut self) -> LockState {
-        let mut empty = LockState::new(self.state.key.clone());
-        empty.waits = self.state.waits;
-        std::mem::replace(&mut self.state, empty)
-    }
-
     async fn take(&mut self, wait: Wait) -> Result<bool> {
         self.traced(TracedOperation::Acquire(wait))
             .around(self.run(|state| Acquire::start(state, wait)))
